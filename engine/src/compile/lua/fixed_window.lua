@@ -1,0 +1,25 @@
+-- fixed_window: a counter that lives for one window from the first request of that window.
+-- One STRING key; its PTTL is the time left in the window.
+local function fixed_window(key, limit, window, burst, cost, now)
+  local used = tonumber(redis.call('GET', key) or '0')
+  local pttl = redis.call('PTTL', key)
+  local reset = pttl
+  if reset < 0 then reset = window end
+  local r = { reset = reset, retry = 0, commit = noop }
+  if used + cost <= limit then
+    r.ok = true
+    r.remaining = limit - used - cost
+    if cost > 0 then
+      r.commit = function()
+        redis.call('INCRBY', key, cost)
+        -- pttl < 0: the key is new (-2) or, defensively, lost its expiry (-1).
+        if pttl < 0 then redis.call('PEXPIRE', key, window) end
+      end
+    end
+  else
+    r.ok = false
+    r.remaining = math.max(limit - used, 0)
+    r.retry = reset
+  end
+  return r
+end

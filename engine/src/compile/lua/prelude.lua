@@ -1,0 +1,39 @@
+-- patternd rate limiting: shared prelude.
+-- One clock: every engine replica reads Redis TIME, never its own clock.
+-- Times are milliseconds as Lua numbers (doubles) with microsecond precision. They are
+-- written back with string.format, because Redis turns a Lua number into a string with
+-- only 14 significant digits, which would round epoch milliseconds to 0.1 ms.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+
+local function fmt(ms)
+  return string.format('%.3f', ms)
+end
+
+local function noop() end
+
+-- Combines the checks of every limit of a rule: all allowed -> commit all; any denied ->
+-- commit none ("a denial charges none of them"). Reports the limit that matters most: the
+-- denying one with the longest wait, or else the one with the least remaining.
+local function decide(results)
+  local allowed = true
+  for i = 1, #results do
+    if not results[i].ok then allowed = false end
+  end
+  if allowed then
+    for i = 1, #results do results[i].commit() end
+  end
+  local pick = 1
+  for i = 2, #results do
+    local r, p = results[i], results[pick]
+    if allowed then
+      if r.remaining < p.remaining then pick = i end
+    elseif (not r.ok) and (p.ok or r.retry > p.retry) then
+      pick = i
+    end
+  end
+  local r = results[pick]
+  return { allowed and 1 or 0, pick - 1, math.floor(r.remaining), math.ceil(r.reset), math.ceil(r.retry) }
+end

@@ -1,0 +1,126 @@
+//! Rate-limit rules → one script per rule composed from the algorithm files.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+
+use crate::policy::{Algorithm, Limit, RateLimit, Rule};
+
+use super::keys::KeySpace;
+use super::{Script, luacheck};
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+const RELEASE_LEASE: &str = include_str!("lua/release_lease.lua");
+
+fn algorithm_source(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::FixedWindow => include_str!("lua/fixed_window.lua"),
+        Algorithm::SlidingWindow => include_str!("lua/sliding_window.lua"),
+        Algorithm::SlidingLog => include_str!("lua/sliding_log.lua"),
+        Algorithm::TokenBucket => include_str!("lua/token_bucket.lua"),
+        Algorithm::Gcra => include_str!("lua/gcra.lua"),
+        Algorithm::Concurrency => include_str!("lua/concurrency.lua"),
+    }
+}
+
+/// The release script is the same for every concurrency rule: built and checked once.
+static RELEASE_SCRIPT: LazyLock<Arc<Script>> =
+    LazyLock::new(|| Arc::new(Script::new("ratelimit release-lease", RELEASE_LEASE.to_string())));
+
+/// A compiled rate-limit rule.
+///
+/// Script contract: `KEYS[i]` is limit `i-1`'s key (`subs[i-1]` in the rule's key space);
+/// `ARGV[1]` is the cost, `ARGV[2]` the lease member for concurrency rules. The reply is
+/// `{allowed (0|1), reported limit index, remaining, reset_after_ms, retry_after_ms}`.
+#[derive(Debug, Clone)]
+pub struct CompiledRateLimit {
+    pub script: Arc<Script>,
+    /// Key suffix per limit: index + algorithm code, e.g. `0fw`.
+    pub subs: Vec<String>,
+    /// For concurrency rules, the script that releases a lease.
+    pub release: Option<Arc<Script>>,
+}
+
+impl CompiledRateLimit {
+    pub fn scripts(&self) -> Vec<Arc<Script>> {
+        let mut v = vec![self.script.clone()];
+        v.extend(self.release.clone());
+        v
+    }
+
+    pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
+        self.subs
+            .iter()
+            .map(|s| {
+                let what = match &s[s.len() - 2..] {
+                    "fw" => "STRING counter, expires with its window",
+                    "sw" => "HASH {w, c, p}: window number and two counts, expires after two windows",
+                    "sl" => "ZSET of admitted requests by time, expires one window after the newest",
+                    "tb" => "HASH {t, ts}: tokens and last update, expires when the bucket is full",
+                    "gc" => "STRING theoretical arrival time, expires when fully reset",
+                    _ => "ZSET of leases by expiry time, expires with the last lease",
+                };
+                (keys.template(s), what.to_string())
+            })
+            .collect()
+    }
+}
+
+pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, String> {
+    let subs: Vec<String> = rl
+        .limits
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{i}{}", l.algorithm.key_code()))
+        .collect();
+    let source = generate(rule, &rl.limits);
+    let name = format!("ratelimit {}/{}", rule.app, rule.name);
+    luacheck::check(&name, &source).map_err(|e| {
+        format!("internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}", rule.name)
+    })?;
+    let release = if rl.is_concurrency() {
+        luacheck::check("release-lease", RELEASE_LEASE)?;
+        Some(RELEASE_SCRIPT.clone())
+    } else {
+        None
+    };
+    Ok(CompiledRateLimit {
+        script: Arc::new(Script::new(name, source)),
+        subs,
+        release,
+    })
+}
+
+/// The whole script of a rule. Limits are literal constants in the generated main.
+pub fn generate(rule: &Rule, limits: &[Limit]) -> String {
+    let mut s = String::with_capacity(8 * 1024);
+    let _ = writeln!(s, "-- patternd rate limit {}/{}", rule.app, rule.name);
+    let _ = writeln!(
+        s,
+        "-- KEYS[i]: the key of limit i; ARGV[1]: cost; ARGV[2]: lease id (concurrency only)"
+    );
+    let _ = writeln!(
+        s,
+        "-- returns {{allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}}"
+    );
+    s.push_str(PRELUDE);
+    for alg in Algorithm::ALL {
+        if limits.iter().any(|l| l.algorithm == alg) {
+            s.push('\n');
+            s.push_str(algorithm_source(alg));
+        }
+    }
+    s.push_str("\nlocal cost = tonumber(ARGV[1])\nlocal now = now_ms()\nreturn decide({\n");
+    for (i, l) in limits.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  {}(KEYS[{}], {}, {}, {}, cost, now, ARGV[2]),",
+            l.algorithm.name(),
+            i + 1,
+            l.limit,
+            l.window_ms(),
+            l.burst
+        );
+    }
+    s.push_str("})\n");
+    s
+}

@@ -1,0 +1,125 @@
+//! `/admin/…`: policy listing and reload, behind a bearer token (or loopback-only without one).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::compile::CompiledKind;
+use crate::policy::RuleKind;
+use crate::runtime::ReloadError;
+use crate::snapshot::Snapshot;
+
+pub(super) async fn require_admin(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match &state.admin_token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        None => {
+            let loopback = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|ci| ci.0.ip().is_loopback());
+            if !loopback {
+                return Err(ApiError::Forbidden);
+            }
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// Compares without an early exit, so response timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) async fn policies(State(state): State<AppState>) -> Response {
+    axum::Json(describe(&state.runtime.snapshot())).into_response()
+}
+
+pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.runtime.reload().await {
+        Ok(snap) => Ok(axum::Json(json!({
+            "reloaded": true,
+            "rules": snap.rule_count(),
+            "warnings": snap.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        Err(ReloadError::Invalid(d)) => {
+            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
+            Err(ApiError::ReloadRejected(d.0))
+        }
+        Err(e @ ReloadError::ScriptRejected(_)) => {
+            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
+            Err(ApiError::Internal(e.to_string()))
+        }
+    }
+}
+
+fn describe(snap: &Snapshot) -> Value {
+    let loaded_at = humantime::format_rfc3339_seconds(snap.loaded_at).to_string();
+    let apps: Vec<Value> = snap
+        .compiled
+        .apps
+        .iter()
+        .map(|(app, rules)| {
+            let rules: Vec<Value> = rules
+                .values()
+                .map(|c| {
+                    let mut r = json!({
+                        "rule": c.rule.name,
+                        "kind": c.rule.kind.pattern(),
+                        "description": c.rule.description,
+                        "source": c.rule.location.to_string(),
+                        "scripts": c.scripts().iter().map(|s| json!({"name": s.name, "sha": s.sha})).collect::<Vec<_>>(),
+                        "keys": c.key_layout().iter().map(|(k, what)| json!({"key": k, "holds": what})).collect::<Vec<_>>(),
+                    });
+                    match (&c.rule.kind, &c.kind) {
+                        (RuleKind::RateLimit(rl), CompiledKind::RateLimit(_)) => {
+                            r["limits"] = rl
+                                .limits
+                                .iter()
+                                .map(|l| json!({
+                                    "algorithm": l.algorithm,
+                                    "limit": l.limit,
+                                    "window_ms": l.window_ms(),
+                                    "burst": l.burst,
+                                }))
+                                .collect();
+                            r["on_redis_error"] = json!(rl.on_redis_error);
+                            r["shadow"] = json!(rl.shadow);
+                            r["id_from"] = json!(rl.id_from.as_ref().map(|f| json!({"header": f.header})));
+                        }
+                    }
+                    r
+                })
+                .collect();
+            json!({ "app": app, "rules": rules })
+        })
+        .collect();
+    json!({
+        "loaded_at": loaded_at,
+        "apps": apps,
+        "warnings": snap.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}

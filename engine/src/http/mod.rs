@@ -1,0 +1,76 @@
+//! HTTP: the axum router, built apart from the listener so tests and `main` share it.
+//! Handlers stay thin: parse, call the pattern runtime, render.
+
+mod admin;
+mod health;
+pub mod problem;
+mod ratelimit;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{Method, Uri};
+use axum::routing::{delete, get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::runtime::Runtime;
+use problem::ApiError;
+
+/// Request bodies on data routes are small JSON documents.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Arc<Runtime>,
+    /// Bearer token for `/admin`; without one, admin answers loopback clients only.
+    pub admin_token: Option<Arc<str>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/admin/policies", get(admin::policies))
+        .route("/admin/reload", post(admin::reload))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
+    Router::new()
+        .route(
+            "/v1/ratelimit/{app}/{rule}",
+            post(ratelimit::check_post).get(ratelimit::check_get),
+        )
+        .route(
+            "/v1/ratelimit/{app}/{rule}/leases/{lease}",
+            delete(ratelimit::release),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(admin)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
+/// The body, or a problem+json for a too-large or unreadable one.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::TooLarge(MAX_BODY_BYTES)
+        }
+        other => ApiError::BadRequest(format!("could not read the request body: {other}")),
+    })
+}

@@ -1,0 +1,110 @@
+//! The one error type of the HTTP layer, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Client mistakes are 4xx with a message that says what to fix. Internal failures are 5xx
+//! whose body leaks nothing: the detail goes to the log only.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::patterns::InputError;
+use crate::policy::Diagnostic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no app `{0}` is loaded")]
+    UnknownApp(String),
+    #[error("app `{app}` has no {pattern} rule `{rule}`")]
+    UnknownRule {
+        app: String,
+        pattern: &'static str,
+        rule: String,
+    },
+    #[error("no such route: {0}")]
+    NoRoute(String),
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("admin endpoints answer loopback clients only when no admin token is set")]
+    Forbidden,
+    #[error("the policies have errors; the running policies keep serving")]
+    ReloadRejected(Vec<Diagnostic>),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// Logged in full, answered as a bare 500.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownApp(_) | ApiError::UnknownRule { .. } | ApiError::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest(_) | ApiError::Input(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::UnknownApp(_) => "unknown-app",
+            ApiError::UnknownRule { .. } => "unknown-rule",
+            ApiError::NoRoute(_) => "no-route",
+            ApiError::MethodNotAllowed(_) => "method-not-allowed",
+            ApiError::BadRequest(_) | ApiError::Input(_) => "bad-request",
+            ApiError::TooLarge(_) => "too-large",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::ReloadRejected(_) => "invalid-policy",
+            ApiError::NotReady(_) => "not-ready",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({
+            "type": format!("urn:patternd:problem:{}", self.slug()),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        match &self {
+            ApiError::ReloadRejected(diags) => {
+                body["diagnostics"] = json!(diags);
+                body["errors"] = json!(diags.iter().map(ToString::to_string).collect::<Vec<_>>());
+            }
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            _ => {}
+        }
+        let mut resp = (status, body.to_string()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"patternd admin\""),
+            );
+        }
+        resp
+    }
+}

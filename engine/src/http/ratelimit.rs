@@ -1,0 +1,188 @@
+//! `/v1/ratelimit/{app}/{rule}`: thin handlers around `patterns::ratelimit`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::problem::ApiError;
+use crate::patterns::ratelimit::ReleaseError;
+use crate::patterns::{Decision, RateLimiter};
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static DEGRADED: HeaderName = HeaderName::from_static("patternd-degraded");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    cost: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CheckQuery {
+    cost: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CheckReply<'a> {
+    allowed: bool,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<&'a str>,
+    degraded: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shadow_denied: bool,
+}
+
+fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<RateLimiter>, ApiError> {
+    let snap = state.runtime.snapshot();
+    match snap.ratelimiter(app, rule) {
+        Some(rl) => Ok(rl.clone()),
+        None if !snap.has_app(app) => Err(ApiError::UnknownApp(app.to_string())),
+        None => Err(ApiError::UnknownRule {
+            app: app.to_string(),
+            pattern: "ratelimit",
+            rule: rule.to_string(),
+        }),
+    }
+}
+
+/// `POST /v1/ratelimit/{app}/{rule}` with `{"id": "...", "cost": n}`.
+pub(super) async fn check_post(
+    State(state): State<AppState>,
+    Path((app, rule)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let rl = lookup(&state, &app, &rule)?;
+    let body = super::body_bytes(body)?;
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(
+            "empty body; send JSON such as {\"id\": \"user-42\", \"cost\": 1}".into(),
+        ));
+    }
+    let req: CheckBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let id = match req.id {
+        Some(serde_json::Value::String(s)) => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(_) => return Err(ApiError::BadRequest("`id` must be a string or a number".into())),
+        None => return Err(ApiError::BadRequest("missing `id` (the entity to limit, e.g. a user or API key)".into())),
+    };
+    let cost = match req.cost {
+        None => 1,
+        Some(v) => parse_cost(&v.to_string())?,
+    };
+    decide(&state, &rl, &id, cost).await
+}
+
+/// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
+/// header named by the rule's `id_from`.
+pub(super) async fn check_get(
+    State(state): State<AppState>,
+    Path((app, rule)): Path<(String, String)>,
+    Query(q): Query<CheckQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rl = lookup(&state, &app, &rule)?;
+    let Some(from) = &rl.id_from else {
+        return Err(ApiError::BadRequest(format!(
+            "rule `{rule}` has no `id_from`; add `id_from: {{ header: NAME }}` to use GET, or POST a JSON body"
+        )));
+    };
+    let raw = headers
+        .get(from.header.as_str())
+        .ok_or_else(|| ApiError::BadRequest(format!("missing header `{}` (the rule's id_from)", from.header)))?
+        .to_str()
+        .map_err(|_| ApiError::BadRequest(format!("header `{}` is not valid text", from.header)))?;
+    // X-Forwarded-For is `client, proxy1, proxy2`: the client is the id.
+    let id = if from.header == "x-forwarded-for" {
+        raw.split(',').next().unwrap_or("").trim()
+    } else {
+        raw.trim()
+    };
+    let cost = match q.cost.as_deref() {
+        None => 1,
+        Some(c) => parse_cost(c)?,
+    };
+    decide(&state, &rl, id, cost).await
+}
+
+fn parse_cost(text: &str) -> Result<u64, ApiError> {
+    match text.parse::<i64>() {
+        Ok(n) if n < 0 => Err(ApiError::BadRequest(format!("`cost` must be 0 or more, not {n}"))),
+        Ok(n) => Ok(n.unsigned_abs()),
+        Err(_) => Err(ApiError::BadRequest(format!("`cost` must be a whole number, not {text}"))),
+    }
+}
+
+async fn decide(state: &AppState, rl: &RateLimiter, id: &str, cost: u64) -> Result<Response, ApiError> {
+    rl.validate(id, cost)?;
+    let d = rl.check(&state.runtime.store, id, cost).await;
+    Ok(render(rl, &d))
+}
+
+fn render(rl: &RateLimiter, d: &Decision) -> Response {
+    let reply = CheckReply {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: d.reset_after_ms,
+        retry_after_ms: d.retry_after_ms,
+        lease: d.lease.as_deref(),
+        degraded: d.degraded,
+        shadow_denied: d.shadow_denied,
+    };
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    let status = if d.allowed { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(rl.policy_header()) {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    let rl_value = format!(
+        "\"{}\";r={};t={}",
+        rl.item_name(d.limit_index),
+        d.remaining,
+        d.reset_after_ms.div_ceil(1000)
+    );
+    if let Ok(v) = HeaderValue::from_str(&rl_value) {
+        h.insert(RATELIMIT.clone(), v);
+    }
+    if !d.allowed {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_ms.div_ceil(1000).max(1)));
+    }
+    if d.degraded {
+        h.insert(
+            DEGRADED.clone(),
+            HeaderValue::from_static(if d.allowed { "allowed-without-redis" } else { "denied-without-redis" }),
+        );
+    }
+    resp
+}
+
+/// `DELETE /v1/ratelimit/{app}/{rule}/leases/{lease}`: releases a concurrency lease.
+pub(super) async fn release(
+    State(state): State<AppState>,
+    Path((app, rule, lease)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let rl = lookup(&state, &app, &rule)?;
+    match rl.release(&state.runtime.store, &lease).await {
+        Ok(released) => Ok(axum::Json(serde_json::json!({ "released": released })).into_response()),
+        Err(ReleaseError::NotConcurrency) => Err(ApiError::BadRequest(ReleaseError::NotConcurrency.to_string())),
+        Err(ReleaseError::Input(e)) => Err(e.into()),
+        Err(ReleaseError::Store(e)) if e.is_unavailable() => Err(ApiError::NotReady(format!("Redis unavailable: {e}"))),
+        Err(ReleaseError::Store(e)) => Err(ApiError::Internal(e.to_string())),
+    }
+}

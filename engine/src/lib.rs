@@ -1,0 +1,14 @@
+//! patternd: declarative Redis patterns served over HTTP.
+//!
+//! Data flow: `policy` (YAML → validated IR) → `compile` (IR → Lua scripts and key layouts)
+//! → `snapshot` (compiled rules ready to serve) → `runtime` (the current snapshot, reload)
+//! → `http` (axum handlers) → `patterns` (one script call per request) → `store` (Redis).
+//! See ARCHITECTURE.md for the invariants.
+
+pub mod compile;
+pub mod http;
+pub mod patterns;
+pub mod policy;
+pub mod runtime;
+pub mod snapshot;
+pub mod store;

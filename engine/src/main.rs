@@ -1,0 +1,264 @@
+//! The `patternd` binary: serve | check | compile | schema.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use patternd::compile::{self, CompiledKind};
+use patternd::http::{AppState, router};
+use patternd::policy::{self, Diagnostic};
+use patternd::runtime::Runtime;
+use patternd::snapshot::Snapshot;
+use patternd::store::managed::ManagedRedis;
+use patternd::store::{Store, StoreConfig};
+
+#[derive(Parser)]
+#[command(name = "patternd", version, about = "Redis patterns done right, served over HTTP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the policies over HTTP.
+    Serve(ServeArgs),
+    /// Validate policy files; exits non-zero with the diagnostics when there are errors.
+    Check {
+        /// Policy files or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print every rule's Lua script and key layout.
+    Compile {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the policy language (for editors).
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PATTERND_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Redis URL. Without it, patternd starts a managed redis-server on a free loopback port
+    /// (for trying it out; nothing is persisted).
+    #[arg(long, env = "PATTERND_REDIS_URL")]
+    redis: Option<String>,
+    /// Policy file or directory.
+    #[arg(long, env = "PATTERND_POLICIES", default_value = "policies")]
+    policies: PathBuf,
+    /// Bearer token for /admin. Without it, /admin answers loopback clients only.
+    #[arg(long, env = "PATTERND_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Multiplexed Redis connections on the request path (default: one per core).
+    #[arg(long, env = "PATTERND_REDIS_POOL")]
+    redis_pool: Option<usize>,
+    /// Bound on every Redis command; past it, the rule's on_redis_error decides.
+    #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { paths } => return check(&paths),
+        Command::Compile { paths } => return compile_cmd(&paths),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&policy::json_schema()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")
+            .and_then(|rt| rt.block_on(serve(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PATTERND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_diags(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    match policy::load_paths(paths).and_then(|l| compile::compile(&l.policy).map(|c| (l, c))) {
+        Ok((loaded, compiled)) => {
+            print_diags(&loaded.warnings);
+            let rules = compiled.rules().count();
+            println!(
+                "ok: {} app(s), {rules} rule(s), {} warning(s)",
+                compiled.apps.len(),
+                loaded.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            print_diags(&d.0);
+            eprintln!("{} error(s)", d.error_count());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compile_cmd(paths: &[PathBuf]) -> ExitCode {
+    let compiled = match policy::load_paths(paths).and_then(|l| compile::compile(&l.policy)) {
+        Ok(c) => c,
+        Err(d) => {
+            print_diags(&d.0);
+            return ExitCode::FAILURE;
+        }
+    };
+    for rule in compiled.rules() {
+        println!("==> {}/{} ({})", rule.rule.app, rule.rule.name, rule.rule.kind.pattern());
+        println!("keys:");
+        for (k, what) in rule.key_layout() {
+            println!("  {k}  -- {what}");
+        }
+        match &rule.kind {
+            CompiledKind::RateLimit(rl) => {
+                println!("script {} (sha1 {}):", rl.script.name, rl.script.sha);
+                println!("{}", rl.script.source);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("patternd_redis_seconds".into()),
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("could not install the metrics recorder")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The recorder must exist before any rule registers its metric handles.
+    let metrics = install_metrics()?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let snapshot = match Snapshot::build(std::slice::from_ref(&args.policies)) {
+        Ok(s) => s,
+        Err(d) => {
+            print_diags(&d.0);
+            anyhow::bail!(
+                "{} error(s) in the policies at {}; nothing started",
+                d.error_count(),
+                args.policies.display()
+            );
+        }
+    };
+    print_diags(&snapshot.warnings);
+
+    let (managed, url) = match &args.redis {
+        Some(url) => (None, url.clone()),
+        None => {
+            let m = ManagedRedis::start().await?;
+            tracing::info!(
+                url = %m.url(),
+                "no --redis given: started a managed redis-server (for trying patternd out; nothing is persisted; it stops with patternd)"
+            );
+            let url = m.url();
+            (Some(m), url)
+        }
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let store = Store::new(&StoreConfig {
+        url,
+        pool_size: args.redis_pool.unwrap_or(cores),
+        command_timeout: args.redis_timeout,
+    })?;
+    tracing::info!(redis = %store.redacted_url(), pool = args.redis_pool.unwrap_or(cores), "Redis pool ready");
+
+    let runtime = Arc::new(Runtime::new(snapshot, store, vec![args.policies.clone()]));
+    runtime.preload_scripts().await;
+    let snap = runtime.snapshot();
+    tracing::info!(
+        apps = snap.compiled.apps.len(),
+        rules = snap.rule_count(),
+        policies = %args.policies.display(),
+        "policies loaded"
+    );
+    if args.admin_token.is_none() {
+        tracing::info!("no admin token: /admin answers loopback clients only");
+    }
+
+    let state = AppState {
+        runtime,
+        admin_token: args.admin_token.map(Arc::from),
+        metrics: Some(metrics),
+    };
+    let app = router(state);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "patternd serving");
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    tracing::info!("shutting down");
+    if let Some(m) = managed {
+        m.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,31 @@
+//! Runtime per pattern: turns a request's facts into keys and one script call, and the reply
+//! into a decision. Knows Redis (through `store`) but not HTTP.
+
+pub mod ratelimit;
+
+pub use ratelimit::{Decision, RateLimiter};
+
+/// Entity ids longer than this are refused: they would only bloat keys.
+pub const MAX_ID_BYTES: usize = 512;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("`id` must not be empty")]
+    EmptyId,
+    #[error("`id` is {0} bytes; at most {MAX_ID_BYTES} are allowed")]
+    IdTooLong(usize),
+    #[error("`cost` {cost} exceeds {max}, the most this rule can ever allow at once")]
+    CostTooHigh { cost: u64, max: u64 },
+    #[error("malformed lease `{0}`")]
+    BadLease(String),
+}
+
+pub fn check_id(id: &str) -> Result<(), InputError> {
+    if id.is_empty() {
+        Err(InputError::EmptyId)
+    } else if id.len() > MAX_ID_BYTES {
+        Err(InputError::IdTooLong(id.len()))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The validated policy model (IR): typed, defaults applied, nothing left to check.
+//!
+//! Everything downstream (compiler, runtime, admin API) reads only this. If a value is here,
+//! it is valid: limits are positive, durations are whole milliseconds within range, names
+//! are safe to use in keys and URLs.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use super::diagnostic::Location;
+
+/// All loaded apps, in load order.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub apps: IndexMap<String, App>,
+}
+
+impl Policy {
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.apps.values().flat_map(|a| a.rules.values())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub location: Location,
+    pub rules: IndexMap<String, Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub app: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub location: Location,
+    pub kind: RuleKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    RateLimit(RateLimit),
+}
+
+impl RuleKind {
+    /// The pattern name used in URLs, keys and metrics.
+    pub fn pattern(&self) -> &'static str {
+        match self {
+            RuleKind::RateLimit(_) => "ratelimit",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// At least one. Checked together in one script; a denial charges none.
+    pub limits: Vec<Limit>,
+    pub on_redis_error: OnRedisError,
+    pub shadow: bool,
+    pub id_from: Option<IdFrom>,
+}
+
+impl RateLimit {
+    /// The largest cost a single request can ever be allowed: anything above it is refused as
+    /// bad input instead of being denied forever.
+    pub fn max_cost(&self) -> u64 {
+        self.limits
+            .iter()
+            .map(Limit::capacity)
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn is_concurrency(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|l| l.algorithm == Algorithm::Concurrency)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub algorithm: Algorithm,
+    /// Requests (cost units) per window, or in flight for `concurrency`.
+    pub limit: u64,
+    /// The window; for `concurrency`, the lease duration.
+    pub window: Duration,
+    /// Capacity of token_bucket and gcra; equal to `limit` elsewhere.
+    pub burst: u64,
+}
+
+impl Limit {
+    /// How much one request could take at most from an empty state.
+    pub fn capacity(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::TokenBucket | Algorithm::Gcra => self.burst,
+            _ => self.limit,
+        }
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    FixedWindow,
+    SlidingWindow,
+    SlidingLog,
+    TokenBucket,
+    Gcra,
+    Concurrency,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingLog,
+        Algorithm::TokenBucket,
+        Algorithm::Gcra,
+        Algorithm::Concurrency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::SlidingLog => "sliding_log",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Gcra => "gcra",
+            Algorithm::Concurrency => "concurrency",
+        }
+    }
+
+    /// A short code used in key suffixes, so that changing a limit's algorithm on reload
+    /// starts a fresh key instead of hitting a key of another Redis type (WRONGTYPE).
+    pub fn key_code(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fw",
+            Algorithm::SlidingWindow => "sw",
+            Algorithm::SlidingLog => "sl",
+            Algorithm::TokenBucket => "tb",
+            Algorithm::Gcra => "gc",
+            Algorithm::Concurrency => "cc",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdFrom {
+    /// Lowercased header name.
+    pub header: String,
+}

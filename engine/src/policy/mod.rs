@@ -1,0 +1,92 @@
+//! Policy files → validated IR.
+//!
+//! Pure: no Redis, no network. `load_paths` reads files; `load_sources` does the real work on
+//! in-memory text, which is what the golden tests drive. Every problem of a load is collected
+//! (across files and rules) before the load fails, each as `file:line:column: message`.
+
+pub mod diagnostic;
+pub mod duration;
+pub mod ir;
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
+pub use ir::{Algorithm, App, IdFrom, Limit, OnRedisError, Policy, RateLimit, Rule, RuleKind};
+
+/// A successful load: the policy, and the warnings a user should still read.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub policy: Policy,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads every path (a `.yaml`/`.yml` file, or a directory of them, not recursive) and
+/// validates the lot as one policy.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, Diagnostics> {
+    let mut sources = Vec::new();
+    let mut diags = Vec::new();
+    for path in paths {
+        collect_files(path, &mut sources, &mut diags);
+    }
+    if !diags.is_empty() {
+        return Err(Diagnostics(diags));
+    }
+    load_sources(&sources)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<(PathBuf, String)>, diags: &mut Vec<Diagnostic>) {
+    let unreadable = |e: std::io::Error, diags: &mut Vec<Diagnostic>| {
+        diags.push(Diagnostic::error(
+            &Location::file_start(path),
+            format!("cannot read: {e}"),
+        ));
+    };
+    if path.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) => return unreadable(e, diags),
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && is_yaml(p))
+            .collect();
+        files.sort();
+        for f in files {
+            collect_files(&f, out, diags);
+        }
+    } else {
+        match std::fs::read_to_string(path) {
+            Ok(text) => out.push((path.to_path_buf(), text)),
+            Err(e) => unreadable(e, diags),
+        }
+    }
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Validates in-memory policy files as one policy. Fails with every error found (and the
+/// warnings, so a failed `check` prints the whole picture).
+pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Loaded, Diagnostics> {
+    let mut v = validate::Validator::default();
+    for (idx, (path, text)) in sources.iter().enumerate() {
+        v.file(idx, path, text);
+    }
+    v.finish()
+}
+
+/// The JSON Schema of a policy file, for editors (`patternd schema`).
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(raw::RawPolicyFile);
+    serde_json::to_value(schema).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! The running engine: the current snapshot behind an `ArcSwap`, the Redis pool, and reload.
+//!
+//! Reload builds a complete new snapshot and loads its scripts into Redis, and swaps only on
+//! success: a bad policy never replaces a good one, and requests in flight keep the snapshot
+//! they started with.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
+use crate::policy::Diagnostics;
+use crate::snapshot::Snapshot;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the policies have errors:\n{0}")]
+    Invalid(#[from] Diagnostics),
+    #[error("Redis refused a script: {0}")]
+    ScriptRejected(#[source] StoreError),
+}
+
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    pub store: Store,
+    policy_paths: Vec<PathBuf>,
+    /// Serializes reloads so two concurrent reloads cannot swap in an older build last.
+    reload_lock: Mutex<()>,
+}
+
+impl Runtime {
+    pub fn new(snapshot: Snapshot, store: Store, policy_paths: Vec<PathBuf>) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store,
+            policy_paths,
+            reload_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Loads the current snapshot's scripts; logs instead of failing when Redis is down, since
+    /// NOSCRIPT recovery loads them on first use anyway.
+    pub async fn preload_scripts(&self) {
+        let snap = self.snapshot();
+        match self.store.load_scripts(&snap.scripts).await {
+            Ok(()) => tracing::info!(scripts = snap.scripts.len(), "scripts loaded into Redis"),
+            Err(e) => tracing::warn!(error = %e, "could not load scripts into Redis yet; they load on first use"),
+        }
+    }
+
+    /// Re-reads the policy paths. On success the new snapshot serves from the next request.
+    pub async fn reload(&self) -> Result<Arc<Snapshot>, ReloadError> {
+        let _guard = self.reload_lock.lock().await;
+        let paths = self.policy_paths.clone();
+        // Parsing and the Lua checks are CPU work: keep them off the request workers.
+        let built = tokio::task::spawn_blocking(move || Snapshot::build(&paths))
+            .await
+            .unwrap_or_else(|e| Err(Diagnostics(vec![crate::policy::Diagnostic::error(
+                &crate::policy::Location::file_start(std::path::Path::new("<reload>")),
+                format!("reload task failed: {e}"),
+            )])))?;
+        match self.store.load_scripts(&built.scripts).await {
+            Ok(()) => {}
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "Redis unavailable during reload; scripts load on first use");
+            }
+            Err(e) => return Err(ReloadError::ScriptRejected(e)),
+        }
+        let new = Arc::new(built);
+        self.snapshot.store(new.clone());
+        metrics::counter!("patternd_reloads_total", "result" => "ok").increment(1);
+        tracing::info!(rules = new.rule_count(), "policies reloaded");
+        Ok(new)
+    }
+}
