@@ -6,6 +6,7 @@
 
 pub mod diagnostic;
 pub mod duration;
+mod dupkeys;
 pub mod ir;
 mod raw;
 mod validate;

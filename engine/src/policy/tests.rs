@@ -1,0 +1,87 @@
+//! Loader tests beyond the golden files: several files, defaults, the schema.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn src(name: &str, text: &str) -> (PathBuf, String) {
+    (PathBuf::from(name), text.to_string())
+}
+
+#[test]
+fn defaults_are_applied() {
+    let l = load_sources(&[src(
+        "a.yaml",
+        "app: a\nrules:\n  r: { rate_limit: { algorithm: token_bucket, limit: 7, window: 1s } }\n",
+    )])
+    .expect("valid");
+    let rule = l.policy.rules().next().expect("one rule");
+    let RuleKind::RateLimit(rl) = &rule.kind;
+    assert_eq!(rl.limits.len(), 1);
+    assert_eq!(rl.limits[0].burst, 7, "burst defaults to limit");
+    assert_eq!(rl.limits[0].window, Duration::from_secs(1));
+    assert_eq!(rl.on_redis_error, OnRedisError::Allow);
+    assert!(!rl.shadow);
+    assert_eq!(rule.location.line, 3);
+}
+
+#[test]
+fn duplicate_apps_across_files_point_at_both() {
+    let err = load_sources(&[
+        src("one.yaml", "app: shop\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n"),
+        src("two.yaml", "app: shop\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n"),
+    ])
+    .expect_err("duplicate app");
+    let text = err.to_string();
+    assert!(text.contains("two.yaml:1:6: error: duplicate app `shop`: already defined at one.yaml:1:6"), "{text}");
+}
+
+#[test]
+fn errors_of_all_files_are_reported_together() {
+    let err = load_sources(&[
+        src("one.yaml", "app: x\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 0, window: 1s } }\n"),
+        src("two.yaml", "app: y\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: soon } }\n"),
+    ])
+    .expect_err("two errors");
+    assert_eq!(err.error_count(), 2, "{err}");
+    assert!(err.to_string().contains("one.yaml:3:"));
+    assert!(err.to_string().contains("two.yaml:3:"));
+}
+
+#[test]
+fn typos_get_a_suggestion() {
+    let err = load_sources(&[src(
+        "t.yaml",
+        "app: t\nrules:\n  a: { rate_limit: { algoritm: gcra, limit: 1, window: 1s } }\n",
+    )])
+    .expect_err("typo");
+    assert!(err.to_string().contains("did you mean `algorithm`?"), "{err}");
+}
+
+#[test]
+fn big_sliding_log_warns() {
+    let l = load_sources(&[src(
+        "w.yaml",
+        "app: w\nrules:\n  a: { rate_limit: { algorithm: sliding_log, limit: 1000000, window: 1h } }\n",
+    )])
+    .expect("valid with a warning");
+    assert_eq!(l.warnings.len(), 1);
+    assert!(l.warnings[0].message.contains("sliding_window"));
+}
+
+#[test]
+fn non_mapping_files_are_errors_not_panics() {
+    for text in ["", "- a\n- b\n", "just text", "app: [1, 2]\nrules: 3\n", "app: a\nrules:\n  r: 5\n"] {
+        let r = load_sources(&[src("n.yaml", text)]);
+        assert!(r.is_err(), "{text:?} should fail");
+    }
+}
+
+#[test]
+fn schema_describes_the_language() {
+    let s = json_schema().to_string();
+    for needle in ["rate_limit", "sliding_window", "on_redis_error", "id_from", "additionalProperties"] {
+        assert!(s.contains(needle), "schema lacks {needle}");
+    }
+}

@@ -36,7 +36,13 @@ pub(super) struct Validator {
 
 impl Validator {
     pub(super) fn file(&mut self, idx: usize, path: &Path, text: &str) {
-        let opts = LoaderOptions::default().error_on_duplicate_keys(true);
+        for (key, first, again) in super::dupkeys::find(text) {
+            self.err(
+                &Location::new(path, again.0, again.1),
+                format!("duplicate key `{key}` (first defined at line {}, column {}); the later one would silently replace it", first.0, first.1),
+            );
+        }
+        let opts = LoaderOptions::default().error_on_duplicate_keys(false);
         let root = match marked_yaml::parse_yaml_with_options(idx, text, opts) {
             Ok(node) => node,
             Err(e) => {
@@ -358,7 +364,10 @@ impl Validator {
         self.diags.iter().filter(|d| d.is_error()).count()
     }
 
-    pub(super) fn finish(self) -> Result<Loaded, Diagnostics> {
+    pub(super) fn finish(mut self) -> Result<Loaded, Diagnostics> {
+        // Reading order: file by file, top to bottom (files were visited in order, so a
+        // stable sort on the place keeps that).
+        self.diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         if self.error_count() > 0 {
             return Err(Diagnostics(self.diags));
         }
@@ -434,11 +443,35 @@ fn serde_message(e: &marked_yaml::FromNodeError) -> String {
         E::IntegerParseFailure(..) => "expected a whole number".to_string(),
         E::FloatParseFailure(..) => "expected a number".to_string(),
         E::NotBoolean(..) => "expected `true` or `false`".to_string(),
-        E::UnknownFieldError(field, expected, _) => format!(
-            "unknown field `{field}`; expected one of: {}",
-            expected.join(", ")
-        ),
+        E::UnknownFieldError(field, expected, _) => match suggest(field, expected) {
+            Some(s) => format!("unknown field `{field}`; did you mean `{s}`?"),
+            None => format!("unknown field `{field}`; expected one of: {}", expected.join(", ")),
+        },
         E::Other(m, _) => m.clone(),
     }
 }
 
+
+/// The closest expected name within two edits, for "did you mean" hints on typos.
+fn suggest<'a>(given: &str, expected: &[&'a str]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|e| (edit_distance(given, e), *e))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
