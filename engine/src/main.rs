@@ -18,7 +18,11 @@ use patternd::store::managed::ManagedRedis;
 use patternd::store::{Store, StoreConfig};
 
 #[derive(Parser)]
-#[command(name = "patternd", version, about = "Redis patterns done right, served over HTTP")]
+#[command(
+    name = "patternd",
+    version,
+    about = "Redis patterns done right, served over HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -138,7 +142,12 @@ fn compile_cmd(paths: &[PathBuf]) -> ExitCode {
         }
     };
     for rule in compiled.rules() {
-        println!("==> {}/{} ({})", rule.rule.app, rule.rule.name, rule.rule.kind.pattern());
+        println!(
+            "==> {}/{} ({})",
+            rule.rule.app,
+            rule.rule.name,
+            rule.rule.kind.pattern()
+        );
         println!("keys:");
         for (k, what) in rule.key_layout() {
             println!("  {k}  -- {what}");
@@ -157,7 +166,10 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("patternd_redis_seconds".into()),
-            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0,
+            ],
         )
         .context("metrics buckets")?
         .install_recorder()
@@ -200,7 +212,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Some(m), url)
         }
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let store = Store::new(&StoreConfig {
         url,
         pool_size: args.redis_pool.unwrap_or(cores),
@@ -231,10 +245,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, "patternd serving");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("server error")?;
     tracing::info!("shutting down");
     if let Some(m) = managed {
         m.shutdown().await;

@@ -50,7 +50,9 @@ impl Runtime {
         let snap = self.snapshot();
         match self.store.load_scripts(&snap.scripts).await {
             Ok(()) => tracing::info!(scripts = snap.scripts.len(), "scripts loaded into Redis"),
-            Err(e) => tracing::warn!(error = %e, "could not load scripts into Redis yet; they load on first use"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load scripts into Redis yet; they load on first use")
+            }
         }
     }
 
@@ -61,10 +63,12 @@ impl Runtime {
         // Parsing and the Lua checks are CPU work: keep them off the request workers.
         let built = tokio::task::spawn_blocking(move || Snapshot::build(&paths))
             .await
-            .unwrap_or_else(|e| Err(Diagnostics(vec![crate::policy::Diagnostic::error(
-                &crate::policy::Location::file_start(std::path::Path::new("<reload>")),
-                format!("reload task failed: {e}"),
-            )])))?;
+            .unwrap_or_else(|e| {
+                Err(Diagnostics(vec![crate::policy::Diagnostic::error(
+                    &crate::policy::Location::file_start(std::path::Path::new("<reload>")),
+                    format!("reload task failed: {e}"),
+                )]))
+            })?;
         match self.store.load_scripts(&built.scripts).await {
             Ok(()) => {}
             Err(e) if e.is_unavailable() => {

@@ -32,10 +32,10 @@ impl Snapshot {
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
                 (RuleKind::RateLimit(rl), CompiledKind::RateLimit(crl)) => {
-                    ratelimits
-                        .entry(c.rule.app.clone())
-                        .or_default()
-                        .insert(c.rule.name.clone(), Arc::new(RateLimiter::new(&c.rule, rl, crl, &c.keys)));
+                    ratelimits.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(RateLimiter::new(&c.rule, rl, crl, &c.keys)),
+                    );
                 }
             }
         }

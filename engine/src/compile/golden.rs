@@ -61,7 +61,11 @@ fn golden() {
     assert!(!cases.is_empty(), "no golden cases found");
     let mut failures = Vec::new();
     for case in cases {
-        let name = case.file_name().and_then(|n| n.to_str()).unwrap_or("case").to_string();
+        let name = case
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("case")
+            .to_string();
         let text = std::fs::read_to_string(&case).expect("readable case");
         let got = render(&name, &text);
         let out_path = case.with_extension("out");
@@ -71,10 +75,16 @@ fn golden() {
         }
         let want = std::fs::read_to_string(&out_path).unwrap_or_default();
         if got != want {
-            failures.push(format!("--- {name}: expected ---\n{want}\n--- got ---\n{got}"));
+            failures.push(format!(
+                "--- {name}: expected ---\n{want}\n--- got ---\n{got}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden mismatch (UPDATE_GOLDEN=1 rewrites):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatch (UPDATE_GOLDEN=1 rewrites):\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -84,9 +94,18 @@ fn every_generated_script_passes_the_lua51_check() {
     // generator must still produce syntactically valid Lua for any combination.
     let limits: Vec<Limit> = Algorithm::ALL
         .iter()
-        .map(|&a| Limit { algorithm: a, limit: 10, window: std::time::Duration::from_secs(60), burst: 10 })
+        .map(|&a| Limit {
+            algorithm: a,
+            limit: 10,
+            window: std::time::Duration::from_secs(60),
+            burst: 10,
+        })
         .collect();
-    let sources = vec![(PathBuf::from("x.yaml"), "app: a\nrules:\n  r: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n".to_string())];
+    let sources = vec![(
+        PathBuf::from("x.yaml"),
+        "app: a\nrules:\n  r: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n"
+            .to_string(),
+    )];
     let loaded = load_sources(&sources).expect("valid");
     let rule = loaded.policy.rules().next().expect("one rule").clone();
     let src = super::ratelimit::generate(&rule, &limits);

@@ -116,7 +116,11 @@ mod tests {
             let tag = hash_tag(&k).unwrap_or("");
             assert!(!tag.contains('{') && !tag.contains('}'));
             // The tag covers the whole escaped id: nothing of the id is left outside it.
-            assert_eq!(k.len(), "shop:ratelimit:api:{".len() + tag.len() + "}:0fw".len(), "{k}");
+            assert_eq!(
+                k.len(),
+                "shop:ratelimit:api:{".len() + tag.len() + "}:0fw".len(),
+                "{k}"
+            );
         }
         // Injective: ids that differ only by escaping still get different keys.
         assert_ne!(ks.key("%7D", "0fw"), ks.key("}", "0fw"));

@@ -104,7 +104,9 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Diagnostics> {
         for rule in app.rules.values() {
             let keys = KeySpace::new(&rule.app, rule.kind.pattern(), &rule.name);
             let kind = match &rule.kind {
-                RuleKind::RateLimit(rl) => ratelimit::compile(rule, rl).map(CompiledKind::RateLimit),
+                RuleKind::RateLimit(rl) => {
+                    ratelimit::compile(rule, rl).map(CompiledKind::RateLimit)
+                }
             };
             match kind {
                 Ok(kind) => {

@@ -23,8 +23,12 @@ fn algorithm_source(a: Algorithm) -> &'static str {
 }
 
 /// The release script is the same for every concurrency rule: built and checked once.
-static RELEASE_SCRIPT: LazyLock<Arc<Script>> =
-    LazyLock::new(|| Arc::new(Script::new("ratelimit release-lease", RELEASE_LEASE.to_string())));
+static RELEASE_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
+    Arc::new(Script::new(
+        "ratelimit release-lease",
+        RELEASE_LEASE.to_string(),
+    ))
+});
 
 /// A compiled rate-limit rule.
 ///
@@ -53,8 +57,12 @@ impl CompiledRateLimit {
             .map(|s| {
                 let what = match &s[s.len() - 2..] {
                     "fw" => "STRING counter, expires with its window",
-                    "sw" => "HASH {w, c, p}: window number and two counts, expires after two windows",
-                    "sl" => "ZSET of admitted requests by time, expires one window after the newest",
+                    "sw" => {
+                        "HASH {w, c, p}: window number and two counts, expires after two windows"
+                    }
+                    "sl" => {
+                        "ZSET of admitted requests by time, expires one window after the newest"
+                    }
                     "tb" => "HASH {t, ts}: tokens and last update, expires when the bucket is full",
                     "gc" => "STRING theoretical arrival time, expires when fully reset",
                     _ => "ZSET of leases by expiry time, expires with the last lease",
@@ -75,7 +83,10 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
     let source = generate(rule, &rl.limits);
     let name = format!("ratelimit {}/{}", rule.app, rule.name);
     luacheck::check(&name, &source).map_err(|e| {
-        format!("internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}", rule.name)
+        format!(
+            "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
+            rule.name
+        )
     })?;
     let release = if rl.is_concurrency() {
         luacheck::check("release-lease", RELEASE_LEASE)?;

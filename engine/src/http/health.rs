@@ -36,7 +36,11 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -68,7 +68,9 @@ async fn method_not_allowed(method: Method) -> ApiError {
 /// The body, or a problem+json for a too-large or unreadable one.
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+        BytesRejection::FailedToBufferBody(_)
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
             ApiError::TooLarge(MAX_BODY_BYTES)
         }
         other => ApiError::BadRequest(format!("could not read the request body: {other}")),

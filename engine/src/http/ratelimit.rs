@@ -76,8 +76,16 @@ pub(super) async fn check_post(
     let id = match req.id {
         Some(serde_json::Value::String(s)) => s,
         Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(_) => return Err(ApiError::BadRequest("`id` must be a string or a number".into())),
-        None => return Err(ApiError::BadRequest("missing `id` (the entity to limit, e.g. a user or API key)".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`id` must be a string or a number".into(),
+            ));
+        }
+        None => {
+            return Err(ApiError::BadRequest(
+                "missing `id` (the entity to limit, e.g. a user or API key)".into(),
+            ));
+        }
     };
     let cost = match req.cost {
         None => 1,
@@ -102,7 +110,12 @@ pub(super) async fn check_get(
     };
     let raw = headers
         .get(from.header.as_str())
-        .ok_or_else(|| ApiError::BadRequest(format!("missing header `{}` (the rule's id_from)", from.header)))?
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "missing header `{}` (the rule's id_from)",
+                from.header
+            ))
+        })?
         .to_str()
         .map_err(|_| ApiError::BadRequest(format!("header `{}` is not valid text", from.header)))?;
     // X-Forwarded-For is `client, proxy1, proxy2`: the client is the id.
@@ -120,13 +133,22 @@ pub(super) async fn check_get(
 
 fn parse_cost(text: &str) -> Result<u64, ApiError> {
     match text.parse::<i64>() {
-        Ok(n) if n < 0 => Err(ApiError::BadRequest(format!("`cost` must be 0 or more, not {n}"))),
+        Ok(n) if n < 0 => Err(ApiError::BadRequest(format!(
+            "`cost` must be 0 or more, not {n}"
+        ))),
         Ok(n) => Ok(n.unsigned_abs()),
-        Err(_) => Err(ApiError::BadRequest(format!("`cost` must be a whole number, not {text}"))),
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "`cost` must be a whole number, not {text}"
+        ))),
     }
 }
 
-async fn decide(state: &AppState, rl: &RateLimiter, id: &str, cost: u64) -> Result<Response, ApiError> {
+async fn decide(
+    state: &AppState,
+    rl: &RateLimiter,
+    id: &str,
+    cost: u64,
+) -> Result<Response, ApiError> {
     rl.validate(id, cost)?;
     let d = rl.check(&state.runtime.store, id, cost).await;
     Ok(render(rl, &d))
@@ -144,10 +166,17 @@ fn render(rl: &RateLimiter, d: &Decision) -> Response {
         shadow_denied: d.shadow_denied,
     };
     let body = serde_json::to_vec(&reply).unwrap_or_default();
-    let status = if d.allowed { StatusCode::OK } else { StatusCode::TOO_MANY_REQUESTS };
+    let status = if d.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(v) = HeaderValue::from_str(rl.policy_header()) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
@@ -161,12 +190,19 @@ fn render(rl: &RateLimiter, d: &Decision) -> Response {
         h.insert(RATELIMIT.clone(), v);
     }
     if !d.allowed {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(d.retry_after_ms.div_ceil(1000).max(1)));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(d.retry_after_ms.div_ceil(1000).max(1)),
+        );
     }
     if d.degraded {
         h.insert(
             DEGRADED.clone(),
-            HeaderValue::from_static(if d.allowed { "allowed-without-redis" } else { "denied-without-redis" }),
+            HeaderValue::from_static(if d.allowed {
+                "allowed-without-redis"
+            } else {
+                "denied-without-redis"
+            }),
         );
     }
     resp
@@ -180,9 +216,13 @@ pub(super) async fn release(
     let rl = lookup(&state, &app, &rule)?;
     match rl.release(&state.runtime.store, &lease).await {
         Ok(released) => Ok(axum::Json(serde_json::json!({ "released": released })).into_response()),
-        Err(ReleaseError::NotConcurrency) => Err(ApiError::BadRequest(ReleaseError::NotConcurrency.to_string())),
+        Err(ReleaseError::NotConcurrency) => Err(ApiError::BadRequest(
+            ReleaseError::NotConcurrency.to_string(),
+        )),
         Err(ReleaseError::Input(e)) => Err(e.into()),
-        Err(ReleaseError::Store(e)) if e.is_unavailable() => Err(ApiError::NotReady(format!("Redis unavailable: {e}"))),
+        Err(ReleaseError::Store(e)) if e.is_unavailable() => {
+            Err(ApiError::NotReady(format!("Redis unavailable: {e}")))
+        }
         Err(ReleaseError::Store(e)) => Err(ApiError::Internal(e.to_string())),
     }
 }

@@ -40,9 +40,7 @@ struct Counters {
 
 impl Counters {
     fn new(app: &str, rule: &str) -> Self {
-        let c = |outcome: &'static str| {
-            metrics::counter!("patternd_decisions_total", "app" => app.to_string(), "rule" => rule.to_string(), "pattern" => "ratelimit", "outcome" => outcome)
-        };
+        let c = |outcome: &'static str| metrics::counter!("patternd_decisions_total", "app" => app.to_string(), "rule" => rule.to_string(), "pattern" => "ratelimit", "outcome" => outcome);
         Self {
             allowed: c("allowed"),
             denied: c("denied"),
@@ -76,7 +74,9 @@ impl RateLimiter {
         let item_names: Vec<String> = if rl.limits.len() == 1 {
             vec![rule.name.clone()]
         } else {
-            (0..rl.limits.len()).map(|i| format!("{}-{i}", rule.name)).collect()
+            (0..rl.limits.len())
+                .map(|i| format!("{}-{i}", rule.name))
+                .collect()
         };
         // IETF httpapi ratelimit-headers: `"name";q=<quota>;w=<window seconds>` per limit.
         let policy_header = rl
@@ -110,7 +110,10 @@ impl RateLimiter {
 
     /// The `RateLimit` header item name of the reported limit.
     pub fn item_name(&self, index: usize) -> &str {
-        self.item_names.get(index).map(String::as_str).unwrap_or(&self.rule)
+        self.item_names
+            .get(index)
+            .map(String::as_str)
+            .unwrap_or(&self.rule)
     }
 
     pub fn is_concurrency(&self) -> bool {
@@ -121,7 +124,10 @@ impl RateLimiter {
     pub fn validate(&self, id: &str, cost: u64) -> Result<(), InputError> {
         check_id(id)?;
         if cost > self.max_cost {
-            return Err(InputError::CostTooHigh { cost, max: self.max_cost });
+            return Err(InputError::CostTooHigh {
+                cost,
+                max: self.max_cost,
+            });
         }
         Ok(())
     }
@@ -140,7 +146,9 @@ impl RateLimiter {
         match reply {
             Ok(v) if v.len() == 5 => {
                 let allowed = v[0] == 1;
-                let idx = usize::try_from(v[1]).unwrap_or(0).min(self.limits.len().saturating_sub(1));
+                let idx = usize::try_from(v[1])
+                    .unwrap_or(0)
+                    .min(self.limits.len().saturating_sub(1));
                 let lease = match (allowed, lease_member) {
                     (true, Some(m)) => Some(format!("{}.{m}.{cost}", B64.encode(id))),
                     _ => None,

@@ -83,7 +83,8 @@ pub fn find(text: &str) -> Vec<Duplicate> {
 mod tests {
     #[test]
     fn finds_nested_and_top_level_duplicates() {
-        let text = "app: a\nrules:\n  r:\n    x: 1\n    x: 2\n  r: {}\napp: b\nlist: [ {k: 1, k: 2} ]\n";
+        let text =
+            "app: a\nrules:\n  r:\n    x: 1\n    x: 2\n  r: {}\napp: b\nlist: [ {k: 1, k: 2} ]\n";
         let found = super::find(text);
         let keys: Vec<&str> = found.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(keys, vec!["x", "r", "app", "k"]);

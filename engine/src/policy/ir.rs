@@ -66,11 +66,7 @@ impl RateLimit {
     /// The largest cost a single request can ever be allowed: anything above it is refused as
     /// bad input instead of being denied forever.
     pub fn max_cost(&self) -> u64 {
-        self.limits
-            .iter()
-            .map(Limit::capacity)
-            .min()
-            .unwrap_or(0)
+        self.limits.iter().map(Limit::capacity).min().unwrap_or(0)
     }
 
     pub fn is_concurrency(&self) -> bool {

@@ -5,8 +5,8 @@
 //! (across files and rules) before the load fails, each as `file:line:column: message`.
 
 pub mod diagnostic;
-pub mod duration;
 mod dupkeys;
+pub mod duration;
 pub mod ir;
 mod raw;
 mod validate;
@@ -67,10 +67,7 @@ fn collect_files(path: &Path, out: &mut Vec<(PathBuf, String)>, diags: &mut Vec<
 }
 
 fn is_yaml(p: &Path) -> bool {
-    matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// Validates in-memory policy files as one policy. Fails with every error found (and the

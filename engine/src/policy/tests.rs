@@ -29,19 +29,34 @@ fn defaults_are_applied() {
 #[test]
 fn duplicate_apps_across_files_point_at_both() {
     let err = load_sources(&[
-        src("one.yaml", "app: shop\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n"),
-        src("two.yaml", "app: shop\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n"),
+        src(
+            "one.yaml",
+            "app: shop\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n",
+        ),
+        src(
+            "two.yaml",
+            "app: shop\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: 1s } }\n",
+        ),
     ])
     .expect_err("duplicate app");
     let text = err.to_string();
-    assert!(text.contains("two.yaml:1:6: error: duplicate app `shop`: already defined at one.yaml:1:6"), "{text}");
+    assert!(
+        text.contains("two.yaml:1:6: error: duplicate app `shop`: already defined at one.yaml:1:6"),
+        "{text}"
+    );
 }
 
 #[test]
 fn errors_of_all_files_are_reported_together() {
     let err = load_sources(&[
-        src("one.yaml", "app: x\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 0, window: 1s } }\n"),
-        src("two.yaml", "app: y\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: soon } }\n"),
+        src(
+            "one.yaml",
+            "app: x\nrules:\n  a: { rate_limit: { algorithm: gcra, limit: 0, window: 1s } }\n",
+        ),
+        src(
+            "two.yaml",
+            "app: y\nrules:\n  b: { rate_limit: { algorithm: gcra, limit: 1, window: soon } }\n",
+        ),
     ])
     .expect_err("two errors");
     assert_eq!(err.error_count(), 2, "{err}");
@@ -56,7 +71,10 @@ fn typos_get_a_suggestion() {
         "app: t\nrules:\n  a: { rate_limit: { algoritm: gcra, limit: 1, window: 1s } }\n",
     )])
     .expect_err("typo");
-    assert!(err.to_string().contains("did you mean `algorithm`?"), "{err}");
+    assert!(
+        err.to_string().contains("did you mean `algorithm`?"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -72,7 +90,13 @@ fn big_sliding_log_warns() {
 
 #[test]
 fn non_mapping_files_are_errors_not_panics() {
-    for text in ["", "- a\n- b\n", "just text", "app: [1, 2]\nrules: 3\n", "app: a\nrules:\n  r: 5\n"] {
+    for text in [
+        "",
+        "- a\n- b\n",
+        "just text",
+        "app: [1, 2]\nrules: 3\n",
+        "app: a\nrules:\n  r: 5\n",
+    ] {
         let r = load_sources(&[src("n.yaml", text)]);
         assert!(r.is_err(), "{text:?} should fail");
     }
@@ -81,7 +105,13 @@ fn non_mapping_files_are_errors_not_panics() {
 #[test]
 fn schema_describes_the_language() {
     let s = json_schema().to_string();
-    for needle in ["rate_limit", "sliding_window", "on_redis_error", "id_from", "additionalProperties"] {
+    for needle in [
+        "rate_limit",
+        "sliding_window",
+        "on_redis_error",
+        "id_from",
+        "additionalProperties",
+    ] {
         assert!(s.contains(needle), "schema lacks {needle}");
     }
 }

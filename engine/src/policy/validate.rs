@@ -11,11 +11,11 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use marked_yaml::{LoaderOptions, Node, Spanned};
 
+use super::Loaded;
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::duration;
 use super::ir::{Algorithm, App, IdFrom, Limit, OnRedisError, Policy, RateLimit, Rule, RuleKind};
 use super::raw::{RawLimit, RawRateLimit, RawRule};
-use super::Loaded;
 
 /// Limits above this are refused: Lua numbers are doubles, exact only up to 2^53, and no real
 /// policy counts this high per window.
@@ -51,7 +51,10 @@ impl Validator {
             }
         };
         let Some(map) = root.as_mapping() else {
-            self.err(&loc(path, root.span()), "a policy file must be a mapping with `app` and `rules`");
+            self.err(
+                &loc(path, root.span()),
+                "a policy file must be a mapping with `app` and `rules`",
+            );
             return;
         };
 
@@ -68,7 +71,10 @@ impl Validator {
                             app_name = Some((s.as_str().to_string(), l));
                         }
                     }
-                    None => self.err(&loc(path, value.span()), "`app` must be a name such as `shop`"),
+                    None => self.err(
+                        &loc(path, value.span()),
+                        "`app` must be a name such as `shop`",
+                    ),
                 },
                 "rules" => rules_node = Some(value),
                 other => self.err(
@@ -81,7 +87,10 @@ impl Validator {
         let file_start = loc(path, root.span());
         let Some((app, app_loc)) = app_name else {
             if !map.contains_key("app") {
-                self.err(&file_start, "missing `app` (the namespace every key of this file starts with)");
+                self.err(
+                    &file_start,
+                    "missing `app` (the namespace every key of this file starts with)",
+                );
             }
             return;
         };
@@ -94,9 +103,15 @@ impl Validator {
 
         let mut rules = IndexMap::new();
         match rules_node {
-            None => self.err(&file_start, "missing `rules` (a mapping of rule name to pattern)"),
+            None => self.err(
+                &file_start,
+                "missing `rules` (a mapping of rule name to pattern)",
+            ),
             Some(node) => match node.as_mapping() {
-                None => self.err(&loc(path, node.span()), "`rules` must be a mapping of rule name to pattern"),
+                None => self.err(
+                    &loc(path, node.span()),
+                    "`rules` must be a mapping of rule name to pattern",
+                ),
                 Some(rmap) => {
                     if rmap.is_empty() {
                         self.warn(&loc(path, node.span()), format!("app `{app}` has no rules"));
@@ -116,11 +131,22 @@ impl Validator {
         }
         self.policy.apps.insert(
             app.clone(),
-            App { name: app, location: app_loc, rules },
+            App {
+                name: app,
+                location: app_loc,
+                rules,
+            },
         );
     }
 
-    fn rule(&mut self, path: &Path, app: &str, name: &str, at: Location, body: &Node) -> Option<Rule> {
+    fn rule(
+        &mut self,
+        path: &Path,
+        app: &str,
+        name: &str,
+        at: Location,
+        body: &Node,
+    ) -> Option<Rule> {
         let raw: RawRule = match marked_yaml::from_node(body) {
             Ok(r) => r,
             Err(e) => {
@@ -154,7 +180,12 @@ impl Validator {
         })
     }
 
-    fn rate_limit(&mut self, path: &Path, rule: &str, rl: &Spanned<RawRateLimit>) -> Option<RateLimit> {
+    fn rate_limit(
+        &mut self,
+        path: &Path,
+        rule: &str,
+        rl: &Spanned<RawRateLimit>,
+    ) -> Option<RateLimit> {
         let before = self.error_count();
         let block_loc = loc(path, rl.span());
         let inline_given = rl.algorithm.is_some()
@@ -173,7 +204,10 @@ impl Validator {
             }
             (Some(list), false) => {
                 if list.is_empty() {
-                    self.err(&loc(path, list.span()), format!("rule `{rule}`: `limits` is empty"));
+                    self.err(
+                        &loc(path, list.span()),
+                        format!("rule `{rule}`: `limits` is empty"),
+                    );
                 }
                 for item in list.iter() {
                     let raw = &**item;
@@ -203,7 +237,10 @@ impl Validator {
             );
         }
         if limits.len() > 16 {
-            self.err(&block_loc, format!("rule `{rule}`: at most 16 limits per rule"));
+            self.err(
+                &block_loc,
+                format!("rule `{rule}`: at most 16 limits per rule"),
+            );
         }
 
         let on_redis_error = match &rl.on_redis_error {
@@ -212,7 +249,10 @@ impl Validator {
                 "allow" => OnRedisError::Allow,
                 "deny" => OnRedisError::Deny,
                 other => {
-                    self.err(&loc(path, s.span()), format!("`on_redis_error` must be `allow` or `deny`, not `{other}`"));
+                    self.err(
+                        &loc(path, s.span()),
+                        format!("`on_redis_error` must be `allow` or `deny`, not `{other}`"),
+                    );
                     OnRedisError::Allow
                 }
             },
@@ -223,20 +263,33 @@ impl Validator {
             Some(f) => {
                 let h = f.header.trim();
                 if h.is_empty() || !h.bytes().all(is_header_char) {
-                    self.err(&loc(path, f.header.span()), format!("`id_from.header` must be an HTTP header name, not `{h}`"));
+                    self.err(
+                        &loc(path, f.header.span()),
+                        format!("`id_from.header` must be an HTTP header name, not `{h}`"),
+                    );
                     None
                 } else {
-                    Some(IdFrom { header: h.to_ascii_lowercase() })
+                    Some(IdFrom {
+                        header: h.to_ascii_lowercase(),
+                    })
                 }
             }
         };
 
         let shadow = rl.shadow.unwrap_or(false);
         if shadow {
-            self.warn(&block_loc, format!("rule `{rule}` is in shadow mode: it counts but never denies"));
+            self.warn(
+                &block_loc,
+                format!("rule `{rule}` is in shadow mode: it counts but never denies"),
+            );
         }
 
-        (self.error_count() == before).then_some(RateLimit { limits, on_redis_error, shadow, id_from })
+        (self.error_count() == before).then_some(RateLimit {
+            limits,
+            on_redis_error,
+            shadow,
+            id_from,
+        })
     }
 
     fn limit(&mut self, path: &Path, rule: &str, at: &Location, raw: &RawLimit) -> Option<Limit> {
@@ -250,17 +303,36 @@ impl Validator {
         self.limit_ref(path, rule, at, r)
     }
 
-    fn limit_ref(&mut self, path: &Path, rule: &str, at: &Location, raw: RawLimitRef<'_>) -> Option<Limit> {
+    fn limit_ref(
+        &mut self,
+        path: &Path,
+        rule: &str,
+        at: &Location,
+        raw: RawLimitRef<'_>,
+    ) -> Option<Limit> {
         let before = self.error_count();
         let algorithm = match raw.algorithm {
             None => {
-                self.err(at, format!("rule `{rule}`: missing `algorithm` (one of {})", algorithm_list()));
+                self.err(
+                    at,
+                    format!(
+                        "rule `{rule}`: missing `algorithm` (one of {})",
+                        algorithm_list()
+                    ),
+                );
                 None
             }
             Some(a) => match Algorithm::parse(a.as_str()) {
                 Some(alg) => Some(alg),
                 None => {
-                    self.err(&loc(path, a.span()), format!("unknown algorithm `{}`; expected one of {}", a.as_str(), algorithm_list()));
+                    self.err(
+                        &loc(path, a.span()),
+                        format!(
+                            "unknown algorithm `{}`; expected one of {}",
+                            a.as_str(),
+                            algorithm_list()
+                        ),
+                    );
                     None
                 }
             },
@@ -278,7 +350,10 @@ impl Validator {
         let is_conc = alg == Algorithm::Concurrency;
         let window = if is_conc {
             if let Some(w) = raw.window {
-                self.err(&loc(path, w.span()), "`concurrency` takes `lease` (how long a slot is held at most), not `window`");
+                self.err(
+                    &loc(path, w.span()),
+                    "`concurrency` takes `lease` (how long a slot is held at most), not `window`",
+                );
             }
             match raw.lease {
                 None => {
@@ -289,11 +364,20 @@ impl Validator {
             }
         } else {
             if let Some(l) = raw.lease {
-                self.err(&loc(path, l.span()), format!("`lease` applies only to `concurrency`, not `{}`", alg.name()));
+                self.err(
+                    &loc(path, l.span()),
+                    format!(
+                        "`lease` applies only to `concurrency`, not `{}`",
+                        alg.name()
+                    ),
+                );
             }
             match raw.window {
                 None => {
-                    self.err(at, format!("rule `{rule}`: missing `window`, e.g. `window: 1m`"));
+                    self.err(
+                        at,
+                        format!("rule `{rule}`: missing `window`, e.g. `window: 1m`"),
+                    );
                     None
                 }
                 Some(w) => self.duration(path, "window", w),
@@ -302,7 +386,13 @@ impl Validator {
         if let Some(b) = raw.burst
             && !matches!(alg, Algorithm::TokenBucket | Algorithm::Gcra)
         {
-            self.err(&loc(path, b.span()), format!("`burst` applies only to `token_bucket` and `gcra`, not `{}`", alg.name()));
+            self.err(
+                &loc(path, b.span()),
+                format!(
+                    "`burst` applies only to `token_bucket` and `gcra`, not `{}`",
+                    alg.name()
+                ),
+            );
         }
         if self.error_count() != before {
             return None;
@@ -313,17 +403,28 @@ impl Validator {
                 "rule `{rule}`: sliding_log keeps one entry per admitted request, so up to {limit} entries per id; consider sliding_window, which keeps two counters"
             ));
         }
-        Some(Limit { algorithm: alg, limit, window, burst: burst.unwrap_or(limit) })
+        Some(Limit {
+            algorithm: alg,
+            limit,
+            window,
+            burst: burst.unwrap_or(limit),
+        })
     }
 
     fn positive(&mut self, path: &Path, field: &str, n: &Spanned<i64>) -> Option<u64> {
         let v = **n;
         if v <= 0 {
-            self.err(&loc(path, n.span()), format!("`{field}` must be at least 1, not {v}"));
+            self.err(
+                &loc(path, n.span()),
+                format!("`{field}` must be at least 1, not {v}"),
+            );
             return None;
         }
         if v > MAX_LIMIT {
-            self.err(&loc(path, n.span()), format!("`{field}` {v} is too large (at most {MAX_LIMIT})"));
+            self.err(
+                &loc(path, n.span()),
+                format!("`{field}` {v} is too large (at most {MAX_LIMIT})"),
+            );
             return None;
         }
         u64::try_from(v).ok()
@@ -345,7 +446,10 @@ impl Validator {
                 None
             }
             Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
-                self.err(&l, format!("`{field}` must be a whole number of milliseconds"));
+                self.err(
+                    &l,
+                    format!("`{field}` must be a whole number of milliseconds"),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -367,11 +471,15 @@ impl Validator {
     pub(super) fn finish(mut self) -> Result<Loaded, Diagnostics> {
         // Reading order: file by file, top to bottom (files were visited in order, so a
         // stable sort on the place keeps that).
-        self.diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        self.diags
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         if self.error_count() > 0 {
             return Err(Diagnostics(self.diags));
         }
-        Ok(Loaded { policy: self.policy, warnings: self.diags })
+        Ok(Loaded {
+            policy: self.policy,
+            warnings: self.diags,
+        })
     }
 }
 
@@ -390,7 +498,11 @@ fn loc(path: &Path, span: &marked_yaml::Span) -> Location {
 }
 
 fn algorithm_list() -> String {
-    Algorithm::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    Algorithm::ALL
+        .iter()
+        .map(|a| a.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_header_char(b: u8) -> bool {
@@ -401,7 +513,9 @@ fn is_header_char(b: u8) -> bool {
 fn check_name(name: &str, what: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
@@ -415,17 +529,36 @@ fn check_name(name: &str, what: &str) -> Result<(), String> {
 fn load_error(path: &Path, e: &marked_yaml::LoadError) -> Diagnostic {
     use marked_yaml::LoadError as E;
     let (mark, msg) = match e {
-        E::TopLevelMustBeMapping(m) => (Some(*m), "a policy file must be a mapping with `app` and `rules`".to_string()),
-        E::TopLevelMustBeSequence(m) => (Some(*m), "unexpected sequence at the top level".to_string()),
-        E::UnexpectedAnchor(m) => (Some(*m), "YAML anchors and aliases are not supported in policy files".to_string()),
+        E::TopLevelMustBeMapping(m) => (
+            Some(*m),
+            "a policy file must be a mapping with `app` and `rules`".to_string(),
+        ),
+        E::TopLevelMustBeSequence(m) => {
+            (Some(*m), "unexpected sequence at the top level".to_string())
+        }
+        E::UnexpectedAnchor(m) => (
+            Some(*m),
+            "YAML anchors and aliases are not supported in policy files".to_string(),
+        ),
         E::MappingKeyMustBeScalar(m) => (Some(*m), "mapping keys must be plain names".to_string()),
-        E::UnexpectedTag(m) => (Some(*m), "YAML tags are not supported in policy files".to_string()),
+        E::UnexpectedTag(m) => (
+            Some(*m),
+            "YAML tags are not supported in policy files".to_string(),
+        ),
         E::ScanError(m, se) => (Some(*m), format!("YAML syntax error: {se}")),
         E::DuplicateKey(d) => {
-            let first = d.prev_key.span().start().map(|m| format!("{}:{}", m.line(), m.column())).unwrap_or_default();
+            let first = d
+                .prev_key
+                .span()
+                .start()
+                .map(|m| format!("{}:{}", m.line(), m.column()))
+                .unwrap_or_default();
             (
                 d.key.span().start().copied(),
-                format!("duplicate key `{}` (first defined at line {first})", d.key.as_str()),
+                format!(
+                    "duplicate key `{}` (first defined at line {first})",
+                    d.key.as_str()
+                ),
             )
         }
     };
@@ -445,12 +578,14 @@ fn serde_message(e: &marked_yaml::FromNodeError) -> String {
         E::NotBoolean(..) => "expected `true` or `false`".to_string(),
         E::UnknownFieldError(field, expected, _) => match suggest(field, expected) {
             Some(s) => format!("unknown field `{field}`; did you mean `{s}`?"),
-            None => format!("unknown field `{field}`; expected one of: {}", expected.join(", ")),
+            None => format!(
+                "unknown field `{field}`; expected one of: {}",
+                expected.join(", ")
+            ),
         },
         E::Other(m, _) => m.clone(),
     }
 }
-
 
 /// The closest expected name within two edits, for "did you mean" hints on typos.
 fn suggest<'a>(given: &str, expected: &[&'a str]) -> Option<&'a str> {

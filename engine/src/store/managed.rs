@@ -100,7 +100,10 @@ async fn wait_ready(port: u16, waited: Duration) -> Result<(), ManagedError> {
     while tokio::time::Instant::now() < deadline {
         if let Ok(client) = redis::Client::open(url.as_str())
             && let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            && redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
         {
             return Ok(());
         }

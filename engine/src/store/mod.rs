@@ -146,7 +146,9 @@ impl Store {
             cmd.arg(*a);
         }
         match self.run(&cmd).await {
-            Err(StoreError::Redis(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Err(StoreError::Redis(e))
+                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
                 tracing::warn!(script = %script.name, "NOSCRIPT: reloading the script into Redis");
                 metrics::counter!("patternd_script_reloads_total").increment(1);
                 self.load_script(script).await?;
@@ -220,7 +222,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(
+            super::redact("redis://u:secret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
         assert_eq!(super::redact("redis://h:1"), "redis://h:1");
     }
 }

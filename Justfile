@@ -1,0 +1,33 @@
+# patternd tasks. `just` lists them. (Install just with `cargo install just`; every recipe is
+# a plain cargo command you can also run directly.)
+
+default:
+    @just --list
+
+# Serve ./policies on 127.0.0.1:8080 with a managed redis-server (no Redis setup needed).
+run *ARGS:
+    cargo run -p patternd -- serve {{ARGS}}
+
+# The whole test suite: unit, golden and end-to-end (starts its own redis-servers).
+test:
+    cargo test --workspace
+
+# Benchmarks against redis-benchmark on the same Redis, in one run (release build).
+bench *ARGS:
+    cargo build --release -p patternd
+    cargo run --release -p patternd-bench -- {{ARGS}}
+
+# Validate the example policies.
+check:
+    cargo run -p patternd -- check policies
+
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+    cargo fmt --all
+
+# Rewrite the compiler's golden files after an intended change (review the diff!).
+golden:
+    UPDATE_GOLDEN=1 cargo test -p patternd --lib golden
