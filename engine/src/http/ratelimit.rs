@@ -29,6 +29,9 @@ struct CheckBody {
 #[derive(Deserialize)]
 pub(super) struct CheckQuery {
     cost: Option<String>,
+    /// Status for a denial instead of 429. nginx's `auth_request` only understands 2xx, 401 and
+    /// 403 (anything else becomes a 500), so gateways ask for 403 and map it back to 429.
+    deny_status: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -91,7 +94,9 @@ pub(super) async fn check_post(
         None => 1,
         Some(v) => parse_cost(&v.to_string())?,
     };
-    decide(&state, &rl, &id, cost).await
+    rl.validate(&id, cost)?;
+    let d = rl.check(&state.runtime.store, &id, cost).await;
+    Ok(render(&rl, &d, StatusCode::TOO_MANY_REQUESTS))
 }
 
 /// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
@@ -128,7 +133,19 @@ pub(super) async fn check_get(
         None => 1,
         Some(c) => parse_cost(c)?,
     };
-    decide(&state, &rl, id, cost).await
+    let deny_status = match q.deny_status.as_deref() {
+        None | Some("429") => StatusCode::TOO_MANY_REQUESTS,
+        Some("403") => StatusCode::FORBIDDEN,
+        Some("401") => StatusCode::UNAUTHORIZED,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`deny_status` must be 429, 403 or 401, not {other}"
+            )));
+        }
+    };
+    rl.validate(id, cost)?;
+    let d = rl.check(&state.runtime.store, id, cost).await;
+    Ok(render(&rl, &d, deny_status))
 }
 
 fn parse_cost(text: &str) -> Result<u64, ApiError> {
@@ -143,18 +160,7 @@ fn parse_cost(text: &str) -> Result<u64, ApiError> {
     }
 }
 
-async fn decide(
-    state: &AppState,
-    rl: &RateLimiter,
-    id: &str,
-    cost: u64,
-) -> Result<Response, ApiError> {
-    rl.validate(id, cost)?;
-    let d = rl.check(&state.runtime.store, id, cost).await;
-    Ok(render(rl, &d))
-}
-
-fn render(rl: &RateLimiter, d: &Decision) -> Response {
+fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     let reply = CheckReply {
         allowed: d.allowed,
         limit: d.limit,
@@ -169,7 +175,7 @@ fn render(rl: &RateLimiter, d: &Decision) -> Response {
     let status = if d.allowed {
         StatusCode::OK
     } else {
-        StatusCode::TOO_MANY_REQUESTS
+        deny_status
     };
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
