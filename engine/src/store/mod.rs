@@ -79,6 +79,8 @@ struct Inner {
     next: AtomicUsize,
     timeout: Duration,
     url: String,
+    /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
+    latency: metrics::Histogram,
 }
 
 impl Store {
@@ -107,6 +109,7 @@ impl Store {
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
                 url: cfg.url.clone(),
+                latency: metrics::histogram!("patternd_redis_seconds"),
             }),
         })
     }
@@ -125,7 +128,7 @@ impl Store {
         let mut conn = self.conn();
         let started = Instant::now();
         let res = tokio::time::timeout(self.inner.timeout, cmd.query_async::<T>(&mut conn)).await;
-        metrics::histogram!("patternd_redis_seconds").record(started.elapsed().as_secs_f64());
+        self.inner.latency.record(started.elapsed().as_secs_f64());
         match res {
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
             Ok(r) => r.map_err(StoreError::from),
