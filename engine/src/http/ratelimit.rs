@@ -192,7 +192,11 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         d.remaining,
         d.reset_after_ms.div_ceil(1000)
     );
-    if let Ok(v) = HeaderValue::from_str(&rl_value) {
+    // A degraded decision knows nothing about the quota: claiming `r=0` would make
+    // well-behaved clients back off for no reason, so the header is left out.
+    if !d.degraded
+        && let Ok(v) = HeaderValue::from_str(&rl_value)
+    {
         h.insert(RATELIMIT.clone(), v);
     }
     if !d.allowed {

@@ -179,7 +179,11 @@ impl RateLimiter {
             }
             Err(e) => {
                 if e.is_unavailable() {
-                    tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
+                    // Every request fails the same way during an outage: log once a second,
+                    // the metrics count every one.
+                    if log_gate() {
+                        tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
+                    }
                 } else {
                     tracing::error!(app = %self.app, rule = %self.rule, error = %e, "rate-limit script failed; on_redis_error decides");
                 }
@@ -253,6 +257,21 @@ pub enum ReleaseError {
     Input(#[from] InputError),
     #[error(transparent)]
     Store(crate::store::StoreError),
+}
+
+/// True at most once per second across all rules.
+fn log_gate() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    now != last
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 fn non_negative(v: i64) -> u64 {
