@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::{Method, Uri};
 use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -75,4 +75,9 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         }
         other => ApiError::BadRequest(format!("could not read the request body: {other}")),
     })
+}
+
+/// Path segments that are not valid UTF-8 after percent-decoding.
+fn bad_path(e: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid path: {}", e.body_text()))
 }

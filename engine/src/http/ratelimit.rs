@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -64,9 +64,10 @@ fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<RateLimiter>, A
 /// `POST /v1/ratelimit/{app}/{rule}` with `{"id": "...", "cost": n}`.
 pub(super) async fn check_post(
     State(state): State<AppState>,
-    Path((app, rule)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((app, rule)) = path.map_err(super::bad_path)?;
     let rl = lookup(&state, &app, &rule)?;
     let body = super::body_bytes(body)?;
     if body.is_empty() {
@@ -103,10 +104,11 @@ pub(super) async fn check_post(
 /// header named by the rule's `id_from`.
 pub(super) async fn check_get(
     State(state): State<AppState>,
-    Path((app, rule)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     Query(q): Query<CheckQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Path((app, rule)) = path.map_err(super::bad_path)?;
     let rl = lookup(&state, &app, &rule)?;
     let Some(from) = &rl.id_from else {
         return Err(ApiError::BadRequest(format!(
@@ -221,8 +223,9 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
 /// `DELETE /v1/ratelimit/{app}/{rule}/leases/{lease}`: releases a concurrency lease.
 pub(super) async fn release(
     State(state): State<AppState>,
-    Path((app, rule, lease)): Path<(String, String, String)>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let Path((app, rule, lease)) = path.map_err(super::bad_path)?;
     let rl = lookup(&state, &app, &rule)?;
     match rl.release(&state.runtime.store, &lease).await {
         Ok(released) => Ok(axum::Json(serde_json::json!({ "released": released })).into_response()),
