@@ -3,6 +3,7 @@
 
 mod admin;
 mod health;
+mod openapi;
 pub mod problem;
 mod ratelimit;
 
@@ -30,7 +31,20 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
+/// Every route the router serves; the OpenAPI test checks the document against it.
+pub const ROUTES: &[&str] = &[
+    "/v1/ratelimit/{app}/{rule}",
+    "/v1/ratelimit/{app}/{rule}/leases/{lease}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/admin/policies",
+    "/admin/reload",
+];
+
 pub fn router(state: AppState) -> Router {
+    let doc: Arc<str> = Arc::from(openapi::document());
     let admin = Router::new()
         .route("/admin/policies", get(admin::policies))
         .route("/admin/reload", post(admin::reload))
@@ -50,6 +64,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc.to_string(),
+                    )
+                }
+            }),
+        )
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
