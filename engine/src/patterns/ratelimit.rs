@@ -150,7 +150,9 @@ impl RateLimiter {
                     .unwrap_or(0)
                     .min(self.limits.len().saturating_sub(1));
                 let lease = match (allowed, lease_member) {
-                    (true, Some(m)) => Some(format!("{}.{m}.{cost}", B64.encode(id))),
+                    // A cost-0 query holds no slot, so it gets no lease: one would name
+                    // cost 0, which `parse_lease` (rightly) refuses as malformed.
+                    (true, Some(m)) if cost > 0 => Some(format!("{}.{m}.{cost}", B64.encode(id))),
                     _ => None,
                 };
                 let d = Decision {
