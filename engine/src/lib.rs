@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod http;
 pub mod patterns;
+pub mod plugin;
 pub mod policy;
 pub mod runtime;
 pub mod snapshot;

@@ -1,0 +1,132 @@
+//! The plugin contract on the engine side: request facts in, decisions out. Mirrors the
+//! records of `plugins/wit/plugin.wit`; both hosts convert to and from these types and
+//! validate what a plugin returns before anything reaches Redis.
+
+use crate::policy::Algorithm;
+
+use super::{Limits, PluginError};
+
+/// The facts of one request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub method: String,
+    pub path: String,
+    pub id: String,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub client_addr: Option<String>,
+    /// Exposed JSON body fields, each as JSON text.
+    pub fields: Vec<(String, String)>,
+}
+
+impl RequestFacts {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One limit a plugin asks to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynLimit {
+    pub key_suffix: String,
+    pub cost: u64,
+    pub limit: u64,
+    pub window_ms: u64,
+    pub burst: u64,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitDecision {
+    Skip,
+    Deny(String),
+    Check(Vec<DynLimit>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CacheDecision {
+    pub key: Option<String>,
+    pub ttl_ms: Option<u64>,
+    pub bypass: bool,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionDecision {
+    Allow,
+    Reject(String),
+}
+
+/// Checks a plugin's rate-limit decision against the same bounds a policy file has, so a
+/// buggy plugin cannot create a key outside its namespace, a limit Lua cannot count, or a
+/// flood of keys.
+pub fn validate_rate_limit(
+    plugin: &str,
+    d: RateLimitDecision,
+    limits: &Limits,
+) -> Result<RateLimitDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match &d {
+        RateLimitDecision::Skip => {}
+        RateLimitDecision::Deny(reason) => {
+            if reason.len() > limits.max_string_bytes {
+                return Err(bad(format!("deny reason is {} bytes", reason.len())));
+            }
+        }
+        RateLimitDecision::Check(list) => {
+            if list.is_empty() {
+                return Err(bad("`check` with no limits".into()));
+            }
+            if list.len() > limits.max_output_items {
+                return Err(bad(format!(
+                    "{} limits; at most {} per decision",
+                    list.len(),
+                    limits.max_output_items
+                )));
+            }
+            for l in list {
+                if l.key_suffix.is_empty()
+                    || l.key_suffix.len() > 64
+                    || !l
+                        .key_suffix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(bad(format!(
+                        "key suffix `{}` must be 1 to 64 letters, digits, `-`, `_` or `.`",
+                        l.key_suffix.chars().take(80).collect::<String>()
+                    )));
+                }
+                if l.limit == 0 || l.limit > 1_000_000_000_000 {
+                    return Err(bad(format!("limit {} out of range", l.limit)));
+                }
+                if l.burst == 0 || l.burst > 1_000_000_000_000 {
+                    return Err(bad(format!("burst {} out of range", l.burst)));
+                }
+                if l.window_ms == 0 || l.window_ms > 366 * 86_400_000 {
+                    return Err(bad(format!("window {} ms out of range", l.window_ms)));
+                }
+                let capacity = match l.algorithm {
+                    Algorithm::TokenBucket | Algorithm::Gcra => l.burst,
+                    _ => l.limit,
+                };
+                if l.cost > capacity {
+                    return Err(bad(format!(
+                        "cost {} exceeds the limit's capacity {capacity}",
+                        l.cost
+                    )));
+                }
+                if l.algorithm == Algorithm::Concurrency {
+                    return Err(bad("plugins cannot ask for concurrency limits".into()));
+                }
+            }
+        }
+    }
+    Ok(d)
+}

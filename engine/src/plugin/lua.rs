@@ -1,0 +1,705 @@
+//! The Lua plugin host (mlua, Lua 5.1 — the same build that checks Redis scripts).
+//!
+//! A Lua plugin is a text chunk returning a table of hooks named like the WIT exports
+//! (`init`, `rate_limit`, `cache`, `session`; records are Lua tables) and optionally `ops`,
+//! Redis-side operations (see `registry`). Sandbox: only the `table`, `string` and `math`
+//! libraries; no `io`, `os`, `require`, `debug`, `load*`, `dofile`, `string.dump`, or any way
+//! to load bytecode; `print` goes to patternd's log. Each call gets an instruction budget
+//! (a count hook) and each instance a memory limit. Instances are kept warm in a small pool;
+//! one that failed a call is dropped, never reused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mlua::chunk::ChunkMode;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use std::sync::Mutex;
+
+use super::decision::{CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision};
+use super::{Limits, PluginError};
+use crate::policy::Algorithm;
+
+/// Instructions between two budget checks: small enough that a runaway loop stops within a
+/// fraction of a millisecond past its budget, large enough to cost nothing measurable.
+const HOOK_EVERY: u32 = 1000;
+/// Warm instances kept per binding.
+const POOL_MAX: usize = 8;
+
+/// A loaded Lua plugin: its source, checked once.
+#[derive(Debug)]
+pub struct LuaPlugin {
+    pub name: String,
+    source: Arc<str>,
+    pub hooks: Vec<&'static str>,
+    /// `ops` declared by the plugin: (name, keys, script body).
+    pub ops: Vec<LuaOpDecl>,
+    limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct LuaOpDecl {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub script: String,
+}
+
+const HOOKS: [&str; 4] = ["init", "rate_limit", "cache", "session"];
+
+impl LuaPlugin {
+    /// Compiles the chunk and runs it once in a sandbox to read its table of hooks and ops.
+    pub fn load(name: &str, source: String, limits: Limits) -> Result<Self, PluginError> {
+        let source: Arc<str> = Arc::from(source);
+        let mut plugin = LuaPlugin {
+            name: name.to_string(),
+            source,
+            hooks: Vec::new(),
+            ops: Vec::new(),
+            limits,
+        };
+        let inst = plugin.instance()?;
+        let table = inst.table()?;
+        for hook in HOOKS {
+            match table.get::<Value>(hook) {
+                Ok(Value::Function(_)) => plugin.hooks.push(hook),
+                Ok(Value::Nil) => {}
+                Ok(other) => {
+                    return Err(plugin.load_err(format!(
+                        "`{hook}` must be a function, not a {}",
+                        other.type_name()
+                    )));
+                }
+                Err(e) => return Err(plugin.load_err(e.to_string())),
+            }
+        }
+        plugin.ops = read_ops(&plugin, &table)?;
+        Ok(plugin)
+    }
+
+    fn load_err(&self, message: String) -> PluginError {
+        PluginError::Load {
+            plugin: self.name.clone(),
+            message,
+        }
+    }
+
+    /// A fresh sandboxed state with the plugin's table in the registry.
+    fn instance(&self) -> Result<Instance, PluginError> {
+        let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH;
+        let lua =
+            Lua::new_with(libs, LuaOptions::new()).map_err(|e| self.load_err(e.to_string()))?;
+        sandbox(&lua, &self.name).map_err(|e| self.load_err(e.to_string()))?;
+        let used = Arc::new(AtomicU64::new(0));
+        let budget = self.limits.instructions;
+        let counter = used.clone();
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                let n = counter.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed);
+                if n + u64::from(HOOK_EVERY) > budget {
+                    Err(mlua::Error::runtime(BUDGET_MARK))
+                } else {
+                    Ok(VmState::Continue)
+                }
+            },
+        )
+        .map_err(|e| self.load_err(e.to_string()))?;
+        lua.set_memory_limit(self.limits.memory_bytes)
+            .map_err(|e| self.load_err(e.to_string()))?;
+        used.store(0, Ordering::Relaxed);
+        let table: Table = lua
+            .load(&*self.source)
+            .set_name(format!("={}", self.name))
+            .set_mode(ChunkMode::Text)
+            .eval()
+            .map_err(|e| self.classify(&e, true))?;
+        let key = lua
+            .create_registry_value(table)
+            .map_err(|e| self.load_err(e.to_string()))?;
+        Ok(Instance {
+            lua,
+            table: key,
+            used,
+        })
+    }
+
+    fn classify(&self, e: &mlua::Error, loading: bool) -> PluginError {
+        let text = e.to_string();
+        let plugin = self.name.clone();
+        if text.contains(BUDGET_MARK) {
+            PluginError::Budget { plugin }
+        } else if matches!(e, mlua::Error::MemoryError(_)) || text.contains("not enough memory") {
+            PluginError::Memory { plugin }
+        } else if loading {
+            PluginError::Load {
+                plugin,
+                message: text,
+            }
+        } else {
+            PluginError::Trap {
+                plugin,
+                message: first_line(&text),
+            }
+        }
+    }
+
+    /// Binds the plugin to a rule: one warm instance initialized with the rule's config now
+    /// (so a config the plugin refuses fails the policy load), more on demand.
+    pub fn bind(self: &Arc<Self>, config: serde_json::Value) -> Result<LuaBinding, PluginError> {
+        let binding = LuaBinding {
+            plugin: self.clone(),
+            config,
+            pool: Mutex::new(Vec::new()),
+        };
+        let inst = binding.new_instance()?;
+        binding.release(inst);
+        Ok(binding)
+    }
+}
+
+const BUDGET_MARK: &str = "patternd: instruction budget exceeded";
+
+struct Instance {
+    lua: Lua,
+    table: mlua::RegistryKey,
+    used: Arc<AtomicU64>,
+}
+
+impl Instance {
+    fn table(&self) -> Result<Table, PluginError> {
+        self.lua
+            .registry_value(&self.table)
+            .map_err(|e| PluginError::Trap {
+                plugin: String::new(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// A Lua plugin bound to one rule's config.
+pub struct LuaBinding {
+    plugin: Arc<LuaPlugin>,
+    config: serde_json::Value,
+    pool: Mutex<Vec<Instance>>,
+}
+
+impl LuaBinding {
+    fn new_instance(&self) -> Result<Instance, PluginError> {
+        let inst = self.plugin.instance()?;
+        if !self.plugin.hooks.contains(&"init") {
+            return Ok(inst);
+        }
+        let init_err = |message: String| PluginError::Init {
+            plugin: self.plugin.name.clone(),
+            message,
+        };
+        let outcome = inst.table().and_then(|t| {
+            let cfg = json_to_lua(&inst.lua, &self.config).map_err(|e| init_err(e.to_string()))?;
+            let init: Function = t.get("init").map_err(|e| init_err(e.to_string()))?;
+            init.call::<Value>(cfg)
+                .map_err(|e| match self.plugin.classify(&e, false) {
+                    PluginError::Trap { message, .. } => init_err(message),
+                    other => other,
+                })
+        })?;
+        match outcome {
+            Value::Nil | Value::Boolean(true) => Ok(inst),
+            Value::String(s) => Err(init_err(s.to_string_lossy().to_string())),
+            other => Err(init_err(format!(
+                "init returned a {}; return nothing, or an error message",
+                other.type_name()
+            ))),
+        }
+    }
+
+    fn release(&self, inst: Instance) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(inst);
+        }
+    }
+
+    /// Runs `f` on a warm instance with a fresh budget. A failed instance is dropped.
+    fn with_instance<T>(
+        &self,
+        hook: &'static str,
+        f: impl FnOnce(&Lua, Function) -> mlua::Result<T>,
+    ) -> Result<T, PluginError> {
+        if !self.plugin.hooks.contains(&hook) {
+            return Err(PluginError::MissingHook {
+                plugin: self.plugin.name.clone(),
+                hook,
+            });
+        }
+        let popped = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let inst = match popped {
+            Some(i) => i,
+            None => self.new_instance()?,
+        };
+        inst.used.store(0, Ordering::Relaxed);
+        let result = inst
+            .table()
+            .and_then(|t| {
+                t.get::<Function>(hook)
+                    .map_err(|e| self.plugin.classify(&e, false))
+            })
+            .and_then(|func| f(&inst.lua, func).map_err(|e| self.plugin.classify(&e, false)));
+        if result.is_ok() {
+            self.release(inst);
+        }
+        result
+    }
+
+    pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("rate_limit", |lua, func| {
+            let r = facts_to_lua(lua, req)?;
+            func.call::<Value>(r)
+        })?;
+        let d = lua_to_rate_limit(&name, out)?;
+        super::decision::validate_rate_limit(&name, d, &self.plugin.limits)
+    }
+
+    pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let limits = self.plugin.limits;
+        let out = self.with_instance("cache", |lua, func| {
+            let r = facts_to_lua(lua, req)?;
+            func.call::<Value>(r)
+        })?;
+        lua_to_cache(&name, out, &limits)
+    }
+
+    pub fn session(
+        &self,
+        req: &RequestFacts,
+        user: &str,
+        data: &[(String, String)],
+    ) -> Result<SessionDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("session", |lua, func| {
+            let r = facts_to_lua(lua, req)?;
+            let s = lua.create_table()?;
+            s.set("user", user)?;
+            let d = lua.create_table()?;
+            for (k, v) in data {
+                let parsed: serde_json::Value =
+                    serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
+                d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
+            }
+            s.set("data", d)?;
+            func.call::<Value>((r, s))
+        })?;
+        match out {
+            Value::Nil | Value::Boolean(true) => Ok(SessionDecision::Allow),
+            Value::String(s) if s.to_string_lossy() == "allow" => Ok(SessionDecision::Allow),
+            Value::Table(t) => match t.get::<Option<String>>("reject") {
+                Ok(Some(reason)) => Ok(SessionDecision::Reject(reason)),
+                _ => Ok(SessionDecision::Allow),
+            },
+            other => Err(PluginError::BadOutput {
+                plugin: name,
+                message: format!("session hook returned a {}", other.type_name()),
+            }),
+        }
+    }
+}
+
+/// Removes everything that reaches outside the sandbox or loads code other than this text.
+fn sandbox(lua: &Lua, plugin: &str) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in [
+        "dofile",
+        "loadfile",
+        "load",
+        "loadstring",
+        "require",
+        "module",
+        "collectgarbage",
+        "getfenv",
+        "setfenv",
+        "newproxy",
+        "gcinfo",
+        "print",
+        "rawequal",
+        "rawget",
+        "rawset",
+    ] {
+        g.raw_set(name, Value::Nil)?;
+    }
+    if let Ok(string) = g.get::<Table>("string") {
+        string.raw_set("dump", Value::Nil)?;
+    }
+    let tag = plugin.to_string();
+    let log = lua.create_function(move |_, (level, msg): (String, mlua::LuaString)| {
+        let msg = msg.to_string_lossy();
+        match level.as_str() {
+            "error" => tracing::error!(plugin = %tag, "{msg}"),
+            "warn" => tracing::warn!(plugin = %tag, "{msg}"),
+            "debug" => tracing::debug!(plugin = %tag, "{msg}"),
+            _ => tracing::info!(plugin = %tag, "{msg}"),
+        }
+        Ok(())
+    })?;
+    let host = lua.create_table()?;
+    host.set("log", log)?;
+    let now = lua.create_function(|_, ()| {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as f64)
+            .unwrap_or(0.0))
+    })?;
+    host.set("now_ms", now)?;
+    g.set("patternd", host)?;
+    Ok(())
+}
+
+fn read_ops(plugin: &LuaPlugin, table: &Table) -> Result<Vec<LuaOpDecl>, PluginError> {
+    let ops: Value = table
+        .get("ops")
+        .map_err(|e| plugin.load_err(e.to_string()))?;
+    let ops = match ops {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Table(t) => t,
+        other => {
+            return Err(plugin.load_err(format!(
+                "`ops` must be a table, not a {}",
+                other.type_name()
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for pair in ops.pairs::<String, Table>() {
+        let (name, decl) = pair.map_err(|e| plugin.load_err(format!("`ops`: {e}")))?;
+        let keys: Vec<String> = decl
+            .get::<Option<Vec<String>>>("keys")
+            .map_err(|e| {
+                plugin.load_err(format!("op `{name}`: `keys` must be a list of names: {e}"))
+            })?
+            .unwrap_or_default();
+        let script: String = decl
+            .get::<Option<String>>("script")
+            .map_err(|e| plugin.load_err(format!("op `{name}`: {e}")))?
+            .ok_or_else(|| plugin.load_err(format!("op `{name}` has no `script`")))?;
+        out.push(LuaOpDecl { name, keys, script });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+fn facts_to_lua(lua: &Lua, req: &RequestFacts) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("method", req.method.as_str())?;
+    t.set("path", req.path.as_str())?;
+    t.set("id", req.id.as_str())?;
+    let h = lua.create_table()?;
+    for (k, v) in &req.headers {
+        h.set(k.as_str(), v.as_str())?;
+    }
+    t.set("headers", h)?;
+    if let Some(a) = &req.client_addr {
+        t.set("client_addr", a.as_str())?;
+    }
+    let f = lua.create_table()?;
+    for (k, v) in &req.fields {
+        let parsed: serde_json::Value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
+        f.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
+    }
+    t.set("fields", f)?;
+    Ok(t)
+}
+
+/// JSON → Lua (tables for arrays and objects; `null` → nil).
+pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<Value> {
+    Ok(match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Boolean(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Number(i as f64),
+            None => Value::Number(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::String(lua.create_string(s)?),
+        serde_json::Value::Array(a) => {
+            let t = lua.create_table()?;
+            for (i, x) in a.iter().enumerate() {
+                t.raw_set(i + 1, json_to_lua(lua, x)?)?;
+            }
+            Value::Table(t)
+        }
+        serde_json::Value::Object(o) => {
+            let t = lua.create_table()?;
+            for (k, x) in o {
+                t.raw_set(k.as_str(), json_to_lua(lua, x)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+fn lua_to_rate_limit(plugin: &str, v: Value) -> Result<RateLimitDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    let t = match v {
+        Value::String(s) if s.to_string_lossy() == "skip" => return Ok(RateLimitDecision::Skip),
+        Value::Nil => return Ok(RateLimitDecision::Skip),
+        Value::Table(t) => t,
+        other => {
+            return Err(bad(format!(
+                "expected a table, got a {}",
+                other.type_name()
+            )));
+        }
+    };
+    if let Ok(Some(reason)) = t.get::<Option<String>>("deny") {
+        return Ok(RateLimitDecision::Deny(reason));
+    }
+    if let Ok(Some(true)) = t.get::<Option<bool>>("skip") {
+        return Ok(RateLimitDecision::Skip);
+    }
+    let list: Table = match t.get::<Value>("check") {
+        Ok(Value::Table(l)) => l,
+        _ => {
+            return Err(bad(
+                "expected `{ skip = true }`, `{ deny = reason }` or `{ check = { limits… } }`"
+                    .into(),
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in list.sequence_values::<Table>().enumerate() {
+        if i >= 64 {
+            return Err(bad("too many limits".into()));
+        }
+        let l = item.map_err(|e| bad(format!("limit {}: {e}", i + 1)))?;
+        let num = |k: &str| -> Result<Option<u64>, PluginError> {
+            match l.get::<Value>(k) {
+                Ok(Value::Nil) => Ok(None),
+                Ok(Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
+                Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n < 9.0e15 => {
+                    Ok(Some(n as u64))
+                }
+                _ => Err(bad(format!(
+                    "limit {}: `{k}` must be a whole number ≥ 0",
+                    i + 1
+                ))),
+            }
+        };
+        let alg_name: String = l
+            .get::<Option<String>>("algorithm")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "fixed_window".to_string());
+        let algorithm = Algorithm::parse(&alg_name.replace('-', "_"))
+            .ok_or_else(|| bad(format!("limit {}: unknown algorithm `{alg_name}`", i + 1)))?;
+        let limit =
+            num("limit")?.ok_or_else(|| bad(format!("limit {}: missing `limit`", i + 1)))?;
+        let window_ms = num("window_ms")?
+            .ok_or_else(|| bad(format!("limit {}: missing `window_ms`", i + 1)))?;
+        let key_suffix: String = l
+            .get::<Option<String>>("key_suffix")
+            .ok()
+            .flatten()
+            .ok_or_else(|| bad(format!("limit {}: missing `key_suffix`", i + 1)))?;
+        out.push(DynLimit {
+            key_suffix,
+            cost: num("cost")?.unwrap_or(1),
+            limit,
+            window_ms,
+            burst: num("burst")?.unwrap_or(limit),
+            algorithm,
+        });
+    }
+    Ok(RateLimitDecision::Check(out))
+}
+
+fn lua_to_cache(plugin: &str, v: Value, limits: &Limits) -> Result<CacheDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    let t = match v {
+        Value::Nil => return Ok(CacheDecision::default()),
+        Value::Table(t) => t,
+        other => {
+            return Err(bad(format!(
+                "expected a table, got a {}",
+                other.type_name()
+            )));
+        }
+    };
+    let key: Option<String> = t.get("key").map_err(|e| bad(format!("`key`: {e}")))?;
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > limits.max_string_bytes)
+    {
+        return Err(bad("`key` must be 1 to 1024 bytes".into()));
+    }
+    let ttl_ms = match t.get::<Value>("ttl_ms") {
+        Ok(Value::Nil) => None,
+        Ok(Value::Integer(n)) if n > 0 => Some(n as u64),
+        Ok(Value::Number(n)) if n > 0.0 && n < 9.0e15 => Some(n as u64),
+        _ => return Err(bad("`ttl_ms` must be a positive number".into())),
+    };
+    let bypass: bool = t
+        .get::<Option<bool>>("bypass")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    let tags: Vec<String> = t
+        .get::<Option<Vec<String>>>("tags")
+        .map_err(|e| bad(format!("`tags`: {e}")))?
+        .unwrap_or_default();
+    if tags.len() > limits.max_output_items
+        || tags.iter().any(|s| s.len() > limits.max_string_bytes)
+    {
+        return Err(bad("too many or too long tags".into()));
+    }
+    Ok(CacheDecision {
+        key,
+        ttl_ms,
+        bypass,
+        tags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn plugin(src: &str) -> Result<Arc<LuaPlugin>, PluginError> {
+        LuaPlugin::load("t", src.to_string(), Limits::default()).map(Arc::new)
+    }
+
+    fn facts(tier: &str) -> RequestFacts {
+        RequestFacts {
+            method: "POST".into(),
+            path: "/v1/ratelimit/a/r".into(),
+            id: "u1".into(),
+            headers: vec![("x-tier".into(), tier.into())],
+            ..RequestFacts::default()
+        }
+    }
+
+    const TIERED: &str = r#"
+        local cfg
+        return {
+          init = function(c) cfg = c; if not c.tiers then return "config needs `tiers`" end end,
+          rate_limit = function(req)
+            local tier = req.headers[cfg.header] or cfg.default
+            local t = cfg.tiers[tier] or cfg.tiers[cfg.default]
+            return { check = { { key_suffix = tier, limit = t.limit, window_ms = t.window_ms } } }
+          end,
+        }
+    "#;
+
+    #[test]
+    fn decides_from_config_and_headers() {
+        let p = plugin(TIERED).unwrap();
+        let cfg = serde_json::json!({"header": "x-tier", "default": "free",
+            "tiers": {"free": {"limit": 2, "window_ms": 60000}, "pro": {"limit": 5, "window_ms": 60000}}});
+        let b = p.bind(cfg).unwrap();
+        let RateLimitDecision::Check(l) = b.rate_limit(&facts("pro")).unwrap() else {
+            panic!("expected check")
+        };
+        assert_eq!(
+            (l[0].key_suffix.as_str(), l[0].limit, l[0].cost),
+            ("pro", 5, 1)
+        );
+        // Many calls reuse warm instances.
+        for _ in 0..100 {
+            b.rate_limit(&facts("free")).unwrap();
+        }
+    }
+
+    #[test]
+    fn init_can_refuse_a_config() {
+        let p = plugin(TIERED).unwrap();
+        let err = p.bind(serde_json::json!({})).err().unwrap();
+        assert!(
+            matches!(err, PluginError::Init { ref message, .. } if message.contains("tiers")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sandbox_has_no_escape_hatches() {
+        let p = plugin(
+            r#"return { rate_limit = function(req)
+                local found = {}
+                for _, n in ipairs({"io", "os", "require", "debug", "load", "loadstring", "dofile", "loadfile", "package"}) do
+                  if _G[n] ~= nil then found[#found + 1] = n end
+                end
+                if string.dump ~= nil then found[#found + 1] = "string.dump" end
+                if #found > 0 then return { deny = table.concat(found, ",") } end
+                return { skip = true }
+            end }"#,
+        )
+        .unwrap();
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        assert_eq!(b.rate_limit(&facts("x")).unwrap(), RateLimitDecision::Skip);
+    }
+
+    #[test]
+    fn bytecode_is_refused() {
+        // "\27Lua" is the bytecode signature; text mode must refuse it.
+        assert!(plugin("\u{1b}Lua\u{51}\u{0}").is_err());
+    }
+
+    #[test]
+    fn hostile_plugins_are_contained() {
+        let cases = [
+            ("while true do end", "budget"),
+            (
+                "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end",
+                "memory",
+            ),
+            ("error('boom')", "trap"),
+            ("return 42", "bad_output"),
+            ("return { check = {} }", "bad_output"),
+            (
+                "local l = {} for i = 1, 1000 do l[i] = { key_suffix = 'k', limit = 1, window_ms = 1 } end return { check = l }",
+                "bad_output",
+            ),
+            (
+                "return { check = { { key_suffix = '../../x', limit = 1, window_ms = 1000 } } }",
+                "bad_output",
+            ),
+            (
+                "return { check = { { key_suffix = 'k', limit = 0, window_ms = 1000 } } }",
+                "bad_output",
+            ),
+        ];
+        for (body, kind) in cases {
+            let src = format!("return {{ rate_limit = function(req) {body} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let started = Instant::now();
+            let err = b.rate_limit(&facts("x")).unwrap_err();
+            assert_eq!(err.kind(), kind, "{body}: {err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{body} took {:?}",
+                started.elapsed()
+            );
+            // The binding still works afterwards (a fresh instance replaces the failed one).
+            let _ = b.rate_limit(&facts("x"));
+        }
+    }
+
+    #[test]
+    fn reads_ops() {
+        let p = plugin(
+            r#"return { ops = { ["daily-quota"] = { keys = { "count" }, script = "return 1" } } }"#,
+        )
+        .unwrap();
+        assert_eq!(p.ops.len(), 1);
+        assert_eq!(p.ops[0].name, "daily-quota");
+        assert_eq!(p.ops[0].keys, vec!["count".to_string()]);
+    }
+}
