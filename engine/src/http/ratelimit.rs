@@ -75,6 +75,13 @@ pub(super) async fn check_post(
             "empty body; send JSON such as {\"id\": \"user-42\", \"cost\": 1}".into(),
         ));
     }
+    // serde's derived Deserialize also reads a struct from a JSON array (`["user-42", 1]`),
+    // which would silently be taken as a decision request; the API is an object only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object such as {\"id\": \"user-42\", \"cost\": 1}".into(),
+        ));
+    }
     let req: CheckBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let id = match req.id {

@@ -1,0 +1,181 @@
+//! `/admin`: access control and reload (a bad policy never replaces a good one).
+
+use anyhow::Result;
+use patternd_e2e::World;
+use serde_json::{Value, json};
+
+const GOOD: &str = "app: adm
+rules:
+  api:
+    rate_limit: { algorithm: fixed_window, limit: 3, window: 1h }
+";
+
+/// Rule names per app, from `GET /admin/policies`.
+fn rules_of(policies: &Value, app: &str) -> Vec<String> {
+    policies["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["app"] == app)
+        .flat_map(|a| a["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["rule"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_admin_answers_loopback() -> Result<()> {
+    let w = World::start(&[("adm.yaml", GOOD)], &[]).await?;
+    let p = &w.patternd;
+    let r = p.get("/admin/policies").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(rules_of(&r.json, "adm"), ["api"], "{r:?}");
+    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    assert_eq!(
+        (r.status, &r.json["reloaded"]),
+        (200, &json!(true)),
+        "{r:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_admin_requires_it() -> Result<()> {
+    let w = World::start(&[("adm.yaml", GOOD)], &["--admin-token", "s3cret-t0ken"]).await?;
+    let p = &w.patternd;
+    let c = p.client();
+    for (what, auth) in [
+        ("no header", None),
+        ("wrong token", Some("Bearer wrong")),
+        ("token prefix", Some("Bearer s3cret")),
+        ("token plus more", Some("Bearer s3cret-t0ken2")),
+        ("other scheme", Some("Basic czNjcmV0LXQwa2Vu")),
+        ("bare token", Some("s3cret-t0ken")),
+    ] {
+        for req in [
+            c.get(p.url("/admin/policies")),
+            c.post(p.url("/admin/reload")),
+        ] {
+            let req = match auth {
+                Some(a) => req.header("authorization", a),
+                None => req,
+            };
+            let r = p.send(req).await?;
+            r.assert_problem(401);
+            assert!(r.header("www-authenticate").is_some(), "{what}: {r:?}");
+        }
+    }
+    let r = p
+        .send(c.get(p.url("/admin/policies")).bearer_auth("s3cret-t0ken"))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = p
+        .send(c.post(p.url("/admin/reload")).bearer_auth("s3cret-t0ken"))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The data plane does not need the admin token.
+    assert_eq!(p.check("adm", "api", "u", 1).await?.status, 200);
+    Ok(())
+}
+
+/// 1-based (line, column) of the `nth` occurrence of `needle` in `text`.
+fn position(text: &str, needle: &str) -> (u64, u64) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the policy"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line as u64, col as u64)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_reload_is_refused_with_diagnostics_and_a_good_one_applies() -> Result<()> {
+    let w = World::start(&[("adm.yaml", GOOD)], &[]).await?;
+    let p = &w.patternd;
+    for remaining in [2, 1] {
+        assert_eq!(p.check("adm", "api", "u", 1).await?.remaining(), remaining);
+    }
+
+    let broken = "app: adm
+rules:
+  api:
+    rate_limit: { algorithm: fixed_window, limit: 3, window: 1h }
+  fresh:
+    rate_limit: { algorithm: sliding_window, limit: 0, window: 10 parsecs }
+";
+    let broken_path = w.policies.write("adm.yaml", broken)?;
+    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    r.assert_problem(422);
+    let diags = r.json["diagnostics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let errors: Vec<String> = r.json["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    // Both problems of the rule, each at its own place, as data and as file:line:column text.
+    let file = broken_path.to_string_lossy().to_string();
+    for (needle, says) in [("0, window", "`limit`"), ("10 parsecs", "`window`")] {
+        let (line, column) = position(broken, needle);
+        assert!(
+            diags.iter().any(|d| d["file"] == file.as_str()
+                && d["line"] == line
+                && d["column"] == column
+                && d["severity"] == "error"
+                && d["message"].as_str().is_some_and(|m| m.contains(says))),
+            "no diagnostic for {says} at {line}:{column}: {diags:#?}"
+        );
+        let prefix = format!("{file}:{line}:{column}: error:");
+        assert!(
+            errors.iter().any(|e| e.starts_with(&prefix)),
+            "{prefix} not in {errors:#?}"
+        );
+    }
+
+    // The old rules keep serving, with their counts: the refused reload changed nothing.
+    let r = p.check("adm", "api", "u", 1).await?;
+    assert_eq!((r.status, r.remaining()), (200, 0), "{r:?}");
+    assert_eq!(p.check("adm", "api", "u", 1).await?.status, 429);
+    p.check("adm", "fresh", "u", 1).await?.assert_problem(404);
+
+    // Fixed: the reload applies, the new rule serves, the old one keeps its state in Redis.
+    let fixed = broken.replace("limit: 0, window: 10 parsecs", "limit: 2, window: 10s");
+    w.policies.write("adm.yaml", &fixed)?;
+    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    assert_eq!(
+        (r.status, &r.json["reloaded"]),
+        (200, &json!(true)),
+        "{r:?}"
+    );
+    assert_eq!(r.json["rules"], 2, "{r:?}");
+    let r = p.check("adm", "fresh", "u", 1).await?;
+    assert_eq!((r.status, r.remaining()), (200, 1), "{r:?}");
+    assert_eq!(p.check("adm", "api", "u", 1).await?.status, 429);
+    let r = p.get("/admin/policies").await?;
+    assert_eq!(rules_of(&r.json, "adm"), ["api", "fresh"], "{r:?}");
+
+    // A second app in a new file is picked up too; removing it on the next reload removes it.
+    w.policies.write(
+        "other.yaml",
+        "app: other\nrules:\n  r:\n    rate_limit: { algorithm: gcra, limit: 1, window: 1m }\n",
+    )?;
+    assert_eq!(
+        p.send(p.client().post(p.url("/admin/reload")))
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(p.check("other", "r", "u", 1).await?.status, 200);
+    w.policies.remove("other.yaml")?;
+    assert_eq!(
+        p.send(p.client().post(p.url("/admin/reload")))
+            .await?
+            .status,
+        200
+    );
+    p.check("other", "r", "u", 1).await?.assert_problem(404);
+    Ok(())
+}
