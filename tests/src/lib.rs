@@ -5,6 +5,9 @@
 //! sharing state, and nothing ever touches the machine's default Redis on 6379. Processes are
 //! killed on drop; when a test fails (the drop runs while panicking), the Redis log and the
 //! patternd log are printed, so a red test explains itself.
+//!
+//! Run with `cargo test -p patternd-e2e`; it needs `redis-server` on PATH and builds the
+//! `patternd` binary itself when it is missing or older than the engine's sources.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -92,8 +95,14 @@ pub fn policy_dir(files: &[(&str, &str)]) -> Result<TempDir> {
 /// Lets the OS pick a free loopback port. Another process may take it before our child binds
 /// it; the start functions detect that and pick again.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        // Outside the usual ephemeral range, but never risk the machine's own Redis.
+        if port != 6379 {
+            return Ok(port);
+        }
+    }
 }
 
 fn read_lossy(path: &Path) -> String {
