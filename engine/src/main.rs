@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use patternd::compile::{self, CompiledKind};
 use patternd::http::{AppState, router};
+use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
 use patternd::runtime::Runtime;
-use patternd::snapshot::Snapshot;
+use patternd::snapshot::{Snapshot, Sources};
 use patternd::store::managed::ManagedRedis;
 use patternd::store::{Store, StoreConfig};
 
@@ -37,11 +37,16 @@ enum Command {
         /// Policy files or directories of them.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Plugins directory: its plugins are loaded and checked too.
+        #[arg(long, env = "PATTERND_PLUGINS")]
+        plugins: Option<PathBuf>,
     },
     /// Print every rule's Lua script and key layout.
     Compile {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[arg(long, env = "PATTERND_PLUGINS")]
+        plugins: Option<PathBuf>,
     },
     /// Print the JSON Schema of the policy language (for editors).
     Schema,
@@ -59,6 +64,9 @@ struct ServeArgs {
     /// Policy file or directory.
     #[arg(long, env = "PATTERND_POLICIES", default_value = "policies")]
     policies: PathBuf,
+    /// Plugins directory (`NAME.wasm`, `NAME.lua`), reloaded with the policies.
+    #[arg(long, env = "PATTERND_PLUGINS")]
+    plugins: Option<PathBuf>,
     /// Bearer token for /admin. Without it, /admin answers loopback clients only.
     #[arg(long, env = "PATTERND_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -74,8 +82,8 @@ fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { paths } => return check(&paths),
-        Command::Compile { paths } => return compile_cmd(&paths),
+        Command::Check { paths, plugins } => return check(&sources(paths, plugins)),
+        Command::Compile { paths, plugins } => return compile_cmd(&sources(paths, plugins)),
         Command::Schema => {
             println!(
                 "{}",
@@ -113,15 +121,24 @@ fn print_diags(diags: &[Diagnostic]) {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
-    match policy::load_paths(paths).and_then(|l| compile::compile(&l.policy).map(|c| (l, c))) {
-        Ok((loaded, compiled)) => {
-            print_diags(&loaded.warnings);
-            let rules = compiled.rules().count();
+fn sources(policies: Vec<PathBuf>, plugins: Option<PathBuf>) -> Sources {
+    Sources {
+        policies,
+        plugins,
+        plugin_limits: Limits::default(),
+    }
+}
+
+fn check(src: &Sources) -> ExitCode {
+    match Snapshot::build(src) {
+        Ok(snap) => {
+            print_diags(&snap.warnings);
             println!(
-                "ok: {} app(s), {rules} rule(s), {} warning(s)",
-                compiled.apps.len(),
-                loaded.warnings.len()
+                "ok: {} app(s), {} rule(s), {} plugin(s), {} warning(s)",
+                snap.compiled.apps.len(),
+                snap.rule_count(),
+                snap.plugins.len(),
+                snap.warnings.len()
             );
             ExitCode::SUCCESS
         }
@@ -133,15 +150,15 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn compile_cmd(paths: &[PathBuf]) -> ExitCode {
-    let compiled = match policy::load_paths(paths).and_then(|l| compile::compile(&l.policy)) {
-        Ok(c) => c,
+fn compile_cmd(src: &Sources) -> ExitCode {
+    let snap = match Snapshot::build(src) {
+        Ok(s) => s,
         Err(d) => {
             print_diags(&d.0);
             return ExitCode::FAILURE;
         }
     };
-    for rule in compiled.rules() {
+    for rule in snap.compiled.rules() {
         println!(
             "==> {}/{} ({})",
             rule.rule.app,
@@ -152,11 +169,9 @@ fn compile_cmd(paths: &[PathBuf]) -> ExitCode {
         for (k, what) in rule.key_layout() {
             println!("  {k}  -- {what}");
         }
-        match &rule.kind {
-            CompiledKind::RateLimit(rl) => {
-                println!("script {} (sha1 {}):", rl.script.name, rl.script.sha);
-                println!("{}", rl.script.source);
-            }
+        for script in rule.scripts() {
+            println!("script {} (sha1 {}):", script.name, script.sha);
+            println!("{}", script.source);
         }
     }
     ExitCode::SUCCESS
@@ -187,7 +202,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
-    let snapshot = match Snapshot::build(std::slice::from_ref(&args.policies)) {
+    let src = sources(vec![args.policies.clone()], args.plugins.clone());
+    let snapshot = match Snapshot::build(&src) {
         Ok(s) => s,
         Err(d) => {
             print_diags(&d.0);
@@ -222,7 +238,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!(redis = %store.redacted_url(), pool = args.redis_pool.unwrap_or(cores), "Redis pool ready");
 
-    let runtime = Arc::new(Runtime::new(snapshot, store, vec![args.policies.clone()]));
+    let runtime = Arc::new(Runtime::new(snapshot, store, src));
     runtime.preload_scripts().await;
     let snap = runtime.snapshot();
     tracing::info!(

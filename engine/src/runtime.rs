@@ -4,14 +4,13 @@
 //! success: a bad policy never replaces a good one, and requests in flight keep the snapshot
 //! they started with.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use crate::policy::Diagnostics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Sources};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +24,17 @@ pub enum ReloadError {
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     pub store: Store,
-    policy_paths: Vec<PathBuf>,
+    sources: Sources,
     /// Serializes reloads so two concurrent reloads cannot swap in an older build last.
     reload_lock: Mutex<()>,
 }
 
 impl Runtime {
-    pub fn new(snapshot: Snapshot, store: Store, policy_paths: Vec<PathBuf>) -> Self {
+    pub fn new(snapshot: Snapshot, store: Store, sources: Sources) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
-            policy_paths,
+            sources,
             reload_lock: Mutex::new(()),
         }
     }
@@ -56,12 +55,13 @@ impl Runtime {
         }
     }
 
-    /// Re-reads the policy paths. On success the new snapshot serves from the next request.
+    /// Re-reads the policies and plugins. On success the new snapshot serves from the next request.
     pub async fn reload(&self) -> Result<Arc<Snapshot>, ReloadError> {
         let _guard = self.reload_lock.lock().await;
-        let paths = self.policy_paths.clone();
-        // Parsing and the Lua checks are CPU work: keep them off the request workers.
-        let built = tokio::task::spawn_blocking(move || Snapshot::build(&paths))
+        let sources = self.sources.clone();
+        // Parsing, the Lua checks and plugin `init`s are CPU work: keep them off the request
+        // workers.
+        let built = tokio::task::spawn_blocking(move || Snapshot::build(&sources))
             .await
             .unwrap_or_else(|e| {
                 Err(Diagnostics(vec![crate::policy::Diagnostic::error(

@@ -1,5 +1,5 @@
-//! A snapshot: everything one policy load produces, ready to serve. Immutable; a reload
-//! builds a whole new one and swaps it in (see `runtime`).
+//! A snapshot: everything one load of the policies and plugins produces, ready to serve.
+//! Immutable; a reload builds a whole new one and swaps it in (see `runtime`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,50 +7,124 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
-use crate::patterns::RateLimiter;
+use crate::patterns::{OpRunner, RateLimiter};
+use crate::plugin::{Limits, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
+
+/// Where a snapshot is loaded from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub policies: Vec<PathBuf>,
+    pub plugins: Option<PathBuf>,
+    pub plugin_limits: Limits,
+}
 
 pub struct Snapshot {
     pub compiled: CompiledPolicy,
+    pub plugins: PluginSet,
     /// Rate limiters by app, then rule.
     pub ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>>,
+    pub ops: HashMap<String, HashMap<String, Arc<OpRunner>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
 }
 
 impl Snapshot {
-    /// Loads, validates and compiles the policy files. Pure: touches no Redis.
-    pub fn build(paths: &[PathBuf]) -> Result<Snapshot, Diagnostics> {
-        let loaded = policy::load_paths(paths)?;
-        let compiled = compile::compile(&loaded.policy)?;
-        Ok(Self::from_compiled(compiled, loaded.warnings))
+    /// Loads, validates and compiles the policies and plugins, and binds each plugin to its
+    /// rules (running `init`). Touches no Redis. Fails with every diagnostic found.
+    pub fn build(src: &Sources) -> Result<Snapshot, Diagnostics> {
+        let loaded = policy::load_paths(&src.policies);
+        let plugins = match &src.plugins {
+            Some(dir) => PluginSet::load_dir(dir, src.plugin_limits),
+            None => Ok(PluginSet::empty()),
+        };
+        // Report policy and plugin problems together.
+        let (loaded, plugins) = match (loaded, plugins) {
+            (Ok(l), Ok(p)) => (l, p),
+            (l, p) => {
+                let mut d = Vec::new();
+                if let Err(e) = l {
+                    d.extend(e.0);
+                }
+                if let Err(e) = p {
+                    d.extend(e.0);
+                }
+                return Err(Diagnostics(d));
+            }
+        };
+        let (compiled, compile_warnings) = compile::compile(&loaded.policy, &plugins)?;
+        let mut warnings = loaded.warnings;
+        warnings.extend(compile_warnings);
+        Self::from_compiled(compiled, plugins, warnings)
     }
 
-    pub fn from_compiled(compiled: CompiledPolicy, warnings: Vec<Diagnostic>) -> Snapshot {
+    pub fn from_compiled(
+        compiled: CompiledPolicy,
+        plugins: PluginSet,
+        warnings: Vec<Diagnostic>,
+    ) -> Result<Snapshot, Diagnostics> {
         let mut ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>> = HashMap::new();
+        let mut ops: HashMap<String, HashMap<String, Arc<OpRunner>>> = HashMap::new();
+        let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
                 (RuleKind::RateLimit(rl), CompiledKind::RateLimit(crl)) => {
+                    let binding = match &rl.plugin {
+                        None => None,
+                        Some(p) => match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
+                            Some(Ok(b)) => Some(b),
+                            Some(Err(e)) => {
+                                diags.push(Diagnostic::error(&p.location, e.to_string()));
+                                continue;
+                            }
+                            None => {
+                                diags.push(Diagnostic::error(
+                                    &p.location,
+                                    format!("no plugin `{}`", p.name),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
                     ratelimits.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
-                        Arc::new(RateLimiter::new(&c.rule, rl, crl, &c.keys)),
+                        Arc::new(RateLimiter::new(&c.rule, rl, crl, &c.keys, binding)),
                     );
                 }
+                (RuleKind::Ops(_), CompiledKind::Ops(co)) => {
+                    ops.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(OpRunner::new(&c.rule.app, &c.rule.name, co, &c.keys)),
+                    );
+                }
+                _ => diags.push(Diagnostic::error(
+                    &c.rule.location,
+                    "internal error: rule and compiled kinds differ",
+                )),
             }
         }
+        if !diags.is_empty() {
+            return Err(Diagnostics(diags));
+        }
         let scripts = compiled.scripts();
-        Snapshot {
+        Ok(Snapshot {
             compiled,
+            plugins,
             ratelimits,
+            ops,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
-        }
+        })
     }
 
     pub fn ratelimiter(&self, app: &str, rule: &str) -> Option<&Arc<RateLimiter>> {
         self.ratelimits.get(app)?.get(rule)
+    }
+
+    pub fn op(&self, app: &str, rule: &str) -> Option<&Arc<OpRunner>> {
+        self.ops.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

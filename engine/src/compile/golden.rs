@@ -8,12 +8,15 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::compile::{CompiledKind, compile};
+use crate::plugin::PluginSet;
 use crate::policy::load_sources;
 
 fn render(name: &str, text: &str) -> String {
     let mut out = String::new();
     let sources = vec![(PathBuf::from(name), text.to_string())];
-    match load_sources(&sources).and_then(|l| compile(&l.policy).map(|c| (l, c))) {
+    match load_sources(&sources)
+        .and_then(|l| compile(&l.policy, &PluginSet::empty()).map(|c| (l, c.0)))
+    {
         Err(diags) => {
             for d in &diags.0 {
                 let _ = writeln!(out, "{d}");
@@ -30,15 +33,19 @@ fn render(name: &str, text: &str) -> String {
                 }
                 match &rule.kind {
                     CompiledKind::RateLimit(rl) => {
+                        let Some(fixed) = &rl.fixed else { continue };
                         // Only the generated main: the algorithm bodies are the .lua files
                         // themselves, and repeating them would make every golden file churn.
-                        let main = rl
+                        let main = fixed
                             .script
                             .source
                             .rfind("\nlocal cost = ")
-                            .map(|i| &rl.script.source[i + 1..])
-                            .unwrap_or(&rl.script.source);
+                            .map(|i| &fixed.script.source[i + 1..])
+                            .unwrap_or(&fixed.script.source);
                         let _ = writeln!(out, "main:\n{main}");
+                    }
+                    CompiledKind::Ops(op) => {
+                        let _ = writeln!(out, "op script:\n{}", op.script.source);
                     }
                 }
             }

@@ -8,16 +8,19 @@
 
 pub mod keys;
 pub mod luacheck;
+pub mod ops;
 mod ratelimit;
 
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 
+use crate::plugin::PluginSet;
 use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 
 pub use keys::KeySpace;
-pub use ratelimit::CompiledRateLimit;
+pub use ops::CompiledOps;
+pub use ratelimit::{CompiledRateLimit, FixedLimits};
 
 /// A Lua script ready for SCRIPT LOAD / EVALSHA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,7 @@ pub struct CompiledRule {
 #[derive(Debug, Clone)]
 pub enum CompiledKind {
     RateLimit(CompiledRateLimit),
+    Ops(CompiledOps),
 }
 
 impl CompiledRule {
@@ -58,6 +62,7 @@ impl CompiledRule {
     pub fn scripts(&self) -> Vec<Arc<Script>> {
         match &self.kind {
             CompiledKind::RateLimit(rl) => rl.scripts(),
+            CompiledKind::Ops(op) => vec![op.script.clone()],
         }
     }
 
@@ -65,6 +70,16 @@ impl CompiledRule {
     pub fn key_layout(&self) -> Vec<(String, String)> {
         match &self.kind {
             CompiledKind::RateLimit(rl) => rl.key_layout(&self.keys),
+            CompiledKind::Ops(op) => op
+                .keys
+                .iter()
+                .map(|k| {
+                    (
+                        self.keys.template(k),
+                        format!("declared by op `{}` of plugin `{}`", op.op, op.plugin),
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -95,18 +110,35 @@ impl CompiledPolicy {
     }
 }
 
-/// Compiles every rule; a script that fails the Lua 5.1 check is an error at the rule's place.
-pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Diagnostics> {
+/// Compiles every rule against the loaded plugins. Every problem is a diagnostic at the
+/// rule's place: a script that fails the Lua 5.1 check, a plugin that does not exist or lacks
+/// the hook, an operation that is refused. Warnings (e.g. an op without expiry) come back with
+/// the result.
+pub fn compile(
+    policy: &Policy,
+    plugins: &PluginSet,
+) -> Result<(CompiledPolicy, Vec<Diagnostic>), Diagnostics> {
     let mut out = CompiledPolicy::default();
     let mut diags = Vec::new();
+    let mut warnings = Vec::new();
     for app in policy.apps.values() {
         let mut rules = IndexMap::new();
         for rule in app.rules.values() {
             let keys = KeySpace::new(&rule.app, rule.kind.pattern(), &rule.name);
             let kind = match &rule.kind {
-                RuleKind::RateLimit(rl) => {
-                    ratelimit::compile(rule, rl).map(CompiledKind::RateLimit)
-                }
+                RuleKind::RateLimit(rl) => check_plugin(
+                    plugins,
+                    rl.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "rate_limit",
+                )
+                .and_then(|()| ratelimit::compile(rule, rl))
+                .map(CompiledKind::RateLimit),
+                RuleKind::Ops(o) => compile_ops(plugins, rule, o).map(|c| {
+                    for w in &c.warnings {
+                        warnings.push(Diagnostic::warning(&o.location, w.clone()));
+                    }
+                    CompiledKind::Ops(c)
+                }),
             };
             match kind {
                 Ok(kind) => {
@@ -125,10 +157,80 @@ pub fn compile(policy: &Policy) -> Result<CompiledPolicy, Diagnostics> {
         out.apps.insert(app.name.clone(), rules);
     }
     if diags.is_empty() {
-        Ok(out)
+        Ok((out, warnings))
     } else {
+        diags.extend(warnings);
         Err(Diagnostics(diags))
     }
+}
+
+fn check_plugin(
+    plugins: &PluginSet,
+    named: Option<(&String, &crate::policy::Location)>,
+    hook: &'static str,
+) -> Result<(), String> {
+    let Some((name, _)) = named else {
+        return Ok(());
+    };
+    let Some(p) = plugins.get(name) else {
+        let known: Vec<&str> = plugins.names().collect();
+        return Err(match &plugins.dir {
+            None => format!(
+                "plugin `{name}` is named but no plugins directory was given (--plugins DIR)"
+            ),
+            Some(d) if known.is_empty() => {
+                format!("no plugin `{name}` in {} (it has none)", d.display())
+            }
+            Some(d) => format!(
+                "no plugin `{name}` in {}; found: {}",
+                d.display(),
+                known.join(", ")
+            ),
+        });
+    };
+    if !p.hooks().contains(&hook) {
+        return Err(format!("plugin `{name}` has no `{hook}` hook"));
+    }
+    Ok(())
+}
+
+fn compile_ops(
+    plugins: &PluginSet,
+    rule: &crate::policy::Rule,
+    o: &crate::policy::Ops,
+) -> Result<CompiledOps, String> {
+    let plugin = plugins.get(&o.plugin).ok_or_else(|| match &plugins.dir {
+        None => format!(
+            "plugin `{}` is named but no plugins directory was given (--plugins DIR)",
+            o.plugin
+        ),
+        Some(d) => format!("no plugin `{}` in {}", o.plugin, d.display()),
+    })?;
+    let decl = plugin
+        .ops()
+        .iter()
+        .find(|d| d.name == o.op)
+        .ok_or_else(|| {
+            let names: Vec<&str> = plugin.ops().iter().map(|d| d.name.as_str()).collect();
+            format!(
+                "plugin `{}` declares no op `{}` (it declares: {})",
+                o.plugin,
+                o.op,
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    ops::compile(
+        &rule.app,
+        &rule.name,
+        &o.plugin,
+        &o.op,
+        &decl.keys,
+        &decl.script,
+    )
 }
 
 #[cfg(test)]

@@ -30,30 +30,83 @@ static RELEASE_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
     ))
 });
 
-/// A compiled rate-limit rule.
-///
-/// Script contract: `KEYS[i]` is limit `i-1`'s key (`subs[i-1]` in the rule's key space);
-/// `ARGV[1]` is the cost, `ARGV[2]` the lease member for concurrency rules. The reply is
-/// `{allowed (0|1), reported limit index, remaining, reset_after_ms, retry_after_ms}`.
+/// The script checking limits a plugin chose per request: every window algorithm, with the
+/// limits in ARGV. One for all plugin rules, built and checked once.
+static DYNAMIC_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
+    let mut s = String::with_capacity(16 * 1024);
+    s.push_str("-- patternd rate limit with limits chosen per request by a plugin\n");
+    s.push_str("-- KEYS[i]: the key of limit i; ARGV[5i-4 .. 5i]: algorithm code, cost, limit, window_ms, burst\n");
+    s.push_str(PRELUDE);
+    for alg in Algorithm::ALL {
+        if alg != Algorithm::Concurrency {
+            s.push('\n');
+            s.push_str(algorithm_source(alg));
+        }
+    }
+    s.push_str(DYNAMIC_MAIN);
+    Arc::new(Script::new("ratelimit plugin-decided", s))
+});
+
+const DYNAMIC_MAIN: &str = r#"
+local ALGS = { fw = fixed_window, sw = sliding_window, sl = sliding_log, tb = token_bucket, gc = gcra }
+local now = now_ms()
+local results = {}
+for i = 1, #KEYS do
+  local b = (i - 1) * 5
+  local f = ALGS[ARGV[b + 1]]
+  if f == nil then return redis.error_reply('patternd: unknown algorithm ' .. tostring(ARGV[b + 1])) end
+  results[i] = f(KEYS[i], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 2]), now)
+end
+return decide(results)
+"#;
+
+/// The dynamic script, for the runtime.
+pub fn dynamic_script() -> Arc<Script> {
+    DYNAMIC_SCRIPT.clone()
+}
+
+/// A rule's own limits (or a plugin rule's fallback), compiled into one script.
 #[derive(Debug, Clone)]
-pub struct CompiledRateLimit {
+pub struct FixedLimits {
     pub script: Arc<Script>,
     /// Key suffix per limit: index + algorithm code, e.g. `0fw`.
     pub subs: Vec<String>,
+    pub limits: Vec<Limit>,
+}
+
+/// A compiled rate-limit rule.
+///
+/// Script contract (fixed limits): `KEYS[i]` is limit `i-1`'s key (`subs[i-1]` in the rule's
+/// key space); `ARGV[1]` is the cost, `ARGV[2]` the lease member for concurrency rules. Every
+/// rate-limit script replies `{allowed (0|1), reported limit index, remaining,
+/// reset_after_ms, retry_after_ms}`.
+#[derive(Debug, Clone)]
+pub struct CompiledRateLimit {
+    /// The rule's limits; for a plugin rule, its fallback (if any).
+    pub fixed: Option<FixedLimits>,
+    /// Plugin rules: the script for the limits the plugin chooses.
+    pub dynamic: Option<Arc<Script>>,
     /// For concurrency rules, the script that releases a lease.
     pub release: Option<Arc<Script>>,
 }
 
 impl CompiledRateLimit {
     pub fn scripts(&self) -> Vec<Arc<Script>> {
-        let mut v = vec![self.script.clone()];
+        let mut v: Vec<Arc<Script>> = self.fixed.iter().map(|f| f.script.clone()).collect();
+        v.extend(self.dynamic.clone());
         v.extend(self.release.clone());
         v
     }
 
     pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
-        self.subs
-            .iter()
+        let dynamic = self.dynamic.iter().map(|_| {
+            (
+                keys.template("p.<key-suffix>.<algorithm code>"),
+                "chosen by the plugin per request; same structures as the fixed limits".to_string(),
+            )
+        });
+        let fixed = self.fixed.iter().flat_map(|f| f.subs.iter());
+        fixed
             .map(|s| {
                 let what = match &s[s.len() - 2..] {
                     "fw" => "STRING counter, expires with its window",
@@ -69,25 +122,50 @@ impl CompiledRateLimit {
                 };
                 (keys.template(s), what.to_string())
             })
+            .chain(dynamic)
             .collect()
     }
 }
 
 pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, String> {
-    let subs: Vec<String> = rl
-        .limits
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("{i}{}", l.algorithm.key_code()))
-        .collect();
-    let source = generate(rule, &rl.limits);
-    let name = format!("ratelimit {}/{}", rule.app, rule.name);
-    luacheck::check(&name, &source).map_err(|e| {
-        format!(
-            "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
-            rule.name
-        )
-    })?;
+    let fixed_limits: Vec<Limit> = match (&rl.plugin, &rl.fallback) {
+        (None, _) => rl.limits.clone(),
+        (Some(_), Some(f)) => vec![f.clone()],
+        (Some(_), None) => Vec::new(),
+    };
+    let fixed = if fixed_limits.is_empty() {
+        None
+    } else {
+        let subs: Vec<String> = fixed_limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{i}{}", l.algorithm.key_code()))
+            .collect();
+        let source = generate(rule, &fixed_limits);
+        let what = if rl.plugin.is_some() { "fallback " } else { "" };
+        let name = format!("ratelimit {what}{}/{}", rule.app, rule.name);
+        luacheck::check(&name, &source).map_err(|e| {
+            format!(
+                "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
+                rule.name
+            )
+        })?;
+        Some(FixedLimits {
+            script: Arc::new(Script::new(name, source)),
+            subs,
+            limits: fixed_limits,
+        })
+    };
+    let dynamic = match &rl.plugin {
+        None => None,
+        Some(_) => {
+            let d = dynamic_script();
+            luacheck::check(&d.name, &d.source).map_err(|e| {
+                format!("internal error: the plugin-decided script fails the Lua 5.1 check: {e}")
+            })?;
+            Some(d)
+        }
+    };
     let release = if rl.is_concurrency() {
         luacheck::check("release-lease", RELEASE_LEASE)?;
         Some(RELEASE_SCRIPT.clone())
@@ -95,8 +173,8 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
         None
     };
     Ok(CompiledRateLimit {
-        script: Arc::new(Script::new(name, source)),
-        subs,
+        fixed,
+        dynamic,
         release,
     })
 }

@@ -110,6 +110,11 @@ fn describe(snap: &Snapshot) -> Value {
                             r["shadow"] = json!(rl.shadow);
                             r["id_from"] = json!(rl.id_from.as_ref().map(|f| json!({"header": f.header})));
                         }
+                        (RuleKind::Ops(o), _) => {
+                            r["plugin"] = json!(o.plugin);
+                            r["op"] = json!(o.op);
+                        }
+                        (RuleKind::RateLimit(_), _) => {}
                     }
                     r
                 })

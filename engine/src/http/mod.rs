@@ -4,6 +4,7 @@
 mod admin;
 mod health;
 mod openapi;
+mod ops;
 pub mod problem;
 mod ratelimit;
 
@@ -35,6 +36,7 @@ pub struct AppState {
 pub const ROUTES: &[&str] = &[
     "/v1/ratelimit/{app}/{rule}",
     "/v1/ratelimit/{app}/{rule}/leases/{lease}",
+    "/v1/ops/{app}/{rule}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/ratelimit/{app}/{rule}/leases/{lease}",
             delete(ratelimit::release),
         )
+        .route("/v1/ops/{app}/{rule}", post(ops::call))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

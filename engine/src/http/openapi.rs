@@ -87,6 +87,24 @@ fn check_get() {}
         (status = 400, body = Problem, content_type = "application/problem+json")))]
 fn release() {}
 
+/// Body of an operation call.
+#[derive(Serialize, ToSchema)]
+pub struct OpRequest {
+    /// The entity whose keys the operation touches.
+    id: String,
+    /// ARGV of the operation's script (strings, numbers or booleans).
+    args: Vec<serde_json::Value>,
+}
+
+#[utoipa::path(post, path = "/v1/ops/{app}/{rule}", tag = "ops",
+    description = "Runs a Redis-side operation declared by a Lua plugin on the id's keys. The result is the script's reply (a JSON object when it returns cjson-encoded text); 429 when that object says `\"denied\": true`.",
+    params(("app" = String, Path), ("rule" = String, Path)),
+    request_body = OpRequest,
+    responses((status = 200, description = "`{\"result\": ...}`"), (status = 429, description = "`{\"result\": ...}` with `denied`"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+fn ops_call() {}
+
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process answers")))]
 fn healthz() {}
 
@@ -124,6 +142,7 @@ fn admin_reload() {}
         check_post,
         check_get,
         release,
+        ops_call,
         healthz,
         readyz,
         metrics,
@@ -131,7 +150,7 @@ fn admin_reload() {}
         admin_policies,
         admin_reload
     ),
-    components(schemas(CheckRequest, CheckResponse, ReleaseResponse, Problem))
+    components(schemas(CheckRequest, CheckResponse, ReleaseResponse, OpRequest, Problem))
 )]
 struct ApiDoc;
 

@@ -38,6 +38,8 @@ pub enum ApiError {
     ReloadRejected(Vec<Diagnostic>),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("the rule's plugin failed and the rule has no fallback")]
+    PluginFailed(String),
     /// Logged in full, answered as a bare 500.
     #[error("internal error")]
     Internal(String),
@@ -56,7 +58,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::ReloadRejected(_) => "invalid-policy",
             ApiError::NotReady(_) => "not-ready",
             ApiError::Internal(_) => "internal",
+            ApiError::PluginFailed(_) => "plugin-failed",
         }
     }
 }
@@ -92,6 +95,9 @@ impl IntoResponse for ApiError {
                 body["errors"] = json!(diags.iter().map(ToString::to_string).collect::<Vec<_>>());
             }
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::PluginFailed(detail) => {
+                tracing::warn!(%detail, "plugin failed without fallback")
+            }
             _ => {}
         }
         let mut resp = (status, body.to_string()).into_response();

@@ -4,27 +4,23 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::problem::ApiError;
 use crate::patterns::ratelimit::ReleaseError;
-use crate::patterns::{Decision, RateLimiter};
+use crate::patterns::{CheckError, CheckRequest, Decision, RateLimiter};
+use crate::plugin::RequestFacts;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static DEGRADED: HeaderName = HeaderName::from_static("patternd-degraded");
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckBody {
-    id: Option<serde_json::Value>,
-    #[serde(default)]
-    cost: Option<serde_json::Value>,
-}
 
 #[derive(Deserialize)]
 pub(super) struct CheckQuery {
@@ -46,6 +42,10 @@ struct CheckReply<'a> {
     degraded: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     shadow_denied: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fallback: bool,
 }
 
 fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<RateLimiter>, ApiError> {
@@ -65,6 +65,9 @@ fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<RateLimiter>, A
 pub(super) async fn check_post(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((app, rule)) = path.map_err(super::bad_path)?;
@@ -82,9 +85,30 @@ pub(super) async fn check_post(
             "the body must be a JSON object such as {\"id\": \"user-42\", \"cost\": 1}".into(),
         ));
     }
-    let req: CheckBody = serde_json::from_slice(&body)
+    let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-    let id = match req.id {
+    let id_value = req.remove("id");
+    let cost_value = req.remove("cost");
+    // Only fields the rule's plugin declared may come along; anything else is a typo.
+    let exposed = rl.exposed_fields();
+    if let Some(unknown) = req.keys().find(|k| !exposed.contains(k)) {
+        let expected = if exposed.is_empty() {
+            "`id` and `cost`".to_string()
+        } else {
+            format!(
+                "`id`, `cost` and {}",
+                exposed
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return Err(ApiError::BadRequest(format!(
+            "invalid JSON body: unknown field `{unknown}`, expected {expected}"
+        )));
+    }
+    let id = match id_value {
         Some(serde_json::Value::String(s)) => s,
         Some(serde_json::Value::Number(n)) => n.to_string(),
         Some(_) => {
@@ -98,13 +122,53 @@ pub(super) async fn check_post(
             ));
         }
     };
-    let cost = match req.cost {
-        None => 1,
+    let cost = match cost_value {
+        None | Some(serde_json::Value::Null) => 1,
         Some(v) => parse_cost(&v.to_string())?,
     };
-    rl.validate(&id, cost)?;
-    let d = rl.check(&state.runtime.store, &id, cost).await;
+    let facts = rl.wants_facts().then(|| RequestFacts {
+        method: "POST".into(),
+        path: uri.path().to_string(),
+        id: id.clone(),
+        cost,
+        headers: header_pairs(&headers),
+        client_addr: connect.map(|c| c.0.0.ip().to_string()),
+        fields: req.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+    });
+    let d = decide(
+        &state,
+        &rl,
+        CheckRequest {
+            id: &id,
+            cost,
+            facts,
+        },
+    )
+    .await?;
     Ok(render(&rl, &d, StatusCode::TOO_MANY_REQUESTS))
+}
+
+async fn decide(
+    state: &AppState,
+    rl: &RateLimiter,
+    req: CheckRequest<'_>,
+) -> Result<Decision, ApiError> {
+    match rl.check(&state.runtime.store, req).await {
+        Ok(d) => Ok(d),
+        Err(CheckError::Input(e)) => Err(e.into()),
+        Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
+    }
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
@@ -113,6 +177,8 @@ pub(super) async fn check_get(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
     Query(q): Query<CheckQuery>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((app, rule)) = path.map_err(super::bad_path)?;
@@ -152,8 +218,16 @@ pub(super) async fn check_get(
             )));
         }
     };
-    rl.validate(id, cost)?;
-    let d = rl.check(&state.runtime.store, id, cost).await;
+    let facts = rl.wants_facts().then(|| RequestFacts {
+        method: "GET".into(),
+        path: uri.path().to_string(),
+        id: id.to_string(),
+        cost,
+        headers: header_pairs(&headers),
+        client_addr: connect.map(|c| c.0.0.ip().to_string()),
+        fields: Vec::new(),
+    });
+    let d = decide(&state, &rl, CheckRequest { id, cost, facts }).await?;
     Ok(render(&rl, &d, deny_status))
 }
 
@@ -179,6 +253,8 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         lease: d.lease.as_deref(),
         degraded: d.degraded,
         shadow_denied: d.shadow_denied,
+        reason: d.reason.as_deref(),
+        fallback: d.fallback,
     };
     let body = serde_json::to_vec(&reply).unwrap_or_default();
     let status = if d.allowed {
@@ -192,21 +268,25 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = HeaderValue::from_str(rl.policy_header()) {
+    let policy = d.policy_header.as_deref().or(rl.policy_header());
+    if let Some(Ok(v)) = policy.map(HeaderValue::from_str) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
-    let rl_value = format!(
-        "\"{}\";r={};t={}",
-        rl.item_name(d.limit_index),
-        d.remaining,
-        d.reset_after_ms.div_ceil(1000)
-    );
-    // A degraded decision knows nothing about the quota: claiming `r=0` would make
-    // well-behaved clients back off for no reason, so the header is left out.
-    if !d.degraded
-        && let Ok(v) = HeaderValue::from_str(&rl_value)
-    {
-        h.insert(RATELIMIT.clone(), v);
+    // A decision without quota (degraded, or a plugin's skip or deny) knows nothing about
+    // the quota: claiming `r=0` would make well-behaved clients back off for no reason, so
+    // the header is left out.
+    if d.quota_known {
+        let rl_value = format!(
+            "\"{}\";r={};t={}",
+            d.item_name
+                .as_deref()
+                .unwrap_or(rl.item_name(d.limit_index)),
+            d.remaining,
+            d.reset_after_ms.div_ceil(1000)
+        );
+        if let Ok(v) = HeaderValue::from_str(&rl_value) {
+            h.insert(RATELIMIT.clone(), v);
+        }
     }
     if !d.allowed {
         h.insert(

@@ -1,9 +1,11 @@
 //! Runtime per pattern: turns a request's facts into keys and one script call, and the reply
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
+pub mod ops;
 pub mod ratelimit;
 
-pub use ratelimit::{Decision, RateLimiter};
+pub use ops::{OpError, OpOutcome, OpRunner};
+pub use ratelimit::{CheckError, CheckRequest, Decision, RateLimiter};
 
 /// Entity ids longer than this are refused: they would only bloat keys.
 pub const MAX_ID_BYTES: usize = 512;

@@ -8,26 +8,47 @@ use metrics::Counter;
 
 use super::{InputError, check_id};
 use crate::compile::{CompiledRateLimit, KeySpace, Script};
+use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
 use crate::policy::{IdFrom, Limit, OnRedisError, RateLimit, Rule};
 use crate::store::Store;
 
+/// The largest cost a request may ask for when a plugin decides the limits (the plugin's
+/// limits then bound it exactly).
+const MAX_DYNAMIC_COST: u64 = 1_000_000_000_000;
+
 /// A rate-limit rule ready to serve. Built once per snapshot: everything that does not depend
-/// on the request (script, key suffixes, header text, metric handles) is prepared here.
+/// on the request (scripts, key suffixes, header text, metric handles, plugin instances) is
+/// prepared here.
 pub struct RateLimiter {
     pub app: String,
     pub rule: String,
     keys: KeySpace,
-    subs: Vec<String>,
-    script: Arc<Script>,
+    /// The rule's own limits, or a plugin rule's fallback.
+    fixed: Option<Fixed>,
+    /// Plugin rules: the plugin and the script for the limits it chooses.
+    dynamic: Option<Dynamic>,
     release: Option<Arc<Script>>,
-    limits: Vec<Limit>,
-    max_cost: u64,
     pub on_redis_error: OnRedisError,
     pub shadow: bool,
     pub id_from: Option<IdFrom>,
+    counters: Counters,
+}
+
+struct Fixed {
+    script: Arc<Script>,
+    subs: Vec<String>,
+    limits: Vec<Limit>,
+    max_cost: u64,
     policy_header: String,
     item_names: Vec<String>,
-    counters: Counters,
+}
+
+struct Dynamic {
+    script: Arc<Script>,
+    plugin: String,
+    binding: PluginBinding,
+    /// JSON body fields the plugin may see.
+    fields: Vec<String>,
 }
 
 struct Counters {
@@ -36,6 +57,7 @@ struct Counters {
     shadow_denied: Counter,
     degraded_allowed: Counter,
     degraded_denied: Counter,
+    plugin_failed: Counter,
 }
 
 impl Counters {
@@ -47,6 +69,7 @@ impl Counters {
             shadow_denied: c("shadow_denied"),
             degraded_allowed: c("degraded_allowed"),
             degraded_denied: c("degraded_denied"),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
 }
@@ -67,51 +90,121 @@ pub struct Decision {
     pub degraded: bool,
     /// Shadow rule that would have denied.
     pub shadow_denied: bool,
+    /// False when the decision carries no quota (plugin skip or deny, degraded): the
+    /// `RateLimit` header is then left out rather than invented.
+    pub quota_known: bool,
+    /// Plugin rules: the `RateLimit-Policy` and item name for the limits the plugin chose.
+    pub policy_header: Option<String>,
+    pub item_name: Option<String>,
+    /// A plugin's reason for a denial.
+    pub reason: Option<String>,
+    /// The plugin failed and the rule's fallback decided.
+    pub fallback: bool,
+}
+
+impl Decision {
+    fn bare(allowed: bool) -> Self {
+        Decision {
+            allowed,
+            limit: 0,
+            limit_index: 0,
+            remaining: 0,
+            reset_after_ms: 0,
+            retry_after_ms: 0,
+            lease: None,
+            degraded: false,
+            shadow_denied: false,
+            quota_known: false,
+            policy_header: None,
+            item_name: None,
+            reason: None,
+            fallback: false,
+        }
+    }
+}
+
+/// Why a check could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The plugin failed and the rule has no fallback.
+    #[error(transparent)]
+    Plugin(PluginError),
+}
+
+/// The facts of a request, for rules whose plugin decides.
+pub struct CheckRequest<'a> {
+    pub id: &'a str,
+    pub cost: u64,
+    /// Built by the handler only when `RateLimiter::wants_facts`.
+    pub facts: Option<RequestFacts>,
 }
 
 impl RateLimiter {
-    pub fn new(rule: &Rule, rl: &RateLimit, compiled: &CompiledRateLimit, keys: &KeySpace) -> Self {
-        let item_names: Vec<String> = if rl.limits.len() == 1 {
-            vec![rule.name.clone()]
-        } else {
-            (0..rl.limits.len())
-                .map(|i| format!("{}-{i}", rule.name))
-                .collect()
+    pub fn new(
+        rule: &Rule,
+        rl: &RateLimit,
+        compiled: &CompiledRateLimit,
+        keys: &KeySpace,
+        binding: Option<PluginBinding>,
+    ) -> Self {
+        let fixed = compiled.fixed.as_ref().map(|f| {
+            let item_names: Vec<String> = if f.limits.len() == 1 {
+                vec![rule.name.clone()]
+            } else {
+                (0..f.limits.len())
+                    .map(|i| format!("{}-{i}", rule.name))
+                    .collect()
+            };
+            let policy_header = policy_header(
+                f.limits
+                    .iter()
+                    .map(|l| (l.capacity(), l.window_ms()))
+                    .zip(&item_names),
+            );
+            Fixed {
+                script: f.script.clone(),
+                subs: f.subs.clone(),
+                max_cost: f.limits.iter().map(Limit::capacity).min().unwrap_or(0),
+                limits: f.limits.clone(),
+                policy_header,
+                item_names,
+            }
+        });
+        let dynamic = match (&compiled.dynamic, binding, &rl.plugin) {
+            (Some(script), Some(binding), Some(p)) => Some(Dynamic {
+                script: script.clone(),
+                plugin: p.name.clone(),
+                binding,
+                fields: p.fields.clone(),
+            }),
+            _ => None,
         };
-        // IETF httpapi ratelimit-headers: `"name";q=<quota>;w=<window seconds>` per limit.
-        let policy_header = rl
-            .limits
-            .iter()
-            .zip(&item_names)
-            .map(|(l, n)| format!("\"{n}\";q={};w={}", l.capacity(), l.window.as_secs().max(1)))
-            .collect::<Vec<_>>()
-            .join(", ");
         Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
             keys: keys.clone(),
-            subs: compiled.subs.clone(),
-            script: compiled.script.clone(),
+            fixed,
+            dynamic,
             release: compiled.release.clone(),
-            limits: rl.limits.clone(),
-            max_cost: rl.max_cost(),
             on_redis_error: rl.on_redis_error,
             shadow: rl.shadow,
             id_from: rl.id_from.clone(),
-            policy_header,
-            item_names,
             counters: Counters::new(&rule.app, &rule.name),
         }
     }
 
-    pub fn policy_header(&self) -> &str {
-        &self.policy_header
+    /// The `RateLimit-Policy` header of the rule's fixed limits.
+    pub fn policy_header(&self) -> Option<&str> {
+        self.fixed.as_ref().map(|f| f.policy_header.as_str())
     }
 
-    /// The `RateLimit` header item name of the reported limit.
+    /// The `RateLimit` header item name of a fixed limit.
     pub fn item_name(&self, index: usize) -> &str {
-        self.item_names
-            .get(index)
+        self.fixed
+            .as_ref()
+            .and_then(|f| f.item_names.get(index))
             .map(String::as_str)
             .unwrap_or(&self.rule)
     }
@@ -120,52 +213,182 @@ impl RateLimiter {
         self.release.is_some()
     }
 
+    /// True when a plugin decides: the handler then gathers the request's facts.
+    pub fn wants_facts(&self) -> bool {
+        self.dynamic.is_some()
+    }
+
+    /// JSON body fields (besides `id` and `cost`) this rule accepts.
+    pub fn exposed_fields(&self) -> &[String] {
+        self.dynamic
+            .as_ref()
+            .map(|d| d.fields.as_slice())
+            .unwrap_or(&[])
+    }
+
     /// Validates request input; the caller turns errors into 400s.
     pub fn validate(&self, id: &str, cost: u64) -> Result<(), InputError> {
         check_id(id)?;
-        if cost > self.max_cost {
-            return Err(InputError::CostTooHigh {
-                cost,
-                max: self.max_cost,
-            });
+        let max = match (&self.dynamic, &self.fixed) {
+            (Some(_), _) => MAX_DYNAMIC_COST,
+            (None, Some(f)) => f.max_cost,
+            (None, None) => 0,
+        };
+        if cost > max {
+            return Err(InputError::CostTooHigh { cost, max });
         }
         Ok(())
     }
 
-    /// One decision: one EVALSHA. Redis failures never surface as errors here: the rule's
-    /// `on_redis_error` decides, and the decision says it was degraded.
-    pub async fn check(&self, store: &Store, id: &str, cost: u64) -> Decision {
-        let keys = self.keys.keys(id, self.subs.iter().map(String::as_str));
+    /// One decision. Redis failures never surface as errors: the rule's `on_redis_error`
+    /// decides, and the decision says it was degraded. A failing plugin falls back to the
+    /// rule's `fallback`, or is an error when there is none.
+    pub async fn check(
+        &self,
+        store: &Store,
+        req: CheckRequest<'_>,
+    ) -> Result<Decision, CheckError> {
+        self.validate(req.id, req.cost)?;
+        let Some(dynamic) = &self.dynamic else {
+            return Ok(self.check_fixed(store, req.id, req.cost).await);
+        };
+        let facts = req.facts.unwrap_or_else(|| RequestFacts {
+            id: req.id.to_string(),
+            cost: req.cost,
+            ..RequestFacts::default()
+        });
+        match dynamic.binding.rate_limit(&facts) {
+            Ok(RateLimitDecision::Skip) => {
+                self.counters.allowed.increment(1);
+                Ok(Decision::bare(true))
+            }
+            Ok(RateLimitDecision::Deny(reason)) => {
+                let mut d = Decision::bare(self.shadow);
+                d.shadow_denied = self.shadow;
+                d.retry_after_ms = if self.shadow { 0 } else { 1000 };
+                d.reason = Some(reason);
+                if self.shadow {
+                    self.counters.shadow_denied.increment(1);
+                } else {
+                    self.counters.denied.increment(1);
+                }
+                Ok(d)
+            }
+            Ok(RateLimitDecision::Check(limits)) => {
+                for l in &limits {
+                    let capacity = dyn_capacity(l);
+                    if l.cost > capacity {
+                        return Err(InputError::CostTooHigh {
+                            cost: l.cost,
+                            max: capacity,
+                        }
+                        .into());
+                    }
+                }
+                Ok(self.check_dynamic(store, dynamic, req.id, &limits).await)
+            }
+            Err(e) => {
+                self.counters.plugin_failed.increment(1);
+                tracing::warn!(app = %self.app, rule = %self.rule, plugin = %dynamic.plugin, error = %e, "plugin failed");
+                match &self.fixed {
+                    Some(f) if req.cost <= f.max_cost => {
+                        let mut d = self.check_fixed(store, req.id, req.cost).await;
+                        d.fallback = true;
+                        Ok(d)
+                    }
+                    Some(f) => Err(InputError::CostTooHigh {
+                        cost: req.cost,
+                        max: f.max_cost,
+                    }
+                    .into()),
+                    None => Err(CheckError::Plugin(e)),
+                }
+            }
+        }
+    }
+
+    async fn check_fixed(&self, store: &Store, id: &str, cost: u64) -> Decision {
+        let Some(fixed) = &self.fixed else {
+            return self.degraded();
+        };
+        let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
         let lease_member = self.is_concurrency().then(random_token);
         let mut args: Vec<&[u8]> = vec![cost_arg.as_bytes()];
         if let Some(m) = &lease_member {
             args.push(m.as_bytes());
         }
-        let reply: Result<Vec<i64>, _> = store.eval(&self.script, &keys, &args).await;
+        let reply: Result<Vec<i64>, _> = store.eval(&fixed.script, &keys, &args).await;
+        let capacity = |i: usize| fixed.limits.get(i).map(Limit::capacity).unwrap_or(0);
+        let mut d = self.interpret(reply, fixed.limits.len(), capacity);
+        // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
+        // `parse_lease` (rightly) refuses as malformed.
+        if d.allowed && !d.shadow_denied && !d.degraded && cost > 0 {
+            d.lease = lease_member.map(|m| format!("{}.{m}.{cost}", B64.encode(id)));
+        }
+        d
+    }
+
+    async fn check_dynamic(
+        &self,
+        store: &Store,
+        dynamic: &Dynamic,
+        id: &str,
+        limits: &[DynLimit],
+    ) -> Decision {
+        let subs: Vec<String> = limits
+            .iter()
+            .map(|l| format!("p.{}.{}", l.key_suffix, l.algorithm.key_code()))
+            .collect();
+        let keys = self.keys.keys(id, subs.iter().map(String::as_str));
+        let mut argv: Vec<String> = Vec::with_capacity(limits.len() * 5);
+        for l in limits {
+            argv.push(l.algorithm.key_code().to_string());
+            argv.push(l.cost.to_string());
+            argv.push(l.limit.to_string());
+            argv.push(l.window_ms.to_string());
+            argv.push(l.burst.to_string());
+        }
+        let args: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
+        let reply: Result<Vec<i64>, _> = store.eval(&dynamic.script, &keys, &args).await;
+        let mut d = self.interpret(reply, limits.len(), |i| {
+            limits.get(i).map(dyn_capacity).unwrap_or(0)
+        });
+        if !d.degraded {
+            let names: Vec<String> = limits
+                .iter()
+                .map(|l| format!("{}-{}", self.rule, l.key_suffix))
+                .collect();
+            d.policy_header = Some(policy_header(
+                limits
+                    .iter()
+                    .map(|l| (dyn_capacity(l), l.window_ms))
+                    .zip(&names),
+            ));
+            d.item_name = names.get(d.limit_index).cloned();
+        }
+        d
+    }
+
+    /// Turns a script reply into a decision (and counts it).
+    fn interpret(
+        &self,
+        reply: Result<Vec<i64>, crate::store::StoreError>,
+        n: usize,
+        capacity: impl Fn(usize) -> u64,
+    ) -> Decision {
         match reply {
             Ok(v) if v.len() == 5 => {
                 let allowed = v[0] == 1;
-                let idx = usize::try_from(v[1])
-                    .unwrap_or(0)
-                    .min(self.limits.len().saturating_sub(1));
-                let lease = match (allowed, lease_member) {
-                    // A cost-0 query holds no slot, so it gets no lease: one would name
-                    // cost 0, which `parse_lease` (rightly) refuses as malformed.
-                    (true, Some(m)) if cost > 0 => Some(format!("{}.{m}.{cost}", B64.encode(id))),
-                    _ => None,
-                };
-                let d = Decision {
-                    allowed: allowed || self.shadow,
-                    limit: self.limits.get(idx).map(Limit::capacity).unwrap_or(0),
-                    limit_index: idx,
-                    remaining: non_negative(v[2]),
-                    reset_after_ms: non_negative(v[3]),
-                    retry_after_ms: if allowed { 0 } else { non_negative(v[4]) },
-                    lease,
-                    degraded: false,
-                    shadow_denied: !allowed && self.shadow,
-                };
+                let idx = usize::try_from(v[1]).unwrap_or(0).min(n.saturating_sub(1));
+                let mut d = Decision::bare(allowed || self.shadow);
+                d.limit = capacity(idx);
+                d.limit_index = idx;
+                d.remaining = non_negative(v[2]);
+                d.reset_after_ms = non_negative(v[3]);
+                d.retry_after_ms = if allowed { 0 } else { non_negative(v[4]) };
+                d.shadow_denied = !allowed && self.shadow;
+                d.quota_known = true;
                 if allowed {
                     self.counters.allowed.increment(1);
                 } else if self.shadow {
@@ -201,26 +424,29 @@ impl RateLimiter {
         } else {
             self.counters.degraded_denied.increment(1);
         }
-        let first = self.limits.first();
-        Decision {
-            allowed,
-            limit: first.map(Limit::capacity).unwrap_or(0),
-            limit_index: 0,
-            remaining: 0,
-            reset_after_ms: 0,
-            // A denied client should come back soon: Redis may be back in a second.
-            retry_after_ms: if allowed { 0 } else { 1000 },
-            lease: None,
-            degraded: true,
-            shadow_denied: false,
-        }
+        let mut d = Decision::bare(allowed);
+        d.limit = self
+            .fixed
+            .as_ref()
+            .and_then(|f| f.limits.first())
+            .map(Limit::capacity)
+            .unwrap_or(0);
+        // A denied client should come back soon: Redis may be back in a second.
+        d.retry_after_ms = if allowed { 0 } else { 1000 };
+        d.degraded = true;
+        d
     }
 
     /// Releases a concurrency lease. Ok(false) when it was not held (expired or released).
     pub async fn release(&self, store: &Store, lease: &str) -> Result<bool, ReleaseError> {
         let script = self.release.as_ref().ok_or(ReleaseError::NotConcurrency)?;
         let (id, member, cost) = self.parse_lease(lease)?;
-        let keys = self.keys.keys(&id, self.subs.iter().map(String::as_str));
+        let subs = self
+            .fixed
+            .as_ref()
+            .map(|f| f.subs.as_slice())
+            .unwrap_or(&[]);
+        let keys = self.keys.keys(&id, subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
         let removed: i64 = store
             .eval(script, &keys, &[member.as_bytes(), cost_arg.as_bytes()])
@@ -244,11 +470,28 @@ impl RateLimiter {
             .ok_or_else(bad)?;
         check_id(&id).map_err(|_| bad())?;
         let cost: u64 = cost.parse().map_err(|_| bad())?;
-        if cost == 0 || cost > self.max_cost || member.len() != 22 || !member.bytes().all(is_b64) {
+        let max = self.fixed.as_ref().map(|f| f.max_cost).unwrap_or(0);
+        if cost == 0 || cost > max || member.len() != 22 || !member.bytes().all(is_b64) {
             return Err(bad());
         }
         Ok((id, member.to_string(), cost))
     }
+}
+
+fn dyn_capacity(l: &DynLimit) -> u64 {
+    use crate::policy::Algorithm;
+    match l.algorithm {
+        Algorithm::TokenBucket | Algorithm::Gcra => l.burst,
+        _ => l.limit,
+    }
+}
+
+/// IETF httpapi ratelimit-headers: `"name";q=<quota>;w=<window seconds>` per limit.
+fn policy_header<'a>(items: impl Iterator<Item = ((u64, u64), &'a String)>) -> String {
+    items
+        .map(|((q, w_ms), n)| format!("\"{n}\";q={q};w={}", w_ms.div_ceil(1000).max(1)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, thiserror::Error)]

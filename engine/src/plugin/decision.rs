@@ -12,6 +12,8 @@ pub struct RequestFacts {
     pub method: String,
     pub path: String,
     pub id: String,
+    /// The cost the caller asked for (default 1); a limit's cost defaults to it.
+    pub cost: u64,
     /// Lowercase names.
     pub headers: Vec<(String, String)>,
     pub client_addr: Option<String>,
@@ -111,16 +113,6 @@ pub fn validate_rate_limit(
                 }
                 if l.window_ms == 0 || l.window_ms > 366 * 86_400_000 {
                     return Err(bad(format!("window {} ms out of range", l.window_ms)));
-                }
-                let capacity = match l.algorithm {
-                    Algorithm::TokenBucket | Algorithm::Gcra => l.burst,
-                    _ => l.limit,
-                };
-                if l.cost > capacity {
-                    return Err(bad(format!(
-                        "cost {} exceeds the limit's capacity {capacity}",
-                        l.cost
-                    )));
                 }
                 if l.algorithm == Algorithm::Concurrency {
                     return Err(bad("plugins cannot ask for concurrency limits".into()));

@@ -255,7 +255,7 @@ impl LuaBinding {
             let r = facts_to_lua(lua, req)?;
             func.call::<Value>(r)
         })?;
-        let d = lua_to_rate_limit(&name, out)?;
+        let d = lua_to_rate_limit(&name, out, req.cost)?;
         super::decision::validate_rate_limit(&name, d, &self.plugin.limits)
     }
 
@@ -395,6 +395,7 @@ fn facts_to_lua(lua: &Lua, req: &RequestFacts) -> mlua::Result<Table> {
     t.set("method", req.method.as_str())?;
     t.set("path", req.path.as_str())?;
     t.set("id", req.id.as_str())?;
+    t.set("cost", req.cost)?;
     let h = lua.create_table()?;
     for (k, v) in &req.headers {
         h.set(k.as_str(), v.as_str())?;
@@ -439,7 +440,11 @@ pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<Value> {
     })
 }
 
-fn lua_to_rate_limit(plugin: &str, v: Value) -> Result<RateLimitDecision, PluginError> {
+fn lua_to_rate_limit(
+    plugin: &str,
+    v: Value,
+    default_cost: u64,
+) -> Result<RateLimitDecision, PluginError> {
     let bad = |message: String| PluginError::BadOutput {
         plugin: plugin.to_string(),
         message,
@@ -507,7 +512,7 @@ fn lua_to_rate_limit(plugin: &str, v: Value) -> Result<RateLimitDecision, Plugin
             .ok_or_else(|| bad(format!("limit {}: missing `key_suffix`", i + 1)))?;
         out.push(DynLimit {
             key_suffix,
-            cost: num("cost")?.unwrap_or(1),
+            cost: num("cost")?.unwrap_or(default_cost),
             limit,
             window_ms,
             burst: num("burst")?.unwrap_or(limit),
@@ -582,6 +587,7 @@ mod tests {
             method: "POST".into(),
             path: "/v1/ratelimit/a/r".into(),
             id: "u1".into(),
+            cost: 1,
             headers: vec![("x-tier".into(), tier.into())],
             ..RequestFacts::default()
         }

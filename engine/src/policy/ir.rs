@@ -42,6 +42,7 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub enum RuleKind {
     RateLimit(RateLimit),
+    Ops(Ops),
 }
 
 impl RuleKind {
@@ -49,14 +50,39 @@ impl RuleKind {
     pub fn pattern(&self) -> &'static str {
         match self {
             RuleKind::RateLimit(_) => "ratelimit",
+            RuleKind::Ops(_) => "ops",
         }
     }
 }
 
+/// A plugin named by a rule.
+#[derive(Debug, Clone)]
+pub struct PluginRef {
+    pub name: String,
+    /// The rule's `plugin.config`, as JSON (YAML scalars typed as YAML would type them).
+    pub config: serde_json::Value,
+    /// JSON body fields exposed to the plugin.
+    pub fields: Vec<String>,
+    pub location: Location,
+}
+
+/// A Redis-side operation of a Lua plugin, as a rule.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    pub plugin: String,
+    pub op: String,
+    pub location: Location,
+}
+
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    /// At least one. Checked together in one script; a denial charges none.
+    /// At least one, unless a plugin decides. Checked together in one script; a denial
+    /// charges none.
     pub limits: Vec<Limit>,
+    /// The plugin deciding the limits per request.
+    pub plugin: Option<PluginRef>,
+    /// Used when the plugin fails.
+    pub fallback: Option<Limit>,
     pub on_redis_error: OnRedisError,
     pub shadow: bool,
     pub id_from: Option<IdFrom>,

@@ -14,7 +14,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
-pub use ir::{Algorithm, App, IdFrom, Limit, OnRedisError, Policy, RateLimit, Rule, RuleKind};
+pub use ir::{
+    Algorithm, App, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit, Rule, RuleKind,
+};
 
 /// A successful load: the policy, and the warnings a user should still read.
 #[derive(Debug, Clone)]

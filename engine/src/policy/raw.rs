@@ -36,6 +36,40 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<RawRateLimit>")]
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// A Redis-side operation declared by a Lua plugin, served at `POST /v1/ops/{app}/{rule}`.
+    #[serde(default)]
+    #[schemars(with = "Option<RawOps>")]
+    pub ops: Option<Spanned<RawOps>>,
+}
+
+/// `ops: { plugin: NAME, op: OP }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOps {
+    /// The Lua plugin (file name without `.lua`) that declares the operation.
+    #[schemars(with = "String")]
+    pub plugin: Spanned<String>,
+    /// The operation's name in the plugin's `ops` table.
+    #[schemars(with = "String")]
+    pub op: Spanned<String>,
+}
+
+/// `plugin: { name: NAME, config: {...}, fields: [...] }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginRef {
+    /// The plugin: `NAME.wasm` or `NAME.lua` in the plugins directory.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Passed to the plugin's `init` as JSON, once per rule.
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    #[allow(dead_code)] // only checked for presence here; `validate` reads it from the nodes
+    pub config: Option<serde::de::IgnoredAny>,
+    /// JSON body fields (besides `id` and `cost`) the request may carry and the plugin sees.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub fields: Option<Vec<Spanned<String>>>,
 }
 
 /// A rate-limiting rule: either one limit written inline (`algorithm`, `limit`, `window`, …)
@@ -77,6 +111,14 @@ pub struct RawRateLimit {
     #[serde(default)]
     #[schemars(with = "Option<RawIdFrom>")]
     pub id_from: Option<Spanned<RawIdFrom>>,
+    /// A plugin whose `rate-limit` hook decides the limits per request.
+    #[serde(default)]
+    #[schemars(with = "Option<RawPluginRef>")]
+    pub plugin: Option<Spanned<RawPluginRef>>,
+    /// The limit used when the plugin fails (without one, a failing plugin answers 502).
+    #[serde(default)]
+    #[schemars(with = "Option<RawLimit>")]
+    pub fallback: Option<Spanned<RawLimit>>,
 }
 
 /// One limit inside `limits`.

@@ -17,7 +17,9 @@ fn defaults_are_applied() {
     )])
     .expect("valid");
     let rule = l.policy.rules().next().expect("one rule");
-    let RuleKind::RateLimit(rl) = &rule.kind;
+    let RuleKind::RateLimit(rl) = &rule.kind else {
+        panic!("a rate-limit rule")
+    };
     assert_eq!(rl.limits.len(), 1);
     assert_eq!(rl.limits[0].burst, 7, "burst defaults to limit");
     assert_eq!(rl.limits[0].window, Duration::from_secs(1));

@@ -14,7 +14,9 @@ use marked_yaml::{LoaderOptions, Node, Spanned};
 use super::Loaded;
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::duration;
-use super::ir::{Algorithm, App, IdFrom, Limit, OnRedisError, Policy, RateLimit, Rule, RuleKind};
+use super::ir::{
+    Algorithm, App, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit, Rule, RuleKind,
+};
 use super::raw::{RawLimit, RawRateLimit, RawRule};
 
 /// Limits above this are refused: Lua numbers are doubles, exact only up to 2^53, and no real
@@ -24,7 +26,7 @@ const MAX_LIMIT: i64 = 1_000_000_000_000;
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
 /// sliding_log keeps one sorted-set entry per admitted unit; past this, warn about memory.
 const SLIDING_LOG_WARN: u64 = 10_000;
-const PATTERN_KEYS: [&str; 1] = ["rate_limit"];
+const PATTERN_KEYS: [&str; 2] = ["rate_limit", "ops"];
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -158,9 +160,28 @@ impl Validator {
                 return None;
             }
         };
-        let kind = match raw.rate_limit {
-            Some(rl) => RuleKind::RateLimit(self.rate_limit(path, name, &rl)?),
-            None => {
+        let kind = match (raw.rate_limit, raw.ops) {
+            (Some(_), Some(ops)) => {
+                self.err(
+                    &loc(path, ops.span()),
+                    format!("rule `{name}` has two pattern blocks; a rule has exactly one"),
+                );
+                return None;
+            }
+            (Some(rl), None) => RuleKind::RateLimit(self.rate_limit(path, name, &rl, body)?),
+            (None, Some(ops)) => {
+                let (plugin, op) = (ops.plugin.trim(), ops.op.trim());
+                if plugin.is_empty() || op.is_empty() {
+                    self.err(&loc(path, ops.span()), "`ops` needs `plugin` and `op`");
+                    return None;
+                }
+                RuleKind::Ops(Ops {
+                    plugin: plugin.to_string(),
+                    op: op.to_string(),
+                    location: loc(path, ops.plugin.span()),
+                })
+            }
+            (None, None) => {
                 self.err(
                     &at,
                     format!(
@@ -185,6 +206,7 @@ impl Validator {
         path: &Path,
         rule: &str,
         rl: &Spanned<RawRateLimit>,
+        body: &Node,
     ) -> Option<RateLimit> {
         let before = self.error_count();
         let block_loc = loc(path, rl.span());
@@ -195,7 +217,16 @@ impl Validator {
             || rl.lease.is_some();
 
         let mut limits = Vec::new();
+        let plugin = rl.plugin.as_ref().map(|p| self.plugin_ref(path, p, body));
         match (&rl.limits, inline_given) {
+            _ if plugin.is_some() => {
+                if inline_given || rl.limits.is_some() {
+                    self.err(
+                        &block_loc,
+                        format!("rule `{rule}`: with a `plugin`, the plugin decides the limits; move the rule's own limit to `fallback`"),
+                    );
+                }
+            }
             (Some(list), true) => {
                 self.err(
                     &loc(path, list.span()),
@@ -243,6 +274,29 @@ impl Validator {
             );
         }
 
+        let fallback = match (&rl.fallback, &plugin) {
+            (None, _) => None,
+            (Some(f), None) => {
+                self.err(
+                    &loc(path, f.span()),
+                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
+                );
+                None
+            }
+            (Some(f), Some(_)) => {
+                let l = self.limit(path, rule, &loc(path, f.span()), f);
+                if l.as_ref()
+                    .is_some_and(|l| l.algorithm == Algorithm::Concurrency)
+                {
+                    self.err(
+                        &loc(path, f.span()),
+                        "a `fallback` cannot be a `concurrency` limit",
+                    );
+                }
+                l
+            }
+        };
+
         let on_redis_error = match &rl.on_redis_error {
             None => OnRedisError::Allow,
             Some(s) => match s.as_str() {
@@ -286,10 +340,50 @@ impl Validator {
 
         (self.error_count() == before).then_some(RateLimit {
             limits,
+            plugin,
+            fallback,
             on_redis_error,
             shadow,
             id_from,
         })
+    }
+
+    fn plugin_ref(
+        &mut self,
+        path: &Path,
+        p: &Spanned<super::raw::RawPluginRef>,
+        body: &Node,
+    ) -> PluginRef {
+        let name = p.name.trim().to_string();
+        if name.is_empty() {
+            self.err(&loc(path, p.name.span()), "`plugin.name` must not be empty");
+        }
+        // The config is arbitrary YAML: take it from the node tree, where scalars still know
+        // whether they were quoted, and type it as YAML would (2 is a number, "2" a string).
+        let config = body
+            .as_mapping()
+            .and_then(|m| m.get_mapping("rate_limit"))
+            .and_then(|m| m.get_mapping("plugin"))
+            .and_then(|m| m.get_node("config"))
+            .map(node_to_json)
+            .unwrap_or(serde_json::Value::Null);
+        let mut fields = Vec::new();
+        for f in p.fields.iter().flatten() {
+            if matches!(f.as_str(), "id" | "cost") || f.is_empty() {
+                self.err(
+                    &loc(path, f.span()),
+                    format!("`{}` cannot be listed in `plugin.fields`", f.as_str()),
+                );
+            } else {
+                fields.push(f.to_string());
+            }
+        }
+        PluginRef {
+            name,
+            config,
+            fields,
+            location: loc(path, p.name.span()),
+        }
     }
 
     fn limit(&mut self, path: &Path, rule: &str, at: &Location, raw: &RawLimit) -> Option<Limit> {
@@ -609,4 +703,43 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A YAML node as JSON. Plain scalars are typed like YAML 1.2's core schema (null, booleans,
+/// integers, floats); quoted scalars stay strings.
+fn node_to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match node {
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            if !s.may_coerce() {
+                return J::String(text.to_string());
+            }
+            match text {
+                "~" | "null" | "Null" | "NULL" | "" => J::Null,
+                "true" | "True" | "TRUE" => J::Bool(true),
+                "false" | "False" | "FALSE" => J::Bool(false),
+                _ => {
+                    if let Ok(i) = text.parse::<i64>() {
+                        J::from(i)
+                    } else if let Some(f) = text
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .and_then(serde_json::Number::from_f64)
+                    {
+                        J::Number(f)
+                    } else {
+                        J::String(text.to_string())
+                    }
+                }
+            }
+        }
+        Node::Sequence(seq) => J::Array(seq.iter().map(node_to_json).collect()),
+        Node::Mapping(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
+                .collect(),
+        ),
+    }
 }

@@ -1,0 +1,132 @@
+//! Redis-side operations of Lua plugins at request time: keys from the id, one EVALSHA.
+
+use std::sync::Arc;
+
+use metrics::Counter;
+use redis::Value;
+
+use super::{InputError, check_id};
+use crate::compile::{CompiledOps, KeySpace, Script};
+use crate::store::{Store, StoreError};
+
+/// Arguments per call, and bytes per argument: operations take a few small values.
+pub const MAX_ARGS: usize = 32;
+pub const MAX_ARG_BYTES: usize = 4096;
+
+pub struct OpRunner {
+    pub app: String,
+    pub rule: String,
+    pub plugin: String,
+    pub op: String,
+    keys: KeySpace,
+    key_names: Vec<String>,
+    script: Arc<Script>,
+    ok: Counter,
+    denied: Counter,
+    failed: Counter,
+}
+
+/// What an operation answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpOutcome {
+    pub result: serde_json::Value,
+    /// The script's JSON object said `"denied": true`: answered 429.
+    pub denied: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("too many arguments ({0}); at most {MAX_ARGS}")]
+    TooManyArgs(usize),
+    #[error("argument {0} is longer than {MAX_ARG_BYTES} bytes")]
+    ArgTooLong(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OpRunner {
+    pub fn new(app: &str, rule: &str, compiled: &CompiledOps, keys: &KeySpace) -> Self {
+        let c = |outcome: &'static str| metrics::counter!("patternd_decisions_total", "app" => app.to_string(), "rule" => rule.to_string(), "pattern" => "ops", "outcome" => outcome);
+        Self {
+            app: app.to_string(),
+            rule: rule.to_string(),
+            plugin: compiled.plugin.clone(),
+            op: compiled.op.clone(),
+            keys: keys.clone(),
+            key_names: compiled.keys.clone(),
+            script: compiled.script.clone(),
+            ok: c("ok"),
+            denied: c("denied"),
+            failed: c("failed"),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        store: &Store,
+        id: &str,
+        args: &[String],
+    ) -> Result<OpOutcome, OpError> {
+        check_id(id)?;
+        if args.len() > MAX_ARGS {
+            return Err(OpError::TooManyArgs(args.len()));
+        }
+        if let Some(i) = args.iter().position(|a| a.len() > MAX_ARG_BYTES) {
+            return Err(OpError::ArgTooLong(i + 1));
+        }
+        let keys = self
+            .keys
+            .keys(id, self.key_names.iter().map(String::as_str));
+        let argv: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
+        let reply: Value = match store.eval(&self.script, &keys, &argv).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed.increment(1);
+                return Err(e.into());
+            }
+        };
+        let result = to_json(reply);
+        let denied = result.get("denied").and_then(serde_json::Value::as_bool) == Some(true);
+        if denied {
+            self.denied.increment(1);
+        } else {
+            self.ok.increment(1);
+        }
+        Ok(OpOutcome { result, denied })
+    }
+}
+
+/// A Redis reply as JSON. A bulk string holding a JSON object or array (what `cjson.encode`
+/// returns) is embedded as JSON, so scripts can answer structured results.
+fn to_json(v: Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil => J::Null,
+        Value::Int(i) => J::from(i),
+        Value::Double(d) => serde_json::Number::from_f64(d)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::Boolean(b) => J::Bool(b),
+        Value::Okay => J::String("OK".into()),
+        Value::SimpleString(s) => J::String(s),
+        Value::BulkString(b) => {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let t = text.trim_start();
+            if (t.starts_with('{') || t.starts_with('['))
+                && let Ok(j) = serde_json::from_str(&text)
+            {
+                return j;
+            }
+            J::String(text)
+        }
+        Value::Array(a) | Value::Set(a) => J::Array(a.into_iter().map(to_json).collect()),
+        Value::Map(m) => J::Array(
+            m.into_iter()
+                .map(|(k, v)| J::Array(vec![to_json(k), to_json(v)]))
+                .collect(),
+        ),
+        other => J::String(format!("{other:?}")),
+    }
+}
