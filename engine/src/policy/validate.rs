@@ -152,9 +152,18 @@ impl Validator {
         let raw: RawRule = match marked_yaml::from_node(body) {
             Ok(r) => r,
             Err(e) => {
-                let l = e
-                    .start_mark()
-                    .map(|m| Location::new(path, m.line(), m.column()))
+                // marked-yaml places an unknown field at its enclosing mapping; the key
+                // itself is a better place to point at.
+                let key_span = match &*e {
+                    marked_yaml::Error::UnknownFieldError(field, _, _) => find_key(body, field),
+                    _ => None,
+                };
+                let l = key_span
+                    .map(|s| loc(path, s))
+                    .or_else(|| {
+                        e.start_mark()
+                            .map(|m| Location::new(path, m.line(), m.column()))
+                    })
                     .unwrap_or_else(|| loc(path, body.span()));
                 self.err(&l, format!("rule `{name}`: {}", serde_message(&e)));
                 return None;
@@ -741,5 +750,20 @@ fn node_to_json(node: &Node) -> serde_json::Value {
                 .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
                 .collect(),
         ),
+    }
+}
+
+/// The span of the first mapping key named `field` under `node` (depth first).
+fn find_key<'a>(node: &'a Node, field: &str) -> Option<&'a marked_yaml::Span> {
+    match node {
+        Node::Mapping(m) => m.iter().find_map(|(k, v)| {
+            if k.as_str() == field {
+                Some(k.span())
+            } else {
+                find_key(v, field)
+            }
+        }),
+        Node::Sequence(s) => s.iter().find_map(|v| find_key(v, field)),
+        Node::Scalar(_) => None,
     }
 }
