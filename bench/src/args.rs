@@ -1,0 +1,178 @@
+//! Command-line flags. Hand-parsed: there are few of them, and the benchmark should not pull a
+//! CLI framework into its build.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+pub const USAGE: &str = "\
+patternd-bench: patternd over HTTP against redis-benchmark running the same script on the same
+Redis, in one run. Starts its own redis-server and patternd (release build) on free loopback ports.
+
+usage: cargo run --release -p patternd-bench -- [flags]
+
+  --duration D            measured phase per scenario (default 10s)
+  --warmup D              warm-up before each measured phase (default 2s)
+  --connections N         concurrent keep-alive HTTP/1.1 connections (default 64)
+  --keyspace N            distinct ids, the same for both sides (default 100000)
+  --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
+  --baseline-clients N    redis-benchmark connections (default 50)
+  --scenario S            sliding_window | gcra | all (default all)
+  --load-threads N        threads of the HTTP load generator (default 1)
+  -h, --help              this text
+
+Durations: 500ms, 10s, 1m, or a plain number of seconds.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    SlidingWindow,
+    Gcra,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 2] = [Scenario::SlidingWindow, Scenario::Gcra];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::SlidingWindow => "sliding_window",
+            Scenario::Gcra => "gcra",
+        }
+    }
+
+    /// The rule of the benchmark policy (see `procs::POLICY`) that runs this algorithm.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Scenario::SlidingWindow => "sw",
+            Scenario::Gcra => "gcra",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub keyspace: u64,
+    pub baseline_requests: u64,
+    pub baseline_clients: u64,
+    pub scenarios: Vec<Scenario>,
+    pub load_threads: usize,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            connections: 64,
+            keyspace: 100_000,
+            baseline_requests: 200_000,
+            baseline_clients: 50,
+            scenarios: Scenario::ALL.to_vec(),
+            load_threads: 1,
+        }
+    }
+}
+
+/// `None` when help was asked for.
+pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args>> {
+    let mut a = Args::default();
+    while let Some(flag) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.clone(), None),
+        };
+        if name == "-h" || name == "--help" {
+            return Ok(None);
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .with_context(|| format!("{name} needs a value\n\n{USAGE}"))?,
+        };
+        let ctx = || format!("bad value `{value}` for {name}");
+        match name.as_str() {
+            "--duration" => a.duration = parse_duration(&value).with_context(ctx)?,
+            "--warmup" => a.warmup = parse_duration(&value).with_context(ctx)?,
+            "--connections" => a.connections = value.parse().with_context(ctx)?,
+            "--keyspace" => a.keyspace = value.parse().with_context(ctx)?,
+            "--baseline-requests" => a.baseline_requests = value.parse().with_context(ctx)?,
+            "--baseline-clients" => a.baseline_clients = value.parse().with_context(ctx)?,
+            "--load-threads" => a.load_threads = value.parse().with_context(ctx)?,
+            "--scenario" => {
+                a.scenarios = match value.as_str() {
+                    "all" => Scenario::ALL.to_vec(),
+                    "sliding_window" | "sw" => vec![Scenario::SlidingWindow],
+                    "gcra" => vec![Scenario::Gcra],
+                    _ => bail!("{}: expected sliding_window, gcra or all", ctx()),
+                }
+            }
+            _ => bail!("unknown flag `{name}`\n\n{USAGE}"),
+        }
+    }
+    if a.connections == 0 || a.keyspace == 0 || a.baseline_requests == 0 || a.baseline_clients == 0
+    {
+        bail!(
+            "--connections, --keyspace, --baseline-requests and --baseline-clients must be positive"
+        );
+    }
+    // redis-benchmark's __rand_int__ is 12 digits; both sides must build the same ids.
+    if a.keyspace > 999_999_999_999 {
+        bail!("--keyspace is at most 999999999999 (redis-benchmark writes 12-digit ids)");
+    }
+    if a.duration.is_zero() {
+        bail!("--duration must be positive");
+    }
+    a.load_threads = a.load_threads.max(1);
+    Ok(Some(a))
+}
+
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a duration"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => bail!("unknown unit `{unit}` (use ms, s or m)"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("`{s}` is not a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("1m").ok(), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3").ok(), Some(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn flags() -> anyhow::Result<()> {
+        let args = |v: &[&str]| parse(v.iter().map(|s| s.to_string()));
+        let a = args(&["--duration=3s", "--scenario", "gcra"])?.context("help")?;
+        assert_eq!(a.duration, Duration::from_secs(3));
+        assert_eq!(a.scenarios, vec![Scenario::Gcra]);
+        assert!(args(&["--help"])?.is_none());
+        assert!(args(&["--nope", "1"]).is_err());
+        Ok(())
+    }
+}

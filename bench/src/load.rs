@@ -1,0 +1,282 @@
+//! The HTTP load generator: N keep-alive HTTP/1.1 connections, one task each, every task
+//! sending its next request as soon as the previous answer is read (closed loop, no
+//! pipelining). It shares two cores with Redis and patternd, so it is kept lean: a fixed
+//! body template rewritten in place, no JSON encoding or decoding, statuses counted, bodies
+//! drained without being collected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+
+use crate::hist::Histogram;
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const DONE: u8 = 2;
+
+/// The request body; the 12 zeros are overwritten with each request's id. Twelve digits, like
+/// redis-benchmark's `__rand_int__`, so both sides touch exactly the same Redis keys.
+const BODY: &[u8; 30] = br#"{"id":"000000000000","cost":1}"#;
+const ID_AT: std::ops::Range<usize> = 7..19;
+
+/// A connection that fails this many times in a row (connect or request) ends its task.
+const MAX_CONSECUTIVE_FAILURES: u32 = 20;
+
+pub struct Target {
+    pub addr: SocketAddr,
+    pub uri: Uri,
+    pub host: HeaderValue,
+}
+
+impl Target {
+    pub fn new(addr: SocketAddr, path: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr,
+            uri: path.parse().with_context(|| format!("bad path {path}"))?,
+            host: HeaderValue::from_str(&addr.to_string())?,
+        })
+    }
+}
+
+/// What the connections saw during the measured phase.
+#[derive(Clone, Default)]
+pub struct Stats {
+    pub latency: Histogram,
+    pub allowed: u64,
+    pub denied: u64,
+    /// Answers other than 200 and 429.
+    pub bad_status: u64,
+    /// Requests that got no answer (connection refused, reset, closed).
+    pub transport_errors: u64,
+    /// The first unexpected answer or failure, to show the user.
+    pub first_error: Option<String>,
+}
+
+impl Stats {
+    pub fn decisions(&self) -> u64 {
+        self.allowed + self.denied
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.bad_status + self.transport_errors
+    }
+
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if self.first_error.is_none() {
+            self.first_error = Some(what());
+        }
+    }
+
+    fn merge(&mut self, o: Stats) {
+        self.latency.merge(&o.latency);
+        self.allowed += o.allowed;
+        self.denied += o.denied;
+        self.bad_status += o.bad_status;
+        self.transport_errors += o.transport_errors;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+}
+
+pub struct Outcome<T> {
+    pub stats: Stats,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// `probe()` at the start and at the end of the measured phase.
+    pub probes: (T, T),
+}
+
+/// Warms up, then measures for `duration`, calling `probe` (CPU readings) right at both edges
+/// of the measured phase. Only answers that arrive inside the phase are counted.
+pub async fn run<T>(
+    target: Arc<Target>,
+    connections: usize,
+    keyspace: u64,
+    warmup: Duration,
+    duration: Duration,
+    probe: impl Fn() -> anyhow::Result<T>,
+) -> anyhow::Result<Outcome<T>> {
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let (target, phase) = (target.clone(), phase.clone());
+            // Distinct, non-zero seeds per connection.
+            let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1);
+            tokio::spawn(connection(target, keyspace, seed, phase))
+        })
+        .collect();
+
+    tokio::time::sleep(warmup).await;
+    let first = probe()?;
+    let started = Instant::now();
+    phase.store(MEASURE, Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    phase.store(DONE, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let last = probe()?;
+
+    let mut stats = Stats::default();
+    for t in tasks {
+        stats.merge(t.await.context("a load task panicked")?);
+    }
+    Ok(Outcome {
+        stats,
+        elapsed,
+        probes: (first, last),
+    })
+}
+
+async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(target.addr).await?;
+    // Small request/answer ping-pong: Nagle would add delay, not save packets.
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Ends when the sender is dropped or the server closes; errors surface on the sender.
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One keep-alive connection's closed loop. Reconnects after a failure, so a server hiccup
+/// shows as counted errors rather than a silently idle connection.
+async fn connection(target: Arc<Target>, keyspace: u64, seed: u64, phase: Arc<AtomicU8>) -> Stats {
+    let mut stats = Stats::default();
+    let mut rng = seed;
+    let mut body = *BODY;
+    let mut failures = 0u32;
+    'connect: while phase.load(Ordering::Relaxed) != DONE {
+        let mut sender = match connect(&target).await {
+            Ok(s) => s,
+            Err(e) => {
+                if phase.load(Ordering::Relaxed) == MEASURE {
+                    stats.transport_errors += 1;
+                }
+                stats.note(|| format!("connect: {e:#}"));
+                failures += 1;
+                if failures >= MAX_CONSECUTIVE_FAILURES {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while phase.load(Ordering::Relaxed) != DONE {
+            write_id(&mut body[ID_AT], next_random(&mut rng) % keyspace);
+            let mut req = Request::new(Full::new(Bytes::copy_from_slice(&body)));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = target.uri.clone();
+            let h = req.headers_mut();
+            h.insert(HOST, target.host.clone());
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+
+            let started = Instant::now();
+            let answer = exchange(&mut sender, req).await;
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let measuring = phase.load(Ordering::Relaxed) == MEASURE;
+            match answer {
+                Ok((status, _))
+                    if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    failures = 0;
+                    if measuring {
+                        stats.latency.record(us);
+                        if status == StatusCode::OK {
+                            stats.allowed += 1;
+                        } else {
+                            stats.denied += 1;
+                        }
+                    }
+                }
+                Ok((status, body)) => {
+                    if measuring {
+                        stats.bad_status += 1;
+                    }
+                    stats.note(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                }
+                Err(e) => {
+                    if measuring {
+                        stats.transport_errors += 1;
+                    }
+                    stats.note(|| format!("request: {e:#}"));
+                    failures += 1;
+                    if failures >= MAX_CONSECUTIVE_FAILURES {
+                        break 'connect;
+                    }
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// Sends one request and reads the whole answer. The body is only kept for unexpected
+/// statuses (to show the error); expected ones are drained frame by frame.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    sender.ready().await?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
+        while let Some(frame) = body.frame().await {
+            frame?;
+        }
+        Ok((status, Bytes::new()))
+    } else {
+        Ok((status, body.collect().await?.to_bytes()))
+    }
+}
+
+/// xorshift64*: plenty for spreading ids, and free of a rand dependency.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Writes `n` as zero-padded decimal digits filling `dst`.
+fn write_id(dst: &mut [u8], mut n: u64) {
+    for b in dst.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_template_holds_a_twelve_digit_id() {
+        let mut body = *BODY;
+        write_id(&mut body[ID_AT], 42);
+        assert_eq!(&body[..], br#"{"id":"000000000042","cost":1}"#);
+    }
+
+    #[test]
+    fn random_ids_cover_the_space() {
+        let mut rng = 1;
+        let mut seen = [false; 100];
+        for _ in 0..10_000 {
+            seen[(next_random(&mut rng) % 100) as usize] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}
