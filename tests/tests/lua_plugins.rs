@@ -1,0 +1,348 @@
+//! Lua plugins end to end: the example plugins drive real decisions, hostile plugins are
+//! contained, and a broken plugin never replaces a working one.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use patternd_e2e::{Patternd, RedisServer, TempDir, metric_value, policy_dir, run_cli};
+use serde_json::json;
+
+fn example(rel: &str) -> Result<String> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples")
+        .join(rel);
+    Ok(std::fs::read_to_string(p)?)
+}
+
+/// A plugins dir holding the example Lua plugins.
+fn example_plugins() -> Result<TempDir> {
+    let d = TempDir::new("plugins")?;
+    d.write(
+        "tiered-limits-lua.lua",
+        &example("tiered-limits-lua/tiered-limits-lua.lua")?,
+    )?;
+    d.write("quota.lua", &example("quota/quota.lua")?)?;
+    d.write("cache-key.lua", &example("cache-key/cache-key.lua")?)?;
+    Ok(d)
+}
+
+struct PluginWorld {
+    patternd: Patternd,
+    _policies: TempDir,
+    plugins: TempDir,
+    redis: RedisServer,
+}
+
+async fn start(policies: &[(&str, &str)], plugins: TempDir) -> Result<PluginWorld> {
+    let redis = RedisServer::start()?;
+    let pol = policy_dir(policies)?;
+    let dir = plugins.path().to_string_lossy().to_string();
+    let patternd = Patternd::start(&redis.url(), pol.path(), &["--plugins", &dir]).await?;
+    Ok(PluginWorld {
+        patternd,
+        _policies: pol,
+        plugins,
+        redis,
+    })
+}
+
+fn repo_policies() -> Result<String> {
+    example("policies/plugins.yaml")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiered_limits_decide_per_tier() -> Result<()> {
+    let w = start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
+    let p = &w.patternd;
+    let post = |tier: Option<&'static str>| {
+        let mut req = p
+            .client()
+            .post(p.url("/v1/ratelimit/plugged/tiered"))
+            .json(&json!({"id": "user-1"}));
+        if let Some(t) = tier {
+            req = req.header("X-Tier", t);
+        }
+        p.send(req)
+    };
+    // free: 2 per minute; a missing or unknown tier counts as free.
+    let a = post(Some("free")).await?;
+    assert_eq!((a.status, a.remaining()), (200, 1), "{a:?}");
+    assert_eq!(
+        a.header("ratelimit-policy"),
+        Some("\"tiered-free\";q=2;w=60")
+    );
+    let b = post(None).await?;
+    assert_eq!((b.status, b.remaining()), (200, 0), "{b:?}");
+    let c = post(Some("platinum")).await?;
+    assert_eq!(c.status, 429, "{c:?}");
+    assert!(c.header("retry-after").is_some());
+    // pro: its own counter, 5 per minute.
+    for left in (0..5).rev() {
+        let r = post(Some("pro")).await?;
+        assert_eq!(
+            (r.status, r.remaining(), r.u64_field("limit")),
+            (200, left, 5),
+            "{r:?}"
+        );
+    }
+    assert_eq!(post(Some("pro")).await?.status, 429);
+
+    // The plugin chose the keys' suffixes; the key builder kept them in the rule's namespace
+    // and the id's slot, with TTLs.
+    let mut conn = w.redis.conn().await?;
+    let keys = patternd_e2e::scan_all(&mut conn).await?;
+    let mut names: Vec<String> = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "plugged:ratelimit:tiered:{user-1}:p.free.fw",
+            "plugged:ratelimit:tiered:{user-1}:p.pro.fw"
+        ]
+    );
+    for k in &names {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await?;
+        assert!(ttl > 0 && ttl <= 60_000, "{k}: {ttl}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daily_quota_op_counts_until_midnight() -> Result<()> {
+    let w = start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
+    let p = &w.patternd;
+    for used in 1..=3u64 {
+        let r = p
+            .post_json("/v1/ops/plugged/daily", &json!({"id": "u1", "args": [3]}))
+            .await?;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            r.json["result"],
+            json!({"used": used, "remaining": 3 - used}),
+            "{r:?}"
+        );
+    }
+    let r = p
+        .post_json("/v1/ops/plugged/daily", &json!({"id": "u1", "args": [3]}))
+        .await?;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.json["result"]["denied"], json!(true));
+    // Another id has its own counter.
+    let r = p
+        .post_json("/v1/ops/plugged/daily", &json!({"id": "u2", "args": [3]}))
+        .await?;
+    assert_eq!(r.json["result"]["used"], json!(1), "{r:?}");
+
+    // The counter expires at the next UTC midnight, by Redis' clock.
+    let mut conn = w.redis.conn().await?;
+    let (now, _): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .map(|t: (String, String)| (t.0.parse().unwrap_or(0), t.1.parse().unwrap_or(0)))?;
+    let midnight = now - now % 86_400 + 86_400;
+    let at: i64 = redis::cmd("EXPIRETIME")
+        .arg("plugged:ops:daily:{u1}:count")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(at, midnight as i64);
+
+    // Bad input: the op's BADARG is a 400; the engine's own checks too.
+    p.post_json(
+        "/v1/ops/plugged/daily",
+        &json!({"id": "u1", "args": ["lots"]}),
+    )
+    .await?
+    .assert_problem(400);
+    p.post_json("/v1/ops/plugged/daily", &json!({"args": [3]}))
+        .await?
+        .assert_problem(400);
+    p.post_json("/v1/ops/plugged/daily", &json!({"id": "", "args": [3]}))
+        .await?
+        .assert_problem(400);
+    p.post_json("/v1/ops/plugged/nope", &json!({"id": "u1"}))
+        .await?
+        .assert_problem(404);
+    Ok(())
+}
+
+const HOSTILE: &[(&str, &str)] = &[
+    ("loop", "while true do end"),
+    (
+        "bomb",
+        "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 4096) .. i end",
+    ),
+    ("boom", "error('boom')"),
+    ("garbage", "return 42"),
+    (
+        "flood",
+        "local l = {} for i = 1, 100000 do l[i] = { key_suffix = 'k' .. i, limit = 1, window_ms = 1000 } end return { check = l }",
+    ),
+    (
+        "escape",
+        "return { check = { { key_suffix = '}:../x', limit = 1, window_ms = 1000 } } }",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_plugins_fail_one_call_and_the_server_keeps_serving() -> Result<()> {
+    let plugins = TempDir::new("hostile")?;
+    let mut policy = String::from(
+        "app: hostile\nrules:\n  plain: { rate_limit: { algorithm: fixed_window, limit: 1000, window: 1h } }\n",
+    );
+    for (name, body) in HOSTILE {
+        plugins.write(
+            &format!("{name}.lua"),
+            &format!("return {{ rate_limit = function(req) {body} end }}\n"),
+        )?;
+        policy.push_str(&format!(
+            "  {name}-fb:\n    rate_limit:\n      plugin: {{ name: {name} }}\n      fallback: {{ algorithm: fixed_window, limit: 3, window: 1h }}\n  {name}-bare:\n    rate_limit: {{ plugin: {{ name: {name} }} }}\n"
+        ));
+    }
+    let w = start(&[("hostile.yaml", &policy)], plugins).await?;
+    let p = &w.patternd;
+    for (name, _) in HOSTILE {
+        // With a fallback: the fallback decides, and says so.
+        for left in (0..3).rev() {
+            let started = Instant::now();
+            let r = p.check("hostile", &format!("{name}-fb"), "x", 1).await?;
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{name}: {:?}",
+                started.elapsed()
+            );
+            assert_eq!((r.status, r.remaining()), (200, left), "{name}: {r:?}");
+            assert_eq!(r.json["fallback"], json!(true), "{name}: {r:?}");
+        }
+        assert_eq!(
+            p.check("hostile", &format!("{name}-fb"), "x", 1)
+                .await?
+                .status,
+            429
+        );
+        // Without one: a 500 problem that names no internals.
+        let started = Instant::now();
+        let r = p.check("hostile", &format!("{name}-bare"), "x", 1).await?;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            started.elapsed()
+        );
+        r.assert_problem(500);
+        assert!(r.detail().contains("plugin failed"), "{r:?}");
+        // Everything else still serves.
+        assert_eq!(p.check("hostile", "plain", "x", 1).await?.status, 200);
+    }
+    let metrics = p.get("/metrics").await?.text;
+    let failures = metric_value(
+        &metrics,
+        "patternd_plugin_failures_total",
+        &[("rule", "loop-fb")],
+    );
+    assert_eq!(failures, Some(4.0), "{metrics}");
+    Ok(())
+}
+
+const TIERED_POLICY: &str = "app: t
+rules:
+  tiered:
+    rate_limit:
+      plugin: { name: tiers, config: { header: X-Tier, default: free, tiers: { free: { limit: 2, window: 1h } } } }
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
+    let plugins = TempDir::new("reload")?;
+    plugins.write(
+        "tiers.lua",
+        &example("tiered-limits-lua/tiered-limits-lua.lua")?,
+    )?;
+    let w = start(&[("t.yaml", TIERED_POLICY)], plugins).await?;
+    let p = &w.patternd;
+    assert_eq!(p.check("t", "tiered", "a", 1).await?.remaining(), 1);
+
+    // A syntax error, then a plugin whose init refuses the rule's config: both refused,
+    // with the plugin's file or the rule named, and the old plugin keeps deciding.
+    for (broken, needle) in [
+        (
+            "return { rate_limit = function(req) return { skip = true } end",
+            "tiers.lua",
+        ),
+        (
+            "return { init = function(c) return 'no thanks' end, rate_limit = function(r) return { skip = true } end }",
+            "no thanks",
+        ),
+    ] {
+        w.plugins.write("tiers.lua", broken)?;
+        let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+        r.assert_problem(422);
+        assert!(r.text.contains(needle), "{needle}: {r:?}");
+        // The old plugin still decides: its tier's counter keeps counting (a broken new
+        // one would have answered otherwise).
+        let d = p.check("t", "tiered", "a", 1).await?;
+        assert_eq!(
+            d.header("ratelimit-policy"),
+            Some("\"tiered-free\";q=2;w=3600"),
+            "{d:?}"
+        );
+        assert_eq!(d.remaining(), 0, "{d:?}");
+    }
+    assert_eq!(
+        p.check("t", "tiered", "a", 1).await?.status,
+        429,
+        "the old counter is full"
+    );
+
+    // A good new version is taken.
+    w.plugins.write(
+        "tiers.lua",
+        "return { rate_limit = function(req) return { deny = 'closed for maintenance' } end }",
+    )?;
+    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let d = p.check("t", "tiered", "a", 1).await?;
+    assert_eq!(d.status, 429, "{d:?}");
+    assert_eq!(d.json["reason"], json!("closed for maintenance"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_validates_plugins_and_ops() -> Result<()> {
+    let plugins = example_plugins()?;
+    let policies = policy_dir(&[("plugins.yaml", &repo_policies()?)])?;
+    let dir = plugins.path().to_string_lossy().to_string();
+    let pol = policies.path().to_string_lossy().to_string();
+    let ok = run_cli(&["check", &pol, "--plugins", &dir])?;
+    assert!(ok.status.success(), "{ok:?}");
+
+    // A policy naming a missing plugin, an op that calls KEYS, and a broken plugin file.
+    plugins.write("broken.lua", "return {")?;
+    plugins.write(
+        "sneaky.lua",
+        "return { ops = { scan = { keys = { 'k' }, script = \"return redis.call('KEYS', '*')\" } } }",
+    )?;
+    policies.write(
+        "more.yaml",
+        "app: more\nrules:\n  a: { rate_limit: { plugin: { name: missing } } }\n  b: { ops: { plugin: sneaky, op: scan } }\n",
+    )?;
+    let bad = run_cli(&["check", &pol, "--plugins", &dir])?;
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("broken.lua:1:1"), "{err}");
+    plugins.remove("broken.lua")?;
+    let bad = run_cli(&["check", &pol, "--plugins", &dir])?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("more.yaml:3:3: error: no plugin `missing`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("more.yaml:4:3") && err.contains("KEYS"),
+        "{err}"
+    );
+    Ok(())
+}
