@@ -708,4 +708,37 @@ mod tests {
         assert_eq!(p.ops[0].name, "daily-quota");
         assert_eq!(p.ops[0].keys, vec!["count".to_string()]);
     }
+
+    fn example(rel: &str) -> Arc<LuaPlugin> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/examples")
+            .join(rel);
+        let src = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        Arc::new(LuaPlugin::load(&name, src, Limits::default()).unwrap())
+    }
+
+    #[test]
+    fn example_cache_key_varies_and_bypasses() {
+        let p = example("cache-key/cache-key.lua");
+        let b = p
+            .bind(serde_json::json!({"vary": ["Accept-Language"], "ttl_ms": {"default": 60000}, "bypass_header": "x-no-cache"}))
+            .unwrap();
+        let mut req = facts("x");
+        req.headers = vec![("accept-language".into(), "de-CH, de;q=0.9".into())];
+        let d = b.cache(&req).unwrap();
+        assert_eq!(d.key.as_deref(), Some("u1:de-CHdeq0.9"));
+        assert_eq!((d.ttl_ms, d.bypass), (Some(60_000), false));
+        assert_eq!(d.tags, vec!["id:u1".to_string()]);
+        req.headers.push(("x-no-cache".into(), "1".into()));
+        assert!(b.cache(&req).unwrap().bypass);
+        assert!(p.bind(serde_json::json!("nope")).is_err());
+    }
+
+    #[test]
+    fn example_plugins_load() {
+        assert_eq!(example("quota/quota.lua").ops[0].name, "daily-quota");
+        let t = example("tiered-limits-lua/tiered-limits-lua.lua");
+        assert!(t.bind(serde_json::json!({"tiers": {}})).is_err());
+    }
 }
