@@ -19,6 +19,9 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | all (default all)
   --load-threads N        threads of the HTTP load generator (default 1)
+  --rate R                open loop: send R requests/s in total on a fixed schedule instead
+                          of as fast as answers come back (closed loop, the default), so
+                          latency shows service time rather than queueing
   -h, --help              this text
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
@@ -58,6 +61,8 @@ pub struct Args {
     pub baseline_clients: u64,
     pub scenarios: Vec<Scenario>,
     pub load_threads: usize,
+    /// Open-loop target rate (requests/s); `None` for a closed loop.
+    pub rate: Option<f64>,
 }
 
 impl Default for Args {
@@ -71,6 +76,7 @@ impl Default for Args {
             baseline_clients: 50,
             scenarios: Scenario::ALL.to_vec(),
             load_threads: 1,
+            rate: None,
         }
     }
 }
@@ -102,6 +108,10 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
             "--baseline-requests" => a.baseline_requests = value.parse().with_context(ctx)?,
             "--baseline-clients" => a.baseline_clients = value.parse().with_context(ctx)?,
             "--load-threads" => a.load_threads = value.parse().with_context(ctx)?,
+            "--rate" => {
+                let r: f64 = value.parse().with_context(ctx)?;
+                a.rate = (r > 0.0).then_some(r);
+            }
             "--scenario" => {
                 a.scenarios = match value.as_str() {
                     "all" => Scenario::ALL.to_vec(),
@@ -168,8 +178,10 @@ mod tests {
     #[test]
     fn flags() -> anyhow::Result<()> {
         let args = |v: &[&str]| parse(v.iter().map(|s| s.to_string()));
-        let a = args(&["--duration=3s", "--scenario", "gcra"])?.context("help")?;
+        let a =
+            args(&["--duration=3s", "--scenario", "gcra", "--rate", "5000"])?.context("help")?;
         assert_eq!(a.duration, Duration::from_secs(3));
+        assert_eq!(a.rate, Some(5000.0));
         assert_eq!(a.scenarios, vec![Scenario::Gcra]);
         assert!(args(&["--help"])?.is_none());
         assert!(args(&["--nope", "1"]).is_err());

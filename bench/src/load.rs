@@ -1,6 +1,8 @@
 //! The HTTP load generator: N keep-alive HTTP/1.1 connections, one task each, every task
 //! sending its next request as soon as the previous answer is read (closed loop, no
-//! pipelining). It shares two cores with Redis and patternd, so it is kept lean: a fixed
+//! pipelining), or, with a target rate, on a fixed schedule (open loop: latency then shows
+//! the service time at that load instead of the queueing that a saturating closed loop
+//! builds up, which is roughly connections / throughput). It shares two cores with Redis and patternd, so it is kept lean: a fixed
 //! body template rewritten in place, no JSON encoding or decoding, statuses counted, bodies
 //! drained without being collected.
 
@@ -104,15 +106,24 @@ pub async fn run<T>(
     keyspace: u64,
     warmup: Duration,
     duration: Duration,
+    rate: Option<f64>,
     probe: impl Fn() -> anyhow::Result<T>,
 ) -> anyhow::Result<Outcome<T>> {
     let phase = Arc::new(AtomicU8::new(WARMUP));
+    // Open loop: each connection sends every `connections / rate` seconds, the connections
+    // staggered evenly so the requests do not leave in bursts.
+    let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+    let now = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
             let (target, phase) = (target.clone(), phase.clone());
             // Distinct, non-zero seeds per connection.
             let seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1);
-            tokio::spawn(connection(target, keyspace, seed, phase))
+            let pace = interval.map(|iv| Pace {
+                interval: iv,
+                next: now + iv.mul_f64(i as f64 / connections as f64),
+            });
+            tokio::spawn(connection(target, keyspace, seed, phase, pace))
         })
         .collect();
 
@@ -150,7 +161,19 @@ async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 
 /// One keep-alive connection's closed loop. Reconnects after a failure, so a server hiccup
 /// shows as counted errors rather than a silently idle connection.
-async fn connection(target: Arc<Target>, keyspace: u64, seed: u64, phase: Arc<AtomicU8>) -> Stats {
+/// The send schedule of one connection in open-loop mode.
+struct Pace {
+    interval: Duration,
+    next: Instant,
+}
+
+async fn connection(
+    target: Arc<Target>,
+    keyspace: u64,
+    seed: u64,
+    phase: Arc<AtomicU8>,
+    mut pace: Option<Pace>,
+) -> Stats {
     let mut stats = Stats::default();
     let mut rng = seed;
     let mut body = *BODY;
@@ -172,6 +195,15 @@ async fn connection(target: Arc<Target>, keyspace: u64, seed: u64, phase: Arc<At
             }
         };
         while phase.load(Ordering::Relaxed) != DONE {
+            if let Some(p) = &mut pace {
+                // Behind schedule (a slow answer), this sends at once and catches up; the
+                // report compares the achieved rate with the target, so falling behind shows.
+                tokio::time::sleep_until(p.next.into()).await;
+                p.next += p.interval;
+                if phase.load(Ordering::Relaxed) == DONE {
+                    break;
+                }
+            }
             write_id(&mut body[ID_AT], next_random(&mut rng) % keyspace);
             let mut req = Request::new(Full::new(Bytes::copy_from_slice(&body)));
             *req.method_mut() = Method::POST;
