@@ -17,6 +17,10 @@ bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}
 
+# Build the example plugins (Rust guests for wasm32-wasip2, Lua files) into plugins/dist/.
+plugins:
+    bash plugins/build.sh
+
 # Validate the example policies.
 check:
     cargo run -p patternd -- check policies
