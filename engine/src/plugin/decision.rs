@@ -122,3 +122,67 @@ pub fn validate_rate_limit(
     }
     Ok(d)
 }
+
+/// Checks a plugin's cache decision: a key and tags of bounded size and count (they become
+/// Redis keys and set members), a TTL Redis can express.
+pub fn validate_cache(
+    plugin: &str,
+    d: CacheDecision,
+    limits: &Limits,
+) -> Result<CacheDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    if let Some(key) = &d.key
+        && (key.is_empty() || key.len() > limits.max_string_bytes)
+    {
+        return Err(bad(format!(
+            "cache key is {} bytes; 1 to {} allowed",
+            key.len(),
+            limits.max_string_bytes
+        )));
+    }
+    if let Some(ttl) = d.ttl_ms
+        && (ttl == 0 || ttl > 366 * 86_400_000)
+    {
+        return Err(bad(format!("ttl {ttl} ms out of range")));
+    }
+    if d.tags.len() > limits.max_output_items {
+        return Err(bad(format!(
+            "{} tags; at most {} per decision",
+            d.tags.len(),
+            limits.max_output_items
+        )));
+    }
+    if let Some(t) = d
+        .tags
+        .iter()
+        .find(|t| t.is_empty() || t.len() > limits.max_string_bytes)
+    {
+        return Err(bad(format!(
+            "a tag is {} bytes; 1 to {} allowed",
+            t.len(),
+            limits.max_string_bytes
+        )));
+    }
+    Ok(d)
+}
+
+/// Checks a plugin's session decision: a rejection reason of bounded size (it is sent to the
+/// client).
+pub fn validate_session(
+    plugin: &str,
+    d: SessionDecision,
+    limits: &Limits,
+) -> Result<SessionDecision, PluginError> {
+    if let SessionDecision::Reject(reason) = &d
+        && reason.len() > limits.max_string_bytes
+    {
+        return Err(PluginError::BadOutput {
+            plugin: plugin.to_string(),
+            message: format!("reject reason is {} bytes", reason.len()),
+        });
+    }
+    Ok(d)
+}

@@ -13,6 +13,7 @@
 pub mod decision;
 pub mod lua;
 pub mod registry;
+pub mod wasm;
 
 pub use decision::{CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision};
 pub use registry::{PluginBinding, PluginSet};
@@ -22,11 +23,12 @@ use std::time::Duration;
 /// Limits applied to every plugin call.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Lua: VM instructions per call. (WASM: fuel units per call.)
+    /// Lua: VM instructions per call. WASM: fuel units per call (about one per wasm
+    /// operator); `init` gets ten times as much.
     pub instructions: u64,
-    /// Memory one instance may use.
+    /// Memory one instance may use (WASM: each linear memory).
     pub memory_bytes: usize,
-    /// Wall-clock bound per call, where the host can enforce one (WASM epochs).
+    /// Wall-clock bound per call, where the host can enforce one (WASM epochs, 10 ms ticks).
     pub call_timeout: Duration,
     /// Largest decision accepted (limits, tags, strings), against garbage or floods.
     pub max_output_items: usize,

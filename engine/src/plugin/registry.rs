@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::decision::{CacheDecision, RateLimitDecision, RequestFacts, SessionDecision};
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
+use super::wasm::{WasmBinding, WasmPlugin};
 use super::{Limits, PluginError};
 use crate::policy::{Diagnostic, Diagnostics, Location};
 
@@ -14,18 +15,22 @@ use crate::policy::{Diagnostic, Diagnostics, Location};
 #[derive(Debug, Clone)]
 pub enum Plugin {
     Lua(Arc<LuaPlugin>),
+    Wasm(Arc<WasmPlugin>),
 }
 
 impl Plugin {
     pub fn kind(&self) -> &'static str {
         match self {
             Plugin::Lua(_) => "lua",
+            Plugin::Wasm(_) => "wasm",
         }
     }
 
     pub fn hooks(&self) -> Vec<&'static str> {
         match self {
             Plugin::Lua(p) => p.hooks.clone(),
+            // A component that type-checks against the world exports all of them.
+            Plugin::Wasm(_) => super::wasm::HOOKS.to_vec(),
         }
     }
 
@@ -33,6 +38,7 @@ impl Plugin {
     pub fn ops(&self) -> &[LuaOpDecl] {
         match self {
             Plugin::Lua(p) => &p.ops,
+            Plugin::Wasm(_) => &[],
         }
     }
 
@@ -40,6 +46,7 @@ impl Plugin {
     pub fn bind(&self, config: serde_json::Value) -> Result<PluginBinding, PluginError> {
         match self {
             Plugin::Lua(p) => p.bind(config).map(PluginBinding::Lua),
+            Plugin::Wasm(p) => p.bind(config).map(PluginBinding::Wasm),
         }
     }
 }
@@ -47,18 +54,21 @@ impl Plugin {
 /// A plugin bound to a rule: warm instances initialized with the rule's config.
 pub enum PluginBinding {
     Lua(LuaBinding),
+    Wasm(WasmBinding),
 }
 
 impl PluginBinding {
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
         match self {
             PluginBinding::Lua(b) => b.rate_limit(req),
+            PluginBinding::Wasm(b) => b.rate_limit(req),
         }
     }
 
     pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
         match self {
             PluginBinding::Lua(b) => b.cache(req),
+            PluginBinding::Wasm(b) => b.cache(req),
         }
     }
 
@@ -70,6 +80,7 @@ impl PluginBinding {
     ) -> Result<SessionDecision, PluginError> {
         match self {
             PluginBinding::Lua(b) => b.session(req, user, data),
+            PluginBinding::Wasm(b) => b.session(req, user, data),
         }
     }
 }
@@ -144,10 +155,7 @@ impl PluginSet {
                     })
                     .and_then(|src| LuaPlugin::load(stem, src, limits))
                     .map(|p| Plugin::Lua(Arc::new(p))),
-                _ => Err(PluginError::Load {
-                    plugin: stem.to_string(),
-                    message: "WebAssembly plugins are not supported by this build yet".into(),
-                }),
+                _ => WasmPlugin::load(stem, &path, limits).map(|p| Plugin::Wasm(Arc::new(p))),
             };
             match loaded {
                 Ok(p) => {
