@@ -112,6 +112,9 @@ struct State {
     /// What the current call wrote to stderr (bounded), to explain a trap: a Rust guest's
     /// panic message.
     stderr: String,
+    /// Partial lines of stdout and stderr, until a newline or the end of the call.
+    out_line: String,
+    err_line: String,
 }
 
 /// Caps each linear memory of an instance, and remembers that it refused growth, so a guest that
@@ -146,6 +149,43 @@ impl ResourceLimiter for MemoryCap {
 }
 
 impl State {
+    fn line_buf(&mut self, which: u32) -> &mut String {
+        if which == STDERR {
+            &mut self.err_line
+        } else {
+            &mut self.out_line
+        }
+    }
+
+    /// Logs one line of stdout (info) or stderr (warn). Stderr lines are also kept, on one
+    /// line, to explain a trap; std's hint about RUST_BACKTRACE means nothing here.
+    fn emit_line(&mut self, which: u32, line: &str) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
+            return;
+        }
+        if which != STDERR {
+            self.log(host::Level::Info, line);
+            return;
+        }
+        if self.stderr.len() < self.max_log_bytes {
+            if !self.stderr.is_empty() {
+                self.stderr.push(' ');
+            }
+            self.stderr.push_str(line);
+            truncate(&mut self.stderr, self.max_log_bytes);
+        }
+        self.log(host::Level::Warn, line);
+    }
+
+    /// Logs what the call wrote without a final newline.
+    fn flush_output(&mut self) {
+        for which in [STDOUT, STDERR] {
+            let rest = std::mem::take(self.line_buf(which));
+            self.emit_line(which, &rest);
+        }
+    }
+
     fn log(&mut self, level: host::Level, message: &str) {
         if self.logs_left == 0 {
             return;
@@ -259,6 +299,8 @@ impl WasmPlugin {
                 logs_left: LOG_LINES_PER_CALL,
                 max_log_bytes: self.limits.max_string_bytes,
                 stderr: String::new(),
+                out_line: String::new(),
+                err_line: String::new(),
             },
         );
         store.limiter(|s| &mut s.memory);
@@ -350,7 +392,9 @@ impl WasmBinding {
             plugin: p.name.clone(),
             message,
         };
-        match guest.call_init(&mut store, &self.config) {
+        let result = guest.call_init(&mut store, &self.config);
+        store.data_mut().flush_output();
+        match result {
             Ok(Ok(())) => Ok(Instance { store, guest }),
             Ok(Err(message)) => {
                 let mut message = message;
@@ -383,7 +427,9 @@ impl WasmBinding {
             None => self.new_instance()?,
         };
         self.plugin.arm(&mut inst.store, 1)?;
-        match f(&inst.guest, &mut inst.store) {
+        let result = f(&inst.guest, &mut inst.store);
+        inst.store.data_mut().flush_output();
+        match result {
             Ok(out) => {
                 self.release(inst);
                 Ok(out)
@@ -747,31 +793,22 @@ fn link_poll(inst: &mut wasmtime::component::LinkerInstance<'_, State>) -> wasmt
     Ok(())
 }
 
+/// Buffers a guest's stdout or stderr into lines: std writes unbuffered stderr piecewise
+/// ("memory allocation of ", "1048576", " bytes failed"), and one log event per line reads
+/// better. What is left without a newline is flushed after the call.
 fn write_to_log(data: &mut State, which: u32, bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.trim_end();
-    if text.is_empty() {
-        return;
+    let mut buf = std::mem::take(data.line_buf(which));
+    buf.push_str(&text);
+    while let Some(nl) = buf.find('\n') {
+        let line: String = buf.drain(..=nl).collect();
+        data.emit_line(which, &line);
     }
-    if which == STDERR {
-        // Kept on one line, without std's hint about RUST_BACKTRACE (meaningless here).
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
-                continue;
-            }
-            if data.stderr.len() >= data.max_log_bytes {
-                break;
-            }
-            if !data.stderr.is_empty() {
-                data.stderr.push(' ');
-            }
-            data.stderr.push_str(line);
-        }
-        truncate(&mut data.stderr, data.max_log_bytes);
-        data.log(host::Level::Warn, text);
-    } else {
-        data.log(host::Level::Info, text);
+    if buf.len() > data.max_log_bytes {
+        data.emit_line(which, &buf);
+        buf.clear();
     }
+    *data.line_buf(which) = buf;
 }
 
 #[cfg(test)]
