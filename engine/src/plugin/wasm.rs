@@ -2,7 +2,8 @@
 //!
 //! A WASM plugin is a component for the world `patternd:plugin/plugin@0.1.0`
 //! (`plugins/wit/plugin.wit`). One process-wide [`Engine`] compiles every component once, at
-//! load; each plugin keeps an [`InstancePre`] (imports resolved and type-checked once), and each
+//! load; each plugin keeps an
+//! [`InstancePre`](wasmtime::component::InstancePre) (imports resolved and type-checked once), and each
 //! binding (plugin + one rule's config) keeps a small pool of warm instances on which `init`
 //! already ran.
 //!
@@ -16,9 +17,10 @@
 //! Imports: the `host` interface (log, clock) and a deliberately small slice of WASI p2, written
 //! here (see [`link_wasi`]): what a Rust guest built for `wasm32-wasip2` imports through its
 //! standard library. Stdout and stderr go to patternd's log, the environment and arguments are
-//! empty, clocks and random numbers work; everything else WASI offers (files, sockets, stdin,
-//! polling, sleeping, exit) traps when called. Any non-WASI import other than `host` refuses the
-//! load, so a component built against another version of the contract is refused up front.
+//! empty, there are no preopened directories, clocks and random numbers work; everything else
+//! WASI offers (opening files, sockets, stdin, sleeping, exit) traps when called. Any non-WASI
+//! import other than the contract's own interfaces refuses the load, so a component built
+//! against another version of the contract is refused up front.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
