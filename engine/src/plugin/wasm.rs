@@ -15,7 +15,7 @@
 //! failed call, because a trap can leave its memory in any state.
 //!
 //! Imports: the `host` interface (log, clock) and a deliberately small slice of WASI p2, written
-//! here (see [`link_wasi`]): what a Rust guest built for `wasm32-wasip2` imports through its
+//! here (see `link_wasi`): what a Rust guest built for `wasm32-wasip2` imports through its
 //! standard library. Stdout and stderr go to patternd's log, the environment and arguments are
 //! empty, there are no preopened directories, clocks and random numbers work; everything else
 //! WASI offers (opening files, sockets, stdin, sleeping, exit) traps when called. Any non-WASI
