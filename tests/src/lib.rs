@@ -337,6 +337,45 @@ fn is_fresh(bin: &Path, workspace: &Path) -> bool {
     built >= newest
 }
 
+/// `plugins/dist/`, filled by `plugins/build.sh` (the example WASM guests and Lua plugins),
+/// built once per test process. Needs the wasm32-wasip2 target; without it this fails with
+/// the command that installs it rather than letting plugin tests pass vacuously.
+pub fn example_plugins_dist() -> Result<PathBuf> {
+    static DIST: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .ok_or("no workspace root")?
+            .to_path_buf();
+        let out = Command::new("bash")
+            .arg(root.join("plugins/build.sh"))
+            .current_dir(&root)
+            .output()
+            .map_err(|e| format!("cannot run plugins/build.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "plugins/build.sh failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(root.join("plugins/dist"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// A fresh plugins dir holding copies of the named files of `plugins/dist/`, so a test can
+/// rewrite or add plugins without touching what other tests read.
+pub fn plugins_from_dist(names: &[&str]) -> Result<TempDir> {
+    let dist = example_plugins_dist()?;
+    let dir = TempDir::new("plugins")?;
+    for n in names {
+        std::fs::copy(dist.join(n), dir.path().join(n))
+            .with_context(|| format!("copying {n} from {}", dist.display()))?;
+    }
+    Ok(dir)
+}
+
 /// Runs `patternd <args>` to completion (for `check`, `compile`, `schema`).
 pub fn run_cli(args: &[&str]) -> Result<Output> {
     let out = Command::new(patternd_bin()?)

@@ -15,16 +15,14 @@ fn example(rel: &str) -> Result<String> {
     Ok(std::fs::read_to_string(p)?)
 }
 
-/// A plugins dir holding the example Lua plugins.
+/// A plugins dir holding the example plugins (`plugins/build.sh` output).
 fn example_plugins() -> Result<TempDir> {
-    let d = TempDir::new("plugins")?;
-    d.write(
+    patternd_e2e::plugins_from_dist(&[
         "tiered-limits-lua.lua",
-        &example("tiered-limits-lua/tiered-limits-lua.lua")?,
-    )?;
-    d.write("quota.lua", &example("quota/quota.lua")?)?;
-    d.write("cache-key.lua", &example("cache-key/cache-key.lua")?)?;
-    Ok(d)
+        "quota.lua",
+        "cache-key.lua",
+        "tiered-limits.wasm",
+    ])
 }
 
 struct PluginWorld {
