@@ -17,6 +17,10 @@ use patternd::snapshot::{Snapshot, Sources};
 use patternd::store::managed::ManagedRedis;
 use patternd::store::{Store, StoreConfig};
 
+/// mimalloc rather than the system allocator: see the note in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "patternd",

@@ -106,6 +106,22 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Reads a body up to `MAX_BODY_BYTES`, as the `Bytes` extractor would under the router's
+/// body limit.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::TooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })
+}
+
 /// Path segments that are not valid UTF-8 after percent-decoding.
 fn bad_path(e: PathRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid path: {}", e.body_text()))

@@ -91,7 +91,10 @@ impl Store {
         let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::Url)?;
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.command_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
+            // No response timeout here: `run` bounds every command (including any wait for a
+            // reconnect) with one tokio timer; a second, per-request timer inside redis-rs
+            // measurably cost CPU on every decision.
+            .set_response_timeout(None)
             .set_min_delay(Duration::from_millis(20))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(3);
