@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
-use std::sync::Mutex;
 
 use super::decision::{CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision};
+use super::pool::WarmPool;
 use super::{Limits, PluginError};
 use crate::policy::Algorithm;
 
@@ -148,7 +148,7 @@ impl LuaPlugin {
         let binding = LuaBinding {
             plugin: self.clone(),
             config,
-            pool: Mutex::new(Vec::new()),
+            pool: WarmPool::new(POOL_MAX),
         };
         let inst = binding.new_instance()?;
         binding.release(inst);
@@ -179,7 +179,7 @@ impl Instance {
 pub struct LuaBinding {
     plugin: Arc<LuaPlugin>,
     config: serde_json::Value,
-    pool: Mutex<Vec<Instance>>,
+    pool: WarmPool<Instance>,
 }
 
 impl LuaBinding {
@@ -212,10 +212,7 @@ impl LuaBinding {
     }
 
     fn release(&self, inst: Instance) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(inst);
-        }
+        self.pool.put(inst);
     }
 
     /// Runs `f` on a warm instance with a fresh budget. A failed instance is dropped.
@@ -230,7 +227,7 @@ impl LuaBinding {
                 hook,
             });
         }
-        let popped = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let popped = self.pool.take();
         let inst = match popped {
             Some(i) => i,
             None => self.new_instance()?,

@@ -12,6 +12,7 @@
 
 pub mod decision;
 pub mod lua;
+mod pool;
 pub mod registry;
 pub mod wasm;
 

@@ -23,7 +23,8 @@
 //! against another version of the contract is refused up front.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
 use std::time::{Duration, Instant};
 
 use wasmtime::component::types::ComponentItem;
@@ -34,6 +35,7 @@ use super::decision::{
     CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, validate_cache,
     validate_rate_limit, validate_session,
 };
+use super::pool::WarmPool;
 use super::{Limits, PluginError};
 use crate::policy::Algorithm;
 
@@ -281,7 +283,7 @@ impl WasmPlugin {
         let binding = WasmBinding {
             plugin: self.clone(),
             config: config.to_string(),
-            pool: Mutex::new(Vec::new()),
+            pool: WarmPool::new(POOL_MAX),
             created: AtomicU64::new(0),
         };
         let inst = binding.new_instance()?;
@@ -375,7 +377,7 @@ pub struct WasmBinding {
     plugin: Arc<WasmPlugin>,
     /// The rule's `plugin.config` as JSON text, passed to `init` of every new instance.
     config: String,
-    pool: Mutex<Vec<Instance>>,
+    pool: WarmPool<Instance>,
     /// Instances created so far (the first at bind, then one per failure or burst).
     created: AtomicU64,
 }
@@ -411,10 +413,7 @@ impl WasmBinding {
     }
 
     fn release(&self, inst: Instance) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_MAX {
-            pool.push(inst);
-        }
+        self.pool.put(inst);
     }
 
     /// Runs `f` on a warm instance with a fresh budget. An instance whose call failed is
@@ -423,7 +422,7 @@ impl WasmBinding {
         &self,
         f: impl FnOnce(&Guest, &mut Store<State>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
-        let popped = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let popped = self.pool.take();
         let mut inst = match popped {
             Some(i) => i,
             None => self.new_instance()?,
@@ -503,7 +502,7 @@ impl WasmBinding {
 
     /// Warm instances now idle in the pool (for tests and metrics).
     pub fn idle(&self) -> usize {
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.pool.idle()
     }
 
     /// Instances created since the binding was made (for tests and metrics).
