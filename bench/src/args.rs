@@ -17,12 +17,23 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | all (default all)
+  --scenario S            sliding_window | gcra | plugins | all (default all)
+  --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
   --rate R                open loop: send R requests/s in total on a fixed schedule instead
                           of as fast as answers come back (closed loop, the default), so
                           latency shows service time rather than queueing
   -h, --help              this text
+
+Scenarios:
+  sliding_window, gcra   patternd's decisions against redis-benchmark EVALSHA of the same script
+  plugins                the example plugin tiered-limits (WebAssembly, and its Lua twin):
+                         each hook's cost per call in process, and HTTP decisions with each
+                         plugin against the same fixed-window rule without one, each driven for
+                         --duration (in rounds of alternating order). Builds plugins/dist with
+                         plugins/build.sh when it is missing or stale (needs the wasm32-wasip2
+                         target); under `all`, a failed build skips only this scenario.
+With the defaults, `all` takes about 1.5 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
 
@@ -30,23 +41,28 @@ Durations: 500ms, 10s, 1m, or a plain number of seconds.";
 pub enum Scenario {
     SlidingWindow,
     Gcra,
+    /// Plugin hooks in process, and HTTP with and without a plugin (`plugins.rs`).
+    Plugins,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 2] = [Scenario::SlidingWindow, Scenario::Gcra];
+    pub const ALL: [Scenario; 3] = [Scenario::SlidingWindow, Scenario::Gcra, Scenario::Plugins];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::SlidingWindow => "sliding_window",
             Scenario::Gcra => "gcra",
+            Scenario::Plugins => "plugins",
         }
     }
 
-    /// The rule of the benchmark policy (see `procs::POLICY`) that runs this algorithm.
-    pub fn rule(self) -> &'static str {
+    /// The rule of the benchmark policy (see `procs::POLICY`) that runs this algorithm against
+    /// a redis-benchmark baseline; `None` for the plugin scenario, which has rules of its own.
+    pub fn rule(self) -> Option<&'static str> {
         match self {
-            Scenario::SlidingWindow => "sw",
-            Scenario::Gcra => "gcra",
+            Scenario::SlidingWindow => Some("sw"),
+            Scenario::Gcra => Some("gcra"),
+            Scenario::Plugins => None,
         }
     }
 }
@@ -60,6 +76,10 @@ pub struct Args {
     pub baseline_requests: u64,
     pub baseline_clients: u64,
     pub scenarios: Vec<Scenario>,
+    /// Whether `--scenario` named one scenario (a failure to prepare it is then an error,
+    /// rather than a skipped part of `all`).
+    pub explicit_scenario: bool,
+    pub hook_calls: usize,
     pub load_threads: usize,
     /// Open-loop target rate (requests/s); `None` for a closed loop.
     pub rate: Option<f64>,
@@ -75,6 +95,8 @@ impl Default for Args {
             baseline_requests: 200_000,
             baseline_clients: 50,
             scenarios: Scenario::ALL.to_vec(),
+            explicit_scenario: false,
+            hook_calls: 20_000,
             load_threads: 1,
             rate: None,
         }
@@ -108,6 +130,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
             "--baseline-requests" => a.baseline_requests = value.parse().with_context(ctx)?,
             "--baseline-clients" => a.baseline_clients = value.parse().with_context(ctx)?,
             "--load-threads" => a.load_threads = value.parse().with_context(ctx)?,
+            "--hook-calls" => a.hook_calls = value.parse().with_context(ctx)?,
             "--rate" => {
                 let r: f64 = value.parse().with_context(ctx)?;
                 a.rate = (r > 0.0).then_some(r);
@@ -117,16 +140,22 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "all" => Scenario::ALL.to_vec(),
                     "sliding_window" | "sw" => vec![Scenario::SlidingWindow],
                     "gcra" => vec![Scenario::Gcra],
-                    _ => bail!("{}: expected sliding_window, gcra or all", ctx()),
-                }
+                    "plugins" => vec![Scenario::Plugins],
+                    _ => bail!("{}: expected sliding_window, gcra, plugins or all", ctx()),
+                };
+                a.explicit_scenario = value != "all";
             }
             _ => bail!("unknown flag `{name}`\n\n{USAGE}"),
         }
     }
-    if a.connections == 0 || a.keyspace == 0 || a.baseline_requests == 0 || a.baseline_clients == 0
+    if a.connections == 0
+        || a.keyspace == 0
+        || a.baseline_requests == 0
+        || a.baseline_clients == 0
+        || a.hook_calls == 0
     {
         bail!(
-            "--connections, --keyspace, --baseline-requests and --baseline-clients must be positive"
+            "--connections, --keyspace, --baseline-requests, --baseline-clients and --hook-calls must be positive"
         );
     }
     // redis-benchmark's __rand_int__ is 12 digits; both sides must build the same ids.
@@ -183,6 +212,13 @@ mod tests {
         assert_eq!(a.duration, Duration::from_secs(3));
         assert_eq!(a.rate, Some(5000.0));
         assert_eq!(a.scenarios, vec![Scenario::Gcra]);
+        assert!(a.explicit_scenario);
+        let a = args(&["--scenario", "plugins", "--hook-calls", "500"])?.context("help")?;
+        assert_eq!(a.scenarios, vec![Scenario::Plugins]);
+        assert_eq!(a.hook_calls, 500);
+        let a = args(&["--scenario=all"])?.context("help")?;
+        assert_eq!(a.scenarios.len(), Scenario::ALL.len());
+        assert!(!a.explicit_scenario);
         assert!(args(&["--help"])?.is_none());
         assert!(args(&["--nope", "1"]).is_err());
         Ok(())

@@ -2,9 +2,9 @@
 //! sending its next request as soon as the previous answer is read (closed loop, no
 //! pipelining), or, with a target rate, on a fixed schedule (open loop: latency then shows
 //! the service time at that load instead of the queueing that a saturating closed loop
-//! builds up, which is roughly connections / throughput). It shares two cores with Redis and patternd, so it is kept lean: a fixed
-//! body template rewritten in place, no JSON encoding or decoding, statuses counted, bodies
-//! drained without being collected.
+//! builds up, which is roughly connections / throughput). It shares two cores with Redis and
+//! patternd, so it is kept lean: a fixed body template rewritten in place, no JSON encoding or
+//! decoding, statuses counted, bodies drained without being collected.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
@@ -37,6 +37,9 @@ pub struct Target {
     pub addr: SocketAddr,
     pub uri: Uri,
     pub host: HeaderValue,
+    /// Sent with every request, after Host and Content-Type (the plugin rules read a tier
+    /// header).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Target {
@@ -45,7 +48,16 @@ impl Target {
             addr,
             uri: path.parse().with_context(|| format!("bad path {path}"))?,
             host: HeaderValue::from_str(&addr.to_string())?,
+            headers: Vec::new(),
         })
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+        self
     }
 }
 
@@ -78,7 +90,7 @@ impl Stats {
         }
     }
 
-    fn merge(&mut self, o: Stats) {
+    pub fn merge(&mut self, o: Stats) {
         self.latency.merge(&o.latency);
         self.allowed += o.allowed;
         self.denied += o.denied;
@@ -159,14 +171,14 @@ async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
-/// One keep-alive connection's closed loop. Reconnects after a failure, so a server hiccup
-/// shows as counted errors rather than a silently idle connection.
 /// The send schedule of one connection in open-loop mode.
 struct Pace {
     interval: Duration,
     next: Instant,
 }
 
+/// One keep-alive connection's loop. Reconnects after a failure, so a server hiccup shows as
+/// counted errors rather than a silently idle connection.
 async fn connection(
     target: Arc<Target>,
     keyspace: u64,
@@ -211,6 +223,9 @@ async fn connection(
             let h = req.headers_mut();
             h.insert(HOST, target.host.clone());
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            for (name, value) in &target.headers {
+                h.insert(name.clone(), value.clone());
+            }
 
             let started = Instant::now();
             let answer = exchange(&mut sender, req).await;

@@ -8,13 +8,17 @@
 //! 3. Load: keep-alive HTTP/1.1 connections POST decisions with random ids for a fixed time
 //!    after a warm-up, recording latency and statuses; patternd's CPU time is read from /proc
 //!    around the measured phase.
-//! 4. Prints a table with the goals marked PASS/MISS. Exits non-zero only when the benchmark
-//!    itself failed (a server did not start, or more than 1% of requests failed).
+//! 4. The plugin scenario (`plugins.rs`): the example plugin's hook timed in process, and
+//!    HTTP decisions with a WebAssembly and a Lua plugin against the same rule without one.
+//! 5. Prints a table per scenario with the goals marked PASS/MISS. Exits non-zero only when the
+//!    benchmark itself failed (a server did not start, or more than 1% of requests failed).
 
 mod args;
 mod baseline;
 mod hist;
 mod load;
+mod measure;
+mod plugins;
 mod procs;
 
 use std::collections::HashMap;
@@ -28,11 +32,17 @@ use serde_json::Value;
 
 use args::{Args, Scenario};
 use baseline::Baseline;
+use measure::Measured;
+use plugins::PluginResults;
 
 /// The goals the issue sets for patternd.
 const GOAL_CPU_US: f64 = 15.0;
 const GOAL_RATIO: f64 = 0.45;
 const GOAL_P99_MS: f64 = 5.0;
+/// The goals of the plugin issue: a hook call's p50, and HTTP decisions with a plugin
+/// relative to the same rule without one.
+const GOAL_HOOK_P50_US: f64 = 20.0;
+const GOAL_PLUGIN_RATIO: f64 = 0.8;
 /// Redis CPU per EVALSHA of a small script as DESIGN.md states it, next to the CPU goal; used
 /// only to say how this machine compares.
 const DESIGN_REDIS_CPU_US: f64 = 8.0;
@@ -97,57 +107,30 @@ fn main() -> ExitCode {
 }
 
 struct Report {
-    /// Set when the measured patternd binary is older than the engine's sources.
-    stale: Option<String>,
+    /// Reasons the figures may not be what they seem (an old binary, an old plugin build, a
+    /// skipped scenario).
+    warnings: Vec<String>,
     cores: usize,
     ticks: u64,
     redis_version: String,
     redis_port: u16,
     results: Vec<ScenarioResult>,
-}
-
-/// CPU clock ticks read at one edge of the measured phase.
-struct CpuSample {
-    patternd: u64,
-    redis: u64,
-    loadgen: u64,
-    /// Busy time of the whole machine.
-    machine: u64,
+    plugins: Option<PluginResults>,
 }
 
 struct ScenarioResult {
     scenario: Scenario,
     baseline: Baseline,
-    stats: load::Stats,
-    rps: f64,
-    /// CPU per decision in µs, for patternd, Redis (while serving patternd) and this program.
-    patternd_cpu_us: f64,
-    redis_cpu_us: f64,
-    loadgen_cpu_us: f64,
-    /// CPU use during the measured phase, in % of one core.
-    patternd_util: f64,
-    redis_util: f64,
-    loadgen_util: f64,
-    /// CPU used by every other process on the machine during the measured phase.
-    other_util: f64,
+    m: Measured,
 }
 
 impl ScenarioResult {
     fn ratio(&self) -> f64 {
-        self.rps / self.baseline.rps
+        self.m.rps() / self.baseline.rps
     }
 
-    fn p_ms(&self, q: f64) -> f64 {
-        self.stats.latency.quantile_us(q) as f64 / 1000.0
-    }
-
-    fn error_share(&self) -> f64 {
-        let all = self.stats.decisions() + self.stats.errors();
-        if all == 0 {
-            1.0
-        } else {
-            self.stats.errors() as f64 / all as f64
-        }
+    fn patternd_cpu_us(&self) -> f64 {
+        self.m.per_decision_us(self.m.cpu.patternd)
     }
 }
 
@@ -159,10 +142,46 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let binary = procs::locate_patternd()?;
     let bin = binary.path.as_path();
+    let mut warnings: Vec<String> = binary.stale.into_iter().collect();
     let dir = procs::TempDir::new()?;
+    let ticks = procs::clock_ticks();
+
+    // The plugins are built and copied first: the server loads them at start.
+    let mut plugin_dir = None;
+    if args.scenarios.contains(&Scenario::Plugins) {
+        match plugins::prepare(dir.path()) {
+            Ok(p) => {
+                warnings.extend(p.warning);
+                plugin_dir = Some(p.dir);
+            }
+            Err(e) if !args.explicit_scenario => {
+                let w = format!("the plugins scenario was skipped: {e:#}");
+                eprintln!("warning: {w}");
+                warnings.push(w);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Before the servers start, so nothing but this program is busy. Off the runtime's only
+    // thread, so a Ctrl-C is still noticed (the calls then finish within a second or so).
+    let hooks = match &plugin_dir {
+        Some(pd) => {
+            eprintln!(
+                "[plugins] hook cost: {} warm rate_limit calls per plugin, in process …",
+                args.hook_calls
+            );
+            let (pd, calls) = (pd.clone(), args.hook_calls);
+            tokio::task::spawn_blocking(move || plugins::hook_costs(&pd, calls, ticks))
+                .await
+                .context("the hook benchmark panicked")??
+        }
+        None => Vec::new(),
+    };
+
     // Declared in this order so they drop in reverse: patternd, then Redis, then the directory.
     let redis = procs::start_redis(dir.path()).await?;
-    let mut patternd = procs::start_patternd(bin, dir.path(), &redis.url()).await?;
+    let mut patternd =
+        procs::start_patternd(bin, dir.path(), &redis.url(), plugin_dir.as_deref()).await?;
     eprintln!(
         "started redis-server (port {}) and {} (http://{})",
         redis.port,
@@ -187,22 +206,21 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         .trim()
         .to_string();
 
-    let ticks = procs::clock_ticks();
-    let patternd_pid = patternd.guard.pid().to_string();
-    let redis_pid = redis.guard.pid().to_string();
+    let pids = measure::Pids {
+        patternd: patternd.guard.pid().to_string(),
+        redis: redis.guard.pid().to_string(),
+        ticks,
+    };
     let mut results = Vec::new();
     for &scenario in &args.scenarios {
-        let (sha, template) = rules.get(scenario.rule()).with_context(|| {
-            format!(
-                "/admin/policies does not list rule bench/{}",
-                scenario.rule()
-            )
-        })?;
+        let Some(rule) = scenario.rule() else {
+            continue;
+        };
+        let (sha, template) = rules
+            .get(rule)
+            .with_context(|| format!("/admin/policies does not list rule bench/{rule}"))?;
         if !template.contains("<id>") {
-            bail!(
-                "unexpected key template `{template}` for bench/{}",
-                scenario.rule()
-            );
+            bail!("unexpected key template `{template}` for bench/{rule}");
         }
         // redis-benchmark replaces __rand_int__ with a 12-digit number below -r, the same ids
         // the load generator sends, so both sides work on the same keys.
@@ -226,7 +244,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         eprintln!("[{}] baseline: redis-benchmark EVALSHA …", scenario.name());
         let base = baseline::run(&baseline::Run {
             port: redis.port,
-            redis_pid: &redis_pid,
+            redis_pid: &pids.redis,
             ticks,
             sha,
             key: &key,
@@ -245,61 +263,89 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         );
         let target = Arc::new(load::Target::new(
             patternd.addr,
-            &format!("/v1/ratelimit/bench/{}", scenario.rule()),
+            &format!("/v1/ratelimit/bench/{rule}"),
         )?);
-        let out = load::run(
-            target,
-            args.connections,
-            args.keyspace,
-            args.warmup,
-            args.duration,
-            args.rate,
-            || {
-                Ok(CpuSample {
-                    patternd: procs::cpu_ticks(&patternd_pid)?,
-                    redis: procs::cpu_ticks(&redis_pid)?,
-                    loadgen: procs::cpu_ticks("self")?,
-                    machine: procs::machine_busy_ticks()?,
-                })
-            },
-        )
-        .await?;
+        let m = measure::http(target, args, args.duration, &pids).await?;
         patternd.guard.check_alive()?;
-
-        let secs = out.elapsed.as_secs_f64();
-        let decisions = out.stats.decisions().max(1) as f64;
-        let (a, b) = &out.probes;
-        let cpu_secs = |f: fn(&CpuSample) -> u64| f(b).saturating_sub(f(a)) as f64 / ticks as f64;
-        let patternd_cpu = cpu_secs(|c| c.patternd);
-        let redis_cpu = cpu_secs(|c| c.redis);
-        let loadgen_cpu = cpu_secs(|c| c.loadgen);
-        // Whatever else ran (compilers, other benchmarks) took cores from this run.
-        let other_cpu = (cpu_secs(|c| c.machine) - patternd_cpu - redis_cpu - loadgen_cpu).max(0.0);
         results.push(ScenarioResult {
             scenario,
             baseline: base,
-            rps: out.stats.decisions() as f64 / secs,
-            patternd_cpu_us: patternd_cpu * 1e6 / decisions,
-            redis_cpu_us: redis_cpu * 1e6 / decisions,
-            loadgen_cpu_us: loadgen_cpu * 1e6 / decisions,
-            patternd_util: patternd_cpu / secs * 100.0,
-            redis_util: redis_cpu / secs * 100.0,
-            loadgen_util: loadgen_cpu / secs * 100.0,
-            other_util: other_cpu / secs * 100.0,
-            stats: out.stats,
+            m,
         });
     }
+
+    let plugins = match plugin_dir {
+        Some(_) => {
+            let r = run_plugins(args, &pids, patternd.addr, hooks).await;
+            patternd.guard.check_alive()?;
+            Some(r?)
+        }
+        None => None,
+    };
+
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     Ok(Report {
-        stale: binary.stale,
+        warnings,
         cores,
         ticks,
         redis_version,
         redis_port: redis.port,
         results,
+        plugins,
     })
+}
+
+/// The HTTP half of the plugin scenario: every variant for `--duration` in total, in
+/// `plugins::ROUNDS` phases of alternating order, all with the same requests (random ids and
+/// the tier header).
+async fn run_plugins(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    mut hooks: Vec<plugins::HookCost>,
+) -> anyhow::Result<PluginResults> {
+    let phase = args.duration / plugins::ROUNDS;
+    let mut measured: Vec<Option<Measured>> = plugins::VARIANTS.iter().map(|_| None).collect();
+    for (round, i) in plugins::schedule() {
+        let v = plugins::VARIANTS[i];
+        eprintln!(
+            "[plugins] round {}/{}: {} (rule {}/{}), {} connections, {:?} warm-up + {:?} measured …",
+            round + 1,
+            plugins::ROUNDS,
+            v.name,
+            plugins::APP,
+            v.rule,
+            args.connections,
+            args.warmup,
+            phase
+        );
+        let target = Arc::new(
+            load::Target::new(addr, &format!("/v1/ratelimit/{}/{}", plugins::APP, v.rule))?
+                .with_header(plugins::TIER_HEADER, plugins::TIER),
+        );
+        let m = measure::http(target, args, phase, pids).await?;
+        match &mut measured[i] {
+            Some(acc) => acc.absorb(m),
+            slot => *slot = Some(m),
+        }
+    }
+    // `hooks` holds one cost per variant with a plugin, in VARIANTS order.
+    hooks.reverse();
+    let mut variants = Vec::new();
+    for (v, m) in plugins::VARIANTS.iter().zip(measured) {
+        variants.push(plugins::VariantResult {
+            variant: *v,
+            hook: if v.plugin.is_some() {
+                hooks.pop()
+            } else {
+                None
+            },
+            http: m.context("a plugin variant was never measured")?,
+        });
+    }
+    Ok(PluginResults { variants })
 }
 
 /// rule name → (script SHA, key template) for app `bench`, from `GET /admin/policies`
@@ -337,11 +383,27 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into())
 }
 
+/// One line of a table: a label, then right-aligned cells.
+fn row(label: &str, cells: Vec<String>) {
+    let mut line = format!("{label:<46}");
+    for c in cells {
+        line.push_str(&format!("{c:>22}"));
+    }
+    println!("{}", line.trim_end());
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
 impl Report {
     fn failed(&self) -> bool {
+        let plugin_runs = self.plugins.iter().flat_map(|p| &p.variants);
         self.results
             .iter()
-            .any(|r| r.error_share() > MAX_ERROR_SHARE)
+            .map(|r| &r.m)
+            .chain(plugin_runs.map(|v| &v.http))
+            .any(|m| m.error_share() > MAX_ERROR_SHARE)
     }
 
     fn print(&self, args: &Args) {
@@ -361,19 +423,85 @@ impl Report {
             args.connections, args.load_threads, args.warmup, args.duration, args.keyspace
         );
         println!("            {mode}");
-        println!(
-            "  baseline: redis-benchmark -c {} -n {} -r {}, EVALSHA of the same script on the same Redis",
-            args.baseline_clients, args.baseline_requests, args.keyspace
-        );
-        println!();
+        if !self.results.is_empty() {
+            println!(
+                "  baseline: redis-benchmark -c {} -n {} -r {}, EVALSHA of the same script on the same Redis",
+                args.baseline_clients, args.baseline_requests, args.keyspace
+            );
+        }
+        if !self.results.is_empty() {
+            println!();
+            self.print_algorithms(args);
+        }
+        if let Some(p) = &self.plugins {
+            println!();
+            print_plugins(p, args);
+        }
 
-        let row = |label: &str, cells: Vec<String>| {
-            let mut line = format!("{label:<46}");
-            for c in cells {
-                line.push_str(&format!("{c:>22}"));
+        let busiest = self
+            .results
+            .iter()
+            .map(|r| r.m.util(r.m.cpu.other).max(r.baseline.other_util))
+            .chain(self.plugins.iter().flat_map(|p| {
+                p.variants.iter().map(|v| {
+                    let hook = v.hook.as_ref().map_or(0.0, |h| h.other_util);
+                    v.http.util(v.http.cpu.other).max(hook)
+                })
+            }))
+            .fold(0.0, f64::max);
+        if let Some(r) = self.results.first() {
+            println!();
+            println!(
+                "note: DESIGN.md, where the CPU goal comes from, gives Redis about {DESIGN_REDIS_CPU_US} µs per EVALSHA; \
+                 this run measured {:.1} µs of Redis CPU per EVALSHA ({:.1}x). The `... / baseline Redis CPU` \
+                 row compares patternd with Redis on this machine.",
+                r.baseline.redis_cpu_us,
+                r.baseline.redis_cpu_us / DESIGN_REDIS_CPU_US
+            );
+        }
+        if let Some(rate) = args.rate {
+            let runs = self.results.iter().map(|r| (r.scenario.name(), &r.m));
+            let plugin_runs = self
+                .plugins
+                .iter()
+                .flat_map(|p| p.variants.iter().map(|v| (v.variant.name, &v.http)));
+            if let Some((name, slow)) = runs.chain(plugin_runs).find(|(_, m)| m.rps() < rate * 0.95)
+            {
+                println!();
+                println!(
+                    "note: [{name}] reached {:.0} of the {rate:.0} req/s asked for: patternd fell behind, so the \
+                     latencies above understate the wait at that rate",
+                    slow.rps()
+                );
             }
-            println!("{}", line.trim_end());
-        };
+        }
+        for w in &self.warnings {
+            println!();
+            println!("WARNING: {w}");
+        }
+        if busiest > 10.0 {
+            println!();
+            println!(
+                "note: other processes used up to {busiest:.0}% of a core during the run, so the figures \
+                 are pessimistic; run again on a quiet machine"
+            );
+        }
+        println!();
+        for r in &self.results {
+            println!("[{}] baseline: {}", r.scenario.name(), r.baseline.command);
+            if let Some(e) = &r.m.stats.first_error {
+                println!("[{}] first error: {e}", r.scenario.name());
+            }
+        }
+        for v in self.plugins.iter().flat_map(|p| &p.variants) {
+            if let Some(e) = &v.http.stats.first_error {
+                println!("[plugins] {} first error: {e}", v.variant.name);
+            }
+        }
+    }
+
+    /// The table of the algorithm scenarios: patternd against redis-benchmark.
+    fn print_algorithms(&self, args: &Args) {
         let each = |f: &dyn Fn(&ScenarioResult) -> String| self.results.iter().map(f).collect();
 
         type Cell = fn(&ScenarioResult) -> String;
@@ -394,44 +522,46 @@ impl Report {
             ("baseline: other processes' CPU (%core)", |r| {
                 format!("{:.0}", r.baseline.other_util)
             }),
-            ("patternd decisions/s", |r| format!("{:.0}", r.rps)),
+            ("patternd decisions/s", |r| format!("{:.0}", r.m.rps())),
             ("ratio patternd / baseline", |r| format!("{:.3}", r.ratio())),
             ("patternd p50 / p99 (ms)", |r| {
-                format!("{:.3} / {:.3}", r.p_ms(0.50), r.p_ms(0.99))
+                format!("{:.3} / {:.3}", r.m.p_ms(0.50), r.m.p_ms(0.99))
             }),
             ("patternd p99.9 / max (ms)", |r| {
                 format!(
                     "{:.3} / {:.3}",
-                    r.p_ms(0.999),
-                    r.stats.latency.max_us() as f64 / 1000.0
+                    r.m.p_ms(0.999),
+                    r.m.stats.latency.max_us() as f64 / 1000.0
                 )
             }),
             ("patternd CPU per decision (µs)", |r| {
-                format!("{:.1}", r.patternd_cpu_us)
+                format!("{:.1}", r.patternd_cpu_us())
             }),
             ("  ... / baseline Redis CPU per EVALSHA", |r| {
-                format!("{:.2}", r.patternd_cpu_us / r.baseline.redis_cpu_us)
+                format!("{:.2}", r.patternd_cpu_us() / r.baseline.redis_cpu_us)
             }),
             ("Redis CPU per decision via patternd (µs)", |r| {
-                format!("{:.1}", r.redis_cpu_us)
+                format!("{:.1}", r.m.per_decision_us(r.m.cpu.redis))
             }),
             ("load generator CPU per request (µs)", |r| {
-                format!("{:.1}", r.loadgen_cpu_us)
+                format!("{:.1}", r.m.per_decision_us(r.m.cpu.loadgen))
             }),
             ("CPU patternd / Redis / loadgen (%core)", |r| {
                 format!(
                     "{:.0} / {:.0} / {:.0}",
-                    r.patternd_util, r.redis_util, r.loadgen_util
+                    r.m.util(r.m.cpu.patternd),
+                    r.m.util(r.m.cpu.redis),
+                    r.m.util(r.m.cpu.loadgen)
                 )
             }),
             ("other processes' CPU (%core)", |r| {
-                format!("{:.0}", r.other_util)
+                format!("{:.0}", r.m.util(r.m.cpu.other))
             }),
             ("decisions measured (allowed / denied)", |r| {
-                format!("{} / {}", r.stats.allowed, r.stats.denied)
+                format!("{} / {}", r.m.stats.allowed, r.m.stats.denied)
             }),
             ("errors (other status / no answer)", |r| {
-                format!("{} / {}", r.stats.bad_status, r.stats.transport_errors)
+                format!("{} / {}", r.m.stats.bad_status, r.m.stats.transport_errors)
             }),
         ];
         for (label, cell) in figures {
@@ -439,16 +569,12 @@ impl Report {
         }
         println!();
 
-        let mark = |ok: bool| if ok { "PASS" } else { "MISS" };
         row("goals", Vec::new());
         row(
             &format!("  patternd CPU <= {GOAL_CPU_US} µs per decision"),
             each(&|r| {
-                format!(
-                    "{} {:.1}",
-                    mark(r.patternd_cpu_us <= GOAL_CPU_US),
-                    r.patternd_cpu_us
-                )
+                let cpu = r.patternd_cpu_us();
+                format!("{} {cpu:.1}", mark(cpu <= GOAL_CPU_US))
             }),
         );
         // At a fixed rate, throughput is what was asked for, not what patternd can do.
@@ -465,51 +591,165 @@ impl Report {
         );
         row(
             &format!("  patternd p99 < {GOAL_P99_MS} ms"),
-            each(&|r| format!("{} {:.3}", mark(r.p_ms(0.99) < GOAL_P99_MS), r.p_ms(0.99))),
+            each(&|r| {
+                let p99 = r.m.p_ms(0.99);
+                format!("{} {p99:.3}", mark(p99 < GOAL_P99_MS))
+            }),
         );
-        let busiest = self
-            .results
-            .iter()
-            .map(|r| r.other_util.max(r.baseline.other_util))
-            .fold(0.0, f64::max);
-        if let Some(r) = self.results.first() {
-            println!();
-            println!(
-                "note: DESIGN.md, where the CPU goal comes from, gives Redis about {DESIGN_REDIS_CPU_US} µs per EVALSHA; \
-                 this run measured {:.1} µs of Redis CPU per EVALSHA ({:.1}x). The `... / baseline Redis CPU` \
-                 row compares patternd with Redis on this machine.",
-                r.baseline.redis_cpu_us,
-                r.baseline.redis_cpu_us / DESIGN_REDIS_CPU_US
-            );
-        }
-        if let Some(rate) = args.rate
-            && let Some(slow) = self.results.iter().find(|r| r.rps < rate * 0.95)
-        {
-            println!();
-            println!(
-                "note: [{}] reached {:.0} of the {rate:.0} req/s asked for: patternd fell behind, so the \
-                 latencies above understate the wait at that rate",
-                slow.scenario.name(),
-                slow.rps
-            );
-        }
-        if let Some(w) = &self.stale {
-            println!();
-            println!("WARNING: {w}");
-        }
-        if busiest > 10.0 {
-            println!();
-            println!(
-                "note: other processes used up to {busiest:.0}% of a core during the run, so the figures \
-                 are pessimistic; run again on a quiet machine"
-            );
-        }
-        println!();
-        for r in &self.results {
-            println!("[{}] baseline: {}", r.scenario.name(), r.baseline.command);
-            if let Some(e) = &r.stats.first_error {
-                println!("[{}] first error: {e}", r.scenario.name());
-            }
-        }
     }
+}
+
+/// The plugin scenario's table: one column per variant, hook cost in process on top, HTTP
+/// below.
+fn print_plugins(p: &PluginResults, args: &Args) {
+    let calls = p
+        .variants
+        .iter()
+        .find_map(|v| v.hook.as_ref())
+        .map_or(0, |h| h.calls);
+    println!(
+        "plugins: tiered-limits as WebAssembly and as Lua (tiered-limits-lua), each deciding a fixed window"
+    );
+    println!(
+        "         for the tier in X-Tier, against the same fixed window written in the policy (no plugin)"
+    );
+    println!(
+        "  hooks: {calls} warm rate_limit calls per plugin, timed one by one in process (patternd's hosts)"
+    );
+    println!(
+        "  HTTP:  {:?} measured per rule, in {} rounds of alternating order; every request sends X-Tier: {}",
+        args.duration,
+        plugins::ROUNDS,
+        plugins::TIER
+    );
+    println!();
+    let each = |f: &dyn Fn(&plugins::VariantResult) -> String| p.variants.iter().map(f).collect();
+    let hook = |f: fn(&plugins::HookCost) -> String| {
+        move |v: &plugins::VariantResult| v.hook.as_ref().map_or_else(|| "-".to_string(), f)
+    };
+    fn us(ns: u64) -> f64 {
+        ns as f64 / 1000.0
+    }
+
+    row("", each(&|v| v.variant.name.to_string()));
+    row(
+        "hook p50 / p99, in process (µs)",
+        each(&hook(|h| {
+            format!("{:.2} / {:.2}", us(h.p50_ns), us(h.p99_ns))
+        })),
+    );
+    row(
+        "hook p99.9 / max / mean (µs)",
+        each(&hook(|h| {
+            format!(
+                "{:.1} / {:.0} / {:.2}",
+                us(h.p999_ns),
+                us(h.max_ns),
+                h.mean_ns / 1000.0
+            )
+        })),
+    );
+    row(
+        "HTTP decisions/s",
+        each(&|v| format!("{:.0}", v.http.rps())),
+    );
+    row(
+        "ratio to no plugin",
+        each(&|v| format!("{:.3}", p.ratio(v))),
+    );
+    row(
+        "p50 / p99 (ms)",
+        each(&|v| format!("{:.3} / {:.3}", v.http.p_ms(0.50), v.http.p_ms(0.99))),
+    );
+    row(
+        "p99.9 / max (ms)",
+        each(&|v| {
+            format!(
+                "{:.3} / {:.3}",
+                v.http.p_ms(0.999),
+                v.http.stats.latency.max_us() as f64 / 1000.0
+            )
+        }),
+    );
+    row(
+        "patternd CPU per decision (µs)",
+        each(&|v| format!("{:.1}", v.http.per_decision_us(v.http.cpu.patternd))),
+    );
+    row(
+        "  ... more than with no plugin (µs)",
+        each(&|v| {
+            if v.variant.plugin.is_none() {
+                "-".to_string()
+            } else {
+                format!("{:+.1}", p.extra_cpu_us(v))
+            }
+        }),
+    );
+    // What the hook itself accounts for of that extra CPU; the rest is the plugin path's other
+    // work (request facts, the dynamic script's arguments and reply).
+    row(
+        "  ... of which the hook call (mean, µs)",
+        each(&hook(|h| format!("{:.1}", h.mean_ns / 1000.0))),
+    );
+    row(
+        "Redis CPU per decision (µs)",
+        each(&|v| format!("{:.1}", v.http.per_decision_us(v.http.cpu.redis))),
+    );
+    row(
+        "load generator CPU per request (µs)",
+        each(&|v| format!("{:.1}", v.http.per_decision_us(v.http.cpu.loadgen))),
+    );
+    row(
+        "CPU patternd / Redis / loadgen (%core)",
+        each(&|v| {
+            let m = &v.http;
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                m.util(m.cpu.patternd),
+                m.util(m.cpu.redis),
+                m.util(m.cpu.loadgen)
+            )
+        }),
+    );
+    row(
+        "other processes' CPU (%core)",
+        each(&|v| format!("{:.0}", v.http.util(v.http.cpu.other))),
+    );
+    row(
+        "decisions measured (allowed / denied)",
+        each(&|v| format!("{} / {}", v.http.stats.allowed, v.http.stats.denied)),
+    );
+    row(
+        "errors (other status / no answer)",
+        each(&|v| {
+            format!(
+                "{} / {}",
+                v.http.stats.bad_status, v.http.stats.transport_errors
+            )
+        }),
+    );
+    println!();
+
+    row("goals", Vec::new());
+    row(
+        &format!("  hook p50 < {GOAL_HOOK_P50_US} µs"),
+        each(&hook(|h| {
+            let p50 = us(h.p50_ns);
+            format!("{} {p50:.2}", mark(p50 < GOAL_HOOK_P50_US))
+        })),
+    );
+    let open_loop = args.rate.is_some();
+    row(
+        &format!("  decisions/s >= {GOAL_PLUGIN_RATIO}x no plugin"),
+        each(&|v| {
+            if v.variant.plugin.is_none() {
+                "-".to_string()
+            } else if open_loop {
+                "n/a (open loop)".to_string()
+            } else {
+                let r = p.ratio(v);
+                format!("{} {r:.3}", mark(r >= GOAL_PLUGIN_RATIO))
+            }
+        }),
+    );
 }

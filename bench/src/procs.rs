@@ -171,7 +171,14 @@ pub struct Patternd {
     pub addr: SocketAddr,
 }
 
-pub async fn start_patternd(bin: &Path, dir: &Path, redis_url: &str) -> anyhow::Result<Patternd> {
+/// Starts the release patternd on `dir/policies`. With `plugins` (a directory of plugins),
+/// it also serves them and the plugin scenario's policy (`plugins::POLICY`).
+pub async fn start_patternd(
+    bin: &Path,
+    dir: &Path,
+    redis_url: &str,
+    plugins: Option<&Path>,
+) -> anyhow::Result<Patternd> {
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
     fs::write(policies.join("bench.yaml"), POLICY)?;
@@ -183,12 +190,21 @@ pub async fn start_patternd(bin: &Path, dir: &Path, redis_url: &str) -> anyhow::
         .arg("--redis")
         .arg(redis_url)
         .arg("--policies")
-        .arg(&policies)
+        .arg(&policies);
+    if let Some(plugins) = plugins {
+        fs::write(policies.join("plugins.yaml"), crate::plugins::POLICY)?;
+        cmd.arg("--plugins").arg(plugins);
+    }
+    cmd
         // Keep the server's own defaults (pool size, timeouts): we measure what users get.
         // Only quiet the log, so the measured phase is not writing to a file.
         .env("PATTERND_LOG", "warn")
         .env_remove("PATTERND_ADMIN_TOKEN")
         .env_remove("PATTERND_REDIS_POOL");
+    if plugins.is_none() {
+        // Plugins only when the plugin scenario asks for them, not from the caller's environment.
+        cmd.env_remove("PATTERND_PLUGINS");
+    }
     let mut guard = ChildGuard::spawn("patternd", &mut cmd, dir.join("patternd.log"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -285,7 +301,7 @@ pub fn locate_patternd() -> anyhow::Result<Binary> {
 }
 
 /// The newest modification time of a file or of any file under a directory.
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
+pub fn newest_mtime(path: &Path) -> Option<SystemTime> {
     let meta = fs::metadata(path).ok()?;
     if !meta.is_dir() {
         return meta.modified().ok();
