@@ -12,7 +12,9 @@ run *ARGS:
 test:
     cargo test --workspace
 
-# Benchmarks against redis-benchmark on the same Redis, in one run (release build).
+# Benchmarks (release build), all in one run: rate-limit decisions over HTTP against
+# redis-benchmark EVALSHA of the same script on the same Redis, and the plugin figures (WASM
+# and Lua hook cost per call; throughput of a plugin rule against the same rule without one).
 bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}
