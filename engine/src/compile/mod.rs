@@ -20,7 +20,7 @@ use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 
 pub use keys::KeySpace;
 pub use ops::CompiledOps;
-pub use ratelimit::{CompiledRateLimit, FixedLimits};
+pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 
 /// A Lua script ready for SCRIPT LOAD / EVALSHA.
 #[derive(Debug, Clone, PartialEq, Eq)]

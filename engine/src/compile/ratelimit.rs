@@ -30,25 +30,72 @@ static RELEASE_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
     ))
 });
 
-/// The script checking limits a plugin chose per request: every window algorithm, with the
-/// limits in ARGV. One for all plugin rules, built and checked once.
-static DYNAMIC_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
+/// The scripts checking limits a plugin chose per request, limits in ARGV: one per window
+/// algorithm (the common case: every limit of a decision has the same algorithm, and a script
+/// that defines only that algorithm does less work in Redis per call), and one general script
+/// for mixed decisions. Shared by all plugin rules, built and checked once.
+static DYNAMIC_SCRIPTS: LazyLock<DynamicScripts> = LazyLock::new(|| {
+    let windowed: Vec<Algorithm> = Algorithm::ALL
+        .into_iter()
+        .filter(|a| *a != Algorithm::Concurrency)
+        .collect();
+    DynamicScripts {
+        general: dynamic_source("ratelimit plugin-decided", &windowed),
+        single: windowed
+            .iter()
+            .map(|a| {
+                let name = format!("ratelimit plugin-decided {}", a.name());
+                (*a, dynamic_source(&name, std::slice::from_ref(a)))
+            })
+            .collect(),
+    }
+});
+
+/// Plugin-decided scripts: see `DYNAMIC_SCRIPTS`.
+#[derive(Debug, Clone)]
+pub struct DynamicScripts {
+    pub general: Arc<Script>,
+    pub single: Vec<(Algorithm, Arc<Script>)>,
+}
+
+impl DynamicScripts {
+    /// The script for a decision whose limits use `algs`.
+    pub fn for_algorithms(&self, mut algs: impl Iterator<Item = Algorithm>) -> &Arc<Script> {
+        let Some(first) = algs.next() else {
+            return &self.general;
+        };
+        if algs.all(|a| a == first)
+            && let Some((_, s)) = self.single.iter().find(|(a, _)| *a == first)
+        {
+            return s;
+        }
+        &self.general
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Script>> {
+        std::iter::once(&self.general).chain(self.single.iter().map(|(_, s)| s))
+    }
+}
+
+fn dynamic_source(name: &str, algs: &[Algorithm]) -> Arc<Script> {
     let mut s = String::with_capacity(16 * 1024);
     s.push_str("-- patternd rate limit with limits chosen per request by a plugin\n");
     s.push_str("-- KEYS[i]: the key of limit i; ARGV[5i-4 .. 5i]: algorithm code, cost, limit, window_ms, burst\n");
     s.push_str(PRELUDE);
-    for alg in Algorithm::ALL {
-        if alg != Algorithm::Concurrency {
-            s.push('\n');
-            s.push_str(algorithm_source(alg));
-        }
+    for alg in algs {
+        s.push('\n');
+        s.push_str(algorithm_source(*alg));
     }
+    let table: Vec<String> = algs
+        .iter()
+        .map(|a| format!("{} = {}", a.key_code(), a.name()))
+        .collect();
+    let _ = write!(s, "\nlocal ALGS = {{ {} }}", table.join(", "));
     s.push_str(DYNAMIC_MAIN);
-    Arc::new(Script::new("ratelimit plugin-decided", s))
-});
+    Arc::new(Script::new(name, s))
+}
 
 const DYNAMIC_MAIN: &str = r#"
-local ALGS = { fw = fixed_window, sw = sliding_window, sl = sliding_log, tb = token_bucket, gc = gcra }
 local now = now_ms()
 local results = {}
 for i = 1, #KEYS do
@@ -60,9 +107,9 @@ end
 return decide(results)
 "#;
 
-/// The dynamic script, for the runtime.
-pub fn dynamic_script() -> Arc<Script> {
-    DYNAMIC_SCRIPT.clone()
+/// The plugin-decided scripts, for the runtime.
+pub fn dynamic_scripts() -> DynamicScripts {
+    DYNAMIC_SCRIPTS.clone()
 }
 
 /// A rule's own limits (or a plugin rule's fallback), compiled into one script.
@@ -85,7 +132,7 @@ pub struct CompiledRateLimit {
     /// The rule's limits; for a plugin rule, its fallback (if any).
     pub fixed: Option<FixedLimits>,
     /// Plugin rules: the script for the limits the plugin chooses.
-    pub dynamic: Option<Arc<Script>>,
+    pub dynamic: Option<DynamicScripts>,
     /// For concurrency rules, the script that releases a lease.
     pub release: Option<Arc<Script>>,
 }
@@ -93,7 +140,7 @@ pub struct CompiledRateLimit {
 impl CompiledRateLimit {
     pub fn scripts(&self) -> Vec<Arc<Script>> {
         let mut v: Vec<Arc<Script>> = self.fixed.iter().map(|f| f.script.clone()).collect();
-        v.extend(self.dynamic.clone());
+        v.extend(self.dynamic.iter().flat_map(|d| d.all().cloned()));
         v.extend(self.release.clone());
         v
     }
@@ -159,10 +206,14 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
     let dynamic = match &rl.plugin {
         None => None,
         Some(_) => {
-            let d = dynamic_script();
-            luacheck::check(&d.name, &d.source).map_err(|e| {
-                format!("internal error: the plugin-decided script fails the Lua 5.1 check: {e}")
-            })?;
+            let d = dynamic_scripts();
+            for s in d.all() {
+                luacheck::check(&s.name, &s.source).map_err(|e| {
+                    format!(
+                        "internal error: the plugin-decided script fails the Lua 5.1 check: {e}"
+                    )
+                })?;
+            }
             Some(d)
         }
     };

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 
 use super::{InputError, check_id};
-use crate::compile::{CompiledRateLimit, KeySpace, Script};
+use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
 use crate::policy::{IdFrom, Limit, OnRedisError, RateLimit, Rule};
 use crate::store::Store;
@@ -44,7 +44,7 @@ struct Fixed {
 }
 
 struct Dynamic {
-    script: Arc<Script>,
+    scripts: DynamicScripts,
     plugin: String,
     binding: PluginBinding,
     /// JSON body fields the plugin may see.
@@ -173,8 +173,8 @@ impl RateLimiter {
             }
         });
         let dynamic = match (&compiled.dynamic, binding, &rl.plugin) {
-            (Some(script), Some(binding), Some(p)) => Some(Dynamic {
-                script: script.clone(),
+            (Some(scripts), Some(binding), Some(p)) => Some(Dynamic {
+                scripts: scripts.clone(),
                 plugin: p.name.clone(),
                 binding,
                 fields: p.fields.clone(),
@@ -350,7 +350,10 @@ impl RateLimiter {
             argv.push(l.burst.to_string());
         }
         let args: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
-        let reply: Result<Vec<i64>, _> = store.eval(&dynamic.script, &keys, &args).await;
+        let script = dynamic
+            .scripts
+            .for_algorithms(limits.iter().map(|l| l.algorithm));
+        let reply: Result<Vec<i64>, _> = store.eval(script, &keys, &args).await;
         let mut d = self.interpret(reply, limits.len(), |i| {
             limits.get(i).map(dyn_capacity).unwrap_or(0)
         });
