@@ -122,12 +122,16 @@ pub fn compile(
     let commands = check_calls(body, keys.len()).map_err(|e| format!("op `{op}`: {e}"))?;
     let mut warnings = Vec::new();
     let writes = commands.iter().any(|c| is_write(c));
+    // An expiry is set by an EXPIRE-family command, SETEX/PSETEX, or SET with EX/PX (read
+    // loosely from the text: this only decides whether to warn).
+    let upper = body.to_ascii_uppercase();
     let expires = commands
         .iter()
-        .any(|c| c.contains("EXPIRE") || c == "SET" || c == "SETEX" || c == "PSETEX")
-        && (body.contains("EX")
-            || body.contains("PX")
-            || commands.iter().any(|c| c.contains("EXPIRE")));
+        .any(|c| c.contains("EXPIRE") || c == "SETEX" || c == "PSETEX")
+        || (commands.iter().any(|c| c == "SET")
+            && ["'EX'", "\"EX\"", "'PX'", "\"PX\""]
+                .iter()
+                .any(|o| upper.contains(o)));
     if writes && !expires {
         warnings.push(format!(
             "op `{op}` writes keys but never sets an expiry: every key should have a TTL"
@@ -370,5 +374,15 @@ mod tests {
         )
         .unwrap();
         assert!(c.warnings.is_empty());
+        let c = compile(
+            "a",
+            "r",
+            "p",
+            "o",
+            &["k".into()],
+            "return redis.call('SET', KEYS[1], ARGV[1], 'ex', 60)",
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 }
