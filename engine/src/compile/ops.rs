@@ -354,35 +354,19 @@ mod tests {
 
     #[test]
     fn warns_on_writes_without_expiry() {
-        let c = compile(
-            "a",
-            "r",
-            "p",
-            "o",
-            &["k".into()],
-            "return redis.call('INCR', KEYS[1])",
-        )
-        .unwrap();
-        assert_eq!(c.warnings.len(), 1);
-        let c = compile(
-            "a",
-            "r",
-            "p",
-            "o",
-            &["k".into()],
-            "local n = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], 60) return n",
-        )
-        .unwrap();
-        assert!(c.warnings.is_empty());
-        let c = compile(
-            "a",
-            "r",
-            "p",
-            "o",
-            &["k".into()],
-            "return redis.call('SET', KEYS[1], ARGV[1], 'ex', 60)",
-        )
-        .unwrap();
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let warnings = |body: &str| {
+            compile("a", "r", "p", "o", &["k".into()], body)
+                .unwrap()
+                .warnings
+        };
+        assert_eq!(warnings("return redis.call('INCR', KEYS[1])").len(), 1);
+        assert!(
+            warnings(
+                "local n = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], 60) return n"
+            )
+            .is_empty()
+        );
+        let w = warnings("return redis.call('SET', KEYS[1], ARGV[1], 'ex', 60)");
+        assert!(w.is_empty(), "{w:?}");
     }
 }
