@@ -98,6 +98,10 @@ impl Snapshot {
                         Arc::new(OpRunner::new(&c.rule.app, &c.rule.name, co, &c.keys)),
                     );
                 }
+                // Patterns being built: served by their own modules once they exist.
+                (RuleKind::Cache(_), CompiledKind::Cache(_))
+                | (RuleKind::Session(_), CompiledKind::Session(_))
+                | (RuleKind::Lock(_), CompiledKind::Lock(_)) => {}
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",

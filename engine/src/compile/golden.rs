@@ -47,6 +47,11 @@ fn render(name: &str, text: &str) -> String {
                     CompiledKind::Ops(op) => {
                         let _ = writeln!(out, "op script:\n{}", op.script.source);
                     }
+                    CompiledKind::Cache(_) | CompiledKind::Session(_) | CompiledKind::Lock(_) => {
+                        for s in rule.scripts() {
+                            let _ = writeln!(out, "script {}:\n{}", s.name, s.source);
+                        }
+                    }
                 }
             }
         }

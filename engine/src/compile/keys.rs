@@ -14,12 +14,15 @@ use std::fmt::Write as _;
 pub struct KeySpace {
     /// `{app}:{pattern}:{rule}:`
     prefix: String,
+    /// `%<app>.<rule>`: the hash tag of the rule's own keys (see `rule_key`).
+    rule_tag: String,
 }
 
 impl KeySpace {
     pub fn new(app: &str, pattern: &str, rule: &str) -> Self {
         Self {
             prefix: format!("{app}:{pattern}:{rule}:"),
+            rule_tag: format!("%{app}.{rule}"),
         }
     }
 
@@ -56,9 +59,32 @@ impl KeySpace {
             .collect()
     }
 
+    /// A key of the rule itself rather than of one id: a journal, a tag's version.
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>}:<sub>`. No id can reach it: escaping turns every
+    /// `%` of an id into `%25`, so an escaped id never starts with `%` followed by a letter.
+    pub fn rule_key(&self, sub: &str) -> String {
+        format!("{}{{{}}}:{sub}", self.prefix, self.rule_tag)
+    }
+
     /// A human-readable template of a key, for `patternd compile` and the admin API.
     pub fn template(&self, sub: &str) -> String {
         format!("{}{{<id>}}:{sub}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod rule_key_tests {
+    use super::*;
+
+    #[test]
+    fn rule_keys_are_unreachable_from_ids() {
+        let ks = KeySpace::new("shop", "cache", "product");
+        let rk = ks.rule_key("journal");
+        assert_eq!(rk, "shop:cache:product:{%shop.product}:journal");
+        for id in ["%shop.product", "%25shop.product", "{%shop.product}"] {
+            assert_ne!(ks.key(id, "journal"), rk);
+        }
+        assert_eq!(hash_tag(&rk), Some("%shop.product"));
     }
 }
 

@@ -6,10 +6,13 @@
 //! a rule runs is readable as a whole (`patternd compile` prints it), and the per-request
 //! arguments are only what varies per request: the cost (and a lease id for concurrency).
 
+pub mod cache;
 pub mod keys;
+pub mod lock;
 pub mod luacheck;
 pub mod ops;
 mod ratelimit;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -18,9 +21,12 @@ use indexmap::IndexMap;
 use crate::plugin::PluginSet;
 use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 
+pub use cache::CompiledCache;
 pub use keys::KeySpace;
+pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
+pub use session::CompiledSession;
 
 /// A Lua script ready for SCRIPT LOAD / EVALSHA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +60,9 @@ pub struct CompiledRule {
 #[derive(Debug, Clone)]
 pub enum CompiledKind {
     RateLimit(CompiledRateLimit),
+    Cache(CompiledCache),
+    Session(CompiledSession),
+    Lock(CompiledLock),
     Ops(CompiledOps),
 }
 
@@ -62,6 +71,9 @@ impl CompiledRule {
     pub fn scripts(&self) -> Vec<Arc<Script>> {
         match &self.kind {
             CompiledKind::RateLimit(rl) => rl.scripts(),
+            CompiledKind::Cache(c) => c.scripts.clone(),
+            CompiledKind::Session(c) => c.scripts.clone(),
+            CompiledKind::Lock(c) => c.scripts.clone(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
         }
     }
@@ -70,6 +82,9 @@ impl CompiledRule {
     pub fn key_layout(&self) -> Vec<(String, String)> {
         match &self.kind {
             CompiledKind::RateLimit(rl) => rl.key_layout(&self.keys),
+            CompiledKind::Cache(c) => c.key_layout(&self.keys),
+            CompiledKind::Session(c) => c.key_layout(&self.keys),
+            CompiledKind::Lock(c) => c.key_layout(&self.keys),
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -133,6 +148,9 @@ pub fn compile(
                 )
                 .and_then(|()| ratelimit::compile(rule, rl))
                 .map(CompiledKind::RateLimit),
+                RuleKind::Cache(c) => cache::compile(rule, c).map(CompiledKind::Cache),
+                RuleKind::Session(c) => session::compile(rule, c).map(CompiledKind::Session),
+                RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
                 RuleKind::Ops(o) => compile_ops(plugins, rule, o).map(|c| {
                     for w in &c.warnings {
                         warnings.push(Diagnostic::warning(&o.location, w.clone()));

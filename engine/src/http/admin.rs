@@ -15,7 +15,7 @@ use crate::policy::RuleKind;
 use crate::runtime::ReloadError;
 use crate::snapshot::Snapshot;
 
-pub(super) async fn require_admin(
+pub(crate) async fn require_admin(
     State(state): State<AppState>,
     req: Request,
     next: Next,
@@ -114,7 +114,7 @@ fn describe(snap: &Snapshot) -> Value {
                             r["plugin"] = json!(o.plugin);
                             r["op"] = json!(o.op);
                         }
-                        (RuleKind::RateLimit(_), _) => {}
+                        _ => {}
                     }
                     r
                 })

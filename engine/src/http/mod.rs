@@ -2,11 +2,15 @@
 //! Handlers stay thin: parse, call the pattern runtime, render.
 
 mod admin;
+mod cache;
+mod cache_write;
 mod health;
+mod locks;
 mod openapi;
 mod ops;
 pub mod problem;
 mod ratelimit;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -32,7 +36,7 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// Every route the router serves; the OpenAPI test checks the document against it.
+/// Every route of this file's router; each pattern module lists its own (see `all_routes`).
 pub const ROUTES: &[&str] = &[
     "/v1/ratelimit/{app}/{rule}",
     "/v1/ratelimit/{app}/{rule}/leases/{lease}",
@@ -44,6 +48,18 @@ pub const ROUTES: &[&str] = &[
     "/admin/policies",
     "/admin/reload",
 ];
+
+/// Every route the router serves; the OpenAPI test checks the document against it.
+pub fn all_routes() -> Vec<&'static str> {
+    [
+        ROUTES,
+        cache::ROUTES,
+        cache_write::ROUTES,
+        sessions::ROUTES,
+        locks::ROUTES,
+    ]
+    .concat()
+}
 
 pub fn router(state: AppState) -> Router {
     let doc: Arc<str> = Arc::from(openapi::document());
@@ -79,6 +95,11 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .merge(cache::routes())
+        // Takes the state: its admin routes sit behind the admin check.
+        .merge(cache_write::routes(state.clone()))
+        .merge(sessions::routes())
+        .merge(locks::routes())
         .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

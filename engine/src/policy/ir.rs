@@ -42,6 +42,9 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub enum RuleKind {
     RateLimit(RateLimit),
+    Cache(super::cache::Cache),
+    Session(super::session::Session),
+    Lock(super::lock::Lock),
     Ops(Ops),
 }
 
@@ -50,6 +53,9 @@ impl RuleKind {
     pub fn pattern(&self) -> &'static str {
         match self {
             RuleKind::RateLimit(_) => "ratelimit",
+            RuleKind::Cache(_) => "cache",
+            RuleKind::Session(_) => "session",
+            RuleKind::Lock(_) => "lock",
             RuleKind::Ops(_) => "ops",
         }
     }

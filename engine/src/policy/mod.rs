@@ -4,11 +4,14 @@
 //! in-memory text, which is what the golden tests drive. Every problem of a load is collected
 //! (across files and rules) before the load fails, each as `file:line:column: message`.
 
+pub mod cache;
 pub mod diagnostic;
 mod dupkeys;
 pub mod duration;
 pub mod ir;
+pub mod lock;
 mod raw;
+pub mod session;
 mod validate;
 
 use std::path::{Path, PathBuf};

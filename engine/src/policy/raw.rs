@@ -36,6 +36,18 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<RawRateLimit>")]
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    /// A caching rule, served at `/v1/cache/{app}/{rule}/{id}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::cache::RawCache>")]
+    pub cache: Option<Spanned<super::cache::RawCache>>,
+    /// A session store, served at `/v1/sessions/{app}/{rule}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::session::RawSession>")]
+    pub session: Option<Spanned<super::session::RawSession>>,
+    /// A distributed lock or semaphore, served at `/v1/locks/{app}/{rule}/{resource}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::lock::RawLock>")]
+    pub lock: Option<Spanned<super::lock::RawLock>>,
     /// A Redis-side operation declared by a Lua plugin, served at `POST /v1/ops/{app}/{rule}`.
     #[serde(default)]
     #[schemars(with = "Option<RawOps>")]

@@ -26,7 +26,7 @@ const MAX_LIMIT: i64 = 1_000_000_000_000;
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
 /// sliding_log keeps one sorted-set entry per admitted unit; past this, warn about memory.
 const SLIDING_LOG_WARN: u64 = 10_000;
-const PATTERN_KEYS: [&str; 2] = ["rate_limit", "ops"];
+const PATTERN_KEYS: [&str; 5] = ["rate_limit", "cache", "session", "lock", "ops"];
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -169,28 +169,17 @@ impl Validator {
                 return None;
             }
         };
-        let kind = match (raw.rate_limit, raw.ops) {
-            (Some(_), Some(ops)) => {
-                self.err(
-                    &loc(path, ops.span()),
-                    format!("rule `{name}` has two pattern blocks; a rule has exactly one"),
-                );
-                return None;
-            }
-            (Some(rl), None) => RuleKind::RateLimit(self.rate_limit(path, name, &rl, body)?),
-            (None, Some(ops)) => {
-                let (plugin, op) = (ops.plugin.trim(), ops.op.trim());
-                if plugin.is_empty() || op.is_empty() {
-                    self.err(&loc(path, ops.span()), "`ops` needs `plugin` and `op`");
-                    return None;
-                }
-                RuleKind::Ops(Ops {
-                    plugin: plugin.to_string(),
-                    op: op.to_string(),
-                    location: loc(path, ops.plugin.span()),
-                })
-            }
-            (None, None) => {
+        // Exactly one pattern block per rule.
+        let blocks = [
+            raw.rate_limit.as_ref().map(|b| b.span()),
+            raw.cache.as_ref().map(|b| b.span()),
+            raw.session.as_ref().map(|b| b.span()),
+            raw.lock.as_ref().map(|b| b.span()),
+            raw.ops.as_ref().map(|b| b.span()),
+        ];
+        let mut present = blocks.into_iter().flatten();
+        match (present.next(), present.next()) {
+            (None, _) => {
                 self.err(
                     &at,
                     format!(
@@ -200,6 +189,36 @@ impl Validator {
                 );
                 return None;
             }
+            (Some(_), Some(second)) => {
+                self.err(
+                    &loc(path, second),
+                    format!("rule `{name}` has two pattern blocks; a rule has exactly one"),
+                );
+                return None;
+            }
+            (Some(_), None) => {}
+        }
+        let kind = if let Some(rl) = &raw.rate_limit {
+            RuleKind::RateLimit(self.rate_limit(path, name, rl, body)?)
+        } else if let Some(c) = &raw.cache {
+            RuleKind::Cache(self.cache(path, name, c, body)?)
+        } else if let Some(s) = &raw.session {
+            RuleKind::Session(self.session(path, name, s, body)?)
+        } else if let Some(l) = &raw.lock {
+            RuleKind::Lock(self.lock(path, name, l, body)?)
+        } else if let Some(ops) = &raw.ops {
+            let (plugin, op) = (ops.plugin.trim(), ops.op.trim());
+            if plugin.is_empty() || op.is_empty() {
+                self.err(&loc(path, ops.span()), "`ops` needs `plugin` and `op`");
+                return None;
+            }
+            RuleKind::Ops(Ops {
+                plugin: plugin.to_string(),
+                op: op.to_string(),
+                location: loc(path, ops.plugin.span()),
+            })
+        } else {
+            return None;
         };
         Some(Rule {
             app: app.to_string(),
@@ -226,7 +245,10 @@ impl Validator {
             || rl.lease.is_some();
 
         let mut limits = Vec::new();
-        let plugin = rl.plugin.as_ref().map(|p| self.plugin_ref(path, p, body));
+        let plugin = rl
+            .plugin
+            .as_ref()
+            .map(|p| self.plugin_ref(path, "rate_limit", p, body));
         match (&rl.limits, inline_given) {
             _ if plugin.is_some() => {
                 if inline_given || rl.limits.is_some() {
@@ -357,9 +379,11 @@ impl Validator {
         })
     }
 
-    fn plugin_ref(
+    /// `block` is the rule's pattern key (`rate_limit`, `cache`, …) the `plugin` sits under.
+    pub(super) fn plugin_ref(
         &mut self,
         path: &Path,
+        block: &str,
         p: &Spanned<super::raw::RawPluginRef>,
         body: &Node,
     ) -> PluginRef {
@@ -371,7 +395,7 @@ impl Validator {
         // whether they were quoted, and type it as YAML would (2 is a number, "2" a string).
         let config = body
             .as_mapping()
-            .and_then(|m| m.get_mapping("rate_limit"))
+            .and_then(|m| m.get_mapping(block))
             .and_then(|m| m.get_mapping("plugin"))
             .and_then(|m| m.get_node("config"))
             .map(node_to_json)
@@ -514,7 +538,7 @@ impl Validator {
         })
     }
 
-    fn positive(&mut self, path: &Path, field: &str, n: &Spanned<i64>) -> Option<u64> {
+    pub(super) fn positive(&mut self, path: &Path, field: &str, n: &Spanned<i64>) -> Option<u64> {
         let v = **n;
         if v <= 0 {
             self.err(
@@ -533,7 +557,12 @@ impl Validator {
         u64::try_from(v).ok()
     }
 
-    fn duration(&mut self, path: &Path, field: &str, s: &Spanned<String>) -> Option<Duration> {
+    pub(super) fn duration(
+        &mut self,
+        path: &Path,
+        field: &str,
+        s: &Spanned<String>,
+    ) -> Option<Duration> {
         let l = loc(path, s.span());
         match duration::parse(s.as_str()) {
             Err(m) => {
@@ -559,15 +588,15 @@ impl Validator {
         }
     }
 
-    fn err(&mut self, at: &Location, msg: impl Into<String>) {
+    pub(super) fn err(&mut self, at: &Location, msg: impl Into<String>) {
         self.diags.push(Diagnostic::error(at, msg));
     }
 
-    fn warn(&mut self, at: &Location, msg: impl Into<String>) {
+    pub(super) fn warn(&mut self, at: &Location, msg: impl Into<String>) {
         self.diags.push(Diagnostic::warning(at, msg));
     }
 
-    fn error_count(&self) -> usize {
+    pub(super) fn error_count(&self) -> usize {
         self.diags.iter().filter(|d| d.is_error()).count()
     }
 
@@ -596,7 +625,7 @@ struct RawLimitRef<'a> {
     lease: Option<&'a Spanned<String>>,
 }
 
-fn loc(path: &Path, span: &marked_yaml::Span) -> Location {
+pub(super) fn loc(path: &Path, span: &marked_yaml::Span) -> Location {
     Location::from_span(path, span)
 }
 

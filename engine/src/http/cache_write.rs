@@ -1,0 +1,20 @@
+//! Cache writes: `PUT`/`PATCH /v1/cache/{app}/{rule}/{id}`, and the write-behind dead letters
+//! under `/admin/cache/{app}/{rule}/dead-letters`.
+//!
+//! STUB (scaffolding): the write path's owner adds the handlers, routes and their OpenAPI.
+
+use axum::Router;
+
+use super::AppState;
+
+/// The routes this module serves; the OpenAPI test checks them against the document.
+pub(super) const ROUTES: &[&str] = &[];
+
+pub(super) fn routes(_state: AppState) -> Router<AppState> {
+    Router::new()
+}
+
+/// This module's part of the OpenAPI document (merged into `/openapi.json`).
+pub(super) fn api() -> utoipa::openapi::OpenApi {
+    utoipa::openapi::OpenApiBuilder::new().build()
+}

@@ -1,0 +1,272 @@
+//! A real origin HTTP server for the cache tests, run inside the test process.
+//!
+//! It serves `GET /items/{id}` from an in-memory map and accepts `PUT`/`PATCH`/`DELETE` on the
+//! same path, counting every request per id, so tests can prove how often patternd reached the
+//! origin. It can be made to fail (any status), to be slow, and to go down entirely (its
+//! listener closed, so connections are refused) and come back on the same port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use tokio::task::JoinHandle;
+
+/// One stored item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// Sent back as `Cache-Tag: a, b` on GET.
+    pub tags: Vec<String>,
+}
+
+/// A write the origin received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub method: String,
+    pub id: String,
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: HashMap<String, Item>,
+    /// Requests by (method, id), successful or not.
+    hits: HashMap<(String, String), u64>,
+    /// Writes that were accepted (2xx), in arrival order.
+    writes: Vec<Write>,
+    /// Answer every request with this status instead (`None`: behave).
+    fail_status: Option<u16>,
+    /// Answer writes only with this status (`None`: accept them).
+    fail_writes: Option<u16>,
+    /// Sleep this long before answering.
+    delay: Duration,
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut g = match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+}
+
+/// The origin server. Dropping it stops it.
+pub struct Origin {
+    addr: SocketAddr,
+    shared: Shared,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Origin {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding the origin")?;
+        let addr = listener.local_addr()?;
+        let shared = Shared::default();
+        let task = Some(serve(listener, shared.clone()));
+        Ok(Self { addr, shared, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The `origin:` template for a policy: `http://127.0.0.1:PORT/items/{id}`.
+    pub fn template(&self) -> String {
+        format!("http://{}/items/{{id}}", self.addr)
+    }
+
+    /// Stores (or replaces) an item.
+    pub fn set(&self, id: &str, content_type: &str, body: &[u8], tags: &[&str]) {
+        self.shared.with(|i| {
+            i.items.insert(
+                id.to_string(),
+                Item {
+                    content_type: content_type.to_string(),
+                    body: body.to_vec(),
+                    tags: tags.iter().map(|t| t.to_string()).collect(),
+                },
+            )
+        });
+    }
+
+    pub fn item(&self, id: &str) -> Option<Item> {
+        self.shared.with(|i| i.items.get(id).cloned())
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.shared.with(|i| i.items.remove(id));
+    }
+
+    /// GET requests that reached the origin for `id` (answered or failed).
+    pub fn gets(&self, id: &str) -> u64 {
+        self.hits("GET", id)
+    }
+
+    /// Requests with `method` that reached the origin for `id`.
+    pub fn hits(&self, method: &str, id: &str) -> u64 {
+        self.shared.with(|i| {
+            i.hits
+                .get(&(method.to_string(), id.to_string()))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Every accepted write, in arrival order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.shared.with(|i| i.writes.clone())
+    }
+
+    /// Answer everything with `status` (e.g. 500), or behave again with `None`.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.shared.with(|i| i.fail_status = status);
+    }
+
+    /// Refuse writes with `status`, or accept them again with `None`.
+    pub fn fail_writes_with(&self, status: Option<u16>) {
+        self.shared.with(|i| i.fail_writes = status);
+    }
+
+    /// Sleep this long before every answer.
+    pub fn set_delay(&self, d: Duration) {
+        self.shared.with(|i| i.delay = d);
+    }
+
+    /// Closes the listener: connections are refused until `restart`.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port, with the same items and counts.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        let mut last = None;
+        for _ in 0..50 {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => {
+                    self.task = Some(serve(l, self.shared.clone()));
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("could not rebind")))
+        .context("rebinding the origin")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+fn serve(listener: tokio::net::TcpListener, shared: Shared) -> JoinHandle<()> {
+    let app = Router::new()
+        .route("/items/{id}", any(handle))
+        .with_state(shared);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+async fn handle(
+    State(shared): State<Shared>,
+    method: Method,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (delay, fail, fail_writes) = shared.with(|i| {
+        *i.hits.entry((method.to_string(), id.clone())).or_insert(0) += 1;
+        (i.delay, i.fail_status, i.fail_writes)
+    });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(s) = fail {
+        return status(s, "origin failing on purpose");
+    }
+    match method {
+        Method::GET => match shared.with(|i| i.items.get(&id).cloned()) {
+            Some(item) => {
+                let mut resp = (StatusCode::OK, item.body).into_response();
+                if let Ok(v) = item.content_type.parse() {
+                    resp.headers_mut()
+                        .insert(axum::http::header::CONTENT_TYPE, v);
+                }
+                if let Some(v) = (!item.tags.is_empty())
+                    .then(|| item.tags.join(", ").parse().ok())
+                    .flatten()
+                {
+                    resp.headers_mut().insert("cache-tag", v);
+                }
+                resp
+            }
+            None => status(404, "no such item"),
+        },
+        Method::PUT | Method::PATCH | Method::DELETE => {
+            if let Some(s) = fail_writes {
+                return status(s, "origin refusing writes on purpose");
+            }
+            let content_type = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            shared.with(|i| {
+                i.writes.push(Write {
+                    method: method.to_string(),
+                    id: id.clone(),
+                    body: body.to_vec(),
+                    content_type: content_type.clone(),
+                });
+                if method == Method::DELETE {
+                    i.items.remove(&id);
+                } else if method == Method::PUT {
+                    i.items.insert(
+                        id.clone(),
+                        Item {
+                            content_type: content_type
+                                .unwrap_or_else(|| "application/octet-stream".into()),
+                            body: body.to_vec(),
+                            tags: Vec::new(),
+                        },
+                    );
+                }
+            });
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => status(405, "method not allowed"),
+    }
+}
+
+fn status(code: u16, msg: &'static str) -> Response {
+    let s = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (s, msg).into_response()
+}
