@@ -17,7 +17,7 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | all (default all)
+  --scenario S            sliding_window | gcra | plugins | cache | all (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
   --rate R                open loop: send R requests/s in total on a fixed schedule instead
@@ -33,6 +33,8 @@ Scenarios:
                          --duration (in rounds of alternating order). Builds plugins/dist with
                          plugins/build.sh when it is missing or stale (needs the wasm32-wasip2
                          target); under `all`, a failed build skips only this scenario.
+  cache                  cache hits (GET /v1/cache/bench/item/{id}, every id filled from a local
+                         origin first) against redis-benchmark GET of values of the same size
 With the defaults, `all` takes about 1.5 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
@@ -43,16 +45,24 @@ pub enum Scenario {
     Gcra,
     /// Plugin hooks in process, and HTTP with and without a plugin (`plugins.rs`).
     Plugins,
+    /// Cache hits over HTTP against redis-benchmark GET (`patterns.rs`).
+    Cache,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [Scenario::SlidingWindow, Scenario::Gcra, Scenario::Plugins];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::SlidingWindow,
+        Scenario::Gcra,
+        Scenario::Plugins,
+        Scenario::Cache,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::SlidingWindow => "sliding_window",
             Scenario::Gcra => "gcra",
             Scenario::Plugins => "plugins",
+            Scenario::Cache => "cache",
         }
     }
 
@@ -62,7 +72,7 @@ impl Scenario {
         match self {
             Scenario::SlidingWindow => Some("sw"),
             Scenario::Gcra => Some("gcra"),
-            Scenario::Plugins => None,
+            Scenario::Plugins | Scenario::Cache => None,
         }
     }
 }
@@ -141,7 +151,11 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "sliding_window" | "sw" => vec![Scenario::SlidingWindow],
                     "gcra" => vec![Scenario::Gcra],
                     "plugins" => vec![Scenario::Plugins],
-                    _ => bail!("{}: expected sliding_window, gcra, plugins or all", ctx()),
+                    "cache" => vec![Scenario::Cache],
+                    _ => bail!(
+                        "{}: expected sliding_window, gcra, plugins, cache or all",
+                        ctx()
+                    ),
                 };
                 a.explicit_scenario = value != "all";
             }

@@ -27,15 +27,15 @@ pub struct Run<'a> {
     pub port: u16,
     pub redis_pid: &'a str,
     pub ticks: u64,
-    pub sha: &'a str,
-    pub key: &'a str,
+    /// What follows `--csv`: a command (`EVALSHA sha 1 key 1`) or a test (`-t get`).
+    pub command: Vec<String>,
     pub clients: u64,
     pub requests: u64,
     pub keyspace: u64,
 }
 
 pub async fn run(r: &Run<'_>) -> anyhow::Result<Baseline> {
-    let args = [
+    let args: Vec<String> = [
         "-h".to_string(),
         "127.0.0.1".into(),
         "-p".into(),
@@ -47,12 +47,10 @@ pub async fn run(r: &Run<'_>) -> anyhow::Result<Baseline> {
         "-r".into(),
         r.keyspace.to_string(),
         "--csv".into(),
-        "EVALSHA".into(),
-        r.sha.into(),
-        "1".into(),
-        r.key.into(),
-        "1".into(),
-    ];
+    ]
+    .into_iter()
+    .chain(r.command.iter().cloned())
+    .collect::<Vec<String>>();
     let command = format!("redis-benchmark {}", args.join(" "));
     let cpu0 = procs::cpu_ticks(r.redis_pid)?;
     let client0 = procs::children_cpu_ticks()?;

@@ -33,9 +33,25 @@ const ID_AT: std::ops::Range<usize> = 7..19;
 /// A connection that fails this many times in a row (connect or request) ends its task.
 const MAX_CONSECUTIVE_FAILURES: u32 = 20;
 
+/// What one operation of the load is.
+#[derive(Clone)]
+pub enum Shape {
+    /// POST `uri` with the JSON body template carrying a random id (rate-limit decisions).
+    PostId,
+    /// GET `uri` followed by a random 12-digit id (cache reads).
+    GetId,
+    /// GET one of these paths, picked at random (session reads).
+    GetOneOf(Arc<Vec<Uri>>),
+    /// POST `uri` + a random id acquires (the answer's JSON carries `"token"`), then DELETE on
+    /// the same path with `{"token": …}` releases: one operation, timed as a whole. A 409 on
+    /// acquire (another connection holds that id) counts as denied.
+    LockCycle,
+}
+
 pub struct Target {
     pub addr: SocketAddr,
     pub uri: Uri,
+    pub shape: Shape,
     pub host: HeaderValue,
     /// Sent with every request, after Host and Content-Type (the plugin rules read a tier
     /// header).
@@ -47,9 +63,15 @@ impl Target {
         Ok(Self {
             addr,
             uri: path.parse().with_context(|| format!("bad path {path}"))?,
+            shape: Shape::PostId,
             host: HeaderValue::from_str(&addr.to_string())?,
             headers: Vec::new(),
         })
+    }
+
+    pub fn with_shape(mut self, shape: Shape) -> Self {
+        self.shape = shape;
+        self
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
@@ -59,6 +81,111 @@ impl Target {
         ));
         self
     }
+
+    fn request(&self, method: Method, uri: Uri, body: Bytes) -> Request<Full<Bytes>> {
+        let json = !body.is_empty();
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        h.insert(HOST, self.host.clone());
+        if json {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        for (name, value) in &self.headers {
+            h.insert(name.clone(), value.clone());
+        }
+        req
+    }
+
+    /// `uri` with a 12-digit id appended.
+    fn uri_with_id(&self, id: u64) -> anyhow::Result<Uri> {
+        let mut digits = [0u8; 12];
+        write_id(&mut digits, id);
+        let mut p = String::with_capacity(self.uri.path().len() + 13);
+        p.push_str(self.uri.path());
+        p.push_str(std::str::from_utf8(&digits)?);
+        Ok(p.parse()?)
+    }
+}
+
+/// The answer to one operation: a status to count, or a transport failure.
+enum Answer {
+    Status(StatusCode, Bytes),
+    Failed(anyhow::Error),
+}
+
+/// Runs one operation of `target`'s shape.
+async fn operation(
+    target: &Target,
+    sender: &mut SendRequest<Full<Bytes>>,
+    rng: &mut u64,
+    keyspace: u64,
+    body: &mut [u8; 30],
+) -> Answer {
+    let id = next_random(rng) % keyspace;
+    let result = async {
+        match &target.shape {
+            Shape::PostId => {
+                write_id(&mut body[ID_AT], id);
+                let req = target.request(
+                    Method::POST,
+                    target.uri.clone(),
+                    Bytes::copy_from_slice(&body[..]),
+                );
+                exchange(sender, req, false).await
+            }
+            Shape::GetId => {
+                let req = target.request(Method::GET, target.uri_with_id(id)?, Bytes::new());
+                exchange(sender, req, false).await
+            }
+            Shape::GetOneOf(paths) => {
+                let i = usize::try_from(id % paths.len().max(1) as u64).unwrap_or(0);
+                let uri = paths.get(i).cloned().context("no paths to GET")?;
+                let req = target.request(Method::GET, uri, Bytes::new());
+                exchange(sender, req, false).await
+            }
+            Shape::LockCycle => {
+                let uri = target.uri_with_id(id)?;
+                let req = target.request(Method::POST, uri.clone(), Bytes::from_static(b"{}"));
+                let (status, answer) = exchange(sender, req, true).await?;
+                if status != StatusCode::OK {
+                    // 409: held by another connection; the cycle ends here, as a denial.
+                    let status = if status == StatusCode::CONFLICT {
+                        StatusCode::TOO_MANY_REQUESTS
+                    } else {
+                        status
+                    };
+                    return Ok((status, answer));
+                }
+                let token = token_of(&answer).context("the acquire answer has no token")?;
+                let release = format!("{{\"token\":\"{token}\"}}");
+                let req = target.request(Method::DELETE, uri, Bytes::from(release));
+                let (status, answer) = exchange(sender, req, false).await?;
+                // A release answers 200 or 204; both count as the cycle's success.
+                let status = if status == StatusCode::NO_CONTENT {
+                    StatusCode::OK
+                } else {
+                    status
+                };
+                Ok((status, answer))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok((status, body)) => Answer::Status(status, body),
+        Err(e) => Answer::Failed(e),
+    }
+}
+
+/// The value of `"token":"…"` in a JSON answer, found without a JSON parser (the load
+/// generator stays lean; tokens are URL-safe and need no unescaping).
+fn token_of(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"token\":\"")? + 9;
+    let len = text[start..].find('"')?;
+    Some(text[start..start + len].to_string())
 }
 
 /// What the connections saw during the measured phase.
@@ -216,23 +343,12 @@ async fn connection(
                     break;
                 }
             }
-            write_id(&mut body[ID_AT], next_random(&mut rng) % keyspace);
-            let mut req = Request::new(Full::new(Bytes::copy_from_slice(&body)));
-            *req.method_mut() = Method::POST;
-            *req.uri_mut() = target.uri.clone();
-            let h = req.headers_mut();
-            h.insert(HOST, target.host.clone());
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            for (name, value) in &target.headers {
-                h.insert(name.clone(), value.clone());
-            }
-
             let started = Instant::now();
-            let answer = exchange(&mut sender, req).await;
+            let answer = operation(&target, &mut sender, &mut rng, keyspace, &mut body).await;
             let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let measuring = phase.load(Ordering::Relaxed) == MEASURE;
             match answer {
-                Ok((status, _))
+                Answer::Status(status, _)
                     if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS =>
                 {
                     failures = 0;
@@ -245,13 +361,13 @@ async fn connection(
                         }
                     }
                 }
-                Ok((status, body)) => {
+                Answer::Status(status, body) => {
                     if measuring {
                         stats.bad_status += 1;
                     }
                     stats.note(|| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
                 }
-                Err(e) => {
+                Answer::Failed(e) => {
                     if measuring {
                         stats.transport_errors += 1;
                     }
@@ -273,12 +389,13 @@ async fn connection(
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
+    keep_body: bool,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
     sender.ready().await?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let mut body = resp.into_body();
-    if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS {
+    if !keep_body && (status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS) {
         while let Some(frame) = body.frame().await {
             frame?;
         }
@@ -315,6 +432,15 @@ mod tests {
         let mut body = *BODY;
         write_id(&mut body[ID_AT], 42);
         assert_eq!(&body[..], br#"{"id":"000000000042","cost":1}"#);
+    }
+
+    #[test]
+    fn finds_the_token() {
+        assert_eq!(
+            token_of(br#"{"token":"abc_-1","fence":3}"#).as_deref(),
+            Some("abc_-1")
+        );
+        assert_eq!(token_of(br#"{"fence":3}"#), None);
     }
 
     #[test]

@@ -178,10 +178,11 @@ pub async fn start_patternd(
     dir: &Path,
     redis_url: &str,
     plugins: Option<&Path>,
+    extra_rules: &str,
 ) -> anyhow::Result<Patternd> {
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
-    fs::write(policies.join("bench.yaml"), POLICY)?;
+    fs::write(policies.join("bench.yaml"), format!("{POLICY}{extra_rules}"))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
@@ -238,6 +239,60 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(StatusCod
     let body = resp.into_body().collect().await?.to_bytes();
     conn.abort();
     Ok((status, body))
+}
+
+/// A keep-alive HTTP/1.1 client for setup calls (filling a cache, creating sessions): many
+/// calls, so one connection rather than one per call.
+pub struct HttpClient {
+    addr: SocketAddr,
+    sender: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl HttpClient {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            addr,
+            sender: tokio::sync::Mutex::new(sender),
+            conn,
+        })
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.addr.to_string());
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(http_body_util::Full::new(Bytes::from(
+            body.unwrap_or_default(),
+        )))?;
+        let mut sender = self.sender.lock().await;
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+impl Drop for HttpClient {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
 }
 
 /// The patternd binary to benchmark, and a warning when it may not match the sources.

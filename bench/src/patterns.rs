@@ -1,0 +1,197 @@
+//! The cache, session and lock scenarios: their policy, the setup each needs before it can be
+//! measured (an origin and a filled cache, live sessions), and a raw Redis client baseline for
+//! the patterns redis-benchmark cannot drive (a session read needs a live session id, a lock
+//! release needs the token its acquire returned).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hyper::{StatusCode, Uri};
+
+use crate::baseline::Baseline;
+use crate::hist::Histogram;
+use crate::procs;
+
+pub const APP: &str = "bench";
+/// Distinct cache ids: all of them are filled before the measured phase, so it sees hits only.
+pub const CACHE_IDS: u64 = 10_000;
+/// Live sessions read at random.
+pub const SESSIONS: u64 = 5_000;
+/// The origin's answer: a small JSON document, like a product record.
+const ITEM_BYTES: usize = 256;
+
+/// The rules the pattern scenarios use, added to the benchmark policy.
+pub fn policy(origin: Option<SocketAddr>) -> String {
+    let mut p = String::new();
+    if let Some(o) = origin {
+        p.push_str(&format!(
+            "  item:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h }}\n"
+        ));
+    }
+    p.push_str("  web:\n    session: { idle_ttl: 30m, absolute_ttl: 24h }\n");
+    p.push_str("  order:\n    lock: { ttl: 30s }\n");
+    p
+}
+
+/// The origin's body for every id: JSON padded to `ITEM_BYTES`.
+pub fn item_body() -> Vec<u8> {
+    let head = r#"{"name":"benchmark item","price":1999,"currency":"EUR","description":""#;
+    let tail = r#""}"#;
+    let pad = ITEM_BYTES.saturating_sub(head.len() + tail.len());
+    let mut b = Vec::with_capacity(ITEM_BYTES);
+    b.extend_from_slice(head.as_bytes());
+    b.extend(std::iter::repeat_n(b'x', pad));
+    b.extend_from_slice(tail.as_bytes());
+    b
+}
+
+/// A minimal origin for the cache scenario: every `GET /items/{id}` answers the same JSON.
+/// It only serves the fill before the measured phase.
+pub async fn start_origin() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let body = bytes_of(item_body());
+    let app = axum::Router::new().route(
+        "/items/{id}",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}
+
+/// Reads every cache id once through patternd, so the measured phase only sees hits.
+pub async fn fill_cache(addr: SocketAddr, rule: &str) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let next = next.clone();
+        let rule = rule.to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = procs::HttpClient::connect(addr).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= CACHE_IDS {
+                    return anyhow::Ok(());
+                }
+                let path = format!("/v1/cache/{APP}/{rule}/{i:012}");
+                let (status, body) = client.send("GET", &path, None).await?;
+                if status != StatusCode::OK {
+                    bail!(
+                        "filling the cache: GET {path} answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("a fill task panicked")??;
+    }
+    Ok(())
+}
+
+/// Creates `SESSIONS` sessions and returns their read paths.
+pub async fn create_sessions(addr: SocketAddr, rule: &str) -> anyhow::Result<Vec<Uri>> {
+    let client = procs::HttpClient::connect(addr).await?;
+    let mut paths = Vec::with_capacity(SESSIONS as usize);
+    let create = format!("/v1/sessions/{APP}/{rule}");
+    for i in 0..SESSIONS {
+        let body = serde_json::json!({
+            "user": format!("user-{i}"),
+            "data": {"cart": i % 7, "locale": "en-GB", "theme": "dark"},
+        });
+        let (status, answer) = client
+            .send("POST", &create, Some(body.to_string().into_bytes()))
+            .await?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "creating a session: POST {create} answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&answer)?;
+        let id = v["id"].as_str().context("the create answer has no id")?;
+        paths.push(format!("{create}/{id}").parse()?);
+    }
+    Ok(paths)
+}
+
+/// A baseline driven by our own Redis client: `clients` concurrent tasks over one multiplexed
+/// connection each, calling `op` until `requests` operations are done. The same shape as
+/// redis-benchmark (many clients, one process), for operations it cannot express.
+pub async fn raw_baseline<F, Fut>(
+    label: String,
+    redis_url: &str,
+    redis_pid: &str,
+    ticks: u64,
+    clients: u64,
+    requests: u64,
+    op: F,
+) -> anyhow::Result<Baseline>
+where
+    F: Fn(redis::aio::MultiplexedConnection, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let client = redis::Client::open(redis_url)?;
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(client.get_multiplexed_async_connection().await?);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let cpu0 = procs::cpu_ticks(redis_pid)?;
+    let self0 = procs::cpu_ticks("self")?;
+    let busy0 = procs::machine_busy_ticks()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for con in conns {
+        let (next, op) = (next.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return anyhow::Ok(hist);
+                }
+                let t = Instant::now();
+                op(con.clone(), i).await?;
+                hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+            }
+        }));
+    }
+    let mut hist = Histogram::default();
+    for t in tasks {
+        hist.merge(&t.await.context("a baseline task panicked")??);
+    }
+    let elapsed = started.elapsed();
+    let cpu1 = procs::cpu_ticks(redis_pid)?;
+    let self1 = procs::cpu_ticks("self")?;
+    let busy1 = procs::machine_busy_ticks()?;
+    let secs = |t: u64| t as f64 / ticks as f64;
+    let (redis, own) = (secs(cpu1 - cpu0), secs(self1 - self0));
+    let others = (secs(busy1 - busy0) - redis - own).max(0.0);
+    Ok(Baseline {
+        command: label,
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        p50_ms: Some(hist.quantile_us(0.50) as f64 / 1000.0),
+        p99_ms: Some(hist.quantile_us(0.99) as f64 / 1000.0),
+        redis_cpu_us: redis * 1e6 / requests as f64,
+        client_cpu_us: own * 1e6 / requests as f64,
+        other_util: others / elapsed.as_secs_f64() * 100.0,
+    })
+}
+
+/// How long the setup may take before the scenario is called failed.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
