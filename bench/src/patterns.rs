@@ -59,7 +59,12 @@ pub async fn start_origin() -> anyhow::Result<(SocketAddr, tokio::task::JoinHand
         "/items/{id}",
         axum::routing::get(move || {
             let body = body.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            }
         }),
     );
     let task = tokio::spawn(async move {

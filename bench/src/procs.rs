@@ -182,7 +182,10 @@ pub async fn start_patternd(
 ) -> anyhow::Result<Patternd> {
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
-    fs::write(policies.join("bench.yaml"), format!("{POLICY}{extra_rules}"))?;
+    fs::write(
+        policies.join("bench.yaml"),
+        format!("{POLICY}{extra_rules}"),
+    )?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
@@ -245,7 +248,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(StatusCod
 /// calls, so one connection rather than one per call.
 pub struct HttpClient {
     addr: SocketAddr,
-    sender: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>>,
+    sender:
+        tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>>,
     conn: tokio::task::JoinHandle<()>,
 }
 

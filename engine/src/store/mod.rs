@@ -6,6 +6,8 @@
 //! in bounded time instead of hanging a request.
 
 pub mod managed;
+pub mod near;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
