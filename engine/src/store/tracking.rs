@@ -28,6 +28,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A live near cache and the prefix of its keys.
+type Target = (String, Arc<dyn Invalidate>);
+
 struct Listener {
     prefix: String,
     target: Weak<dyn Invalidate>,
@@ -79,10 +82,10 @@ impl Tracker {
     }
 
     /// The live listeners (dropping forgotten ones) and their distinct prefixes.
-    fn current(&self) -> (Vec<String>, Vec<(String, Arc<dyn Invalidate>)>) {
+    fn current(&self) -> (Vec<String>, Vec<Target>) {
         let mut ls = lock(&self.listeners);
         ls.retain(|l| l.target.strong_count() > 0);
-        let targets: Vec<(String, Arc<dyn Invalidate>)> = ls
+        let targets: Vec<Target> = ls
             .iter()
             .filter_map(|l| Some((l.prefix.clone(), l.target.upgrade()?)))
             .collect();
@@ -129,11 +132,7 @@ impl Tracker {
 
     /// One subscribed connection: returns Ok when the set of prefixes changed, Err when the
     /// connection failed.
-    async fn session(
-        &self,
-        prefixes: &[String],
-        targets: &[(String, Arc<dyn Invalidate>)],
-    ) -> Result<(), StoreError> {
+    async fn session(&self, prefixes: &[String], targets: &[Target]) -> Result<(), StoreError> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let cfg = AsyncConnectionConfig::new()
             .set_push_sender(tx)
@@ -200,7 +199,7 @@ impl Tracker {
 }
 
 /// `invalidate` pushes carry an array of keys, or nil when Redis was flushed.
-fn dispatch(data: &[Value], targets: &[(String, Arc<dyn Invalidate>)]) {
+fn dispatch(data: &[Value], targets: &[Target]) {
     metrics::counter!("patternd_near_cache_invalidations_total").increment(1);
     let keys: Option<Vec<Vec<u8>>> = match data.first() {
         Some(Value::Array(items)) => Some(
