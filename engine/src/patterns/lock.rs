@@ -62,6 +62,7 @@ pub struct Lease {
 struct Counters {
     acquired: Counter,
     busy: Counter,
+    retried: Counter,
     extended: Counter,
     released: Counter,
     refused: Counter,
@@ -74,6 +75,7 @@ impl Counters {
         Self {
             acquired: c("acquired"),
             busy: c("busy"),
+            retried: c("retry"),
             extended: c("extended"),
             released: c("released"),
             refused: c("not_owner"),
@@ -229,6 +231,7 @@ impl Locker {
                             retry_after_ms: ms(hint),
                         });
                     }
+                    self.counters.retried.increment(1);
                     let pause = jitter(backoff).min(hint).min(deadline - now);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     tokio::select! {
