@@ -90,7 +90,11 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
     let mut conn = w.redis.conn().await?;
     let n: u64 = conn.get("shared-counter").await?;
     assert_eq!(n, 100, "lost updates");
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "critical sections overlapped");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "critical sections overlapped"
+    );
     let fences = fences.lock().await.clone();
     assert_eq!(fences.len(), 100);
     assert!(
@@ -133,9 +137,17 @@ async fn expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused() -> Res
         .assert_problem(409);
     // The owner releases; the same release again is not an error.
     let r = release(p, "brief", "invoice-7", &token(&b)).await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"released": true})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"released": true})),
+        "{r:?}"
+    );
     let r = release(p, "brief", "invoice-7", &token(&b)).await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"released": false})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"released": false})),
+        "{r:?}"
+    );
     let c = acquire(p, "brief", "invoice-7", json!({})).await?;
     assert_eq!(c.status, 200, "{c:?}");
     assert!(c.u64_field("fence") > b.u64_field("fence"));
@@ -220,18 +232,22 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
         tokio::spawn(async move { acquire(&p, "order", "job", json!({ "wait_ms": 8000 })).await })
     };
     // Let the waiter find the lock held at least once (counted on the metric, not timed).
-    eventually(Duration::from_secs(8), "the waiter to find the lock held", || {
-        let p = p.clone();
-        async move {
-            let m = p.get("/metrics").await?;
-            let retries = patternd_e2e::metric_value(
-                &m.text,
-                "patternd_lock_requests_total",
-                &[("rule", "order"), ("outcome", "retry")],
-            );
-            Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
-        }
-    })
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || {
+            let p = p.clone();
+            async move {
+                let m = p.get("/metrics").await?;
+                let retries = patternd_e2e::metric_value(
+                    &m.text,
+                    "patternd_lock_requests_total",
+                    &[("rule", "order"), ("outcome", "retry")],
+                );
+                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+            }
+        },
+    )
     .await?;
     let r = release(&p, "order", "job", &token(&a)).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
@@ -293,10 +309,14 @@ async fn a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses() -> Res
     acquire(p, "brief-slots", "q", json!({}))
         .await?
         .assert_problem(409);
-    let next = eventually(Duration::from_secs(20), "the crashed lease to lapse", || async {
-        let r = acquire(p, "brief-slots", "q", json!({ "ttl_ms": 5000 })).await?;
-        Ok((r.status == 200).then_some(r))
-    })
+    let next = eventually(
+        Duration::from_secs(20),
+        "the crashed lease to lapse",
+        || async {
+            let r = acquire(p, "brief-slots", "q", json!({ "ttl_ms": 5000 })).await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
     .await?;
     assert!(next.u64_field("fence") > crashed.u64_field("fence"));
     // The lapsed holder's token is refused; the live one still holds.
@@ -335,9 +355,15 @@ async fn bad_requests_are_clear_problems() -> Result<()> {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.u64_field("expires_in_ms"), 30_000);
     // Release and extend need a token.
-    p.delete("/v1/locks/shop/order/x").await?.assert_problem(400);
-    extend(p, "order", "x", json!({})).await?.assert_problem(400);
-    acquire(p, "nope", "x", json!({})).await?.assert_problem(404);
+    p.delete("/v1/locks/shop/order/x")
+        .await?
+        .assert_problem(400);
+    extend(p, "order", "x", json!({}))
+        .await?
+        .assert_problem(400);
+    acquire(p, "nope", "x", json!({}))
+        .await?
+        .assert_problem(404);
     acquire(p, "web", "x", json!({})).await?.assert_problem(404);
     p.post_json("/v1/locks/nope/order/x", &json!({}))
         .await?

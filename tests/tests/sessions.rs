@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use patternd_e2e::{Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all};
+use patternd_e2e::{
+    Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all,
+};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
@@ -48,7 +50,9 @@ async fn patch(p: &Patternd, rule: &str, sid: &str, data: Value) -> Result<Reply
 }
 
 async fn listed(p: &Patternd, rule: &str, user: &str) -> Result<Vec<String>> {
-    let r = p.get(&format!("/v1/sessions/shop/{rule}/users/{user}")).await?;
+    let r = p
+        .get(&format!("/v1/sessions/shop/{rule}/users/{user}"))
+        .await?;
     assert_eq!(r.status, 200, "{r:?}");
     Ok(r.json["sessions"]
         .as_array()
@@ -73,13 +77,24 @@ async fn session_keys(w: &World) -> Result<Vec<String>> {
 async fn the_whole_lifecycle() -> Result<()> {
     let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
-    let sid = create(p, "web", "alice", json!({ "cart": 3, "lang": "en", "gone": null })).await?;
+    let sid = create(
+        p,
+        "web",
+        "alice",
+        json!({ "cart": 3, "lang": "en", "gone": null }),
+    )
+    .await?;
     // `<4 hex shard>.<random base64url>`: at least 128 random bits.
     let (shard, random) = sid.split_once('.').unwrap_or_default();
-    assert!(shard.len() == 4 && shard.bytes().all(|c| c.is_ascii_hexdigit()), "{sid}");
+    assert!(
+        shard.len() == 4 && shard.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{sid}"
+    );
     assert!(random.len() * 6 >= 128, "{sid}");
     assert!(
-        random.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+        random
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
         "{sid}"
     );
 
@@ -91,10 +106,20 @@ async fn the_whole_lifecycle() -> Result<()> {
     assert!(ttl > 29 * 60_000 && ttl <= 30 * 60_000, "{r:?}");
 
     // Field-level merge: set one, delete one, leave the rest.
-    let r = patch(p, "web", &sid, json!({ "cart": { "items": [1, 2] }, "lang": null })).await?;
+    let r = patch(
+        p,
+        "web",
+        &sid,
+        json!({ "cart": { "items": [1, 2] }, "lang": null }),
+    )
+    .await?;
     assert_eq!(r.status, 200, "{r:?}");
     let r = get(p, "web", &sid).await?;
-    assert_eq!(r.json["data"], json!({ "cart": { "items": [1, 2] } }), "{r:?}");
+    assert_eq!(
+        r.json["data"],
+        json!({ "cart": { "items": [1, 2] } }),
+        "{r:?}"
+    );
 
     // Every key has a TTL, and a user's keys share one hash tag (one cluster slot).
     let keys = session_keys(&w).await?;
@@ -104,18 +129,31 @@ async fn the_whole_lifecycle() -> Result<()> {
         let ttl: i64 = conn.pttl(k).await?;
         assert!(ttl > 0, "{k} has no TTL");
         assert!(k.starts_with("shop:session:web:{"), "{k}");
-        assert!(k.contains(&format!("{{{shard}}}")), "{k} is not in shard {shard}");
+        assert!(
+            k.contains(&format!("{{{shard}}}")),
+            "{k} is not in shard {shard}"
+        );
     }
 
     let r = p.delete(&format!("/v1/sessions/shop/web/{sid}")).await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": true})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": true})),
+        "{r:?}"
+    );
     get(p, "web", &sid).await?.assert_problem(404);
     // A late write after logout does not bring the session back.
-    patch(p, "web", &sid, json!({ "cart": 4 })).await?.assert_problem(404);
+    patch(p, "web", &sid, json!({ "cart": 4 }))
+        .await?
+        .assert_problem(404);
     get(p, "web", &sid).await?.assert_problem(404);
     assert!(session_keys(&w).await?.is_empty(), "nothing left behind");
     let r = p.delete(&format!("/v1/sessions/shop/web/{sid}")).await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": false})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": false})),
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -141,7 +179,10 @@ async fn late_writes_racing_a_delete_never_resurrect() -> Result<()> {
             assert!(r.status == 200 || r.status == 404, "{r:?}");
         }
         get(&p, "web", &sid).await?.assert_problem(404);
-        assert!(listed(&p, "web", "racer").await?.is_empty(), "round {round}");
+        assert!(
+            listed(&p, "web", "racer").await?.is_empty(),
+            "round {round}"
+        );
     }
     let mut conn = w.redis.conn().await?;
     let keys = scan_all(&mut conn).await?;
@@ -157,12 +198,16 @@ async fn an_idle_session_expires() -> Result<()> {
     let r = get(p, "idle", &sid).await?;
     assert!(r.u64_field("expires_in_ms") <= 1000, "{r:?}");
     // Listing does not touch the session; wait for it to drop out of the index.
-    eventually(Duration::from_secs(20), "the idle session to expire", || async {
-        Ok(listed(p, "idle", "bob").await?.is_empty().then_some(()))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the idle session to expire",
+        || async { Ok(listed(p, "idle", "bob").await?.is_empty().then_some(())) },
+    )
     .await?;
     get(p, "idle", &sid).await?.assert_problem(404);
-    patch(p, "idle", &sid, json!({ "x": 1 })).await?.assert_problem(404);
+    patch(p, "idle", &sid, json!({ "x": 1 }))
+        .await?
+        .assert_problem(404);
     eventually(Duration::from_secs(20), "every key to expire", || async {
         Ok(session_keys(&w).await?.is_empty().then_some(()))
     })
@@ -176,31 +221,43 @@ async fn activity_never_extends_the_absolute_lifetime() -> Result<()> {
     let p = &w.patternd;
     let sid = create(p, "capped", "carol", json!({ "a": 1 })).await?;
     let rotated = p
-        .post_json(&format!("/v1/sessions/shop/capped/{sid}/rotate"), &json!({}))
+        .post_json(
+            &format!("/v1/sessions/shop/capped/{sid}/rotate"),
+            &json!({}),
+        )
         .await?;
     assert_eq!(rotated.status, 200, "{rotated:?}");
     assert!(rotated.u64_field("expires_in_ms") <= 2000, "{rotated:?}");
     let sid = rotated.json["id"].as_str().unwrap_or_default().to_string();
     // Read and write constantly: the session still ends at absolute_ttl.
     let mut reads = 0u32;
-    eventually(Duration::from_secs(20), "the absolute lifetime to end", || {
-        reads += 1;
-        let sid = sid.clone();
-        async move {
-            let r = get(p, "capped", &sid).await?;
-            if r.status == 404 {
-                return Ok(Some(()));
+    eventually(
+        Duration::from_secs(20),
+        "the absolute lifetime to end",
+        || {
+            reads += 1;
+            let sid = sid.clone();
+            async move {
+                let r = get(p, "capped", &sid).await?;
+                if r.status == 404 {
+                    return Ok(Some(()));
+                }
+                assert_eq!(r.status, 200, "{r:?}");
+                assert!(
+                    r.u64_field("expires_in_ms") <= 2000,
+                    "slid past the cap: {r:?}"
+                );
+                let r = patch(p, "capped", &sid, json!({ "a": 2 })).await?;
+                assert!(r.status == 200 || r.status == 404, "{r:?}");
+                Ok(None)
             }
-            assert_eq!(r.status, 200, "{r:?}");
-            assert!(r.u64_field("expires_in_ms") <= 2000, "slid past the cap: {r:?}");
-            let r = patch(p, "capped", &sid, json!({ "a": 2 })).await?;
-            assert!(r.status == 200 || r.status == 404, "{r:?}");
-            Ok(None)
-        }
-    })
+        },
+    )
     .await?;
     assert!(reads > 1);
-    patch(p, "capped", &sid, json!({ "a": 3 })).await?.assert_problem(404);
+    patch(p, "capped", &sid, json!({ "a": 3 }))
+        .await?
+        .assert_problem(404);
     Ok(())
 }
 
@@ -216,12 +273,21 @@ async fn rotation_moves_the_session_and_kills_the_old_id() -> Result<()> {
     assert_eq!(r.status, 200, "{r:?}");
     let new = r.json["id"].as_str().unwrap_or_default().to_string();
     assert_ne!(new, old);
-    assert_eq!(new.split('.').next(), old.split('.').next(), "same shard, same slot");
+    assert_eq!(
+        new.split('.').next(),
+        old.split('.').next(),
+        "same shard, same slot"
+    );
     get(p, "web", &old).await?.assert_problem(404);
-    patch(p, "web", &old, json!({ "role": "x" })).await?.assert_problem(404);
+    patch(p, "web", &old, json!({ "role": "x" }))
+        .await?
+        .assert_problem(404);
     let r = get(p, "web", &new).await?;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!((&r.json["user"], &r.json["data"]), (&json!("dave"), &json!({ "role": "admin" })));
+    assert_eq!(
+        (&r.json["user"], &r.json["data"]),
+        (&json!("dave"), &json!({ "role": "admin" }))
+    );
     // The index follows, keeping the creation order (the rotated one is still the older).
     assert_eq!(listed(p, "web", "dave").await?, vec![new.clone(), other]);
     // A dead id cannot be rotated.
@@ -242,7 +308,11 @@ async fn logout_everywhere_and_max_per_user() -> Result<()> {
     let bob = create(p, "web", "bob", json!({})).await?;
     assert_eq!(listed(p, "web", "alice").await?, alice);
     let r = p.delete("/v1/sessions/shop/web/users/alice").await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": 3})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": 3})),
+        "{r:?}"
+    );
     for sid in &alice {
         get(p, "web", sid).await?.assert_problem(404);
     }
@@ -254,7 +324,11 @@ async fn logout_everywhere_and_max_per_user() -> Result<()> {
     // max_per_user: 2 → the third create evicts the oldest.
     let s1 = create(p, "two", "erin", json!({})).await?;
     let s2 = create(p, "two", "erin", json!({})).await?;
-    assert_eq!(get(p, "two", &s1).await?.status, 200, "reading does not reorder");
+    assert_eq!(
+        get(p, "two", &s1).await?.status,
+        200,
+        "reading does not reorder"
+    );
     let s3 = create(p, "two", "erin", json!({})).await?;
     get(p, "two", &s1).await?.assert_problem(404);
     assert_eq!(get(p, "two", &s2).await?.status, 200);
@@ -267,10 +341,17 @@ async fn logout_everywhere_and_max_per_user() -> Result<()> {
         assert_eq!(r.json["user"], user);
         let path = format!(
             "/v1/sessions/shop/two/users/{}",
-            user.replace('/', "%2F").replace(' ', "%20").replace('{', "%7B").replace('}', "%7D")
+            user.replace('/', "%2F")
+                .replace(' ', "%20")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
         );
         let r = p.get(&path).await?;
-        assert_eq!(r.json["sessions"].as_array().map(Vec::len), Some(1), "{user}: {r:?}");
+        assert_eq!(
+            r.json["sessions"].as_array().map(Vec::len),
+            Some(1),
+            "{user}: {r:?}"
+        );
     }
     Ok(())
 }
@@ -294,14 +375,20 @@ async fn bad_ids_and_bad_bodies_are_clear_problems() -> Result<()> {
         "%7B%7D.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     ] {
         get(p, "web", bad).await?.assert_problem(404);
-        patch(p, "web", bad, json!({ "x": 1 })).await?.assert_problem(404);
+        patch(p, "web", bad, json!({ "x": 1 }))
+            .await?
+            .assert_problem(404);
         p.post_json(&format!("/v1/sessions/shop/web/{bad}/rotate"), &json!({}))
             .await?
             .assert_problem(404);
         let r = p.delete(&format!("/v1/sessions/shop/web/{bad}")).await?;
         assert_eq!(r.json, json!({"destroyed": false}), "{bad}: {r:?}");
     }
-    assert_eq!(get(p, "web", &real).await?.status, 200, "the real one is untouched");
+    assert_eq!(
+        get(p, "web", &real).await?.status,
+        200,
+        "the real one is untouched"
+    );
 
     let post = |body: &'static str| p.post_raw("/v1/sessions/shop/web", body);
     for body in [
@@ -375,7 +462,9 @@ rules:
     let ok = create(&p, "guarded", "gina", json!({ "banned": false })).await?;
     let banned = create(&p, "guarded", "hank", json!({ "banned": true })).await?;
     let with = [("x-device", "phone")];
-    let r = p.get_with(&format!("/v1/sessions/shop/guarded/{ok}"), &with).await?;
+    let r = p
+        .get_with(&format!("/v1/sessions/shop/guarded/{ok}"), &with)
+        .await?;
     assert_eq!(r.status, 200, "{r:?}");
     let r = p.get(&format!("/v1/sessions/shop/guarded/{ok}")).await?;
     r.assert_problem(403);
@@ -386,7 +475,9 @@ rules:
     r.assert_problem(403);
     assert!(r.detail().contains("banned"), "{r:?}");
     // A rejected session is not deleted by the hook; the owner can still destroy it.
-    let r = p.delete(&format!("/v1/sessions/shop/guarded/{banned}")).await?;
+    let r = p
+        .delete(&format!("/v1/sessions/shop/guarded/{banned}"))
+        .await?;
     assert_eq!(r.json, json!({"destroyed": true}), "{r:?}");
     // Unknown ids are 404 before the plugin is asked.
     p.get_with("/v1/sessions/shop/guarded/garbage", &with)

@@ -41,9 +41,8 @@ impl SessionScripts {
 }
 
 fn script(what: &str, body: &str) -> Arc<Script> {
-    let source = format!(
-        "-- patternd session {what}\nlocal SHARD_LEN = {SHARD_LEN}\n{PRELUDE}\n{body}"
-    );
+    let source =
+        format!("-- patternd session {what}\nlocal SHARD_LEN = {SHARD_LEN}\n{PRELUDE}\n{body}");
     Arc::new(Script::new(format!("session {what}"), source))
 }
 
@@ -66,7 +65,10 @@ pub fn compile(_rule: &Rule, _spec: &Session) -> Result<CompiledSession, String>
     let scripts = SCRIPTS.clone();
     for s in scripts.all() {
         luacheck::check(&s.name, &s.source).map_err(|e| {
-            format!("internal error: the script `{}` fails the Lua 5.1 check: {e}", s.name)
+            format!(
+                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
+                s.name
+            )
         })?;
     }
     Ok(CompiledSession { scripts })

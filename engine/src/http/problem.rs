@@ -129,8 +129,10 @@ impl IntoResponse for ApiError {
             ..
         } = &self
         {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
         }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert(

@@ -232,8 +232,8 @@ async fn rotate(
         .rotate(&state.runtime.store, &sid)
         .await
         .map_err(error)?;
-    let mut resp = Json(json!({ "id": rotated.id, "expires_in_ms": rotated.expires_in_ms }))
-        .into_response();
+    let mut resp =
+        Json(json!({ "id": rotated.id, "expires_in_ms": rotated.expires_in_ms })).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/sessions/{app}/{rule}/{}", rotated.id)) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -253,7 +253,9 @@ async fn list(
         .map_err(error)?;
     let items: Vec<Value> = list
         .into_iter()
-        .map(|s| json!({ "id": s.id, "created_ms": s.created_ms, "expires_in_ms": s.expires_in_ms }))
+        .map(
+            |s| json!({ "id": s.id, "created_ms": s.created_ms, "expires_in_ms": s.expires_in_ms }),
+        )
         .collect();
     Ok(Json(json!({ "user": user, "sessions": items })).into_response())
 }

@@ -7,7 +7,6 @@
 //! into the key's sub part base64url-encoded, so it can neither escape the namespace nor
 //! collide with another user.
 
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
@@ -22,6 +21,7 @@ use crate::store::{Store, StoreError};
 
 /// Random bytes per session id: 192 bits from the OS CSPRNG (at least 128 are required).
 const RANDOM_BYTES: usize = 24;
+const _: () = assert!(RANDOM_BYTES * 8 >= 128, "session ids need 128+ random bits");
 /// Base64url length of `RANDOM_BYTES`.
 const RANDOM_CHARS: usize = RANDOM_BYTES * 4 / 3;
 /// Data fields per request, and bytes per field name.
@@ -153,7 +153,9 @@ fn random_part() -> Result<String, SessionError> {
 }
 
 fn num(s: &str) -> u64 {
-    s.parse::<i64>().map(|n| n.max(0).unsigned_abs()).unwrap_or(0)
+    s.parse::<i64>()
+        .map(|n| n.max(0).unsigned_abs())
+        .unwrap_or(0)
 }
 
 impl Sessions {
@@ -489,7 +491,6 @@ mod tests {
 
     #[test]
     fn ids_carry_at_least_128_random_bits() {
-        assert!(RANDOM_BYTES * 8 >= 128);
         assert_eq!(random_part().expect("random").len(), RANDOM_CHARS);
     }
 }

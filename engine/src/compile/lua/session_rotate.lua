@@ -34,7 +34,10 @@ if redis.call('EXISTS', new) == 1 then
   return redis.error_reply('patternd: session id collision')
 end
 local order = redis.call('ZSCORE', uc, old_sid) or int(created * 1000)
-redis.call('HSET', new, unpack(h))
+-- Copied in slices: unpack of a large hash would overflow Lua's C stack.
+for j = 1, #h, 200 do
+  redis.call('HSET', new, unpack(h, j, math.min(j + 199, #h)))
+end
 redis.call('DEL', old)
 unindex(ue, uc, old_sid)
 redis.call('PEXPIRE', new, int(exp - now))
