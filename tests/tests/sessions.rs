@@ -509,3 +509,28 @@ async fn a_session_rule_naming_a_missing_plugin_or_hook_is_refused() -> Result<(
     assert!(text.contains("has no `session` hook"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_a_503_never_a_404() -> Result<()> {
+    let mut w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let sid = create(&w.patternd, "web", "ivy", json!({})).await?;
+    w.redis.stop();
+    for _ in 0..3 {
+        // "Redis is down" must not read as "logged out".
+        get(&w.patternd, "web", &sid).await?.assert_problem(503);
+        w.patternd
+            .post_json("/v1/sessions/shop/web", &json!({ "user": "ivy" }))
+            .await?
+            .assert_problem(503);
+    }
+    w.redis.restart_same_port()?;
+    eventually(Duration::from_secs(20), "sessions to recover", || async {
+        let r = w
+            .patternd
+            .post_json("/v1/sessions/shop/web", &json!({ "user": "ivy" }))
+            .await?;
+        Ok((r.status == 201).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
