@@ -396,7 +396,7 @@ async fn bad_ids_and_bad_bodies_are_clear_problems() -> Result<()> {
         "[]",
         "{}",
         r#"{"user": ""}"#,
-        r#"{"user": 5}"#,
+        r#"{"user": true}"#,
         r#"{"user": "a", "data": [1]}"#,
         r#"{"user": "a", "data": {"": 1}}"#,
         r#"{"user": "a", "colour": "red"}"#,
@@ -404,6 +404,13 @@ async fn bad_ids_and_bad_bodies_are_clear_problems() -> Result<()> {
     ] {
         post(body).await?.assert_problem(400);
     }
+    // A numeric user id is its decimal text.
+    let r = p
+        .post_json("/v1/sessions/shop/web", &json!({ "user": 42 }))
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    let sid = r.json["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(get(p, "web", &sid).await?.json["user"], "42");
     let long_user = "u".repeat(600);
     p.post_json("/v1/sessions/shop/web", &json!({ "user": long_user }))
         .await?

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -111,6 +111,12 @@ struct ReleaseBody {
     token: String,
 }
 
+/// Some clients and proxies drop DELETE bodies: the token may come as `?token=` instead.
+#[derive(Deserialize)]
+struct ReleaseQuery {
+    token: Option<String>,
+}
+
 fn lease(l: Lease) -> Response {
     Json(json!({ "token": l.token, "fence": l.fence, "expires_in_ms": l.expires_in_ms }))
         .into_response()
@@ -148,17 +154,28 @@ async fn extend(
     Ok(lease(l))
 }
 
-/// `DELETE /v1/locks/{app}/{rule}/{resource}` with `{"token": "..."}`.
+/// `DELETE /v1/locks/{app}/{rule}/{resource}` with `{"token": "..."}` (or `?token=...`).
 async fn release(
     State(state): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    query: Result<Query<ReleaseQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((app, rule, resource)) = path.map_err(super::bad_path)?;
     let locker = lookup(&state, &app, &rule)?;
-    let req: ReleaseBody = parse_body(body, r#"{"token": "..."}"#)?;
+    let body = super::body_bytes(body)?;
+    let query = query.map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let token = match query.0.token {
+        Some(t) if body.iter().all(u8::is_ascii_whitespace) => t,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "send the token in the body or in `?token=`, not both".into(),
+            ));
+        }
+        None => parse_body::<ReleaseBody>(Ok(body), r#"{"token": "..."}"#)?.token,
+    };
     let released = locker
-        .release(&state.runtime.store, &resource, &req.token)
+        .release(&state.runtime.store, &resource, &token)
         .await
         .map_err(error)?;
     Ok(Json(json!({ "released": released })).into_response())
@@ -224,7 +241,8 @@ mod doc {
 
     #[utoipa::path(delete, path = "/v1/locks/{app}/{rule}/{resource}", tag = "locks",
         description = "Releases the lease of `token`. Only the holder can; releasing the same token again answers `released: false`.",
-        params(("app" = String, Path), ("rule" = String, Path), ("resource" = String, Path)),
+        params(("app" = String, Path), ("rule" = String, Path), ("resource" = String, Path),
+            ("token" = Option<String>, Query, description = "the token, for clients that cannot send a DELETE body")),
         request_body = LockRelease,
         responses(
             (status = 200, body = LockReleased),

@@ -114,6 +114,10 @@ impl IntoResponse for ApiError {
                 body["errors"] = json!(diags.iter().map(ToString::to_string).collect::<Vec<_>>());
             }
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::Conflict {
+                retry_after_ms: Some(ms),
+                ..
+            } => body["retry_after_ms"] = json!(ms),
             ApiError::PluginFailed(detail) => {
                 tracing::warn!(%detail, "plugin failed without fallback")
             }

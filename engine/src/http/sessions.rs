@@ -93,7 +93,7 @@ fn parse_body<T: DeserializeOwned>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
-    user: String,
+    user: Value,
     #[serde(default)]
     data: Option<Map<String, Value>>,
 }
@@ -121,8 +121,18 @@ async fn create(
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| (k, v.to_string()))
         .collect();
+    // Like rate-limit ids, a numeric user id is taken as its decimal text.
+    let user = match req.user {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "`user` must be a string or a number".into(),
+            ));
+        }
+    };
     let created = sessions
-        .create(&state.runtime.store, &req.user, &data)
+        .create(&state.runtime.store, &user, &data)
         .await
         .map_err(error)?;
     let mut resp = (
@@ -285,7 +295,7 @@ mod doc {
     /// Body of a session create.
     #[derive(ToSchema)]
     pub struct SessionCreate {
-        /// The user the session belongs to (1 to 512 bytes).
+        /// The user the session belongs to: a string or a number, 1 to 512 bytes.
         #[schema(example = "alice")]
         user: String,
         /// Initial fields: any JSON values, stored field by field.
