@@ -541,3 +541,54 @@ async fn a_redis_outage_is_a_503_never_a_404() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_holds_a_bounded_number_of_fields() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(p, "web", "greedy", json!({})).await?;
+    let batch = |from: usize| -> Value {
+        Value::Object(
+            (from..from + 256)
+                .map(|i| (format!("f{i}"), json!(i)))
+                .collect(),
+        )
+    };
+    for round in 0..4 {
+        let r = patch(p, "web", &sid, batch(round * 256)).await?;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // One more field is refused, and the patch writes nothing (not even its other fields).
+    let r = patch(
+        p,
+        "web",
+        &sid,
+        json!({ "f0": "changed", "one-too-many": 1 }),
+    )
+    .await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("1024"), "{r:?}");
+    let r = get(p, "web", &sid).await?;
+    assert_eq!(r.json["data"]["f0"], json!(0), "{r:?}");
+    assert_eq!(r.json["data"].as_object().map(|o| o.len()), Some(1024));
+    // Replacing and deleting within the bound is fine.
+    let r = patch(p, "web", &sid, json!({ "f0": null, "new": 1 })).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    // More than 256 fields in one request is refused before Redis.
+    patch(
+        p,
+        "web",
+        &sid,
+        batch(5000)
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("extra".into(), json!(1));
+                Value::Object(o)
+            })
+            .unwrap_or_default(),
+    )
+    .await?
+    .assert_problem(400);
+    Ok(())
+}

@@ -27,6 +27,14 @@ const RANDOM_CHARS: usize = RANDOM_BYTES * 4 / 3;
 /// Data fields per request, and bytes per field name.
 pub const MAX_FIELDS: usize = 256;
 pub const MAX_FIELD_NAME_BYTES: usize = 256;
+/// Data fields a session may hold: PATCH can add fields over time, so the bound is checked in
+/// the script, against what the session holds.
+pub const MAX_SESSION_FIELDS: usize = 1024;
+const MAX_SESSION_FIELDS_ARG: &str = "1024";
+const _: () = assert!(
+    MAX_SESSION_FIELDS == 1024,
+    "keep MAX_SESSION_FIELDS_ARG in step"
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -341,16 +349,26 @@ impl Sessions {
         check_fields(data.iter().map(|(k, _)| k.as_str()))?;
         let keys = [self.session_key(&parsed)];
         let base = self.base(parsed.shard);
-        let mut args: Vec<&[u8]> = vec![sid.as_bytes(), self.idle_ms.as_bytes(), base.as_bytes()];
+        let mut args: Vec<&[u8]> = vec![
+            sid.as_bytes(),
+            self.idle_ms.as_bytes(),
+            base.as_bytes(),
+            MAX_SESSION_FIELDS_ARG.as_bytes(),
+        ];
         for (k, v) in data {
             args.push(k.as_bytes());
             args.push(v.as_deref().unwrap_or("").as_bytes());
         }
-        let reply: Option<u64> =
+        let reply: Option<i64> =
             self.counted(store.eval(&self.scripts.patch, &keys, &args).await)?;
         let ttl = self.missing(reply)?;
+        if ttl < 0 {
+            return Err(SessionError::BadData(format!(
+                "the session would hold more than {MAX_SESSION_FIELDS} data fields; nothing was written"
+            )));
+        }
         self.counters.patched.increment(1);
-        Ok(ttl)
+        Ok(ttl.unsigned_abs())
     }
 
     /// A new id for a live session; the old one is dead at once.
