@@ -406,3 +406,54 @@ async fn a_redis_outage_is_a_503_and_locking_recovers() -> Result<()> {
     assert!(b.u64_field("fence") > a.u64_field("fence"), "{a:?} {b:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let other = Arc::new(Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?);
+    let a = acquire(&w.patternd, "order", "shared", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    acquire(&other, "order", "shared", json!({}))
+        .await?
+        .assert_problem(409);
+    // A waiter on the other replica is not woken by this replica's release; its backoff
+    // finds the lock free.
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(
+            async move { acquire(&other, "order", "shared", json!({ "wait_ms": 8000 })).await },
+        )
+    };
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || {
+            let other = other.clone();
+            async move {
+                let m = other.get("/metrics").await?;
+                let retries = patternd_e2e::metric_value(
+                    &m.text,
+                    "patternd_lock_requests_total",
+                    &[("rule", "order"), ("outcome", "retry")],
+                );
+                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let r = release(&w.patternd, "order", "shared", &token(&a)).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    let b = waiter.await??;
+    assert_eq!(b.status, 200, "{b:?}");
+    assert!(b.u64_field("fence") > a.u64_field("fence"));
+    // A repeated release of the old token changes nothing; the new holder's token releases,
+    // through either replica.
+    let r = release(&other, "order", "shared", &token(&a)).await?;
+    assert_eq!(r.json, json!({"released": false}), "{r:?}");
+    acquire(&w.patternd, "order", "shared", json!({}))
+        .await?
+        .assert_problem(409);
+    let r = release(&w.patternd, "order", "shared", &token(&b)).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    Ok(())
+}

@@ -592,3 +592,57 @@ async fn a_session_holds_a_bounded_number_of_fields() -> Result<()> {
     .assert_problem(400);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_and_rotations_stay_consistent() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    // 20 logins at once for a user allowed 2 sessions: exactly 2 survive, and the index
+    // names exactly those.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            create(&p, "two", "busy", json!({})).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    let mut alive = Vec::new();
+    for sid in &ids {
+        let r = get(&p, "two", sid).await?;
+        match r.status {
+            200 => alive.push(sid.clone()),
+            _ => {
+                r.assert_problem(404);
+            }
+        }
+    }
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    let mut listed_ids = listed(&p, "two", "busy").await?;
+    listed_ids.sort();
+    alive.sort();
+    assert_eq!(listed_ids, alive);
+
+    // Two rotations of one session at once: one wins, the other finds the id dead.
+    let sid = create(&p, "web", "rot", json!({ "k": 1 })).await?;
+    let rotate = |p: Arc<Patternd>, sid: String| async move {
+        p.post_json(&format!("/v1/sessions/shop/web/{sid}/rotate"), &json!({}))
+            .await
+    };
+    let (a, b) = tokio::join!(
+        rotate(p.clone(), sid.clone()),
+        rotate(p.clone(), sid.clone())
+    );
+    let (a, b) = (a?, b?);
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 404], "{a:?} {b:?}");
+    let winner = if a.status == 200 { &a } else { &b };
+    let new = winner.json["id"].as_str().unwrap_or_default();
+    assert_eq!(listed(&p, "web", "rot").await?, vec![new.to_string()]);
+    assert_eq!(get(&p, "web", new).await?.json["data"], json!({ "k": 1 }));
+    Ok(())
+}
