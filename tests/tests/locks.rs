@@ -384,9 +384,9 @@ async fn bad_requests_are_clear_problems() -> Result<()> {
         .await?
         .assert_problem(404);
     let long = "r".repeat(600);
-    acquire(p, "order", &long, json!({}))
-        .await?
-        .assert_problem(400);
+    let r = acquire(p, "order", &long, json!({})).await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("resource name is 600 bytes"), "{r:?}");
     Ok(())
 }
 

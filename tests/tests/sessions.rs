@@ -411,9 +411,11 @@ async fn bad_ids_and_bad_bodies_are_clear_problems() -> Result<()> {
     let sid = r.json["id"].as_str().unwrap_or_default().to_string();
     assert_eq!(get(p, "web", &sid).await?.json["user"], "42");
     let long_user = "u".repeat(600);
-    p.post_json("/v1/sessions/shop/web", &json!({ "user": long_user }))
-        .await?
-        .assert_problem(400);
+    let r = p
+        .post_json("/v1/sessions/shop/web", &json!({ "user": long_user }))
+        .await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("`user` is 600 bytes"), "{r:?}");
     let req = p
         .client()
         .patch(p.url(&format!("/v1/sessions/shop/web/{real}")))

@@ -12,7 +12,7 @@ use metrics::Counter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{InputError, check_id};
+use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::lock::LockScripts;
 use crate::compile::{CompiledLock, KeySpace};
 use crate::policy::Rule;
@@ -121,6 +121,17 @@ fn parse_token(token: &str) -> Option<u64> {
     fence.parse().ok()
 }
 
+/// The resource name: the same bounds as any entity id, worded for this API.
+fn check_resource(resource: &str) -> Result<(), LockError> {
+    check_id(resource).map_err(|e| match e {
+        InputError::EmptyId => LockError::BadRequest("the resource name must not be empty".into()),
+        InputError::IdTooLong(n) => LockError::BadRequest(format!(
+            "the resource name is {n} bytes; at most {MAX_ID_BYTES} are allowed"
+        )),
+        other => LockError::Input(other),
+    })
+}
+
 fn jitter(d: Duration) -> Duration {
     // Full jitter over [d/2, d]: waiters that collided once spread out.
     let mut b = [0u8; 2];
@@ -191,7 +202,7 @@ impl Locker {
         ttl_ms: Option<u64>,
         wait_ms: Option<u64>,
     ) -> Result<Lease, LockError> {
-        check_id(resource)?;
+        check_resource(resource)?;
         let lease = self.lease_ms(ttl_ms)?.to_string();
         let wait = Duration::from_millis(wait_ms.unwrap_or(0)).min(self.max_wait);
         let deadline = Instant::now() + wait;
@@ -257,7 +268,7 @@ impl Locker {
         token: &str,
         ttl_ms: Option<u64>,
     ) -> Result<Lease, LockError> {
-        check_id(resource)?;
+        check_resource(resource)?;
         let fence = parse_token(token).ok_or(LockError::BadToken)?;
         let lease = self.lease_ms(ttl_ms)?.to_string();
         let keys = [self.keys.key(resource, "h")];
@@ -287,7 +298,7 @@ impl Locker {
         resource: &str,
         token: &str,
     ) -> Result<bool, LockError> {
-        check_id(resource)?;
+        check_resource(resource)?;
         parse_token(token).ok_or(LockError::BadToken)?;
         let keys = self.keys.keys(resource, ["h", "rel"]);
         let args: [&[u8]; 2] = [token.as_bytes(), self.released_ttl_arg.as_bytes()];

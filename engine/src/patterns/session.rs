@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 
-use super::{InputError, check_id};
+use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::session::{SHARD_LEN, SessionScripts};
 use crate::compile::{CompiledSession, KeySpace};
 use crate::plugin::{PluginBinding, PluginError, RequestFacts, SessionDecision};
@@ -30,11 +30,6 @@ pub const MAX_FIELD_NAME_BYTES: usize = 256;
 /// Data fields a session may hold: PATCH can add fields over time, so the bound is checked in
 /// the script, against what the session holds.
 pub const MAX_SESSION_FIELDS: usize = 1024;
-const MAX_SESSION_FIELDS_ARG: &str = "1024";
-const _: () = assert!(
-    MAX_SESSION_FIELDS == 1024,
-    "keep MAX_SESSION_FIELDS_ARG in step"
-);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -120,6 +115,7 @@ pub struct Sessions {
     idle_ms: String,
     absolute_ms: String,
     max_per_user: String,
+    max_fields: String,
     plugin: Option<PluginBinding>,
     counters: Counters,
 }
@@ -160,6 +156,17 @@ fn random_part() -> Result<String, SessionError> {
     Ok(B64.encode(buf))
 }
 
+/// The user id: the same bounds as any entity id, worded for this API.
+fn check_user(user: &str) -> Result<(), SessionError> {
+    check_id(user).map_err(|e| match e {
+        InputError::EmptyId => SessionError::BadData("`user` must not be empty".into()),
+        InputError::IdTooLong(n) => SessionError::BadData(format!(
+            "`user` is {n} bytes; at most {MAX_ID_BYTES} are allowed"
+        )),
+        other => SessionError::Input(other),
+    })
+}
+
 fn num(s: &str) -> u64 {
     s.parse::<i64>()
         .map(|n| n.max(0).unsigned_abs())
@@ -182,6 +189,7 @@ impl Sessions {
             idle_ms: spec.idle_ttl.as_millis().max(1).to_string(),
             absolute_ms: spec.absolute_ttl.as_millis().max(1).to_string(),
             max_per_user: spec.max_per_user.unwrap_or(0).to_string(),
+            max_fields: MAX_SESSION_FIELDS.to_string(),
             plugin,
             counters: Counters::new(&rule.app, &rule.name),
         }
@@ -238,7 +246,7 @@ impl Sessions {
         user: &str,
         data: &[(String, String)],
     ) -> Result<Created, SessionError> {
-        check_id(user)?;
+        check_user(user)?;
         check_fields(data.iter().map(|(k, _)| k.as_str()))?;
         let shard = shard_of(user);
         let random = random_part()?;
@@ -353,7 +361,7 @@ impl Sessions {
             sid.as_bytes(),
             self.idle_ms.as_bytes(),
             base.as_bytes(),
-            MAX_SESSION_FIELDS_ARG.as_bytes(),
+            self.max_fields.as_bytes(),
         ];
         for (k, v) in data {
             args.push(k.as_bytes());
@@ -415,7 +423,7 @@ impl Sessions {
 
     /// The user's live sessions, oldest first.
     pub async fn list(&self, store: &Store, user: &str) -> Result<Vec<SessionEntry>, SessionError> {
-        check_id(user)?;
+        check_user(user)?;
         let shard = shard_of(user);
         let (ue, uc, _) = self.index_keys(&shard, user);
         let base = self.base(&shard);
@@ -436,7 +444,7 @@ impl Sessions {
 
     /// Logs the user out everywhere, atomically. Returns how many live sessions died.
     pub async fn logout(&self, store: &Store, user: &str) -> Result<u64, SessionError> {
-        check_id(user)?;
+        check_user(user)?;
         let shard = shard_of(user);
         let (ue, uc, _) = self.index_keys(&shard, user);
         let base = self.base(&shard);
