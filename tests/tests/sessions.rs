@@ -154,6 +154,18 @@ async fn the_whole_lifecycle() -> Result<()> {
         (200, &json!({"destroyed": false})),
         "{r:?}"
     );
+
+    let m = p.get("/metrics").await?.text;
+    let count = |op: &str| {
+        patternd_e2e::metric_value(
+            &m,
+            "patternd_session_requests_total",
+            &[("app", "shop"), ("rule", "web"), ("op", op)],
+        )
+    };
+    assert_eq!(count("create"), Some(1.0), "{m}");
+    assert_eq!(count("read"), Some(2.0), "{m}");
+    assert_eq!(count("not_found"), Some(3.0), "{m}");
     Ok(())
 }
 
