@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
-use crate::patterns::{OpRunner, RateLimiter};
+use crate::patterns::{Locker, OpRunner, RateLimiter, Sessions};
 use crate::plugin::{Limits, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
@@ -25,6 +25,10 @@ pub struct Snapshot {
     /// Rate limiters by app, then rule.
     pub ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>>,
     pub ops: HashMap<String, HashMap<String, Arc<OpRunner>>>,
+    /// Session rules by app, then rule.
+    pub sessions: HashMap<String, HashMap<String, Arc<Sessions>>>,
+    /// Lock rules by app, then rule.
+    pub locks: HashMap<String, HashMap<String, Arc<Locker>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -66,6 +70,8 @@ impl Snapshot {
     ) -> Result<Snapshot, Diagnostics> {
         let mut ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>> = HashMap::new();
         let mut ops: HashMap<String, HashMap<String, Arc<OpRunner>>> = HashMap::new();
+        let mut sessions: HashMap<String, HashMap<String, Arc<Sessions>>> = HashMap::new();
+        let mut locks: HashMap<String, HashMap<String, Arc<Locker>>> = HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -98,10 +104,37 @@ impl Snapshot {
                         Arc::new(OpRunner::new(&c.rule.app, &c.rule.name, co, &c.keys)),
                     );
                 }
+                (RuleKind::Session(s), CompiledKind::Session(cs)) => {
+                    let binding = match &s.plugin {
+                        None => None,
+                        Some(p) => match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
+                            Some(Ok(b)) => Some(b),
+                            Some(Err(e)) => {
+                                diags.push(Diagnostic::error(&p.location, e.to_string()));
+                                continue;
+                            }
+                            None => {
+                                diags.push(Diagnostic::error(
+                                    &p.location,
+                                    format!("no plugin `{}`", p.name),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    sessions.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(Sessions::new(&c.rule, s, cs, &c.keys, binding)),
+                    );
+                }
+                (RuleKind::Lock(l), CompiledKind::Lock(cl)) => {
+                    locks.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(Locker::new(&c.rule, l, cl, &c.keys)),
+                    );
+                }
                 // Patterns being built: served by their own modules once they exist.
-                (RuleKind::Cache(_), CompiledKind::Cache(_))
-                | (RuleKind::Session(_), CompiledKind::Session(_))
-                | (RuleKind::Lock(_), CompiledKind::Lock(_)) => {}
+                (RuleKind::Cache(_), CompiledKind::Cache(_)) => {}
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -117,6 +150,8 @@ impl Snapshot {
             plugins,
             ratelimits,
             ops,
+            sessions,
+            locks,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -129,6 +164,14 @@ impl Snapshot {
 
     pub fn op(&self, app: &str, rule: &str) -> Option<&Arc<OpRunner>> {
         self.ops.get(app)?.get(rule)
+    }
+
+    pub fn sessions(&self, app: &str, rule: &str) -> Option<&Arc<Sessions>> {
+        self.sessions.get(app)?.get(rule)
+    }
+
+    pub fn locker(&self, app: &str, rule: &str) -> Option<&Arc<Locker>> {
+        self.locks.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

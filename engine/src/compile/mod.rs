@@ -72,8 +72,8 @@ impl CompiledRule {
         match &self.kind {
             CompiledKind::RateLimit(rl) => rl.scripts(),
             CompiledKind::Cache(c) => c.scripts.clone(),
-            CompiledKind::Session(c) => c.scripts.clone(),
-            CompiledKind::Lock(c) => c.scripts.clone(),
+            CompiledKind::Session(c) => c.scripts(),
+            CompiledKind::Lock(c) => c.scripts(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
         }
     }
@@ -149,7 +149,13 @@ pub fn compile(
                 .and_then(|()| ratelimit::compile(rule, rl))
                 .map(CompiledKind::RateLimit),
                 RuleKind::Cache(c) => cache::compile(rule, c).map(CompiledKind::Cache),
-                RuleKind::Session(c) => session::compile(rule, c).map(CompiledKind::Session),
+                RuleKind::Session(c) => check_plugin(
+                    plugins,
+                    c.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "session",
+                )
+                .and_then(|()| session::compile(rule, c))
+                .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
                 RuleKind::Ops(o) => compile_ops(plugins, rule, o).map(|c| {
                     for w in &c.warnings {

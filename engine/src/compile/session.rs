@@ -1,27 +1,112 @@
 //! `session` rules → their Lua scripts and key layout. Pure.
 //!
-//! STUB (scaffolding): the pattern's owner adds the scripts.
+//! The scripts do not depend on the rule (its TTLs travel in ARGV, prepared once per snapshot),
+//! so every session rule shares one checked set, built once.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use super::{KeySpace, Script};
+use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
 use crate::policy::session::Session;
 
+/// Length of the shard tag that starts every session id (`<shard>.<random>`).
+pub const SHARD_LEN: usize = 4;
+
+const PRELUDE: &str = include_str!("lua/session_prelude.lua");
+
+/// The scripts of session rules.
+#[derive(Debug, Clone)]
+pub struct SessionScripts {
+    pub create: Arc<Script>,
+    pub get: Arc<Script>,
+    pub patch: Arc<Script>,
+    pub rotate: Arc<Script>,
+    pub destroy: Arc<Script>,
+    pub list: Arc<Script>,
+    pub logout: Arc<Script>,
+}
+
+impl SessionScripts {
+    pub fn all(&self) -> Vec<Arc<Script>> {
+        vec![
+            self.create.clone(),
+            self.get.clone(),
+            self.patch.clone(),
+            self.rotate.clone(),
+            self.destroy.clone(),
+            self.list.clone(),
+            self.logout.clone(),
+        ]
+    }
+}
+
+fn script(what: &str, body: &str) -> Arc<Script> {
+    let source =
+        format!("-- patternd session {what}\nlocal SHARD_LEN = {SHARD_LEN}\n{PRELUDE}\n{body}");
+    Arc::new(Script::new(format!("session {what}"), source))
+}
+
+static SCRIPTS: LazyLock<SessionScripts> = LazyLock::new(|| SessionScripts {
+    create: script("create", include_str!("lua/session_create.lua")),
+    get: script("get", include_str!("lua/session_get.lua")),
+    patch: script("patch", include_str!("lua/session_patch.lua")),
+    rotate: script("rotate", include_str!("lua/session_rotate.lua")),
+    destroy: script("destroy", include_str!("lua/session_destroy.lua")),
+    list: script("list", include_str!("lua/session_list.lua")),
+    logout: script("logout", include_str!("lua/session_logout.lua")),
+});
+
 #[derive(Debug, Clone)]
 pub struct CompiledSession {
-    pub scripts: Vec<Arc<Script>>,
+    pub scripts: SessionScripts,
 }
 
 pub fn compile(_rule: &Rule, _spec: &Session) -> Result<CompiledSession, String> {
-    Ok(CompiledSession {
-        scripts: Vec::new(),
-    })
+    let scripts = SCRIPTS.clone();
+    for s in scripts.all() {
+        luacheck::check(&s.name, &s.source).map_err(|e| {
+            format!(
+                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
+                s.name
+            )
+        })?;
+    }
+    Ok(CompiledSession { scripts })
 }
 
 impl CompiledSession {
+    pub fn scripts(&self) -> Vec<Arc<Script>> {
+        self.scripts.all()
+    }
+
     /// Key templates with what each holds.
-    pub fn key_layout(&self, _keys: &KeySpace) -> Vec<(String, String)> {
-        Vec::new()
+    pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
+        let t = |sub: &str| keys.template(sub).replace("<id>", "<shard>");
+        vec![
+            (
+                t("s:<random>"),
+                "HASH {u: user, i: base64url user, c: created ms, a: absolute deadline ms, d:<field>: JSON}; expires after idle_ttl, never past the deadline".to_string(),
+            ),
+            (
+                t("ue:<base64url user>"),
+                "ZSET of the user's session ids by expiry ms; expires with the last session".to_string(),
+            ),
+            (
+                t("uc:<base64url user>"),
+                "ZSET of the user's session ids by creation µs (max_per_user evicts the oldest); expires with the last session".to_string(),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_scripts_pass_the_lua_check() {
+        for s in SCRIPTS.all() {
+            luacheck::check(&s.name, &s.source).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        }
     }
 }

@@ -40,6 +40,19 @@ pub enum ApiError {
     NotReady(String),
     #[error("the rule's plugin failed and the rule has no fallback")]
     PluginFailed(String),
+    /// A named thing (a session) that does not exist, or no longer.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state (a lock held by someone else, a token
+    /// that does not hold it). `retry_after_ms` adds a Retry-After header.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    /// A plugin refused the request (e.g. a session hook rejecting a session).
+    #[error("{0}")]
+    Rejected(String),
     /// Logged in full, answered as a bare 500.
     #[error("internal error")]
     Internal(String),
@@ -48,9 +61,12 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownApp(_) | ApiError::UnknownRule { .. } | ApiError::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UnknownApp(_)
+            | ApiError::UnknownRule { .. }
+            | ApiError::NoRoute(_)
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Rejected(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) | ApiError::Input(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -67,6 +83,9 @@ impl ApiError {
             ApiError::UnknownApp(_) => "unknown-app",
             ApiError::UnknownRule { .. } => "unknown-rule",
             ApiError::NoRoute(_) => "no-route",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::Rejected(_) => "rejected",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
             ApiError::BadRequest(_) | ApiError::Input(_) => "bad-request",
             ApiError::TooLarge(_) => "too-large",
@@ -95,6 +114,10 @@ impl IntoResponse for ApiError {
                 body["errors"] = json!(diags.iter().map(ToString::to_string).collect::<Vec<_>>());
             }
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::Conflict {
+                retry_after_ms: Some(ms),
+                ..
+            } => body["retry_after_ms"] = json!(ms),
             ApiError::PluginFailed(detail) => {
                 tracing::warn!(%detail, "plugin failed without fallback")
             }
@@ -105,6 +128,16 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let ApiError::Conflict {
+            retry_after_ms: Some(ms),
+            ..
+        } = &self
+        {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(ms.div_ceil(1000).max(1)),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -1,11 +1,15 @@
 //! Runtime per pattern: turns a request's facts into keys and one script call, and the reply
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
+pub mod lock;
 pub mod ops;
 pub mod ratelimit;
+pub mod session;
 
+pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
 pub use ratelimit::{CheckError, CheckRequest, Decision, RateLimiter};
+pub use session::{SessionError, Sessions};
 
 /// Entity ids longer than this are refused: they would only bloat keys.
 pub const MAX_ID_BYTES: usize = 512;

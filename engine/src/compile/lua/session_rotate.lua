@@ -1,0 +1,48 @@
+-- Moves a live session to a new id: same user, data, creation time and absolute deadline
+-- (rotation never extends a session's life); the old id is dead at once. Both ids carry the
+-- user's shard as hash tag, so this copies within one slot instead of RENAME across slots.
+-- KEYS: old session, new session. ARGV: old sid, new sid, idle_ms, base.
+-- Returns false when the old session is gone, else expires_in_ms.
+local old, new = KEYS[1], KEYS[2]
+local old_sid, new_sid, idle, base = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now = clock()
+local h = redis.call('HGETALL', old)
+if #h == 0 then
+  return false
+end
+local i, created, a
+for j = 1, #h, 2 do
+  if h[j] == 'i' then
+    i = h[j + 1]
+  elseif h[j] == 'c' then
+    created = tonumber(h[j + 1])
+  elseif h[j] == 'a' then
+    a = tonumber(h[j + 1])
+  end
+end
+if i == nil or created == nil or a == nil then
+  return redis.error_reply('patternd: malformed session hash')
+end
+local ue, uc = index_keys(base, i)
+local exp = expiry(a, idle, now)
+if exp == nil then
+  redis.call('DEL', old)
+  unindex(ue, uc, old_sid)
+  return false
+end
+if redis.call('EXISTS', new) == 1 then
+  return redis.error_reply('patternd: session id collision')
+end
+local order = redis.call('ZSCORE', uc, old_sid) or int(created * 1000)
+-- Copied in slices: unpack of a large hash would overflow Lua's C stack.
+for j = 1, #h, 200 do
+  redis.call('HSET', new, unpack(h, j, math.min(j + 199, #h)))
+end
+redis.call('DEL', old)
+unindex(ue, uc, old_sid)
+redis.call('PEXPIRE', new, int(exp - now))
+redis.call('ZADD', ue, int(exp), new_sid)
+redis.call('ZADD', uc, order, new_sid)
+prune(ue, uc, now)
+index_expiry(ue, uc, now)
+return int(exp - now)

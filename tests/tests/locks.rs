@@ -1,0 +1,469 @@
+//! Locks and semaphores end to end over HTTP against a real Redis: mutual exclusion under
+//! contention (no lost update), fencing tokens, expiry, owner checks, semaphores, bad input.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use patternd_e2e::{Patternd, Reply, World, eventually, scan_all};
+use redis::AsyncCommands as _;
+use serde_json::{Value, json};
+
+const POLICY: &str = "app: shop
+rules:
+  order: { lock: { ttl: 30s, max_wait: 60s } }
+  slots: { lock: { ttl: 30s, permits: 3 } }
+  brief: { lock: { ttl: 500ms, max_ttl: 1h } }
+  brief-slots: { lock: { ttl: 500ms, permits: 2, max_ttl: 1h } }
+  web: { session: { idle_ttl: 30m, absolute_ttl: 24h } }
+";
+
+async fn acquire(p: &Patternd, rule: &str, resource: &str, body: Value) -> Result<Reply> {
+    p.post_json(&format!("/v1/locks/shop/{rule}/{resource}"), &body)
+        .await
+}
+
+async fn release(p: &Patternd, rule: &str, resource: &str, token: &str) -> Result<Reply> {
+    let req = p
+        .client()
+        .delete(p.url(&format!("/v1/locks/shop/{rule}/{resource}")))
+        .json(&json!({ "token": token }));
+    p.send(req).await
+}
+
+async fn extend(p: &Patternd, rule: &str, resource: &str, body: Value) -> Result<Reply> {
+    p.post_json(&format!("/v1/locks/shop/{rule}/{resource}/extend"), &body)
+        .await
+}
+
+fn token(r: &Reply) -> String {
+    r.json["token"].as_str().unwrap_or_default().to_string()
+}
+
+/// A token of the right shape that nobody was ever given.
+fn forged(fence: u64) -> String {
+    format!("{fence}.AAAAAAAAAAAAAAAAAAAAAA")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    let redis = w.redis.url();
+    // Shared state the lock protects: a counter in Redis updated by read, then write (two
+    // round trips: without mutual exclusion updates get lost), and the fences in the order
+    // the critical sections ran.
+    let inside = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let fences = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (p, redis) = (p.clone(), redis.clone());
+        let (inside, overlaps, fences) = (inside.clone(), overlaps.clone(), fences.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = redis::Client::open(redis)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            for _ in 0..2 {
+                // Waits are bounded per request: on a busy machine a worker may time out
+                // and simply ask again (counted, not timed).
+                let mut attempts = 0;
+                let r = loop {
+                    attempts += 1;
+                    let r = acquire(&p, "order", "counter", json!({ "wait_ms": 5000 })).await?;
+                    if r.status == 200 || attempts >= 50 {
+                        break r;
+                    }
+                    r.assert_problem(409);
+                };
+                ensure!(r.status == 200, "acquire: {r:?}");
+                if inside.fetch_add(1, Ordering::SeqCst) != 0 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                fences.lock().await.push(r.u64_field("fence"));
+                let n: Option<u64> = conn.get("shared-counter").await?;
+                tokio::task::yield_now().await;
+                let () = conn.set("shared-counter", n.unwrap_or(0) + 1).await?;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                let rel = release(&p, "order", "counter", &token(&r)).await?;
+                ensure!(
+                    rel.status == 200 && rel.json == json!({"released": true}),
+                    "release: {rel:?}"
+                );
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut conn = w.redis.conn().await?;
+    let n: u64 = conn.get("shared-counter").await?;
+    assert_eq!(n, 100, "lost updates");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "critical sections overlapped"
+    );
+    let fences = fences.lock().await.clone();
+    assert_eq!(fences.len(), 100);
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences must strictly increase in acquisition order: {fences:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let a = acquire(p, "brief", "invoice-7", json!({ "ttl_ms": 300 })).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(a.u64_field("expires_in_ms") <= 300, "{a:?}");
+    let b = acquire(p, "brief", "invoice-7", json!({})).await?;
+    b.assert_problem(409);
+    assert!(b.header("retry-after").is_some(), "{b:?}");
+    let hint = b.u64_field("retry_after_ms");
+    assert!(hint > 0 && hint <= 300, "{b:?}");
+
+    // A crashed holder never releases: its lease lapses and the next holder gets in.
+    let b = eventually(Duration::from_secs(20), "the lease to lapse", || async {
+        let r = acquire(p, "brief", "invoice-7", json!({ "ttl_ms": 60000 })).await?;
+        Ok((r.status == 200).then_some(r))
+    })
+    .await?;
+    assert!(
+        b.u64_field("fence") > a.u64_field("fence"),
+        "a later holder has a higher fence: {a:?} {b:?}"
+    );
+    // The stale holder can neither extend nor release the new holder's lock.
+    extend(p, "brief", "invoice-7", json!({ "token": token(&a) }))
+        .await?
+        .assert_problem(409);
+    release(p, "brief", "invoice-7", &token(&a))
+        .await?
+        .assert_problem(409);
+    acquire(p, "brief", "invoice-7", json!({}))
+        .await?
+        .assert_problem(409);
+    // The owner releases; the same release again is not an error.
+    let r = release(p, "brief", "invoice-7", &token(&b)).await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"released": true})),
+        "{r:?}"
+    );
+    let r = release(p, "brief", "invoice-7", &token(&b)).await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"released": false})),
+        "{r:?}"
+    );
+    let c = acquire(p, "brief", "invoice-7", json!({})).await?;
+    assert_eq!(c.status, 200, "{c:?}");
+    assert!(c.u64_field("fence") > b.u64_field("fence"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fences_keep_increasing_after_the_counter_key_is_gone() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let a = acquire(p, "order", "doc", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    release(p, "order", "doc", &token(&a)).await?;
+    // The counter expires after a day without acquires; simulate that.
+    let mut conn = w.redis.conn().await?;
+    let keys = scan_all(&mut conn).await?;
+    let fence_keys: Vec<&Vec<u8>> = keys.iter().filter(|k| k.ends_with(b":fence")).collect();
+    assert_eq!(fence_keys.len(), 1, "{keys:?}");
+    let n: u64 = conn.del(fence_keys[0]).await?;
+    assert_eq!(n, 1);
+    let b = acquire(p, "order", "doc", json!({})).await?;
+    assert_eq!(b.status, 200, "{b:?}");
+    assert!(
+        b.u64_field("fence") > a.u64_field("fence"),
+        "{a:?} then {b:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_owner_extends_or_releases() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let a = acquire(p, "order", "cart-1", json!({ "ttl_ms": 60_000 })).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    let fence = a.u64_field("fence");
+    for t in [forged(fence), forged(fence + 1)] {
+        extend(p, "order", "cart-1", json!({ "token": t }))
+            .await?
+            .assert_problem(409);
+        release(p, "order", "cart-1", &t).await?.assert_problem(409);
+    }
+    // Malformed tokens are bad requests, not ownership questions.
+    for t in ["", "nope", "12.short", "x.AAAAAAAAAAAAAAAAAAAAAA"] {
+        release(p, "order", "cart-1", t).await?.assert_problem(400);
+    }
+    // The lock is still held by its owner.
+    acquire(p, "order", "cart-1", json!({}))
+        .await?
+        .assert_problem(409);
+    let e = extend(
+        p,
+        "order",
+        "cart-1",
+        json!({ "token": token(&a), "ttl_ms": 200000 }),
+    )
+    .await?;
+    assert_eq!(e.status, 200, "{e:?}");
+    assert_eq!(e.u64_field("fence"), fence);
+    assert!(e.u64_field("expires_in_ms") > 60_000, "{e:?}");
+    let mut conn = w.redis.conn().await?;
+    for k in scan_all(&mut conn).await? {
+        let ttl: i64 = conn.pttl(&k).await?;
+        assert!(ttl > 0, "{} has no TTL", String::from_utf8_lossy(&k));
+    }
+    // The token may also come as a query parameter (for clients that drop DELETE bodies).
+    let r = p
+        .delete(&format!("/v1/locks/shop/order/cart-1?token={}", token(&a)))
+        .await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    // Another resource of the rule is independent.
+    let other = acquire(p, "order", "cart-2", json!({})).await?;
+    assert_eq!(other.status, 200, "{other:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    let a = acquire(&p, "order", "job", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    let waiter = {
+        let p = p.clone();
+        tokio::spawn(async move { acquire(&p, "order", "job", json!({ "wait_ms": 8000 })).await })
+    };
+    // Let the waiter find the lock held at least once (counted on the metric, not timed).
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || {
+            let p = p.clone();
+            async move {
+                let m = p.get("/metrics").await?;
+                let retries = patternd_e2e::metric_value(
+                    &m.text,
+                    "patternd_lock_requests_total",
+                    &[("rule", "order"), ("outcome", "retry")],
+                );
+                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let r = release(&p, "order", "job", &token(&a)).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    let b = waiter.await??;
+    assert_eq!(b.status, 200, "the waiter gets the lock: {b:?}");
+    assert!(b.u64_field("fence") > a.u64_field("fence"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semaphore_admits_exactly_its_permits() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            acquire(&p, "slots", "gpu", json!({})).await
+        }));
+    }
+    let mut granted = Vec::new();
+    for t in tasks {
+        let r = t.await??;
+        match r.status {
+            200 => granted.push(r),
+            _ => {
+                r.assert_problem(409);
+            }
+        }
+    }
+    assert_eq!(granted.len(), 3, "exactly `permits` holders: {granted:?}");
+    let mut fences: Vec<u64> = granted.iter().map(|r| r.u64_field("fence")).collect();
+    fences.dedup();
+    assert_eq!(fences.len(), 3, "every permit has its own fence");
+    // Owner-checked like a mutex.
+    release(&p, "slots", "gpu", &forged(fences[0]))
+        .await?
+        .assert_problem(409);
+    let r = release(&p, "slots", "gpu", &token(&granted[0])).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    let again = acquire(&p, "slots", "gpu", json!({})).await?;
+    assert_eq!(again.status, 200, "a released permit is free: {again:?}");
+    acquire(&p, "slots", "gpu", json!({}))
+        .await?
+        .assert_problem(409);
+    let e = extend(&p, "slots", "gpu", json!({ "token": token(&granted[1]) })).await?;
+    assert_eq!(e.status, 200, "{e:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let long = acquire(p, "brief-slots", "q", json!({ "ttl_ms": 600_000 })).await?;
+    assert_eq!(long.status, 200, "{long:?}");
+    let crashed = acquire(p, "brief-slots", "q", json!({})).await?;
+    assert_eq!(crashed.status, 200, "{crashed:?}");
+    acquire(p, "brief-slots", "q", json!({}))
+        .await?
+        .assert_problem(409);
+    let next = eventually(
+        Duration::from_secs(20),
+        "the crashed lease to lapse",
+        || async {
+            let r = acquire(p, "brief-slots", "q", json!({ "ttl_ms": 600_000 })).await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
+    .await?;
+    assert!(next.u64_field("fence") > crashed.u64_field("fence"));
+    // The lapsed holder's token is refused; the live one still holds.
+    release(p, "brief-slots", "q", &token(&crashed))
+        .await?
+        .assert_problem(409);
+    let r = release(p, "brief-slots", "q", &token(&long)).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_clear_problems() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    acquire(p, "order", "x", json!({ "ttl_ms": 0 }))
+        .await?
+        .assert_problem(400);
+    let r = acquire(p, "order", "x", json!({ "ttl_ms": 301_000 })).await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("max_ttl"), "{r:?}");
+    acquire(p, "order", "x", json!({ "ttl": 5 }))
+        .await?
+        .assert_problem(400);
+    acquire(p, "order", "x", json!({ "ttl_ms": -1 }))
+        .await?
+        .assert_problem(400);
+    p.post_raw("/v1/locks/shop/order/x", "[1, 2]")
+        .await?
+        .assert_problem(400);
+    p.post_raw("/v1/locks/shop/order/x", "{not json")
+        .await?
+        .assert_problem(400);
+    // An empty body takes every default.
+    let r = p.post_raw("/v1/locks/shop/order/x", "").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.u64_field("expires_in_ms"), 30_000);
+    // Release and extend need a token.
+    p.delete("/v1/locks/shop/order/x")
+        .await?
+        .assert_problem(400);
+    extend(p, "order", "x", json!({}))
+        .await?
+        .assert_problem(400);
+    acquire(p, "nope", "x", json!({}))
+        .await?
+        .assert_problem(404);
+    acquire(p, "web", "x", json!({})).await?.assert_problem(404);
+    p.post_json("/v1/locks/nope/order/x", &json!({}))
+        .await?
+        .assert_problem(404);
+    let long = "r".repeat(600);
+    let r = acquire(p, "order", &long, json!({})).await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("resource name is 600 bytes"), "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_a_503_and_locking_recovers() -> Result<()> {
+    let mut w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let a = acquire(&w.patternd, "order", "r", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    w.redis.stop();
+    for _ in 0..3 {
+        // Even a waiting acquire answers at once: an outage is not contention.
+        acquire(&w.patternd, "order", "r2", json!({ "wait_ms": 5000 }))
+            .await?
+            .assert_problem(503);
+        release(&w.patternd, "order", "r", &token(&a))
+            .await?
+            .assert_problem(503);
+    }
+    w.redis.restart_same_port()?;
+    // The test's Redis keeps no data across the restart: the lock is free again, and the
+    // fence (at least Redis TIME in µs) still exceeds the one handed out before.
+    let b = eventually(Duration::from_secs(20), "locking to recover", || async {
+        let r = acquire(&w.patternd, "order", "r", json!({})).await?;
+        Ok((r.status == 200).then_some(r))
+    })
+    .await?;
+    assert!(b.u64_field("fence") > a.u64_field("fence"), "{a:?} {b:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let other = Arc::new(Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?);
+    let a = acquire(&w.patternd, "order", "shared", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    acquire(&other, "order", "shared", json!({}))
+        .await?
+        .assert_problem(409);
+    // A waiter on the other replica is not woken by this replica's release; its backoff
+    // finds the lock free.
+    let waiter = {
+        let other = other.clone();
+        tokio::spawn(
+            async move { acquire(&other, "order", "shared", json!({ "wait_ms": 8000 })).await },
+        )
+    };
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || {
+            let other = other.clone();
+            async move {
+                let m = other.get("/metrics").await?;
+                let retries = patternd_e2e::metric_value(
+                    &m.text,
+                    "patternd_lock_requests_total",
+                    &[("rule", "order"), ("outcome", "retry")],
+                );
+                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let r = release(&w.patternd, "order", "shared", &token(&a)).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    let b = waiter.await??;
+    assert_eq!(b.status, 200, "{b:?}");
+    assert!(b.u64_field("fence") > a.u64_field("fence"));
+    // A repeated release of the old token changes nothing; the new holder's token releases,
+    // through either replica.
+    let r = release(&other, "order", "shared", &token(&a)).await?;
+    assert_eq!(r.json, json!({"released": false}), "{r:?}");
+    acquire(&w.patternd, "order", "shared", json!({}))
+        .await?
+        .assert_problem(409);
+    let r = release(&w.patternd, "order", "shared", &token(&b)).await?;
+    assert_eq!(r.json, json!({"released": true}), "{r:?}");
+    Ok(())
+}

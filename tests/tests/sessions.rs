@@ -1,0 +1,661 @@
+//! Sessions end to end over HTTP against a real Redis: the whole lifecycle, idle and absolute
+//! timeouts, no resurrection, rotation, logout everywhere, max_per_user, bad ids, the plugin
+//! hook, and the key layout (TTLs, one hash slot per user).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use patternd_e2e::{
+    Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all,
+};
+use redis::AsyncCommands as _;
+use serde_json::{Value, json};
+
+const POLICY: &str = "app: shop
+rules:
+  web: { session: { idle_ttl: 30m, absolute_ttl: 24h, max_per_user: 5 } }
+  idle: { session: { idle_ttl: 1s, absolute_ttl: 1h } }
+  capped: { session: { idle_ttl: 1h, absolute_ttl: 2s } }
+  two: { session: { idle_ttl: 30m, absolute_ttl: 24h, max_per_user: 2 } }
+  order: { lock: { ttl: 30s } }
+";
+
+async fn create(p: &Patternd, rule: &str, user: &str, data: Value) -> Result<String> {
+    let r = p
+        .post_json(
+            &format!("/v1/sessions/shop/{rule}"),
+            &json!({ "user": user, "data": data }),
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.json["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v1/sessions/shop/{rule}/{id}").as_str())
+    );
+    Ok(id)
+}
+
+async fn get(p: &Patternd, rule: &str, sid: &str) -> Result<Reply> {
+    p.get(&format!("/v1/sessions/shop/{rule}/{sid}")).await
+}
+
+async fn patch(p: &Patternd, rule: &str, sid: &str, data: Value) -> Result<Reply> {
+    let req = p
+        .client()
+        .patch(p.url(&format!("/v1/sessions/shop/{rule}/{sid}")))
+        .json(&json!({ "data": data }));
+    p.send(req).await
+}
+
+async fn listed(p: &Patternd, rule: &str, user: &str) -> Result<Vec<String>> {
+    let r = p
+        .get(&format!("/v1/sessions/shop/{rule}/users/{user}"))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    Ok(r.json["sessions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn session_keys(w: &World) -> Result<Vec<String>> {
+    let mut conn = w.redis.conn().await?;
+    Ok(scan_all(&mut conn)
+        .await?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_whole_lifecycle() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(
+        p,
+        "web",
+        "alice",
+        json!({ "cart": 3, "lang": "en", "gone": null }),
+    )
+    .await?;
+    // `<4 hex shard>.<random base64url>`: at least 128 random bits.
+    let (shard, random) = sid.split_once('.').unwrap_or_default();
+    assert!(
+        shard.len() == 4 && shard.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{sid}"
+    );
+    assert!(random.len() * 6 >= 128, "{sid}");
+    assert!(
+        random
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+        "{sid}"
+    );
+
+    let r = get(p, "web", &sid).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json["user"], "alice");
+    assert_eq!(r.json["data"], json!({ "cart": 3, "lang": "en" }));
+    let ttl = r.u64_field("expires_in_ms");
+    assert!(ttl > 29 * 60_000 && ttl <= 30 * 60_000, "{r:?}");
+
+    // Field-level merge: set one, delete one, leave the rest.
+    let r = patch(
+        p,
+        "web",
+        &sid,
+        json!({ "cart": { "items": [1, 2] }, "lang": null }),
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(p, "web", &sid).await?;
+    assert_eq!(
+        r.json["data"],
+        json!({ "cart": { "items": [1, 2] } }),
+        "{r:?}"
+    );
+
+    // Every key has a TTL, and a user's keys share one hash tag (one cluster slot).
+    let keys = session_keys(&w).await?;
+    assert_eq!(keys.len(), 3, "session + two index keys: {keys:?}");
+    let mut conn = w.redis.conn().await?;
+    for k in &keys {
+        let ttl: i64 = conn.pttl(k).await?;
+        assert!(ttl > 0, "{k} has no TTL");
+        assert!(k.starts_with("shop:session:web:{"), "{k}");
+        assert!(
+            k.contains(&format!("{{{shard}}}")),
+            "{k} is not in shard {shard}"
+        );
+    }
+
+    let r = p.delete(&format!("/v1/sessions/shop/web/{sid}")).await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": true})),
+        "{r:?}"
+    );
+    get(p, "web", &sid).await?.assert_problem(404);
+    // A late write after logout does not bring the session back.
+    patch(p, "web", &sid, json!({ "cart": 4 }))
+        .await?
+        .assert_problem(404);
+    get(p, "web", &sid).await?.assert_problem(404);
+    assert!(session_keys(&w).await?.is_empty(), "nothing left behind");
+    let r = p.delete(&format!("/v1/sessions/shop/web/{sid}")).await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": false})),
+        "{r:?}"
+    );
+
+    let m = p.get("/metrics").await?.text;
+    let count = |op: &str| {
+        patternd_e2e::metric_value(
+            &m,
+            "patternd_session_requests_total",
+            &[("app", "shop"), ("rule", "web"), ("op", op)],
+        )
+    };
+    assert_eq!(count("create"), Some(1.0), "{m}");
+    assert_eq!(count("read"), Some(2.0), "{m}");
+    assert_eq!(count("not_found"), Some(3.0), "{m}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_writes_racing_a_delete_never_resurrect() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    for round in 0..5 {
+        let sid = create(&p, "web", "racer", json!({ "n": 0 })).await?;
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (p, sid) = (p.clone(), sid.clone());
+            tasks.push(tokio::spawn(async move {
+                if i == 10 {
+                    p.delete(&format!("/v1/sessions/shop/web/{sid}")).await
+                } else {
+                    patch(&p, "web", &sid, json!({ "n": i })).await
+                }
+            }));
+        }
+        for t in tasks {
+            let r = t.await??;
+            assert!(r.status == 200 || r.status == 404, "{r:?}");
+        }
+        get(&p, "web", &sid).await?.assert_problem(404);
+        assert!(
+            listed(&p, "web", "racer").await?.is_empty(),
+            "round {round}"
+        );
+    }
+    let mut conn = w.redis.conn().await?;
+    let keys = scan_all(&mut conn).await?;
+    assert!(keys.is_empty(), "{keys:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_expires() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(p, "idle", "bob", json!({})).await?;
+    let r = get(p, "idle", &sid).await?;
+    assert!(r.u64_field("expires_in_ms") <= 1000, "{r:?}");
+    // Listing does not touch the session; wait for it to drop out of the index.
+    eventually(
+        Duration::from_secs(20),
+        "the idle session to expire",
+        || async { Ok(listed(p, "idle", "bob").await?.is_empty().then_some(())) },
+    )
+    .await?;
+    get(p, "idle", &sid).await?.assert_problem(404);
+    patch(p, "idle", &sid, json!({ "x": 1 }))
+        .await?
+        .assert_problem(404);
+    eventually(Duration::from_secs(20), "every key to expire", || async {
+        Ok(session_keys(&w).await?.is_empty().then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn activity_never_extends_the_absolute_lifetime() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(p, "capped", "carol", json!({ "a": 1 })).await?;
+    let rotated = p
+        .post_json(
+            &format!("/v1/sessions/shop/capped/{sid}/rotate"),
+            &json!({}),
+        )
+        .await?;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    assert!(rotated.u64_field("expires_in_ms") <= 2000, "{rotated:?}");
+    let sid = rotated.json["id"].as_str().unwrap_or_default().to_string();
+    // Read and write constantly: the session still ends at absolute_ttl.
+    let mut reads = 0u32;
+    eventually(
+        Duration::from_secs(20),
+        "the absolute lifetime to end",
+        || {
+            reads += 1;
+            let sid = sid.clone();
+            async move {
+                let r = get(p, "capped", &sid).await?;
+                if r.status == 404 {
+                    return Ok(Some(()));
+                }
+                assert_eq!(r.status, 200, "{r:?}");
+                assert!(
+                    r.u64_field("expires_in_ms") <= 2000,
+                    "slid past the cap: {r:?}"
+                );
+                let r = patch(p, "capped", &sid, json!({ "a": 2 })).await?;
+                assert!(r.status == 200 || r.status == 404, "{r:?}");
+                Ok(None)
+            }
+        },
+    )
+    .await?;
+    patch(p, "capped", &sid, json!({ "a": 3 }))
+        .await?
+        .assert_problem(404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_moves_the_session_and_kills_the_old_id() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let old = create(p, "web", "dave", json!({ "role": "admin" })).await?;
+    let other = create(p, "web", "dave", json!({})).await?;
+    let r = p
+        .post_json(&format!("/v1/sessions/shop/web/{old}/rotate"), &json!({}))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new = r.json["id"].as_str().unwrap_or_default().to_string();
+    assert_ne!(new, old);
+    assert_eq!(
+        new.split('.').next(),
+        old.split('.').next(),
+        "same shard, same slot"
+    );
+    get(p, "web", &old).await?.assert_problem(404);
+    patch(p, "web", &old, json!({ "role": "x" }))
+        .await?
+        .assert_problem(404);
+    let r = get(p, "web", &new).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (&r.json["user"], &r.json["data"]),
+        (&json!("dave"), &json!({ "role": "admin" }))
+    );
+    // The index follows, keeping the creation order (the rotated one is still the older).
+    assert_eq!(listed(p, "web", "dave").await?, vec![new.clone(), other]);
+    // A dead id cannot be rotated.
+    p.post_json(&format!("/v1/sessions/shop/web/{old}/rotate"), &json!({}))
+        .await?
+        .assert_problem(404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_everywhere_and_max_per_user() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let mut alice = Vec::new();
+    for i in 0..3 {
+        alice.push(create(p, "web", "alice", json!({ "device": i })).await?);
+    }
+    let bob = create(p, "web", "bob", json!({})).await?;
+    assert_eq!(listed(p, "web", "alice").await?, alice);
+    let r = p.delete("/v1/sessions/shop/web/users/alice").await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": 3})),
+        "{r:?}"
+    );
+    for sid in &alice {
+        get(p, "web", sid).await?.assert_problem(404);
+    }
+    assert!(listed(p, "web", "alice").await?.is_empty());
+    assert_eq!(get(p, "web", &bob).await?.status, 200);
+    let r = p.delete("/v1/sessions/shop/web/users/alice").await?;
+    assert_eq!(r.json, json!({"destroyed": 0}), "{r:?}");
+
+    // max_per_user: 2 → the third create evicts the oldest.
+    let s1 = create(p, "two", "erin", json!({})).await?;
+    let s2 = create(p, "two", "erin", json!({})).await?;
+    assert_eq!(
+        get(p, "two", &s1).await?.status,
+        200,
+        "reading does not reorder"
+    );
+    let s3 = create(p, "two", "erin", json!({})).await?;
+    get(p, "two", &s1).await?.assert_problem(404);
+    assert_eq!(get(p, "two", &s2).await?.status, 200);
+    assert_eq!(get(p, "two", &s3).await?.status, 200);
+    assert_eq!(listed(p, "two", "erin").await?, vec![s2, s3]);
+    // Users whose names need escaping stay apart from everyone else.
+    for user in ["a}b", "{x}", "user/with spaces", "ü"] {
+        let sid = create(p, "two", user, json!({ "who": user })).await?;
+        let r = get(p, "two", &sid).await?;
+        assert_eq!(r.json["user"], user);
+        let path = format!(
+            "/v1/sessions/shop/two/users/{}",
+            user.replace('/', "%2F")
+                .replace(' ', "%20")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+        );
+        let r = p.get(&path).await?;
+        assert_eq!(
+            r.json["sessions"].as_array().map(Vec::len),
+            Some(1),
+            "{user}: {r:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ids_and_bad_bodies_are_clear_problems() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let real = create(p, "web", "frank", json!({})).await?;
+    let (shard, random) = real.split_once('.').unwrap_or_default();
+    let forged = format!("{shard}.{}", "A".repeat(random.len()));
+    let other_shard = format!("{}.{random}", if shard == "0000" { "0001" } else { "0000" });
+    for bad in [
+        "garbage",
+        "abcd",
+        "ABCD.xyz",
+        &format!("{shard}.short"),
+        &format!("{shard}.{random}x"),
+        &forged,
+        &other_shard,
+        "%7B%7D.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        get(p, "web", bad).await?.assert_problem(404);
+        patch(p, "web", bad, json!({ "x": 1 }))
+            .await?
+            .assert_problem(404);
+        p.post_json(&format!("/v1/sessions/shop/web/{bad}/rotate"), &json!({}))
+            .await?
+            .assert_problem(404);
+        let r = p.delete(&format!("/v1/sessions/shop/web/{bad}")).await?;
+        assert_eq!(r.json, json!({"destroyed": false}), "{bad}: {r:?}");
+    }
+    assert_eq!(
+        get(p, "web", &real).await?.status,
+        200,
+        "the real one is untouched"
+    );
+
+    let post = |body: &'static str| p.post_raw("/v1/sessions/shop/web", body);
+    for body in [
+        "",
+        "[]",
+        "{}",
+        r#"{"user": ""}"#,
+        r#"{"user": true}"#,
+        r#"{"user": "a", "data": [1]}"#,
+        r#"{"user": "a", "data": {"": 1}}"#,
+        r#"{"user": "a", "colour": "red"}"#,
+        "{nope",
+    ] {
+        post(body).await?.assert_problem(400);
+    }
+    // A numeric user id is its decimal text.
+    let r = p
+        .post_json("/v1/sessions/shop/web", &json!({ "user": 42 }))
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    let sid = r.json["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(get(p, "web", &sid).await?.json["user"], "42");
+    let long_user = "u".repeat(600);
+    let r = p
+        .post_json("/v1/sessions/shop/web", &json!({ "user": long_user }))
+        .await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("`user` is 600 bytes"), "{r:?}");
+    let req = p
+        .client()
+        .patch(p.url(&format!("/v1/sessions/shop/web/{real}")))
+        .json(&json!({ "cart": 1 }));
+    p.send(req).await?.assert_problem(400);
+    p.post_json("/v1/sessions/shop/nope", &json!({ "user": "a" }))
+        .await?
+        .assert_problem(404);
+    p.post_json("/v1/sessions/shop/order", &json!({ "user": "a" }))
+        .await?
+        .assert_problem(404);
+    p.post_json("/v1/sessions/nope/web", &json!({ "user": "a" }))
+        .await?
+        .assert_problem(404);
+    Ok(())
+}
+
+const GUARD_PLUGIN: &str = r#"-- session hook: rejects banned users' sessions, and sessions read without the header the
+-- rule's config names.
+local cfg = {}
+local function init(config)
+  cfg.header = config.header
+end
+local function session(req, s)
+  if s.data.banned == true then
+    return { reject = 'user is banned' }
+  end
+  if cfg.header and not req.headers[cfg.header] then
+    return { reject = 'missing ' .. cfg.header }
+  end
+  return 'allow'
+end
+return { init = init, session = session }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_session_hook_validates_on_read() -> Result<()> {
+    let plugins = TempDir::new("session-plugins")?;
+    plugins.write("guard.lua", GUARD_PLUGIN)?;
+    let policy = "app: shop
+rules:
+  guarded:
+    session:
+      idle_ttl: 30m
+      absolute_ttl: 24h
+      plugin: { name: guard, config: { header: x-device } }
+";
+    let redis = RedisServer::start()?;
+    let dir = policy_dir(&[("shop.yaml", policy)])?;
+    let plugin_dir = plugins.path().to_string_lossy().to_string();
+    let p = Patternd::start(&redis.url(), dir.path(), &["--plugins", &plugin_dir]).await?;
+    let ok = create(&p, "guarded", "gina", json!({ "banned": false })).await?;
+    let banned = create(&p, "guarded", "hank", json!({ "banned": true })).await?;
+    let with = [("x-device", "phone")];
+    let r = p
+        .get_with(&format!("/v1/sessions/shop/guarded/{ok}"), &with)
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = p.get(&format!("/v1/sessions/shop/guarded/{ok}")).await?;
+    r.assert_problem(403);
+    assert!(r.detail().contains("missing x-device"), "{r:?}");
+    let r = p
+        .get_with(&format!("/v1/sessions/shop/guarded/{banned}"), &with)
+        .await?;
+    r.assert_problem(403);
+    assert!(r.detail().contains("banned"), "{r:?}");
+    // A rejected session is not deleted by the hook; the owner can still destroy it.
+    let r = p
+        .delete(&format!("/v1/sessions/shop/guarded/{banned}"))
+        .await?;
+    assert_eq!(r.json, json!({"destroyed": true}), "{r:?}");
+    // Unknown ids are 404 before the plugin is asked.
+    p.get_with("/v1/sessions/shop/guarded/garbage", &with)
+        .await?
+        .assert_problem(404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_rule_naming_a_missing_plugin_or_hook_is_refused() -> Result<()> {
+    let plugins = TempDir::new("session-plugins-bad")?;
+    plugins.write("nohook.lua", "return { rate_limit = function(req) end }\n")?;
+    let dir = policy_dir(&[(
+        "shop.yaml",
+        "app: shop\nrules:\n  s: { session: { idle_ttl: 1m, absolute_ttl: 1h, plugin: { name: nohook } } }\n",
+    )])?;
+    let out = patternd_e2e::run_cli(&[
+        "check",
+        &dir.path().to_string_lossy(),
+        "--plugins",
+        &plugins.path().to_string_lossy(),
+    ])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("has no `session` hook"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_is_a_503_never_a_404() -> Result<()> {
+    let mut w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let sid = create(&w.patternd, "web", "ivy", json!({})).await?;
+    w.redis.stop();
+    for _ in 0..3 {
+        // "Redis is down" must not read as "logged out".
+        get(&w.patternd, "web", &sid).await?.assert_problem(503);
+        w.patternd
+            .post_json("/v1/sessions/shop/web", &json!({ "user": "ivy" }))
+            .await?
+            .assert_problem(503);
+    }
+    w.redis.restart_same_port()?;
+    eventually(Duration::from_secs(20), "sessions to recover", || async {
+        let r = w
+            .patternd
+            .post_json("/v1/sessions/shop/web", &json!({ "user": "ivy" }))
+            .await?;
+        Ok((r.status == 201).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_holds_a_bounded_number_of_fields() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(p, "web", "greedy", json!({})).await?;
+    let batch = |from: usize| -> Value {
+        Value::Object(
+            (from..from + 256)
+                .map(|i| (format!("f{i}"), json!(i)))
+                .collect(),
+        )
+    };
+    for round in 0..4 {
+        let r = patch(p, "web", &sid, batch(round * 256)).await?;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // One more field is refused, and the patch writes nothing (not even its other fields).
+    let r = patch(
+        p,
+        "web",
+        &sid,
+        json!({ "f0": "changed", "one-too-many": 1 }),
+    )
+    .await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("1024"), "{r:?}");
+    let r = get(p, "web", &sid).await?;
+    assert_eq!(r.json["data"]["f0"], json!(0), "{r:?}");
+    assert_eq!(r.json["data"].as_object().map(|o| o.len()), Some(1024));
+    // Replacing and deleting within the bound is fine.
+    let r = patch(p, "web", &sid, json!({ "f0": null, "new": 1 })).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    // More than 256 fields in one request is refused before Redis.
+    patch(
+        p,
+        "web",
+        &sid,
+        batch(5000)
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("extra".into(), json!(1));
+                Value::Object(o)
+            })
+            .unwrap_or_default(),
+    )
+    .await?
+    .assert_problem(400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_and_rotations_stay_consistent() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    // 20 logins at once for a user allowed 2 sessions: exactly 2 survive, and the index
+    // names exactly those.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            create(&p, "two", "busy", json!({})).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    let mut alive = Vec::new();
+    for sid in &ids {
+        let r = get(&p, "two", sid).await?;
+        match r.status {
+            200 => alive.push(sid.clone()),
+            _ => {
+                r.assert_problem(404);
+            }
+        }
+    }
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    let mut listed_ids = listed(&p, "two", "busy").await?;
+    listed_ids.sort();
+    alive.sort();
+    assert_eq!(listed_ids, alive);
+
+    // Two rotations of one session at once: one wins, the other finds the id dead.
+    let sid = create(&p, "web", "rot", json!({ "k": 1 })).await?;
+    let rotate = |p: Arc<Patternd>, sid: String| async move {
+        p.post_json(&format!("/v1/sessions/shop/web/{sid}/rotate"), &json!({}))
+            .await
+    };
+    let (a, b) = tokio::join!(
+        rotate(p.clone(), sid.clone()),
+        rotate(p.clone(), sid.clone())
+    );
+    let (a, b) = (a?, b?);
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 404], "{a:?} {b:?}");
+    let winner = if a.status == 200 { &a } else { &b };
+    let new = winner.json["id"].as_str().unwrap_or_default();
+    assert_eq!(listed(&p, "web", "rot").await?, vec![new.to_string()]);
+    assert_eq!(get(&p, "web", new).await?.json["data"], json!({ "k": 1 }));
+    Ok(())
+}
