@@ -17,7 +17,8 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | cache | all (default all)
+  --scenario S            sliding_window | gcra | plugins | cache | session | lock | all
+                          (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
   --rate R                open loop: send R requests/s in total on a fixed schedule instead
@@ -35,6 +36,10 @@ Scenarios:
                          target); under `all`, a failed build skips only this scenario.
   cache                  cache hits (GET /v1/cache/bench/item/{id}, every id filled from a local
                          origin first) against redis-benchmark GET of values of the same size
+  session                GET /v1/sessions/bench/web/{sid} of live sessions, against the same
+                         script called in process through patternd's library (no HTTP)
+  lock                   POST /v1/locks/bench/order/{id} then DELETE with the token, against the
+                         same two scripts called in process through patternd's library
 With the defaults, `all` takes about 1.5 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
@@ -47,14 +52,20 @@ pub enum Scenario {
     Plugins,
     /// Cache hits over HTTP against redis-benchmark GET (`patterns.rs`).
     Cache,
+    /// Session reads over HTTP against the same script called in process.
+    Session,
+    /// Lock acquire + release over HTTP against the same scripts called in process.
+    Lock,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
         Scenario::Cache,
+        Scenario::Session,
+        Scenario::Lock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +74,8 @@ impl Scenario {
             Scenario::Gcra => "gcra",
             Scenario::Plugins => "plugins",
             Scenario::Cache => "cache",
+            Scenario::Session => "session",
+            Scenario::Lock => "lock",
         }
     }
 
@@ -72,7 +85,7 @@ impl Scenario {
         match self {
             Scenario::SlidingWindow => Some("sw"),
             Scenario::Gcra => Some("gcra"),
-            Scenario::Plugins | Scenario::Cache => None,
+            Scenario::Plugins | Scenario::Cache | Scenario::Session | Scenario::Lock => None,
         }
     }
 }
@@ -152,8 +165,10 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "gcra" => vec![Scenario::Gcra],
                     "plugins" => vec![Scenario::Plugins],
                     "cache" => vec![Scenario::Cache],
+                    "session" => vec![Scenario::Session],
+                    "lock" => vec![Scenario::Lock],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, session, lock or all",
                         ctx()
                     ),
                 };

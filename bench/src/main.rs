@@ -228,8 +228,20 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     let mut results = Vec::new();
     for &scenario in &args.scenarios {
-        if scenario == Scenario::Cache {
-            let r = run_cache(args, &pids, redis.port, patternd.addr).await?;
+        let pattern = match scenario {
+            Scenario::Cache => Some(run_cache(args, &pids, redis.port, patternd.addr).await?),
+            Scenario::Session | Scenario::Lock => {
+                let policy = dir.path().join("policies").join("bench.yaml");
+                let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
+                Some(if scenario == Scenario::Session {
+                    run_session(args, &pids, patternd.addr, in_process).await?
+                } else {
+                    run_lock(args, &pids, patternd.addr, in_process).await?
+                })
+            }
+            _ => None,
+        };
+        if let Some(r) = pattern {
             patternd.guard.check_alive()?;
             results.push(r);
             continue;
@@ -364,6 +376,124 @@ async fn run_cache(
     let m = measure::http(target, &cache_args, args.duration, pids).await?;
     Ok(ScenarioResult {
         scenario: Scenario::Cache,
+        baseline: base,
+        m,
+    })
+}
+
+/// The session scenario: live sessions read at random (each read slides the idle expiry, a
+/// write in Redis), against the same read script called in process.
+async fn run_session(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    in_process: Arc<patterns::InProcess>,
+) -> anyhow::Result<ScenarioResult> {
+    eprintln!("[session] creating {} sessions …", patterns::SESSIONS);
+    let paths = tokio::time::timeout(
+        patterns::SETUP_TIMEOUT,
+        patterns::create_sessions(addr, "web"),
+    )
+    .await
+    .context("creating sessions took too long")??;
+    let ids = Arc::new(patterns::session_ids(&paths));
+    eprintln!("[session] baseline: the read script in process …");
+    let base = {
+        let (ids, ip) = (ids.clone(), in_process.clone());
+        patterns::raw_baseline(
+            "patternd's session read, in process through its library (EVALSHA, no HTTP)".into(),
+            &pids.redis,
+            pids.ticks,
+            args.baseline_clients,
+            args.baseline_requests,
+            move |i| {
+                let (ids, ip) = (ids.clone(), ip.clone());
+                async move {
+                    let sessions = ip
+                        .snapshot
+                        .sessions(patterns::APP, "web")
+                        .context("no session rule bench/web")?;
+                    let sid = &ids[usize::try_from(i % ids.len() as u64)?];
+                    sessions
+                        .get(&ip.store, sid, Default::default())
+                        .await
+                        .map_err(|e| anyhow!("session read: {e}"))?;
+                    Ok(())
+                }
+            },
+        )
+        .await?
+    };
+    eprintln!(
+        "[session] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let target =
+        Arc::new(load::Target::new(addr, "/")?.with_shape(load::Shape::GetOneOf(Arc::new(paths))));
+    let m = measure::http(target, args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario: Scenario::Session,
+        baseline: base,
+        m,
+    })
+}
+
+/// The lock scenario: acquire then release of random resources (one operation = both
+/// requests), against the same two scripts called in process.
+async fn run_lock(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    in_process: Arc<patterns::InProcess>,
+) -> anyhow::Result<ScenarioResult> {
+    eprintln!("[lock] baseline: acquire + release scripts in process …");
+    let keyspace = args.keyspace;
+    let base = {
+        let ip = in_process.clone();
+        patterns::raw_baseline(
+            "patternd's lock acquire + release, in process through its library (2 EVALSHA, no HTTP)"
+                .into(),
+            &pids.redis,
+            pids.ticks,
+            args.baseline_clients,
+            args.baseline_requests / 2,
+            move |i| {
+                let ip = ip.clone();
+                async move {
+                    let locks = ip
+                        .snapshot
+                        .locker(patterns::APP, "order")
+                        .context("no lock rule bench/order")?;
+                    // Spread like the HTTP side: pseudo-random resources over the keyspace.
+                    let resource = format!("{:012}", i.wrapping_mul(0x9E37_79B9) % keyspace);
+                    match locks.acquire(&ip.store, &resource, None, None).await {
+                        Ok(lease) => {
+                            locks
+                                .release(&ip.store, &resource, &lease.token)
+                                .await
+                                .map_err(|e| anyhow!("lock release: {e}"))?;
+                        }
+                        // Another task holds it: counted like the HTTP side's 409.
+                        Err(patternd::patterns::lock::LockError::Held { .. }) => {}
+                        Err(e) => return Err(anyhow!("lock acquire: {e}")),
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?
+    };
+    eprintln!(
+        "[lock] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let target = Arc::new(
+        load::Target::new(addr, &format!("/v1/locks/{}/order/", patterns::APP))?
+            .with_shape(load::Shape::LockCycle),
+    );
+    let m = measure::http(target, args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario: Scenario::Lock,
         baseline: base,
         m,
     })

@@ -134,12 +134,11 @@ pub async fn create_sessions(addr: SocketAddr, rule: &str) -> anyhow::Result<Vec
     Ok(paths)
 }
 
-/// A baseline driven by our own Redis client: `clients` concurrent tasks over one multiplexed
-/// connection each, calling `op` until `requests` operations are done. The same shape as
-/// redis-benchmark (many clients, one process), for operations it cannot express.
+/// A baseline driven from this process without HTTP: `clients` concurrent tasks calling `op`
+/// until `requests` operations are done — the same shape as redis-benchmark (many clients,
+/// one process), for operations it cannot express.
 pub async fn raw_baseline<F, Fut>(
     label: String,
-    redis_url: &str,
     redis_pid: &str,
     ticks: u64,
     clients: u64,
@@ -147,21 +146,16 @@ pub async fn raw_baseline<F, Fut>(
     op: F,
 ) -> anyhow::Result<Baseline>
 where
-    F: Fn(redis::aio::MultiplexedConnection, u64) -> Fut + Clone + Send + 'static,
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
-    let client = redis::Client::open(redis_url)?;
-    let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(client.get_multiplexed_async_connection().await?);
-    }
     let next = Arc::new(AtomicU64::new(0));
     let cpu0 = procs::cpu_ticks(redis_pid)?;
     let self0 = procs::cpu_ticks("self")?;
     let busy0 = procs::machine_busy_ticks()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for con in conns {
+    for _ in 0..clients {
         let (next, op) = (next.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::default();
@@ -171,7 +165,7 @@ where
                     return anyhow::Ok(hist);
                 }
                 let t = Instant::now();
-                op(con.clone(), i).await?;
+                op(i).await?;
                 hist.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
         }));
@@ -196,6 +190,40 @@ where
         client_cpu_us: own * 1e6 / requests as f64,
         other_util: others / elapsed.as_secs_f64() * 100.0,
     })
+}
+
+/// patternd's own runtime for the bench policy, in this process, on the bench's Redis: the
+/// session and lock baselines call exactly the scripts, keys and arguments the server uses,
+/// minus HTTP.
+pub struct InProcess {
+    pub snapshot: patternd::snapshot::Snapshot,
+    pub store: patternd::store::Store,
+}
+
+impl InProcess {
+    pub fn new(policy_file: &std::path::Path, redis_url: &str) -> anyhow::Result<Self> {
+        let sources = patternd::snapshot::Sources {
+            policies: vec![policy_file.to_path_buf()],
+            plugins: None,
+            plugin_limits: patternd::plugin::Limits::default(),
+        };
+        let snapshot = patternd::snapshot::Snapshot::build(&sources)
+            .map_err(|d| anyhow::anyhow!("the bench policy does not load in process:\n{d}"))?;
+        let store = patternd::store::Store::new(&patternd::store::StoreConfig {
+            url: redis_url.to_string(),
+            pool_size: 2,
+            command_timeout: Duration::from_secs(2),
+        })?;
+        Ok(Self { snapshot, store })
+    }
+}
+
+/// Session ids out of their read paths (`…/{sid}`).
+pub fn session_ids(paths: &[Uri]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|p| p.path().rsplit('/').next().map(str::to_string))
+        .collect()
 }
 
 /// How long the setup may take before the scenario is called failed.
