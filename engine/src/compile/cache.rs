@@ -22,8 +22,15 @@
 //!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
 //!   value). Every store PEXPIREs the tag keys it records to at least the value's hard lifetime,
 //!   never shortening them, so a tag key outlives every value referencing it.
-//! - Write-behind journal: STREAM `ks.rule_key("journal")`, dead letters `ks.rule_key("dead")`,
-//!   trimmed by length (the write path's).
+//! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid]}, consumer group
+//!   `patternd`; delivered entries are XACKed and XDELed, so it holds exactly the undelivered
+//!   writes, and a PUT/PATCH is refused (503) when it holds journal_max_len (never MAXLEN-trimmed:
+//!   that could drop an acknowledged write). Dead letters: STREAM `ks.rule_key("dead")`, MAXLEN
+//!   journal_max_len. Neither has a TTL (declared in the key layout).
+//! - Write-behind only: value field `jp` = the journal entry id of the id's newest write, set
+//!   by the PUT/PATCH script after `cache_store` (which drops it on any other store). The
+//!   flusher skips an entry older than `jp`: a newer write supersedes it (coalescing).
+//!   Flush lease: STRING `ks.key(X, "flush")`, PX origin_timeout + 1s: one delivery per id.
 //!
 //! # The store function
 //!
@@ -42,7 +49,7 @@ use std::sync::{Arc, LazyLock};
 
 use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
-use crate::policy::cache::Cache;
+use crate::policy::cache::{Cache, WriteMode};
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 const COMMON: &str = include_str!("lua/cache_common.lua");
@@ -99,6 +106,84 @@ static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
     }
 });
 
+// ---- The write path (PUT/PATCH and the write-behind journal; cache-write helper) ----------
+
+const PUT: &str = include_str!("lua/cache_put.lua");
+const PATCH: &str = include_str!("lua/cache_patch.lua");
+const JOURNAL_COMMON: &str = include_str!("lua/cache_journal_common.lua");
+const JOURNAL_FETCH: &str = include_str!("lua/cache_journal_fetch.lua");
+const JOURNAL_BEGIN: &str = include_str!("lua/cache_journal_begin.lua");
+const JOURNAL_ACK: &str = include_str!("lua/cache_journal_ack.lua");
+const JOURNAL_DEAD: &str = include_str!("lua/cache_journal_dead.lua");
+const JOURNAL_REPLAY: &str = include_str!("lua/cache_journal_replay.lua");
+const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache_journal_dead_list.lua");
+
+/// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
+pub const JOURNAL_SUB: &str = "journal";
+pub const DEAD_SUB: &str = "dead";
+pub const FLUSH_LEASE_SUB: &str = "flush";
+
+/// The write path's scripts, shared by every cache rule (numbers travel in ARGV).
+#[derive(Debug)]
+pub struct WriteScripts {
+    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache_put.lua`).
+    pub put: Arc<Script>,
+    /// `PATCH` of a `format: hash` value (`lua/cache_patch.lua`).
+    pub patch: Arc<Script>,
+    /// Write-behind flusher: claim due and new entries (`lua/cache_journal_fetch.lua`).
+    pub fetch: Arc<Script>,
+    /// Before a delivery: coalesce, supersede check, per-id lease (`cache_journal_begin.lua`).
+    pub begin: Arc<Script>,
+    /// After a delivery: XACK + XDEL, lease release (`cache_journal_ack.lua`).
+    pub ack: Arc<Script>,
+    /// Journal → dead letters (`cache_journal_dead.lua`).
+    pub dead: Arc<Script>,
+    /// Dead letters → journal (`cache_journal_replay.lua`).
+    pub replay: Arc<Script>,
+    /// A page of dead letters (`cache_journal_dead_list.lua`).
+    pub dead_list: Arc<Script>,
+}
+
+impl WriteScripts {
+    fn all(&self) -> [&Arc<Script>; 8] {
+        [
+            &self.put,
+            &self.patch,
+            &self.fetch,
+            &self.begin,
+            &self.ack,
+            &self.dead,
+            &self.replay,
+            &self.dead_list,
+        ]
+    }
+}
+
+static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
+    let journal = |name: &str, main: &str| {
+        Arc::new(Script::new(
+            format!("cache {name}"),
+            format!("-- patternd cache {name}\n{JOURNAL_COMMON}\n{main}"),
+        ))
+    };
+    Arc::new(WriteScripts {
+        put: Arc::new(Script::new(
+            "cache put",
+            store_script_source("-- patternd cache put", PUT),
+        )),
+        patch: Arc::new(Script::new(
+            "cache patch",
+            store_script_source("-- patternd cache patch", PATCH),
+        )),
+        fetch: journal("journal-fetch", JOURNAL_FETCH),
+        begin: journal("journal-begin", JOURNAL_BEGIN),
+        ack: journal("journal-ack", JOURNAL_ACK),
+        dead: journal("journal-dead", JOURNAL_DEAD),
+        replay: journal("journal-replay", JOURNAL_REPLAY),
+        dead_list: journal("journal-dead-list", JOURNAL_DEAD_LIST),
+    })
+});
+
 /// A compiled cache rule: its scripts (see the module doc for what each key holds).
 #[derive(Debug, Clone)]
 pub struct CompiledCache {
@@ -114,12 +199,29 @@ pub struct CompiledCache {
     pub delete: Arc<Script>,
     /// Tag version bumps (`lua/cache_invalidate.lua`).
     pub invalidate: Arc<Script>,
+    /// PUT/PATCH and the write-behind journal.
+    pub write: Arc<WriteScripts>,
+    /// `write: behind`: the rule has a journal and dead letters.
+    pub write_behind: bool,
 }
 
-pub fn compile(_rule: &Rule, _spec: &Cache) -> Result<CompiledCache, String> {
+pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
     let s = &*SHARED;
-    let all = [&s.read, &s.fill, &s.release, &s.delete, &s.invalidate];
-    for script in all {
+    let w = &*WRITE;
+    let write_behind = spec.write == WriteMode::Behind;
+    let mut all = vec![
+        &s.read,
+        &s.fill,
+        &s.release,
+        &s.delete,
+        &s.invalidate,
+        &w.put,
+        &w.patch,
+    ];
+    if write_behind {
+        all.extend(w.all().into_iter().skip(2));
+    }
+    for script in all.iter().copied() {
         luacheck::check(&script.name, &script.source).map_err(|e| {
             format!(
                 "internal error: the script `{}` fails the Lua 5.1 check: {e}",
@@ -134,13 +236,15 @@ pub fn compile(_rule: &Rule, _spec: &Cache) -> Result<CompiledCache, String> {
         release: s.release.clone(),
         delete: s.delete.clone(),
         invalidate: s.invalidate.clone(),
+        write: w.clone(),
+        write_behind,
     })
 }
 
 impl CompiledCache {
     /// Key templates with what each holds.
     pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
-        vec![
+        let mut layout = vec![
             (
                 keys.template(VALUE_SUB),
                 "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv}: the value; expires \
@@ -158,7 +262,31 @@ impl CompiledCache {
                 "STRING tag version; expires no earlier than the last value recording it"
                     .to_string(),
             ),
-        ]
+        ];
+        if self.write_behind {
+            layout.extend([
+                (
+                    keys.rule_key(JOURNAL_SUB),
+                    "STREAM write-behind journal {id, ct, b[, oid]}, group `patternd`: the writes \
+                     not yet delivered (delivered ones are deleted); NO TTL: bounded by \
+                     journal_max_len (a full journal refuses writes with 503)"
+                        .to_string(),
+                ),
+                (
+                    keys.rule_key(DEAD_SUB),
+                    "STREAM dead letters {id, ct, b, oid, attempts, error, failed_at}; NO TTL: \
+                     trimmed to journal_max_len entries"
+                        .to_string(),
+                ),
+                (
+                    keys.template(FLUSH_LEASE_SUB),
+                    "STRING flush lease: one delivery per id at a time; expires after \
+                     origin_timeout + 1s"
+                        .to_string(),
+                ),
+            ]);
+        }
+        layout
     }
 }
 
@@ -170,6 +298,13 @@ mod tests {
     fn shared_scripts_pass_the_lua_check() {
         let s = &*SHARED;
         for script in [&s.read, &s.fill, &s.release, &s.delete, &s.invalidate] {
+            luacheck::check(&script.name, &script.source).unwrap();
+        }
+    }
+
+    #[test]
+    fn write_scripts_pass_the_lua_check() {
+        for script in WRITE.all() {
             luacheck::check(&script.name, &script.source).unwrap();
         }
     }
