@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
+use crate::patterns::cache::CacheRule;
 use crate::patterns::{OpRunner, RateLimiter};
 use crate::plugin::{Limits, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
@@ -25,6 +26,8 @@ pub struct Snapshot {
     /// Rate limiters by app, then rule.
     pub ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>>,
     pub ops: HashMap<String, HashMap<String, Arc<OpRunner>>>,
+    /// Cache rules by app, then rule.
+    pub caches: HashMap<String, HashMap<String, Arc<CacheRule>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -66,6 +69,7 @@ impl Snapshot {
     ) -> Result<Snapshot, Diagnostics> {
         let mut ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>> = HashMap::new();
         let mut ops: HashMap<String, HashMap<String, Arc<OpRunner>>> = HashMap::new();
+        let mut caches: HashMap<String, HashMap<String, Arc<CacheRule>>> = HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -98,9 +102,36 @@ impl Snapshot {
                         Arc::new(OpRunner::new(&c.rule.app, &c.rule.name, co, &c.keys)),
                     );
                 }
+                (RuleKind::Cache(spec), CompiledKind::Cache(cc)) => {
+                    let binding = match &spec.plugin {
+                        None => None,
+                        Some(p) => match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
+                            Some(Ok(b)) => Some((p.name.clone(), b)),
+                            Some(Err(e)) => {
+                                diags.push(Diagnostic::error(&p.location, e.to_string()));
+                                continue;
+                            }
+                            None => {
+                                diags.push(Diagnostic::error(
+                                    &p.location,
+                                    format!("no plugin `{}`", p.name),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    match CacheRule::new(&c.rule, spec, cc, &c.keys, binding) {
+                        Ok(rule) => {
+                            caches
+                                .entry(c.rule.app.clone())
+                                .or_default()
+                                .insert(c.rule.name.clone(), Arc::new(rule));
+                        }
+                        Err(e) => diags.push(Diagnostic::error(&spec.location, e.to_string())),
+                    }
+                }
                 // Patterns being built: served by their own modules once they exist.
-                (RuleKind::Cache(_), CompiledKind::Cache(_))
-                | (RuleKind::Session(_), CompiledKind::Session(_))
+                (RuleKind::Session(_), CompiledKind::Session(_))
                 | (RuleKind::Lock(_), CompiledKind::Lock(_)) => {}
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
@@ -117,6 +148,7 @@ impl Snapshot {
             plugins,
             ratelimits,
             ops,
+            caches,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -125,6 +157,10 @@ impl Snapshot {
 
     pub fn ratelimiter(&self, app: &str, rule: &str) -> Option<&Arc<RateLimiter>> {
         self.ratelimits.get(app)?.get(rule)
+    }
+
+    pub fn cache(&self, app: &str, rule: &str) -> Option<&Arc<CacheRule>> {
+        self.caches.get(app)?.get(rule)
     }
 
     pub fn op(&self, app: &str, rule: &str) -> Option<&Arc<OpRunner>> {
