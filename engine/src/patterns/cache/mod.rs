@@ -5,8 +5,10 @@
 //! The read path (GET, DELETE, tag invalidation) is in `read`; the origin client in `origin`.
 //! Keys and what they hold: see the data contract in `compile::cache`.
 
+pub mod journal;
 pub mod origin;
 pub mod read;
+pub mod write;
 
 use std::time::Duration;
 

@@ -125,7 +125,11 @@ impl CacheRule {
     }
 
     /// `PUT /v1/cache/{app}/{rule}/{id}`.
-    pub async fn put(&self, store: &Store, req: PutRequest<'_>) -> Result<WriteOutcome, WriteError> {
+    pub async fn put(
+        &self,
+        store: &Store,
+        req: PutRequest<'_>,
+    ) -> Result<WriteOutcome, WriteError> {
         let r = self.put_inner(store, req).await;
         self.count_write(match &r {
             Ok(o) if o.journal_id.is_some() => "accepted",
@@ -279,10 +283,7 @@ impl CacheRule {
             .await?;
         match reply.first().map(int) {
             Some(Some(1)) => Ok(WriteOutcome {
-                journal_id: reply
-                    .get(1)
-                    .and_then(text)
-                    .filter(|s| !s.is_empty()),
+                journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
                 object: reply.get(2).and_then(text),
             }),
             // Through: the origin has the patch; the cache had nothing live to patch (and a
@@ -314,7 +315,13 @@ impl CacheRule {
             ));
         };
         match client
-            .send(method, &url, Some(content_type), Some(body), ORIGIN_ANSWER_BYTES)
+            .send(
+                method,
+                &url,
+                Some(content_type),
+                Some(body),
+                ORIGIN_ANSWER_BYTES,
+            )
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
@@ -428,7 +435,10 @@ mod tests {
                 ("d".to_string(), "null".to_string()),
             ]
         );
-        assert!(matches!(object_members(b"[1]"), Err(WriteError::BadValue(_))));
+        assert!(matches!(
+            object_members(b"[1]"),
+            Err(WriteError::BadValue(_))
+        ));
         assert!(matches!(object_members(b"{"), Err(WriteError::BadValue(_))));
         let p = patch_members(br#"{"a": null, "b": "x"}"#).unwrap();
         assert_eq!(
