@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, RedisServer, Reply, TempDir, World, eventually, metric_value, policy_dir, scan_all};
+use patternd_e2e::{
+    Patternd, RedisServer, Reply, TempDir, World, eventually, metric_value, policy_dir, scan_all,
+};
 use serde_json::json;
 
 /// A world whose policy's `ORIGIN` placeholder is the origin's URL template.
@@ -121,7 +123,11 @@ async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
             stored += 1;
         }
     }
-    assert_eq!(origin.gets("hot"), 1, "the origin was reached more than once");
+    assert_eq!(
+        origin.gets("hot"),
+        1,
+        "the origin was reached more than once"
+    );
     assert_eq!(stored, 1, "exactly one caller filled");
     Ok(())
 }
@@ -179,9 +185,7 @@ rules:
     }
     let mut total = 0;
     for t in tasks {
-        for (status, cs, body) in
-            tokio::time::timeout(Duration::from_secs(60), t).await???
-        {
+        for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), t).await??? {
             total += 1;
             assert_eq!(status, 200, "{cs} {body}");
             assert!(
@@ -395,10 +399,14 @@ rules:
     assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
     assert_eq!(origin.gets("gone"), 1);
     // …and then forgotten.
-    let r = eventually(Duration::from_secs(30), "the negative entry to expire", || async {
-        let r = get(p, "/v1/cache/shop/neg/gone").await?;
-        Ok((r.status == 200).then_some(r))
-    })
+    let r = eventually(
+        Duration::from_secs(30),
+        "the negative entry to expire",
+        || async {
+            let r = get(p, "/v1/cache/shop/neg/gone").await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
     .await?;
     assert_eq!(r.text, "here");
 
@@ -415,7 +423,10 @@ rules:
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_origin_a_missing_value_is_404() -> Result<()> {
     let w = World::start(
-        &[("c.yaml", "app: shop\nrules:\n  frag:\n    cache: { ttl: 1m }\n")],
+        &[(
+            "c.yaml",
+            "app: shop\nrules:\n  frag:\n    cache: { ttl: 1m }\n",
+        )],
         &[],
     )
     .await?;
@@ -485,7 +496,10 @@ rules:
     let w = world(POLICY, &origin).await?;
     let p = &w.patternd;
     for id in ["a", "b", "c"] {
-        assert_eq!(get(p, &format!("/v1/cache/shop/item/{id}")).await?.status, 200);
+        assert_eq!(
+            get(p, &format!("/v1/cache/shop/item/{id}")).await?.status,
+            200
+        );
     }
     // Surrogate-Key works too (space-separated).
     origin.set_tag_header("Surrogate-Key");
@@ -515,12 +529,18 @@ rules:
         let pttl: i64 = redis::cmd("PTTL").arg(*k).query_async(&mut conn).await?;
         // Written in the same script as (or after) the values: never shorter than them
         // (a second of slack for the time between the two PTTL calls).
-        assert!(pttl + 1000 >= max_value_ttl, "{k}: {pttl} < {max_value_ttl}");
+        assert!(
+            pttl + 1000 >= max_value_ttl,
+            "{k}: {pttl} < {max_value_ttl}"
+        );
     }
 
     // Invalidate `sale`: a, b and d go, c stays.
     let r = p
-        .post_json("/v1/cache/shop/item/_invalidate", &json!({"tags": ["sale", "never-used"]}))
+        .post_json(
+            "/v1/cache/shop/item/_invalidate",
+            &json!({"tags": ["sale", "never-used"]}),
+        )
         .await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json["bumped"], 1, "{r:?}");
@@ -544,8 +564,11 @@ rules:
         "{keys:?}"
     );
     // Invalidated values are not served stale either, even under stale_if_error.
-    p.post_json("/v1/cache/shop/item/_invalidate", &json!({"tags": ["brand:2"]}))
-        .await?;
+    p.post_json(
+        "/v1/cache/shop/item/_invalidate",
+        &json!({"tags": ["brand:2"]}),
+    )
+    .await?;
     origin.fail_with(Some(500));
     get(p, "/v1/cache/shop/item/c").await?.assert_problem(502);
     origin.fail_with(None);
@@ -724,9 +747,15 @@ rules:
     let path = "/v1/cache/shop/page/1";
 
     let en = p.get_with(path, &[("accept-language", "en")]).await?;
-    assert_eq!(cache_status(&en), "patternd; fwd=miss; fwd-status=200; stored");
+    assert_eq!(
+        cache_status(&en),
+        "patternd; fwd=miss; fwd-status=200; stored"
+    );
     let de = p.get_with(path, &[("accept-language", "de")]).await?;
-    assert_eq!(cache_status(&de), "patternd; fwd=miss; fwd-status=200; stored");
+    assert_eq!(
+        cache_status(&de),
+        "patternd; fwd=miss; fwd-status=200; stored"
+    );
     let en2 = p.get_with(path, &[("accept-language", "en")]).await?;
     assert!(cache_status(&en2).starts_with("patternd; hit"), "{en2:?}");
     assert_eq!(origin.gets("1"), 2);
@@ -747,7 +776,10 @@ rules:
 
     // The plugin's tag `id:1` reaches every variant.
     let r = p
-        .post_json("/v1/cache/shop/page/_invalidate", &json!({"tags": ["id:1"]}))
+        .post_json(
+            "/v1/cache/shop/page/_invalidate",
+            &json!({"tags": ["id:1"]}),
+        )
         .await?;
     assert_eq!(r.json["bumped"], 1, "{r:?}");
     for lang in ["en", "de"] {

@@ -18,8 +18,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::patterns::cache::read::{ReadError, ReadRequest};
 use crate::patterns::cache::CacheRule;
+use crate::patterns::cache::read::{ReadError, ReadRequest};
 use crate::plugin::RequestFacts;
 
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

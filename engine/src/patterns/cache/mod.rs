@@ -152,9 +152,7 @@ impl CacheRule {
             self.counters.plugin_failed.increment(1);
             return Err(PluginError::BadOutput {
                 plugin: name.clone(),
-                message: format!(
-                    "tag `{t}` is not 1 to 128 bytes without commas and whitespace"
-                ),
+                message: format!("tag `{t}` is not 1 to 128 bytes without commas and whitespace"),
             });
         }
         Ok(Some(d))

@@ -92,7 +92,10 @@ pub enum ReadError {
     Internal(String),
     /// 404: the origin has no such id, or there is no value and no origin.
     #[error("{detail}")]
-    NotFound { detail: String, cache_status: String },
+    NotFound {
+        detail: String,
+        cache_status: String,
+    },
     /// 502 or 504: the origin failed and no stale value may be served.
     #[error("{detail}")]
     Origin {
@@ -305,11 +308,7 @@ impl CacheRule {
     }
 
     /// The plugin said bypass: the origin directly, nothing read or stored.
-    async fn bypass(
-        &self,
-        id: &str,
-        fields: Option<&[String]>,
-    ) -> Result<ReadOutcome, ReadError> {
+    async fn bypass(&self, id: &str, fields: Option<&[String]>) -> Result<ReadOutcome, ReadError> {
         self.counters.bypass.increment(1);
         let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
             return Err(ReadError::NotFound {
