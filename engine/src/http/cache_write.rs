@@ -115,6 +115,7 @@ async fn value_body(
 ) -> Result<axum::body::Bytes, ApiError> {
     let max = rule.max_value_bytes();
     let too_large = |size: Option<u64>| {
+        rule.count_write("too_large");
         ApiError::from(WriteError::TooLarge {
             size: size.unwrap_or(max + 1),
             max,

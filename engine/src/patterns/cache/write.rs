@@ -111,7 +111,10 @@ impl CacheRule {
         }
     }
 
-    fn count_write(&self, result: &'static str) {
+    /// Counts a write in `patternd_cache_writes_total{app,rule,mode,result}` (the handler
+    /// counts the writes it refuses before they reach `put`/`patch`, e.g. a body over
+    /// `max_value_bytes`).
+    pub fn count_write(&self, result: &'static str) {
         metrics::counter!("patternd_cache_writes_total", "app" => self.app.clone(), "rule" => self.rule.clone(), "mode" => self.mode_label(), "result" => result).increment(1);
     }
 
