@@ -75,6 +75,9 @@ impl OriginClient {
             .timeout(timeout)
             .pool_max_idle_per_host(MAX_IDLE)
             .pool_idle_timeout(IDLE_TIMEOUT)
+            // The origin is a backend next to the engine: an HTTP(S)_PROXY meant for outbound
+            // traffic must not sit between them (and see every cached value).
+            .no_proxy()
             // The origin answers for this rule itself: following a redirect elsewhere would
             // cache another resource under this id.
             .redirect(reqwest::redirect::Policy::none())
