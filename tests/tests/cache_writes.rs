@@ -431,6 +431,43 @@ async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result
 }
 
 #[tokio::test]
+async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let policy = behind_policy(
+        &origin,
+        "      journal_max_len: 3\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    origin.stop().await;
+    for id in ["j1", "j2", "j3"] {
+        assert_eq!(put(p, "b", id, id.as_bytes(), &[]).await?.status, 202);
+    }
+    let r = put(p, "b", "j4", b"j4", &[]).await?;
+    r.assert_problem(503);
+    assert!(r.detail().contains("journal"), "{r:?}");
+    assert!(
+        !exists(&w, &value_key("b", "j4")).await?,
+        "a refused write is not cached"
+    );
+    assert_eq!(xlen(&w, &journal_key("b")).await?, 3, "nothing trimmed");
+
+    origin.restart().await?;
+    eventually(WAIT, "the backlog delivered", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    let ids: BTreeSet<String> = origin.writes().into_iter().map(|wr| wr.id).collect();
+    assert_eq!(ids, ["j1", "j2", "j3"].map(String::from).into());
+    assert_eq!(
+        put(p, "b", "j4", b"j4", &[]).await?.status,
+        202,
+        "room again"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn values_over_max_value_bytes_are_refused_and_never_stored() -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(

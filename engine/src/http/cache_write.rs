@@ -416,7 +416,10 @@ async fn replay(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
-    let ids = req.ids.unwrap_or_default();
+    // Duplicates would be moved twice (the script reads the entries before deleting them).
+    let mut ids = req.ids.unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|i| seen.insert(i.clone()));
     if ids.len() as u64 > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_PAGE} ids per replay"
