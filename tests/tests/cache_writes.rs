@@ -719,6 +719,65 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
 }
 
 #[tokio::test]
+async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = behind_policy(&origin, "      retry_backoff: 50ms\n");
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    // Slow enough that both flushers are busy at once.
+    origin.set_delay(Duration::from_millis(100));
+
+    const IDS: usize = 20;
+    const VERSIONS: usize = 3;
+    for v in 1..=VERSIONS {
+        for i in 0..IDS {
+            let via = if (i + v) % 2 == 0 {
+                &w.patternd
+            } else {
+                &other
+            };
+            let r = put(via, "b", &format!("r{i}"), format!("v{v}").as_bytes(), &[]).await?;
+            assert_eq!(r.status, 202, "{r:?}");
+        }
+    }
+    eventually(WAIT, "the journal to be empty", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    // Every id ends with its newest write: no older write landed after a newer one, whichever
+    // replica delivered which.
+    for i in 0..IDS {
+        assert_eq!(
+            origin_body(&origin, &format!("r{i}")),
+            Some(format!("v{VERSIONS}")),
+            "r{i}"
+        );
+    }
+    // Without failures no write is delivered twice; coalescing may save some.
+    let calls: u64 = (0..IDS).map(|i| origin.hits("PUT", &format!("r{i}"))).sum();
+    assert!(
+        calls >= IDS as u64 && calls <= (IDS * VERSIONS) as u64,
+        "{calls} origin PUTs"
+    );
+    let delivered = |text: String| {
+        metric_value(
+            &text,
+            "patternd_cache_flush_total",
+            &[("rule", "b"), ("result", "delivered")],
+        )
+        .unwrap_or(0.0)
+    };
+    let a = delivered(w.patternd.get("/metrics").await?.text);
+    let b = delivered(other.get("/metrics").await?.text);
+    assert_eq!(
+        (a + b) as u64,
+        calls,
+        "every origin call is one delivery of one replica"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
