@@ -632,7 +632,7 @@ rules:
         .await?;
     assert!(!has_body);
 
-    let some = get(p, "/v1/cache/shop/profile/7?fields=name,langs,missing").await?;
+    let some = get(p, "/v1/cache/shop/profile/7?fields=name,langs,missing,name").await?;
     assert_eq!(some.status, 200, "{some:?}");
     assert!(cache_status(&some).starts_with("patternd; hit"), "{some:?}");
     assert_eq!(some.json, json!({"name": "Ada", "langs": ["en", "fr"]}));
@@ -787,5 +787,64 @@ rules:
         assert!(cache_status(&r).contains("fwd=miss"), "{lang}: {r:?}");
     }
     assert_eq!(origin.gets("1"), 5);
+    Ok(())
+}
+
+/// Redis down: a 503 problem, and the origin is not flooded with the traffic Redis absorbed.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_is_a_503_and_spares_the_origin() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("1", "text/plain", b"one", &[]);
+    let mut w = world(BASIC, &origin).await?;
+    w.redis.stop();
+    let r = get(&w.patternd, "/v1/cache/shop/product/1").await?;
+    r.assert_problem(503);
+    assert_eq!(origin.gets("1"), 0);
+    Ok(())
+}
+
+/// The fill's lease: a PUT that lands while an origin fetch is in flight wins; the slow answer
+/// is served to its caller but not stored over the newer value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("r", "text/plain", b"from-origin", &[]);
+    origin.set_delay(Duration::from_secs(2));
+    let w = world(BASIC, &origin).await?;
+    let p = &w.patternd;
+    let slow = {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/product/r");
+        tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
+        })
+    };
+    eventually(Duration::from_secs(30), "the fill's lease", || async {
+        let keys = scan_all(&mut w.redis.conn().await?).await?;
+        Ok(keys.iter().any(|k| k.ends_with(b"{r}:lease")).then_some(()))
+    })
+    .await?;
+    let put = p
+        .send(
+            p.client()
+                .put(p.url("/v1/cache/shop/product/r"))
+                .header("content-type", "text/plain")
+                .body("from-put"),
+        )
+        .await?;
+    assert!(put.status / 100 == 2, "{put:?}");
+    let (status, cs, body) = slow.await??;
+    assert_eq!((status, body.as_str()), (200, "from-origin"));
+    assert_eq!(cs, "patternd; fwd=miss; fwd-status=200", "not stored");
+    let r = get(p, "/v1/cache/shop/product/r").await?;
+    assert_eq!(r.text, "from-put");
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
     Ok(())
 }

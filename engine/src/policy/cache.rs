@@ -354,6 +354,18 @@ impl Validator {
             .as_ref()
             .and_then(|d| self.duration(path, "refresh_lease", d))
             .unwrap_or(origin_timeout + Duration::from_secs(1));
+        if refresh_lease < origin_timeout
+            && let Some(l) = &raw.refresh_lease
+        {
+            self.warn(
+                &loc(path, l.span()),
+                format!(
+                    "rule `{rule}`: `refresh_lease` is shorter than `origin_timeout` ({}): a slow \
+                     fill loses its lease and a second caller fetches the same id",
+                    humantime::format_duration(origin_timeout)
+                ),
+            );
+        }
         let fill_wait = raw
             .fill_wait
             .as_ref()

@@ -188,6 +188,12 @@ impl CacheRule {
         req: ReadRequest<'_>,
     ) -> Result<ReadOutcome, ReadError> {
         check_id(req.id)?;
+        let mut req = req;
+        if let Some(fields) = &mut req.fields {
+            // A member named twice would be answered twice: one JSON object has unique names.
+            let mut seen = std::collections::HashSet::new();
+            fields.retain(|f| seen.insert(f.clone()));
+        }
         if let Some(fields) = &req.fields {
             if self.spec.format != CacheFormat::Hash {
                 return Err(ReadError::BadRequest(
@@ -468,10 +474,14 @@ impl CacheRule {
         let failure = match res {
             Ok(r) if r.status == 200 => match self.decode(&r) {
                 Ok((ct, body)) => {
-                    let mut tags = r.tags.clone();
-                    tags.extend(choice.tags.iter().cloned());
-                    tags.sort();
-                    tags.dedup();
+                    // The plugin's tags first: when there are too many, the origin's are cut.
+                    let mut tags: Vec<String> =
+                        Vec::with_capacity(choice.tags.len() + r.tags.len());
+                    for t in choice.tags.iter().chain(&r.tags) {
+                        if !tags.contains(t) {
+                            tags.push(t.clone());
+                        }
+                    }
                     tags.truncate(MAX_TAGS);
                     let delta = duration_ms(r.elapsed).max(1);
                     let stored = self
