@@ -262,6 +262,7 @@ rules:
       stale_if_error: 1h
       beta: 0.0001
       origin_timeout: 5s
+      refresh_lease: 200ms
 ";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -287,13 +288,24 @@ async fn stale_if_error_with_the_origin_failing_then_down() -> Result<()> {
         "{cs}"
     );
 
-    // Origin down (connections refused, pooled ones closed): still the stale value.
+    // Origin down (connections refused, pooled ones closed): still the stale value, whether
+    // a read probes the origin (`fwd=stale`, no status) or is answered from the failure marker
+    // of the last probe (`hit`, within refresh_lease).
     origin.stop().await;
-    let r = get(p, "/v1/cache/shop/sie/x").await?;
-    assert_eq!((r.status, r.text.as_str()), (200, "kept"), "{r:?}");
-    let cs = cache_status(&r);
-    assert!(cs.starts_with("patternd; fwd=stale; ttl=-"), "{cs}");
-    assert!(cs.ends_with("detail=stale-if-error"), "{cs}");
+    let r = eventually(
+        Duration::from_secs(30),
+        "a probe of the down origin",
+        || async {
+            let r = get(p, "/v1/cache/shop/sie/x").await?;
+            ensure!(r.status == 200 && r.text == "kept", "{r:?}");
+            ensure!(cache_status(&r).ends_with("detail=stale-if-error"), "{r:?}");
+            Ok(cache_status(&r)
+                .starts_with("patternd; fwd=stale; ttl=-")
+                .then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(r.text, "kept");
 
     // Back: the next read refreshes and stores.
     origin.fail_with(None);
@@ -846,5 +858,69 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
     let r = get(p, "/v1/cache/shop/product/r").await?;
     assert_eq!(r.text, "from-put");
     assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    Ok(())
+}
+
+/// A down origin costs one probe per refresh_lease, not one timeout per request: after a
+/// failed fill, the lease holds a failure marker and readers get the stale value at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_origin_is_probed_once_per_refresh_lease() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  probe:
+    cache:
+      origin: ORIGIN
+      ttl: 1s
+      stale_if_error: 1h
+      beta: 0.0001
+      origin_timeout: 500ms
+      refresh_lease: 1h
+";
+    let origin = Origin::start().await?;
+    origin.set("x", "text/plain", b"kept", &[]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    assert_eq!(get(p, "/v1/cache/shop/probe/x").await?.text, "kept");
+    // The origin now times out.
+    origin.set_delay(Duration::from_secs(5));
+    let probe = eventually(
+        Duration::from_secs(30),
+        "the first failed refresh",
+        || async {
+            let r = get(p, "/v1/cache/shop/probe/x").await?;
+            ensure!(r.status == 200 && r.text == "kept", "{r:?}");
+            Ok(cache_status(&r).contains("stale-if-error").then_some(r))
+        },
+    )
+    .await?;
+    assert!(
+        cache_status(&probe).starts_with("patternd; fwd=stale; ttl=-"),
+        "{probe:?}"
+    );
+    assert_eq!(origin.gets("x"), 2);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/probe/x");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
+        }));
+    }
+    for t in tasks {
+        let (status, cs, body) = t.await??;
+        assert_eq!((status, body.as_str()), (200, "kept"));
+        assert!(
+            cs.starts_with("patternd; hit; ttl=-") && cs.ends_with("detail=stale-if-error"),
+            "{cs}"
+        );
+    }
+    assert_eq!(origin.gets("x"), 2, "the failing origin was asked again");
     Ok(())
 }

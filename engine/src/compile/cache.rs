@@ -17,6 +17,9 @@
 //!   the read script; released/overwritten by the fill only if the token matches. A write
 //!   (PUT/PATCH) should DEL the lease in its script: then a slow fill that started before the
 //!   write finds neither its lease nor an absent value, and does not overwrite the write.
+//!   After a failed fill with a stale value to fall back on, the lease holds the marker `E`
+//!   (PX refresh_lease) instead of a token: readers then get the stale value (stale_if_error)
+//!   without asking the failing origin again. Like any lease, a write DELs it.
 //! - Tag version of tag T: STRING `ks.rule_key("tag:" .. T)` (an integer). A value is valid only
 //!   while every tag's current version equals the one in `tv` (an absent key reads as 0).
 //!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
@@ -254,7 +257,8 @@ impl CompiledCache {
             ),
             (
                 keys.template(LEASE_SUB),
-                "STRING refresh lease token: one caller fills; expires after refresh_lease"
+                "STRING refresh lease token (or `E`: the origin just failed): one caller fills; \
+                 expires after refresh_lease"
                     .to_string(),
             ),
             (

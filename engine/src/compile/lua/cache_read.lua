@@ -6,17 +6,22 @@
 --         identically per call, so it would make every replica refresh at the same moment)
 -- ARGV[3] this caller's lease token; ARGV[4] lease ms; ARGV[5] stale_while_revalidate ms
 -- ARGV[6] XFetch beta; ARGV[7] '1' if the rule has an origin
--- ARGV[8] 'all' (whole value) or 'fields' (format: hash, only the members ARGV[9..])
+-- ARGV[8] stale_if_error ms
+-- ARGV[9] 'all' (whole value) or 'fields' (format: hash, only the members ARGV[10..])
 -- Returns { action, st, ct, ms left of freshness (negative: stale), body, name1, json1, ... }
 -- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
 -- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
 -- stale_while_revalidate, another caller refreshes), 'stale_refresh' (same, and this caller
 -- refreshes in the background), 'fetch' (this caller got the lease and must fill; a value
--- returned with it is only usable under stale_if_error), 'wait' (another caller fills).
+-- returned with it is only usable under stale_if_error), 'wait' (another caller fills),
+-- 'stale_error' (past stale_while_revalidate but inside stale_if_error, and the origin failed
+-- within refresh_lease: the lease holds the failure marker 'E'; serve the stale value without
+-- asking the origin again).
 local vkey, lkey = KEYS[1], KEYS[2]
 local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local has_origin = ARGV[7] == '1'
+local sie = tonumber(ARGV[8])
 local now = now_ms()
 
 local function take_lease()
@@ -63,19 +68,23 @@ elseif left > 0 then
   end
 elseif -left <= swr then
   if take_lease() then action = 'stale_refresh' else action = 'stale' end
+elseif take_lease() then
+  action = 'fetch'
+elseif st == '200' and -left <= sie and redis.call('GET', lkey) == 'E' then
+  action = 'stale_error'
 else
-  if take_lease() then action = 'fetch' else action = 'wait' end
+  action = 'wait'
 end
 
 local out = { action, st, meta[2] or '', math.floor(left), '' }
-if ARGV[8] == 'fields' then
+if ARGV[9] == 'fields' then
   local names = {}
-  for i = 9, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
+  for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
   if #names > 0 then
     local vals = redis.call('HMGET', vkey, unpack(names))
     for i = 1, #names do
       if vals[i] then
-        out[#out + 1] = ARGV[i + 8]
+        out[#out + 1] = ARGV[i + 9]
         out[#out + 1] = vals[i]
       end
     end

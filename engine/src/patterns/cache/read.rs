@@ -15,6 +15,9 @@
 //! - `fwd=miss; ttl=N; collapsed`: waited for another caller's fill (collapsed into it).
 //! - `fwd=stale; [fwd-status=503;] ttl=-N; detail=stale-if-error`: the origin failed, the stale
 //!   value was served.
+//! - `hit; ttl=-N; detail=stale-if-error`: the origin failed moments ago (within
+//!   refresh_lease; the lease holds a failure marker), so the stale value was served without
+//!   asking it again: one probe per refresh_lease while the origin is down.
 //! - `fwd=bypass; fwd-status=200`: the plugin said bypass.
 //! - `detail=absent`: no value and no origin (404).
 
@@ -133,6 +136,8 @@ enum Action {
     Refresh,
     Stale,
     StaleRefresh,
+    /// Past stale_while_revalidate, inside stale_if_error, and the origin failed moments ago.
+    StaleError,
     Fetch,
     Wait,
 }
@@ -288,6 +293,17 @@ impl CacheRule {
                     );
                     return self.serve(v, status, req.id);
                 }
+                Action::StaleError => {
+                    let Some(v) = value else {
+                        return Err(self.bad_reply());
+                    };
+                    self.counters.stale.increment(1);
+                    let status = format!(
+                        "patternd; hit; ttl={}; detail=stale-if-error",
+                        ttl_secs(v.left)
+                    );
+                    return self.serve(v, status, req.id);
+                }
                 Action::Fetch => {
                     return self
                         .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
@@ -372,7 +388,17 @@ impl CacheRule {
             "miss"
         };
         let started = Instant::now();
-        match self.fetch_and_store(store, id, keys, token, choice).await {
+        let sie = i64::try_from(duration_ms(self.spec.stale_if_error)).unwrap_or(0);
+        // With a stale value to fall back on, a failure holds the lease as a marker, so the
+        // callers after this one are served stale at once instead of each waiting on the
+        // failing origin.
+        let hold = stale
+            .as_ref()
+            .is_some_and(|s| s.st == "200" && -s.left <= sie);
+        match self
+            .fetch_and_store(store, id, keys, token, choice, hold)
+            .await
+        {
             Ok(Fetched::Value {
                 content_type,
                 body,
@@ -400,7 +426,6 @@ impl CacheRule {
                     _ => String::new(),
                 };
                 let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                let sie = i64::try_from(duration_ms(self.spec.stale_if_error)).unwrap_or(0);
                 let usable = matches!(e, FetchError::Down(_) | FetchError::Failed(_));
                 if usable
                     && let Some(s) = stale
@@ -443,8 +468,11 @@ impl CacheRule {
         let store = store.clone();
         let id = id.to_string();
         tokio::spawn(async move {
+            // The value is still servable (fresh or stale), so with stale_if_error a failure
+            // holds the lease: no other refresh hammers the failing origin for a while.
+            let hold = !this.spec.stale_if_error.is_zero();
             if let Err(e) = this
-                .fetch_and_store(&store, &id, &keys, &token, &choice)
+                .fetch_and_store(&store, &id, &keys, &token, &choice, hold)
                 .await
             {
                 let why = match e {
@@ -457,8 +485,9 @@ impl CacheRule {
         });
     }
 
-    /// Fetches from the origin and stores the answer with the fill script. On any failure the
-    /// lease is released, so the next caller may try at once.
+    /// Fetches from the origin and stores the answer with the fill script. On a failure the
+    /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
+    /// an origin that is down or failing, turned into the failure marker for refresh_lease.
     async fn fetch_and_store(
         &self,
         store: &Store,
@@ -466,6 +495,7 @@ impl CacheRule {
         keys: &[String],
         token: &str,
         choice: &Choice,
+        hold_on_failure: bool,
     ) -> Result<Fetched, FetchError> {
         let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
             return Err(FetchError::Bad("the rule has no origin".into()));
@@ -524,7 +554,7 @@ impl CacheRule {
                         .await
                     }
                     None => {
-                        self.release(store, keys, token).await;
+                        self.release(store, keys, token, None).await;
                         false
                     }
                 };
@@ -540,7 +570,10 @@ impl CacheRule {
             )),
             Err(e) => FetchError::Down(e),
         };
-        self.release(store, keys, token).await;
+        let hold = (hold_on_failure
+            && matches!(failure, FetchError::Down(_) | FetchError::Failed(_)))
+        .then(|| duration_ms(self.spec.refresh_lease).max(1));
+        self.release(store, keys, token, hold).await;
         Err(failure)
     }
 
@@ -627,14 +660,16 @@ impl CacheRule {
         }
     }
 
-    async fn release(&self, store: &Store, keys: &[String], token: &str) {
+    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long.
+    async fn release(&self, store: &Store, keys: &[String], token: &str, hold_ms: Option<u64>) {
         let Some(lease) = keys.get(1) else { return };
+        let hold = hold_ms.map(|ms| ms.to_string());
+        let mut args: Vec<&[u8]> = vec![token.as_bytes()];
+        if let Some(h) = &hold {
+            args.push(h.as_bytes());
+        }
         if let Err(e) = store
-            .eval::<i64>(
-                &self.scripts.release,
-                std::slice::from_ref(lease),
-                &[token.as_bytes()],
-            )
+            .eval::<i64>(&self.scripts.release, std::slice::from_ref(lease), &args)
             .await
         {
             tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
@@ -653,6 +688,7 @@ impl CacheRule {
             duration_ms(self.spec.refresh_lease).max(1).to_string(),
             duration_ms(self.spec.stale_while_revalidate).to_string(),
             self.spec.beta.to_string(),
+            duration_ms(self.spec.stale_if_error).to_string(),
         ];
         let mut args: Vec<&[u8]> = vec![
             self.tag_prefix().as_bytes(),
@@ -662,6 +698,7 @@ impl CacheRule {
             nums[2].as_bytes(),
             nums[3].as_bytes(),
             if self.origin.is_some() { b"1" } else { b"0" },
+            nums[4].as_bytes(),
         ];
         match fields {
             Some(f) => {
@@ -681,6 +718,7 @@ impl CacheRule {
             b"refresh" => Action::Refresh,
             b"stale" => Action::Stale,
             b"stale_refresh" => Action::StaleRefresh,
+            b"stale_error" => Action::StaleError,
             b"fetch" => Action::Fetch,
             b"wait" => Action::Wait,
             _ => return None,
