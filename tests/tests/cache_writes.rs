@@ -318,7 +318,10 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
         .cloned()
         .unwrap_or_default();
     assert_eq!(letters.len(), 2, "{page:?}");
-    for (l, id) in letters.iter().zip(["d1", "d2"]) {
+    // Oldest first: the order the two failed (they were delivered concurrently).
+    let first_id = letters[0]["id"].as_str().unwrap_or("").to_string();
+    let second_id = if first_id == "d1" { "d2" } else { "d1" };
+    for (l, id) in letters.iter().zip([first_id.as_str(), second_id]) {
         assert_eq!(l["id"], json!(id), "{l}");
         assert_eq!(l["attempts"], json!(3), "{l}");
         assert_eq!(l["payload_bytes"], json!(2), "{l}");
@@ -343,7 +346,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     let second = dead_letters(p, &format!("?count=1&after={after}")).await?;
     assert_eq!(
         second.json["dead_letters"][0]["id"],
-        json!("d2"),
+        json!(second_id),
         "{second:?}"
     );
     dead_letters(p, "?count=0").await?.assert_problem(400);
@@ -363,15 +366,15 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
         (r.json["replayed"].clone(), r.json["not_found"].clone()),
         (json!(1), json!(1))
     );
-    eventually(WAIT, "d1 to be delivered", || async {
-        Ok(origin_body(&origin, "d1").filter(|b| b == "d1"))
+    eventually(WAIT, "the first to be delivered", || async {
+        Ok(origin_body(&origin, &first_id).filter(|b| *b == first_id))
     })
     .await?;
-    assert_eq!(origin.item("d2"), None);
+    assert_eq!(origin.item(second_id), None);
     let r = replay(p, json!({})).await?;
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
-    eventually(WAIT, "d2 to be delivered", || async {
-        Ok(origin_body(&origin, "d2").filter(|b| b == "d2"))
+    eventually(WAIT, "the second to be delivered", || async {
+        Ok(origin_body(&origin, second_id).filter(|b| b == second_id))
     })
     .await?;
     let page = dead_letters(p, "").await?;

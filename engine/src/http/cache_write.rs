@@ -50,9 +50,22 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route(
             "/v1/cache/{app}/{rule}/{id}",
-            put(put_value).patch(patch_value),
+            put(put_value)
+                .patch(patch_value)
+                .layer(axum::middleware::map_response(close_after_refusal)),
         )
         .merge(admin)
+}
+
+/// A 413 is sent without reading the rest of the body: the connection then cannot carry
+/// another request (the unread bytes would be taken for one), so tell the client to close it
+/// rather than let it reuse a connection the server is about to drop.
+async fn close_after_refusal(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<CacheRule>, ApiError> {
