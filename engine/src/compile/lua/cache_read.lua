@@ -16,7 +16,8 @@
 -- returned with it is only usable under stale_if_error), 'wait' (another caller fills),
 -- 'stale_error' (past stale_while_revalidate but inside stale_if_error, and the origin failed
 -- within refresh_lease: the lease holds the failure marker 'E'; serve the stale value without
--- asking the origin again).
+-- asking the origin again), 'failed' (no usable value, and the origin failed moments ago on
+-- another caller's fill: share that failure instead of asking again).
 local vkey, lkey = KEYS[1], KEYS[2]
 local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -56,6 +57,7 @@ local action
 if not st then
   if not has_origin then return { 'absent' } end
   if take_lease() then return { 'fetch' } end
+  if redis.call('GET', lkey) == 'E' then return { 'failed' } end
   return { 'wait' }
 elseif left > 0 then
   action = 'hit'
@@ -70,8 +72,8 @@ elseif -left <= swr then
   if take_lease() then action = 'stale_refresh' else action = 'stale' end
 elseif take_lease() then
   action = 'fetch'
-elseif st == '200' and -left <= sie and redis.call('GET', lkey) == 'E' then
-  action = 'stale_error'
+elseif redis.call('GET', lkey) == 'E' then
+  if st == '200' and -left <= sie then action = 'stale_error' else return { 'failed' } end
 else
   action = 'wait'
 end

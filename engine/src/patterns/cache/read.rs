@@ -18,6 +18,8 @@
 //! - `hit; ttl=-N; detail=stale-if-error`: the origin failed moments ago (within
 //!   refresh_lease; the lease holds a failure marker), so the stale value was served without
 //!   asking it again: one probe per refresh_lease while the origin is down.
+//! - `fwd=miss; collapsed` on a 502: no value to serve, and the fill this request waited for
+//!   (or one moments before) failed; the failure is shared, the origin not asked again.
 //! - `fwd=bypass; fwd-status=200`: the plugin said bypass.
 //! - `detail=absent`: no value and no origin (404).
 
@@ -138,6 +140,8 @@ enum Action {
     StaleRefresh,
     /// Past stale_while_revalidate, inside stale_if_error, and the origin failed moments ago.
     StaleError,
+    /// No usable value, and the origin failed moments ago on another caller's fill.
+    Failed,
     Fetch,
     Wait,
 }
@@ -304,6 +308,19 @@ impl CacheRule {
                     );
                     return self.serve(v, status, req.id);
                 }
+                Action::Failed => {
+                    self.counters.error.increment(1);
+                    return Err(ReadError::Origin {
+                        timeout: false,
+                        detail: format!(
+                            "the origin failed moments ago filling `{}` for another request; \
+                             it is asked again once that failure is {} ms old",
+                            req.id,
+                            self.failure_hold_ms(false)
+                        ),
+                        cache_status: "patternd; fwd=miss; collapsed".into(),
+                    });
+                }
                 Action::Fetch => {
                     return self
                         .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
@@ -389,12 +406,13 @@ impl CacheRule {
         };
         let started = Instant::now();
         let sie = i64::try_from(duration_ms(self.spec.stale_if_error)).unwrap_or(0);
-        // With a stale value to fall back on, a failure holds the lease as a marker, so the
-        // callers after this one are served stale at once instead of each waiting on the
-        // failing origin.
-        let hold = stale
+        // A failure holds the lease as a marker, so the callers waiting for this fill (and the
+        // next ones for a while) are served stale at once, or share the failure, instead of
+        // each asking the failing origin again.
+        let has_stale = stale
             .as_ref()
             .is_some_and(|s| s.st == "200" && -s.left <= sie);
+        let hold = Some(self.failure_hold_ms(has_stale));
         match self
             .fetch_and_store(store, id, keys, token, choice, hold)
             .await
@@ -470,7 +488,7 @@ impl CacheRule {
         tokio::spawn(async move {
             // The value is still servable (fresh or stale), so with stale_if_error a failure
             // holds the lease: no other refresh hammers the failing origin for a while.
-            let hold = !this.spec.stale_if_error.is_zero();
+            let hold = (!this.spec.stale_if_error.is_zero()).then(|| this.failure_hold_ms(true));
             if let Err(e) = this
                 .fetch_and_store(&store, &id, &keys, &token, &choice, hold)
                 .await
@@ -485,9 +503,22 @@ impl CacheRule {
         });
     }
 
+    /// How long the failure marker stays after a failed fill: with a stale value to serve,
+    /// refresh_lease (one probe of the origin per period); without, only as long as callers
+    /// wait for a fill (min(refresh_lease, fill_wait)), since it turns reads into 502s.
+    fn failure_hold_ms(&self, has_stale: bool) -> u64 {
+        let lease = duration_ms(self.spec.refresh_lease);
+        let ms = if has_stale {
+            lease
+        } else {
+            lease.min(duration_ms(self.spec.fill_wait))
+        };
+        ms.max(1)
+    }
+
     /// Fetches from the origin and stores the answer with the fill script. On a failure the
     /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
-    /// an origin that is down or failing, turned into the failure marker for refresh_lease.
+    /// an origin that is down or failing, turned into the failure marker for that many ms.
     async fn fetch_and_store(
         &self,
         store: &Store,
@@ -495,7 +526,7 @@ impl CacheRule {
         keys: &[String],
         token: &str,
         choice: &Choice,
-        hold_on_failure: bool,
+        hold_on_failure: Option<u64>,
     ) -> Result<Fetched, FetchError> {
         let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
             return Err(FetchError::Bad("the rule has no origin".into()));
@@ -570,9 +601,8 @@ impl CacheRule {
             )),
             Err(e) => FetchError::Down(e),
         };
-        let hold = (hold_on_failure
-            && matches!(failure, FetchError::Down(_) | FetchError::Failed(_)))
-        .then(|| duration_ms(self.spec.refresh_lease).max(1));
+        let hold = hold_on_failure
+            .filter(|_| matches!(failure, FetchError::Down(_) | FetchError::Failed(_)));
         self.release(store, keys, token, hold).await;
         Err(failure)
     }
@@ -719,6 +749,7 @@ impl CacheRule {
             b"stale" => Action::Stale,
             b"stale_refresh" => Action::StaleRefresh,
             b"stale_error" => Action::StaleError,
+            b"failed" => Action::Failed,
             b"fetch" => Action::Fetch,
             b"wait" => Action::Wait,
             _ => return None,
