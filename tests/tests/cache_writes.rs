@@ -246,6 +246,13 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Re
     let g = p.get("/v1/cache/w/b/hot").await?;
     assert_eq!(g.text, format!("v{WRITES}"));
     assert_eq!(origin.hits("PUT", "hot"), 0);
+    // The backlog gauge sees the undelivered write(s).
+    eventually(WAIT, "a backlog in the gauge", || async {
+        let m = p.get("/metrics").await?.text;
+        let backlog = metric_value(&m, "patternd_cache_journal_backlog", &[("rule", "b")]);
+        Ok(backlog.filter(|b| *b >= 1.0))
+    })
+    .await?;
 
     origin.restart().await?;
     eventually(WAIT, "the newest write to reach the origin", || async {
@@ -313,6 +320,12 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     })
     .await?;
     assert_eq!(xlen(&w, &journal_key("b")).await?, 0, "moved, not copied");
+    eventually(WAIT, "the dead-letter gauge", || async {
+        let m = p.get("/metrics").await?.text;
+        let dead = metric_value(&m, "patternd_cache_dead_letters", &[("rule", "b")]);
+        Ok(dead.filter(|d| *d == 2.0))
+    })
+    .await?;
     let letters = page.json["dead_letters"]
         .as_array()
         .cloned()
@@ -569,6 +582,19 @@ async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
     let g = p.get("/v1/cache/w/h/o").await?;
     assert_eq!(g.json, json!({"a": 1, "c": [1, 2]}), "{g:?}");
 
+    let long_id = "i".repeat(600);
+    put(p, "h", &long_id, br#"{"a": 1}"#, &[])
+        .await?
+        .assert_problem(400);
+    put(
+        p,
+        "h",
+        "o",
+        br#"{"a": 1}"#,
+        &[("cache-tag", &"t".repeat(129))],
+    )
+    .await?
+    .assert_problem(400);
     patch(p, "h", "missing", r#"{"a": 1}"#, "application/json")
         .await?
         .assert_problem(404);
