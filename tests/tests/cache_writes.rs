@@ -807,6 +807,30 @@ async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Resul
 }
 
 #[tokio::test]
+async fn the_flusher_follows_reloads() -> Result<()> {
+    let origin = Origin::start().await?;
+    let w = World::start(
+        &[(
+            "w.yaml",
+            "app: w\nrules:\n  c:\n    cache:\n      ttl: 1h\n",
+        )],
+        &[],
+    )
+    .await?;
+    let p = &w.patternd;
+    // A write-behind rule that did not exist when the engine started.
+    w.policies.write("w.yaml", &behind_policy(&origin, ""))?;
+    let r = p.post_json("/admin/reload", &json!({})).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(put(p, "b", "late", b"x", &[]).await?.status, 202);
+    eventually(WAIT, "delivery by the running flusher", || async {
+        Ok(origin_body(&origin, "late").filter(|b| b == "x"))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
