@@ -250,7 +250,7 @@ impl CompiledCache {
         let mut layout = vec![
             (
                 keys.template(VALUE_SUB),
-                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv}: the value; expires \
+                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv[, jp: newest journal entry (write: behind)]}: the value; expires \
                  ttl + max(stale_while_revalidate, stale_if_error) after it was written \
                  (a negative entry: negative_ttl)"
                     .to_string(),
