@@ -240,7 +240,15 @@ impl CacheRule {
                 return self.bypass(req.id, req.fields.as_deref()).await;
             }
             if let Some(k) = d.key {
-                check_id(&k)?;
+                // The plugin's key, not the client's id: a bad one is the plugin's failure.
+                check_id(&k).map_err(|e| PluginError::BadOutput {
+                    plugin: self
+                        .plugin
+                        .as_ref()
+                        .map(|p| p.0.clone())
+                        .unwrap_or_default(),
+                    message: format!("cache key: {e}"),
+                })?;
                 choice.key_id = k;
             }
             if let Some(t) = d.ttl_ms {
@@ -314,9 +322,8 @@ impl CacheRule {
                         timeout: false,
                         detail: format!(
                             "the origin failed moments ago filling `{}` for another request; \
-                             it is asked again once that failure is {} ms old",
-                            req.id,
-                            self.failure_hold_ms(false)
+                             it is asked again shortly",
+                            req.id
                         ),
                         cache_status: "patternd; fwd=miss; collapsed".into(),
                     });
@@ -838,7 +845,14 @@ impl CacheRule {
         let key_id = decision
             .and_then(|d| d.key)
             .unwrap_or_else(|| id.to_string());
-        check_id(&key_id)?;
+        check_id(&key_id).map_err(|e| PluginError::BadOutput {
+            plugin: self
+                .plugin
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+            message: format!("cache key: {e}"),
+        })?;
         let mut keys = self.id_keys(&key_id);
         for t in &self.spec.related {
             let rid = t.replace("{id}", id);
