@@ -89,6 +89,7 @@ async fn miss_then_hit_with_cache_status_and_content_type() -> Result<()> {
     Ok(())
 }
 
+/// 200 concurrent GETs of a cold id, spread over two engine replicas, reach the origin once.
 #[tokio::test(flavor = "multi_thread")]
 async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
     let origin = Origin::start().await?;
@@ -96,9 +97,11 @@ async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
     // Slow enough that every request arrives while the first fill is in flight.
     origin.set_delay(Duration::from_millis(500));
     let w = world(BASIC, &origin).await?;
-    let p = &w.patternd;
+    // A second replica on the same Redis: the lease is in Redis, not in one process.
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
     let mut tasks = Vec::new();
-    for _ in 0..200 {
+    for i in 0..200 {
+        let p = if i % 2 == 0 { &w.patternd } else { &other };
         let client = p.client().clone();
         let url = p.url("/v1/cache/shop/product/hot");
         tasks.push(tokio::spawn(async move {
