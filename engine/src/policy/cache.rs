@@ -81,7 +81,8 @@ pub struct RawCache {
     #[schemars(with = "Option<DurationText>")]
     pub origin_timeout: Option<Spanned<String>>,
     /// How long a refresh lease lasts: one caller fetches, others wait or get the stale value
-    /// (default: `origin_timeout` plus one second).
+    /// (default: `origin_timeout` plus one second). After a failed fill with a stale value to
+    /// serve, also how long the origin is left alone (one probe per period).
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub refresh_lease: Option<Spanned<String>>,
