@@ -255,6 +255,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("no admin token: /admin answers loopback clients only");
     }
 
+    // The write-behind flusher: one task that follows reloads (it reads the current snapshot
+    // on every poll) and stops with the server.
+    let (stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(patternd::patterns::cache::journal::run(
+        runtime.clone(),
+        flusher_stop,
+    ));
+
     let state = AppState {
         runtime,
         admin_token: args.admin_token.map(Arc::from),
@@ -273,6 +281,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await
     .context("server error")?;
     tracing::info!("shutting down");
+    // Entries in flight stay pending in the journal and are taken over by the next engine.
+    let _ = stop_flusher.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), flusher).await;
     if let Some(m) = managed {
         m.shutdown().await;
     }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
+use crate::patterns::cache::CacheRule;
 use crate::patterns::{Locker, OpRunner, RateLimiter, Sessions};
-use crate::plugin::{Limits, PluginSet};
+use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
 /// Where a snapshot is loaded from.
@@ -25,6 +26,8 @@ pub struct Snapshot {
     /// Rate limiters by app, then rule.
     pub ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>>,
     pub ops: HashMap<String, HashMap<String, Arc<OpRunner>>>,
+    /// Cache rules by app, then rule.
+    pub caches: HashMap<String, HashMap<String, Arc<CacheRule>>>,
     /// Session rules by app, then rule.
     pub sessions: HashMap<String, HashMap<String, Arc<Sessions>>>,
     /// Lock rules by app, then rule.
@@ -70,28 +73,15 @@ impl Snapshot {
     ) -> Result<Snapshot, Diagnostics> {
         let mut ratelimits: HashMap<String, HashMap<String, Arc<RateLimiter>>> = HashMap::new();
         let mut ops: HashMap<String, HashMap<String, Arc<OpRunner>>> = HashMap::new();
+        let mut caches: HashMap<String, HashMap<String, Arc<CacheRule>>> = HashMap::new();
         let mut sessions: HashMap<String, HashMap<String, Arc<Sessions>>> = HashMap::new();
         let mut locks: HashMap<String, HashMap<String, Arc<Locker>>> = HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
                 (RuleKind::RateLimit(rl), CompiledKind::RateLimit(crl)) => {
-                    let binding = match &rl.plugin {
-                        None => None,
-                        Some(p) => match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
-                            Some(Ok(b)) => Some(b),
-                            Some(Err(e)) => {
-                                diags.push(Diagnostic::error(&p.location, e.to_string()));
-                                continue;
-                            }
-                            None => {
-                                diags.push(Diagnostic::error(
-                                    &p.location,
-                                    format!("no plugin `{}`", p.name),
-                                ));
-                                continue;
-                            }
-                        },
+                    let Ok(binding) = bind(&plugins, rl.plugin.as_ref(), &mut diags) else {
+                        continue;
                     };
                     ratelimits.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
@@ -104,23 +94,26 @@ impl Snapshot {
                         Arc::new(OpRunner::new(&c.rule.app, &c.rule.name, co, &c.keys)),
                     );
                 }
+                (RuleKind::Cache(spec), CompiledKind::Cache(cc)) => {
+                    let Ok(binding) = bind(&plugins, spec.plugin.as_ref(), &mut diags) else {
+                        continue;
+                    };
+                    let binding = binding
+                        .zip(spec.plugin.as_ref())
+                        .map(|(b, p)| (p.name.clone(), b));
+                    match CacheRule::new(&c.rule, spec, cc, &c.keys, binding) {
+                        Ok(rule) => {
+                            caches
+                                .entry(c.rule.app.clone())
+                                .or_default()
+                                .insert(c.rule.name.clone(), Arc::new(rule));
+                        }
+                        Err(e) => diags.push(Diagnostic::error(&spec.location, e.to_string())),
+                    }
+                }
                 (RuleKind::Session(s), CompiledKind::Session(cs)) => {
-                    let binding = match &s.plugin {
-                        None => None,
-                        Some(p) => match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
-                            Some(Ok(b)) => Some(b),
-                            Some(Err(e)) => {
-                                diags.push(Diagnostic::error(&p.location, e.to_string()));
-                                continue;
-                            }
-                            None => {
-                                diags.push(Diagnostic::error(
-                                    &p.location,
-                                    format!("no plugin `{}`", p.name),
-                                ));
-                                continue;
-                            }
-                        },
+                    let Ok(binding) = bind(&plugins, s.plugin.as_ref(), &mut diags) else {
+                        continue;
                     };
                     sessions.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
@@ -133,8 +126,6 @@ impl Snapshot {
                         Arc::new(Locker::new(&c.rule, l, cl, &c.keys)),
                     );
                 }
-                // Patterns being built: served by their own modules once they exist.
-                (RuleKind::Cache(_), CompiledKind::Cache(_)) => {}
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -150,6 +141,7 @@ impl Snapshot {
             plugins,
             ratelimits,
             ops,
+            caches,
             sessions,
             locks,
             scripts,
@@ -160,6 +152,10 @@ impl Snapshot {
 
     pub fn ratelimiter(&self, app: &str, rule: &str) -> Option<&Arc<RateLimiter>> {
         self.ratelimits.get(app)?.get(rule)
+    }
+
+    pub fn cache(&self, app: &str, rule: &str) -> Option<&Arc<CacheRule>> {
+        self.caches.get(app)?.get(rule)
     }
 
     pub fn op(&self, app: &str, rule: &str) -> Option<&Arc<OpRunner>> {
@@ -180,5 +176,31 @@ impl Snapshot {
 
     pub fn rule_count(&self) -> usize {
         self.compiled.rules().count()
+    }
+}
+
+/// Binds a rule's plugin (running its `init`); a missing plugin or a failed `init` is a
+/// diagnostic at the rule's `plugin.name`, and `Err` tells the caller to skip the rule.
+fn bind(
+    plugins: &PluginSet,
+    plugin: Option<&crate::policy::PluginRef>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<PluginBinding>, ()> {
+    let Some(p) = plugin else {
+        return Ok(None);
+    };
+    match plugins.get(&p.name).map(|pl| pl.bind(p.config.clone())) {
+        Some(Ok(b)) => Ok(Some(b)),
+        Some(Err(e)) => {
+            diags.push(Diagnostic::error(&p.location, e.to_string()));
+            Err(())
+        }
+        None => {
+            diags.push(Diagnostic::error(
+                &p.location,
+                format!("no plugin `{}`", p.name),
+            ));
+            Err(())
+        }
     }
 }

@@ -521,6 +521,15 @@ impl Patternd {
             .await
     }
 
+    /// Kills the server with SIGKILL, as a crash or an OOM kill would: no graceful shutdown,
+    /// nothing in flight completes. (The log stays readable.)
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server: SIGTERM (graceful), then SIGKILL if it lingers.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

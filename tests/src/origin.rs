@@ -7,7 +7,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -50,6 +53,8 @@ struct Inner {
     fail_writes: Option<u16>,
     /// Sleep this long before answering.
     delay: Duration,
+    /// The header GET answers carry an item's tags in (`None`: `Cache-Tag`).
+    tag_header: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -70,6 +75,8 @@ pub struct Origin {
     addr: SocketAddr,
     shared: Shared,
     task: Option<JoinHandle<()>>,
+    /// Closes the open connections of the current listener on `stop`.
+    kill: Kill,
 }
 
 impl Origin {
@@ -80,8 +87,14 @@ impl Origin {
             .context("binding the origin")?;
         let addr = listener.local_addr()?;
         let shared = Shared::default();
-        let task = Some(serve(listener, shared.clone()));
-        Ok(Self { addr, shared, task })
+        let kill = Kill::default();
+        let task = Some(serve(listener, shared.clone(), kill.clone()));
+        Ok(Self {
+            addr,
+            shared,
+            task,
+            kill,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -145,13 +158,20 @@ impl Origin {
         self.shared.with(|i| i.fail_writes = status);
     }
 
+    /// Send items' tags in this header (e.g. `Surrogate-Key`) instead of `Cache-Tag`.
+    pub fn set_tag_header(&self, name: &str) {
+        self.shared.with(|i| i.tag_header = Some(name.to_string()));
+    }
+
     /// Sleep this long before every answer.
     pub fn set_delay(&self, d: Duration) {
         self.shared.with(|i| i.delay = d);
     }
 
-    /// Closes the listener: connections are refused until `restart`.
+    /// Closes the listener and every open (keep-alive) connection: connections are refused
+    /// until `restart`, and a client's pooled connection cannot reach the origin either.
     pub async fn stop(&mut self) {
+        self.kill.kill();
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = t.await;
@@ -165,7 +185,8 @@ impl Origin {
         for _ in 0..50 {
             match tokio::net::TcpListener::bind(self.addr).await {
                 Ok(l) => {
-                    self.task = Some(serve(l, self.shared.clone()));
+                    self.kill = Kill::default();
+                    self.task = Some(serve(l, self.shared.clone(), self.kill.clone()));
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -187,13 +208,127 @@ impl Drop for Origin {
     }
 }
 
-fn serve(listener: tokio::net::TcpListener, shared: Shared) -> JoinHandle<()> {
+fn serve(listener: tokio::net::TcpListener, shared: Shared, kill: Kill) -> JoinHandle<()> {
     let app = Router::new()
         .route("/items/{id}", any(handle))
         .with_state(shared);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(
+            KillListener {
+                inner: listener,
+                kill,
+            },
+            app,
+        )
+        .await;
     })
+}
+
+/// axum serves each connection in its own task, which aborting the server task does not end;
+/// so connections are wrapped: once killed, reads see EOF and writes fail, and every connection
+/// parked on a read is woken to notice.
+#[derive(Clone, Default)]
+struct Kill {
+    killed: Arc<AtomicBool>,
+    wakers: Arc<Mutex<Vec<Waker>>>,
+}
+
+impl Kill {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        let wakers = match self.wakers.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    fn park(&self, w: &Waker) {
+        let mut g = match self.wakers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if !g.iter().any(|x| x.will_wake(w)) {
+            g.push(w.clone());
+        }
+    }
+}
+
+struct KillListener {
+    inner: tokio::net::TcpListener,
+    kill: Kill,
+}
+
+impl axum::serve::Listener for KillListener {
+    type Io = KillStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            KillStream {
+                inner: io,
+                kill: self.kill.clone(),
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+struct KillStream {
+    inner: tokio::net::TcpStream,
+    kill: Kill,
+}
+
+impl tokio::io::AsyncRead for KillStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.kill.killed() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_pending() {
+            self.kill.park(cx.waker());
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for KillStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.kill.killed() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn handle(
@@ -225,7 +360,12 @@ async fn handle(
                     .then(|| item.tags.join(", ").parse().ok())
                     .flatten()
                 {
-                    resp.headers_mut().insert("cache-tag", v);
+                    let name = shared
+                        .with(|i| i.tag_header.clone())
+                        .unwrap_or_else(|| "cache-tag".to_string());
+                    if let Ok(name) = axum::http::HeaderName::from_bytes(name.as_bytes()) {
+                        resp.headers_mut().insert(name, v);
+                    }
                 }
                 resp
             }

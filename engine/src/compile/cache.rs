@@ -1,27 +1,315 @@
 //! `cache` rules → their Lua scripts and key layout. Pure.
 //!
-//! STUB (scaffolding): the pattern's owner adds the scripts.
+//! The scripts do not depend on the rule: every rule-specific number (ttl, lease, staleness)
+//! travels in ARGV, so all cache rules share one set of scripts, built and checked once.
+//!
+//! # The data contract (shared by the read and write paths)
+//!
+//! Per id X of a cache rule (`ks` = the rule's KeySpace):
+//!
+//! - Value: HASH `ks.key(X, "v")`: `st` ("200", or "404" for a negative entry), `ct` (content
+//!   type; application/json for `format: hash`), `b` (body, `format: string`), `f:<n>` (JSON
+//!   text of top-level member `<n>`, `format: hash`), `fresh` (epoch ms, Redis TIME, until which
+//!   the value is fresh), `delta` (ms the origin fill took; 0 for PUT/PATCH), `tags` (joined by
+//!   ","), `tv` (the tags' versions at write time, joined by ","). Hard expiry: PEXPIRE
+//!   ttl + max(stale_while_revalidate, stale_if_error); a negative entry: negative_ttl.
+//! - Refresh lease: STRING `ks.key(X, "lease")` = a random token, PX refresh_lease. Granted by
+//!   the read script; released/overwritten by the fill only if the token matches. A write
+//!   (PUT/PATCH) should DEL the lease in its script: then a slow fill that started before the
+//!   write finds neither its lease nor an absent value, and does not overwrite the write.
+//!   After a failed fill with a stale value to fall back on, the lease holds the marker `E`
+//!   (PX refresh_lease) instead of a token: readers then get the stale value (stale_if_error)
+//!   without asking the failing origin again. Like any lease, a write DELs it.
+//! - Tag version of tag T: STRING `ks.rule_key("tag:" .. T)` (an integer). A value is valid only
+//!   while every tag's current version equals the one in `tv` (an absent key reads as 0).
+//!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
+//!   value). Every store PEXPIREs the tag keys it records to at least the value's hard lifetime,
+//!   never shortening them, so a tag key outlives every value referencing it.
+//! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid]}, consumer group
+//!   `patternd`; delivered entries are XACKed and XDELed, so it holds exactly the undelivered
+//!   writes, and a PUT/PATCH is refused (503) when it holds journal_max_len (never MAXLEN-trimmed:
+//!   that could drop an acknowledged write). Dead letters: STREAM `ks.rule_key("dead")`, MAXLEN
+//!   journal_max_len. Neither has a TTL (declared in the key layout).
+//! - Write-behind only: value field `jp` = the journal entry id of the id's newest write, set
+//!   by the PUT/PATCH script after `cache_store` (which drops it on any other store). The
+//!   flusher skips an entry older than `jp`: a newer write supersedes it (coalescing).
+//!   Flush lease: STRING `ks.key(X, "flush")`, PX origin_timeout + 1s: one delivery per id.
+//!
+//! # The store function
+//!
+//! `lua/cache_store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
+//! script that writes a value includes it: build a script source with [`store_script_source`]
+//! (prelude + shared helpers + the store function + your main), which is what the fill uses.
+//!
+//! # Adding scripts (write path)
+//!
+//! `CompiledCache` has one named field per script plus `scripts`, the list loaded into Redis.
+//! To add e.g. `put`: add a `pub put: Arc<Script>` field, build it in `SharedScripts` (a
+//! `LazyLock`, checked with luacheck in `compile`), set it in `compile`, and push it into
+//! `scripts` there.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use super::{KeySpace, Script};
+use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
-use crate::policy::cache::Cache;
+use crate::policy::cache::{Cache, WriteMode};
 
-#[derive(Debug, Clone)]
-pub struct CompiledCache {
-    pub scripts: Vec<Arc<Script>>,
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+const COMMON: &str = include_str!("lua/cache_common.lua");
+const STORE: &str = include_str!("lua/cache_store.lua");
+const READ: &str = include_str!("lua/cache_read.lua");
+const FILL: &str = include_str!("lua/cache_fill.lua");
+const RELEASE: &str = include_str!("lua/cache_release.lua");
+const DELETE: &str = include_str!("lua/cache_delete.lua");
+const INVALIDATE: &str = include_str!("lua/cache_invalidate.lua");
+
+/// Sub-keys of an id, for `KeySpace::key`.
+pub const VALUE_SUB: &str = "v";
+pub const LEASE_SUB: &str = "lease";
+/// `KeySpace::rule_key(TAG_PREFIX_SUB)` + tag = the tag's version key.
+pub const TAG_PREFIX_SUB: &str = "tag:";
+
+/// A script that writes values: the prelude, the shared helpers, `cache_store`, then `main`.
+pub fn store_script_source(header: &str, main: &str) -> String {
+    let mut s = String::with_capacity(PRELUDE.len() + STORE.len() + main.len() + 256);
+    s.push_str(header);
+    if !header.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(PRELUDE);
+    s.push('\n');
+    s.push_str(COMMON);
+    s.push('\n');
+    s.push_str(STORE);
+    s.push('\n');
+    s.push_str(main);
+    s
 }
 
-pub fn compile(_rule: &Rule, _spec: &Cache) -> Result<CompiledCache, String> {
+/// The scripts every cache rule shares.
+struct SharedScripts {
+    read: Arc<Script>,
+    fill: Arc<Script>,
+    release: Arc<Script>,
+    delete: Arc<Script>,
+    invalidate: Arc<Script>,
+}
+
+static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
+    let read = format!("-- patternd cache read\n{PRELUDE}\n{COMMON}\n{READ}");
+    SharedScripts {
+        read: Arc::new(Script::new("cache read", read)),
+        fill: Arc::new(Script::new(
+            "cache fill",
+            store_script_source("-- patternd cache fill", FILL),
+        )),
+        release: Arc::new(Script::new("cache release-lease", RELEASE.to_string())),
+        delete: Arc::new(Script::new("cache delete", DELETE.to_string())),
+        invalidate: Arc::new(Script::new("cache invalidate", INVALIDATE.to_string())),
+    }
+});
+
+// ---- The write path (PUT/PATCH and the write-behind journal; cache-write helper) ----------
+
+const PUT: &str = include_str!("lua/cache_put.lua");
+const PATCH: &str = include_str!("lua/cache_patch.lua");
+const JOURNAL_COMMON: &str = include_str!("lua/cache_journal_common.lua");
+const JOURNAL_FETCH: &str = include_str!("lua/cache_journal_fetch.lua");
+const JOURNAL_BEGIN: &str = include_str!("lua/cache_journal_begin.lua");
+const JOURNAL_ACK: &str = include_str!("lua/cache_journal_ack.lua");
+const JOURNAL_DEAD: &str = include_str!("lua/cache_journal_dead.lua");
+const JOURNAL_REPLAY: &str = include_str!("lua/cache_journal_replay.lua");
+const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache_journal_dead_list.lua");
+
+/// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
+pub const JOURNAL_SUB: &str = "journal";
+pub const DEAD_SUB: &str = "dead";
+pub const FLUSH_LEASE_SUB: &str = "flush";
+
+/// The write path's scripts, shared by every cache rule (numbers travel in ARGV).
+#[derive(Debug)]
+pub struct WriteScripts {
+    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache_put.lua`).
+    pub put: Arc<Script>,
+    /// `PATCH` of a `format: hash` value (`lua/cache_patch.lua`).
+    pub patch: Arc<Script>,
+    /// Write-behind flusher: claim due and new entries (`lua/cache_journal_fetch.lua`).
+    pub fetch: Arc<Script>,
+    /// Before a delivery: coalesce, supersede check, per-id lease (`cache_journal_begin.lua`).
+    pub begin: Arc<Script>,
+    /// After a delivery: XACK + XDEL, lease release (`cache_journal_ack.lua`).
+    pub ack: Arc<Script>,
+    /// Journal → dead letters (`cache_journal_dead.lua`).
+    pub dead: Arc<Script>,
+    /// Dead letters → journal (`cache_journal_replay.lua`).
+    pub replay: Arc<Script>,
+    /// A page of dead letters (`cache_journal_dead_list.lua`).
+    pub dead_list: Arc<Script>,
+}
+
+impl WriteScripts {
+    fn all(&self) -> [&Arc<Script>; 8] {
+        [
+            &self.put,
+            &self.patch,
+            &self.fetch,
+            &self.begin,
+            &self.ack,
+            &self.dead,
+            &self.replay,
+            &self.dead_list,
+        ]
+    }
+}
+
+static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
+    let journal = |name: &str, main: &str| {
+        Arc::new(Script::new(
+            format!("cache {name}"),
+            format!("-- patternd cache {name}\n{JOURNAL_COMMON}\n{main}"),
+        ))
+    };
+    Arc::new(WriteScripts {
+        put: Arc::new(Script::new(
+            "cache put",
+            store_script_source("-- patternd cache put", PUT),
+        )),
+        patch: Arc::new(Script::new(
+            "cache patch",
+            store_script_source("-- patternd cache patch", PATCH),
+        )),
+        fetch: journal("journal-fetch", JOURNAL_FETCH),
+        begin: journal("journal-begin", JOURNAL_BEGIN),
+        ack: journal("journal-ack", JOURNAL_ACK),
+        dead: journal("journal-dead", JOURNAL_DEAD),
+        replay: journal("journal-replay", JOURNAL_REPLAY),
+        dead_list: journal("journal-dead-list", JOURNAL_DEAD_LIST),
+    })
+});
+
+/// A compiled cache rule: its scripts (see the module doc for what each key holds).
+#[derive(Debug, Clone)]
+pub struct CompiledCache {
+    /// Every script of the rule, for SCRIPT LOAD.
+    pub scripts: Vec<Arc<Script>>,
+    /// Hit / miss / early refresh + lease (`lua/cache_read.lua`).
+    pub read: Arc<Script>,
+    /// Stores an origin answer if the lease still matches (`lua/cache_fill.lua`).
+    pub fill: Arc<Script>,
+    /// Gives a lease back (`lua/cache_release.lua`).
+    pub release: Arc<Script>,
+    /// DEL of values and leases (`lua/cache_delete.lua`).
+    pub delete: Arc<Script>,
+    /// Tag version bumps (`lua/cache_invalidate.lua`).
+    pub invalidate: Arc<Script>,
+    /// PUT/PATCH and the write-behind journal.
+    pub write: Arc<WriteScripts>,
+    /// `write: behind`: the rule has a journal and dead letters.
+    pub write_behind: bool,
+}
+
+pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
+    let s = &*SHARED;
+    let w = &*WRITE;
+    let write_behind = spec.write == WriteMode::Behind;
+    let mut all = vec![
+        &s.read,
+        &s.fill,
+        &s.release,
+        &s.delete,
+        &s.invalidate,
+        &w.put,
+        &w.patch,
+    ];
+    if write_behind {
+        all.extend(w.all().into_iter().skip(2));
+    }
+    for script in all.iter().copied() {
+        luacheck::check(&script.name, &script.source).map_err(|e| {
+            format!(
+                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
+                script.name
+            )
+        })?;
+    }
     Ok(CompiledCache {
-        scripts: Vec::new(),
+        scripts: all.into_iter().cloned().collect(),
+        read: s.read.clone(),
+        fill: s.fill.clone(),
+        release: s.release.clone(),
+        delete: s.delete.clone(),
+        invalidate: s.invalidate.clone(),
+        write: w.clone(),
+        write_behind,
     })
 }
 
 impl CompiledCache {
     /// Key templates with what each holds.
-    pub fn key_layout(&self, _keys: &KeySpace) -> Vec<(String, String)> {
-        Vec::new()
+    pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
+        let mut layout = vec![
+            (
+                keys.template(VALUE_SUB),
+                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv[, jp: newest journal entry (write: behind)]}: the value; expires \
+                 ttl + max(stale_while_revalidate, stale_if_error) after it was written \
+                 (a negative entry: negative_ttl)"
+                    .to_string(),
+            ),
+            (
+                keys.template(LEASE_SUB),
+                "STRING refresh lease token (or `E`: the origin just failed): one caller fills; \
+                 expires after refresh_lease"
+                    .to_string(),
+            ),
+            (
+                keys.rule_key(&format!("{TAG_PREFIX_SUB}<tag>")),
+                "STRING tag version; expires no earlier than the last value recording it"
+                    .to_string(),
+            ),
+        ];
+        if self.write_behind {
+            layout.extend([
+                (
+                    keys.rule_key(JOURNAL_SUB),
+                    "STREAM write-behind journal {id, ct, b[, oid]}, group `patternd`: the writes \
+                     not yet delivered (delivered ones are deleted); NO TTL: bounded by \
+                     journal_max_len (a full journal refuses writes with 503)"
+                        .to_string(),
+                ),
+                (
+                    keys.rule_key(DEAD_SUB),
+                    "STREAM dead letters {id, ct, b, oid, attempts, error, failed_at}; NO TTL: \
+                     trimmed to journal_max_len entries"
+                        .to_string(),
+                ),
+                (
+                    keys.template(FLUSH_LEASE_SUB),
+                    "STRING flush lease: one delivery per id at a time; expires after \
+                     origin_timeout + 1s"
+                        .to_string(),
+                ),
+            ]);
+        }
+        layout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_scripts_pass_the_lua_check() {
+        let s = &*SHARED;
+        for script in [&s.read, &s.fill, &s.release, &s.delete, &s.invalidate] {
+            luacheck::check(&script.name, &script.source).unwrap();
+        }
+    }
+
+    #[test]
+    fn write_scripts_pass_the_lua_check() {
+        for script in WRITE.all() {
+            luacheck::check(&script.name, &script.source).unwrap();
+        }
     }
 }

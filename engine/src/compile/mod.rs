@@ -148,7 +148,13 @@ pub fn compile(
                 )
                 .and_then(|()| ratelimit::compile(rule, rl))
                 .map(CompiledKind::RateLimit),
-                RuleKind::Cache(c) => cache::compile(rule, c).map(CompiledKind::Cache),
+                RuleKind::Cache(c) => check_plugin(
+                    plugins,
+                    c.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "cache",
+                )
+                .and_then(|()| cache::compile(rule, c))
+                .map(CompiledKind::Cache),
                 RuleKind::Session(c) => check_plugin(
                     plugins,
                     c.plugin.as_ref().map(|p| (&p.name, &p.location)),

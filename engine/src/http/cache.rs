@@ -1,19 +1,312 @@
-//! `/v1/cache/{app}/{rule}/{id}` and below.
+//! `/v1/cache/{app}/{rule}/{id}` reads and invalidation: thin handlers around
+//! `patterns::cache`. Writes (PUT/PATCH) are in `cache_write`.
 //!
-//! STUB (scaffolding): the pattern's owner adds the handlers, the routes and their OpenAPI.
+//! `_invalidate` is a reserved segment: the static route wins over `{id}`, so an id spelled
+//! `_invalidate` cannot be read through this API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
+use super::problem::ApiError;
+use crate::patterns::cache::CacheRule;
+use crate::patterns::cache::read::{ReadError, ReadRequest};
+use crate::plugin::RequestFacts;
+
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The routes this module serves; the OpenAPI test checks them against the document.
-pub(super) const ROUTES: &[&str] = &[];
+pub(super) const ROUTES: &[&str] = &[
+    "/v1/cache/{app}/{rule}/{id}",
+    "/v1/cache/{app}/{rule}/_invalidate",
+];
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
+        .route(
+            "/v1/cache/{app}/{rule}/{id}",
+            get(get_value).delete(delete_value),
+        )
+        .route("/v1/cache/{app}/{rule}/_invalidate", post(invalidate))
 }
+
+/// The rule, or the 404 that says which part is unknown.
+pub(crate) fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<CacheRule>, ApiError> {
+    let snap = state.runtime.snapshot();
+    match snap.cache(app, rule) {
+        Some(c) => Ok(c.clone()),
+        None if !snap.has_app(app) => Err(ApiError::UnknownApp(app.to_string())),
+        None => Err(ApiError::UnknownRule {
+            app: app.to_string(),
+            pattern: "cache",
+            rule: rule.to_string(),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct GetQuery {
+    fields: Option<String>,
+}
+
+/// The facts a cache plugin sees.
+fn facts(method: &str, id: &str, req: &axum::http::request::Parts) -> RequestFacts {
+    RequestFacts {
+        method: method.into(),
+        path: req.uri.path().to_string(),
+        id: id.to_string(),
+        cost: 1,
+        headers: req
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
+        client_addr: req
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        fields: Vec::new(),
+    }
+}
+
+/// `GET /v1/cache/{app}/{rule}/{id}[?fields=a,b]`.
+async fn get_value(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Response {
+    let result = async {
+        let Path((app, rule, id)) = path.map_err(super::bad_path)?;
+        let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let c = lookup(&state, &app, &rule)?;
+        let fields = q.fields.map(|f| {
+            f.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        });
+        let (parts, _) = request.into_parts();
+        let facts = c.wants_facts().then(|| facts("GET", &id, &parts));
+        c.get(
+            &state.runtime.store,
+            ReadRequest {
+                id: &id,
+                fields,
+                facts,
+            },
+        )
+        .await
+        .map_err(Failure::from)
+    }
+    .await;
+    match result {
+        Ok(out) => {
+            let mut resp = (StatusCode::OK, out.body.into_bytes()).into_response();
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&out.content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&out.cache_status) {
+                h.insert(CACHE_STATUS.clone(), v);
+            }
+            resp
+        }
+        Err(f) => f.into_response(),
+    }
+}
+
+/// `DELETE /v1/cache/{app}/{rule}/{id}`: the value, the rule's `related` ids, their leases.
+async fn delete_value(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    request: Request,
+) -> Result<Response, Failure> {
+    let Path((app, rule, id)) = path.map_err(super::bad_path)?;
+    let c = lookup(&state, &app, &rule)?;
+    let (parts, _) = request.into_parts();
+    let facts = c.wants_facts().then(|| facts("DELETE", &id, &parts));
+    let deleted = c.delete(&state.runtime.store, &id, facts).await?;
+    Ok(axum::Json(DeleteResponse { deleted }).into_response())
+}
+
+/// `POST /v1/cache/{app}/{rule}/_invalidate` with `{"tags": [...]}`.
+async fn invalidate(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, Failure> {
+    let Path((app, rule)) = path.map_err(super::bad_path)?;
+    let c = lookup(&state, &app, &rule)?;
+    let body = super::body_bytes(body)?;
+    let req: InvalidateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be a JSON object such as {{\"tags\": [\"product:1\"]}}: {e}"
+        ))
+    })?;
+    let bumped = c.invalidate(&state.runtime.store, &req.tags).await?;
+    Ok(axum::Json(InvalidateResponse { bumped }).into_response())
+}
+
+/// A problem, with the `Cache-Status` that explains it when the cache got that far.
+pub(crate) struct Failure {
+    error: ApiError,
+    cache_status: Option<String>,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure {
+            error,
+            cache_status: None,
+        }
+    }
+}
+
+impl From<ReadError> for Failure {
+    fn from(e: ReadError) -> Self {
+        let cache_status = e.cache_status().map(str::to_string);
+        let error = match e {
+            ReadError::Input(i) => ApiError::Input(i),
+            ReadError::BadRequest(m) => ApiError::BadRequest(m),
+            ReadError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
+            ReadError::Redis(s) => {
+                if s.is_unavailable() {
+                    ApiError::Problem {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        slug: "redis-unavailable",
+                        detail: "Redis is unavailable".into(),
+                    }
+                } else {
+                    ApiError::Internal(s.to_string())
+                }
+            }
+            ReadError::Internal(m) => ApiError::Internal(m),
+            ReadError::NotFound { detail, .. } => ApiError::Problem {
+                status: StatusCode::NOT_FOUND,
+                slug: "not-found",
+                detail,
+            },
+            ReadError::Origin {
+                timeout, detail, ..
+            } => ApiError::Problem {
+                status: if timeout {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                slug: if timeout {
+                    "origin-timeout"
+                } else {
+                    "origin-failed"
+                },
+                detail,
+            },
+        };
+        Failure {
+            error,
+            cache_status,
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut resp = self.error.into_response();
+        if let Some(v) = self
+            .cache_status
+            .and_then(|s| HeaderValue::from_str(&s).ok())
+        {
+            resp.headers_mut().insert(CACHE_STATUS.clone(), v);
+        }
+        resp
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct InvalidateRequest {
+    /// 1 to 100 tags, each 1 to 128 bytes without commas or whitespace.
+    tags: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct InvalidateResponse {
+    /// How many of the tags were carried by some live value (and now no longer are).
+    bumped: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct DeleteResponse {
+    /// How many values existed (the id's and its related ids').
+    deleted: i64,
+}
+
+#[utoipa::path(get, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+    description = "Cache-aside read: the cached value, or the origin's (stored). `Cache-Status` \
+        (RFC 9211) says hit, miss and stored, stale, or collapsed.",
+    params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
+        ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return")),
+    responses(
+        (status = 200, description = "The value, with the origin's content type",
+            headers(("Cache-Status" = String))),
+        (status = 400, description = "Bad input", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such value (or unknown app/rule); an origin 404 is cached for negative_ttl",
+            body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The origin failed (or its value is too large, or not a JSON object for format: hash) and no stale value may be served",
+            body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The origin timed out and no stale value may be served",
+            body = super::openapi::Problem, content_type = "application/problem+json"),
+    ))]
+#[allow(dead_code)]
+fn doc_get() {}
+
+#[utoipa::path(delete, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+    description = "Drops the value, the values of the rule's `related` ids, and their refresh leases, atomically.",
+    params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"),
+    ))]
+#[allow(dead_code)]
+fn doc_delete() {}
+
+#[utoipa::path(post, path = "/v1/cache/{app}/{rule}/_invalidate", tag = "cache",
+    description = "Invalidates every value carrying any of the tags (from the origin's Cache-Tag/Surrogate-Key, \
+        a PUT's Cache-Tag, or the plugin). O(tags) work: tag versions are bumped.",
+    params(("app" = String, Path), ("rule" = String, Path)),
+    request_body = InvalidateRequest,
+    responses(
+        (status = 200, body = InvalidateResponse),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"),
+    ))]
+#[allow(dead_code)]
+fn doc_invalidate() {}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(doc_get, doc_delete, doc_invalidate),
+    components(schemas(InvalidateRequest, InvalidateResponse, DeleteResponse))
+)]
+struct CacheApi;
 
 /// This module's part of the OpenAPI document (merged into `/openapi.json`).
 pub(super) fn api() -> utoipa::openapi::OpenApi {
-    utoipa::openapi::OpenApiBuilder::new().build()
+    CacheApi::openapi()
 }

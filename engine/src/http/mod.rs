@@ -59,6 +59,15 @@ pub fn all_routes() -> Vec<&'static str> {
         locks::ROUTES,
     ]
     .concat()
+    .into_iter()
+    // Cache reads and writes share `/v1/cache/{app}/{rule}/{id}` (GET/DELETE vs PUT/PATCH);
+    // both modules list it.
+    .fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r) {
+            v.push(r);
+        }
+        v
+    })
 }
 
 pub fn router(state: AppState) -> Router {

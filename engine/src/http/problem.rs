@@ -56,6 +56,14 @@ pub enum ApiError {
     /// Logged in full, answered as a bare 500.
     #[error("internal error")]
     Internal(String),
+    /// Any other problem a pattern reports with its own status and type, e.g. the cache's
+    /// 404 (no such value), 502/504 (origin failed or timed out) and 503 (Redis unavailable).
+    #[error("{detail}")]
+    Problem {
+        status: StatusCode,
+        slug: &'static str,
+        detail: String,
+    },
 }
 
 impl ApiError {
@@ -75,6 +83,7 @@ impl ApiError {
             ApiError::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Problem { status, .. } => *status,
         }
     }
 
@@ -95,6 +104,7 @@ impl ApiError {
             ApiError::NotReady(_) => "not-ready",
             ApiError::Internal(_) => "internal",
             ApiError::PluginFailed(_) => "plugin-failed",
+            ApiError::Problem { slug, .. } => slug,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Runtime per pattern: turns a request's facts into keys and one script call, and the reply
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
+pub mod cache;
 pub mod lock;
 pub mod ops;
 pub mod ratelimit;

@@ -81,7 +81,8 @@ pub struct RawCache {
     #[schemars(with = "Option<DurationText>")]
     pub origin_timeout: Option<Spanned<String>>,
     /// How long a refresh lease lasts: one caller fetches, others wait or get the stale value
-    /// (default: `origin_timeout` plus one second).
+    /// (default: `origin_timeout` plus one second). After a failed fill with a stale value to
+    /// serve, also how long the origin is left alone (one probe per period).
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub refresh_lease: Option<Spanned<String>>,
@@ -354,6 +355,18 @@ impl Validator {
             .as_ref()
             .and_then(|d| self.duration(path, "refresh_lease", d))
             .unwrap_or(origin_timeout + Duration::from_secs(1));
+        if refresh_lease < origin_timeout
+            && let Some(l) = &raw.refresh_lease
+        {
+            self.warn(
+                &loc(path, l.span()),
+                format!(
+                    "rule `{rule}`: `refresh_lease` is shorter than `origin_timeout` ({}): a slow \
+                     fill loses its lease and a second caller fetches the same id",
+                    humantime::format_duration(origin_timeout)
+                ),
+            );
+        }
         let fill_wait = raw
             .fill_wait
             .as_ref()

@@ -1,0 +1,74 @@
+-- patternd cache PATCH (format: hash): updates the given top-level members of a stored
+-- object (a JSON null deletes the member, as in JSON Merge Patch, RFC 7396, at the top level),
+-- re-stores it through cache_store (fresh again, same tags), and for `write: behind` journals
+-- the WHOLE resulting object in the same script, so every journal entry is a full state and
+-- the newest one per id supersedes all older ones.
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind only)
+-- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (cache),
+-- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len
+-- ARGV[6] the id; ARGV[7 ..] name, json pairs; an empty json deletes the member
+-- Returns { 1, journal entry id or '', the object's JSON text }, { 0 } when there is no live
+-- value to patch (absent, a negative entry, or invalidated by a tag), or { -1, backlog }
+-- when the journal is full (then nothing was written).
+local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
+local mode = ARGV[4]
+local tagpfx = ARGV[1]
+
+local function live_fields()
+  local st = redis.call('HGET', vkey, 'st')
+  if st ~= '200' then return nil end
+  local meta = redis.call('HMGET', vkey, 'tags', 'tv')
+  local tags, tv = split_commas(meta[1]), split_commas(meta[2])
+  for i = 1, #tags do
+    local cur = redis.call('GET', tagpfx .. tags[i]) or '0'
+    if cur ~= tv[i] then return nil end
+  end
+  local all = redis.call('HGETALL', vkey)
+  local fields, order = {}, {}
+  for i = 1, #all, 2 do
+    local name = all[i]
+    if string.sub(name, 1, 2) == 'f:' then
+      name = string.sub(name, 3)
+      fields[name] = all[i + 1]
+      order[#order + 1] = name
+    end
+  end
+  return fields, order, tags
+end
+
+local fields, order, tags = live_fields()
+if not fields then
+  -- Through: the origin accepted the PATCH, so a negative or invalidated entry is now wrong.
+  if mode == 't' then redis.call('DEL', vkey, lkey) end
+  return { 0 }
+end
+if mode == 'b' then
+  local backlog = redis.call('XLEN', jkey)
+  if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
+end
+for i = 7, #ARGV, 2 do
+  local name, json = ARGV[i], ARGV[i + 1]
+  if fields[name] == nil and json ~= '' then order[#order + 1] = name end
+  if json == '' then fields[name] = nil else fields[name] = json end
+end
+local flat, parts = {}, {}
+for _, name in ipairs(order) do
+  local json = fields[name]
+  if json ~= nil then
+    flat[#flat + 1] = name
+    flat[#flat + 1] = json
+    parts[#parts + 1] = cjson.encode(name) .. ':' .. json
+  end
+end
+local object = '{' .. table.concat(parts, ',') .. '}'
+cache_store({
+  key = vkey, tagpfx = tagpfx, now = now_ms(), st = '200', ct = 'application/json',
+  ttl = tonumber(ARGV[2]), stale = tonumber(ARGV[3]), delta = 0, tags = tags, fields = flat,
+})
+redis.call('DEL', lkey)
+local eid = ''
+if mode == 'b' then
+  eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', 'application/json', 'b', object)
+  redis.call('HSET', vkey, 'jp', eid)
+end
+return { 1, eid, object }

@@ -1,0 +1,43 @@
+-- patternd cache PUT: stores a value written by a client, and for `write: behind` appends the
+-- journal entry in the SAME script: the value and the journal entry exist together or not at
+-- all, so a 202 means the write is durable in Redis and will reach the origin.
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind only)
+-- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (store only:
+-- write: cache, and through after the origin accepted) or 'b' (behind: store + journal)
+-- ARGV[5] journal_max_len; ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
+-- or 'h' (format: hash); ARGV[9] n = number of tags; ARGV[10 .. 9+n] the tags
+-- ARGV[10+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
+-- ARGV[11+n ..] 'h' only: name, json pairs of the object's top-level members
+-- Returns { 1, journal entry id or '' }, or { -1, backlog } when the journal is full (then
+-- nothing was written).
+local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
+local behind = ARGV[4] == 'b'
+local n = tonumber(ARGV[9])
+local tags = {}
+for i = 1, n do tags[i] = ARGV[9 + i] end
+local body = ARGV[10 + n]
+if behind then
+  local backlog = redis.call('XLEN', jkey)
+  if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
+end
+local v = {
+  key = vkey, tagpfx = ARGV[1], now = now_ms(), st = '200', ct = ARGV[7],
+  ttl = tonumber(ARGV[2]), stale = tonumber(ARGV[3]), delta = 0, tags = tags,
+}
+if ARGV[8] == 'h' then
+  v.fields = {}
+  for i = 11 + n, #ARGV do v.fields[#v.fields + 1] = ARGV[i] end
+else
+  v.body = body
+end
+cache_store(v)
+-- A fill that started before this write must not overwrite it: without its lease (and with
+-- a value present) the fill script stores nothing.
+redis.call('DEL', lkey)
+local eid = ''
+if behind then
+  eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', ARGV[7], 'b', body)
+  -- The newest journaled write of this id: older entries are superseded (coalescing).
+  redis.call('HSET', vkey, 'jp', eid)
+end
+return { 1, eid }

@@ -1,0 +1,106 @@
+-- patternd cache read: ONE script decides hit, miss or early refresh, and grants the refresh
+-- lease to one caller.
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease
+-- ARGV[1] tag version key prefix (ks.rule_key('tag:'))
+-- ARGV[2] a random number in (0, 1] from the engine (XFetch; math.random in Redis 7 is seeded
+--         identically per call, so it would make every replica refresh at the same moment)
+-- ARGV[3] this caller's lease token; ARGV[4] lease ms; ARGV[5] stale_while_revalidate ms
+-- ARGV[6] XFetch beta; ARGV[7] '1' if the rule has an origin
+-- ARGV[8] stale_if_error ms
+-- ARGV[9] 'all' (whole value) or 'fields' (format: hash, only the members ARGV[10..])
+-- Returns { action, st, ct, ms left of freshness (negative: stale), body, name1, json1, ... }
+-- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
+-- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
+-- stale_while_revalidate, another caller refreshes), 'stale_refresh' (same, and this caller
+-- refreshes in the background), 'fetch' (this caller got the lease and must fill; a value
+-- returned with it is only usable under stale_if_error), 'wait' (another caller fills),
+-- 'stale_error' (past stale_while_revalidate but inside stale_if_error, and the origin failed
+-- within refresh_lease: the lease holds the failure marker 'E'; serve the stale value without
+-- asking the origin again), 'failed' (no usable value, and the origin failed moments ago on
+-- another caller's fill: share that failure instead of asking again).
+local vkey, lkey = KEYS[1], KEYS[2]
+local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local has_origin = ARGV[7] == '1'
+local sie = tonumber(ARGV[8])
+local now = now_ms()
+
+local function take_lease()
+  return redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false
+end
+
+local meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv')
+local st = meta[1]
+if st then
+  -- A value whose tags were invalidated since it was written is a miss (and is dropped, so
+  -- it is never served stale either).
+  local tags, tv = split_commas(meta[5]), split_commas(meta[6])
+  for i = 1, #tags do
+    local cur = redis.call('GET', tagpfx .. tags[i]) or '0'
+    if cur ~= tv[i] then
+      redis.call('DEL', vkey)
+      st = nil
+      break
+    end
+  end
+end
+local left = 0
+if st then
+  left = tonumber(meta[3]) - now
+  -- A negative entry has no staleness; one that outlived its freshness by a rounding ms is gone.
+  if st ~= '200' and left <= 0 then st = nil end
+  -- Without an origin nothing can refresh a stale value: it is absent.
+  if not has_origin and left <= 0 then st = nil end
+end
+
+local action
+if not st then
+  if not has_origin then return { 'absent' } end
+  if take_lease() then return { 'fetch' } end
+  if redis.call('GET', lkey) == 'E' then return { 'failed' } end
+  return { 'wait' }
+elseif left > 0 then
+  action = 'hit'
+  local delta = tonumber(meta[4]) or 0
+  -- XFetch (Vattani et al.): refresh early with a probability that grows as expiry nears and
+  -- with the time a recompute takes.
+  if has_origin and st == '200' and delta > 0 and rand > 0
+    and now - delta * beta * math.log(rand) >= tonumber(meta[3]) and take_lease() then
+    action = 'refresh'
+  end
+elseif -left <= swr then
+  if take_lease() then action = 'stale_refresh' else action = 'stale' end
+elseif take_lease() then
+  action = 'fetch'
+elseif redis.call('GET', lkey) == 'E' then
+  if st == '200' and -left <= sie then action = 'stale_error' else return { 'failed' } end
+else
+  action = 'wait'
+end
+
+local out = { action, st, meta[2] or '', math.floor(left), '' }
+if ARGV[9] == 'fields' then
+  local names = {}
+  for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
+  if #names > 0 then
+    local vals = redis.call('HMGET', vkey, unpack(names))
+    for i = 1, #names do
+      if vals[i] then
+        out[#out + 1] = ARGV[i + 9]
+        out[#out + 1] = vals[i]
+      end
+    end
+  end
+else
+  local all = redis.call('HGETALL', vkey)
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if f == 'b' then
+      out[5] = all[i + 1]
+    elseif string.sub(f, 1, 2) == 'f:' then
+      out[#out + 1] = string.sub(f, 3)
+      out[#out + 1] = all[i + 1]
+    end
+  end
+end
+return out

@@ -1,0 +1,66 @@
+-- patternd cache: the one function that writes a value. Included by the origin fill script
+-- (cache-read) and the PUT/PATCH scripts (cache-write), so a value looks the same whoever
+-- wrote it. Needs the prelude (now_ms, fmt) before it.
+--
+-- cache_store(v) with v a table:
+--   v.key     the value HASH, ks.key(id, "v")                              (a KEYS entry)
+--   v.tagpfx  ks.rule_key("tag:"); tag T's version key is v.tagpfx .. T    (ARGV: the tags are
+--             only known per request; the prefix comes from KeySpace, so the keys do too)
+--   v.now     now_ms() of the calling script (one clock)
+--   v.st      '200', or '404' for a negative entry
+--   v.ct      content type ('' for a negative entry)
+--   v.body    the body (format: string), or nil
+--   v.fields  format: hash: a flat array { name1, json1, name2, json2, ... } of top-level
+--             members (names without the 'f:' prefix), or nil
+--   v.ttl     ms the value is fresh: fresh = now + ttl
+--   v.stale   ms the value is kept after `fresh` (max(stale_while_revalidate, stale_if_error));
+--             0 for a negative entry
+--   v.delta   ms the origin fill took (XFetch's recompute time); 0 for PUT/PATCH
+--   v.tags    array of tags (validated by the engine: 1-128 bytes, no ',' and no whitespace)
+-- Replaces the whole HASH (no field of an older value survives), records the current version
+-- of every tag (creating a version key at 0 when absent, so a later bump is seen), and
+-- PEXPIREs every tag key to at least this value's hard lifetime, never shortening it: a tag
+-- key must outlive every value that references it, or an invalidated value would come back
+-- when its version key expired and read as 0 again.
+-- Returns the hard lifetime in ms (the value's PEXPIRE).
+local function cache_store(v)
+  local hard = v.ttl + v.stale
+  if hard < 1 then hard = 1 end
+  local versions = {}
+  for i = 1, #v.tags do
+    local tk = v.tagpfx .. v.tags[i]
+    local cur = redis.call('GET', tk)
+    if not cur then
+      cur = '0'
+      redis.call('SET', tk, cur, 'PX', hard)
+    elseif redis.call('PTTL', tk) < hard then
+      redis.call('PEXPIRE', tk, hard)
+    end
+    versions[i] = cur
+  end
+  redis.call('DEL', v.key)
+  local h = {
+    'st', v.st,
+    'ct', v.ct or '',
+    'fresh', fmt(v.now + v.ttl),
+    'delta', tostring(math.floor(v.delta or 0)),
+    'tags', table.concat(v.tags, ','),
+    'tv', table.concat(versions, ','),
+  }
+  if v.body then
+    h[#h + 1] = 'b'
+    h[#h + 1] = v.body
+  end
+  if v.fields then
+    for i = 1, #v.fields, 2 do
+      h[#h + 1] = 'f:' .. v.fields[i]
+      h[#h + 1] = v.fields[i + 1]
+    end
+  end
+  -- In chunks: unpack of a long table would overflow Lua's C stack.
+  for i = 1, #h, 400 do
+    redis.call('HSET', v.key, unpack(h, i, math.min(i + 399, #h)))
+  end
+  redis.call('PEXPIRE', v.key, hard)
+  return hard
+end

@@ -1,0 +1,322 @@
+//! The write-behind flusher: delivers journaled writes to the origin, at least once.
+//!
+//! One task per engine process follows reloads: every poll it takes the current snapshot's
+//! `write: behind` rules and flushes each. Replicas share the work through the consumer group
+//! `patternd` (each process is its own consumer, named uniquely), and everything that moves an
+//! entry is one script:
+//!
+//! 1. `fetch`: takes back this consumer's failed entries whose backoff has passed, and other
+//!    consumers' entries idle longer than any live attempt can take (their engine died
+//!    mid-flush), then reads new entries. The attempt number is the entry's delivery count,
+//!    which Redis keeps, so it survives restarts.
+//! 2. Entries are grouped by id; only the newest write of an id is delivered, the older ones
+//!    are acknowledged without a call (`begin`, which also skips an entry that a newer write
+//!    in the journal supersedes, and takes the id's flush lease so replicas never deliver two
+//!    writes of one id at once, which could reorder them on the origin).
+//! 3. `PUT` to the origin (bounded by `origin_timeout`). 2xx: `ack` (XACK + XDEL). Otherwise
+//!    the entry stays pending and is retried after `retry_backoff · 2^(attempt-1)` (capped);
+//!    after `max_attempts`, `dead` moves it to the dead letters and acknowledges it.
+//!
+//! An entry is acknowledged only after the origin accepted it (or a newer write of the same id
+//! took its place), so killing an engine at any point loses nothing: its pending entries are
+//! taken over by the next poll of any engine once they have been idle long enough.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use reqwest::Method;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::write::{bytes, int, text};
+use super::{CacheRule, duration_ms, random_token};
+use crate::compile::cache::{DEAD_SUB, FLUSH_LEASE_SUB, JOURNAL_SUB, VALUE_SUB};
+use crate::policy::cache::WriteMode;
+use crate::runtime::Runtime;
+use crate::store::{Store, StoreError};
+
+/// Entries taken per rule and poll (each id group is delivered concurrently).
+const BATCH: usize = 64;
+/// Pause between polls when there was nothing to do.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Retry backoff never grows past this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A consumer with nothing pending that has not read for this long is removed from the group.
+const GONE_CONSUMER: Duration = Duration::from_secs(3600);
+
+/// A unique consumer name for this process: pid plus 64 random bits, so a restarted engine
+/// (even with the same pid in a new container) never inherits a dead consumer's identity.
+pub fn consumer_name() -> String {
+    let mut buf = [0u8; 8];
+    let _ = getrandom::fill(&mut buf);
+    format!(
+        "patternd-{}-{:016x}",
+        std::process::id(),
+        u64::from_le_bytes(buf)
+    )
+}
+
+/// Runs until `stop` turns true (or its sender is dropped).
+pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+    let consumer: Arc<str> = Arc::from(consumer_name());
+    tracing::info!(consumer = %consumer, "write-behind flusher started");
+    loop {
+        let snap = runtime.snapshot();
+        let mut full = false;
+        for rules in snap.caches.values() {
+            for rule in rules.values() {
+                if rule.spec.write != WriteMode::Behind {
+                    continue;
+                }
+                match flush_once(&runtime.store, rule, &consumer).await {
+                    Ok(n) => full |= n >= BATCH,
+                    Err(e) => {
+                        tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "write-behind poll failed; retrying")
+                    }
+                }
+            }
+        }
+        drop(snap);
+        let pause = if full { Duration::ZERO } else { IDLE_POLL };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(consumer = %consumer, "write-behind flusher stopped");
+}
+
+/// One journal entry as the flusher sees it.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The stream entry id.
+    eid: String,
+    /// The write's original entry id (its place in the id's write order; differs from `eid`
+    /// after a dead-letter replay).
+    oid: String,
+    attempt: u64,
+    id: String,
+    content_type: String,
+    body: Bytes,
+}
+
+/// One poll of one rule: fetch, coalesce, deliver. Returns how many entries were taken.
+pub async fn flush_once(
+    store: &Store,
+    rule: &Arc<CacheRule>,
+    consumer: &Arc<str>,
+) -> Result<usize, StoreError> {
+    let w = &rule.scripts.write;
+    let jkey = rule.keys.rule_key(JOURNAL_SUB);
+    let dkey = rule.keys.rule_key(DEAD_SUB);
+    let timeout_ms = duration_ms(rule.spec.origin_timeout);
+    // Longer than a live consumer can hold an entry between taking and acknowledging it (one
+    // origin attempt plus a few Redis calls), so only a dead consumer's entries are taken.
+    let floor = (2 * timeout_ms + 2000).to_string();
+    let base = duration_ms(rule.spec.retry_backoff).max(1);
+    let cap = duration_ms(MAX_BACKOFF).max(base).to_string();
+    let base = base.to_string();
+    let batch = BATCH.to_string();
+    let gone = duration_ms(GONE_CONSUMER).to_string();
+    let reply: Vec<redis::Value> = store
+        .eval(
+            &w.fetch,
+            &[jkey.clone(), dkey],
+            &[
+                consumer.as_bytes(),
+                batch.as_bytes(),
+                floor.as_bytes(),
+                base.as_bytes(),
+                cap.as_bytes(),
+                gone.as_bytes(),
+            ],
+        )
+        .await?;
+    let labels = [("app", rule.app.clone()), ("rule", rule.rule.clone())];
+    let backlog = reply.first().and_then(int).unwrap_or(0);
+    let dead = reply.get(1).and_then(int).unwrap_or(0);
+    metrics::gauge!("patternd_cache_journal_backlog", &labels).set(backlog as f64);
+    metrics::gauge!("patternd_cache_dead_letters", &labels).set(dead as f64);
+    let entries: Vec<Entry> = reply.iter().skip(2).filter_map(parse_entry).collect();
+    let taken = entries.len();
+    if taken == 0 {
+        return Ok(0);
+    }
+    let mut groups: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    for e in entries {
+        groups.entry(e.id.clone()).or_default().push(e);
+    }
+    let mut tasks = JoinSet::new();
+    for (_, mut group) in groups {
+        group.sort_by_key(|e| stream_id(&e.oid));
+        let store = store.clone();
+        let rule = rule.clone();
+        let consumer = consumer.clone();
+        let jkey = jkey.clone();
+        tasks.spawn(async move {
+            if let Err(e) = deliver(&store, &rule, &consumer, &jkey, group).await {
+                tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "write-behind delivery step failed; the entry stays pending");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(taken)
+}
+
+/// Delivers the newest write of one id (`group` sorted oldest first).
+async fn deliver(
+    store: &Store,
+    rule: &CacheRule,
+    consumer: &str,
+    jkey: &str,
+    mut group: Vec<Entry>,
+) -> Result<(), StoreError> {
+    let Some(newest) = group.pop() else {
+        return Ok(());
+    };
+    let w = &rule.scripts.write;
+    let counter = |result: &'static str, n: u64| {
+        metrics::counter!("patternd_cache_flush_total", "app" => rule.app.clone(), "rule" => rule.rule.clone(), "result" => result).increment(n);
+    };
+    let token = random_token();
+    let lease_ms = (duration_ms(rule.spec.origin_timeout) + 1000).to_string();
+    let attempt = newest.attempt.to_string();
+    let idkeys = rule.keys.keys(&newest.id, [VALUE_SUB, FLUSH_LEASE_SUB]);
+    let flush_key = idkeys[1].clone();
+    let mut args: Vec<&[u8]> = vec![
+        token.as_bytes(),
+        lease_ms.as_bytes(),
+        newest.eid.as_bytes(),
+        newest.oid.as_bytes(),
+        consumer.as_bytes(),
+        attempt.as_bytes(),
+    ];
+    args.extend(group.iter().map(|e| e.eid.as_bytes()));
+    let keys = [jkey.to_string(), idkeys[0].clone(), flush_key.clone()];
+    let verdict: String = store.eval(&w.begin, &keys, &args).await?;
+    counter("coalesced", group.len() as u64);
+    match verdict.as_str() {
+        "go" => {}
+        "skip" => {
+            counter("coalesced", 1);
+            return Ok(());
+        }
+        _ => return Ok(()), // "busy": another replica is delivering this id
+    }
+    let max = u64::from(rule.spec.max_attempts);
+    let outcome = if newest.attempt > max {
+        // Taken over from a consumer that died during its last allowed attempt.
+        Err("attempts exhausted (the engine delivering it stopped)".to_string())
+    } else {
+        match (&rule.origin, rule.origin_url(&newest.id)) {
+            (Some(client), Some(url)) => {
+                let ct = (!newest.content_type.is_empty()).then_some(newest.content_type.as_str());
+                match client
+                    .send(Method::PUT, &url, ct, Some(newest.body.clone()), 64 * 1024)
+                    .await
+                {
+                    Ok(r) if (200..300).contains(&r.status) => Ok(()),
+                    Ok(r) => Err(format!("the origin answered {}", r.status)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            _ => Err("the rule has no origin".to_string()),
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            let _: i64 = store
+                .eval(
+                    &w.ack,
+                    &[jkey.to_string(), flush_key],
+                    &[token.as_bytes(), newest.eid.as_bytes()],
+                )
+                .await?;
+            counter("delivered", 1);
+        }
+        Err(why) if newest.attempt >= max => {
+            let attempts = newest.attempt.min(max).to_string();
+            let keep = rule.spec.journal_max_len.to_string();
+            let _: i64 = store
+                .eval(
+                    &w.dead,
+                    &[jkey.to_string(), rule.keys.rule_key(DEAD_SUB), flush_key],
+                    &[
+                        token.as_bytes(),
+                        newest.eid.as_bytes(),
+                        attempts.as_bytes(),
+                        why.as_bytes(),
+                        keep.as_bytes(),
+                    ],
+                )
+                .await?;
+            counter("failed", 1);
+            counter("dead_lettered", 1);
+            tracing::warn!(app = %rule.app, rule = %rule.rule, id = %newest.id, attempts = %attempts, error = %why, "write-behind entry moved to the dead letters");
+        }
+        Err(why) => {
+            let _: i64 = store
+                .eval(&w.ack, &[jkey.to_string(), flush_key], &[token.as_bytes()])
+                .await?;
+            counter("failed", 1);
+            tracing::info!(app = %rule.app, rule = %rule.rule, id = %newest.id, attempt = newest.attempt, error = %why, "write-behind delivery failed; will retry");
+        }
+    }
+    Ok(())
+}
+
+fn parse_entry(v: &redis::Value) -> Option<Entry> {
+    let redis::Value::Array(parts) = v else {
+        return None;
+    };
+    let eid = text(parts.first()?)?;
+    let attempt = int(parts.get(1)?)?.max(1) as u64;
+    let redis::Value::Array(fields) = parts.get(2)? else {
+        return None;
+    };
+    let mut e = Entry {
+        oid: eid.clone(),
+        eid,
+        attempt,
+        id: String::new(),
+        content_type: String::new(),
+        body: Bytes::new(),
+    };
+    for pair in fields.chunks(2) {
+        let [k, v] = pair else { continue };
+        match text(k).as_deref() {
+            Some("id") => e.id = text(v)?,
+            Some("ct") => e.content_type = text(v)?,
+            Some("b") => e.body = Bytes::from(bytes(v)?),
+            Some("oid") => e.oid = text(v)?,
+            _ => {}
+        }
+    }
+    Some(e)
+}
+
+/// A stream entry id `ms-seq` as a sortable pair (string order would put `9-0` after `10-0`).
+pub fn stream_id(s: &str) -> (u64, u64) {
+    let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_sort_numerically() {
+        assert!(stream_id("9-0") < stream_id("10-0"));
+        assert!(stream_id("10-2") < stream_id("10-10"));
+        let a = consumer_name();
+        assert!(a.starts_with("patternd-"));
+        assert_ne!(a, consumer_name());
+    }
+}

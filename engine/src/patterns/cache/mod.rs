@@ -1,0 +1,221 @@
+//! Cache rules at request time. `CacheRule` is built once per snapshot and holds everything a
+//! request needs: the key space, the validated spec, the compiled scripts, the origin client,
+//! the plugin binding and the metric handles.
+//!
+//! The read path (GET, DELETE, tag invalidation) is in `read`; the origin client in `origin`.
+//! Keys and what they hold: see the data contract in `compile::cache`.
+
+pub mod journal;
+pub mod origin;
+pub mod read;
+pub mod write;
+
+use std::time::Duration;
+
+use metrics::Counter;
+
+use crate::compile::cache::{LEASE_SUB, TAG_PREFIX_SUB, VALUE_SUB};
+use crate::compile::{CompiledCache, KeySpace};
+use crate::plugin::{CacheDecision, PluginBinding, PluginError, RequestFacts};
+use crate::policy::Rule;
+use crate::policy::cache::Cache;
+
+pub use origin::{OriginClient, OriginError, OriginResponse, parse_tags, valid_tag};
+pub use read::{Body, ReadError, ReadOutcome};
+
+/// A cache rule ready to serve.
+pub struct CacheRule {
+    pub app: String,
+    pub rule: String,
+    pub keys: KeySpace,
+    pub spec: Cache,
+    pub scripts: CompiledCache,
+    /// `None` when the rule has no `origin`.
+    pub origin: Option<OriginClient>,
+    pub plugin: Option<(String, PluginBinding)>,
+    /// `ks.rule_key("tag:")`: a tag's version key is this plus the tag.
+    tag_prefix: String,
+    counters: Counters,
+}
+
+/// `patternd_cache_requests_total{app,rule,result}`.
+struct Counters {
+    hit: Counter,
+    miss: Counter,
+    stale: Counter,
+    refresh: Counter,
+    collapsed: Counter,
+    negative: Counter,
+    bypass: Counter,
+    error: Counter,
+    plugin_failed: Counter,
+}
+
+impl Counters {
+    fn new(app: &str, rule: &str) -> Self {
+        let c = |result: &'static str| metrics::counter!("patternd_cache_requests_total", "app" => app.to_string(), "rule" => rule.to_string(), "result" => result);
+        Self {
+            hit: c("hit"),
+            miss: c("miss"),
+            stale: c("stale"),
+            refresh: c("refresh"),
+            collapsed: c("collapsed"),
+            negative: c("negative"),
+            bypass: c("bypass"),
+            error: c("error"),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
+        }
+    }
+}
+
+impl CacheRule {
+    pub fn new(
+        rule: &Rule,
+        spec: &Cache,
+        scripts: &CompiledCache,
+        keys: &KeySpace,
+        plugin: Option<(String, PluginBinding)>,
+    ) -> Result<Self, OriginError> {
+        let origin = match &spec.origin {
+            Some(_) => Some(OriginClient::new(
+                &rule.app,
+                &rule.name,
+                spec.origin_timeout,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            app: rule.app.clone(),
+            rule: rule.name.clone(),
+            keys: keys.clone(),
+            spec: spec.clone(),
+            scripts: scripts.clone(),
+            origin,
+            plugin,
+            tag_prefix: keys.rule_key(TAG_PREFIX_SUB),
+            counters: Counters::new(&rule.app, &rule.name),
+        })
+    }
+
+    /// The value HASH and refresh lease keys of `id` (in that order).
+    pub fn id_keys(&self, id: &str) -> Vec<String> {
+        self.keys.keys(id, [VALUE_SUB, LEASE_SUB])
+    }
+
+    /// `ks.rule_key("tag:")`, the prefix of every tag version key (scripts append the tag).
+    pub fn tag_prefix(&self) -> &str {
+        &self.tag_prefix
+    }
+
+    /// The version key of one tag.
+    pub fn tag_key(&self, tag: &str) -> String {
+        self.keys.rule_key(&format!("{TAG_PREFIX_SUB}{tag}"))
+    }
+
+    /// How long a value is kept after its freshness ends: max(stale_while_revalidate,
+    /// stale_if_error), in ms. Every value writer uses it for `cache_store`'s `stale`.
+    pub fn stale_ms(&self) -> u64 {
+        duration_ms(
+            self.spec
+                .stale_while_revalidate
+                .max(self.spec.stale_if_error),
+        )
+    }
+
+    /// The rule's `ttl` in ms.
+    pub fn ttl_ms(&self) -> u64 {
+        duration_ms(self.spec.ttl)
+    }
+
+    /// The origin URL of `id` (the id percent-encoded as one path segment).
+    pub fn origin_url(&self, id: &str) -> Option<String> {
+        self.spec
+            .origin
+            .as_ref()
+            .map(|o| o.url(&encode_path_segment(id)))
+    }
+
+    /// Runs the rule's `cache` plugin hook, if it has one. A failing plugin is an error: a
+    /// cache has no safe fallback key.
+    pub fn plugin_decision(
+        &self,
+        facts: impl FnOnce() -> RequestFacts,
+    ) -> Result<Option<CacheDecision>, PluginError> {
+        let Some((name, binding)) = &self.plugin else {
+            return Ok(None);
+        };
+        let d = binding.cache(&facts()).inspect_err(|e| {
+            self.counters.plugin_failed.increment(1);
+            tracing::warn!(app = %self.app, rule = %self.rule, plugin = %name, error = %e, "cache plugin failed");
+        })?;
+        if let Some(t) = d.tags.iter().find(|t| !valid_tag(t)) {
+            self.counters.plugin_failed.increment(1);
+            return Err(PluginError::BadOutput {
+                plugin: name.clone(),
+                message: format!("tag `{t}` is not 1 to 128 bytes without commas and whitespace"),
+            });
+        }
+        Ok(Some(d))
+    }
+
+    pub fn wants_facts(&self) -> bool {
+        self.plugin.is_some()
+    }
+}
+
+pub fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so an id is exactly one path
+/// segment of the origin URL (`/`, `?`, `#` and `%` in ids cannot change the URL's shape).
+pub fn encode_path_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// 16 random bytes, base64url: a lease token.
+pub fn random_token() -> String {
+    crate::patterns::ratelimit::random_token()
+}
+
+/// A random number in (0, 1] for XFetch (never 0: ln(0) is -inf).
+pub fn random_unit() -> f64 {
+    let mut buf = [0u8; 8];
+    if getrandom::fill(&mut buf).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        buf[..4].copy_from_slice(&nanos.to_le_bytes());
+    }
+    let x = u64::from_le_bytes(buf) >> 11; // 53 random bits
+    (x as f64 + 1.0) / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_one_path_segment() {
+        assert_eq!(encode_path_segment("a-1_b.c~"), "a-1_b.c~");
+        assert_eq!(encode_path_segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(encode_path_segment("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn random_unit_is_in_range() {
+        for _ in 0..1000 {
+            let r = random_unit();
+            assert!(r > 0.0 && r <= 1.0, "{r}");
+        }
+    }
+}

@@ -1,0 +1,909 @@
+//! The read side of a cache rule: GET (cache-aside with stampede protection), DELETE and tag
+//! invalidation.
+//!
+//! One read script call decides everything for a GET (hit, miss, early XFetch refresh, stale,
+//! who holds the refresh lease); the engine then serves, fills, or waits. Waiters poll the read
+//! script with short jittered sleeps (growing from 10 ms to 100 ms) until the fill lands or
+//! `fill_wait` passes: each poll is one EVALSHA of a few HMGETs, so 200 waiters cost Redis a
+//! few thousand cheap calls per second for the length of one origin fetch.
+//!
+//! `Cache-Status` (RFC 9211) values, cache name `patternd`:
+//! - `hit; ttl=N`: served fresh from the cache (also for a cached negative 404).
+//! - `hit; ttl=-N; detail=stale-while-revalidate`: served stale while one caller refreshes.
+//! - `fwd=miss; fwd-status=200; stored`: fetched from the origin and stored (`fwd=stale` when
+//!   a stale value was there but past stale_while_revalidate).
+//! - `fwd=miss; ttl=N; collapsed`: waited for another caller's fill (collapsed into it).
+//! - `fwd=stale; [fwd-status=503;] ttl=-N; detail=stale-if-error`: the origin failed, the stale
+//!   value was served.
+//! - `hit; ttl=-N; detail=stale-if-error`: the origin failed moments ago (within
+//!   refresh_lease; the lease holds a failure marker), so the stale value was served without
+//!   asking it again: one probe per refresh_lease while the origin is down.
+//! - `fwd=miss; collapsed` on a 502: no value to serve, and the fill this request waited for
+//!   (or one moments before) failed; the failure is shared, the origin not asked again.
+//! - `fwd=bypass; fwd-status=200`: the plugin said bypass.
+//! - `detail=absent`: no value and no origin (404).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use redis::Value;
+
+use super::origin::{MAX_TAGS, OriginError, OriginResponse};
+use super::{CacheRule, duration_ms, random_token, random_unit};
+use crate::patterns::{InputError, check_id};
+use crate::plugin::{PluginError, RequestFacts};
+use crate::policy::cache::CacheFormat;
+use crate::store::{Store, StoreError};
+
+/// At most this many `fields` per GET, and tags per invalidation.
+pub const MAX_FIELDS: usize = 64;
+pub const MAX_INVALIDATE_TAGS: usize = 100;
+const MAX_FIELD_BYTES: usize = 256;
+
+/// A value's body as served.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// `format: string`: the stored bytes.
+    Bytes(Bytes),
+    /// `format: hash`: top-level members (name, JSON text), rendered as one JSON object.
+    Fields(Vec<(String, String)>),
+}
+
+impl Body {
+    /// The bytes to send.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Bytes(b) => b,
+            Body::Fields(mut f) => {
+                f.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut s = String::from("{");
+                for (i, (name, json)) in f.iter().enumerate() {
+                    if i > 0 {
+                        s.push(',');
+                    }
+                    s.push_str(&serde_json::Value::String(name.clone()).to_string());
+                    s.push(':');
+                    s.push_str(json);
+                }
+                s.push('}');
+                Bytes::from(s)
+            }
+        }
+    }
+}
+
+/// A GET answered with a value.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    pub content_type: String,
+    pub body: Body,
+    /// The `Cache-Status` header value.
+    pub cache_status: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("Redis: {0}")]
+    Redis(#[from] StoreError),
+    /// Logged in full, answered as a bare 500.
+    #[error("{0}")]
+    Internal(String),
+    /// 404: the origin has no such id, or there is no value and no origin.
+    #[error("{detail}")]
+    NotFound {
+        detail: String,
+        cache_status: String,
+    },
+    /// 502 or 504: the origin failed and no stale value may be served.
+    #[error("{detail}")]
+    Origin {
+        timeout: bool,
+        detail: String,
+        cache_status: String,
+    },
+}
+
+impl ReadError {
+    pub fn cache_status(&self) -> Option<&str> {
+        match self {
+            ReadError::NotFound { cache_status, .. } | ReadError::Origin { cache_status, .. } => {
+                Some(cache_status)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One GET.
+pub struct ReadRequest<'a> {
+    pub id: &'a str,
+    /// `?fields=a,b` (format: hash only).
+    pub fields: Option<Vec<String>>,
+    /// Built by the handler when the rule has a plugin.
+    pub facts: Option<RequestFacts>,
+}
+
+/// What the read script said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Absent,
+    Hit,
+    Refresh,
+    Stale,
+    StaleRefresh,
+    /// Past stale_while_revalidate, inside stale_if_error, and the origin failed moments ago.
+    StaleError,
+    /// No usable value, and the origin failed moments ago on another caller's fill.
+    Failed,
+    Fetch,
+    Wait,
+}
+
+/// A value the read script returned.
+#[derive(Debug, Clone)]
+struct Stored {
+    st: String,
+    ct: String,
+    /// Ms of freshness left at the read (negative: stale).
+    left: i64,
+    body: Body,
+}
+
+struct Reply {
+    action: Action,
+    value: Option<Stored>,
+}
+
+/// The per-request choices: the plugin's or the rule's.
+struct Choice {
+    key_id: String,
+    ttl_ms: u64,
+    tags: Vec<String>,
+}
+
+/// What a fill got from the origin.
+enum Fetched {
+    Value {
+        content_type: String,
+        body: Body,
+        stored: bool,
+    },
+    NotFound {
+        stored: bool,
+    },
+}
+
+enum FetchError {
+    /// Timeout or unreachable: stale_if_error applies.
+    Down(OriginError),
+    /// A 5xx: stale_if_error applies.
+    Failed(u16),
+    /// Anything else (another status, too large, not a JSON object): no stale.
+    Bad(String),
+}
+
+impl CacheRule {
+    /// GET of one id: cache-aside with stampede protection.
+    pub async fn get(
+        self: &Arc<Self>,
+        store: &Store,
+        req: ReadRequest<'_>,
+    ) -> Result<ReadOutcome, ReadError> {
+        check_id(req.id)?;
+        let mut req = req;
+        if let Some(fields) = &mut req.fields {
+            // A member named twice would be answered twice: one JSON object has unique names.
+            let mut seen = std::collections::HashSet::new();
+            fields.retain(|f| seen.insert(f.clone()));
+        }
+        if let Some(fields) = &req.fields {
+            if self.spec.format != CacheFormat::Hash {
+                return Err(ReadError::BadRequest(
+                    "`fields` only applies to rules with `format: hash`".into(),
+                ));
+            }
+            if fields.is_empty() || fields.len() > MAX_FIELDS {
+                return Err(ReadError::BadRequest(format!(
+                    "`fields` must name 1 to {MAX_FIELDS} members"
+                )));
+            }
+            if let Some(f) = fields
+                .iter()
+                .find(|f| f.is_empty() || f.len() > MAX_FIELD_BYTES)
+            {
+                return Err(ReadError::BadRequest(format!(
+                    "field name `{f}` must be 1 to {MAX_FIELD_BYTES} bytes"
+                )));
+            }
+        }
+        let decision = self.plugin_decision(|| {
+            req.facts.clone().unwrap_or_else(|| RequestFacts {
+                method: "GET".into(),
+                id: req.id.to_string(),
+                ..RequestFacts::default()
+            })
+        })?;
+        let mut choice = Choice {
+            key_id: req.id.to_string(),
+            ttl_ms: self.ttl_ms(),
+            tags: Vec::new(),
+        };
+        if let Some(d) = decision {
+            if d.bypass {
+                return self.bypass(req.id, req.fields.as_deref()).await;
+            }
+            if let Some(k) = d.key {
+                // The plugin's key, not the client's id: a bad one is the plugin's failure.
+                check_id(&k).map_err(|e| PluginError::BadOutput {
+                    plugin: self
+                        .plugin
+                        .as_ref()
+                        .map(|p| p.0.clone())
+                        .unwrap_or_default(),
+                    message: format!("cache key: {e}"),
+                })?;
+                choice.key_id = k;
+            }
+            if let Some(t) = d.ttl_ms {
+                choice.ttl_ms = t;
+            }
+            choice.tags = d.tags;
+        }
+        let keys = self.id_keys(&choice.key_id);
+        let deadline = Instant::now() + self.spec.fill_wait;
+        let mut pause = Duration::from_millis(10);
+        let mut waited = false;
+        loop {
+            let token = random_token();
+            let reply = self
+                .read_script(store, &keys, &token, req.fields.as_deref())
+                .await?;
+            let value = reply.value;
+            match reply.action {
+                Action::Absent => {
+                    return Err(ReadError::NotFound {
+                        detail: format!("no cached value for `{}`", req.id),
+                        cache_status: "patternd; detail=absent".into(),
+                    });
+                }
+                Action::Hit | Action::Refresh => {
+                    let Some(v) = value else {
+                        return Err(self.bad_reply());
+                    };
+                    if reply.action == Action::Refresh {
+                        self.counters.refresh.increment(1);
+                        self.spawn_fill(store, req.id, keys.clone(), token, choice);
+                    }
+                    let ttl = ttl_secs(v.left);
+                    let status = if waited {
+                        self.counters.collapsed.increment(1);
+                        format!("patternd; fwd=miss; ttl={ttl}; collapsed")
+                    } else {
+                        self.counters.hit.increment(1);
+                        format!("patternd; hit; ttl={ttl}")
+                    };
+                    return self.serve(v, status, req.id);
+                }
+                Action::Stale | Action::StaleRefresh => {
+                    let Some(v) = value else {
+                        return Err(self.bad_reply());
+                    };
+                    if reply.action == Action::StaleRefresh {
+                        self.spawn_fill(store, req.id, keys.clone(), token, choice);
+                    }
+                    self.counters.stale.increment(1);
+                    let status = format!(
+                        "patternd; hit; ttl={}; detail=stale-while-revalidate",
+                        ttl_secs(v.left)
+                    );
+                    return self.serve(v, status, req.id);
+                }
+                Action::StaleError => {
+                    let Some(v) = value else {
+                        return Err(self.bad_reply());
+                    };
+                    self.counters.stale.increment(1);
+                    let status = format!(
+                        "patternd; hit; ttl={}; detail=stale-if-error",
+                        ttl_secs(v.left)
+                    );
+                    return self.serve(v, status, req.id);
+                }
+                Action::Failed => {
+                    self.counters.error.increment(1);
+                    return Err(ReadError::Origin {
+                        timeout: false,
+                        detail: format!(
+                            "the origin failed moments ago filling `{}` for another request; \
+                             it is asked again shortly",
+                            req.id
+                        ),
+                        cache_status: "patternd; fwd=miss; collapsed".into(),
+                    });
+                }
+                Action::Fetch => {
+                    return self
+                        .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
+                        .await;
+                }
+                Action::Wait => {
+                    if Instant::now() >= deadline {
+                        // The filler is slow or gone: fetch without the lease. The fill script
+                        // then stores only into an absent value, never over a newer one.
+                        return self
+                            .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
+                            .await;
+                    }
+                    waited = true;
+                    let jitter = Duration::from_micros(
+                        (random_unit() * pause.as_micros() as f64 * 0.5) as u64,
+                    );
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep((pause + jitter).min(left)).await;
+                    pause = (pause * 3 / 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// The plugin said bypass: the origin directly, nothing read or stored.
+    async fn bypass(&self, id: &str, fields: Option<&[String]>) -> Result<ReadOutcome, ReadError> {
+        self.counters.bypass.increment(1);
+        let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
+            return Err(ReadError::NotFound {
+                detail: format!("the cache was bypassed and the rule has no origin for `{id}`"),
+                cache_status: "patternd; fwd=bypass".into(),
+            });
+        };
+        match client.get(&url, self.spec.max_value_bytes).await {
+            Ok(r) if r.status == 200 => {
+                let cs = "patternd; fwd=bypass; fwd-status=200".to_string();
+                let (ct, body) = self.decode(&r).map_err(|detail| ReadError::Origin {
+                    timeout: false,
+                    detail,
+                    cache_status: cs.clone(),
+                })?;
+                Ok(ReadOutcome {
+                    content_type: ct,
+                    body: select(body, fields),
+                    cache_status: cs,
+                })
+            }
+            Ok(r) if r.status == 404 => Err(ReadError::NotFound {
+                detail: format!("the origin has no `{id}`"),
+                cache_status: "patternd; fwd=bypass; fwd-status=404".into(),
+            }),
+            Ok(r) => Err(ReadError::Origin {
+                timeout: false,
+                detail: format!("the origin answered {}", r.status),
+                cache_status: format!("patternd; fwd=bypass; fwd-status={}", r.status),
+            }),
+            Err(e) => Err(ReadError::Origin {
+                timeout: e.is_timeout(),
+                detail: e.to_string(),
+                cache_status: "patternd; fwd=bypass".into(),
+            }),
+        }
+    }
+
+    /// This caller fills (it holds the lease, or waited out `fill_wait`), serving a stale
+    /// value if the origin fails inside `stale_if_error`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_now(
+        &self,
+        store: &Store,
+        id: &str,
+        keys: &[String],
+        token: &str,
+        stale: Option<Stored>,
+        choice: &Choice,
+        fields: &Option<Vec<String>>,
+    ) -> Result<ReadOutcome, ReadError> {
+        let fwd = if stale.as_ref().is_some_and(|s| s.st == "200") {
+            "stale"
+        } else {
+            "miss"
+        };
+        let started = Instant::now();
+        let sie = i64::try_from(duration_ms(self.spec.stale_if_error)).unwrap_or(0);
+        // A failure holds the lease as a marker, so the callers waiting for this fill (and the
+        // next ones for a while) are served stale at once, or share the failure, instead of
+        // each asking the failing origin again.
+        let has_stale = stale
+            .as_ref()
+            .is_some_and(|s| s.st == "200" && -s.left <= sie);
+        let hold = Some(self.failure_hold_ms(has_stale));
+        match self
+            .fetch_and_store(store, id, keys, token, choice, hold)
+            .await
+        {
+            Ok(Fetched::Value {
+                content_type,
+                body,
+                stored,
+            }) => {
+                self.counters.miss.increment(1);
+                let stored = if stored { "; stored" } else { "" };
+                Ok(ReadOutcome {
+                    content_type,
+                    body: select(body, fields.as_deref()),
+                    cache_status: format!("patternd; fwd={fwd}; fwd-status=200{stored}"),
+                })
+            }
+            Ok(Fetched::NotFound { stored }) => {
+                self.counters.negative.increment(1);
+                let stored = if stored { "; stored" } else { "" };
+                Err(ReadError::NotFound {
+                    detail: format!("the origin has no `{id}`"),
+                    cache_status: format!("patternd; fwd={fwd}; fwd-status=404{stored}"),
+                })
+            }
+            Err(e) => {
+                let fwd_status = match &e {
+                    FetchError::Failed(s) => format!("; fwd-status={s}"),
+                    _ => String::new(),
+                };
+                let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let usable = matches!(e, FetchError::Down(_) | FetchError::Failed(_));
+                if usable
+                    && let Some(s) = stale
+                    && s.st == "200"
+                    && -(s.left - elapsed) <= sie
+                {
+                    self.counters.stale.increment(1);
+                    let status = format!(
+                        "patternd; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error",
+                        ttl_secs(s.left - elapsed)
+                    );
+                    return self.serve(s, status, id);
+                }
+                self.counters.error.increment(1);
+                let (timeout, detail) = match e {
+                    FetchError::Down(e) => (e.is_timeout(), e.to_string()),
+                    FetchError::Failed(s) => (false, format!("the origin answered {s}")),
+                    FetchError::Bad(d) => (false, d),
+                };
+                Err(ReadError::Origin {
+                    timeout,
+                    detail,
+                    cache_status: format!("patternd; fwd={fwd}{fwd_status}"),
+                })
+            }
+        }
+    }
+
+    /// Background refresh (early XFetch or stale_while_revalidate): the caller was already
+    /// answered; failures only release the lease and log.
+    fn spawn_fill(
+        self: &Arc<Self>,
+        store: &Store,
+        id: &str,
+        keys: Vec<String>,
+        token: String,
+        choice: Choice,
+    ) {
+        let this = self.clone();
+        let store = store.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            // The value is still servable (fresh or stale), so with stale_if_error a failure
+            // holds the lease: no other refresh hammers the failing origin for a while.
+            let hold = (!this.spec.stale_if_error.is_zero()).then(|| this.failure_hold_ms(true));
+            if let Err(e) = this
+                .fetch_and_store(&store, &id, &keys, &token, &choice, hold)
+                .await
+            {
+                let why = match e {
+                    FetchError::Down(e) => e.to_string(),
+                    FetchError::Failed(s) => format!("the origin answered {s}"),
+                    FetchError::Bad(d) => d,
+                };
+                tracing::warn!(app = %this.app, rule = %this.rule, error = %why, "background cache refresh failed");
+            }
+        });
+    }
+
+    /// How long the failure marker stays after a failed fill: with a stale value to serve,
+    /// refresh_lease (one probe of the origin per period); without, only as long as callers
+    /// wait for a fill (min(refresh_lease, fill_wait)), since it turns reads into 502s.
+    fn failure_hold_ms(&self, has_stale: bool) -> u64 {
+        let lease = duration_ms(self.spec.refresh_lease);
+        let ms = if has_stale {
+            lease
+        } else {
+            lease.min(duration_ms(self.spec.fill_wait))
+        };
+        ms.max(1)
+    }
+
+    /// Fetches from the origin and stores the answer with the fill script. On a failure the
+    /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
+    /// an origin that is down or failing, turned into the failure marker for that many ms.
+    async fn fetch_and_store(
+        &self,
+        store: &Store,
+        id: &str,
+        keys: &[String],
+        token: &str,
+        choice: &Choice,
+        hold_on_failure: Option<u64>,
+    ) -> Result<Fetched, FetchError> {
+        let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
+            return Err(FetchError::Bad("the rule has no origin".into()));
+        };
+        let res = client.get(&url, self.spec.max_value_bytes).await;
+        let failure = match res {
+            Ok(r) if r.status == 200 => match self.decode(&r) {
+                Ok((ct, body)) => {
+                    // The plugin's tags first: when there are too many, the origin's are cut.
+                    let mut tags: Vec<String> =
+                        Vec::with_capacity(choice.tags.len() + r.tags.len());
+                    for t in choice.tags.iter().chain(&r.tags) {
+                        if !tags.contains(t) {
+                            tags.push(t.clone());
+                        }
+                    }
+                    tags.truncate(MAX_TAGS);
+                    let delta = duration_ms(r.elapsed).max(1);
+                    let stored = self
+                        .fill_script(
+                            store,
+                            keys,
+                            token,
+                            "200",
+                            &ct,
+                            choice.ttl_ms,
+                            self.stale_ms(),
+                            delta,
+                            &tags,
+                            Some(&body),
+                        )
+                        .await;
+                    return Ok(Fetched::Value {
+                        content_type: ct,
+                        body,
+                        stored,
+                    });
+                }
+                Err(detail) => FetchError::Bad(detail),
+            },
+            Ok(r) if r.status == 404 => {
+                let stored = match self.spec.negative_ttl {
+                    Some(neg) => {
+                        self.fill_script(
+                            store,
+                            keys,
+                            token,
+                            "404",
+                            "",
+                            duration_ms(neg),
+                            0,
+                            0,
+                            &[],
+                            None,
+                        )
+                        .await
+                    }
+                    None => {
+                        self.release(store, keys, token, None).await;
+                        false
+                    }
+                };
+                return Ok(Fetched::NotFound { stored });
+            }
+            Ok(r) if r.status >= 500 => FetchError::Failed(r.status),
+            Ok(r) => FetchError::Bad(format!(
+                "the origin answered {}; only 200 and 404 can be cached",
+                r.status
+            )),
+            Err(OriginError::TooLarge { max }) => FetchError::Bad(format!(
+                "the origin's value is larger than max_value_bytes ({max} bytes); not stored"
+            )),
+            Err(e) => FetchError::Down(e),
+        };
+        let hold = hold_on_failure
+            .filter(|_| matches!(failure, FetchError::Down(_) | FetchError::Failed(_)));
+        self.release(store, keys, token, hold).await;
+        Err(failure)
+    }
+
+    /// The origin's answer as this rule stores it: `format: hash` needs a JSON object.
+    fn decode(&self, r: &OriginResponse) -> Result<(String, Body), String> {
+        match self.spec.format {
+            CacheFormat::String => Ok((
+                r.content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/octet-stream".into()),
+                Body::Bytes(r.body.clone()),
+            )),
+            CacheFormat::Hash => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| {
+                    format!("the rule has `format: hash` but the origin's body is not JSON: {e}")
+                })?;
+                let serde_json::Value::Object(map) = v else {
+                    return Err(
+                        "the rule has `format: hash` but the origin's body is not a JSON object"
+                            .into(),
+                    );
+                };
+                Ok((
+                    "application/json".into(),
+                    Body::Fields(map.into_iter().map(|(k, v)| (k, v.to_string())).collect()),
+                ))
+            }
+        }
+    }
+
+    /// Runs the fill script; a Redis failure is logged and reported as not stored (the caller
+    /// still serves what the origin said).
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_script(
+        &self,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        st: &str,
+        ct: &str,
+        ttl_ms: u64,
+        stale_ms: u64,
+        delta_ms: u64,
+        tags: &[String],
+        body: Option<&Body>,
+    ) -> bool {
+        let nums = [
+            ttl_ms.to_string(),
+            stale_ms.to_string(),
+            delta_ms.to_string(),
+            tags.len().to_string(),
+        ];
+        let mut args: Vec<&[u8]> = vec![
+            token.as_bytes(),
+            self.tag_prefix().as_bytes(),
+            st.as_bytes(),
+            ct.as_bytes(),
+            nums[0].as_bytes(),
+            nums[1].as_bytes(),
+            nums[2].as_bytes(),
+            nums[3].as_bytes(),
+        ];
+        args.extend(tags.iter().map(String::as_bytes));
+        match body {
+            None => args.push(b"-"),
+            Some(Body::Bytes(b)) => {
+                args.push(b"b");
+                args.push(b);
+            }
+            Some(Body::Fields(f)) => {
+                args.push(b"f");
+                for (n, v) in f {
+                    args.push(n.as_bytes());
+                    args.push(v.as_bytes());
+                }
+            }
+        }
+        match store.eval::<i64>(&self.scripts.fill, keys, &args).await {
+            Ok(n) => n == 1,
+            Err(e) => {
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored");
+                false
+            }
+        }
+    }
+
+    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long.
+    async fn release(&self, store: &Store, keys: &[String], token: &str, hold_ms: Option<u64>) {
+        let Some(lease) = keys.get(1) else { return };
+        let hold = hold_ms.map(|ms| ms.to_string());
+        let mut args: Vec<&[u8]> = vec![token.as_bytes()];
+        if let Some(h) = &hold {
+            args.push(h.as_bytes());
+        }
+        if let Err(e) = store
+            .eval::<i64>(&self.scripts.release, std::slice::from_ref(lease), &args)
+            .await
+        {
+            tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
+        }
+    }
+
+    async fn read_script(
+        &self,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        fields: Option<&[String]>,
+    ) -> Result<Reply, ReadError> {
+        let nums = [
+            random_unit().to_string(),
+            duration_ms(self.spec.refresh_lease).max(1).to_string(),
+            duration_ms(self.spec.stale_while_revalidate).to_string(),
+            self.spec.beta.to_string(),
+            duration_ms(self.spec.stale_if_error).to_string(),
+        ];
+        let mut args: Vec<&[u8]> = vec![
+            self.tag_prefix().as_bytes(),
+            nums[0].as_bytes(),
+            token.as_bytes(),
+            nums[1].as_bytes(),
+            nums[2].as_bytes(),
+            nums[3].as_bytes(),
+            if self.origin.is_some() { b"1" } else { b"0" },
+            nums[4].as_bytes(),
+        ];
+        match fields {
+            Some(f) => {
+                args.push(b"fields");
+                args.extend(f.iter().map(String::as_bytes));
+            }
+            None => args.push(b"all"),
+        }
+        let raw: Vec<Value> = store.eval(&self.scripts.read, keys, &args).await?;
+        self.parse_reply(raw).ok_or_else(|| self.bad_reply())
+    }
+
+    fn parse_reply(&self, raw: Vec<Value>) -> Option<Reply> {
+        let action = match bytes(raw.first()?)? {
+            b"absent" => Action::Absent,
+            b"hit" => Action::Hit,
+            b"refresh" => Action::Refresh,
+            b"stale" => Action::Stale,
+            b"stale_refresh" => Action::StaleRefresh,
+            b"stale_error" => Action::StaleError,
+            b"failed" => Action::Failed,
+            b"fetch" => Action::Fetch,
+            b"wait" => Action::Wait,
+            _ => return None,
+        };
+        if raw.len() < 5 {
+            return Some(Reply {
+                action,
+                value: None,
+            });
+        }
+        let text = |i: usize| {
+            raw.get(i)
+                .and_then(bytes)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let left = match raw.get(3)? {
+            Value::Int(n) => *n,
+            other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
+        };
+        let body = match self.spec.format {
+            CacheFormat::String => Body::Bytes(Bytes::copy_from_slice(bytes(raw.get(4)?)?)),
+            CacheFormat::Hash => {
+                let mut f = Vec::with_capacity((raw.len() - 5) / 2);
+                let mut i = 5;
+                while i + 1 < raw.len() {
+                    f.push((text(i)?, text(i + 1)?));
+                    i += 2;
+                }
+                Body::Fields(f)
+            }
+        };
+        Some(Reply {
+            action,
+            value: Some(Stored {
+                st: text(1)?,
+                ct: text(2)?,
+                left,
+                body,
+            }),
+        })
+    }
+
+    fn bad_reply(&self) -> ReadError {
+        tracing::error!(app = %self.app, rule = %self.rule, "unexpected cache read script reply");
+        ReadError::Internal("unexpected cache read script reply".into())
+    }
+
+    /// A stored value as an answer: a negative entry is a 404.
+    fn serve(&self, v: Stored, cache_status: String, id: &str) -> Result<ReadOutcome, ReadError> {
+        if v.st != "200" {
+            return Err(ReadError::NotFound {
+                detail: format!("the origin has no `{id}` (cached)"),
+                cache_status,
+            });
+        }
+        let content_type = if self.spec.format == CacheFormat::Hash {
+            "application/json".to_string()
+        } else if v.ct.is_empty() {
+            "application/octet-stream".to_string()
+        } else {
+            v.ct
+        };
+        Ok(ReadOutcome {
+            content_type,
+            body: v.body,
+            cache_status,
+        })
+    }
+
+    /// DELETE of one id: its value, its related ids' values, and their leases, in one script.
+    /// Returns how many values existed.
+    pub async fn delete(
+        &self,
+        store: &Store,
+        id: &str,
+        facts: Option<RequestFacts>,
+    ) -> Result<i64, ReadError> {
+        check_id(id)?;
+        let decision = self.plugin_decision(|| {
+            facts.unwrap_or_else(|| RequestFacts {
+                method: "DELETE".into(),
+                id: id.to_string(),
+                ..RequestFacts::default()
+            })
+        })?;
+        let key_id = decision
+            .and_then(|d| d.key)
+            .unwrap_or_else(|| id.to_string());
+        check_id(&key_id).map_err(|e| PluginError::BadOutput {
+            plugin: self
+                .plugin
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+            message: format!("cache key: {e}"),
+        })?;
+        let mut keys = self.id_keys(&key_id);
+        for t in &self.spec.related {
+            let rid = t.replace("{id}", id);
+            check_id(&rid)?;
+            keys.extend(self.id_keys(&rid));
+        }
+        Ok(store.eval(&self.scripts.delete, &keys, &[]).await?)
+    }
+
+    /// Invalidates every value carrying any of `tags`: bumps their versions. Returns how many
+    /// tags were referenced by some value (the others had no version key to bump).
+    pub async fn invalidate(&self, store: &Store, tags: &[String]) -> Result<i64, ReadError> {
+        if tags.is_empty() || tags.len() > MAX_INVALIDATE_TAGS {
+            return Err(ReadError::BadRequest(format!(
+                "`tags` must hold 1 to {MAX_INVALIDATE_TAGS} tags"
+            )));
+        }
+        if let Some(t) = tags.iter().find(|t| !super::valid_tag(t)) {
+            return Err(ReadError::BadRequest(format!(
+                "tag `{t}` must be 1 to 128 bytes without commas or whitespace"
+            )));
+        }
+        let mut unique: Vec<&String> = tags.iter().collect();
+        unique.sort();
+        unique.dedup();
+        let keys: Vec<String> = unique.iter().map(|t| self.tag_key(t)).collect();
+        Ok(store.eval(&self.scripts.invalidate, &keys, &[]).await?)
+    }
+}
+
+/// `format: hash` with `?fields=`: only those members.
+fn select(body: Body, fields: Option<&[String]>) -> Body {
+    match (body, fields) {
+        (Body::Fields(all), Some(want)) => Body::Fields(
+            all.into_iter()
+                .filter(|(n, _)| want.iter().any(|w| w == n))
+                .collect(),
+        ),
+        (b, _) => b,
+    }
+}
+
+/// RFC 9211 `ttl`: whole seconds of freshness left, negative when stale.
+fn ttl_secs(left_ms: i64) -> i64 {
+    left_ms.div_euclid(1000)
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}

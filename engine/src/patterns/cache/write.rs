@@ -1,0 +1,464 @@
+//! Cache writes at request time: `PUT` and `PATCH` for `write: cache | through | behind`.
+//!
+//! - `cache`: one script stores the value.
+//! - `through`: the origin first (`PUT`/`PATCH` to the origin URL, bounded by
+//!   `origin_timeout`); only a 2xx answer lets the script store the value. Any origin failure
+//!   is returned and the cache is left as it was.
+//! - `behind`: one script stores the value AND appends the journal entry; the answer (202) is
+//!   sent only after that script succeeded, so an acknowledged write is in Redis, and the
+//!   flusher (`journal`) delivers it to the origin at least once.
+//!
+//! A value over `max_value_bytes` is refused (413) before anything is written.
+
+use axum::body::Bytes;
+use reqwest::Method;
+
+use super::origin::MAX_TAGS;
+use super::{CacheRule, duration_ms, valid_tag};
+use crate::compile::cache::{JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
+use crate::patterns::{InputError, check_id};
+use crate::policy::cache::{CacheFormat, WriteMode};
+use crate::store::{Store, StoreError};
+
+/// How much of an origin's answer to a write is read (it is discarded anyway).
+const ORIGIN_ANSWER_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("the value is {size} bytes; this rule stores at most {max} (max_value_bytes)")]
+    TooLarge { size: u64, max: u64 },
+    #[error("{0}")]
+    BadValue(String),
+    #[error(
+        "rule `{0}` stores values as strings (format: string); PATCH needs `format: hash`; \
+         send the whole value with PUT"
+    )]
+    NotHash(String),
+    #[error("no cached value for id `{0}` to patch")]
+    NotFound(String),
+    /// The origin answered a write with a non-2xx status.
+    #[error("the origin refused the write with status {0}; the cache was not changed")]
+    OriginRefused(u16),
+    #[error("the origin write failed ({0}); the cache was not changed")]
+    OriginUnreachable(String),
+    #[error("the origin did not answer the write in time ({0}); the cache was not changed")]
+    OriginTimeout(String),
+    #[error(
+        "the write-behind journal holds {backlog} undelivered writes (journal_max_len); \
+         nothing was written, retry later"
+    )]
+    JournalFull { backlog: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+}
+
+impl WriteError {
+    fn result_label(&self) -> &'static str {
+        match self {
+            WriteError::Input(_) | WriteError::BadValue(_) => "bad_request",
+            WriteError::TooLarge { .. } => "too_large",
+            WriteError::NotHash(_) => "not_hash",
+            WriteError::NotFound(_) => "not_found",
+            WriteError::OriginRefused(_) | WriteError::OriginUnreachable(_) => "origin_error",
+            WriteError::OriginTimeout(_) => "origin_timeout",
+            WriteError::JournalFull { .. } => "journal_full",
+            WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
+        }
+    }
+}
+
+/// A `PUT`: the value as sent.
+#[derive(Debug)]
+pub struct PutRequest<'a> {
+    pub id: &'a str,
+    /// The request's `Content-Type` (format: string keeps it; default
+    /// `application/octet-stream`).
+    pub content_type: Option<&'a str>,
+    /// The request's `Cache-Tag` header values.
+    pub tags: Vec<String>,
+    pub body: Bytes,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// `behind`: the journal entry that will carry the write to the origin.
+    pub journal_id: Option<String>,
+    /// `PATCH`: the whole object after the patch; `None` for `PUT`, and for a write-through
+    /// `PATCH` of an id that was not cached (the origin took it; nothing to patch here).
+    pub object: Option<String>,
+}
+
+impl CacheRule {
+    /// Largest value this rule stores, in bytes.
+    pub fn max_value_bytes(&self) -> u64 {
+        self.spec.max_value_bytes
+    }
+
+    pub fn write_mode(&self) -> WriteMode {
+        self.spec.write
+    }
+
+    fn mode_label(&self) -> &'static str {
+        match self.spec.write {
+            WriteMode::Cache => "cache",
+            WriteMode::Through => "through",
+            WriteMode::Behind => "behind",
+        }
+    }
+
+    /// Counts a write in `patternd_cache_writes_total{app,rule,mode,result}` (the handler
+    /// counts the writes it refuses before they reach `put`/`patch`, e.g. a body over
+    /// `max_value_bytes`).
+    pub fn count_write(&self, result: &'static str) {
+        metrics::counter!("patternd_cache_writes_total", "app" => self.app.clone(), "rule" => self.rule.clone(), "mode" => self.mode_label(), "result" => result).increment(1);
+    }
+
+    /// Keys of a write script: value, refresh lease, and the journal for `behind`.
+    fn write_keys(&self, id: &str) -> Vec<String> {
+        let mut keys = self.keys.keys(id, [VALUE_SUB, LEASE_SUB]);
+        if self.spec.write == WriteMode::Behind {
+            keys.push(self.keys.rule_key(JOURNAL_SUB));
+        }
+        keys
+    }
+
+    /// `PUT /v1/cache/{app}/{rule}/{id}`.
+    pub async fn put(
+        &self,
+        store: &Store,
+        req: PutRequest<'_>,
+    ) -> Result<WriteOutcome, WriteError> {
+        let r = self.put_inner(store, req).await;
+        self.count_write(match &r {
+            Ok(o) if o.journal_id.is_some() => "accepted",
+            Ok(_) => "stored",
+            Err(e) => e.result_label(),
+        });
+        r
+    }
+
+    async fn put_inner(
+        &self,
+        store: &Store,
+        req: PutRequest<'_>,
+    ) -> Result<WriteOutcome, WriteError> {
+        check_id(req.id)?;
+        let size = req.body.len() as u64;
+        if size > self.spec.max_value_bytes {
+            return Err(WriteError::TooLarge {
+                size,
+                max: self.spec.max_value_bytes,
+            });
+        }
+        let tags = check_tags(&req.tags)?;
+        let hash = self.spec.format == CacheFormat::Hash;
+        let members = if hash {
+            Some(object_members(&req.body)?)
+        } else {
+            None
+        };
+        let content_type = if hash {
+            "application/json"
+        } else {
+            req.content_type.unwrap_or("application/octet-stream")
+        };
+        if self.spec.write == WriteMode::Through {
+            self.origin_write(Method::PUT, req.id, content_type, req.body.clone())
+                .await?;
+        }
+        let behind = self.spec.write == WriteMode::Behind;
+        let ttl = duration_ms(self.spec.ttl).to_string();
+        let stale = self.stale_ms().to_string();
+        let max_len = self.spec.journal_max_len.to_string();
+        let n = tags.len().to_string();
+        let mut args: Vec<&[u8]> = vec![
+            self.tag_prefix().as_bytes(),
+            ttl.as_bytes(),
+            stale.as_bytes(),
+            if behind { b"b" } else { b"c" },
+            max_len.as_bytes(),
+            req.id.as_bytes(),
+            content_type.as_bytes(),
+            if hash { b"h" } else { b"s" },
+            n.as_bytes(),
+        ];
+        args.extend(tags.iter().map(|t| t.as_bytes()));
+        // The body goes along when it is stored (string) or journaled (behind).
+        args.push(if !hash || behind { &req.body } else { b"" });
+        if let Some(m) = &members {
+            for (name, json) in m {
+                args.push(name.as_bytes());
+                args.push(json.as_bytes());
+            }
+        }
+        let reply: Vec<redis::Value> = store
+            .eval(&self.scripts.write.put, &self.write_keys(req.id), &args)
+            .await?;
+        match reply.first().map(int) {
+            Some(Some(1)) => Ok(WriteOutcome {
+                journal_id: behind
+                    .then(|| reply.get(1).and_then(text))
+                    .flatten()
+                    .filter(|s| !s.is_empty()),
+                object: None,
+            }),
+            Some(Some(-1)) => Err(WriteError::JournalFull {
+                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
+            }),
+            _ => Err(WriteError::Reply(format!("{reply:?}"))),
+        }
+    }
+
+    /// `PATCH /v1/cache/{app}/{rule}/{id}` with a JSON object: sets those top-level members
+    /// (`null` deletes one) of a `format: hash` value.
+    pub async fn patch(
+        &self,
+        store: &Store,
+        id: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<WriteOutcome, WriteError> {
+        let r = self.patch_inner(store, id, content_type, body).await;
+        self.count_write(match &r {
+            Ok(o) if o.journal_id.is_some() => "accepted",
+            Ok(_) => "stored",
+            Err(e) => e.result_label(),
+        });
+        r
+    }
+
+    async fn patch_inner(
+        &self,
+        store: &Store,
+        id: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<WriteOutcome, WriteError> {
+        check_id(id)?;
+        if self.spec.format != CacheFormat::Hash {
+            return Err(WriteError::NotHash(self.rule.clone()));
+        }
+        let size = body.len() as u64;
+        if size > self.spec.max_value_bytes {
+            return Err(WriteError::TooLarge {
+                size,
+                max: self.spec.max_value_bytes,
+            });
+        }
+        let members = patch_members(&body)?;
+        let mode = match self.spec.write {
+            WriteMode::Cache => "c",
+            WriteMode::Through => {
+                self.origin_write(
+                    Method::PATCH,
+                    id,
+                    content_type.unwrap_or("application/merge-patch+json"),
+                    body.clone(),
+                )
+                .await?;
+                "t"
+            }
+            WriteMode::Behind => "b",
+        };
+        let ttl = duration_ms(self.spec.ttl).to_string();
+        let stale = self.stale_ms().to_string();
+        let max_len = self.spec.journal_max_len.to_string();
+        let mut args: Vec<&[u8]> = vec![
+            self.tag_prefix().as_bytes(),
+            ttl.as_bytes(),
+            stale.as_bytes(),
+            mode.as_bytes(),
+            max_len.as_bytes(),
+            id.as_bytes(),
+        ];
+        for (name, json) in &members {
+            args.push(name.as_bytes());
+            // An empty text deletes the member (a JSON text is never empty).
+            args.push(json.as_deref().unwrap_or("").as_bytes());
+        }
+        let reply: Vec<redis::Value> = store
+            .eval(&self.scripts.write.patch, &self.write_keys(id), &args)
+            .await?;
+        match reply.first().map(int) {
+            Some(Some(1)) => Ok(WriteOutcome {
+                journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
+                object: reply.get(2).and_then(text),
+            }),
+            // Through: the origin has the patch; the cache had nothing live to patch (and a
+            // negative or invalidated entry was dropped by the script).
+            Some(Some(0)) if self.spec.write == WriteMode::Through => Ok(WriteOutcome {
+                journal_id: None,
+                object: None,
+            }),
+            Some(Some(0)) => Err(WriteError::NotFound(id.to_string())),
+            Some(Some(-1)) => Err(WriteError::JournalFull {
+                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
+            }),
+            _ => Err(WriteError::Reply(format!("{reply:?}"))),
+        }
+    }
+
+    /// Write-through: the origin must accept (2xx) before the cache changes.
+    async fn origin_write(
+        &self,
+        method: Method,
+        id: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), WriteError> {
+        let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
+            // Validation refuses `write: through` without an origin.
+            return Err(WriteError::OriginUnreachable(
+                "the rule has no origin".to_string(),
+            ));
+        };
+        match client
+            .send(
+                method,
+                &url,
+                Some(content_type),
+                Some(body),
+                ORIGIN_ANSWER_BYTES,
+            )
+            .await
+        {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(WriteError::OriginRefused(r.status)),
+            Err(e) if e.is_timeout() => Err(WriteError::OriginTimeout(e.to_string())),
+            Err(e) => Err(WriteError::OriginUnreachable(e.to_string())),
+        }
+    }
+}
+
+/// Tags sent by a client must all be valid: silently dropping one would make a later
+/// invalidation of that tag miss this value.
+fn check_tags(tags: &[String]) -> Result<Vec<&str>, WriteError> {
+    let mut out: Vec<&str> = Vec::new();
+    for t in tags {
+        if !valid_tag(t) {
+            return Err(WriteError::BadValue(format!(
+                "tag `{t}` is not 1 to 128 bytes without commas and whitespace"
+            )));
+        }
+        if !out.contains(&t.as_str()) {
+            out.push(t);
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(WriteError::BadValue(format!(
+            "{} tags; at most {MAX_TAGS} are allowed per value",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// A `format: hash` value: a JSON object, as (member name, member JSON text) pairs.
+pub fn object_members(body: &[u8]) -> Result<Vec<(String, String)>, WriteError> {
+    let map = parse_object(body)?;
+    map.into_iter()
+        .map(|(k, v)| {
+            serde_json::to_string(&v)
+                .map(|json| (k, json))
+                .map_err(|e| WriteError::BadValue(format!("could not re-encode member: {e}")))
+        })
+        .collect()
+}
+
+/// A `PATCH` body: the members to set (`None`: `null`, delete the member).
+pub fn patch_members(body: &[u8]) -> Result<Vec<(String, Option<String>)>, WriteError> {
+    let map = parse_object(body)?;
+    map.into_iter()
+        .map(|(k, v)| {
+            if v.is_null() {
+                Ok((k, None))
+            } else {
+                serde_json::to_string(&v)
+                    .map(|json| (k, Some(json)))
+                    .map_err(|e| WriteError::BadValue(format!("could not re-encode member: {e}")))
+            }
+        })
+        .collect()
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, WriteError> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(WriteError::BadValue(
+            "this rule stores JSON objects (format: hash); the body must be a JSON object"
+                .to_string(),
+        )),
+        Err(e) => Err(WriteError::BadValue(format!("invalid JSON body: {e}"))),
+    }
+}
+
+pub(super) fn int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(i) => Some(*i),
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        redis::Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(super) fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+pub(super) fn bytes(v: &redis::Value) -> Option<Vec<u8>> {
+    match v {
+        redis::Value::BulkString(b) => Some(b.clone()),
+        redis::Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_only() {
+        let m = object_members(br#"{"a": 1, "b": {"c": [1, 2]}, "d": null}"#).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), r#"{"c":[1,2]}"#.to_string()),
+                ("d".to_string(), "null".to_string()),
+            ]
+        );
+        assert!(matches!(
+            object_members(b"[1]"),
+            Err(WriteError::BadValue(_))
+        ));
+        assert!(matches!(object_members(b"{"), Err(WriteError::BadValue(_))));
+        let p = patch_members(br#"{"a": null, "b": "x"}"#).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("a".to_string(), None),
+                ("b".to_string(), Some("\"x\"".to_string()))
+            ]
+        );
+    }
+
+    #[test]
+    fn client_tags_are_checked() {
+        let ok = vec!["a".to_string(), "b".to_string(), "a".to_string()];
+        assert_eq!(check_tags(&ok).unwrap(), vec!["a", "b"]);
+        assert!(check_tags(&["a b".to_string()]).is_err());
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert!(check_tags(&many).is_err());
+    }
+}

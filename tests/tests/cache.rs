@@ -1,0 +1,973 @@
+//! Cache reads end to end: a real origin HTTP server (tests/src/origin.rs) counting its hits,
+//! real Redis, the real binary. Counts prove the stampede and refresh claims; nothing here
+//! asserts how fast anything happens.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use patternd_e2e::origin::Origin;
+use patternd_e2e::{
+    Patternd, RedisServer, Reply, TempDir, World, eventually, metric_value, policy_dir, scan_all,
+};
+use serde_json::json;
+
+/// A world whose policy's `ORIGIN` placeholder is the origin's URL template.
+async fn world(policy: &str, origin: &Origin) -> Result<World> {
+    let text = policy.replace("ORIGIN", &origin.template());
+    World::start(&[("cache.yaml", &text)], &[]).await
+}
+
+fn cache_status(r: &Reply) -> &str {
+    r.header("cache-status").unwrap_or("")
+}
+
+async fn get(p: &Patternd, path: &str) -> Result<Reply> {
+    p.get(path).await
+}
+
+const BASIC: &str = "app: shop
+rules:
+  product:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn miss_then_hit_with_cache_status_and_content_type() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("1", "text/plain; charset=utf-8", b"hello", &[]);
+    origin.set("a/b c", "application/xml", b"<x/>", &[]);
+    let w = world(BASIC, &origin).await?;
+    let p = &w.patternd;
+
+    let first = get(p, "/v1/cache/shop/product/1").await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.text, "hello");
+    assert_eq!(first.content_type(), "text/plain; charset=utf-8");
+    assert_eq!(
+        cache_status(&first),
+        "patternd; fwd=miss; fwd-status=200; stored"
+    );
+
+    let second = get(p, "/v1/cache/shop/product/1").await?;
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.text, "hello");
+    assert_eq!(second.content_type(), "text/plain; charset=utf-8");
+    let cs = cache_status(&second);
+    assert!(cs.starts_with("patternd; hit; ttl="), "{cs}");
+    let ttl: i64 = cs.trim_start_matches("patternd; hit; ttl=").parse()?;
+    assert!(ttl > 3000 && ttl <= 3600, "{cs}");
+    assert_eq!(origin.gets("1"), 1);
+
+    // The id is one path segment of the origin URL, whatever it contains.
+    let odd = get(p, "/v1/cache/shop/product/a%2Fb%20c").await?;
+    assert_eq!((odd.status, odd.text.as_str()), (200, "<x/>"), "{odd:?}");
+    assert_eq!(odd.content_type(), "application/xml");
+    assert_eq!(origin.gets("a/b c"), 1);
+
+    // Metrics count hits and misses per rule.
+    let m = p.get("/metrics").await?.text;
+    let labels = |r| [("app", "shop"), ("rule", "product"), ("result", r)];
+    assert_eq!(
+        metric_value(&m, "patternd_cache_requests_total", &labels("hit")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&m, "patternd_cache_requests_total", &labels("miss")),
+        Some(2.0)
+    );
+    assert!(m.contains("patternd_cache_origin_seconds"), "{m}");
+
+    // Unknown rule, bad id.
+    get(p, "/v1/cache/shop/nope/1").await?.assert_problem(404);
+    let long = "x".repeat(513);
+    get(p, &format!("/v1/cache/shop/product/{long}"))
+        .await?
+        .assert_problem(400);
+    Ok(())
+}
+
+/// 200 concurrent GETs of a cold id, spread over two engine replicas, reach the origin once.
+#[tokio::test(flavor = "multi_thread")]
+async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("hot", "application/json", br#"{"v":1}"#, &[]);
+    // Slow enough that every request arrives while the first fill is in flight.
+    origin.set_delay(Duration::from_millis(500));
+    let w = world(BASIC, &origin).await?;
+    // A second replica on the same Redis: the lease is in Redis, not in one process.
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let p = if i % 2 == 0 { &w.patternd } else { &other };
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/product/hot");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let status = r.status().as_u16();
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = r.text().await?;
+            anyhow::Ok((status, cs, body))
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        let (status, cs, body) = t.await??;
+        assert_eq!(status, 200, "{cs} {body}");
+        assert_eq!(body, r#"{"v":1}"#);
+        if cs.ends_with("stored") {
+            stored += 1;
+        }
+    }
+    assert_eq!(
+        origin.gets("hot"),
+        1,
+        "the origin was reached more than once"
+    );
+    assert_eq!(stored, 1, "exactly one caller filled");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_key_near_expiry_is_refreshed_once_in_the_background() -> Result<()> {
+    // XFetch: the fill takes ~300 ms (delta) and beta 3, so a hot key is refreshed in roughly
+    // its last second or two; a 10 s ttl makes a second early refresh right after the first
+    // vanishingly unlikely. No stale_while_revalidate: a client could only see the refresh as
+    // a miss if XFetch failed.
+    const POLICY: &str = "app: shop
+rules:
+  hot:
+    cache:
+      origin: ORIGIN
+      ttl: 10s
+      beta: 3
+      origin_timeout: 10s
+";
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"v1", &[]);
+    origin.set_delay(Duration::from_millis(300));
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    let first = get(p, "/v1/cache/shop/hot/k").await?;
+    assert_eq!((first.status, first.text.as_str()), (200, "v1"));
+    origin.set("k", "text/plain", b"v2", &[]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/hot/k");
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = client.get(&url).send().await?;
+                let status = r.status().as_u16();
+                let cs = r
+                    .headers()
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let body = r.text().await?;
+                if body == "v2" {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                seen.push((status, cs, body));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(seen)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), t).await??? {
+            total += 1;
+            assert_eq!(status, 200, "{cs} {body}");
+            assert!(
+                cs.starts_with("patternd; hit; ttl="),
+                "a client saw something other than a hit: {cs} ({body})"
+            );
+        }
+    }
+    assert!(total > 8, "too few requests to say anything: {total}");
+    assert_eq!(origin.gets("k"), 2, "one fill and exactly one refresh");
+    let m = p.get("/metrics").await?.text;
+    assert_eq!(
+        metric_value(
+            &m,
+            "patternd_cache_requests_total",
+            &[("rule", "hot"), ("result", "refresh")]
+        ),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() -> Result<()> {
+    // beta tiny: no early refresh, so the value really goes stale.
+    const POLICY: &str = "app: shop
+rules:
+  swr:
+    cache:
+      origin: ORIGIN
+      ttl: 1s
+      stale_while_revalidate: 1h
+      beta: 0.0001
+";
+    let origin = Origin::start().await?;
+    origin.set("s", "text/plain", b"old", &[]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    assert_eq!(get(p, "/v1/cache/shop/swr/s").await?.text, "old");
+    origin.set("s", "text/plain", b"new", &[]);
+    // Wait (without asserting how long) until the value is stale: the first stale read is
+    // answered at once with the old value and starts one background refresh.
+    let stale = eventually(Duration::from_secs(30), "a stale answer", || async {
+        let r = get(p, "/v1/cache/shop/swr/s").await?;
+        ensure!(r.status == 200, "{r:?}");
+        Ok(cache_status(&r)
+            .contains("detail=stale-while-revalidate")
+            .then_some(r))
+    })
+    .await?;
+    assert_eq!(stale.text, "old");
+    let cs = cache_status(&stale);
+    assert!(cs.starts_with("patternd; hit; ttl=-"), "{cs}");
+    let fresh = eventually(Duration::from_secs(30), "the refreshed value", || async {
+        let r = get(p, "/v1/cache/shop/swr/s").await?;
+        ensure!(r.status == 200, "{r:?}");
+        Ok((r.text == "new").then_some(r))
+    })
+    .await?;
+    assert!(
+        cache_status(&fresh).starts_with("patternd; hit; ttl="),
+        "{fresh:?}"
+    );
+    assert_eq!(origin.gets("s"), 2);
+    Ok(())
+}
+
+const SIE: &str = "app: shop
+rules:
+  sie:
+    cache:
+      origin: ORIGIN
+      ttl: 1s
+      stale_if_error: 1h
+      beta: 0.0001
+      origin_timeout: 5s
+      refresh_lease: 200ms
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_with_the_origin_failing_then_down() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    origin.set("x", "text/plain", b"kept", &[]);
+    let w = world(SIE, &origin).await?;
+    let p = &w.patternd;
+    assert_eq!(get(p, "/v1/cache/shop/sie/x").await?.text, "kept");
+
+    // Failing origin: once the value is past its ttl, the stale value is served.
+    origin.fail_with(Some(503));
+    let r = eventually(Duration::from_secs(30), "stale-if-error on 503", || async {
+        let r = get(p, "/v1/cache/shop/sie/x").await?;
+        ensure!(r.status == 200, "{r:?}");
+        Ok(cache_status(&r).contains("stale-if-error").then_some(r))
+    })
+    .await?;
+    assert_eq!(r.text, "kept");
+    let cs = cache_status(&r);
+    assert!(
+        cs.starts_with("patternd; fwd=stale; fwd-status=503; ttl=-"),
+        "{cs}"
+    );
+
+    // Origin down (connections refused, pooled ones closed): still the stale value, whether
+    // a read probes the origin (`fwd=stale`, no status) or is answered from the failure marker
+    // of the last probe (`hit`, within refresh_lease).
+    origin.stop().await;
+    let r = eventually(
+        Duration::from_secs(30),
+        "a probe of the down origin",
+        || async {
+            let r = get(p, "/v1/cache/shop/sie/x").await?;
+            ensure!(r.status == 200 && r.text == "kept", "{r:?}");
+            ensure!(cache_status(&r).ends_with("detail=stale-if-error"), "{r:?}");
+            Ok(cache_status(&r)
+                .starts_with("patternd; fwd=stale; ttl=-")
+                .then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(r.text, "kept");
+
+    // Back: the next read refreshes and stores.
+    origin.fail_with(None);
+    origin.set("x", "text/plain", b"fresh", &[]);
+    origin.restart().await?;
+    let r = eventually(Duration::from_secs(30), "a refill", || async {
+        let r = get(p, "/v1/cache/shop/sie/x").await?;
+        Ok((r.text == "fresh").then_some(r))
+    })
+    .await?;
+    assert_eq!(
+        cache_status(&r),
+        "patternd; fwd=stale; fwd-status=200; stored"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn origin_failures_without_stale_are_502_and_504() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  strict:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 300ms
+      max_value_bytes: 1000
+  wide:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
+";
+    let mut origin = Origin::start().await?;
+    origin.set("big", "text/plain", &[b'x'; 2000], &[]);
+    origin.set("ok", "text/plain", b"fine", &[]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+
+    // Too large: refused, never stored (the next read reaches the origin again).
+    for n in 1..=2 {
+        let r = get(p, "/v1/cache/shop/strict/big").await?;
+        r.assert_problem(502);
+        assert!(r.detail().contains("max_value_bytes"), "{r:?}");
+        assert_eq!(origin.gets("big"), n);
+    }
+
+    // A 5xx with nothing cached.
+    origin.fail_with(Some(500));
+    let r = get(p, "/v1/cache/shop/wide/ok").await?;
+    r.assert_problem(502);
+    assert_eq!(cache_status(&r), "patternd; fwd=miss; fwd-status=500");
+    origin.fail_with(None);
+
+    // An origin slower than origin_timeout: 504.
+    origin.set_delay(Duration::from_secs(5));
+    let r = get(p, "/v1/cache/shop/strict/ok").await?;
+    r.assert_problem(504);
+    assert_eq!(cache_status(&r), "patternd; fwd=miss");
+    origin.set_delay(Duration::ZERO);
+
+    // Down: 502 that says so. (Another id: `ok` still remembers its failure above for a
+    // moment, see the next test.)
+    origin.stop().await;
+    let r = get(p, "/v1/cache/shop/wide/other").await?;
+    r.assert_problem(502);
+    assert!(r.detail().contains("could not be reached"), "{r:?}");
+
+    // Nothing of these failures was stored: no values, only expiring failure markers.
+    let mut conn = w.redis.conn().await?;
+    for k in scan_all(&mut conn).await? {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        assert!(name.ends_with(":lease"), "{name} was stored");
+        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await?;
+        assert!(pttl > 0, "{name}: {pttl}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn negative_caching_of_origin_404() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  neg:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      negative_ttl: 1s
+  plain:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+";
+    let origin = Origin::start().await?;
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+
+    let r = get(p, "/v1/cache/shop/neg/gone").await?;
+    r.assert_problem(404);
+    assert_eq!(
+        cache_status(&r),
+        "patternd; fwd=miss; fwd-status=404; stored"
+    );
+    // The item appears at the origin, but the 404 is remembered for negative_ttl.
+    origin.set("gone", "text/plain", b"here", &[]);
+    let r = get(p, "/v1/cache/shop/neg/gone").await?;
+    r.assert_problem(404);
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    assert_eq!(origin.gets("gone"), 1);
+    // …and then forgotten.
+    let r = eventually(
+        Duration::from_secs(30),
+        "the negative entry to expire",
+        || async {
+            let r = get(p, "/v1/cache/shop/neg/gone").await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
+    .await?;
+    assert_eq!(r.text, "here");
+
+    // Without negative_ttl a 404 is not stored: every read asks the origin.
+    for n in 1..=2 {
+        let r = get(p, "/v1/cache/shop/plain/nothing").await?;
+        r.assert_problem(404);
+        assert_eq!(cache_status(&r), "patternd; fwd=miss; fwd-status=404");
+        assert_eq!(origin.gets("nothing"), n);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_origin_a_missing_value_is_404() -> Result<()> {
+    let w = World::start(
+        &[(
+            "c.yaml",
+            "app: shop\nrules:\n  frag:\n    cache: { ttl: 1m }\n",
+        )],
+        &[],
+    )
+    .await?;
+    let r = get(&w.patternd, "/v1/cache/shop/frag/none").await?;
+    r.assert_problem(404);
+    assert_eq!(cache_status(&r), "patternd; detail=absent");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_drops_the_value_and_its_related_ids() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  user:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      related: [\"{id}:profile\", \"{id}:posts\"]
+";
+    let origin = Origin::start().await?;
+    for id in ["9", "9:profile", "9:posts", "10"] {
+        origin.set(id, "text/plain", id.as_bytes(), &[]);
+    }
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    for id in ["9", "9:profile", "9:posts", "10"] {
+        assert_eq!(get(p, &format!("/v1/cache/shop/user/{id}")).await?.text, id);
+    }
+    let d = p.delete("/v1/cache/shop/user/9").await?;
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!(d.json["deleted"], 3);
+    let mut conn = w.redis.conn().await?;
+    let keys: Vec<String> = scan_all(&mut conn)
+        .await?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    assert_eq!(keys, ["shop:cache:user:{10}:v"], "{keys:?}");
+    // Read again: misses for the dropped ids, a hit for the other.
+    for id in ["9", "9:profile", "9:posts"] {
+        let r = get(p, &format!("/v1/cache/shop/user/{id}")).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{id}: {r:?}");
+        assert_eq!(origin.gets(id), 2);
+    }
+    let r = get(p, "/v1/cache/shop/user/10").await?;
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    // Deleting what is not there is fine.
+    let d = p.delete("/v1/cache/shop/user/nobody").await?;
+    assert_eq!((d.status, d.json["deleted"].clone()), (200, json!(0)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tag_invalidation_is_bounded_and_tag_keys_expire() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  item:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      stale_if_error: 1h
+";
+    let origin = Origin::start().await?;
+    origin.set("a", "text/plain", b"a", &["brand:1", "sale"]);
+    origin.set("b", "text/plain", b"b", &["sale"]);
+    origin.set("c", "text/plain", b"c", &["brand:2"]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            get(p, &format!("/v1/cache/shop/item/{id}")).await?.status,
+            200
+        );
+    }
+    // Surrogate-Key works too (space-separated).
+    origin.set_tag_header("Surrogate-Key");
+    origin.set("d", "text/plain", b"d", &["sale", "brand:3"]);
+    assert_eq!(get(p, "/v1/cache/shop/item/d").await?.status, 200);
+
+    // Every tag key has a TTL at least as long as every value that records it.
+    let mut conn = w.redis.conn().await?;
+    let keys = scan_all(&mut conn).await?;
+    let names: Vec<String> = keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let tag_keys: Vec<&String> = names.iter().filter(|k| k.contains(":tag:")).collect();
+    assert_eq!(tag_keys.len(), 4, "{names:?}");
+    let mut max_value_ttl = 0;
+    for k in &names {
+        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await?;
+        assert!(pttl > 0, "{k} has no TTL ({pttl})");
+        assert!(k.starts_with("shop:cache:item:"), "{k}");
+        if k.ends_with(":v") {
+            max_value_ttl = max_value_ttl.max(pttl);
+        }
+    }
+    for k in &tag_keys {
+        assert!(k.starts_with("shop:cache:item:{%shop.item}:tag:"), "{k}");
+        let pttl: i64 = redis::cmd("PTTL").arg(*k).query_async(&mut conn).await?;
+        // Written in the same script as (or after) the values: never shorter than them
+        // (a second of slack for the time between the two PTTL calls).
+        assert!(
+            pttl + 1000 >= max_value_ttl,
+            "{k}: {pttl} < {max_value_ttl}"
+        );
+    }
+
+    // Invalidate `sale`: a, b and d go, c stays.
+    let r = p
+        .post_json(
+            "/v1/cache/shop/item/_invalidate",
+            &json!({"tags": ["sale", "never-used"]}),
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json["bumped"], 1, "{r:?}");
+    for id in ["a", "b", "d"] {
+        let r = get(p, &format!("/v1/cache/shop/item/{id}")).await?;
+        assert_eq!(
+            cache_status(&r),
+            "patternd; fwd=miss; fwd-status=200; stored",
+            "{id}"
+        );
+        assert_eq!(origin.gets(id), 2, "{id}");
+    }
+    let r = get(p, "/v1/cache/shop/item/c").await?;
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    // An unused tag created no key.
+    let keys = scan_all(&mut conn).await?;
+    assert!(
+        !keys
+            .iter()
+            .any(|k| String::from_utf8_lossy(k).contains("never-used")),
+        "{keys:?}"
+    );
+    // Invalidated values are not served stale either, even under stale_if_error.
+    p.post_json(
+        "/v1/cache/shop/item/_invalidate",
+        &json!({"tags": ["brand:2"]}),
+    )
+    .await?;
+    origin.fail_with(Some(500));
+    get(p, "/v1/cache/shop/item/c").await?.assert_problem(502);
+    origin.fail_with(None);
+
+    // Bad input.
+    for body in [
+        json!({"tags": []}),
+        json!({"tags": ["two words"]}),
+        json!({"tags": ["a,b"]}),
+        json!({"nope": 1}),
+    ] {
+        p.post_json("/v1/cache/shop/item/_invalidate", &body)
+            .await?
+            .assert_problem(400);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_format_stores_fields_and_reads_some() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  profile:
+    cache:
+      origin: ORIGIN
+      format: hash
+      ttl: 1h
+  plain:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+";
+    let origin = Origin::start().await?;
+    origin.set(
+        "7",
+        "application/json",
+        br#"{"name": "Ada", "age": 36, "langs": ["en", "fr"], "boss": null}"#,
+        &[],
+    );
+    origin.set("list", "application/json", b"[1, 2]", &[]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+
+    let all = get(p, "/v1/cache/shop/profile/7").await?;
+    assert_eq!(all.status, 200, "{all:?}");
+    assert_eq!(all.content_type(), "application/json");
+    let want = json!({"name": "Ada", "age": 36, "langs": ["en", "fr"], "boss": null});
+    assert_eq!(all.json, want);
+    // Stored one HASH field per member.
+    let mut conn = w.redis.conn().await?;
+    let name: String = redis::cmd("HGET")
+        .arg("shop:cache:profile:{7}:v")
+        .arg("f:name")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(name, "\"Ada\"");
+    let has_body: bool = redis::cmd("HEXISTS")
+        .arg("shop:cache:profile:{7}:v")
+        .arg("b")
+        .query_async(&mut conn)
+        .await?;
+    assert!(!has_body);
+
+    let some = get(p, "/v1/cache/shop/profile/7?fields=name,langs,missing,name").await?;
+    assert_eq!(some.status, 200, "{some:?}");
+    assert!(cache_status(&some).starts_with("patternd; hit"), "{some:?}");
+    assert_eq!(some.json, json!({"name": "Ada", "langs": ["en", "fr"]}));
+    assert_eq!(origin.gets("7"), 1);
+
+    // A body that is not a JSON object cannot be a hash.
+    let r = get(p, "/v1/cache/shop/profile/list").await?;
+    r.assert_problem(502);
+    assert!(r.detail().contains("not a JSON object"), "{r:?}");
+    // `fields` is for hash rules only.
+    get(p, "/v1/cache/shop/plain/7?fields=a")
+        .await?
+        .assert_problem(400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_cache_key_has_a_ttl_and_its_namespace() -> Result<()> {
+    const POLICY: &str = "app: hyg
+rules:
+  c:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      negative_ttl: 1m
+      stale_while_revalidate: 1m
+";
+    let origin = Origin::start().await?;
+    let ids = ["plain", "{", "}", "a}:v", "%7B", "x y", "ünï", "{}{}"];
+    for (i, id) in ids.iter().enumerate() {
+        if i % 2 == 0 {
+            origin.set(id, "text/plain", id.as_bytes(), &["t1", "t:2"]);
+        }
+    }
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        let r = get(p, &format!("/v1/cache/hyg/c/{}", enc(id))).await?;
+        assert_eq!(r.status, if i % 2 == 0 { 200 } else { 404 }, "{id}: {r:?}");
+    }
+    // A lease outstanding: a slow fill in flight while keys are read.
+    origin.set("slow", "text/plain", b"s", &[]);
+    origin.set_delay(Duration::from_secs(3));
+    let slow = {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/hyg/c/slow");
+        tokio::spawn(async move { client.get(url).send().await })
+    };
+    let mut conn = w.redis.conn().await?;
+    eventually(Duration::from_secs(30), "the lease key", || async {
+        let keys = scan_all(&mut w.redis.conn().await?).await?;
+        Ok(keys
+            .iter()
+            .any(|k| k.ends_with(b"{slow}:lease"))
+            .then_some(()))
+    })
+    .await?;
+    let keys = scan_all(&mut conn).await?;
+    assert!(keys.len() >= ids.len() + 2, "{keys:?}");
+    for k in &keys {
+        let name = String::from_utf8_lossy(k);
+        assert!(name.starts_with("hyg:cache:c:{"), "{name}");
+        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await?;
+        assert!(pttl > 0, "{name} has no TTL ({pttl})");
+    }
+    slow.await??;
+    Ok(())
+}
+
+/// The example `cache-key` Lua plugin: a key per Accept-Language, a TTL, tags, bypass.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_chooses_key_ttl_tags_and_bypass() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("1", "text/plain", b"one", &[]);
+    let plugins = TempDir::new("cache-plugins")?;
+    plugins.write(
+        "cache-key.lua",
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../plugins/examples/cache-key/cache-key.lua"),
+        )?,
+    )?;
+    let policy = "app: shop
+rules:
+  page:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      plugin:
+        name: cache-key
+        config:
+          vary: [accept-language]
+          ttl_ms: { default: 60000 }
+          bypass_header: x-no-cache
+"
+    .replace("ORIGIN", &origin.template());
+    let redis = RedisServer::start()?;
+    let pol = policy_dir(&[("p.yaml", &policy)])?;
+    let dir = plugins.path().to_string_lossy().to_string();
+    let p = Patternd::start(&redis.url(), pol.path(), &["--plugins", &dir]).await?;
+    let path = "/v1/cache/shop/page/1";
+
+    let en = p.get_with(path, &[("accept-language", "en")]).await?;
+    assert_eq!(
+        cache_status(&en),
+        "patternd; fwd=miss; fwd-status=200; stored"
+    );
+    let de = p.get_with(path, &[("accept-language", "de")]).await?;
+    assert_eq!(
+        cache_status(&de),
+        "patternd; fwd=miss; fwd-status=200; stored"
+    );
+    let en2 = p.get_with(path, &[("accept-language", "en")]).await?;
+    assert!(cache_status(&en2).starts_with("patternd; hit"), "{en2:?}");
+    assert_eq!(origin.gets("1"), 2);
+
+    // One key per variant, inside the rule's namespace, with the plugin's TTL.
+    let mut conn = redis.conn().await?;
+    for variant in ["1:en", "1:de"] {
+        let key = format!("shop:cache:page:{{{variant}}}:v");
+        let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
+        assert!(pttl > 0 && pttl <= 60_000, "{key}: {pttl}");
+    }
+
+    // Bypass: straight to the origin, nothing read or stored.
+    let b = p.get_with(path, &[("x-no-cache", "1")]).await?;
+    assert_eq!((b.status, b.text.as_str()), (200, "one"));
+    assert_eq!(cache_status(&b), "patternd; fwd=bypass; fwd-status=200");
+    assert_eq!(origin.gets("1"), 3);
+
+    // The plugin's tag `id:1` reaches every variant.
+    let r = p
+        .post_json(
+            "/v1/cache/shop/page/_invalidate",
+            &json!({"tags": ["id:1"]}),
+        )
+        .await?;
+    assert_eq!(r.json["bumped"], 1, "{r:?}");
+    for lang in ["en", "de"] {
+        let r = p.get_with(path, &[("accept-language", lang)]).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{lang}: {r:?}");
+    }
+    assert_eq!(origin.gets("1"), 5);
+    Ok(())
+}
+
+/// Redis down: a 503 problem, and the origin is not flooded with the traffic Redis absorbed.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_is_a_503_and_spares_the_origin() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("1", "text/plain", b"one", &[]);
+    let mut w = world(BASIC, &origin).await?;
+    w.redis.stop();
+    let r = get(&w.patternd, "/v1/cache/shop/product/1").await?;
+    r.assert_problem(503);
+    assert_eq!(origin.gets("1"), 0);
+    Ok(())
+}
+
+/// The fill's lease: a PUT that lands while an origin fetch is in flight wins; the slow answer
+/// is served to its caller but not stored over the newer value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("r", "text/plain", b"from-origin", &[]);
+    origin.set_delay(Duration::from_secs(2));
+    let w = world(BASIC, &origin).await?;
+    let p = &w.patternd;
+    let slow = {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/product/r");
+        tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
+        })
+    };
+    eventually(Duration::from_secs(30), "the fill's lease", || async {
+        let keys = scan_all(&mut w.redis.conn().await?).await?;
+        Ok(keys.iter().any(|k| k.ends_with(b"{r}:lease")).then_some(()))
+    })
+    .await?;
+    let put = p
+        .send(
+            p.client()
+                .put(p.url("/v1/cache/shop/product/r"))
+                .header("content-type", "text/plain")
+                .body("from-put"),
+        )
+        .await?;
+    assert!(put.status / 100 == 2, "{put:?}");
+    let (status, cs, body) = slow.await??;
+    assert_eq!((status, body.as_str()), (200, "from-origin"));
+    assert_eq!(cs, "patternd; fwd=miss; fwd-status=200", "not stored");
+    let r = get(p, "/v1/cache/shop/product/r").await?;
+    assert_eq!(r.text, "from-put");
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    Ok(())
+}
+
+/// A down origin costs one probe per refresh_lease, not one timeout per request: after a
+/// failed fill, the lease holds a failure marker and readers get the stale value at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_origin_is_probed_once_per_refresh_lease() -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  probe:
+    cache:
+      origin: ORIGIN
+      ttl: 1s
+      stale_if_error: 1h
+      beta: 0.0001
+      origin_timeout: 500ms
+      refresh_lease: 1h
+";
+    let origin = Origin::start().await?;
+    origin.set("x", "text/plain", b"kept", &[]);
+    let w = world(POLICY, &origin).await?;
+    let p = &w.patternd;
+    assert_eq!(get(p, "/v1/cache/shop/probe/x").await?.text, "kept");
+    // The origin now times out.
+    origin.set_delay(Duration::from_secs(5));
+    let probe = eventually(
+        Duration::from_secs(30),
+        "the first failed refresh",
+        || async {
+            let r = get(p, "/v1/cache/shop/probe/x").await?;
+            ensure!(r.status == 200 && r.text == "kept", "{r:?}");
+            Ok(cache_status(&r).contains("stale-if-error").then_some(r))
+        },
+    )
+    .await?;
+    assert!(
+        cache_status(&probe).starts_with("patternd; fwd=stale; ttl=-"),
+        "{probe:?}"
+    );
+    assert_eq!(origin.gets("x"), 2);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/probe/x");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
+        }));
+    }
+    for t in tasks {
+        let (status, cs, body) = t.await??;
+        assert_eq!((status, body.as_str()), (200, "kept"));
+        assert!(
+            cs.starts_with("patternd; hit; ttl=-") && cs.ends_with("detail=stale-if-error"),
+            "{cs}"
+        );
+    }
+    assert_eq!(origin.gets("x"), 2, "the failing origin was asked again");
+    Ok(())
+}
+
+/// 50 concurrent reads of a cold id while the origin fails: it is asked once, and the callers
+/// that waited for that fill share its failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_fill_is_shared_by_its_waiters() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.fail_with(Some(500));
+    origin.set_delay(Duration::from_millis(300));
+    let w = world(BASIC, &origin).await?;
+    let p = &w.patternd;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let client = p.client().clone();
+        let url = p.url("/v1/cache/shop/product/cold");
+        tasks.push(tokio::spawn(async move {
+            let r = client.get(url).send().await?;
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            anyhow::Ok((r.status().as_u16(), cs))
+        }));
+    }
+    let mut probes = 0;
+    for t in tasks {
+        let (status, cs) = t.await??;
+        assert_eq!(status, 502, "{cs}");
+        if cs == "patternd; fwd=miss; fwd-status=500" {
+            probes += 1;
+        } else {
+            assert_eq!(cs, "patternd; fwd=miss; collapsed");
+        }
+    }
+    assert_eq!(probes, 1);
+    assert_eq!(origin.gets("cold"), 1);
+    Ok(())
+}

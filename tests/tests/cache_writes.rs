@@ -1,0 +1,894 @@
+//! Cache writes end to end: PUT/PATCH with `write: cache | through | behind` against a real
+//! origin HTTP server (tests/src/origin.rs) and a real Redis, including an origin that refuses,
+//! is slow or is down, the dead letters, and an engine killed with SIGKILL in the middle of a
+//! flush. Counts, never timings: waits are generous `eventually`s.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use patternd_e2e::origin::Origin;
+use patternd_e2e::{Patternd, Reply, World, eventually, metric_value, scan_all};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn value_key(rule: &str, id: &str) -> String {
+    format!("w:cache:{rule}:{{{id}}}:v")
+}
+
+fn journal_key(rule: &str) -> String {
+    format!("w:cache:{rule}:{{%w.{rule}}}:journal")
+}
+
+async fn put(
+    p: &Patternd,
+    rule: &str,
+    id: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
+    let mut req = p
+        .client()
+        .put(p.url(&format!("/v1/cache/w/{rule}/{id}")))
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    p.send(req).await
+}
+
+async fn patch(
+    p: &Patternd,
+    rule: &str,
+    id: &str,
+    body: &str,
+    content_type: &str,
+) -> Result<Reply> {
+    let req = p
+        .client()
+        .patch(p.url(&format!("/v1/cache/w/{rule}/{id}")))
+        .header("content-type", content_type)
+        .body(body.to_string());
+    p.send(req).await
+}
+
+async fn hget(w: &World, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
+    let mut c = w.redis.conn().await?;
+    Ok(redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(&mut c)
+        .await?)
+}
+
+async fn xlen(w: &World, key: &str) -> Result<u64> {
+    let mut c = w.redis.conn().await?;
+    Ok(redis::cmd("XLEN").arg(key).query_async(&mut c).await?)
+}
+
+async fn exists(w: &World, key: &str) -> Result<bool> {
+    let mut c = w.redis.conn().await?;
+    let n: u64 = redis::cmd("EXISTS").arg(key).query_async(&mut c).await?;
+    Ok(n == 1)
+}
+
+/// The origin's current body of `id`, as text.
+fn origin_body(origin: &Origin, id: &str) -> Option<String> {
+    origin
+        .item(id)
+        .map(|i| String::from_utf8_lossy(&i.body).into_owned())
+}
+
+#[tokio::test]
+async fn write_through_stores_only_what_the_origin_accepted() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let policy = format!(
+        "app: w\nrules:\n  t:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: through\n      origin_timeout: 500ms\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    let r = put(p, "t", "a", b"v1", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    let item = origin.item("a").expect("the origin got the write");
+    assert_eq!(item.body, b"v1");
+    assert_eq!(item.content_type, "text/plain");
+    assert_eq!(
+        hget(&w, &value_key("t", "a"), "b").await?.as_deref(),
+        Some(&b"v1"[..])
+    );
+    let g = p.get("/v1/cache/w/t/a").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "v1"), "{g:?}");
+    assert!(g.content_type().starts_with("text/plain"), "{g:?}");
+
+    // The origin refuses: 502, and neither the cache nor the origin changed.
+    origin.fail_writes_with(Some(500));
+    put(p, "t", "a", b"v2", &[]).await?.assert_problem(502);
+    assert_eq!(
+        hget(&w, &value_key("t", "a"), "b").await?.as_deref(),
+        Some(&b"v1"[..])
+    );
+    assert_eq!(origin_body(&origin, "a").as_deref(), Some("v1"));
+    // A refused first write of an id stores nothing at all.
+    put(p, "t", "fresh", b"x", &[]).await?.assert_problem(502);
+    assert!(!exists(&w, &value_key("t", "fresh")).await?);
+    origin.fail_writes_with(None);
+
+    // The origin is slower than origin_timeout: 504, cache unchanged.
+    origin.set_delay(Duration::from_secs(3));
+    put(p, "t", "a", b"v3", &[]).await?.assert_problem(504);
+    assert_eq!(
+        hget(&w, &value_key("t", "a"), "b").await?.as_deref(),
+        Some(&b"v1"[..])
+    );
+    origin.set_delay(Duration::ZERO);
+
+    // The origin is down (connections refused): 502, cache unchanged.
+    origin.stop().await;
+    put(p, "t", "a", b"v4", &[]).await?.assert_problem(502);
+    assert_eq!(
+        hget(&w, &value_key("t", "a"), "b").await?.as_deref(),
+        Some(&b"v1"[..])
+    );
+    origin.restart().await?;
+
+    // And once it accepts again, both change.
+    let r = put(p, "t", "a", b"v5", &[]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(origin_body(&origin, "a").as_deref(), Some("v5"));
+    assert_eq!(
+        hget(&w, &value_key("t", "a"), "b").await?.as_deref(),
+        Some(&b"v5"[..])
+    );
+
+    let m = p.get("/metrics").await?.text;
+    let stored = metric_value(
+        &m,
+        "patternd_cache_writes_total",
+        &[("rule", "t"), ("mode", "through"), ("result", "stored")],
+    );
+    assert_eq!(stored, Some(2.0), "{m}");
+    let failed = metric_value(
+        &m,
+        "patternd_cache_writes_total",
+        &[("rule", "t"), ("result", "origin_error")],
+    );
+    assert_eq!(failed, Some(3.0), "{m}");
+    Ok(())
+}
+
+fn behind_policy(origin: &Origin, extra: &str) -> String {
+    format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 1s\n{extra}",
+        origin.template()
+    )
+}
+
+#[tokio::test]
+async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
+    let origin = Origin::start().await?;
+    let w = World::start(&[("w.yaml", &behind_policy(&origin, ""))], &[]).await?;
+    let p = &w.patternd;
+
+    let r = put(
+        p,
+        "b",
+        "k1",
+        b"hello",
+        &[("content-type", "text/plain"), ("cache-tag", "t1, t2")],
+    )
+    .await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(
+        r.json["journal_id"]
+            .as_str()
+            .is_some_and(|j| j.contains('-')),
+        "{r:?}"
+    );
+    // Read-your-writes: the cache has it at once.
+    let g = p.get("/v1/cache/w/b/k1").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "hello"), "{g:?}");
+
+    eventually(WAIT, "the origin to receive the write", || async {
+        Ok(origin.item("k1").filter(|i| i.body == b"hello"))
+    })
+    .await?;
+    assert_eq!(
+        origin.item("k1").map(|i| i.content_type),
+        Some("text/plain".to_string())
+    );
+    eventually(WAIT, "the journal to be empty", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(origin.hits("PUT", "k1"), 1);
+    let m = p.get("/metrics").await?.text;
+    assert_eq!(
+        metric_value(
+            &m,
+            "patternd_cache_flush_total",
+            &[("rule", "b"), ("result", "delivered")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "patternd_cache_writes_total",
+            &[("rule", "b"), ("mode", "behind"), ("result", "accepted")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let policy = behind_policy(
+        &origin,
+        "      max_attempts: 1000\n      retry_backoff: 50ms\n",
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    origin.stop().await;
+
+    const WRITES: usize = 40;
+    for i in 1..=WRITES {
+        let r = put(p, "b", "hot", format!("v{i}").as_bytes(), &[]).await?;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    // While the origin is down the cache already serves the newest write.
+    let g = p.get("/v1/cache/w/b/hot").await?;
+    assert_eq!(g.text, format!("v{WRITES}"));
+    assert_eq!(origin.hits("PUT", "hot"), 0);
+    // The backlog gauge sees the undelivered write(s).
+    eventually(WAIT, "a backlog in the gauge", || async {
+        let m = p.get("/metrics").await?.text;
+        let backlog = metric_value(&m, "patternd_cache_journal_backlog", &[("rule", "b")]);
+        Ok(backlog.filter(|b| *b >= 1.0))
+    })
+    .await?;
+
+    origin.restart().await?;
+    eventually(WAIT, "the newest write to reach the origin", || async {
+        Ok((origin_body(&origin, "hot") == Some(format!("v{WRITES}"))).then_some(()))
+    })
+    .await?;
+    eventually(WAIT, "the journal to be empty", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    // Nothing older arrives after the newest, and far fewer calls than writes were needed.
+    let writes = origin.writes();
+    let last = writes
+        .iter()
+        .rev()
+        .find(|wr| wr.id == "hot")
+        .expect("a write");
+    assert_eq!(last.body, format!("v{WRITES}").into_bytes());
+    let puts = origin.hits("PUT", "hot");
+    assert!(
+        puts >= 1 && puts < WRITES as u64,
+        "{puts} origin PUTs for {WRITES} writes"
+    );
+    let m = p.get("/metrics").await?.text;
+    let coalesced = metric_value(
+        &m,
+        "patternd_cache_flush_total",
+        &[("rule", "b"), ("result", "coalesced")],
+    )
+    .unwrap_or(0.0);
+    assert!(coalesced >= 1.0, "{m}");
+    Ok(())
+}
+
+async fn replay(p: &Patternd, body: Value) -> Result<Reply> {
+    p.post_json("/admin/cache/w/b/dead-letters/replay", &body)
+        .await
+}
+
+async fn dead_letters(p: &Patternd, query: &str) -> Result<Reply> {
+    p.get(&format!("/admin/cache/w/b/dead-letters{query}"))
+        .await
+}
+
+#[tokio::test]
+async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = format!(
+        "{}  c:\n    cache:\n      ttl: 1h\n",
+        behind_policy(
+            &origin,
+            "      max_attempts: 3\n      retry_backoff: 50ms\n"
+        )
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    origin.fail_writes_with(Some(503));
+
+    for id in ["d1", "d2"] {
+        assert_eq!(put(p, "b", id, id.as_bytes(), &[]).await?.status, 202);
+    }
+    let page = eventually(WAIT, "both writes in the dead letters", || async {
+        let r = dead_letters(p, "").await?;
+        Ok((r.json["total"] == json!(2)).then_some(r))
+    })
+    .await?;
+    assert_eq!(xlen(&w, &journal_key("b")).await?, 0, "moved, not copied");
+    eventually(WAIT, "the dead-letter gauge", || async {
+        let m = p.get("/metrics").await?.text;
+        let dead = metric_value(&m, "patternd_cache_dead_letters", &[("rule", "b")]);
+        Ok(dead.filter(|d| *d == 2.0))
+    })
+    .await?;
+    let letters = page.json["dead_letters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(letters.len(), 2, "{page:?}");
+    // Oldest first: the order the two failed (they were delivered concurrently).
+    let first_id = letters[0]["id"].as_str().unwrap_or("").to_string();
+    let second_id = if first_id == "d1" { "d2" } else { "d1" };
+    for (l, id) in letters.iter().zip([first_id.as_str(), second_id]) {
+        assert_eq!(l["id"], json!(id), "{l}");
+        assert_eq!(l["attempts"], json!(3), "{l}");
+        assert_eq!(l["payload_bytes"], json!(2), "{l}");
+        assert!(
+            l["error"].as_str().is_some_and(|e| e.contains("503")),
+            "{l}"
+        );
+        assert!(l["failed_at_ms"].as_u64().is_some_and(|t| t > 0), "{l}");
+    }
+    // Exactly max_attempts calls per write, no more.
+    assert_eq!((origin.hits("PUT", "d1"), origin.hits("PUT", "d2")), (3, 3));
+
+    // Pagination.
+    let first = dead_letters(p, "?count=1").await?;
+    assert_eq!(
+        first.json["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{first:?}"
+    );
+    let after = first.json["next_after"].as_str().unwrap_or("").to_string();
+    assert_eq!(after, letters[0]["entry"].as_str().unwrap_or("-"));
+    let second = dead_letters(p, &format!("?count=1&after={after}")).await?;
+    assert_eq!(
+        second.json["dead_letters"][0]["id"],
+        json!(second_id),
+        "{second:?}"
+    );
+    dead_letters(p, "?count=0").await?.assert_problem(400);
+    dead_letters(p, "?after=nope").await?.assert_problem(400);
+    p.get("/admin/cache/w/c/dead-letters")
+        .await?
+        .assert_problem(409);
+    p.get("/admin/cache/w/nope/dead-letters")
+        .await?
+        .assert_problem(404);
+
+    // Replay one by id, then the rest, with the origin accepting again.
+    origin.fail_writes_with(None);
+    let r = replay(p, json!({ "ids": [after, "1-1"] })).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (r.json["replayed"].clone(), r.json["not_found"].clone()),
+        (json!(1), json!(1))
+    );
+    eventually(WAIT, "the first to be delivered", || async {
+        Ok(origin_body(&origin, &first_id).filter(|b| *b == first_id))
+    })
+    .await?;
+    assert_eq!(origin.item(second_id), None);
+    let r = replay(p, json!({})).await?;
+    assert_eq!(r.json["replayed"], json!(1), "{r:?}");
+    eventually(WAIT, "the second to be delivered", || async {
+        Ok(origin_body(&origin, second_id).filter(|b| b == second_id))
+    })
+    .await?;
+    let page = dead_letters(p, "").await?;
+    assert_eq!(page.json["total"], json!(0), "{page:?}");
+    replay(p, json!({ "ids": ["x"] }))
+        .await?
+        .assert_problem(400);
+    let m = p.get("/metrics").await?.text;
+    assert_eq!(
+        metric_value(
+            &m,
+            "patternd_cache_flush_total",
+            &[("rule", "b"), ("result", "dead_lettered")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = behind_policy(
+        &origin,
+        "      max_attempts: 1\n      retry_backoff: 50ms\n",
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    origin.fail_writes_with(Some(500));
+    assert_eq!(put(p, "b", "x", b"old", &[]).await?.status, 202);
+    eventually(WAIT, "the old write in the dead letters", || async {
+        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
+    })
+    .await?;
+    origin.fail_writes_with(None);
+    assert_eq!(put(p, "b", "x", b"new", &[]).await?.status, 202);
+    eventually(WAIT, "the new write delivered", || async {
+        Ok(origin_body(&origin, "x").filter(|b| b == "new"))
+    })
+    .await?;
+    let r = p
+        .post_json("/admin/cache/w/b/dead-letters/replay", &json!({}))
+        .await?;
+    assert_eq!(r.json["replayed"], json!(1), "{r:?}");
+    eventually(WAIT, "the replayed entry to be settled", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(origin_body(&origin, "x").as_deref(), Some("new"));
+    assert_eq!(
+        origin.hits("PUT", "x"),
+        2,
+        "old (refused) and new, never old again"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    let policy = behind_policy(
+        &origin,
+        "      journal_max_len: 3\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    origin.stop().await;
+    for id in ["j1", "j2", "j3"] {
+        assert_eq!(put(p, "b", id, id.as_bytes(), &[]).await?.status, 202);
+    }
+    let r = put(p, "b", "j4", b"j4", &[]).await?;
+    r.assert_problem(503);
+    assert!(r.detail().contains("journal"), "{r:?}");
+    assert!(
+        !exists(&w, &value_key("b", "j4")).await?,
+        "a refused write is not cached"
+    );
+    assert_eq!(xlen(&w, &journal_key("b")).await?, 3, "nothing trimmed");
+
+    origin.restart().await?;
+    eventually(WAIT, "the backlog delivered", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    let ids: BTreeSet<String> = origin.writes().into_iter().map(|wr| wr.id).collect();
+    assert_eq!(ids, ["j1", "j2", "j3"].map(String::from).into());
+    assert_eq!(
+        put(p, "b", "j4", b"j4", &[]).await?.status,
+        202,
+        "room again"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn values_over_max_value_bytes_are_refused_and_never_stored() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = format!(
+        "app: w\nrules:\n  s:\n    cache:\n      ttl: 1h\n      max_value_bytes: 1000\n  big:\n    cache:\n      ttl: 1h\n      max_value_bytes: 300000\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      max_value_bytes: 1000\n  h:\n    cache:\n      ttl: 1h\n      format: hash\n      max_value_bytes: 100\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    let r = put(p, "s", "x", &[b'a'; 1001], &[]).await?;
+    r.assert_problem(413);
+    assert!(r.detail().contains("1000"), "{r:?}");
+    assert!(!exists(&w, &value_key("s", "x")).await?);
+    assert_eq!(put(p, "s", "x", &[b'a'; 1000], &[]).await?.status, 204);
+    // Larger than the router's default body limit for JSON endpoints, within the rule's.
+    assert_eq!(
+        put(p, "big", "x", &vec![b'z'; 200_000], &[]).await?.status,
+        204
+    );
+    put(p, "big", "y", &vec![b'z'; 300_001], &[])
+        .await?
+        .assert_problem(413);
+    assert!(!exists(&w, &value_key("big", "y")).await?);
+
+    // Write-behind: neither the value nor a journal entry.
+    put(p, "b", "x", &[b'a'; 1001], &[])
+        .await?
+        .assert_problem(413);
+    assert!(!exists(&w, &value_key("b", "x")).await?);
+    assert!(!exists(&w, &journal_key("b")).await?);
+
+    // PATCH too.
+    assert_eq!(put(p, "h", "o", br#"{"a":1}"#, &[]).await?.status, 204);
+    let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(200));
+    patch(p, "h", "o", &long, "application/json")
+        .await?
+        .assert_problem(413);
+    assert_eq!(
+        hget(&w, &value_key("h", "o"), "f:a").await?.as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(origin.writes().len(), 0);
+    let m = p.get("/metrics").await?.text;
+    assert!(
+        metric_value(
+            &m,
+            "patternd_cache_writes_total",
+            &[("rule", "s"), ("result", "too_large")]
+        ) == Some(1.0),
+        "{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
+    let origin = Origin::start().await?;
+    let t = origin.template();
+    let policy = format!(
+        "app: w\nrules:\n  h:\n    cache:\n      ttl: 1h\n      format: hash\n  s:\n    cache:\n      ttl: 1h\n  ht:\n    cache:\n      origin: {t}\n      ttl: 1h\n      format: hash\n      write: through\n  hb:\n    cache:\n      origin: {t}\n      ttl: 1h\n      format: hash\n      write: behind\n"
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    // write: cache.
+    assert_eq!(
+        put(
+            p,
+            "h",
+            "o",
+            br#"{"a": 1, "b": "x"}"#,
+            &[("cache-tag", "objs")]
+        )
+        .await?
+        .status,
+        204
+    );
+    let r = patch(
+        p,
+        "h",
+        "o",
+        r#"{"b": null, "c": [1, 2]}"#,
+        "application/merge-patch+json",
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json, json!({"a": 1, "c": [1, 2]}));
+    let key = value_key("h", "o");
+    assert_eq!(hget(&w, &key, "f:b").await?, None);
+    assert_eq!(hget(&w, &key, "f:c").await?.as_deref(), Some(&b"[1,2]"[..]));
+    assert_eq!(
+        hget(&w, &key, "tags").await?.as_deref(),
+        Some(&b"objs"[..]),
+        "tags kept"
+    );
+    let g = p.get("/v1/cache/w/h/o").await?;
+    assert_eq!(g.json, json!({"a": 1, "c": [1, 2]}), "{g:?}");
+
+    let long_id = "i".repeat(600);
+    put(p, "h", &long_id, br#"{"a": 1}"#, &[])
+        .await?
+        .assert_problem(400);
+    put(
+        p,
+        "h",
+        "o",
+        br#"{"a": 1}"#,
+        &[("cache-tag", &"t".repeat(129))],
+    )
+    .await?
+    .assert_problem(400);
+    patch(p, "h", "missing", r#"{"a": 1}"#, "application/json")
+        .await?
+        .assert_problem(404);
+    assert!(!exists(&w, &value_key("h", "missing")).await?);
+    patch(p, "s", "o", r#"{"a": 1}"#, "application/json")
+        .await?
+        .assert_problem(409);
+    patch(p, "h", "o", "a=1", "text/plain")
+        .await?
+        .assert_problem(415);
+    patch(p, "h", "o", "[1]", "application/json")
+        .await?
+        .assert_problem(400);
+    put(p, "h", "o", b"not json", &[])
+        .await?
+        .assert_problem(400);
+
+    // A tag invalidation makes the value gone for PATCH too (no resurrection).
+    let inv = p
+        .post_json("/v1/cache/w/h/_invalidate", &json!({"tags": ["objs"]}))
+        .await?;
+    assert!(inv.status < 300, "{inv:?}");
+    patch(p, "h", "o", r#"{"a": 2}"#, "application/json")
+        .await?
+        .assert_problem(404);
+
+    // write: through: the origin gets the PATCH first.
+    assert_eq!(put(p, "ht", "o", br#"{"a": 1}"#, &[]).await?.status, 204);
+    let r = patch(p, "ht", "o", r#"{"a": 5}"#, "application/json").await?;
+    assert_eq!((r.status, r.json.clone()), (200, json!({"a": 5})), "{r:?}");
+    let last = origin.writes().into_iter().last().expect("origin writes");
+    assert_eq!(
+        (last.method.as_str(), last.body.as_slice()),
+        ("PATCH", &br#"{"a": 5}"#[..])
+    );
+    origin.fail_writes_with(Some(409));
+    patch(p, "ht", "o", r#"{"a": 6}"#, "application/json")
+        .await?
+        .assert_problem(502);
+    assert_eq!(
+        hget(&w, &value_key("ht", "o"), "f:a").await?.as_deref(),
+        Some(&b"5"[..])
+    );
+    origin.fail_writes_with(None);
+    // Not cached: the origin takes the patch, nothing to patch here.
+    assert_eq!(
+        patch(p, "ht", "other", r#"{"a": 1}"#, "application/json")
+            .await?
+            .status,
+        204
+    );
+
+    // write: behind: the whole object reaches the origin as a PUT.
+    assert_eq!(
+        put(p, "hb", "o", br#"{"a": 1, "b": 2}"#, &[]).await?.status,
+        202
+    );
+    let r = patch(p, "hb", "o", r#"{"b": 3}"#, "application/json").await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(r.header("patternd-journal-id").is_some(), "{r:?}");
+    eventually(WAIT, "the patched object at the origin", || async {
+        Ok(origin
+            .item("o")
+            .and_then(|i| serde_json::from_slice::<Value>(&i.body).ok())
+            .filter(|v| *v == json!({"a": 1, "b": 3})))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 3s\n      retry_backoff: 100ms\n",
+        origin.template()
+    );
+    let mut w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    // Slow (but within origin_timeout) so the first engine is surely in the middle of
+    // delivering when it is killed.
+    origin.set_delay(Duration::from_secs(2));
+
+    const IDS: usize = 30;
+    for i in 0..IDS {
+        let r = put(
+            &w.patternd,
+            "b",
+            &format!("id{i}"),
+            format!("v{i}").as_bytes(),
+            &[],
+        )
+        .await?;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    eventually(WAIT, "the first engine to be delivering", || async {
+        let reached: u64 = (0..IDS)
+            .map(|i| origin.hits("PUT", &format!("id{i}")))
+            .sum();
+        Ok((reached > 0).then_some(()))
+    })
+    .await?;
+    // Entries the first engine took and has not acknowledged: in flight.
+    let mut conn = w.redis.conn().await?;
+    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(journal_key("b"))
+        .arg("patternd")
+        .query_async(&mut conn)
+        .await?;
+    let in_flight = match summary.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("XPENDING summary: {other:?}"),
+    };
+    assert!(in_flight > 0, "nothing in flight");
+    w.patternd.kill();
+    // Nothing was accepted yet: every delivery in flight died with the engine.
+    assert!(origin.writes().len() < IDS);
+    origin.set_delay(Duration::ZERO);
+
+    // A new engine (another consumer) on the same Redis takes the dead consumer's entries over.
+    w.patternd = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    let delivered = eventually(WAIT, "every acknowledged write at the origin", || async {
+        let ids: BTreeSet<String> = origin.writes().into_iter().map(|wr| wr.id).collect();
+        Ok((ids.len() == IDS).then_some(ids))
+    })
+    .await?;
+    for i in 0..IDS {
+        ensure!(delivered.contains(&format!("id{i}")), "id{i} lost");
+        assert_eq!(
+            origin_body(&origin, &format!("id{i}")),
+            Some(format!("v{i}"))
+        );
+    }
+    // Entries are acknowledged only after the origin accepted them: an empty journal means the
+    // new engine delivered the dead engine's in-flight entries too.
+    eventually(WAIT, "the journal to be empty", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    let m = w.patternd.get("/metrics").await?.text;
+    let delivered = metric_value(
+        &m,
+        "patternd_cache_flush_total",
+        &[("rule", "b"), ("result", "delivered")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        delivered >= in_flight as f64,
+        "{delivered} delivered by the new engine, {in_flight} were in flight\n{m}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = behind_policy(&origin, "      retry_backoff: 50ms\n");
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    // Slow enough that both flushers are busy at once.
+    origin.set_delay(Duration::from_millis(100));
+
+    const IDS: usize = 20;
+    const VERSIONS: usize = 3;
+    for v in 1..=VERSIONS {
+        for i in 0..IDS {
+            let via = if (i + v) % 2 == 0 {
+                &w.patternd
+            } else {
+                &other
+            };
+            let r = put(via, "b", &format!("r{i}"), format!("v{v}").as_bytes(), &[]).await?;
+            assert_eq!(r.status, 202, "{r:?}");
+        }
+    }
+    eventually(WAIT, "the journal to be empty", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    // Every id ends with its newest write: no older write landed after a newer one, whichever
+    // replica delivered which.
+    for i in 0..IDS {
+        assert_eq!(
+            origin_body(&origin, &format!("r{i}")),
+            Some(format!("v{VERSIONS}")),
+            "r{i}"
+        );
+    }
+    // Without failures no write is delivered twice; coalescing may save some.
+    let calls: u64 = (0..IDS).map(|i| origin.hits("PUT", &format!("r{i}"))).sum();
+    assert!(
+        calls >= IDS as u64 && calls <= (IDS * VERSIONS) as u64,
+        "{calls} origin PUTs"
+    );
+    let delivered = |text: String| {
+        metric_value(
+            &text,
+            "patternd_cache_flush_total",
+            &[("rule", "b"), ("result", "delivered")],
+        )
+        .unwrap_or(0.0)
+    };
+    let a = delivered(w.patternd.get("/metrics").await?.text);
+    let b = delivered(other.get("/metrics").await?.text);
+    assert_eq!(
+        (a + b) as u64,
+        calls,
+        "every origin call is one delivery of one replica"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_flusher_follows_reloads() -> Result<()> {
+    let origin = Origin::start().await?;
+    let w = World::start(
+        &[(
+            "w.yaml",
+            "app: w\nrules:\n  c:\n    cache:\n      ttl: 1h\n",
+        )],
+        &[],
+    )
+    .await?;
+    let p = &w.patternd;
+    // A write-behind rule that did not exist when the engine started.
+    w.policies.write("w.yaml", &behind_policy(&origin, ""))?;
+    let r = p.post_json("/admin/reload", &json!({})).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(put(p, "b", "late", b"x", &[]).await?.status, 202);
+    eventually(WAIT, "delivery by the running flusher", || async {
+        Ok(origin_body(&origin, "late").filter(|b| b == "x"))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
+    let origin = Origin::start().await?;
+    let policy = format!(
+        "{}  c:\n    cache:\n      ttl: 1h\n      format: hash\n",
+        behind_policy(
+            &origin,
+            "      max_attempts: 1\n      retry_backoff: 50ms\n"
+        )
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    for i in 0..5 {
+        assert_eq!(
+            put(p, "b", &format!("k{i}"), b"v", &[("cache-tag", "a b")])
+                .await?
+                .status,
+            202
+        );
+    }
+    eventually(WAIT, "delivery", || async {
+        Ok((origin.writes().len() == 5).then_some(()))
+    })
+    .await?;
+    origin.fail_writes_with(Some(500));
+    assert_eq!(put(p, "b", "dead", b"v", &[]).await?.status, 202);
+    eventually(WAIT, "a dead letter", || async {
+        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        put(p, "c", "o", br#"{"x": 1}"#, &[("cache-tag", "objs")])
+            .await?
+            .status,
+        204
+    );
+    assert_eq!(
+        patch(p, "c", "o", r#"{"y": 2}"#, "application/json")
+            .await?
+            .status,
+        200
+    );
+
+    let mut conn = w.redis.conn().await?;
+    let keys = scan_all(&mut conn).await?;
+    let mut streams = BTreeSet::new();
+    assert!(keys.len() > 8, "{} keys", keys.len());
+    for k in keys {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        assert!(name.starts_with("w:cache:"), "{name} outside the namespace");
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await?;
+        if kind == "stream" {
+            streams.insert(name);
+        } else {
+            assert!(pttl > 0, "{name} ({kind}) has no TTL: {pttl}");
+        }
+    }
+    let want: BTreeSet<String> = [journal_key("b"), "w:cache:b:{%w.b}:dead".to_string()].into();
+    assert_eq!(streams, want);
+    Ok(())
+}
