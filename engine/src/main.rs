@@ -235,6 +235,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let url_for_tracking = url.clone();
     let store = Store::new(&StoreConfig {
         url,
         pool_size: args.redis_pool.unwrap_or(cores),
@@ -242,7 +243,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!(redis = %store.redacted_url(), pool = args.redis_pool.unwrap_or(cores), "Redis pool ready");
 
+    let tracker = patternd::store::tracking::Tracker::new(&url_for_tracking)?;
+    let tracker_task = tracker.spawn();
     let runtime = Arc::new(Runtime::new(snapshot, store, src));
+    runtime.enable_near_caches(tracker);
     runtime.preload_scripts().await;
     let snap = runtime.snapshot();
     tracing::info!(
@@ -284,6 +288,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Entries in flight stay pending in the journal and are taken over by the next engine.
     let _ = stop_flusher.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), flusher).await;
+    tracker_task.abort();
     if let Some(m) = managed {
         m.shutdown().await;
     }

@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 
 use crate::policy::Diagnostics;
 use crate::snapshot::{Snapshot, Sources};
+use crate::store::tracking::Tracker;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub struct Runtime {
     sources: Sources,
     /// Serializes reloads so two concurrent reloads cannot swap in an older build last.
     reload_lock: Mutex<()>,
+    /// Invalidations for the near caches (`near_cache:` cache rules), when enabled.
+    tracker: std::sync::OnceLock<Arc<Tracker>>,
 }
 
 impl Runtime {
@@ -36,7 +39,15 @@ impl Runtime {
             store,
             sources,
             reload_lock: Mutex::new(()),
+            tracker: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Connects the near caches of this and every later snapshot to `tracker`'s invalidations.
+    /// Near caches serve nothing until the tracker has subscribed to their keys.
+    pub fn enable_near_caches(&self, tracker: Arc<Tracker>) {
+        let tracker = self.tracker.get_or_init(|| tracker);
+        register_near_caches(tracker, &self.snapshot());
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -78,8 +89,20 @@ impl Runtime {
         }
         let new = Arc::new(built);
         self.snapshot.store(new.clone());
+        // The old snapshot's near caches drop out of the tracker when it is dropped.
+        if let Some(t) = self.tracker.get() {
+            register_near_caches(t, &new);
+        }
         metrics::counter!("patternd_reloads_total", "result" => "ok").increment(1);
         tracing::info!(rules = new.rule_count(), "policies reloaded");
         Ok(new)
+    }
+}
+
+fn register_near_caches(tracker: &Tracker, snap: &Snapshot) {
+    for rule in snap.caches.values().flat_map(|r| r.values()) {
+        if let Some((prefix, near)) = rule.near_registration() {
+            tracker.register(prefix, near);
+        }
     }
 }

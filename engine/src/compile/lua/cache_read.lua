@@ -8,7 +8,7 @@
 -- ARGV[6] XFetch beta; ARGV[7] '1' if the rule has an origin
 -- ARGV[8] stale_if_error ms
 -- ARGV[9] 'all' (whole value) or 'fields' (format: hash, only the members ARGV[10..])
--- Returns { action, st, ct, ms left of freshness (negative: stale), body, name1, json1, ... }
+-- Returns { action, st, ct, ms left of freshness (negative: stale), body, delta ms, name1, json1, ... }
 -- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
 -- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
 -- stale_while_revalidate, another caller refreshes), 'stale_refresh' (same, and this caller
@@ -78,7 +78,7 @@ else
   action = 'wait'
 end
 
-local out = { action, st, meta[2] or '', math.floor(left), '' }
+local out = { action, st, meta[2] or '', math.floor(left), '', math.floor(tonumber(meta[4]) or 0) }
 if ARGV[9] == 'fields' then
   local names = {}
   for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end

@@ -10,7 +10,8 @@ pub mod origin;
 pub mod read;
 pub mod write;
 
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 
@@ -19,6 +20,7 @@ use crate::compile::{CompiledCache, KeySpace};
 use crate::plugin::{CacheDecision, PluginBinding, PluginError, RequestFacts};
 use crate::policy::Rule;
 use crate::policy::cache::Cache;
+use crate::store::near::{Invalidate, NearCache};
 
 pub use origin::{OriginClient, OriginError, OriginResponse, parse_tags, valid_tag};
 pub use read::{Body, ReadError, ReadOutcome};
@@ -35,7 +37,19 @@ pub struct CacheRule {
     pub plugin: Option<(String, PluginBinding)>,
     /// `ks.rule_key("tag:")`: a tag's version key is this plus the tag.
     tag_prefix: String,
+    /// This engine's copy of hot values (`near_cache:`), keyed by value key.
+    pub near: Option<Arc<NearCache<NearValue>>>,
     counters: Counters,
+}
+
+/// A value in the near cache: what a near hit serves.
+#[derive(Debug, Clone)]
+pub struct NearValue {
+    pub content_type: String,
+    pub body: Body,
+    /// When the value stops being fresh, in this host's monotonic clock, derived from the
+    /// freshness left that Redis reported (never from comparing clocks).
+    pub fresh_until: Instant,
 }
 
 /// `patternd_cache_requests_total{app,rule,result}`.
@@ -49,6 +63,8 @@ struct Counters {
     bypass: Counter,
     error: Counter,
     plugin_failed: Counter,
+    /// Hits served from the near cache (also counted as `hit`).
+    near_hit: Counter,
 }
 
 impl Counters {
@@ -63,6 +79,7 @@ impl Counters {
             negative: c("negative"),
             bypass: c("bypass"),
             error: c("error"),
+            near_hit: metrics::counter!("patternd_near_cache_hits_total", "app" => app.to_string(), "rule" => rule.to_string()),
             plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
@@ -93,8 +110,38 @@ impl CacheRule {
             origin,
             plugin,
             tag_prefix: keys.rule_key(TAG_PREFIX_SUB),
+            // A tag bump may touch any value: tag keys drop the whole near cache.
+            near: spec.near_cache.as_ref().map(|n| {
+                Arc::new(NearCache::new(
+                    n.max_entries,
+                    Some(keys.rule_key(TAG_PREFIX_SUB)),
+                ))
+            }),
             counters: Counters::new(&rule.app, &rule.name),
         })
+    }
+
+    /// The near cache to register for invalidations: the prefix of the rule's keys and the
+    /// cache. `None` without `near_cache:`.
+    pub fn near_registration(&self) -> Option<(String, Weak<dyn Invalidate>)> {
+        let near = self.near.clone()?;
+        let near: Arc<dyn Invalidate> = near;
+        Some((self.keys.prefix().to_string(), Arc::downgrade(&near)))
+    }
+
+    /// Drops this engine's near copy of `id` after a write through this engine, so this
+    /// engine reads its own writes at once; other engines hear of it from Redis.
+    pub fn forget(&self, id: &str) {
+        if let Some(n) = &self.near {
+            n.remove(&self.keys.key(id, VALUE_SUB));
+        }
+    }
+
+    /// Drops every near copy (after a tag invalidation through this engine).
+    pub fn forget_all(&self) {
+        if let Some(n) = &self.near {
+            n.invalidate(None);
+        }
     }
 
     /// The value HASH and refresh lease keys of `id` (in that order).

@@ -30,10 +30,11 @@ use axum::body::Bytes;
 use redis::Value;
 
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
-use super::{CacheRule, duration_ms, random_token, random_unit};
+use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
 use crate::patterns::{InputError, check_id};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
+use crate::store::near::Ticket;
 use crate::store::{Store, StoreError};
 
 /// At most this many `fields` per GET, and tags per invalidation.
@@ -153,6 +154,8 @@ struct Stored {
     ct: String,
     /// Ms of freshness left at the read (negative: stale).
     left: i64,
+    /// Ms the value's fill took (XFetch's recompute time; 0 for written values).
+    delta: i64,
     body: Body,
 }
 
@@ -257,6 +260,11 @@ impl CacheRule {
             choice.tags = d.tags;
         }
         let keys = self.id_keys(&choice.key_id);
+        if let Some(hit) = self.near_hit(&keys[0], req.fields.as_deref()) {
+            return Ok(hit);
+        }
+        // Taken before asking Redis: an invalidation arriving meanwhile voids the copy.
+        let mut ticket = self.near.as_ref().and_then(|n| n.ticket(&keys[0]));
         let deadline = Instant::now() + self.spec.fill_wait;
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
@@ -280,6 +288,9 @@ impl CacheRule {
                     if reply.action == Action::Refresh {
                         self.counters.refresh.increment(1);
                         self.spawn_fill(store, req.id, keys.clone(), token, choice);
+                    }
+                    if reply.action == Action::Hit && !waited && req.fields.is_none() {
+                        self.near_store(&keys[0], &v, ticket.take());
                     }
                     let ttl = ttl_secs(v.left);
                     let status = if waited {
@@ -776,11 +787,15 @@ impl CacheRule {
             Value::Int(n) => *n,
             other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
         };
+        let delta = match raw.get(5) {
+            Some(Value::Int(n)) => *n,
+            _ => 0,
+        };
         let body = match self.spec.format {
             CacheFormat::String => Body::Bytes(Bytes::copy_from_slice(bytes(raw.get(4)?)?)),
             CacheFormat::Hash => {
-                let mut f = Vec::with_capacity((raw.len() - 5) / 2);
-                let mut i = 5;
+                let mut f = Vec::with_capacity(raw.len().saturating_sub(6) / 2);
+                let mut i = 6;
                 while i + 1 < raw.len() {
                     f.push((text(i)?, text(i + 1)?));
                     i += 2;
@@ -794,9 +809,62 @@ impl CacheRule {
                 st: text(1)?,
                 ct: text(2)?,
                 left,
+                delta,
                 body,
             }),
         })
+    }
+
+    /// A near cache hit, if this engine holds a live copy.
+    fn near_hit(&self, key: &str, fields: Option<&[String]>) -> Option<ReadOutcome> {
+        let v = self.near.as_ref()?.get(key)?;
+        self.counters.hit.increment(1);
+        self.counters.near_hit.increment(1);
+        let left = v.fresh_until.saturating_duration_since(Instant::now());
+        let left = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        Some(ReadOutcome {
+            content_type: v.content_type,
+            body: match fields {
+                Some(f) => select(v.body, Some(f)),
+                None => v.body,
+            },
+            cache_status: format!("patternd; hit; ttl={}; detail=near", ttl_secs(left)),
+        })
+    }
+
+    /// Keeps a fresh value read from Redis in the near cache, until the earlier of the rule's
+    /// `max_age` and the start of the XFetch window (three recompute times before expiry, where
+    /// early refreshes become likely): reads near expiry go to Redis, so the read script can
+    /// still refresh a hot key early, once.
+    fn near_store(&self, key: &str, v: &Stored, ticket: Option<Ticket>) {
+        let (Some(near), Some(ticket), Some(spec)) = (&self.near, ticket, &self.spec.near_cache)
+        else {
+            return;
+        };
+        if v.st != "200" || v.left <= 0 {
+            return;
+        }
+        let margin = (v.delta.max(0) as f64 * self.spec.beta * 3.0).ceil() as i64;
+        let usable = u64::try_from(v.left.saturating_sub(margin)).unwrap_or(0);
+        let valid_for = Duration::from_millis(usable).min(spec.max_age);
+        let content_type = if self.spec.format == CacheFormat::Hash {
+            "application/json".to_string()
+        } else if v.ct.is_empty() {
+            "application/octet-stream".to_string()
+        } else {
+            v.ct.clone()
+        };
+        let fresh_until = Instant::now() + Duration::from_millis(v.left.unsigned_abs());
+        near.insert(
+            key,
+            NearValue {
+                content_type,
+                body: v.body.clone(),
+                fresh_until,
+            },
+            valid_for,
+            ticket,
+        );
     }
 
     fn bad_reply(&self) -> ReadError {
@@ -858,7 +926,9 @@ impl CacheRule {
             let rid = t.replace("{id}", id);
             check_id(&rid)?;
             keys.extend(self.id_keys(&rid));
+            self.forget(&rid);
         }
+        self.forget(&key_id);
         Ok(store.eval(&self.scripts.delete, &keys, &[]).await?)
     }
 
@@ -879,7 +949,9 @@ impl CacheRule {
         unique.sort();
         unique.dedup();
         let keys: Vec<String> = unique.iter().map(|t| self.tag_key(t)).collect();
-        Ok(store.eval(&self.scripts.invalidate, &keys, &[]).await?)
+        let n = store.eval(&self.scripts.invalidate, &keys, &[]).await?;
+        self.forget_all();
+        Ok(n)
     }
 }
 

@@ -133,7 +133,10 @@ impl CacheRule {
         store: &Store,
         req: PutRequest<'_>,
     ) -> Result<WriteOutcome, WriteError> {
+        let id = req.id;
         let r = self.put_inner(store, req).await;
+        // Whatever happened, this engine's near copy may be outdated now.
+        self.forget(id);
         self.count_write(match &r {
             Ok(o) if o.journal_id.is_some() => "accepted",
             Ok(_) => "stored",
@@ -224,6 +227,7 @@ impl CacheRule {
         body: Bytes,
     ) -> Result<WriteOutcome, WriteError> {
         let r = self.patch_inner(store, id, content_type, body).await;
+        self.forget(id);
         self.count_write(match &r {
             Ok(o) if o.journal_id.is_some() => "accepted",
             Ok(_) => "stored",
