@@ -17,7 +17,7 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | cache | session | lock | all
+  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -36,6 +36,8 @@ Scenarios:
                          target); under `all`, a failed build skips only this scenario.
   cache                  cache hits (GET /v1/cache/bench/item/{id}, every id filled from a local
                          origin first) against redis-benchmark GET of values of the same size
+  cache_near             the same with the rule's `near_cache` on (hits served from patternd's
+                         memory, kept correct by Redis CLIENT TRACKING invalidations)
   session                GET /v1/sessions/bench/web/{sid} of live sessions, against the same
                          script called in process through patternd's library (no HTTP)
   lock                   POST /v1/locks/bench/order/{id} then DELETE with the token, against the
@@ -52,6 +54,8 @@ pub enum Scenario {
     Plugins,
     /// Cache hits over HTTP against redis-benchmark GET (`patterns.rs`).
     Cache,
+    /// The same with the rule's near cache on: hits served in process.
+    CacheNear,
     /// Session reads over HTTP against the same script called in process.
     Session,
     /// Lock acquire + release over HTTP against the same scripts called in process.
@@ -59,11 +63,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
         Scenario::Cache,
+        Scenario::CacheNear,
         Scenario::Session,
         Scenario::Lock,
     ];
@@ -74,6 +79,7 @@ impl Scenario {
             Scenario::Gcra => "gcra",
             Scenario::Plugins => "plugins",
             Scenario::Cache => "cache",
+            Scenario::CacheNear => "cache_near",
             Scenario::Session => "session",
             Scenario::Lock => "lock",
         }
@@ -85,7 +91,11 @@ impl Scenario {
         match self {
             Scenario::SlidingWindow => Some("sw"),
             Scenario::Gcra => Some("gcra"),
-            Scenario::Plugins | Scenario::Cache | Scenario::Session | Scenario::Lock => None,
+            Scenario::Plugins
+            | Scenario::Cache
+            | Scenario::CacheNear
+            | Scenario::Session
+            | Scenario::Lock => None,
         }
     }
 }
@@ -165,10 +175,11 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "gcra" => vec![Scenario::Gcra],
                     "plugins" => vec![Scenario::Plugins],
                     "cache" => vec![Scenario::Cache],
+                    "cache_near" => vec![Scenario::CacheNear],
                     "session" => vec![Scenario::Session],
                     "lock" => vec![Scenario::Lock],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, session, lock or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock or all",
                         ctx()
                     ),
                 };

@@ -180,7 +180,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
 
     // The cache scenario's origin runs in this process; patternd's policy names its port.
-    let origin = if args.scenarios.contains(&Scenario::Cache) {
+    let origin = if args.scenarios.contains(&Scenario::Cache)
+        || args.scenarios.contains(&Scenario::CacheNear)
+    {
         Some(patterns::start_origin().await?)
     } else {
         None
@@ -229,7 +231,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut results = Vec::new();
     for &scenario in &args.scenarios {
         let pattern = match scenario {
-            Scenario::Cache => Some(run_cache(args, &pids, redis.port, patternd.addr).await?),
+            Scenario::Cache | Scenario::CacheNear => {
+                Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
+            }
             Scenario::Session | Scenario::Lock => {
                 let policy = dir.path().join("policies").join("bench.yaml");
                 let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
@@ -339,12 +343,17 @@ async fn run_cache(
     pids: &measure::Pids,
     redis_port: u16,
     addr: SocketAddr,
+    scenario: Scenario,
 ) -> anyhow::Result<ScenarioResult> {
+    let (name, rule) = match scenario {
+        Scenario::CacheNear => ("cache_near", "item_near"),
+        _ => ("cache", "item"),
+    };
     eprintln!(
-        "[cache] filling {} ids through patternd from the origin …",
+        "[{name}] filling {} ids through patternd from the origin …",
         patterns::CACHE_IDS
     );
-    tokio::time::timeout(patterns::SETUP_TIMEOUT, patterns::fill_cache(addr, "item"))
+    tokio::time::timeout(patterns::SETUP_TIMEOUT, patterns::fill_cache(addr, rule))
         .await
         .context("filling the cache took too long")??;
     let size = patterns::item_body().len().to_string();
@@ -357,16 +366,16 @@ async fn run_cache(
         requests,
         keyspace: patterns::CACHE_IDS,
     };
-    eprintln!("[cache] baseline: redis-benchmark SET (fill), then GET …");
+    eprintln!("[{name}] baseline: redis-benchmark SET (fill), then GET …");
     // 20 writes per key: every key exists when GET runs, so no GET is a cheap miss.
     baseline::run(&run("set", patterns::CACHE_IDS * 20)).await?;
     let base = baseline::run(&run("get", args.baseline_requests)).await?;
     eprintln!(
-        "[cache] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        "[{name}] patternd: {} connections, {:?} warm-up + {:?} measured …",
         args.connections, args.warmup, args.duration
     );
     let target = Arc::new(
-        load::Target::new(addr, &format!("/v1/cache/{}/item/", patterns::APP))?
+        load::Target::new(addr, &format!("/v1/cache/{}/{rule}/", patterns::APP))?
             .with_shape(load::Shape::GetId),
     );
     let cache_args = Args {
@@ -375,7 +384,7 @@ async fn run_cache(
     };
     let m = measure::http(target, &cache_args, args.duration, pids).await?;
     Ok(ScenarioResult {
-        scenario: Scenario::Cache,
+        scenario,
         baseline: base,
         m,
     })
@@ -777,7 +786,7 @@ impl Report {
         let has_goals = |r: &ScenarioResult| {
             matches!(
                 r.scenario,
-                Scenario::SlidingWindow | Scenario::Gcra | Scenario::Cache
+                Scenario::SlidingWindow | Scenario::Gcra | Scenario::Cache | Scenario::CacheNear
             )
         };
         row(

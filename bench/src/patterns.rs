@@ -31,6 +31,9 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
         p.push_str(&format!(
             "  item:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h }}\n"
         ));
+        p.push_str(&format!(
+            "  item_near:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h, near_cache: {{ max_entries: 20000 }} }}\n"
+        ));
     }
     p.push_str("  web:\n    session: { idle_ttl: 30m, absolute_ttl: 24h }\n");
     p.push_str("  order:\n    lock: { ttl: 30s }\n");
