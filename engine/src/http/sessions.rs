@@ -188,6 +188,7 @@ async fn read(
         "user": view.user,
         "data": data,
         "created_ms": view.created_ms,
+        "last_seen_ms": view.last_seen_ms,
         "expires_in_ms": view.expires_in_ms,
     }))
     .into_response())
@@ -316,6 +317,8 @@ mod doc {
         user: String,
         data: Map<String, Value>,
         created_ms: u64,
+        /// The previous use of the session (create, read, patch or rotate), before this read.
+        last_seen_ms: u64,
         /// Until the session expires unless used again (never past its absolute lifetime).
         expires_in_ms: u64,
     }
