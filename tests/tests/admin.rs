@@ -274,11 +274,11 @@ rules:
     // Every rule still lists its keys and scripts.
     for rule in [product, profile, web, order] {
         assert!(
-            !rule["keys"].as_array().map_or(true, Vec::is_empty),
+            rule["keys"].as_array().is_some_and(|a| !a.is_empty()),
             "{rule}"
         );
         assert!(
-            !rule["scripts"].as_array().map_or(true, Vec::is_empty),
+            rule["scripts"].as_array().is_some_and(|a| !a.is_empty()),
             "{rule}"
         );
     }
