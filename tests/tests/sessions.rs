@@ -606,6 +606,21 @@ rules:
         rotated_at > patched_at,
         "rotated {rotated_at}, patched {patched_at}"
     );
+    // The user's list shows the same times (listing is no touch).
+    let r = p.get("/v1/sessions/shop/timed/users/tess").await?;
+    let listed = &r.json["sessions"][0];
+    assert_eq!(
+        r.json["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{r:?}"
+    );
+    assert_eq!(listed["id"], json!(new), "{r:?}");
+    assert_eq!(listed["created_ms"], json!(created), "{r:?}");
+    assert_eq!(listed["last_seen_ms"], json!(rotated_at), "{r:?}");
+    assert!(
+        listed["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{r:?}"
+    );
     Ok(())
 }
 

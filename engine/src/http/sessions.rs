@@ -265,7 +265,7 @@ async fn list(
     let items: Vec<Value> = list
         .into_iter()
         .map(
-            |s| json!({ "id": s.id, "created_ms": s.created_ms, "expires_in_ms": s.expires_in_ms }),
+            |s| json!({ "id": s.id, "created_ms": s.created_ms, "last_seen_ms": s.last_seen_ms, "expires_in_ms": s.expires_in_ms }),
         )
         .collect();
     Ok(Json(json!({ "user": user, "sessions": items })).into_response())
@@ -345,6 +345,8 @@ mod doc {
     pub struct SessionListItem {
         id: String,
         created_ms: u64,
+        /// The session's last use (create, read, patch or rotate).
+        last_seen_ms: u64,
         expires_in_ms: u64,
     }
 

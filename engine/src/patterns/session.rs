@@ -69,6 +69,7 @@ pub struct SessionView {
 pub struct SessionEntry {
     pub id: String,
     pub created_ms: u64,
+    pub last_seen_ms: u64,
     pub expires_in_ms: u64,
 }
 
@@ -444,11 +445,12 @@ impl Sessions {
                 .await,
         )?;
         Ok(reply
-            .chunks_exact(3)
+            .chunks_exact(4)
             .map(|c| SessionEntry {
                 id: c[0].clone(),
                 created_ms: num(&c[1]),
-                expires_in_ms: num(&c[2]),
+                last_seen_ms: num(&c[2]),
+                expires_in_ms: num(&c[3]),
             })
             .collect())
     }
