@@ -179,3 +179,108 @@ rules:
     p.check("other", "r", "u", 1).await?.assert_problem(404);
     Ok(())
 }
+
+/// One rule of `GET /admin/policies`.
+fn rule_of<'a>(policies: &'a Value, app: &str, rule: &str) -> &'a Value {
+    policies["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["app"] == app)
+        .flat_map(|a| a["rules"].as_array().into_iter().flatten())
+        .find(|r| r["rule"] == rule)
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_show_cache_session_and_lock_settings() -> Result<()> {
+    let policy = "app: adm
+rules:
+  product:
+    cache:
+      origin: http://127.0.0.1:9/products/{id}
+      ttl: 1h
+      negative_ttl: 30s
+      stale_while_revalidate: 30s
+      stale_if_error: 10m
+      related: [\"{id}:reviews\"]
+      max_value_bytes: 65536
+  profile:
+    cache:
+      origin: http://127.0.0.1:9/profiles/{id}
+      format: hash
+      ttl: 10m
+      write: behind
+      max_attempts: 4
+      retry_backoff: 250ms
+      journal_max_len: 1000
+  web:
+    session: { idle_ttl: 30m, absolute_ttl: 24h, max_per_user: 5 }
+  order:
+    lock: { ttl: 30s, permits: 3, max_ttl: 5m, max_wait: 10s }
+";
+    let w = World::start(&[("adm.yaml", policy)], &[]).await?;
+    let r = w.patternd.get("/admin/policies").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let product = rule_of(&r.json, "adm", "product");
+    assert_eq!(product["kind"], "cache", "{product}");
+    for (field, want) in [
+        ("origin", json!("http://127.0.0.1:9/products/{id}")),
+        ("ttl_ms", json!(3_600_000)),
+        ("negative_ttl_ms", json!(30_000)),
+        ("stale_while_revalidate_ms", json!(30_000)),
+        ("stale_if_error_ms", json!(600_000)),
+        ("format", json!("string")),
+        ("write", json!("cache")),
+        ("related", json!(["{id}:reviews"])),
+        ("max_value_bytes", json!(65536)),
+        ("plugin", Value::Null),
+    ] {
+        assert_eq!(product[field], want, "product.{field}: {product}");
+    }
+    assert!(product.get("max_attempts").is_none(), "{product}");
+    let profile = rule_of(&r.json, "adm", "profile");
+    for (field, want) in [
+        ("format", json!("hash")),
+        ("write", json!("behind")),
+        ("ttl_ms", json!(600_000)),
+        ("negative_ttl_ms", Value::Null),
+        ("max_attempts", json!(4)),
+        ("retry_backoff_ms", json!(250)),
+        ("journal_max_len", json!(1000)),
+    ] {
+        assert_eq!(profile[field], want, "profile.{field}: {profile}");
+    }
+    let web = rule_of(&r.json, "adm", "web");
+    assert_eq!(web["kind"], "session", "{web}");
+    for (field, want) in [
+        ("idle_ttl_ms", json!(1_800_000)),
+        ("absolute_ttl_ms", json!(86_400_000)),
+        ("max_per_user", json!(5)),
+        ("plugin", Value::Null),
+    ] {
+        assert_eq!(web[field], want, "web.{field}: {web}");
+    }
+    let order = rule_of(&r.json, "adm", "order");
+    assert_eq!(order["kind"], "lock", "{order}");
+    for (field, want) in [
+        ("ttl_ms", json!(30_000)),
+        ("permits", json!(3)),
+        ("max_ttl_ms", json!(300_000)),
+        ("max_wait_ms", json!(10_000)),
+    ] {
+        assert_eq!(order[field], want, "order.{field}: {order}");
+    }
+    // Every rule still lists its keys and scripts.
+    for rule in [product, profile, web, order] {
+        assert!(
+            rule["keys"].as_array().is_some_and(|a| !a.is_empty()),
+            "{rule}"
+        );
+        assert!(
+            rule["scripts"].as_array().is_some_and(|a| !a.is_empty()),
+            "{rule}"
+        );
+    }
+    Ok(())
+}

@@ -506,6 +506,124 @@ rules:
     Ok(())
 }
 
+/// Echoes the times the host passes into its rejection reason when asked (`x-echo`), and
+/// otherwise rejects only a session seen before it was created (which would be a host bug).
+const TIMES_PLUGIN: &str = r#"local function ms(n)
+  return string.format('%.0f', n)
+end
+local function session(req, s)
+  if type(s.created_ms) ~= 'number' or type(s.last_seen_ms) ~= 'number' then
+    return { reject = 'no times' }
+  end
+  if req.headers['x-echo'] then
+    return { reject = 'created=' .. ms(s.created_ms) .. ' seen=' .. ms(s.last_seen_ms) }
+  end
+  if s.created_ms <= 0 or s.last_seen_ms < s.created_ms then
+    return { reject = 'impossible times' }
+  end
+  return 'allow'
+end
+return { session = session }
+"#;
+
+/// `created=<ms> seen=<ms>` from an echoing hook's rejection.
+fn echoed(r: &Reply) -> Result<(u64, u64)> {
+    r.assert_problem(403);
+    let d = r.detail();
+    let num = |tag: &str| -> Result<u64> {
+        let rest = d
+            .split_once(tag)
+            .ok_or_else(|| anyhow::anyhow!("no {tag} in {d:?}"))?
+            .1;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Ok(digits.parse()?)
+    };
+    Ok((num("created=")?, num("seen=")?))
+}
+
+/// Reads a session with the hook echoing (403, nothing touched) and returns what it saw.
+async fn hook_sees(p: &Patternd, sid: &str) -> Result<(u64, u64)> {
+    echoed(
+        &p.get_with(
+            &format!("/v1/sessions/shop/timed/{sid}"),
+            &[("x-echo", "1")],
+        )
+        .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_hook_sees_created_and_last_seen_times() -> Result<()> {
+    let plugins = TempDir::new("session-plugins-times")?;
+    plugins.write("times.lua", TIMES_PLUGIN)?;
+    let policy = "app: shop
+rules:
+  timed:
+    session: { idle_ttl: 30m, absolute_ttl: 24h, plugin: { name: times } }
+";
+    let redis = RedisServer::start()?;
+    let dir = policy_dir(&[("shop.yaml", policy)])?;
+    let plugin_dir = plugins.path().to_string_lossy().to_string();
+    let p = Patternd::start(&redis.url(), dir.path(), &["--plugins", &plugin_dir]).await?;
+    let sid = create(&p, "timed", "tess", json!({ "cart": 1 })).await?;
+    // Times are Redis TIME in ms: pausing between touches makes each one a later ms, so the
+    // comparisons below are strict. Nothing is timed.
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+
+    // Before any read, the last touch is the creation.
+    let (created, seen) = hook_sees(&p, &sid).await?;
+    assert_eq!(seen, created, "fresh session");
+    pause().await;
+    let first = get(&p, "timed", &sid).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.json["created_ms"], json!(created), "{first:?}");
+    assert_eq!(first.json["last_seen_ms"], json!(created), "{first:?}");
+
+    // The first read was a touch: the hook now sees it, later than the creation.
+    pause().await;
+    let (c2, read_at) = hook_sees(&p, &sid).await?;
+    assert_eq!(c2, created);
+    assert!(read_at > created, "read at {read_at}, created {created}");
+    // A rejected read is no touch: the next read reports the same last touch.
+    let again = get(&p, "timed", &sid).await?;
+    assert_eq!(again.json["last_seen_ms"], json!(read_at), "{again:?}");
+
+    // PATCH and rotate are touches too; creation time survives rotation.
+    pause().await;
+    let r = patch(&p, "timed", &sid, json!({ "cart": 2 })).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (_, patched_at) = hook_sees(&p, &sid).await?;
+    assert!(patched_at > read_at, "patched {patched_at}, read {read_at}");
+    pause().await;
+    let r = p
+        .post_json(&format!("/v1/sessions/shop/timed/{sid}/rotate"), &json!({}))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new = r.json["id"].as_str().unwrap_or_default().to_string();
+    let (c3, rotated_at) = hook_sees(&p, &new).await?;
+    assert_eq!(c3, created, "rotation keeps the creation time");
+    assert!(
+        rotated_at > patched_at,
+        "rotated {rotated_at}, patched {patched_at}"
+    );
+    // The user's list shows the same times (listing is no touch).
+    let r = p.get("/v1/sessions/shop/timed/users/tess").await?;
+    let listed = &r.json["sessions"][0];
+    assert_eq!(
+        r.json["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{r:?}"
+    );
+    assert_eq!(listed["id"], json!(new), "{r:?}");
+    assert_eq!(listed["created_ms"], json!(created), "{r:?}");
+    assert_eq!(listed["last_seen_ms"], json!(rotated_at), "{r:?}");
+    assert!(
+        listed["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{r:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_rule_naming_a_missing_plugin_or_hook_is_refused() -> Result<()> {
     let plugins = TempDir::new("session-plugins-bad")?;

@@ -178,3 +178,40 @@ async fn a_broken_component_never_replaces_a_working_one() -> Result<()> {
     assert_eq!(tier(p, "tiered", "u", None).await?.status, 429);
     Ok(())
 }
+
+/// The component's session hook gets the session's real times (WIT `created-ms`,
+/// `last-seen-ms`): `hostile` in `echo` mode puts them in its rejection reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_hook_gets_created_and_last_seen_times() -> Result<()> {
+    let policy = "app: w
+rules:
+  s: { session: { idle_ttl: 30m, absolute_ttl: 24h, plugin: { name: hostile, config: { mode: ok } } } }
+";
+    let w = start(policy, plugins_from_dist(&["hostile.wasm"])?).await?;
+    let p = &w.patternd;
+    let r = p
+        .post_json("/v1/sessions/w/s", &json!({ "user": "wes" }))
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    let sid = r.json["id"].as_str().unwrap_or_default().to_string();
+    let path = format!("/v1/sessions/w/s/{sid}");
+    // Redis TIME is in ms: the pause makes the read a later ms than the creation.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let read = p.get(&path).await?;
+    assert_eq!(read.status, 200, "{read:?}");
+    let created = read.json["created_ms"].as_u64().unwrap_or_default();
+    assert!(created > 0, "{read:?}");
+    let echo = p.get_with(&path, &[("x-mode", "echo")]).await?;
+    echo.assert_problem(403);
+    let d = echo.detail();
+    let (c, seen) = d
+        .split_once("created=")
+        .and_then(|(_, rest)| rest.split_once(" seen="))
+        .ok_or_else(|| anyhow::anyhow!("unexpected reason {d:?}"))?;
+    assert_eq!(c.parse::<u64>()?, created, "{d}");
+    // The last touch is the read above, after the creation.
+    let seen: u64 = seen.parse()?;
+    assert!(seen > created, "{d}");
+    assert_eq!(p.get(&path).await?.json["last_seen_ms"], json!(seen));
+    Ok(())
+}

@@ -78,7 +78,7 @@ impl CompiledLock {
             ),
             (
                 t("rel"),
-                "ZSET of the last 32 released tokens, so a repeated release is not an error; expires after max_ttl".to_string(),
+                "ZSET of the last 32 released tokens, so a repeated release is not an error; expires max(max_ttl, 1m) after the last release".to_string(),
             ),
         ]
     }

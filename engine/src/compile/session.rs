@@ -85,7 +85,7 @@ impl CompiledSession {
         vec![
             (
                 t("s:<random>"),
-                "HASH {u: user, i: base64url user, c: created ms, a: absolute deadline ms, d:<field>: JSON}; expires after idle_ttl, never past the deadline".to_string(),
+                "HASH {u: user, i: base64url user, c: created ms, a: absolute deadline ms, l: last touch ms, d:<field>: JSON}; expires after idle_ttl, never past the deadline".to_string(),
             ),
             (
                 t("ue:<base64url user>"),

@@ -1,6 +1,7 @@
 //! `/admin/…`: policy listing and reload, behind a bearer token (or loopback-only without one).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
@@ -11,7 +12,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::problem::ApiError;
 use crate::compile::CompiledKind;
-use crate::policy::RuleKind;
+use crate::policy::cache::WriteMode;
+use crate::policy::{PluginRef, RuleKind};
 use crate::runtime::ReloadError;
 use crate::snapshot::Snapshot;
 
@@ -76,6 +78,19 @@ pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, Ap
     }
 }
 
+/// A validated duration as whole milliseconds, the unit every `*_ms` field of the API uses.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A rule's plugin binding as configured: its name and `plugin.config`.
+fn plugin(p: Option<&PluginRef>) -> Value {
+    p.map_or(
+        Value::Null,
+        |p| json!({ "name": p.name, "config": p.config }),
+    )
+}
+
 fn describe(snap: &Snapshot) -> Value {
     let loaded_at = humantime::format_rfc3339_seconds(snap.loaded_at).to_string();
     let apps: Vec<Value> = snap
@@ -109,6 +124,40 @@ fn describe(snap: &Snapshot) -> Value {
                             r["on_redis_error"] = json!(rl.on_redis_error);
                             r["shadow"] = json!(rl.shadow);
                             r["id_from"] = json!(rl.id_from.as_ref().map(|f| json!({"header": f.header})));
+                        }
+                        (RuleKind::Cache(c), _) => {
+                            r["origin"] = json!(c.origin.as_ref().map(|o| &o.text));
+                            r["ttl_ms"] = json!(ms(c.ttl));
+                            r["negative_ttl_ms"] = json!(c.negative_ttl.map(ms));
+                            r["stale_while_revalidate_ms"] = json!(ms(c.stale_while_revalidate));
+                            r["stale_if_error_ms"] = json!(ms(c.stale_if_error));
+                            r["format"] = json!(c.format);
+                            r["write"] = json!(c.write);
+                            r["related"] = json!(c.related);
+                            r["max_value_bytes"] = json!(c.max_value_bytes);
+                            r["origin_timeout_ms"] = json!(ms(c.origin_timeout));
+                            r["refresh_lease_ms"] = json!(ms(c.refresh_lease));
+                            r["fill_wait_ms"] = json!(ms(c.fill_wait));
+                            r["beta"] = json!(c.beta);
+                            // The write-behind worker's settings mean nothing in other modes.
+                            if c.write == WriteMode::Behind {
+                                r["max_attempts"] = json!(c.max_attempts);
+                                r["retry_backoff_ms"] = json!(ms(c.retry_backoff));
+                                r["journal_max_len"] = json!(c.journal_max_len);
+                            }
+                            r["plugin"] = plugin(c.plugin.as_ref());
+                        }
+                        (RuleKind::Session(s), _) => {
+                            r["idle_ttl_ms"] = json!(ms(s.idle_ttl));
+                            r["absolute_ttl_ms"] = json!(ms(s.absolute_ttl));
+                            r["max_per_user"] = json!(s.max_per_user);
+                            r["plugin"] = plugin(s.plugin.as_ref());
+                        }
+                        (RuleKind::Lock(l), _) => {
+                            r["ttl_ms"] = json!(ms(l.ttl));
+                            r["permits"] = json!(l.permits);
+                            r["max_ttl_ms"] = json!(ms(l.max_ttl));
+                            r["max_wait_ms"] = json!(ms(l.max_wait));
                         }
                         (RuleKind::Ops(o), _) => {
                             r["plugin"] = json!(o.plugin);

@@ -120,7 +120,7 @@ fn metrics() {}
 fn openapi() {}
 
 #[utoipa::path(get, path = "/admin/policies", tag = "admin",
-    description = "Loaded apps and rules with limits, key layouts and script SHAs. Bearer token, or loopback only without one.",
+    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session and lock settings in ms). Bearer token, or loopback only without one.",
     responses((status = 200, description = "The loaded policies"),
         (status = 401, body = Problem, content_type = "application/problem+json")))]
 fn admin_policies() {}

@@ -188,6 +188,7 @@ async fn read(
         "user": view.user,
         "data": data,
         "created_ms": view.created_ms,
+        "last_seen_ms": view.last_seen_ms,
         "expires_in_ms": view.expires_in_ms,
     }))
     .into_response())
@@ -264,7 +265,7 @@ async fn list(
     let items: Vec<Value> = list
         .into_iter()
         .map(
-            |s| json!({ "id": s.id, "created_ms": s.created_ms, "expires_in_ms": s.expires_in_ms }),
+            |s| json!({ "id": s.id, "created_ms": s.created_ms, "last_seen_ms": s.last_seen_ms, "expires_in_ms": s.expires_in_ms }),
         )
         .collect();
     Ok(Json(json!({ "user": user, "sessions": items })).into_response())
@@ -316,6 +317,8 @@ mod doc {
         user: String,
         data: Map<String, Value>,
         created_ms: u64,
+        /// The previous use of the session (create, read, patch or rotate), before this read.
+        last_seen_ms: u64,
         /// Until the session expires unless used again (never past its absolute lifetime).
         expires_in_ms: u64,
     }
@@ -342,6 +345,8 @@ mod doc {
     pub struct SessionListItem {
         id: String,
         created_ms: u64,
+        /// The session's last use (create, read, patch or rotate).
+        last_seen_ms: u64,
         expires_in_ms: u64,
     }
 

@@ -226,11 +226,20 @@ impl Locker {
                 self.counted(store.eval(&self.scripts.acquire, &keys, &args).await)?;
             match reply.as_slice() {
                 [ok, token, ttl] if ok == "1" => {
+                    // A fence of 0 would tell the protected resource to accept anything: a
+                    // reply we cannot read is an error, never a made-up fence (the lease it
+                    // may have granted lapses by itself).
+                    let (Some(fence), Ok(expires_in_ms)) = (parse_token(token), ttl.parse()) else {
+                        self.counters.failed.increment(1);
+                        return Err(LockError::Internal(format!(
+                            "unexpected reply of the acquire script: {reply:?}"
+                        )));
+                    };
                     self.counters.acquired.increment(1);
                     return Ok(Lease {
-                        fence: parse_token(token).unwrap_or(0),
+                        fence,
                         token: token.clone(),
-                        expires_in_ms: ttl.parse().unwrap_or(0),
+                        expires_in_ms,
                     });
                 }
                 [_, hint] => {

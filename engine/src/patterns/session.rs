@@ -14,7 +14,7 @@ use metrics::Counter;
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::session::{SHARD_LEN, SessionScripts};
 use crate::compile::{CompiledSession, KeySpace};
-use crate::plugin::{PluginBinding, PluginError, RequestFacts, SessionDecision};
+use crate::plugin::{PluginBinding, PluginError, RequestFacts, SessionDecision, SessionFacts};
 use crate::policy::Rule;
 use crate::policy::session::Session;
 use crate::store::{Store, StoreError};
@@ -56,6 +56,9 @@ pub enum SessionError {
 pub struct SessionView {
     pub user: String,
     pub created_ms: u64,
+    /// The session's previous touch (create, sliding read, patch, rotate): the read that
+    /// returns this view is not counted, so a plugin can judge how long it was idle.
+    pub last_seen_ms: u64,
     pub expires_in_ms: u64,
     /// Field name → JSON text.
     pub data: Vec<(String, String)>,
@@ -66,6 +69,7 @@ pub struct SessionView {
 pub struct SessionEntry {
     pub id: String,
     pub created_ms: u64,
+    pub last_seen_ms: u64,
     pub expires_in_ms: u64,
 }
 
@@ -294,7 +298,13 @@ impl Sessions {
         let parsed = self.parse(sid)?;
         if let Some(binding) = &self.plugin {
             let peek = self.read(store, sid, &parsed, false).await?;
-            match binding.session(&facts, &peek.user, &peek.data) {
+            let s = SessionFacts {
+                user: &peek.user,
+                data: &peek.data,
+                created_ms: peek.created_ms,
+                last_seen_ms: peek.last_seen_ms,
+            };
+            match binding.session(&facts, &s) {
                 Ok(SessionDecision::Allow) => {}
                 Ok(SessionDecision::Reject(reason)) => {
                     self.counters.rejected.increment(1);
@@ -333,6 +343,7 @@ impl Sessions {
         let user = reply.next().unwrap_or_default();
         let created_ms = num(&reply.next().unwrap_or_default());
         let expires_in_ms = num(&reply.next().unwrap_or_default());
+        let last_seen_ms = num(&reply.next().unwrap_or_default());
         let mut data = Vec::new();
         while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
             data.push((k, v));
@@ -340,6 +351,7 @@ impl Sessions {
         Ok(SessionView {
             user,
             created_ms,
+            last_seen_ms,
             expires_in_ms,
             data,
         })
@@ -433,11 +445,12 @@ impl Sessions {
                 .await,
         )?;
         Ok(reply
-            .chunks_exact(3)
+            .chunks_exact(4)
             .map(|c| SessionEntry {
                 id: c[0].clone(),
                 created_ms: num(&c[1]),
-                expires_in_ms: num(&c[2]),
+                last_seen_ms: num(&c[2]),
+                expires_in_ms: num(&c[3]),
             })
             .collect())
     }

@@ -56,6 +56,17 @@ pub struct CacheDecision {
     pub tags: Vec<String>,
 }
 
+/// A session as the session hook sees it. Times are Redis clock, ms since the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    pub user: &'a str,
+    /// Field name → JSON text.
+    pub data: &'a [(String, String)],
+    pub created_ms: u64,
+    /// The previous touch (create, sliding read, patch or rotate), not the read being decided.
+    pub last_seen_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionDecision {
     Allow,

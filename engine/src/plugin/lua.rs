@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::decision::{CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision};
+use super::decision::{
+    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+};
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
 use crate::policy::Algorithm;
@@ -269,16 +271,17 @@ impl LuaBinding {
     pub fn session(
         &self,
         req: &RequestFacts,
-        user: &str,
-        data: &[(String, String)],
+        session: &SessionFacts<'_>,
     ) -> Result<SessionDecision, PluginError> {
         let name = self.plugin.name.clone();
         let out = self.with_instance("session", |lua, func| {
             let r = facts_to_lua(lua, req)?;
             let s = lua.create_table()?;
-            s.set("user", user)?;
+            s.set("user", session.user)?;
+            s.set("created_ms", session.created_ms)?;
+            s.set("last_seen_ms", session.last_seen_ms)?;
             let d = lua.create_table()?;
-            for (k, v) in data {
+            for (k, v) in session.data {
                 let parsed: serde_json::Value =
                     serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;

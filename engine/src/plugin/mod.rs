@@ -16,7 +16,9 @@ mod pool;
 pub mod registry;
 pub mod wasm;
 
-pub use decision::{CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision};
+pub use decision::{
+    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+};
 pub use registry::{PluginBinding, PluginSet};
 
 use std::time::Duration;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::decision::{CacheDecision, RateLimitDecision, RequestFacts, SessionDecision};
+use super::decision::{
+    CacheDecision, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+};
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
 use super::wasm::{WasmBinding, WasmPlugin};
 use super::{Limits, PluginError};
@@ -72,15 +74,16 @@ impl PluginBinding {
         }
     }
 
+    /// The session hook, with the session as read: its user, data, creation time and the
+    /// time of its previous touch (both Redis clock, ms since the epoch).
     pub fn session(
         &self,
         req: &RequestFacts,
-        user: &str,
-        data: &[(String, String)],
+        s: &SessionFacts<'_>,
     ) -> Result<SessionDecision, PluginError> {
         match self {
-            PluginBinding::Lua(b) => b.session(req, user, data),
-            PluginBinding::Wasm(b) => b.session(req, user, data),
+            PluginBinding::Lua(b) => b.session(req, s),
+            PluginBinding::Wasm(b) => b.session(req, s),
         }
     }
 }

@@ -32,8 +32,8 @@ use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceType, Va
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, Trap};
 
 use super::decision::{
-    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, validate_cache,
-    validate_rate_limit, validate_session,
+    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+    validate_cache, validate_rate_limit, validate_session,
 };
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
@@ -482,15 +482,14 @@ impl WasmBinding {
     pub fn session(
         &self,
         req: &RequestFacts,
-        user: &str,
-        data: &[(String, String)],
+        s: &SessionFacts<'_>,
     ) -> Result<SessionDecision, PluginError> {
         let wreq = to_wit_request(req);
         let session = wit::Session {
-            user: user.to_string(),
-            data: data.to_vec(),
-            created_ms: 0,
-            last_seen_ms: 0,
+            user: s.user.to_string(),
+            data: s.data.to_vec(),
+            created_ms: s.created_ms,
+            last_seen_ms: s.last_seen_ms,
         };
         let out = self.with_instance(|g, s| g.call_session(s, &wreq, &session))?;
         let d = match out {
@@ -871,6 +870,15 @@ mod tests {
         }
     }
 
+    fn session(user: &str) -> SessionFacts<'_> {
+        SessionFacts {
+            user,
+            data: &[],
+            created_ms: 1,
+            last_seen_ms: 2,
+        }
+    }
+
     fn one_limit(d: RateLimitDecision) -> DynLimit {
         match d {
             RateLimitDecision::Check(mut l) if l.len() == 1 => l.remove(0),
@@ -908,7 +916,7 @@ mod tests {
         // The other hooks are neutral.
         assert_eq!(b.cache(&facts(&[], 1)).unwrap(), CacheDecision::default());
         assert_eq!(
-            b.session(&facts(&[], 1), "alice", &[]).unwrap(),
+            b.session(&facts(&[], 1), &session("alice")).unwrap(),
             SessionDecision::Allow
         );
         // Warm: every call so far reused the instance made at bind.
@@ -986,12 +994,15 @@ mod tests {
         // The other hooks are contained the same way.
         let loop_ = facts(&[("x-mode", "loop")], 1);
         assert_eq!(b.cache(&loop_).unwrap_err().kind(), "budget");
-        assert_eq!(b.session(&loop_, "u", &[]).unwrap_err().kind(), "budget");
+        assert_eq!(
+            b.session(&loop_, &session("u")).unwrap_err().kind(),
+            "budget"
+        );
         let garbage = facts(&[("x-mode", "garbage")], 1);
         assert_eq!(b.cache(&garbage).unwrap_err().kind(), "bad_output");
         let flood = facts(&[("x-mode", "flood")], 1);
         assert_eq!(
-            b.session(&flood, "u", &[]).unwrap_err().kind(),
+            b.session(&flood, &session("u")).unwrap_err().kind(),
             "bad_output"
         );
         ok();

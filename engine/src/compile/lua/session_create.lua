@@ -24,7 +24,7 @@ if max > 0 then
 end
 local a = now + absolute
 local exp = math.min(now + idle, a)
-local fields = { 'u', user, 'i', i, 'c', int(now), 'a', int(a) }
+local fields = { 'u', user, 'i', i, 'c', int(now), 'a', int(a), 'l', int(now) }
 for j = 8, #ARGV, 2 do
   fields[#fields + 1] = 'd:' .. ARGV[j]
   fields[#fields + 1] = ARGV[j + 1]

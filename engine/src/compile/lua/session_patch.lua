@@ -20,7 +20,7 @@ if exp == nil then
 end
 -- Bound the session's size before writing anything: count the fields this patch adds and
 -- removes.
-local fields = redis.call('HLEN', key) - 4
+local fields = redis.call('HLEN', key) - 4 - redis.call('HEXISTS', key, 'l')
 for j = 5, #ARGV, 2 do
   local present = redis.call('HEXISTS', key, 'd:' .. ARGV[j]) == 1
   if ARGV[j + 1] == '' then
@@ -40,6 +40,7 @@ for j = 5, #ARGV, 2 do
   end
 end
 slide(key, ue, uc, sid, created, exp, now)
+redis.call('HSET', key, 'l', int(now))
 prune(ue, uc, now)
 index_expiry(ue, uc, now)
 return int(exp - now)

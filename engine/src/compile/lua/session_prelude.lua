@@ -2,7 +2,7 @@
 -- One clock: every engine replica reads Redis TIME. Session times are whole milliseconds
 -- (exact in a Lua double), written with string.format so Redis never rounds them.
 -- A session is a HASH {u = user, i = base64url(user), c = created ms, a = absolute deadline ms,
--- d:<field> = JSON}; its user's index is two ZSETs: `ue:<i>` (member = session id, score = the
+-- l = last touch ms (create, sliding read, patch, rotate), d:<field> = JSON}; its user's index is two ZSETs: `ue:<i>` (member = session id, score = the
 -- session's current expiry ms) and `uc:<i>` (same members, score = creation time in µs, for
 -- evicting the oldest). Every script that touches a session keeps both in step.
 -- Keys: `base` (ARGV) is the KeySpace key of the user's shard with an empty sub, so every key

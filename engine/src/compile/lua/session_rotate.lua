@@ -40,6 +40,7 @@ for j = 1, #h, 200 do
 end
 redis.call('DEL', old)
 unindex(ue, uc, old_sid)
+redis.call('HSET', new, 'l', int(now))
 redis.call('PEXPIRE', new, int(exp - now))
 redis.call('ZADD', ue, int(exp), new_sid)
 redis.call('ZADD', uc, order, new_sid)

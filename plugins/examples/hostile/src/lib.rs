@@ -12,7 +12,9 @@
 //! - `print`: writes to stdout and stderr, then behaves (the host must not break);
 //! - `sneak`: tries to read a file and the environment, and reports what it saw as a deny
 //!   reason (the host grants neither);
-//! - `init-loop`, `init-fail`: misbehave in `init` instead.
+//! - `init-loop`, `init-fail`: misbehave in `init` instead;
+//! - `echo` (session hook only): rejects with `created=<created-ms> seen=<last-seen-ms>`, so a
+//!   test can see the times the host passed.
 //!
 //! One guest with a mode, rather than one per misbehavior, so the tests build one component.
 
@@ -95,8 +97,13 @@ impl Guest for Hostile {
         }
     }
 
-    fn session(req: Request, _s: Session) -> SessionDecision {
+    fn session(req: Request, s: Session) -> SessionDecision {
         match mode(&req) {
+            // Not hostile: a probe that shows the host passes the session's real times.
+            "echo" => SessionDecision::Reject(format!(
+                "created={} seen={}",
+                s.created_ms, s.last_seen_ms
+            )),
             "loop" => spin(),
             "trap" => panic!("hostile: trapping, as asked"),
             "flood" => SessionDecision::Reject("x".repeat(64 << 10)),
