@@ -630,14 +630,24 @@ impl Report {
             Some(r) => format!("open loop at {r:.0} req/s"),
         };
         println!(
-            "  patternd: {} keep-alive HTTP/1.1 connections ({} load thread(s)), {:?} warm-up + {:?} measured, ids over {}",
-            args.connections, args.load_threads, args.warmup, args.duration, args.keyspace
+            "  patternd: {} keep-alive HTTP/1.1 connections ({} load thread(s)), {:?} warm-up + {:?} measured",
+            args.connections, args.load_threads, args.warmup, args.duration
+        );
+        println!(
+            "            ids over {} (rate limits, lock resources), {} cache ids (all filled first), {} live sessions",
+            args.keyspace,
+            patterns::CACHE_IDS,
+            patterns::SESSIONS
         );
         println!("            {mode}");
         if !self.results.is_empty() {
             println!(
-                "  baseline: redis-benchmark -c {} -n {} -r {} on the same Redis: EVALSHA of the same script (rate limits), GET (cache)",
-                args.baseline_clients, args.baseline_requests, args.keyspace
+                "  baseline: on the same Redis, -c {} clients, -n {} requests: redis-benchmark EVALSHA of the same script (rate limits, -r {}), \
+                 redis-benchmark GET (cache, -r {}), the same scripts in process without HTTP (session; lock: n/2 cycles)",
+                args.baseline_clients,
+                args.baseline_requests,
+                args.keyspace,
+                patterns::CACHE_IDS
             );
         }
         if !self.results.is_empty() {
