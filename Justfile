@@ -12,9 +12,11 @@ run *ARGS:
 test:
     cargo test --workspace
 
-# Benchmarks (release build), all in one run: rate-limit decisions over HTTP against
-# redis-benchmark EVALSHA of the same script on the same Redis, and the plugin figures (WASM
-# and Lua hook cost per call; throughput of a plugin rule against the same rule without one).
+# Benchmarks (release build), all in one run, each against a baseline on the same Redis:
+# rate-limit decisions (redis-benchmark EVALSHA of the same script), the plugin figures (hook
+# cost per call; a plugin rule against the same rule without one), cache hits with and without
+# the near cache (redis-benchmark GET), session reads and lock acquire+release (the same
+# scripts called in process). `just bench --scenario cache` runs one; `--help` lists them.
 bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}
