@@ -256,7 +256,7 @@ impl CacheRule {
             }
             choice.tags = d.tags;
         }
-        let keys = self.id_keys(&choice.key_id);
+        let keys = self.read_keys(&choice.key_id);
         let deadline = Instant::now() + self.spec.fill_wait;
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
