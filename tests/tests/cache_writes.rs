@@ -364,6 +364,8 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     );
     dead_letters(p, "?count=0").await?.assert_problem(400);
     dead_letters(p, "?after=nope").await?.assert_problem(400);
+    // A malformed query is a problem too, not axum's plain-text rejection.
+    dead_letters(p, "?count=1&count=2").await?.assert_problem(400);
     p.get("/admin/cache/w/c/dead-letters")
         .await?
         .assert_problem(409);

@@ -336,7 +336,7 @@ impl CacheRule {
                 Action::Wait => {
                     if Instant::now() >= deadline {
                         // The filler is slow or gone: fetch without the lease. The fill script
-                        // then stores only into an absent value, never over a newer one.
+                        // then stores only into an absent value whose lease nobody holds.
                         return self
                             .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
                             .await;
