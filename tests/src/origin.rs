@@ -366,8 +366,9 @@ async fn handle(
     if let Some(s) = fail {
         return status(s, "origin failing on purpose");
     }
+    let item = || early_item.unwrap_or_else(|| shared.with(|i| i.items.get(&id).cloned()));
     match method {
-        Method::GET => match early_item.unwrap_or_else(|| shared.with(|i| i.items.get(&id).cloned())) {
+        Method::GET => match item() {
             Some(item) => {
                 let mut resp = (StatusCode::OK, item.body).into_response();
                 if let Ok(v) = item.content_type.parse() {

@@ -365,7 +365,9 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     dead_letters(p, "?count=0").await?.assert_problem(400);
     dead_letters(p, "?after=nope").await?.assert_problem(400);
     // A malformed query is a problem too, not axum's plain-text rejection.
-    dead_letters(p, "?count=1&count=2").await?.assert_problem(400);
+    dead_letters(p, "?count=1&count=2")
+        .await?
+        .assert_problem(400);
     p.get("/admin/cache/w/c/dead-letters")
         .await?
         .assert_problem(409);
@@ -983,19 +985,34 @@ async fn a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data()
         patch(p, "ht", "p", r#"{"a": 2}"#, "application/json").await
     });
     let (g, r) = (g?, r?);
-    assert_eq!(r.status, 204, "not cached: the origin took the patch; {r:?}");
+    assert_eq!(
+        r.status, 204,
+        "not cached: the origin took the patch; {r:?}"
+    );
     // The read began before the PATCH: it may see the old object, but must not store it.
-    assert_eq!((g.status, g.json.clone()), (200, json!({"a": 1, "b": 1})), "{g:?}");
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 1, "b": 1})),
+        "{g:?}"
+    );
     let cs = g.header("cache-status").unwrap_or("").to_string();
     assert!(!cs.contains("stored"), "{cs}");
     assert_eq!(hget(&w, &value_key("ht", "p"), "f:a").await?, None);
 
     origin.set_get_delay(Duration::ZERO);
     let g = p.get("/v1/cache/w/ht/p").await?;
-    assert_eq!((g.status, g.json.clone()), (200, json!({"a": 2, "b": 1})), "{g:?}");
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 2, "b": 1})),
+        "{g:?}"
+    );
     assert_eq!(origin.gets("p"), 2, "the next read filled from the origin");
     let g = p.get("/v1/cache/w/ht/p").await?;
-    assert_eq!((g.status, g.json.clone()), (200, json!({"a": 2, "b": 1})), "{g:?}");
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 2, "b": 1})),
+        "{g:?}"
+    );
     assert_eq!(origin.gets("p"), 2, "and that fill was stored");
     Ok(())
 }
@@ -1032,11 +1049,11 @@ async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
     })
     .await?;
     for i in 0..IDS {
-        assert_eq!(
-            origin_body(&fast, &format!("f{i}")),
-            Some(format!("v{i}"))
-        );
+        assert_eq!(origin_body(&fast, &format!("f{i}")), Some(format!("v{i}")));
     }
-    assert!(slow.writes().is_empty(), "the slow delivery is still in flight");
+    assert!(
+        slow.writes().is_empty(),
+        "the slow delivery is still in flight"
+    );
     Ok(())
 }

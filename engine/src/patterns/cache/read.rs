@@ -9,6 +9,8 @@
 //!
 //! `Cache-Status` (RFC 9211) values, cache name `patternd`:
 //! - `hit; ttl=N`: served fresh from the cache (also for a cached negative 404).
+//! - `hit; ttl=-N` (no detail): a `write: behind` value whose write is still in the journal,
+//!   served past its ttl: it is newer than the origin's copy, so it is not refreshed.
 //! - `hit; ttl=-N; detail=stale-while-revalidate`: served stale while one caller refreshes.
 //! - `fwd=miss; fwd-status=200; stored`: fetched from the origin and stored (`fwd=stale` when
 //!   a stale value was there but past stale_while_revalidate).
