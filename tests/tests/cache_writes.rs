@@ -1057,3 +1057,45 @@ async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
     );
     Ok(())
 }
+
+/// A journaled write outlives its value's own lifetime while it is being retried: the value
+/// (ttl 1s, no staleness) would expire long before the origin accepts the write, and a read
+/// would then fill the origin's older copy; each delivery attempt keeps it alive instead.
+#[tokio::test]
+async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"old", &[]);
+    let policy = format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1s\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 100ms\n      max_attempts: 1000\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    origin.fail_writes_with(Some(503));
+    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    eventually(WAIT, "a refused delivery attempt", || async {
+        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
+    })
+    .await?;
+    // Well past the value's own hard lifetime (1s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(exists(&w, &value_key("b", "k")).await?, "kept alive");
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    assert_eq!(
+        origin.gets("k"),
+        0,
+        "the origin's older copy was never read"
+    );
+
+    origin.fail_writes_with(None);
+    eventually(WAIT, "the write delivered", || async {
+        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
+    })
+    .await?;
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    Ok(())
+}

@@ -40,7 +40,8 @@
 //!   flusher skips an entry older than `jp`: a newer write supersedes it (coalescing).
 //!   While the `jp` entry is still in the journal, the value is newer than the origin's copy:
 //!   the read script (KEYS[3] = the journal for `behind` rules) serves it as a hit and grants
-//!   no lease, and the fill script never replaces it.
+//!   no lease, the fill script never replaces it, and each delivery attempt (`begin`) extends
+//!   its PEXPIRE past the next attempt (never shortening it).
 //!   Flush lease: STRING `ks.key(X, "flush")`, PX origin_timeout + 1s: one delivery per id.
 //!
 //! # The store function

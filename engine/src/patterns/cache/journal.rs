@@ -251,6 +251,16 @@ async fn deliver(
     let token = random_token();
     let lease_ms = (duration_ms(rule.spec.origin_timeout) + 1000).to_string();
     let attempt = newest.attempt.to_string();
+    // The value outlives the next attempt of this write (its backoff, plus the take-over
+    // floor in case this engine dies): until delivered, it is newer than the origin's copy.
+    let timeout_ms = duration_ms(rule.spec.origin_timeout);
+    let next_backoff = duration_ms(rule.spec.retry_backoff)
+        .max(1)
+        .saturating_mul(1u64 << newest.attempt.min(32))
+        .min(duration_ms(MAX_BACKOFF).max(duration_ms(rule.spec.retry_backoff)));
+    let keep_ms = next_backoff
+        .saturating_add(timeout_ms.saturating_mul(2).saturating_add(2000))
+        .to_string();
     let idkeys = rule.keys.keys(&newest.id, [VALUE_SUB, FLUSH_LEASE_SUB]);
     let flush_key = idkeys[1].clone();
     let mut args: Vec<&[u8]> = vec![
@@ -260,6 +270,7 @@ async fn deliver(
         newest.oid.as_bytes(),
         consumer.as_bytes(),
         attempt.as_bytes(),
+        keep_ms.as_bytes(),
     ];
     args.extend(group.iter().map(|e| e.eid.as_bytes()));
     let keys = [jkey.to_string(), idkeys[0].clone(), flush_key.clone()];
