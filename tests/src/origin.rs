@@ -53,6 +53,9 @@ struct Inner {
     fail_writes: Option<u16>,
     /// Sleep this long before answering.
     delay: Duration,
+    /// GET only: read the item when the request arrives, then sleep this long before
+    /// answering with what was read (a slow origin whose answer predates later writes).
+    get_delay: Duration,
     /// The header GET answers carry an item's tags in (`None`: `Cache-Tag`).
     tag_header: Option<String>,
 }
@@ -156,6 +159,12 @@ impl Origin {
     /// Refuse writes with `status`, or accept them again with `None`.
     pub fn fail_writes_with(&self, status: Option<u16>) {
         self.shared.with(|i| i.fail_writes = status);
+    }
+
+    /// GETs read the item on arrival and answer it after `d` (writes are not delayed): a fill
+    /// in flight during this time carries the item as it was before any write meanwhile.
+    pub fn set_get_delay(&self, d: Duration) {
+        self.shared.with(|i| i.get_delay = d);
     }
 
     /// Send items' tags in this header (e.g. `Surrogate-Key`) instead of `Cache-Tag`.
@@ -338,18 +347,28 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (delay, fail, fail_writes) = shared.with(|i| {
+    let (delay, fail, fail_writes, early) = shared.with(|i| {
         *i.hits.entry((method.to_string(), id.clone())).or_insert(0) += 1;
-        (i.delay, i.fail_status, i.fail_writes)
+        let early = (method == Method::GET && !i.get_delay.is_zero())
+            .then(|| (i.get_delay, i.items.get(&id).cloned()));
+        (i.delay, i.fail_status, i.fail_writes, early)
     });
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    let early_item = match early {
+        Some((d, item)) => {
+            tokio::time::sleep(d).await;
+            Some(item)
+        }
+        None => None,
+    };
     if let Some(s) = fail {
         return status(s, "origin failing on purpose");
     }
+    let item = || early_item.unwrap_or_else(|| shared.with(|i| i.items.get(&id).cloned()));
     match method {
-        Method::GET => match shared.with(|i| i.items.get(&id).cloned()) {
+        Method::GET => match item() {
             Some(item) => {
                 let mut resp = (StatusCode::OK, item.body).into_response();
                 if let Ok(v) = item.content_type.parse() {
@@ -398,11 +417,36 @@ async fn handle(
                             tags: Vec::new(),
                         },
                     );
+                } else if method == Method::PATCH
+                    && let Some(item) = i.items.get_mut(&id)
+                {
+                    merge_patch(item, &body);
                 }
             });
             StatusCode::NO_CONTENT.into_response()
         }
         _ => status(405, "method not allowed"),
+    }
+}
+
+/// A top-level JSON Merge Patch (RFC 7396) of an item holding a JSON object: the patch's
+/// members replace the item's, `null` deletes one. Anything else leaves the item alone.
+fn merge_patch(item: &mut Item, patch: &[u8]) {
+    let (Ok(serde_json::Value::Object(mut obj)), Ok(serde_json::Value::Object(p))) = (
+        serde_json::from_slice::<serde_json::Value>(&item.body),
+        serde_json::from_slice::<serde_json::Value>(patch),
+    ) else {
+        return;
+    };
+    for (k, v) in p {
+        if v.is_null() {
+            obj.remove(&k);
+        } else {
+            obj.insert(k, v);
+        }
+    }
+    if let Ok(b) = serde_json::to_vec(&serde_json::Value::Object(obj)) {
+        item.body = b;
     }
 }
 

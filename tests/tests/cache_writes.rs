@@ -364,6 +364,10 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     );
     dead_letters(p, "?count=0").await?.assert_problem(400);
     dead_letters(p, "?after=nope").await?.assert_problem(400);
+    // A malformed query is a problem too, not axum's plain-text rejection.
+    dead_letters(p, "?count=1&count=2")
+        .await?
+        .assert_problem(400);
     p.get("/admin/cache/w/c/dead-letters")
         .await?
         .assert_problem(409);
@@ -890,5 +894,208 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
     }
     let want: BTreeSet<String> = [journal_key("b"), "w:cache:b:{%w.b}:dead".to_string()].into();
     assert_eq!(streams, want);
+    Ok(())
+}
+
+/// A write-behind value whose write is still in the journal is newer than the origin's copy:
+/// past its ttl, reads neither serve nor store the origin's older copy (the origin refusing
+/// writes, then down), and once the write is delivered the written value is what reads see.
+#[tokio::test]
+async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Result<()> {
+    let mut origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"old", &[]);
+    let policy = format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1s\n      stale_if_error: 10m\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 100ms\n      max_attempts: 1000\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "old"), "{g:?}");
+    assert_eq!(origin.gets("k"), 1);
+
+    // The origin serves reads but refuses writes: the PUT stays in the journal.
+    origin.fail_writes_with(Some(503));
+    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    eventually(WAIT, "a refused delivery attempt", || async {
+        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
+    })
+    .await?;
+    // Past the value's ttl: without the journal check a read would refresh from the origin.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let g = p.get("/v1/cache/w/b/k").await?;
+        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        let cs = g.header("cache-status").unwrap_or("");
+        assert!(cs.starts_with("patternd; hit"), "{cs}");
+    }
+    assert_eq!(origin.gets("k"), 1, "no refresh reached the origin");
+    assert_eq!(
+        hget(&w, &value_key("b", "k"), "b").await?.as_deref(),
+        Some(&b"new"[..])
+    );
+    assert!(xlen(&w, &journal_key("b")).await? >= 1, "still journaled");
+
+    // The origin down altogether: still the written value.
+    origin.stop().await;
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+
+    // Back, accepting writes: the write is delivered, and reads see it, now from the origin too.
+    origin.restart().await?;
+    origin.fail_writes_with(None);
+    eventually(WAIT, "the write delivered", || async {
+        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
+    })
+    .await?;
+    eventually(WAIT, "an empty journal", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    for _ in 0..3 {
+        let g = p.get("/v1/cache/w/b/k").await?;
+        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    }
+    Ok(())
+}
+
+/// A write-through PATCH of an id that is not cached, while a fill of that id is in flight
+/// with the origin's pre-patch answer: the fill must not store it (the PATCH leaves a write
+/// marker in the lease instead of deleting it). Deterministic: the origin reads the item when
+/// the GET arrives and answers seconds later, and the PATCH is sent once the GET has arrived.
+#[tokio::test]
+async fn a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("p", "application/json", br#"{"a": 1, "b": 1}"#, &[]);
+    let policy = format!(
+        "app: w\nrules:\n  ht:\n    cache:\n      origin: {}\n      ttl: 1h\n      format: hash\n      write: through\n      origin_timeout: 10s\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    origin.set_get_delay(Duration::from_secs(3));
+    let (g, r) = tokio::join!(p.get("/v1/cache/w/ht/p"), async {
+        eventually(WAIT, "the fill's GET at the origin", || async {
+            Ok((origin.gets("p") == 1).then_some(()))
+        })
+        .await?;
+        patch(p, "ht", "p", r#"{"a": 2}"#, "application/json").await
+    });
+    let (g, r) = (g?, r?);
+    assert_eq!(
+        r.status, 204,
+        "not cached: the origin took the patch; {r:?}"
+    );
+    // The read began before the PATCH: it may see the old object, but must not store it.
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 1, "b": 1})),
+        "{g:?}"
+    );
+    let cs = g.header("cache-status").unwrap_or("").to_string();
+    assert!(!cs.contains("stored"), "{cs}");
+    assert_eq!(hget(&w, &value_key("ht", "p"), "f:a").await?, None);
+
+    origin.set_get_delay(Duration::ZERO);
+    let g = p.get("/v1/cache/w/ht/p").await?;
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 2, "b": 1})),
+        "{g:?}"
+    );
+    assert_eq!(origin.gets("p"), 2, "the next read filled from the origin");
+    let g = p.get("/v1/cache/w/ht/p").await?;
+    assert_eq!(
+        (g.status, g.json.clone()),
+        (200, json!({"a": 2, "b": 1})),
+        "{g:?}"
+    );
+    assert_eq!(origin.gets("p"), 2, "and that fill was stored");
+    Ok(())
+}
+
+/// Write-behind rules are flushed concurrently: while one rule's origin holds a delivery for
+/// a long time, another rule's writes still reach their origin.
+#[tokio::test]
+async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
+    let slow = Origin::start().await?;
+    let fast = Origin::start().await?;
+    let policy = format!(
+        "app: w\nrules:\n  slow:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 5m\n  fast:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 5s\n",
+        slow.template(),
+        fast.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    // Far longer than the waits below: a serial flusher would be stuck on it throughout.
+    slow.set_delay(Duration::from_secs(600));
+    assert_eq!(put(p, "slow", "a", b"x", &[]).await?.status, 202);
+    eventually(WAIT, "the slow delivery in flight", || async {
+        Ok((slow.hits("PUT", "a") == 1).then_some(()))
+    })
+    .await?;
+    const IDS: usize = 5;
+    for i in 0..IDS {
+        let r = put(p, "fast", &format!("f{i}"), format!("v{i}").as_bytes(), &[]).await?;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    eventually(WAIT, "every fast-rule write delivered", || async {
+        let ids: BTreeSet<String> = fast.writes().into_iter().map(|w| w.id).collect();
+        Ok((ids.len() == IDS).then_some(()))
+    })
+    .await?;
+    for i in 0..IDS {
+        assert_eq!(origin_body(&fast, &format!("f{i}")), Some(format!("v{i}")));
+    }
+    assert!(
+        slow.writes().is_empty(),
+        "the slow delivery is still in flight"
+    );
+    Ok(())
+}
+
+/// A journaled write outlives its value's own lifetime while it is being retried: the value
+/// (ttl 1s, no staleness) would expire long before the origin accepts the write, and a read
+/// would then fill the origin's older copy; each delivery attempt keeps it alive instead.
+#[tokio::test]
+async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"old", &[]);
+    let policy = format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1s\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 100ms\n      max_attempts: 1000\n",
+        origin.template()
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    origin.fail_writes_with(Some(503));
+    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    eventually(WAIT, "a refused delivery attempt", || async {
+        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
+    })
+    .await?;
+    // Well past the value's own hard lifetime (1s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(exists(&w, &value_key("b", "k")).await?, "kept alive");
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    assert_eq!(
+        origin.gets("k"),
+        0,
+        "the origin's older copy was never read"
+    );
+
+    origin.fail_writes_with(None);
+    eventually(WAIT, "the write delivered", || async {
+        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
+    })
+    .await?;
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
     Ok(())
 }

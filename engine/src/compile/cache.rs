@@ -14,9 +14,14 @@
 //!   ","), `tv` (the tags' versions at write time, joined by ","). Hard expiry: PEXPIRE
 //!   ttl + max(stale_while_revalidate, stale_if_error); a negative entry: negative_ttl.
 //! - Refresh lease: STRING `ks.key(X, "lease")` = a random token, PX refresh_lease. Granted by
-//!   the read script; released/overwritten by the fill only if the token matches. A write
-//!   (PUT/PATCH) should DEL the lease in its script: then a slow fill that started before the
-//!   write finds neither its lease nor an absent value, and does not overwrite the write.
+//!   the read script; released/overwritten by the fill only if the token matches. The fill
+//!   stores only if the lease is its own, or nobody holds it and no value exists. A write that
+//!   stores a value (PUT/PATCH) DELs the lease in its script: a slow fill that started before
+//!   the write then finds neither its lease nor an absent value, and does not overwrite the
+//!   write. A write that changes the origin without storing a value (write-through PATCH of
+//!   an id not cached) SETs the lease to the write marker `W` (PX max(refresh_lease,
+//!   origin_timeout + 1s)): a fill in flight finds a lease not its own and stores nothing; the
+//!   read script takes `W` over like a free lease.
 //!   After a failed fill with a stale value to fall back on, the lease holds the marker `E`
 //!   (PX refresh_lease) instead of a token: readers then get the stale value (stale_if_error)
 //!   without asking the failing origin again. Like any lease, a write DELs it.
@@ -33,6 +38,10 @@
 //! - Write-behind only: value field `jp` = the journal entry id of the id's newest write, set
 //!   by the PUT/PATCH script after `cache_store` (which drops it on any other store). The
 //!   flusher skips an entry older than `jp`: a newer write supersedes it (coalescing).
+//!   While the `jp` entry is still in the journal, the value is newer than the origin's copy:
+//!   the read script (KEYS[3] = the journal for `behind` rules) serves it as a hit and grants
+//!   no lease, the fill script never replaces it, and each delivery attempt (`begin`) extends
+//!   its PEXPIRE past the next attempt (never shortening it).
 //!   Flush lease: STRING `ks.key(X, "flush")`, PX origin_timeout + 1s: one delivery per id.
 //!
 //! # The store function
@@ -257,8 +266,9 @@ impl CompiledCache {
             ),
             (
                 keys.template(LEASE_SUB),
-                "STRING refresh lease token (or `E`: the origin just failed): one caller fills; \
-                 expires after refresh_lease"
+                "STRING refresh lease token (or `E`: the origin just failed; `W`: a write-through \
+                 PATCH changed the origin): one caller fills; expires after refresh_lease (`W`: \
+                 max(refresh_lease, origin_timeout + 1s))"
                     .to_string(),
             ),
             (

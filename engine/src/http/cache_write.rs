@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -325,9 +325,12 @@ pub struct DeadLetterPage {
 async fn dead_letters(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    Query(q): Query<DeadQuery>,
+    query: Result<Query<DeadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path((app, rule)) = path.map_err(super::bad_path)?;
+    // A malformed query (e.g. `count` given twice) is a problem+json 400 like any bad input,
+    // not axum's plain-text rejection.
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let c = behind_rule(&state, &app, &rule)?;
     let count = match q.count.as_deref() {
         None => DEFAULT_PAGE,

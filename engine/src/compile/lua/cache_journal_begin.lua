@@ -3,13 +3,14 @@
 -- ARGV[1] this attempt's token; ARGV[2] flush lease ms; ARGV[3] the entry to deliver
 -- ARGV[4] the write's original entry id (differs after a dead-letter replay)
 -- ARGV[5] this flusher's consumer name; ARGV[6] the attempt number
--- ARGV[7 ..] older entries of the same id in this batch: superseded, acknowledged now
+-- ARGV[7] ms the value must live at least while this write is pending (past the next attempt)
+-- ARGV[8 ..] older entries of the same id in this batch: superseded, acknowledged now
 -- Returns 'go' (the lease is ours: deliver), 'skip' (a newer write of the id is in the journal
 -- or was delivered: acknowledged without a call) or 'busy' (another flusher is delivering
 -- this id right now: try later; the attempt is given back).
 local jkey, vkey, lkey = KEYS[1], KEYS[2], KEYS[3]
 local older = {}
-for i = 7, #ARGV do older[#older + 1] = ARGV[i] end
+for i = 8, #ARGV do older[#older + 1] = ARGV[i] end
 -- Safe: the entry delivered instead (ARGV[3]) stays in the journal until it is delivered or
 -- dead-lettered, and it carries the newer value.
 journal_done(jkey, older)
@@ -26,5 +27,12 @@ if not redis.call('SET', lkey, ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('XCLAIM', jkey, GROUP, ARGV[5], 0, ARGV[3], 'RETRYCOUNT',
     math.max(tonumber(ARGV[6]) - 1, 0), 'JUSTID')
   return 'busy'
+end
+-- While its newest write is undelivered the value is newer than the origin's copy, and reads
+-- serve it instead of refreshing from the origin; if it expired first, a read would fill the
+-- origin's older copy. So each attempt keeps it alive past the next one (never shortening).
+if jp == ARGV[4] then
+  local pttl = redis.call('PTTL', vkey)
+  if pttl >= 0 and pttl < tonumber(ARGV[7]) then redis.call('PEXPIRE', vkey, ARGV[7]) end
 end
 return 'go'

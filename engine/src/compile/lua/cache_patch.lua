@@ -6,7 +6,8 @@
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind only)
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (cache),
 -- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len
--- ARGV[6] the id; ARGV[7 ..] name, json pairs; an empty json deletes the member
+-- ARGV[6] the id; ARGV[7] ms the write marker 'W' is held (through, see below)
+-- ARGV[8 ..] name, json pairs; an empty json deletes the member
 -- Returns { 1, journal entry id or '', the object's JSON text }, { 0 } when there is no live
 -- value to patch (absent, a negative entry, or invalidated by a tag), or { -1, backlog }
 -- when the journal is full (then nothing was written).
@@ -39,14 +40,20 @@ end
 local fields, order, tags = live_fields()
 if not fields then
   -- Through: the origin accepted the PATCH, so a negative or invalidated entry is now wrong.
-  if mode == 't' then redis.call('DEL', vkey, lkey) end
+  -- A fill already in flight read the origin before the PATCH: the lease becomes the write
+  -- marker 'W' (not a DEL: with no lease and no value, that fill would store its pre-patch
+  -- answer), held as long as such a fill can take; readers take it over as a free lease.
+  if mode == 't' then
+    redis.call('DEL', vkey)
+    redis.call('SET', lkey, 'W', 'PX', tonumber(ARGV[7]))
+  end
   return { 0 }
 end
 if mode == 'b' then
   local backlog = redis.call('XLEN', jkey)
   if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
 end
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local name, json = ARGV[i], ARGV[i + 1]
   if fields[name] == nil and json ~= '' then order[#order + 1] = name end
   if json == '' then fields[name] = nil else fields[name] = json end

@@ -1,6 +1,6 @@
 -- patternd cache read: ONE script decides hit, miss or early refresh, and grants the refresh
 -- lease to one caller.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] (write: behind only) the journal
 -- ARGV[1] tag version key prefix (ks.rule_key('tag:'))
 -- ARGV[2] a random number in (0, 1] from the engine (XFetch; math.random in Redis 7 is seeded
 --         identically per call, so it would make every replica refresh at the same moment)
@@ -18,6 +18,12 @@
 -- within refresh_lease: the lease holds the failure marker 'E'; serve the stale value without
 -- asking the origin again), 'failed' (no usable value, and the origin failed moments ago on
 -- another caller's fill: share that failure instead of asking again).
+-- A value whose newest write (`jp`) is still in the write-behind journal is newer than the
+-- origin's copy: it is a 'hit' however old it is (its ms left may be negative), and no lease is
+-- granted for it, so no fill replaces it with the origin's older copy before the write reaches
+-- the origin.
+-- The lease may hold the write marker 'W' (a write-through PATCH of an id that was not cached):
+-- it only stops fills that started before that write; a reader takes it over like a free lease.
 local vkey, lkey = KEYS[1], KEYS[2]
 local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -26,10 +32,15 @@ local sie = tonumber(ARGV[8])
 local now = now_ms()
 
 local function take_lease()
-  return redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false
+  if redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false then return true end
+  if redis.call('GET', lkey) == 'W' then
+    redis.call('SET', lkey, token, 'PX', lease_ms)
+    return true
+  end
+  return false
 end
 
-local meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv')
+local meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp')
 local st = meta[1]
 if st then
   -- A value whose tags were invalidated since it was written is a miss (and is dropped, so
@@ -53,8 +64,14 @@ if st then
   if not has_origin and left <= 0 then st = nil end
 end
 
+-- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
+local pending = st == '200' and meta[7] and KEYS[3]
+  and #redis.call('XRANGE', KEYS[3], meta[7], meta[7]) > 0
+
 local action
-if not st then
+if pending then
+  action = 'hit'
+elseif not st then
   if not has_origin then return { 'absent' } end
   if take_lease() then return { 'fetch' } end
   if redis.call('GET', lkey) == 'E' then return { 'failed' } end

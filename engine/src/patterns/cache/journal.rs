@@ -1,7 +1,7 @@
 //! The write-behind flusher: delivers journaled writes to the origin, at least once.
 //!
-//! One task per engine process follows reloads: every poll it takes the current snapshot's
-//! `write: behind` rules and flushes each. Replicas share the work through the consumer group
+//! One task per `write: behind` rule and engine process (started by `run`, which follows
+//! reloads), so a slow origin delays only its own rule. Replicas share the work through the consumer group
 //! `patternd` (each process is its own consumer, named uniquely), and everything that moves an
 //! entry is one script:
 //!
@@ -21,7 +21,7 @@
 //! took its place), so killing an engine at any point loses nothing: its pending entries are
 //! taken over by the next poll of any engine once they have been idle long enough.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,26 +59,91 @@ pub fn consumer_name() -> String {
 }
 
 /// Runs until `stop` turns true (or its sender is dropped).
+///
+/// A supervisor: every poll it looks at the current snapshot and starts one task per
+/// `write: behind` rule that has none (see `rule_loop`), so rules are flushed concurrently and
+/// an origin that is slow or hangs delays only its own rule's deliveries. On stop it waits for
+/// the rule tasks to finish their current poll.
 pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
     let consumer: Arc<str> = Arc::from(consumer_name());
     tracing::info!(consumer = %consumer, "write-behind flusher started");
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, RuleName> = HashMap::new();
     loop {
+        while let Some(done) = tasks.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "a write-behind rule task failed; restarting it");
+                    e.id()
+                }
+            };
+            running.remove(&id);
+        }
         let snap = runtime.snapshot();
-        let mut full = false;
         for rules in snap.caches.values() {
             for rule in rules.values() {
                 if rule.spec.write != WriteMode::Behind {
                     continue;
                 }
-                match flush_once(&runtime.store, rule, &consumer).await {
-                    Ok(n) => full |= n >= BATCH,
-                    Err(e) => {
-                        tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "write-behind poll failed; retrying")
-                    }
+                let name = (rule.app.clone(), rule.rule.clone());
+                if running.values().any(|n| *n == name) {
+                    continue;
                 }
+                let handle = tasks.spawn(rule_loop(
+                    runtime.clone(),
+                    name.clone(),
+                    consumer.clone(),
+                    stop.clone(),
+                ));
+                running.insert(handle.id(), name);
             }
         }
         drop(snap);
+        tokio::select! {
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    tracing::info!(consumer = %consumer, "write-behind flusher stopped");
+}
+
+/// (app, rule).
+type RuleName = (String, String);
+
+/// Flushes one rule until it is no longer a `write: behind` rule of the current snapshot, or
+/// `stop`. It takes the rule from the snapshot on every poll, so it follows reloads.
+async fn rule_loop(
+    runtime: Arc<Runtime>,
+    (app, name): RuleName,
+    consumer: Arc<str>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let rule = runtime
+            .snapshot()
+            .caches
+            .get(&app)
+            .and_then(|rules| rules.get(&name))
+            .filter(|r| r.spec.write == WriteMode::Behind)
+            .cloned();
+        let Some(rule) = rule else { break };
+        let full = match flush_once(&runtime.store, &rule, &consumer).await {
+            Ok(n) => n >= BATCH,
+            Err(e) => {
+                tracing::warn!(app = %app, rule = %name, error = %e, "write-behind poll failed; retrying");
+                false
+            }
+        };
+        drop(rule);
         let pause = if full { Duration::ZERO } else { IDLE_POLL };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
@@ -89,7 +154,6 @@ pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    tracing::info!(consumer = %consumer, "write-behind flusher stopped");
 }
 
 /// One journal entry as the flusher sees it.
@@ -187,6 +251,16 @@ async fn deliver(
     let token = random_token();
     let lease_ms = (duration_ms(rule.spec.origin_timeout) + 1000).to_string();
     let attempt = newest.attempt.to_string();
+    // The value outlives the next attempt of this write (its backoff, plus the take-over
+    // floor in case this engine dies): until delivered, it is newer than the origin's copy.
+    let timeout_ms = duration_ms(rule.spec.origin_timeout);
+    let next_backoff = duration_ms(rule.spec.retry_backoff)
+        .max(1)
+        .saturating_mul(1u64 << newest.attempt.min(32))
+        .min(duration_ms(MAX_BACKOFF).max(duration_ms(rule.spec.retry_backoff)));
+    let keep_ms = next_backoff
+        .saturating_add(timeout_ms.saturating_mul(2).saturating_add(2000))
+        .to_string();
     let idkeys = rule.keys.keys(&newest.id, [VALUE_SUB, FLUSH_LEASE_SUB]);
     let flush_key = idkeys[1].clone();
     let mut args: Vec<&[u8]> = vec![
@@ -196,6 +270,7 @@ async fn deliver(
         newest.oid.as_bytes(),
         consumer.as_bytes(),
         attempt.as_bytes(),
+        keep_ms.as_bytes(),
     ];
     args.extend(group.iter().map(|e| e.eid.as_bytes()));
     let keys = [jkey.to_string(), idkeys[0].clone(), flush_key.clone()];

@@ -9,6 +9,8 @@
 //!
 //! `Cache-Status` (RFC 9211) values, cache name `patternd`:
 //! - `hit; ttl=N`: served fresh from the cache (also for a cached negative 404).
+//! - `hit; ttl=-N` (no detail): a `write: behind` value whose write is still in the journal,
+//!   served past its ttl: it is newer than the origin's copy, so it is not refreshed.
 //! - `hit; ttl=-N; detail=stale-while-revalidate`: served stale while one caller refreshes.
 //! - `fwd=miss; fwd-status=200; stored`: fetched from the origin and stored (`fwd=stale` when
 //!   a stale value was there but past stale_while_revalidate).
@@ -259,7 +261,7 @@ impl CacheRule {
             }
             choice.tags = d.tags;
         }
-        let keys = self.id_keys(&choice.key_id);
+        let keys = self.read_keys(&choice.key_id);
         if let Some(hit) = self.near_hit(&keys[0], req.fields.as_deref()) {
             return Ok(hit);
         }
@@ -347,7 +349,7 @@ impl CacheRule {
                 Action::Wait => {
                     if Instant::now() >= deadline {
                         // The filler is slow or gone: fetch without the lease. The fill script
-                        // then stores only into an absent value, never over a newer one.
+                        // then stores only into an absent value whose lease nobody holds.
                         return self
                             .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
                             .await;

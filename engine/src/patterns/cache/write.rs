@@ -118,6 +118,13 @@ impl CacheRule {
         metrics::counter!("patternd_cache_writes_total", "app" => self.app.clone(), "rule" => self.rule.clone(), "mode" => self.mode_label(), "result" => result).increment(1);
     }
 
+    /// Keys of the read and fill scripts: value, refresh lease, and for `behind` the journal
+    /// (a value whose newest write is still journaled is never replaced by the origin's older
+    /// copy).
+    pub fn read_keys(&self, id: &str) -> Vec<String> {
+        self.write_keys(id)
+    }
+
     /// Keys of a write script: value, refresh lease, and the journal for `behind`.
     fn write_keys(&self, id: &str) -> Vec<String> {
         let mut keys = self.keys.keys(id, [VALUE_SUB, LEASE_SUB]);
@@ -272,6 +279,11 @@ impl CacheRule {
         let ttl = duration_ms(self.spec.ttl).to_string();
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
+        // The write marker outlives any fill that read the origin before this PATCH: such a
+        // fill ends within origin_timeout, or loses its lease after refresh_lease.
+        let marker_ms = duration_ms(self.spec.refresh_lease)
+            .max(duration_ms(self.spec.origin_timeout) + 1000)
+            .to_string();
         let mut args: Vec<&[u8]> = vec![
             self.tag_prefix().as_bytes(),
             ttl.as_bytes(),
@@ -279,6 +291,7 @@ impl CacheRule {
             mode.as_bytes(),
             max_len.as_bytes(),
             id.as_bytes(),
+            marker_ms.as_bytes(),
         ];
         for (name, json) in &members {
             args.push(name.as_bytes());
