@@ -100,10 +100,9 @@ impl Guest for Hostile {
     fn session(req: Request, s: Session) -> SessionDecision {
         match mode(&req) {
             // Not hostile: a probe that shows the host passes the session's real times.
-            "echo" => SessionDecision::Reject(format!(
-                "created={} seen={}",
-                s.created_ms, s.last_seen_ms
-            )),
+            "echo" => {
+                SessionDecision::Reject(format!("created={} seen={}", s.created_ms, s.last_seen_ms))
+            }
             "loop" => spin(),
             "trap" => panic!("hostile: trapping, as asked"),
             "flood" => SessionDecision::Reject("x".repeat(64 << 10)),
