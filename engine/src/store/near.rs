@@ -204,9 +204,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A poisoned lock only means another thread panicked mid-operation on a plain map; the map
-/// itself is still usable (at worst an entry is missing), so carry on rather than panic.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A poisoned lock only means another thread panicked mid-operation on a plain map or list;
+/// the data itself is still usable (at worst an entry is missing), so carry on rather than
+/// panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),

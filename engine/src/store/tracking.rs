@@ -20,7 +20,7 @@ use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 use tokio::sync::Notify;
 
 use super::StoreError;
-use super::near::Invalidate;
+use super::near::{Invalidate, lock};
 
 /// How often the tracking connection is pinged: a silent half-open connection would otherwise
 /// keep near caches serving without invalidations.
@@ -228,13 +228,6 @@ fn dispatch(data: &[Value], targets: &[Target]) {
                 }
             }
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 
