@@ -109,6 +109,8 @@ impl From<WriteError> for ApiError {
             WriteError::JournalFull { .. } => {
                 problem(StatusCode::SERVICE_UNAVAILABLE, "journal-full", detail)
             }
+            WriteError::Bypassed(_) => problem(StatusCode::CONFLICT, "cache-bypassed", detail),
+            WriteError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             WriteError::Store(s) if s.is_unavailable() => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "redis-unavailable",
@@ -184,6 +186,9 @@ async fn put_value(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let facts = c
+        .wants_facts()
+        .then(|| super::cache::facts("PUT", &id, &parts));
     let out = c
         .put(
             &state.runtime.store,
@@ -192,6 +197,7 @@ async fn put_value(
                 content_type,
                 tags,
                 body,
+                facts,
             },
         )
         .await?;
@@ -236,8 +242,11 @@ async fn patch_value(
         }
     }
     let body = value_body(&c, &parts.headers, body).await?;
+    let facts = c
+        .wants_facts()
+        .then(|| super::cache::facts("PATCH", &id, &parts));
     let out = c
-        .patch(&state.runtime.store, &id, content_type, body)
+        .patch(&state.runtime.store, &id, content_type, body, facts)
         .await?;
     let Some(object) = out.object else {
         // Write-through of an id that was not cached: the origin took the patch.
@@ -454,18 +463,40 @@ async fn replay(
     }
     let max_len = c.spec.journal_max_len.to_string();
     let count_s = count.to_string();
-    let mut args: Vec<&[u8]> = vec![max_len.as_bytes(), count_s.as_bytes()];
+    let streams = [c.keys.rule_key(DEAD_SUB), c.keys.rule_key(JOURNAL_SUB)];
+    // First which entries, and whose values they are (their keys come from KeySpace, so the
+    // move gets them as KEYS); the move re-reads every entry atomically.
+    let mut args: Vec<&[u8]> = vec![b"peek", max_len.as_bytes(), count_s.as_bytes()];
     args.extend(ids.iter().map(|i| i.as_bytes()));
-    let reply: Vec<i64> = state
+    let peeked: Vec<(String, String)> = state
         .runtime
         .store
-        .eval(
-            &c.scripts.write.replay,
-            &[c.keys.rule_key(DEAD_SUB), c.keys.rule_key(JOURNAL_SUB)],
-            &args,
-        )
+        .eval(&c.scripts.write.replay, &streams, &args)
         .await
         .map_err(|e| ApiError::from(WriteError::Store(e)))?;
+    let found = peeked.len() as u64;
+    let mut keys = streams.to_vec();
+    keys.extend(
+        peeked
+            .iter()
+            .map(|(_, vid)| c.keys.key(vid, crate::compile::cache::VALUE_SUB)),
+    );
+    let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
+    args.extend(peeked.iter().map(|(eid, _)| eid.as_bytes()));
+    let mut reply: Vec<i64> = if peeked.is_empty() {
+        vec![0, 0, 0]
+    } else {
+        state
+            .runtime
+            .store
+            .eval(&c.scripts.write.replay, &keys, &args)
+            .await
+            .map_err(|e| ApiError::from(WriteError::Store(e)))?
+    };
+    // Given ids that the peek did not find are not dead letters either.
+    if let Some(missing) = reply.get_mut(1) {
+        *missing += (ids.len() as u64).saturating_sub(found) as i64;
+    }
     let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
     metrics::counter!("patternd_cache_dead_letters_replayed_total", "app" => app.clone(), "rule" => rule.clone()).increment(at(0));
     Ok(axum::Json(ReplayResponse {
