@@ -827,7 +827,10 @@ rules:
 ";
     let dir = policy_dir(&[("shop.yaml", bad)])?;
     let out = patternd_e2e::run_cli(&["check", &dir.path().to_string_lossy()])?;
-    assert!(!out.status.success(), "max_per_user > user_cap must not load");
+    assert!(
+        !out.status.success(),
+        "max_per_user > user_cap must not load"
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("user_cap")
             || String::from_utf8_lossy(&out.stderr).contains("user_cap"),

@@ -255,7 +255,11 @@ impl CacheRule {
         let behind = self.spec.write == WriteMode::Behind;
         let ttl = ttl_ms.to_string();
         // The journal entry names the value's id only when it differs from the client's.
-        let k = if key_id == req.id { "" } else { key_id.as_str() };
+        let k = if key_id == req.id {
+            ""
+        } else {
+            key_id.as_str()
+        };
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
         let n = tags.len().to_string();
