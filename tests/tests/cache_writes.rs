@@ -1208,7 +1208,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
 
     // `jp` names the replayed journal entry.
     let mut conn = w.redis.conn().await?;
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
         .arg(journal_key("b"))
         .arg("-")
         .arg("+")
