@@ -1146,7 +1146,7 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Resul
     assert_eq!(inv.json["bumped"], json!(1), "{inv:?}");
     let g = p.get("/v1/cache/w/b/k").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
-    // PATCH-free rule, but PUT again still works on the kept value; the origin was never read.
+    // Neither the DELETE nor the invalidation let a read reach the origin's older copy.
     assert_eq!(
         origin.gets("k"),
         0,
