@@ -1099,3 +1099,255 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
     Ok(())
 }
+
+/// DELETE and tag invalidation of a value whose write-behind write is still pending keep the
+/// value (and its `jp`) until the write is delivered: dropping it would make the next read
+/// fill the origin's older copy, a stale read of an acknowledged write. After delivery the
+/// invalidation takes effect (the next read fills the origin, which now has the write) and a
+/// DELETE drops the value.
+#[tokio::test]
+async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"old", &[]);
+    let policy = behind_policy(
+        &origin,
+        "      retry_backoff: 100ms\n      max_attempts: 1000\n      related: [\"{id}:extra\"]\n",
+    );
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    origin.fail_writes_with(Some(503));
+    let r = put(
+        p,
+        "b",
+        "k",
+        b"new",
+        &[("content-type", "text/plain"), ("cache-tag", "t1")],
+    )
+    .await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    let d = p.delete("/v1/cache/w/b/k").await?;
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!(
+        (d.json["deleted"].clone(), d.json["pending"].clone()),
+        (json!(0), json!(1)),
+        "{d:?}"
+    );
+    assert!(
+        hget(&w, &value_key("b", "k"), "jp").await?.is_some(),
+        "jp kept"
+    );
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+
+    let inv = p
+        .post_json("/v1/cache/w/b/_invalidate", &json!({"tags": ["t1"]}))
+        .await?;
+    assert_eq!(inv.json["bumped"], json!(1), "{inv:?}");
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    // Neither the DELETE nor the invalidation let a read reach the origin's older copy.
+    assert_eq!(
+        origin.gets("k"),
+        0,
+        "the origin's older copy was never read"
+    );
+
+    origin.fail_writes_with(None);
+    eventually(WAIT, "the write delivered", || async {
+        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
+    })
+    .await?;
+    eventually(WAIT, "the journal drained", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    // Delivered: the tag invalidation now applies, and the origin has the write.
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    assert!(
+        g.header("cache-status").unwrap_or("").contains("fwd=miss"),
+        "{g:?}"
+    );
+    assert_eq!(origin.gets("k"), 1);
+    // And a DELETE drops it like any cached value.
+    let d = p.delete("/v1/cache/w/b/k").await?;
+    assert_eq!(
+        (d.json["deleted"].clone(), d.json["pending"].clone()),
+        (json!(1), json!(0)),
+        "{d:?}"
+    );
+    assert!(!exists(&w, &value_key("b", "k")).await?);
+    Ok(())
+}
+
+/// A replayed dead letter that is still the id's newest write becomes the value's `jp`
+/// (atomically in the replay script): reads keep serving it instead of refreshing from the
+/// origin's older copy until it is delivered.
+#[tokio::test]
+async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"old", &[]);
+    let policy = behind_policy(
+        &origin,
+        "      ttl: 1s\n      stale_while_revalidate: 1h\n      max_attempts: 2\n      retry_backoff: 3s\n",
+    )
+    .replace("      ttl: 1h\n", "");
+    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+
+    origin.fail_writes_with(Some(500));
+    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    eventually(WAIT, "the write in the dead letters", || async {
+        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
+    })
+    .await?;
+    let r = replay(p, json!({})).await?;
+    assert_eq!(r.json["replayed"], json!(1), "{r:?}");
+
+    // `jp` names the replayed journal entry.
+    let mut conn = w.redis.conn().await?;
+    let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
+        .arg(journal_key("b"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let jp = hget(&w, &value_key("b", "k"), "jp").await?;
+    assert_eq!(jp.as_deref(), Some(entries[0].0.as_bytes()));
+
+    // Past its freshness (ttl 1s; dead-lettering took a 3s backoff): a read would refresh
+    // from the origin unless the value is known to be newer than the origin's copy. The
+    // replayed entry's next attempt is 3s away, so it is still pending here.
+    for _ in 0..3 {
+        let g = p.get("/v1/cache/w/b/k").await?;
+        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    }
+    assert_eq!(
+        origin.gets("k"),
+        0,
+        "the origin's older copy was never read"
+    );
+
+    origin.fail_writes_with(None);
+    eventually(WAIT, "the replayed write delivered", || async {
+        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
+    })
+    .await?;
+    eventually(WAIT, "the journal drained", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(dead_letters(p, "").await?.json["total"], json!(0));
+    Ok(())
+}
+
+/// The cache plugin hook runs for PUT and PATCH too: the write lands on the key the plugin
+/// chose (one per Accept-Language with the example `cache-key` plugin), with its TTL and
+/// tags, so GETs of that variant see it; the journal still delivers to the origin URL of the
+/// client's id. Bypass: write-through writes the origin only; other modes answer 409.
+#[tokio::test]
+async fn writes_run_the_cache_plugin_hook() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("1", "text/plain", b"origin", &[]);
+    let plugins = patternd_e2e::TempDir::new("cache-plugins")?;
+    plugins.write(
+        "cache-key.lua",
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../plugins/examples/cache-key/cache-key.lua"),
+        )?,
+    )?;
+    let plugin = "      plugin:\n        name: cache-key\n        config:\n          vary: [accept-language]\n          ttl_ms: { default: 60000 }\n          bypass_header: x-no-cache\n";
+    let policy = format!(
+        "app: w\nrules:\n  b:\n    cache:\n      origin: {o}\n      ttl: 1h\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 50ms\n{plugin}  t:\n    cache:\n      origin: {o}\n      ttl: 1h\n      write: through\n{plugin}  h:\n    cache:\n      origin: {o}\n      ttl: 1h\n      format: hash\n      write: behind\n      retry_backoff: 50ms\n{plugin}",
+        o = origin.template()
+    );
+    let dir = plugins.path().to_string_lossy().to_string();
+    let w = World::start(&[("w.yaml", &policy)], &["--plugins", &dir]).await?;
+    let p = &w.patternd;
+
+    let r = put(
+        p,
+        "b",
+        "1",
+        b"hello-en",
+        &[("content-type", "text/plain"), ("accept-language", "en")],
+    )
+    .await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    let g = p
+        .get_with("/v1/cache/w/b/1", &[("accept-language", "en")])
+        .await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "hello-en"), "{g:?}");
+    assert!(
+        g.header("cache-status").unwrap_or("").contains("hit"),
+        "{g:?}"
+    );
+    assert_eq!(origin.gets("1"), 0);
+    // The plugin's key, TTL and tag; nothing under the client's id.
+    let key = value_key("b", "1:en");
+    assert_eq!(hget(&w, &key, "tags").await?.as_deref(), Some(&b"id:1"[..]));
+    let mut conn = w.redis.conn().await?;
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
+    assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
+    assert!(!exists(&w, &value_key("b", "1")).await?);
+    // Delivered to the client's id's origin URL.
+    eventually(WAIT, "the write delivered to /1", || async {
+        Ok(origin_body(&origin, "1").filter(|b| b == "hello-en"))
+    })
+    .await?;
+    eventually(WAIT, "the journal drained", || async {
+        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await?;
+
+    // PATCH of a hash variant: the plugin's key too, the journal to the client's id.
+    assert_eq!(
+        put(p, "h", "2", br#"{"a": 1}"#, &[("accept-language", "de")])
+            .await?
+            .status,
+        202
+    );
+    let r = p
+        .send(
+            p.client()
+                .patch(p.url("/v1/cache/w/h/2"))
+                .header("content-type", "application/json")
+                .header("accept-language", "de")
+                .body(r#"{"b": 2}"#),
+        )
+        .await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    let g = p
+        .get_with("/v1/cache/w/h/2", &[("accept-language", "de")])
+        .await?;
+    assert_eq!(g.json, json!({"a": 1, "b": 2}), "{g:?}");
+    eventually(WAIT, "the patched object at /2", || async {
+        Ok(origin
+            .item("2")
+            .and_then(|i| serde_json::from_slice::<Value>(&i.body).ok())
+            .filter(|v| *v == json!({"a": 1, "b": 2})))
+    })
+    .await?;
+
+    // Bypass: behind has nothing it could write → 409, nothing stored or journaled.
+    let r = put(p, "b", "3", b"x", &[("x-no-cache", "1")]).await?;
+    r.assert_problem(409);
+    assert_eq!(xlen(&w, &journal_key("b")).await?, 0);
+    // Through: the origin only.
+    let r = put(p, "t", "3", b"through", &[("x-no-cache", "1")]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(origin_body(&origin, "3").as_deref(), Some("through"));
+    let mut conn = w.redis.conn().await?;
+    for k in scan_all(&mut conn).await? {
+        assert!(
+            !k.starts_with(b"w:cache:t:{3"),
+            "{}",
+            String::from_utf8_lossy(&k)
+        );
+    }
+    Ok(())
+}

@@ -777,3 +777,64 @@ async fn concurrent_creates_and_rotations_stay_consistent() -> Result<()> {
     assert_eq!(get(&p, "web", new).await?.json["data"], json!({ "k": 1 }));
     Ok(())
 }
+
+/// Without `max_per_user`, `user_cap` (default 1000) still bounds a user's sessions: creating
+/// one more destroys the oldest, so one logout-everywhere destroys at most `user_cap` sessions
+/// and the user's index never grows past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_cap_bounds_sessions_without_max_per_user() -> Result<()> {
+    let policy = "app: shop
+rules:
+  cap: { session: { idle_ttl: 30m, absolute_ttl: 24h, user_cap: 3 } }
+";
+    let w = World::start(&[("shop.yaml", policy)], &[]).await?;
+    let p = &w.patternd;
+    let mut all = Vec::new();
+    for i in 0..7 {
+        all.push(create(p, "cap", "carol", json!({ "device": i })).await?);
+    }
+    // The three newest live; the four oldest were destroyed when the cap was reached.
+    assert_eq!(listed(p, "cap", "carol").await?, all[4..].to_vec());
+    for sid in &all[..4] {
+        assert_eq!(get(p, "cap", sid).await?.status, 404, "{sid} evicted");
+    }
+    for sid in &all[4..] {
+        assert_eq!(get(p, "cap", sid).await?.status, 200, "{sid} live");
+    }
+    // The user's index holds no more than the cap either.
+    let mut conn = w.redis.conn().await?;
+    for key in scan_all(&mut conn).await? {
+        if !key.starts_with(b"shop:session:cap:") {
+            continue;
+        }
+        let t: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await?;
+        if t == "zset" {
+            let n: u64 = conn.zcard(&key).await?;
+            assert!(n <= 3, "{} holds {n}", String::from_utf8_lossy(&key));
+        }
+    }
+    let r = p.delete("/v1/sessions/shop/cap/users/carol").await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": 3})),
+        "{r:?}"
+    );
+
+    // `max_per_user` above the cap is refused at load.
+    let bad = "app: shop
+rules:
+  cap: { session: { idle_ttl: 30m, absolute_ttl: 24h, user_cap: 3, max_per_user: 5 } }
+";
+    let dir = policy_dir(&[("shop.yaml", bad)])?;
+    let out = patternd_e2e::run_cli(&["check", &dir.path().to_string_lossy()])?;
+    assert!(
+        !out.status.success(),
+        "max_per_user > user_cap must not load"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("user_cap")
+            || String::from_utf8_lossy(&out.stderr).contains("user_cap"),
+        "{out:?}"
+    );
+    Ok(())
+}

@@ -30,7 +30,9 @@
 //!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
 //!   value). Every store PEXPIREs the tag keys it records to at least the value's hard lifetime,
 //!   never shortening them, so a tag key outlives every value referencing it.
-//! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid]}, consumer group
+//! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid][, k]} (`k`: the
+//!   value's id when the rule's plugin chose a key other than the client's `id`, whose origin
+//!   URL gets the write), consumer group
 //!   `patternd`; delivered entries are XACKed and XDELed, so it holds exactly the undelivered
 //!   writes, and a PUT/PATCH is refused (503) when it holds journal_max_len (never MAXLEN-trimmed:
 //!   that could drop an acknowledged write). Dead letters: STREAM `ks.rule_key("dead")`, MAXLEN
@@ -41,7 +43,11 @@
 //!   While the `jp` entry is still in the journal, the value is newer than the origin's copy:
 //!   the read script (KEYS[3] = the journal for `behind` rules) serves it as a hit and grants
 //!   no lease, the fill script never replaces it, and each delivery attempt (`begin`) extends
-//!   its PEXPIRE past the next attempt (never shortening it).
+//!   its PEXPIRE past the next attempt (never shortening it). DELETE keeps such a value (and
+//!   its `jp`), and the read script skips its tag-version check, so DELETE and tag
+//!   invalidation take effect only once the write is delivered. A dead-letter replay sets
+//!   `jp` to the new entry when `jp` still names the dead letter's entry (`jid` or `oid`);
+//!   `begin` treats an entry `jp` names exactly as the newest.
 //!   Flush lease: STRING `ks.key(X, "flush")`, PX origin_timeout + 1s: one delivery per id.
 //!
 //! # The store function
@@ -281,14 +287,14 @@ impl CompiledCache {
             layout.extend([
                 (
                     keys.rule_key(JOURNAL_SUB),
-                    "STREAM write-behind journal {id, ct, b[, oid]}, group `patternd`: the writes \
+                    "STREAM write-behind journal {id, ct, b[, oid, k]}, group `patternd`: the writes \
                      not yet delivered (delivered ones are deleted); NO TTL: bounded by \
                      journal_max_len (a full journal refuses writes with 503)"
                         .to_string(),
                 ),
                 (
                     keys.rule_key(DEAD_SUB),
-                    "STREAM dead letters {id, ct, b, oid, attempts, error, failed_at}; NO TTL: \
+                    "STREAM dead letters {id, ct, b, oid, jid, k, attempts, error, failed_at}; NO TTL: \
                      trimmed to journal_max_len entries"
                         .to_string(),
                 ),

@@ -93,7 +93,7 @@ impl CompiledSession {
             ),
             (
                 t("uc:<base64url user>"),
-                "ZSET of the user's session ids by creation µs (max_per_user evicts the oldest); expires with the last session".to_string(),
+                "ZSET of the user's session ids by creation µs (max_per_user, else user_cap, evicts the oldest); expires with the last session".to_string(),
             ),
         ]
     }

@@ -155,6 +155,7 @@ fn describe(snap: &Snapshot) -> Value {
                             r["idle_ttl_ms"] = json!(ms(s.idle_ttl));
                             r["absolute_ttl_ms"] = json!(ms(s.absolute_ttl));
                             r["max_per_user"] = json!(s.max_per_user);
+                            r["user_cap"] = json!(s.user_cap);
                             r["plugin"] = plugin(s.plugin.as_ref());
                         }
                         (RuleKind::Lock(l), _) => {

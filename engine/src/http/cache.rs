@@ -59,7 +59,7 @@ struct GetQuery {
 }
 
 /// The facts a cache plugin sees.
-fn facts(method: &str, id: &str, req: &axum::http::request::Parts) -> RequestFacts {
+pub(super) fn facts(method: &str, id: &str, req: &axum::http::request::Parts) -> RequestFacts {
     RequestFacts {
         method: method.into(),
         path: req.uri.path().to_string(),
@@ -139,8 +139,8 @@ async fn delete_value(
     let c = lookup(&state, &app, &rule)?;
     let (parts, _) = request.into_parts();
     let facts = c.wants_facts().then(|| facts("DELETE", &id, &parts));
-    let deleted = c.delete(&state.runtime.store, &id, facts).await?;
-    Ok(axum::Json(DeleteResponse { deleted }).into_response())
+    let (deleted, pending) = c.delete(&state.runtime.store, &id, facts).await?;
+    Ok(axum::Json(DeleteResponse { deleted, pending }).into_response())
 }
 
 /// `POST /v1/cache/{app}/{rule}/_invalidate` with `{"tags": [...]}`.
@@ -251,8 +251,12 @@ struct InvalidateResponse {
 
 #[derive(Serialize, ToSchema)]
 struct DeleteResponse {
-    /// How many values existed (the id's and its related ids').
+    /// How many values were dropped (the id's and its related ids').
     deleted: i64,
+    /// `write: behind`: values kept because their newest write is still in the journal (the
+    /// origin's copy is older until it is delivered); they are ordinary cached copies again
+    /// once delivered.
+    pending: i64,
 }
 
 #[utoipa::path(get, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
@@ -276,7 +280,7 @@ struct DeleteResponse {
 fn doc_get() {}
 
 #[utoipa::path(delete, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
-    description = "Drops the value, the values of the rule's `related` ids, and their refresh leases, atomically.",
+    description = "Drops the value, the values of the rule's `related` ids, and their refresh leases, atomically. `write: behind`: a value whose newest write is still in the journal is kept (counted in `pending`) until the write reaches the origin, because the origin's copy is older until then.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
     responses(
         (status = 200, body = DeleteResponse),

@@ -109,6 +109,8 @@ impl From<WriteError> for ApiError {
             WriteError::JournalFull { .. } => {
                 problem(StatusCode::SERVICE_UNAVAILABLE, "journal-full", detail)
             }
+            WriteError::Bypassed(_) => problem(StatusCode::CONFLICT, "cache-bypassed", detail),
+            WriteError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             WriteError::Store(s) if s.is_unavailable() => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "redis-unavailable",
@@ -184,6 +186,9 @@ async fn put_value(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let facts = c
+        .wants_facts()
+        .then(|| super::cache::facts("PUT", &id, &parts));
     let out = c
         .put(
             &state.runtime.store,
@@ -192,6 +197,7 @@ async fn put_value(
                 content_type,
                 tags,
                 body,
+                facts,
             },
         )
         .await?;
@@ -236,8 +242,11 @@ async fn patch_value(
         }
     }
     let body = value_body(&c, &parts.headers, body).await?;
+    let facts = c
+        .wants_facts()
+        .then(|| super::cache::facts("PATCH", &id, &parts));
     let out = c
-        .patch(&state.runtime.store, &id, content_type, body)
+        .patch(&state.runtime.store, &id, content_type, body, facts)
         .await?;
     let Some(object) = out.object else {
         // Write-through of an id that was not cached: the origin took the patch.
@@ -454,18 +463,40 @@ async fn replay(
     }
     let max_len = c.spec.journal_max_len.to_string();
     let count_s = count.to_string();
-    let mut args: Vec<&[u8]> = vec![max_len.as_bytes(), count_s.as_bytes()];
+    let streams = [c.keys.rule_key(DEAD_SUB), c.keys.rule_key(JOURNAL_SUB)];
+    // First which entries, and whose values they are (their keys come from KeySpace, so the
+    // move gets them as KEYS); the move re-reads every entry atomically.
+    let mut args: Vec<&[u8]> = vec![b"peek", max_len.as_bytes(), count_s.as_bytes()];
     args.extend(ids.iter().map(|i| i.as_bytes()));
-    let reply: Vec<i64> = state
+    let peeked: Vec<(String, String)> = state
         .runtime
         .store
-        .eval(
-            &c.scripts.write.replay,
-            &[c.keys.rule_key(DEAD_SUB), c.keys.rule_key(JOURNAL_SUB)],
-            &args,
-        )
+        .eval(&c.scripts.write.replay, &streams, &args)
         .await
         .map_err(|e| ApiError::from(WriteError::Store(e)))?;
+    let found = peeked.len() as u64;
+    let mut keys = streams.to_vec();
+    keys.extend(
+        peeked
+            .iter()
+            .map(|(_, vid)| c.keys.key(vid, crate::compile::cache::VALUE_SUB)),
+    );
+    let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
+    args.extend(peeked.iter().map(|(eid, _)| eid.as_bytes()));
+    let mut reply: Vec<i64> = if peeked.is_empty() {
+        vec![0, 0, 0]
+    } else {
+        state
+            .runtime
+            .store
+            .eval(&c.scripts.write.replay, &keys, &args)
+            .await
+            .map_err(|e| ApiError::from(WriteError::Store(e)))?
+    };
+    // Given ids that the peek did not find are not dead letters either.
+    if let Some(missing) = reply.get_mut(1) {
+        *missing += (ids.len() as u64).saturating_sub(found) as i64;
+    }
     let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
     metrics::counter!("patternd_cache_dead_letters_replayed_total", "app" => app.clone(), "rule" => rule.clone()).increment(at(0));
     Ok(axum::Json(ReplayResponse {
@@ -504,7 +535,7 @@ pub struct PutAccepted {
 }
 
 #[utoipa::path(put, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
-    description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx; `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`).",
+    description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx; `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`). A rule's cache plugin runs for writes too: the value lands on the plugin's key with its TTL and tags; the origin gets the client's id's URL. Plugin bypass: `write: through` writes the origin only (204); other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path, description = "1 to 512 bytes"),
         ("Cache-Tag" = Option<String>, Header, description = "tags, comma- or space-separated")),
     request_body(content = String, description = "The value", content_type = "*/*"),
@@ -513,6 +544,7 @@ pub struct PutAccepted {
         (status = 202, description = "write: behind: stored and journaled", body = PutAccepted),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The rule's cache plugin bypassed the cache and the rule is not `write: through`; nothing written", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than max_value_bytes; nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "write: through: the origin refused or could not be reached; the cache is unchanged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "write: behind: the journal holds journal_max_len undelivered writes (nothing written), or Redis is unavailable", body = Problem, content_type = "application/problem+json"),
@@ -521,7 +553,7 @@ pub struct PutAccepted {
 fn put_doc() {}
 
 #[utoipa::path(patch, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
-    description = "Updates top-level members of a `format: hash` value (a JSON object; `null` deletes a member, as JSON Merge Patch at the top level). The value becomes fresh again and keeps its tags. `write: through` PATCHes the origin first; `write: behind` journals the whole resulting object (delivered as a PUT). A value that is not cached (absent, a cached 404, or invalidated) answers 404, except with `write: through`, where the origin took the patch (204).",
+    description = "Updates top-level members of a `format: hash` value (a JSON object; `null` deletes a member, as JSON Merge Patch at the top level). The value becomes fresh again and keeps its tags. `write: through` PATCHes the origin first; `write: behind` journals the whole resulting object (delivered as a PUT). A value that is not cached (absent, a cached 404, or invalidated) answers 404, except with `write: through`, where the origin took the patch (204). A rule's cache plugin chooses the key (and TTL) as for PUT; bypass: `write: through` PATCHes the origin only (204), other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
     request_body(content = Object, content_type = "application/json"),
     responses(
@@ -530,7 +562,7 @@ fn put_doc() {}
         (status = 204, description = "write: through: the origin accepted; the id was not cached"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule, or no cached value to patch", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The rule is `format: string`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The rule is `format: string`, or the cache plugin bypassed the cache on a rule that is not `write: through`", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a JSON content type", body = Problem, content_type = "application/problem+json"),
         (status = 502, body = Problem, content_type = "application/problem+json"),

@@ -192,7 +192,13 @@ impl Sessions {
             scripts: compiled.scripts.clone(),
             idle_ms: spec.idle_ttl.as_millis().max(1).to_string(),
             absolute_ms: spec.absolute_ttl.as_millis().max(1).to_string(),
-            max_per_user: spec.max_per_user.unwrap_or(0).to_string(),
+            // Always bounded: `user_cap` applies when `max_per_user` is not set, so the user
+            // index (and one logout-everywhere) never holds more than that many sessions.
+            max_per_user: spec
+                .max_per_user
+                .unwrap_or(spec.user_cap)
+                .min(spec.user_cap)
+                .to_string(),
             max_fields: MAX_SESSION_FIELDS.to_string(),
             plugin,
             counters: Counters::new(&rule.app, &rule.name),

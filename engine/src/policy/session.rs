@@ -12,6 +12,11 @@ use super::ir::PluginRef;
 use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
 
+/// Sessions a user may have when the rule sets no `user_cap`.
+pub const DEFAULT_USER_CAP: u64 = 1000;
+/// The largest `user_cap`: one logout-everywhere destroys at most this many sessions.
+pub const MAX_USER_CAP: u64 = 100_000;
+
 /// A `session` block, served at `/v1/sessions/{app}/{rule}`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +32,12 @@ pub struct RawSession {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1))]
     pub max_per_user: Option<Spanned<i64>>,
+    /// Hard bound on a user's live sessions even without `max_per_user` (default 1000):
+    /// creating one more destroys the oldest, so logging a user out everywhere is bounded
+    /// work. `max_per_user` may not exceed it.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>", range(min = 1, max = 100000))]
+    pub user_cap: Option<Spanned<i64>>,
     /// A plugin whose `session` hook validates or rejects a session on read.
     #[serde(default)]
     #[schemars(with = "Option<RawPluginRef>")]
@@ -39,6 +50,8 @@ pub struct Session {
     pub idle_ttl: Duration,
     pub absolute_ttl: Duration,
     pub max_per_user: Option<u64>,
+    /// Effective hard bound on a user's sessions (`user_cap`, default [`DEFAULT_USER_CAP`]).
+    pub user_cap: u64,
     pub plugin: Option<PluginRef>,
     pub location: Location,
 }
@@ -69,6 +82,35 @@ impl Validator {
             .max_per_user
             .as_ref()
             .and_then(|n| self.positive(path, "max_per_user", n));
+        let user_cap = raw
+            .user_cap
+            .as_ref()
+            .and_then(|n| {
+                let v = self.positive(path, "user_cap", n)?;
+                if v > MAX_USER_CAP {
+                    self.err(
+                        &loc(path, n.span()),
+                        format!("rule `{rule}`: `user_cap` is at most {MAX_USER_CAP}"),
+                    );
+                    return None;
+                }
+                Some(v)
+            })
+            .unwrap_or(DEFAULT_USER_CAP);
+        if let Some(m) = max_per_user
+            && m > user_cap
+        {
+            let at_max = raw
+                .max_per_user
+                .as_ref()
+                .map_or_else(|| at.clone(), |n| loc(path, n.span()));
+            self.err(
+                &at_max,
+                format!(
+                    "rule `{rule}`: `max_per_user` ({m}) exceeds `user_cap` ({user_cap}); raise `user_cap`"
+                ),
+            );
+        }
         let plugin = raw
             .plugin
             .as_ref()
@@ -80,6 +122,7 @@ impl Validator {
             idle_ttl: idle?,
             absolute_ttl: absolute?,
             max_per_user,
+            user_cap,
             plugin,
             location: at,
         })

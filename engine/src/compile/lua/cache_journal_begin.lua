@@ -17,8 +17,9 @@ journal_done(jkey, older)
 -- `jp` is the newest journaled write of the id (set by PUT/PATCH with the value). If it is
 -- newer than this write, delivering this one could put an older value on the origin after
 -- the newer one.
+-- A replayed dead letter that was still the newest write has `jp` naming its new entry.
 local jp = redis.call('HGET', vkey, 'jp')
-if jp and stream_id_lt(ARGV[4], jp) then
+if jp and jp ~= ARGV[3] and stream_id_lt(ARGV[4], jp) then
   journal_done(jkey, { ARGV[3] })
   return 'skip'
 end
@@ -31,7 +32,7 @@ end
 -- While its newest write is undelivered the value is newer than the origin's copy, and reads
 -- serve it instead of refreshing from the origin; if it expired first, a read would fill the
 -- origin's older copy. So each attempt keeps it alive past the next one (never shortening).
-if jp == ARGV[4] then
+if jp == ARGV[4] or jp == ARGV[3] then
   local pttl = redis.call('PTTL', vkey)
   if pttl >= 0 and pttl < tonumber(ARGV[7]) then redis.call('PEXPIRE', vkey, ARGV[7]) end
 end

@@ -7,7 +7,9 @@
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (cache),
 -- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len
 -- ARGV[6] the id; ARGV[7] ms the write marker 'W' is held (through, see below)
--- ARGV[8 ..] name, json pairs; an empty json deletes the member
+-- ARGV[8] the value's id when a plugin chose a key other than the client's id ('' otherwise;
+-- journaled as `k`)
+-- ARGV[9 ..] name, json pairs; an empty json deletes the member
 -- Returns { 1, journal entry id or '', the object's JSON text }, { 0 } when there is no live
 -- value to patch (absent, a negative entry, or invalidated by a tag), or { -1, backlog }
 -- when the journal is full (then nothing was written).
@@ -18,11 +20,14 @@ local tagpfx = ARGV[1]
 local function live_fields()
   local st = redis.call('HGET', vkey, 'st')
   if st ~= '200' then return nil end
-  local meta = redis.call('HMGET', vkey, 'tags', 'tv')
+  local meta = redis.call('HMGET', vkey, 'tags', 'tv', 'jp')
   local tags, tv = split_commas(meta[1]), split_commas(meta[2])
+  -- A value whose newest write is still journaled is live whatever its tags say (as in the
+  -- read script): a tag invalidation takes effect once that write reached the origin.
+  local pending = meta[3] and jkey and #redis.call('XRANGE', jkey, meta[3], meta[3]) > 0
   for i = 1, #tags do
     local cur = redis.call('GET', tagpfx .. tags[i]) or '0'
-    if cur ~= tv[i] then return nil end
+    if cur ~= tv[i] and not pending then return nil end
   end
   local all = redis.call('HGETALL', vkey)
   local fields, order = {}, {}
@@ -53,7 +58,7 @@ if mode == 'b' then
   local backlog = redis.call('XLEN', jkey)
   if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
 end
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local name, json = ARGV[i], ARGV[i + 1]
   if fields[name] == nil and json ~= '' then order[#order + 1] = name end
   if json == '' then fields[name] = nil else fields[name] = json end
@@ -75,7 +80,12 @@ cache_store({
 redis.call('DEL', lkey)
 local eid = ''
 if mode == 'b' then
-  eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', 'application/json', 'b', object)
+  if ARGV[8] ~= '' then
+    eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', 'application/json', 'b', object,
+      'k', ARGV[8])
+  else
+    eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', 'application/json', 'b', object)
+  end
   redis.call('HSET', vkey, 'jp', eid)
 end
 return { 1, eid, object }

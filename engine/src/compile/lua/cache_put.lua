@@ -5,17 +5,19 @@
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (store only:
 -- write: cache, and through after the origin accepted) or 'b' (behind: store + journal)
 -- ARGV[5] journal_max_len; ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
--- or 'h' (format: hash); ARGV[9] n = number of tags; ARGV[10 .. 9+n] the tags
--- ARGV[10+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
--- ARGV[11+n ..] 'h' only: name, json pairs of the object's top-level members
+-- or 'h' (format: hash); ARGV[9] the value's id when a plugin chose a key other than the
+-- client's id ('' otherwise; journaled as `k`, the origin still gets ARGV[6]'s URL)
+-- ARGV[10] n = number of tags; ARGV[11 .. 10+n] the tags
+-- ARGV[11+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
+-- ARGV[12+n ..] 'h' only: name, json pairs of the object's top-level members
 -- Returns { 1, journal entry id or '' }, or { -1, backlog } when the journal is full (then
 -- nothing was written).
 local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
 local behind = ARGV[4] == 'b'
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[10])
 local tags = {}
-for i = 1, n do tags[i] = ARGV[9 + i] end
-local body = ARGV[10 + n]
+for i = 1, n do tags[i] = ARGV[10 + i] end
+local body = ARGV[11 + n]
 if behind then
   local backlog = redis.call('XLEN', jkey)
   if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
@@ -26,7 +28,7 @@ local v = {
 }
 if ARGV[8] == 'h' then
   v.fields = {}
-  for i = 11 + n, #ARGV do v.fields[#v.fields + 1] = ARGV[i] end
+  for i = 12 + n, #ARGV do v.fields[#v.fields + 1] = ARGV[i] end
 else
   v.body = body
 end
@@ -36,7 +38,11 @@ cache_store(v)
 redis.call('DEL', lkey)
 local eid = ''
 if behind then
-  eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', ARGV[7], 'b', body)
+  if ARGV[9] ~= '' then
+    eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', ARGV[7], 'b', body, 'k', ARGV[9])
+  else
+    eid = redis.call('XADD', jkey, '*', 'id', ARGV[6], 'ct', ARGV[7], 'b', body)
+  end
   -- The newest journaled write of this id: older entries are superseded (coalescing).
   redis.call('HSET', vkey, 'jp', eid)
 end

@@ -42,7 +42,12 @@ end
 
 local meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp')
 local st = meta[1]
-if st then
+-- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
+local pending = st == '200' and meta[7] and KEYS[3]
+  and #redis.call('XRANGE', KEYS[3], meta[7], meta[7]) > 0
+-- A pending value survives a tag invalidation until its write is delivered (the origin's copy
+-- is older); the next read after delivery sees the bumped version and drops it.
+if st and not pending then
   -- A value whose tags were invalidated since it was written is a miss (and is dropped, so
   -- it is never served stale either).
   local tags, tv = split_commas(meta[5]), split_commas(meta[6])
@@ -64,9 +69,7 @@ if st then
   if not has_origin and left <= 0 then st = nil end
 end
 
--- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
-local pending = st == '200' and meta[7] and KEYS[3]
-  and #redis.call('XRANGE', KEYS[3], meta[7], meta[7]) > 0
+pending = pending and st == '200'
 
 local action
 if pending then

@@ -1,5 +1,7 @@
 -- Creates a session. KEYS: session, ue, uc. ARGV: sid, user, idle_ms, absolute_ms,
--- max_per_user (0 = none), base, base64url(user), then field/JSON pairs.
+-- max sessions per user (min(max_per_user, user_cap): always set, so the user's index and a
+-- logout-everywhere stay bounded; 0 = none, kept for safety), base, base64url(user), then
+-- field/JSON pairs.
 -- Returns {expires_in_ms, evicted}.
 local key, ue, uc = KEYS[1], KEYS[2], KEYS[3]
 local sid, user = ARGV[1], ARGV[2]

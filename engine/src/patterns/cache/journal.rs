@@ -165,7 +165,10 @@ struct Entry {
     /// after a dead-letter replay).
     oid: String,
     attempt: u64,
+    /// The client's id: the write goes to its origin URL.
     id: String,
+    /// The id of the value the write stored (`k`: a plugin chose another key; else `id`).
+    key: String,
     content_type: String,
     body: Bytes,
 }
@@ -214,7 +217,8 @@ pub async fn flush_once(
     }
     let mut groups: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     for e in entries {
-        groups.entry(e.id.clone()).or_default().push(e);
+        // Per value: `jp` (the supersede check) and the flush lease are the value's.
+        groups.entry(e.key.clone()).or_default().push(e);
     }
     let mut tasks = JoinSet::new();
     for (_, mut group) in groups {
@@ -261,7 +265,7 @@ async fn deliver(
     let keep_ms = next_backoff
         .saturating_add(timeout_ms.saturating_mul(2).saturating_add(2000))
         .to_string();
-    let idkeys = rule.keys.keys(&newest.id, [VALUE_SUB, FLUSH_LEASE_SUB]);
+    let idkeys = rule.keys.keys(&newest.key, [VALUE_SUB, FLUSH_LEASE_SUB]);
     let flush_key = idkeys[1].clone();
     let mut args: Vec<&[u8]> = vec![
         token.as_bytes(),
@@ -360,6 +364,7 @@ fn parse_entry(v: &redis::Value) -> Option<Entry> {
         eid,
         attempt,
         id: String::new(),
+        key: String::new(),
         content_type: String::new(),
         body: Bytes::new(),
     };
@@ -370,8 +375,12 @@ fn parse_entry(v: &redis::Value) -> Option<Entry> {
             Some("ct") => e.content_type = text(v)?,
             Some("b") => e.body = Bytes::from(bytes(v)?),
             Some("oid") => e.oid = text(v)?,
+            Some("k") => e.key = text(v)?,
             _ => {}
         }
+    }
+    if e.key.is_empty() {
+        e.key = e.id.clone();
     }
     Some(e)
 }

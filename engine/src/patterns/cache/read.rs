@@ -897,13 +897,14 @@ impl CacheRule {
     }
 
     /// DELETE of one id: its value, its related ids' values, and their leases, in one script.
-    /// Returns how many values existed.
+    /// Returns (values dropped, values kept because their write-behind write is still
+    /// pending: see `cache_delete.lua`).
     pub async fn delete(
         &self,
         store: &Store,
         id: &str,
         facts: Option<RequestFacts>,
-    ) -> Result<i64, ReadError> {
+    ) -> Result<(i64, i64), ReadError> {
         check_id(id)?;
         let decision = self.plugin_decision(|| {
             facts.unwrap_or_else(|| RequestFacts {
@@ -931,7 +932,16 @@ impl CacheRule {
             self.forget(&rid);
         }
         self.forget(&key_id);
-        Ok(store.eval(&self.scripts.delete, &keys, &[]).await?)
+        let behind = self.spec.write == crate::policy::cache::WriteMode::Behind;
+        if behind {
+            keys.push(self.keys.rule_key(crate::compile::cache::JOURNAL_SUB));
+        }
+        let flag: &[u8] = if behind { b"1" } else { b"0" };
+        let reply: Vec<i64> = store.eval(&self.scripts.delete, &keys, &[flag]).await?;
+        Ok((
+            reply.first().copied().unwrap_or(0),
+            reply.get(1).copied().unwrap_or(0),
+        ))
     }
 
     /// Invalidates every value carrying any of `tags`: bumps their versions. Returns how many

@@ -17,6 +17,7 @@ use super::origin::MAX_TAGS;
 use super::{CacheRule, duration_ms, valid_tag};
 use crate::compile::cache::{JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
 use crate::patterns::{InputError, check_id};
+use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
 use crate::store::{Store, StoreError};
 
@@ -50,6 +51,15 @@ pub enum WriteError {
          nothing was written, retry later"
     )]
     JournalFull { backlog: u64 },
+    /// The rule's plugin said bypass for a write that only the cache could take (`write:
+    /// cache | behind`): there is no cache write to do and no origin write to make.
+    #[error(
+        "the cache plugin bypasses the cache for this request; rule `{0}` writes the origin \
+         only with `write: through`, so nothing was written"
+    )]
+    Bypassed(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("unexpected script reply: {0}")]
@@ -66,6 +76,8 @@ impl WriteError {
             WriteError::OriginRefused(_) | WriteError::OriginUnreachable(_) => "origin_error",
             WriteError::OriginTimeout(_) => "origin_timeout",
             WriteError::JournalFull { .. } => "journal_full",
+            WriteError::Bypassed(_) => "bypassed",
+            WriteError::Plugin(_) => "plugin_failed",
             WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
         }
     }
@@ -81,6 +93,8 @@ pub struct PutRequest<'a> {
     /// The request's `Cache-Tag` header values.
     pub tags: Vec<String>,
     pub body: Bytes,
+    /// Built by the handler when the rule has a plugin (its `cache` hook runs for writes too).
+    pub facts: Option<RequestFacts>,
 }
 
 /// What a write did.
@@ -134,6 +148,46 @@ impl CacheRule {
         keys
     }
 
+    /// The rule's plugin decision for a write (same facts as a GET: method, path, id,
+    /// headers): `None` = bypass, else (the id of the value to write, ttl ms, the plugin's
+    /// tags). Without a plugin: the client's id, the rule's ttl, no tags.
+    fn write_choice(
+        &self,
+        method: &str,
+        id: &str,
+        facts: Option<RequestFacts>,
+    ) -> Result<Option<(String, u64, Vec<String>)>, WriteError> {
+        let decision = self.plugin_decision(|| {
+            facts.unwrap_or_else(|| RequestFacts {
+                method: method.into(),
+                id: id.to_string(),
+                ..RequestFacts::default()
+            })
+        })?;
+        let Some(d) = decision else {
+            return Ok(Some((id.to_string(), self.ttl_ms(), Vec::new())));
+        };
+        if d.bypass {
+            return Ok(None);
+        }
+        let key = match d.key {
+            Some(k) => {
+                // The plugin's key, not the client's id: a bad one is the plugin's failure.
+                check_id(&k).map_err(|e| PluginError::BadOutput {
+                    plugin: self
+                        .plugin
+                        .as_ref()
+                        .map(|p| p.0.clone())
+                        .unwrap_or_default(),
+                    message: format!("cache key: {e}"),
+                })?;
+                k
+            }
+            None => id.to_string(),
+        };
+        Ok(Some((key, d.ttl_ms.unwrap_or(self.ttl_ms()), d.tags)))
+    }
+
     /// `PUT /v1/cache/{app}/{rule}/{id}`.
     pub async fn put(
         &self,
@@ -165,24 +219,47 @@ impl CacheRule {
                 max: self.spec.max_value_bytes,
             });
         }
-        let tags = check_tags(&req.tags)?;
         let hash = self.spec.format == CacheFormat::Hash;
-        let members = if hash {
-            Some(object_members(&req.body)?)
-        } else {
-            None
-        };
         let content_type = if hash {
             "application/json"
         } else {
             req.content_type.unwrap_or("application/octet-stream")
+        };
+        let Some((key_id, ttl_ms, plugin_tags)) = self.write_choice("PUT", req.id, req.facts)?
+        else {
+            // Bypass: write-through writes the origin only (the cache is not used for this
+            // request); the other modes have nothing to write.
+            if self.spec.write == WriteMode::Through {
+                self.origin_write(Method::PUT, req.id, content_type, req.body.clone())
+                    .await?;
+                return Ok(WriteOutcome {
+                    journal_id: None,
+                    object: None,
+                });
+            }
+            return Err(WriteError::Bypassed(self.rule.clone()));
+        };
+        // The plugin's tags first, then the client's; all must fit (none silently dropped).
+        let mut all_tags = plugin_tags;
+        all_tags.extend(req.tags.iter().cloned());
+        let tags = check_tags(&all_tags)?;
+        let members = if hash {
+            Some(object_members(&req.body)?)
+        } else {
+            None
         };
         if self.spec.write == WriteMode::Through {
             self.origin_write(Method::PUT, req.id, content_type, req.body.clone())
                 .await?;
         }
         let behind = self.spec.write == WriteMode::Behind;
-        let ttl = duration_ms(self.spec.ttl).to_string();
+        let ttl = ttl_ms.to_string();
+        // The journal entry names the value's id only when it differs from the client's.
+        let k = if key_id == req.id {
+            ""
+        } else {
+            key_id.as_str()
+        };
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
         let n = tags.len().to_string();
@@ -195,6 +272,7 @@ impl CacheRule {
             req.id.as_bytes(),
             content_type.as_bytes(),
             if hash { b"h" } else { b"s" },
+            k.as_bytes(),
             n.as_bytes(),
         ];
         args.extend(tags.iter().map(|t| t.as_bytes()));
@@ -207,8 +285,9 @@ impl CacheRule {
             }
         }
         let reply: Vec<redis::Value> = store
-            .eval(&self.scripts.write.put, &self.write_keys(req.id), &args)
+            .eval(&self.scripts.write.put, &self.write_keys(&key_id), &args)
             .await?;
+        self.forget(&key_id);
         match reply.first().map(int) {
             Some(Some(1)) => Ok(WriteOutcome {
                 journal_id: behind
@@ -232,8 +311,9 @@ impl CacheRule {
         id: &str,
         content_type: Option<&str>,
         body: Bytes,
+        facts: Option<RequestFacts>,
     ) -> Result<WriteOutcome, WriteError> {
-        let r = self.patch_inner(store, id, content_type, body).await;
+        let r = self.patch_inner(store, id, content_type, body, facts).await;
         self.forget(id);
         self.count_write(match &r {
             Ok(o) if o.journal_id.is_some() => "accepted",
@@ -249,6 +329,7 @@ impl CacheRule {
         id: &str,
         content_type: Option<&str>,
         body: Bytes,
+        facts: Option<RequestFacts>,
     ) -> Result<WriteOutcome, WriteError> {
         check_id(id)?;
         if self.spec.format != CacheFormat::Hash {
@@ -262,21 +343,30 @@ impl CacheRule {
             });
         }
         let members = patch_members(&body)?;
+        let patch_ct = content_type.unwrap_or("application/merge-patch+json");
+        // PATCH keeps the value's tags; the plugin's key and TTL apply as for PUT.
+        let Some((key_id, ttl_ms, _)) = self.write_choice("PATCH", id, facts)? else {
+            if self.spec.write == WriteMode::Through {
+                self.origin_write(Method::PATCH, id, patch_ct, body.clone())
+                    .await?;
+                return Ok(WriteOutcome {
+                    journal_id: None,
+                    object: None,
+                });
+            }
+            return Err(WriteError::Bypassed(self.rule.clone()));
+        };
+        let k = if key_id == id { "" } else { key_id.as_str() };
         let mode = match self.spec.write {
             WriteMode::Cache => "c",
             WriteMode::Through => {
-                self.origin_write(
-                    Method::PATCH,
-                    id,
-                    content_type.unwrap_or("application/merge-patch+json"),
-                    body.clone(),
-                )
-                .await?;
+                self.origin_write(Method::PATCH, id, patch_ct, body.clone())
+                    .await?;
                 "t"
             }
             WriteMode::Behind => "b",
         };
-        let ttl = duration_ms(self.spec.ttl).to_string();
+        let ttl = ttl_ms.to_string();
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
         // The write marker outlives any fill that read the origin before this PATCH: such a
@@ -292,6 +382,7 @@ impl CacheRule {
             max_len.as_bytes(),
             id.as_bytes(),
             marker_ms.as_bytes(),
+            k.as_bytes(),
         ];
         for (name, json) in &members {
             args.push(name.as_bytes());
@@ -299,8 +390,9 @@ impl CacheRule {
             args.push(json.as_deref().unwrap_or("").as_bytes());
         }
         let reply: Vec<redis::Value> = store
-            .eval(&self.scripts.write.patch, &self.write_keys(id), &args)
+            .eval(&self.scripts.write.patch, &self.write_keys(&key_id), &args)
             .await?;
+        self.forget(&key_id);
         match reply.first().map(int) {
             Some(Some(1)) => Ok(WriteOutcome {
                 journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
