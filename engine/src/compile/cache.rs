@@ -239,14 +239,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
     if write_behind {
         all.extend(w.all().into_iter().skip(2));
     }
-    for script in all.iter().copied() {
-        luacheck::check(&script.name, &script.source).map_err(|e| {
-            format!(
-                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
-                script.name
-            )
-        })?;
-    }
+    luacheck::check_builtin(all.iter().map(|s| s.as_ref()))?;
     Ok(CompiledCache {
         scripts: all.into_iter().cloned().collect(),
         read: s.read.clone(),

@@ -48,14 +48,7 @@ pub struct CompiledLock {
 
 pub fn compile(_rule: &Rule, _spec: &Lock) -> Result<CompiledLock, String> {
     let scripts = SCRIPTS.clone();
-    for s in scripts.all() {
-        luacheck::check(&s.name, &s.source).map_err(|e| {
-            format!(
-                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
-                s.name
-            )
-        })?;
-    }
+    luacheck::check_builtin(scripts.all().iter().map(|s| s.as_ref()))?;
     Ok(CompiledLock { scripts })
 }
 

@@ -3,6 +3,7 @@
 //! A script that Redis would refuse is caught at policy load, with the rule that produced it,
 //! instead of as a runtime error on the first request.
 
+use super::Script;
 use mlua::Lua;
 use mlua::chunk::ChunkMode;
 
@@ -25,6 +26,20 @@ pub fn check(name: &str, source: &str) -> Result<(), String> {
         .into_function()
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Checks the fixed scripts of a pattern (shipped in the binary, not written by users): a
+/// failure is a bug in patternd, reported as an internal error at the rule.
+pub fn check_builtin<'a>(scripts: impl IntoIterator<Item = &'a Script>) -> Result<(), String> {
+    for s in scripts {
+        check(&s.name, &s.source).map_err(|e| {
+            format!(
+                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
+                s.name
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

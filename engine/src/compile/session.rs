@@ -63,14 +63,7 @@ pub struct CompiledSession {
 
 pub fn compile(_rule: &Rule, _spec: &Session) -> Result<CompiledSession, String> {
     let scripts = SCRIPTS.clone();
-    for s in scripts.all() {
-        luacheck::check(&s.name, &s.source).map_err(|e| {
-            format!(
-                "internal error: the script `{}` fails the Lua 5.1 check: {e}",
-                s.name
-            )
-        })?;
-    }
+    luacheck::check_builtin(scripts.all().iter().map(|s| s.as_ref()))?;
     Ok(CompiledSession { scripts })
 }
 
