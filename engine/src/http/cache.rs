@@ -117,10 +117,11 @@ async fn get_value(
         Ok(out) => {
             let mut resp = (StatusCode::OK, out.body.into_bytes()).into_response();
             let h = resp.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&out.content_type) {
+            // From the owned Strings: the header values take their buffers over.
+            if let Ok(v) = HeaderValue::try_from(out.content_type) {
                 h.insert(header::CONTENT_TYPE, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&out.cache_status) {
+            if let Ok(v) = HeaderValue::try_from(out.cache_status) {
                 h.insert(CACHE_STATUS.clone(), v);
             }
             resp

@@ -95,20 +95,32 @@ pub(super) async fn check_post(
             "the body must be a JSON object such as {\"id\": \"user-42\", \"cost\": 1}".into(),
         ));
     }
-    // Fast path, the common case: `{"id": "...", "cost": n}` for a rule without plugin
-    // fields, parsed without building a JSON tree. Anything else (numeric ids, plugin fields,
-    // mistakes) takes the general path below, which also words the errors.
-    if !rl.wants_facts()
+    // Fast path, the common case: `{"id": "...", "cost": n}` for a rule whose plugin (if any)
+    // declares no body fields, parsed without building a JSON tree. Anything else (numeric
+    // ids, plugin fields, mistakes) takes the general path below, which also words the errors.
+    if rl.exposed_fields().is_empty()
         && let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(&body)
     {
         let cost = fast.cost.unwrap_or(1);
+        let facts = rl.wants_facts().then(|| RequestFacts {
+            method: "POST".into(),
+            path: parts.uri.path().to_string(),
+            id: fast.id.to_string(),
+            cost,
+            headers: header_pairs(&parts.headers),
+            client_addr: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string()),
+            fields: Vec::new(),
+        });
         let d = decide(
             &state,
             &rl,
             CheckRequest {
                 id: &fast.id,
                 cost,
-                facts: None,
+                facts,
             },
         )
         .await?;

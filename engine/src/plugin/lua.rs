@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::chunk::ChunkMode;
-use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use mlua::{Function, HookTriggers, IntoLua, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::decision::{
     CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
@@ -89,6 +89,13 @@ impl LuaPlugin {
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH;
         let lua =
             Lua::new_with(libs, LuaOptions::new()).map_err(|e| self.load_err(e.to_string()))?;
+        let call: Function = lua
+            .load(FACTS_CALL)
+            .set_name("=patternd")
+            .set_mode(ChunkMode::Text)
+            .eval()
+            .map_err(|e| self.load_err(e.to_string()))?;
+        let names = DecisionNames::new(&lua).map_err(|e| self.load_err(e.to_string()))?;
         sandbox(&lua, &self.name).map_err(|e| self.load_err(e.to_string()))?;
         let used = Arc::new(AtomicU64::new(0));
         let budget = self.limits.instructions;
@@ -121,6 +128,9 @@ impl LuaPlugin {
             lua,
             table: key,
             used,
+            call,
+            hooks: Default::default(),
+            names,
         })
     }
 
@@ -160,10 +170,61 @@ impl LuaPlugin {
 
 const BUDGET_MARK: &str = "patternd: instruction budget exceeded";
 
+/// Calls a hook with the request facts built in Lua from plain arguments:
+/// `(hook, method, path, id, cost, client_addr, fields, name1, value1, …, [extra])`.
+/// Building the table through the API costs a protected call (a `pcall` and a C closure) for
+/// every key and value once a memory limit is set; passing them as arguments and building the
+/// table here costs a few VM instructions. It uses no globals, so a plugin cannot change it.
+/// `extra` (the session hook's second argument) follows the header pairs; `nh` is their count.
+const FACTS_CALL: &str = r#"
+return function(hook, method, path, id, cost, addr, fields, nh, ...)
+  local a = { ... }
+  local h = {}
+  for i = 1, nh * 2, 2 do h[a[i]] = a[i + 1] end
+  return hook({ method = method, path = path, id = id, cost = cost, headers = h,
+                client_addr = addr, fields = fields or {} }, a[nh * 2 + 1])
+end
+"#;
+
 struct Instance {
     lua: Lua,
     table: mlua::RegistryKey,
     used: Arc<AtomicU64>,
+    /// `FACTS_CALL`, compiled once per instance.
+    call: Function,
+    /// The hooks (in `HOOKS` order), looked up on first use after `init`.
+    hooks: [Option<Function>; 4],
+    /// The rate-limit decision's field names as Lua strings, made once: pushing a Lua string
+    /// is a reference copy, while pushing a Rust `&str` is a protected call that may allocate.
+    names: DecisionNames,
+}
+
+struct DecisionNames {
+    deny: mlua::LuaString,
+    skip: mlua::LuaString,
+    check: mlua::LuaString,
+    algorithm: mlua::LuaString,
+    limit: mlua::LuaString,
+    window_ms: mlua::LuaString,
+    key_suffix: mlua::LuaString,
+    cost: mlua::LuaString,
+    burst: mlua::LuaString,
+}
+
+impl DecisionNames {
+    fn new(lua: &Lua) -> mlua::Result<Self> {
+        Ok(Self {
+            deny: lua.create_string("deny")?,
+            skip: lua.create_string("skip")?,
+            check: lua.create_string("check")?,
+            algorithm: lua.create_string("algorithm")?,
+            limit: lua.create_string("limit")?,
+            window_ms: lua.create_string("window_ms")?,
+            key_suffix: lua.create_string("key_suffix")?,
+            cost: lua.create_string("cost")?,
+            burst: lua.create_string("burst")?,
+        })
+    }
 }
 
 impl Instance {
@@ -221,27 +282,41 @@ impl LuaBinding {
     fn with_instance<T>(
         &self,
         hook: &'static str,
-        f: impl FnOnce(&Lua, Function) -> mlua::Result<T>,
+        f: impl FnOnce(&Lua, &Function, &Function, &DecisionNames) -> mlua::Result<T>,
     ) -> Result<T, PluginError> {
-        if !self.plugin.hooks.contains(&hook) {
+        let slot = HOOKS.iter().position(|h| *h == hook);
+        let Some(slot) = slot.filter(|_| self.plugin.hooks.contains(&hook)) else {
             return Err(PluginError::MissingHook {
                 plugin: self.plugin.name.clone(),
                 hook,
             });
-        }
+        };
         let popped = self.pool.take();
-        let inst = match popped {
+        let mut inst = match popped {
             Some(i) => i,
             None => self.new_instance()?,
         };
         inst.used.store(0, Ordering::Relaxed);
-        let result = inst
-            .table()
-            .and_then(|t| {
+        // The hook function is looked up once per instance (after `init`, which may have set
+        // it), not per call.
+        if inst.hooks[slot].is_none() {
+            let func = inst.table().and_then(|t| {
                 t.get::<Function>(hook)
                     .map_err(|e| self.plugin.classify(&e, false))
-            })
-            .and_then(|func| f(&inst.lua, func).map_err(|e| self.plugin.classify(&e, false)));
+            });
+            match func {
+                Ok(func) => inst.hooks[slot] = Some(func),
+                Err(e) => return Err(e),
+            }
+        }
+        let result = match &inst.hooks[slot] {
+            Some(func) => f(&inst.lua, &inst.call, func, &inst.names)
+                .map_err(|e| self.plugin.classify(&e, false)),
+            None => Err(PluginError::MissingHook {
+                plugin: self.plugin.name.clone(),
+                hook,
+            }),
+        };
         if result.is_ok() {
             self.release(inst);
         }
@@ -250,20 +325,19 @@ impl LuaBinding {
 
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
         let name = self.plugin.name.clone();
-        let out = self.with_instance("rate_limit", |lua, func| {
-            let r = facts_to_lua(lua, req)?;
-            func.call::<Value>(r)
-        })?;
-        let d = lua_to_rate_limit(&name, out, req.cost)?;
+        let d = self.with_instance("rate_limit", |lua, call, func, names| {
+            let out = call_with_facts(lua, call, func, req, None)?;
+            // Read while the instance is held: the names are its strings.
+            Ok(lua_to_rate_limit(&name, out, req.cost, names))
+        })??;
         super::decision::validate_rate_limit(&name, d, &self.plugin.limits)
     }
 
     pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
         let name = self.plugin.name.clone();
         let limits = self.plugin.limits;
-        let out = self.with_instance("cache", |lua, func| {
-            let r = facts_to_lua(lua, req)?;
-            func.call::<Value>(r)
+        let out = self.with_instance("cache", |lua, call, func, _| {
+            call_with_facts(lua, call, func, req, None)
         })?;
         lua_to_cache(&name, out, &limits)
     }
@@ -274,8 +348,7 @@ impl LuaBinding {
         session: &SessionFacts<'_>,
     ) -> Result<SessionDecision, PluginError> {
         let name = self.plugin.name.clone();
-        let out = self.with_instance("session", |lua, func| {
-            let r = facts_to_lua(lua, req)?;
+        let out = self.with_instance("session", |lua, call, func, _| {
             let s = lua.create_table()?;
             s.set("user", session.user)?;
             s.set("created_ms", session.created_ms)?;
@@ -287,7 +360,7 @@ impl LuaBinding {
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
             }
             s.set("data", d)?;
-            func.call::<Value>((r, s))
+            call_with_facts(lua, call, func, req, Some(s))
         })?;
         match out {
             Value::Nil | Value::Boolean(true) => Ok(SessionDecision::Allow),
@@ -390,27 +463,44 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-fn facts_to_lua(lua: &Lua, req: &RequestFacts) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    t.set("method", req.method.as_str())?;
-    t.set("path", req.path.as_str())?;
-    t.set("id", req.id.as_str())?;
-    t.set("cost", req.cost)?;
-    let h = lua.create_table()?;
+/// Calls `func(facts[, extra])` through `FACTS_CALL`.
+fn call_with_facts(
+    lua: &Lua,
+    call: &Function,
+    func: &Function,
+    req: &RequestFacts,
+    extra: Option<Table>,
+) -> mlua::Result<Value> {
+    let mut args = mlua::MultiValue::with_capacity(9 + req.headers.len() * 2);
+    args.push_back(Value::Function(func.clone()));
+    args.push_back(Value::String(lua.create_string(&req.method)?));
+    args.push_back(Value::String(lua.create_string(&req.path)?));
+    args.push_back(Value::String(lua.create_string(&req.id)?));
+    args.push_back(req.cost.into_lua(lua)?);
+    args.push_back(match &req.client_addr {
+        Some(a) => Value::String(lua.create_string(a)?),
+        None => Value::Nil,
+    });
+    args.push_back(if req.fields.is_empty() {
+        Value::Nil
+    } else {
+        let f = lua.create_table()?;
+        for (k, v) in &req.fields {
+            let parsed: serde_json::Value =
+                serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
+            f.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
+        }
+        Value::Table(f)
+    });
+    args.push_back(req.headers.len().into_lua(lua)?);
     for (k, v) in &req.headers {
-        h.set(k.as_str(), v.as_str())?;
+        args.push_back(Value::String(lua.create_string(k)?));
+        args.push_back(Value::String(lua.create_string(v)?));
     }
-    t.set("headers", h)?;
-    if let Some(a) = &req.client_addr {
-        t.set("client_addr", a.as_str())?;
+    if let Some(t) = extra {
+        args.push_back(Value::Table(t));
     }
-    let f = lua.create_table()?;
-    for (k, v) in &req.fields {
-        let parsed: serde_json::Value = serde_json::from_str(v).unwrap_or(serde_json::Value::Null);
-        f.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
-    }
-    t.set("fields", f)?;
-    Ok(t)
+    call.call::<Value>(args)
 }
 
 /// JSON → Lua (tables for arrays and objects; `null` → nil).
@@ -444,6 +534,7 @@ fn lua_to_rate_limit(
     plugin: &str,
     v: Value,
     default_cost: u64,
+    names: &DecisionNames,
 ) -> Result<RateLimitDecision, PluginError> {
     let bad = |message: String| PluginError::BadOutput {
         plugin: plugin.to_string(),
@@ -460,13 +551,13 @@ fn lua_to_rate_limit(
             )));
         }
     };
-    if let Ok(Some(reason)) = t.get::<Option<String>>("deny") {
+    if let Ok(Some(reason)) = t.get::<Option<String>>(&names.deny) {
         return Ok(RateLimitDecision::Deny(reason));
     }
-    if let Ok(Some(true)) = t.get::<Option<bool>>("skip") {
+    if let Ok(Some(true)) = t.get::<Option<bool>>(&names.skip) {
         return Ok(RateLimitDecision::Skip);
     }
-    let list: Table = match t.get::<Value>("check") {
+    let list: Table = match t.get::<Value>(&names.check) {
         Ok(Value::Table(l)) => l,
         _ => {
             return Err(bad(
@@ -481,8 +572,8 @@ fn lua_to_rate_limit(
             return Err(bad("too many limits".into()));
         }
         let l = item.map_err(|e| bad(format!("limit {}: {e}", i + 1)))?;
-        let num = |k: &str| -> Result<Option<u64>, PluginError> {
-            match l.get::<Value>(k) {
+        let num = |name: &mlua::LuaString, k: &str| -> Result<Option<u64>, PluginError> {
+            match l.get::<Value>(name) {
                 Ok(Value::Nil) => Ok(None),
                 Ok(Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
                 Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n < 9.0e15 => {
@@ -495,27 +586,27 @@ fn lua_to_rate_limit(
             }
         };
         let alg_name: String = l
-            .get::<Option<String>>("algorithm")
+            .get::<Option<String>>(&names.algorithm)
             .ok()
             .flatten()
             .unwrap_or_else(|| "fixed_window".to_string());
         let algorithm = Algorithm::parse(&alg_name.replace('-', "_"))
             .ok_or_else(|| bad(format!("limit {}: unknown algorithm `{alg_name}`", i + 1)))?;
-        let limit =
-            num("limit")?.ok_or_else(|| bad(format!("limit {}: missing `limit`", i + 1)))?;
-        let window_ms = num("window_ms")?
+        let limit = num(&names.limit, "limit")?
+            .ok_or_else(|| bad(format!("limit {}: missing `limit`", i + 1)))?;
+        let window_ms = num(&names.window_ms, "window_ms")?
             .ok_or_else(|| bad(format!("limit {}: missing `window_ms`", i + 1)))?;
         let key_suffix: String = l
-            .get::<Option<String>>("key_suffix")
+            .get::<Option<String>>(&names.key_suffix)
             .ok()
             .flatten()
             .ok_or_else(|| bad(format!("limit {}: missing `key_suffix`", i + 1)))?;
         out.push(DynLimit {
             key_suffix,
-            cost: num("cost")?.unwrap_or(default_cost),
+            cost: num(&names.cost, "cost")?.unwrap_or(default_cost),
             limit,
             window_ms,
-            burst: num("burst")?.unwrap_or(limit),
+            burst: num(&names.burst, "burst")?.unwrap_or(limit),
             algorithm,
         });
     }

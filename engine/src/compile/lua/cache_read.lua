@@ -7,7 +7,10 @@
 -- ARGV[3] this caller's lease token; ARGV[4] lease ms; ARGV[5] stale_while_revalidate ms
 -- ARGV[6] XFetch beta; ARGV[7] '1' if the rule has an origin
 -- ARGV[8] stale_if_error ms
--- ARGV[9] 'all' (whole value) or 'fields' (format: hash, only the members ARGV[10..])
+-- ARGV[9] 'body' (format: string: the member `b`), 'all' (format: hash: every member) or
+--         'fields' (format: hash, only the members ARGV[10..])
+-- The value is read with ONE hash command (HMGET of the meta fields plus the body, or HGETALL),
+-- not a meta read followed by a body read: on a hit, the script is the whole Redis cost.
 -- Returns { action, st, ct, ms left of freshness (negative: stale), body, delta ms, name1, json1, ... }
 -- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
 -- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
@@ -40,14 +43,49 @@ local function take_lease()
   return false
 end
 
-local meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp')
+local mode = ARGV[9]
+-- meta: st, ct, fresh, delta, tags, tv, jp; body: the `b` member ('body' mode);
+-- members: name, json, ... (format: hash).
+local meta, body, members
+if mode == 'all' then
+  local all = redis.call('HGETALL', vkey)
+  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, jp = 7 }
+  meta, members = {}, {}
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.sub(f, 1, 2) == 'f:' then
+      members[#members + 1] = string.sub(f, 3)
+      members[#members + 1] = all[i + 1]
+    elseif f == 'b' then
+      body = all[i + 1]
+    else
+      local p = pos[f]
+      if p then meta[p] = all[i + 1] end
+    end
+  end
+elseif mode == 'fields' then
+  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp' }
+  for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
+  meta = redis.call('HMGET', vkey, unpack(names))
+  members = {}
+  for i = 10, #ARGV do
+    local v = meta[i - 2]
+    if v then
+      members[#members + 1] = ARGV[i]
+      members[#members + 1] = v
+    end
+  end
+else
+  meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'b')
+  body = meta[8]
+end
 local st = meta[1]
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
 local pending = st == '200' and meta[7] and KEYS[3]
   and #redis.call('XRANGE', KEYS[3], meta[7], meta[7]) > 0
 -- A pending value survives a tag invalidation until its write is delivered (the origin's copy
 -- is older); the next read after delivery sees the bumped version and drops it.
-if st and not pending then
+if st and not pending and meta[5] and meta[5] ~= '' then
   -- A value whose tags were invalidated since it was written is a miss (and is dropped, so
   -- it is never served stale either).
   local tags, tv = split_commas(meta[5]), split_commas(meta[6])
@@ -98,29 +136,9 @@ else
   action = 'wait'
 end
 
-local out = { action, st, meta[2] or '', math.floor(left), '', math.floor(tonumber(meta[4]) or 0) }
-if ARGV[9] == 'fields' then
-  local names = {}
-  for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
-  if #names > 0 then
-    local vals = redis.call('HMGET', vkey, unpack(names))
-    for i = 1, #names do
-      if vals[i] then
-        out[#out + 1] = ARGV[i + 9]
-        out[#out + 1] = vals[i]
-      end
-    end
-  end
-else
-  local all = redis.call('HGETALL', vkey)
-  for i = 1, #all, 2 do
-    local f = all[i]
-    if f == 'b' then
-      out[5] = all[i + 1]
-    elseif string.sub(f, 1, 2) == 'f:' then
-      out[#out + 1] = string.sub(f, 3)
-      out[#out + 1] = all[i + 1]
-    end
-  end
+local out = { action, st, meta[2] or '', math.floor(left), body or '',
+  math.floor(tonumber(meta[4]) or 0) }
+if members then
+  for i = 1, #members do out[6 + i] = members[i] end
 end
 return out

@@ -37,6 +37,8 @@ pub struct CacheRule {
     pub plugin: Option<(String, PluginBinding)>,
     /// `ks.rule_key("tag:")`: a tag's version key is this plus the tag.
     tag_prefix: String,
+    /// The read script's constant ARGV, formatted once per snapshot rather than per GET.
+    read_argv: read::ReadArgv,
     /// This engine's copy of hot values (`near_cache:`), keyed by value key.
     pub near: Option<Arc<NearCache<NearValue>>>,
     counters: Counters,
@@ -110,6 +112,7 @@ impl CacheRule {
             origin,
             plugin,
             tag_prefix: keys.rule_key(TAG_PREFIX_SUB),
+            read_argv: read::ReadArgv::new(spec),
             // A tag bump may touch any value: tag keys drop the whole near cache.
             near: spec.near_cache.as_ref().map(|n| {
                 Arc::new(NearCache::new(

@@ -124,6 +124,25 @@ impl ReadError {
     }
 }
 
+/// The read script's ARGV that only depend on the rule.
+pub(super) struct ReadArgv {
+    lease_ms: String,
+    swr_ms: String,
+    beta: String,
+    sie_ms: String,
+}
+
+impl ReadArgv {
+    pub(super) fn new(spec: &crate::policy::cache::Cache) -> Self {
+        Self {
+            lease_ms: duration_ms(spec.refresh_lease).max(1).to_string(),
+            swr_ms: duration_ms(spec.stale_while_revalidate).to_string(),
+            beta: spec.beta.to_string(),
+            sie_ms: duration_ms(spec.stale_if_error).to_string(),
+        }
+    }
+}
+
 /// One GET.
 pub struct ReadRequest<'a> {
     pub id: &'a str,
@@ -271,9 +290,9 @@ impl CacheRule {
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
         loop {
-            let token = random_token();
+            let (token, rand) = token_and_unit();
             let reply = self
-                .read_script(store, &keys, &token, req.fields.as_deref())
+                .read_script(store, &keys, &token, rand, req.fields.as_deref())
                 .await?;
             let value = reply.value;
             match reply.action {
@@ -731,36 +750,37 @@ impl CacheRule {
         store: &Store,
         keys: &[String],
         token: &str,
+        rand: f64,
         fields: Option<&[String]>,
     ) -> Result<Reply, ReadError> {
-        let nums = [
-            random_unit().to_string(),
-            duration_ms(self.spec.refresh_lease).max(1).to_string(),
-            duration_ms(self.spec.stale_while_revalidate).to_string(),
-            self.spec.beta.to_string(),
-            duration_ms(self.spec.stale_if_error).to_string(),
-        ];
-        let mut args: Vec<&[u8]> = vec![
+        let rand = rand.to_string();
+        let c = &self.read_argv;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(9 + fields.map_or(0, <[String]>::len));
+        args.extend_from_slice(&[
             self.tag_prefix().as_bytes(),
-            nums[0].as_bytes(),
+            rand.as_bytes(),
             token.as_bytes(),
-            nums[1].as_bytes(),
-            nums[2].as_bytes(),
-            nums[3].as_bytes(),
+            c.lease_ms.as_bytes(),
+            c.swr_ms.as_bytes(),
+            c.beta.as_bytes(),
             if self.origin.is_some() { b"1" } else { b"0" },
-            nums[4].as_bytes(),
-        ];
+            c.sie_ms.as_bytes(),
+        ]);
         match fields {
             Some(f) => {
                 args.push(b"fields");
                 args.extend(f.iter().map(String::as_bytes));
             }
+            // `format: string` values are one member: the script reads it with the meta
+            // fields in one HMGET instead of walking the whole hash.
+            None if self.spec.format == CacheFormat::String => args.push(b"body"),
             None => args.push(b"all"),
         }
         let raw: Vec<Value> = store.eval(&self.scripts.read, keys, &args).await?;
         self.parse_reply(raw).ok_or_else(|| self.bad_reply())
     }
 
+    /// The read script's reply, taking its buffers over (the body is not copied).
     fn parse_reply(&self, raw: Vec<Value>) -> Option<Reply> {
         let action = match bytes(raw.first()?)? {
             b"absent" => Action::Absent,
@@ -780,11 +800,6 @@ impl CacheRule {
                 value: None,
             });
         }
-        let text = |i: usize| {
-            raw.get(i)
-                .and_then(bytes)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        };
         let left = match raw.get(3)? {
             Value::Int(n) => *n,
             other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
@@ -793,14 +808,19 @@ impl CacheRule {
             Some(Value::Int(n)) => *n,
             _ => 0,
         };
+        let mut it = raw.into_iter();
+        it.next(); // the action
+        let st = into_text(it.next()?)?;
+        let ct = into_text(it.next()?)?;
+        it.next(); // left
+        let body = it.next()?;
+        it.next(); // delta
         let body = match self.spec.format {
-            CacheFormat::String => Body::Bytes(Bytes::copy_from_slice(bytes(raw.get(4)?)?)),
+            CacheFormat::String => Body::Bytes(into_bytes(body)?),
             CacheFormat::Hash => {
-                let mut f = Vec::with_capacity(raw.len().saturating_sub(6) / 2);
-                let mut i = 6;
-                while i + 1 < raw.len() {
-                    f.push((text(i)?, text(i + 1)?));
-                    i += 2;
+                let mut f = Vec::with_capacity(it.len() / 2);
+                while let (Some(n), Some(v)) = (it.next(), it.next()) {
+                    f.push((into_text(n)?, into_text(v)?));
                 }
                 Body::Fields(f)
             }
@@ -808,8 +828,8 @@ impl CacheRule {
         Some(Reply {
             action,
             value: Some(Stored {
-                st: text(1)?,
-                ct: text(2)?,
+                st,
+                ct,
                 left,
                 delta,
                 body,
@@ -980,8 +1000,44 @@ fn select(body: Body, fields: Option<&[String]>) -> Body {
 }
 
 /// RFC 9211 `ttl`: whole seconds of freshness left, negative when stale.
+/// A lease token (16 random bytes, base64url) and XFetch's number in (0, 1], from one
+/// `getrandom` call: every read script call needs both.
+fn token_and_unit() -> (String, f64) {
+    use base64::Engine as _;
+    let mut buf = [0u8; 24];
+    if getrandom::fill(&mut buf).is_err() {
+        return (random_token(), random_unit());
+    }
+    let mut unit = [0u8; 8];
+    unit.copy_from_slice(&buf[16..]);
+    let x = u64::from_le_bytes(unit) >> 11; // 53 random bits
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf[..16]);
+    (token, (x as f64 + 1.0) / (1u64 << 53) as f64)
+}
+
 fn ttl_secs(left_ms: i64) -> i64 {
     left_ms.div_euclid(1000)
+}
+
+/// A reply element as text, reusing its buffer when it is valid UTF-8.
+fn into_text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A reply element as bytes, without copying.
+fn into_bytes(v: Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::from(b)),
+        Value::SimpleString(s) => Some(Bytes::from(s)),
+        _ => None,
+    }
 }
 
 fn bytes(v: &Value) -> Option<&[u8]> {
