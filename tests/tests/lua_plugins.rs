@@ -142,7 +142,11 @@ rules:
             )
             .await?;
         let limit = if tier == "pro" { 5 } else { 2 };
-        assert_eq!((r.status, r.u64_field("limit")), (200, limit), "{rule}: {r:?}");
+        assert_eq!(
+            (r.status, r.u64_field("limit")),
+            (200, limit),
+            "{rule}: {r:?}"
+        );
         assert_eq!(
             r.header("ratelimit-policy").map(str::to_string),
             Some(format!("\"{rule}-{tier}\";q={limit};w=60")),

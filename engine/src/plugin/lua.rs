@@ -218,7 +218,7 @@ struct DecisionNames {
 
 /// Most strings one instance keeps in `DecisionNames::interned`, and the longest.
 const INTERNED_MAX: usize = 32;
-const INTERNED_MAX_LEN: usize = 64;
+const INTERNED_MAX_LEN: usize = 128;
 
 impl DecisionNames {
     fn new(lua: &Lua) -> mlua::Result<Self> {
@@ -349,7 +349,7 @@ impl LuaBinding {
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
         let name = self.plugin.name.as_str();
         let d = self.with_instance("rate_limit", |lua, call, func, names| {
-            let out = call_with_facts(lua, call, func, names, req, None)?;
+            let out = call_with_facts(lua, call, func, names, req, true, None)?;
             // Read while the instance is held: the names are its strings.
             Ok(lua_to_rate_limit(name, out, req.cost, names))
         })??;
@@ -360,7 +360,7 @@ impl LuaBinding {
         let name = self.plugin.name.clone();
         let limits = self.plugin.limits;
         let out = self.with_instance("cache", |lua, call, func, names| {
-            call_with_facts(lua, call, func, names, req, None)
+            call_with_facts(lua, call, func, names, req, false, None)
         })?;
         lua_to_cache(&name, out, &limits)
     }
@@ -383,7 +383,7 @@ impl LuaBinding {
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
             }
             s.set("data", d)?;
-            call_with_facts(lua, call, func, names, req, Some(s))
+            call_with_facts(lua, call, func, names, req, false, Some(s))
         })?;
         match out {
             Value::Nil | Value::Boolean(true) => Ok(SessionDecision::Allow),
@@ -486,19 +486,27 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// Calls `func(facts[, extra])` through `FACTS_CALL`.
+/// Calls `func(facts[, extra])` through `FACTS_CALL`. `path_recurs`: the path is one of a
+/// few per binding, worth interning.
 fn call_with_facts(
     lua: &Lua,
     call: &Function,
     func: &Function,
     names: &DecisionNames,
     req: &RequestFacts,
+    path_recurs: bool,
     extra: Option<Table>,
 ) -> mlua::Result<Value> {
     let mut args = mlua::MultiValue::with_capacity(9 + req.headers.len() * 2);
     args.push_back(Value::Function(func.clone()));
     args.push_back(Value::String(names.intern(lua, &req.method)?));
-    args.push_back(Value::String(lua.create_string(&req.path)?));
+    // A rate-limit rule's path is the same on every call (the id travels in the body or a
+    // header); a cache rule's holds the id, so interning it would only fill the table.
+    args.push_back(Value::String(if path_recurs {
+        names.intern(lua, &req.path)?
+    } else {
+        lua.create_string(&req.path)?
+    }));
     args.push_back(Value::String(lua.create_string(&req.id)?));
     args.push_back(req.cost.into_lua(lua)?);
     args.push_back(match &req.client_addr {
