@@ -266,7 +266,7 @@ impl RateLimiter {
             cost: req.cost,
             ..RequestFacts::default()
         });
-        match dynamic.binding.rate_limit(&facts) {
+        match dynamic.binding.rate_limit_owned(facts) {
             Ok(RateLimitDecision::Skip) => {
                 self.counters.allowed.increment(1);
                 Ok(Decision::bare(true))
