@@ -109,6 +109,53 @@ async fn tiered_limits_decide_per_tier() -> Result<()> {
     Ok(())
 }
 
+/// `plugin.headers` lists what the plugin sees: a header left out never reaches it (the tier
+/// falls back to the default), one listed does, matched case-insensitively.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_sees_only_the_headers_its_rule_lists() -> Result<()> {
+    let policy = "\
+app: hdr
+rules:
+  blind:
+    rate_limit:
+      plugin:
+        name: tiered-limits-lua
+        headers: [accept]
+        config: { header: X-Tier, default: free, tiers: { free: { limit: 2, window: 1m }, pro: { limit: 5, window: 1m } } }
+  sighted:
+    rate_limit:
+      plugin:
+        name: tiered-limits-lua
+        headers: [X-TIER]
+        config: { header: X-Tier, default: free, tiers: { free: { limit: 2, window: 1m }, pro: { limit: 5, window: 1m } } }
+";
+    let w = start(&[("hdr.yaml", policy)], example_plugins()?).await?;
+    let p = &w.patternd;
+    for (rule, tier) in [("blind", "free"), ("sighted", "pro")] {
+        let r = p
+            .send(
+                p.client()
+                    .post(p.url(&format!("/v1/ratelimit/hdr/{rule}")))
+                    .header("X-Tier", "pro")
+                    .header("Accept", "application/json")
+                    .json(&json!({"id": "user-1"})),
+            )
+            .await?;
+        let limit = if tier == "pro" { 5 } else { 2 };
+        assert_eq!(
+            (r.status, r.u64_field("limit")),
+            (200, limit),
+            "{rule}: {r:?}"
+        );
+        assert_eq!(
+            r.header("ratelimit-policy").map(str::to_string),
+            Some(format!("\"{rule}-{tier}\";q={limit};w=60")),
+            "{rule}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn daily_quota_op_counts_until_midnight() -> Result<()> {
     let w = start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;

@@ -107,7 +107,7 @@ pub(super) async fn check_post(
             path: parts.uri.path().to_string(),
             id: fast.id.to_string(),
             cost,
-            headers: header_pairs(&parts.headers),
+            headers: header_pairs(&parts.headers, rl.plugin_headers()),
             client_addr: parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
@@ -172,7 +172,7 @@ pub(super) async fn check_post(
         path: parts.uri.path().to_string(),
         id: id.clone(),
         cost,
-        headers: header_pairs(&parts.headers),
+        headers: header_pairs(&parts.headers, rl.plugin_headers()),
         client_addr: parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -204,15 +204,31 @@ async fn decide(
     }
 }
 
-fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_string(), v.to_string()))
-        })
-        .collect()
+/// The headers a plugin sees: the rule's `plugin.headers` when listed (looked up by name, so
+/// the other headers are never copied), else all of them. Values that are not visible ASCII
+/// are left out either way.
+fn header_pairs(headers: &HeaderMap, only: Option<&[String]>) -> Vec<(String, String)> {
+    match only {
+        Some(names) => {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                for v in headers.get_all(name.as_str()) {
+                    if let Ok(v) = v.to_str() {
+                        out.push((name.clone(), v.to_string()));
+                    }
+                }
+            }
+            out
+        }
+        None => headers
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
+            .collect(),
+    }
 }
 
 /// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
@@ -267,7 +283,7 @@ pub(super) async fn check_get(
         path: uri.path().to_string(),
         id: id.to_string(),
         cost,
-        headers: header_pairs(&headers),
+        headers: header_pairs(&headers, rl.plugin_headers()),
         client_addr: connect.map(|c| c.0.0.ip().to_string()),
         fields: Vec::new(),
     });

@@ -49,6 +49,8 @@ struct Dynamic {
     binding: PluginBinding,
     /// JSON body fields the plugin may see.
     fields: Vec<String>,
+    /// Request headers the plugin may see (lowercase); `None`: all.
+    headers: Option<Vec<String>>,
 }
 
 struct Counters {
@@ -178,6 +180,7 @@ impl RateLimiter {
                 plugin: p.name.clone(),
                 binding,
                 fields: p.fields.clone(),
+                headers: p.headers.clone(),
             }),
             _ => None,
         };
@@ -216,6 +219,12 @@ impl RateLimiter {
     /// True when a plugin decides: the handler then gathers the request's facts.
     pub fn wants_facts(&self) -> bool {
         self.dynamic.is_some()
+    }
+
+    /// The request headers this rule's plugin reads (lowercase), when the policy lists them;
+    /// `None`: all headers.
+    pub fn plugin_headers(&self) -> Option<&[String]> {
+        self.dynamic.as_ref().and_then(|d| d.headers.as_deref())
     }
 
     /// JSON body fields (besides `id` and `cost`) this rule accepts.
@@ -257,7 +266,7 @@ impl RateLimiter {
             cost: req.cost,
             ..RequestFacts::default()
         });
-        match dynamic.binding.rate_limit(&facts) {
+        match dynamic.binding.rate_limit_owned(facts) {
             Ok(RateLimitDecision::Skip) => {
                 self.counters.allowed.increment(1);
                 Ok(Decision::bare(true))

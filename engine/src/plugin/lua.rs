@@ -8,6 +8,7 @@
 //! (a count hook) and each instance a memory limit. Instances are kept warm in a small pool;
 //! one that failed a call is dropped, never reused.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -209,7 +210,15 @@ struct DecisionNames {
     key_suffix: mlua::LuaString,
     cost: mlua::LuaString,
     burst: mlua::LuaString,
+    /// Recurring short strings of the facts (header names, the method), made once per
+    /// instance for the same reason. Bounded: names are caller-chosen, so past
+    /// `INTERNED_MAX` entries (or for long names) strings are made per call as before.
+    interned: RefCell<Vec<(Box<str>, mlua::LuaString)>>,
 }
+
+/// Most strings one instance keeps in `DecisionNames::interned`, and the longest.
+const INTERNED_MAX: usize = 32;
+const INTERNED_MAX_LEN: usize = 128;
 
 impl DecisionNames {
     fn new(lua: &Lua) -> mlua::Result<Self> {
@@ -223,7 +232,21 @@ impl DecisionNames {
             key_suffix: lua.create_string("key_suffix")?,
             cost: lua.create_string("cost")?,
             burst: lua.create_string("burst")?,
+            interned: RefCell::new(Vec::with_capacity(8)),
         })
+    }
+
+    /// `text` as a Lua string, from the instance's interned strings when it recurs.
+    fn intern(&self, lua: &Lua, text: &str) -> mlua::Result<mlua::LuaString> {
+        let mut interned = self.interned.borrow_mut();
+        if let Some((_, s)) = interned.iter().find(|(t, _)| &**t == text) {
+            return Ok(s.clone());
+        }
+        let s = lua.create_string(text)?;
+        if interned.len() < INTERNED_MAX && text.len() <= INTERNED_MAX_LEN {
+            interned.push((text.into(), s.clone()));
+        }
+        Ok(s)
     }
 }
 
@@ -324,20 +347,20 @@ impl LuaBinding {
     }
 
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
-        let name = self.plugin.name.clone();
+        let name = self.plugin.name.as_str();
         let d = self.with_instance("rate_limit", |lua, call, func, names| {
-            let out = call_with_facts(lua, call, func, req, None)?;
+            let out = call_with_facts(lua, call, func, names, req, true, None)?;
             // Read while the instance is held: the names are its strings.
-            Ok(lua_to_rate_limit(&name, out, req.cost, names))
+            Ok(lua_to_rate_limit(name, out, req.cost, names))
         })??;
-        super::decision::validate_rate_limit(&name, d, &self.plugin.limits)
+        super::decision::validate_rate_limit(name, d, &self.plugin.limits)
     }
 
     pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
         let name = self.plugin.name.clone();
         let limits = self.plugin.limits;
-        let out = self.with_instance("cache", |lua, call, func, _| {
-            call_with_facts(lua, call, func, req, None)
+        let out = self.with_instance("cache", |lua, call, func, names| {
+            call_with_facts(lua, call, func, names, req, false, None)
         })?;
         lua_to_cache(&name, out, &limits)
     }
@@ -348,7 +371,7 @@ impl LuaBinding {
         session: &SessionFacts<'_>,
     ) -> Result<SessionDecision, PluginError> {
         let name = self.plugin.name.clone();
-        let out = self.with_instance("session", |lua, call, func, _| {
+        let out = self.with_instance("session", |lua, call, func, names| {
             let s = lua.create_table()?;
             s.set("user", session.user)?;
             s.set("created_ms", session.created_ms)?;
@@ -360,7 +383,7 @@ impl LuaBinding {
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
             }
             s.set("data", d)?;
-            call_with_facts(lua, call, func, req, Some(s))
+            call_with_facts(lua, call, func, names, req, false, Some(s))
         })?;
         match out {
             Value::Nil | Value::Boolean(true) => Ok(SessionDecision::Allow),
@@ -463,18 +486,27 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// Calls `func(facts[, extra])` through `FACTS_CALL`.
+/// Calls `func(facts[, extra])` through `FACTS_CALL`. `path_recurs`: the path is one of a
+/// few per binding, worth interning.
 fn call_with_facts(
     lua: &Lua,
     call: &Function,
     func: &Function,
+    names: &DecisionNames,
     req: &RequestFacts,
+    path_recurs: bool,
     extra: Option<Table>,
 ) -> mlua::Result<Value> {
     let mut args = mlua::MultiValue::with_capacity(9 + req.headers.len() * 2);
     args.push_back(Value::Function(func.clone()));
-    args.push_back(Value::String(lua.create_string(&req.method)?));
-    args.push_back(Value::String(lua.create_string(&req.path)?));
+    args.push_back(Value::String(names.intern(lua, &req.method)?));
+    // A rate-limit rule's path is the same on every call (the id travels in the body or a
+    // header); a cache rule's holds the id, so interning it would only fill the table.
+    args.push_back(Value::String(if path_recurs {
+        names.intern(lua, &req.path)?
+    } else {
+        lua.create_string(&req.path)?
+    }));
     args.push_back(Value::String(lua.create_string(&req.id)?));
     args.push_back(req.cost.into_lua(lua)?);
     args.push_back(match &req.client_addr {
@@ -494,7 +526,7 @@ fn call_with_facts(
     });
     args.push_back(req.headers.len().into_lua(lua)?);
     for (k, v) in &req.headers {
-        args.push_back(Value::String(lua.create_string(k)?));
+        args.push_back(Value::String(names.intern(lua, k)?));
         args.push_back(Value::String(lua.create_string(v)?));
     }
     if let Some(t) = extra {

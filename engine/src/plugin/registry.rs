@@ -67,6 +67,15 @@ impl PluginBinding {
         }
     }
 
+    /// `rate_limit` for a caller done with the facts (the request path): the WASM host moves
+    /// them into the guest call instead of copying every string.
+    pub fn rate_limit_owned(&self, req: RequestFacts) -> Result<RateLimitDecision, PluginError> {
+        match self {
+            PluginBinding::Lua(b) => b.rate_limit(&req),
+            PluginBinding::Wasm(b) => b.rate_limit_owned(req),
+        }
+    }
+
     pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
         match self {
             PluginBinding::Lua(b) => b.cache(req),

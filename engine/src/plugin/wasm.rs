@@ -440,8 +440,16 @@ impl WasmBinding {
     }
 
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
-        let wreq = to_wit_request(req);
-        let out = self.with_instance(|g, s| g.call_rate_limit(s, &wreq))?;
+        self.rate_limit_wit(&to_wit_request(req))
+    }
+
+    /// `rate_limit` for a caller done with the facts: they move into the call, not copied.
+    pub fn rate_limit_owned(&self, req: RequestFacts) -> Result<RateLimitDecision, PluginError> {
+        self.rate_limit_wit(&into_wit_request(req))
+    }
+
+    fn rate_limit_wit(&self, wreq: &wit::Request) -> Result<RateLimitDecision, PluginError> {
+        let out = self.with_instance(|g, s| g.call_rate_limit(s, wreq))?;
         let d = match out {
             wit::RateLimitDecision::Skip => RateLimitDecision::Skip,
             wit::RateLimitDecision::Deny(reason) => RateLimitDecision::Deny(reason),
@@ -518,6 +526,22 @@ fn truncate(s: &mut String, max: usize) {
         }
         s.truncate(end);
         s.push('…');
+    }
+}
+
+fn into_wit_request(req: RequestFacts) -> wit::Request {
+    wit::Request {
+        method: req.method,
+        path: req.path,
+        id: req.id,
+        cost: req.cost,
+        headers: req
+            .headers
+            .into_iter()
+            .map(|(name, value)| wit::Header { name, value })
+            .collect(),
+        client_addr: req.client_addr,
+        fields: req.fields,
     }
 }
 

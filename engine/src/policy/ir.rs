@@ -69,6 +69,8 @@ pub struct PluginRef {
     pub config: serde_json::Value,
     /// JSON body fields exposed to the plugin.
     pub fields: Vec<String>,
+    /// Request headers the plugin sees, lowercase; `None`: all of them.
+    pub headers: Option<Vec<String>>,
     pub location: Location,
 }
 

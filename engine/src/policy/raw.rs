@@ -66,7 +66,7 @@ pub struct RawOps {
     pub op: Spanned<String>,
 }
 
-/// `plugin: { name: NAME, config: {...}, fields: [...] }`.
+/// `plugin: { name: NAME, config: {...}, fields: [...], headers: [...] }`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPluginRef {
@@ -82,6 +82,11 @@ pub struct RawPluginRef {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub fields: Option<Vec<Spanned<String>>>,
+    /// Rate-limit rules: the request headers the plugin reads (case-insensitive). Only these
+    /// are handed to the plugin, which makes each call cheaper; without it, every header is.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub headers: Option<Vec<Spanned<String>>>,
 }
 
 /// A rate-limiting rule: either one limit written inline (`algorithm`, `limit`, `window`, …)

@@ -117,3 +117,54 @@ fn schema_describes_the_language() {
         assert!(s.contains(needle), "schema lacks {needle}");
     }
 }
+
+#[test]
+fn plugin_headers_are_lowercased_checked_and_rate_limit_only() {
+    let l = load_sources(&[src(
+        "a.yaml",
+        "app: a\nrules:\n  r:\n    rate_limit:\n      plugin: { name: p, headers: [X-Tier, x-tier, Accept] }\n",
+    )])
+    .expect("valid");
+    let rule = l.policy.rules().next().expect("one rule");
+    let RuleKind::RateLimit(rl) = &rule.kind else {
+        panic!("a rate-limit rule")
+    };
+    let headers = rl.plugin.as_ref().and_then(|p| p.headers.clone());
+    assert_eq!(
+        headers,
+        Some(vec!["x-tier".to_string(), "accept".to_string()])
+    );
+
+    let unset = load_sources(&[src(
+        "a.yaml",
+        "app: a\nrules:\n  r:\n    rate_limit:\n      plugin: { name: p }\n",
+    )])
+    .expect("valid");
+    let rule = unset.policy.rules().next().expect("one rule");
+    let RuleKind::RateLimit(rl) = &rule.kind else {
+        panic!("a rate-limit rule")
+    };
+    assert_eq!(rl.plugin.as_ref().map(|p| p.headers.is_none()), Some(true));
+
+    let err = load_sources(&[src(
+        "a.yaml",
+        "app: a\nrules:\n  r:\n    rate_limit:\n      plugin: { name: p, headers: [\"x tier\"] }\n",
+    )])
+    .expect_err("bad header name");
+    assert!(
+        err.to_string()
+            .contains("`x tier` in `plugin.headers` is not a valid HTTP header name"),
+        "{err}"
+    );
+
+    let err = load_sources(&[src(
+        "a.yaml",
+        "app: a\nrules:\n  c:\n    cache:\n      origin: http://127.0.0.1:9000/p/{id}\n      ttl: 1m\n      plugin: { name: p, headers: [x-tier] }\n",
+    )])
+    .expect_err("headers on a cache plugin");
+    assert!(
+        err.to_string()
+            .contains("`plugin.headers` applies to `rate_limit` rules only, not `cache`"),
+        "{err}"
+    );
+}

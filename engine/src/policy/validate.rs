@@ -411,10 +411,40 @@ impl Validator {
                 fields.push(f.to_string());
             }
         }
+        // Only the rate-limit handlers filter headers so far; elsewhere the list would be
+        // silently ignored, so it is refused instead.
+        if block != "rate_limit"
+            && let Some(list) = &p.headers
+        {
+            let span = list.first().map_or(p.name.span(), |h| h.span());
+            self.err(
+                &loc(path, span),
+                format!("`plugin.headers` applies to `rate_limit` rules only, not `{block}`"),
+            );
+        }
+        let headers = p.headers.as_ref().map(|list| {
+            let mut headers: Vec<String> = Vec::with_capacity(list.len());
+            for h in list {
+                let name = h.trim().to_ascii_lowercase();
+                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.err(
+                        &loc(path, h.span()),
+                        format!(
+                            "`{}` in `plugin.headers` is not a valid HTTP header name",
+                            h.as_str()
+                        ),
+                    );
+                } else if !headers.contains(&name) {
+                    headers.push(name);
+                }
+            }
+            headers
+        });
         PluginRef {
             name,
             config,
             fields,
+            headers,
             location: loc(path, p.name.span()),
         }
     }
