@@ -68,19 +68,6 @@ async fn close_after_refusal(mut resp: Response) -> Response {
     resp
 }
 
-fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<CacheRule>, ApiError> {
-    let snap = state.runtime.snapshot();
-    match snap.cache(app, rule) {
-        Some(c) => Ok(c.clone()),
-        None if !snap.has_app(app) => Err(ApiError::UnknownApp(app.to_string())),
-        None => Err(ApiError::UnknownRule {
-            app: app.to_string(),
-            pattern: "cache",
-            rule: rule.to_string(),
-        }),
-    }
-}
-
 fn problem(status: StatusCode, slug: &'static str, detail: String) -> ApiError {
     ApiError::Problem {
         status,
@@ -178,7 +165,7 @@ async fn put_value(
     request: Request,
 ) -> Result<Response, ApiError> {
     let Path((app, rule, id)) = path.map_err(super::bad_path)?;
-    let c = lookup(&state, &app, &rule)?;
+    let c = super::cache::lookup(&state, &app, &rule)?;
     let (parts, body) = request.into_parts();
     let body = value_body(&c, &parts.headers, body).await?;
     let tags = request_tags(&parts.headers)?;
@@ -218,7 +205,7 @@ async fn patch_value(
     request: Request,
 ) -> Result<Response, ApiError> {
     let Path((app, rule, id)) = path.map_err(super::bad_path)?;
-    let c = lookup(&state, &app, &rule)?;
+    let c = super::cache::lookup(&state, &app, &rule)?;
     let (parts, body) = request.into_parts();
     let content_type = parts
         .headers
@@ -269,7 +256,7 @@ async fn patch_value(
 }
 
 fn behind_rule(state: &AppState, app: &str, rule: &str) -> Result<Arc<CacheRule>, ApiError> {
-    let c = lookup(state, app, rule)?;
+    let c = super::cache::lookup(state, app, rule)?;
     if c.write_mode() != WriteMode::Behind {
         return Err(problem(
             StatusCode::CONFLICT,

@@ -208,6 +208,20 @@ impl CacheRule {
         Ok(Some(d))
     }
 
+    /// A key the plugin chose, checked like a client's id; a bad one is the plugin's failure,
+    /// not the client's.
+    pub fn plugin_key(&self, key: String) -> Result<String, PluginError> {
+        crate::patterns::check_id(&key).map_err(|e| PluginError::BadOutput {
+            plugin: self
+                .plugin
+                .as_ref()
+                .map(|p| p.0.clone())
+                .unwrap_or_default(),
+            message: format!("cache key: {e}"),
+        })?;
+        Ok(key)
+    }
+
     pub fn wants_facts(&self) -> bool {
         self.plugin.is_some()
     }

@@ -264,16 +264,7 @@ impl CacheRule {
                 return self.bypass(req.id, req.fields.as_deref()).await;
             }
             if let Some(k) = d.key {
-                // The plugin's key, not the client's id: a bad one is the plugin's failure.
-                check_id(&k).map_err(|e| PluginError::BadOutput {
-                    plugin: self
-                        .plugin
-                        .as_ref()
-                        .map(|p| p.0.clone())
-                        .unwrap_or_default(),
-                    message: format!("cache key: {e}"),
-                })?;
-                choice.key_id = k;
+                choice.key_id = self.plugin_key(k)?;
             }
             if let Some(t) = d.ttl_ms {
                 choice.ttl_ms = t;
@@ -933,17 +924,10 @@ impl CacheRule {
                 ..RequestFacts::default()
             })
         })?;
-        let key_id = decision
-            .and_then(|d| d.key)
-            .unwrap_or_else(|| id.to_string());
-        check_id(&key_id).map_err(|e| PluginError::BadOutput {
-            plugin: self
-                .plugin
-                .as_ref()
-                .map(|p| p.0.clone())
-                .unwrap_or_default(),
-            message: format!("cache key: {e}"),
-        })?;
+        let key_id = match decision.and_then(|d| d.key) {
+            Some(k) => self.plugin_key(k)?,
+            None => id.to_string(),
+        };
         let mut keys = self.id_keys(&key_id);
         for t in &self.spec.related {
             let rid = t.replace("{id}", id);

@@ -171,18 +171,7 @@ impl CacheRule {
             return Ok(None);
         }
         let key = match d.key {
-            Some(k) => {
-                // The plugin's key, not the client's id: a bad one is the plugin's failure.
-                check_id(&k).map_err(|e| PluginError::BadOutput {
-                    plugin: self
-                        .plugin
-                        .as_ref()
-                        .map(|p| p.0.clone())
-                        .unwrap_or_default(),
-                    message: format!("cache key: {e}"),
-                })?;
-                k
-            }
+            Some(k) => self.plugin_key(k)?,
             None => id.to_string(),
         };
         Ok(Some((key, d.ttl_ms.unwrap_or(self.ttl_ms()), d.tags)))
@@ -196,7 +185,16 @@ impl CacheRule {
     ) -> Result<WriteOutcome, WriteError> {
         let id = req.id;
         let r = self.put_inner(store, req).await;
-        // Whatever happened, this engine's near copy may be outdated now.
+        self.finish_write(id, r)
+    }
+
+    /// After any write attempt: this engine's near copy may be outdated now, whatever
+    /// happened; and the write is counted.
+    fn finish_write(
+        &self,
+        id: &str,
+        r: Result<WriteOutcome, WriteError>,
+    ) -> Result<WriteOutcome, WriteError> {
         self.forget(id);
         self.count_write(match &r {
             Ok(o) if o.journal_id.is_some() => "accepted",
@@ -314,13 +312,7 @@ impl CacheRule {
         facts: Option<RequestFacts>,
     ) -> Result<WriteOutcome, WriteError> {
         let r = self.patch_inner(store, id, content_type, body, facts).await;
-        self.forget(id);
-        self.count_write(match &r {
-            Ok(o) if o.journal_id.is_some() => "accepted",
-            Ok(_) => "stored",
-            Err(e) => e.result_label(),
-        });
-        r
+        self.finish_write(id, r)
     }
 
     async fn patch_inner(
