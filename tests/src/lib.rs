@@ -776,3 +776,50 @@ impl World {
         })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stalls (a frozen Redis, for tests/cache_faults.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` frozen by [`RedisServer::pause`]; dropping it resumes the server.
+#[derive(Debug)]
+pub struct Paused {
+    pid: u32,
+}
+
+impl Paused {
+    /// Resumes the server now (SIGCONT); commands queued meanwhile are then answered.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = signal(self.pid, "CONT");
+    }
+}
+
+impl RedisServer {
+    /// Freezes the server (SIGSTOP) until the guard is dropped: connections stay open and
+    /// commands queue unanswered, as in a stuck host, a swap storm or a long fork, which a
+    /// killed server (connections refused at once) does not show.
+    pub fn pause(&self) -> Result<Paused> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .context("redis-server is not running")?;
+        signal(pid, "STOP")?;
+        Ok(Paused { pid })
+    }
+}
+
+/// `kill -<sig> <pid>` on a process this test started (the crate forbids unsafe code).
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    ensure!(status.success(), "kill -{sig} {pid} failed: {status}");
+    Ok(())
+}

@@ -139,6 +139,7 @@ fn describe(snap: &Snapshot) -> Value {
                             r["refresh_lease_ms"] = json!(ms(c.refresh_lease));
                             r["fill_wait_ms"] = json!(ms(c.fill_wait));
                             r["beta"] = json!(c.beta);
+                            r["on_redis_error"] = json!(c.on_redis_error);
                             r["near_cache"] = json!(c.near_cache.as_ref().map(|n| json!({
                                 "max_entries": n.max_entries,
                                 "max_age_ms": u64::try_from(n.max_age.as_millis()).unwrap_or(u64::MAX),

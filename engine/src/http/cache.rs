@@ -107,6 +107,7 @@ async fn get_value(
                 id: &id,
                 fields,
                 facts,
+                redis_budget: state.runtime.redis_timeout(),
             },
         )
         .await
@@ -196,6 +197,11 @@ impl From<ReadError> for Failure {
                 }
             }
             ReadError::Internal(m) => ApiError::Internal(m),
+            e @ ReadError::OriginBusy(_) => ApiError::Problem {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                slug: "redis-unavailable",
+                detail: e.to_string(),
+            },
             ReadError::NotFound { detail, .. } => ApiError::Problem {
                 status: StatusCode::NOT_FOUND,
                 slug: "not-found",
@@ -262,7 +268,8 @@ struct DeleteResponse {
 
 #[utoipa::path(get, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
     description = "Cache-aside read: the cached value, or the origin's (stored). `Cache-Status` \
-        (RFC 9211) says hit, miss and stored, stale, or collapsed.",
+        (RFC 9211) says hit, miss and stored, stale, or collapsed; `detail=redis-unavailable` when \
+        Redis could not be asked and the rule's `on_redis_error: origin` served the origin's answer.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
         ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return")),
     responses(
@@ -273,7 +280,7 @@ struct DeleteResponse {
             body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 502, description = "The origin failed (or its value is too large, or not a JSON object for format: hash) and no stale value may be served",
             body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Redis unavailable", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable (with `on_redis_error: origin`: and the origin's concurrency is in use); `Cache-Status: patternd; detail=redis-unavailable`", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 504, description = "The origin timed out and no stale value may be served",
             body = super::openapi::Problem, content_type = "application/problem+json"),
     ))]

@@ -103,6 +103,12 @@ pub struct RawCache {
     #[serde(default)]
     #[schemars(with = "Option<RawNearCache>")]
     pub near_cache: Option<Spanned<RawNearCache>>,
+    /// What a `GET` answers when Redis cannot be asked in time: `fail` (default: 503) or
+    /// `origin` (the origin's answer, not stored, at most as many at once as the rule's origin
+    /// concurrency; beyond that 503).
+    #[serde(default)]
+    #[schemars(with = "Option<CacheOnRedisErrorName>")]
+    pub on_redis_error: Option<Spanned<String>>,
 }
 
 /// `near_cache: { max_entries: N, max_age: D }`.
@@ -139,6 +145,15 @@ enum CacheFormatName {
     Hash,
 }
 
+/// Schema-only: the cache `on_redis_error` values.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum CacheOnRedisErrorName {
+    Fail,
+    Origin,
+}
+
 /// Schema-only: the `write` values.
 #[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -167,6 +182,16 @@ pub enum WriteMode {
     Through,
     /// `PUT` writes the cache and the journal in one script; a worker writes the origin.
     Behind,
+}
+
+/// What a cache `GET` answers when Redis cannot be asked in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOnRedisError {
+    /// 503 `redis-unavailable`: the origin is not asked.
+    Fail,
+    /// The origin's answer, not stored, bounded by the rule's origin concurrency.
+    Origin,
 }
 
 /// An origin URL split around its `{id}` placeholder(s).
@@ -205,6 +230,7 @@ pub struct Cache {
     pub beta: f64,
     pub plugin: Option<PluginRef>,
     pub near_cache: Option<NearCacheSpec>,
+    pub on_redis_error: CacheOnRedisError,
     pub location: Location,
 }
 
@@ -456,6 +482,32 @@ impl Validator {
                 max_age,
             }
         });
+        let on_redis_error = match raw.on_redis_error.as_ref().map(|v| (v.trim(), v)) {
+            None | Some(("fail", _)) => CacheOnRedisError::Fail,
+            Some(("origin", v)) => {
+                let l = loc(path, v.span());
+                if raw.origin.is_none() {
+                    self.err(&l, "`on_redis_error: origin` needs an `origin` to ask");
+                } else if write == WriteMode::Behind {
+                    self.warn(
+                        &l,
+                        format!(
+                            "rule `{rule}`: `on_redis_error: origin` with `write: behind` serves \
+                             the origin's copy while Redis is down, which lacks the writes still \
+                             in the journal"
+                        ),
+                    );
+                }
+                CacheOnRedisError::Origin
+            }
+            Some((other, v)) => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("unknown `on_redis_error` `{other}`; expected `fail` or `origin`"),
+                );
+                CacheOnRedisError::Fail
+            }
+        };
         let plugin = raw
             .plugin
             .as_ref()
@@ -483,6 +535,7 @@ impl Validator {
             beta,
             plugin,
             near_cache,
+            on_redis_error,
             location: at,
         })
     }

@@ -41,6 +41,10 @@ pub struct CacheRule {
     read_argv: read::ReadArgv,
     /// This engine's copy of hot values (`near_cache:`), keyed by value key.
     pub near: Option<Arc<NearCache<NearValue>>>,
+    /// `on_redis_error: origin`: GETs served by the origin while Redis is unavailable, at most
+    /// the origin client's concurrency at once; a GET that finds none free is a 503 at once
+    /// (an outage must not queue every request behind the origin).
+    without_redis: tokio::sync::Semaphore,
     counters: Counters,
 }
 
@@ -67,6 +71,10 @@ struct Counters {
     plugin_failed: Counter,
     /// Hits served from the near cache (also counted as `hit`).
     near_hit: Counter,
+    /// Redis unavailable: answered 503 (`on_redis_error: fail`, or no origin permit free).
+    redis_error: Counter,
+    /// Redis unavailable: served by the origin (`on_redis_error: origin`).
+    redis_origin: Counter,
 }
 
 impl Counters {
@@ -81,6 +89,8 @@ impl Counters {
             negative: c("negative"),
             bypass: c("bypass"),
             error: c("error"),
+            redis_error: c("redis_error"),
+            redis_origin: c("redis_origin"),
             near_hit: metrics::counter!("patternd_near_cache_hits_total", "app" => app.to_string(), "rule" => rule.to_string()),
             plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
@@ -120,6 +130,7 @@ impl CacheRule {
                     Some(keys.rule_key(TAG_PREFIX_SUB)),
                 ))
             }),
+            without_redis: tokio::sync::Semaphore::new(origin::MAX_IN_FLIGHT),
             counters: Counters::new(&rule.app, &rule.name),
         })
     }

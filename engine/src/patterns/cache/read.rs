@@ -24,6 +24,18 @@
 //!   (or one moments before) failed; the failure is shared, the origin not asked again.
 //! - `fwd=bypass; fwd-status=200`: the plugin said bypass.
 //! - `detail=absent`: no value and no origin (404).
+//! - `fwd=bypass; fwd-status=200; detail=redis-unavailable`: Redis could not be asked in time
+//!   and the rule says `on_redis_error: origin`: the origin's answer, not stored.
+//! - `detail=redis-unavailable` on a 503: Redis could not be asked in time (`fail`), or no
+//!   origin permit was free (`origin`).
+//!
+//! Faults. The Redis calls of one GET (the read, every poll while waiting, the fill's store)
+//! draw from one budget of the command timeout ([`Budget`]): however slow Redis is, a GET
+//! spends at most that long waiting for it, and then answers as `on_redis_error` says. The
+//! fill runs in a task of its own that the GET awaits, so a client that goes away does not
+//! cancel it: the value still lands (or the lease is given back) for the callers waiting on
+//! it. A lease that may have been granted to a read whose answer never arrived (the client
+//! went away mid-call, or the call timed out) is given back in the background.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +44,7 @@ use axum::body::Bytes;
 use redis::Value;
 
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
+use crate::policy::cache::CacheOnRedisError;
 use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
 use crate::patterns::{InputError, check_id};
 use crate::plugin::{PluginError, RequestFacts};
@@ -43,6 +56,9 @@ use crate::store::{Store, StoreError};
 pub const MAX_FIELDS: usize = 64;
 pub const MAX_INVALIDATE_TAGS: usize = 100;
 const MAX_FIELD_BYTES: usize = 256;
+
+/// `Cache-Status` of a GET answered without Redis: nothing was looked up or stored.
+const REDIS_UNAVAILABLE: &str = "patternd; detail=redis-unavailable";
 
 /// A value's body as served.
 #[derive(Debug, Clone)]
@@ -111,6 +127,10 @@ pub enum ReadError {
         detail: String,
         cache_status: String,
     },
+    /// 503: Redis is unavailable, the rule says `on_redis_error: origin`, and the rule's
+    /// origin concurrency is in use by other such requests.
+    #[error("Redis is unavailable and the origin is at its concurrency limit ({0} requests)")]
+    OriginBusy(usize),
 }
 
 impl ReadError {
@@ -119,6 +139,8 @@ impl ReadError {
             ReadError::NotFound { cache_status, .. } | ReadError::Origin { cache_status, .. } => {
                 Some(cache_status)
             }
+            ReadError::OriginBusy(_) => Some(REDIS_UNAVAILABLE),
+            ReadError::Redis(e) if e.is_unavailable() => Some(REDIS_UNAVAILABLE),
             _ => None,
         }
     }
@@ -150,6 +172,47 @@ pub struct ReadRequest<'a> {
     pub fields: Option<Vec<String>>,
     /// Built by the handler when the rule has a plugin.
     pub facts: Option<RequestFacts>,
+    /// How long this GET may wait for Redis in all (the store's command timeout).
+    pub redis_budget: Duration,
+}
+
+/// The Redis part of one GET: every call it makes (the read, each poll while waiting, the
+/// fill's store, a release) draws from one allowance, so a Redis that is slow but answers
+/// each call just within the command timeout cannot stretch a GET to several timeouts.
+/// Time spent on the origin or sleeping between polls is not drawn.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budget {
+    total: Duration,
+    left: Duration,
+}
+
+impl Budget {
+    pub(super) fn new(total: Duration) -> Self {
+        Self { total, left: total }
+    }
+
+    /// Runs one Redis call within what is left; past it, `StoreError::Timeout`, which the
+    /// rule's `on_redis_error` then decides like any unavailable Redis.
+    pub(super) async fn run<T>(
+        &mut self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.left.is_zero() {
+            return Err(StoreError::Timeout(self.total));
+        }
+        let started = Instant::now();
+        // With the whole allowance left (the first call), the store's own bound (the same
+        // command timeout) is the deadline: a hit costs no second timer.
+        let res = if self.left >= self.total {
+            call.await
+        } else {
+            tokio::time::timeout(self.left, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(self.total)))
+        };
+        self.left = self.left.saturating_sub(started.elapsed());
+        res
+    }
 }
 
 /// What the read script said.
@@ -186,6 +249,7 @@ struct Reply {
 }
 
 /// The per-request choices: the plugin's or the rule's.
+#[derive(Clone)]
 struct Choice {
     key_id: String,
     ttl_ms: u64,
@@ -261,7 +325,8 @@ impl CacheRule {
         };
         if let Some(d) = decision {
             if d.bypass {
-                return self.bypass(req.id, req.fields.as_deref()).await;
+                self.counters.bypass.increment(1);
+                return self.direct(req.id, req.fields.as_deref(), "").await;
             }
             if let Some(k) = d.key {
                 choice.key_id = self.plugin_key(k)?;
@@ -275,6 +340,46 @@ impl CacheRule {
         if let Some(hit) = self.near_hit(&keys[0], req.fields.as_deref()) {
             return Ok(hit);
         }
+        let mut budget = Budget::new(req.redis_budget);
+        match self.read_through(store, &mut budget, &req, keys, choice).await {
+            Err(ReadError::Redis(e)) if e.is_unavailable() => {
+                self.without_redis(e, req.id, req.fields.as_deref()).await
+            }
+            other => other,
+        }
+    }
+
+    /// Redis could not be asked in time: the rule's `on_redis_error` answers.
+    async fn without_redis(
+        &self,
+        e: StoreError,
+        id: &str,
+        fields: Option<&[String]>,
+    ) -> Result<ReadOutcome, ReadError> {
+        tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
+        if self.spec.on_redis_error == CacheOnRedisError::Fail || self.origin.is_none() {
+            self.counters.redis_error.increment(1);
+            return Err(ReadError::Redis(e));
+        }
+        // Never queue: without Redis there is no collapsing across callers, so every GET
+        // would reach the origin; beyond its concurrency the answer is a quick 503.
+        let Ok(_permit) = self.without_redis.try_acquire() else {
+            self.counters.redis_error.increment(1);
+            return Err(ReadError::OriginBusy(super::origin::MAX_IN_FLIGHT));
+        };
+        self.counters.redis_origin.increment(1);
+        self.direct(id, fields, "; detail=redis-unavailable").await
+    }
+
+    /// The cache-aside read through Redis: the read script, then serve, fill or wait.
+    async fn read_through(
+        self: &Arc<Self>,
+        store: &Store,
+        budget: &mut Budget,
+        req: &ReadRequest<'_>,
+        keys: Vec<String>,
+        choice: Choice,
+    ) -> Result<ReadOutcome, ReadError> {
         // Taken before asking Redis: an invalidation arriving meanwhile voids the copy.
         let mut ticket = self.near.as_ref().and_then(|n| n.ticket(&keys[0]));
         let deadline = Instant::now() + self.spec.fill_wait;
@@ -282,9 +387,23 @@ impl CacheRule {
         let mut waited = false;
         loop {
             let (token, rand) = token_and_unit();
-            let reply = self
-                .read_script(store, &keys, &token, rand, req.fields.as_deref())
-                .await?;
+            let reply = {
+                // Dropped mid-call (the client went away), the read may have granted this
+                // token the lease that nobody will fill: the guard gives it back.
+                let mut guard = LeaseGuard {
+                    rule: self,
+                    store,
+                    keys: &keys,
+                    token: &token,
+                    armed: true,
+                };
+                let reply = self
+                    .read_script(store, budget, &keys, &token, rand, req.fields.as_deref())
+                    .await;
+                // A call that timed out may still run in Redis and grant it: give it back too.
+                guard.armed = matches!(reply, Err(ReadError::Redis(StoreError::Timeout(_))));
+                reply?
+            };
             let value = reply.value;
             match reply.action {
                 Action::Absent => {
@@ -299,7 +418,7 @@ impl CacheRule {
                     };
                     if reply.action == Action::Refresh {
                         self.counters.refresh.increment(1);
-                        self.spawn_fill(store, req.id, keys.clone(), token, choice);
+                        self.spawn_fill(store, budget, req.id, keys.clone(), token, choice);
                     }
                     if reply.action == Action::Hit && !waited && req.fields.is_none() {
                         self.near_store(&keys[0], &v, ticket.take());
@@ -319,7 +438,7 @@ impl CacheRule {
                         return Err(self.bad_reply());
                     };
                     if reply.action == Action::StaleRefresh {
-                        self.spawn_fill(store, req.id, keys.clone(), token, choice);
+                        self.spawn_fill(store, budget, req.id, keys.clone(), token, choice);
                     }
                     self.counters.stale.increment(1);
                     let status = format!(
@@ -353,7 +472,7 @@ impl CacheRule {
                 }
                 Action::Fetch => {
                     return self
-                        .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
+                        .fill_now(store, budget, req.id, &keys, token, value, &choice, &req.fields)
                         .await;
                 }
                 Action::Wait => {
@@ -361,7 +480,7 @@ impl CacheRule {
                         // The filler is slow or gone: fetch without the lease. The fill script
                         // then stores only into an absent value whose lease nobody holds.
                         return self
-                            .fill_now(store, req.id, &keys, &token, value, &choice, &req.fields)
+                            .fill_now(store, budget, req.id, &keys, token, value, &choice, &req.fields)
                             .await;
                     }
                     waited = true;
@@ -376,18 +495,23 @@ impl CacheRule {
         }
     }
 
-    /// The plugin said bypass: the origin directly, nothing read or stored.
-    async fn bypass(&self, id: &str, fields: Option<&[String]>) -> Result<ReadOutcome, ReadError> {
-        self.counters.bypass.increment(1);
+    /// The origin directly, nothing read or stored: the plugin said bypass, or (`why` =
+    /// `; detail=redis-unavailable`, appended to every `Cache-Status`) Redis is unavailable.
+    async fn direct(
+        &self,
+        id: &str,
+        fields: Option<&[String]>,
+        why: &str,
+    ) -> Result<ReadOutcome, ReadError> {
         let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
             return Err(ReadError::NotFound {
                 detail: format!("the cache was bypassed and the rule has no origin for `{id}`"),
-                cache_status: "patternd; fwd=bypass".into(),
+                cache_status: format!("patternd; fwd=bypass{why}"),
             });
         };
         match client.get(&url, self.spec.max_value_bytes).await {
             Ok(r) if r.status == 200 => {
-                let cs = "patternd; fwd=bypass; fwd-status=200".to_string();
+                let cs = format!("patternd; fwd=bypass; fwd-status=200{why}");
                 let (ct, body) = self.decode(&r).map_err(|detail| ReadError::Origin {
                     timeout: false,
                     detail,
@@ -401,17 +525,17 @@ impl CacheRule {
             }
             Ok(r) if r.status == 404 => Err(ReadError::NotFound {
                 detail: format!("the origin has no `{id}`"),
-                cache_status: "patternd; fwd=bypass; fwd-status=404".into(),
+                cache_status: format!("patternd; fwd=bypass; fwd-status=404{why}"),
             }),
             Ok(r) => Err(ReadError::Origin {
                 timeout: false,
                 detail: format!("the origin answered {}", r.status),
-                cache_status: format!("patternd; fwd=bypass; fwd-status={}", r.status),
+                cache_status: format!("patternd; fwd=bypass; fwd-status={}{why}", r.status),
             }),
             Err(e) => Err(ReadError::Origin {
                 timeout: e.is_timeout(),
                 detail: e.to_string(),
-                cache_status: "patternd; fwd=bypass".into(),
+                cache_status: format!("patternd; fwd=bypass{why}"),
             }),
         }
     }
@@ -420,11 +544,12 @@ impl CacheRule {
     /// value if the origin fails inside `stale_if_error`.
     #[allow(clippy::too_many_arguments)]
     async fn fill_now(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
+        budget: &Budget,
         id: &str,
         keys: &[String],
-        token: &str,
+        token: String,
         stale: Option<Stored>,
         choice: &Choice,
         fields: &Option<Vec<String>>,
@@ -443,10 +568,22 @@ impl CacheRule {
             .as_ref()
             .is_some_and(|s| s.st == "200" && -s.left <= sie);
         let hold = Some(self.failure_hold_ms(has_stale));
-        match self
-            .fetch_and_store(store, id, keys, token, choice, hold)
-            .await
-        {
+        // The fill runs in a task of its own, which this GET awaits: if the client goes away
+        // (axum drops this future), the fill still completes, so the callers waiting for it
+        // get the value instead of waiting out `fill_wait` behind an orphaned lease.
+        let fill = {
+            let (this, store, id, keys) = (self.clone(), store.clone(), id.to_string(), keys.to_vec());
+            let (choice, mut budget) = (choice.clone(), *budget);
+            tokio::spawn(async move {
+                this.fetch_and_store(&store, &mut budget, &id, &keys, &token, &choice, hold)
+                    .await
+            })
+        };
+        let fetched = fill.await.map_err(|e| {
+            tracing::error!(app = %self.app, rule = %self.rule, error = %e, "cache fill task failed");
+            ReadError::Internal(format!("cache fill task failed: {e}"))
+        })?;
+        match fetched {
             Ok(Fetched::Value {
                 content_type,
                 body,
@@ -507,6 +644,7 @@ impl CacheRule {
     fn spawn_fill(
         self: &Arc<Self>,
         store: &Store,
+        budget: &Budget,
         id: &str,
         keys: Vec<String>,
         token: String,
@@ -515,12 +653,14 @@ impl CacheRule {
         let this = self.clone();
         let store = store.clone();
         let id = id.to_string();
+        // Its own allowance: the caller was answered already.
+        let mut budget = Budget::new(budget.total);
         tokio::spawn(async move {
             // The value is still servable (fresh or stale), so with stale_if_error a failure
             // holds the lease: no other refresh hammers the failing origin for a while.
             let hold = (!this.spec.stale_if_error.is_zero()).then(|| this.failure_hold_ms(true));
             if let Err(e) = this
-                .fetch_and_store(&store, &id, &keys, &token, &choice, hold)
+                .fetch_and_store(&store, &mut budget, &id, &keys, &token, &choice, hold)
                 .await
             {
                 let why = match e {
@@ -549,9 +689,11 @@ impl CacheRule {
     /// Fetches from the origin and stores the answer with the fill script. On a failure the
     /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
     /// an origin that is down or failing, turned into the failure marker for that many ms.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_and_store(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
+        budget: &mut Budget,
         id: &str,
         keys: &[String],
         token: &str,
@@ -578,6 +720,7 @@ impl CacheRule {
                     let stored = self
                         .fill_script(
                             store,
+                            budget,
                             keys,
                             token,
                             "200",
@@ -602,6 +745,7 @@ impl CacheRule {
                     Some(neg) => {
                         self.fill_script(
                             store,
+                            budget,
                             keys,
                             token,
                             "404",
@@ -615,7 +759,7 @@ impl CacheRule {
                         .await
                     }
                     None => {
-                        self.release(store, keys, token, None).await;
+                        self.release(store, budget, keys, token, None).await;
                         false
                     }
                 };
@@ -633,7 +777,7 @@ impl CacheRule {
         };
         let hold = hold_on_failure
             .filter(|_| matches!(failure, FetchError::Down(_) | FetchError::Failed(_)));
-        self.release(store, keys, token, hold).await;
+        self.release(store, budget, keys, token, hold).await;
         Err(failure)
     }
 
@@ -665,11 +809,13 @@ impl CacheRule {
     }
 
     /// Runs the fill script; a Redis failure is logged and reported as not stored (the caller
-    /// still serves what the origin said).
+    /// still serves what the origin said), and the lease is given back in the background so
+    /// the next caller fills at once instead of waiting for it to expire.
     #[allow(clippy::too_many_arguments)]
     async fn fill_script(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
+        budget: &mut Budget,
         keys: &[String],
         token: &str,
         st: &str,
@@ -711,34 +857,76 @@ impl CacheRule {
                 }
             }
         }
-        match store.eval::<i64>(&self.scripts.fill, keys, &args).await {
+        match budget
+            .run(store.eval::<i64>(&self.scripts.fill, keys, &args))
+            .await
+        {
             Ok(n) => n == 1,
             Err(e) => {
-                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored");
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored; giving the lease back");
+                // If the call did run (a timeout), the lease is no longer this token's and
+                // the release does nothing.
+                self.release_later(store, keys, token, None);
                 false
             }
         }
     }
 
-    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long.
-    async fn release(&self, store: &Store, keys: &[String], token: &str, hold_ms: Option<u64>) {
+    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long,
+    /// within the GET's Redis budget; when that runs out first, in the background.
+    async fn release(
+        self: &Arc<Self>,
+        store: &Store,
+        budget: &mut Budget,
+        keys: &[String],
+        token: &str,
+        hold_ms: Option<u64>,
+    ) {
         let Some(lease) = keys.get(1) else { return };
         let hold = hold_ms.map(|ms| ms.to_string());
         let mut args: Vec<&[u8]> = vec![token.as_bytes()];
         if let Some(h) = &hold {
             args.push(h.as_bytes());
         }
-        if let Err(e) = store
-            .eval::<i64>(&self.scripts.release, std::slice::from_ref(lease), &args)
-            .await
-        {
-            tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
+        let res = budget
+            .run(store.eval::<i64>(&self.scripts.release, std::slice::from_ref(lease), &args))
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(StoreError::Timeout(_)) => self.release_later(store, keys, token, hold_ms),
+            Err(e) => {
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
+            }
         }
+    }
+
+    /// `release` in a task of its own, bounded by the store's command timeout only: for a GET
+    /// that was dropped or whose budget ran out. Best effort: if it fails, or reaches Redis
+    /// before the call that took the lease, the lease expires by itself (`refresh_lease`).
+    fn release_later(self: &Arc<Self>, store: &Store, keys: &[String], token: &str, hold_ms: Option<u64>) {
+        let (Some(lease), Ok(rt)) = (keys.get(1), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (this, store, lease, token) = (self.clone(), store.clone(), lease.clone(), token.to_string());
+        rt.spawn(async move {
+            let hold = hold_ms.map(|ms| ms.to_string());
+            let mut args: Vec<&[u8]> = vec![token.as_bytes()];
+            if let Some(h) = &hold {
+                args.push(h.as_bytes());
+            }
+            if let Err(e) = store
+                .eval::<i64>(&this.scripts.release, std::slice::from_ref(&lease), &args)
+                .await
+            {
+                tracing::warn!(app = %this.app, rule = %this.rule, error = %e, "could not release a cache lease; it expires by itself");
+            }
+        });
     }
 
     async fn read_script(
         &self,
         store: &Store,
+        budget: &mut Budget,
         keys: &[String],
         token: &str,
         rand: f64,
@@ -767,7 +955,7 @@ impl CacheRule {
             None if self.spec.format == CacheFormat::String => args.push(b"body"),
             None => args.push(b"all"),
         }
-        let raw: Vec<Value> = store.eval(&self.scripts.read, keys, &args).await?;
+        let raw: Vec<Value> = budget.run(store.eval(&self.scripts.read, keys, &args)).await?;
         self.parse_reply(raw).ok_or_else(|| self.bad_reply())
     }
 
@@ -968,6 +1156,26 @@ impl CacheRule {
         let n = store.eval(&self.scripts.invalidate, &keys, &[]).await?;
         self.forget_all();
         Ok(n)
+    }
+}
+
+/// Gives a lease back in the background when dropped armed: around a read script call, so a
+/// GET dropped mid-call (its client went away) does not leave the lease the call may have
+/// granted it to block every other caller until it expires.
+struct LeaseGuard<'a> {
+    rule: &'a Arc<CacheRule>,
+    store: &'a Store,
+    keys: &'a [String],
+    token: &'a str,
+    armed: bool,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.rule
+                .release_later(self.store, self.keys, self.token, None);
+        }
     }
 }
 
