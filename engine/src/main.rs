@@ -245,7 +245,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let tracker = patternd::store::tracking::Tracker::new(&url_for_tracking)?;
     let tracker_task = tracker.spawn();
-    let runtime = Arc::new(Runtime::new(snapshot, store, src).with_redis_timeout(args.redis_timeout));
+    let runtime =
+        Arc::new(Runtime::new(snapshot, store, src).with_redis_timeout(args.redis_timeout));
     runtime.enable_near_caches(tracker);
     runtime.preload_scripts().await;
     let snap = runtime.snapshot();

@@ -69,9 +69,11 @@ rules:
     quitter
         .write_all(b"GET /v1/cache/shop/product/1 HTTP/1.1\r\nhost: patternd\r\n\r\n")
         .await?;
-    eventually(Duration::from_secs(10), "the fill to reach the origin", || async {
-        Ok((origin.gets("1") == 1).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the fill to reach the origin",
+        || async { Ok((origin.gets("1") == 1).then_some(())) },
+    )
     .await?;
     drop(quitter);
 
@@ -112,15 +114,19 @@ rules:
         let (client, url) = (p.client().clone(), p.url("/v1/cache/shop/product/1"));
         tokio::spawn(async move { client.get(url).send().await })
     };
-    eventually(Duration::from_secs(10), "the fill to reach the origin", || async {
-        Ok((origin.gets("1") == 1).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the fill to reach the origin",
+        || async { Ok((origin.gets("1") == 1).then_some(())) },
+    )
     .await?;
 
     let waiter = {
         let (client, url) = (p.client().clone(), p.url("/v1/cache/shop/product/1"));
         tokio::spawn(async move {
+            let started = Instant::now();
             let r = client.get(url).send().await?;
+            eprintln!("the waiter was answered after {:?}", started.elapsed());
             let status = r.status().as_u16();
             let cs = r
                 .headers()
@@ -190,7 +196,10 @@ rules:
 
     for (r, _) in &strict {
         r.assert_problem(503);
-        assert_eq!(r.json["type"], "urn:patternd:problem:redis-unavailable", "{r:?}");
+        assert_eq!(
+            r.json["type"], "urn:patternd:problem:redis-unavailable",
+            "{r:?}"
+        );
         assert_eq!(cache_status(r), "patternd; detail=redis-unavailable");
     }
     for (rs, body) in [(&open_hit, "one"), (&open_miss, "two")] {
@@ -252,7 +261,10 @@ rules:
 
     let mut set = JoinSet::new();
     for _ in 0..IN_FLIGHT + EXTRA {
-        let (client, url) = (w.patternd.client().clone(), w.patternd.url("/v1/cache/shop/open/1"));
+        let (client, url) = (
+            w.patternd.client().clone(),
+            w.patternd.url("/v1/cache/shop/open/1"),
+        );
         set.spawn(async move {
             let r = client.get(url).send().await?;
             anyhow::Ok((r.status().as_u16(), Instant::now()))

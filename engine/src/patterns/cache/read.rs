@@ -44,11 +44,11 @@ use axum::body::Bytes;
 use redis::Value;
 
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
-use crate::policy::cache::CacheOnRedisError;
 use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
 use crate::patterns::{InputError, check_id};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
+use crate::policy::cache::CacheOnRedisError;
 use crate::store::near::Ticket;
 use crate::store::{Store, StoreError};
 
@@ -341,7 +341,10 @@ impl CacheRule {
             return Ok(hit);
         }
         let mut budget = Budget::new(req.redis_budget);
-        match self.read_through(store, &mut budget, &req, keys, choice).await {
+        match self
+            .read_through(store, &mut budget, &req, keys, choice)
+            .await
+        {
             Err(ReadError::Redis(e)) if e.is_unavailable() => {
                 self.without_redis(e, req.id, req.fields.as_deref()).await
             }
@@ -472,7 +475,16 @@ impl CacheRule {
                 }
                 Action::Fetch => {
                     return self
-                        .fill_now(store, budget, req.id, &keys, token, value, &choice, &req.fields)
+                        .fill_now(
+                            store,
+                            budget,
+                            req.id,
+                            &keys,
+                            token,
+                            value,
+                            &choice,
+                            &req.fields,
+                        )
                         .await;
                 }
                 Action::Wait => {
@@ -480,7 +492,16 @@ impl CacheRule {
                         // The filler is slow or gone: fetch without the lease. The fill script
                         // then stores only into an absent value whose lease nobody holds.
                         return self
-                            .fill_now(store, budget, req.id, &keys, token, value, &choice, &req.fields)
+                            .fill_now(
+                                store,
+                                budget,
+                                req.id,
+                                &keys,
+                                token,
+                                value,
+                                &choice,
+                                &req.fields,
+                            )
                             .await;
                     }
                     waited = true;
@@ -572,7 +593,8 @@ impl CacheRule {
         // (axum drops this future), the fill still completes, so the callers waiting for it
         // get the value instead of waiting out `fill_wait` behind an orphaned lease.
         let fill = {
-            let (this, store, id, keys) = (self.clone(), store.clone(), id.to_string(), keys.to_vec());
+            let (this, store, id, keys) =
+                (self.clone(), store.clone(), id.to_string(), keys.to_vec());
             let (choice, mut budget) = (choice.clone(), *budget);
             tokio::spawn(async move {
                 this.fetch_and_store(&store, &mut budget, &id, &keys, &token, &choice, hold)
@@ -903,11 +925,22 @@ impl CacheRule {
     /// `release` in a task of its own, bounded by the store's command timeout only: for a GET
     /// that was dropped or whose budget ran out. Best effort: if it fails, or reaches Redis
     /// before the call that took the lease, the lease expires by itself (`refresh_lease`).
-    fn release_later(self: &Arc<Self>, store: &Store, keys: &[String], token: &str, hold_ms: Option<u64>) {
+    fn release_later(
+        self: &Arc<Self>,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        hold_ms: Option<u64>,
+    ) {
         let (Some(lease), Ok(rt)) = (keys.get(1), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let (this, store, lease, token) = (self.clone(), store.clone(), lease.clone(), token.to_string());
+        let (this, store, lease, token) = (
+            self.clone(),
+            store.clone(),
+            lease.clone(),
+            token.to_string(),
+        );
         rt.spawn(async move {
             let hold = hold_ms.map(|ms| ms.to_string());
             let mut args: Vec<&[u8]> = vec![token.as_bytes()];
@@ -955,7 +988,9 @@ impl CacheRule {
             None if self.spec.format == CacheFormat::String => args.push(b"body"),
             None => args.push(b"all"),
         }
-        let raw: Vec<Value> = budget.run(store.eval(&self.scripts.read, keys, &args)).await?;
+        let raw: Vec<Value> = budget
+            .run(store.eval(&self.scripts.read, keys, &args))
+            .await?;
         self.parse_reply(raw).ok_or_else(|| self.bad_reply())
     }
 
@@ -1237,5 +1272,35 @@ fn bytes(v: &Value) -> Option<&[u8]> {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls that each finish within the command timeout still end the GET once they add up
+    /// to it; a call after that is not even started.
+    #[tokio::test]
+    async fn the_budget_bounds_the_sum_of_calls() {
+        let total = Duration::from_secs(1);
+        let mut b = Budget::new(total);
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, StoreError>(1)
+        };
+        assert_eq!(b.run(slow()).await.ok(), Some(1));
+        assert_eq!(b.run(slow()).await.ok(), Some(1));
+        // About 200 ms left: the third is cut there.
+        assert!(matches!(b.run(slow()).await, Err(StoreError::Timeout(t)) if t == total));
+        let mut called = false;
+        let r = b
+            .run(async {
+                called = true;
+                Ok::<_, StoreError>(1)
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Timeout(_))));
+        assert!(!called);
     }
 }
