@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use patternd_e2e::{RedisServer, World, eventually, scan_all};
+use patternd_e2e::{RedisServer, World, eventually, metric_value, scan_all};
 use serde_json::{Value, json};
 
 const POLICY: &str = "app: hard
@@ -186,10 +186,14 @@ async fn weighted_log_retry_after_is_exact() -> Result<()> {
         );
     }
     // Once the first request left, cost 5 fits next to the second one's 4.
-    let r = eventually(Duration::from_secs(10), "the first entry to leave", || async {
-        let r = p.check("hard", "small-log", "u", 5).await?;
-        Ok((r.status == 200).then_some(r))
-    })
+    let r = eventually(
+        Duration::from_secs(10),
+        "the first entry to leave",
+        || async {
+            let r = p.check("hard", "small-log", "u", 5).await?;
+            Ok((r.status == 200).then_some(r))
+        },
+    )
     .await?;
     assert_eq!(r.remaining(), 1, "{r:?}");
     Ok(())
@@ -305,9 +309,11 @@ async fn a_lock_acquired_during_a_stall_is_not_orphaned() -> Result<()> {
         // the 60 s lease would lapse.
         let holders = format!("hard:lock:{rule}:{{printer}}:h");
         let held = u64::from(kept.is_some());
-        eventually(Duration::from_secs(10), "the orphaned permit back", || async {
-            Ok((zcard(&w, &holders).await? == held).then_some(()))
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the orphaned permit back",
+            || async { Ok((zcard(&w, &holders).await? == held).then_some(())) },
+        )
         .await?;
         let r = p.post_json(&path, &json!({})).await?;
         assert_eq!(r.status, 200, "{r:?}");
@@ -326,7 +332,20 @@ async fn a_lock_acquired_during_a_stall_is_not_orphaned() -> Result<()> {
         sorted.sort_by_key(|v| v.as_str().unwrap_or_default().to_string());
         assert_eq!(sorted, expected, "only live holders hold {rule}");
     }
+    assert_eq!(lost_grants_released(&w, "lock").await?, 2.0);
     Ok(())
+}
+
+/// How many lost grants the engine took back (its metric): proves the permit came back by
+/// that path, not by some other.
+async fn lost_grants_released(w: &World, pattern: &str) -> Result<f64> {
+    let metrics = w.patternd.get("/metrics").await?.text;
+    Ok(metric_value(
+        &metrics,
+        "patternd_lost_grants_total",
+        &[("pattern", pattern), ("outcome", "released")],
+    )
+    .unwrap_or(0.0))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,10 +363,14 @@ async fn a_lease_granted_during_a_stall_is_not_orphaned() -> Result<()> {
 
         // The late grant ran when Redis resumed; the one slot must come back long before
         // its 60 s lease would lapse.
-        let r = eventually(Duration::from_secs(10), "the orphaned slot back", || async {
-            let r = p.check("hard", rule, "job", 1).await?;
-            Ok((r.status == 200 && !r.degraded()).then_some(r))
-        })
+        let r = eventually(
+            Duration::from_secs(10),
+            "the orphaned slot back",
+            || async {
+                let r = p.check("hard", rule, "job", 1).await?;
+                Ok((r.status == 200 && !r.degraded()).then_some(r))
+            },
+        )
         .await?;
         assert_eq!(r.remaining(), 0, "{r:?}");
         let keys = keys_of(&w, "ratelimit", rule, "job").await?;
@@ -357,5 +380,6 @@ async fn a_lease_granted_during_a_stall_is_not_orphaned() -> Result<()> {
         let r = p.release("hard", rule, &lease).await?;
         assert_eq!(r.json, json!({"released": true}), "{r:?}");
     }
+    assert_eq!(lost_grants_released(&w, "ratelimit").await?, 2.0);
     Ok(())
 }

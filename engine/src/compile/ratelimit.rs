@@ -160,9 +160,9 @@ impl CompiledRateLimit {
             for l in &f.limits {
                 let what: &[&str] = match l.algorithm {
                     Algorithm::FixedWindow => &["STRING counter, expires with its window"],
-                    Algorithm::SlidingWindow => &[
-                        "HASH {w, c, p}: window number and two counts, expires after two windows",
-                    ],
+                    Algorithm::SlidingWindow => {
+                        &["HASH {w, c, p}: window number and two counts, expires after two windows"]
+                    }
                     Algorithm::SlidingLog => &[
                         "ZSET of admitted requests by time, member `<running total of costs>:<cost>` (one per request, whatever its cost), expires one window after the newest",
                     ],

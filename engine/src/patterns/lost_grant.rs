@@ -80,9 +80,7 @@ impl Drop for LostGrant {
             return;
         };
         let pattern = undo.pattern;
-        let outcome = move |o: &'static str| {
-            metrics::counter!("patternd_lost_grants_total", "pattern" => pattern, "outcome" => o)
-        };
+        let outcome = move |o: &'static str| metrics::counter!("patternd_lost_grants_total", "pattern" => pattern, "outcome" => o);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             outcome("skipped").increment(1);
             return;
@@ -93,24 +91,30 @@ impl Drop for LostGrant {
             return;
         }
         rt.spawn(async move {
-            let released = undo.run().await;
+            let o = match undo.run().await {
+                Some(true) => "released",
+                // The acquire never ran, or granted nothing.
+                Some(false) => "nothing_held",
+                None => "gave_up",
+            };
             PENDING.fetch_sub(1, Ordering::Relaxed);
-            outcome(if released { "released" } else { "gave_up" }).increment(1);
+            outcome(o).increment(1);
         });
     }
 }
 
 impl Undo {
     /// Sends the release on the acquire's connection and waits for Redis to answer, up to
-    /// the lease; a broken connection is retried (the pinned connection reconnects).
-    async fn run(&self) -> bool {
+    /// the lease; a broken connection is retried (the pinned connection reconnects). Whether
+    /// a holder was removed, or `None` when Redis did not answer in time.
+    async fn run(&self) -> Option<bool> {
         let deadline = Instant::now() + self.lease;
         let args: Vec<&[u8]> = self.args.iter().map(Vec::as_slice).collect();
         let mut pause = FIRST_RETRY;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return None;
             }
             let res: Result<i64, _> = self
                 .store
@@ -118,13 +122,18 @@ impl Undo {
                 .await;
             match res {
                 Ok(n) => {
-                    tracing::info!(pattern = self.pattern, removed = n, "released a grant whose answer was lost");
-                    return true;
+                    if n > 0 {
+                        tracing::info!(
+                            pattern = self.pattern,
+                            "released a grant whose answer was lost"
+                        );
+                    }
+                    return Some(n > 0);
                 }
                 Err(e) => {
                     if Instant::now() + pause >= deadline {
                         tracing::warn!(pattern = self.pattern, error = %e, "could not release a grant whose answer was lost; it lapses with its lease");
-                        return false;
+                        return None;
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(MAX_RETRY);
