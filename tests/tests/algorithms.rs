@@ -325,11 +325,19 @@ rules:
         8.0,
         "sliding_window counts"
     );
-    let zcard: u64 = redis::cmd("ZCARD")
-        .arg(key("multi", "mixed", id, "2sl"))
+    // The log keeps one member per admitted request, `<running total>:<cost>`.
+    let log: Vec<String> = redis::cmd("ZRANGE")
+        .arg(key("multi", "mixed", id, "2wl"))
+        .arg(0)
+        .arg(-1)
         .query_async(&mut conn)
         .await?;
-    assert_eq!(zcard, 8, "sliding_log entries");
+    let costs: Vec<u64> = log
+        .iter()
+        .filter_map(|m| m.split_once(':').and_then(|(_, c)| c.parse().ok()))
+        .collect();
+    assert_eq!(costs.len(), log.len(), "sliding_log members: {log:?}");
+    assert_eq!(costs.iter().sum::<u64>(), 8, "sliding_log entries: {log:?}");
     let tokens: f64 = redis::cmd("HGET")
         .arg(key("multi", "mixed", id, "3tb"))
         .arg("t")

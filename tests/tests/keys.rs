@@ -33,11 +33,11 @@ rules:
 const RULES: [(&str, &[&str]); 7] = [
     ("fw", &["0fw"]),
     ("sw", &["0sw"]),
-    ("sl", &["0sl"]),
+    ("sl", &["0wl"]),
     ("tb", &["0tb"]),
     ("gc", &["0gc"]),
-    ("cc", &["0cc"]),
-    ("multi", &["0fw", "1sl", "2gc"]),
+    ("cc", &["0cl", "0cl.n"]),
+    ("multi", &["0fw", "1wl", "2gc"]),
 ];
 
 /// Ids built to break a naive key builder: braces that would move the hash tag, colons and
@@ -141,7 +141,7 @@ async fn every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids() -> Resu
     }
     // Exactly the expected keys: one set per (id, rule), none shared, none stray. Equal
     // counts with distinct expected names show the id → key map is injective.
-    assert_eq!(expected.len(), ids.len() * 9);
+    assert_eq!(expected.len(), ids.len() * 10);
     let found: BTreeSet<&Vec<u8>> = keys.iter().collect();
     let want: BTreeSet<&Vec<u8>> = expected.keys().collect();
     let missing: Vec<_> = want
@@ -217,7 +217,8 @@ async fn releasing_and_denying_keep_ttls() -> Result<()> {
     let keys = scan_all(&mut conn).await?;
     assert_eq!(
         keys.len(),
-        9 + 1,
+        // Each rule's keys for `deny-me` (10), and the concurrency rule's two for `lessee`.
+        10 + 2,
         "{:?}",
         keys.iter()
             .map(|k| String::from_utf8_lossy(k))

@@ -18,6 +18,8 @@ pub struct LockScripts {
     pub acquire: Arc<Script>,
     pub extend: Arc<Script>,
     pub release: Arc<Script>,
+    /// Takes back the permit of an acquire whose answer was lost (see `patterns::lock`).
+    pub abandon: Arc<Script>,
 }
 
 impl LockScripts {
@@ -26,6 +28,7 @@ impl LockScripts {
             self.acquire.clone(),
             self.extend.clone(),
             self.release.clone(),
+            self.abandon.clone(),
         ]
     }
 }
@@ -39,6 +42,7 @@ static SCRIPTS: LazyLock<LockScripts> = LazyLock::new(|| LockScripts {
     acquire: script("acquire", include_str!("lua/lock_acquire.lua")),
     extend: script("extend", include_str!("lua/lock_extend.lua")),
     release: script("release", include_str!("lua/lock_release.lua")),
+    abandon: script("abandon", include_str!("lua/lock_abandon.lua")),
 });
 
 #[derive(Debug, Clone)]

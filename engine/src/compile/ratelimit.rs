@@ -116,15 +116,17 @@ pub fn dynamic_scripts() -> DynamicScripts {
 #[derive(Debug, Clone)]
 pub struct FixedLimits {
     pub script: Arc<Script>,
-    /// Key suffix per limit: index + algorithm code, e.g. `0fw`.
+    /// The script's keys, in KEYS order: per limit, index + algorithm code (e.g. `0fw`); a
+    /// concurrency limit has a second key, its units held (`0cl.n`).
     pub subs: Vec<String>,
     pub limits: Vec<Limit>,
 }
 
 /// A compiled rate-limit rule.
 ///
-/// Script contract (fixed limits): `KEYS[i]` is limit `i-1`'s key (`subs[i-1]` in the rule's
-/// key space); `ARGV[1]` is the cost, `ARGV[2]` the lease member for concurrency rules. Every
+/// Script contract (fixed limits): `KEYS` are the rule's key space's keys of `subs`, in order
+/// (one per limit, two for concurrency); `ARGV[1]` is the cost, `ARGV[2]` the lease id for
+/// concurrency rules. Every
 /// rate-limit script replies `{allowed (0|1), reported limit index, remaining,
 /// reset_after_ms, retry_after_ms}`.
 #[derive(Debug, Clone)]
@@ -152,25 +154,38 @@ impl CompiledRateLimit {
                 "chosen by the plugin per request; same structures as the fixed limits".to_string(),
             )
         });
-        let fixed = self.fixed.iter().flat_map(|f| f.subs.iter());
-        fixed
-            .map(|s| {
-                let what = match &s[s.len() - 2..] {
-                    "fw" => "STRING counter, expires with its window",
-                    "sw" => {
-                        "HASH {w, c, p}: window number and two counts, expires after two windows"
+        let mut out = Vec::new();
+        if let Some(f) = &self.fixed {
+            let mut subs = f.subs.iter();
+            for l in &f.limits {
+                let what: &[&str] = match l.algorithm {
+                    Algorithm::FixedWindow => &["STRING counter, expires with its window"],
+                    Algorithm::SlidingWindow => {
+                        &["HASH {w, c, p}: window number and two counts, expires after two windows"]
                     }
-                    "sl" => {
-                        "ZSET of admitted requests by time, expires one window after the newest"
+                    Algorithm::SlidingLog => &[
+                        "ZSET of admitted requests by time, member `<running total of costs>:<cost>` (one per request, whatever its cost), expires one window after the newest",
+                    ],
+                    Algorithm::TokenBucket => {
+                        &["HASH {t, ts}: tokens and last update, expires when the bucket is full"]
                     }
-                    "tb" => "HASH {t, ts}: tokens and last update, expires when the bucket is full",
-                    "gc" => "STRING theoretical arrival time, expires when fully reset",
-                    _ => "ZSET of leases by expiry time, expires with the last lease",
+                    Algorithm::Gcra => {
+                        &["STRING theoretical arrival time, expires when fully reset"]
+                    }
+                    Algorithm::Concurrency => &[
+                        "ZSET of leases by expiry time, member `<lease id>:<cost>` (one per lease), expires with the last lease",
+                        "STRING: the units all leases hold, expires with the last lease",
+                    ],
                 };
-                (keys.template(s), what.to_string())
-            })
-            .chain(dynamic)
-            .collect()
+                for w in what {
+                    if let Some(s) = subs.next() {
+                        out.push((keys.template(s), (*w).to_string()));
+                    }
+                }
+            }
+        }
+        out.extend(dynamic);
+        out
     }
 }
 
@@ -183,11 +198,7 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
     let fixed = if fixed_limits.is_empty() {
         None
     } else {
-        let subs: Vec<String> = fixed_limits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| format!("{i}{}", l.algorithm.key_code()))
-            .collect();
+        let subs = limit_subs(&fixed_limits);
         let source = generate(rule, &fixed_limits);
         let what = if rl.plugin.is_some() { "fallback " } else { "" };
         let name = format!("ratelimit {what}{}/{}", rule.app, rule.name);
@@ -230,13 +241,25 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
     })
 }
 
+/// The keys of fixed limits, in KEYS order (see `FixedLimits::subs`).
+fn limit_subs(limits: &[Limit]) -> Vec<String> {
+    let mut subs = Vec::with_capacity(limits.len() + 1);
+    for (i, l) in limits.iter().enumerate() {
+        subs.push(format!("{i}{}", l.algorithm.key_code()));
+        if l.algorithm == Algorithm::Concurrency {
+            subs.push(format!("{i}{}.n", l.algorithm.key_code()));
+        }
+    }
+    subs
+}
+
 /// The whole script of a rule. Limits are literal constants in the generated main.
 pub fn generate(rule: &Rule, limits: &[Limit]) -> String {
     let mut s = String::with_capacity(8 * 1024);
     let _ = writeln!(s, "-- patternd rate limit {}/{}", rule.app, rule.name);
     let _ = writeln!(
         s,
-        "-- KEYS[i]: the key of limit i; ARGV[1]: cost; ARGV[2]: lease id (concurrency only)"
+        "-- KEYS: the keys of the limits in order (concurrency: leases, units held); ARGV[1]: cost; ARGV[2]: lease id (concurrency only)"
     );
     let _ = writeln!(
         s,
@@ -250,12 +273,21 @@ pub fn generate(rule: &Rule, limits: &[Limit]) -> String {
         }
     }
     s.push_str("\nlocal cost = tonumber(ARGV[1])\nlocal now = now_ms()\nreturn decide({\n");
-    for (i, l) in limits.iter().enumerate() {
+    // KEYS follow `limit_subs`: one per limit, a concurrency limit's second key after its first.
+    let mut k = 0;
+    for l in limits {
+        k += 1;
+        let key = k;
+        let extra = if l.algorithm == Algorithm::Concurrency {
+            k += 1;
+            format!(", ARGV[2], KEYS[{k}]")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "  {}(KEYS[{}], {}, {}, {}, cost, now, ARGV[2]),",
+            "  {}(KEYS[{key}], {}, {}, {}, cost, now{extra}),",
             l.algorithm.name(),
-            i + 1,
             l.limit,
             l.window_ms(),
             l.burst

@@ -12,6 +12,7 @@ use metrics::Counter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::lost_grant::LostGrant;
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::lock::LockScripts;
 use crate::compile::{CompiledLock, KeySpace};
@@ -203,7 +204,8 @@ impl Locker {
         wait_ms: Option<u64>,
     ) -> Result<Lease, LockError> {
         check_resource(resource)?;
-        let lease = self.lease_ms(ttl_ms)?.to_string();
+        let lease_ms = self.lease_ms(ttl_ms)?;
+        let lease = lease_ms.to_string();
         let wait = Duration::from_millis(wait_ms.unwrap_or(0)).min(self.max_wait);
         let deadline = Instant::now() + wait;
         let keys = self.keys.keys(resource, ["h", "fence"]);
@@ -222,19 +224,42 @@ impl Locker {
                 self.permits_arg.as_bytes(),
                 self.fence_ttl_arg.as_bytes(),
             ];
-            let reply: Vec<String> =
-                self.counted(store.eval(&self.scripts.acquire, &keys, &args).await)?;
+            // Should the answer be lost (Redis stalled past the timeout, or the request
+            // cancelled), the permit Redis grants late is taken back: see `LostGrant`. The
+            // engine knows the token's random part; the abandon script finds the holder by it.
+            let pin = store.pin();
+            let lost = LostGrant::new(
+                store,
+                &pin,
+                &self.scripts.abandon,
+                vec![keys[0].clone()],
+                vec![random.clone().into_bytes()],
+                Duration::from_millis(lease_ms),
+                "lock",
+            );
+            let reply: Vec<String> = self.counted(
+                store
+                    .eval_pinned(
+                        &pin,
+                        store.command_timeout(),
+                        &self.scripts.acquire,
+                        &keys,
+                        &args,
+                    )
+                    .await,
+            )?;
             match reply.as_slice() {
                 [ok, token, ttl] if ok == "1" => {
                     // A fence of 0 would tell the protected resource to accept anything: a
                     // reply we cannot read is an error, never a made-up fence (the lease it
-                    // may have granted lapses by itself).
+                    // may have granted is taken back when `lost` drops armed).
                     let (Some(fence), Ok(expires_in_ms)) = (parse_token(token), ttl.parse()) else {
                         self.counters.failed.increment(1);
                         return Err(LockError::Internal(format!(
                             "unexpected reply of the acquire script: {reply:?}"
                         )));
                     };
+                    lost.disarm();
                     self.counters.acquired.increment(1);
                     return Ok(Lease {
                         fence,
@@ -243,6 +268,7 @@ impl Locker {
                     });
                 }
                 [_, hint] => {
+                    lost.disarm();
                     let hint = Duration::from_millis(hint.parse().unwrap_or(1).max(1));
                     let now = Instant::now();
                     if now >= deadline {

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod lock;
+mod lost_grant;
 pub mod ops;
 pub mod ratelimit;
 pub mod session;

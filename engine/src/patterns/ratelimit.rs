@@ -6,10 +6,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 
+use super::lost_grant::LostGrant;
 use super::{InputError, check_id};
 use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
-use crate::policy::{IdFrom, Limit, OnRedisError, RateLimit, Rule};
+use crate::policy::{Algorithm, IdFrom, Limit, OnRedisError, RateLimit, Rule};
 use crate::store::Store;
 
 /// The largest cost a request may ask for when a plugin decides the limits (the plugin's
@@ -39,6 +40,8 @@ struct Fixed {
     subs: Vec<String>,
     limits: Vec<Limit>,
     max_cost: u64,
+    /// Concurrency rules: how long a lease lives unreleased.
+    lease: Option<std::time::Duration>,
     policy_header: String,
     item_names: Vec<String>,
 }
@@ -169,6 +172,11 @@ impl RateLimiter {
                 script: f.script.clone(),
                 subs: f.subs.clone(),
                 max_cost: f.limits.iter().map(Limit::capacity).min().unwrap_or(0),
+                lease: f
+                    .limits
+                    .iter()
+                    .find(|l| l.algorithm == Algorithm::Concurrency)
+                    .map(|l| l.window),
                 limits: f.limits.clone(),
                 policy_header,
                 item_names,
@@ -327,7 +335,30 @@ impl RateLimiter {
         if let Some(m) = &lease_member {
             args.push(m.as_bytes());
         }
-        let reply: Result<Vec<i64>, _> = store.eval(&fixed.script, &keys, &args).await;
+        let reply: Result<Vec<i64>, _> = match (&lease_member, &self.release, fixed.lease) {
+            (Some(member), Some(release), Some(lease)) if cost > 0 => {
+                // Should the answer be lost (Redis stalled past the timeout, or the request
+                // cancelled), the lease Redis grants late is released again: see `LostGrant`.
+                let pin = store.pin();
+                let lost = LostGrant::new(
+                    store,
+                    &pin,
+                    release,
+                    keys.clone(),
+                    vec![lease_member_arg(member, cost).into_bytes()],
+                    lease,
+                    "ratelimit",
+                );
+                let reply = store
+                    .eval_pinned(&pin, store.command_timeout(), &fixed.script, &keys, &args)
+                    .await;
+                if reply.is_ok() {
+                    lost.disarm();
+                }
+                reply
+            }
+            _ => store.eval(&fixed.script, &keys, &args).await,
+        };
         let capacity = |i: usize| fixed.limits.get(i).map(Limit::capacity).unwrap_or(0);
         let mut d = self.interpret(reply, fixed.limits.len(), capacity);
         // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
@@ -485,9 +516,11 @@ impl RateLimiter {
             .map(|f| f.subs.as_slice())
             .unwrap_or(&[]);
         let keys = self.keys.keys(&id, subs.iter().map(String::as_str));
-        let cost_arg = cost.to_string();
+        // The member names the cost the lease was granted with: a token claiming another
+        // cost names no member and frees nothing, and the script's work is one lookup.
+        let member = lease_member_arg(&member, cost);
         let removed: i64 = store
-            .eval(script, &keys, &[member.as_bytes(), cost_arg.as_bytes()])
+            .eval(script, &keys, &[member.as_bytes()])
             .await
             .map_err(ReleaseError::Store)?;
         Ok(removed > 0)
@@ -516,8 +549,12 @@ impl RateLimiter {
     }
 }
 
+/// A lease's member in the leases ZSET: `<lease id>:<cost>` (see `concurrency.lua`).
+fn lease_member_arg(id: &str, cost: u64) -> String {
+    format!("{id}:{cost}")
+}
+
 fn dyn_capacity(l: &DynLimit) -> u64 {
-    use crate::policy::Algorithm;
     match l.algorithm {
         Algorithm::TokenBucket | Algorithm::Gcra => l.burst,
         _ => l.limit,

@@ -168,15 +168,18 @@ impl Algorithm {
     }
 
     /// A short code used in key suffixes, so that changing a limit's algorithm on reload
-    /// starts a fresh key instead of hitting a key of another Redis type (WRONGTYPE).
+    /// starts a fresh key instead of hitting a key of another Redis type (WRONGTYPE). A
+    /// code changes with the meaning of its key's contents, so an upgrade never misreads a
+    /// key written by an older release: `sl` (one member per unit of cost) became `wl`
+    /// (weighted log, one member per request), `cc` became `cl` (one member per lease).
     pub fn key_code(self) -> &'static str {
         match self {
             Algorithm::FixedWindow => "fw",
             Algorithm::SlidingWindow => "sw",
-            Algorithm::SlidingLog => "sl",
+            Algorithm::SlidingLog => "wl",
             Algorithm::TokenBucket => "tb",
             Algorithm::Gcra => "gc",
-            Algorithm::Concurrency => "cc",
+            Algorithm::Concurrency => "cl",
         }
     }
 

@@ -70,6 +70,15 @@ pub struct StoreConfig {
     pub command_timeout: Duration,
 }
 
+/// One connection of the pool, held on to. Redis runs one connection's commands in the order
+/// they were sent, so a call through it runs after every earlier call through it, including
+/// one whose caller gave up waiting (its command still sits in the connection, and Redis runs
+/// it when it gets to it). That is how a grant whose answer was lost is undone after it ran.
+#[derive(Clone)]
+pub struct Pinned {
+    conn: ConnectionManager,
+}
+
 /// The Redis pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -129,13 +138,31 @@ impl Store {
         self.inner.conns[i].clone()
     }
 
+    /// The next connection of the pool, for calls that must follow each other (see `Pinned`).
+    pub fn pin(&self) -> Pinned {
+        Pinned { conn: self.conn() }
+    }
+
+    /// The bound on every command (`--redis-timeout`).
+    pub fn command_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     async fn run<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn();
+        self.run_on(self.conn(), self.inner.timeout, cmd).await
+    }
+
+    async fn run_on<T: FromRedisValue>(
+        &self,
+        mut conn: ConnectionManager,
+        timeout: Duration,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let res = tokio::time::timeout(self.inner.timeout, cmd.query_async::<T>(&mut conn)).await;
+        let res = tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await;
         self.inner.latency.record(started.elapsed().as_secs_f64());
         match res {
-            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(r) => r.map_err(StoreError::from),
         }
     }
@@ -148,19 +175,44 @@ impl Store {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
+        self.eval_on(None, self.inner.timeout, script, keys, args)
+            .await
+    }
+
+    /// `eval` on a pinned connection (the NOSCRIPT retry too), bounded by `timeout`.
+    pub async fn eval_pinned<T: FromRedisValue>(
+        &self,
+        pin: &Pinned,
+        timeout: Duration,
+        script: &Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        self.eval_on(Some(pin), timeout, script, keys, args).await
+    }
+
+    async fn eval_on<T: FromRedisValue>(
+        &self,
+        pin: Option<&Pinned>,
+        timeout: Duration,
+        script: &Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        let conn = || pin.map_or_else(|| self.conn(), |p| p.conn.clone());
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys.len()).arg(keys);
         for a in args {
             cmd.arg(*a);
         }
-        match self.run(&cmd).await {
+        match self.run_on(conn(), timeout, &cmd).await {
             Err(StoreError::Redis(e))
                 if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
                 tracing::warn!(script = %script.name, "NOSCRIPT: reloading the script into Redis");
                 metrics::counter!("patternd_script_reloads_total").increment(1);
                 self.load_script(script).await?;
-                self.run(&cmd).await
+                self.run_on(conn(), timeout, &cmd).await
             }
             other => other,
         }

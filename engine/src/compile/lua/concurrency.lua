@@ -1,8 +1,41 @@
--- concurrency: in-flight leases. One ZSET key: a member per held unit, scored by the time
--- its lease expires, so a crashed client's slot frees itself.
-local function concurrency(key, limit, lease_ms, burst, cost, now, lease)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))
-  local held = redis.call('ZCARD', key)
+-- concurrency: in-flight leases. Two keys per id:
+--   leases: a ZSET with one member per lease, "<lease id>:<cost>", scored by the time the
+--           lease lapses, so a crashed client's units free themselves;
+--   held:   a STRING, the units all of those leases hold.
+-- A lease is one member whatever its cost, and its cost is part of the member: a release
+-- removes the exact member that was granted (a token claiming another cost names no member),
+-- so no script ever walks a lease's units or trusts a cost from the client.
+-- The rule's lease length is fixed, so members lapse in the order they were granted.
+
+-- The leases walked at most to tell a denied request when enough units come back.
+local LEASE_WALK = 64
+
+local function lease_units(member)
+  local sep = string.find(member, ':', 1, true)
+  return tonumber(string.sub(member, sep + 1)) or 0
+end
+
+local function concurrency(key, limit, lease_ms, burst, cost, now, lease, held_key)
+  local held = tonumber(redis.call('GET', held_key) or '0') or 0
+  -- Lapsed leases give their units back. The walk is bounded by the number of leases, which
+  -- is at most `limit` (each holds at least one unit): the policy's bound, not the client's,
+  -- and each lease is walked once in its life.
+  local lapsed = redis.call('ZRANGEBYSCORE', key, '-inf', fmt(now))
+  local back = 0
+  if #lapsed > 0 then
+    for i = 1, #lapsed do back = back + lease_units(lapsed[i]) end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))
+  end
+  if redis.call('EXISTS', key) == 0 then
+    -- No lease left, so nothing is held (this also heals a sum that drifted, e.g. after an
+    -- eviction of one key but not the other).
+    if held ~= 0 then redis.call('DEL', held_key) end
+    held = 0
+  elseif back > 0 then
+    held = held - back
+    redis.call('DECRBY', held_key, string.format('%.0f', back))
+  end
+  if held < 0 then held = 0 end
   local r = { retry = 0, commit = noop }
   if held + cost <= limit then
     r.ok = true
@@ -10,22 +43,28 @@ local function concurrency(key, limit, lease_ms, burst, cost, now, lease)
     r.reset = lease_ms
     if cost > 0 then
       r.commit = function()
-        local expires = fmt(now + lease_ms)
-        for i = 1, cost do
-          redis.call('ZADD', key, expires, lease .. '#' .. i)
-        end
-        if redis.call('PTTL', key) < lease_ms then
-          redis.call('PEXPIRE', key, lease_ms)
-        end
+        redis.call('ZADD', key, fmt(now + lease_ms), lease .. ':' .. string.format('%.0f', cost))
+        redis.call('INCRBY', held_key, string.format('%.0f', cost))
+        -- Both keys live as long as the longest lease, which is this newest one.
+        redis.call('PEXPIRE', key, lease_ms)
+        redis.call('PEXPIRE', held_key, lease_ms)
       end
     end
   else
     r.ok = false
     r.remaining = math.max(limit - held, 0)
-    -- A slot frees when the (held + cost - limit)-th earliest lease expires (or is released).
-    local idx = held + cost - limit - 1
-    local e = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
-    if e[2] then r.retry = math.max(tonumber(e[2]) - now, 1) else r.retry = lease_ms end
+    -- Enough units are back when the leases lapsed (or released) since now add up to
+    -- held + cost - limit. Walked over the earliest LEASE_WALK leases at most; past them the
+    -- answer is when the last one walked lapses (the earliest it can fit).
+    local need = held + cost - limit
+    local early = redis.call('ZRANGE', key, 0, LEASE_WALK - 1, 'WITHSCORES')
+    r.retry = lease_ms
+    local freed = 0
+    for i = 1, #early, 2 do
+      freed = freed + lease_units(early[i])
+      r.retry = math.max(tonumber(early[i + 1]) - now, 1)
+      if freed >= need then break end
+    end
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     if last[2] then r.reset = math.max(tonumber(last[2]) - now, 0) else r.reset = 0 end
   end

@@ -1,8 +1,18 @@
--- Releases a concurrency lease: removes its members (one per cost unit). Releasing a lease
--- that expired or was already released removes nothing and is not an error.
--- KEYS[1] = the rule's concurrency key for the id; ARGV[1] = lease member base; ARGV[2] = cost.
-local removed = 0
-for i = 1, tonumber(ARGV[2]) do
-  removed = removed + redis.call('ZREM', KEYS[1], ARGV[1] .. '#' .. i)
+-- Releases a concurrency lease: removes its one member and gives its units back. The member
+-- names the cost that was granted, so a token claiming another cost names no member and
+-- frees nothing. Releasing a lease that lapsed or was already released is not an error: it
+-- answers 0 (a lapsed member still here is removed, its units given back).
+-- KEYS[1] = the leases ZSET, KEYS[2] = the units held; ARGV[1] = "<lease id>:<cost>".
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expires then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  local sep = string.find(ARGV[1], ':', 1, true)
+  redis.call('DECRBY', KEYS[2], string.sub(ARGV[1], sep + 1))
 end
-return removed
+if tonumber(expires) > now then return 1 end
+return 0

@@ -1,43 +1,87 @@
--- sliding_log: exact sliding window. One ZSET key, one member per admitted unit, scored by
--- its time. Memory grows with the limit, which is why `patternd check` warns on big limits.
+-- sliding_log: exact sliding window, weighted. One ZSET key with one member per admitted
+-- request (never per unit of cost), scored by its time. A member is "<total>:<cost>", where
+-- <total> is the running total of every cost admitted on this key up to and including this
+-- request (modulo LOG_MOD). The units inside the window are then the newest member's total
+-- minus the total before the oldest member still inside: two lookups, however many entries
+-- or however large the costs. Scores strictly increase (a request in the same microsecond as
+-- the newest entry is stamped 1 µs after it), so rank order is admission order and running
+-- totals increase along ranks.
+-- Work per call: O(log n) lookups, at most LOG_CLEAN removals, and for a denial a binary
+-- search over ranks (at most log2(entries) + 1 lookups). Entries are admitted requests of
+-- cost >= 1, so a window holds at most `limit` of them: every bound is the policy's, none is
+-- the client's.
+
+-- 2^52: totals and their differences stay exact in a double; the units inside a window are at
+-- most the largest limit (10^12), far below it, so differences modulo LOG_MOD are exact.
+local LOG_MOD = 4503599627370496
+-- Expired entries removed per call at most. Each call adds at most one entry, so any backlog
+-- shrinks; entries not yet removed are never counted (counting starts past them).
+local LOG_CLEAN = 64
+
+-- {member, score} -> running total, cost, score.
+local function log_entry(e)
+  local sep = string.find(e[1], ':', 1, true)
+  return tonumber(string.sub(e[1], 1, sep - 1)), tonumber(string.sub(e[1], sep + 1)), tonumber(e[2])
+end
+
 local function sliding_log(key, limit, window, burst, cost, now)
   -- Dropping entries that left the window changes no decision, so it is safe even when
   -- another limit of the rule denies.
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - window))
-  local count = redis.call('ZCARD', key)
+  local stale = redis.call('ZCOUNT', key, '-inf', fmt(now - window))
+  if stale > 0 then
+    local drop = math.min(stale, LOG_CLEAN)
+    redis.call('ZREMRANGEBYRANK', key, 0, drop - 1)
+    stale = stale - drop
+  end
+  -- Ranks [stale, n - 1] are inside the window.
+  local n = redis.call('ZCARD', key)
+  local last_total, last_score = 0, nil
+  if n > 0 then
+    local _
+    last_total, _, last_score = log_entry(redis.call('ZRANGE', key, -1, -1, 'WITHSCORES'))
+  end
+  local count, base = 0, 0
+  if n > stale then
+    local first_total, first_cost = log_entry(redis.call('ZRANGE', key, stale, stale, 'WITHSCORES'))
+    base = (first_total - first_cost) % LOG_MOD
+    count = (last_total - base) % LOG_MOD
+  end
   local r = { retry = 0, commit = noop }
   if count + cost <= limit then
     r.ok = true
     r.remaining = limit - count - cost
     if cost > 0 then
-      r.reset = window
+      local score = now
+      if last_score ~= nil and last_score + 0.001 > score then score = last_score + 0.001 end
+      r.reset = score + window - now
       r.commit = function()
-        local score = fmt(now)
-        local args = {}
-        for i = 1, cost do
-          -- count + i is unique among members stamped with the same microsecond.
-          args[#args + 1] = score
-          args[#args + 1] = score .. '-' .. (count + i)
-          if #args >= 1000 then
-            redis.call('ZADD', key, unpack(args))
-            args = {}
-          end
-        end
-        if #args > 0 then redis.call('ZADD', key, unpack(args)) end
-        redis.call('PEXPIRE', key, math.ceil(window))
+        local total = (last_total + cost) % LOG_MOD
+        redis.call('ZADD', key, fmt(score), string.format('%.0f:%.0f', total, cost))
+        redis.call('PEXPIRE', key, math.ceil(r.reset))
       end
     end
   else
     r.ok = false
     r.remaining = math.max(limit - count, 0)
-    -- The request fits once the (count + cost - limit)-th oldest entry has left the window.
-    local idx = count + cost - limit - 1
-    local e = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
-    if e[2] then r.retry = math.max(tonumber(e[2]) + window - now, 1) else r.retry = window end
+    -- The request fits once `need` units have left: when the oldest entry whose running
+    -- total (counted from the window's start) reaches `need` leaves the window.
+    local need = count + cost - limit
+    if need > count then
+      r.retry = window
+    else
+      local lo, hi = stale, n - 1
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        local t = log_entry(redis.call('ZRANGE', key, mid, mid, 'WITHSCORES'))
+        if (t - base) % LOG_MOD >= need then hi = mid else lo = mid + 1 end
+      end
+      local _, _, s = log_entry(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES'))
+      r.retry = math.max(s + window - now, 1)
+    end
   end
   if r.reset == nil then
-    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if newest[2] then r.reset = math.max(tonumber(newest[2]) + window - now, 0) else r.reset = 0 end
+    -- Full quota is back once the newest entry inside the window has left it.
+    if count > 0 then r.reset = math.max(last_score + window - now, 0) else r.reset = 0 end
   end
   return r
 end
