@@ -387,13 +387,16 @@ async fn check_validates_plugins_and_ops() -> Result<()> {
     );
     // The op's problem is placed in the plugin file, at the command's name.
     assert!(
-        err.contains("sneaky.lua:1:71: error: op `scan` (rule more/b): `KEYS` is not a command ops may call"),
+        err.contains(
+            "sneaky.lua:1:71: error: op `scan` (rule more/b): `KEYS` is not a command ops may call"
+        ),
         "{err}"
     );
     Ok(())
 }
 
-const QUOTA_POLICY: &str = "app: o\nrules:\n  daily:\n    ops: { plugin: quota, op: daily-quota }\n";
+const QUOTA_POLICY: &str =
+    "app: o\nrules:\n  daily:\n    ops: { plugin: quota, op: daily-quota }\n";
 
 /// The same op, rewritten to reach a key it did not declare in two ways the old, text-matching
 /// check let through (a `--` in a string hid the rest of the line; only a command's first key
@@ -411,7 +414,8 @@ async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() 
     plugins.write("quota.lua", &example("quota/quota.lua")?)?;
     let w = start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
     let p = &w.patternd;
-    let call = || p.post_json("/v1/ops/o/daily", &json!({"id": "u1", "args": [100]}));
+    let body = json!({"id": "u1", "args": [100]});
+    let call = || p.post_json("/v1/ops/o/daily", &body);
     assert_eq!(call().await?.json["result"]["used"], json!(1));
     // A key of someone else's, outside the op's namespace.
     let mut conn = w.redis.conn().await?;
@@ -431,7 +435,11 @@ async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() 
         .unwrap_or_default();
     let file = path.to_string_lossy().to_string();
     for (line, column, says) in [
-        (2, 43, "argument 2 of DEL is a key and must be exactly `KEYS[n]`"),
+        (
+            2,
+            43,
+            "argument 2 of DEL is a key and must be exactly `KEYS[n]`",
+        ),
         (3, 11, "`redis` may only be used as `redis.call('CMD', …)`"),
     ] {
         assert!(
