@@ -390,9 +390,28 @@ pub struct Checked {
     pub calls: Vec<CheckedCall>,
 }
 
+/// Largest op script: ops are a few calls. Bounding the text bounds the depth of the
+/// syntax tree (a flat `1+1+…` chain is one level per operator), which full_moon builds and
+/// drops recursively.
+pub const MAX_SCRIPT_BYTES: usize = 64 * 1024;
+
+/// Deepest expression nesting the check walks: Lua 5.1's own parser stops at 200 levels
+/// (LUAI_MAXCCALLS), except for chains of left-associative operators, which it reads flat.
+const MAX_DEPTH: usize = 200;
+
 /// Parses `script` as Lua 5.1 and checks it against the rules of the module doc, with
 /// `declared` keys. All problems are returned together, in source order.
 pub fn check(script: &str, declared: usize) -> Result<Checked, Vec<Problem>> {
+    if script.len() > MAX_SCRIPT_BYTES {
+        return Err(vec![Problem {
+            line: 1,
+            column: 1,
+            message: format!(
+                "the script is {} bytes; an op script is at most {MAX_SCRIPT_BYTES} bytes",
+                script.len()
+            ),
+        }]);
+    }
     let ast = full_moon::parse(script).map_err(|errors| {
         errors
             .iter()
@@ -408,6 +427,8 @@ pub fn check(script: &str, declared: usize) -> Result<Checked, Vec<Problem>> {
     })?;
     let mut c = Checker {
         declared,
+        depth: 0,
+        too_deep: false,
         scopes: vec![Vec::new()],
         problems: Vec::new(),
         calls: Vec::new(),
@@ -424,6 +445,9 @@ pub fn check(script: &str, declared: usize) -> Result<Checked, Vec<Problem>> {
 
 struct Checker {
     declared: usize,
+    /// Expressions being walked, outermost first (bounded by MAX_DEPTH).
+    depth: usize,
+    too_deep: bool,
     /// Local names in scope, innermost last.
     scopes: Vec<Vec<String>>,
     problems: Vec<Problem>,
@@ -675,6 +699,23 @@ impl Checker {
     }
 
     fn expr(&mut self, e: &Expression) {
+        if self.depth >= MAX_DEPTH {
+            if !self.too_deep {
+                self.too_deep = true;
+                // The operator's own token: the start of a deep chain is as deep as the chain.
+                match e {
+                    Expression::BinaryOperator { binop, .. } => self.refuse(binop, TOO_DEEP),
+                    _ => self.refuse(e, TOO_DEEP),
+                }
+            }
+            return;
+        }
+        self.depth += 1;
+        self.expr_inner(e);
+        self.depth -= 1;
+    }
+
+    fn expr_inner(&mut self, e: &Expression) {
         match e {
             Expression::BinaryOperator { lhs, rhs, .. } => {
                 self.expr(lhs);
@@ -977,6 +1018,8 @@ impl Checker {
     }
 }
 
+const TOO_DEEP: &str = "nested more than 200 expressions deep: split it with locals";
+
 const REDIS_ONLY: &str = "`redis` may only be used as `redis.call('CMD', …)`, `redis.pcall('CMD', …)` or one of redis.error_reply, redis.status_reply, redis.sha1hex, redis.log and redis.LOG_*: any other use (an alias, `redis[...]`, passing it along) hides which keys the op reaches";
 
 #[cfg(test)]
@@ -994,7 +1037,8 @@ mod tests {
     fn refused(body: &str, keys: usize) -> Vec<Problem> {
         match check(body, keys) {
             Ok(c) => panic!(
-                "accepted {body:?} (calls {:?})",
+                "accepted {:?} (calls {:?})",
+                body.chars().take(200).collect::<String>(),
                 c.calls.iter().map(|c| c.command.name).collect::<Vec<_>>()
             ),
             Err(p) => p,
@@ -1009,7 +1053,8 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.line == line && p.column == column && p.message.contains(why)),
-            "{body:?}: no problem at {line}:{column} saying {why:?}: {problems:#?}"
+            "{:?}: no problem at {line}:{column} saying {why:?}: {problems:#?}",
+            body.chars().take(200).collect::<String>()
         );
     }
 
@@ -1514,6 +1559,37 @@ return redis.call('HMGET', KEYS[1], unpack(ARGV))",
             at,
             vec![(1, 11), (3, 12), (4, 1), (4, 5), (5, 28)],
             "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn large_or_deep_scripts_are_refused_without_crashing() {
+        // At the size bound, a flat chain of 32k operators (as deep a tree as a script can
+        // give the parser), on a test thread's 2 MiB stack.
+        let chain = format!("return 1{}", "+1".repeat((MAX_SCRIPT_BYTES - 8) / 2));
+        assert!(chain.len() <= MAX_SCRIPT_BYTES);
+        let problems = refused(&chain, 0);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("nested more than 200"));
+        let long = format!("return 1 {}", " ".repeat(MAX_SCRIPT_BYTES));
+        refused_at(&long, 0, 1, 1, "at most 65536 bytes");
+        // The deepest nesting Lua 5.1 compiles is walked in full.
+        let mut depth = 190;
+        let nested = loop {
+            let s = format!("return {}KEYS[1]{}", "(".repeat(depth), ")".repeat(depth));
+            if luacheck::check("nested", &s).is_ok() {
+                break s;
+            }
+            depth -= 10;
+        };
+        assert!(depth >= 100, "{depth}");
+        assert!(check(&nested, 1).is_ok());
+        refused_at(
+            &nested.replace("KEYS[1]", "KEYS[2]"),
+            1,
+            1,
+            13 + depth,
+            "from 1 to 1",
         );
     }
 
