@@ -303,7 +303,8 @@ pub fn compile(app: &str, rule: &str, src: &OpSource<'_>) -> Result<CompiledOps,
     }
     let name = format!("ops {app}/{rule} ({}.{op})", src.plugin);
     // mlua first: it is the Lua 5.1 compiler Redis embeds, so its verdict on syntax is the
-    // one that matters (and its parser bounds nesting before full_moon recurses into it).
+    // one that matters. Its parser also bounds nesting to 200 levels before full_moon sees
+    // the script; flat operator chains, which it does not count, are capped by the size bound.
     luacheck::check(&name, src.script).map_err(|e| {
         vec![located(
             1,
