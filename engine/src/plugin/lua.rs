@@ -78,6 +78,11 @@ impl LuaPlugin {
         Ok(plugin)
     }
 
+    /// The plugin's text (the checks of its ops place their diagnostics in it).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     fn load_err(&self, message: String) -> PluginError {
         PluginError::Load {
             plugin: self.name.clone(),
