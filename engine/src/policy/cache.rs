@@ -20,7 +20,7 @@ use super::validate::{Validator, loc};
 pub const DEFAULT_MAX_VALUE_BYTES: u64 = 1024 * 1024;
 /// Hard ceiling for `max_value_bytes`: Redis strings can hold 512 MiB, but a cache value that
 /// big blocks Redis for milliseconds on every read.
-const MAX_MAX_VALUE_BYTES: i64 = 64 * 1024 * 1024;
+pub(super) const MAX_MAX_VALUE_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A `cache` block, served at `/v1/cache/{app}/{rule}/{id}`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -134,7 +134,7 @@ pub struct NearCacheSpec {
 }
 
 /// Most entries a near cache may hold: it lives in every engine's memory.
-const MAX_NEAR_ENTRIES: u64 = 10_000_000;
+pub(super) const MAX_NEAR_ENTRIES: u64 = 10_000_000;
 
 /// Schema-only: the `format` values.
 #[derive(JsonSchema)]
@@ -246,7 +246,7 @@ impl Validator {
         let at = loc(path, raw.span());
 
         let origin = raw.origin.as_ref().and_then(|o| {
-            let text = o.trim();
+            let text = o.as_str();
             let l = loc(path, o.span());
             let Some(rest) = text.strip_prefix("http://") else {
                 self.err(
@@ -294,7 +294,7 @@ impl Validator {
             .and_then(|d| self.duration(path, "stale_if_error", d))
             .unwrap_or(Duration::ZERO);
 
-        let format = match raw.format.as_ref().map(|f| (f.trim(), f)) {
+        let format = match raw.format.as_ref().map(|f| (f.as_str(), f)) {
             None | Some(("string", _)) => CacheFormat::String,
             Some(("hash", _)) => CacheFormat::Hash,
             Some((other, f)) => {
@@ -308,7 +308,7 @@ impl Validator {
 
         let mut related = Vec::new();
         for r in raw.related.iter().flatten() {
-            let t = r.trim();
+            let t = r.as_str();
             let l = loc(path, r.span());
             if !t.contains("{id}") {
                 self.err(
@@ -339,7 +339,7 @@ impl Validator {
                 .unwrap_or(DEFAULT_MAX_VALUE_BYTES),
         };
 
-        let write = match raw.write.as_ref().map(|w| (w.trim(), w)) {
+        let write = match raw.write.as_ref().map(|w| (w.as_str(), w)) {
             None | Some(("cache", _)) => WriteMode::Cache,
             Some(("through", _)) => WriteMode::Through,
             Some(("behind", _)) => WriteMode::Behind,
@@ -361,7 +361,7 @@ impl Validator {
                 &w,
                 format!(
                     "`write: {}` needs an `origin` to write to",
-                    raw.write.as_ref().map(|w| w.trim()).unwrap_or("")
+                    raw.write.as_ref().map(|w| w.as_str()).unwrap_or("")
                 ),
             );
         }
@@ -420,7 +420,7 @@ impl Validator {
                 format!(
                     "rule `{rule}`: `refresh_lease` is shorter than `origin_timeout` ({}): a slow \
                      fill loses its lease and a second caller fetches the same id",
-                    humantime::format_duration(origin_timeout)
+                    super::duration::format(origin_timeout)
                 ),
             );
         }
@@ -482,7 +482,7 @@ impl Validator {
                 max_age,
             }
         });
-        let on_redis_error = match raw.on_redis_error.as_ref().map(|v| (v.trim(), v)) {
+        let on_redis_error = match raw.on_redis_error.as_ref().map(|v| (v.as_str(), v)) {
             None | Some(("fail", _)) => CacheOnRedisError::Fail,
             Some(("origin", v)) => {
                 let l = loc(path, v.span());

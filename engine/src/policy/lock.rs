@@ -43,7 +43,7 @@ pub struct Lock {
 }
 
 /// Semaphores keep one sorted-set member per permit; more than this is a counter's job.
-const MAX_PERMITS: u64 = 10_000;
+pub(super) const MAX_PERMITS: u64 = 10_000;
 
 impl Validator {
     pub(super) fn lock(

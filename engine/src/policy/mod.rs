@@ -11,6 +11,7 @@ pub mod duration;
 pub mod ir;
 pub mod lock;
 mod raw;
+pub mod schema;
 pub mod session;
 mod validate;
 
@@ -87,8 +88,7 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Loaded, Diagnostics
 
 /// The JSON Schema of a policy file, for editors (`patternd schema`).
 pub fn json_schema() -> serde_json::Value {
-    let schema = schemars::schema_for!(raw::RawPolicyFile);
-    serde_json::to_value(schema).unwrap_or_default()
+    schema::json_schema()
 }
 
 #[cfg(test)]

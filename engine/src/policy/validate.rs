@@ -21,7 +21,7 @@ use super::raw::{RawLimit, RawRateLimit, RawRule};
 
 /// Limits above this are refused: Lua numbers are doubles, exact only up to 2^53, and no real
 /// policy counts this high per window.
-const MAX_LIMIT: i64 = 1_000_000_000_000;
+pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
 /// sliding_log keeps one sorted-set entry per admitted unit; past this, warn about memory.
@@ -149,6 +149,17 @@ impl Validator {
         at: Location,
         body: &Node,
     ) -> Option<Rule> {
+        let mut nulls = Vec::new();
+        find_nulls(body, "", &mut nulls);
+        for (field, span) in &nulls {
+            self.err(
+                &loc(path, span),
+                format!("rule `{name}`: `{field}` is null; give it a value or leave it out"),
+            );
+        }
+        if !nulls.is_empty() {
+            return None;
+        }
         let raw: RawRule = match marked_yaml::from_node(body) {
             Ok(r) => r,
             Err(e) => {
@@ -207,7 +218,7 @@ impl Validator {
         } else if let Some(l) = &raw.lock {
             RuleKind::Lock(self.lock(path, name, l, body)?)
         } else if let Some(ops) = &raw.ops {
-            let (plugin, op) = (ops.plugin.trim(), ops.op.trim());
+            let (plugin, op) = (ops.plugin.as_str(), ops.op.as_str());
             if plugin.is_empty() || op.is_empty() {
                 self.err(&loc(path, ops.span()), "`ops` needs `plugin` and `op`");
                 return None;
@@ -346,7 +357,7 @@ impl Validator {
         let id_from = match &rl.id_from {
             None => None,
             Some(f) => {
-                let h = f.header.trim();
+                let h = f.header.as_str();
                 if h.is_empty() || !h.bytes().all(is_header_char) {
                     self.err(
                         &loc(path, f.header.span()),
@@ -387,7 +398,7 @@ impl Validator {
         p: &Spanned<super::raw::RawPluginRef>,
         body: &Node,
     ) -> PluginRef {
-        let name = p.name.trim().to_string();
+        let name = p.name.as_str().to_string();
         if name.is_empty() {
             self.err(&loc(path, p.name.span()), "`plugin.name` must not be empty");
         }
@@ -425,7 +436,7 @@ impl Validator {
         let headers = p.headers.as_ref().map(|list| {
             let mut headers: Vec<String> = Vec::with_capacity(list.len());
             for h in list {
-                let name = h.trim().to_ascii_lowercase();
+                let name = h.to_ascii_lowercase();
                 if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                     self.err(
                         &loc(path, h.span()),
@@ -605,13 +616,6 @@ impl Validator {
             }
             Ok(d) if d > MAX_WINDOW => {
                 self.err(&l, format!("`{field}` must be at most 366d"));
-                None
-            }
-            Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
-                self.err(
-                    &l,
-                    format!("`{field}` must be a whole number of milliseconds"),
-                );
                 None
             }
             Ok(d) => Some(d),
@@ -809,6 +813,40 @@ fn node_to_json(node: &Node) -> serde_json::Value {
                 .map(|(k, v)| (k.as_str().to_string(), node_to_json(v)))
                 .collect(),
         ),
+    }
+}
+
+/// Fields written as `null`, `~` or nothing. A policy field is given or left out: serde would
+/// read `null` as the text "null" in a string field and fail with "invalid type" elsewhere,
+/// and the JSON Schema refuses null everywhere. `config` (a plugin's free YAML) may hold any.
+fn find_nulls<'a>(node: &'a Node, key: &'a str, out: &mut Vec<(&'a str, &'a marked_yaml::Span)>) {
+    let is_null = |n: &Node| {
+        matches!(n, Node::Scalar(s) if s.may_coerce()
+            && matches!(s.as_str(), "~" | "null" | "Null" | "NULL" | ""))
+    };
+    match node {
+        Node::Mapping(m) => {
+            for (k, v) in m.iter() {
+                if k.as_str() == "config" {
+                    continue;
+                }
+                if is_null(v) {
+                    out.push((k.as_str(), v.span()));
+                } else {
+                    find_nulls(v, k.as_str(), out);
+                }
+            }
+        }
+        Node::Sequence(seq) => {
+            for v in seq.iter() {
+                if is_null(v) {
+                    out.push((key, v.span()));
+                } else {
+                    find_nulls(v, key, out);
+                }
+            }
+        }
+        Node::Scalar(_) => {}
     }
 }
 
