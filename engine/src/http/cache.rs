@@ -266,15 +266,16 @@ struct DeleteResponse {
     pending: i64,
 }
 
-#[utoipa::path(get, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+#[utoipa::path(get, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_get",
     description = "Cache-aside read: the cached value, or the origin's (stored). `Cache-Status` \
         (RFC 9211) says hit, miss and stored, stale, or collapsed; `detail=redis-unavailable` when \
         Redis could not be asked and the rule's `on_redis_error: origin` served the origin's answer.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
         ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return")),
     responses(
-        (status = 200, description = "The value, with the origin's content type",
-            headers(("Cache-Status" = String))),
+        (status = 200, description = "The value, with the origin's content type (or the one it was PUT with); `format: hash`: a JSON object",
+            body = String, content_type = "*/*",
+            headers(("Cache-Status" = String, description = "RFC 9211: hit, miss and stored, stale, collapsed…"))),
         (status = 400, description = "Bad input", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such value (or unknown app/rule); an origin 404 is cached for negative_ttl",
             body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -287,7 +288,7 @@ struct DeleteResponse {
 #[allow(dead_code)]
 fn doc_get() {}
 
-#[utoipa::path(delete, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+#[utoipa::path(delete, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_delete",
     description = "Drops the value, the values of the rule's `related` ids, and their refresh leases, atomically. `write: behind`: a value whose newest write is still in the journal is kept (counted in `pending`) until the write reaches the origin, because the origin's copy is older until then.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
     responses(
@@ -298,7 +299,7 @@ fn doc_get() {}
 #[allow(dead_code)]
 fn doc_delete() {}
 
-#[utoipa::path(post, path = "/v1/cache/{app}/{rule}/_invalidate", tag = "cache",
+#[utoipa::path(post, path = "/v1/cache/{app}/{rule}/_invalidate", tag = "cache", operation_id = "cache_invalidate",
     description = "Invalidates every value carrying any of the tags (from the origin's Cache-Tag/Surrogate-Key, \
         a PUT's Cache-Tag, or the plugin). O(tags) work: tag versions are bumped.",
     params(("app" = String, Path), ("rule" = String, Path)),

@@ -521,7 +521,7 @@ pub struct PutAccepted {
     journal_id: String,
 }
 
-#[utoipa::path(put, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+#[utoipa::path(put, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_put",
     description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx; `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`). A rule's cache plugin runs for writes too: the value lands on the plugin's key with its TTL and tags; the origin gets the client's id's URL. Plugin bypass: `write: through` writes the origin only (204); other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path, description = "1 to 512 bytes"),
         ("Cache-Tag" = Option<String>, Header, description = "tags, comma- or space-separated")),
@@ -539,13 +539,14 @@ pub struct PutAccepted {
     ))]
 fn put_doc() {}
 
-#[utoipa::path(patch, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
+#[utoipa::path(patch, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_patch",
     description = "Updates top-level members of a `format: hash` value (a JSON object; `null` deletes a member, as JSON Merge Patch at the top level). The value becomes fresh again and keeps its tags. `write: through` PATCHes the origin first; `write: behind` journals the whole resulting object (delivered as a PUT). A value that is not cached (absent, a cached 404, or invalidated) answers 404, except with `write: through`, where the origin took the patch (204). A rule's cache plugin chooses the key (and TTL) as for PUT; bypass: `write: through` PATCHes the origin only (204), other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
     request_body(content = Object, content_type = "application/json"),
     responses(
-        (status = 200, description = "The whole object after the patch", content_type = "application/json"),
-        (status = 202, description = "write: behind: the object after the patch, journaled (header Patternd-Journal-Id)", content_type = "application/json"),
+        (status = 200, description = "The whole object after the patch", body = Object, content_type = "application/json"),
+        (status = 202, description = "write: behind: the object after the patch, journaled", body = Object, content_type = "application/json",
+            headers(("Patternd-Journal-Id" = String, description = "The journal entry that carries the write to the origin"))),
         (status = 204, description = "write: through: the origin accepted; the id was not cached"),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule, or no cached value to patch", body = Problem, content_type = "application/problem+json"),
@@ -558,7 +559,7 @@ fn put_doc() {}
     ))]
 fn patch_doc() {}
 
-#[utoipa::path(get, path = "/admin/cache/{app}/{rule}/dead-letters", tag = "admin",
+#[utoipa::path(get, path = "/admin/cache/{app}/{rule}/dead-letters", tag = "admin", operation_id = "cache_dead_letters",
     description = "Write-behind entries that failed `max_attempts` deliveries, oldest first, without payloads. Bearer token, or loopback only without one.",
     params(("app" = String, Path), ("rule" = String, Path),
         ("count" = Option<u64>, Query, description = "page size, 1-1000 (default 100)"),
@@ -572,7 +573,7 @@ fn patch_doc() {}
     ))]
 fn dead_letters_doc() {}
 
-#[utoipa::path(post, path = "/admin/cache/{app}/{rule}/dead-letters/replay", tag = "admin",
+#[utoipa::path(post, path = "/admin/cache/{app}/{rule}/dead-letters/replay", tag = "admin", operation_id = "cache_dead_letters_replay",
     description = "Moves dead letters back into the journal, atomically (each entry is in exactly one of the two streams); the flusher then delivers them like new writes. A replayed write that a newer write of the same id superseded is acknowledged without reaching the origin. Bearer token, or loopback only without one.",
     params(("app" = String, Path), ("rule" = String, Path)),
     request_body(content = Option<ReplayRequest>, content_type = "application/json"),

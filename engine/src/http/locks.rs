@@ -227,10 +227,10 @@ mod doc {
         released: bool,
     }
 
-    #[utoipa::path(post, path = "/v1/locks/{app}/{rule}/{resource}", tag = "locks",
+    #[utoipa::path(post, path = "/v1/locks/{app}/{rule}/{resource}", tag = "locks", operation_id = "lock_acquire",
         description = "Acquires the lock (or one permit of a semaphore rule), waiting up to `wait_ms` with jittered backoff.",
         params(("app" = String, Path), ("rule" = String, Path), ("resource" = String, Path)),
-        request_body = LockAcquire,
+        request_body(content = Option<LockAcquire>, description = "Optional: an empty body takes the rule's defaults", content_type = "application/json"),
         responses(
             (status = 200, body = LockLease),
             (status = 409, description = "Still held after waiting", body = Problem, content_type = "application/problem+json",
@@ -239,18 +239,18 @@ mod doc {
             (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json")))]
     pub fn acquire() {}
 
-    #[utoipa::path(delete, path = "/v1/locks/{app}/{rule}/{resource}", tag = "locks",
+    #[utoipa::path(delete, path = "/v1/locks/{app}/{rule}/{resource}", tag = "locks", operation_id = "lock_release",
         description = "Releases the lease of `token`. Only the holder can; releasing the same token again answers `released: false`.",
         params(("app" = String, Path), ("rule" = String, Path), ("resource" = String, Path),
             ("token" = Option<String>, Query, description = "the token, for clients that cannot send a DELETE body")),
-        request_body = LockRelease,
+        request_body(content = Option<LockRelease>, description = "The token, unless it is given as `?token=`", content_type = "application/json"),
         responses(
             (status = 200, body = LockReleased),
             (status = 409, description = "The token does not hold the lock (wrong token, or its lease lapsed)", body = Problem, content_type = "application/problem+json"),
             (status = 400, body = Problem, content_type = "application/problem+json")))]
     pub fn release() {}
 
-    #[utoipa::path(post, path = "/v1/locks/{app}/{rule}/{resource}/extend", tag = "locks",
+    #[utoipa::path(post, path = "/v1/locks/{app}/{rule}/{resource}/extend", tag = "locks", operation_id = "lock_extend",
         description = "Extends the lease of `token`; only the current holder can.",
         params(("app" = String, Path), ("rule" = String, Path), ("resource" = String, Path)),
         request_body = LockExtend,

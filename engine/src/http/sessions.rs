@@ -363,17 +363,17 @@ mod doc {
         destroyed: u64,
     }
 
-    #[utoipa::path(post, path = "/v1/sessions/{app}/{rule}", tag = "sessions",
+    #[utoipa::path(post, path = "/v1/sessions/{app}/{rule}", tag = "sessions", operation_id = "session_create",
         description = "Creates a session. With `max_per_user`, the user's oldest sessions beyond it are destroyed.",
         params(("app" = String, Path), ("rule" = String, Path)),
         request_body = SessionCreate,
         responses(
-            (status = 201, body = SessionCreated, headers(("Location" = String))),
+            (status = 201, body = SessionCreated, headers(("Location" = String, description = "The new session's URL"))),
             (status = 400, body = Problem, content_type = "application/problem+json"),
             (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json")))]
     pub fn create() {}
 
-    #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions",
+    #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions", operation_id = "session_read",
         description = "Reads a session and slides its idle expiry (never past its absolute lifetime). A rule's plugin may reject the session (403).",
         params(("app" = String, Path), ("rule" = String, Path), ("sid" = String, Path)),
         responses(
@@ -382,7 +382,7 @@ mod doc {
             (status = 404, description = "Unknown, expired or destroyed session (or a malformed id)", body = Problem, content_type = "application/problem+json")))]
     pub fn read() {}
 
-    #[utoipa::path(patch, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions",
+    #[utoipa::path(patch, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions", operation_id = "session_patch",
         description = "Merges fields into a live session; `null` deletes a field. A session that is gone stays gone: nothing is written.",
         params(("app" = String, Path), ("rule" = String, Path), ("sid" = String, Path)),
         request_body = SessionPatch,
@@ -392,25 +392,25 @@ mod doc {
             (status = 404, body = Problem, content_type = "application/problem+json")))]
     pub fn patch() {}
 
-    #[utoipa::path(delete, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions",
+    #[utoipa::path(delete, path = "/v1/sessions/{app}/{rule}/{sid}", tag = "sessions", operation_id = "session_destroy",
         params(("app" = String, Path), ("rule" = String, Path), ("sid" = String, Path)),
         responses((status = 200, body = SessionDestroyed)))]
     pub fn destroy() {}
 
-    #[utoipa::path(post, path = "/v1/sessions/{app}/{rule}/{sid}/rotate", tag = "sessions",
+    #[utoipa::path(post, path = "/v1/sessions/{app}/{rule}/{sid}/rotate", tag = "sessions", operation_id = "session_rotate",
         description = "Moves the session to a new id (same user, data and absolute lifetime); the old id is dead at once.",
         params(("app" = String, Path), ("rule" = String, Path), ("sid" = String, Path)),
         responses(
-            (status = 200, body = SessionCreated),
+            (status = 200, body = SessionCreated, headers(("Location" = String, description = "The session's new URL"))),
             (status = 404, body = Problem, content_type = "application/problem+json")))]
     pub fn rotate() {}
 
-    #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions",
+    #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions", operation_id = "session_list_user",
         params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
         responses((status = 200, body = SessionList)))]
     pub fn list() {}
 
-    #[utoipa::path(delete, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions",
+    #[utoipa::path(delete, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions", operation_id = "session_logout_user",
         description = "Logs the user out everywhere: every session of the user dies in one atomic call.",
         params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
         responses((status = 200, body = SessionsLoggedOut)))]
