@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod http;
+pub mod metrics;
 pub mod patterns;
 pub mod plugin;
 pub mod policy;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use patternd::http::{AppState, router};
 use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
@@ -181,18 +181,14 @@ fn compile_cmd(src: &Sources) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The recorder, set up from `patternd::metrics::ALL` (buckets, HELP, series known at start).
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("patternd_redis_seconds".into()),
-            &[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0,
-            ],
-        )
+    let handle = patternd::metrics::prometheus_builder()
         .context("metrics buckets")?
         .install_recorder()
-        .context("could not install the metrics recorder")
+        .context("could not install the metrics recorder")?;
+    patternd::metrics::describe_and_register_globals();
+    Ok(handle)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -103,6 +103,11 @@ impl Snapshot {
                         .map(|(b, p)| (p.name.clone(), b));
                     match CacheRule::new(&c.rule, spec, cc, &c.keys, binding) {
                         Ok(rule) => {
+                            crate::metrics::register_cache_rule(
+                                &c.rule.app,
+                                &c.rule.name,
+                                spec.write,
+                            );
                             caches
                                 .entry(c.rule.app.clone())
                                 .or_default()
