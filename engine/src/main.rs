@@ -78,7 +78,7 @@ struct ServeArgs {
     #[arg(long, env = "PATTERND_REDIS_POOL")]
     redis_pool: Option<usize>,
     /// Bound on every Redis command; past it, the rule's on_redis_error decides.
-    #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = patternd::policy::duration::parse)]
     redis_timeout: Duration,
 }
 

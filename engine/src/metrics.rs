@@ -311,7 +311,8 @@ pub fn describe_and_register_globals() {
     }
     for p in LOST_GRANT_PATTERNS {
         for o in LOST_GRANT_OUTCOMES {
-            let _ = metrics::counter!("patternd_lost_grants_total", "pattern" => *p, "outcome" => *o);
+            let _ =
+                metrics::counter!("patternd_lost_grants_total", "pattern" => *p, "outcome" => *o);
         }
     }
     metrics::gauge!("patternd_near_cache_live").set(0.0);

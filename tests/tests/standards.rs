@@ -20,11 +20,11 @@ use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "std-admin-token";
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn workspace_root() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("workspace root")
-        .to_path_buf()
+        .context("no workspace root")?
+        .to_path_buf())
 }
 
 /// Runs `python3 -c <script>` with `stdin`; fails with `install` when `module` is missing.
@@ -98,7 +98,7 @@ async fn serve() -> Result<Served> {
     let origin = Origin::start().await?;
     let policies = policy_dir(&[("std.yaml", &policy(&origin.template()))])?;
     let plugins = TempDir::new("plugins")?;
-    let quota = workspace_root().join("plugins/examples/quota/quota.lua");
+    let quota = workspace_root()?.join("plugins/examples/quota/quota.lua");
     std::fs::copy(&quota, plugins.path().join("quota.lua"))
         .with_context(|| format!("copying {}", quota.display()))?;
     let plugins_arg = plugins.path().to_string_lossy().into_owned();
@@ -367,16 +367,16 @@ fn assert_documented(doc: &Value, op: &Value, what: &str, r: &patternd_e2e::Repl
     }
 }
 
-fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+fn operations(doc: &Value) -> Result<Vec<(String, String, Value)>> {
     let mut ops = Vec::new();
-    for (path, item) in doc["paths"].as_object().expect("paths") {
-        for (method, op) in item.as_object().expect("path item") {
+    for (path, item) in doc["paths"].as_object().context("no paths")? {
+        for (method, op) in item.as_object().context("a path item is not an object")? {
             if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
                 ops.push((method.clone(), path.clone(), op.clone()));
             }
         }
     }
-    ops
+    Ok(ops)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,7 +384,7 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
     let s = serve().await?;
     let p = &s.patternd;
     let doc = p.get("/openapi.json").await?.json;
-    let ops = operations(&doc);
+    let ops = operations(&doc)?;
     assert!(ops.len() >= 27, "{} operations", ops.len());
     let mut ids = BTreeSet::new();
     for (method, path, op) in &ops {
@@ -449,12 +449,14 @@ async fn every_documented_operation_answers_as_documented() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// The README's metrics table: name → (type, label → documented values).
-fn readme_metrics() -> BTreeMap<String, (String, BTreeMap<String, Vec<String>>)> {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+type Documented = BTreeMap<String, (String, BTreeMap<String, Vec<String>>)>;
+
+fn readme_metrics() -> Result<Documented> {
+    let readme = std::fs::read_to_string(workspace_root()?.join("README.md"))?;
     let section = readme
         .split("\n## Metrics\n")
         .nth(1)
-        .expect("a Metrics section")
+        .context("README has no Metrics section")?
         .split("\n## ")
         .next()
         .unwrap_or_default();
@@ -491,7 +493,7 @@ fn readme_metrics() -> BTreeMap<String, (String, BTreeMap<String, Vec<String>>)>
         }
         out.insert(name, (kind, labels));
     }
-    out
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -541,7 +543,7 @@ async fn metrics_pass_promtool_and_every_documented_series_is_there_from_the_sta
             "{name} is a summary: summaries cannot be aggregated across replicas"
         );
     }
-    let documented = readme_metrics();
+    let documented = readme_metrics()?;
     assert!(documented.len() >= 15, "{documented:?}");
     for (name, (kind, labels)) in &documented {
         assert_eq!(
@@ -947,7 +949,7 @@ fn check_verdict(dir: &TempDir, doc: &Value) -> Result<(bool, String)> {
     if !plugins.exists() {
         std::fs::create_dir(&plugins)?;
         std::fs::copy(
-            workspace_root().join("plugins/examples/quota/quota.lua"),
+            workspace_root()?.join("plugins/examples/quota/quota.lua"),
             plugins.join("quota.lua"),
         )?;
     }
