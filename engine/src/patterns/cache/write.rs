@@ -96,9 +96,12 @@ impl WriteError {
 pub enum CacheLeft {
     /// What it held before the write.
     Unchanged,
-    /// No value for the id: the origin may have applied the write (or Redis failed to put
-    /// the old value back), so the old value is never served again; reads go to the origin.
+    /// No value for the id: the origin may have applied the write, so the old value is
+    /// never served again; reads go to the origin.
     Dropped,
+    /// The origin did not apply the write, but Redis failed to put the set-aside value back:
+    /// reads go to the origin.
+    NotRestored,
 }
 
 impl std::fmt::Display for CacheLeft {
@@ -108,6 +111,9 @@ impl std::fmt::Display for CacheLeft {
             CacheLeft::Dropped => {
                 "the origin may have applied it, so the cached value was dropped and reads go \
                  to the origin"
+            }
+            CacheLeft::NotRestored => {
+                "the cached value could not be put back (Redis failed), so reads go to the origin"
             }
         })
     }
@@ -330,6 +336,7 @@ impl CacheRule {
                 &marker_ms,
                 Method::PUT,
                 req.id,
+                &key_id,
                 content_type,
                 req.body.clone(),
             )
@@ -378,7 +385,7 @@ impl CacheRule {
         let reply: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await
         {
             Ok(r) => r,
-            Err(e) if through => return Ok(self.cache_unconfirmed(req.id, &e)),
+            Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
             Err(e) => return Err(e.into()),
         };
         self.forget(&key_id);
@@ -461,6 +468,7 @@ impl CacheRule {
                     &marker_ms,
                     Method::PATCH,
                     id,
+                    &key_id,
                     patch_ct,
                     body.clone(),
                 )
@@ -494,7 +502,7 @@ impl CacheRule {
         let reply: Vec<redis::Value> =
             match store.eval(&self.scripts.write.patch, &keys, &args).await {
                 Ok(r) => r,
-                Err(e) if through => return Ok(self.cache_unconfirmed(id, &e)),
+                Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
                 Err(e) => return Err(e.into()),
             };
         self.forget(&key_id);
@@ -529,6 +537,7 @@ impl CacheRule {
         marker_ms: &str,
         method: Method,
         id: &str,
+        key_id: &str,
         content_type: &str,
         body: Bytes,
     ) -> Result<(), WriteError> {
@@ -543,6 +552,7 @@ impl CacheRule {
             Ok(()) => return Ok(()),
             Err(f) => f,
         };
+        self.forget(key_id);
         let restore = failure.not_applied();
         let how: &[u8] = if restore { b"restore" } else { b"drop" };
         let cache = match store
@@ -558,8 +568,12 @@ impl CacheRule {
             Err(e) => {
                 // The value stays set aside, never served; the marker lapses and reads fill
                 // from the origin.
-                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not restore a value after a refused write-through");
-                CacheLeft::Dropped
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not end a failed write-through in Redis");
+                if restore {
+                    CacheLeft::NotRestored
+                } else {
+                    CacheLeft::Dropped
+                }
             }
         };
         Err(failure.into_error(cache))
@@ -569,6 +583,7 @@ impl CacheRule {
     /// answer says the origin has the write. The value the write replaced was set aside
     /// before the origin call and is not served again.
     fn cache_unconfirmed(&self, id: &str, e: &StoreError) -> WriteOutcome {
+        self.forget(id);
         tracing::warn!(app = %self.app, rule = %self.rule, id = %id, error = %e, "write-through: the origin took the write, storing it in Redis failed; reads go to the origin");
         WriteOutcome {
             cache_unconfirmed: true,
