@@ -163,9 +163,17 @@ async fn one_slow_command_does_not_open_the_breaker_but_a_stall_does() -> Result
     let r = p.check("brk", "closed", "one", 1).await?;
     assert_eq!((r.status, r.degraded()), (200, false), "{r:?}");
     let m = metrics(p).await?;
-    assert_eq!(value(&m, "patternd_redis_errors_total", &[("kind", "timeout")]), 1.0, "{m}");
     assert_eq!(
-        value(&m, "patternd_redis_errors_total", &[("kind", "circuit_open")]),
+        value(&m, "patternd_redis_errors_total", &[("kind", "timeout")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "patternd_redis_errors_total",
+            &[("kind", "circuit_open")]
+        ),
         0.0,
         "{m}"
     );
@@ -246,7 +254,11 @@ async fn a_key_of_another_type_is_a_named_problem_not_an_outage() -> Result<()> 
     }
     // Other ids of the rule are untouched.
     let r = p.check("brk", "open", "bystander", 1).await?;
-    assert_eq!((r.status, r.remaining(), r.degraded()), (200, 998, false), "{r:?}");
+    assert_eq!(
+        (r.status, r.remaining(), r.degraded()),
+        (200, 998, false),
+        "{r:?}"
+    );
 
     // The same answer from the other patterns, through the one mapping.
     let r = p.post_json("/v1/locks/brk/door/gate", &json!({})).await?;
@@ -289,10 +301,7 @@ async fn a_key_of_another_type_is_a_named_problem_not_an_outage() -> Result<()> 
             .filter(|l| l.contains("WRONGTYPE") && l.contains(ns))
             .count()
     };
-    assert!(
-        (1..=2).contains(&lines("brk:ratelimit:open:")),
-        "{log}"
-    );
+    assert!((1..=2).contains(&lines("brk:ratelimit:open:")), "{log}");
     assert_eq!(lines("brk:lock:door:"), 1, "{log}");
     Ok(())
 }

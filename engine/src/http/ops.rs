@@ -91,7 +91,9 @@ pub(super) async fn call(
                 e.detail().unwrap_or("bad arguments")
             )))
         }
-        Err(OpError::Store(e)) if e.is_unavailable() || matches!(e, StoreError::WrongType { .. }) => {
+        Err(OpError::Store(e))
+            if e.is_unavailable() || matches!(e, StoreError::WrongType { .. }) =>
+        {
             Err(e.into())
         }
         Err(OpError::Store(e)) => Err(ApiError::Internal(format!(

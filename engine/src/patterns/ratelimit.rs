@@ -320,7 +320,12 @@ impl RateLimiter {
         }
     }
 
-    async fn check_fixed(&self, store: &Store, id: &str, cost: u64) -> Result<Decision, CheckError> {
+    async fn check_fixed(
+        &self,
+        store: &Store,
+        id: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
         let Some(fixed) = &self.fixed else {
             return Ok(self.degraded());
         };

@@ -82,9 +82,7 @@ impl StoreError {
     fn is_connection_failure(&self) -> bool {
         match self {
             StoreError::Timeout(_) => true,
-            StoreError::Redis(e) => {
-                e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
-            }
+            StoreError::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
             _ => false,
         }
     }
@@ -345,10 +343,9 @@ impl Inner {
             let first: Result<String, _> = self.query(&ping, &mut conn).await;
             let ok = match first {
                 Ok(_) => true,
-                Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => self
-                    .query::<String>(&ping, &mut conn)
-                    .await
-                    .is_ok(),
+                Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => {
+                    self.query::<String>(&ping, &mut conn).await.is_ok()
+                }
                 Err(_) => false,
             };
             if !ok {
@@ -438,7 +435,10 @@ impl Breaker {
                 .and_then(|mut t| t.take())
                 .map(|t| t.elapsed());
             transition("closed");
-            tracing::info!(?outage, "Redis breaker closed: Redis answers requests again");
+            tracing::info!(
+                ?outage,
+                "Redis breaker closed: Redis answers requests again"
+            );
         }
     }
 
@@ -582,7 +582,10 @@ mod tests {
         let wrongtype = server("WRONGTYPE Operation against a key holding the wrong kind of value");
         assert!(!wrongtype.is_unavailable());
         assert_eq!(wrongtype.kind(), "wrong_type");
-        assert!(!server("ERR user_script:1: Script attempted to access nonexistent global").is_unavailable());
+        assert!(
+            !server("ERR user_script:1: Script attempted to access nonexistent global")
+                .is_unavailable()
+        );
         let named = StoreError::WrongType {
             namespace: "shop:ratelimit:api:".into(),
         };
