@@ -254,8 +254,8 @@ impl RateLimiter {
     }
 
     /// One decision. Redis being unavailable never surfaces as an error: the rule's
-    /// `on_redis_error` decides, and the decision says it was degraded. A failing plugin falls back to the
-    /// rule's `fallback`, or is an error when there is none.
+    /// `on_redis_error` decides, and the decision says it was degraded. A failing plugin
+    /// falls back to the rule's `fallback`, or is an error when there is none.
     pub async fn check(
         &self,
         store: &Store,
