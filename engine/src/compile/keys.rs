@@ -99,6 +99,13 @@ fn escape_into(id: &str, out: &mut String) {
     }
 }
 
+/// The rule namespace a key lives under (`{app}:{pattern}:{rule}:`), or the whole key if it
+/// has no hash tag. App, pattern and rule names never contain `{`, so this is exactly the
+/// `KeySpace::prefix`; used to name a rule in errors without showing an id.
+pub fn namespace(key: &str) -> &str {
+    key.find('{').map_or(key, |open| &key[..open])
+}
+
 /// The hash tag Redis Cluster would use for `key`: the text between the first `{` and the
 /// next `}`, if non-empty. Used by tests and the admin API to prove slot locality.
 pub fn hash_tag(key: &str) -> Option<&str> {
@@ -150,6 +157,10 @@ mod tests {
         }
         // Injective: ids that differ only by escaping still get different keys.
         assert_ne!(ks.key("%7D", "0fw"), ks.key("}", "0fw"));
+        // The namespace of any id's key (and of a rule key) is the prefix, never the id.
+        for k in [ks.key("a}:0fw{", "0fw"), ks.rule_key("journal")] {
+            assert_eq!(namespace(&k), ks.prefix());
+        }
     }
 
     #[test]

@@ -61,10 +61,7 @@ fn error(e: LockError) -> ApiError {
             retry_after_ms: None,
         },
         LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
-        LockError::Store(e) if e.is_unavailable() => {
-            ApiError::NotReady(format!("Redis unavailable: {e}"))
-        }
-        LockError::Store(e) => ApiError::Internal(e.to_string()),
+        LockError::Store(e) => e.into(),
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::patterns::InputError;
 use crate::policy::Diagnostic;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -105,6 +106,32 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::PluginFailed(_) => "plugin-failed",
             ApiError::Problem { slug, .. } => slug,
+        }
+    }
+}
+
+/// Every pattern's Redis failure, mapped here once:
+/// - unavailable (down, slow, breaker open, loading, …): 503 `redis-unavailable`, nothing
+///   internal in the body (a rate-limit rule never gets here: its `on_redis_error` decides);
+/// - WRONGTYPE: 500 `redis-wrong-type`, naming the rule's key namespace. Not a 4xx: the client
+///   did nothing wrong and cannot fix it; not a 503: it is not transient, the id stays unusable
+///   until someone deletes or fixes the key. The store logs it, rate-limited per rule, so it
+///   is not logged here per request;
+/// - anything else (a script error): a bare 500, logged.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            e @ StoreError::WrongType { .. } => ApiError::Problem {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                slug: "redis-wrong-type",
+                detail: e.to_string(),
+            },
+            e if e.is_unavailable() => ApiError::Problem {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                slug: "redis-unavailable",
+                detail: "Redis is unavailable".into(),
+            },
+            e => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -201,6 +201,7 @@ async fn decide(
         Ok(d) => Ok(d),
         Err(CheckError::Input(e)) => Err(e.into()),
         Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
+        Err(CheckError::Store(e)) => Err(e.into()),
     }
 }
 
@@ -380,9 +381,6 @@ pub(super) async fn release(
             ReleaseError::NotConcurrency.to_string(),
         )),
         Err(ReleaseError::Input(e)) => Err(e.into()),
-        Err(ReleaseError::Store(e)) if e.is_unavailable() => {
-            Err(ApiError::NotReady(format!("Redis unavailable: {e}")))
-        }
-        Err(ReleaseError::Store(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(ReleaseError::Store(e)) => Err(e.into()),
     }
 }
