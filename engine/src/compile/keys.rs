@@ -20,9 +20,18 @@ pub struct KeySpace {
 
 impl KeySpace {
     pub fn new(app: &str, pattern: &str, rule: &str) -> Self {
+        // An escaped id's `%` is always followed by `25`, `7B` or `7D`, so `%<app>.<rule>` is
+        // out of every id's reach, except for an app named `25…`: `%25x.r` is what the id
+        // `%x.r` escapes to. Such apps get `%.` (no name holds a `.`); every other app keeps
+        // the tag it always had, so no existing journal or tag version moves.
+        let rule_tag = if app.starts_with("25") {
+            format!("%.{app}.{rule}")
+        } else {
+            format!("%{app}.{rule}")
+        };
         Self {
             prefix: format!("{app}:{pattern}:{rule}:"),
-            rule_tag: format!("%{app}.{rule}"),
+            rule_tag,
         }
     }
 
@@ -60,8 +69,9 @@ impl KeySpace {
     }
 
     /// A key of the rule itself rather than of one id: a journal, a tag's version.
-    /// `{app}:{pattern}:{rule}:{%<app>.<rule>}:<sub>`. No id can reach it: escaping turns every
-    /// `%` of an id into `%25`, so an escaped id never starts with `%` followed by a letter.
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>}:<sub>` (`%.<app>.<rule>` for apps named `25…`).
+    /// No id can reach it: escaping turns every `%` of an id into `%25`, so in an escaped id a
+    /// `%` is only ever followed by `25`, `7B` or `7D`.
     pub fn rule_key(&self, sub: &str) -> String {
         format!("{}{{{}}}:{sub}", self.prefix, self.rule_tag)
     }

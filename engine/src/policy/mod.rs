@@ -92,4 +92,8 @@ pub fn json_schema() -> serde_json::Value {
 }
 
 #[cfg(test)]
+mod duration_proptest;
+#[cfg(test)]
+mod load_proptest;
+#[cfg(test)]
 mod tests;
