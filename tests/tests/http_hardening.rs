@@ -1,11 +1,15 @@
 //! Holding under attack: a forged X-Forwarded-For prefix, slow clients, and errors that are
 //! problem+json on every route, hyper's own parse errors included.
 
+use std::fs::File;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{World, metric_value};
+use patternd_e2e::{
+    RedisServer, TempDir, World, free_port, metric_value, patternd_bin, policy_dir,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -195,6 +199,134 @@ async fn slow_clients_are_cut_off_and_cannot_starve_the_others() -> Result<()> {
         "{}",
         w.patternd.log()
     );
+    Ok(())
+}
+
+/// A `patternd serve` started under `prlimit`, killed on drop (its log printed on failure).
+struct Limited {
+    child: Child,
+    log: std::path::PathBuf,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Limited {
+    async fn start(
+        nofile: u32,
+        redis: &RedisServer,
+        policies: &TempDir,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let bin = patternd_bin()?;
+        let dir = TempDir::new("nofile")?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        // Another process may take the port between pick and bind: pick again.
+        for attempt in 0..5 {
+            let port = free_port()?;
+            let log = dir.path().join(format!("patternd-{attempt}.log"));
+            let mut child = Command::new("prlimit")
+                .arg(format!("--nofile={nofile}:{nofile}"))
+                .arg("--")
+                .arg(&bin)
+                .arg("serve")
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--redis", &redis.url()])
+                .arg("--policies")
+                .arg(policies.path())
+                .args(extra)
+                .env("NO_COLOR", "1")
+                .env("PATTERND_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&log)?)
+                .spawn()
+                .context("spawning prlimit")?;
+            for _ in 0..200 {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                let up = client
+                    .get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if up {
+                    return Ok(Self {
+                        child,
+                        log,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!("patternd did not start under prlimit")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- patternd log -----\n{}\n-----", self.log());
+        }
+    }
+}
+
+/// The issue's own setting: a 256-descriptor limit and more slow clients than that. Before,
+/// every descriptor went to a slow client, `accept` failed with EMFILE, and nobody else was
+/// answered until the slow clients left.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_cannot_exhaust_the_file_descriptors() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let policies = policy_dir(&[("web.yaml", XFF)])?;
+    let p = Limited::start(256, &redis, &policies, &["--header-read-timeout", "2s"]).await?;
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(("127.0.0.1", p.port)).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await?;
+        slow.push(s);
+    }
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", p.port);
+    let r = fresh.get(url("/healthz")).send().await?;
+    assert_eq!(r.status(), 200);
+    // Redis still works: a decision is made, not degraded.
+    let r = fresh
+        .post(url("/v1/ratelimit/web/edge"))
+        .json(&serde_json::json!({"id": "after-the-flood"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await?;
+    assert_eq!(body["degraded"], false, "{body}");
+    // The cap kept a quarter of the descriptors (at least 128) for everything else, said so,
+    // and said when it was reached.
+    let log = p.log();
+    assert!(
+        log.contains("max_connections=128 open_files_limit=256"),
+        "{log}"
+    );
+    assert!(
+        log.contains("connection limit reached: 128 connections open"),
+        "{log}"
+    );
+    assert!(!log.contains("accept failed"), "{log}");
+    drop(slow);
     Ok(())
 }
 
