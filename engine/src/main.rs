@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use patternd::http::{AppState, router};
+use patternd::http::{AdminToken, AppState, router, server};
 use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
 use patternd::runtime::Runtime;
@@ -80,6 +80,64 @@ struct ServeArgs {
     /// Bound on every Redis command; past it, the rule's on_redis_error decides.
     #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = humantime::parse_duration)]
     redis_timeout: Duration,
+    /// Client connections served at once (admin routes included: they share the listener);
+    /// more wait in the listen backlog. Default: three quarters of the open-files limit
+    /// (a quarter, at least 128, stays for Redis, origins and files), at most 10000.
+    #[arg(long, env = "PATTERND_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// A request head (or the next one on an idle keep-alive connection) must arrive whole
+    /// within this, or the connection is closed.
+    #[arg(long, env = "PATTERND_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_read_timeout: Duration,
+    /// A request body must arrive whole within this after its head, or the answer is 408.
+    #[arg(long, env = "PATTERND_BODY_READ_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    body_read_timeout: Duration,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--max-connections`, or the default for this process's open-files limit; logged either way.
+fn connection_cap(requested: Option<u64>) -> usize {
+    let nofile = server::open_files_limit();
+    let budget = nofile.map(server::default_max_connections);
+    match (requested, budget) {
+        (Some(n), budget) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if let (Some(b), Some(nofile)) = (budget, nofile)
+                && n > b
+            {
+                tracing::warn!(
+                    max_connections = n,
+                    open_files_limit = nofile,
+                    "--max-connections leaves fewer than {} file descriptors for Redis, origins and files; raise the open-files limit (ulimit -n) or lower it",
+                    nofile.saturating_sub(n as u64)
+                );
+            }
+            n
+        }
+        (None, Some(b)) => {
+            tracing::info!(
+                max_connections = b,
+                open_files_limit = nofile,
+                "connection cap from the open-files limit (the rest stays for Redis, origins and files)"
+            );
+            b
+        }
+        (None, None) => {
+            let b = usize::try_from(server::DEFAULT_MAX_CONNECTIONS).unwrap_or(usize::MAX);
+            tracing::info!(
+                max_connections = b,
+                "open-files limit unknown or unlimited: connection cap at the default"
+            );
+            b
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -270,21 +328,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let state = AppState {
         runtime,
-        admin_token: args.admin_token.map(Arc::from),
+        admin_token: args.admin_token.as_deref().map(AdminToken::new),
         metrics: Some(metrics),
     };
     let app = router(state);
+    let limits = server::Limits {
+        max_connections: connection_cap(args.max_connections),
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "patternd serving");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server error")?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        max_connections = limits.max_connections,
+        header_read_timeout = %humantime::format_duration(limits.header_read_timeout),
+        body_read_timeout = %humantime::format_duration(limits.body_read_timeout),
+        "patternd serving"
+    );
+    server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("shutting down");
     // Entries in flight stay pending in the journal and are taken over by the next engine.
     let _ = stop_flusher.send(true);

@@ -21,13 +21,13 @@ async fn forward_auth_get_takes_the_id_from_a_header() -> Result<()> {
     let w = World::start(&[("web.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let edge = "/v1/ratelimit/web/edge";
-    // X-Forwarded-For is `client, proxy, …`: the client address is the id, so the proxies a
-    // request went through do not change whose quota it uses.
+    // X-Forwarded-For is read from the right: the id is the address the gateway saw (its
+    // rightmost entry), whatever the client wrote to the left of it.
     for (xff, status, remaining) in [
-        ("203.0.113.7, 10.0.0.1", 200, 1),
+        ("198.51.100.9, 203.0.113.7", 200, 1),
         ("203.0.113.7", 200, 0),
-        (" 203.0.113.7 ,10.0.0.9, 10.0.0.10", 429, 0),
-        ("198.51.100.1, 203.0.113.7", 200, 1),
+        (" forged ,10.0.0.9, 203.0.113.7 ", 429, 0),
+        ("203.0.113.7, 198.51.100.1", 200, 1),
     ] {
         let r = p.get_with(edge, &[("x-forwarded-for", xff)]).await?;
         assert_eq!(

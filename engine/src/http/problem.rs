@@ -29,6 +29,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Forwarded(#[from] super::forwarded::ForwardedError),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("missing or wrong bearer token")]
@@ -77,7 +79,9 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Rejected(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BadRequest(_) | ApiError::Input(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -97,7 +101,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::Rejected(_) => "rejected",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
-            ApiError::BadRequest(_) | ApiError::Input(_) => "bad-request",
+            ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => "bad-request",
             ApiError::TooLarge(_) => "too-large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
@@ -183,4 +187,69 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// The last line of the one-place mapping: an error response that is not problem+json (an
+/// axum extractor's text/plain rejection, such as a repeated query parameter, or an empty
+/// one) becomes one, keeping its status, its text as the detail (4xx only: a 5xx leaks
+/// nothing) and its other headers (`Allow`, `Retry-After`, …). Decision bodies
+/// (`application/json`, e.g. a 429 denial) are answers, not errors, and pass unchanged.
+pub async fn plain_errors_as_problems(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.as_bytes();
+        if ct.starts_with(b"application/problem+json") || ct.starts_with(b"application/json") {
+            return resp;
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    // Rejection texts are a line or two; anything longer is not worth quoting.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let detail = match text {
+        Some(t) if status.is_client_error() => t,
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal",
+        _ => "client-error",
+    };
+    let mut out = ApiError::Problem {
+        status,
+        slug,
+        detail,
+    }
+    .into_response();
+    let mut last = None;
+    for (name, value) in parts.headers {
+        // `None` continues the previous name (a header with several values).
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value);
+        }
+    }
+    out
 }

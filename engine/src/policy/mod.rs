@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use ir::{
-    Algorithm, App, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit, Rule, RuleKind,
+    Algorithm, App, ForwardedFor, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit,
+    Rule, RuleKind,
 };
 
 /// A successful load: the policy, and the warnings a user should still read.
