@@ -79,7 +79,13 @@ async fn listen_takes_a_host_name() -> Result<()> {
 
     // Without a port, the refusal says what is expected.
     let out = Command::new(patternd_bin()?)
-        .args(["serve", "--listen", "8080", "--redis", "redis://127.0.0.1:1/"])
+        .args([
+            "serve",
+            "--listen",
+            "8080",
+            "--redis",
+            "redis://127.0.0.1:1/",
+        ])
         .arg("--policies")
         .arg(policies.path())
         .output()?;

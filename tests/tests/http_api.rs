@@ -88,9 +88,19 @@ async fn deny_status_picks_the_status_of_a_denial() -> Result<()> {
     let r = p
         .get_with(&format!("{keyed}?deny_status=403"), &[("x-api-key", "k")])
         .await?;
-    assert_eq!(r.status, 200, "an allowed request is 200 whatever deny_status: {r:?}");
-    for (q, status) in [("", 429), ("?deny_status=429", 429), ("?deny_status=403", 403), ("?deny_status=401", 401)] {
-        let r = p.get_with(&format!("{keyed}{q}"), &[("x-api-key", "k")]).await?;
+    assert_eq!(
+        r.status, 200,
+        "an allowed request is 200 whatever deny_status: {r:?}"
+    );
+    for (q, status) in [
+        ("", 429),
+        ("?deny_status=429", 429),
+        ("?deny_status=403", 403),
+        ("?deny_status=401", 401),
+    ] {
+        let r = p
+            .get_with(&format!("{keyed}{q}"), &[("x-api-key", "k")])
+            .await?;
         assert_eq!((r.status, r.allowed()), (status, false), "{q}: {r:?}");
         assert!(r.header("retry-after").is_some(), "{q}: {r:?}");
     }

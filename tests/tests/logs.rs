@@ -82,7 +82,11 @@ async fn json_log_lines_are_objects_and_policy_warnings_are_events() -> Result<(
             f["file"].as_str().is_some_and(|p| p.ends_with("logs.yaml")),
             "{warn}"
         );
-        assert_eq!((f["line"].as_u64(), f["column"].as_u64()), (Some(4), Some(24)), "{warn}");
+        assert_eq!(
+            (f["line"].as_u64(), f["column"].as_u64()),
+            (Some(4), Some(24)),
+            "{warn}"
+        );
     }
     Ok(())
 }
@@ -130,7 +134,13 @@ fn an_invalid_log_filter_is_refused_with_a_clear_message() -> Result<()> {
     for args in [
         vec!["check", dir],
         // `serve` refuses before starting anything (no Redis on port 1 is ever asked).
-        vec!["serve", "--redis", "redis://127.0.0.1:1/", "--policies", dir],
+        vec![
+            "serve",
+            "--redis",
+            "redis://127.0.0.1:1/",
+            "--policies",
+            dir,
+        ],
     ] {
         let out = run_with_log_filter("patternd=loud", &args)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -159,7 +169,12 @@ fn help_documents_the_log_settings() -> Result<()> {
             .output()?;
         assert!(out.status.success(), "{out:?}");
         let help = String::from_utf8_lossy(&out.stdout);
-        for want in ["PATTERND_LOG", "PATTERND_LOG_FORMAT", "--log-format", "json"] {
+        for want in [
+            "PATTERND_LOG",
+            "PATTERND_LOG_FORMAT",
+            "--log-format",
+            "json",
+        ] {
             assert!(help.contains(want), "{args:?} lacks {want}:\n{help}");
         }
     }
@@ -194,16 +209,20 @@ async fn redis_is_not_called_ready_before_it_answers() -> Result<()> {
 
     // When Redis comes up, the log says so once it has answered (the scripts are loaded).
     redis.restart_same_port()?;
-    eventually(Duration::from_secs(30), "the log to say Redis answers", || {
-        let log = p.log();
-        async move {
-            let events = json_lines(&log)?;
-            Ok(events
-                .iter()
-                .any(|e| level(e) == "INFO" && message(e).contains("Redis answers"))
-                .then_some(()))
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the log to say Redis answers",
+        || {
+            let log = p.log();
+            async move {
+                let events = json_lines(&log)?;
+                Ok(events
+                    .iter()
+                    .any(|e| level(e) == "INFO" && message(e).contains("Redis answers"))
+                    .then_some(()))
+            }
+        },
+    )
     .await?;
     let r = p.check("logs", "api", "u1", 1).await?;
     assert_eq!((r.status, r.degraded()), (200, false), "{r:?}");
