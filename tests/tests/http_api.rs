@@ -81,6 +81,40 @@ async fn forward_auth_get_takes_the_id_from_a_header() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn deny_status_picks_the_status_of_a_denial() -> Result<()> {
+    let w = World::start(&[("web.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let keyed = "/v1/ratelimit/web/keyed";
+    let r = p
+        .get_with(&format!("{keyed}?deny_status=403"), &[("x-api-key", "k")])
+        .await?;
+    assert_eq!(
+        r.status, 200,
+        "an allowed request is 200 whatever deny_status: {r:?}"
+    );
+    for (q, status) in [
+        ("", 429),
+        ("?deny_status=429", 429),
+        ("?deny_status=403", 403),
+        ("?deny_status=401", 401),
+    ] {
+        let r = p
+            .get_with(&format!("{keyed}{q}"), &[("x-api-key", "k")])
+            .await?;
+        assert_eq!((r.status, r.allowed()), (status, false), "{q}: {r:?}");
+        assert!(r.header("retry-after").is_some(), "{q}: {r:?}");
+    }
+    for bad in ["200", "500", "forbidden", ""] {
+        let r = p
+            .get_with(&format!("{keyed}?deny_status={bad}"), &[("x-api-key", "k")])
+            .await?;
+        r.assert_problem(400);
+        assert!(r.detail().contains("429, 403 or 401"), "{bad}: {r:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn client_errors_are_problem_json() -> Result<()> {
     let w = World::start(&[("web.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;

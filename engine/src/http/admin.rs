@@ -94,6 +94,11 @@ pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, Ap
             metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
             Err(ApiError::ReloadRejected(d.0))
         }
+        // Redis down: the running policies keep serving; say so as the outage it is.
+        Err(ReloadError::ScriptRejected(e)) if e.is_unavailable() => {
+            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
+            Err(ApiError::from(e))
+        }
         Err(e @ ReloadError::ScriptRejected(_)) => {
             metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
             Err(ApiError::Internal(e.to_string()))

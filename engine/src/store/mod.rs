@@ -398,9 +398,10 @@ impl Inner {
             let first: Result<String, _> = self.query(&ping, &mut conn, self.timeout).await;
             let ok = match first {
                 Ok(_) => true,
-                Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => {
-                    self.query::<String>(&ping, &mut conn, self.timeout).await.is_ok()
-                }
+                Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => self
+                    .query::<String>(&ping, &mut conn, self.timeout)
+                    .await
+                    .is_ok(),
                 Err(_) => false,
             };
             if !ok {
