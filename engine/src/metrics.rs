@@ -72,6 +72,7 @@ pub const CACHE_WRITE_MODES: &[&str] = &["cache", "through", "behind"];
 pub const CACHE_WRITE_RESULTS: &[&str] = &[
     "stored",
     "accepted",
+    "cache_unconfirmed",
     "too_large",
     "origin_error",
     "origin_timeout",
@@ -83,9 +84,40 @@ pub const CACHE_WRITE_RESULTS: &[&str] = &[
     "plugin_failed",
     "redis_error",
 ];
+pub const REDIS_ERROR_KINDS: &[&str] = &[
+    "connection",
+    "timeout",
+    "circuit_open",
+    "unavailable",
+    "wrong_type",
+    "noscript",
+    "other",
+];
+pub const BREAKER_STATES: &[&str] = &["open", "half_open", "closed"];
 pub const CACHE_FLUSH_RESULTS: &[&str] = &["delivered", "failed", "coalesced", "dead_lettered"];
 
 pub const ALL: &[Metric] = &[
+    Metric {
+        name: "patternd_http_connections",
+        kind: Kind::Gauge,
+        help: "Open client connections.",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_http_connection_limit_waits_total",
+        kind: Kind::Counter,
+        help: "Accepts that waited because --max-connections connections were open.",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_http_header_timeouts_total",
+        kind: Kind::Counter,
+        help: "Connections closed for want of a complete request head within the header read timeout.",
+        labels: &[],
+        buckets: &[],
+    },
     Metric {
         name: "patternd_decisions_total",
         kind: Kind::Counter,
@@ -104,6 +136,27 @@ pub const ALL: &[Metric] = &[
         help: "Redis round trips (one script call each), in seconds.",
         labels: &[],
         buckets: REDIS_BUCKETS,
+    },
+    Metric {
+        name: "patternd_redis_errors_total",
+        kind: Kind::Counter,
+        help: "Failed Redis calls, by kind (circuit_open: refused by the breaker, not sent).",
+        labels: &[("kind", REDIS_ERROR_KINDS)],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_redis_breaker_open",
+        kind: Kind::Gauge,
+        help: "1 while the Redis circuit breaker is open, else 0.",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_redis_breaker_transitions_total",
+        kind: Kind::Counter,
+        help: "Redis circuit breaker state changes, by the state entered.",
+        labels: &[("to", BREAKER_STATES)],
+        buckets: &[],
     },
     Metric {
         name: "patternd_script_reloads_total",
@@ -317,6 +370,17 @@ pub fn describe_and_register_globals() {
     }
     metrics::gauge!("patternd_near_cache_live").set(0.0);
     let _ = metrics::counter!("patternd_near_cache_invalidations_total");
+    for k in REDIS_ERROR_KINDS {
+        let _ = metrics::counter!("patternd_redis_errors_total", "kind" => *k);
+    }
+    for t in BREAKER_STATES {
+        let _ = metrics::counter!("patternd_redis_breaker_transitions_total", "to" => *t);
+    }
+    // The listener and the breaker set these as they run; until then, 0 is the truth.
+    metrics::gauge!("patternd_http_connections").set(0.0);
+    let _ = metrics::counter!("patternd_http_connection_limit_waits_total");
+    let _ = metrics::counter!("patternd_http_header_timeouts_total");
+    metrics::gauge!("patternd_redis_breaker_open").set(0.0);
 }
 
 /// A cache rule's series that its runtime creates only on first use, at zero, when the

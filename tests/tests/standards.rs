@@ -840,6 +840,35 @@ fn cases() -> Vec<(&'static str, Value, bool)> {
             false,
         ),
         (
+            "trusted_hops with X-Forwarded-For",
+            rl(json!({"id_from": {"header": "x-forwarded-for", "trusted_hops": 2}})),
+            true,
+        ),
+        (
+            "trusted_hops with another header",
+            rl(json!({"id_from": {"header": "X-Api-Key", "trusted_hops": 2}})),
+            false,
+        ),
+        (
+            "trusted_hops over 32",
+            rl(json!({"id_from": {"header": "X-Forwarded-For", "trusted_hops": 33}})),
+            false,
+        ),
+        (
+            "trusted_hops and trusted_proxies",
+            rl(
+                json!({"id_from": {"header": "X-Forwarded-For", "trusted_hops": 1, "trusted_proxies": ["10.0.0.0/8"]}}),
+            ),
+            false,
+        ),
+        (
+            "trusted_proxies ok",
+            rl(
+                json!({"id_from": {"header": "X-Forwarded-For", "trusted_proxies": ["10.0.0.0/8", "::1"]}}),
+            ),
+            true,
+        ),
+        (
             "ops ok",
             doc_with(json!({"ops": {"plugin": "quota", "op": "daily-quota"}})),
             true,
@@ -903,6 +932,12 @@ fn loader_only() -> Vec<(&'static str, Value)> {
         (
             "a duration too large to add up",
             rl(json!({"window": "99999999999999999999d"})),
+        ),
+        (
+            "trusted_proxies not an address",
+            rl(
+                json!({"id_from": {"header": "X-Forwarded-For", "trusted_proxies": ["proxy.local"]}}),
+            ),
         ),
         (
             "max_ttl shorter than ttl",

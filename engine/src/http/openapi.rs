@@ -284,7 +284,7 @@ fn complete(doc: &mut Value) {
         "RateLimit-Policy": header("Every limit of the rule (IETF httpapi RateLimit header draft): `\"name\";q=<quota>;w=<window seconds>`, comma-separated", "string"),
         "RateLimit": header("The limit that matters: `\"name\";r=<remaining>;t=<seconds until reset>`; absent when the quota is unknown (degraded, or a plugin's decision without quota)", "string"),
         "Retry-After": header("Seconds to wait before trying again (a denied check: until a request of the same cost could pass; a held lock: until the next lease lapses)", "integer"),
-        "Patternd-Degraded": header("`allowed-without-redis` or `denied-without-redis`: Redis could not be asked in time and the rule's `on_redis_error` decided", "string"),
+        "Patternd-Degraded": header("The answer was decided without Redis: `allowed-without-redis` or `denied-without-redis` (a rate-limit rule's `on_redis_error` decided), `cache-not-updated` (a write-through reached the origin, but Redis did not store the value)", "string"),
     });
     let shared_headers: Vec<String> = headers
         .as_object()

@@ -136,6 +136,10 @@ pub enum CheckError {
     /// The plugin failed and the rule has no fallback.
     #[error(transparent)]
     Plugin(PluginError),
+    /// Redis answered, but not with a decision (WRONGTYPE, a script error): not an outage,
+    /// so `on_redis_error` does not apply.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
 }
 
 /// The facts of a request, for rules whose plugin decides.
@@ -257,9 +261,9 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// One decision. Redis failures never surface as errors: the rule's `on_redis_error`
-    /// decides, and the decision says it was degraded. A failing plugin falls back to the
-    /// rule's `fallback`, or is an error when there is none.
+    /// One decision. Redis being unavailable never surfaces as an error: the rule's
+    /// `on_redis_error` decides, and the decision says it was degraded. A failing plugin
+    /// falls back to the rule's `fallback`, or is an error when there is none.
     pub async fn check(
         &self,
         store: &Store,
@@ -267,7 +271,7 @@ impl RateLimiter {
     ) -> Result<Decision, CheckError> {
         self.validate(req.id, req.cost)?;
         let Some(dynamic) = &self.dynamic else {
-            return Ok(self.check_fixed(store, req.id, req.cost).await);
+            return self.check_fixed(store, req.id, req.cost).await;
         };
         let facts = req.facts.unwrap_or_else(|| RequestFacts {
             id: req.id.to_string(),
@@ -302,14 +306,14 @@ impl RateLimiter {
                         .into());
                     }
                 }
-                Ok(self.check_dynamic(store, dynamic, req.id, &limits).await)
+                self.check_dynamic(store, dynamic, req.id, &limits).await
             }
             Err(e) => {
                 self.counters.plugin_failed.increment(1);
                 tracing::warn!(app = %self.app, rule = %self.rule, plugin = %dynamic.plugin, error = %e, "plugin failed");
                 match &self.fixed {
                     Some(f) if req.cost <= f.max_cost => {
-                        let mut d = self.check_fixed(store, req.id, req.cost).await;
+                        let mut d = self.check_fixed(store, req.id, req.cost).await?;
                         d.fallback = true;
                         Ok(d)
                     }
@@ -324,9 +328,14 @@ impl RateLimiter {
         }
     }
 
-    async fn check_fixed(&self, store: &Store, id: &str, cost: u64) -> Decision {
+    async fn check_fixed(
+        &self,
+        store: &Store,
+        id: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
         let Some(fixed) = &self.fixed else {
-            return self.degraded();
+            return Ok(self.degraded());
         };
         let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
@@ -360,13 +369,13 @@ impl RateLimiter {
             _ => store.eval(&fixed.script, &keys, &args).await,
         };
         let capacity = |i: usize| fixed.limits.get(i).map(Limit::capacity).unwrap_or(0);
-        let mut d = self.interpret(reply, fixed.limits.len(), capacity);
+        let mut d = self.interpret(reply, fixed.limits.len(), capacity)?;
         // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
         // `parse_lease` (rightly) refuses as malformed.
         if d.allowed && !d.shadow_denied && !d.degraded && cost > 0 {
             d.lease = lease_member.map(|m| format!("{}.{m}.{cost}", B64.encode(id)));
         }
-        d
+        Ok(d)
     }
 
     async fn check_dynamic(
@@ -375,7 +384,7 @@ impl RateLimiter {
         dynamic: &Dynamic,
         id: &str,
         limits: &[DynLimit],
-    ) -> Decision {
+    ) -> Result<Decision, CheckError> {
         use std::fmt::Write as _;
         // Per request, so built without format!: the key subs, then every limit's ARGV
         // written into one buffer and sliced (one allocation instead of five per limit).
@@ -415,7 +424,7 @@ impl RateLimiter {
         let reply: Result<Vec<i64>, _> = store.eval(script, &keys, &args).await;
         let mut d = self.interpret(reply, limits.len(), |i| {
             limits.get(i).map(dyn_capacity).unwrap_or(0)
-        });
+        })?;
         if !d.degraded {
             let mut header = String::with_capacity(limits.len() * (self.rule.len() + 32));
             for (i, l) in limits.iter().enumerate() {
@@ -436,17 +445,18 @@ impl RateLimiter {
                 .get(d.limit_index)
                 .map(|l| format!("{}-{}", self.rule, l.key_suffix));
         }
-        d
+        Ok(d)
     }
 
-    /// Turns a script reply into a decision (and counts it).
+    /// Turns a script reply into a decision (and counts it). Only an unavailable Redis is
+    /// decided by `on_redis_error`; another error (WRONGTYPE, a script error) is returned.
     fn interpret(
         &self,
         reply: Result<Vec<i64>, crate::store::StoreError>,
         n: usize,
         capacity: impl Fn(usize) -> u64,
-    ) -> Decision {
-        match reply {
+    ) -> Result<Decision, CheckError> {
+        Ok(match reply {
             Ok(v) if v.len() == 5 => {
                 let allowed = v[0] == 1;
                 let idx = usize::try_from(v[1]).unwrap_or(0).min(n.saturating_sub(1));
@@ -471,19 +481,16 @@ impl RateLimiter {
                 tracing::error!(app = %self.app, rule = %self.rule, reply = ?v, "unexpected script reply");
                 self.degraded()
             }
-            Err(e) => {
-                if e.is_unavailable() {
-                    // Every request fails the same way during an outage: log once a second,
-                    // the metrics count every one.
-                    if log_gate() {
-                        tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
-                    }
-                } else {
-                    tracing::error!(app = %self.app, rule = %self.rule, error = %e, "rate-limit script failed; on_redis_error decides");
+            Err(e) if e.is_unavailable() => {
+                // Every request fails the same way during an outage: log once a second,
+                // the metrics count every one.
+                if log_gate() {
+                    tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
                 }
                 self.degraded()
             }
-        }
+            Err(e) => return Err(CheckError::Store(e)),
+        })
     }
 
     fn degraded(&self) -> Decision {

@@ -5,8 +5,8 @@
 //! `lock.rs`: types, enums, ranges, patterns). What spans fields is added here, next to each
 //! other: exactly one pattern block per rule, which limit fields go with which algorithm,
 //! what needs an `origin`, what only `write: behind` takes. What JSON Schema cannot say stays
-//! the loader's alone and is named in the descriptions: durations over 366 days (a sum),
-//! `max_ttl` ≥ `ttl`, `max_per_user` ≤ an explicit `user_cap`, and plugin names (resolved
+//! the loader's alone: durations over 366 days (a sum), `max_ttl` ≥ `ttl`, `max_per_user` ≤
+//! an explicit `user_cap`, the addresses in `trusted_proxies`, and plugin names (resolved
 //! against the plugins directory). `tests/tests/standards.rs` runs a table of documents
 //! through both and fails on any other disagreement.
 
@@ -246,6 +246,18 @@ fn tighten(v: &mut Value) {
         v,
         "/$defs/RawIdFrom/properties/header",
         json!({ "pattern": HEADER_PATTERN }),
+    );
+    // `trusted_hops` or `trusted_proxies`, and only for X-Forwarded-For (any case).
+    add(
+        v,
+        "/$defs/RawIdFrom",
+        json!({
+            "not": required(&["trusted_hops", "trusted_proxies"]),
+            "if": any_required(&["trusted_hops", "trusted_proxies"]),
+            "then": { "properties": { "header": {
+                "pattern": "^[Xx]-[Ff][Oo][Rr][Ww][Aa][Rr][Dd][Ee][Dd]-[Ff][Oo][Rr]$"
+            } } }
+        }),
     );
     add(
         v,
