@@ -22,7 +22,7 @@ use super::problem::ApiError;
 use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB};
 use crate::patterns::cache::write::{PutRequest, WriteError};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::policy::cache::WriteMode;
+use crate::policy::cache::{CacheFormat, WriteMode};
 
 /// The routes this module serves; the OpenAPI test checks them against the document.
 /// (`/v1/cache/{app}/{rule}/{id}` is shared with the read path: GET/DELETE there.)
@@ -87,6 +87,9 @@ impl From<WriteError> for ApiError {
             }
             WriteError::NotHash(_) => problem(StatusCode::CONFLICT, "not-hash", detail),
             WriteError::NotFound(_) => problem(StatusCode::NOT_FOUND, "not-cached", detail),
+            WriteError::PreconditionFailed(_) => {
+                problem(StatusCode::PRECONDITION_FAILED, "precondition-failed", detail)
+            }
             WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
                 problem(StatusCode::BAD_GATEWAY, "origin-error", detail)
             }
@@ -174,6 +177,7 @@ async fn put_value(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let conditions = super::cache::preconditions(&parts.headers)?;
     let facts = c
         .wants_facts()
         .then(|| super::cache::facts("PUT", &id, &parts));
@@ -186,17 +190,24 @@ async fn put_value(
                 tags,
                 body,
                 facts,
+                conditions,
             },
         )
         .await?;
-    Ok(match out.journal_id {
+    let mut resp = match out.journal_id {
         Some(jid) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "journal_id": jid })),
         )
             .into_response(),
         None => no_content(out.cache_unconfirmed),
-    })
+    };
+    // RFC 9110 §9.3.4: a validator only when the value was stored exactly as sent, which
+    // `format: hash` does not do (members re-encoded, served in name order).
+    if c.spec.format == CacheFormat::String {
+        super::cache::set_etag(&mut resp, out.version.as_deref());
+    }
+    Ok(resp)
 }
 
 /// `Patternd-Degraded`, as on rate-limit answers decided without Redis.
@@ -248,12 +259,20 @@ async fn patch_value(
             ));
         }
     }
+    let conditions = super::cache::preconditions(&parts.headers)?;
     let body = value_body(&c, &parts.headers, body).await?;
     let facts = c
         .wants_facts()
         .then(|| super::cache::facts("PATCH", &id, &parts));
     let out = c
-        .patch(&state.runtime.store, &id, content_type, body, facts)
+        .patch(
+            &state.runtime.store,
+            &id,
+            content_type,
+            body,
+            facts,
+            &conditions,
+        )
         .await?;
     let Some(object) = out.object else {
         // Write-through of an id that was not cached, or not stored (Redis failed): the
@@ -273,6 +292,9 @@ async fn patch_value(
     if let Some(jid) = out.journal_id.and_then(|j| HeaderValue::from_str(&j).ok()) {
         resp.headers_mut().insert("patternd-journal-id", jid);
     }
+    // The ETag of the value as GET now serves it (RFC 9110 §8.8.3: the selected
+    // representation as of the end of the request).
+    super::cache::set_etag(&mut resp, out.version.as_deref());
     Ok(resp)
 }
 
