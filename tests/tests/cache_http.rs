@@ -229,7 +229,11 @@ async fn gets_carry_etags_and_answer_304() -> Result<()> {
     assert!(cache_status(&miss).contains("stored"), "{miss:?}");
     let e1 = etag(&miss);
     let hit = p.get(path).await?;
-    assert_eq!(etag(&hit), e1, "the stored value's ETag, also on the miss that stored it");
+    assert_eq!(
+        etag(&hit),
+        e1,
+        "the stored value's ETag, also on the miss that stored it"
+    );
 
     for inm in [
         e1.clone(),
@@ -248,7 +252,9 @@ async fn gets_carry_etags_and_answer_304() -> Result<()> {
 
     let r = p.get_with(path, &[("if-match", &e1)]).await?;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = p.get_with(path, &[("if-match", &format!("W/{e1}"))]).await?;
+    let r = p
+        .get_with(path, &[("if-match", &format!("W/{e1}"))])
+        .await?;
     r.assert_problem(412);
     p.get_with(path, &[("if-match", "nope")])
         .await?
@@ -267,7 +273,10 @@ async fn gets_carry_etags_and_answer_304() -> Result<()> {
     assert_eq!((r.status, r.text.as_str()), (200, "v2"), "{r:?}");
     p.delete(path).await?;
     let e3 = etag(&p.get(path).await?);
-    assert_ne!(e3, e2, "a value deleted and stored again never repeats an ETag");
+    assert_ne!(
+        e3, e2,
+        "a value deleted and stored again never repeats an ETag"
+    );
     Ok(())
 }
 
@@ -287,7 +296,11 @@ async fn writes_honour_if_match() -> Result<()> {
     let r = put(p, path, "v1", &[("if-none-match", "*")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     let e1 = etag(&r);
-    assert_eq!(etag(&p.get(path).await?), e1, "the PUT's ETag is the value's");
+    assert_eq!(
+        etag(&p.get(path).await?),
+        e1,
+        "the PUT's ETag is the value's"
+    );
     put(p, path, "again", &[("if-none-match", "*")])
         .await?
         .assert_problem(412);

@@ -60,7 +60,10 @@ pub(crate) fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<Cach
 /// `If-Match` / `If-None-Match` of a request (RFC 9110 §13.1); a malformed one is a 400.
 pub(super) fn preconditions(headers: &axum::http::HeaderMap) -> Result<Preconditions, ApiError> {
     Preconditions::parse(
-        headers.get_all(header::IF_MATCH).iter().map(|v| v.as_bytes()),
+        headers
+            .get_all(header::IF_MATCH)
+            .iter()
+            .map(|v| v.as_bytes()),
         headers
             .get_all(header::IF_NONE_MATCH)
             .iter()
@@ -321,12 +324,18 @@ struct DeleteResponse {
         (RFC 9211) says hit, miss and stored, stale, or collapsed; `detail=redis-unavailable` when \
         Redis could not be asked and the rule's `on_redis_error: origin` served the origin's answer.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
-        ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return")),
+        ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return"),
+        ("If-None-Match" = Option<String>, Header, description = "RFC 9110 §13.1.2: `*` or entity-tags (weak comparison); a match answers 304"),
+        ("If-Match" = Option<String>, Header, description = "RFC 9110 §13.1.1: `*` or entity-tags (strong comparison); no match answers 412")),
     responses(
-        (status = 200, description = "The value, with the origin's content type",
-            headers(("Cache-Status" = String))),
+        (status = 200, description = "The value, with the origin's content type; `ETag` when it is the stored value",
+            headers(("Cache-Status" = String), ("ETag" = Option<String>))),
+        (status = 304, description = "If-None-Match matched: no content",
+            headers(("Cache-Status" = String), ("ETag" = Option<String>))),
         (status = 400, description = "Bad input", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such value (or unknown app/rule); an origin 404 is cached for negative_ttl",
+            body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match the value's ETag",
             body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 502, description = "The origin failed (or its value is too large, or not a JSON object for format: hash) and no stale value may be served",
             body = super::openapi::Problem, content_type = "application/problem+json"),

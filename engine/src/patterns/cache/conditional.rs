@@ -136,9 +136,9 @@ impl Condition {
         match (self, version) {
             (Condition::Any, _) => true,
             (Condition::Tags(_), None) => false,
-            (Condition::Tags(tags), Some(v)) => tags
-                .iter()
-                .any(|t| !(strong && t.weak) && !v.is_empty() && t.opaque == v),
+            (Condition::Tags(tags), Some(v)) => {
+                !v.is_empty() && tags.iter().any(|t| t.opaque == v && (!strong || !t.weak))
+            }
         }
     }
 }
@@ -214,7 +214,10 @@ fn parse_field<'a>(
 }
 
 fn trim_ows(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !matches!(c, b' ' | b'\t')).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !matches!(c, b' ' | b'\t'))
@@ -255,9 +258,23 @@ mod tests {
         );
         assert_eq!(p.if_none_match, Some(Condition::Any));
         assert!(parse(&[], &[]).unwrap().is_empty());
-        assert!(parse(&[r#""1",,  ,"2""#], &[]).is_ok(), "empty list elements");
-        assert!(parse(&[r#""""#], &[]).is_ok(), "an empty opaque tag is valid");
-        for bad in ["1", r#""1"#, r#"w/"1""#, r#""1" "2""#, r#"*, "1""#, "", " , "] {
+        assert!(
+            parse(&[r#""1",,  ,"2""#], &[]).is_ok(),
+            "empty list elements"
+        );
+        assert!(
+            parse(&[r#""""#], &[]).is_ok(),
+            "an empty opaque tag is valid"
+        );
+        for bad in [
+            "1",
+            r#""1"#,
+            r#"w/"1""#,
+            r#""1" "2""#,
+            r#"*, "1""#,
+            "",
+            " , ",
+        ] {
             assert!(
                 matches!(parse(&[bad], &[]), Err(ConditionError::Syntax { .. })),
                 "{bad:?}"
@@ -286,7 +303,11 @@ mod tests {
         assert_eq!(p.evaluate_get(Some("6")), GetOutcome::Serve);
         assert_eq!(p.evaluate_get(None), GetOutcome::Serve);
         let p = parse(&["*"], &[]).unwrap();
-        assert_eq!(p.evaluate_get(None), GetOutcome::Serve, "any representation");
+        assert_eq!(
+            p.evaluate_get(None),
+            GetOutcome::Serve,
+            "any representation"
+        );
         let p = parse(&[r#""5""#], &[]).unwrap();
         assert_eq!(p.evaluate_get(None), GetOutcome::Failed, "no ETag to match");
     }

@@ -303,16 +303,28 @@ mod tests {
     #[test]
     fn max_age_and_s_maxage_within_the_rule() {
         assert_eq!(lifetimes(&cc("max-age=30"), RULE), life(30, 60, 600));
-        assert_eq!(lifetimes(&cc("public, MAX-AGE=\"30\""), RULE), life(30, 60, 600));
-        assert_eq!(lifetimes(&cc("max-age=99999999"), RULE), life(3600, 60, 600));
+        assert_eq!(
+            lifetimes(&cc("public, MAX-AGE=\"30\""), RULE),
+            life(30, 60, 600)
+        );
+        assert_eq!(
+            lifetimes(&cc("max-age=99999999"), RULE),
+            life(3600, 60, 600)
+        );
         // s-maxage wins for a shared cache, and withdraws the rule's stale windows.
-        assert_eq!(lifetimes(&cc("max-age=30, s-maxage=5"), RULE), life(5, 0, 0));
+        assert_eq!(
+            lifetimes(&cc("max-age=30, s-maxage=5"), RULE),
+            life(5, 0, 0)
+        );
         assert_eq!(
             lifetimes(&cc("s-maxage=5, stale-while-revalidate=10"), RULE),
             life(5, 10, 0)
         );
         // The first of a directive given twice.
-        assert_eq!(lifetimes(&cc("max-age=30, max-age=90"), RULE), life(30, 60, 600));
+        assert_eq!(
+            lifetimes(&cc("max-age=30, max-age=90"), RULE),
+            life(30, 60, 600)
+        );
         // Huge values saturate instead of overflowing.
         assert_eq!(
             lifetimes(&cc("max-age=999999999999999999999999"), RULE),
@@ -323,10 +335,16 @@ mod tests {
     #[test]
     fn stale_windows_are_capped_and_withdrawn_by_revalidation() {
         assert_eq!(
-            lifetimes(&cc("max-age=30, stale-while-revalidate=5, stale-if-error=99999"), RULE),
+            lifetimes(
+                &cc("max-age=30, stale-while-revalidate=5, stale-if-error=99999"),
+                RULE
+            ),
             life(30, 5, 600)
         );
-        assert_eq!(lifetimes(&cc("max-age=30, must-revalidate"), RULE), life(30, 0, 0));
+        assert_eq!(
+            lifetimes(&cc("max-age=30, must-revalidate"), RULE),
+            life(30, 0, 0)
+        );
         assert_eq!(
             lifetimes(&cc("max-age=30, proxy-revalidate, stale-if-error=20"), RULE),
             life(30, 0, 20)
@@ -339,7 +357,10 @@ mod tests {
             ("no-store", Uncacheable::NoStore),
             ("max-age=60, No-Store", Uncacheable::NoStore),
             ("private", Uncacheable::Private),
-            ("private=\"set-cookie, x\", max-age=60", Uncacheable::Private),
+            (
+                "private=\"set-cookie, x\", max-age=60",
+                Uncacheable::Private,
+            ),
             ("no-cache", Uncacheable::NoCache),
             ("no-cache=\"set-cookie\"", Uncacheable::NoCache),
             ("max-age=0, must-revalidate", Uncacheable::Stale),
@@ -363,7 +384,11 @@ mod tests {
                 sie_ms: 0,
                 ..RULE
             };
-            assert_eq!(lifetimes(&cc(v), no_windows), Err(Uncacheable::Stale), "{v}");
+            assert_eq!(
+                lifetimes(&cc(v), no_windows),
+                Err(Uncacheable::Stale),
+                "{v}"
+            );
         }
         // Unknown extensions are ignored; a quoted comma does not split.
         assert_eq!(
@@ -384,13 +409,21 @@ mod tests {
             age: Some("4000".into()),
             ..OriginFreshness::default()
         };
-        assert_eq!(lifetimes(&h, RULE), life(0, 60, 600), "older than the rule's ttl");
+        assert_eq!(
+            lifetimes(&h, RULE),
+            life(0, 60, 600),
+            "older than the rule's ttl"
+        );
         let h = OriginFreshness {
             cache_control: Some("max-age=100".into()),
             age: Some("x".into()),
             ..OriginFreshness::default()
         };
-        assert_eq!(lifetimes(&h, RULE), life(0, 60, 600), "an invalid Age is stale");
+        assert_eq!(
+            lifetimes(&h, RULE),
+            life(0, 60, 600),
+            "an invalid Age is stale"
+        );
         let h = OriginFreshness {
             expires: Some("Sun, 06 Nov 1994 08:49:37 GMT".into()),
             date: Some("Sun, 06 Nov 1994 08:48:37 GMT".into()),
@@ -403,8 +436,15 @@ mod tests {
             date: Some("Sun, 06 Nov 1994 08:48:37 GMT".into()),
             ..OriginFreshness::default()
         };
-        assert_eq!(lifetimes(&h, RULE), life(5, 60, 600), "max-age wins over Expires");
-        for (exp, date) in [("0", Some("Sun, 06 Nov 1994 08:48:37 GMT")), ("Sun, 06 Nov 1994 08:49:37 GMT", None)] {
+        assert_eq!(
+            lifetimes(&h, RULE),
+            life(5, 60, 600),
+            "max-age wins over Expires"
+        );
+        for (exp, date) in [
+            ("0", Some("Sun, 06 Nov 1994 08:48:37 GMT")),
+            ("Sun, 06 Nov 1994 08:49:37 GMT", None),
+        ] {
             let h = OriginFreshness {
                 expires: Some(exp.into()),
                 date: date.map(str::to_string),

@@ -476,8 +476,7 @@ impl CacheRule {
                             budget,
                             req.id,
                             keys.clone(),
-                            token,
-                            reply.start,
+                            (token, reply.start),
                             choice,
                         );
                     }
@@ -504,8 +503,7 @@ impl CacheRule {
                             budget,
                             req.id,
                             keys.clone(),
-                            token,
-                            reply.start,
+                            (token, reply.start),
                             choice,
                         );
                     }
@@ -751,8 +749,7 @@ impl CacheRule {
         budget: &Budget,
         id: &str,
         keys: Vec<String>,
-        token: String,
-        start: String,
+        (token, start): (String, String),
         choice: Choice,
     ) {
         let this = self.clone();
