@@ -41,8 +41,11 @@ local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local has_origin = ARGV[7] == '1'
 local sie = tonumber(ARGV[8])
-local now = now_ms()
-local start = int_text(now_us())
+-- One TIME call gives both clocks: ms for freshness, µs (as text, without float formatting)
+-- for the fill's start.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local start = t[1] .. string.sub('00000' .. t[2], -6)
 
 local function take_lease()
   if redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false then return true end
