@@ -2,8 +2,10 @@
 //!
 //! It serves `GET /items/{id}` from an in-memory map and accepts `PUT`/`PATCH`/`DELETE` on the
 //! same path, counting every request per id, so tests can prove how often patternd reached the
-//! origin. It can be made to fail (any status), to be slow, and to go down entirely (its
-//! listener closed, so connections are refused) and come back on the same port.
+//! origin. It can be made to fail (any status), to be slow, to hold writes until the test
+//! releases them, and to go down entirely (its listener closed, so connections are refused)
+//! and come back on the same port. Every request is logged with the path as it arrived, also
+//! those outside `/items/` (answered 404), so tests can prove where patternd's requests went.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use tokio::task::JoinHandle;
@@ -58,14 +60,30 @@ struct Inner {
     get_delay: Duration,
     /// The header GET answers carry an item's tags in (`None`: `Cache-Tag`).
     tag_header: Option<String>,
+    /// Every request as (method, path as received, still percent-encoded), in arrival order.
+    requests: Vec<(String, String)>,
 }
 
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Inner>>);
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    /// `true` while writes are held: a write that arrives waits (counted and logged) until
+    /// it turns `false`.
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            hold: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
 
 impl Shared {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut g = match self.0.lock() {
+        let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
@@ -177,6 +195,23 @@ impl Origin {
         self.shared.with(|i| i.delay = d);
     }
 
+    /// Writes (PUT/PATCH/DELETE) that arrive from now on wait, counted in `hits` and logged,
+    /// until `release_writes`: the test decides when the origin answers.
+    pub fn hold_writes(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Lets held writes (and later ones) through.
+    pub fn release_writes(&self) {
+        self.shared.hold.send_replace(false);
+    }
+
+    /// Every request so far as (method, path as it arrived, percent-encoded), in order,
+    /// including those to paths other than `/items/{id}`.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.shared.with(|i| i.requests.clone())
+    }
+
     /// Closes the listener and every open (keep-alive) connection: connections are refused
     /// until `restart`, and a client's pooled connection cannot reach the origin either.
     pub async fn stop(&mut self) {
@@ -220,6 +255,7 @@ impl Drop for Origin {
 fn serve(listener: tokio::net::TcpListener, shared: Shared, kill: Kill) -> JoinHandle<()> {
     let app = Router::new()
         .route("/items/{id}", any(handle))
+        .fallback(elsewhere)
         .with_state(shared);
     tokio::spawn(async move {
         let _ = axum::serve(
@@ -340,14 +376,26 @@ impl tokio::io::AsyncWrite for KillStream {
     }
 }
 
+/// Any path but `/items/{id}`: logged, then 404.
+async fn elsewhere(State(shared): State<Shared>, method: Method, uri: Uri) -> Response {
+    shared.with(|i| {
+        i.requests
+            .push((method.to_string(), uri.path().to_string()))
+    });
+    status(404, "not an item path")
+}
+
 async fn handle(
     State(shared): State<Shared>,
     method: Method,
+    uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let (delay, fail, fail_writes, early) = shared.with(|i| {
+        i.requests
+            .push((method.to_string(), uri.path().to_string()));
         *i.hits.entry((method.to_string(), id.clone())).or_insert(0) += 1;
         let early = (method == Method::GET && !i.get_delay.is_zero())
             .then(|| (i.get_delay, i.items.get(&id).cloned()));
@@ -391,6 +439,8 @@ async fn handle(
             None => status(404, "no such item"),
         },
         Method::PUT | Method::PATCH | Method::DELETE => {
+            // Released writes go on; a dropped sender cannot happen while the origin runs.
+            let _ = shared.hold.subscribe().wait_for(|held| !*held).await;
             if let Some(s) = fail_writes {
                 return status(s, "origin refusing writes on purpose");
             }

@@ -385,9 +385,88 @@ async fn check_validates_plugins_and_ops() -> Result<()> {
         err.contains("more.yaml:3:3: error: no plugin `missing`"),
         "{err}"
     );
+    // The op's problem is placed in the plugin file, at the command's name.
     assert!(
-        err.contains("more.yaml:4:3") && err.contains("KEYS"),
+        err.contains(
+            "sneaky.lua:1:71: error: op `scan` (rule more/b): `KEYS` is not a command ops may call"
+        ),
         "{err}"
     );
+    Ok(())
+}
+
+const QUOTA_POLICY: &str =
+    "app: o\nrules:\n  daily:\n    ops: { plugin: quota, op: daily-quota }\n";
+
+/// The same op, rewritten to reach a key it did not declare in two ways the old, text-matching
+/// check let through (a `--` in a string hid the rest of the line; only a command's first key
+/// was checked; an alias of `redis` was not followed).
+const ESCAPING_QUOTA: &str = r#"return { ops = { ["daily-quota"] = { keys = { "count" }, script = [[
+local s = '--' redis.call('DEL', KEYS[1], 'victim')
+local r = redis
+return r.call('INCR', KEYS[1])
+]] } } }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() -> Result<()> {
+    let plugins = TempDir::new("ops-check")?;
+    plugins.write("quota.lua", &example("quota/quota.lua")?)?;
+    let w = start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
+    let p = &w.patternd;
+    let body = json!({"id": "u1", "args": [100]});
+    let call = || p.post_json("/v1/ops/o/daily", &body);
+    assert_eq!(call().await?.json["result"]["used"], json!(1));
+    // A key of someone else's, outside the op's namespace.
+    let mut conn = w.redis.conn().await?;
+    let _: () = redis::cmd("SET")
+        .arg("victim")
+        .arg("precious")
+        .query_async(&mut conn)
+        .await?;
+
+    let path = w.plugins.write("quota.lua", ESCAPING_QUOTA)?;
+    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    r.assert_problem(422);
+    // Both problems, each at its line and column of the plugin file.
+    let diags = r.json["diagnostics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let file = path.to_string_lossy().to_string();
+    for (line, column, says) in [
+        (
+            2,
+            43,
+            "argument 2 of DEL is a key and must be exactly `KEYS[n]`",
+        ),
+        (3, 11, "`redis` may only be used as `redis.call('CMD', …)`"),
+    ] {
+        assert!(
+            diags.iter().any(|d| d["file"] == file.as_str()
+                && d["line"] == line
+                && d["column"] == column
+                && d["severity"] == "error"
+                && d["message"].as_str().is_some_and(|m| m.contains(says))),
+            "no diagnostic at {line}:{column} saying {says}: {diags:#?}"
+        );
+    }
+
+    // The old op keeps serving (its counter goes on), and the other key is untouched.
+    assert_eq!(call().await?.json["result"]["used"], json!(2));
+    let victim: Option<String> = redis::cmd("GET")
+        .arg("victim")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(victim.as_deref(), Some("precious"));
+
+    // `patternd check` refuses it too, at the same place.
+    let policies = policy_dir(&[("o.yaml", QUOTA_POLICY)])?;
+    let dir = w.plugins.path().to_string_lossy().to_string();
+    let pol = policies.path().to_string_lossy().to_string();
+    let bad = run_cli(&["check", &pol, "--plugins", &dir])?;
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains(&format!("{file}:2:43: error:")), "{err}");
     Ok(())
 }

@@ -25,6 +25,16 @@
 //!   After a failed fill with a stale value to fall back on, the lease holds the marker `E`
 //!   (PX refresh_lease) instead of a token: readers then get the stale value (stale_if_error)
 //!   without asking the failing origin again. Like any lease, a write DELs it.
+//! - Write-through in flight: from before the origin is written until the write ends, the
+//!   lease holds the write's own token (PX max(refresh_lease, origin_timeout + 1s)) and the
+//!   value is set aside as HASH `ks.key(X, "held")` (RENAMEd, keeping its expiry): no read
+//!   serves the value the write may replace (readers wait as for a fill, then read the origin
+//!   without storing), and no fill in flight stores. The write ends, only while the lease
+//!   still holds its token, by storing the new value (PUT; PATCH patches the held copy), by
+//!   restoring the held copy (the origin refused), or by dropping it with `W` in the lease
+//!   (the origin may have applied the write: timeout); a later write or DELETE took the
+//!   lease, so the end drops the value instead. If Redis fails the end, the marker lapses and
+//!   reads fill from the origin.
 //! - Tag version of tag T: STRING `ks.rule_key("tag:" .. T)` (an integer). A value is valid only
 //!   while every tag's current version equals the one in `tv` (an absent key reads as 0).
 //!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
@@ -136,6 +146,12 @@ const JOURNAL_DEAD: &str = include_str!("lua/cache_journal_dead.lua");
 const JOURNAL_REPLAY: &str = include_str!("lua/cache_journal_replay.lua");
 const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache_journal_dead_list.lua");
 
+/// The value set aside while a write-through is at the origin (`lua/cache_through_begin.lua`).
+pub const HELD_SUB: &str = "held";
+
+const THROUGH_BEGIN: &str = include_str!("lua/cache_through_begin.lua");
+const THROUGH_ABORT: &str = include_str!("lua/cache_through_abort.lua");
+
 /// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
 pub const JOURNAL_SUB: &str = "journal";
 pub const DEAD_SUB: &str = "dead";
@@ -148,6 +164,11 @@ pub struct WriteScripts {
     pub put: Arc<Script>,
     /// `PATCH` of a `format: hash` value (`lua/cache_patch.lua`).
     pub patch: Arc<Script>,
+    /// Write-through, before the origin: value set aside, lease = the write's token
+    /// (`lua/cache_through_begin.lua`).
+    pub through_begin: Arc<Script>,
+    /// Write-through the origin did not take: restore or drop (`cache_through_abort.lua`).
+    pub through_abort: Arc<Script>,
     /// Write-behind flusher: claim due and new entries (`lua/cache_journal_fetch.lua`).
     pub fetch: Arc<Script>,
     /// Before a delivery: coalesce, supersede check, per-id lease (`cache_journal_begin.lua`).
@@ -163,10 +184,12 @@ pub struct WriteScripts {
 }
 
 impl WriteScripts {
-    fn all(&self) -> [&Arc<Script>; 8] {
+    fn all(&self) -> [&Arc<Script>; 10] {
         [
             &self.put,
             &self.patch,
+            &self.through_begin,
+            &self.through_abort,
             &self.fetch,
             &self.begin,
             &self.ack,
@@ -192,6 +215,14 @@ static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
         patch: Arc::new(Script::new(
             "cache patch",
             store_script_source("-- patternd cache patch", PATCH),
+        )),
+        through_begin: Arc::new(Script::new(
+            "cache through-begin",
+            THROUGH_BEGIN.to_string(),
+        )),
+        through_abort: Arc::new(Script::new(
+            "cache through-abort",
+            THROUGH_ABORT.to_string(),
         )),
         fetch: journal("journal-fetch", JOURNAL_FETCH),
         begin: journal("journal-begin", JOURNAL_BEGIN),
@@ -221,6 +252,8 @@ pub struct CompiledCache {
     pub write: Arc<WriteScripts>,
     /// `write: behind`: the rule has a journal and dead letters.
     pub write_behind: bool,
+    /// `write: through`: writes set the value aside while at the origin.
+    pub write_through: bool,
 }
 
 pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
@@ -236,8 +269,11 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
         &w.put,
         &w.patch,
     ];
+    if spec.write == WriteMode::Through {
+        all.extend([&w.through_begin, &w.through_abort]);
+    }
     if write_behind {
-        all.extend(w.all().into_iter().skip(2));
+        all.extend(w.all().into_iter().skip(4));
     }
     luacheck::check_builtin(all.iter().map(|s| s.as_ref()))?;
     Ok(CompiledCache {
@@ -249,6 +285,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
         invalidate: s.invalidate.clone(),
         write: w.clone(),
         write_behind,
+        write_through: spec.write == WriteMode::Through,
     })
 }
 
@@ -276,6 +313,14 @@ impl CompiledCache {
                     .to_string(),
             ),
         ];
+        if self.write_through {
+            layout.push((
+                keys.template(HELD_SUB),
+                "HASH the value set aside while a write-through is at the origin (the lease \
+                 holds that write's token meanwhile); keeps the value's expiry"
+                    .to_string(),
+            ));
+        }
         if self.write_behind {
             layout.extend([
                 (

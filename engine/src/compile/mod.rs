@@ -163,12 +163,20 @@ pub fn compile(
                 .and_then(|()| session::compile(rule, c))
                 .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
-                RuleKind::Ops(o) => compile_ops(plugins, rule, o).map(|c| {
-                    for w in &c.warnings {
-                        warnings.push(Diagnostic::warning(&o.location, w.clone()));
+                RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
+                    Ok(c) => {
+                        for w in &c.warnings {
+                            warnings.push(Diagnostic::warning(&o.location, w.clone()));
+                        }
+                        Ok(CompiledKind::Ops(c))
                     }
-                    CompiledKind::Ops(c)
-                }),
+                    // A refused script: its problems are placed in the plugin's file.
+                    Err(OpsRefusal::Script(found)) => {
+                        diags.extend(found);
+                        continue;
+                    }
+                    Err(OpsRefusal::Rule(msg)) => Err(msg),
+                },
             };
             match kind {
                 Ok(kind) => {
@@ -224,17 +232,26 @@ fn check_plugin(
     Ok(())
 }
 
+/// Why an `ops` rule did not compile: the rule names no usable op (reported at the rule), or
+/// the op's script is refused (reported in the plugin file, at each problem).
+enum OpsRefusal {
+    Rule(String),
+    Script(Vec<Diagnostic>),
+}
+
 fn compile_ops(
     plugins: &PluginSet,
     rule: &crate::policy::Rule,
     o: &crate::policy::Ops,
-) -> Result<CompiledOps, String> {
-    let plugin = plugins.get(&o.plugin).ok_or_else(|| match &plugins.dir {
-        None => format!(
-            "plugin `{}` is named but no plugins directory was given (--plugins DIR)",
-            o.plugin
-        ),
-        Some(d) => format!("no plugin `{}` in {}", o.plugin, d.display()),
+) -> Result<CompiledOps, OpsRefusal> {
+    let plugin = plugins.get(&o.plugin).ok_or_else(|| {
+        OpsRefusal::Rule(match &plugins.dir {
+            None => format!(
+                "plugin `{}` is named but no plugins directory was given (--plugins DIR)",
+                o.plugin
+            ),
+            Some(d) => format!("no plugin `{}` in {}", o.plugin, d.display()),
+        })
     })?;
     let decl = plugin
         .ops()
@@ -242,7 +259,7 @@ fn compile_ops(
         .find(|d| d.name == o.op)
         .ok_or_else(|| {
             let names: Vec<&str> = plugin.ops().iter().map(|d| d.name.as_str()).collect();
-            format!(
+            OpsRefusal::Rule(format!(
                 "plugin `{}` declares no op `{}` (it declares: {})",
                 o.plugin,
                 o.op,
@@ -251,17 +268,29 @@ fn compile_ops(
                 } else {
                     names.join(", ")
                 }
-            )
+            ))
         })?;
+    let text = match plugin {
+        crate::plugin::registry::Plugin::Lua(p) => p.source(),
+        crate::plugin::registry::Plugin::Wasm(_) => "",
+    };
+    let file = plugins.path(&o.plugin).unwrap_or(o.location.file.as_path());
     ops::compile(
         &rule.app,
         &rule.name,
-        &o.plugin,
-        &o.op,
-        &decl.keys,
-        &decl.script,
+        &ops::OpSource {
+            plugin: &o.plugin,
+            file,
+            text,
+            op: &o.op,
+            keys: &decl.keys,
+            script: &decl.script,
+        },
     )
+    .map_err(OpsRefusal::Script)
 }
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod keys_proptest;

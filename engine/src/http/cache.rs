@@ -1,6 +1,9 @@
 //! `/v1/cache/{app}/{rule}/{id}` reads and invalidation: thin handlers around
 //! `patterns::cache`. Writes (PUT/PATCH) are in `cache_write`.
 //!
+//! Every route refuses the ids `.` and `..` (400): an id is one path segment of the origin
+//! URL, and those two would name another path of the origin.
+//!
 //! `_invalidate` is a reserved segment: the static route wins over `{id}`, so an id spelled
 //! `_invalidate` cannot be read through this API.
 
@@ -18,8 +21,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
 use super::problem::ApiError;
-use crate::patterns::cache::CacheRule;
 use crate::patterns::cache::read::{ReadError, ReadRequest};
+use crate::patterns::cache::{CacheRule, check_cache_id};
 use crate::plugin::RequestFacts;
 
 static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -93,6 +96,7 @@ async fn get_value(
         let Path((app, rule, id)) = path.map_err(super::bad_path)?;
         let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let c = lookup(&state, &app, &rule)?;
+        check_cache_id(&id).map_err(ApiError::from)?;
         let fields = q.fields.map(|f| {
             f.split(',')
                 .map(|s| s.trim().to_string())
@@ -139,6 +143,7 @@ async fn delete_value(
 ) -> Result<Response, Failure> {
     let Path((app, rule, id)) = path.map_err(super::bad_path)?;
     let c = lookup(&state, &app, &rule)?;
+    check_cache_id(&id).map_err(ApiError::from)?;
     let (parts, _) = request.into_parts();
     let facts = c.wants_facts().then(|| facts("DELETE", &id, &parts));
     let (deleted, pending) = c.delete(&state.runtime.store, &id, facts).await?;
@@ -185,17 +190,7 @@ impl From<ReadError> for Failure {
             ReadError::Input(i) => ApiError::Input(i),
             ReadError::BadRequest(m) => ApiError::BadRequest(m),
             ReadError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
-            ReadError::Redis(s) => {
-                if s.is_unavailable() {
-                    ApiError::Problem {
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        slug: "redis-unavailable",
-                        detail: "Redis is unavailable".into(),
-                    }
-                } else {
-                    ApiError::Internal(s.to_string())
-                }
-            }
+            ReadError::Redis(s) => s.into(),
             ReadError::Internal(m) => ApiError::Internal(m),
             e @ ReadError::OriginBusy(_) => ApiError::Problem {
                 status: StatusCode::SERVICE_UNAVAILABLE,

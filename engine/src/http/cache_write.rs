@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
@@ -20,8 +20,8 @@ use super::AppState;
 use super::openapi::Problem;
 use super::problem::ApiError;
 use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB};
-use crate::patterns::cache::CacheRule;
 use crate::patterns::cache::write::{PutRequest, WriteError};
+use crate::patterns::cache::{CacheRule, check_cache_id};
 use crate::policy::cache::WriteMode;
 
 /// The routes this module serves; the OpenAPI test checks them against the document.
@@ -87,10 +87,10 @@ impl From<WriteError> for ApiError {
             }
             WriteError::NotHash(_) => problem(StatusCode::CONFLICT, "not-hash", detail),
             WriteError::NotFound(_) => problem(StatusCode::NOT_FOUND, "not-cached", detail),
-            WriteError::OriginRefused(_) | WriteError::OriginUnreachable(_) => {
+            WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
                 problem(StatusCode::BAD_GATEWAY, "origin-error", detail)
             }
-            WriteError::OriginTimeout(_) => {
+            WriteError::OriginTimeout { .. } => {
                 problem(StatusCode::GATEWAY_TIMEOUT, "origin-timeout", detail)
             }
             WriteError::JournalFull { .. } => {
@@ -103,7 +103,8 @@ impl From<WriteError> for ApiError {
                 "redis-unavailable",
                 "Redis is unavailable; nothing was written".to_string(),
             ),
-            WriteError::Store(_) | WriteError::Reply(_) => ApiError::Internal(detail),
+            WriteError::Store(s) => s.into(),
+            WriteError::Reply(_) => ApiError::Internal(detail),
         }
     }
 }
@@ -166,6 +167,7 @@ async fn put_value(
 ) -> Result<Response, ApiError> {
     let Path((app, rule, id)) = path.map_err(super::bad_path)?;
     let c = super::cache::lookup(&state, &app, &rule)?;
+    check_cache_id(&id)?;
     let (parts, body) = request.into_parts();
     let body = value_body(&c, &parts.headers, body).await?;
     let tags = request_tags(&parts.headers)?;
@@ -194,8 +196,26 @@ async fn put_value(
             axum::Json(json!({ "journal_id": jid })),
         )
             .into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
+        None => no_content(out.cache_unconfirmed),
     })
+}
+
+/// `Patternd-Degraded`, as on rate-limit answers decided without Redis.
+static DEGRADED: HeaderName = HeaderName::from_static("patternd-degraded");
+
+/// A 204; for a write-through the origin took while Redis failed to store it, with
+/// `Patternd-Degraded: cache-not-updated`: the write succeeded where it counts (the origin,
+/// and reads, which go there until the cache has it again), so it is not a 5xx, and a client
+/// retrying on 5xx would only write again.
+fn no_content(cache_unconfirmed: bool) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if cache_unconfirmed {
+        resp.headers_mut().insert(
+            DEGRADED.clone(),
+            HeaderValue::from_static("cache-not-updated"),
+        );
+    }
+    resp
 }
 
 /// `PATCH /v1/cache/{app}/{rule}/{id}` with a JSON object (`format: hash` rules).
@@ -206,6 +226,7 @@ async fn patch_value(
 ) -> Result<Response, ApiError> {
     let Path((app, rule, id)) = path.map_err(super::bad_path)?;
     let c = super::cache::lookup(&state, &app, &rule)?;
+    check_cache_id(&id)?;
     let (parts, body) = request.into_parts();
     let content_type = parts
         .headers
@@ -236,8 +257,9 @@ async fn patch_value(
         .patch(&state.runtime.store, &id, content_type, body, facts)
         .await?;
     let Some(object) = out.object else {
-        // Write-through of an id that was not cached: the origin took the patch.
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        // Write-through of an id that was not cached, or not stored (Redis failed): the
+        // origin took the patch.
+        return Ok(no_content(out.cache_unconfirmed));
     };
     let status = if out.journal_id.is_some() {
         StatusCode::ACCEPTED
@@ -522,20 +544,21 @@ pub struct PutAccepted {
 }
 
 #[utoipa::path(put, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache",
-    description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx; `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`). A rule's cache plugin runs for writes too: the value lands on the plugin's key with its TTL and tags; the origin gets the client's id's URL. Plugin bypass: `write: through` writes the origin only (204); other modes answer 409.",
+    description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx (meanwhile reads do not serve the value it replaces); `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`). A rule's cache plugin runs for writes too: the value lands on the plugin's key with its TTL and tags; the origin gets the client's id's URL. Plugin bypass: `write: through` writes the origin only (204); other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path, description = "1 to 512 bytes"),
         ("Cache-Tag" = Option<String>, Header, description = "tags, comma- or space-separated")),
     request_body(content = String, description = "The value", content_type = "*/*"),
     responses(
-        (status = 204, description = "Stored (write: cache, or through after the origin accepted)"),
+        (status = 204, description = "Stored (write: cache, or through after the origin accepted). write: through with `Patternd-Degraded: cache-not-updated`: the origin accepted, Redis failed to store the value; reads go to the origin until the cache has it again",
+            headers(("Patternd-Degraded" = Option<String>))),
         (status = 202, description = "write: behind: stored and journaled", body = PutAccepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad input, e.g. an id of `.` or `..`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The rule's cache plugin bypassed the cache and the rule is not `write: through`; nothing written", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than max_value_bytes; nothing stored", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "write: through: the origin refused or could not be reached; the cache is unchanged", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "write: behind: the journal holds journal_max_len undelivered writes (nothing written), or Redis is unavailable", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "write: through: the origin timed out; the cache is unchanged", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "write: through: the origin refused or could not be reached; the cache is unchanged, or (connection lost mid-request: the origin may have applied it) the cached value was dropped", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "write: behind: the journal holds journal_max_len undelivered writes, or Redis is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "write: through: the origin timed out (it may have applied the write); the cached value was dropped", body = Problem, content_type = "application/problem+json"),
     ))]
 fn put_doc() {}
 
@@ -546,7 +569,8 @@ fn put_doc() {}
     responses(
         (status = 200, description = "The whole object after the patch", content_type = "application/json"),
         (status = 202, description = "write: behind: the object after the patch, journaled (header Patternd-Journal-Id)", content_type = "application/json"),
-        (status = 204, description = "write: through: the origin accepted; the id was not cached"),
+        (status = 204, description = "write: through: the origin accepted; the id was not cached (or, with `Patternd-Degraded: cache-not-updated`, Redis failed to store the result)",
+            headers(("Patternd-Degraded" = Option<String>))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule, or no cached value to patch", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The rule is `format: string`, or the cache plugin bypassed the cache on a rule that is not `write: through`", body = Problem, content_type = "application/problem+json"),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
@@ -203,6 +203,7 @@ async fn decide(
         Ok(d) => Ok(d),
         Err(CheckError::Input(e)) => Err(e.into()),
         Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
+        Err(CheckError::Store(e)) => Err(e.into()),
     }
 }
 
@@ -238,34 +239,41 @@ fn header_pairs(headers: &HeaderMap, only: Option<&[String]>) -> Vec<(String, St
 pub(super) async fn check_get(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    Query(q): Query<CheckQuery>,
+    query: Result<Query<CheckQuery>, QueryRejection>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((app, rule)) = path.map_err(super::bad_path)?;
+    let Query(q) = query.map_err(super::bad_query)?;
     let rl = lookup(&state, &app, &rule)?;
     let Some(from) = &rl.id_from else {
         return Err(ApiError::BadRequest(format!(
             "rule `{rule}` has no `id_from`; add `id_from: {{ header: NAME }}` to use GET, or POST a JSON body"
         )));
     };
-    let raw = headers
-        .get(from.header.as_str())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "missing header `{}` (the rule's id_from)",
-                from.header
-            ))
-        })?
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("header `{}` is not valid text", from.header)))?;
-    // X-Forwarded-For is `client, proxy1, proxy2`: the client is the id.
-    let id = if from.header == "x-forwarded-for" {
-        raw.split(',').next().unwrap_or("").trim()
-    } else {
-        raw.trim()
+    let raw = headers.get(from.header.as_str()).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "missing header `{}` (the rule's id_from)",
+            from.header
+        ))
+    })?;
+    let id: Cow<'_, str> = match &from.forwarded_for {
+        // X-Forwarded-For: the address the rule's trusted proxies saw, never what the client
+        // wrote to the left of it.
+        Some(how) => Cow::Owned(
+            super::forwarded::client_address(headers.get_all(from.header.as_str()).iter(), how)?
+                .to_string(),
+        ),
+        None => Cow::Borrowed(
+            raw.to_str()
+                .map_err(|_| {
+                    ApiError::BadRequest(format!("header `{}` is not valid text", from.header))
+                })?
+                .trim(),
+        ),
     };
+    let id = id.as_ref();
     let cost = match q.cost.as_deref() {
         None => 1,
         Some(c) => parse_cost(c)?,
@@ -386,9 +394,6 @@ pub(super) async fn release(
             ReleaseError::NotConcurrency.to_string(),
         )),
         Err(ReleaseError::Input(e)) => Err(e.into()),
-        Err(ReleaseError::Store(e)) if e.is_unavailable() => {
-            Err(ApiError::NotReady(format!("Redis unavailable: {e}")))
-        }
-        Err(ReleaseError::Store(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(ReleaseError::Store(e)) => Err(e.into()),
     }
 }

@@ -26,6 +26,10 @@ pub enum InputError {
     CostTooHigh { cost: u64, max: u64 },
     #[error("malformed lease `{0}`")]
     BadLease(String),
+    /// A cache id is one path segment of its origin URL; `.` and `..` are path navigation,
+    /// which every URL parser resolves (also spelled `%2e`), so they would name another path.
+    #[error("`{0}` cannot be a cache id: `.` and `..` are not path segments but path navigation")]
+    DotSegment(String),
 }
 
 pub fn check_id(id: &str) -> Result<(), InputError> {

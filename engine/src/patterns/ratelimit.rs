@@ -150,6 +150,10 @@ pub enum CheckError {
     /// The plugin failed and the rule has no fallback.
     #[error(transparent)]
     Plugin(PluginError),
+    /// Redis answered, but not with a decision (WRONGTYPE, a script error): not an outage,
+    /// so `on_redis_error` does not apply.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
 }
 
 /// The facts of a request, for rules whose plugin decides.
@@ -278,9 +282,9 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// One decision. Redis failures never surface as errors: the rule's `on_redis_error`
-    /// decides, and the decision says it was degraded. A failing plugin falls back to the
-    /// rule's `fallback`, or is an error when there is none.
+    /// One decision. Redis being unavailable never surfaces as an error: the rule's
+    /// `on_redis_error` decides, and the decision says it was degraded. A failing plugin
+    /// falls back to the rule's `fallback`, or is an error when there is none.
     pub async fn check(
         &self,
         store: &Store,
@@ -288,7 +292,7 @@ impl RateLimiter {
     ) -> Result<Decision, CheckError> {
         self.validate(req.id, req.cost)?;
         let Some(dynamic) = &self.dynamic else {
-            return Ok(self.check_fixed(store, req.id, req.cost).await);
+            return self.check_fixed(store, req.id, req.cost).await;
         };
         let facts = req.facts.unwrap_or_else(|| RequestFacts {
             id: req.id.to_string(),
@@ -323,14 +327,14 @@ impl RateLimiter {
                         .into());
                     }
                 }
-                Ok(self.check_dynamic(store, dynamic, req.id, &limits).await)
+                self.check_dynamic(store, dynamic, req.id, &limits).await
             }
             Err(e) => {
                 self.counters.plugin_failed.increment(1);
                 tracing::warn!(app = %self.app, rule = %self.rule, plugin = %dynamic.plugin, error = %e, "plugin failed");
                 match &self.fixed {
                     Some(f) if req.cost <= f.max_cost => {
-                        let mut d = self.check_fixed(store, req.id, req.cost).await;
+                        let mut d = self.check_fixed(store, req.id, req.cost).await?;
                         d.fallback = true;
                         Ok(d)
                     }
@@ -345,9 +349,14 @@ impl RateLimiter {
         }
     }
 
-    async fn check_fixed(&self, store: &Store, id: &str, cost: u64) -> Decision {
+    async fn check_fixed(
+        &self,
+        store: &Store,
+        id: &str,
+        cost: u64,
+    ) -> Result<Decision, CheckError> {
         let Some(fixed) = &self.fixed else {
-            return self.degraded();
+            return Ok(self.degraded());
         };
         let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
@@ -380,13 +389,13 @@ impl RateLimiter {
             }
             _ => store.eval(&fixed.script, &keys, &args).await,
         };
-        let mut d = self.interpret(reply, &fixed.shapes);
+        let mut d = self.interpret(reply, &fixed.shapes)?;
         // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
         // `parse_lease` (rightly) refuses as malformed.
         if d.allowed && !d.shadow_denied && !d.degraded && cost > 0 {
             d.lease = lease_member.map(|m| format!("{}.{m}.{cost}", B64.encode(id)));
         }
-        d
+        Ok(d)
     }
 
     async fn check_dynamic(
@@ -395,7 +404,7 @@ impl RateLimiter {
         dynamic: &Dynamic,
         id: &str,
         limits: &[DynLimit],
-    ) -> Decision {
+    ) -> Result<Decision, CheckError> {
         use std::fmt::Write as _;
         // Per request, so built without format!: the key subs, then every limit's ARGV
         // written into one buffer and sliced (one allocation instead of five per limit).
@@ -434,7 +443,7 @@ impl RateLimiter {
             .for_algorithms(limits.iter().map(|l| l.algorithm));
         let reply: Result<Vec<i64>, _> = store.eval(script, &keys, &args).await;
         let shapes: Vec<Shape> = limits.iter().map(Shape::of_dyn).collect();
-        let mut d = self.interpret(reply, &shapes);
+        let mut d = self.interpret(reply, &shapes)?;
         if !d.degraded && !self.shadow {
             let mut header = String::with_capacity(limits.len() * (self.rule.len() + 48));
             for (i, (shape, l)) in shapes.iter().zip(limits).enumerate() {
@@ -448,16 +457,17 @@ impl RateLimiter {
                 .get(d.limit_index)
                 .map(|l| format!("{}-{}", self.rule, l.key_suffix));
         }
-        d
+        Ok(d)
     }
 
-    /// Turns a script reply into a decision (and counts it).
+    /// Turns a script reply into a decision (and counts it). Only an unavailable Redis is
+    /// decided by `on_redis_error`; another error (WRONGTYPE, a script error) is returned.
     fn interpret(
         &self,
         reply: Result<Vec<i64>, crate::store::StoreError>,
         shapes: &[Shape],
-    ) -> Decision {
-        match reply {
+    ) -> Result<Decision, CheckError> {
+        Ok(match reply {
             Ok(v) if v.len() == 5 => {
                 let allowed = v[0] == 1;
                 let idx = usize::try_from(v[1])
@@ -496,19 +506,16 @@ impl RateLimiter {
                 tracing::error!(app = %self.app, rule = %self.rule, reply = ?v, "unexpected script reply");
                 self.degraded()
             }
-            Err(e) => {
-                if e.is_unavailable() {
-                    // Every request fails the same way during an outage: log once a second,
-                    // the metrics count every one.
-                    if log_gate() {
-                        tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
-                    }
-                } else {
-                    tracing::error!(app = %self.app, rule = %self.rule, error = %e, "rate-limit script failed; on_redis_error decides");
+            Err(e) if e.is_unavailable() => {
+                // Every request fails the same way during an outage: log once a second,
+                // the metrics count every one.
+                if log_gate() {
+                    tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "Redis unavailable; on_redis_error decides");
                 }
                 self.degraded()
             }
-        }
+            Err(e) => return Err(CheckError::Store(e)),
+        })
     }
 
     fn degraded(&self) -> Decision {

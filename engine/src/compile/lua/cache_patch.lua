@@ -3,10 +3,13 @@
 -- re-stores it through cache_store (fresh again, same tags), and for `write: behind` journals
 -- the WHOLE resulting object in the same script, so every journal entry is a full state and
 -- the newest one per id supersedes all older ones.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind only)
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind),
+-- or the held copy (through: the value as it was when the write began, which is what gets
+-- patched; see cache_through_begin.lua)
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (cache),
--- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len
--- ARGV[6] the id; ARGV[7] ms the write marker 'W' is held (through, see below)
+-- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len ('b'),
+-- or the write's token ('t'); ARGV[6] the id; ARGV[7] ms the write marker 'W' is held
+-- (through, see below)
 -- ARGV[8] the value's id when a plugin chose a key other than the client's id ('' otherwise;
 -- journaled as `k`)
 -- ARGV[9 ..] name, json pairs; an empty json deletes the member
@@ -16,11 +19,23 @@
 local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
 local mode = ARGV[4]
 local tagpfx = ARGV[1]
+-- Where the object to patch is: the value, or for 't' the copy set aside by the write's begin.
+local src = vkey
+if mode == 't' then
+  src, jkey = KEYS[3], nil
+  if redis.call('GET', lkey) ~= ARGV[5] then
+    -- A later write or a DELETE came while the origin had this one (or the marker lapsed):
+    -- which write the origin applied last is not known here, so the id holds no value and
+    -- reads go to the origin.
+    redis.call('DEL', vkey, src)
+    return { 0 }
+  end
+end
 
 local function live_fields()
-  local st = redis.call('HGET', vkey, 'st')
+  local st = redis.call('HGET', src, 'st')
   if st ~= '200' then return nil end
-  local meta = redis.call('HMGET', vkey, 'tags', 'tv', 'jp')
+  local meta = redis.call('HMGET', src, 'tags', 'tv', 'jp')
   local tags, tv = split_commas(meta[1]), split_commas(meta[2])
   -- A value whose newest write is still journaled is live whatever its tags say (as in the
   -- read script): a tag invalidation takes effect once that write reached the origin.
@@ -29,7 +44,7 @@ local function live_fields()
     local cur = redis.call('GET', tagpfx .. tags[i]) or '0'
     if cur ~= tv[i] and not pending then return nil end
   end
-  local all = redis.call('HGETALL', vkey)
+  local all = redis.call('HGETALL', src)
   local fields, order = {}, {}
   for i = 1, #all, 2 do
     local name = all[i]
@@ -49,7 +64,7 @@ if not fields then
   -- marker 'W' (not a DEL: with no lease and no value, that fill would store its pre-patch
   -- answer), held as long as such a fill can take; readers take it over as a free lease.
   if mode == 't' then
-    redis.call('DEL', vkey)
+    redis.call('DEL', vkey, src)
     redis.call('SET', lkey, 'W', 'PX', tonumber(ARGV[7]))
   end
   return { 0 }
@@ -77,6 +92,7 @@ cache_store({
   key = vkey, tagpfx = tagpfx, now = now_ms(), st = '200', ct = 'application/json',
   ttl = tonumber(ARGV[2]), stale = tonumber(ARGV[3]), delta = 0, tags = tags, fields = flat,
 })
+if src ~= vkey then redis.call('DEL', src) end
 redis.call('DEL', lkey)
 local eid = ''
 if mode == 'b' then

@@ -1,19 +1,30 @@
 -- patternd cache PUT: stores a value written by a client, and for `write: behind` appends the
 -- journal entry in the SAME script: the value and the journal entry exist together or not at
 -- all, so a 202 means the write is durable in Redis and will reach the origin.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind only)
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind),
+-- or the held copy (through: see cache_through_begin.lua)
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (store only:
--- write: cache, and through after the origin accepted) or 'b' (behind: store + journal)
--- ARGV[5] journal_max_len; ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
+-- write: cache), 't' (through, after the origin accepted) or 'b' (behind: store + journal)
+-- ARGV[5] journal_max_len ('b'), or the write's token ('t'); ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
 -- or 'h' (format: hash); ARGV[9] the value's id when a plugin chose a key other than the
 -- client's id ('' otherwise; journaled as `k`, the origin still gets ARGV[6]'s URL)
 -- ARGV[10] n = number of tags; ARGV[11 .. 10+n] the tags
 -- ARGV[11+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
 -- ARGV[12+n ..] 'h' only: name, json pairs of the object's top-level members
--- Returns { 1, journal entry id or '' }, or { -1, backlog } when the journal is full (then
--- nothing was written).
+-- Returns { 1, journal entry id or '' }, { -1, backlog } when the journal is full (then
+-- nothing was written), or { 0 } ('t') when the lease no longer holds this write's token.
 local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
 local behind = ARGV[4] == 'b'
+if ARGV[4] == 't' then
+  if redis.call('GET', lkey) ~= ARGV[5] then
+    -- A later write or a DELETE came while the origin had this one (or the marker lapsed):
+    -- which write the origin applied last is not known here, so the id holds no value and
+    -- reads go to the origin.
+    redis.call('DEL', vkey, KEYS[3])
+    return { 0 }
+  end
+  redis.call('DEL', KEYS[3])
+end
 local n = tonumber(ARGV[10])
 local tags = {}
 for i = 1, n do tags[i] = ARGV[10 + i] end

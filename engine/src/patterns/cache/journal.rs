@@ -305,7 +305,13 @@ async fn deliver(
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => Err("the rule has no origin".to_string()),
+            (None, _) => Err("the rule has no origin".to_string()),
+            // An id that would not stay one path segment (`..`): only an entry journaled
+            // before such ids were refused can hold one; it is never sent anywhere.
+            (Some(_), None) => Err(format!(
+                "id `{}` cannot be sent as one path segment of the origin URL",
+                newest.id
+            )),
         }
     };
     match outcome {

@@ -17,9 +17,10 @@ use metrics::Counter;
 
 use crate::compile::cache::{LEASE_SUB, TAG_PREFIX_SUB, VALUE_SUB};
 use crate::compile::{CompiledCache, KeySpace};
+use crate::patterns::InputError;
 use crate::plugin::{CacheDecision, PluginBinding, PluginError, RequestFacts};
 use crate::policy::Rule;
-use crate::policy::cache::Cache;
+use crate::policy::cache::{Cache, OriginTemplate};
 use crate::store::near::{Invalidate, NearCache};
 
 pub use origin::{OriginClient, OriginError, OriginResponse, parse_tags, valid_tag};
@@ -34,6 +35,9 @@ pub struct CacheRule {
     pub scripts: CompiledCache,
     /// `None` when the rule has no `origin`.
     pub origin: Option<OriginClient>,
+    /// Dot segments (`.`, `..`) the origin template's path has by itself: an id must never
+    /// add one (see `origin_url`).
+    origin_dots: usize,
     pub plugin: Option<(String, PluginBinding)>,
     /// `ks.rule_key("tag:")`: a tag's version key is this plus the tag.
     tag_prefix: String,
@@ -120,6 +124,10 @@ impl CacheRule {
             spec: spec.clone(),
             scripts: scripts.clone(),
             origin,
+            origin_dots: spec
+                .origin
+                .as_ref()
+                .map_or(0, |o| dot_segments(&o.url("_"))),
             plugin,
             tag_prefix: keys.rule_key(TAG_PREFIX_SUB),
             read_argv: read::ReadArgv::new(spec),
@@ -188,12 +196,26 @@ impl CacheRule {
         duration_ms(self.spec.ttl)
     }
 
-    /// The origin URL of `id` (the id percent-encoded as one path segment).
+    /// The origin URL of `id` (the id percent-encoded as one path segment). `None` when the
+    /// rule has no origin, or when the id would put a dot segment into the URL's path (`..`,
+    /// or `.` next to a dot of the template): URL parsers resolve those, percent-encoded
+    /// too (`%2E%2E`, WHATWG URL, which reqwest's `url` follows), so the request would reach
+    /// another path of the origin. Every origin call (reads, write-through, the write-behind
+    /// flusher) builds its URL here.
     pub fn origin_url(&self, id: &str) -> Option<String> {
+        origin_url_for(self.spec.origin.as_ref()?, self.origin_dots, id)
+    }
+
+    /// The rule's `related` ids of `id` (DELETE drops them too). A related id longer than
+    /// `MAX_ID_BYTES` is left out: no value can exist under it (every read, write and plugin
+    /// key is bounded), so there is nothing to drop; refusing the DELETE instead would make
+    /// the ids near the bound, which PUT and GET accept, impossible to delete.
+    pub fn related_ids<'a>(&'a self, id: &'a str) -> impl Iterator<Item = String> + 'a {
         self.spec
-            .origin
-            .as_ref()
-            .map(|o| o.url(&encode_path_segment(id)))
+            .related
+            .iter()
+            .map(move |t| t.replace("{id}", id))
+            .filter(|rid| rid.len() <= crate::patterns::MAX_ID_BYTES)
     }
 
     /// Runs the rule's `cache` plugin hook, if it has one. A failing plugin is an error: a
@@ -242,6 +264,42 @@ pub fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A cache id as a request names it: bounded like every id, and one path segment of the
+/// origin URL, so never `.` or `..` (whatever the rule's origin: one rule for every cache
+/// route). Checked at the HTTP edge of every cache route and again by the writes.
+pub fn check_cache_id(id: &str) -> Result<(), InputError> {
+    crate::patterns::check_id(id)?;
+    if id == "." || id == ".." {
+        return Err(InputError::DotSegment(id.to_string()));
+    }
+    Ok(())
+}
+
+/// `template`'s URL for `id`, unless the id adds a dot segment to the template's own
+/// `template_dots`.
+fn origin_url_for(template: &OriginTemplate, template_dots: usize, id: &str) -> Option<String> {
+    let url = template.url(&encode_path_segment(id));
+    (dot_segments(&url) == template_dots).then_some(url)
+}
+
+/// How many segments of `url`'s path are dot segments, as the WHATWG URL parser (reqwest's
+/// `url` crate) sees them: `.` or `..`, each dot also as `%2e`/`%2E`, with `\` separating
+/// segments like `/` in http URLs. The path ends at `?` or `#`.
+fn dot_segments(url: &str) -> usize {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let Some(start) = rest.find(['/', '\\']) else {
+        return 0;
+    };
+    let path = &rest[start..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    path.split(['/', '\\'])
+        .filter(|seg| {
+            let s = seg.to_ascii_lowercase().replace("%2e", ".");
+            s == "." || s == ".."
+        })
+        .count()
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters, so an id is exactly one path
 /// segment of the origin URL (`/`, `?`, `#` and `%` in ids cannot change the URL's shape).
 pub fn encode_path_segment(id: &str) -> String {
@@ -284,6 +342,79 @@ mod tests {
         assert_eq!(encode_path_segment("a-1_b.c~"), "a-1_b.c~");
         assert_eq!(encode_path_segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
         assert_eq!(encode_path_segment("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn dot_segments_are_counted_like_a_url_parser() {
+        assert_eq!(dot_segments("http://h/items/x"), 0);
+        assert_eq!(dot_segments("http://h/items/.."), 1);
+        assert_eq!(dot_segments("http://h/items/./x"), 1);
+        assert_eq!(dot_segments("http://h/items/%2E%2e/x"), 1);
+        assert_eq!(dot_segments("http://h/items/.%2E"), 1);
+        assert_eq!(dot_segments("http://h/a\\..\\b"), 1);
+        assert_eq!(dot_segments("http://h/items/...;x"), 0);
+        assert_eq!(dot_segments("http://h/items/..."), 0);
+        assert_eq!(dot_segments("http://h/items?id=.."), 0);
+        assert_eq!(dot_segments("http://h/items/x#/.."), 0);
+        assert_eq!(dot_segments("http://h"), 0);
+        // Each of these is what reqwest's URL parser really resolves.
+        for (url, resolved) in [
+            ("http://h/items/..", "http://h/"),
+            ("http://h/items/%2E%2E", "http://h/"),
+            ("http://h/items/%2e", "http://h/items/"),
+        ] {
+            assert_eq!(reqwest::Url::parse(url).unwrap().as_str(), resolved);
+            assert_eq!(dot_segments(url), 1, "{url}");
+        }
+    }
+
+    #[test]
+    fn no_id_adds_a_dot_segment_to_an_origin_url() {
+        let url = |template: &str, id: &str| {
+            let t = OriginTemplate {
+                text: template.to_string(),
+            };
+            origin_url_for(&t, dot_segments(&t.url("_")), id)
+        };
+        assert_eq!(
+            url("http://h/items/{id}", "a.b").as_deref(),
+            Some("http://h/items/a.b")
+        );
+        assert_eq!(url("http://h/items/{id}", ".."), None);
+        assert_eq!(url("http://h/items/{id}", "."), None);
+        assert_eq!(url("http://h/items/.{id}", "."), None);
+        assert_eq!(url("http://h/items/{id}{id}", "."), None);
+        assert!(
+            url("http://h/items/{id}{id}", "..").is_some(),
+            "`....` is a name"
+        );
+        assert!(
+            url("http://h/items/{id}.json", ".").is_some(),
+            "`..json` is a name"
+        );
+        assert!(
+            url("http://h/items?id={id}", "..").is_some(),
+            "a query, not a path"
+        );
+        // A template with a dot segment of its own is left as the operator wrote it.
+        assert!(url("http://h/a/../{id}", "x").is_some());
+        assert!(url("http://h/a/../{id}", "..").is_none());
+    }
+
+    #[test]
+    fn dot_ids_are_refused() {
+        assert_eq!(
+            check_cache_id(".."),
+            Err(InputError::DotSegment("..".into()))
+        );
+        assert!(check_cache_id(".").is_err());
+        assert!(check_cache_id("").is_err());
+        assert!(check_cache_id("...").is_ok());
+        assert!(check_cache_id(".a").is_ok());
+        assert!(
+            check_cache_id("%2e%2e").is_ok(),
+            "sent as %252e%252e: one segment"
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub const MAX_TAG_BYTES: usize = 128;
 pub enum OriginError {
     #[error("the origin did not answer within {0:?}")]
     Timeout(Duration),
+    /// No connection could be made: the request was never sent.
+    #[error("the origin could not be reached: {0}")]
+    Connect(String),
+    /// The request failed after a connection was made (it may have been received).
     #[error("the origin could not be reached: {0}")]
     Unreachable(String),
     #[error("the origin's answer is larger than max_value_bytes ({max} bytes)")]
@@ -193,7 +197,11 @@ impl OriginClient {
                 msg.push_str(&s.to_string());
                 src = s.source();
             }
-            OriginError::Unreachable(msg)
+            if e.is_connect() {
+                OriginError::Connect(msg)
+            } else {
+                OriginError::Unreachable(msg)
+            }
         }
     }
 }

@@ -1152,9 +1152,7 @@ impl CacheRule {
             None => id.to_string(),
         };
         let mut keys = self.id_keys(&key_id);
-        for t in &self.spec.related {
-            let rid = t.replace("{id}", id);
-            check_id(&rid)?;
+        for rid in self.related_ids(id) {
             keys.extend(self.id_keys(&rid));
             self.forget(&rid);
         }

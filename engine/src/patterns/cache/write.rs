@@ -1,9 +1,15 @@
 //! Cache writes at request time: `PUT` and `PATCH` for `write: cache | through | behind`.
 //!
 //! - `cache`: one script stores the value.
-//! - `through`: the origin first (`PUT`/`PATCH` to the origin URL, bounded by
-//!   `origin_timeout`); only a 2xx answer lets the script store the value. Any origin failure
-//!   is returned and the cache is left as it was.
+//! - `through`: three steps, because the origin and Redis cannot change atomically. First a
+//!   script sets the cached value aside and puts this write's token in the lease
+//!   (`cache_through_begin.lua`), so from then on no read serves the value the write may
+//!   replace; if Redis fails this step, nothing was written anywhere (503). Then the origin
+//!   (`PUT`/`PATCH` to the origin URL, bounded by `origin_timeout`). A 2xx lets the PUT/PATCH
+//!   script store the new value; if Redis fails that step, the origin has the write and the
+//!   answer says so (2xx, `cache_unconfirmed`): reads go to the origin until the marker
+//!   lapses. A refusal (an answer, or no connection) restores the set-aside value; a timeout
+//!   or a connection lost mid-request (the origin may have applied the write) drops it.
 //! - `behind`: one script stores the value AND appends the journal entry; the answer (202) is
 //!   sent only after that script succeeded, so an acknowledged write is in Redis, and the
 //!   flusher (`journal`) delivers it to the origin at least once.
@@ -13,10 +19,10 @@
 use axum::body::Bytes;
 use reqwest::Method;
 
-use super::origin::MAX_TAGS;
-use super::{CacheRule, duration_ms, valid_tag};
-use crate::compile::cache::{JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
-use crate::patterns::{InputError, check_id};
+use super::origin::{MAX_TAGS, OriginError};
+use super::{CacheRule, check_cache_id, duration_ms, random_token, valid_tag};
+use crate::compile::cache::{HELD_SUB, JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
+use crate::patterns::InputError;
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
 use crate::store::{Store, StoreError};
@@ -40,12 +46,12 @@ pub enum WriteError {
     #[error("no cached value for id `{0}` to patch")]
     NotFound(String),
     /// The origin answered a write with a non-2xx status.
-    #[error("the origin refused the write with status {0}; the cache was not changed")]
-    OriginRefused(u16),
-    #[error("the origin write failed ({0}); the cache was not changed")]
-    OriginUnreachable(String),
-    #[error("the origin did not answer the write in time ({0}); the cache was not changed")]
-    OriginTimeout(String),
+    #[error("the origin refused the write with status {status}; {cache}")]
+    OriginRefused { status: u16, cache: CacheLeft },
+    #[error("the origin write failed ({detail}); {cache}")]
+    OriginUnreachable { detail: String, cache: CacheLeft },
+    #[error("the origin did not answer the write in time ({detail}); {cache}")]
+    OriginTimeout { detail: String, cache: CacheLeft },
     #[error(
         "the write-behind journal holds {backlog} undelivered writes (journal_max_len); \
          nothing was written, retry later"
@@ -73,12 +79,70 @@ impl WriteError {
             WriteError::TooLarge { .. } => "too_large",
             WriteError::NotHash(_) => "not_hash",
             WriteError::NotFound(_) => "not_found",
-            WriteError::OriginRefused(_) | WriteError::OriginUnreachable(_) => "origin_error",
-            WriteError::OriginTimeout(_) => "origin_timeout",
+            WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
+                "origin_error"
+            }
+            WriteError::OriginTimeout { .. } => "origin_timeout",
             WriteError::JournalFull { .. } => "journal_full",
             WriteError::Bypassed(_) => "bypassed",
             WriteError::Plugin(_) => "plugin_failed",
             WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
+        }
+    }
+}
+
+/// What a failed write-through left in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLeft {
+    /// What it held before the write.
+    Unchanged,
+    /// No value for the id: the origin may have applied the write, so the old value is
+    /// never served again; reads go to the origin.
+    Dropped,
+    /// The origin did not apply the write, but Redis failed to put the set-aside value back:
+    /// reads go to the origin.
+    NotRestored,
+}
+
+impl std::fmt::Display for CacheLeft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheLeft::Unchanged => "the cache was not changed",
+            CacheLeft::Dropped => {
+                "the origin may have applied it, so the cached value was dropped and reads go \
+                 to the origin"
+            }
+            CacheLeft::NotRestored => {
+                "the cached value could not be put back (Redis failed), so reads go to the origin"
+            }
+        })
+    }
+}
+
+/// How a write-through's origin request failed.
+enum OriginFailure {
+    /// The origin answered with this non-2xx status: it did not take the write.
+    Refused(u16),
+    /// Never sent (no connection, or no origin): nothing happened there.
+    NotSent(String),
+    /// Failed after it was sent: the origin may have applied it.
+    Lost(String),
+    Timeout(String),
+}
+
+impl OriginFailure {
+    /// True when the origin certainly did not apply the write.
+    fn not_applied(&self) -> bool {
+        matches!(self, OriginFailure::Refused(_) | OriginFailure::NotSent(_))
+    }
+
+    fn into_error(self, cache: CacheLeft) -> WriteError {
+        match self {
+            OriginFailure::Refused(status) => WriteError::OriginRefused { status, cache },
+            OriginFailure::NotSent(detail) | OriginFailure::Lost(detail) => {
+                WriteError::OriginUnreachable { detail, cache }
+            }
+            OriginFailure::Timeout(detail) => WriteError::OriginTimeout { detail, cache },
         }
     }
 }
@@ -98,13 +162,17 @@ pub struct PutRequest<'a> {
 }
 
 /// What a write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// `behind`: the journal entry that will carry the write to the origin.
     pub journal_id: Option<String>,
     /// `PATCH`: the whole object after the patch; `None` for `PUT`, and for a write-through
     /// `PATCH` of an id that was not cached (the origin took it; nothing to patch here).
     pub object: Option<String>,
+    /// Write-through: the origin took the write, but Redis failed the script that stores it
+    /// (it may still run late). The old value is not served either way: it was set aside
+    /// before the origin call, so reads go to the origin until the write's marker lapses.
+    pub cache_unconfirmed: bool,
 }
 
 impl CacheRule {
@@ -136,16 +204,27 @@ impl CacheRule {
     /// (a value whose newest write is still journaled is never replaced by the origin's older
     /// copy).
     pub fn read_keys(&self, id: &str) -> Vec<String> {
-        self.write_keys(id)
-    }
-
-    /// Keys of a write script: value, refresh lease, and the journal for `behind`.
-    fn write_keys(&self, id: &str) -> Vec<String> {
         let mut keys = self.keys.keys(id, [VALUE_SUB, LEASE_SUB]);
         if self.spec.write == WriteMode::Behind {
             keys.push(self.keys.rule_key(JOURNAL_SUB));
         }
         keys
+    }
+
+    /// Keys of a write script: value, refresh lease, then the journal for `behind` or the
+    /// held copy for `through`.
+    fn write_keys(&self, id: &str) -> Vec<String> {
+        match self.spec.write {
+            WriteMode::Through => self.keys.keys(id, [VALUE_SUB, LEASE_SUB, HELD_SUB]),
+            _ => self.read_keys(id),
+        }
+    }
+
+    /// How long a write marker in the lease lives: longer than a fill that read the origin
+    /// before the write can take (it ends within origin_timeout, or loses its lease after
+    /// refresh_lease), and longer than the write's own origin call.
+    fn marker_ms(&self) -> u64 {
+        duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
     }
 
     /// The rule's plugin decision for a write (same facts as a GET: method, path, id,
@@ -197,6 +276,7 @@ impl CacheRule {
     ) -> Result<WriteOutcome, WriteError> {
         self.forget(id);
         self.count_write(match &r {
+            Ok(o) if o.cache_unconfirmed => "cache_unconfirmed",
             Ok(o) if o.journal_id.is_some() => "accepted",
             Ok(_) => "stored",
             Err(e) => e.result_label(),
@@ -209,7 +289,7 @@ impl CacheRule {
         store: &Store,
         req: PutRequest<'_>,
     ) -> Result<WriteOutcome, WriteError> {
-        check_id(req.id)?;
+        check_cache_id(req.id)?;
         let size = req.body.len() as u64;
         if size > self.spec.max_value_bytes {
             return Err(WriteError::TooLarge {
@@ -229,11 +309,9 @@ impl CacheRule {
             // request); the other modes have nothing to write.
             if self.spec.write == WriteMode::Through {
                 self.origin_write(Method::PUT, req.id, content_type, req.body.clone())
-                    .await?;
-                return Ok(WriteOutcome {
-                    journal_id: None,
-                    object: None,
-                });
+                    .await
+                    .map_err(|f| f.into_error(CacheLeft::Unchanged))?;
+                return Ok(WriteOutcome::default());
             }
             return Err(WriteError::Bypassed(self.rule.clone()));
         };
@@ -246,9 +324,23 @@ impl CacheRule {
         } else {
             None
         };
-        if self.spec.write == WriteMode::Through {
-            self.origin_write(Method::PUT, req.id, content_type, req.body.clone())
-                .await?;
+        let keys = self.write_keys(&key_id);
+        let through = self.spec.write == WriteMode::Through;
+        let token = random_token();
+        let marker_ms = self.marker_ms().to_string();
+        if through {
+            self.through_origin(
+                store,
+                &keys,
+                &token,
+                &marker_ms,
+                Method::PUT,
+                req.id,
+                &key_id,
+                content_type,
+                req.body.clone(),
+            )
+            .await?;
         }
         let behind = self.spec.write == WriteMode::Behind;
         let ttl = ttl_ms.to_string();
@@ -265,8 +357,16 @@ impl CacheRule {
             self.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
-            if behind { b"b" } else { b"c" },
-            max_len.as_bytes(),
+            match self.spec.write {
+                WriteMode::Cache => b"c",
+                WriteMode::Through => b"t",
+                WriteMode::Behind => b"b",
+            },
+            if through {
+                token.as_bytes()
+            } else {
+                max_len.as_bytes()
+            },
             req.id.as_bytes(),
             content_type.as_bytes(),
             if hash { b"h" } else { b"s" },
@@ -282,9 +382,12 @@ impl CacheRule {
                 args.push(json.as_bytes());
             }
         }
-        let reply: Vec<redis::Value> = store
-            .eval(&self.scripts.write.put, &self.write_keys(&key_id), &args)
-            .await?;
+        let reply: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await
+        {
+            Ok(r) => r,
+            Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
+            Err(e) => return Err(e.into()),
+        };
         self.forget(&key_id);
         match reply.first().map(int) {
             Some(Some(1)) => Ok(WriteOutcome {
@@ -292,8 +395,11 @@ impl CacheRule {
                     .then(|| reply.get(1).and_then(text))
                     .flatten()
                     .filter(|s| !s.is_empty()),
-                object: None,
+                ..WriteOutcome::default()
             }),
+            // Through: a later write or a DELETE took the lease meanwhile; the script dropped
+            // the value, so reads go to the origin, which has this write.
+            Some(Some(0)) if through => Ok(WriteOutcome::default()),
             Some(Some(-1)) => Err(WriteError::JournalFull {
                 backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
             }),
@@ -323,7 +429,7 @@ impl CacheRule {
         body: Bytes,
         facts: Option<RequestFacts>,
     ) -> Result<WriteOutcome, WriteError> {
-        check_id(id)?;
+        check_cache_id(id)?;
         if self.spec.format != CacheFormat::Hash {
             return Err(WriteError::NotHash(self.rule.clone()));
         }
@@ -340,20 +446,33 @@ impl CacheRule {
         let Some((key_id, ttl_ms, _)) = self.write_choice("PATCH", id, facts)? else {
             if self.spec.write == WriteMode::Through {
                 self.origin_write(Method::PATCH, id, patch_ct, body.clone())
-                    .await?;
-                return Ok(WriteOutcome {
-                    journal_id: None,
-                    object: None,
-                });
+                    .await
+                    .map_err(|f| f.into_error(CacheLeft::Unchanged))?;
+                return Ok(WriteOutcome::default());
             }
             return Err(WriteError::Bypassed(self.rule.clone()));
         };
         let k = if key_id == id { "" } else { key_id.as_str() };
+        let keys = self.write_keys(&key_id);
+        let through = self.spec.write == WriteMode::Through;
+        let token = random_token();
+        // The write marker outlives any fill that read the origin before this PATCH.
+        let marker_ms = self.marker_ms().to_string();
         let mode = match self.spec.write {
             WriteMode::Cache => "c",
             WriteMode::Through => {
-                self.origin_write(Method::PATCH, id, patch_ct, body.clone())
-                    .await?;
+                self.through_origin(
+                    store,
+                    &keys,
+                    &token,
+                    &marker_ms,
+                    Method::PATCH,
+                    id,
+                    &key_id,
+                    patch_ct,
+                    body.clone(),
+                )
+                .await?;
                 "t"
             }
             WriteMode::Behind => "b",
@@ -361,17 +480,16 @@ impl CacheRule {
         let ttl = ttl_ms.to_string();
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
-        // The write marker outlives any fill that read the origin before this PATCH: such a
-        // fill ends within origin_timeout, or loses its lease after refresh_lease.
-        let marker_ms = duration_ms(self.spec.refresh_lease)
-            .max(duration_ms(self.spec.origin_timeout) + 1000)
-            .to_string();
         let mut args: Vec<&[u8]> = vec![
             self.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             mode.as_bytes(),
-            max_len.as_bytes(),
+            if through {
+                token.as_bytes()
+            } else {
+                max_len.as_bytes()
+            },
             id.as_bytes(),
             marker_ms.as_bytes(),
             k.as_bytes(),
@@ -381,26 +499,95 @@ impl CacheRule {
             // An empty text deletes the member (a JSON text is never empty).
             args.push(json.as_deref().unwrap_or("").as_bytes());
         }
-        let reply: Vec<redis::Value> = store
-            .eval(&self.scripts.write.patch, &self.write_keys(&key_id), &args)
-            .await?;
+        let reply: Vec<redis::Value> =
+            match store.eval(&self.scripts.write.patch, &keys, &args).await {
+                Ok(r) => r,
+                Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
+                Err(e) => return Err(e.into()),
+            };
         self.forget(&key_id);
         match reply.first().map(int) {
             Some(Some(1)) => Ok(WriteOutcome {
                 journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
                 object: reply.get(2).and_then(text),
+                cache_unconfirmed: false,
             }),
             // Through: the origin has the patch; the cache had nothing live to patch (and a
-            // negative or invalidated entry was dropped by the script).
-            Some(Some(0)) if self.spec.write == WriteMode::Through => Ok(WriteOutcome {
-                journal_id: None,
-                object: None,
-            }),
+            // negative or invalidated entry was dropped by the script), or a later write or
+            // DELETE took the lease meanwhile (the script dropped the value).
+            Some(Some(0)) if through => Ok(WriteOutcome::default()),
             Some(Some(0)) => Err(WriteError::NotFound(id.to_string())),
             Some(Some(-1)) => Err(WriteError::JournalFull {
                 backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
             }),
             _ => Err(WriteError::Reply(format!("{reply:?}"))),
+        }
+    }
+
+    /// Write-through around the origin call: the value is set aside and the lease holds
+    /// `token` first (if Redis fails that, nothing was written anywhere: the error is the
+    /// Store's 503); after a failed origin call the set-aside value is restored (the origin
+    /// did not apply the write) or dropped (it may have), and the error says which.
+    #[allow(clippy::too_many_arguments)]
+    async fn through_origin(
+        &self,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        marker_ms: &str,
+        method: Method,
+        id: &str,
+        key_id: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(), WriteError> {
+        let _: i64 = store
+            .eval(
+                &self.scripts.write.through_begin,
+                keys,
+                &[token.as_bytes(), marker_ms.as_bytes()],
+            )
+            .await?;
+        let failure = match self.origin_write(method, id, content_type, body).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        self.forget(key_id);
+        let restore = failure.not_applied();
+        let how: &[u8] = if restore { b"restore" } else { b"drop" };
+        let cache = match store
+            .eval::<i64>(
+                &self.scripts.write.through_abort,
+                keys,
+                &[token.as_bytes(), how, marker_ms.as_bytes()],
+            )
+            .await
+        {
+            Ok(_) if restore => CacheLeft::Unchanged,
+            Ok(_) => CacheLeft::Dropped,
+            Err(e) => {
+                // The value stays set aside, never served; the marker lapses and reads fill
+                // from the origin.
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not end a failed write-through in Redis");
+                if restore {
+                    CacheLeft::NotRestored
+                } else {
+                    CacheLeft::Dropped
+                }
+            }
+        };
+        Err(failure.into_error(cache))
+    }
+
+    /// The origin took a write-through but Redis failed the script that stores it: the
+    /// answer says the origin has the write. The value the write replaced was set aside
+    /// before the origin call and is not served again.
+    fn cache_unconfirmed(&self, id: &str, e: &StoreError) -> WriteOutcome {
+        self.forget(id);
+        tracing::warn!(app = %self.app, rule = %self.rule, id = %id, error = %e, "write-through: the origin took the write, storing it in Redis failed; reads go to the origin");
+        WriteOutcome {
+            cache_unconfirmed: true,
+            ..WriteOutcome::default()
         }
     }
 
@@ -411,12 +598,13 @@ impl CacheRule {
         id: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), OriginFailure> {
         let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
-            // Validation refuses `write: through` without an origin.
-            return Err(WriteError::OriginUnreachable(
-                "the rule has no origin".to_string(),
-            ));
+            // Validation refuses `write: through` without an origin; ids that would not stay
+            // one path segment are refused before (`check_cache_id`).
+            return Err(OriginFailure::NotSent(format!(
+                "no origin URL for id `{id}`"
+            )));
         };
         match client
             .send(
@@ -429,9 +617,14 @@ impl CacheRule {
             .await
         {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) => Err(WriteError::OriginRefused(r.status)),
-            Err(e) if e.is_timeout() => Err(WriteError::OriginTimeout(e.to_string())),
-            Err(e) => Err(WriteError::OriginUnreachable(e.to_string())),
+            Ok(r) => Err(OriginFailure::Refused(r.status)),
+            Err(e @ OriginError::Timeout(_)) => Err(OriginFailure::Timeout(e.to_string())),
+            Err(e @ (OriginError::Connect(_) | OriginError::Client(_))) => {
+                Err(OriginFailure::NotSent(e.to_string()))
+            }
+            Err(e @ (OriginError::Unreachable(_) | OriginError::TooLarge { .. })) => {
+                Err(OriginFailure::Lost(e.to_string()))
+            }
         }
     }
 }
