@@ -12,8 +12,8 @@ done
 echo
 curl -s -i -X POST "$P/v1/ratelimit/shop/login" -d '{"id":"alice"}'
 
-say "forward auth: the id comes from X-Forwarded-For (first address)"
-curl -s -i "$P/v1/ratelimit/shop/edge" -H 'X-Forwarded-For: 203.0.113.7, 10.0.0.1'
+say "forward auth: the id is the address the gateway saw (the rightmost of X-Forwarded-For)"
+curl -s -i "$P/v1/ratelimit/shop/edge" -H 'X-Forwarded-For: forged-by-the-client, 203.0.113.7'
 
 say "concurrency: take a lease, then give it back"
 lease=$(curl -s -X POST "$P/v1/ratelimit/shop/jobs" -d '{"id":"worker-1"}' | sed -E 's/.*"lease":"([^"]+)".*/\1/')

@@ -13,3 +13,6 @@ pub mod policy;
 pub mod runtime;
 pub mod snapshot;
 pub mod store;
+
+#[cfg(test)]
+mod proptest_config;

@@ -1,15 +1,16 @@
 //! The `patternd` binary: serve | check | compile | schema.
 
-use std::net::SocketAddr;
+use std::io::{self, IsTerminal as _, Write};
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use patternd::http::{AppState, router};
+use patternd::http::{AdminToken, AppState, router, server};
 use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
 use patternd::runtime::Runtime;
@@ -30,6 +31,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Which log events to write: a tracing filter such as `info`, `warn,patternd=debug`.
+    /// An invalid filter is refused (exit code 2).
+    #[arg(
+        long = "log",
+        global = true,
+        env = "PATTERND_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+    /// Log format on stderr: `text` for people, `json` for log shippers (one object a line:
+    /// `timestamp`, `level`, `target`, `fields`).
+    #[arg(
+        long,
+        global = true,
+        env = "PATTERND_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -58,8 +85,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "PATTERND_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A host name is resolved
+    /// once at start and patternd listens on one of its addresses: the first IPv4 one, else
+    /// the first.
+    #[arg(long, env = "PATTERND_LISTEN", default_value = "127.0.0.1:8080", value_name = "HOST:PORT", value_parser = parse_listen)]
     listen: SocketAddr,
     /// Redis URL. Without it, patternd starts a managed redis-server on a free loopback port
     /// (for trying it out; nothing is persisted).
@@ -80,20 +109,86 @@ struct ServeArgs {
     /// Bound on every Redis command; past it, the rule's on_redis_error decides.
     #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = humantime::parse_duration)]
     redis_timeout: Duration,
+    /// Client connections served at once (admin routes included: they share the listener);
+    /// more wait in the listen backlog. Default: three quarters of the open-files limit
+    /// (a quarter, at least 128, stays for Redis, origins and files), at most 10000.
+    #[arg(long, env = "PATTERND_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// A request head (or the next one on an idle keep-alive connection) must arrive whole
+    /// within this, or the connection is closed.
+    #[arg(long, env = "PATTERND_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_read_timeout: Duration,
+    /// A request body must arrive whole within this after its head, or the answer is 408.
+    #[arg(long, env = "PATTERND_BODY_READ_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    body_read_timeout: Duration,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--max-connections`, or the default for this process's open-files limit; logged either way.
+fn connection_cap(requested: Option<u64>) -> usize {
+    let nofile = server::open_files_limit();
+    let budget = nofile.map(server::default_max_connections);
+    match (requested, budget) {
+        (Some(n), budget) => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if let (Some(b), Some(nofile)) = (budget, nofile)
+                && n > b
+            {
+                tracing::warn!(
+                    max_connections = n,
+                    open_files_limit = nofile,
+                    "--max-connections leaves fewer than {} file descriptors for Redis, origins and files; raise the open-files limit (ulimit -n) or lower it",
+                    nofile.saturating_sub(n as u64)
+                );
+            }
+            n
+        }
+        (None, Some(b)) => {
+            tracing::info!(
+                max_connections = b,
+                open_files_limit = nofile,
+                "connection cap from the open-files limit (the rest stays for Redis, origins and files)"
+            );
+            b
+        }
+        (None, None) => {
+            let b = usize::try_from(server::DEFAULT_MAX_CONNECTIONS).unwrap_or(usize::MAX);
+            tracing::info!(
+                max_connections = b,
+                "open-files limit unknown or unlimited: connection cap at the default"
+            );
+            b
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli.log, cli.log_format) {
+        // Falling back to a default would hide every event the operator asked for.
+        eprintln!(
+            "error: invalid log filter `{}` (from --log or PATTERND_LOG): {e}\n\
+             expected tracing's filter syntax, such as `info` or `warn,patternd=debug`",
+            cli.log
+        );
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Check { paths, plugins } => return check(&sources(paths, plugins)),
         Command::Compile { paths, plugins } => return compile_cmd(&sources(paths, plugins)),
         Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&policy::json_schema()).unwrap_or_default()
-            );
-            Ok(())
+            return emit(|out| {
+                let schema =
+                    serde_json::to_string_pretty(&policy::json_schema()).unwrap_or_default();
+                writeln!(out, "{schema}")
+            });
         }
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -110,18 +205,88 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(
+    filter: &str,
+    format: LogFormat,
+) -> Result<(), tracing_subscriber::filter::ParseError> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PATTERND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // An empty PATTERND_LOG (`PATTERND_LOG=`) means the default, as if unset.
+    let filter = if filter.trim().is_empty() {
+        "info"
+    } else {
+        filter
+    };
+    let filter = EnvFilter::builder().parse(filter)?;
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Text => {
+            // Colours only for a person at a terminal: escape codes in a file or a log
+            // pipeline are noise. NO_COLOR (no-color.org) still turns them off there.
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            fmt.with_ansi(io::stderr().is_terminal() && !no_color)
+                .init();
+        }
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
+/// Diagnostics for a person at a terminal (`check`, `compile`): `file:line:column: …`.
 fn print_diags(diags: &[Diagnostic]) {
     for d in diags {
         eprintln!("{d}");
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`patternd compile | head`)
+/// ends it quietly with success, as it does any Unix filter; `println!` would panic.
+fn emit(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> ExitCode {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: could not write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--listen`: an address, or a host name resolved now (see the flag's help for which of its
+/// addresses is used). Resolving at parse time keeps `serve` taking one `SocketAddr`.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected HOST:PORT, such as 127.0.0.1:8080, [::1]:8080 or localhost:8080";
+    let (host, port) = text.rsplit_once(':').ok_or(expected)?;
+    if host.is_empty() || host.contains(':') {
+        return Err(format!("{expected} (an IPv6 address goes in brackets)"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{expected}; `{port}` is not a port"))?;
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    // IPv4 first, as Go's net.Listen does: `localhost` often resolves to ::1 first, and a
+    // listener on ::1 alone would refuse clients that connect to 127.0.0.1.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+/// Diagnostics of the policies `serve` loads, as log events (with the place as fields), so a
+/// JSON log stays JSON and the filter applies.
+fn log_diags(diags: &[Diagnostic]) {
+    for d in diags {
+        d.log();
     }
 }
 
@@ -137,14 +302,16 @@ fn check(src: &Sources) -> ExitCode {
     match Snapshot::build(src) {
         Ok(snap) => {
             print_diags(&snap.warnings);
-            println!(
-                "ok: {} app(s), {} rule(s), {} plugin(s), {} warning(s)",
-                snap.compiled.apps.len(),
-                snap.rule_count(),
-                snap.plugins.len(),
-                snap.warnings.len()
-            );
-            ExitCode::SUCCESS
+            emit(|out| {
+                writeln!(
+                    out,
+                    "ok: {} app(s), {} rule(s), {} plugin(s), {} warning(s)",
+                    snap.compiled.apps.len(),
+                    snap.rule_count(),
+                    snap.plugins.len(),
+                    snap.warnings.len()
+                )
+            })
         }
         Err(d) => {
             print_diags(&d.0);
@@ -162,23 +329,26 @@ fn compile_cmd(src: &Sources) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for rule in snap.compiled.rules() {
-        println!(
-            "==> {}/{} ({})",
-            rule.rule.app,
-            rule.rule.name,
-            rule.rule.kind.pattern()
-        );
-        println!("keys:");
-        for (k, what) in rule.key_layout() {
-            println!("  {k}  -- {what}");
+    emit(|out| {
+        for rule in snap.compiled.rules() {
+            writeln!(
+                out,
+                "==> {}/{} ({})",
+                rule.rule.app,
+                rule.rule.name,
+                rule.rule.kind.pattern()
+            )?;
+            writeln!(out, "keys:")?;
+            for (k, what) in rule.key_layout() {
+                writeln!(out, "  {k}  -- {what}")?;
+            }
+            for script in rule.scripts() {
+                writeln!(out, "script {} (sha1 {}):", script.name, script.sha)?;
+                writeln!(out, "{}", script.source)?;
+            }
         }
-        for script in rule.scripts() {
-            println!("script {} (sha1 {}):", script.name, script.sha);
-            println!("{}", script.source);
-        }
-    }
-    ExitCode::SUCCESS
+        Ok(())
+    })
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -210,7 +380,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let snapshot = match Snapshot::build(&src) {
         Ok(s) => s,
         Err(d) => {
-            print_diags(&d.0);
+            log_diags(&d.0);
             anyhow::bail!(
                 "{} error(s) in the policies at {}; nothing started",
                 d.error_count(),
@@ -218,7 +388,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     };
-    print_diags(&snapshot.warnings);
+    log_diags(&snapshot.warnings);
 
     let (managed, url) = match &args.redis {
         Some(url) => (None, url.clone()),
@@ -241,14 +411,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pool_size: args.redis_pool.unwrap_or(cores),
         command_timeout: args.redis_timeout,
     })?;
-    tracing::info!(redis = %store.redacted_url(), pool = args.redis_pool.unwrap_or(cores), "Redis pool ready");
+    // Nothing has been sent to Redis yet: say so, and say when it first answers (below).
+    tracing::info!(
+        redis = %store.redacted_url(),
+        pool = args.redis_pool.unwrap_or(cores),
+        "Redis pool created (connections open on first use)"
+    );
 
     let tracker = patternd::store::tracking::Tracker::new(&url_for_tracking)?;
     let tracker_task = tracker.spawn();
     let runtime =
         Arc::new(Runtime::new(snapshot, store, src).with_redis_timeout(args.redis_timeout));
     runtime.enable_near_caches(tracker);
-    runtime.preload_scripts().await;
+    if !runtime.preload_scripts().await {
+        // Until Redis answers, requests get on_redis_error or 503; this says when it does.
+        tokio::spawn({
+            let runtime = runtime.clone();
+            async move { runtime.preload_scripts_until_redis_answers().await }
+        });
+    }
     let snap = runtime.snapshot();
     tracing::info!(
         apps = snap.compiled.apps.len(),
@@ -270,21 +451,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let state = AppState {
         runtime,
-        admin_token: args.admin_token.map(Arc::from),
+        admin_token: args.admin_token.as_deref().map(AdminToken::new),
         metrics: Some(metrics),
     };
     let app = router(state);
+    let limits = server::Limits {
+        max_connections: connection_cap(args.max_connections),
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "patternd serving");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("server error")?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        max_connections = limits.max_connections,
+        header_read_timeout = %humantime::format_duration(limits.header_read_timeout),
+        body_read_timeout = %humantime::format_duration(limits.body_read_timeout),
+        "patternd serving"
+    );
+    server::serve(listener, app, limits, shutdown_signal()).await;
     tracing::info!("shutting down");
     // Entries in flight stay pending in the journal and are taken over by the next engine.
     let _ = stop_flusher.send(true);

@@ -73,14 +73,43 @@ impl Runtime {
     }
 
     /// Loads the current snapshot's scripts; logs instead of failing when Redis is down, since
-    /// NOSCRIPT recovery loads them on first use anyway.
-    pub async fn preload_scripts(&self) {
+    /// NOSCRIPT recovery loads them on first use anyway. True when Redis answered.
+    pub async fn preload_scripts(&self) -> bool {
         let snap = self.snapshot();
         match self.store.load_scripts(&snap.scripts).await {
-            Ok(()) => tracing::info!(scripts = snap.scripts.len(), "scripts loaded into Redis"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not load scripts into Redis yet; they load on first use")
+            Ok(()) => {
+                tracing::info!(
+                    scripts = snap.scripts.len(),
+                    "Redis answers: scripts loaded"
+                );
+                true
             }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "Redis does not answer yet: requests get on_redis_error or 503 until it does; scripts load then"
+                );
+                false
+            }
+        }
+    }
+
+    /// After a failed [`Runtime::preload_scripts`]: retries quietly (250 ms doubling to 5 s)
+    /// until Redis answers, then logs it once. A retry while the breaker is open is refused
+    /// without reaching Redis.
+    pub async fn preload_scripts_until_redis_answers(&self) {
+        let mut pause = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(pause).await;
+            let snap = self.snapshot();
+            if self.store.load_scripts(&snap.scripts).await.is_ok() {
+                tracing::info!(
+                    scripts = snap.scripts.len(),
+                    "Redis answers: scripts loaded"
+                );
+                return;
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -112,6 +141,9 @@ impl Runtime {
             register_near_caches(t, &new);
         }
         metrics::counter!("patternd_reloads_total", "result" => "ok").increment(1);
+        for d in &new.warnings {
+            d.log();
+        }
         tracing::info!(rules = new.rule_count(), "policies reloaded");
         Ok(new)
     }

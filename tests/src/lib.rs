@@ -390,6 +390,17 @@ pub fn run_cli(args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// What [`Patternd::start_with`] changes from [`Patternd::start`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions<'a> {
+    /// The host of `--listen` (default `127.0.0.1`); it must resolve to 127.0.0.1, where the
+    /// harness looks for the server.
+    pub listen_host: Option<&'a str>,
+    /// Environment changes after the harness's own (`NO_COLOR=1`, `PATTERND_LOG=info`):
+    /// `Some` sets a variable, `None` removes it.
+    pub env: Vec<(&'a str, Option<&'a str>)>,
+}
+
 /// A running `patternd serve`, killed on drop.
 #[derive(Debug)]
 pub struct Patternd {
@@ -404,7 +415,18 @@ impl Patternd {
     /// Starts `patternd serve --redis <redis_url> --policies <dir> <extra_args…>` on a free
     /// port and waits until `/healthz` answers.
     pub async fn start(redis_url: &str, policies: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with(redis_url, policies, extra_args, &StartOptions::default()).await
+    }
+
+    /// [`Patternd::start`] with another `--listen` host or environment (see [`StartOptions`]).
+    pub async fn start_with(
+        redis_url: &str,
+        policies: &Path,
+        extra_args: &[&str],
+        opts: &StartOptions<'_>,
+    ) -> Result<Self> {
         let bin = patternd_bin()?;
+        let host = opts.listen_host.unwrap_or("127.0.0.1");
         let logdir = TempDir::new("patternd")?;
         let client = reqwest::Client::builder()
             // A proxy from the environment must never see loopback test traffic.
@@ -416,17 +438,24 @@ impl Patternd {
         for attempt in 0..PORT_ATTEMPTS {
             let port = free_port()?;
             let log = logdir.path().join(format!("patternd-{attempt}.log"));
-            let mut child = Command::new(&bin)
-                .arg("serve")
+            let mut cmd = Command::new(&bin);
+            cmd.arg("serve")
                 .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
+                .arg(format!("{host}:{port}"))
                 .arg("--redis")
                 .arg(redis_url)
                 .arg("--policies")
                 .arg(policies)
                 .args(extra_args)
                 .env("NO_COLOR", "1")
-                .env("PATTERND_LOG", "info")
+                .env("PATTERND_LOG", "info");
+            for (k, v) in &opts.env {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            let mut child = cmd
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(File::create(&log)?)
@@ -573,13 +602,19 @@ async fn wait_patternd(
     client: &reqwest::Client,
 ) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
-    let listening = format!("listen=127.0.0.1:{port}");
+    // The field as the text and the JSON log formats write it.
+    let listening = [
+        format!("listen=127.0.0.1:{port}"),
+        format!("\"listen\":\"127.0.0.1:{port}\""),
+    ];
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("patternd exited early ({status})");
         }
         let log_text = read_lossy(log);
-        if log_text.contains("patternd serving") && log_text.contains(&listening) {
+        if log_text.contains("patternd serving")
+            && listening.iter().any(|l| log_text.contains(l.as_str()))
+        {
             let url = format!("http://127.0.0.1:{port}/healthz");
             if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()

@@ -21,13 +21,13 @@ async fn forward_auth_get_takes_the_id_from_a_header() -> Result<()> {
     let w = World::start(&[("web.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let edge = "/v1/ratelimit/web/edge";
-    // X-Forwarded-For is `client, proxy, …`: the client address is the id, so the proxies a
-    // request went through do not change whose quota it uses.
+    // X-Forwarded-For is read from the right: the id is the address the gateway saw (its
+    // rightmost entry), whatever the client wrote to the left of it.
     for (xff, status, remaining) in [
-        ("203.0.113.7, 10.0.0.1", 200, 1),
+        ("198.51.100.9, 203.0.113.7", 200, 1),
         ("203.0.113.7", 200, 0),
-        (" 203.0.113.7 ,10.0.0.9, 10.0.0.10", 429, 0),
-        ("198.51.100.1, 203.0.113.7", 200, 1),
+        (" forged ,10.0.0.9, 203.0.113.7 ", 429, 0),
+        ("203.0.113.7, 198.51.100.1", 200, 1),
     ] {
         let r = p.get_with(edge, &[("x-forwarded-for", xff)]).await?;
         assert_eq!(
@@ -77,6 +77,40 @@ async fn forward_auth_get_takes_the_id_from_a_header() -> Result<()> {
         .await?;
     r.assert_problem(400);
     assert!(r.detail().contains("id_from"), "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_status_picks_the_status_of_a_denial() -> Result<()> {
+    let w = World::start(&[("web.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let keyed = "/v1/ratelimit/web/keyed";
+    let r = p
+        .get_with(&format!("{keyed}?deny_status=403"), &[("x-api-key", "k")])
+        .await?;
+    assert_eq!(
+        r.status, 200,
+        "an allowed request is 200 whatever deny_status: {r:?}"
+    );
+    for (q, status) in [
+        ("", 429),
+        ("?deny_status=429", 429),
+        ("?deny_status=403", 403),
+        ("?deny_status=401", 401),
+    ] {
+        let r = p
+            .get_with(&format!("{keyed}{q}"), &[("x-api-key", "k")])
+            .await?;
+        assert_eq!((r.status, r.allowed()), (status, false), "{q}: {r:?}");
+        assert!(r.header("retry-after").is_some(), "{q}: {r:?}");
+    }
+    for bad in ["200", "500", "forbidden", ""] {
+        let r = p
+            .get_with(&format!("{keyed}?deny_status={bad}"), &[("x-api-key", "k")])
+            .await?;
+        r.assert_problem(400);
+        assert!(r.detail().contains("429, 403 or 401"), "{bad}: {r:?}");
+    }
     Ok(())
 }
 

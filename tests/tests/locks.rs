@@ -391,6 +391,57 @@ async fn bad_requests_are_clear_problems() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn wait_ms_over_max_wait_is_refused_like_ttl_ms_over_max_ttl() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    // `order` has max_wait 60s. One millisecond more is refused, before anything is
+    // acquired, with the bound in the detail (as `ttl_ms` over `max_ttl` is).
+    let r = acquire(p, "order", "w", json!({ "wait_ms": 60_001 })).await?;
+    r.assert_problem(400);
+    assert!(
+        r.detail().contains("max_wait") && r.detail().contains("60000 ms"),
+        "{r:?}"
+    );
+    // `slots` has the default max_wait, 30s.
+    let r = acquire(p, "slots", "w", json!({ "wait_ms": 30_001 })).await?;
+    r.assert_problem(400);
+    assert!(r.detail().contains("30000 ms"), "{r:?}");
+    // Nothing was taken: the bound itself is accepted and the lock is free.
+    let r = acquire(p, "order", "w", json!({ "wait_ms": 60_000 })).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let a = acquire(p, "order", "orders%2F1001", json!({})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    // The holder's key is the decoded name, one id: `orders/1001`.
+    let mut conn = w.redis.conn().await?;
+    let keys: Vec<String> = scan_all(&mut conn)
+        .await?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    assert!(
+        keys.iter().any(|k| k == "shop:lock:order:{orders/1001}:h"),
+        "{keys:?}"
+    );
+    // The same name is held, whichever way the slash is spelled in the segment.
+    acquire(p, "order", "orders%2f1001", json!({}))
+        .await?
+        .assert_problem(409);
+    // An unencoded slash is another path (a route that does not exist).
+    let r = acquire(p, "order", "orders/1001", json!({})).await?;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = release(p, "order", "orders%2F1001", &token(&a)).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_is_a_503_and_locking_recovers() -> Result<()> {
     let mut w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
     let a = acquire(&w.patternd, "order", "r", json!({})).await?;

@@ -20,9 +20,18 @@ pub struct KeySpace {
 
 impl KeySpace {
     pub fn new(app: &str, pattern: &str, rule: &str) -> Self {
+        // An escaped id's `%` is always followed by `25`, `7B` or `7D`, so `%<app>.<rule>` is
+        // out of every id's reach, except for an app named `25…`: `%25x.r` is what the id
+        // `%x.r` escapes to. Such apps get `%.` (no name holds a `.`); every other app keeps
+        // the tag it always had, so no existing journal or tag version moves.
+        let rule_tag = if app.starts_with("25") {
+            format!("%.{app}.{rule}")
+        } else {
+            format!("%{app}.{rule}")
+        };
         Self {
             prefix: format!("{app}:{pattern}:{rule}:"),
-            rule_tag: format!("%{app}.{rule}"),
+            rule_tag,
         }
     }
 
@@ -60,8 +69,9 @@ impl KeySpace {
     }
 
     /// A key of the rule itself rather than of one id: a journal, a tag's version.
-    /// `{app}:{pattern}:{rule}:{%<app>.<rule>}:<sub>`. No id can reach it: escaping turns every
-    /// `%` of an id into `%25`, so an escaped id never starts with `%` followed by a letter.
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>}:<sub>` (`%.<app>.<rule>` for apps named `25…`).
+    /// No id can reach it: escaping turns every `%` of an id into `%25`, so in an escaped id a
+    /// `%` is only ever followed by `25`, `7B` or `7D`.
     pub fn rule_key(&self, sub: &str) -> String {
         format!("{}{{{}}}:{sub}", self.prefix, self.rule_tag)
     }
@@ -97,6 +107,13 @@ fn escape_into(id: &str, out: &mut String) {
             c => out.push(c),
         }
     }
+}
+
+/// The rule namespace a key lives under (`{app}:{pattern}:{rule}:`), or the whole key if it
+/// has no hash tag. App, pattern and rule names never contain `{`, so this is exactly the
+/// `KeySpace::prefix`; used to name a rule in errors without showing an id.
+pub fn namespace(key: &str) -> &str {
+    key.find('{').map_or(key, |open| &key[..open])
 }
 
 /// The hash tag Redis Cluster would use for `key`: the text between the first `{` and the
@@ -150,6 +167,10 @@ mod tests {
         }
         // Injective: ids that differ only by escaping still get different keys.
         assert_ne!(ks.key("%7D", "0fw"), ks.key("}", "0fw"));
+        // The namespace of any id's key (and of a rule key) is the prefix, never the id.
+        for k in [ks.key("a}:0fw{", "0fw"), ks.rule_key("journal")] {
+            assert_eq!(namespace(&k), ks.prefix());
+        }
     }
 
     #[test]

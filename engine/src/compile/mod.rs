@@ -292,3 +292,5 @@ fn compile_ops(
 
 #[cfg(test)]
 mod golden;
+#[cfg(test)]
+mod keys_proptest;

@@ -8,12 +8,14 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 
 use super::AppState;
 use super::problem::ApiError;
 use crate::compile::CompiledKind;
 use crate::policy::cache::WriteMode;
-use crate::policy::{PluginRef, RuleKind};
+use crate::policy::{ForwardedFor, IdFrom, PluginRef, RuleKind};
 use crate::runtime::ReloadError;
 use crate::snapshot::Snapshot;
 
@@ -30,7 +32,7 @@ pub(crate) async fn require_admin(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            if !token.matches(given) {
                 return Err(ApiError::Unauthorized);
             }
         }
@@ -47,12 +49,33 @@ pub(crate) async fn require_admin(
     Ok(next.run(req).await)
 }
 
-/// Compares without an early exit, so response timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The admin bearer token, kept only as its SHA-256 digest.
+///
+/// A candidate is hashed too and the two digests are compared with `subtle`'s constant-time
+/// equality: both sides are always 32 bytes, so neither a differing length nor a matching
+/// prefix changes the work done, and the response time says nothing about the token.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> Self {
+        Self {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+
+    pub fn matches(&self, candidate: &str) -> bool {
+        let given: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        bool::from(given.ct_eq(&self.digest))
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 pub(super) async fn policies(State(state): State<AppState>) -> Response {
@@ -70,6 +93,11 @@ pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, Ap
         Err(ReloadError::Invalid(d)) => {
             metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
             Err(ApiError::ReloadRejected(d.0))
+        }
+        // Redis down: the running policies keep serving; say so as the outage it is.
+        Err(ReloadError::ScriptRejected(e)) if e.is_unavailable() => {
+            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
+            Err(ApiError::from(e))
         }
         Err(e @ ReloadError::ScriptRejected(_)) => {
             metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
@@ -89,6 +117,20 @@ fn plugin(p: Option<&PluginRef>) -> Value {
         Value::Null,
         |p| json!({ "name": p.name, "config": p.config }),
     )
+}
+
+/// A rate-limit rule's `id_from` as configured (with the default `trusted_hops: 1` spelled out
+/// for X-Forwarded-For).
+fn id_from(f: &IdFrom) -> Value {
+    let mut v = json!({ "header": f.header });
+    match &f.forwarded_for {
+        Some(ForwardedFor::TrustedHops(n)) => v["trusted_hops"] = json!(n),
+        Some(ForwardedFor::TrustedProxies(nets)) => {
+            v["trusted_proxies"] = json!(nets.iter().map(ToString::to_string).collect::<Vec<_>>());
+        }
+        None => {}
+    }
+    v
 }
 
 fn describe(snap: &Snapshot) -> Value {
@@ -123,7 +165,7 @@ fn describe(snap: &Snapshot) -> Value {
                                 .collect();
                             r["on_redis_error"] = json!(rl.on_redis_error);
                             r["shadow"] = json!(rl.shadow);
-                            r["id_from"] = json!(rl.id_from.as_ref().map(|f| json!({"header": f.header})));
+                            r["id_from"] = json!(rl.id_from.as_ref().map(id_from));
                         }
                         (RuleKind::Cache(c), _) => {
                             r["origin"] = json!(c.origin.as_ref().map(|o| &o.text));
@@ -182,4 +224,30 @@ fn describe(snap: &Snapshot) -> Value {
         "apps": apps,
         "warnings": snap.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdminToken;
+
+    #[test]
+    fn admin_token_matches_only_itself_whatever_the_length() {
+        let token = AdminToken::new("s3cret-token");
+        assert!(token.matches("s3cret-token"));
+        for wrong in [
+            "",
+            "s",
+            "s3cret-toke",
+            "s3cret-tokem",
+            "s3cret-token ",
+            "s3cret-token-and-more",
+            "S3CRET-TOKEN",
+            &"x".repeat(4096),
+        ] {
+            assert!(!token.matches(wrong), "{wrong:?} must not match");
+        }
+        // Only the digest is kept: the token text is not in the value, nor in its Debug form.
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert_eq!(std::mem::size_of::<AdminToken>(), 32);
+    }
 }

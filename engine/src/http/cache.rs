@@ -238,17 +238,7 @@ impl From<ReadError> for Failure {
             ReadError::Input(i) => ApiError::Input(i),
             ReadError::BadRequest(m) => ApiError::BadRequest(m),
             ReadError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
-            ReadError::Redis(s) => {
-                if s.is_unavailable() {
-                    ApiError::Problem {
-                        status: StatusCode::SERVICE_UNAVAILABLE,
-                        slug: "redis-unavailable",
-                        detail: "Redis is unavailable".into(),
-                    }
-                } else {
-                    ApiError::Internal(s.to_string())
-                }
-            }
+            ReadError::Redis(s) => s.into(),
             ReadError::Internal(m) => ApiError::Internal(m),
             e @ ReadError::OriginBusy(_) => ApiError::Problem {
                 status: StatusCode::SERVICE_UNAVAILABLE,

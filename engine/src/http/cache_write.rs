@@ -108,7 +108,8 @@ impl From<WriteError> for ApiError {
                 "redis-unavailable",
                 "Redis is unavailable; nothing was written".to_string(),
             ),
-            WriteError::Store(_) | WriteError::Reply(_) => ApiError::Internal(detail),
+            WriteError::Store(s) => s.into(),
+            WriteError::Reply(_) => ApiError::Internal(detail),
         }
     }
 }

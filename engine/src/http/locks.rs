@@ -61,10 +61,7 @@ fn error(e: LockError) -> ApiError {
             retry_after_ms: None,
         },
         LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
-        LockError::Store(e) if e.is_unavailable() => {
-            ApiError::NotReady(format!("Redis unavailable: {e}"))
-        }
-        LockError::Store(e) => ApiError::Internal(e.to_string()),
+        LockError::Store(e) => e.into(),
     }
 }
 
@@ -192,9 +189,9 @@ mod doc {
     /// Body of an acquire; both fields are optional (an empty body is fine).
     #[derive(ToSchema)]
     pub struct LockAcquire {
-        /// Lease length (default: the rule's `ttl`; at most its `max_ttl`).
+        /// Lease length (default: the rule's `ttl`; at most its `max_ttl`, 400 above).
         ttl_ms: Option<u64>,
-        /// How long to wait for a permit (default 0; capped by the rule's `max_wait`).
+        /// How long to wait for a permit (default 0; at most the rule's `max_wait`, 400 above).
         wait_ms: Option<u64>,
     }
 

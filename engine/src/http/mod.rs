@@ -4,12 +4,15 @@
 mod admin;
 mod cache;
 mod cache_write;
+pub mod forwarded;
 mod health;
 mod locks;
 mod openapi;
 mod ops;
+pub mod parse_errors;
 pub mod problem;
 mod ratelimit;
+pub mod server;
 mod sessions;
 
 use std::sync::Arc;
@@ -17,12 +20,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{Method, Uri};
 use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::runtime::Runtime;
+pub use admin::AdminToken;
 use problem::ApiError;
 
 /// Request bodies on data routes are small JSON documents.
@@ -32,7 +36,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// Bearer token for `/admin`; without one, admin answers loopback clients only.
-    pub admin_token: Option<Arc<str>>,
+    pub admin_token: Option<AdminToken>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -113,6 +117,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost: whatever answered an error without a problem body (an extractor's
+        // rejection in any handler) is rewritten into one.
+        .layer(axum::middleware::map_response(
+            problem::plain_errors_as_problems,
+        ))
         .with_state(state)
 }
 
@@ -124,7 +133,7 @@ async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
-/// The body, or a problem+json for a too-large or unreadable one.
+/// The body, or a problem+json for a too-large, too-slow or unreadable one.
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_)
@@ -132,8 +141,37 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         {
             ApiError::TooLarge(MAX_BODY_BYTES)
         }
+        other if is_body_timeout(&other) => body_timeout(&other),
         other => ApiError::BadRequest(format!("could not read the request body: {other}")),
     })
+}
+
+/// Whether reading a body failed because it did not arrive within the body read timeout
+/// (`server::BodyTimeout`, somewhere in the error's chain).
+pub(crate) fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<server::BodyTimeout>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn body_timeout(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<server::BodyTimeout>() {
+            return ApiError::Problem {
+                status: axum::http::StatusCode::REQUEST_TIMEOUT,
+                slug: "body-timeout",
+                detail: t.to_string(),
+            };
+        }
+        cur = err.source();
+    }
+    ApiError::BadRequest(format!("could not read the request body: {e}"))
 }
 
 /// Reads a body up to `MAX_BODY_BYTES`, as the `Bytes` extractor would under the router's
@@ -146,6 +184,8 @@ async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 ApiError::TooLarge(MAX_BODY_BYTES)
+            } else if is_body_timeout(&e) {
+                body_timeout(&e)
             } else {
                 ApiError::BadRequest(format!("could not read the request body: {e}"))
             }
@@ -155,4 +195,10 @@ async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
 /// Path segments that are not valid UTF-8 after percent-decoding.
 fn bad_path(e: PathRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid path: {}", e.body_text()))
+}
+
+/// A query string that does not fit the route's parameters (an unknown or repeated one, a
+/// value of the wrong type).
+fn bad_query(e: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
 }

@@ -91,8 +91,10 @@ pub(super) async fn call(
                 e.detail().unwrap_or("bad arguments")
             )))
         }
-        Err(OpError::Store(e)) if e.is_unavailable() => {
-            Err(ApiError::NotReady(format!("Redis unavailable: {e}")))
+        Err(OpError::Store(e))
+            if e.is_unavailable() || matches!(e, StoreError::WrongType { .. }) =>
+        {
+            Err(e.into())
         }
         Err(OpError::Store(e)) => Err(ApiError::Internal(format!(
             "op `{}` of plugin `{}` ({app}/{rule}) failed: {e}",

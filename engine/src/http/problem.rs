@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::patterns::InputError;
 use crate::policy::Diagnostic;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -28,6 +29,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error(transparent)]
+    Forwarded(#[from] super::forwarded::ForwardedError),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("missing or wrong bearer token")]
@@ -76,7 +79,9 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Rejected(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BadRequest(_) | ApiError::Input(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
@@ -96,7 +101,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::Rejected(_) => "rejected",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
-            ApiError::BadRequest(_) | ApiError::Input(_) => "bad-request",
+            ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => "bad-request",
             ApiError::TooLarge(_) => "too-large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
@@ -105,6 +110,32 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::PluginFailed(_) => "plugin-failed",
             ApiError::Problem { slug, .. } => slug,
+        }
+    }
+}
+
+/// Every pattern's Redis failure, mapped here once:
+/// - unavailable (down, slow, breaker open, loading, …): 503 `redis-unavailable`, nothing
+///   internal in the body (a rate-limit rule never gets here: its `on_redis_error` decides);
+/// - WRONGTYPE: 500 `redis-wrong-type`, naming the rule's key namespace. Not a 4xx: the client
+///   did nothing wrong and cannot fix it; not a 503: it is not transient, the id stays unusable
+///   until someone deletes or fixes the key. The store logs it, rate-limited per rule, so it
+///   is not logged here per request;
+/// - anything else (a script error): a bare 500, logged.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            e @ StoreError::WrongType { .. } => ApiError::Problem {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                slug: "redis-wrong-type",
+                detail: e.to_string(),
+            },
+            e if e.is_unavailable() => ApiError::Problem {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                slug: "redis-unavailable",
+                detail: "Redis is unavailable".into(),
+            },
+            e => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -156,4 +187,69 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// The last line of the one-place mapping: an error response that is not problem+json (an
+/// axum extractor's text/plain rejection, such as a repeated query parameter, or an empty
+/// one) becomes one, keeping its status, its text as the detail (4xx only: a 5xx leaks
+/// nothing) and its other headers (`Allow`, `Retry-After`, …). Decision bodies
+/// (`application/json`, e.g. a 429 denial) are answers, not errors, and pass unchanged.
+pub async fn plain_errors_as_problems(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    if let Some(ct) = resp.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.as_bytes();
+        if ct.starts_with(b"application/problem+json") || ct.starts_with(b"application/json") {
+            return resp;
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    // Rejection texts are a line or two; anything longer is not worth quoting.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    let detail = match text {
+        Some(t) if status.is_client_error() => t,
+        _ => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "internal",
+        _ => "client-error",
+    };
+    let mut out = ApiError::Problem {
+        status,
+        slug,
+        detail,
+    }
+    .into_response();
+    let mut last = None;
+    for (name, value) in parts.headers {
+        // `None` continues the previous name (a header with several values).
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value);
+        }
+    }
+    out
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
@@ -44,6 +44,8 @@ pub(super) struct CheckQuery {
 struct CheckReply<'a> {
     allowed: bool,
     limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
     remaining: u64,
     reset_after_ms: u64,
     retry_after_ms: u64,
@@ -201,6 +203,7 @@ async fn decide(
         Ok(d) => Ok(d),
         Err(CheckError::Input(e)) => Err(e.into()),
         Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
+        Err(CheckError::Store(e)) => Err(e.into()),
     }
 }
 
@@ -236,34 +239,41 @@ fn header_pairs(headers: &HeaderMap, only: Option<&[String]>) -> Vec<(String, St
 pub(super) async fn check_get(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    Query(q): Query<CheckQuery>,
+    query: Result<Query<CheckQuery>, QueryRejection>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((app, rule)) = path.map_err(super::bad_path)?;
+    let Query(q) = query.map_err(super::bad_query)?;
     let rl = lookup(&state, &app, &rule)?;
     let Some(from) = &rl.id_from else {
         return Err(ApiError::BadRequest(format!(
             "rule `{rule}` has no `id_from`; add `id_from: {{ header: NAME }}` to use GET, or POST a JSON body"
         )));
     };
-    let raw = headers
-        .get(from.header.as_str())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "missing header `{}` (the rule's id_from)",
-                from.header
-            ))
-        })?
-        .to_str()
-        .map_err(|_| ApiError::BadRequest(format!("header `{}` is not valid text", from.header)))?;
-    // X-Forwarded-For is `client, proxy1, proxy2`: the client is the id.
-    let id = if from.header == "x-forwarded-for" {
-        raw.split(',').next().unwrap_or("").trim()
-    } else {
-        raw.trim()
+    let raw = headers.get(from.header.as_str()).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "missing header `{}` (the rule's id_from)",
+            from.header
+        ))
+    })?;
+    let id: Cow<'_, str> = match &from.forwarded_for {
+        // X-Forwarded-For: the address the rule's trusted proxies saw, never what the client
+        // wrote to the left of it.
+        Some(how) => Cow::Owned(
+            super::forwarded::client_address(headers.get_all(from.header.as_str()).iter(), how)?
+                .to_string(),
+        ),
+        None => Cow::Borrowed(
+            raw.to_str()
+                .map_err(|_| {
+                    ApiError::BadRequest(format!("header `{}` is not valid text", from.header))
+                })?
+                .trim(),
+        ),
     };
+    let id = id.as_ref();
     let cost = match q.cost.as_deref() {
         None => 1,
         Some(c) => parse_cost(c)?,
@@ -307,6 +317,7 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     let reply = CheckReply {
         allowed: d.allowed,
         limit: d.limit,
+        burst: d.burst,
         remaining: d.remaining,
         reset_after_ms: d.reset_after_ms,
         retry_after_ms: d.retry_after_ms,
@@ -328,21 +339,24 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Shadow rules have neither field (`policy_header` is None and `quota_known` false):
+    // their limits are not enforced, and a client honouring them would throttle itself.
     let policy = d.policy_header.as_deref().or(rl.policy_header());
     if let Some(Ok(v)) = policy.map(HeaderValue::from_str) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
     // A decision without quota (degraded, or a plugin's skip or deny) knows nothing about
     // the quota: claiming `r=0` would make well-behaved clients back off for no reason, so
-    // the header is left out.
+    // the header is left out. `r` and `t` are measured against the policy item (see
+    // `Decision::policy_remaining`).
     if d.quota_known {
         let rl_value = format!(
             "\"{}\";r={};t={}",
             d.item_name
                 .as_deref()
                 .unwrap_or(rl.item_name(d.limit_index)),
-            d.remaining,
-            d.reset_after_ms.div_ceil(1000)
+            d.policy_remaining,
+            d.policy_reset_s
         );
         if let Ok(v) = HeaderValue::from_str(&rl_value) {
             h.insert(RATELIMIT.clone(), v);
@@ -351,7 +365,7 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     if !d.allowed {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(d.retry_after_ms.div_ceil(1000).max(1)),
+            HeaderValue::from(crate::patterns::ratelimit::retry_after_s(d.retry_after_ms)),
         );
     }
     if d.degraded {
@@ -380,9 +394,6 @@ pub(super) async fn release(
             ReleaseError::NotConcurrency.to_string(),
         )),
         Err(ReleaseError::Input(e)) => Err(e.into()),
-        Err(ReleaseError::Store(e)) if e.is_unavailable() => {
-            Err(ApiError::NotReady(format!("Redis unavailable: {e}")))
-        }
-        Err(ReleaseError::Store(e)) => Err(ApiError::Internal(e.to_string())),
+        Err(ReleaseError::Store(e)) => Err(e.into()),
     }
 }

@@ -67,10 +67,7 @@ fn error(e: SessionError) -> ApiError {
         e @ SessionError::Rejected(_) => ApiError::Rejected(e.to_string()),
         SessionError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
         SessionError::Random(m) => ApiError::Internal(m),
-        SessionError::Store(e) if e.is_unavailable() => {
-            ApiError::NotReady(format!("Redis unavailable: {e}"))
-        }
-        SessionError::Store(e) => ApiError::Internal(e.to_string()),
+        SessionError::Store(e) => e.into(),
     }
 }
 

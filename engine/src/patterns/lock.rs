@@ -1,8 +1,9 @@
 //! Locks and semaphores at request time: one EVALSHA per attempt, polite waiting.
 //!
 //! A waiting acquire never spins: it retries with jittered exponential backoff (capped by the
-//! script's own hint of when the next lease lapses), bounded by the request's `wait_ms` and
-//! the rule's `max_wait`, and a release through this engine wakes its local waiters at once.
+//! script's own hint of when the next lease lapses), bounded by the request's `wait_ms` (at
+//! most the rule's `max_wait`), and a release through this engine wakes its local waiters at
+//! once.
 
 use std::time::Duration;
 
@@ -188,6 +189,18 @@ impl Locker {
         }
     }
 
+    /// `wait_ms` over `max_wait` is refused like `ttl_ms` over `max_ttl`: a silent cap would
+    /// answer 409 sooner than the client asked to wait, and it could not tell why.
+    fn wait(&self, wait_ms: Option<u64>) -> Result<Duration, LockError> {
+        match wait_ms {
+            Some(w) if w > ms(self.max_wait) => Err(LockError::BadRequest(format!(
+                "`wait_ms` {w} is above the rule's max_wait of {} ms",
+                ms(self.max_wait)
+            ))),
+            w => Ok(Duration::from_millis(w.unwrap_or(0))),
+        }
+    }
+
     fn counted<T>(&self, r: Result<T, StoreError>) -> Result<T, LockError> {
         r.map_err(|e| {
             self.counters.failed.increment(1);
@@ -195,7 +208,7 @@ impl Locker {
         })
     }
 
-    /// Acquires a permit, waiting up to `wait_ms` (capped by the rule's `max_wait`).
+    /// Acquires a permit, waiting up to `wait_ms` (at most the rule's `max_wait`).
     pub async fn acquire(
         &self,
         store: &Store,
@@ -206,7 +219,7 @@ impl Locker {
         check_resource(resource)?;
         let lease_ms = self.lease_ms(ttl_ms)?;
         let lease = lease_ms.to_string();
-        let wait = Duration::from_millis(wait_ms.unwrap_or(0)).min(self.max_wait);
+        let wait = self.wait(wait_ms)?;
         let deadline = Instant::now() + wait;
         let keys = self.keys.keys(resource, ["h", "fence"]);
         let mut backoff = FIRST_BACKOFF;

@@ -367,7 +367,8 @@ impl LuaBinding {
         let out = self.with_instance("cache", |lua, call, func, names| {
             call_with_facts(lua, call, func, names, req, false, None)
         })?;
-        lua_to_cache(&name, out, &limits)
+        // The same bounds as a WASM plugin's decision (a TTL Redis can express, no empty tag).
+        super::decision::validate_cache(&name, lua_to_cache(&name, out, &limits)?, &limits)
     }
 
     pub fn session(
@@ -390,18 +391,31 @@ impl LuaBinding {
             s.set("data", d)?;
             call_with_facts(lua, call, func, names, req, false, Some(s))
         })?;
-        match out {
-            Value::Nil | Value::Boolean(true) => Ok(SessionDecision::Allow),
-            Value::String(s) if s.to_string_lossy() == "allow" => Ok(SessionDecision::Allow),
-            Value::Table(t) => match t.get::<Option<String>>("reject") {
-                Ok(Some(reason)) => Ok(SessionDecision::Reject(reason)),
-                _ => Ok(SessionDecision::Allow),
+        let d = match out {
+            Value::Nil | Value::Boolean(true) => SessionDecision::Allow,
+            Value::String(s) if s.to_string_lossy() == "allow" => SessionDecision::Allow,
+            Value::Table(t) => match t.get::<Value>("reject") {
+                Ok(Value::Nil | Value::Boolean(false)) => SessionDecision::Allow,
+                // A `reject` that is no text (`true`, a table, bytes that are not UTF-8) still
+                // asked to reject: it fails the call, never turns into an allow.
+                _ => match t.get::<String>("reject") {
+                    Ok(reason) => SessionDecision::Reject(reason),
+                    Err(e) => {
+                        return Err(PluginError::BadOutput {
+                            plugin: name,
+                            message: format!("`reject` must be a text reason: {e}"),
+                        });
+                    }
+                },
             },
-            other => Err(PluginError::BadOutput {
-                plugin: name,
-                message: format!("session hook returned a {}", other.type_name()),
-            }),
-        }
+            other => {
+                return Err(PluginError::BadOutput {
+                    plugin: name,
+                    message: format!("session hook returned a {}", other.type_name()),
+                });
+            }
+        };
+        super::decision::validate_session(&name, d, &self.plugin.limits)
     }
 }
 

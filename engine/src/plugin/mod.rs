@@ -11,6 +11,8 @@
 //! thrown away, so the next call starts from a clean state.
 
 pub mod decision;
+#[cfg(test)]
+mod decision_proptest;
 pub mod lua;
 mod pool;
 pub mod registry;

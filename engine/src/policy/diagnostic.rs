@@ -48,6 +48,22 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// Logs it as one event (for `serve` and reloads), the place as fields so a JSON log
+    /// keeps them apart; `patternd check` prints the `Display` form instead.
+    pub fn log(&self) {
+        let file = self.file.display();
+        match self.severity {
+            Severity::Error => tracing::error!(
+                target: "patternd::policy",
+                %file, line = self.line, column = self.column, "{}", self.message
+            ),
+            Severity::Warning => tracing::warn!(
+                target: "patternd::policy",
+                %file, line = self.line, column = self.column, "{}", self.message
+            ),
+        }
+    }
 }
 
 impl fmt::Display for Diagnostic {

@@ -199,4 +199,18 @@ pub enum OnRedisError {
 pub struct IdFrom {
     /// Lowercased header name.
     pub header: String,
+    /// Set exactly when the header is `x-forwarded-for`: which of its addresses is the client.
+    pub forwarded_for: Option<ForwardedFor>,
+}
+
+/// How the client's entry of `X-Forwarded-For` is found. Entries are read from the right:
+/// each proxy appends the address it saw, so only the rightmost entries were written by
+/// proxies we trust; everything to their left came from the client and may be forged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// The entry this many places from the right (1 = the rightmost, the address the
+    /// nearest proxy saw); the leftmost when the header has fewer entries.
+    TrustedHops(u32),
+    /// The rightmost entry that is not one of these proxies; the leftmost when all are.
+    TrustedProxies(Vec<ipnet::IpNet>),
 }

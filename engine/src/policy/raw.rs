@@ -163,9 +163,21 @@ pub struct RawLimit {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdFrom {
-    /// Request header holding the id. For `X-Forwarded-For` the first (client) address is used.
+    /// Request header holding the id. `X-Forwarded-For` is read as a list of addresses, right
+    /// to left (see `trusted_hops` and `trusted_proxies`); any other header is the id as is.
     #[schemars(with = "String")]
     pub header: Spanned<String>,
+    /// `X-Forwarded-For` only: how many proxies in front of patternd append to the header,
+    /// counting the gateway that calls patternd. The id is the address that many entries from
+    /// the right (default 1: the address the nearest proxy saw).
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1, max = 32))]
+    pub trusted_hops: Option<Spanned<i64>>,
+    /// `X-Forwarded-For` only: addresses or CIDR ranges of trusted proxies. The id is the
+    /// rightmost address not in them (the leftmost when all are).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Schema-only: the algorithm names.

@@ -168,3 +168,79 @@ fn plugin_headers_are_lowercased_checked_and_rate_limit_only() {
         "{err}"
     );
 }
+
+#[test]
+fn id_from_forwarded_for_defaults_to_the_nearest_proxy_and_validates_its_settings() {
+    let rl_of = |text: &str| {
+        let l = load_sources(&[src("a.yaml", text)]).expect("valid");
+        let rule = l.policy.rules().next().expect("one rule").clone();
+        let RuleKind::RateLimit(rl) = rule.kind else {
+            panic!("a rate-limit rule")
+        };
+        rl.id_from.expect("id_from")
+    };
+    let head = "app: a\nrules:\n  r:\n    rate_limit:\n      algorithm: gcra\n      limit: 1\n      window: 1s\n";
+    let f = rl_of(&format!(
+        "{head}      id_from: {{ header: X-Forwarded-For }}\n"
+    ));
+    assert_eq!(f.header, "x-forwarded-for");
+    assert_eq!(f.forwarded_for, Some(ForwardedFor::TrustedHops(1)));
+    let f = rl_of(&format!(
+        "{head}      id_from: {{ header: X-Forwarded-For, trusted_hops: 2 }}\n"
+    ));
+    assert_eq!(f.forwarded_for, Some(ForwardedFor::TrustedHops(2)));
+    let f = rl_of(&format!(
+        "{head}      id_from: {{ header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"] }}\n"
+    ));
+    assert_eq!(
+        f.forwarded_for,
+        Some(ForwardedFor::TrustedProxies(vec![
+            "10.0.0.0/8".parse().expect("net"),
+            "192.0.2.7/32".parse().expect("net"),
+            "2001:db8::/32".parse().expect("net"),
+        ]))
+    );
+    // Other headers are taken whole.
+    let f = rl_of(&format!("{head}      id_from: {{ header: X-Api-Key }}\n"));
+    assert_eq!(f.forwarded_for, None);
+
+    for (id_from, want) in [
+        (
+            "{ header: X-Forwarded-For, trusted_hops: 0 }",
+            "a.yaml:8:57: error: `id_from.trusted_hops` must be 1 to 32",
+        ),
+        (
+            "{ header: X-Forwarded-For, trusted_hops: 33 }",
+            "a.yaml:8:57: error: `id_from.trusted_hops` must be 1 to 32",
+        ),
+        (
+            "{ header: X-Forwarded-For, trusted_proxies: [10.0.0.0/8, proxy.local] }",
+            "a.yaml:8:73: error: `proxy.local` in `id_from.trusted_proxies` is not an IP address or CIDR range",
+        ),
+        (
+            "{ header: X-Forwarded-For, trusted_proxies: [10.0.0.0/33] }",
+            "a.yaml:8:61: error: `10.0.0.0/33` in `id_from.trusted_proxies`",
+        ),
+        (
+            "{ header: X-Forwarded-For, trusted_proxies: [] }",
+            "a.yaml:8:60: error: `id_from.trusted_proxies` is empty",
+        ),
+        (
+            "{ header: X-Forwarded-For, trusted_hops: 2, trusted_proxies: [10.0.0.0/8] }",
+            "a.yaml:8:77: error: `id_from` takes `trusted_hops` or `trusted_proxies`, not both",
+        ),
+        (
+            "{ header: X-Real-IP, trusted_hops: 2 }",
+            "a.yaml:8:51: error: `id_from.trusted_hops` applies to `header: X-Forwarded-For` only",
+        ),
+        (
+            "{ header: X-Real-IP, trusted_proxies: [10.0.0.0/8] }",
+            "a.yaml:8:54: error: `id_from.trusted_proxies` applies to `header: X-Forwarded-For` only",
+        ),
+    ] {
+        let err = load_sources(&[src("a.yaml", &format!("{head}      id_from: {id_from}\n"))])
+            .expect_err(id_from)
+            .to_string();
+        assert!(err.contains(want), "{id_from}:\n{err}");
+    }
+}

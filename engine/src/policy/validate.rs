@@ -15,7 +15,8 @@ use super::Loaded;
 use super::diagnostic::{Diagnostic, Diagnostics, Location};
 use super::duration;
 use super::ir::{
-    Algorithm, App, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit, Rule, RuleKind,
+    Algorithm, App, ForwardedFor, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit,
+    Rule, RuleKind,
 };
 use super::raw::{RawLimit, RawRateLimit, RawRule};
 
@@ -26,6 +27,8 @@ const MAX_LIMIT: i64 = 1_000_000_000_000;
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
 /// sliding_log keeps one sorted-set entry per admitted unit; past this, warn about memory.
 const SLIDING_LOG_WARN: u64 = 10_000;
+/// More proxies than this in one chain is a typo.
+const MAX_TRUSTED_HOPS: u32 = 32;
 const PATTERN_KEYS: [&str; 5] = ["rate_limit", "cache", "session", "lock", "ops"];
 
 #[derive(Default)]
@@ -343,23 +346,7 @@ impl Validator {
             },
         };
 
-        let id_from = match &rl.id_from {
-            None => None,
-            Some(f) => {
-                let h = f.header.trim();
-                if h.is_empty() || !h.bytes().all(is_header_char) {
-                    self.err(
-                        &loc(path, f.header.span()),
-                        format!("`id_from.header` must be an HTTP header name, not `{h}`"),
-                    );
-                    None
-                } else {
-                    Some(IdFrom {
-                        header: h.to_ascii_lowercase(),
-                    })
-                }
-            }
-        };
+        let id_from = rl.id_from.as_ref().and_then(|f| self.id_from(path, f));
 
         let shadow = rl.shadow.unwrap_or(false);
         if shadow {
@@ -376,6 +363,87 @@ impl Validator {
             on_redis_error,
             shadow,
             id_from,
+        })
+    }
+
+    /// `id_from`: the header, and for `X-Forwarded-For` which of its entries is the client.
+    fn id_from(&mut self, path: &Path, f: &super::raw::RawIdFrom) -> Option<IdFrom> {
+        let before = self.error_count();
+        let h = f.header.trim();
+        if h.is_empty() || !h.bytes().all(is_header_char) {
+            self.err(
+                &loc(path, f.header.span()),
+                format!("`id_from.header` must be an HTTP header name, not `{h}`"),
+            );
+        }
+        let header = h.to_ascii_lowercase();
+        let xff = header == "x-forwarded-for";
+        for (field, span) in [
+            ("trusted_hops", f.trusted_hops.as_ref().map(Spanned::span)),
+            (
+                "trusted_proxies",
+                f.trusted_proxies.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span
+                && !xff
+            {
+                self.err(
+                    &loc(path, span),
+                    format!("`id_from.{field}` applies to `header: X-Forwarded-For` only"),
+                );
+            }
+        }
+        let forwarded_for = match (&f.trusted_hops, &f.trusted_proxies) {
+            _ if !xff => None,
+            (Some(_), Some(p)) => {
+                self.err(
+                    &loc(path, p.span()),
+                    "`id_from` takes `trusted_hops` or `trusted_proxies`, not both",
+                );
+                None
+            }
+            (Some(n), None) => match u32::try_from(**n) {
+                Ok(n @ 1..=MAX_TRUSTED_HOPS) => Some(ForwardedFor::TrustedHops(n)),
+                _ => {
+                    self.err(
+                        &loc(path, n.span()),
+                        format!(
+                            "`id_from.trusted_hops` must be 1 to {MAX_TRUSTED_HOPS} (the proxies that append to X-Forwarded-For, the one calling patternd included), not {}",
+                            **n
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, Some(list)) => {
+                let mut nets = Vec::with_capacity(list.len());
+                for entry in list.iter() {
+                    match parse_net(entry.trim()) {
+                        Some(net) => nets.push(net),
+                        None => self.err(
+                            &loc(path, entry.span()),
+                            format!(
+                                "`{}` in `id_from.trusted_proxies` is not an IP address or CIDR range (such as 10.0.0.0/8 or 2001:db8::/32)",
+                                entry.trim()
+                            ),
+                        ),
+                    }
+                }
+                if list.is_empty() {
+                    self.err(
+                        &loc(path, list.span()),
+                        "`id_from.trusted_proxies` is empty; list the proxies' addresses or leave it out",
+                    );
+                }
+                Some(ForwardedFor::TrustedProxies(nets))
+            }
+            // The default: the address the nearest proxy (the gateway) saw.
+            (None, None) => Some(ForwardedFor::TrustedHops(1)),
+        };
+        (self.error_count() == before).then_some(IdFrom {
+            header,
+            forwarded_for,
         })
     }
 
@@ -669,6 +737,15 @@ fn algorithm_list() -> String {
 
 fn is_header_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An address (a range of one) or a CIDR range.
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 /// App and rule names end up in keys and URLs, so they are kept to a safe alphabet.

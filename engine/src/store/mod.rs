@@ -9,14 +9,16 @@ pub mod managed;
 pub mod near;
 pub mod tracking;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::compile::Script;
+use crate::compile::keys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,19 +34,31 @@ pub enum StoreError {
         #[source]
         source: redis::RedisError,
     },
+    /// The breaker is open: Redis failed at the connection level and has not answered a
+    /// probe since. Nothing was sent.
+    #[error("Redis is unavailable (circuit open: {0})")]
+    CircuitOpen(Arc<str>),
+    /// A key the script touched holds another type than the rule writes: another client
+    /// wrote it. Not an outage; the id is unusable until the key is fixed.
+    #[error(
+        "WRONGTYPE: a key of this rule (under `{namespace}`) holds another type of value than \
+         the rule writes; another client wrote it"
+    )]
+    WrongType { namespace: String },
 }
 
 impl StoreError {
-    /// True when the failure says nothing about the request: Redis is down, slow, or
-    /// unreachable. Such failures are decided by the rule's `on_redis_error`.
+    /// True when the failure says nothing about the request: Redis is down, slow,
+    /// unreachable, or refuses every command for now (loading, read-only replica, out of
+    /// memory, busy with a script, our credentials refused). Such failures are decided by a
+    /// rate-limit rule's `on_redis_error` and answer 503 elsewhere. False for errors about the
+    /// data or the script (WRONGTYPE, a script error): those are not outages.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Timeout(_) => true,
+            StoreError::Timeout(_) | StoreError::CircuitOpen(_) => true,
             StoreError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_connection_refusal()
+                self.is_connection_failure()
+                    || e.kind() == ErrorKind::AuthenticationFailed
                     || matches!(
                         e.kind(),
                         ErrorKind::Server(
@@ -53,10 +67,39 @@ impl StoreError {
                                 | ServerErrorKind::ClusterDown
                                 | ServerErrorKind::MasterDown
                                 | ServerErrorKind::ReadOnly
+                                | ServerErrorKind::NoPerm
                         )
                     )
+                    || matches!(e.code(), Some("OOM" | "BUSY" | "NOAUTH"))
             }
             _ => false,
+        }
+    }
+
+    /// A failure of the connection itself (refused, reset, I/O error, no answer in time):
+    /// what the breaker counts. Errors Redis answers with (LOADING, OOM, …) come back fast
+    /// and prove the connection works, so they never open it.
+    fn is_connection_failure(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Redis(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// The `kind` label of `patternd_redis_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::CircuitOpen(_) => "circuit_open",
+            StoreError::WrongType { .. } => "wrong_type",
+            StoreError::Redis(e) if e.code() == Some("WRONGTYPE") => "wrong_type",
+            StoreError::Redis(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                "noscript"
+            }
+            e if e.is_connection_failure() => "connection",
+            e if e.is_unavailable() => "unavailable",
+            _ => "other",
         }
     }
 }
@@ -92,6 +135,9 @@ struct Inner {
     url: String,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
     latency: metrics::Histogram,
+    breaker: Breaker,
+    /// WRONGTYPE log lines, gated per rule (see `Store::wrong_type`).
+    wrong_type_log: Mutex<HashMap<String, LogGate>>,
 }
 
 impl Store {
@@ -106,9 +152,10 @@ impl Store {
             // reconnect) with one tokio timer; a second, per-request timer inside redis-rs
             // measurably cost CPU on every decision.
             .set_response_timeout(None)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(3);
+            // One connection attempt per reconnect, no retries: retries inside a request made
+            // every request during an outage wait for them (about 220 ms each). The breaker
+            // stops requests from reaching a dead Redis, and its probe does the retrying.
+            .set_number_of_retries(0);
         let size = cfg.pool_size.max(1);
         let mut conns = Vec::with_capacity(size);
         for _ in 0..size {
@@ -124,6 +171,8 @@ impl Store {
                 timeout: cfg.command_timeout,
                 url: cfg.url.clone(),
                 latency: metrics::histogram!("patternd_redis_seconds"),
+                breaker: Breaker::new(),
+                wrong_type_log: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -131,6 +180,11 @@ impl Store {
     /// The URL without its password, for logs.
     pub fn redacted_url(&self) -> String {
         redact(&self.inner.url)
+    }
+
+    /// True while the breaker refuses commands (Redis known to be down).
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.state() == OPEN
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -152,19 +206,34 @@ impl Store {
         self.run_on(self.conn(), self.inner.timeout, cmd).await
     }
 
+    /// Every command goes through here: refused at once while the breaker is open, else
+    /// bounded by `timeout`; the outcome feeds the breaker. Pinned calls too: a lost grant's
+    /// release refused by an open breaker is retried by its task on the same connection, so
+    /// it still runs after the acquire it undoes.
     async fn run_on<T: FromRedisValue>(
         &self,
         mut conn: ConnectionManager,
         timeout: Duration,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let res = tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await;
-        self.inner.latency.record(started.elapsed().as_secs_f64());
-        match res {
-            Err(_) => Err(StoreError::Timeout(timeout)),
-            Ok(r) => r.map_err(StoreError::from),
+        let breaker = &self.inner.breaker;
+        if breaker.state() == OPEN {
+            breaker.refused.increment(1);
+            return Err(StoreError::CircuitOpen(breaker.cause()));
         }
+        let started = Instant::now();
+        let res = self.inner.query(cmd, &mut conn, timeout).await;
+        self.inner.latency.record(started.elapsed().as_secs_f64());
+        match &res {
+            Ok(_) => breaker.on_success(),
+            Err(e) => {
+                count_error(e);
+                if breaker.on_failure(e) {
+                    tokio::spawn(probe(Arc::downgrade(&self.inner)));
+                }
+            }
+        }
+        res
     }
 
     /// Runs a script by SHA. On NOSCRIPT (Redis restarted, failed over, or SCRIPT FLUSH) the
@@ -205,7 +274,7 @@ impl Store {
         for a in args {
             cmd.arg(*a);
         }
-        match self.run_on(conn(), timeout, &cmd).await {
+        let res = match self.run_on(conn(), timeout, &cmd).await {
             Err(StoreError::Redis(e))
                 if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
@@ -215,7 +284,47 @@ impl Store {
                 self.run_on(conn(), timeout, &cmd).await
             }
             other => other,
+        };
+        match res {
+            Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                Err(self.wrong_type(script, keys, &e))
+            }
+            other => other,
         }
+    }
+
+    /// A WRONGTYPE from a script: named by the rule's key namespace (every key of a call
+    /// shares it), logged at most once per rule every 10 s with the count of the others.
+    fn wrong_type(&self, script: &Script, keys: &[String], e: &redis::RedisError) -> StoreError {
+        let namespace = keys
+            .first()
+            .map(|k| keys::namespace(k).to_string())
+            .unwrap_or_default();
+        let suppressed = match self.inner.wrong_type_log.lock() {
+            Ok(mut gates) => {
+                // Namespaces are rule names, a handful; the bound only guards against a
+                // long-running process seeing many reloads with renamed rules.
+                if gates.len() >= 1024 && !gates.contains_key(&namespace) {
+                    gates.clear();
+                }
+                gates
+                    .entry(namespace.clone())
+                    .or_insert_with(LogGate::new)
+                    .admit(Instant::now(), WRONG_TYPE_LOG_EVERY)
+            }
+            Err(_) => Some(0),
+        };
+        if let Some(suppressed) = suppressed {
+            tracing::warn!(
+                namespace = %namespace,
+                script = %script.name,
+                suppressed,
+                error = %e,
+                "WRONGTYPE: a key of this rule holds another type; another client wrote it \
+                 (the ids concerned answer 500 until the key is deleted or expires)"
+            );
+        }
+        StoreError::WrongType { namespace }
     }
 
     /// SCRIPT LOAD, checking that Redis computed the SHA we expect.
@@ -264,6 +373,235 @@ impl Store {
     }
 }
 
+impl Inner {
+    /// One command on one connection, bounded by `timeout`. The breaker is not
+    /// consulted: `run` and the probe decide whether to call this.
+    async fn query<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        conn: &mut ConnectionManager,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(timeout, cmd.query_async::<T>(conn)).await {
+            Err(_) => Err(StoreError::Timeout(timeout)),
+            Ok(r) => r.map_err(StoreError::from),
+        }
+    }
+
+    /// PING on every connection of the pool. A connection whose last attempt failed starts
+    /// a reconnect when used, so a failed PING that says so (an I/O error) is tried once
+    /// more, on the fresh connection. True when every connection answered.
+    async fn ping_all(&self) -> bool {
+        let ping = redis::cmd("PING");
+        for conn in &self.conns {
+            let mut conn = conn.clone();
+            let first: Result<String, _> = self.query(&ping, &mut conn, self.timeout).await;
+            let ok = match first {
+                Ok(_) => true,
+                Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => self
+                    .query::<String>(&ping, &mut conn, self.timeout)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn count_error(e: &StoreError) {
+    metrics::counter!("patternd_redis_errors_total", "kind" => e.kind()).increment(1);
+}
+
+/// Breaker states.
+const CLOSED: u8 = 0;
+/// Commands fail at once with `CircuitOpen`; one background probe pings Redis.
+const OPEN: u8 = 1;
+/// The probe got answers: commands go through again, and the first connection failure
+/// reopens at once (no threshold); the first success closes.
+const HALF_OPEN: u8 = 2;
+
+/// Connection failures in a row (no success between them) that open the breaker. One
+/// timeout under load (a slow script, a stall) must not cut everyone off; a refused
+/// connection is conclusive and opens it at once.
+const TRIP_AFTER: u32 = 3;
+const PROBE_FIRST: Duration = Duration::from_millis(100);
+const PROBE_MAX: Duration = Duration::from_secs(1);
+const WRONG_TYPE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A circuit breaker over the whole pool: while Redis is known to be down, requests are
+/// answered at once instead of each paying a connection attempt or the command timeout.
+/// Only the breaker's state is read on the request path (one atomic load); everything else
+/// happens on transitions.
+struct Breaker {
+    state: AtomicU8,
+    /// Connection failures since the last success (while closed).
+    fails: AtomicU32,
+    /// Why it opened (the error that tripped it), for the `CircuitOpen` message.
+    cause: Mutex<Arc<str>>,
+    /// When it opened, for the log line that closes it.
+    opened_at: Mutex<Option<Instant>>,
+    gauge: metrics::Gauge,
+    refused: metrics::Counter,
+}
+
+impl Breaker {
+    fn new() -> Self {
+        let gauge = metrics::gauge!("patternd_redis_breaker_open");
+        gauge.set(0.0);
+        Self {
+            state: AtomicU8::new(CLOSED),
+            fails: AtomicU32::new(0),
+            cause: Mutex::new(Arc::from("")),
+            opened_at: Mutex::new(None),
+            gauge,
+            refused: metrics::counter!("patternd_redis_errors_total", "kind" => "circuit_open"),
+        }
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    fn cause(&self) -> Arc<str> {
+        self.cause
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| Arc::from("Redis unreachable"))
+    }
+
+    fn on_success(&self) {
+        // Loads first: a store on every success would bounce the cache line between cores.
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.state() == HALF_OPEN
+            && self
+                .state
+                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let outage = self
+                .opened_at
+                .lock()
+                .ok()
+                .and_then(|mut t| t.take())
+                .map(|t| t.elapsed());
+            transition("closed");
+            tracing::info!(
+                ?outage,
+                "Redis breaker closed: Redis answers requests again"
+            );
+        }
+    }
+
+    /// Counts a failure; true when this call opened the breaker (the caller then starts the
+    /// one probe).
+    fn on_failure(&self, e: &StoreError) -> bool {
+        if !e.is_connection_failure() {
+            return false;
+        }
+        let conclusive = matches!(e, StoreError::Redis(r) if r.is_connection_refusal());
+        let from = match self.state() {
+            OPEN => return false,
+            HALF_OPEN => HALF_OPEN,
+            _ if conclusive => CLOSED,
+            _ if self.fails.fetch_add(1, Ordering::Relaxed) + 1 >= TRIP_AFTER => CLOSED,
+            _ => return false,
+        };
+        if self
+            .state
+            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        let cause: Arc<str> = Arc::from(e.to_string());
+        if let Ok(mut c) = self.cause.lock() {
+            *c = cause.clone();
+        }
+        if let Ok(mut t) = self.opened_at.lock() {
+            t.get_or_insert_with(Instant::now);
+        }
+        self.fails.store(0, Ordering::Relaxed);
+        self.gauge.set(1.0);
+        transition("open");
+        tracing::warn!(
+            error = %cause,
+            "Redis breaker open: commands fail at once (rate limits answer on_redis_error, \
+             other patterns 503) while a probe pings Redis"
+        );
+        true
+    }
+
+    /// The probe got answers: let requests through again.
+    fn half_open(&self) {
+        if self
+            .state
+            .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.gauge.set(0.0);
+            transition("half_open");
+            tracing::info!("Redis breaker half-open: Redis answers a probe; requests go through");
+        }
+    }
+}
+
+fn transition(to: &'static str) {
+    metrics::counter!("patternd_redis_breaker_transitions_total", "to" => to).increment(1);
+}
+
+/// The one probe of an open breaker: PINGs every connection with backoff (100 ms doubling to
+/// 1 s) until all answer, then half-opens the breaker. Holds the pool weakly, so a dropped
+/// Store ends it.
+async fn probe(inner: Weak<Inner>) {
+    let mut delay = PROBE_FIRST;
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.ping_all().await {
+            inner.breaker.half_open();
+            return;
+        }
+        delay = (delay * 2).min(PROBE_MAX);
+    }
+}
+
+/// At most one admitted event per period; counts the others.
+struct LogGate {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogGate {
+    fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since the last admitted)` when this event may be logged.
+    fn admit(&mut self, now: Instant, every: Duration) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Hides the password in `redis://user:password@host`.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -280,6 +618,113 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A server error as Redis sends it (`-CODE detail`).
+    fn server(line: &str) -> StoreError {
+        let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes());
+        match v.and_then(redis::Value::extract_error) {
+            Err(e) => StoreError::Redis(e),
+            Ok(v) => panic!("not an error: {v:?}"),
+        }
+    }
+
+    fn io(kind: std::io::ErrorKind) -> StoreError {
+        StoreError::Redis(redis::RedisError::from(std::io::Error::from(kind)))
+    }
+
+    #[test]
+    fn wrong_type_and_script_errors_are_not_outages() {
+        let wrongtype = server("WRONGTYPE Operation against a key holding the wrong kind of value");
+        assert!(!wrongtype.is_unavailable());
+        assert_eq!(wrongtype.kind(), "wrong_type");
+        assert!(
+            !server("ERR user_script:1: Script attempted to access nonexistent global")
+                .is_unavailable()
+        );
+        let named = StoreError::WrongType {
+            namespace: "shop:ratelimit:api:".into(),
+        };
+        assert!(!named.is_unavailable());
+        assert!(named.to_string().contains("`shop:ratelimit:api:`"));
+        for line in [
+            "LOADING Redis is loading the dataset in memory",
+            "READONLY You can't write against a read only replica.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "BUSY Redis is busy running a script.",
+            "NOPERM this user has no permissions",
+        ] {
+            let e = server(line);
+            assert!(e.is_unavailable(), "{line}");
+            // Redis answered: the connection works, so these never trip the breaker.
+            assert!(!e.is_connection_failure(), "{line}");
+        }
+        assert!(StoreError::CircuitOpen(Arc::from("x")).is_unavailable());
+    }
+
+    #[test]
+    fn a_refused_connection_opens_the_breaker_at_once() {
+        let b = Breaker::new();
+        assert!(b.on_failure(&io(std::io::ErrorKind::ConnectionRefused)));
+        assert_eq!(b.state(), OPEN);
+        assert!(b.cause().contains("refused"), "{}", b.cause());
+        // Already open: nobody else starts a probe.
+        assert!(!b.on_failure(&io(std::io::ErrorKind::ConnectionRefused)));
+    }
+
+    #[test]
+    fn timeouts_open_it_only_in_a_row() {
+        let b = Breaker::new();
+        let t = StoreError::Timeout(Duration::from_millis(300));
+        for _ in 0..TRIP_AFTER - 1 {
+            assert!(!b.on_failure(&t));
+        }
+        // A success between failures starts the count again.
+        b.on_success();
+        for _ in 0..TRIP_AFTER - 1 {
+            assert!(!b.on_failure(&t));
+        }
+        assert_eq!(b.state(), CLOSED);
+        assert!(b.on_failure(&t));
+        assert_eq!(b.state(), OPEN);
+    }
+
+    #[test]
+    fn answers_from_redis_never_count() {
+        let b = Breaker::new();
+        for _ in 0..10 {
+            assert!(!b.on_failure(&server("WRONGTYPE x")));
+            assert!(!b.on_failure(&server("LOADING x")));
+        }
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn half_open_closes_on_success_and_reopens_on_one_failure() {
+        let b = Breaker::new();
+        assert!(b.on_failure(&io(std::io::ErrorKind::ConnectionRefused)));
+        b.half_open();
+        assert_eq!(b.state(), HALF_OPEN);
+        // One failure is enough while half-open, even a non-conclusive one.
+        assert!(b.on_failure(&io(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(b.state(), OPEN);
+        b.half_open();
+        b.on_success();
+        assert_eq!(b.state(), CLOSED);
+    }
+
+    #[test]
+    fn the_log_gate_admits_one_per_period_and_counts_the_rest() {
+        let mut g = LogGate::new();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        assert_eq!(g.admit(t0, every), Some(0));
+        assert_eq!(g.admit(t0 + Duration::from_secs(1), every), None);
+        assert_eq!(g.admit(t0 + Duration::from_secs(9), every), None);
+        assert_eq!(g.admit(t0 + Duration::from_secs(10), every), Some(2));
+        assert_eq!(g.admit(t0 + Duration::from_secs(11), every), None);
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(
