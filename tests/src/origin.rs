@@ -60,6 +60,8 @@ struct Inner {
     get_delay: Duration,
     /// The header GET answers carry an item's tags in (`None`: `Cache-Tag`).
     tag_header: Option<String>,
+    /// Extra header fields GET answers for an id carry (found or not), e.g. `Cache-Control`.
+    headers: HashMap<String, Vec<(String, String)>>,
     /// Every request as (method, path as received, still percent-encoded), in arrival order.
     requests: Vec<(String, String)>,
 }
@@ -183,6 +185,20 @@ impl Origin {
     /// in flight during this time carries the item as it was before any write meanwhile.
     pub fn set_get_delay(&self, d: Duration) {
         self.shared.with(|i| i.get_delay = d);
+    }
+
+    /// GET answers for `id` (200 or 404) carry these header fields from now on, replacing
+    /// those set before (e.g. `Cache-Control: max-age=5`, `Age: 3`).
+    pub fn set_headers(&self, id: &str, headers: &[(&str, &str)]) {
+        self.shared.with(|i| {
+            i.headers.insert(
+                id.to_string(),
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        });
     }
 
     /// Send items' tags in this header (e.g. `Surrogate-Key`) instead of `Cache-Tag`.
@@ -416,28 +432,19 @@ async fn handle(
     }
     let item = || early_item.unwrap_or_else(|| shared.with(|i| i.items.get(&id).cloned()));
     match method {
-        Method::GET => match item() {
-            Some(item) => {
-                let mut resp = (StatusCode::OK, item.body).into_response();
-                if let Ok(v) = item.content_type.parse() {
-                    resp.headers_mut()
-                        .insert(axum::http::header::CONTENT_TYPE, v);
+        Method::GET => {
+            let extra = shared.with(|i| i.headers.get(&id).cloned().unwrap_or_default());
+            let mut resp = get_answer(&shared, item());
+            for (k, v) in extra {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().append(k, v);
                 }
-                if let Some(v) = (!item.tags.is_empty())
-                    .then(|| item.tags.join(", ").parse().ok())
-                    .flatten()
-                {
-                    let name = shared
-                        .with(|i| i.tag_header.clone())
-                        .unwrap_or_else(|| "cache-tag".to_string());
-                    if let Ok(name) = axum::http::HeaderName::from_bytes(name.as_bytes()) {
-                        resp.headers_mut().insert(name, v);
-                    }
-                }
-                resp
             }
-            None => status(404, "no such item"),
-        },
+            resp
+        }
         Method::PUT | Method::PATCH | Method::DELETE => {
             // Released writes go on; a dropped sender cannot happen while the origin runs.
             let _ = shared.hold.subscribe().wait_for(|held| !*held).await;
@@ -476,6 +483,32 @@ async fn handle(
             StatusCode::NO_CONTENT.into_response()
         }
         _ => status(405, "method not allowed"),
+    }
+}
+
+/// A GET's answer: the item with its content type and tags, or 404.
+fn get_answer(shared: &Shared, item: Option<Item>) -> Response {
+    match item {
+        Some(item) => {
+            let mut resp = (StatusCode::OK, item.body).into_response();
+            if let Ok(v) = item.content_type.parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, v);
+            }
+            if let Some(v) = (!item.tags.is_empty())
+                .then(|| item.tags.join(", ").parse().ok())
+                .flatten()
+            {
+                let name = shared
+                    .with(|i| i.tag_header.clone())
+                    .unwrap_or_else(|| "cache-tag".to_string());
+                if let Ok(name) = axum::http::HeaderName::from_bytes(name.as_bytes()) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            resp
+        }
+        None => status(404, "no such item"),
     }
 }
 

@@ -297,6 +297,7 @@ const API_HEADERS: &[&str] = &[
     "patternd-degraded",
     "patternd-journal-id",
     "www-authenticate",
+    "etag",
 ];
 
 /// The answer is one the document lists for the operation, with a documented content type

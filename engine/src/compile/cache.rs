@@ -11,8 +11,13 @@
 //!   type; application/json for `format: hash`), `b` (body, `format: string`), `f:<n>` (JSON
 //!   text of top-level member `<n>`, `format: hash`), `fresh` (epoch ms, Redis TIME, until which
 //!   the value is fresh), `delta` (ms the origin fill took; 0 for PUT/PATCH), `tags` (joined by
-//!   ","), `tv` (the tags' versions at write time, joined by ","). Hard expiry: PEXPIRE
-//!   ttl + max(stale_while_revalidate, stale_if_error); a negative entry: negative_ttl.
+//!   ","), `tv` (the tags' versions at write time, joined by ","), `ver` (the version, new on
+//!   every store: max(previous + 1, Redis TIME in µs); its ETag is `"<ver>"`, and PUT/PATCH
+//!   compare `If-Match`/`If-None-Match` with it in their script), and with `ttl_from_origin`
+//!   `sw`/`se` (ms: the value's own stale_while_revalidate / stale_if_error, from the origin's
+//!   Cache-Control; reads use the smaller of each and the rule's). Hard expiry: PEXPIRE
+//!   ttl + max(stale_while_revalidate, stale_if_error) (the value's own when it has them); a
+//!   negative entry: negative_ttl.
 //! - Refresh lease: STRING `ks.key(X, "lease")` = a random token, PX refresh_lease. Granted by
 //!   the read script; released/overwritten by the fill only if the token matches. The fill
 //!   stores only if the lease is its own, or nobody holds it and no value exists. A write that
@@ -21,7 +26,13 @@
 //!   write. A write that changes the origin without storing a value (write-through PATCH of
 //!   an id not cached) SETs the lease to the write marker `W` (PX max(refresh_lease,
 //!   origin_timeout + 1s)): a fill in flight finds a lease not its own and stores nothing; the
-//!   read script takes `W` over like a free lease.
+//!   read script takes `W` over like a free lease. DELETE leaves `W` too (same PX).
+//!   A fill also refuses when it is older than that PX (measured from `start`, Redis TIME at
+//!   the read it follows, which the read script returns), so no marker lapses under it.
+//!   After an origin answer that must not be stored (`ttl_from_origin`: no-store, private,
+//!   no-cache, or no freshness left), the value is dropped and the lease holds `P` (PX
+//!   refresh_lease): readers then ask the origin without waiting for one another, and a fill
+//!   whose answer may be stored takes `P` over like a free lease.
 //!   After a failed fill with a stale value to fall back on, the lease holds the marker `E`
 //!   (PX refresh_lease) instead of a token: readers then get the stale value (stale_if_error)
 //!   without asking the failing origin again. Like any lease, a write DELs it.
@@ -37,9 +48,12 @@
 //!   reads fill from the origin.
 //! - Tag version of tag T: STRING `ks.rule_key("tag:" .. T)` (an integer). A value is valid only
 //!   while every tag's current version equals the one in `tv` (an absent key reads as 0).
-//!   Invalidation INCRs existing tag keys only (an absent tag key is referenced by no live
-//!   value). Every store PEXPIREs the tag keys it records to at least the value's hard lifetime,
-//!   never shortening them, so a tag key outlives every value referencing it.
+//!   Invalidation sets the version to max(version + 1, Redis TIME in µs), keeping the key's
+//!   TTL; an absent key (referenced by no stored value) is created with Redis TIME in µs, PX
+//!   max(refresh_lease, origin_timeout + 1s). A fill stores nothing if a tag of its value has a
+//!   version >= its `start`: that tag was invalidated after the origin was asked. Every store
+//!   PEXPIREs the tag keys it records to at least the value's hard lifetime, never shortening
+//!   them, so a tag key outlives every value referencing it.
 //! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid][, k]} (`k`: the
 //!   value's id when the rule's plugin chose a key other than the client's `id`, whose origin
 //!   URL gets the write), consumer group
@@ -218,7 +232,7 @@ static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
         )),
         through_begin: Arc::new(Script::new(
             "cache through-begin",
-            THROUGH_BEGIN.to_string(),
+            format!("-- patternd cache through-begin\n{COMMON}\n{THROUGH_BEGIN}"),
         )),
         through_abort: Arc::new(Script::new(
             "cache through-abort",
@@ -295,21 +309,24 @@ impl CompiledCache {
         let mut layout = vec![
             (
                 keys.template(VALUE_SUB),
-                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv[, jp: newest journal entry (write: behind)]}: the value; expires \
+                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv, ver[, sw, se: the value's own stale windows (ttl_from_origin)][, jp: newest journal entry (write: behind)]}: the value; expires \
                  ttl + max(stale_while_revalidate, stale_if_error) after it was written \
                  (a negative entry: negative_ttl)"
                     .to_string(),
             ),
             (
                 keys.template(LEASE_SUB),
-                "STRING refresh lease token (or `E`: the origin just failed; `W`: a write-through \
-                 PATCH changed the origin): one caller fills; expires after refresh_lease (`W`: \
+                "STRING refresh lease token (or `E`: the origin just failed; `W`: a DELETE, or a \
+                 write-through PATCH changed the origin; `P`: the origin's answer may not be \
+                 stored): one caller fills; expires after refresh_lease (`W`: \
                  max(refresh_lease, origin_timeout + 1s))"
                     .to_string(),
             ),
             (
                 keys.rule_key(&format!("{TAG_PREFIX_SUB}<tag>")),
-                "STRING tag version; expires no earlier than the last value recording it"
+                "STRING tag version (>= Redis TIME in µs of its last invalidation); expires no \
+                 earlier than the last value recording it (created by an invalidation: after \
+                 max(refresh_lease, origin_timeout + 1s))"
                     .to_string(),
             ),
         ];

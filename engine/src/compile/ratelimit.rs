@@ -159,10 +159,12 @@ impl CompiledRateLimit {
             let mut subs = f.subs.iter();
             for l in &f.limits {
                 let what: &[&str] = match l.algorithm {
-                    Algorithm::FixedWindow => &["STRING counter, expires with its window"],
-                    Algorithm::SlidingWindow => {
-                        &["HASH {w, c, p}: window number and two counts, expires after two windows"]
-                    }
+                    Algorithm::FixedWindow => &[
+                        "STRING counter, expires with its window (an expiry lost is restored by the next call)",
+                    ],
+                    Algorithm::SlidingWindow => &[
+                        "HASH {w, c, p, l}: window number, two counts and the newest admission's time, expires after two windows",
+                    ],
                     Algorithm::SlidingLog => &[
                         "ZSET of admitted requests by time, member `<running total of costs>:<cost>` (one per request, whatever its cost), expires one window after the newest",
                     ],

@@ -21,6 +21,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
 use super::problem::ApiError;
+use crate::patterns::cache::conditional::{GetOutcome, Preconditions, etag};
 use crate::patterns::cache::read::{ReadError, ReadRequest};
 use crate::patterns::cache::{CacheRule, check_cache_id};
 use crate::plugin::RequestFacts;
@@ -53,6 +54,28 @@ pub(crate) fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<Cach
             pattern: "cache",
             rule: rule.to_string(),
         }),
+    }
+}
+
+/// `If-Match` / `If-None-Match` of a request (RFC 9110 §13.1); a malformed one is a 400.
+pub(super) fn preconditions(headers: &axum::http::HeaderMap) -> Result<Preconditions, ApiError> {
+    Preconditions::parse(
+        headers
+            .get_all(header::IF_MATCH)
+            .iter()
+            .map(|v| v.as_bytes()),
+        headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .map(|v| v.as_bytes()),
+    )
+    .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// `ETag: "<version>"`, when the answer is a stored value with a version.
+pub(super) fn set_etag(resp: &mut Response, version: Option<&str>) {
+    if let Some(v) = version.and_then(|v| HeaderValue::try_from(etag(v)).ok()) {
+        resp.headers_mut().insert(header::ETAG, v);
     }
 }
 
@@ -104,6 +127,7 @@ async fn get_value(
                 .collect::<Vec<_>>()
         });
         let (parts, _) = request.into_parts();
+        let conditions = preconditions(&parts.headers)?;
         let facts = c.wants_facts().then(|| facts("GET", &id, &parts));
         c.get(
             &state.runtime.store,
@@ -115,22 +139,46 @@ async fn get_value(
             },
         )
         .await
+        .map(|out| (out, conditions))
         .map_err(Failure::from)
     }
     .await;
     match result {
-        Ok(out) => {
-            let mut resp = (StatusCode::OK, out.body.into_bytes()).into_response();
-            let h = resp.headers_mut();
-            // From the owned Strings: the header values take their buffers over.
-            if let Ok(v) = HeaderValue::try_from(out.content_type) {
-                h.insert(header::CONTENT_TYPE, v);
+        // RFC 9110 §13.2.1: preconditions only apply to what would otherwise be a 2xx, so
+        // errors (404, 5xx) are answered as they are.
+        Ok((out, conditions)) => match conditions.evaluate_get(out.version.as_deref()) {
+            GetOutcome::Serve => {
+                let mut resp = (StatusCode::OK, out.body.into_bytes()).into_response();
+                set_etag(&mut resp, out.version.as_deref());
+                let h = resp.headers_mut();
+                // From the owned Strings: the header values take their buffers over.
+                if let Ok(v) = HeaderValue::try_from(out.content_type) {
+                    h.insert(header::CONTENT_TYPE, v);
+                }
+                if let Ok(v) = HeaderValue::try_from(out.cache_status) {
+                    h.insert(CACHE_STATUS.clone(), v);
+                }
+                resp
             }
-            if let Ok(v) = HeaderValue::try_from(out.cache_status) {
-                h.insert(CACHE_STATUS.clone(), v);
+            // §15.4.5: no content; the ETag (and Cache-Status) it would have carried.
+            GetOutcome::NotModified => {
+                let mut resp = StatusCode::NOT_MODIFIED.into_response();
+                set_etag(&mut resp, out.version.as_deref());
+                if let Ok(v) = HeaderValue::try_from(out.cache_status) {
+                    resp.headers_mut().insert(CACHE_STATUS.clone(), v);
+                }
+                resp
             }
-            resp
-        }
+            GetOutcome::Failed => Failure {
+                error: ApiError::Problem {
+                    status: StatusCode::PRECONDITION_FAILED,
+                    slug: "precondition-failed",
+                    detail: "If-Match does not match the current value's ETag".to_string(),
+                },
+                cache_status: Some(out.cache_status),
+            }
+            .into_response(),
+        },
         Err(f) => f.into_response(),
     }
 }
@@ -266,13 +314,19 @@ struct DeleteResponse {
         (RFC 9211) says hit, miss and stored, stale, or collapsed; `detail=redis-unavailable` when \
         Redis could not be asked and the rule's `on_redis_error: origin` served the origin's answer.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
-        ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return")),
+        ("fields" = Option<String>, Query, description = "format: hash only: comma-separated top-level members to return"),
+        ("If-None-Match" = Option<String>, Header, description = "RFC 9110 §13.1.2: `*` or entity-tags (weak comparison); a match answers 304"),
+        ("If-Match" = Option<String>, Header, description = "RFC 9110 §13.1.1: `*` or entity-tags (strong comparison); no match answers 412")),
     responses(
-        (status = 200, description = "The value, with the origin's content type (or the one it was PUT with); `format: hash`: a JSON object",
+        (status = 200, description = "The value, with the origin's content type (or the one it was PUT with); `format: hash`: a JSON object; `ETag` when it is the stored value",
             body = String, content_type = "*/*",
-            headers(("Cache-Status" = String, description = "RFC 9211: hit, miss and stored, stale, collapsed…"))),
+            headers(("Cache-Status" = String, description = "RFC 9211: hit, miss and stored, stale, collapsed…"), ("ETag" = Option<String>))),
+        (status = 304, description = "If-None-Match matched: no content",
+            headers(("Cache-Status" = String), ("ETag" = Option<String>))),
         (status = 400, description = "Bad input", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such value (or unknown app/rule); an origin 404 is cached for negative_ttl",
+            body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match the value's ETag",
             body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 502, description = "The origin failed (or its value is too large, or not a JSON object for format: hash) and no stale value may be served",
             body = super::openapi::Problem, content_type = "application/problem+json"),

@@ -22,7 +22,7 @@ use super::problem::ApiError;
 use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB};
 use crate::patterns::cache::write::{PutRequest, WriteError};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::policy::cache::WriteMode;
+use crate::policy::cache::{CacheFormat, WriteMode};
 
 /// The routes this module serves; the OpenAPI test checks them against the document.
 /// (`/v1/cache/{app}/{rule}/{id}` is shared with the read path: GET/DELETE there.)
@@ -87,6 +87,11 @@ impl From<WriteError> for ApiError {
             }
             WriteError::NotHash(_) => problem(StatusCode::CONFLICT, "not-hash", detail),
             WriteError::NotFound(_) => problem(StatusCode::NOT_FOUND, "not-cached", detail),
+            WriteError::PreconditionFailed(_) => problem(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                detail,
+            ),
             WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
                 problem(StatusCode::BAD_GATEWAY, "origin-error", detail)
             }
@@ -175,6 +180,7 @@ async fn put_value(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let conditions = super::cache::preconditions(&parts.headers)?;
     let facts = c
         .wants_facts()
         .then(|| super::cache::facts("PUT", &id, &parts));
@@ -187,17 +193,24 @@ async fn put_value(
                 tags,
                 body,
                 facts,
+                conditions,
             },
         )
         .await?;
-    Ok(match out.journal_id {
+    let mut resp = match out.journal_id {
         Some(jid) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "journal_id": jid })),
         )
             .into_response(),
         None => no_content(out.cache_unconfirmed),
-    })
+    };
+    // RFC 9110 §9.3.4: a validator only when the value was stored exactly as sent, which
+    // `format: hash` does not do (members re-encoded, served in name order).
+    if c.spec.format == CacheFormat::String {
+        super::cache::set_etag(&mut resp, out.version.as_deref());
+    }
+    Ok(resp)
 }
 
 /// `Patternd-Degraded`, as on rate-limit answers decided without Redis.
@@ -249,12 +262,20 @@ async fn patch_value(
             ));
         }
     }
+    let conditions = super::cache::preconditions(&parts.headers)?;
     let body = value_body(&c, &parts.headers, body).await?;
     let facts = c
         .wants_facts()
         .then(|| super::cache::facts("PATCH", &id, &parts));
     let out = c
-        .patch(&state.runtime.store, &id, content_type, body, facts)
+        .patch(
+            &state.runtime.store,
+            &id,
+            content_type,
+            body,
+            facts,
+            &conditions,
+        )
         .await?;
     let Some(object) = out.object else {
         // Write-through of an id that was not cached, or not stored (Redis failed): the
@@ -274,6 +295,9 @@ async fn patch_value(
     if let Some(jid) = out.journal_id.and_then(|j| HeaderValue::from_str(&j).ok()) {
         resp.headers_mut().insert("patternd-journal-id", jid);
     }
+    // The ETag of the value as GET now serves it (RFC 9110 §8.8.3: the selected
+    // representation as of the end of the request).
+    super::cache::set_etag(&mut resp, out.version.as_deref());
     Ok(resp)
 }
 
@@ -546,15 +570,19 @@ pub struct PutAccepted {
 #[utoipa::path(put, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_put",
     description = "Writes a value. The body is the value (`format: hash`: a JSON object, stored one field per member); its `Content-Type` is kept; `Cache-Tag: a, b` records tags (1-128 bytes, no commas or whitespace, at most 32). `write: cache` stores it; `write: through` PUTs it to the origin first and stores it only if the origin answered 2xx (meanwhile reads do not serve the value it replaces); `write: behind` stores it and appends a journal entry in one script, answers 202, and a background flusher delivers it to the origin at least once (retries with exponential backoff; coalesced per id; dead letters after `max_attempts`). A rule's cache plugin runs for writes too: the value lands on the plugin's key with its TTL and tags; the origin gets the client's id's URL. Plugin bypass: `write: through` writes the origin only (204); other modes answer 409.",
     params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path, description = "1 to 512 bytes"),
-        ("Cache-Tag" = Option<String>, Header, description = "tags, comma- or space-separated")),
+        ("Cache-Tag" = Option<String>, Header, description = "tags, comma- or space-separated"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the ETags the value must still have (strong comparison); else 412, nothing written"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if no value exists; else 412, nothing written")),
     request_body(content = String, description = "The value", content_type = "*/*"),
     responses(
-        (status = 204, description = "Stored (write: cache, or through after the origin accepted). write: through with `Patternd-Degraded: cache-not-updated`: the origin accepted, Redis failed to store the value; reads go to the origin until the cache has it again",
-            headers(("Patternd-Degraded" = Option<String>))),
-        (status = 202, description = "write: behind: stored and journaled", body = PutAccepted),
+        (status = 204, description = "Stored (write: cache, or through after the origin accepted), with the new `ETag` for format: string. write: through with `Patternd-Degraded: cache-not-updated`: the origin accepted, Redis failed to store the value; reads go to the origin until the cache has it again",
+            headers(("Patternd-Degraded" = Option<String>), ("ETag" = Option<String>))),
+        (status = 202, description = "write: behind: stored and journaled (`ETag` for format: string)", body = PutAccepted,
+            headers(("ETag" = Option<String>))),
         (status = 400, description = "Bad input, e.g. an id of `.` or `..`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The rule's cache plugin bypassed the cache and the rule is not `write: through`; nothing written", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match / If-None-Match did not hold; nothing written (for write: through, the origin was not written either)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than max_value_bytes; nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "write: through: the origin refused or could not be reached; the cache is unchanged, or (connection lost mid-request: the origin may have applied it) the cached value was dropped", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "write: behind: the journal holds journal_max_len undelivered writes, or Redis is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
@@ -564,17 +592,21 @@ fn put_doc() {}
 
 #[utoipa::path(patch, path = "/v1/cache/{app}/{rule}/{id}", tag = "cache", operation_id = "cache_patch",
     description = "Updates top-level members of a `format: hash` value (a JSON object; `null` deletes a member, as JSON Merge Patch at the top level). The value becomes fresh again and keeps its tags. `write: through` PATCHes the origin first; `write: behind` journals the whole resulting object (delivered as a PUT). A value that is not cached (absent, a cached 404, or invalidated) answers 404, except with `write: through`, where the origin took the patch (204). A rule's cache plugin chooses the key (and TTL) as for PUT; bypass: `write: through` PATCHes the origin only (204), other modes answer 409.",
-    params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path)),
+    params(("app" = String, Path), ("rule" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "`*` or the ETags the value must still have (strong comparison); else 412, nothing written"),
+        ("If-None-Match" = Option<String>, Header, description = "entity-tags the value must not have; else 412")),
     request_body(content = Object, content_type = "application/json"),
     responses(
-        (status = 200, description = "The whole object after the patch", body = Object, content_type = "application/json"),
-        (status = 202, description = "write: behind: the object after the patch, journaled", body = Object, content_type = "application/json",
-            headers(("Patternd-Journal-Id" = String, description = "The journal entry that carries the write to the origin"))),
+        (status = 200, description = "The whole object after the patch, with its new `ETag`", body = Object, content_type = "application/json",
+            headers(("ETag" = String))),
+        (status = 202, description = "write: behind: the object after the patch, journaled, with its new `ETag`", body = Object, content_type = "application/json",
+            headers(("ETag" = String), ("Patternd-Journal-Id" = String, description = "The journal entry that carries the write to the origin"))),
         (status = 204, description = "write: through: the origin accepted; the id was not cached (or, with `Patternd-Degraded: cache-not-updated`, Redis failed to store the result)",
             headers(("Patternd-Degraded" = Option<String>))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown app or rule, or no cached value to patch", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The rule is `format: string`, or the cache plugin bypassed the cache on a rule that is not `write: through`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match / If-None-Match did not hold; nothing written", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a JSON content type", body = Problem, content_type = "application/problem+json"),
         (status = 502, body = Problem, content_type = "application/problem+json"),

@@ -31,10 +31,13 @@ pub struct CheckRequest {
 #[derive(Serialize, ToSchema)]
 pub struct CheckResponse {
     allowed: bool,
-    /// The reported limit: the denying one, or the one with the least remaining.
+    /// The reported limit's quota per window: the denying limit, or the one with the least
+    /// remaining.
     limit: u64,
+    /// `token_bucket` and `gcra`: the most the bucket holds (`remaining` may exceed `limit`).
+    burst: Option<u64>,
     remaining: u64,
-    /// Until the reported limit's full quota is back.
+    /// Until the reported limit's full capacity is back (a bucket: until it is full).
     reset_after_ms: u64,
     /// When denied: until a request of the same cost could pass.
     retry_after_ms: u64,

@@ -44,6 +44,8 @@ pub(super) struct CheckQuery {
 struct CheckReply<'a> {
     allowed: bool,
     limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
     remaining: u64,
     reset_after_ms: u64,
     retry_after_ms: u64,
@@ -315,6 +317,7 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     let reply = CheckReply {
         allowed: d.allowed,
         limit: d.limit,
+        burst: d.burst,
         remaining: d.remaining,
         reset_after_ms: d.reset_after_ms,
         retry_after_ms: d.retry_after_ms,
@@ -336,21 +339,24 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Shadow rules have neither field (`policy_header` is None and `quota_known` false):
+    // their limits are not enforced, and a client honouring them would throttle itself.
     let policy = d.policy_header.as_deref().or(rl.policy_header());
     if let Some(Ok(v)) = policy.map(HeaderValue::from_str) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
     // A decision without quota (degraded, or a plugin's skip or deny) knows nothing about
     // the quota: claiming `r=0` would make well-behaved clients back off for no reason, so
-    // the header is left out.
+    // the header is left out. `r` and `t` are measured against the policy item (see
+    // `Decision::policy_remaining`).
     if d.quota_known {
         let rl_value = format!(
             "\"{}\";r={};t={}",
             d.item_name
                 .as_deref()
                 .unwrap_or(rl.item_name(d.limit_index)),
-            d.remaining,
-            d.reset_after_ms.div_ceil(1000)
+            d.policy_remaining,
+            d.policy_reset_s
         );
         if let Ok(v) = HeaderValue::from_str(&rl_value) {
             h.insert(RATELIMIT.clone(), v);
@@ -359,7 +365,7 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     if !d.allowed {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(d.retry_after_ms.div_ceil(1000).max(1)),
+            HeaderValue::from(crate::patterns::ratelimit::retry_after_s(d.retry_after_ms)),
         );
     }
     if d.degraded {

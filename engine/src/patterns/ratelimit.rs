@@ -39,6 +39,7 @@ struct Fixed {
     script: Arc<Script>,
     subs: Vec<String>,
     limits: Vec<Limit>,
+    shapes: Vec<Shape>,
     max_cost: u64,
     /// Concurrency rules: how long a lease lives unreleased.
     lease: Option<std::time::Duration>,
@@ -83,20 +84,30 @@ impl Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// The reported limit (the denying one, or the one with least remaining).
+    /// The reported limit's quota per window (the denying limit, or the one with least
+    /// remaining): its `limit`, also for `token_bucket` and `gcra`, whose `burst` is apart.
     pub limit: u64,
+    /// `token_bucket` and `gcra`: the most the bucket holds.
+    pub burst: Option<u64>,
     pub limit_index: usize,
+    /// What the reported limit lets through now (for a bucket: its tokens, up to `burst`).
     pub remaining: u64,
+    /// Until the reported limit's full capacity is back (for a bucket: until it is full).
     pub reset_after_ms: u64,
     pub retry_after_ms: u64,
+    /// The `RateLimit` field's `r` and `t` (seconds): the same, measured against the advertised
+    /// policy item (`q` = `limit` per `w` = window), so `r <= q` and `t <= w`.
+    pub policy_remaining: u64,
+    pub policy_reset_s: u64,
     /// Concurrency rules: the lease to release when done.
     pub lease: Option<String>,
     /// Redis could not be asked; `on_redis_error` decided.
     pub degraded: bool,
     /// Shadow rule that would have denied.
     pub shadow_denied: bool,
-    /// False when the decision carries no quota (plugin skip or deny, degraded): the
-    /// `RateLimit` header is then left out rather than invented.
+    /// False when the decision carries no quota (plugin skip or deny, degraded) or the rule
+    /// is a shadow rule: the `RateLimit` header is then left out rather than invented, or
+    /// than slowing clients down for a limit that is not enforced.
     pub quota_known: bool,
     /// Plugin rules: the `RateLimit-Policy` and item name for the limits the plugin chose.
     pub policy_header: Option<String>,
@@ -112,10 +123,13 @@ impl Decision {
         Decision {
             allowed,
             limit: 0,
+            burst: None,
             limit_index: 0,
             remaining: 0,
             reset_after_ms: 0,
             retry_after_ms: 0,
+            policy_remaining: 0,
+            policy_reset_s: 0,
             lease: None,
             degraded: false,
             shadow_denied: false,
@@ -166,15 +180,18 @@ impl RateLimiter {
                     .map(|i| format!("{}-{i}", rule.name))
                     .collect()
             };
-            let policy_header = policy_header(
-                f.limits
-                    .iter()
-                    .map(|l| (l.capacity(), l.window_ms()))
-                    .zip(&item_names),
-            );
+            let shapes: Vec<Shape> = f.limits.iter().map(Shape::of_limit).collect();
+            let mut policy_header = String::new();
+            for (i, (shape, name)) in shapes.iter().zip(&item_names).enumerate() {
+                if i > 0 {
+                    policy_header.push_str(", ");
+                }
+                shape.policy_item(&mut policy_header, name, "");
+            }
             Fixed {
                 script: f.script.clone(),
                 subs: f.subs.clone(),
+                shapes,
                 max_cost: f.limits.iter().map(Limit::capacity).min().unwrap_or(0),
                 lease: f
                     .limits
@@ -210,8 +227,12 @@ impl RateLimiter {
         }
     }
 
-    /// The `RateLimit-Policy` header of the rule's fixed limits.
+    /// The `RateLimit-Policy` header of the rule's fixed limits. None for shadow rules: their
+    /// limits are not enforced, and a client honouring them would slow down for nothing.
     pub fn policy_header(&self) -> Option<&str> {
+        if self.shadow {
+            return None;
+        }
         self.fixed.as_ref().map(|f| f.policy_header.as_str())
     }
 
@@ -368,8 +389,7 @@ impl RateLimiter {
             }
             _ => store.eval(&fixed.script, &keys, &args).await,
         };
-        let capacity = |i: usize| fixed.limits.get(i).map(Limit::capacity).unwrap_or(0);
-        let mut d = self.interpret(reply, fixed.limits.len(), capacity)?;
+        let mut d = self.interpret(reply, &fixed.shapes)?;
         // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
         // `parse_lease` (rightly) refuses as malformed.
         if d.allowed && !d.shadow_denied && !d.degraded && cost > 0 {
@@ -422,23 +442,15 @@ impl RateLimiter {
             .scripts
             .for_algorithms(limits.iter().map(|l| l.algorithm));
         let reply: Result<Vec<i64>, _> = store.eval(script, &keys, &args).await;
-        let mut d = self.interpret(reply, limits.len(), |i| {
-            limits.get(i).map(dyn_capacity).unwrap_or(0)
-        })?;
-        if !d.degraded {
-            let mut header = String::with_capacity(limits.len() * (self.rule.len() + 32));
-            for (i, l) in limits.iter().enumerate() {
+        let shapes: Vec<Shape> = limits.iter().map(Shape::of_dyn).collect();
+        let mut d = self.interpret(reply, &shapes)?;
+        if !d.degraded && !self.shadow {
+            let mut header = String::with_capacity(limits.len() * (self.rule.len() + 48));
+            for (i, (shape, l)) in shapes.iter().zip(limits).enumerate() {
                 if i > 0 {
                     header.push_str(", ");
                 }
-                let _ = write!(
-                    header,
-                    "\"{}-{}\";q={};w={}",
-                    self.rule,
-                    l.key_suffix,
-                    dyn_capacity(l),
-                    l.window_ms.div_ceil(1000).max(1)
-                );
+                shape.policy_item(&mut header, &self.rule, &l.key_suffix);
             }
             d.policy_header = Some(header);
             d.item_name = limits
@@ -453,21 +465,34 @@ impl RateLimiter {
     fn interpret(
         &self,
         reply: Result<Vec<i64>, crate::store::StoreError>,
-        n: usize,
-        capacity: impl Fn(usize) -> u64,
+        shapes: &[Shape],
     ) -> Result<Decision, CheckError> {
         Ok(match reply {
             Ok(v) if v.len() == 5 => {
                 let allowed = v[0] == 1;
-                let idx = usize::try_from(v[1]).unwrap_or(0).min(n.saturating_sub(1));
+                let idx = usize::try_from(v[1])
+                    .unwrap_or(0)
+                    .min(shapes.len().saturating_sub(1));
                 let mut d = Decision::bare(allowed || self.shadow);
-                d.limit = capacity(idx);
                 d.limit_index = idx;
                 d.remaining = non_negative(v[2]);
                 d.reset_after_ms = non_negative(v[3]);
                 d.retry_after_ms = if allowed { 0 } else { non_negative(v[4]) };
+                if let Some(shape) = shapes.get(idx) {
+                    d.limit = shape.limit;
+                    d.burst = shape.is_bucket().then_some(shape.burst);
+                    (d.policy_remaining, d.policy_reset_s) =
+                        shape.service_limit(d.remaining, d.reset_after_ms);
+                    if !allowed {
+                        // The draft: Retry-After SHOULD NOT come before the end of `t`. On a
+                        // denial `t` is the time within which no more than `r` is usable for
+                        // this request: until it may retry.
+                        d.policy_reset_s = d.policy_reset_s.min(retry_after_s(d.retry_after_ms));
+                    }
+                }
                 d.shadow_denied = !allowed && self.shadow;
-                d.quota_known = true;
+                // A shadow rule's quota is not enforced: no `RateLimit` field for it.
+                d.quota_known = !self.shadow;
                 if allowed {
                     self.counters.allowed.increment(1);
                 } else if self.shadow {
@@ -505,7 +530,7 @@ impl RateLimiter {
             .fixed
             .as_ref()
             .and_then(|f| f.limits.first())
-            .map(Limit::capacity)
+            .map(|l| l.limit)
             .unwrap_or(0);
         // A denied client should come back soon: Redis may be back in a second.
         d.retry_after_ms = if allowed { 0 } else { 1000 };
@@ -568,12 +593,85 @@ fn dyn_capacity(l: &DynLimit) -> u64 {
     }
 }
 
-/// IETF httpapi ratelimit-headers: `"name";q=<quota>;w=<window seconds>` per limit.
-fn policy_header<'a>(items: impl Iterator<Item = ((u64, u64), &'a String)>) -> String {
-    items
-        .map(|((q, w_ms), n)| format!("\"{n}\";q={q};w={}", w_ms.div_ceil(1000).max(1)))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A limit as the IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    algorithm: Algorithm,
+    limit: u64,
+    /// The window, or a concurrency limit's lease.
+    window_ms: u64,
+    burst: u64,
+}
+
+impl Shape {
+    fn of_limit(l: &Limit) -> Self {
+        Shape {
+            algorithm: l.algorithm,
+            limit: l.limit,
+            window_ms: l.window_ms(),
+            burst: l.burst,
+        }
+    }
+
+    fn of_dyn(l: &DynLimit) -> Self {
+        Shape {
+            algorithm: l.algorithm,
+            limit: l.limit,
+            window_ms: l.window_ms,
+            burst: l.burst,
+        }
+    }
+
+    fn is_bucket(&self) -> bool {
+        matches!(self.algorithm, Algorithm::TokenBucket | Algorithm::Gcra)
+    }
+
+    /// The policy's `w`: whole seconds (the draft has no sub-second windows), rounded up, so
+    /// `q` per `w` never advertises more than the limit lets through.
+    fn window_s(&self) -> u64 {
+        self.window_ms.div_ceil(1000).max(1)
+    }
+
+    /// Appends the `RateLimit-Policy` item: `"<name>[-<suffix>]";q=<limit>;w=<window s>`, the
+    /// sustained quota; buckets add their burst as the vendor parameter `patternd-burst` (the
+    /// draft allows parameters of its own, prefixed); concurrency has no window: its quota
+    /// unit is `concurrent-requests`.
+    fn policy_item(&self, out: &mut String, name: &str, suffix: &str) {
+        use std::fmt::Write as _;
+        out.push('"');
+        out.push_str(name);
+        if !suffix.is_empty() {
+            out.push('-');
+            out.push_str(suffix);
+        }
+        let _ = write!(out, "\";q={}", self.limit);
+        if self.algorithm == Algorithm::Concurrency {
+            out.push_str(";qu=\"concurrent-requests\"");
+            return;
+        }
+        let _ = write!(out, ";w={}", self.window_s());
+        if self.is_bucket() {
+            let _ = write!(out, ";patternd-burst={}", self.burst);
+        }
+    }
+
+    /// The `RateLimit` item's `r` and `t` (seconds) for what the script reported: measured
+    /// against the policy item, so `r <= q` and `t <= w`. A bucket may hold more than `limit`
+    /// (up to `burst`); the policy's quota is back in full once it holds `limit` again, which
+    /// is `(burst - limit) / rate` before it is full.
+    fn service_limit(&self, remaining: u64, reset_ms: u64) -> (u64, u64) {
+        let (r, t_ms) = if self.is_bucket() {
+            let extra_units = u128::from(self.burst.saturating_sub(self.limit));
+            let extra_ms = extra_units * u128::from(self.window_ms) / u128::from(self.limit.max(1));
+            let extra_ms = u64::try_from(extra_ms).unwrap_or(u64::MAX);
+            (remaining.min(self.limit), reset_ms.saturating_sub(extra_ms))
+        } else {
+            (remaining.min(self.limit), reset_ms)
+        };
+        // Reported durations carry a rounding margin under a millisecond; in whole seconds
+        // they never exceed the window (a concurrency limit's: its lease).
+        (r, t_ms.div_ceil(1000).min(self.window_s()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -601,6 +699,11 @@ fn log_gate() -> bool {
             .is_ok()
 }
 
+/// `Retry-After` in whole seconds, at least 1.
+pub fn retry_after_s(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}
+
 fn non_negative(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -622,4 +725,75 @@ pub fn random_token() -> String {
         buf = nanos.to_le_bytes();
     }
     B64.encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(algorithm: Algorithm, limit: u64, window_ms: u64, burst: u64) -> Shape {
+        Shape {
+            algorithm,
+            limit,
+            window_ms,
+            burst,
+        }
+    }
+
+    fn item(s: &Shape, name: &str, suffix: &str) -> String {
+        let mut out = String::new();
+        s.policy_item(&mut out, name, suffix);
+        out
+    }
+
+    #[test]
+    fn policy_items_advertise_the_sustained_quota() {
+        let tb = shape(Algorithm::TokenBucket, 10, 1000, 50);
+        assert_eq!(item(&tb, "edge", ""), "\"edge\";q=10;w=1;patternd-burst=50");
+        let gc = shape(Algorithm::Gcra, 10, 1000, 5);
+        assert_eq!(item(&gc, "t", "pro"), "\"t-pro\";q=10;w=1;patternd-burst=5");
+        let fw = shape(Algorithm::FixedWindow, 100, 60_000, 100);
+        assert_eq!(item(&fw, "api", ""), "\"api\";q=100;w=60");
+        // Sub-second and fractional windows round up: never more than the limit allows.
+        let short = shape(Algorithm::SlidingLog, 3, 250, 3);
+        assert_eq!(item(&short, "s", ""), "\"s\";q=3;w=1");
+        let odd = shape(Algorithm::SlidingWindow, 3, 1500, 3);
+        assert_eq!(item(&odd, "o", ""), "\"o\";q=3;w=2");
+        let cc = shape(Algorithm::Concurrency, 4, 30_000, 4);
+        assert_eq!(
+            item(&cc, "jobs", ""),
+            "\"jobs\";q=4;qu=\"concurrent-requests\""
+        );
+    }
+
+    #[test]
+    fn service_limits_stay_within_the_policy_item() {
+        // 10/s, burst 50: a full bucket is r=10 (the policy's quota), back in full now.
+        let tb = shape(Algorithm::TokenBucket, 10, 1000, 50);
+        assert_eq!(tb.service_limit(49, 100), (10, 0));
+        // 25 tokens: 2.5 s until full, so the policy's 10 are back... already.
+        assert_eq!(tb.service_limit(25, 2500), (10, 0));
+        // 4 tokens: 4.6 s until full, 0.6 s until 10 are back.
+        assert_eq!(tb.service_limit(4, 4600), (4, 1));
+        // Empty: 5 s until full, 1 s until 10 are back.
+        assert_eq!(tb.service_limit(0, 5001), (0, 1));
+        // Burst below the limit: the bucket's own refill time, within the window.
+        let small = shape(Algorithm::Gcra, 10, 1000, 5);
+        assert_eq!(small.service_limit(0, 500), (0, 1));
+        // Windows: t never exceeds w, even with the rounding margin.
+        let fw = shape(Algorithm::FixedWindow, 100, 60_000, 100);
+        assert_eq!(fw.service_limit(99, 60_001), (99, 60));
+        assert_eq!(fw.service_limit(99, 30_500), (99, 31));
+        for algorithm in Algorithm::ALL {
+            for (limit, window_ms, burst) in [(10, 1000, 50), (7, 250, 3), (1, 86_400_000, 1)] {
+                let s = shape(algorithm, limit, window_ms, burst);
+                for remaining in [0, 1, limit, burst] {
+                    for reset in [0, 1, window_ms, window_ms + 1, 2 * window_ms + 7] {
+                        let (r, t) = s.service_limit(remaining, reset);
+                        assert!(r <= limit && t <= s.window_s(), "{s:?}: {r} {t}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -129,6 +129,18 @@ pub fn validate_rate_limit(
                     return Err(bad("plugins cannot ask for concurrency limits".into()));
                 }
             }
+            // Two limits with one suffix would be one key counted twice in one script (a
+            // fixed window charged twice, a log once), or, with two algorithms, two policy
+            // items of one name. Refused, whatever the algorithms: the call fails like any
+            // bad decision, and the rule's fallback decides.
+            for (i, l) in list.iter().enumerate() {
+                if list[..i].iter().any(|o| o.key_suffix == l.key_suffix) {
+                    return Err(bad(format!(
+                        "key suffix `{}` is used by two limits; each limit needs its own",
+                        l.key_suffix
+                    )));
+                }
+            }
         }
     }
     Ok(d)
@@ -196,4 +208,43 @@ pub fn validate_session(
         });
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(suffix: &str, algorithm: Algorithm) -> DynLimit {
+        DynLimit {
+            key_suffix: suffix.to_string(),
+            cost: 1,
+            limit: 10,
+            window_ms: 1000,
+            burst: 10,
+            algorithm,
+        }
+    }
+
+    #[test]
+    fn a_key_suffix_used_twice_is_refused_whatever_the_algorithms() {
+        let limits = Limits::default();
+        for (a, b) in [
+            (Algorithm::FixedWindow, Algorithm::FixedWindow),
+            (Algorithm::SlidingLog, Algorithm::SlidingLog),
+            (Algorithm::FixedWindow, Algorithm::Gcra),
+        ] {
+            let d = RateLimitDecision::Check(vec![limit("x", a), limit("y", a), limit("x", b)]);
+            match validate_rate_limit("p", d, &limits) {
+                Err(PluginError::BadOutput { message, .. }) => {
+                    assert!(message.contains("`x` is used by two limits"), "{message}");
+                }
+                other => panic!("{a:?}/{b:?}: {other:?}"),
+            }
+        }
+        let ok = RateLimitDecision::Check(vec![
+            limit("x", Algorithm::FixedWindow),
+            limit("y", Algorithm::FixedWindow),
+        ]);
+        assert_eq!(validate_rate_limit("p", ok.clone(), &limits), Ok(ok));
+    }
 }

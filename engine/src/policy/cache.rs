@@ -103,6 +103,14 @@ pub struct RawCache {
     #[serde(default)]
     #[schemars(with = "Option<RawNearCache>")]
     pub near_cache: Option<Spanned<RawNearCache>>,
+    /// Take each value's freshness from the origin's answer (RFC 9111): `s-maxage`/`max-age`
+    /// (or `Expires`), minus `Age`, and `stale-while-revalidate`/`stale-if-error`, each capped by
+    /// this rule's setting (the rule's apply when the origin says nothing); `no-store`,
+    /// `private` and `no-cache` answers are not stored. Off by default (the origin's
+    /// `Cache-Control` is ignored).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub ttl_from_origin: Option<Spanned<bool>>,
     /// What a `GET` answers when Redis cannot be asked in time: `fail` (default: 503) or
     /// `origin` (the origin's answer, not stored, at most as many at once as the rule's origin
     /// concurrency; beyond that 503).
@@ -231,6 +239,8 @@ pub struct Cache {
     pub plugin: Option<PluginRef>,
     pub near_cache: Option<NearCacheSpec>,
     pub on_redis_error: CacheOnRedisError,
+    /// Freshness from the origin's `Cache-Control` (bounded by this rule's settings).
+    pub ttl_from_origin: bool,
     pub location: Location,
 }
 
@@ -508,6 +518,17 @@ impl Validator {
                 CacheOnRedisError::Fail
             }
         };
+        let ttl_from_origin = match &raw.ttl_from_origin {
+            Some(t) if **t && raw.origin.is_none() => {
+                self.err(
+                    &loc(path, t.span()),
+                    "`ttl_from_origin` needs an `origin` whose answers it reads",
+                );
+                false
+            }
+            Some(t) => **t,
+            None => false,
+        };
         let plugin = raw
             .plugin
             .as_ref()
@@ -536,6 +557,7 @@ impl Validator {
             plugin,
             near_cache,
             on_redis_error,
+            ttl_from_origin,
             location: at,
         })
     }

@@ -12,10 +12,13 @@
 -- (through, see below)
 -- ARGV[8] the value's id when a plugin chose a key other than the client's id ('' otherwise;
 -- journaled as `k`)
--- ARGV[9 ..] name, json pairs; an empty json deletes the member
--- Returns { 1, journal entry id or '', the object's JSON text }, { 0 } when there is no live
--- value to patch (absent, a negative entry, or invalidated by a tag), or { -1, backlog }
--- when the journal is full (then nothing was written).
+-- ARGV[9] If-Match, ARGV[10] If-None-Match, as `preconditions_hold` (cache_common.lua) takes
+-- them, compared with the live value's version ('t' checked them in cache_through_begin.lua)
+-- ARGV[11 ..] name, json pairs; an empty json deletes the member
+-- Returns { 1, journal entry id or '', the object's JSON text, the new version }, { 0 } when
+-- there is no live value to patch (absent, a negative entry, or invalidated by a tag),
+-- { -1, backlog } when the journal is full, or { -2 } when a precondition failed (then
+-- nothing was written).
 local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
 local mode = ARGV[4]
 local tagpfx = ARGV[1]
@@ -45,19 +48,21 @@ local function live_fields()
     if cur ~= tv[i] and not pending then return nil end
   end
   local all = redis.call('HGETALL', src)
-  local fields, order = {}, {}
+  local fields, order, ver = {}, {}, ''
   for i = 1, #all, 2 do
     local name = all[i]
     if string.sub(name, 1, 2) == 'f:' then
       name = string.sub(name, 3)
       fields[name] = all[i + 1]
       order[#order + 1] = name
+    elseif name == 'ver' then
+      ver = all[i + 1]
     end
   end
-  return fields, order, tags
+  return fields, order, tags, ver
 end
 
-local fields, order, tags = live_fields()
+local fields, order, tags, ver = live_fields()
 if not fields then
   -- Through: the origin accepted the PATCH, so a negative or invalidated entry is now wrong.
   -- A fill already in flight read the origin before the PATCH: the lease becomes the write
@@ -69,11 +74,12 @@ if not fields then
   end
   return { 0 }
 end
+if not preconditions_hold(ver, ARGV[9], ARGV[10]) then return { -2 } end
 if mode == 'b' then
   local backlog = redis.call('XLEN', jkey)
   if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
 end
-for i = 9, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local name, json = ARGV[i], ARGV[i + 1]
   if fields[name] == nil and json ~= '' then order[#order + 1] = name end
   if json == '' then fields[name] = nil else fields[name] = json end
@@ -88,9 +94,10 @@ for _, name in ipairs(order) do
   end
 end
 local object = '{' .. table.concat(parts, ',') .. '}'
-cache_store({
+local _, new_ver = cache_store({
   key = vkey, tagpfx = tagpfx, now = now_ms(), st = '200', ct = 'application/json',
   ttl = tonumber(ARGV[2]), stale = tonumber(ARGV[3]), delta = 0, tags = tags, fields = flat,
+  prev = ver,
 })
 if src ~= vkey then redis.call('DEL', src) end
 redis.call('DEL', lkey)
@@ -104,4 +111,4 @@ if mode == 'b' then
   end
   redis.call('HSET', vkey, 'jp', eid)
 end
-return { 1, eid, object }
+return { 1, eid, object, new_ver }

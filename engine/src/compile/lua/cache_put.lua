@@ -8,11 +8,14 @@
 -- ARGV[5] journal_max_len ('b'), or the write's token ('t'); ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
 -- or 'h' (format: hash); ARGV[9] the value's id when a plugin chose a key other than the
 -- client's id ('' otherwise; journaled as `k`, the origin still gets ARGV[6]'s URL)
--- ARGV[10] n = number of tags; ARGV[11 .. 10+n] the tags
--- ARGV[11+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
--- ARGV[12+n ..] 'h' only: name, json pairs of the object's top-level members
--- Returns { 1, journal entry id or '' }, { -1, backlog } when the journal is full (then
--- nothing was written), or { 0 } ('t') when the lease no longer holds this write's token.
+-- ARGV[10] If-Match, ARGV[11] If-None-Match, as `preconditions_hold` (cache_common.lua) takes
+-- them ('' and '': none; 't' checked them in cache_through_begin.lua, before the origin)
+-- ARGV[12] n = number of tags; ARGV[13 .. 12+n] the tags
+-- ARGV[13+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
+-- ARGV[14+n ..] 'h' only: name, json pairs of the object's top-level members
+-- Returns { 1, journal entry id or '', the new version }, { -1, backlog } when the journal is
+-- full (then nothing was written), { -2 } when a precondition failed (nothing written), or
+-- { 0 } ('t') when the lease no longer holds this write's token.
 local vkey, lkey, jkey = KEYS[1], KEYS[2], KEYS[3]
 local behind = ARGV[4] == 'b'
 if ARGV[4] == 't' then
@@ -25,10 +28,15 @@ if ARGV[4] == 't' then
   end
   redis.call('DEL', KEYS[3])
 end
-local n = tonumber(ARGV[10])
+if (ARGV[10] ~= '' or ARGV[11] ~= '')
+  and not preconditions_hold(current_version(vkey, ARGV[1], behind and jkey or nil), ARGV[10],
+    ARGV[11]) then
+  return { -2 }
+end
+local n = tonumber(ARGV[12])
 local tags = {}
-for i = 1, n do tags[i] = ARGV[10 + i] end
-local body = ARGV[11 + n]
+for i = 1, n do tags[i] = ARGV[12 + i] end
+local body = ARGV[13 + n]
 if behind then
   local backlog = redis.call('XLEN', jkey)
   if backlog >= tonumber(ARGV[5]) then return { -1, backlog } end
@@ -39,11 +47,11 @@ local v = {
 }
 if ARGV[8] == 'h' then
   v.fields = {}
-  for i = 12 + n, #ARGV do v.fields[#v.fields + 1] = ARGV[i] end
+  for i = 14 + n, #ARGV do v.fields[#v.fields + 1] = ARGV[i] end
 else
   v.body = body
 end
-cache_store(v)
+local _, ver = cache_store(v)
 -- A fill that started before this write must not overwrite it: without its lease (and with
 -- a value present) the fill script stores nothing.
 redis.call('DEL', lkey)
@@ -57,4 +65,4 @@ if behind then
   -- The newest journaled write of this id: older entries are superseded (coalescing).
   redis.call('HSET', vkey, 'jp', eid)
 end
-return { 1, eid }
+return { 1, eid, ver }

@@ -11,7 +11,11 @@
 --         'fields' (format: hash, only the members ARGV[10..])
 -- The value is read with ONE hash command (HMGET of the meta fields plus the body, or HGETALL),
 -- not a meta read followed by a body read: on a hit, the script is the whole Redis cost.
--- Returns { action, st, ct, ms left of freshness (negative: stale), body, delta ms, name1, json1, ... }
+-- Returns { action, start, st, ct, ms left of freshness (negative: stale), body, delta ms, ver,
+-- name1, json1, ... } ({ action, start } without a value). `start` is Redis TIME in µs at this
+-- read: a fill that follows it passes it back, and the fill script refuses to store what a
+-- DELETE or tag invalidation after this moment made stale. `ver` is the value's version (its
+-- ETag; '' for a value stored before versions existed).
 -- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
 -- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
 -- stale_while_revalidate, another caller refreshes), 'stale_refresh' (same, and this caller
@@ -20,7 +24,12 @@
 -- 'stale_error' (past stale_while_revalidate but inside stale_if_error, and the origin failed
 -- within refresh_lease: the lease holds the failure marker 'E'; serve the stale value without
 -- asking the origin again), 'failed' (no usable value, and the origin failed moments ago on
--- another caller's fill: share that failure instead of asking again).
+-- another caller's fill: share that failure instead of asking again), 'pass' (no value, and
+-- the origin's last answer for this id must not be stored (`ttl_from_origin`: no-store,
+-- private, no-cache): the lease holds the marker 'P', so callers ask the origin themselves
+-- instead of queueing behind one fill at a time).
+-- A value may carry its own stale windows (`sw`, `se`: from the origin's Cache-Control); the
+-- smaller of each and the rule's applies.
 -- A value whose newest write (`jp`) is still in the write-behind journal is newer than the
 -- origin's copy: it is a 'hit' however old it is (its ms left may be negative), and no lease is
 -- granted for it, so no fill replaces it with the origin's older copy before the write reaches
@@ -32,7 +41,11 @@ local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local has_origin = ARGV[7] == '1'
 local sie = tonumber(ARGV[8])
-local now = now_ms()
+-- One TIME call gives both clocks: ms for freshness, µs (as text, without float formatting)
+-- for the fill's start.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local start = t[1] .. string.sub('00000' .. t[2], -6)
 
 local function take_lease()
   if redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false then return true end
@@ -44,12 +57,13 @@ local function take_lease()
 end
 
 local mode = ARGV[9]
--- meta: st, ct, fresh, delta, tags, tv, jp; body: the `b` member ('body' mode);
+-- meta: st, ct, fresh, delta, tags, tv, jp, ver, sw, se; body: the `b` member ('body' mode);
 -- members: name, json, ... (format: hash).
 local meta, body, members
 if mode == 'all' then
   local all = redis.call('HGETALL', vkey)
-  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, jp = 7 }
+  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, jp = 7, ver = 8, sw = 9,
+    se = 10 }
   meta, members = {}, {}
   for i = 1, #all, 2 do
     local f = all[i]
@@ -64,21 +78,26 @@ if mode == 'all' then
     end
   end
 elseif mode == 'fields' then
-  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp' }
+  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'ver', 'sw', 'se' }
+  local base = #names
   for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
   meta = redis.call('HMGET', vkey, unpack(names))
   members = {}
   for i = 10, #ARGV do
-    local v = meta[i - 2]
+    local v = meta[base + i - 9]
     if v then
       members[#members + 1] = ARGV[i]
       members[#members + 1] = v
     end
   end
 else
-  meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'b')
-  body = meta[8]
+  meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'ver', 'sw',
+    'se', 'b')
+  body = meta[11]
 end
+-- The value's own stale windows, never longer than the rule's.
+if meta[9] then swr = math.min(swr, tonumber(meta[9]) or swr) end
+if meta[10] then sie = math.min(sie, tonumber(meta[10]) or sie) end
 local st = meta[1]
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
 local pending = st == '200' and meta[7] and KEYS[3]
@@ -113,10 +132,12 @@ local action
 if pending then
   action = 'hit'
 elseif not st then
-  if not has_origin then return { 'absent' } end
-  if take_lease() then return { 'fetch' } end
-  if redis.call('GET', lkey) == 'E' then return { 'failed' } end
-  return { 'wait' }
+  if not has_origin then return { 'absent', start } end
+  if take_lease() then return { 'fetch', start } end
+  local marker = redis.call('GET', lkey)
+  if marker == 'E' then return { 'failed', start } end
+  if marker == 'P' then return { 'pass', start } end
+  return { 'wait', start }
 elseif left > 0 then
   action = 'hit'
   local delta = tonumber(meta[4]) or 0
@@ -131,14 +152,14 @@ elseif -left <= swr then
 elseif take_lease() then
   action = 'fetch'
 elseif redis.call('GET', lkey) == 'E' then
-  if st == '200' and -left <= sie then action = 'stale_error' else return { 'failed' } end
+  if st == '200' and -left <= sie then action = 'stale_error' else return { 'failed', start } end
 else
   action = 'wait'
 end
 
-local out = { action, st, meta[2] or '', math.floor(left), body or '',
-  math.floor(tonumber(meta[4]) or 0) }
+local out = { action, start, st, meta[2] or '', math.floor(left), body or '',
+  math.floor(tonumber(meta[4]) or 0), meta[8] or '' }
 if members then
-  for i = 1, #members do out[6 + i] = members[i] end
+  for i = 1, #members do out[8 + i] = members[i] end
 end
 return out

@@ -1,6 +1,6 @@
 -- patternd cache: the one function that writes a value. Included by the origin fill script
 -- (cache-read) and the PUT/PATCH scripts (cache-write), so a value looks the same whoever
--- wrote it. Needs the prelude (now_ms, fmt) before it.
+-- wrote it. Needs the prelude (now_ms, fmt) and cache_common (now_us, int_text) before it.
 --
 -- cache_store(v) with v a table:
 --   v.key     the value HASH, ks.key(id, "v")                              (a KEYS entry)
@@ -17,15 +17,26 @@
 --             0 for a negative entry
 --   v.delta   ms the origin fill took (XFetch's recompute time); 0 for PUT/PATCH
 --   v.tags    array of tags (validated by the engine: 1-128 bytes, no ',' and no whitespace)
+--   v.swr, v.sie  (optional) this value's own stale_while_revalidate / stale_if_error in ms
+--             (`ttl_from_origin`: from the origin's Cache-Control, already bounded by the
+--             rule's); stored as `sw`/`se`, and the read script takes the smaller of them and
+--             the rule's. Absent: the rule's apply.
+--   v.prev    (optional) the version of the value this one replaces when it is not in v.key
+--             (a write-through PATCH patches the copy set aside under another key)
 -- Replaces the whole HASH (no field of an older value survives), records the current version
 -- of every tag (creating a version key at 0 when absent, so a later bump is seen), and
 -- PEXPIREs every tag key to at least this value's hard lifetime, never shortening it: a tag
 -- key must outlive every value that references it, or an invalidated value would come back
 -- when its version key expired and read as 0 again.
--- Returns the hard lifetime in ms (the value's PEXPIRE).
+-- Gives the value a new version `ver` (its ETag): max(previous version + 1, Redis TIME in µs),
+-- so it changes with every store, and a value deleted and written again never repeats an old
+-- version (unless Redis' clock went back further than the time between the two writes).
+-- Returns the hard lifetime in ms (the value's PEXPIRE) and the new version (text).
 local function cache_store(v)
   local hard = v.ttl + v.stale
   if hard < 1 then hard = 1 end
+  local prev = tonumber(redis.call('HGET', v.key, 'ver') or '') or tonumber(v.prev or '') or 0
+  local ver = int_text(math.max(prev + 1, now_us()))
   local versions = {}
   for i = 1, #v.tags do
     local tk = v.tagpfx .. v.tags[i]
@@ -46,7 +57,14 @@ local function cache_store(v)
     'delta', tostring(math.floor(v.delta or 0)),
     'tags', table.concat(v.tags, ','),
     'tv', table.concat(versions, ','),
+    'ver', ver,
   }
+  if v.swr then
+    h[#h + 1] = 'sw'
+    h[#h + 1] = tostring(math.floor(v.swr))
+    h[#h + 1] = 'se'
+    h[#h + 1] = tostring(math.floor(v.sie or 0))
+  end
   if v.body then
     h[#h + 1] = 'b'
     h[#h + 1] = v.body
@@ -62,5 +80,5 @@ local function cache_store(v)
     redis.call('HSET', v.key, unpack(h, i, math.min(i + 399, #h)))
   end
   redis.call('PEXPIRE', v.key, hard)
-  return hard
+  return hard, ver
 end

@@ -3,6 +3,13 @@
 local function fixed_window(key, limit, window, burst, cost, now)
   local used = tonumber(redis.call('GET', key) or '0')
   local pttl = redis.call('PTTL', key)
+  if pttl == -1 then
+    -- The counter lost its expiry (PERSIST, a restore or a replica without TTLs): it gets a
+    -- whole window now, on every path, denials included. Repaired only when allowing, a
+    -- counter at the limit would deny its id forever.
+    redis.call('PEXPIRE', key, window)
+    pttl = window
+  end
   local reset = pttl
   if reset < 0 then reset = window end
   local r = { reset = reset, retry = 0, commit = noop }
@@ -12,7 +19,7 @@ local function fixed_window(key, limit, window, burst, cost, now)
     if cost > 0 then
       r.commit = function()
         redis.call('INCRBY', key, cost)
-        -- pttl < 0: the key is new (-2) or, defensively, lost its expiry (-1).
+        -- pttl < 0: the key is new (a lost expiry was repaired above).
         if pttl < 0 then redis.call('PEXPIRE', key, window) end
       end
     end

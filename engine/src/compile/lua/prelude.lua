@@ -14,6 +14,16 @@ end
 
 local function noop() end
 
+-- A duration reported to the client, in whole ms, rounded up with a microsecond (the clock's
+-- resolution) to spare: a client that waits exactly that long must find the quota back, and
+-- times are doubles (an epoch in ms with a fraction is not exact), so a wait computed to land
+-- exactly on the moment could land a rounding error short of it. Redis also keeps a key
+-- through its expiry millisecond, so a PTTL of n means the key is gone after n + 1 ms.
+local function up(ms)
+  if ms <= 0 then return 0 end
+  return math.ceil(ms + 0.001)
+end
+
 -- Combines the checks of every limit of a rule: all allowed -> commit all; any denied ->
 -- commit none ("a denial charges none of them"). Reports the limit that matters most: the
 -- denying one with the longest wait, or else the one with the least remaining.
@@ -35,5 +45,5 @@ local function decide(results)
     end
   end
   local r = results[pick]
-  return { allowed and 1 or 0, pick - 1, math.floor(r.remaining), math.ceil(r.reset), math.ceil(r.retry) }
+  return { allowed and 1 or 0, pick - 1, math.floor(r.remaining), up(r.reset), up(r.retry) }
 end

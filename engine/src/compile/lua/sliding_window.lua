@@ -1,25 +1,41 @@
 -- sliding_window: the weighted two-bucket counter. Windows are aligned to the epoch; the
 -- estimate is previous * (share of the previous window still inside the sliding window)
--- + current. One HASH key: w = current window number, c = its count, p = previous count.
+-- + current. One HASH key: w = current window number, c = its count, p = previous count,
+-- l = time of the newest admitted request.
+-- Nothing admitted within the last window means nothing is inside the sliding window, so the
+-- estimate is 0 from l + window on: the full quota is back at most one window after the
+-- newest request (the two counts alone would keep part of it for up to two windows).
 local function sliding_window(key, limit, window, burst, cost, now)
   local cur = math.floor(now / window)
-  local st = redis.call('HMGET', key, 'w', 'c', 'p')
-  local w, c, p = tonumber(st[1]), tonumber(st[2]) or 0, tonumber(st[3]) or 0
-  if w == cur - 1 then
+  local st = redis.call('HMGET', key, 'w', 'c', 'p', 'l')
+  local w, c, p, l = tonumber(st[1]), tonumber(st[2]) or 0, tonumber(st[3]) or 0, tonumber(st[4])
+  if w == nil then
+    c, p = 0, 0
+  elseif w > cur then
+    -- The stored window is ahead of the clock: Redis TIME went backwards (a failover to a host
+    -- whose clock is behind). Both counts stay, at full weight, in the current window, so no
+    -- burst gets through; they decay from the next window on, as usual.
+    c, p = c + p, 0
+  elseif w == cur - 1 then
     p, c = c, 0
   elseif w ~= cur then
-    p, c = 0, 0
+    c, p = 0, 0
   end
+  -- A key without `l` (written before it existed), or an `l` ahead of the clock: the newest
+  -- request was admitted now at the latest.
+  if l == nil or l > now then l = now end
+  if l <= now - window then c, p = 0, 0 end
   local elapsed = now - cur * window
   local est = p * (window - elapsed) / window + c
   local r = { retry = 0, commit = noop }
   if est + cost <= limit then
     r.ok = true
     r.remaining = limit - est - cost
-    c = c + cost
     if cost > 0 then
+      c = c + cost
+      l = now
       r.commit = function()
-        redis.call('HSET', key, 'w', cur, 'c', c, 'p', p)
+        redis.call('HSET', key, 'w', cur, 'c', c, 'p', p, 'l', fmt(now))
         -- Needed until the end of the next window, where this window is "previous".
         redis.call('PEXPIRE', key, math.ceil(2 * window - elapsed))
       end
@@ -37,15 +53,10 @@ local function sliding_window(key, limit, window, burst, cost, now)
       if c > 0 then y = math.max(window * (1 - (limit - cost) / c), 0) end
       retry = (window - elapsed) + y
     end
-    r.retry = math.max(retry, 1)
+    -- Or once the newest request has left the window, whichever comes first.
+    r.retry = math.max(math.min(retry, l + window - now), 1)
   end
-  -- Full quota is back once nothing counted remains inside the sliding window.
-  if c > 0 then
-    r.reset = 2 * window - elapsed
-  elseif p > 0 then
-    r.reset = window - elapsed
-  else
-    r.reset = 0
-  end
+  -- Full quota is back once the newest request counted has left the window.
+  if c + p > 0 then r.reset = math.max(l + window - now, 0) else r.reset = 0 end
   return r
 end

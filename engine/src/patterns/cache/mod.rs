@@ -5,6 +5,8 @@
 //! The read path (GET, DELETE, tag invalidation) is in `read`; the origin client in `origin`.
 //! Keys and what they hold: see the data contract in `compile::cache`.
 
+pub mod conditional;
+pub mod freshness;
 pub mod journal;
 pub mod origin;
 pub mod read;
@@ -57,6 +59,9 @@ pub struct CacheRule {
 pub struct NearValue {
     pub content_type: String,
     pub body: Body,
+    /// The value's version (its ETag without quotes; `None` for a value stored before
+    /// versions existed).
+    pub version: Option<String>,
     /// When the value stops being fresh, in this host's monotonic clock, derived from the
     /// freshness left that Redis reported (never from comparing clocks).
     pub fresh_until: Instant,
@@ -194,6 +199,16 @@ impl CacheRule {
     /// The rule's `ttl` in ms.
     pub fn ttl_ms(&self) -> u64 {
         duration_ms(self.spec.ttl)
+    }
+
+    /// How long a write marker (`W`: DELETE, a write-through) lives in the lease, and how long
+    /// a fill may take from its read to its store: longer than a fill that read the origin
+    /// before the write or DELETE can take (its origin call ends within origin_timeout, or it
+    /// loses its lease after refresh_lease), and longer than a write-through's own origin
+    /// call. A fill older than this stores nothing (`cache_fill.lua`), so the marker never
+    /// lapses under a fill it must stop; tag keys an invalidation creates live as long.
+    pub fn marker_ms(&self) -> u64 {
+        duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
     }
 
     /// The origin URL of `id` (the id percent-encoded as one path segment). `None` when the

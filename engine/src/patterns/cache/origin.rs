@@ -61,6 +61,8 @@ pub struct OriginResponse {
     pub body: Bytes,
     /// How long the request took (XFetch's recompute time).
     pub elapsed: Duration,
+    /// `Cache-Control`, `Age`, `Expires`, `Date` as received (`ttl_from_origin`).
+    pub freshness: super::freshness::OriginFreshness,
 }
 
 /// One rule's origin client. Cheap to clone.
@@ -166,6 +168,7 @@ impl OriginClient {
         tags.sort();
         tags.dedup();
         tags.truncate(MAX_TAGS);
+        let freshness = freshness_fields(headers);
         if resp.content_length().is_some_and(|n| n > max_bytes) {
             return Err(OriginError::TooLarge { max: max_bytes });
         }
@@ -182,6 +185,7 @@ impl OriginClient {
             tags,
             body: Bytes::from(buf),
             elapsed: Duration::ZERO,
+            freshness,
         })
     }
 
@@ -203,6 +207,34 @@ impl OriginClient {
                 OriginError::Unreachable(msg)
             }
         }
+    }
+}
+
+/// The header fields that decide an answer's freshness. A field that is not visible ASCII
+/// counts as present but unreadable (`"\u{0}"`), so the freshness rules treat it as invalid
+/// rather than absent. Several `Cache-Control` lines are one list.
+fn freshness_fields(headers: &reqwest::header::HeaderMap) -> super::freshness::OriginFreshness {
+    let one = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{0}").to_string())
+    };
+    let mut cc: Option<String> = None;
+    for v in headers.get_all(reqwest::header::CACHE_CONTROL) {
+        let text = v.to_str().unwrap_or("\u{0}");
+        match &mut cc {
+            Some(all) => {
+                all.push_str(", ");
+                all.push_str(text);
+            }
+            None => cc = Some(text.to_string()),
+        }
+    }
+    super::freshness::OriginFreshness {
+        cache_control: cc,
+        age: one("age"),
+        expires: one("expires"),
+        date: one("date"),
     }
 }
 

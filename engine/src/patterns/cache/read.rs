@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use redis::Value;
 
+use super::freshness::{self, Bounds, Uncacheable};
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
 use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
 use crate::patterns::{InputError, check_id};
@@ -99,6 +100,10 @@ pub struct ReadOutcome {
     pub body: Body,
     /// The `Cache-Status` header value.
     pub cache_status: String,
+    /// The served value's version (its ETag is `"<version>"`): `None` when the answer is not
+    /// the stored value (the origin's answer was not stored, the cache was bypassed) or the
+    /// value predates versions.
+    pub version: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +234,8 @@ enum Action {
     Failed,
     Fetch,
     Wait,
+    /// No value, and the origin's last answer may not be stored: ask it without waiting.
+    Pass,
 }
 
 /// A value the read script returned.
@@ -241,10 +248,20 @@ struct Stored {
     /// Ms the value's fill took (XFetch's recompute time; 0 for written values).
     delta: i64,
     body: Body,
+    /// `ver` ('' for a value stored before versions existed).
+    version: String,
+}
+
+impl Stored {
+    fn version(&self) -> Option<String> {
+        (!self.version.is_empty()).then(|| self.version.clone())
+    }
 }
 
 struct Reply {
     action: Action,
+    /// Redis TIME (µs) of the read: a fill that follows passes it to the fill script.
+    start: String,
     value: Option<Stored>,
 }
 
@@ -256,16 +273,49 @@ struct Choice {
     tags: Vec<String>,
 }
 
-/// What a fill got from the origin.
+/// What a fill got from the origin. `stored`: the version it was stored as, if it was;
+/// `uncacheable`: why the origin's own header fields kept it from being stored
+/// (`ttl_from_origin`), as a `Cache-Status` detail.
 enum Fetched {
     Value {
         content_type: String,
         body: Body,
-        stored: bool,
+        stored: Option<String>,
+        uncacheable: Option<&'static str>,
     },
     NotFound {
         stored: bool,
+        uncacheable: Option<&'static str>,
     },
+}
+
+/// How long a fill's value lives: fresh for `ttl_ms`, then kept `stale_ms`; `windows`: the
+/// value's own (stale_while_revalidate, stale_if_error) in ms, from the origin's answer.
+#[derive(Debug, Clone, Copy)]
+struct FillLife {
+    ttl_ms: u64,
+    stale_ms: u64,
+    windows: Option<(u64, u64)>,
+}
+
+/// What the fill script stores: `st` '200', '404', or 'pass' (nothing; see `cache_fill.lua`).
+struct FillValue<'a> {
+    st: &'a str,
+    ct: &'a str,
+    life: FillLife,
+    delta_ms: u64,
+    tags: &'a [String],
+    body: Option<&'a Body>,
+}
+
+/// `Cache-Status` parameters after `fwd-status` for a fill's answer: `; stored`, or the
+/// reason it was not stored.
+fn stored_param(stored: bool, uncacheable: Option<&str>) -> String {
+    match (stored, uncacheable) {
+        (true, _) => "; stored".to_string(),
+        (false, Some(why)) => format!("; detail={why}"),
+        (false, None) => String::new(),
+    }
 }
 
 enum FetchError {
@@ -421,7 +471,14 @@ impl CacheRule {
                     };
                     if reply.action == Action::Refresh {
                         self.counters.refresh.increment(1);
-                        self.spawn_fill(store, budget, req.id, keys.clone(), token, choice);
+                        self.spawn_fill(
+                            store,
+                            budget,
+                            req.id,
+                            keys.clone(),
+                            (token, reply.start),
+                            choice,
+                        );
                     }
                     if reply.action == Action::Hit && !waited && req.fields.is_none() {
                         self.near_store(&keys[0], &v, ticket.take());
@@ -441,7 +498,14 @@ impl CacheRule {
                         return Err(self.bad_reply());
                     };
                     if reply.action == Action::StaleRefresh {
-                        self.spawn_fill(store, budget, req.id, keys.clone(), token, choice);
+                        self.spawn_fill(
+                            store,
+                            budget,
+                            req.id,
+                            keys.clone(),
+                            (token, reply.start),
+                            choice,
+                        );
                     }
                     self.counters.stale.increment(1);
                     let status = format!(
@@ -473,14 +537,16 @@ impl CacheRule {
                         cache_status: "patternd; fwd=miss; collapsed".into(),
                     });
                 }
-                Action::Fetch => {
+                // Pass: without the lease; the fill script stores an answer that may be stored
+                // only into an absent value whose lease holds nothing or the pass marker.
+                Action::Fetch | Action::Pass => {
                     return self
                         .fill_now(
                             store,
                             budget,
                             req.id,
                             &keys,
-                            token,
+                            (token, reply.start),
                             value,
                             &choice,
                             &req.fields,
@@ -497,7 +563,7 @@ impl CacheRule {
                                 budget,
                                 req.id,
                                 &keys,
-                                token,
+                                (token, reply.start),
                                 value,
                                 &choice,
                                 &req.fields,
@@ -542,6 +608,7 @@ impl CacheRule {
                     content_type: ct,
                     body: select(body, fields),
                     cache_status: cs,
+                    version: None,
                 })
             }
             Ok(r) if r.status == 404 => Err(ReadError::NotFound {
@@ -570,7 +637,7 @@ impl CacheRule {
         budget: &Budget,
         id: &str,
         keys: &[String],
-        token: String,
+        (token, start): (String, String),
         stale: Option<Stored>,
         choice: &Choice,
         fields: &Option<Vec<String>>,
@@ -597,8 +664,16 @@ impl CacheRule {
                 (self.clone(), store.clone(), id.to_string(), keys.to_vec());
             let (choice, mut budget) = (choice.clone(), *budget);
             tokio::spawn(async move {
-                this.fetch_and_store(&store, &mut budget, &id, &keys, &token, &choice, hold)
-                    .await
+                this.fetch_and_store(
+                    &store,
+                    &mut budget,
+                    &id,
+                    &keys,
+                    (&token, &start),
+                    &choice,
+                    hold,
+                )
+                .await
             })
         };
         let fetched = fill.await.map_err(|e| {
@@ -610,18 +685,23 @@ impl CacheRule {
                 content_type,
                 body,
                 stored,
+                uncacheable,
             }) => {
                 self.counters.miss.increment(1);
-                let stored = if stored { "; stored" } else { "" };
+                let param = stored_param(stored.is_some(), uncacheable);
                 Ok(ReadOutcome {
                     content_type,
                     body: select(body, fields.as_deref()),
-                    cache_status: format!("patternd; fwd={fwd}; fwd-status=200{stored}"),
+                    cache_status: format!("patternd; fwd={fwd}; fwd-status=200{param}"),
+                    version: stored,
                 })
             }
-            Ok(Fetched::NotFound { stored }) => {
+            Ok(Fetched::NotFound {
+                stored,
+                uncacheable,
+            }) => {
                 self.counters.negative.increment(1);
-                let stored = if stored { "; stored" } else { "" };
+                let stored = stored_param(stored, uncacheable);
                 Err(ReadError::NotFound {
                     detail: format!("the origin has no `{id}`"),
                     cache_status: format!("patternd; fwd={fwd}; fwd-status=404{stored}"),
@@ -669,7 +749,7 @@ impl CacheRule {
         budget: &Budget,
         id: &str,
         keys: Vec<String>,
-        token: String,
+        (token, start): (String, String),
         choice: Choice,
     ) {
         let this = self.clone();
@@ -682,7 +762,15 @@ impl CacheRule {
             // holds the lease: no other refresh hammers the failing origin for a while.
             let hold = (!this.spec.stale_if_error.is_zero()).then(|| this.failure_hold_ms(true));
             if let Err(e) = this
-                .fetch_and_store(&store, &mut budget, &id, &keys, &token, &choice, hold)
+                .fetch_and_store(
+                    &store,
+                    &mut budget,
+                    &id,
+                    &keys,
+                    (&token, &start),
+                    &choice,
+                    hold,
+                )
                 .await
             {
                 let why = match e {
@@ -711,6 +799,7 @@ impl CacheRule {
     /// Fetches from the origin and stores the answer with the fill script. On a failure the
     /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
     /// an origin that is down or failing, turned into the failure marker for that many ms.
+    /// `start` is the Redis TIME of the read this fill follows (see `cache_fill.lua`).
     #[allow(clippy::too_many_arguments)]
     async fn fetch_and_store(
         self: &Arc<Self>,
@@ -718,7 +807,7 @@ impl CacheRule {
         budget: &mut Budget,
         id: &str,
         keys: &[String],
-        token: &str,
+        (token, start): (&str, &str),
         choice: &Choice,
         hold_on_failure: Option<u64>,
     ) -> Result<Fetched, FetchError> {
@@ -729,6 +818,18 @@ impl CacheRule {
         let failure = match res {
             Ok(r) if r.status == 200 => match self.decode(&r) {
                 Ok((ct, body)) => {
+                    let life = match self.origin_lifetimes(&r, choice.ttl_ms, true) {
+                        Ok(l) => l,
+                        Err(why) => {
+                            self.pass(store, budget, keys, token, start).await;
+                            return Ok(Fetched::Value {
+                                content_type: ct,
+                                body,
+                                stored: None,
+                                uncacheable: Some(why.detail()),
+                            });
+                        }
+                    };
                     // The plugin's tags first: when there are too many, the origin's are cut.
                     let mut tags: Vec<String> =
                         Vec::with_capacity(choice.tags.len() + r.tags.len());
@@ -744,48 +845,65 @@ impl CacheRule {
                             store,
                             budget,
                             keys,
-                            token,
-                            "200",
-                            &ct,
-                            choice.ttl_ms,
-                            self.stale_ms(),
-                            delta,
-                            &tags,
-                            Some(&body),
+                            (token, start),
+                            FillValue {
+                                st: "200",
+                                ct: &ct,
+                                life,
+                                delta_ms: delta,
+                                tags: &tags,
+                                body: Some(&body),
+                            },
                         )
                         .await;
                     return Ok(Fetched::Value {
                         content_type: ct,
                         body,
                         stored,
+                        uncacheable: None,
                     });
                 }
                 Err(detail) => FetchError::Bad(detail),
             },
             Ok(r) if r.status == 404 => {
-                let stored = match self.spec.negative_ttl {
-                    Some(neg) => {
-                        self.fill_script(
-                            store,
-                            budget,
-                            keys,
-                            token,
-                            "404",
-                            "",
-                            duration_ms(neg),
-                            0,
-                            0,
-                            &[],
-                            None,
-                        )
-                        .await
-                    }
-                    None => {
-                        self.release(store, budget, keys, token, None).await;
-                        false
+                let Some(neg) = self.spec.negative_ttl else {
+                    self.release(store, budget, keys, token, None).await;
+                    return Ok(Fetched::NotFound {
+                        stored: false,
+                        uncacheable: None,
+                    });
+                };
+                let life = match self.origin_lifetimes(&r, duration_ms(neg), false) {
+                    Ok(l) => l,
+                    Err(why) => {
+                        self.pass(store, budget, keys, token, start).await;
+                        return Ok(Fetched::NotFound {
+                            stored: false,
+                            uncacheable: Some(why.detail()),
+                        });
                     }
                 };
-                return Ok(Fetched::NotFound { stored });
+                let stored = self
+                    .fill_script(
+                        store,
+                        budget,
+                        keys,
+                        (token, start),
+                        FillValue {
+                            st: "404",
+                            ct: "",
+                            life,
+                            delta_ms: 0,
+                            tags: &[],
+                            body: None,
+                        },
+                    )
+                    .await
+                    .is_some();
+                return Ok(Fetched::NotFound {
+                    stored,
+                    uncacheable: None,
+                });
             }
             Ok(r) if r.status >= 500 => FetchError::Failed(r.status),
             Ok(r) => FetchError::Bad(format!(
@@ -801,6 +919,78 @@ impl CacheRule {
             .filter(|_| matches!(failure, FetchError::Down(_) | FetchError::Failed(_)));
         self.release(store, budget, keys, token, hold).await;
         Err(failure)
+    }
+
+    /// How long an origin answer is kept: the rule's `ttl` (`ttl_ms`: the rule's, the plugin's
+    /// or negative_ttl) and stale windows, or with `ttl_from_origin` what the answer's own
+    /// header fields allow within those (`Err`: not to be stored). `own_windows`: the answer
+    /// is a value (a negative entry has no stale windows).
+    fn origin_lifetimes(
+        &self,
+        r: &OriginResponse,
+        ttl_ms: u64,
+        own_windows: bool,
+    ) -> Result<FillLife, Uncacheable> {
+        let (swr, sie) = if own_windows {
+            (
+                duration_ms(self.spec.stale_while_revalidate),
+                duration_ms(self.spec.stale_if_error),
+            )
+        } else {
+            (0, 0)
+        };
+        if !self.spec.ttl_from_origin {
+            return Ok(FillLife {
+                ttl_ms,
+                stale_ms: if own_windows { self.stale_ms() } else { 0 },
+                windows: None,
+            });
+        }
+        let l = freshness::lifetimes(
+            &r.freshness,
+            Bounds {
+                ttl_ms,
+                swr_ms: swr,
+                sie_ms: sie,
+            },
+        )?;
+        Ok(FillLife {
+            ttl_ms: l.ttl_ms,
+            stale_ms: l.swr_ms.max(l.sie_ms),
+            windows: own_windows.then_some((l.swr_ms, l.sie_ms)),
+        })
+    }
+
+    /// The origin's answer may not be stored: the fill script drops the value this fill would
+    /// have replaced and leaves the pass marker for refresh_lease (see `cache_fill.lua`).
+    async fn pass(
+        self: &Arc<Self>,
+        store: &Store,
+        budget: &mut Budget,
+        keys: &[String],
+        token: &str,
+        start: &str,
+    ) {
+        let hold = duration_ms(self.spec.refresh_lease).max(1);
+        self.fill_script(
+            store,
+            budget,
+            keys,
+            (token, start),
+            FillValue {
+                st: "pass",
+                ct: "",
+                life: FillLife {
+                    ttl_ms: hold,
+                    stale_ms: 0,
+                    windows: None,
+                },
+                delta_ms: 0,
+                tags: &[],
+                body: None,
+            },
+        )
+        .await;
     }
 
     /// The origin's answer as this rule stores it: `format: hash` needs a JSON object.
@@ -832,40 +1022,43 @@ impl CacheRule {
 
     /// Runs the fill script; a Redis failure is logged and reported as not stored (the caller
     /// still serves what the origin said), and the lease is given back in the background so
-    /// the next caller fills at once instead of waiting for it to expire.
-    #[allow(clippy::too_many_arguments)]
+    /// the next caller fills at once instead of waiting for it to expire. Returns the version
+    /// the value was stored as, if it was.
     async fn fill_script(
         self: &Arc<Self>,
         store: &Store,
         budget: &mut Budget,
         keys: &[String],
-        token: &str,
-        st: &str,
-        ct: &str,
-        ttl_ms: u64,
-        stale_ms: u64,
-        delta_ms: u64,
-        tags: &[String],
-        body: Option<&Body>,
-    ) -> bool {
+        (token, start): (&str, &str),
+        v: FillValue<'_>,
+    ) -> Option<String> {
+        let (swr, sie) = match v.life.windows {
+            Some((a, b)) => (a.to_string(), b.to_string()),
+            None => (String::new(), String::new()),
+        };
         let nums = [
-            ttl_ms.to_string(),
-            stale_ms.to_string(),
-            delta_ms.to_string(),
-            tags.len().to_string(),
+            v.life.ttl_ms.to_string(),
+            v.life.stale_ms.to_string(),
+            v.delta_ms.to_string(),
+            self.marker_ms().to_string(),
+            v.tags.len().to_string(),
         ];
         let mut args: Vec<&[u8]> = vec![
             token.as_bytes(),
             self.tag_prefix().as_bytes(),
-            st.as_bytes(),
-            ct.as_bytes(),
+            v.st.as_bytes(),
+            v.ct.as_bytes(),
             nums[0].as_bytes(),
             nums[1].as_bytes(),
             nums[2].as_bytes(),
+            start.as_bytes(),
             nums[3].as_bytes(),
+            swr.as_bytes(),
+            sie.as_bytes(),
+            nums[4].as_bytes(),
         ];
-        args.extend(tags.iter().map(String::as_bytes));
-        match body {
+        args.extend(v.tags.iter().map(String::as_bytes));
+        match v.body {
             None => args.push(b"-"),
             Some(Body::Bytes(b)) => {
                 args.push(b"b");
@@ -873,23 +1066,26 @@ impl CacheRule {
             }
             Some(Body::Fields(f)) => {
                 args.push(b"f");
-                for (n, v) in f {
+                for (n, val) in f {
                     args.push(n.as_bytes());
-                    args.push(v.as_bytes());
+                    args.push(val.as_bytes());
                 }
             }
         }
         match budget
-            .run(store.eval::<i64>(&self.scripts.fill, keys, &args))
+            .run(store.eval::<Vec<Value>>(&self.scripts.fill, keys, &args))
             .await
         {
-            Ok(n) => n == 1,
+            Ok(reply) => match reply.as_slice() {
+                [Value::Int(1), ver, ..] => into_text(ver.clone()),
+                _ => None,
+            },
             Err(e) => {
                 tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored; giving the lease back");
                 // If the call did run (a timeout), the lease is no longer this token's and
                 // the release does nothing.
                 self.release_later(store, keys, token, None);
-                false
+                None
             }
         }
     }
@@ -1006,29 +1202,33 @@ impl CacheRule {
             b"failed" => Action::Failed,
             b"fetch" => Action::Fetch,
             b"wait" => Action::Wait,
+            b"pass" => Action::Pass,
             _ => return None,
         };
-        if raw.len() < 5 {
+        if raw.len() < 8 {
             return Some(Reply {
                 action,
+                start: into_text(raw.into_iter().nth(1)?)?,
                 value: None,
             });
         }
-        let left = match raw.get(3)? {
+        let left = match raw.get(4)? {
             Value::Int(n) => *n,
             other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
         };
-        let delta = match raw.get(5) {
+        let delta = match raw.get(6) {
             Some(Value::Int(n)) => *n,
             _ => 0,
         };
         let mut it = raw.into_iter();
         it.next(); // the action
+        let start = into_text(it.next()?)?;
         let st = into_text(it.next()?)?;
         let ct = into_text(it.next()?)?;
         it.next(); // left
         let body = it.next()?;
         it.next(); // delta
+        let version = into_text(it.next()?)?;
         let body = match self.spec.format {
             CacheFormat::String => Body::Bytes(into_bytes(body)?),
             CacheFormat::Hash => {
@@ -1041,12 +1241,14 @@ impl CacheRule {
         };
         Some(Reply {
             action,
+            start,
             value: Some(Stored {
                 st,
                 ct,
                 left,
                 delta,
                 body,
+                version,
             }),
         })
     }
@@ -1065,6 +1267,7 @@ impl CacheRule {
                 None => v.body,
             },
             cache_status: format!("patternd; hit; ttl={}; detail=near", ttl_secs(left)),
+            version: v.version,
         })
     }
 
@@ -1096,6 +1299,7 @@ impl CacheRule {
             NearValue {
                 content_type,
                 body: v.body.clone(),
+                version: v.version(),
                 fresh_until,
             },
             valid_for,
@@ -1116,6 +1320,7 @@ impl CacheRule {
                 cache_status,
             });
         }
+        let version = v.version();
         let content_type = if self.spec.format == CacheFormat::Hash {
             "application/json".to_string()
         } else if v.ct.is_empty() {
@@ -1127,6 +1332,7 @@ impl CacheRule {
             content_type,
             body: v.body,
             cache_status,
+            version,
         })
     }
 
@@ -1162,7 +1368,10 @@ impl CacheRule {
             keys.push(self.keys.rule_key(crate::compile::cache::JOURNAL_SUB));
         }
         let flag: &[u8] = if behind { b"1" } else { b"0" };
-        let reply: Vec<i64> = store.eval(&self.scripts.delete, &keys, &[flag]).await?;
+        let marker = self.marker_ms().to_string();
+        let reply: Vec<i64> = store
+            .eval(&self.scripts.delete, &keys, &[flag, marker.as_bytes()])
+            .await?;
         Ok((
             reply.first().copied().unwrap_or(0),
             reply.get(1).copied().unwrap_or(0),
@@ -1186,7 +1395,10 @@ impl CacheRule {
         unique.sort();
         unique.dedup();
         let keys: Vec<String> = unique.iter().map(|t| self.tag_key(t)).collect();
-        let n = store.eval(&self.scripts.invalidate, &keys, &[]).await?;
+        let created_ms = self.marker_ms().to_string();
+        let n = store
+            .eval(&self.scripts.invalidate, &keys, &[created_ms.as_bytes()])
+            .await?;
         self.forget_all();
         Ok(n)
     }

@@ -19,8 +19,9 @@
 use axum::body::Bytes;
 use reqwest::Method;
 
+use super::conditional::Preconditions;
 use super::origin::{MAX_TAGS, OriginError};
-use super::{CacheRule, check_cache_id, duration_ms, random_token, valid_tag};
+use super::{CacheRule, check_cache_id, random_token, valid_tag};
 use crate::compile::cache::{HELD_SUB, JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
 use crate::patterns::InputError;
 use crate::plugin::{PluginError, RequestFacts};
@@ -45,6 +46,9 @@ pub enum WriteError {
     NotHash(String),
     #[error("no cached value for id `{0}` to patch")]
     NotFound(String),
+    /// 412: `If-Match` / `If-None-Match` did not hold; nothing was written.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The origin answered a write with a non-2xx status.
     #[error("the origin refused the write with status {status}; {cache}")]
     OriginRefused { status: u16, cache: CacheLeft },
@@ -79,6 +83,7 @@ impl WriteError {
             WriteError::TooLarge { .. } => "too_large",
             WriteError::NotHash(_) => "not_hash",
             WriteError::NotFound(_) => "not_found",
+            WriteError::PreconditionFailed(_) => "precondition_failed",
             WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
                 "origin_error"
             }
@@ -159,6 +164,8 @@ pub struct PutRequest<'a> {
     pub body: Bytes,
     /// Built by the handler when the rule has a plugin (its `cache` hook runs for writes too).
     pub facts: Option<RequestFacts>,
+    /// `If-Match` / `If-None-Match`, checked in the write's script.
+    pub conditions: Preconditions,
 }
 
 /// What a write did.
@@ -173,6 +180,8 @@ pub struct WriteOutcome {
     /// (it may still run late). The old value is not served either way: it was set aside
     /// before the origin call, so reads go to the origin until the write's marker lapses.
     pub cache_unconfirmed: bool,
+    /// The stored value's new version (its ETag is `"<version>"`), when the write stored one.
+    pub version: Option<String>,
 }
 
 impl CacheRule {
@@ -218,13 +227,6 @@ impl CacheRule {
             WriteMode::Through => self.keys.keys(id, [VALUE_SUB, LEASE_SUB, HELD_SUB]),
             _ => self.read_keys(id),
         }
-    }
-
-    /// How long a write marker in the lease lives: longer than a fill that read the origin
-    /// before the write can take (it ends within origin_timeout, or loses its lease after
-    /// refresh_lease), and longer than the write's own origin call.
-    fn marker_ms(&self) -> u64 {
-        duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
     }
 
     /// The rule's plugin decision for a write (same facts as a GET: method, path, id,
@@ -305,6 +307,7 @@ impl CacheRule {
         };
         let Some((key_id, ttl_ms, plugin_tags)) = self.write_choice("PUT", req.id, req.facts)?
         else {
+            bypass_unconditional(&req.conditions)?;
             // Bypass: write-through writes the origin only (the cache is not used for this
             // request); the other modes have nothing to write.
             if self.spec.write == WriteMode::Through {
@@ -328,12 +331,13 @@ impl CacheRule {
         let through = self.spec.write == WriteMode::Through;
         let token = random_token();
         let marker_ms = self.marker_ms().to_string();
+        let (im, inm) = req.conditions.script_args();
         if through {
             self.through_origin(
                 store,
                 &keys,
-                &token,
-                &marker_ms,
+                (&token, &marker_ms),
+                (&im, &inm),
                 Method::PUT,
                 req.id,
                 &key_id,
@@ -371,6 +375,9 @@ impl CacheRule {
             content_type.as_bytes(),
             if hash { b"h" } else { b"s" },
             k.as_bytes(),
+            // Write-through checked them before the origin (`cache_through_begin.lua`).
+            if through { b"" } else { im.as_bytes() },
+            if through { b"" } else { inm.as_bytes() },
             n.as_bytes(),
         ];
         args.extend(tags.iter().map(|t| t.as_bytes()));
@@ -395,6 +402,7 @@ impl CacheRule {
                     .then(|| reply.get(1).and_then(text))
                     .flatten()
                     .filter(|s| !s.is_empty()),
+                version: reply.get(2).and_then(text).filter(|s| !s.is_empty()),
                 ..WriteOutcome::default()
             }),
             // Through: a later write or a DELETE took the lease meanwhile; the script dropped
@@ -403,6 +411,7 @@ impl CacheRule {
             Some(Some(-1)) => Err(WriteError::JournalFull {
                 backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
             }),
+            Some(Some(-2)) => Err(precondition_failed(req.id)),
             _ => Err(WriteError::Reply(format!("{reply:?}"))),
         }
     }
@@ -416,8 +425,11 @@ impl CacheRule {
         content_type: Option<&str>,
         body: Bytes,
         facts: Option<RequestFacts>,
+        conditions: &Preconditions,
     ) -> Result<WriteOutcome, WriteError> {
-        let r = self.patch_inner(store, id, content_type, body, facts).await;
+        let r = self
+            .patch_inner(store, id, content_type, body, facts, conditions)
+            .await;
         self.finish_write(id, r)
     }
 
@@ -428,6 +440,7 @@ impl CacheRule {
         content_type: Option<&str>,
         body: Bytes,
         facts: Option<RequestFacts>,
+        conditions: &Preconditions,
     ) -> Result<WriteOutcome, WriteError> {
         check_cache_id(id)?;
         if self.spec.format != CacheFormat::Hash {
@@ -444,6 +457,7 @@ impl CacheRule {
         let patch_ct = content_type.unwrap_or("application/merge-patch+json");
         // PATCH keeps the value's tags; the plugin's key and TTL apply as for PUT.
         let Some((key_id, ttl_ms, _)) = self.write_choice("PATCH", id, facts)? else {
+            bypass_unconditional(conditions)?;
             if self.spec.write == WriteMode::Through {
                 self.origin_write(Method::PATCH, id, patch_ct, body.clone())
                     .await
@@ -458,14 +472,15 @@ impl CacheRule {
         let token = random_token();
         // The write marker outlives any fill that read the origin before this PATCH.
         let marker_ms = self.marker_ms().to_string();
+        let (im, inm) = conditions.script_args();
         let mode = match self.spec.write {
             WriteMode::Cache => "c",
             WriteMode::Through => {
                 self.through_origin(
                     store,
                     &keys,
-                    &token,
-                    &marker_ms,
+                    (&token, &marker_ms),
+                    (&im, &inm),
                     Method::PATCH,
                     id,
                     &key_id,
@@ -493,6 +508,9 @@ impl CacheRule {
             id.as_bytes(),
             marker_ms.as_bytes(),
             k.as_bytes(),
+            // Write-through checked them before the origin (`cache_through_begin.lua`).
+            if through { b"" } else { im.as_bytes() },
+            if through { b"" } else { inm.as_bytes() },
         ];
         for (name, json) in &members {
             args.push(name.as_bytes());
@@ -511,6 +529,7 @@ impl CacheRule {
                 journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
                 object: reply.get(2).and_then(text),
                 cache_unconfirmed: false,
+                version: reply.get(3).and_then(text).filter(|s| !s.is_empty()),
             }),
             // Through: the origin has the patch; the cache had nothing live to patch (and a
             // negative or invalidated entry was dropped by the script), or a later write or
@@ -520,34 +539,46 @@ impl CacheRule {
             Some(Some(-1)) => Err(WriteError::JournalFull {
                 backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
             }),
+            Some(Some(-2)) => Err(precondition_failed(id)),
             _ => Err(WriteError::Reply(format!("{reply:?}"))),
         }
     }
 
     /// Write-through around the origin call: the value is set aside and the lease holds
     /// `token` first (if Redis fails that, nothing was written anywhere: the error is the
-    /// Store's 503); after a failed origin call the set-aside value is restored (the origin
-    /// did not apply the write) or dropped (it may have), and the error says which.
+    /// Store's 503), after the client's preconditions (`im`, `inm`: script arguments) held
+    /// (else 412, nothing written anywhere); after a failed origin call the set-aside value is
+    /// restored (the origin did not apply the write) or dropped (it may have), and the error
+    /// says which.
     #[allow(clippy::too_many_arguments)]
     async fn through_origin(
         &self,
         store: &Store,
         keys: &[String],
-        token: &str,
-        marker_ms: &str,
+        (token, marker_ms): (&str, &str),
+        (im, inm): (&str, &str),
         method: Method,
         id: &str,
         key_id: &str,
         content_type: &str,
         body: Bytes,
     ) -> Result<(), WriteError> {
-        let _: i64 = store
+        let begun: i64 = store
             .eval(
                 &self.scripts.write.through_begin,
                 keys,
-                &[token.as_bytes(), marker_ms.as_bytes()],
+                &[
+                    token.as_bytes(),
+                    marker_ms.as_bytes(),
+                    self.tag_prefix().as_bytes(),
+                    im.as_bytes(),
+                    inm.as_bytes(),
+                ],
             )
             .await?;
+        if begun == 0 {
+            return Err(precondition_failed(id));
+        }
         let failure = match self.origin_write(method, id, content_type, body).await {
             Ok(()) => return Ok(()),
             Err(f) => f,
@@ -627,6 +658,27 @@ impl CacheRule {
             }
         }
     }
+}
+
+/// The 412 of a write whose `If-Match` / `If-None-Match` did not hold.
+fn precondition_failed(id: &str) -> WriteError {
+    WriteError::PreconditionFailed(format!(
+        "the precondition (If-Match / If-None-Match) does not hold for the cached value of \
+         `{id}`; nothing was written: read it again (its ETag) and retry"
+    ))
+}
+
+/// A bypassed write has no cached value to check a precondition against: a conditional one
+/// is refused rather than made unconditional.
+fn bypass_unconditional(conditions: &Preconditions) -> Result<(), WriteError> {
+    if conditions.is_empty() {
+        return Ok(());
+    }
+    Err(WriteError::PreconditionFailed(
+        "the cache plugin bypasses the cache for this request, so If-Match / If-None-Match \
+         cannot be checked; nothing was written"
+            .to_string(),
+    ))
 }
 
 /// Tags sent by a client must all be valid: silently dropping one would make a later

@@ -1,0 +1,552 @@
+//! The cache to the letter of the HTTP standards, end to end (real origin, real Redis, the real
+//! binary): fills that raced a DELETE or a tag invalidation store nothing; ETags and
+//! conditional requests (RFC 9110 §13); freshness from the origin's Cache-Control (RFC 9111)
+//! with `ttl_from_origin`. Deterministic: a slow origin reads the item when a GET arrives and
+//! answers later, and the racing step is sent once the origin has the GET. Counts and
+//! states, never timings.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use patternd_e2e::origin::Origin;
+use patternd_e2e::{Patternd, Reply, World, eventually};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn world(policy: &str, origin: &Origin) -> Result<World> {
+    let text = policy.replace("ORIGIN", &origin.template());
+    World::start(&[("h.yaml", &text)], &[]).await
+}
+
+fn cache_status(r: &Reply) -> &str {
+    r.header("cache-status").unwrap_or("")
+}
+
+/// Waits until the origin has received `n` GETs of `id`.
+async fn origin_has_gets(origin: &Origin, id: &str, n: u64) -> Result<()> {
+    eventually(WAIT, "the fill's GET at the origin", || async {
+        Ok((origin.gets(id) >= n).then_some(()))
+    })
+    .await
+}
+
+async fn put(p: &Patternd, path: &str, body: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+    let mut req = p.client().put(p.url(path)).body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    p.send(req).await
+}
+
+async fn patch(p: &Patternd, path: &str, body: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+    let mut req = p
+        .client()
+        .patch(p.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    p.send(req).await
+}
+
+const SLOW: &str = "app: h
+rules:
+  r:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
+";
+
+// ---- Item 4: a fill in flight never undoes a DELETE or a tag invalidation ----------------
+
+/// GET misses and fills slowly; meanwhile the origin changes and the tag is invalidated.
+/// The fill began before the invalidation: it may answer the old body, but must not store it
+/// (before: it stored it with the tag versions of its store, fresh for the full TTL). Both a
+/// tag that no stored value carried yet (its version key did not exist) and one that did.
+#[tokio::test]
+async fn a_fill_in_flight_does_not_undo_a_tag_invalidation() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("known", "text/plain", b"k1", &["t"]);
+    origin.set("a", "text/plain", b"old", &["t"]);
+    origin.set("b", "text/plain", b"old", &["fresh-tag"]);
+    let w = world(SLOW, &origin).await?;
+    let p = &w.patternd;
+    // `t` has a version key: a value carrying it is stored.
+    let r = p.get("/v1/cache/h/r/known").await?;
+    assert!(cache_status(&r).contains("stored"), "{r:?}");
+
+    origin.set_get_delay(Duration::from_secs(3));
+    for (id, tag) in [("a", "t"), ("b", "fresh-tag")] {
+        let before = origin.gets(id);
+        let path = format!("/v1/cache/h/r/{id}");
+        let (g, inv) = tokio::join!(p.get(&path), async {
+            origin_has_gets(&origin, id, before + 1).await?;
+            origin.set(id, "text/plain", b"new", &[tag]);
+            p.post_json("/v1/cache/h/r/_invalidate", &json!({ "tags": [tag] }))
+                .await
+        });
+        let (g, inv) = (g?, inv?);
+        assert_eq!(inv.status, 200, "{inv:?}");
+        assert_eq!((g.status, g.text.as_str()), (200, "old"), "{g:?}");
+        let cs = cache_status(&g);
+        assert!(
+            cs.starts_with("patternd; fwd=miss") && !cs.contains("stored"),
+            "{id}: the fill raced the invalidation and must not be stored: {cs}"
+        );
+    }
+    origin.set_get_delay(Duration::ZERO);
+    for id in ["a", "b"] {
+        let g = p.get(&format!("/v1/cache/h/r/{id}")).await?;
+        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        assert!(cache_status(&g).contains("stored"), "{g:?}");
+        let g = p.get(&format!("/v1/cache/h/r/{id}")).await?;
+        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        assert!(cache_status(&g).starts_with("patternd; hit"), "{g:?}");
+    }
+    Ok(())
+}
+
+/// GET misses and fills slowly (holding the refresh lease); meanwhile the id is DELETEd. The
+/// fill must not store the answer it got before the DELETE (before: the DELETE dropped the
+/// lease, and a fill finding no lease and no value stored).
+#[tokio::test]
+async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("a", "text/plain", b"old", &[]);
+    let w = world(SLOW, &origin).await?;
+    let p = &w.patternd;
+
+    origin.set_get_delay(Duration::from_secs(3));
+    let (g, d) = tokio::join!(p.get("/v1/cache/h/r/a"), async {
+        origin_has_gets(&origin, "a", 1).await?;
+        origin.set("a", "text/plain", b"new", &[]);
+        p.delete("/v1/cache/h/r/a").await
+    });
+    let (g, d) = (g?, d?);
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!((g.status, g.text.as_str()), (200, "old"), "{g:?}");
+    assert!(!cache_status(&g).contains("stored"), "{g:?}");
+
+    origin.set_get_delay(Duration::ZERO);
+    let g = p.get("/v1/cache/h/r/a").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    assert_eq!(origin.gets("a"), 2);
+    Ok(())
+}
+
+/// The same for a fill without the lease: a caller that waited out `fill_wait` behind a lease
+/// someone else holds (here: a filler that died, its lease set in Redis) fetches itself; a
+/// DELETE while it is at the origin must stop its store too.
+#[tokio::test]
+async fn a_fill_without_the_lease_does_not_undo_a_delete() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("a", "text/plain", b"old", &[]);
+    let policy = "app: h
+rules:
+  r:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
+      fill_wait: 100ms
+";
+    let w = world(policy, &origin).await?;
+    let p = &w.patternd;
+    let mut c = w.redis.conn().await?;
+    let _: () = redis::cmd("SET")
+        .arg("h:cache:r:{a}:lease")
+        .arg("a-filler-that-died")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await?;
+
+    origin.set_get_delay(Duration::from_secs(3));
+    let (g, d) = tokio::join!(p.get("/v1/cache/h/r/a"), async {
+        origin_has_gets(&origin, "a", 1).await?;
+        origin.set("a", "text/plain", b"new", &[]);
+        p.delete("/v1/cache/h/r/a").await
+    });
+    let (g, d) = (g?, d?);
+    assert_eq!(d.status, 200, "{d:?}");
+    assert_eq!((g.status, g.text.as_str()), (200, "old"), "{g:?}");
+    assert!(!cache_status(&g).contains("stored"), "{g:?}");
+
+    origin.set_get_delay(Duration::ZERO);
+    let g = p.get("/v1/cache/h/r/a").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    Ok(())
+}
+
+// ---- Item 14: ETags and conditional requests ---------------------------------------------
+
+fn etag(r: &Reply) -> String {
+    let e = r.header("etag").unwrap_or_default().to_string();
+    assert!(
+        e.len() > 2 && e.starts_with('"') && e.ends_with('"') && !e.starts_with("W/"),
+        "a strong ETag: {r:?}"
+    );
+    e
+}
+
+const WRITES: &str = "app: h
+rules:
+  s:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+  j:
+    cache:
+      ttl: 1h
+      format: hash
+  t:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      write: through
+  b:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      write: behind
+";
+
+/// GETs carry a strong ETag that changes with the value; `If-None-Match` answers 304 (weak
+/// comparison, lists, `*`) with the ETag and Cache-Status and no body; `If-Match` that does not
+/// match answers 412.
+#[tokio::test]
+async fn gets_carry_etags_and_answer_304() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("a", "text/plain", b"v1", &[]);
+    let w = world(WRITES, &origin).await?;
+    let p = &w.patternd;
+    let path = "/v1/cache/h/s/a";
+
+    let miss = p.get(path).await?;
+    assert!(cache_status(&miss).contains("stored"), "{miss:?}");
+    let e1 = etag(&miss);
+    let hit = p.get(path).await?;
+    assert_eq!(
+        etag(&hit),
+        e1,
+        "the stored value's ETag, also on the miss that stored it"
+    );
+
+    for inm in [
+        e1.clone(),
+        format!("W/{e1}"),
+        format!("\"nope\", {e1}"),
+        "*".to_string(),
+    ] {
+        let r = p.get_with(path, &[("if-none-match", &inm)]).await?;
+        assert_eq!(r.status, 304, "{inm}: {r:?}");
+        assert_eq!(r.text, "", "no body");
+        assert_eq!(r.header("etag"), Some(e1.as_str()));
+        assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+    }
+    let r = p.get_with(path, &[("if-none-match", "\"1\"")]).await?;
+    assert_eq!((r.status, r.text.as_str()), (200, "v1"), "{r:?}");
+
+    let r = p.get_with(path, &[("if-match", &e1)]).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = p
+        .get_with(path, &[("if-match", &format!("W/{e1}"))])
+        .await?;
+    r.assert_problem(412);
+    p.get_with(path, &[("if-match", "nope")])
+        .await?
+        .assert_problem(400);
+    // A 404 stays a 404: preconditions apply only to what would be a 2xx.
+    p.get_with("/v1/cache/h/s/none", &[("if-match", &e1)])
+        .await?
+        .assert_problem(404);
+
+    // A new value, a new ETag; a DELETE and the same value again: still a new ETag.
+    origin.set("a", "text/plain", b"v2", &[]);
+    p.delete(path).await?;
+    let e2 = etag(&p.get(path).await?);
+    assert_ne!(e2, e1);
+    let r = p.get_with(path, &[("if-none-match", &e1)]).await?;
+    assert_eq!((r.status, r.text.as_str()), (200, "v2"), "{r:?}");
+    p.delete(path).await?;
+    let e3 = etag(&p.get(path).await?);
+    assert_ne!(
+        e3, e2,
+        "a value deleted and stored again never repeats an ETag"
+    );
+    Ok(())
+}
+
+/// PUT and PATCH honour If-Match (412 when the value changed meanwhile, nothing written) and
+/// If-None-Match: * (create only), checked in the write's own script, for every write mode.
+#[tokio::test]
+async fn writes_honour_if_match() -> Result<()> {
+    let origin = Origin::start().await?;
+    let w = world(WRITES, &origin).await?;
+    let p = &w.patternd;
+
+    // write: cache, format: string.
+    let path = "/v1/cache/h/s/x";
+    put(p, path, "v0", &[("if-match", "*")])
+        .await?
+        .assert_problem(412);
+    let r = put(p, path, "v1", &[("if-none-match", "*")]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    let e1 = etag(&r);
+    assert_eq!(
+        etag(&p.get(path).await?),
+        e1,
+        "the PUT's ETag is the value's"
+    );
+    put(p, path, "again", &[("if-none-match", "*")])
+        .await?
+        .assert_problem(412);
+    let r = put(p, path, "v2", &[("if-match", &e1)]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    let e2 = etag(&r);
+    assert_ne!(e2, e1);
+    // A writer still holding e1 lost the race: 412, and the value is v2.
+    let lost = put(p, path, "v3", &[("if-match", &e1)]).await?;
+    lost.assert_problem(412);
+    assert_eq!(p.get(path).await?.text, "v2");
+    // Weak tags never match If-Match (strong comparison).
+    put(p, path, "v3", &[("if-match", &format!("W/{e2}"))])
+        .await?
+        .assert_problem(412);
+    put(p, path, "v3", &[("if-match", &format!("\"0\", {e2}"))]).await?;
+    assert_eq!(p.get(path).await?.text, "v3");
+
+    // format: hash: PATCH with If-Match; the PUT carries no ETag (the object is re-encoded).
+    let path = "/v1/cache/h/j/o";
+    let r = put(p, path, r#"{"a": 1}"#, &[]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("etag"), None, "{r:?}");
+    let e1 = etag(&p.get(path).await?);
+    let r = patch(p, path, r#"{"b": 2}"#, &[("if-match", &e1)]).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let e2 = etag(&r);
+    assert_eq!(etag(&p.get(path).await?), e2);
+    patch(p, path, r#"{"c": 3}"#, &[("if-match", &e1)])
+        .await?
+        .assert_problem(412);
+    let g = p.get(path).await?;
+    assert_eq!(g.json, json!({"a": 1, "b": 2}), "{g:?}");
+    // An absent value stays a 404 (the PATCH would be one anyway).
+    patch(p, "/v1/cache/h/j/none", r#"{"c": 3}"#, &[("if-match", &e1)])
+        .await?
+        .assert_problem(404);
+
+    // write: through: a failed precondition never reaches the origin.
+    let path = "/v1/cache/h/t/y";
+    let r = put(p, path, "t1", &[]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    let e1 = etag(&r);
+    assert_eq!(origin.hits("PUT", "y"), 1);
+    put(p, path, "t2", &[("if-match", "\"1\"")])
+        .await?
+        .assert_problem(412);
+    assert_eq!(origin.hits("PUT", "y"), 1, "the origin was not written");
+    let r = put(p, path, "t2", &[("if-match", &e1)]).await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(origin.hits("PUT", "y"), 2);
+    assert_eq!(p.get(path).await?.text, "t2");
+
+    // write: behind: a failed precondition journals nothing.
+    let path = "/v1/cache/h/b/z";
+    let r = put(p, path, "b1", &[]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    let e1 = etag(&r);
+    put(p, path, "refused", &[("if-match", "\"1\"")])
+        .await?
+        .assert_problem(412);
+    let r = put(p, path, "b2", &[("if-match", &e1)]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    let delivered = eventually(WAIT, "the accepted writes delivered", || async {
+        let bodies: Vec<Vec<u8>> = origin
+            .writes()
+            .into_iter()
+            .filter(|w| w.id == "z")
+            .map(|w| w.body)
+            .collect();
+        Ok((bodies.last().map(Vec::as_slice) == Some(&b"b2"[..])).then_some(bodies))
+    })
+    .await?;
+    assert!(
+        !delivered.contains(&b"refused".to_vec()),
+        "a refused write was journaled: {delivered:?}"
+    );
+
+    // Malformed conditions are a 400, not ignored.
+    put(p, "/v1/cache/h/s/x", "v", &[("if-match", "\"1\" \"2\"")])
+        .await?
+        .assert_problem(400);
+    Ok(())
+}
+
+// ---- Item 15: the origin's Cache-Control -------------------------------------------------
+
+fn ttl_of(r: &Reply) -> i64 {
+    let cs = cache_status(r);
+    cs.split("; ")
+        .find_map(|p| p.strip_prefix("ttl="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {cs:?}"))
+}
+
+const FROM_ORIGIN: &str = "app: h
+rules:
+  o:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      stale_while_revalidate: 1h
+      negative_ttl: 1h
+      ttl_from_origin: true
+  plain:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+";
+
+/// With `ttl_from_origin`, `max-age`/`s-maxage` (minus `Age`) set the freshness within the
+/// rule's ttl; `no-store`, `private` and `no-cache` answers are served but not stored (with
+/// a Cache-Status detail, and later callers go to the origin without queueing); without the
+/// option the same answers are cached for the rule's ttl.
+#[tokio::test]
+async fn ttl_from_origin_follows_cache_control() -> Result<()> {
+    let origin = Origin::start().await?;
+    for (id, cc, age) in [
+        ("ma", "max-age=30", None),
+        ("sm", "max-age=3000, s-maxage=20", None),
+        ("cap", "max-age=99999999", None),
+        ("aged", "max-age=100", Some("90")),
+        ("ns", "no-store", None),
+        ("pv", "private, max-age=60", None),
+        ("nc", "no-cache", None),
+        ("zero", "max-age=0, must-revalidate", None),
+    ] {
+        origin.set(id, "text/plain", id.as_bytes(), &[]);
+        let mut h = vec![("cache-control", cc)];
+        if let Some(a) = age {
+            h.push(("age", a));
+        }
+        origin.set_headers(id, &h);
+    }
+    let w = world(FROM_ORIGIN, &origin).await?;
+    let p = &w.patternd;
+
+    for (id, lo, hi) in [
+        ("ma", 25, 30),
+        ("sm", 15, 20),
+        ("cap", 3500, 3600),
+        ("aged", 5, 10),
+    ] {
+        let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;
+        assert!(cache_status(&r).contains("stored"), "{r:?}");
+        let hit = p.get(&format!("/v1/cache/h/o/{id}")).await?;
+        assert!(cache_status(&hit).starts_with("patternd; hit"), "{hit:?}");
+        let ttl = ttl_of(&hit);
+        assert!(
+            (lo..hi).contains(&ttl),
+            "{id}: ttl {ttl} not in {lo}..{hi}: {hit:?}"
+        );
+        // The rule without the option ignores the origin's Cache-Control.
+        p.get(&format!("/v1/cache/h/plain/{id}")).await?;
+        let plain = p.get(&format!("/v1/cache/h/plain/{id}")).await?;
+        assert!(ttl_of(&plain) > 3500, "{plain:?}");
+    }
+
+    for (id, detail) in [
+        ("ns", "no-store"),
+        ("pv", "private"),
+        ("nc", "no-cache"),
+        ("zero", "stale"),
+    ] {
+        for n in 1..=3 {
+            let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;
+            assert_eq!((r.status, r.text.as_str()), (200, id), "{r:?}");
+            assert_eq!(
+                cache_status(&r),
+                format!("patternd; fwd=miss; fwd-status=200; detail={detail}"),
+                "{r:?}"
+            );
+            assert_eq!(r.header("etag"), None, "not stored, no ETag");
+            assert_eq!(origin.gets(id), n, "{id}: every GET asks the origin");
+        }
+        let mut c = w.redis.conn().await?;
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(format!("h:cache:o:{{{id}}}:v"))
+            .query_async(&mut c)
+            .await?;
+        assert_eq!(exists, 0, "{id} is not stored");
+        // Stored by the rule that ignores Cache-Control.
+        let before = origin.gets(id);
+        p.get(&format!("/v1/cache/h/plain/{id}")).await?;
+        let r = p.get(&format!("/v1/cache/h/plain/{id}")).await?;
+        assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+        assert_eq!(origin.gets(id), before + 1);
+    }
+
+    // An answer that becomes cacheable is stored again (the pass marker does not stick).
+    origin.set_headers("ns", &[("cache-control", "max-age=60")]);
+    let r = p.get("/v1/cache/h/o/ns").await?;
+    assert!(cache_status(&r).contains("stored"), "{r:?}");
+    let r = p.get("/v1/cache/h/o/ns").await?;
+    assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
+
+    // A 404 with max-age is cached within negative_ttl.
+    origin.set_headers("gone", &[("cache-control", "max-age=40")]);
+    p.get("/v1/cache/h/o/gone").await?.assert_problem(404);
+    let r = p.get("/v1/cache/h/o/gone").await?;
+    r.assert_problem(404);
+    let ttl = ttl_of(&r);
+    assert!((35..40).contains(&ttl), "{r:?}");
+    Ok(())
+}
+
+/// The stale windows: the rule's apply when the origin says nothing; the origin's own
+/// `stale-while-revalidate=0`, or `must-revalidate`, withdraw the rule's (the value is refetched
+/// once stale, never served stale).
+#[tokio::test]
+async fn stale_windows_from_the_origin() -> Result<()> {
+    let origin = Origin::start().await?;
+    for (id, cc) in [
+        ("dflt", "max-age=1"),
+        ("swr0", "max-age=1, stale-while-revalidate=0"),
+        ("mr", "max-age=1, must-revalidate"),
+    ] {
+        origin.set(id, "text/plain", b"v1", &[]);
+        origin.set_headers(id, &[("cache-control", cc)]);
+    }
+    let w = world(FROM_ORIGIN, &origin).await?;
+    let p = &w.patternd;
+    for id in ["dflt", "swr0", "mr"] {
+        let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;
+        assert!(cache_status(&r).contains("stored"), "{r:?}");
+        origin.set(id, "text/plain", b"v2", &[]);
+    }
+    // The rule's stale_while_revalidate (1h): served stale once the second is over.
+    eventually(WAIT, "dflt served stale", || async {
+        let r = p.get("/v1/cache/h/o/dflt").await?;
+        Ok(cache_status(&r)
+            .contains("detail=stale-while-revalidate")
+            .then_some(()))
+    })
+    .await?;
+    for id in ["swr0", "mr"] {
+        eventually(WAIT, "refetched once stale", || async {
+            let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert!(
+                !cache_status(&r).contains("detail=stale"),
+                "{id} served stale although the origin withdrew it: {r:?}"
+            );
+            Ok((r.text == "v2").then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
