@@ -812,6 +812,70 @@ impl World {
     }
 }
 
+/// A [`World`] whose patternd also loads plugins from its own dir (`--plugins`), which the
+/// test may rewrite to exercise reloads.
+#[derive(Debug)]
+pub struct PluginWorld {
+    // Field order is drop order: patternd stops before its Redis goes away.
+    pub patternd: Patternd,
+    pub policies: TempDir,
+    pub plugins: TempDir,
+    pub redis: RedisServer,
+}
+
+impl PluginWorld {
+    pub async fn start(files: &[(&str, &str)], plugins: TempDir) -> Result<Self> {
+        let redis = RedisServer::start()?;
+        let policies = policy_dir(files)?;
+        let dir = plugins.path().to_string_lossy().to_string();
+        let patternd = Patternd::start(&redis.url(), policies.path(), &["--plugins", &dir]).await?;
+        Ok(Self {
+            patternd,
+            policies,
+            plugins,
+            redis,
+        })
+    }
+}
+
+/// Runs `n` calls of `f` (given the call's index) at once, each on its own task, and returns
+/// their results in index order: the concurrent burst the atomicity tests count.
+pub async fn burst<T, F, Fut>(n: usize, f: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(f(i))).collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// GETs `url` and returns (status, `Cache-Status` header or "", body): what a cache burst's
+/// callers each record.
+pub async fn get_cache_status(
+    client: reqwest::Client,
+    url: String,
+) -> Result<(u16, String, String)> {
+    let r = client.get(url).send().await?;
+    let status = r.status().as_u16();
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((status, cs, r.text().await?))
+}
+
+/// How many of `items` satisfy `pred` (the allowed, or the denied, of a [`burst`]).
+pub fn count<T>(items: &[T], pred: impl Fn(&T) -> bool) -> usize {
+    items.iter().filter(|x| pred(x)).count()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stalls (a frozen Redis, for tests/cache_faults.rs)
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{Patternd, RedisServer, TempDir, metric_value, policy_dir, run_cli};
+use patternd_e2e::{PluginWorld, TempDir, metric_value, policy_dir, run_cli};
 use serde_json::json;
 
 fn example(rel: &str) -> Result<String> {
@@ -25,33 +25,13 @@ fn example_plugins() -> Result<TempDir> {
     ])
 }
 
-struct PluginWorld {
-    patternd: Patternd,
-    _policies: TempDir,
-    plugins: TempDir,
-    redis: RedisServer,
-}
-
-async fn start(policies: &[(&str, &str)], plugins: TempDir) -> Result<PluginWorld> {
-    let redis = RedisServer::start()?;
-    let pol = policy_dir(policies)?;
-    let dir = plugins.path().to_string_lossy().to_string();
-    let patternd = Patternd::start(&redis.url(), pol.path(), &["--plugins", &dir]).await?;
-    Ok(PluginWorld {
-        patternd,
-        _policies: pol,
-        plugins,
-        redis,
-    })
-}
-
 fn repo_policies() -> Result<String> {
     example("policies/plugins.yaml")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tiered_limits_decide_per_tier() -> Result<()> {
-    let w = start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
+    let w = PluginWorld::start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
     let p = &w.patternd;
     let post = |tier: Option<&'static str>| {
         let mut req = p
@@ -129,7 +109,7 @@ rules:
         headers: [X-TIER]
         config: { header: X-Tier, default: free, tiers: { free: { limit: 2, window: 1m }, pro: { limit: 5, window: 1m } } }
 ";
-    let w = start(&[("hdr.yaml", policy)], example_plugins()?).await?;
+    let w = PluginWorld::start(&[("hdr.yaml", policy)], example_plugins()?).await?;
     let p = &w.patternd;
     for (rule, tier) in [("blind", "free"), ("sighted", "pro")] {
         let r = p
@@ -158,7 +138,7 @@ rules:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daily_quota_op_counts_until_midnight() -> Result<()> {
-    let w = start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
+    let w = PluginWorld::start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
     let p = &w.patternd;
     for used in 1..=3u64 {
         let r = p
@@ -247,7 +227,7 @@ async fn hostile_plugins_fail_one_call_and_the_server_keeps_serving() -> Result<
             "  {name}-fb:\n    rate_limit:\n      plugin: {{ name: {name} }}\n      fallback: {{ algorithm: fixed_window, limit: 3, window: 1h }}\n  {name}-bare:\n    rate_limit: {{ plugin: {{ name: {name} }} }}\n"
         ));
     }
-    let w = start(&[("hostile.yaml", &policy)], plugins).await?;
+    let w = PluginWorld::start(&[("hostile.yaml", &policy)], plugins).await?;
     let p = &w.patternd;
     for (name, _) in HOSTILE {
         // With a fallback: the fallback decides, and says so.
@@ -305,7 +285,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
         "tiers.lua",
         &example("tiered-limits-lua/tiered-limits-lua.lua")?,
     )?;
-    let w = start(&[("t.yaml", TIERED_POLICY)], plugins).await?;
+    let w = PluginWorld::start(&[("t.yaml", TIERED_POLICY)], plugins).await?;
     let p = &w.patternd;
     assert_eq!(p.check("t", "tiered", "a", 1).await?.remaining(), 1);
 
@@ -412,7 +392,7 @@ return r.call('INCR', KEYS[1])
 async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() -> Result<()> {
     let plugins = TempDir::new("ops-check")?;
     plugins.write("quota.lua", &example("quota/quota.lua")?)?;
-    let w = start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
+    let w = PluginWorld::start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
     let p = &w.patternd;
     let body = json!({"id": "u1", "args": [100]});
     let call = || p.post_json("/v1/ops/o/daily", &body);

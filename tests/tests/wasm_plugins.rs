@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{Patternd, RedisServer, TempDir, plugins_from_dist, policy_dir};
+use patternd_e2e::{Patternd, PluginWorld, TempDir, burst, count, plugins_from_dist};
 use serde_json::json;
 
 const TIERED: &str = "app: w
@@ -22,24 +22,8 @@ rules:
             pro: { limit: 5, window: 1m }
 ";
 
-struct Wasm {
-    patternd: Patternd,
-    _policies: TempDir,
-    plugins: TempDir,
-    _redis: RedisServer,
-}
-
-async fn start(policy: &str, plugins: TempDir) -> Result<Wasm> {
-    let redis = RedisServer::start()?;
-    let policies = policy_dir(&[("w.yaml", policy)])?;
-    let dir = plugins.path().to_string_lossy().to_string();
-    let patternd = Patternd::start(&redis.url(), policies.path(), &["--plugins", &dir]).await?;
-    Ok(Wasm {
-        patternd,
-        _policies: policies,
-        plugins,
-        _redis: redis,
-    })
+async fn start(policy: &str, plugins: TempDir) -> Result<PluginWorld> {
+    PluginWorld::start(&[("w.yaml", policy)], plugins).await
 }
 
 async fn tier(
@@ -81,25 +65,21 @@ async fn tiered_limits_component_decides_per_tier() -> Result<()> {
     }
     assert_eq!(tier(p, "tiered", "u", Some("pro")).await?.status, 429);
     // 100 concurrent decisions on a fresh id and tier: exactly the tier's limit passes.
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
+    let statuses = burst(100, |_| {
         let c = p.client().clone();
         let url = p.url("/v1/ratelimit/w/tiered");
-        tasks.push(tokio::spawn(async move {
-            c.post(url)
+        async move {
+            Ok(c.post(url)
                 .header("X-Tier", "pro")
                 .json(&json!({"id": "burst"}))
                 .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        if t.await?? == 200 {
-            ok += 1;
+                .await?
+                .status()
+                .as_u16())
         }
-    }
+    })
+    .await?;
+    let ok = count(&statuses, |s| *s == 200);
     assert_eq!(ok, 5);
     Ok(())
 }
