@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, eventually, metric_value, policy_dir, scan_all,
+    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, get_cache_status,
+    metric_value, policy_dir, scan_all,
 };
 use serde_json::json;
 
@@ -99,27 +100,13 @@ async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
     let w = world(BASIC, &origin).await?;
     // A second replica on the same Redis: the lease is in Redis, not in one process.
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
-    let mut tasks = Vec::new();
-    for i in 0..200 {
+    let replies = burst(200, |i| {
         let p = if i % 2 == 0 { &w.patternd } else { &other };
-        let client = p.client().clone();
-        let url = p.url("/v1/cache/shop/product/hot");
-        tasks.push(tokio::spawn(async move {
-            let r = client.get(url).send().await?;
-            let status = r.status().as_u16();
-            let cs = r
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let body = r.text().await?;
-            anyhow::Ok((status, cs, body))
-        }));
-    }
+        get_cache_status(p.client().clone(), p.url("/v1/cache/shop/product/hot"))
+    })
+    .await?;
     let mut stored = 0;
-    for t in tasks {
-        let (status, cs, body) = t.await??;
+    for (status, cs, body) in replies {
         assert_eq!(status, 200, "{cs} {body}");
         assert_eq!(body, r#"{"v":1}"#);
         if cs.ends_with("stored") {
@@ -928,23 +915,11 @@ rules:
         "{probe:?}"
     );
     assert_eq!(origin.gets("x"), 2);
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let client = p.client().clone();
-        let url = p.url("/v1/cache/shop/probe/x");
-        tasks.push(tokio::spawn(async move {
-            let r = client.get(url).send().await?;
-            let cs = r
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
-        }));
-    }
-    for t in tasks {
-        let (status, cs, body) = t.await??;
+    let replies = burst(20, |_| {
+        get_cache_status(p.client().clone(), p.url("/v1/cache/shop/probe/x"))
+    })
+    .await?;
+    for (status, cs, body) in replies {
         assert_eq!((status, body.as_str()), (200, "kept"));
         assert!(
             cs.starts_with("patternd; hit; ttl=-") && cs.ends_with("detail=stale-if-error"),
@@ -964,24 +939,12 @@ async fn a_failed_fill_is_shared_by_its_waiters() -> Result<()> {
     origin.set_delay(Duration::from_millis(300));
     let w = world(BASIC, &origin).await?;
     let p = &w.patternd;
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let client = p.client().clone();
-        let url = p.url("/v1/cache/shop/product/cold");
-        tasks.push(tokio::spawn(async move {
-            let r = client.get(url).send().await?;
-            let cs = r
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            anyhow::Ok((r.status().as_u16(), cs))
-        }));
-    }
+    let replies = burst(50, |_| {
+        get_cache_status(p.client().clone(), p.url("/v1/cache/shop/product/cold"))
+    })
+    .await?;
     let mut probes = 0;
-    for t in tasks {
-        let (status, cs) = t.await??;
+    for (status, cs, _) in replies {
         assert_eq!(status, 502, "{cs}");
         if cs == "patternd; fwd=miss; fwd-status=500" {
             probes += 1;
