@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use patternd_e2e::{Patternd, Reply, World, eventually, scan_all};
+use patternd_e2e::{Patternd, Reply, World, burst, eventually, scan_all};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
@@ -276,16 +276,13 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
 async fn a_semaphore_admits_exactly_its_permits() -> Result<()> {
     let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
     let p = Arc::new(w.patternd);
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
+    let replies = burst(20, |_| {
         let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            acquire(&p, "slots", "gpu", json!({})).await
-        }));
-    }
+        async move { acquire(&p, "slots", "gpu", json!({})).await }
+    })
+    .await?;
     let mut granted = Vec::new();
-    for t in tasks {
-        let r = t.await??;
+    for r in replies {
         match r.status {
             200 => granted.push(r),
             _ => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all,
+    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, scan_all,
 };
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
@@ -175,19 +175,18 @@ async fn late_writes_racing_a_delete_never_resurrect() -> Result<()> {
     let p = Arc::new(w.patternd);
     for round in 0..5 {
         let sid = create(&p, "web", "racer", json!({ "n": 0 })).await?;
-        let mut tasks = Vec::new();
-        for i in 0..20 {
+        let replies = burst(20, |i| {
             let (p, sid) = (p.clone(), sid.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 if i == 10 {
                     p.delete(&format!("/v1/sessions/shop/web/{sid}")).await
                 } else {
                     patch(&p, "web", &sid, json!({ "n": i })).await
                 }
-            }));
-        }
-        for t in tasks {
-            let r = t.await??;
+            }
+        })
+        .await?;
+        for r in replies {
             assert!(r.status == 200 || r.status == 404, "{r:?}");
         }
         get(&p, "web", &sid).await?.assert_problem(404);
@@ -730,17 +729,11 @@ async fn concurrent_creates_and_rotations_stay_consistent() -> Result<()> {
     let p = Arc::new(w.patternd);
     // 20 logins at once for a user allowed 2 sessions: exactly 2 survive, and the index
     // names exactly those.
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
+    let ids = burst(20, |_| {
         let p = p.clone();
-        tasks.push(tokio::spawn(async move {
-            create(&p, "two", "busy", json!({})).await
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await??);
-    }
+        async move { create(&p, "two", "busy", json!({})).await }
+    })
+    .await?;
     let mut alive = Vec::new();
     for sid in &ids {
         let r = get(&p, "two", sid).await?;
