@@ -155,15 +155,7 @@ rules:
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let r = client.get(&url).send().await?;
-                let status = r.status().as_u16();
-                let cs = r
-                    .headers()
-                    .get("cache-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let body = r.text().await?;
+                let (status, cs, body) = get_cache_status(client.clone(), url.clone()).await?;
                 if body == "v2" {
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -844,16 +836,7 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
     let slow = {
         let client = p.client().clone();
         let url = p.url("/v1/cache/shop/product/r");
-        tokio::spawn(async move {
-            let r = client.get(url).send().await?;
-            let cs = r
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            anyhow::Ok((r.status().as_u16(), cs, r.text().await?))
-        })
+        tokio::spawn(get_cache_status(client, url))
     };
     eventually(Duration::from_secs(30), "the fill's lease", || async {
         let keys = scan_all(&mut w.redis.conn().await?).await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually, scan_all};
+use patternd_e2e::{Patternd, Reply, World, eventually, get_cache_status, scan_all};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
@@ -125,16 +125,9 @@ rules:
         let (client, url) = (p.client().clone(), p.url("/v1/cache/shop/product/1"));
         tokio::spawn(async move {
             let started = Instant::now();
-            let r = client.get(url).send().await?;
+            let reply = get_cache_status(client, url).await?;
             eprintln!("the waiter was answered after {:?}", started.elapsed());
-            let status = r.status().as_u16();
-            let cs = r
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            anyhow::Ok((status, cs, r.text().await?))
+            anyhow::Ok(reply)
         })
     };
     // Freeze Redis for 0.8 s of every 0.85 s until the waiter is answered.
