@@ -1,6 +1,6 @@
 //! Cache writes: `PUT`/`PATCH /v1/cache/{app}/{rule}/{id}`, and the write-behind dead letters
 //! under `/admin/cache/{app}/{rule}/dead-letters` (behind the admin check). Thin: parse, call
-//! `patterns::cache` (`write`, `journal`), render.
+//! `patterns::cache` (`write`, `dead`), render.
 
 #![allow(dead_code)] // the OpenAPI stubs and schema types exist for the generated document only
 
@@ -19,7 +19,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::AppState;
 use super::openapi::Problem;
 use super::problem::ApiError;
-use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB};
+use crate::patterns::cache::dead;
 use crate::patterns::cache::write::{PutRequest, WriteError};
 use crate::patterns::cache::{CacheRule, check_cache_id};
 use crate::policy::cache::{CacheFormat, WriteMode};
@@ -353,6 +353,21 @@ pub struct DeadLetter {
     journal_id: String,
 }
 
+impl From<dead::DeadLetter> for DeadLetter {
+    fn from(d: dead::DeadLetter) -> Self {
+        DeadLetter {
+            entry: d.entry,
+            id: d.id,
+            attempts: d.attempts,
+            error: d.error,
+            failed_at_ms: d.failed_at_ms,
+            payload_bytes: d.payload_bytes,
+            content_type: d.content_type,
+            journal_id: d.journal_id,
+        }
+    }
+}
+
 /// A page of dead letters, oldest first.
 #[derive(Serialize, ToSchema)]
 pub struct DeadLetterPage {
@@ -394,39 +409,8 @@ async fn dead_letters(
             )));
         }
     };
-    let count_s = count.to_string();
-    let reply: Vec<redis::Value> = state
-        .runtime
-        .store
-        .eval(
-            &c.scripts.write.dead_list,
-            &[c.keys.rule_key(DEAD_SUB)],
-            &[start.as_bytes(), count_s.as_bytes()],
-        )
-        .await
-        .map_err(|e| ApiError::from(WriteError::Store(e)))?;
-    let total = reply.first().and_then(as_u64).unwrap_or(0);
-    let letters: Vec<DeadLetter> = reply
-        .iter()
-        .skip(1)
-        .filter_map(|v| {
-            let redis::Value::Array(f) = v else {
-                return None;
-            };
-            let s = |i: usize| f.get(i).and_then(as_text).unwrap_or_default();
-            let n = |i: usize| f.get(i).and_then(as_u64).unwrap_or(0);
-            Some(DeadLetter {
-                entry: s(0),
-                id: s(1),
-                attempts: n(2),
-                error: s(3),
-                failed_at_ms: n(4),
-                payload_bytes: n(5),
-                content_type: s(6),
-                journal_id: s(7),
-            })
-        })
-        .collect();
+    let (total, letters) = c.dead_letters(&state.runtime.store, &start, count).await?;
+    let letters: Vec<DeadLetter> = letters.into_iter().map(DeadLetter::from).collect();
     let next_after = (letters.len() as u64 == count)
         .then(|| letters.last().map(|l| l.entry.clone()))
         .flatten();
@@ -494,67 +478,14 @@ async fn replay(
             "`count` must be from 1 to {MAX_PAGE}"
         )));
     }
-    let max_len = c.spec.journal_max_len.to_string();
-    let count_s = count.to_string();
-    let streams = [c.keys.rule_key(DEAD_SUB), c.keys.rule_key(JOURNAL_SUB)];
-    // First which entries, and whose values they are (their keys come from KeySpace, so the
-    // move gets them as KEYS); the move re-reads every entry atomically.
-    let mut args: Vec<&[u8]> = vec![b"peek", max_len.as_bytes(), count_s.as_bytes()];
-    args.extend(ids.iter().map(|i| i.as_bytes()));
-    let peeked: Vec<(String, String)> = state
-        .runtime
-        .store
-        .eval(&c.scripts.write.replay, &streams, &args)
-        .await
-        .map_err(|e| ApiError::from(WriteError::Store(e)))?;
-    let found = peeked.len() as u64;
-    let mut keys = streams.to_vec();
-    keys.extend(
-        peeked
-            .iter()
-            .map(|(_, vid)| c.keys.key(vid, crate::compile::cache::VALUE_SUB)),
-    );
-    let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
-    args.extend(peeked.iter().map(|(eid, _)| eid.as_bytes()));
-    let mut reply: Vec<i64> = if peeked.is_empty() {
-        vec![0, 0, 0]
-    } else {
-        state
-            .runtime
-            .store
-            .eval(&c.scripts.write.replay, &keys, &args)
-            .await
-            .map_err(|e| ApiError::from(WriteError::Store(e)))?
-    };
-    // Given ids that the peek did not find are not dead letters either.
-    if let Some(missing) = reply.get_mut(1) {
-        *missing += (ids.len() as u64).saturating_sub(found) as i64;
-    }
-    let at = |i: usize| reply.get(i).copied().unwrap_or(0).max(0) as u64;
-    metrics::counter!("patternd_cache_dead_letters_replayed_total", "app" => app.clone(), "rule" => rule.clone()).increment(at(0));
+    let done = c.replay(&state.runtime.store, &ids, count).await?;
+    metrics::counter!("patternd_cache_dead_letters_replayed_total", "app" => app.clone(), "rule" => rule.clone()).increment(done.replayed);
     Ok(axum::Json(ReplayResponse {
-        replayed: at(0),
-        not_found: at(1),
-        journal_full: at(2) == 1,
+        replayed: done.replayed,
+        not_found: done.not_found,
+        journal_full: done.journal_full,
     })
     .into_response())
-}
-
-fn as_u64(v: &redis::Value) -> Option<u64> {
-    match v {
-        redis::Value::Int(i) => u64::try_from(*i).ok(),
-        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn as_text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
 }
 
 // ---- OpenAPI -------------------------------------------------------------------------------

@@ -202,3 +202,50 @@ fn bad_path(e: PathRejection) -> ApiError {
 fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
 }
+
+#[cfg(test)]
+mod tests {
+    /// ARCHITECTURE.md: handlers never build keys or scripts. Keys, script calls and the
+    /// decoding of script replies live in `patterns`; a handler passes the store handle
+    /// (`&state.runtime.store`) to a pattern method and renders what comes back. The one
+    /// direct use of the store is `/readyz` (`health.rs`: PING and SCRIPT EXISTS/LOAD of the
+    /// compiled scripts), which touches no key. The needles are built with `concat!` so this
+    /// file does not match itself.
+    #[test]
+    fn handlers_never_touch_keys_or_scripts() {
+        let needles = [
+            concat!(".ev", "al("),
+            concat!(".ev", "alsha("),
+            concat!("red", "is::"),
+            concat!("Key", "Space"),
+            concat!("rule", "_key("),
+            concat!(".keys", "."),
+            concat!("_S", "UB"),
+            concat!("compile::", "cache"),
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("engine/src/http is readable")
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        files.sort();
+        assert!(files.len() > 5, "found the handler files: {files:?}");
+        let mut violations = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("a readable source file");
+            for (n, line) in text.lines().enumerate() {
+                for needle in needles {
+                    if line.contains(needle) {
+                        violations.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+        assert!(
+            violations.is_empty(),
+            "handlers must leave keys, scripts and replies to patterns:\n{}",
+            violations.join("\n")
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! Keys and what they hold: see the data contract in `compile::cache`.
 
 pub mod conditional;
+pub mod dead;
 pub mod freshness;
 pub mod journal;
 pub mod origin;
