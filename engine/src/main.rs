@@ -416,8 +416,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let tracker = patternd::store::tracking::Tracker::new(&url_for_tracking)?;
     let tracker_task = tracker.spawn();
-    let runtime =
-        Arc::new(Runtime::new(snapshot, store, src).with_redis_timeout(args.redis_timeout));
+    let runtime = Arc::new(Runtime::new(snapshot, store, src));
     runtime.enable_near_caches(tracker);
     if !runtime.preload_scripts().await {
         // Until Redis answers, requests get on_redis_error or 503; this says when it does.

@@ -31,13 +31,7 @@ pub struct Runtime {
     reload_lock: Mutex<()>,
     /// Invalidations for the near caches (`near_cache:` cache rules), when enabled.
     tracker: std::sync::OnceLock<Arc<Tracker>>,
-    /// The store's command timeout (`--redis-timeout`): a cache GET's Redis calls together
-    /// get this much (see `patterns::cache::read`).
-    redis_timeout: Duration,
 }
-
-/// `--redis-timeout`'s default.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(300);
 
 impl Runtime {
     pub fn new(snapshot: Snapshot, store: Store, sources: Sources) -> Self {
@@ -47,18 +41,13 @@ impl Runtime {
             sources,
             reload_lock: Mutex::new(()),
             tracker: std::sync::OnceLock::new(),
-            redis_timeout: DEFAULT_REDIS_TIMEOUT,
         }
     }
 
-    /// The command timeout the store was built with (default [`DEFAULT_REDIS_TIMEOUT`]).
-    pub fn with_redis_timeout(mut self, timeout: Duration) -> Self {
-        self.redis_timeout = timeout;
-        self
-    }
-
+    /// The store's command timeout (`--redis-timeout`): a cache GET's Redis calls together
+    /// get this much (see `patterns::cache::read`).
     pub fn redis_timeout(&self) -> Duration {
-        self.redis_timeout
+        self.store.command_timeout()
     }
 
     /// Connects the near caches of this and every later snapshot to `tracker`'s invalidations.

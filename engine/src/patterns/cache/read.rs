@@ -458,7 +458,14 @@ impl CacheRule {
                 reply?
             };
             let value = reply.value;
-            match reply.action {
+            // A waiter past its deadline (the filler is slow or gone) fetches without the
+            // lease: the fill script then stores only into an absent value whose lease nobody
+            // holds.
+            let action = match reply.action {
+                Action::Wait if Instant::now() >= deadline => Action::Fetch,
+                a => a,
+            };
+            match action {
                 Action::Absent => {
                     return Err(ReadError::NotFound {
                         detail: format!("no cached value for `{}`", req.id),
@@ -554,22 +561,6 @@ impl CacheRule {
                         .await;
                 }
                 Action::Wait => {
-                    if Instant::now() >= deadline {
-                        // The filler is slow or gone: fetch without the lease. The fill script
-                        // then stores only into an absent value whose lease nobody holds.
-                        return self
-                            .fill_now(
-                                store,
-                                budget,
-                                req.id,
-                                &keys,
-                                (token, reply.start),
-                                value,
-                                &choice,
-                                &req.fields,
-                            )
-                            .await;
-                    }
                     waited = true;
                     let jitter = Duration::from_micros(
                         (random_unit() * pause.as_micros() as f64 * 0.5) as u64,
