@@ -16,9 +16,9 @@
 //! and an executor per call. The handful of functions below are what a guest's standard library
 //! actually calls; the rest of WASI is defined as traps.
 //!
-//! The guest's random numbers come from the OS generator (getrandom) and a failure traps the
-//! call; this is the guest's own randomness, not a token patternd issues (for those see
-//! `crate::token`).
+//! The guest's random numbers come from the OS generator (getrandom), and a failure traps the
+//! call: this is the guest's own randomness, not a token patternd issues (those are drawn in
+//! `crate::patterns::random`, with the same policy: no entropy, no value).
 
 use std::sync::OnceLock;
 use std::time::Instant;
