@@ -221,6 +221,7 @@ impl Validator {
         })
     }
 
+    /// `block` is the rule's pattern key (`rate_limit`, `cache`, …) the `plugin` sits under.
     pub(super) fn plugin_ref(
         &mut self,
         path: &Path,
