@@ -109,7 +109,7 @@ impl From<WriteError> for ApiError {
                 "Redis is unavailable; nothing was written".to_string(),
             ),
             WriteError::Store(s) => s.into(),
-            WriteError::Reply(_) => ApiError::Internal(detail),
+            WriteError::Reply(_) | WriteError::Random(_) => ApiError::Internal(detail),
         }
     }
 }

@@ -204,6 +204,7 @@ async fn decide(
         Err(CheckError::Input(e)) => Err(e.into()),
         Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
         Err(CheckError::Store(e)) => Err(e.into()),
+        Err(CheckError::Random(m)) => Err(ApiError::Internal(m)),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
+pub mod random;
 pub mod ratelimit;
 pub mod session;
 

@@ -17,6 +17,7 @@ mod decision_proptest;
 pub mod lua;
 mod pool;
 pub mod registry;
+mod wasi;
 pub mod wasm;
 
 pub use decision::{

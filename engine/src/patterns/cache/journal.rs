@@ -31,8 +31,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::write::{bytes, int, text};
-use super::{CacheRule, duration_ms, random_token};
+use super::{CacheRule, duration_ms};
 use crate::compile::cache::{DEAD_SUB, FLUSH_LEASE_SUB, JOURNAL_SUB, VALUE_SUB};
+use crate::patterns::random::{self, NoEntropy};
 use crate::policy::cache::WriteMode;
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
@@ -48,14 +49,12 @@ const GONE_CONSUMER: Duration = Duration::from_secs(3600);
 
 /// A unique consumer name for this process: pid plus 64 random bits, so a restarted engine
 /// (even with the same pid in a new container) never inherits a dead consumer's identity.
-pub fn consumer_name() -> String {
-    let mut buf = [0u8; 8];
-    let _ = getrandom::fill(&mut buf);
-    format!(
+pub fn consumer_name() -> Result<String, NoEntropy> {
+    Ok(format!(
         "patternd-{}-{:016x}",
         std::process::id(),
-        u64::from_le_bytes(buf)
-    )
+        u64::from_le_bytes(random::bytes::<8>()?)
+    ))
 }
 
 /// Runs until `stop` turns true (or its sender is dropped).
@@ -64,8 +63,8 @@ pub fn consumer_name() -> String {
 /// `write: behind` rule that has none (see `rule_loop`), so rules are flushed concurrently and
 /// an origin that is slow or hangs delays only its own rule's deliveries. On stop it waits for
 /// the rule tasks to finish their current poll.
-pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
-    let consumer: Arc<str> = Arc::from(consumer_name());
+pub async fn run(runtime: Arc<Runtime>, consumer: String, mut stop: watch::Receiver<bool>) {
+    let consumer: Arc<str> = Arc::from(consumer);
     tracing::info!(consumer = %consumer, "write-behind flusher started");
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, RuleName> = HashMap::new();
@@ -237,6 +236,16 @@ pub async fn flush_once(
     Ok(taken)
 }
 
+/// Why a delivery step failed: logged, and the entry stays pending for the next poll.
+#[derive(Debug, thiserror::Error)]
+enum DeliverError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No flush lease token: the OS has no entropy source (see `random`).
+    #[error("no secure random source: {0}")]
+    Random(#[from] NoEntropy),
+}
+
 /// Delivers the newest write of one id (`group` sorted oldest first).
 async fn deliver(
     store: &Store,
@@ -244,7 +253,7 @@ async fn deliver(
     consumer: &str,
     jkey: &str,
     mut group: Vec<Entry>,
-) -> Result<(), StoreError> {
+) -> Result<(), DeliverError> {
     let Some(newest) = group.pop() else {
         return Ok(());
     };
@@ -252,7 +261,7 @@ async fn deliver(
     let counter = |result: &'static str, n: u64| {
         metrics::counter!("patternd_cache_flush_total", "app" => rule.app.clone(), "rule" => rule.rule.clone(), "result" => result).increment(n);
     };
-    let token = random_token();
+    let token = random::token::<{ random::TOKEN_BYTES }>()?;
     let lease_ms = (duration_ms(rule.spec.origin_timeout) + 1000).to_string();
     let attempt = newest.attempt.to_string();
     // The value outlives the next attempt of this write (its backoff, plus the take-over
@@ -405,8 +414,8 @@ mod tests {
     fn stream_ids_sort_numerically() {
         assert!(stream_id("9-0") < stream_id("10-0"));
         assert!(stream_id("10-2") < stream_id("10-10"));
-        let a = consumer_name();
+        let a = consumer_name().expect("random");
         assert!(a.starts_with("patternd-"));
-        assert_ne!(a, consumer_name());
+        assert_ne!(a, consumer_name().expect("random"));
     }
 }

@@ -330,25 +330,6 @@ pub fn encode_path_segment(id: &str) -> String {
     out
 }
 
-/// 16 random bytes, base64url: a lease token.
-pub fn random_token() -> String {
-    crate::patterns::ratelimit::random_token()
-}
-
-/// A random number in (0, 1] for XFetch (never 0: ln(0) is -inf).
-pub fn random_unit() -> f64 {
-    let mut buf = [0u8; 8];
-    if getrandom::fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        buf[..4].copy_from_slice(&nanos.to_le_bytes());
-    }
-    let x = u64::from_le_bytes(buf) >> 11; // 53 random bits
-    (x as f64 + 1.0) / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,13 +412,5 @@ mod tests {
             check_cache_id("%2e%2e").is_ok(),
             "sent as %252e%252e: one segment"
         );
-    }
-
-    #[test]
-    fn random_unit_is_in_range() {
-        for _ in 0..1000 {
-            let r = random_unit();
-            assert!(r > 0.0 && r <= 1.0, "{r}");
-        }
     }
 }

@@ -45,8 +45,8 @@ use redis::Value;
 
 use super::freshness::{self, Bounds, Uncacheable};
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
-use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
-use crate::patterns::{InputError, check_id};
+use super::{CacheRule, NearValue, duration_ms};
+use crate::patterns::{InputError, check_id, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
 use crate::policy::cache::CacheOnRedisError;
@@ -439,7 +439,7 @@ impl CacheRule {
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
         loop {
-            let (token, rand) = token_and_unit();
+            let (token, rand) = random::token_and_unit().map_err(no_entropy)?;
             let reply = {
                 // Dropped mid-call (the client went away), the read may have granted this
                 // token the lease that nobody will fill: the guard gives it back.
@@ -563,7 +563,8 @@ impl CacheRule {
                 Action::Wait => {
                     waited = true;
                     let jitter = Duration::from_micros(
-                        (random_unit() * pause.as_micros() as f64 * 0.5) as u64,
+                        (random::unit().map_err(no_entropy)? * pause.as_micros() as f64 * 0.5)
+                            as u64,
                     );
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep((pause + jitter).min(left)).await;
@@ -1427,22 +1428,12 @@ fn select(body: Body, fields: Option<&[String]>) -> Body {
     }
 }
 
-/// RFC 9211 `ttl`: whole seconds of freshness left, negative when stale.
-/// A lease token (16 random bytes, base64url) and XFetch's number in (0, 1], from one
-/// `getrandom` call: every read script call needs both.
-fn token_and_unit() -> (String, f64) {
-    use base64::Engine as _;
-    let mut buf = [0u8; 24];
-    if getrandom::fill(&mut buf).is_err() {
-        return (random_token(), random_unit());
-    }
-    let mut unit = [0u8; 8];
-    unit.copy_from_slice(&buf[16..]);
-    let x = u64::from_le_bytes(unit) >> 11; // 53 random bits
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf[..16]);
-    (token, (x as f64 + 1.0) / (1u64 << 53) as f64)
+/// No lease token or jitter: the OS has no entropy source (see `random`), a bare 500.
+fn no_entropy(e: random::NoEntropy) -> ReadError {
+    ReadError::Internal(format!("no secure random source: {e}"))
 }
 
+/// RFC 9211 `ttl`: whole seconds of freshness left, negative when stale.
 fn ttl_secs(left_ms: i64) -> i64 {
     left_ms.div_euclid(1000)
 }

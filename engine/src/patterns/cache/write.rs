@@ -21,9 +21,9 @@ use reqwest::Method;
 
 use super::conditional::Preconditions;
 use super::origin::{MAX_TAGS, OriginError};
-use super::{CacheRule, check_cache_id, random_token, valid_tag};
+use super::{CacheRule, check_cache_id, valid_tag};
 use crate::compile::cache::{HELD_SUB, JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
-use crate::patterns::InputError;
+use crate::patterns::{InputError, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
 use crate::store::{Store, StoreError};
@@ -74,6 +74,9 @@ pub enum WriteError {
     Store(#[from] StoreError),
     #[error("unexpected script reply: {0}")]
     Reply(String),
+    /// No lease token: the OS has no entropy source (see `random`).
+    #[error("no secure random source: {0}")]
+    Random(String),
 }
 
 impl WriteError {
@@ -92,6 +95,7 @@ impl WriteError {
             WriteError::Bypassed(_) => "bypassed",
             WriteError::Plugin(_) => "plugin_failed",
             WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
+            WriteError::Random(_) => "internal",
         }
     }
 }
@@ -329,7 +333,8 @@ impl CacheRule {
         };
         let keys = self.write_keys(&key_id);
         let through = self.spec.write == WriteMode::Through;
-        let token = random_token();
+        let token = random::token::<{ random::TOKEN_BYTES }>()
+            .map_err(|e| WriteError::Random(e.to_string()))?;
         let marker_ms = self.marker_ms().to_string();
         let (im, inm) = req.conditions.script_args();
         if through {
@@ -469,7 +474,8 @@ impl CacheRule {
         let k = if key_id == id { "" } else { key_id.as_str() };
         let keys = self.write_keys(&key_id);
         let through = self.spec.write == WriteMode::Through;
-        let token = random_token();
+        let token = random::token::<{ random::TOKEN_BYTES }>()
+            .map_err(|e| WriteError::Random(e.to_string()))?;
         // The write marker outlives any fill that read the origin before this PATCH.
         let marker_ms = self.marker_ms().to_string();
         let (im, inm) = conditions.script_args();
