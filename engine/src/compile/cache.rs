@@ -76,7 +76,7 @@
 //!
 //! # The store function
 //!
-//! `lua/cache_store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
+//! `lua/cache/store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
 //! script that writes a value includes it: build a script source with [`store_script_source`]
 //! (prelude + shared helpers + the store function + your main), which is what the fill uses.
 //!
@@ -93,14 +93,14 @@ use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
 use crate::policy::cache::{Cache, WriteMode};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-const COMMON: &str = include_str!("lua/cache_common.lua");
-const STORE: &str = include_str!("lua/cache_store.lua");
-const READ: &str = include_str!("lua/cache_read.lua");
-const FILL: &str = include_str!("lua/cache_fill.lua");
-const RELEASE: &str = include_str!("lua/cache_release.lua");
-const DELETE: &str = include_str!("lua/cache_delete.lua");
-const INVALIDATE: &str = include_str!("lua/cache_invalidate.lua");
+const PRELUDE: &str = include_str!("lua/ratelimit/prelude.lua");
+const COMMON: &str = include_str!("lua/cache/common.lua");
+const STORE: &str = include_str!("lua/cache/store.lua");
+const READ: &str = include_str!("lua/cache/read.lua");
+const FILL: &str = include_str!("lua/cache/fill.lua");
+const RELEASE: &str = include_str!("lua/cache/release.lua");
+const DELETE: &str = include_str!("lua/cache/delete.lua");
+const INVALIDATE: &str = include_str!("lua/cache/invalidate.lua");
 
 /// Sub-keys of an id, for `KeySpace::key`.
 pub const VALUE_SUB: &str = "v";
@@ -150,21 +150,21 @@ static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
 
 // ---- The write path (PUT/PATCH and the write-behind journal; cache-write helper) ----------
 
-const PUT: &str = include_str!("lua/cache_put.lua");
-const PATCH: &str = include_str!("lua/cache_patch.lua");
-const JOURNAL_COMMON: &str = include_str!("lua/cache_journal_common.lua");
-const JOURNAL_FETCH: &str = include_str!("lua/cache_journal_fetch.lua");
-const JOURNAL_BEGIN: &str = include_str!("lua/cache_journal_begin.lua");
-const JOURNAL_ACK: &str = include_str!("lua/cache_journal_ack.lua");
-const JOURNAL_DEAD: &str = include_str!("lua/cache_journal_dead.lua");
-const JOURNAL_REPLAY: &str = include_str!("lua/cache_journal_replay.lua");
-const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache_journal_dead_list.lua");
+const PUT: &str = include_str!("lua/cache/put.lua");
+const PATCH: &str = include_str!("lua/cache/patch.lua");
+const JOURNAL_COMMON: &str = include_str!("lua/cache/journal_common.lua");
+const JOURNAL_FETCH: &str = include_str!("lua/cache/journal_fetch.lua");
+const JOURNAL_BEGIN: &str = include_str!("lua/cache/journal_begin.lua");
+const JOURNAL_ACK: &str = include_str!("lua/cache/journal_ack.lua");
+const JOURNAL_DEAD: &str = include_str!("lua/cache/journal_dead.lua");
+const JOURNAL_REPLAY: &str = include_str!("lua/cache/journal_replay.lua");
+const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache/journal_dead_list.lua");
 
-/// The value set aside while a write-through is at the origin (`lua/cache_through_begin.lua`).
+/// The value set aside while a write-through is at the origin (`lua/cache/through_begin.lua`).
 pub const HELD_SUB: &str = "held";
 
-const THROUGH_BEGIN: &str = include_str!("lua/cache_through_begin.lua");
-const THROUGH_ABORT: &str = include_str!("lua/cache_through_abort.lua");
+const THROUGH_BEGIN: &str = include_str!("lua/cache/through_begin.lua");
+const THROUGH_ABORT: &str = include_str!("lua/cache/through_abort.lua");
 
 /// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
 pub const JOURNAL_SUB: &str = "journal";
@@ -174,26 +174,26 @@ pub const FLUSH_LEASE_SUB: &str = "flush";
 /// The write path's scripts, shared by every cache rule (numbers travel in ARGV).
 #[derive(Debug)]
 pub struct WriteScripts {
-    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache_put.lua`).
+    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache/put.lua`).
     pub put: Arc<Script>,
-    /// `PATCH` of a `format: hash` value (`lua/cache_patch.lua`).
+    /// `PATCH` of a `format: hash` value (`lua/cache/patch.lua`).
     pub patch: Arc<Script>,
     /// Write-through, before the origin: value set aside, lease = the write's token
-    /// (`lua/cache_through_begin.lua`).
+    /// (`lua/cache/through_begin.lua`).
     pub through_begin: Arc<Script>,
-    /// Write-through the origin did not take: restore or drop (`cache_through_abort.lua`).
+    /// Write-through the origin did not take: restore or drop (`lua/cache/through_abort.lua`).
     pub through_abort: Arc<Script>,
-    /// Write-behind flusher: claim due and new entries (`lua/cache_journal_fetch.lua`).
+    /// Write-behind flusher: claim due and new entries (`lua/cache/journal_fetch.lua`).
     pub fetch: Arc<Script>,
-    /// Before a delivery: coalesce, supersede check, per-id lease (`cache_journal_begin.lua`).
+    /// Before a delivery: coalesce, supersede check, per-id lease (`lua/cache/journal_begin.lua`).
     pub begin: Arc<Script>,
-    /// After a delivery: XACK + XDEL, lease release (`cache_journal_ack.lua`).
+    /// After a delivery: XACK + XDEL, lease release (`lua/cache/journal_ack.lua`).
     pub ack: Arc<Script>,
-    /// Journal → dead letters (`cache_journal_dead.lua`).
+    /// Journal → dead letters (`lua/cache/journal_dead.lua`).
     pub dead: Arc<Script>,
-    /// Dead letters → journal (`cache_journal_replay.lua`).
+    /// Dead letters → journal (`lua/cache/journal_replay.lua`).
     pub replay: Arc<Script>,
-    /// A page of dead letters (`cache_journal_dead_list.lua`).
+    /// A page of dead letters (`lua/cache/journal_dead_list.lua`).
     pub dead_list: Arc<Script>,
 }
 
@@ -252,15 +252,15 @@ static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
 pub struct CompiledCache {
     /// Every script of the rule, for SCRIPT LOAD.
     pub scripts: Vec<Arc<Script>>,
-    /// Hit / miss / early refresh + lease (`lua/cache_read.lua`).
+    /// Hit / miss / early refresh + lease (`lua/cache/read.lua`).
     pub read: Arc<Script>,
-    /// Stores an origin answer if the lease still matches (`lua/cache_fill.lua`).
+    /// Stores an origin answer if the lease still matches (`lua/cache/fill.lua`).
     pub fill: Arc<Script>,
-    /// Gives a lease back (`lua/cache_release.lua`).
+    /// Gives a lease back (`lua/cache/release.lua`).
     pub release: Arc<Script>,
-    /// DEL of values and leases (`lua/cache_delete.lua`).
+    /// DEL of values and leases (`lua/cache/delete.lua`).
     pub delete: Arc<Script>,
-    /// Tag version bumps (`lua/cache_invalidate.lua`).
+    /// Tag version bumps (`lua/cache/invalidate.lua`).
     pub invalidate: Arc<Script>,
     /// PUT/PATCH and the write-behind journal.
     pub write: Arc<WriteScripts>,

@@ -10,7 +10,7 @@ use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
 use crate::policy::lock::Lock;
 
-const PRELUDE: &str = include_str!("lua/lock_prelude.lua");
+const PRELUDE: &str = include_str!("lua/lock/prelude.lua");
 
 /// The scripts of lock rules.
 #[derive(Debug, Clone)]
@@ -39,10 +39,10 @@ fn script(what: &str, body: &str) -> Arc<Script> {
 }
 
 static SCRIPTS: LazyLock<LockScripts> = LazyLock::new(|| LockScripts {
-    acquire: script("acquire", include_str!("lua/lock_acquire.lua")),
-    extend: script("extend", include_str!("lua/lock_extend.lua")),
-    release: script("release", include_str!("lua/lock_release.lua")),
-    abandon: script("abandon", include_str!("lua/lock_abandon.lua")),
+    acquire: script("acquire", include_str!("lua/lock/acquire.lua")),
+    extend: script("extend", include_str!("lua/lock/extend.lua")),
+    release: script("release", include_str!("lua/lock/release.lua")),
+    abandon: script("abandon", include_str!("lua/lock/abandon.lua")),
 });
 
 #[derive(Debug, Clone)]

@@ -8,17 +8,17 @@ use crate::policy::{Algorithm, Limit, RateLimit, Rule};
 use super::keys::KeySpace;
 use super::{Script, luacheck};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-const RELEASE_LEASE: &str = include_str!("lua/release_lease.lua");
+const PRELUDE: &str = include_str!("lua/ratelimit/prelude.lua");
+const RELEASE_LEASE: &str = include_str!("lua/ratelimit/release_lease.lua");
 
 fn algorithm_source(a: Algorithm) -> &'static str {
     match a {
-        Algorithm::FixedWindow => include_str!("lua/fixed_window.lua"),
-        Algorithm::SlidingWindow => include_str!("lua/sliding_window.lua"),
-        Algorithm::SlidingLog => include_str!("lua/sliding_log.lua"),
-        Algorithm::TokenBucket => include_str!("lua/token_bucket.lua"),
-        Algorithm::Gcra => include_str!("lua/gcra.lua"),
-        Algorithm::Concurrency => include_str!("lua/concurrency.lua"),
+        Algorithm::FixedWindow => include_str!("lua/ratelimit/fixed_window.lua"),
+        Algorithm::SlidingWindow => include_str!("lua/ratelimit/sliding_window.lua"),
+        Algorithm::SlidingLog => include_str!("lua/ratelimit/sliding_log.lua"),
+        Algorithm::TokenBucket => include_str!("lua/ratelimit/token_bucket.lua"),
+        Algorithm::Gcra => include_str!("lua/ratelimit/gcra.lua"),
+        Algorithm::Concurrency => include_str!("lua/ratelimit/concurrency.lua"),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::policy::session::Session;
 /// Length of the shard tag that starts every session id (`<shard>.<random>`).
 pub const SHARD_LEN: usize = 4;
 
-const PRELUDE: &str = include_str!("lua/session_prelude.lua");
+const PRELUDE: &str = include_str!("lua/session/prelude.lua");
 
 /// The scripts of session rules.
 #[derive(Debug, Clone)]
@@ -47,13 +47,13 @@ fn script(what: &str, body: &str) -> Arc<Script> {
 }
 
 static SCRIPTS: LazyLock<SessionScripts> = LazyLock::new(|| SessionScripts {
-    create: script("create", include_str!("lua/session_create.lua")),
-    get: script("get", include_str!("lua/session_get.lua")),
-    patch: script("patch", include_str!("lua/session_patch.lua")),
-    rotate: script("rotate", include_str!("lua/session_rotate.lua")),
-    destroy: script("destroy", include_str!("lua/session_destroy.lua")),
-    list: script("list", include_str!("lua/session_list.lua")),
-    logout: script("logout", include_str!("lua/session_logout.lua")),
+    create: script("create", include_str!("lua/session/create.lua")),
+    get: script("get", include_str!("lua/session/get.lua")),
+    patch: script("patch", include_str!("lua/session/patch.lua")),
+    rotate: script("rotate", include_str!("lua/session/rotate.lua")),
+    destroy: script("destroy", include_str!("lua/session/destroy.lua")),
+    list: script("list", include_str!("lua/session/list.lua")),
+    logout: script("logout", include_str!("lua/session/logout.lua")),
 });
 
 #[derive(Debug, Clone)]

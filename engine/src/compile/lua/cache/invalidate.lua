@@ -2,7 +2,7 @@
 -- index of values to walk.
 -- A version is set to max(version + 1, Redis TIME in µs), so it is at least the moment of the
 -- invalidation: a fill in flight compares the versions of its value's tags with the moment it
--- asked the origin (cache_fill.lua), and stores nothing if one was invalidated since.
+-- asked the origin (fill.lua), and stores nothing if one was invalidated since.
 -- A tag key that exists keeps its TTL (it already covers every value referencing it). A tag
 -- key that does not exist is referenced by no stored value, but a fill in flight may be about
 -- to store one: it is created with the version and a TTL of ARGV[1] ms, longer than any fill
