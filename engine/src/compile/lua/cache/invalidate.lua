@@ -9,17 +9,16 @@
 -- may take, and is not counted as bumped.
 -- KEYS: the tag version keys. ARGV[1] ms a created key lives.
 -- Returns how many existing tags were bumped.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us()
 local bumped = 0
 for i = 1, #KEYS do
   local cur = redis.call('GET', KEYS[i])
   if cur then
     local v = math.max((tonumber(cur) or 0) + 1, now)
-    redis.call('SET', KEYS[i], string.format('%.0f', v), 'KEEPTTL')
+    redis.call('SET', KEYS[i], int_text(v), 'KEEPTTL')
     bumped = bumped + 1
   else
-    redis.call('SET', KEYS[i], string.format('%.0f', now), 'PX', tonumber(ARGV[1]))
+    redis.call('SET', KEYS[i], int_text(now), 'PX', tonumber(ARGV[1]))
   end
 end
 return bumped
