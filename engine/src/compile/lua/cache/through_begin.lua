@@ -5,14 +5,14 @@
 -- Readers find no value and a lease held by someone else, so they wait as for a fill and,
 -- past fill_wait, read the origin without storing; a fill already in flight (it read the
 -- origin before this write) has lost its lease and stores nothing.
--- The write then ends with cache_put.lua / cache_patch.lua (mode 't': the origin accepted)
--- or cache_through_abort.lua; each acts only while the lease still holds this token.
+-- The write then ends with put.lua / patch.lua (mode 't': the origin accepted)
+-- or through_abort.lua; each acts only while the lease still holds this token.
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the held copy (HASH)
 -- ARGV[1] this write's token; ARGV[2] ms the marker lives (longer than the origin write can
 -- take: max(refresh_lease, origin_timeout + 1s)); if the write's end never runs (Redis
 -- failed it), the marker lapses and reads fill from the origin, which is the truth then.
 -- ARGV[3] tag version key prefix; ARGV[4] If-Match, ARGV[5] If-None-Match, as
--- `preconditions_hold` (cache_common.lua) takes them: checked here, before the origin is
+-- `preconditions_hold` (common.lua) takes them: checked here, before the origin is
 -- written, so a write whose precondition fails changes nothing anywhere. From here on the
 -- lease holds this write's token, and the write's end stores only while it still does, so no
 -- other write lands between this check and that store.

@@ -1,16 +1,9 @@
--- patternd rate limiting: shared prelude.
--- One clock: every engine replica reads Redis TIME, never its own clock.
--- Times are milliseconds as Lua numbers (doubles) with microsecond precision. They are
--- written back with string.format, because Redis turns a Lua number into a string with
--- only 14 significant digits, which would round epoch milliseconds to 0.1 ms.
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-end
-
-local function fmt(ms)
-  return string.format('%.3f', ms)
-end
+-- patternd rate limiting: what every algorithm returns, and how a rule's limits combine.
+-- Included by every script that checks limits (a rule's own, and the plugin-decided ones),
+-- after shared/clock.lua and before the algorithms (ratelimit/<algorithm>.lua).
+-- An algorithm is `local function name(key, limit, window, burst, cost, now[, ...])` and
+-- returns { ok, remaining, reset, retry, commit } (times in ms). `commit` writes the admission
+-- (`noop` when there is nothing to write); `decide` calls it only when every limit allows.
 
 local function noop() end
 

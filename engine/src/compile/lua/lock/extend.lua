@@ -10,4 +10,4 @@ if not redis.call('ZSCORE', holders, token) then
 end
 redis.call('ZADD', holders, 'XX', fmt(now + lease), token)
 holders_expiry(holders, now)
-return { 1, int(lease) }
+return { 1, int_text(lease) }

@@ -1,4 +1,6 @@
--- patternd cache write-behind: helpers shared by the journal scripts.
+-- patternd cache write-behind: the journal's consumer group and helpers, for the scripts
+-- that read or acknowledge the journal: journal-fetch, journal-begin, journal-ack,
+-- journal-dead. Needs nothing before it.
 -- The consumer group every engine replica reads the journal with.
 local GROUP = 'patternd'
 

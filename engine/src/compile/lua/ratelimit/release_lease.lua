@@ -3,8 +3,7 @@
 -- frees nothing. Releasing a lease that lapsed or was already released is not an error: it
 -- answers 0 (a lapsed member still here is removed, its units given back).
 -- KEYS[1] = the leases ZSET, KEYS[2] = the units held; ARGV[1] = "<lease id>:<cost>".
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = now_ms()
 local expires = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not expires then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])

@@ -1,4 +1,6 @@
--- patternd cache: helpers shared by the cache scripts. Standalone: no prelude needed.
+-- patternd cache: the value's tags and version, and a write's preconditions (RFC 9110).
+-- Included by the scripts that read a value or check a precondition: read, put, patch,
+-- through-begin. Needs nothing before it.
 
 -- Splits 'a,b,c' into { 'a', 'b', 'c' }; '' gives {}.
 local function split_commas(s)
@@ -6,18 +8,6 @@ local function split_commas(s)
   if s == nil or s == '' then return out end
   for part in string.gmatch(s, '([^,]+)') do out[#out + 1] = part end
   return out
-end
-
--- Redis TIME in whole microseconds (exact in a double until the year 2255).
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
--- An integer as Redis should store it: Lua numbers become strings with 14 significant digits,
--- which would round a microsecond timestamp.
-local function int_text(n)
-  return string.format('%.0f', n)
 end
 
 -- The version (`ver`) of the value a client's precondition is compared with: a live 200 (its

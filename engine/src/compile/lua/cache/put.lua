@@ -2,14 +2,14 @@
 -- journal entry in the SAME script: the value and the journal entry exist together or not at
 -- all, so a 202 means the write is durable in Redis and will reach the origin.
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind),
--- or the held copy (through: see cache_through_begin.lua)
+-- or the held copy (through: see through_begin.lua)
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (store only:
 -- write: cache), 't' (through, after the origin accepted) or 'b' (behind: store + journal)
 -- ARGV[5] journal_max_len ('b'), or the write's token ('t'); ARGV[6] the id; ARGV[7] content type; ARGV[8] 's' (format: string)
 -- or 'h' (format: hash); ARGV[9] the value's id when a plugin chose a key other than the
 -- client's id ('' otherwise; journaled as `k`, the origin still gets ARGV[6]'s URL)
--- ARGV[10] If-Match, ARGV[11] If-None-Match, as `preconditions_hold` (cache_common.lua) takes
--- them ('' and '': none; 't' checked them in cache_through_begin.lua, before the origin)
+-- ARGV[10] If-Match, ARGV[11] If-None-Match, as `preconditions_hold` (common.lua) takes
+-- them ('' and '': none; 't' checked them in through_begin.lua, before the origin)
 -- ARGV[12] n = number of tags; ARGV[13 .. 12+n] the tags
 -- ARGV[13+n] the body as sent (stored as `b` for 's'; journaled for 'b'; '' otherwise)
 -- ARGV[14+n ..] 'h' only: name, json pairs of the object's top-level members

@@ -10,7 +10,7 @@ if redis.call('ZREM', holders, token) == 1 then
   -- Remember the last few released tokens, for idempotent repeats.
   redis.call('ZADD', released, fmt(now), token)
   redis.call('ZREMRANGEBYRANK', released, 0, -33)
-  redis.call('PEXPIRE', released, int(keep))
+  redis.call('PEXPIRE', released, int_text(keep))
   return 1
 end
 if redis.call('ZSCORE', released, token) then

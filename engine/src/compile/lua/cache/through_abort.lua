@@ -1,5 +1,5 @@
 -- patternd cache write-through, after the origin did not accept the write (see
--- cache_through_begin.lua).
+-- through_begin.lua).
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the held copy
 -- ARGV[1] this write's token; ARGV[2] 'restore' (the origin answered with a refusal, or
 -- could not be connected to: it did not apply the write, so the held value is still the

@@ -4,7 +4,7 @@
 -- still increasing after the counter key expired, because time moved on meanwhile.
 local holders, fence = KEYS[1], KEYS[2]
 local lease, permits, fence_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now, now_us = clock()
+local now, us = clock()
 prune(holders, now)
 local held = redis.call('ZCARD', holders)
 if held >= permits then
@@ -14,12 +14,12 @@ if held >= permits then
   if e[2] then
     wait = math.max(math.ceil(tonumber(e[2]) - now), 1)
   end
-  return { 0, int(wait) }
+  return { 0, int_text(wait) }
 end
 local last = tonumber(redis.call('GET', fence) or '0') or 0
-local f = math.max(last + 1, now_us)
-redis.call('SET', fence, int(f), 'PX', int(fence_ttl))
-local token = int(f) .. '.' .. ARGV[1]
+local f = math.max(last + 1, us)
+redis.call('SET', fence, int_text(f), 'PX', int_text(fence_ttl))
+local token = int_text(f) .. '.' .. ARGV[1]
 redis.call('ZADD', holders, fmt(now + lease), token)
 holders_expiry(holders, now)
-return { 1, token, int(lease) }
+return { 1, token, int_text(lease) }

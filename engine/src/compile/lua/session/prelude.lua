@@ -1,6 +1,8 @@
--- patternd sessions: shared prelude.
+-- patternd sessions: what a session is, its keys, its clock, and its user's index.
+-- Included by every session script, after `local SHARD_LEN` (the recipe's constant).
 -- One clock: every engine replica reads Redis TIME. Session times are whole milliseconds
--- (exact in a Lua double), written with string.format so Redis never rounds them.
+-- (exact in a Lua double), written with string.format so Redis never rounds them: hence a
+-- clock of their own rather than shared/clock.lua's (ms with a µs fraction).
 -- A session is a HASH {u = user, i = base64url(user), c = created ms, a = absolute deadline ms,
 -- l = last touch ms (create, sliding read, patch, rotate), d:<field> = JSON}; its user's index is two ZSETs: `ue:<i>` (member = session id, score = the
 -- session's current expiry ms) and `uc:<i>` (same members, score = creation time in µs, for
@@ -55,21 +57,4 @@ local function index_expiry(ue, uc, now)
   local ttl = math.max(tonumber(last[2]) - now, 1)
   redis.call('PEXPIRE', ue, int(ttl))
   redis.call('PEXPIRE', uc, int(ttl))
-end
-
--- The expiry of a live session touched now: idle_ttl from now, never past its absolute
--- deadline. Nil when the session is past its deadline.
-local function expiry(a, idle, now)
-  local exp = math.min(now + idle, a)
-  if exp <= now then
-    return nil
-  end
-  return exp
-end
-
--- Slides a session and its index entry to expire at `exp`.
-local function slide(key, ue, uc, sid, created, exp, now)
-  redis.call('PEXPIRE', key, int(exp - now))
-  redis.call('ZADD', ue, int(exp), sid)
-  redis.call('ZADD', uc, 'NX', int(created * 1000), sid)
 end

@@ -5,15 +5,15 @@
 -- the newest one per id supersedes all older ones.
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the journal STREAM (behind),
 -- or the held copy (through: the value as it was when the write began, which is what gets
--- patched; see cache_through_begin.lua)
+-- patched; see through_begin.lua)
 -- ARGV[1] tag version key prefix; ARGV[2] ttl ms; ARGV[3] stale ms; ARGV[4] 'c' (cache),
 -- 't' (through, after the origin accepted) or 'b' (behind); ARGV[5] journal_max_len ('b'),
 -- or the write's token ('t'); ARGV[6] the id; ARGV[7] ms the write marker 'W' is held
 -- (through, see below)
 -- ARGV[8] the value's id when a plugin chose a key other than the client's id ('' otherwise;
 -- journaled as `k`)
--- ARGV[9] If-Match, ARGV[10] If-None-Match, as `preconditions_hold` (cache_common.lua) takes
--- them, compared with the live value's version ('t' checked them in cache_through_begin.lua)
+-- ARGV[9] If-Match, ARGV[10] If-None-Match, as `preconditions_hold` (common.lua) takes
+-- them, compared with the live value's version ('t' checked them in through_begin.lua)
 -- ARGV[11 ..] name, json pairs; an empty json deletes the member
 -- Returns { 1, journal entry id or '', the object's JSON text, the new version }, { 0 } when
 -- there is no live value to patch (absent, a negative entry, or invalidated by a tag),

@@ -1,5 +1,5 @@
 -- patternd cache DELETE: drops values in one atomic step and puts the write marker 'W' in
--- each one's lease (PX ARGV[2]: longer than any fill may take, see cache_fill.lua): a fill
+-- each one's lease (PX ARGV[2]: longer than any fill may take, see fill.lua): a fill
 -- already in flight asked the origin before the DELETE, so what it brings may be exactly what
 -- the DELETE meant to drop; it finds a lease not its own and stores nothing. Readers take
 -- 'W' over like a free lease, so the next read fills from the origin at once.

@@ -1,6 +1,6 @@
 -- patternd cache: the one function that writes a value. Included by the origin fill script
 -- (cache-read) and the PUT/PATCH scripts (cache-write), so a value looks the same whoever
--- wrote it. Needs the prelude (now_ms, fmt) and cache_common (now_us, int_text) before it.
+-- wrote it. Needs shared/clock.lua (now_us, fmt, int_text) before it.
 --
 -- cache_store(v) with v a table:
 --   v.key     the value HASH, ks.key(id, "v")                              (a KEYS entry)

@@ -2,17 +2,17 @@
 -- (rotation never extends a session's life); the old id is dead at once. Both ids carry the
 -- user's shard as hash tag, so this copies within one slot instead of RENAME across slots.
 -- KEYS: old session, new session. ARGV: old sid, new sid, idle_ms, base.
--- Returns false when the old session is gone, else expires_in_ms.
+-- Returns false when the old session is gone, an error when its hash is malformed (see
+-- `live`) or the new id is taken, else expires_in_ms.
 local old, new = KEYS[1], KEYS[2]
 local old_sid, new_sid, idle, base = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = clock()
 local h = redis.call('HGETALL', old)
-if #h == 0 then
-  return false
-end
-local i, created, a
+local user, i, created, a
 for j = 1, #h, 2 do
-  if h[j] == 'i' then
+  if h[j] == 'u' then
+    user = h[j + 1]
+  elseif h[j] == 'i' then
     i = h[j + 1]
   elseif h[j] == 'c' then
     created = tonumber(h[j + 1])
@@ -20,16 +20,8 @@ for j = 1, #h, 2 do
     a = tonumber(h[j + 1])
   end
 end
-if i == nil or created == nil or a == nil then
-  return redis.error_reply('patternd: malformed session hash')
-end
-local ue, uc = index_keys(base, i)
-local exp = expiry(a, idle, now)
-if exp == nil then
-  redis.call('DEL', old)
-  unindex(ue, uc, old_sid)
-  return false
-end
+local ue, uc, exp, stop = live(old, old_sid, base, idle, now, user, i, created, a)
+if stop ~= nil then return stop end
 if redis.call('EXISTS', new) == 1 then
   return redis.error_reply('patternd: session id collision')
 end
