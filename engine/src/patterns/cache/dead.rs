@@ -4,7 +4,6 @@
 
 use super::CacheRule;
 use super::write::{WriteError, int, text};
-use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB, VALUE_SUB};
 use crate::store::Store;
 
 /// One dead letter, without its payload (the `dead_list` script's fields, in order).
@@ -41,7 +40,7 @@ impl CacheRule {
         let reply: Vec<redis::Value> = store
             .eval(
                 &self.scripts.write.dead_list,
-                &[self.keys.rule_key(DEAD_SUB)],
+                &self.keys.dead_list(),
                 &[start.as_bytes(), count_s.as_bytes()],
             )
             .await
@@ -59,11 +58,8 @@ impl CacheRule {
     ) -> Result<Replayed, WriteError> {
         let max_len = self.spec.journal_max_len.to_string();
         let count_s = count.to_string();
-        let streams = [
-            self.keys.rule_key(DEAD_SUB),
-            self.keys.rule_key(JOURNAL_SUB),
-        ];
-        // First which entries, and whose values they are (their keys come from KeySpace, so the
+        let streams = self.keys.replay(std::iter::empty());
+        // First which entries, and whose values they are (their keys come from `keys`, so the
         // move gets them as KEYS); the move re-reads every entry atomically.
         let mut args: Vec<&[u8]> = vec![b"peek", max_len.as_bytes(), count_s.as_bytes()];
         args.extend(ids.iter().map(|i| i.as_bytes()));
@@ -72,8 +68,7 @@ impl CacheRule {
             .await
             .map_err(WriteError::Store)?;
         let found = peeked.len() as u64;
-        let mut keys = streams.to_vec();
-        keys.extend(peeked.iter().map(|(_, vid)| self.keys.key(vid, VALUE_SUB)));
+        let keys = self.keys.replay(peeked.iter().map(|(_, vid)| vid.as_str()));
         let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
         args.extend(peeked.iter().map(|(eid, _)| eid.as_bytes()));
         let mut reply: Vec<i64> = if peeked.is_empty() {

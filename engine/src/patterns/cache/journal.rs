@@ -32,7 +32,6 @@ use tokio::task::JoinSet;
 
 use super::write::{bytes, int, text};
 use super::{CacheRule, duration_ms, random_token};
-use crate::compile::cache::{DEAD_SUB, FLUSH_LEASE_SUB, JOURNAL_SUB, VALUE_SUB};
 use crate::policy::cache::WriteMode;
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
@@ -180,8 +179,6 @@ pub async fn flush_once(
     consumer: &Arc<str>,
 ) -> Result<usize, StoreError> {
     let w = &rule.scripts.write;
-    let jkey = rule.keys.rule_key(JOURNAL_SUB);
-    let dkey = rule.keys.rule_key(DEAD_SUB);
     let timeout_ms = duration_ms(rule.spec.origin_timeout);
     // Longer than a live consumer can hold an entry between taking and acknowledging it (one
     // origin attempt plus a few Redis calls), so only a dead consumer's entries are taken.
@@ -194,7 +191,7 @@ pub async fn flush_once(
     let reply: Vec<redis::Value> = store
         .eval(
             &w.fetch,
-            &[jkey.clone(), dkey],
+            &rule.keys.fetch(),
             &[
                 consumer.as_bytes(),
                 batch.as_bytes(),
@@ -226,9 +223,8 @@ pub async fn flush_once(
         let store = store.clone();
         let rule = rule.clone();
         let consumer = consumer.clone();
-        let jkey = jkey.clone();
         tasks.spawn(async move {
-            if let Err(e) = deliver(&store, &rule, &consumer, &jkey, group).await {
+            if let Err(e) = deliver(&store, &rule, &consumer, group).await {
                 tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "write-behind delivery step failed; the entry stays pending");
             }
         });
@@ -242,7 +238,6 @@ async fn deliver(
     store: &Store,
     rule: &CacheRule,
     consumer: &str,
-    jkey: &str,
     mut group: Vec<Entry>,
 ) -> Result<(), StoreError> {
     let Some(newest) = group.pop() else {
@@ -265,8 +260,6 @@ async fn deliver(
     let keep_ms = next_backoff
         .saturating_add(timeout_ms.saturating_mul(2).saturating_add(2000))
         .to_string();
-    let idkeys = rule.keys.keys(&newest.key, [VALUE_SUB, FLUSH_LEASE_SUB]);
-    let flush_key = idkeys[1].clone();
     let mut args: Vec<&[u8]> = vec![
         token.as_bytes(),
         lease_ms.as_bytes(),
@@ -277,8 +270,9 @@ async fn deliver(
         keep_ms.as_bytes(),
     ];
     args.extend(group.iter().map(|e| e.eid.as_bytes()));
-    let keys = [jkey.to_string(), idkeys[0].clone(), flush_key.clone()];
-    let verdict: String = store.eval(&w.begin, &keys, &args).await?;
+    let verdict: String = store
+        .eval(&w.begin, &rule.keys.flush_begin(&newest.key), &args)
+        .await?;
     counter("coalesced", group.len() as u64);
     match verdict.as_str() {
         "go" => {}
@@ -319,7 +313,7 @@ async fn deliver(
             let _: i64 = store
                 .eval(
                     &w.ack,
-                    &[jkey.to_string(), flush_key],
+                    &rule.keys.flush_ack(&newest.key),
                     &[token.as_bytes(), newest.eid.as_bytes()],
                 )
                 .await?;
@@ -331,7 +325,7 @@ async fn deliver(
             let _: i64 = store
                 .eval(
                     &w.dead,
-                    &[jkey.to_string(), rule.keys.rule_key(DEAD_SUB), flush_key],
+                    &rule.keys.flush_dead(&newest.key),
                     &[
                         token.as_bytes(),
                         newest.eid.as_bytes(),
@@ -347,7 +341,11 @@ async fn deliver(
         }
         Err(why) => {
             let _: i64 = store
-                .eval(&w.ack, &[jkey.to_string(), flush_key], &[token.as_bytes()])
+                .eval(
+                    &w.ack,
+                    &rule.keys.flush_ack(&newest.key),
+                    &[token.as_bytes()],
+                )
                 .await?;
             counter("failed", 1);
             tracing::info!(app = %rule.app, rule = %rule.rule, id = %newest.id, attempt = newest.attempt, error = %why, "write-behind delivery failed; will retry");

@@ -22,7 +22,6 @@ use reqwest::Method;
 use super::conditional::Preconditions;
 use super::origin::{MAX_TAGS, OriginError};
 use super::{CacheRule, check_cache_id, random_token, valid_tag};
-use crate::compile::cache::{HELD_SUB, JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
 use crate::patterns::InputError;
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
@@ -209,26 +208,6 @@ impl CacheRule {
         metrics::counter!("patternd_cache_writes_total", "app" => self.app.clone(), "rule" => self.rule.clone(), "mode" => self.mode_label(), "result" => result).increment(1);
     }
 
-    /// Keys of the read and fill scripts: value, refresh lease, and for `behind` the journal
-    /// (a value whose newest write is still journaled is never replaced by the origin's older
-    /// copy).
-    pub fn read_keys(&self, id: &str) -> Vec<String> {
-        let mut keys = self.keys.keys(id, [VALUE_SUB, LEASE_SUB]);
-        if self.spec.write == WriteMode::Behind {
-            keys.push(self.keys.rule_key(JOURNAL_SUB));
-        }
-        keys
-    }
-
-    /// Keys of a write script: value, refresh lease, then the journal for `behind` or the
-    /// held copy for `through`.
-    fn write_keys(&self, id: &str) -> Vec<String> {
-        match self.spec.write {
-            WriteMode::Through => self.keys.keys(id, [VALUE_SUB, LEASE_SUB, HELD_SUB]),
-            _ => self.read_keys(id),
-        }
-    }
-
     /// The rule's plugin decision for a write (same facts as a GET: method, path, id,
     /// headers): `None` = bypass, else (the id of the value to write, ttl ms, the plugin's
     /// tags). Without a plugin: the client's id, the rule's ttl, no tags.
@@ -327,7 +306,7 @@ impl CacheRule {
         } else {
             None
         };
-        let keys = self.write_keys(&key_id);
+        let keys = self.keys.write(&key_id);
         let through = self.spec.write == WriteMode::Through;
         let token = random_token();
         let marker_ms = self.marker_ms().to_string();
@@ -358,7 +337,7 @@ impl CacheRule {
         let max_len = self.spec.journal_max_len.to_string();
         let n = tags.len().to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.tag_prefix().as_bytes(),
+            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             match self.spec.write {
@@ -467,7 +446,7 @@ impl CacheRule {
             return Err(WriteError::Bypassed(self.rule.clone()));
         };
         let k = if key_id == id { "" } else { key_id.as_str() };
-        let keys = self.write_keys(&key_id);
+        let keys = self.keys.write(&key_id);
         let through = self.spec.write == WriteMode::Through;
         let token = random_token();
         // The write marker outlives any fill that read the origin before this PATCH.
@@ -496,7 +475,7 @@ impl CacheRule {
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.tag_prefix().as_bytes(),
+            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             mode.as_bytes(),
@@ -570,7 +549,7 @@ impl CacheRule {
                 &[
                     token.as_bytes(),
                     marker_ms.as_bytes(),
-                    self.tag_prefix().as_bytes(),
+                    self.keys.tag_prefix().as_bytes(),
                     im.as_bytes(),
                     inm.as_bytes(),
                 ],
