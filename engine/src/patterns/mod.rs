@@ -6,6 +6,7 @@ pub mod lock;
 mod lost_grant;
 pub mod ops;
 pub mod ratelimit;
+pub mod reply;
 pub mod session;
 
 pub use lock::{Lease, LockError, Locker};

@@ -2,19 +2,23 @@
 //! marker, or the failure marker). A fill the caller waits for runs in a task of its own, so
 //! a client that goes away does not cancel it; a background refresh (early XFetch or
 //! stale_while_revalidate) has its own Redis budget, the caller being answered already.
+//!
+//! The refresh lease is given back after a failed fill (or turned into the failure marker),
+//! and for a GET that may hold a lease it will never fill: dropped mid-call, or a call that
+//! timed out (which may still run in Redis).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use redis::Value;
 
-use super::budget::Budget;
 use super::freshness::{self, Bounds, Uncacheable};
 use super::origin::{MAX_TAGS, OriginError, OriginResponse};
-use super::read::{Body, Choice, ReadError, ReadOutcome, Stored, select, ttl_secs};
-use super::{CacheRule, duration_ms};
+use super::read::{Body, Budget, Choice, ReadError, ReadOutcome, select, ttl_secs};
+use super::reply::{self, Stored};
+use super::{CacheKeys, CacheRule, duration_ms};
 use crate::policy::cache::CacheFormat;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// What a fill got from the origin. `stored`: the version it was stored as, if it was;
 /// `uncacheable`: why the origin's own header fields kept it from being stored
@@ -508,10 +512,10 @@ impl CacheRule {
             .run(store.eval::<Vec<Value>>(&self.scripts.fill, keys, &args))
             .await
         {
-            Ok(reply) => match reply.as_slice() {
-                [Value::Int(1), ver, ..] => super::read::into_text(ver.clone()),
-                _ => None,
-            },
+            Ok(raw) => reply::fill(&raw).unwrap_or_else(|e| {
+                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "unexpected cache fill script reply; taken as not stored");
+                None
+            }),
             Err(e) => {
                 tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored; giving the lease back");
                 // If the call did run (a timeout), the lease is no longer this token's and
@@ -519,6 +523,98 @@ impl CacheRule {
                 self.release_later(store, keys, token, None);
                 None
             }
+        }
+    }
+
+    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long,
+    /// within the GET's Redis budget; when that runs out first, in the background.
+    pub(super) async fn release(
+        self: &Arc<Self>,
+        store: &Store,
+        budget: &mut Budget,
+        keys: &[String],
+        token: &str,
+        hold_ms: Option<u64>,
+    ) {
+        match budget
+            .run(self.release_script(store, keys, token, hold_ms))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Timeout(_)) => self.release_later(store, keys, token, hold_ms),
+            Err(e) => self.release_failed(&e),
+        }
+    }
+
+    /// `release` in a task of its own, bounded by the store's command timeout only: for a GET
+    /// that was dropped or whose budget ran out. Best effort: if it fails, or reaches Redis
+    /// before the call that took the lease, the lease expires by itself (`refresh_lease`).
+    pub(super) fn release_later(
+        self: &Arc<Self>,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        hold_ms: Option<u64>,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, store, keys, token) = (
+            self.clone(),
+            store.clone(),
+            keys.to_vec(),
+            token.to_string(),
+        );
+        rt.spawn(async move {
+            if let Err(e) = this.release_script(&store, &keys, &token, hold_ms).await {
+                this.release_failed(&e);
+            }
+        });
+    }
+
+    /// The release script on the lease of `keys` (a GET's read keys).
+    async fn release_script(
+        &self,
+        store: &Store,
+        keys: &[String],
+        token: &str,
+        hold_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let Some(lease) = CacheKeys::lease_of(keys) else {
+            return Ok(());
+        };
+        let hold = hold_ms.map(|ms| ms.to_string());
+        let mut args: Vec<&[u8]> = vec![token.as_bytes()];
+        if let Some(h) = &hold {
+            args.push(h.as_bytes());
+        }
+        store
+            .eval::<i64>(&self.scripts.release, lease, &args)
+            .await
+            .map(drop)
+    }
+
+    fn release_failed(&self, e: &StoreError) {
+        tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
+    }
+}
+
+/// Gives a lease back in the background when dropped armed: around a read script call, so a
+/// GET dropped mid-call (its client went away) does not leave the lease the call may have
+/// granted it to block every other caller until it expires.
+pub(super) struct LeaseGuard<'a> {
+    pub(super) rule: &'a Arc<CacheRule>,
+    pub(super) store: &'a Store,
+    pub(super) keys: &'a [String],
+    pub(super) token: &'a str,
+    pub(super) armed: bool,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.rule
+                .release_later(self.store, self.keys, self.token, None);
         }
     }
 }

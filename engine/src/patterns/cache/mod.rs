@@ -3,9 +3,9 @@
 //! the plugin binding and the metric handles.
 //!
 //! One concept per file:
-//! - `read`: GET (the read script's loop: serve, fill or wait), with `fill` (the origin call
-//!   and the fill script), `lease` (giving a refresh lease back), `budget` (a GET's Redis
-//!   allowance) and `near` (this engine's near cache of values).
+//! - `read`: GET (the read script's loop: serve, fill or wait; a GET's Redis budget), with
+//!   `fill` (the origin call, the fill script, giving the refresh lease back) and `near`
+//!   (this engine's near cache of values).
 //! - `invalidate`: DELETE and invalidation by tag.
 //! - `write`: PUT and PATCH; `conditional`: `If-Match` / `If-None-Match`; `journal`: the
 //!   write-behind flusher; `dead`: its dead letters.
@@ -14,7 +14,6 @@
 //!
 //! What each key holds: the data contract in `compile::cache`.
 
-mod budget;
 pub mod conditional;
 pub mod dead;
 mod fill;
@@ -22,10 +21,10 @@ pub mod freshness;
 pub mod invalidate;
 pub mod journal;
 pub mod keys;
-mod lease;
 pub mod near;
 pub mod origin;
 pub mod read;
+mod reply;
 pub mod write;
 
 use std::sync::Arc;

@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::CacheRule;
-use super::read::{Body, ReadOutcome, Stored, select, ttl_secs};
+use super::read::{Body, ReadOutcome, select, ttl_secs};
+use super::reply::Stored;
 use crate::store::near::{Invalidate, Ticket};
 
 /// A value in the near cache: what a near hit serves.

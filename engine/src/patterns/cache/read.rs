@@ -1,6 +1,6 @@
-//! GET of a cache rule: cache-aside with stampede protection. The fill (origin call and store)
-//! is in `fill`, the lease give-back in `lease`, the near cache glue in `near`, the script's
-//! reply decoding in `reply`; DELETE and tag invalidation in `invalidate`.
+//! GET of a cache rule: cache-aside with stampede protection. The fill (origin call and store,
+//! and giving the lease back) is in `fill`, the near cache glue in `near`, the script's reply
+//! decoding in `reply`; DELETE and tag invalidation in `invalidate`.
 //!
 //! One read script call decides everything for a GET (hit, miss, early XFetch refresh, stale,
 //! who holds the refresh lease); the engine then serves, fills, or waits. Waiters poll the read
@@ -31,7 +31,7 @@
 //!   origin permit was free (`origin`).
 //!
 //! Faults. The Redis calls of one GET (the read, every poll while waiting, the fill's store)
-//! draw from one budget of the command timeout (`budget::Budget`): however slow Redis is, a GET
+//! draw from one budget of the command timeout ([`Budget`]): however slow Redis is, a GET
 //! spends at most that long waiting for it, and then answers as `on_redis_error` says. The
 //! fill runs in a task of its own that the GET awaits, so a client that goes away does not
 //! cancel it: the value still lands (or the lease is given back) for the callers waiting on
@@ -44,10 +44,10 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use redis::Value;
 
-use super::budget::Budget;
-use super::fill::Fill;
-use super::lease::LeaseGuard;
+use super::fill::{Fill, LeaseGuard};
+use super::reply::{self, Action, ReadReply, Stored};
 use super::{CacheRule, duration_ms, random_token, random_unit};
+use crate::patterns::reply::ReplyError;
 use crate::patterns::{InputError, check_id};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
@@ -181,49 +181,43 @@ pub struct ReadRequest<'a> {
     pub redis_budget: Duration,
 }
 
-/// What the read script said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Absent,
-    Hit,
-    Refresh,
-    Stale,
-    StaleRefresh,
-    /// Past stale_while_revalidate, inside stale_if_error, and the origin failed moments ago.
-    StaleError,
-    /// No usable value, and the origin failed moments ago on another caller's fill.
-    Failed,
-    Fetch,
-    Wait,
-    /// No value, and the origin's last answer may not be stored: ask it without waiting.
-    Pass,
+/// The Redis part of one GET: every call it makes (the read, each poll while waiting, the
+/// fill's store, a release) draws from one allowance, so a Redis that is slow but answers
+/// each call just within the command timeout cannot stretch a GET to several timeouts.
+/// Time spent on the origin or sleeping between polls is not drawn.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budget {
+    pub(super) total: Duration,
+    left: Duration,
 }
 
-/// A value the read script returned.
-#[derive(Debug, Clone)]
-pub(super) struct Stored {
-    pub(super) st: String,
-    pub(super) ct: String,
-    /// Ms of freshness left at the read (negative: stale).
-    pub(super) left: i64,
-    /// Ms the value's fill took (XFetch's recompute time; 0 for written values).
-    pub(super) delta: i64,
-    pub(super) body: Body,
-    /// `ver` ('' for a value stored before versions existed).
-    pub(super) version: String,
-}
-
-impl Stored {
-    pub(super) fn version(&self) -> Option<String> {
-        (!self.version.is_empty()).then(|| self.version.clone())
+impl Budget {
+    pub(super) fn new(total: Duration) -> Self {
+        Self { total, left: total }
     }
-}
 
-struct Reply {
-    action: Action,
-    /// Redis TIME (µs) of the read: a fill that follows passes it to the fill script.
-    start: String,
-    value: Option<Stored>,
+    /// Runs one Redis call within what is left; past it, `StoreError::Timeout`, which the
+    /// rule's `on_redis_error` then decides like any unavailable Redis.
+    pub(super) async fn run<T>(
+        &mut self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.left.is_zero() {
+            return Err(StoreError::Timeout(self.total));
+        }
+        let started = Instant::now();
+        // With the whole allowance left (the first call), the store's own bound (the same
+        // command timeout) is the deadline: a hit costs no second timer.
+        let res = if self.left >= self.total {
+            call.await
+        } else {
+            tokio::time::timeout(self.left, call)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(self.total)))
+        };
+        self.left = self.left.saturating_sub(started.elapsed());
+        res
+    }
 }
 
 /// The per-request choices: the plugin's or the rule's.
@@ -380,9 +374,7 @@ impl CacheRule {
                     });
                 }
                 Action::Hit | Action::Refresh => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     if reply.action == Action::Refresh {
                         self.counters.refresh.increment(1);
                         let fill = Fill::new(req.id, &keys, token, reply.start, choice);
@@ -402,9 +394,7 @@ impl CacheRule {
                     return self.serve(v, status, req.id);
                 }
                 Action::Stale | Action::StaleRefresh => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     if reply.action == Action::StaleRefresh {
                         let fill = Fill::new(req.id, &keys, token, reply.start, choice);
                         self.spawn_fill(store, budget, fill);
@@ -417,9 +407,7 @@ impl CacheRule {
                     return self.serve(v, status, req.id);
                 }
                 Action::StaleError => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     self.counters.stale.increment(1);
                     let status = format!(
                         "patternd; hit; ttl={}; detail=stale-if-error",
@@ -514,7 +502,7 @@ impl CacheRule {
         token: &str,
         rand: f64,
         fields: Option<&[String]>,
-    ) -> Result<Reply, ReadError> {
+    ) -> Result<ReadReply, ReadError> {
         let rand = rand.to_string();
         let c = &self.read_argv;
         let mut args: Vec<&[u8]> = Vec::with_capacity(9 + fields.map_or(0, <[String]>::len));
@@ -541,74 +529,16 @@ impl CacheRule {
         let raw: Vec<Value> = budget
             .run(store.eval(&self.scripts.read, keys, &args))
             .await?;
-        self.parse_reply(raw).ok_or_else(|| self.bad_reply())
+        reply::read(raw, self.spec.format).map_err(|e| self.bad_reply(&e))
     }
 
-    /// The read script's reply, taking its buffers over (the body is not copied).
-    fn parse_reply(&self, raw: Vec<Value>) -> Option<Reply> {
-        let action = match bytes(raw.first()?)? {
-            b"absent" => Action::Absent,
-            b"hit" => Action::Hit,
-            b"refresh" => Action::Refresh,
-            b"stale" => Action::Stale,
-            b"stale_refresh" => Action::StaleRefresh,
-            b"stale_error" => Action::StaleError,
-            b"failed" => Action::Failed,
-            b"fetch" => Action::Fetch,
-            b"wait" => Action::Wait,
-            b"pass" => Action::Pass,
-            _ => return None,
-        };
-        if raw.len() < 8 {
-            return Some(Reply {
-                action,
-                start: into_text(raw.into_iter().nth(1)?)?,
-                value: None,
-            });
-        }
-        let left = match raw.get(4)? {
-            Value::Int(n) => *n,
-            other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
-        };
-        let delta = match raw.get(6) {
-            Some(Value::Int(n)) => *n,
-            _ => 0,
-        };
-        let mut it = raw.into_iter();
-        it.next(); // the action
-        let start = into_text(it.next()?)?;
-        let st = into_text(it.next()?)?;
-        let ct = into_text(it.next()?)?;
-        it.next(); // left
-        let body = it.next()?;
-        it.next(); // delta
-        let version = into_text(it.next()?)?;
-        let body = match self.spec.format {
-            CacheFormat::String => Body::Bytes(into_bytes(body)?),
-            CacheFormat::Hash => {
-                let mut f = Vec::with_capacity(it.len() / 2);
-                while let (Some(n), Some(v)) = (it.next(), it.next()) {
-                    f.push((into_text(n)?, into_text(v)?));
-                }
-                Body::Fields(f)
-            }
-        };
-        Some(Reply {
-            action,
-            start,
-            value: Some(Stored {
-                st,
-                ct,
-                left,
-                delta,
-                body,
-                version,
-            }),
-        })
+    /// The value of an action that serves one (`reply::read` checked it came with one).
+    fn served_value(&self, value: Option<Stored>) -> Result<Stored, ReadError> {
+        value.ok_or_else(|| self.bad_reply(&ReplyError::Missing(2)))
     }
 
-    fn bad_reply(&self) -> ReadError {
-        tracing::error!(app = %self.app, rule = %self.rule, "unexpected cache read script reply");
+    fn bad_reply(&self, e: &ReplyError) -> ReadError {
+        tracing::error!(app = %self.app, rule = %self.rule, error = %e, "unexpected cache read script reply");
         ReadError::Internal("unexpected cache read script reply".into())
     }
 
@@ -678,31 +608,32 @@ pub(super) fn ttl_secs(left_ms: i64) -> i64 {
     left_ms.div_euclid(1000)
 }
 
-/// A reply element as text, reusing its buffer when it is valid UTF-8.
-pub(super) fn into_text(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A reply element as bytes, without copying.
-fn into_bytes(v: Value) -> Option<Bytes> {
-    match v {
-        Value::BulkString(b) => Some(Bytes::from(b)),
-        Value::SimpleString(s) => Some(Bytes::from(s)),
-        _ => None,
-    }
-}
-
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
+    /// Calls that each finish within the command timeout still end the GET once they add up
+    /// to it; a call after that is not even started.
+    #[tokio::test]
+    async fn the_budget_bounds_the_sum_of_calls() {
+        let total = Duration::from_secs(1);
+        let mut b = Budget::new(total);
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, StoreError>(1)
+        };
+        assert_eq!(b.run(slow()).await.ok(), Some(1));
+        assert_eq!(b.run(slow()).await.ok(), Some(1));
+        // About 200 ms left: the third is cut there.
+        assert!(matches!(b.run(slow()).await, Err(StoreError::Timeout(t)) if t == total));
+        let mut called = false;
+        let r = b
+            .run(async {
+                called = true;
+                Ok::<_, StoreError>(1)
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Timeout(_))));
+        assert!(!called);
     }
 }

@@ -21,8 +21,10 @@ use reqwest::Method;
 
 use super::conditional::Preconditions;
 use super::origin::{MAX_TAGS, OriginError};
+use super::reply::{self, WriteReply};
 use super::{CacheRule, check_cache_id, random_token, valid_tag};
 use crate::patterns::InputError;
+use crate::patterns::reply::ReplyError;
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
 use crate::store::{Store, StoreError};
@@ -368,31 +370,18 @@ impl CacheRule {
                 args.push(json.as_bytes());
             }
         }
-        let reply: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await
-        {
+        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await {
             Ok(r) => r,
             Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
             Err(e) => return Err(e.into()),
         };
         self.forget(&key_id);
-        match reply.first().map(int) {
-            Some(Some(1)) => Ok(WriteOutcome {
-                journal_id: behind
-                    .then(|| reply.get(1).and_then(text))
-                    .flatten()
-                    .filter(|s| !s.is_empty()),
-                version: reply.get(2).and_then(text).filter(|s| !s.is_empty()),
-                ..WriteOutcome::default()
-            }),
-            // Through: a later write or a DELETE took the lease meanwhile; the script dropped
-            // the value, so reads go to the origin, which has this write.
-            Some(Some(0)) if through => Ok(WriteOutcome::default()),
-            Some(Some(-1)) => Err(WriteError::JournalFull {
-                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
-            }),
-            Some(Some(-2)) => Err(precondition_failed(req.id)),
-            _ => Err(WriteError::Reply(format!("{reply:?}"))),
-        }
+        // `{ 0 }` comes from write-through only: a later write or a DELETE took the lease
+        // meanwhile; the script dropped the value, so reads go to the origin, which has this
+        // write.
+        write_outcome(reply::put(&raw), through, req.id, || {
+            WriteError::Reply("the PUT script wrote nothing outside write-through".into())
+        })
     }
 
     /// `PATCH /v1/cache/{app}/{rule}/{id}` with a JSON object: sets those top-level members
@@ -496,31 +485,19 @@ impl CacheRule {
             // An empty text deletes the member (a JSON text is never empty).
             args.push(json.as_deref().unwrap_or("").as_bytes());
         }
-        let reply: Vec<redis::Value> =
-            match store.eval(&self.scripts.write.patch, &keys, &args).await {
-                Ok(r) => r,
-                Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
-                Err(e) => return Err(e.into()),
-            };
+        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.patch, &keys, &args).await
+        {
+            Ok(r) => r,
+            Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
+            Err(e) => return Err(e.into()),
+        };
         self.forget(&key_id);
-        match reply.first().map(int) {
-            Some(Some(1)) => Ok(WriteOutcome {
-                journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
-                object: reply.get(2).and_then(text),
-                cache_unconfirmed: false,
-                version: reply.get(3).and_then(text).filter(|s| !s.is_empty()),
-            }),
-            // Through: the origin has the patch; the cache had nothing live to patch (and a
-            // negative or invalidated entry was dropped by the script), or a later write or
-            // DELETE took the lease meanwhile (the script dropped the value).
-            Some(Some(0)) if through => Ok(WriteOutcome::default()),
-            Some(Some(0)) => Err(WriteError::NotFound(id.to_string())),
-            Some(Some(-1)) => Err(WriteError::JournalFull {
-                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
-            }),
-            Some(Some(-2)) => Err(precondition_failed(id)),
-            _ => Err(WriteError::Reply(format!("{reply:?}"))),
-        }
+        // `{ 0 }` in write-through: the origin has the patch; the cache had nothing live to
+        // patch (and a negative or invalidated entry was dropped by the script), or a later
+        // write or DELETE took the lease meanwhile (the script dropped the value).
+        write_outcome(reply::patch(&raw), through, id, || {
+            WriteError::NotFound(id.to_string())
+        })
     }
 
     /// Write-through around the origin call: the value is set aside and the lease holds
@@ -639,6 +616,32 @@ impl CacheRule {
     }
 }
 
+/// What a PUT or PATCH script's reply means for the client. `{ 0 }` (nothing written) is a
+/// success for write-through, whose origin has the write; else `not_applied`.
+fn write_outcome(
+    reply: Result<WriteReply, ReplyError>,
+    through: bool,
+    id: &str,
+    not_applied: impl FnOnce() -> WriteError,
+) -> Result<WriteOutcome, WriteError> {
+    match reply.map_err(|e| WriteError::Reply(e.to_string()))? {
+        WriteReply::Stored {
+            journal_id,
+            object,
+            version,
+        } => Ok(WriteOutcome {
+            journal_id,
+            object,
+            cache_unconfirmed: false,
+            version,
+        }),
+        WriteReply::NotApplied if through => Ok(WriteOutcome::default()),
+        WriteReply::NotApplied => Err(not_applied()),
+        WriteReply::JournalFull { backlog } => Err(WriteError::JournalFull { backlog }),
+        WriteReply::PreconditionFailed => Err(precondition_failed(id)),
+    }
+}
+
 /// The 412 of a write whose `If-Match` / `If-None-Match` did not hold.
 fn precondition_failed(id: &str) -> WriteError {
     WriteError::PreconditionFailed(format!(
@@ -719,32 +722,6 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value
                 .to_string(),
         )),
         Err(e) => Err(WriteError::BadValue(format!("invalid JSON body: {e}"))),
-    }
-}
-
-pub(super) fn int(v: &redis::Value) -> Option<i64> {
-    match v {
-        redis::Value::Int(i) => Some(*i),
-        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        redis::Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-pub(super) fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-pub(super) fn bytes(v: &redis::Value) -> Option<Vec<u8>> {
-    match v {
-        redis::Value::BulkString(b) => Some(b.clone()),
-        redis::Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
-        _ => None,
     }
 }
 
