@@ -55,6 +55,54 @@ struct FillValue<'a> {
     body: Option<&'a Body>,
 }
 
+impl<'a> FillValue<'a> {
+    /// The origin's 200: its value, the time its fetch took (XFetch's `delta`) and its tags.
+    fn value(
+        ct: &'a str,
+        body: &'a Body,
+        life: FillLife,
+        delta_ms: u64,
+        tags: &'a [String],
+    ) -> Self {
+        Self {
+            st: "200",
+            ct,
+            life,
+            delta_ms,
+            tags,
+            body: Some(body),
+        }
+    }
+
+    /// The origin's 404, kept as a negative entry.
+    fn negative(life: FillLife) -> Self {
+        Self::bare("404", life)
+    }
+
+    /// The pass marker, for `hold_ms`: the origin's answer may not be stored.
+    fn pass(hold_ms: u64) -> Self {
+        Self::bare(
+            "pass",
+            FillLife {
+                ttl_ms: hold_ms,
+                stale_ms: 0,
+                windows: None,
+            },
+        )
+    }
+
+    fn bare(st: &'a str, life: FillLife) -> Self {
+        Self {
+            st,
+            ct: "",
+            life,
+            delta_ms: 0,
+            tags: &[],
+            body: None,
+        }
+    }
+}
+
 /// `Cache-Status` parameters after `fwd-status` for a fill's answer: `; stored`, or the
 /// reason it was not stored.
 fn stored_param(stored: bool, uncacheable: Option<&str>) -> String {
@@ -285,21 +333,8 @@ impl CacheRule {
                     }
                     tags.truncate(MAX_TAGS);
                     let delta = duration_ms(r.elapsed).max(1);
-                    let stored = self
-                        .fill_script(
-                            store,
-                            budget,
-                            fill,
-                            FillValue {
-                                st: "200",
-                                ct: &ct,
-                                life,
-                                delta_ms: delta,
-                                tags: &tags,
-                                body: Some(&body),
-                            },
-                        )
-                        .await;
+                    let v = FillValue::value(&ct, &body, life, delta, &tags);
+                    let stored = self.fill_script(store, budget, fill, v).await;
                     return Ok(Fetched::Value {
                         content_type: ct,
                         body,
@@ -329,19 +364,7 @@ impl CacheRule {
                     }
                 };
                 let stored = self
-                    .fill_script(
-                        store,
-                        budget,
-                        fill,
-                        FillValue {
-                            st: "404",
-                            ct: "",
-                            life,
-                            delta_ms: 0,
-                            tags: &[],
-                            body: None,
-                        },
-                    )
+                    .fill_script(store, budget, fill, FillValue::negative(life))
                     .await
                     .is_some();
                 return Ok(Fetched::NotFound {
@@ -409,24 +432,8 @@ impl CacheRule {
     /// have replaced and leaves the pass marker for refresh_lease (see `cache_fill.lua`).
     async fn pass(self: &Arc<Self>, store: &Store, budget: &mut Budget, fill: &Fill) {
         let hold = duration_ms(self.spec.refresh_lease).max(1);
-        self.fill_script(
-            store,
-            budget,
-            fill,
-            FillValue {
-                st: "pass",
-                ct: "",
-                life: FillLife {
-                    ttl_ms: hold,
-                    stale_ms: 0,
-                    windows: None,
-                },
-                delta_ms: 0,
-                tags: &[],
-                body: None,
-            },
-        )
-        .await;
+        self.fill_script(store, budget, fill, FillValue::pass(hold))
+            .await;
     }
 
     /// The origin's answer as this rule stores it: `format: hash` needs a JSON object.
