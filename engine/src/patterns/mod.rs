@@ -7,6 +7,7 @@ mod lost_grant;
 pub mod ops;
 pub mod random;
 pub mod ratelimit;
+pub mod reply;
 pub mod session;
 
 pub use lock::{Lease, LockError, Locker};
