@@ -95,8 +95,9 @@ impl WriteError {
             WriteError::JournalFull { .. } => "journal_full",
             WriteError::Bypassed(_) => "bypassed",
             WriteError::Plugin(_) => "plugin_failed",
-            WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
-            WriteError::Random(_) => "internal",
+            WriteError::Store(_) => "redis_error",
+            // A reply the scripts never send, or no entropy: a bare 500 either way.
+            WriteError::Reply(_) | WriteError::Random(_) => "internal",
         }
     }
 }
@@ -734,6 +735,45 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `result` value a write can count is one `metrics.rs` registers at start (and
+    /// README lists), so no series appears only after its first failure.
+    #[test]
+    fn every_result_label_is_registered() {
+        let left = CacheLeft::Unchanged;
+        let errors = [
+            WriteError::Input(InputError::EmptyId),
+            WriteError::TooLarge { size: 2, max: 1 },
+            WriteError::BadValue(String::new()),
+            WriteError::NotHash(String::new()),
+            WriteError::NotFound(String::new()),
+            WriteError::PreconditionFailed(String::new()),
+            WriteError::OriginRefused {
+                status: 500,
+                cache: left,
+            },
+            WriteError::OriginUnreachable {
+                detail: String::new(),
+                cache: left,
+            },
+            WriteError::OriginTimeout {
+                detail: String::new(),
+                cache: left,
+            },
+            WriteError::JournalFull { backlog: 1 },
+            WriteError::Bypassed(String::new()),
+            WriteError::Store(StoreError::Timeout(std::time::Duration::from_millis(1))),
+            WriteError::Reply(String::new()),
+            WriteError::Random(String::new()),
+        ];
+        for e in &errors {
+            assert!(
+                crate::metrics::CACHE_WRITE_RESULTS.contains(&e.result_label()),
+                "{e:?} counts as `{}`, which metrics.rs does not register",
+                e.result_label()
+            );
+        }
+    }
 
     #[test]
     fn objects_only() {
