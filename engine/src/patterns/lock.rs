@@ -20,9 +20,6 @@ use crate::policy::Rule;
 use crate::policy::lock::Lock;
 use crate::store::{Store, StoreError};
 
-/// Random bytes per token (128 bits): unguessable, so only the holder can extend or release.
-const TOKEN_BYTES: usize = 16;
-const TOKEN_CHARS: usize = 22;
 /// The fence counter outlives every lease by far; after it expires fences still increase,
 /// being at least Redis TIME in µs.
 const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -103,15 +100,14 @@ pub struct Locker {
 }
 
 fn token_random() -> Result<String, LockError> {
-    random::token::<TOKEN_BYTES>().map_err(|e| LockError::Random(e.to_string()))
+    random::token::<{ random::TOKEN_BYTES }>().map_err(|e| LockError::Random(e.to_string()))
 }
 
 /// `<fence>.<22 base64url>`: the fence is part of the token (so extend can report it without
 /// another structure), the random part makes it unguessable.
 fn parse_token(token: &str) -> Option<u64> {
-    let (fence, random) = token.split_once('.')?;
-    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
-    if random.len() != TOKEN_CHARS || !random.bytes().all(b64) {
+    let (fence, secret) = token.split_once('.')?;
+    if !random::is_token(secret) {
         return None;
     }
     if fence.is_empty() || fence.len() > 20 || !fence.bytes().all(|c| c.is_ascii_digit()) {

@@ -37,6 +37,18 @@ pub fn token<const N: usize>() -> Result<String, NoEntropy> {
     Ok(B64.encode(bytes::<N>()?))
 }
 
+/// Whether `s` has the shape of a [`TOKEN_BYTES`] token: 22 base64url characters. Tokens that
+/// come back from clients (lock tokens, lease members) are checked with this before they
+/// reach a script.
+pub fn is_token(s: &str) -> bool {
+    s.len() == TOKEN_CHARS
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// The length of a [`TOKEN_BYTES`] token: 4 characters per 3 bytes, rounded up.
+const TOKEN_CHARS: usize = (TOKEN_BYTES * 4).div_ceil(3);
+
 /// A number in (0, 1]: never 0, since XFetch takes its logarithm.
 pub fn unit() -> Result<f64, NoEntropy> {
     Ok(unit_of(bytes::<8>()?))
@@ -70,6 +82,17 @@ mod tests {
         let (t, u) = token_and_unit().unwrap();
         assert_eq!(t.len(), 22);
         assert!(u > 0.0 && u <= 1.0);
+    }
+
+    #[test]
+    fn token_shape() {
+        assert!(is_token(&token::<TOKEN_BYTES>().unwrap()));
+        assert!(is_token("AAAAAAAAAAAAAAAAAAAA-_"));
+        assert!(!is_token("AAAAAAAAAAAAAAAAAAAA-"));
+        assert!(!is_token("AAAAAAAAAAAAAAAAAAAA-_A"));
+        assert!(!is_token("AAAAAAAAAAAAAAAAAAAA+/"));
+        assert!(!is_token("AAAAAAAAAAAAAAAAAAAA=="));
+        assert!(!is_token(""));
     }
 
     #[test]

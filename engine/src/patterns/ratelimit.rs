@@ -582,7 +582,7 @@ impl RateLimiter {
         check_id(&id).map_err(|_| bad())?;
         let cost: u64 = cost.parse().map_err(|_| bad())?;
         let max = self.fixed.as_ref().map(|f| f.max_cost).unwrap_or(0);
-        if cost == 0 || cost > max || member.len() != 22 || !member.bytes().all(is_b64) {
+        if cost == 0 || cost > max || !random::is_token(member) {
             return Err(bad());
         }
         Ok((id, member.to_string(), cost))
@@ -714,10 +714,6 @@ pub fn retry_after_s(ms: u64) -> u64 {
 
 fn non_negative(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
 #[cfg(test)]
