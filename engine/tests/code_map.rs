@@ -103,3 +103,62 @@ fn code_map_names_every_file_and_nothing_else() {
          for): {missing:#?}\nnamed but gone (remove or rename): {stale:#?}"
     );
 }
+
+/// Issue 11's shape: every pattern is reachable through the same five places, so a newcomer
+/// finds any of them by name and a new pattern copies an existing one (ARCHITECTURE.md,
+/// "Adding a pattern"). `ops` has no Lua folder: its scripts are the plugin's own.
+#[test]
+fn every_pattern_has_the_five_places() {
+    let engine = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = engine.join("src");
+    let tests = engine.join("../tests/tests");
+    let test_files: Vec<String> = std::fs::read_dir(&tests)
+        .expect("tests/tests is readable")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut missing = Vec::new();
+    for (pattern, lua) in [
+        ("ratelimit", true),
+        ("cache", true),
+        ("session", true),
+        ("lock", true),
+        ("ops", false),
+    ] {
+        let file_or_folder = |dir: &str| {
+            src.join(format!("{dir}/{pattern}.rs")).is_file()
+                || src.join(dir).join(pattern).is_dir()
+        };
+        for (place, ok) in [
+            (
+                "policy/<p>.rs",
+                src.join(format!("policy/{pattern}.rs")).is_file(),
+            ),
+            (
+                "compile/<p>.rs",
+                src.join(format!("compile/{pattern}.rs")).is_file(),
+            ),
+            (
+                "compile/lua/<p>/",
+                !lua || src.join(format!("compile/lua/{pattern}")).is_dir(),
+            ),
+            ("patterns/<p>(.rs|/)", file_or_folder("patterns")),
+            ("http/<p>(.rs|/)", file_or_folder("http")),
+            (
+                "tests/tests/<p>*.rs",
+                test_files
+                    .iter()
+                    .any(|f| f.starts_with(pattern) && f.ends_with(".rs")),
+            ),
+        ] {
+            if !ok {
+                missing.push(format!("{pattern}: {place}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "places missing: {missing:#?}");
+}
