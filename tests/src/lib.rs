@@ -504,7 +504,7 @@ impl Patternd {
 
     /// Any request; the answer whatever its status.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
-        Reply::from(req.send().await?).await
+        send(req).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {
@@ -852,6 +852,12 @@ where
         out.push(t.await??);
     }
     Ok(out)
+}
+
+/// Sends any request (built on [`Patternd::client`]) and reads the answer, whatever its
+/// status: [`Patternd::send`] for a [`burst`]'s tasks, which cannot borrow the [`Patternd`].
+pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
+    Reply::from(req.send().await?).await
 }
 
 /// GETs `url` and returns (status, `Cache-Status` header or "", body): what a cache burst's

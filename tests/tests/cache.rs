@@ -147,12 +147,11 @@ rules:
     origin.set("k", "text/plain", b"v2", &[]);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
+    let readers = burst(8, |_| {
         let client = p.client().clone();
         let url = p.url("/v1/cache/shop/hot/k");
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let (status, cs, body) = get_cache_status(client.clone(), url.clone()).await?;
@@ -162,19 +161,21 @@ rules:
                 seen.push((status, cs, body));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            anyhow::Ok(seen)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), t).await??? {
-            total += 1;
-            assert_eq!(status, 200, "{cs} {body}");
-            assert!(
-                cs.starts_with("patternd; hit; ttl="),
-                "a client saw something other than a hit: {cs} ({body})"
-            );
+            Ok(seen)
         }
+    });
+    let mut total = 0;
+    for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), readers)
+        .await??
+        .into_iter()
+        .flatten()
+    {
+        total += 1;
+        assert_eq!(status, 200, "{cs} {body}");
+        assert!(
+            cs.starts_with("patternd; hit; ttl="),
+            "a client saw something other than a hit: {cs} ({body})"
+        );
     }
     assert!(total > 8, "too few requests to say anything: {total}");
     assert_eq!(origin.gets("k"), 2, "one fill and exactly one refresh");

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually, get_cache_status, scan_all};
+use patternd_e2e::{Patternd, Reply, World, burst, eventually, get_cache_status, scan_all, send};
 use tokio::io::AsyncWriteExt;
-use tokio::task::JoinSet;
 
 async fn world(policy: &str, origin: &Origin, extra_args: &[&str]) -> Result<World> {
     let text = policy.replace("ORIGIN", &origin.template());
@@ -22,29 +21,15 @@ fn cache_status(r: &Reply) -> &str {
 
 /// `n` concurrent GETs of `path`, each with the time it took.
 async fn concurrent_gets(p: &Patternd, path: &str, n: usize) -> Result<Vec<(Reply, Duration)>> {
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        let (client, url) = (p.client().clone(), p.url(path));
-        set.spawn(async move {
+    burst(n, |_| {
+        let req = p.client().get(p.url(path));
+        async move {
             let started = Instant::now();
-            let r = client.get(url).send().await?;
-            let status = r.status().as_u16();
-            let headers = r.headers().clone();
-            let text = r.text().await?;
-            let reply = Reply {
-                status,
-                headers,
-                json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-                text,
-            };
-            anyhow::Ok((reply, started.elapsed()))
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        out.push(r??);
-    }
-    Ok(out)
+            let reply = send(req).await?;
+            Ok((reply, started.elapsed()))
+        }
+    })
+    .await
 }
 
 /// A client that sends a GET and goes away before the answer: its fill must still land for
@@ -252,21 +237,20 @@ rules:
     // Slow enough that every request below arrives while the first ones hold their permits.
     origin.set_delay(Duration::from_secs(5));
 
-    let mut set = JoinSet::new();
-    for _ in 0..IN_FLIGHT + EXTRA {
-        let (client, url) = (
-            w.patternd.client().clone(),
-            w.patternd.url("/v1/cache/shop/open/1"),
-        );
-        set.spawn(async move {
-            let r = client.get(url).send().await?;
-            anyhow::Ok((r.status().as_u16(), Instant::now()))
-        });
-    }
+    let answers = burst(IN_FLIGHT + EXTRA, |_| {
+        let req = w
+            .patternd
+            .client()
+            .get(w.patternd.url("/v1/cache/shop/open/1"));
+        async move {
+            let r = req.send().await?;
+            Ok((r.status().as_u16(), Instant::now()))
+        }
+    })
+    .await?;
     let mut served = Vec::new();
     let mut refused = Vec::new();
-    while let Some(r) = set.join_next().await {
-        let (status, at) = r??;
+    for (status, at) in answers {
         match status {
             200 => served.push(at),
             503 => refused.push(at),

@@ -57,11 +57,10 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
     let inside = Arc::new(AtomicUsize::new(0));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let fences = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
+    burst(50, |_| {
         let (p, redis) = (p.clone(), redis.clone());
         let (inside, overlaps, fences) = (inside.clone(), overlaps.clone(), fences.clone());
-        tasks.push(tokio::spawn(async move {
+        async move {
             let client = redis::Client::open(redis)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             for _ in 0..2 {
@@ -92,11 +91,9 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
                 );
             }
             Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+        }
+    })
+    .await?;
     let mut conn = w.redis.conn().await?;
     let n: u64 = conn.get("shared-counter").await?;
     assert_eq!(n, 100, "lost updates");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all,
+    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, scan_all,
 };
 use serde_json::json;
 use sfv::{BareItem, List, ListEntry, Parser};
@@ -1076,16 +1076,12 @@ async fn window_roll_over_matches_the_model_on_redis_time() -> Result<()> {
     // loaded the machine is (only the brackets get wider), and the test takes as long as the
     // slowest case.
     let w = std::sync::Arc::new(w);
-    let mut set = tokio::task::JoinSet::new();
-    for case in CASES {
-        let w = w.clone();
-        set.spawn(async move {
-            let res = roll_over(&w.patternd, &w.redis, case).await;
-            (case.rule, res)
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        let (rule, res) = joined?;
+    let runs = burst(CASES.len(), |i| {
+        let (w, case) = (w.clone(), &CASES[i]);
+        async move { Ok((case.rule, roll_over(&w.patternd, &w.redis, case).await)) }
+    })
+    .await?;
+    for (rule, res) in runs {
         let (decisions, exact) = res?;
         eprintln!("{rule}: {decisions} decisions, {exact} exactly determined by the model");
     }
