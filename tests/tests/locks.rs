@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use patternd_e2e::{Patternd, Reply, World, burst, eventually, scan_all};
+use patternd_e2e::{Patternd, Reply, World, burst, eventually, metric_value, scan_all, scan_names};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 const POLICY: &str = "app: shop
 rules:
@@ -39,6 +40,33 @@ async fn extend(p: &Patternd, rule: &str, resource: &str, body: Value) -> Result
 
 fn token(r: &Reply) -> String {
     r.json["token"].as_str().unwrap_or_default().to_string()
+}
+
+/// An acquire of the held `order` lock on `resource` through `p`, waiting up to 8 s in the
+/// background; returned once it has found the lock held at least once (counted on `p`'s
+/// metric, not timed).
+async fn waiting_acquire(p: &Arc<Patternd>, resource: &str) -> Result<JoinHandle<Result<Reply>>> {
+    let waiter = {
+        let (p, resource) = (p.clone(), resource.to_string());
+        tokio::spawn(
+            async move { acquire(&p, "order", &resource, json!({ "wait_ms": 8000 })).await },
+        )
+    };
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || async {
+            let m = p.get("/metrics").await?;
+            let retries = metric_value(
+                &m.text,
+                "patternd_lock_requests_total",
+                &[("rule", "order"), ("outcome", "retry")],
+            );
+            Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(waiter)
 }
 
 /// A token of the right shape that nobody was ever given.
@@ -239,28 +267,7 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
     let p = Arc::new(w.patternd);
     let a = acquire(&p, "order", "job", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
-    let waiter = {
-        let p = p.clone();
-        tokio::spawn(async move { acquire(&p, "order", "job", json!({ "wait_ms": 8000 })).await })
-    };
-    // Let the waiter find the lock held at least once (counted on the metric, not timed).
-    eventually(
-        Duration::from_secs(8),
-        "the waiter to find the lock held",
-        || {
-            let p = p.clone();
-            async move {
-                let m = p.get("/metrics").await?;
-                let retries = patternd_e2e::metric_value(
-                    &m.text,
-                    "patternd_lock_requests_total",
-                    &[("rule", "order"), ("outcome", "retry")],
-                );
-                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let waiter = waiting_acquire(&p, "job").await?;
     let r = release(&p, "order", "job", &token(&a)).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
     let b = waiter.await??;
@@ -414,11 +421,7 @@ async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment() -> Result<(
     assert_eq!(a.status, 200, "{a:?}");
     // The holder's key is the decoded name, one id: `orders/1001`.
     let mut conn = w.redis.conn().await?;
-    let keys: Vec<String> = scan_all(&mut conn)
-        .await?
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .collect();
+    let keys: Vec<String> = scan_names(&mut conn).await?;
     assert!(
         keys.iter().any(|k| k == "shop:lock:order:{orders/1001}:h"),
         "{keys:?}"
@@ -473,29 +476,7 @@ async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Resul
         .assert_problem(409);
     // A waiter on the other replica is not woken by this replica's release; its backoff
     // finds the lock free.
-    let waiter = {
-        let other = other.clone();
-        tokio::spawn(
-            async move { acquire(&other, "order", "shared", json!({ "wait_ms": 8000 })).await },
-        )
-    };
-    eventually(
-        Duration::from_secs(8),
-        "the waiter to find the lock held",
-        || {
-            let other = other.clone();
-            async move {
-                let m = other.get("/metrics").await?;
-                let retries = patternd_e2e::metric_value(
-                    &m.text,
-                    "patternd_lock_requests_total",
-                    &[("rule", "order"), ("outcome", "retry")],
-                );
-                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let waiter = waiting_acquire(&other, "shared").await?;
     let r = release(&w.patternd, "order", "shared", &token(&a)).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
     let b = waiter.await??;

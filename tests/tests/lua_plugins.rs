@@ -1,19 +1,13 @@
 //! Lua plugins end to end: the example plugins drive real decisions, hostile plugins are
 //! contained, and a broken plugin never replaces a working one.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{PluginWorld, TempDir, metric_value, policy_dir, run_cli};
+use patternd_e2e::{
+    PluginWorld, TempDir, example_file, lua_plugins, metric_value, policy_dir, run_cli, scan_names,
+};
 use serde_json::json;
-
-fn example(rel: &str) -> Result<String> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples")
-        .join(rel);
-    Ok(std::fs::read_to_string(p)?)
-}
 
 /// A plugins dir holding the example plugins (`plugins/build.sh` output).
 fn example_plugins() -> Result<TempDir> {
@@ -26,7 +20,7 @@ fn example_plugins() -> Result<TempDir> {
 }
 
 fn repo_policies() -> Result<String> {
-    example("policies/plugins.yaml")
+    example_file("policies/plugins.yaml")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,12 +63,7 @@ async fn tiered_limits_decide_per_tier() -> Result<()> {
     // The plugin chose the keys' suffixes; the key builder kept them in the rule's namespace
     // and the id's slot, with TTLs.
     let mut conn = w.redis.conn().await?;
-    let keys = patternd_e2e::scan_all(&mut conn).await?;
-    let mut names: Vec<String> = keys
-        .iter()
-        .map(|k| String::from_utf8_lossy(k).to_string())
-        .collect();
-    names.sort();
+    let names = scan_names(&mut conn).await?;
     assert_eq!(
         names,
         [
@@ -280,11 +269,7 @@ rules:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
-    let plugins = TempDir::new("reload")?;
-    plugins.write(
-        "tiers.lua",
-        &example("tiered-limits-lua/tiered-limits-lua.lua")?,
-    )?;
+    let plugins = lua_plugins(&[("tiers.lua", "tiered-limits-lua/tiered-limits-lua.lua")])?;
     let w = PluginWorld::start(&[("t.yaml", TIERED_POLICY)], plugins).await?;
     let p = &w.patternd;
     assert_eq!(p.check("t", "tiered", "a", 1).await?.remaining(), 1);
@@ -302,7 +287,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
         ),
     ] {
         w.plugins.write("tiers.lua", broken)?;
-        let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+        let r = p.reload().await?;
         r.assert_problem(422);
         assert!(r.text.contains(needle), "{needle}: {r:?}");
         // The old plugin still decides: its tier's counter keeps counting (a broken new
@@ -326,7 +311,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
         "tiers.lua",
         "return { rate_limit = function(req) return { deny = 'closed for maintenance' } end }",
     )?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     assert_eq!(r.status, 200, "{r:?}");
     let d = p.check("t", "tiered", "a", 1).await?;
     assert_eq!(d.status, 429, "{d:?}");
@@ -390,8 +375,7 @@ return r.call('INCR', KEYS[1])
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() -> Result<()> {
-    let plugins = TempDir::new("ops-check")?;
-    plugins.write("quota.lua", &example("quota/quota.lua")?)?;
+    let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
     let w = PluginWorld::start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
     let p = &w.patternd;
     let body = json!({"id": "u1", "args": [100]});
@@ -406,13 +390,9 @@ async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() 
         .await?;
 
     let path = w.plugins.write("quota.lua", ESCAPING_QUOTA)?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     r.assert_problem(422);
     // Both problems, each at its line and column of the plugin file.
-    let diags = r.json["diagnostics"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let file = path.to_string_lossy().to_string();
     for (line, column, says) in [
         (
@@ -422,14 +402,7 @@ async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() 
         ),
         (3, 11, "`redis` may only be used as `redis.call('CMD', …)`"),
     ] {
-        assert!(
-            diags.iter().any(|d| d["file"] == file.as_str()
-                && d["line"] == line
-                && d["column"] == column
-                && d["severity"] == "error"
-                && d["message"].as_str().is_some_and(|m| m.contains(says))),
-            "no diagnostic at {line}:{column} saying {says}: {diags:#?}"
-        );
+        r.assert_diagnostic(&file, line, column, says);
     }
 
     // The old op keeps serving (its counter goes on), and the other key is untouched.
