@@ -387,6 +387,19 @@ pub fn lua_plugins(files: &[(&str, &str)]) -> Result<TempDir> {
     Ok(dir)
 }
 
+/// The example policy that uses every example plugin, under plugins/examples/.
+pub const EXAMPLE_POLICY: &str = "policies/plugins.yaml";
+
+/// A fresh plugins dir holding every example plugin ([`plugins_from_dist`]).
+pub fn example_plugins() -> Result<TempDir> {
+    plugins_from_dist(&[
+        "tiered-limits-lua.lua",
+        "quota.lua",
+        "cache-key.lua",
+        "tiered-limits.wasm",
+    ])
+}
+
 /// A fresh plugins dir holding copies of the named files of `plugins/dist/`, so a test can
 /// rewrite or add plugins without touching what other tests read.
 pub fn plugins_from_dist(names: &[&str]) -> Result<TempDir> {
@@ -948,6 +961,12 @@ impl PluginWorld {
         let dir = plugins.path().to_string_lossy().to_string();
         let world = World::start(files, &["--plugins", &dir]).await?;
         Ok(Self { world, plugins })
+    }
+
+    /// The repository's examples: [`EXAMPLE_POLICY`] served with [`example_plugins`].
+    pub async fn examples() -> Result<Self> {
+        let policy = example_file(EXAMPLE_POLICY)?;
+        Self::start(&[("plugins.yaml", &policy)], example_plugins()?).await
     }
 }
 
