@@ -110,6 +110,14 @@ async fn put_while_refused(p: &Patternd, origin: &Origin) -> Result<()> {
     .await
 }
 
+/// The origin accepts writes again: waits until the pending `new` of `b/k` is delivered and
+/// the journal is empty.
+async fn accept_and_deliver(w: &World, origin: &Origin) -> Result<()> {
+    origin.fail_writes_with(None);
+    until_delivered(origin, "k", "new").await?;
+    until_journal_drained(w).await
+}
+
 /// GETs `b/k`, which must answer the written `new`.
 async fn reads_new(p: &Patternd) -> Result<Reply> {
     let g = p.get("/v1/cache/w/b/k").await?;
@@ -957,9 +965,7 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Resu
 
     // Back, accepting writes: the write is delivered, and reads see it, now from the origin too.
     origin.restart().await?;
-    origin.fail_writes_with(None);
-    until_delivered(&origin, "k", "new").await?;
-    until_journal_drained(&w).await?;
+    accept_and_deliver(&w, &origin).await?;
     for _ in 0..3 {
         reads_new(p).await?;
     }
@@ -1145,9 +1151,7 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Resul
         "the origin's older copy was never read"
     );
 
-    origin.fail_writes_with(None);
-    until_delivered(&origin, "k", "new").await?;
-    until_journal_drained(&w).await?;
+    accept_and_deliver(&w, &origin).await?;
     // Delivered: the tag invalidation now applies, and the origin has the write.
     let g = reads_new(p).await?;
     assert!(
@@ -1212,9 +1216,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
         "the origin's older copy was never read"
     );
 
-    origin.fail_writes_with(None);
-    until_delivered(&origin, "k", "new").await?;
-    until_journal_drained(&w).await?;
+    accept_and_deliver(&w, &origin).await?;
     assert_eq!(dead_letters(p, "").await?.json["total"], json!(0));
     Ok(())
 }
