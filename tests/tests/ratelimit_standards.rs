@@ -538,20 +538,13 @@ async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm()
 /// admission moves earlier: so with every admission at the start of its request's TIME bracket
 /// and the decision at its end, the model is the most permissive the engine could be, and with
 /// admissions at the end and decisions at the start, the strictest.
-///
-/// A fixed window is the exception to the second rule: an admission just before the window's
-/// end joins the old window, one just after opens a new one, and neither leaves more
-/// available at every later time. So a fixed window keeps every state its history allows
-/// (`states`: count and last millisecond of the window), one where the bracket is clear and
-/// two where the window ended inside it, and reports the most (permissive) or the least
-/// (`strict`) available of them.
 #[derive(Debug, Clone)]
 enum Model {
     Fixed {
         limit: f64,
         window: f64,
-        states: Vec<(f64, Option<f64>)>,
-        strict: bool,
+        used: f64,
+        last_ms: Option<f64>,
     },
     Sliding {
         limit: f64,
@@ -592,8 +585,8 @@ impl Model {
             "fixed_window" => Model::Fixed {
                 limit,
                 window,
-                states: vec![(0.0, None)],
-                strict: false,
+                used: 0.0,
+                last_ms: None,
             },
             "sliding_window" => Model::Sliding {
                 limit,
@@ -645,24 +638,13 @@ impl Model {
         match self {
             Model::Fixed {
                 limit,
-                states,
-                strict,
+                used,
+                last_ms,
                 ..
             } => {
                 // Redis keeps a key through its expiry millisecond.
-                let each = states.iter().map(|(used, last_ms)| {
-                    limit
-                        - if last_ms.is_some_and(|e| t.floor() <= e) {
-                            *used
-                        } else {
-                            0.0
-                        }
-                });
-                if *strict {
-                    each.fold(f64::INFINITY, f64::min)
-                } else {
-                    each.fold(f64::NEG_INFINITY, f64::max)
-                }
+                let live = last_ms.is_some_and(|e| t.floor() <= e);
+                limit - if live { *used } else { 0.0 }
             }
             Model::Sliding {
                 limit,
@@ -722,7 +704,18 @@ impl Model {
 
     fn charge(&mut self, t: f64, cost: f64) {
         match self {
-            Model::Fixed { .. } => self.charge_within(t, t, cost, false),
+            Model::Fixed {
+                window,
+                used,
+                last_ms,
+                ..
+            } => {
+                if !last_ms.is_some_and(|e| t.floor() <= e) {
+                    *used = 0.0;
+                    *last_ms = Some(t.floor() + *window);
+                }
+                *used += cost;
+            }
             Model::Sliding {
                 window, w, c, p, l, ..
             } => {
@@ -750,37 +743,20 @@ impl Model {
         }
     }
 
-    /// Charges an admission made at some unknown moment of `[before, after]`: a fixed
-    /// window's states each join their window where it is live throughout, open a new one
-    /// where it ended before, and do either where it ended inside the bracket. The new
-    /// window's end is the earliest (permissive) or latest (strict) the bracket allows. Other
-    /// models take the admission at the bracket's start (permissive) or end (strict).
-    fn charge_within(&mut self, before: f64, after: f64, cost: f64, strict: bool) {
-        let Model::Fixed { window, states, .. } = self else {
-            return self.charge(if strict { after } else { before }, cost);
-        };
-        let opened = (if strict { after } else { before }).floor() + *window;
-        let live = |e: &Option<f64>, t: f64| e.is_some_and(|e| t.floor() <= e);
-        let mut next: Vec<(f64, Option<f64>)> = Vec::new();
-        for (used, end) in states.iter() {
-            if live(end, before) {
-                next.push((used + cost, *end));
-            }
-            if !live(end, after) {
-                next.push((cost, Some(opened)));
-            }
+    /// A fixed window's last millisecond, once it has one.
+    fn fixed_end(&self) -> Option<f64> {
+        match self {
+            Model::Fixed { last_ms, .. } => *last_ms,
+            _ => None,
         }
-        next.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        next.dedup();
-        *states = next;
     }
 
-    /// The strict twin of a permissive model (only a fixed window needs to know which it is).
-    fn strictest(mut self) -> Self {
-        if let Model::Fixed { strict, .. } = &mut self {
-            *strict = true;
+    /// A fixed window's state, as an answer reported it.
+    fn set_fixed(&mut self, count: f64, last: f64) {
+        if let Model::Fixed { used, last_ms, .. } = self {
+            *used = count;
+            *last_ms = Some(last);
         }
-        self
     }
 
     fn admits(&self, t: f64, cost: f64) -> bool {
@@ -1010,8 +986,35 @@ impl Run<'_> {
                 "remaining not in [{lo}, {hi}]: {}",
                 ctx()
             );
-            self.permissive.charge_within(b.before, b.after, c, false);
-            self.strict.charge_within(b.before, b.after, c, true);
+            // Redis' window ends somewhere between the two models' ends: unless the bracket
+            // is before both (the admission joined it) or after both (it opened a new one),
+            // either may have happened.
+            let straddled = match (self.permissive.fixed_end(), self.strict.fixed_end()) {
+                (Some(earliest), Some(latest)) => {
+                    b.after.floor() > earliest && b.before.floor() <= latest
+                }
+                _ => false,
+            };
+            self.permissive.charge(b.before, c);
+            self.strict.charge(b.after, c);
+            if straddled {
+                // Joined or opened: no single moment of the bracket gives the most (or least)
+                // permissive state after it. The answer says which: its count is exact,
+                // its window's end known to the bracket's width.
+                let reset = r.u64_field("reset_after_ms") as f64;
+                let used = case.limit as f64 - remaining;
+                ensure!(
+                    used >= c,
+                    "an admission of {c} leaves {remaining} of {}: {}",
+                    case.limit,
+                    ctx()
+                );
+                // The script reports PTTL + 1 (see `up` in the prelude), and its PTTL was
+                // read at some millisecond of the bracket.
+                self.permissive
+                    .set_fixed(used, b.before.floor() + reset - 1.0);
+                self.strict.set_fixed(used, b.after.floor() + reset);
+            }
         } else {
             ensure!(!must_admit, "denied where the model admits: {}", ctx());
             let hi = perm.available(b.after).max(0.0) + 1e-6;
@@ -1058,7 +1061,7 @@ async fn roll_over(p: &Patternd, redis: &RedisServer, case: &Case) -> Result<(u6
         conn: redis.conn().await?,
         case,
         permissive: model.clone(),
-        strict: model.strictest(),
+        strict: model,
         decisions: 0,
         exact: 0,
     };
