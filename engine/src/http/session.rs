@@ -83,18 +83,21 @@ async fn create(
         }
     };
     let created = sessions.create(&state.runtime.store, &user, &data).await?;
-    let mut resp = (
+    let resp = (
         StatusCode::CREATED,
         Json(json!({ "id": created.id, "expires_in_ms": created.expires_in_ms })),
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "/v1/sessions/{}/{}/{}",
-        sessions.app, sessions.name, created.id
-    )) {
+    Ok(located(resp, &sessions, &created.id))
+}
+
+/// With `Location`: the URL of a new (or rotated) session.
+fn located(mut resp: Response, sessions: &Rule<Sessions>, id: &str) -> Response {
+    let url = format!("/v1/sessions/{}/{}/{id}", sessions.app, sessions.name);
+    if let Ok(v) = HeaderValue::from_str(&url) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(resp)
+    resp
 }
 
 // `GET /v1/sessions/{app}/{rule}/{sid}`: the session, and its idle expiry slides.
@@ -190,15 +193,9 @@ async fn rotate(
     Id(sid): Id,
 ) -> Result<Response, ApiError> {
     let rotated = sessions.rotate(&state.runtime.store, &sid).await?;
-    let mut resp =
+    let resp =
         Json(json!({ "id": rotated.id, "expires_in_ms": rotated.expires_in_ms })).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "/v1/sessions/{}/{}/{}",
-        sessions.app, sessions.name, rotated.id
-    )) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(located(resp, &sessions, &rotated.id))
 }
 
 // `GET /v1/sessions/{app}/{rule}/users/{user}`: the user's live sessions, oldest first.

@@ -1,6 +1,6 @@
 //! Write-behind dead letters: listing them and replaying them into the journal. The keys,
 //! the scripts and the decoding of their replies live here, so the admin handlers
-//! (`http/cache_write.rs`) only parse, call and render.
+//! (`http/cache/dead.rs`) only parse, call and render.
 
 use super::CacheRule;
 use super::write::{WriteError, int, text};
