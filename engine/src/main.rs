@@ -437,10 +437,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     // The write-behind flusher: one task that follows reloads (it reads the current snapshot
-    // on every poll) and stops with the server.
+    // on every poll) and stops with the server. Its consumer name must be unique, so without
+    // the OS random source the engine does not start (it could issue no token either).
     let (stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
+    let consumer = patternd::patterns::cache::journal::consumer_name()
+        .context("cannot name the write-behind flusher")?;
     let flusher = tokio::spawn(patternd::patterns::cache::journal::run(
         runtime.clone(),
+        consumer,
         flusher_stop,
     ));
 

@@ -79,10 +79,12 @@ pub const CACHE_WRITE_RESULTS: &[&str] = &[
     "journal_full",
     "not_found",
     "not_hash",
+    "precondition_failed",
     "bad_request",
     "bypassed",
     "plugin_failed",
     "redis_error",
+    "internal",
 ];
 pub const REDIS_ERROR_KINDS: &[&str] = &[
     "connection",

@@ -76,54 +76,112 @@
 //!
 //! # The store function
 //!
-//! `lua/cache_store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
-//! script that writes a value includes it: build a script source with [`store_script_source`]
-//! (prelude + shared helpers + the store function + your main), which is what the fill uses.
+//! `lua/cache/store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
+//! script that writes a value includes it, after the clock: its recipe's includes are
+//! `STORES` (or `STORES_CHECKED` when it also checks a precondition).
 //!
-//! # Adding scripts (write path)
+//! # Adding scripts
 //!
-//! `CompiledCache` has one named field per script plus `scripts`, the list loaded into Redis.
-//! To add e.g. `put`: add a `pub put: Arc<Script>` field, build it in `SharedScripts` (a
-//! `LazyLock`, checked with luacheck in `compile`), set it in `compile`, and push it into
-//! `scripts` there.
+//! Declare its `Recipe` below (a body in `lua/cache/`, the includes it needs) and list it in
+//! `RECIPES`; the `compile` module doc's table then asks for its row. `CompiledCache` has one
+//! named field per script plus `scripts`, the list loaded into Redis: add a
+//! `pub put: Arc<Script>` field (in `SharedScripts` or `WriteScripts`, `assemble`d once), set
+//! it in `compile`, and push it into `scripts` there (checked with luacheck).
 
 use std::sync::{Arc, LazyLock};
 
+use super::recipe::{Block, Recipe, assemble, lua_file};
 use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
 use crate::policy::cache::{Cache, WriteMode};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-const COMMON: &str = include_str!("lua/cache_common.lua");
-const STORE: &str = include_str!("lua/cache_store.lua");
-const READ: &str = include_str!("lua/cache_read.lua");
-const FILL: &str = include_str!("lua/cache_fill.lua");
-const RELEASE: &str = include_str!("lua/cache_release.lua");
-const DELETE: &str = include_str!("lua/cache_delete.lua");
-const INVALIDATE: &str = include_str!("lua/cache_invalidate.lua");
+const CLOCK: Block = lua_file!("shared/clock.lua");
+const COMMON: Block = lua_file!("cache/common.lua");
+const STORE: Block = lua_file!("cache/store.lua");
+const JOURNAL: Block = lua_file!("cache/journal_common.lua");
+
+/// The includes of a script that stores a value.
+const STORES: &[Block] = &[CLOCK, STORE];
+/// The includes of a script that checks a write's precondition and stores a value.
+const STORES_CHECKED: &[Block] = &[CLOCK, COMMON, STORE];
+
+const READ: Recipe = Recipe::new("cache read", &[COMMON], lua_file!("cache/read.lua"));
+const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
+const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
+const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));
+const INVALIDATE: Recipe = Recipe::new(
+    "cache invalidate",
+    &[CLOCK],
+    lua_file!("cache/invalidate.lua"),
+);
+const PUT: Recipe = Recipe::new("cache put", STORES_CHECKED, lua_file!("cache/put.lua"));
+const PATCH: Recipe = Recipe::new("cache patch", STORES_CHECKED, lua_file!("cache/patch.lua"));
+const THROUGH_BEGIN: Recipe = Recipe::new(
+    "cache through-begin",
+    &[COMMON],
+    lua_file!("cache/through_begin.lua"),
+);
+const THROUGH_ABORT: Recipe = Recipe::new(
+    "cache through-abort",
+    &[],
+    lua_file!("cache/through_abort.lua"),
+);
+const JOURNAL_FETCH: Recipe = Recipe::new(
+    "cache journal-fetch",
+    &[JOURNAL],
+    lua_file!("cache/journal_fetch.lua"),
+);
+const JOURNAL_BEGIN: Recipe = Recipe::new(
+    "cache journal-begin",
+    &[JOURNAL],
+    lua_file!("cache/journal_begin.lua"),
+);
+const JOURNAL_ACK: Recipe = Recipe::new(
+    "cache journal-ack",
+    &[JOURNAL],
+    lua_file!("cache/journal_ack.lua"),
+);
+const JOURNAL_DEAD: Recipe = Recipe::new(
+    "cache journal-dead",
+    &[JOURNAL],
+    lua_file!("cache/journal_dead.lua"),
+);
+const JOURNAL_REPLAY: Recipe = Recipe::new(
+    "cache journal-replay",
+    &[],
+    lua_file!("cache/journal_replay.lua"),
+);
+const JOURNAL_DEAD_LIST: Recipe = Recipe::new(
+    "cache journal-dead-list",
+    &[],
+    lua_file!("cache/journal_dead_list.lua"),
+);
+
+/// The recipes, for the `compile` module doc.
+#[cfg(test)]
+pub(super) const RECIPES: &[Recipe<'static>] = &[
+    READ,
+    FILL,
+    RELEASE,
+    DELETE,
+    INVALIDATE,
+    PUT,
+    PATCH,
+    THROUGH_BEGIN,
+    THROUGH_ABORT,
+    JOURNAL_FETCH,
+    JOURNAL_BEGIN,
+    JOURNAL_ACK,
+    JOURNAL_DEAD,
+    JOURNAL_REPLAY,
+    JOURNAL_DEAD_LIST,
+];
 
 /// Sub-keys of an id, for `KeySpace::key`.
 pub const VALUE_SUB: &str = "v";
 pub const LEASE_SUB: &str = "lease";
 /// `KeySpace::rule_key(TAG_PREFIX_SUB)` + tag = the tag's version key.
 pub const TAG_PREFIX_SUB: &str = "tag:";
-
-/// A script that writes values: the prelude, the shared helpers, `cache_store`, then `main`.
-pub fn store_script_source(header: &str, main: &str) -> String {
-    let mut s = String::with_capacity(PRELUDE.len() + STORE.len() + main.len() + 256);
-    s.push_str(header);
-    if !header.ends_with('\n') {
-        s.push('\n');
-    }
-    s.push_str(PRELUDE);
-    s.push('\n');
-    s.push_str(COMMON);
-    s.push('\n');
-    s.push_str(STORE);
-    s.push('\n');
-    s.push_str(main);
-    s
-}
 
 /// The scripts every cache rule shares.
 struct SharedScripts {
@@ -134,37 +192,18 @@ struct SharedScripts {
     invalidate: Arc<Script>,
 }
 
-static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
-    let read = format!("-- patternd cache read\n{PRELUDE}\n{COMMON}\n{READ}");
-    SharedScripts {
-        read: Arc::new(Script::new("cache read", read)),
-        fill: Arc::new(Script::new(
-            "cache fill",
-            store_script_source("-- patternd cache fill", FILL),
-        )),
-        release: Arc::new(Script::new("cache release-lease", RELEASE.to_string())),
-        delete: Arc::new(Script::new("cache delete", DELETE.to_string())),
-        invalidate: Arc::new(Script::new("cache invalidate", INVALIDATE.to_string())),
-    }
+static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| SharedScripts {
+    read: assemble(&READ),
+    fill: assemble(&FILL),
+    release: assemble(&RELEASE),
+    delete: assemble(&DELETE),
+    invalidate: assemble(&INVALIDATE),
 });
 
 // ---- The write path (PUT/PATCH and the write-behind journal; cache-write helper) ----------
 
-const PUT: &str = include_str!("lua/cache_put.lua");
-const PATCH: &str = include_str!("lua/cache_patch.lua");
-const JOURNAL_COMMON: &str = include_str!("lua/cache_journal_common.lua");
-const JOURNAL_FETCH: &str = include_str!("lua/cache_journal_fetch.lua");
-const JOURNAL_BEGIN: &str = include_str!("lua/cache_journal_begin.lua");
-const JOURNAL_ACK: &str = include_str!("lua/cache_journal_ack.lua");
-const JOURNAL_DEAD: &str = include_str!("lua/cache_journal_dead.lua");
-const JOURNAL_REPLAY: &str = include_str!("lua/cache_journal_replay.lua");
-const JOURNAL_DEAD_LIST: &str = include_str!("lua/cache_journal_dead_list.lua");
-
-/// The value set aside while a write-through is at the origin (`lua/cache_through_begin.lua`).
+/// The value set aside while a write-through is at the origin (`lua/cache/through_begin.lua`).
 pub const HELD_SUB: &str = "held";
-
-const THROUGH_BEGIN: &str = include_str!("lua/cache_through_begin.lua");
-const THROUGH_ABORT: &str = include_str!("lua/cache_through_abort.lua");
 
 /// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
 pub const JOURNAL_SUB: &str = "journal";
@@ -174,26 +213,26 @@ pub const FLUSH_LEASE_SUB: &str = "flush";
 /// The write path's scripts, shared by every cache rule (numbers travel in ARGV).
 #[derive(Debug)]
 pub struct WriteScripts {
-    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache_put.lua`).
+    /// `PUT`: value (+ journal entry for behind) in one script (`lua/cache/put.lua`).
     pub put: Arc<Script>,
-    /// `PATCH` of a `format: hash` value (`lua/cache_patch.lua`).
+    /// `PATCH` of a `format: hash` value (`lua/cache/patch.lua`).
     pub patch: Arc<Script>,
     /// Write-through, before the origin: value set aside, lease = the write's token
-    /// (`lua/cache_through_begin.lua`).
+    /// (`lua/cache/through_begin.lua`).
     pub through_begin: Arc<Script>,
-    /// Write-through the origin did not take: restore or drop (`cache_through_abort.lua`).
+    /// Write-through the origin did not take: restore or drop (`lua/cache/through_abort.lua`).
     pub through_abort: Arc<Script>,
-    /// Write-behind flusher: claim due and new entries (`lua/cache_journal_fetch.lua`).
+    /// Write-behind flusher: claim due and new entries (`lua/cache/journal_fetch.lua`).
     pub fetch: Arc<Script>,
-    /// Before a delivery: coalesce, supersede check, per-id lease (`cache_journal_begin.lua`).
+    /// Before a delivery: coalesce, supersede check, per-id lease (`lua/cache/journal_begin.lua`).
     pub begin: Arc<Script>,
-    /// After a delivery: XACK + XDEL, lease release (`cache_journal_ack.lua`).
+    /// After a delivery: XACK + XDEL, lease release (`lua/cache/journal_ack.lua`).
     pub ack: Arc<Script>,
-    /// Journal → dead letters (`cache_journal_dead.lua`).
+    /// Journal → dead letters (`lua/cache/journal_dead.lua`).
     pub dead: Arc<Script>,
-    /// Dead letters → journal (`cache_journal_replay.lua`).
+    /// Dead letters → journal (`lua/cache/journal_replay.lua`).
     pub replay: Arc<Script>,
-    /// A page of dead letters (`cache_journal_dead_list.lua`).
+    /// A page of dead letters (`lua/cache/journal_dead_list.lua`).
     pub dead_list: Arc<Script>,
 }
 
@@ -215,35 +254,17 @@ impl WriteScripts {
 }
 
 static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
-    let journal = |name: &str, main: &str| {
-        Arc::new(Script::new(
-            format!("cache {name}"),
-            format!("-- patternd cache {name}\n{JOURNAL_COMMON}\n{main}"),
-        ))
-    };
     Arc::new(WriteScripts {
-        put: Arc::new(Script::new(
-            "cache put",
-            store_script_source("-- patternd cache put", PUT),
-        )),
-        patch: Arc::new(Script::new(
-            "cache patch",
-            store_script_source("-- patternd cache patch", PATCH),
-        )),
-        through_begin: Arc::new(Script::new(
-            "cache through-begin",
-            format!("-- patternd cache through-begin\n{COMMON}\n{THROUGH_BEGIN}"),
-        )),
-        through_abort: Arc::new(Script::new(
-            "cache through-abort",
-            THROUGH_ABORT.to_string(),
-        )),
-        fetch: journal("journal-fetch", JOURNAL_FETCH),
-        begin: journal("journal-begin", JOURNAL_BEGIN),
-        ack: journal("journal-ack", JOURNAL_ACK),
-        dead: journal("journal-dead", JOURNAL_DEAD),
-        replay: journal("journal-replay", JOURNAL_REPLAY),
-        dead_list: journal("journal-dead-list", JOURNAL_DEAD_LIST),
+        put: assemble(&PUT),
+        patch: assemble(&PATCH),
+        through_begin: assemble(&THROUGH_BEGIN),
+        through_abort: assemble(&THROUGH_ABORT),
+        fetch: assemble(&JOURNAL_FETCH),
+        begin: assemble(&JOURNAL_BEGIN),
+        ack: assemble(&JOURNAL_ACK),
+        dead: assemble(&JOURNAL_DEAD),
+        replay: assemble(&JOURNAL_REPLAY),
+        dead_list: assemble(&JOURNAL_DEAD_LIST),
     })
 });
 
@@ -252,15 +273,15 @@ static WRITE: LazyLock<Arc<WriteScripts>> = LazyLock::new(|| {
 pub struct CompiledCache {
     /// Every script of the rule, for SCRIPT LOAD.
     pub scripts: Vec<Arc<Script>>,
-    /// Hit / miss / early refresh + lease (`lua/cache_read.lua`).
+    /// Hit / miss / early refresh + lease (`lua/cache/read.lua`).
     pub read: Arc<Script>,
-    /// Stores an origin answer if the lease still matches (`lua/cache_fill.lua`).
+    /// Stores an origin answer if the lease still matches (`lua/cache/fill.lua`).
     pub fill: Arc<Script>,
-    /// Gives a lease back (`lua/cache_release.lua`).
+    /// Gives a lease back (`lua/cache/release.lua`).
     pub release: Arc<Script>,
-    /// DEL of values and leases (`lua/cache_delete.lua`).
+    /// DEL of values and leases (`lua/cache/delete.lua`).
     pub delete: Arc<Script>,
-    /// Tag version bumps (`lua/cache_invalidate.lua`).
+    /// Tag version bumps (`lua/cache/invalidate.lua`).
     pub invalidate: Arc<Script>,
     /// PUT/PATCH and the write-behind journal.
     pub write: Arc<WriteScripts>,
@@ -362,25 +383,5 @@ impl CompiledCache {
             ]);
         }
         layout
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_scripts_pass_the_lua_check() {
-        let s = &*SHARED;
-        for script in [&s.read, &s.fill, &s.release, &s.delete, &s.invalidate] {
-            luacheck::check(&script.name, &script.source).unwrap();
-        }
-    }
-
-    #[test]
-    fn write_scripts_pass_the_lua_check() {
-        for script in WRITE.all() {
-            luacheck::check(&script.name, &script.source).unwrap();
-        }
     }
 }

@@ -6,11 +6,21 @@
 
 use std::sync::{Arc, LazyLock};
 
+use super::recipe::{Block, Recipe, assemble, lua_file};
 use super::{KeySpace, Script, luacheck};
 use crate::policy::Rule;
 use crate::policy::lock::Lock;
 
-const PRELUDE: &str = include_str!("lua/lock_prelude.lua");
+const INCLUDES: &[Block] = &[lua_file!("shared/clock.lua"), lua_file!("lock/prelude.lua")];
+
+const ACQUIRE: Recipe = Recipe::new("lock acquire", INCLUDES, lua_file!("lock/acquire.lua"));
+const EXTEND: Recipe = Recipe::new("lock extend", INCLUDES, lua_file!("lock/extend.lua"));
+const RELEASE: Recipe = Recipe::new("lock release", INCLUDES, lua_file!("lock/release.lua"));
+const ABANDON: Recipe = Recipe::new("lock abandon", INCLUDES, lua_file!("lock/abandon.lua"));
+
+/// The recipes, for the `compile` module doc.
+#[cfg(test)]
+pub(super) const RECIPES: &[Recipe<'static>] = &[ACQUIRE, EXTEND, RELEASE, ABANDON];
 
 /// The scripts of lock rules.
 #[derive(Debug, Clone)]
@@ -33,16 +43,11 @@ impl LockScripts {
     }
 }
 
-fn script(what: &str, body: &str) -> Arc<Script> {
-    let source = format!("-- patternd lock {what}\n{PRELUDE}\n{body}");
-    Arc::new(Script::new(format!("lock {what}"), source))
-}
-
 static SCRIPTS: LazyLock<LockScripts> = LazyLock::new(|| LockScripts {
-    acquire: script("acquire", include_str!("lua/lock_acquire.lua")),
-    extend: script("extend", include_str!("lua/lock_extend.lua")),
-    release: script("release", include_str!("lua/lock_release.lua")),
-    abandon: script("abandon", include_str!("lua/lock_abandon.lua")),
+    acquire: assemble(&ACQUIRE),
+    extend: assemble(&EXTEND),
+    release: assemble(&RELEASE),
+    abandon: assemble(&ABANDON),
 });
 
 #[derive(Debug, Clone)]
@@ -78,17 +83,5 @@ impl CompiledLock {
                 "ZSET of the last 32 released tokens, so a repeated release is not an error; expires max(max_ttl, 1m) after the last release".to_string(),
             ),
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_scripts_pass_the_lua_check() {
-        for s in SCRIPTS.all() {
-            luacheck::check(&s.name, &s.source).unwrap_or_else(|e| panic!("{}: {e}", s.name));
-        }
     }
 }

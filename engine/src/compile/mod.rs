@@ -5,6 +5,47 @@
 //! generated main that calls them with the rule's limits as literal constants. So the script
 //! a rule runs is readable as a whole (`patternd compile` prints it), and the per-request
 //! arguments are only what varies per request: the cost (and a lease id for concurrency).
+//!
+//! # Scripts and their recipes
+//!
+//! Every script is made by `recipe::assemble` from a declared `recipe::Recipe`: a header
+//! line `-- patternd <name>`, its constants, the blocks it includes in order (each may use the
+//! ones before it), then its body. The Lua files are under `compile/lua/`: one folder per
+//! pattern, and `shared/` for blocks of several patterns; each prelude or shared block says
+//! at its top what it is for and who includes it. A test keeps this table the recipes' own.
+//!
+//! | script | includes, in order | body |
+//! |---|---|---|
+//! | `ratelimit <app>/<rule>` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of its limits' algorithms (`ratelimit/<algorithm>.lua`), then a main calling each with the limit's numbers as literals |
+//! | `ratelimit plugin-decided[ <algorithm>]` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua` |
+//! | `ratelimit release-lease` | `shared/clock.lua` | `ratelimit/release_lease.lua` |
+//! | `cache read` | `cache/common.lua` | `cache/read.lua` |
+//! | `cache fill` | `shared/clock.lua`, `cache/store.lua` | `cache/fill.lua` |
+//! | `cache release-lease` | — | `cache/release.lua` |
+//! | `cache delete` | — | `cache/delete.lua` |
+//! | `cache invalidate` | `shared/clock.lua` | `cache/invalidate.lua` |
+//! | `cache put` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/put.lua` |
+//! | `cache patch` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/patch.lua` |
+//! | `cache through-begin` | `cache/common.lua` | `cache/through_begin.lua` |
+//! | `cache through-abort` | — | `cache/through_abort.lua` |
+//! | `cache journal-fetch` | `cache/journal_common.lua` | `cache/journal_fetch.lua` |
+//! | `cache journal-begin` | `cache/journal_common.lua` | `cache/journal_begin.lua` |
+//! | `cache journal-ack` | `cache/journal_common.lua` | `cache/journal_ack.lua` |
+//! | `cache journal-dead` | `cache/journal_common.lua` | `cache/journal_dead.lua` |
+//! | `cache journal-replay` | — | `cache/journal_replay.lua` |
+//! | `cache journal-dead-list` | — | `cache/journal_dead_list.lua` |
+//! | `session create` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/create.lua` |
+//! | `session get` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/get.lua` |
+//! | `session patch` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/patch.lua` |
+//! | `session rotate` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/rotate.lua` |
+//! | `session destroy` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/destroy.lua` |
+//! | `session list` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/list.lua` |
+//! | `session logout` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/logout.lua` |
+//! | `lock acquire` | `shared/clock.lua`, `lock/prelude.lua` | `lock/acquire.lua` |
+//! | `lock extend` | `shared/clock.lua`, `lock/prelude.lua` | `lock/extend.lua` |
+//! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |
+//! | `lock abandon` | `shared/clock.lua`, `lock/prelude.lua` | `lock/abandon.lua` |
+//! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
 
 pub mod cache;
 pub mod keys;
@@ -12,6 +53,7 @@ pub mod lock;
 pub mod luacheck;
 pub mod ops;
 mod ratelimit;
+mod recipe;
 pub mod session;
 
 use std::sync::Arc;

@@ -28,6 +28,7 @@ use full_moon::ast::{
 use full_moon::node::Node;
 use full_moon::tokenizer::{Symbol, TokenReference, TokenType};
 
+use super::recipe::{self, Recipe};
 use super::{Script, luacheck};
 use crate::policy::{Diagnostic, Location};
 
@@ -269,6 +270,17 @@ pub struct OpSource<'a> {
     pub script: &'a str,
 }
 
+/// An op's script: the plugin's own, named for its rule.
+const OP: Recipe = Recipe::new(
+    "ops <app>/<rule> (<plugin>.<op>)",
+    &[],
+    recipe::Block::generated("a comment naming its keys, then the op's script from its plugin"),
+);
+
+/// The recipes, for the `compile` module doc.
+#[cfg(test)]
+pub(super) const RECIPES: &[Recipe<'static>] = &[OP];
+
 /// Checks and compiles the op for rule `app/rule`; refusals are diagnostics in the plugin file.
 pub fn compile(app: &str, rule: &str, src: &OpSource<'_>) -> Result<CompiledOps, Vec<Diagnostic>> {
     let op = src.op;
@@ -338,16 +350,11 @@ pub fn compile(app: &str, rule: &str, src: &OpSource<'_>) -> Result<CompiledOps,
             "op `{op}` writes keys but never sets an expiry: every key should have a TTL"
         ));
     }
-    let source = format!(
-        "-- patternd op {app}/{rule}: `{op}` from plugin `{}`\n-- KEYS: {}\n{}",
-        src.plugin,
-        src.keys.join(", "),
-        src.script
-    );
+    let body = format!("-- KEYS: {}\n{}", src.keys.join(", "), src.script);
     Ok(CompiledOps {
         plugin: src.plugin.to_string(),
         op: op.to_string(),
-        script: Arc::new(Script::new(name, source)),
+        script: OP.assemble_as(&name, &body),
         keys: src.keys.to_vec(),
         warnings,
     })

@@ -6,29 +6,66 @@ use std::sync::{Arc, LazyLock};
 use crate::policy::{Algorithm, Limit, RateLimit, Rule};
 
 use super::keys::KeySpace;
+use super::recipe::{Block, Recipe, assemble, lua_file};
 use super::{Script, luacheck};
 
-const PRELUDE: &str = include_str!("lua/prelude.lua");
-const RELEASE_LEASE: &str = include_str!("lua/release_lease.lua");
+const CLOCK: Block = lua_file!("shared/clock.lua");
+const PRELUDE: Block = lua_file!("ratelimit/prelude.lua");
+const DECIDED_MAIN: Block = lua_file!("ratelimit/decided.lua");
 
-fn algorithm_source(a: Algorithm) -> &'static str {
+fn algorithm_block(a: Algorithm) -> Block<'static> {
     match a {
-        Algorithm::FixedWindow => include_str!("lua/fixed_window.lua"),
-        Algorithm::SlidingWindow => include_str!("lua/sliding_window.lua"),
-        Algorithm::SlidingLog => include_str!("lua/sliding_log.lua"),
-        Algorithm::TokenBucket => include_str!("lua/token_bucket.lua"),
-        Algorithm::Gcra => include_str!("lua/gcra.lua"),
-        Algorithm::Concurrency => include_str!("lua/concurrency.lua"),
+        Algorithm::FixedWindow => lua_file!("ratelimit/fixed_window.lua"),
+        Algorithm::SlidingWindow => lua_file!("ratelimit/sliding_window.lua"),
+        Algorithm::SlidingLog => lua_file!("ratelimit/sliding_log.lua"),
+        Algorithm::TokenBucket => lua_file!("ratelimit/token_bucket.lua"),
+        Algorithm::Gcra => lua_file!("ratelimit/gcra.lua"),
+        Algorithm::Concurrency => lua_file!("ratelimit/concurrency.lua"),
     }
 }
 
+/// A rule's own limits (or a plugin rule's fallback): its name is the rule's.
+const FIXED: Recipe = Recipe::new(
+    "ratelimit <app>/<rule>",
+    &[CLOCK, PRELUDE],
+    Block::generated(
+        "the blocks of its limits' algorithms (`ratelimit/<algorithm>.lua`), then a main calling each with the limit's numbers as literals",
+    ),
+);
+
+/// Limits a plugin chose per request: see `DYNAMIC_SCRIPTS`.
+const DECIDED: Recipe = Recipe::new(
+    "ratelimit plugin-decided[ <algorithm>]",
+    &[CLOCK, PRELUDE],
+    Block::generated(
+        "the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua`",
+    ),
+);
+
+const RELEASE: Recipe = Recipe::new(
+    "ratelimit release-lease",
+    &[CLOCK],
+    lua_file!("ratelimit/release_lease.lua"),
+);
+
+/// The recipes, for the `compile` module doc.
+#[cfg(test)]
+pub(super) const RECIPES: &[Recipe<'static>] = &[FIXED, DECIDED, RELEASE];
+
+/// The files the generated bodies are made of.
+#[cfg(test)]
+pub(super) const GENERATED_FROM: &[Block<'static>] = &[
+    lua_file!("ratelimit/fixed_window.lua"),
+    lua_file!("ratelimit/sliding_window.lua"),
+    lua_file!("ratelimit/sliding_log.lua"),
+    lua_file!("ratelimit/token_bucket.lua"),
+    lua_file!("ratelimit/gcra.lua"),
+    lua_file!("ratelimit/concurrency.lua"),
+    DECIDED_MAIN,
+];
+
 /// The release script is the same for every concurrency rule: built and checked once.
-static RELEASE_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| {
-    Arc::new(Script::new(
-        "ratelimit release-lease",
-        RELEASE_LEASE.to_string(),
-    ))
-});
+static RELEASE_SCRIPT: LazyLock<Arc<Script>> = LazyLock::new(|| assemble(&RELEASE));
 
 /// The scripts checking limits a plugin chose per request, limits in ARGV: one per window
 /// algorithm (the common case: every limit of a decision has the same algorithm, and a script
@@ -78,34 +115,24 @@ impl DynamicScripts {
 }
 
 fn dynamic_source(name: &str, algs: &[Algorithm]) -> Arc<Script> {
-    let mut s = String::with_capacity(16 * 1024);
-    s.push_str("-- patternd rate limit with limits chosen per request by a plugin\n");
-    s.push_str("-- KEYS[i]: the key of limit i; ARGV[5i-4 .. 5i]: algorithm code, cost, limit, window_ms, burst\n");
-    s.push_str(PRELUDE);
-    for alg in algs {
-        s.push('\n');
-        s.push_str(algorithm_source(*alg));
-    }
+    let mut body = String::with_capacity(16 * 1024);
+    push_algorithms(&mut body, algs.iter().copied());
     let table: Vec<String> = algs
         .iter()
         .map(|a| format!("{} = {}", a.key_code(), a.name()))
         .collect();
-    let _ = write!(s, "\nlocal ALGS = {{ {} }}", table.join(", "));
-    s.push_str(DYNAMIC_MAIN);
-    Arc::new(Script::new(name, s))
+    let _ = writeln!(body, "local ALGS = {{ {} }}", table.join(", "));
+    body.push_str(DECIDED_MAIN.text);
+    DECIDED.assemble_as(name, &body)
 }
 
-const DYNAMIC_MAIN: &str = r#"
-local now = now_ms()
-local results = {}
-for i = 1, #KEYS do
-  local b = (i - 1) * 5
-  local f = ALGS[ARGV[b + 1]]
-  if f == nil then return redis.error_reply('patternd: unknown algorithm ' .. tostring(ARGV[b + 1])) end
-  results[i] = f(KEYS[i], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 2]), now)
-end
-return decide(results)
-"#;
+/// The blocks of `algs`, each followed by an empty line (as `assemble` joins includes).
+fn push_algorithms(body: &mut String, algs: impl Iterator<Item = Algorithm>) {
+    for alg in algs {
+        body.push_str(algorithm_block(alg).text);
+        body.push('\n');
+    }
+}
 
 /// The plugin-decided scripts, for the runtime.
 pub fn dynamic_scripts() -> DynamicScripts {
@@ -201,17 +228,17 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
         None
     } else {
         let subs = limit_subs(&fixed_limits);
-        let source = generate(rule, &fixed_limits);
         let what = if rl.plugin.is_some() { "fallback " } else { "" };
         let name = format!("ratelimit {what}{}/{}", rule.app, rule.name);
-        luacheck::check(&name, &source).map_err(|e| {
+        let script = fixed_script(&name, &fixed_limits);
+        luacheck::check(&script.name, &script.source).map_err(|e| {
             format!(
                 "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
                 rule.name
             )
         })?;
         Some(FixedLimits {
-            script: Arc::new(Script::new(name, source)),
+            script,
             subs,
             limits: fixed_limits,
         })
@@ -231,7 +258,7 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
         }
     };
     let release = if rl.is_concurrency() {
-        luacheck::check("release-lease", RELEASE_LEASE)?;
+        luacheck::check_builtin([RELEASE_SCRIPT.as_ref()])?;
         Some(RELEASE_SCRIPT.clone())
     } else {
         None
@@ -255,26 +282,29 @@ fn limit_subs(limits: &[Limit]) -> Vec<String> {
     subs
 }
 
-/// The whole script of a rule. Limits are literal constants in the generated main.
-pub fn generate(rule: &Rule, limits: &[Limit]) -> String {
+/// The script of a rule's limits, named `name` (see `FIXED`).
+pub(super) fn fixed_script(name: &str, limits: &[Limit]) -> Arc<Script> {
+    let body = generate(limits);
+    FIXED.assemble_as(name, &body)
+}
+
+/// The generated body of a rule's script: the algorithms its limits use, then a main with the
+/// limits as literal constants.
+fn generate(limits: &[Limit]) -> String {
     let mut s = String::with_capacity(8 * 1024);
-    let _ = writeln!(s, "-- patternd rate limit {}/{}", rule.app, rule.name);
-    let _ = writeln!(
-        s,
-        "-- KEYS: the keys of the limits in order (concurrency: leases, units held); ARGV[1]: cost; ARGV[2]: lease id (concurrency only)"
+    push_algorithms(
+        &mut s,
+        Algorithm::ALL
+            .into_iter()
+            .filter(|alg| limits.iter().any(|l| l.algorithm == *alg)),
     );
-    let _ = writeln!(
-        s,
-        "-- returns {{allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}}"
+    s.push_str(
+        "-- KEYS: the keys of the limits in order (concurrency: leases, units held); ARGV[1]: cost; ARGV[2]: lease id (concurrency only)\n",
     );
-    s.push_str(PRELUDE);
-    for alg in Algorithm::ALL {
-        if limits.iter().any(|l| l.algorithm == alg) {
-            s.push('\n');
-            s.push_str(algorithm_source(alg));
-        }
-    }
-    s.push_str("\nlocal cost = tonumber(ARGV[1])\nlocal now = now_ms()\nreturn decide({\n");
+    s.push_str(
+        "-- returns {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}\n",
+    );
+    s.push_str("local cost = tonumber(ARGV[1])\nlocal now = now_ms()\nreturn decide({\n");
     // KEYS follow `limit_subs`: one per limit, a concurrency limit's second key after its first.
     let mut k = 0;
     for l in limits {

@@ -367,6 +367,7 @@ impl From<CheckError> for ApiError {
             CheckError::Input(e) => e.into(),
             CheckError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
             CheckError::Store(e) => e.into(),
+            CheckError::Random(m) => ApiError::Internal(m),
         }
     }
 }
@@ -473,7 +474,7 @@ impl From<WriteError> for ApiError {
             WriteError::Bypassed(_) => ApiError::CacheBypassed(detail),
             WriteError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             WriteError::Store(s) => ApiError::store(s, "Redis is unavailable; nothing was written"),
-            WriteError::Reply(_) => ApiError::Internal(detail),
+            WriteError::Reply(_) | WriteError::Random(_) => ApiError::Internal(detail),
         }
     }
 }

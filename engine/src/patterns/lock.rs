@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::lost_grant::LostGrant;
+use super::random;
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::lock::LockScripts;
 use crate::compile::{CompiledLock, KeySpace};
@@ -21,9 +20,6 @@ use crate::policy::Rule;
 use crate::policy::lock::Lock;
 use crate::store::{Store, StoreError};
 
-/// Random bytes per token (128 bits): unguessable, so only the holder can extend or release.
-const TOKEN_BYTES: usize = 16;
-const TOKEN_CHARS: usize = 22;
 /// The fence counter outlives every lease by far; after it expires fences still increase,
 /// being at least Redis TIME in µs.
 const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -104,17 +100,14 @@ pub struct Locker {
 }
 
 fn token_random() -> Result<String, LockError> {
-    let mut buf = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut buf).map_err(|e| LockError::Random(e.to_string()))?;
-    Ok(B64.encode(buf))
+    random::token::<{ random::TOKEN_BYTES }>().map_err(|e| LockError::Random(e.to_string()))
 }
 
 /// `<fence>.<22 base64url>`: the fence is part of the token (so extend can report it without
 /// another structure), the random part makes it unguessable.
 fn parse_token(token: &str) -> Option<u64> {
-    let (fence, random) = token.split_once('.')?;
-    let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
-    if random.len() != TOKEN_CHARS || !random.bytes().all(b64) {
+    let (fence, secret) = token.split_once('.')?;
+    if !random::is_token(secret) {
         return None;
     }
     if fence.is_empty() || fence.len() > 20 || !fence.bytes().all(|c| c.is_ascii_digit()) {
@@ -134,15 +127,10 @@ fn check_resource(resource: &str) -> Result<(), LockError> {
     })
 }
 
-fn jitter(d: Duration) -> Duration {
+fn jitter(d: Duration) -> Result<Duration, LockError> {
     // Full jitter over [d/2, d]: waiters that collided once spread out.
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() {
-        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
-    } else {
-        0.5
-    };
-    d.mul_f64(0.5 + r / 2.0)
+    let r = random::unit().map_err(|e| LockError::Random(e.to_string()))?;
+    Ok(d.mul_f64(0.5 + r / 2.0))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -291,7 +279,7 @@ impl Locker {
                         });
                     }
                     self.counters.retried.increment(1);
-                    let pause = jitter(backoff).min(hint).min(deadline - now);
+                    let pause = jitter(backoff)?.min(hint).min(deadline - now);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
@@ -390,7 +378,7 @@ mod tests {
     #[test]
     fn jitter_stays_within_half_to_full() {
         for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
+            let j = jitter(Duration::from_millis(100)).expect("random");
             assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
         }
     }

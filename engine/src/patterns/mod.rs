@@ -5,7 +5,9 @@ pub mod cache;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
+pub mod random;
 pub mod ratelimit;
+pub mod reply;
 pub mod session;
 
 pub use lock::{Lease, LockError, Locker};

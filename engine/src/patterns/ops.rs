@@ -101,7 +101,7 @@ impl OpRunner {
                 return Err(self.failure(e));
             }
         };
-        let result = to_json(reply);
+        let result = super::reply::to_json(reply);
         let denied = result.get("denied").and_then(serde_json::Value::as_bool) == Some(true);
         if denied {
             self.denied.increment(1);
@@ -130,38 +130,5 @@ impl OpRunner {
                 source,
             },
         }
-    }
-}
-
-/// A Redis reply as JSON. A bulk string holding a JSON object or array (what `cjson.encode`
-/// returns) is embedded as JSON, so scripts can answer structured results.
-fn to_json(v: Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::Nil => J::Null,
-        Value::Int(i) => J::from(i),
-        Value::Double(d) => serde_json::Number::from_f64(d)
-            .map(J::Number)
-            .unwrap_or(J::Null),
-        Value::Boolean(b) => J::Bool(b),
-        Value::Okay => J::String("OK".into()),
-        Value::SimpleString(s) => J::String(s),
-        Value::BulkString(b) => {
-            let text = String::from_utf8_lossy(&b).into_owned();
-            let t = text.trim_start();
-            if (t.starts_with('{') || t.starts_with('['))
-                && let Ok(j) = serde_json::from_str(&text)
-            {
-                return j;
-            }
-            J::String(text)
-        }
-        Value::Array(a) | Value::Set(a) => J::Array(a.into_iter().map(to_json).collect()),
-        Value::Map(m) => J::Array(
-            m.into_iter()
-                .map(|(k, v)| J::Array(vec![to_json(k), to_json(v)]))
-                .collect(),
-        ),
-        other => J::String(format!("{other:?}")),
     }
 }

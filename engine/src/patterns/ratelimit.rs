@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 
 use super::lost_grant::LostGrant;
+use super::random;
 use super::{InputError, check_id};
 use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
@@ -154,6 +155,9 @@ pub enum CheckError {
     /// so `on_redis_error` does not apply.
     #[error(transparent)]
     Store(crate::store::StoreError),
+    /// No lease member for a concurrency limit: the OS has no entropy source (see `random`).
+    #[error("no secure random source: {0}")]
+    Random(String),
 }
 
 /// The facts of a request, for rules whose plugin decides.
@@ -360,7 +364,11 @@ impl RateLimiter {
         };
         let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
-        let lease_member = self.is_concurrency().then(random_token);
+        let lease_member = self
+            .is_concurrency()
+            .then(random::token::<{ random::TOKEN_BYTES }>)
+            .transpose()
+            .map_err(|e| CheckError::Random(e.to_string()))?;
         let mut args: Vec<&[u8]> = vec![cost_arg.as_bytes()];
         if let Some(m) = &lease_member {
             args.push(m.as_bytes());
@@ -574,7 +582,7 @@ impl RateLimiter {
         check_id(&id).map_err(|_| bad())?;
         let cost: u64 = cost.parse().map_err(|_| bad())?;
         let max = self.fixed.as_ref().map(|f| f.max_cost).unwrap_or(0);
-        if cost == 0 || cost > max || member.len() != 22 || !member.bytes().all(is_b64) {
+        if cost == 0 || cost > max || !random::is_token(member) {
             return Err(bad());
         }
         Ok((id, member.to_string(), cost))
@@ -706,25 +714,6 @@ pub fn retry_after_s(ms: u64) -> u64 {
 
 fn non_negative(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
-/// 128 random bits from the OS CSPRNG, URL-safe (22 characters).
-pub fn random_token() -> String {
-    let mut buf = [0u8; 16];
-    // getrandom only fails if the OS has no entropy source at all; fall back to the time
-    // rather than panic, since a lease id only has to be unique, not secret.
-    if getrandom::fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        buf = nanos.to_le_bytes();
-    }
-    B64.encode(buf)
 }
 
 #[cfg(test)]

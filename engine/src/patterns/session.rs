@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
 
+use super::random;
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::session::{SHARD_LEN, SessionScripts};
 use crate::compile::{CompiledSession, KeySpace};
@@ -154,10 +155,7 @@ fn shard_of(user: &str) -> String {
 }
 
 fn random_part() -> Result<String, SessionError> {
-    let mut buf = [0u8; RANDOM_BYTES];
-    // Session ids are bearer secrets: without the OS CSPRNG there is no safe fallback.
-    getrandom::fill(&mut buf).map_err(|e| SessionError::Random(e.to_string()))?;
-    Ok(B64.encode(buf))
+    random::token::<RANDOM_BYTES>().map_err(|e| SessionError::Random(e.to_string()))
 }
 
 /// The user id: the same bounds as any entity id, worded for this API.

@@ -3,7 +3,8 @@
 //! A plugin is a WebAssembly component (`NAME.wasm`, see `plugins/wit/plugin.wit`) or a Lua
 //! file (`NAME.lua`) that returns a table of hook functions with the same names and shapes.
 //! Hooks get the facts of one request and return a decision; the engine turns the decision
-//! into one atomic script call. Plugins never hold a Redis connection (invariant 7).
+//! into one atomic script call. Plugins never hold a Redis connection (ARCHITECTURE.md,
+//! invariant 9).
 //!
 //! Containment: every call is bounded (instruction budget or fuel, memory cap); a plugin that
 //! loops, allocates without bound, traps or returns garbage fails that one call with a
@@ -16,6 +17,7 @@ mod decision_proptest;
 pub mod lua;
 mod pool;
 pub mod registry;
+mod wasi;
 pub mod wasm;
 
 pub use decision::{

@@ -10,18 +10,22 @@ mod dupkeys;
 pub mod duration;
 pub mod ir;
 pub mod lock;
+pub mod ops;
+pub mod ratelimit;
 mod raw;
 pub mod schema;
 pub mod session;
+mod suggest;
 mod validate;
+mod yaml_errors;
+mod yaml_json;
 
 use std::path::{Path, PathBuf};
 
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
-pub use ir::{
-    Algorithm, App, ForwardedFor, IdFrom, Limit, OnRedisError, Ops, PluginRef, Policy, RateLimit,
-    Rule, RuleKind,
-};
+pub use ir::{App, PluginRef, Policy, Rule, RuleKind};
+pub use ops::Ops;
+pub use ratelimit::{Algorithm, ForwardedFor, IdFrom, Limit, OnRedisError, RateLimit};
 
 /// A successful load: the policy, and the warnings a user should still read.
 #[derive(Debug, Clone)]

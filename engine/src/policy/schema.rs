@@ -1,10 +1,11 @@
 //! The JSON Schema of a policy file (`patternd schema`), as strict as the loader wherever
 //! JSON Schema can say it.
 //!
-//! Field by field it is generated from the raw types (`raw.rs`, `cache.rs`, `session.rs`,
-//! `lock.rs`: types, enums, ranges, patterns). What spans fields is added here, next to each
-//! other: exactly one pattern block per rule, which limit fields go with which algorithm,
-//! what needs an `origin`, what only `write: behind` takes. What JSON Schema cannot say stays
+//! Field by field it is generated from the raw types (`raw.rs` and each pattern's file:
+//! `ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`: types, enums, ranges,
+//! patterns). What spans fields is added here, next to each other: exactly one pattern block
+//! per rule, which limit fields go with which algorithm, what needs an `origin`, what only
+//! `write: behind` takes. What JSON Schema cannot say stays
 //! the loader's alone: durations over 366 days (a sum), `max_ttl` ≥ `ttl`, `max_per_user` ≤
 //! an explicit `user_cap`, the addresses in `trusted_proxies`, and plugin names (resolved
 //! against the plugins directory). `tests/tests/standards.rs` runs a table of documents

@@ -4,7 +4,7 @@
 //! A value's ETag is `"<ver>"`, `ver` being the version every store gives it (digits; see the
 //! data contract in `compile::cache`). GETs evaluate the conditions here against the version
 //! they serve; PUT and PATCH pass them to their script (`preconditions_hold` in
-//! `cache_common.lua`), which compares them with the stored version in the same step that
+//! `lua/cache/common.lua`), which compares them with the stored version in the same step that
 //! writes, so no other write can come between the check and the write.
 //!
 //! Hand-written rather than the `headers` crate: that crate answers "does this ETag pass"
@@ -106,7 +106,7 @@ impl Preconditions {
     }
 
     /// The script arguments (If-Match, If-None-Match) that `preconditions_hold` in
-    /// `cache_common.lua` takes: '' (absent), '*', or ',v1,v2,' with only the versions that
+    /// `lua/cache/common.lua` takes: '' (absent), '*', or ',v1,v2,' with only the versions that
     /// can match (If-Match compares strongly: weak tags are left out).
     pub fn script_args(&self) -> (String, String) {
         let arg = |c: &Option<Condition>, strong: bool| match c {

@@ -1,10 +1,10 @@
-//! Write-behind dead letters: listing them and replaying them into the journal. The keys,
-//! the scripts and the decoding of their replies live here, so the admin handlers
-//! (`http/cache/dead.rs`) only parse, call and render.
+//! Write-behind dead letters: listing them and replaying them into the journal, so the admin
+//! handlers (`http/cache/dead.rs`) only parse, call and render (keys in `keys`, reply
+//! decoding in `reply`).
 
 use super::CacheRule;
-use super::write::{WriteError, int, text};
-use crate::compile::cache::{DEAD_SUB, JOURNAL_SUB, VALUE_SUB};
+use super::reply;
+use super::write::WriteError;
 use crate::store::Store;
 
 /// One dead letter, without its payload (the `dead_list` script's fields, in order).
@@ -38,15 +38,15 @@ impl CacheRule {
         count: u64,
     ) -> Result<(u64, Vec<DeadLetter>), WriteError> {
         let count_s = count.to_string();
-        let reply: Vec<redis::Value> = store
+        let raw: Vec<redis::Value> = store
             .eval(
                 &self.scripts.write.dead_list,
-                &[self.keys.rule_key(DEAD_SUB)],
+                &self.keys.dead_list(),
                 &[start.as_bytes(), count_s.as_bytes()],
             )
             .await
             .map_err(WriteError::Store)?;
-        Ok(decode_dead_list(&reply))
+        reply::dead_list(&raw).map_err(|e| WriteError::Reply(e.to_string()))
     }
 
     /// Moves the given dead letters (or, with no `ids`, the oldest `count`) back into the
@@ -59,11 +59,8 @@ impl CacheRule {
     ) -> Result<Replayed, WriteError> {
         let max_len = self.spec.journal_max_len.to_string();
         let count_s = count.to_string();
-        let streams = [
-            self.keys.rule_key(DEAD_SUB),
-            self.keys.rule_key(JOURNAL_SUB),
-        ];
-        // First which entries, and whose values they are (their keys come from KeySpace, so the
+        let streams = self.keys.replay(std::iter::empty());
+        // First which entries, and whose values they are (their keys come from `keys`, so the
         // move gets them as KEYS); the move re-reads every entry atomically.
         let mut args: Vec<&[u8]> = vec![b"peek", max_len.as_bytes(), count_s.as_bytes()];
         args.extend(ids.iter().map(|i| i.as_bytes()));
@@ -72,8 +69,7 @@ impl CacheRule {
             .await
             .map_err(WriteError::Store)?;
         let found = peeked.len() as u64;
-        let mut keys = streams.to_vec();
-        keys.extend(peeked.iter().map(|(_, vid)| self.keys.key(vid, VALUE_SUB)));
+        let keys = self.keys.replay(peeked.iter().map(|(_, vid)| vid.as_str()));
         let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
         args.extend(peeked.iter().map(|(eid, _)| eid.as_bytes()));
         let mut reply: Vec<i64> = if peeked.is_empty() {
@@ -95,35 +91,4 @@ impl CacheRule {
             journal_full: at(2) == 1,
         })
     }
-}
-
-/// The `dead_list` reply: the total, then one array of fields per dead letter.
-fn decode_dead_list(reply: &[redis::Value]) -> (u64, Vec<DeadLetter>) {
-    let total = reply.first().and_then(as_u64).unwrap_or(0);
-    let letters = reply
-        .iter()
-        .skip(1)
-        .filter_map(|v| {
-            let redis::Value::Array(f) = v else {
-                return None;
-            };
-            let s = |i: usize| f.get(i).and_then(text).unwrap_or_default();
-            let n = |i: usize| f.get(i).and_then(as_u64).unwrap_or(0);
-            Some(DeadLetter {
-                entry: s(0),
-                id: s(1),
-                attempts: n(2),
-                error: s(3),
-                failed_at_ms: n(4),
-                payload_bytes: n(5),
-                content_type: s(6),
-                journal_id: s(7),
-            })
-        })
-        .collect();
-    (total, letters)
-}
-
-fn as_u64(v: &redis::Value) -> Option<u64> {
-    int(v).and_then(|i| u64::try_from(i).ok())
 }

@@ -25,14 +25,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use reqwest::Method;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::write::{bytes, int, text};
-use super::{CacheRule, duration_ms, random_token};
-use crate::compile::cache::{DEAD_SUB, FLUSH_LEASE_SUB, JOURNAL_SUB, VALUE_SUB};
+use super::reply::{self, Entry};
+use super::{CacheRule, duration_ms};
+use crate::patterns::random::{self, NoEntropy};
+use crate::patterns::reply::ReplyError;
 use crate::policy::cache::WriteMode;
 use crate::runtime::Runtime;
 use crate::store::{Store, StoreError};
@@ -48,14 +48,12 @@ const GONE_CONSUMER: Duration = Duration::from_secs(3600);
 
 /// A unique consumer name for this process: pid plus 64 random bits, so a restarted engine
 /// (even with the same pid in a new container) never inherits a dead consumer's identity.
-pub fn consumer_name() -> String {
-    let mut buf = [0u8; 8];
-    let _ = getrandom::fill(&mut buf);
-    format!(
+pub fn consumer_name() -> Result<String, NoEntropy> {
+    Ok(format!(
         "patternd-{}-{:016x}",
         std::process::id(),
-        u64::from_le_bytes(buf)
-    )
+        u64::from_le_bytes(random::bytes::<8>()?)
+    ))
 }
 
 /// Runs until `stop` turns true (or its sender is dropped).
@@ -64,8 +62,8 @@ pub fn consumer_name() -> String {
 /// `write: behind` rule that has none (see `rule_loop`), so rules are flushed concurrently and
 /// an origin that is slow or hangs delays only its own rule's deliveries. On stop it waits for
 /// the rule tasks to finish their current poll.
-pub async fn run(runtime: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
-    let consumer: Arc<str> = Arc::from(consumer_name());
+pub async fn run(runtime: Arc<Runtime>, consumer: String, mut stop: watch::Receiver<bool>) {
+    let consumer: Arc<str> = Arc::from(consumer);
     tracing::info!(consumer = %consumer, "write-behind flusher started");
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, RuleName> = HashMap::new();
@@ -156,21 +154,13 @@ async fn rule_loop(
     }
 }
 
-/// One journal entry as the flusher sees it.
-#[derive(Debug, Clone)]
-struct Entry {
-    /// The stream entry id.
-    eid: String,
-    /// The write's original entry id (its place in the id's write order; differs from `eid`
-    /// after a dead-letter replay).
-    oid: String,
-    attempt: u64,
-    /// The client's id: the write goes to its origin URL.
-    id: String,
-    /// The id of the value the write stored (`k`: a plugin chose another key; else `id`).
-    key: String,
-    content_type: String,
-    body: Bytes,
+/// Why one poll of a rule failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unexpected journal fetch reply: {0}")]
+    Reply(#[from] ReplyError),
 }
 
 /// One poll of one rule: fetch, coalesce, deliver. Returns how many entries were taken.
@@ -178,10 +168,8 @@ pub async fn flush_once(
     store: &Store,
     rule: &Arc<CacheRule>,
     consumer: &Arc<str>,
-) -> Result<usize, StoreError> {
+) -> Result<usize, FlushError> {
     let w = &rule.scripts.write;
-    let jkey = rule.keys.rule_key(JOURNAL_SUB);
-    let dkey = rule.keys.rule_key(DEAD_SUB);
     let timeout_ms = duration_ms(rule.spec.origin_timeout);
     // Longer than a live consumer can hold an entry between taking and acknowledging it (one
     // origin attempt plus a few Redis calls), so only a dead consumer's entries are taken.
@@ -191,10 +179,10 @@ pub async fn flush_once(
     let base = base.to_string();
     let batch = BATCH.to_string();
     let gone = duration_ms(GONE_CONSUMER).to_string();
-    let reply: Vec<redis::Value> = store
+    let raw: Vec<redis::Value> = store
         .eval(
             &w.fetch,
-            &[jkey.clone(), dkey],
+            &rule.keys.fetch(),
             &[
                 consumer.as_bytes(),
                 batch.as_bytes(),
@@ -205,12 +193,22 @@ pub async fn flush_once(
             ],
         )
         .await?;
+    let (backlog, dead, raw_entries) = reply::fetch(raw)?;
     let labels = [("app", rule.app.clone()), ("rule", rule.rule.clone())];
-    let backlog = reply.first().and_then(int).unwrap_or(0);
-    let dead = reply.get(1).and_then(int).unwrap_or(0);
     metrics::gauge!("patternd_cache_journal_backlog", &labels).set(backlog as f64);
     metrics::gauge!("patternd_cache_dead_letters", &labels).set(dead as f64);
-    let entries: Vec<Entry> = reply.iter().skip(2).filter_map(parse_entry).collect();
+    // An entry that cannot be read is left pending (and logged) rather than stopping the
+    // others: it is retried, and dead-lettered, like one the origin refused.
+    let entries: Vec<Entry> = raw_entries
+        .into_iter()
+        .filter_map(|v| {
+            reply::entry(v)
+                .inspect_err(|e| {
+                    tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "unreadable write-behind journal entry; skipped");
+                })
+                .ok()
+        })
+        .collect();
     let taken = entries.len();
     if taken == 0 {
         return Ok(0);
@@ -226,9 +224,8 @@ pub async fn flush_once(
         let store = store.clone();
         let rule = rule.clone();
         let consumer = consumer.clone();
-        let jkey = jkey.clone();
         tasks.spawn(async move {
-            if let Err(e) = deliver(&store, &rule, &consumer, &jkey, group).await {
+            if let Err(e) = deliver(&store, &rule, &consumer, group).await {
                 tracing::warn!(app = %rule.app, rule = %rule.rule, error = %e, "write-behind delivery step failed; the entry stays pending");
             }
         });
@@ -237,14 +234,23 @@ pub async fn flush_once(
     Ok(taken)
 }
 
+/// Why a delivery step failed: logged, and the entry stays pending for the next poll.
+#[derive(Debug, thiserror::Error)]
+enum DeliverError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No flush lease token: the OS has no entropy source (see `random`).
+    #[error("no secure random source: {0}")]
+    Random(#[from] NoEntropy),
+}
+
 /// Delivers the newest write of one id (`group` sorted oldest first).
 async fn deliver(
     store: &Store,
     rule: &CacheRule,
     consumer: &str,
-    jkey: &str,
     mut group: Vec<Entry>,
-) -> Result<(), StoreError> {
+) -> Result<(), DeliverError> {
     let Some(newest) = group.pop() else {
         return Ok(());
     };
@@ -252,7 +258,7 @@ async fn deliver(
     let counter = |result: &'static str, n: u64| {
         metrics::counter!("patternd_cache_flush_total", "app" => rule.app.clone(), "rule" => rule.rule.clone(), "result" => result).increment(n);
     };
-    let token = random_token();
+    let token = random::token::<{ random::TOKEN_BYTES }>()?;
     let lease_ms = (duration_ms(rule.spec.origin_timeout) + 1000).to_string();
     let attempt = newest.attempt.to_string();
     // The value outlives the next attempt of this write (its backoff, plus the take-over
@@ -265,8 +271,6 @@ async fn deliver(
     let keep_ms = next_backoff
         .saturating_add(timeout_ms.saturating_mul(2).saturating_add(2000))
         .to_string();
-    let idkeys = rule.keys.keys(&newest.key, [VALUE_SUB, FLUSH_LEASE_SUB]);
-    let flush_key = idkeys[1].clone();
     let mut args: Vec<&[u8]> = vec![
         token.as_bytes(),
         lease_ms.as_bytes(),
@@ -277,8 +281,9 @@ async fn deliver(
         keep_ms.as_bytes(),
     ];
     args.extend(group.iter().map(|e| e.eid.as_bytes()));
-    let keys = [jkey.to_string(), idkeys[0].clone(), flush_key.clone()];
-    let verdict: String = store.eval(&w.begin, &keys, &args).await?;
+    let verdict: String = store
+        .eval(&w.begin, &rule.keys.flush_begin(&newest.key), &args)
+        .await?;
     counter("coalesced", group.len() as u64);
     match verdict.as_str() {
         "go" => {}
@@ -319,7 +324,7 @@ async fn deliver(
             let _: i64 = store
                 .eval(
                     &w.ack,
-                    &[jkey.to_string(), flush_key],
+                    &rule.keys.flush_ack(&newest.key),
                     &[token.as_bytes(), newest.eid.as_bytes()],
                 )
                 .await?;
@@ -331,7 +336,7 @@ async fn deliver(
             let _: i64 = store
                 .eval(
                     &w.dead,
-                    &[jkey.to_string(), rule.keys.rule_key(DEAD_SUB), flush_key],
+                    &rule.keys.flush_dead(&newest.key),
                     &[
                         token.as_bytes(),
                         newest.eid.as_bytes(),
@@ -347,48 +352,17 @@ async fn deliver(
         }
         Err(why) => {
             let _: i64 = store
-                .eval(&w.ack, &[jkey.to_string(), flush_key], &[token.as_bytes()])
+                .eval(
+                    &w.ack,
+                    &rule.keys.flush_ack(&newest.key),
+                    &[token.as_bytes()],
+                )
                 .await?;
             counter("failed", 1);
             tracing::info!(app = %rule.app, rule = %rule.rule, id = %newest.id, attempt = newest.attempt, error = %why, "write-behind delivery failed; will retry");
         }
     }
     Ok(())
-}
-
-fn parse_entry(v: &redis::Value) -> Option<Entry> {
-    let redis::Value::Array(parts) = v else {
-        return None;
-    };
-    let eid = text(parts.first()?)?;
-    let attempt = int(parts.get(1)?)?.max(1) as u64;
-    let redis::Value::Array(fields) = parts.get(2)? else {
-        return None;
-    };
-    let mut e = Entry {
-        oid: eid.clone(),
-        eid,
-        attempt,
-        id: String::new(),
-        key: String::new(),
-        content_type: String::new(),
-        body: Bytes::new(),
-    };
-    for pair in fields.chunks(2) {
-        let [k, v] = pair else { continue };
-        match text(k).as_deref() {
-            Some("id") => e.id = text(v)?,
-            Some("ct") => e.content_type = text(v)?,
-            Some("b") => e.body = Bytes::from(bytes(v)?),
-            Some("oid") => e.oid = text(v)?,
-            Some("k") => e.key = text(v)?,
-            _ => {}
-        }
-    }
-    if e.key.is_empty() {
-        e.key = e.id.clone();
-    }
-    Some(e)
 }
 
 /// A stream entry id `ms-seq` as a sortable pair (string order would put `9-0` after `10-0`).
@@ -405,8 +379,8 @@ mod tests {
     fn stream_ids_sort_numerically() {
         assert!(stream_id("9-0") < stream_id("10-0"));
         assert!(stream_id("10-2") < stream_id("10-10"));
-        let a = consumer_name();
+        let a = consumer_name().expect("random");
         assert!(a.starts_with("patternd-"));
-        assert_ne!(a, consumer_name());
+        assert_ne!(a, consumer_name().expect("random"));
     }
 }

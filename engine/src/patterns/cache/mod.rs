@@ -2,30 +2,45 @@
 //! request needs: the key space, the validated spec, the compiled scripts, the origin client,
 //! the plugin binding and the metric handles.
 //!
-//! The read path (GET, DELETE, tag invalidation) is in `read`; the origin client in `origin`.
-//! Keys and what they hold: see the data contract in `compile::cache`.
+//! One concept per file:
+//! - `read`: GET (the read script's loop: serve, fill or wait; a GET's Redis budget), with
+//!   `fill` (the origin call, the fill script, giving the refresh lease back) and `near`
+//!   (this engine's near cache of values).
+//! - `invalidate`: DELETE and invalidation by tag.
+//! - `write`: PUT and PATCH; `conditional`: `If-Match` / `If-None-Match`; `journal`: the
+//!   write-behind flusher; `dead`: its dead letters.
+//! - `origin`: the origin client; `freshness`: the origin's Cache-Control (`ttl_from_origin`).
+//! - `keys`: which keys each script takes; `reply`: decoding the scripts' replies.
+//!
+//! What each key holds: the data contract in `compile::cache`.
 
 pub mod conditional;
 pub mod dead;
+mod fill;
 pub mod freshness;
+pub mod invalidate;
 pub mod journal;
+pub mod keys;
+pub mod near;
 pub mod origin;
 pub mod read;
+mod reply;
 pub mod write;
 
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::Counter;
 
-use crate::compile::cache::{LEASE_SUB, TAG_PREFIX_SUB, VALUE_SUB};
 use crate::compile::{CompiledCache, KeySpace};
 use crate::patterns::InputError;
 use crate::plugin::{CacheDecision, PluginBinding, PluginError, RequestFacts};
 use crate::policy::Rule;
 use crate::policy::cache::{Cache, OriginTemplate};
-use crate::store::near::{Invalidate, NearCache};
+use crate::store::near::NearCache;
 
+pub use keys::CacheKeys;
+pub use near::NearValue;
 pub use origin::{OriginClient, OriginError, OriginResponse, parse_tags, valid_tag};
 pub use read::{Body, ReadError, ReadOutcome};
 
@@ -33,7 +48,8 @@ pub use read::{Body, ReadError, ReadOutcome};
 pub struct CacheRule {
     pub app: String,
     pub rule: String,
-    pub keys: KeySpace,
+    /// Every key the rule's scripts take (`keys`).
+    keys: CacheKeys,
     pub spec: Cache,
     pub scripts: CompiledCache,
     /// `None` when the rule has no `origin`.
@@ -42,8 +58,6 @@ pub struct CacheRule {
     /// add one (see `origin_url`).
     origin_dots: usize,
     pub plugin: Option<(String, PluginBinding)>,
-    /// `ks.rule_key("tag:")`: a tag's version key is this plus the tag.
-    tag_prefix: String,
     /// The read script's constant ARGV, formatted once per snapshot rather than per GET.
     read_argv: read::ReadArgv,
     /// This engine's copy of hot values (`near_cache:`), keyed by value key.
@@ -53,19 +67,6 @@ pub struct CacheRule {
     /// (an outage must not queue every request behind the origin).
     without_redis: tokio::sync::Semaphore,
     counters: Counters,
-}
-
-/// A value in the near cache: what a near hit serves.
-#[derive(Debug, Clone)]
-pub struct NearValue {
-    pub content_type: String,
-    pub body: Body,
-    /// The value's version (its ETag without quotes; `None` for a value stored before
-    /// versions existed).
-    pub version: Option<String>,
-    /// When the value stops being fresh, in this host's monotonic clock, derived from the
-    /// freshness left that Redis reported (never from comparing clocks).
-    pub fresh_until: Instant,
 }
 
 /// `patternd_cache_requests_total{app,rule,result}`.
@@ -123,10 +124,18 @@ impl CacheRule {
             )?),
             None => None,
         };
+        let keys = CacheKeys::new(keys, spec.write);
+        // A tag bump may touch any value: tag keys drop the whole near cache.
+        let near = spec.near_cache.as_ref().map(|n| {
+            Arc::new(NearCache::new(
+                n.max_entries,
+                Some(keys.tag_prefix().to_string()),
+            ))
+        });
         Ok(Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
-            keys: keys.clone(),
+            keys,
             spec: spec.clone(),
             scripts: scripts.clone(),
             origin,
@@ -135,56 +144,11 @@ impl CacheRule {
                 .as_ref()
                 .map_or(0, |o| dot_segments(&o.url("_"))),
             plugin,
-            tag_prefix: keys.rule_key(TAG_PREFIX_SUB),
             read_argv: read::ReadArgv::new(spec),
-            // A tag bump may touch any value: tag keys drop the whole near cache.
-            near: spec.near_cache.as_ref().map(|n| {
-                Arc::new(NearCache::new(
-                    n.max_entries,
-                    Some(keys.rule_key(TAG_PREFIX_SUB)),
-                ))
-            }),
+            near,
             without_redis: tokio::sync::Semaphore::new(origin::MAX_IN_FLIGHT),
             counters: Counters::new(&rule.app, &rule.name),
         })
-    }
-
-    /// The near cache to register for invalidations: the prefix of the rule's keys and the
-    /// cache. `None` without `near_cache:`.
-    pub fn near_registration(&self) -> Option<(String, Weak<dyn Invalidate>)> {
-        let near = self.near.clone()?;
-        let near: Arc<dyn Invalidate> = near;
-        Some((self.keys.prefix().to_string(), Arc::downgrade(&near)))
-    }
-
-    /// Drops this engine's near copy of `id` after a write through this engine, so this
-    /// engine reads its own writes at once; other engines hear of it from Redis.
-    pub fn forget(&self, id: &str) {
-        if let Some(n) = &self.near {
-            n.remove(&self.keys.key(id, VALUE_SUB));
-        }
-    }
-
-    /// Drops every near copy (after a tag invalidation through this engine).
-    pub fn forget_all(&self) {
-        if let Some(n) = &self.near {
-            n.invalidate(None);
-        }
-    }
-
-    /// The value HASH and refresh lease keys of `id` (in that order).
-    pub fn id_keys(&self, id: &str) -> Vec<String> {
-        self.keys.keys(id, [VALUE_SUB, LEASE_SUB])
-    }
-
-    /// `ks.rule_key("tag:")`, the prefix of every tag version key (scripts append the tag).
-    pub fn tag_prefix(&self) -> &str {
-        &self.tag_prefix
-    }
-
-    /// The version key of one tag.
-    pub fn tag_key(&self, tag: &str) -> String {
-        self.keys.rule_key(&format!("{TAG_PREFIX_SUB}{tag}"))
     }
 
     /// How long a value is kept after its freshness ends: max(stale_while_revalidate,
@@ -206,7 +170,7 @@ impl CacheRule {
     /// a fill may take from its read to its store: longer than a fill that read the origin
     /// before the write or DELETE can take (its origin call ends within origin_timeout, or it
     /// loses its lease after refresh_lease), and longer than a write-through's own origin
-    /// call. A fill older than this stores nothing (`cache_fill.lua`), so the marker never
+    /// call. A fill older than this stores nothing (`lua/cache/fill.lua`), so the marker never
     /// lapses under a fill it must stop; tag keys an invalidation creates live as long.
     pub fn marker_ms(&self) -> u64 {
         duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
@@ -330,25 +294,6 @@ pub fn encode_path_segment(id: &str) -> String {
     out
 }
 
-/// 16 random bytes, base64url: a lease token.
-pub fn random_token() -> String {
-    crate::patterns::ratelimit::random_token()
-}
-
-/// A random number in (0, 1] for XFetch (never 0: ln(0) is -inf).
-pub fn random_unit() -> f64 {
-    let mut buf = [0u8; 8];
-    if getrandom::fill(&mut buf).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        buf[..4].copy_from_slice(&nanos.to_le_bytes());
-    }
-    let x = u64::from_le_bytes(buf) >> 11; // 53 random bits
-    (x as f64 + 1.0) / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,13 +376,5 @@ mod tests {
             check_cache_id("%2e%2e").is_ok(),
             "sent as %252e%252e: one segment"
         );
-    }
-
-    #[test]
-    fn random_unit_is_in_range() {
-        for _ in 0..1000 {
-            let r = random_unit();
-            assert!(r > 0.0 && r <= 1.0, "{r}");
-        }
     }
 }

@@ -1,5 +1,6 @@
-//! The read side of a cache rule: GET (cache-aside with stampede protection), DELETE and tag
-//! invalidation.
+//! GET of a cache rule: cache-aside with stampede protection. The fill (origin call and store,
+//! and giving the lease back) is in `fill`, the near cache glue in `near`, the script's reply
+//! decoding in `reply`; DELETE and tag invalidation in `invalidate`.
 //!
 //! One read script call decides everything for a GET (hit, miss, early XFetch refresh, stale,
 //! who holds the refresh lease); the engine then serves, fills, or waits. Waiters poll the read
@@ -43,19 +44,18 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use redis::Value;
 
-use super::freshness::{self, Bounds, Uncacheable};
-use super::origin::{MAX_TAGS, OriginError, OriginResponse};
-use super::{CacheRule, NearValue, duration_ms, random_token, random_unit};
-use crate::patterns::{InputError, check_id};
+use super::fill::{Fill, LeaseGuard};
+use super::reply::{self, Action, ReadReply, Stored};
+use super::{CacheRule, duration_ms};
+use crate::patterns::reply::ReplyError;
+use crate::patterns::{InputError, check_id, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
 use crate::policy::cache::CacheOnRedisError;
-use crate::store::near::Ticket;
 use crate::store::{Store, StoreError};
 
-/// At most this many `fields` per GET, and tags per invalidation.
+/// At most this many `fields` per GET.
 pub const MAX_FIELDS: usize = 64;
-pub const MAX_INVALIDATE_TAGS: usize = 100;
 const MAX_FIELD_BYTES: usize = 256;
 
 /// `Cache-Status` of a GET answered without Redis: nothing was looked up or stored.
@@ -187,7 +187,7 @@ pub struct ReadRequest<'a> {
 /// Time spent on the origin or sleeping between polls is not drawn.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Budget {
-    total: Duration,
+    pub(super) total: Duration,
     left: Duration,
 }
 
@@ -220,111 +220,12 @@ impl Budget {
     }
 }
 
-/// What the read script said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Absent,
-    Hit,
-    Refresh,
-    Stale,
-    StaleRefresh,
-    /// Past stale_while_revalidate, inside stale_if_error, and the origin failed moments ago.
-    StaleError,
-    /// No usable value, and the origin failed moments ago on another caller's fill.
-    Failed,
-    Fetch,
-    Wait,
-    /// No value, and the origin's last answer may not be stored: ask it without waiting.
-    Pass,
-}
-
-/// A value the read script returned.
-#[derive(Debug, Clone)]
-struct Stored {
-    st: String,
-    ct: String,
-    /// Ms of freshness left at the read (negative: stale).
-    left: i64,
-    /// Ms the value's fill took (XFetch's recompute time; 0 for written values).
-    delta: i64,
-    body: Body,
-    /// `ver` ('' for a value stored before versions existed).
-    version: String,
-}
-
-impl Stored {
-    fn version(&self) -> Option<String> {
-        (!self.version.is_empty()).then(|| self.version.clone())
-    }
-}
-
-struct Reply {
-    action: Action,
-    /// Redis TIME (µs) of the read: a fill that follows passes it to the fill script.
-    start: String,
-    value: Option<Stored>,
-}
-
 /// The per-request choices: the plugin's or the rule's.
 #[derive(Clone)]
-struct Choice {
-    key_id: String,
-    ttl_ms: u64,
-    tags: Vec<String>,
-}
-
-/// What a fill got from the origin. `stored`: the version it was stored as, if it was;
-/// `uncacheable`: why the origin's own header fields kept it from being stored
-/// (`ttl_from_origin`), as a `Cache-Status` detail.
-enum Fetched {
-    Value {
-        content_type: String,
-        body: Body,
-        stored: Option<String>,
-        uncacheable: Option<&'static str>,
-    },
-    NotFound {
-        stored: bool,
-        uncacheable: Option<&'static str>,
-    },
-}
-
-/// How long a fill's value lives: fresh for `ttl_ms`, then kept `stale_ms`; `windows`: the
-/// value's own (stale_while_revalidate, stale_if_error) in ms, from the origin's answer.
-#[derive(Debug, Clone, Copy)]
-struct FillLife {
-    ttl_ms: u64,
-    stale_ms: u64,
-    windows: Option<(u64, u64)>,
-}
-
-/// What the fill script stores: `st` '200', '404', or 'pass' (nothing; see `cache_fill.lua`).
-struct FillValue<'a> {
-    st: &'a str,
-    ct: &'a str,
-    life: FillLife,
-    delta_ms: u64,
-    tags: &'a [String],
-    body: Option<&'a Body>,
-}
-
-/// `Cache-Status` parameters after `fwd-status` for a fill's answer: `; stored`, or the
-/// reason it was not stored.
-fn stored_param(stored: bool, uncacheable: Option<&str>) -> String {
-    match (stored, uncacheable) {
-        (true, _) => "; stored".to_string(),
-        (false, Some(why)) => format!("; detail={why}"),
-        (false, None) => String::new(),
-    }
-}
-
-enum FetchError {
-    /// Timeout or unreachable: stale_if_error applies.
-    Down(OriginError),
-    /// A 5xx: stale_if_error applies.
-    Failed(u16),
-    /// Anything else (another status, too large, not a JSON object): no stale.
-    Bad(String),
+pub(super) struct Choice {
+    pub(super) key_id: String,
+    pub(super) ttl_ms: u64,
+    pub(super) tags: Vec<String>,
 }
 
 impl CacheRule {
@@ -386,7 +287,7 @@ impl CacheRule {
             }
             choice.tags = d.tags;
         }
-        let keys = self.read_keys(&choice.key_id);
+        let keys = self.keys.read(&choice.key_id);
         if let Some(hit) = self.near_hit(&keys[0], req.fields.as_deref()) {
             return Ok(hit);
         }
@@ -439,7 +340,7 @@ impl CacheRule {
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
         loop {
-            let (token, rand) = token_and_unit();
+            let (token, rand) = random::token_and_unit().map_err(no_entropy)?;
             let reply = {
                 // Dropped mid-call (the client went away), the read may have granted this
                 // token the lease that nobody will fill: the guard gives it back.
@@ -473,19 +374,11 @@ impl CacheRule {
                     });
                 }
                 Action::Hit | Action::Refresh => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     if reply.action == Action::Refresh {
                         self.counters.refresh.increment(1);
-                        self.spawn_fill(
-                            store,
-                            budget,
-                            req.id,
-                            keys.clone(),
-                            (token, reply.start),
-                            choice,
-                        );
+                        let fill = Fill::new(req.id, &keys, token, reply.start, choice);
+                        self.spawn_fill(store, budget, fill);
                     }
                     if reply.action == Action::Hit && !waited && req.fields.is_none() {
                         self.near_store(&keys[0], &v, ticket.take());
@@ -501,18 +394,10 @@ impl CacheRule {
                     return self.serve(v, status, req.id);
                 }
                 Action::Stale | Action::StaleRefresh => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     if reply.action == Action::StaleRefresh {
-                        self.spawn_fill(
-                            store,
-                            budget,
-                            req.id,
-                            keys.clone(),
-                            (token, reply.start),
-                            choice,
-                        );
+                        let fill = Fill::new(req.id, &keys, token, reply.start, choice);
+                        self.spawn_fill(store, budget, fill);
                     }
                     self.counters.stale.increment(1);
                     let status = format!(
@@ -522,9 +407,7 @@ impl CacheRule {
                     return self.serve(v, status, req.id);
                 }
                 Action::StaleError => {
-                    let Some(v) = value else {
-                        return Err(self.bad_reply());
-                    };
+                    let v = self.served_value(value)?;
                     self.counters.stale.increment(1);
                     let status = format!(
                         "patternd; hit; ttl={}; detail=stale-if-error",
@@ -547,23 +430,16 @@ impl CacheRule {
                 // Pass: without the lease; the fill script stores an answer that may be stored
                 // only into an absent value whose lease holds nothing or the pass marker.
                 Action::Fetch | Action::Pass => {
+                    let fill = Fill::new(req.id, &keys, token, reply.start, choice);
                     return self
-                        .fill_now(
-                            store,
-                            budget,
-                            req.id,
-                            &keys,
-                            (token, reply.start),
-                            value,
-                            &choice,
-                            &req.fields,
-                        )
+                        .fill_now(store, budget, fill, value, req.fields.as_deref())
                         .await;
                 }
                 Action::Wait => {
                     waited = true;
                     let jitter = Duration::from_micros(
-                        (random_unit() * pause.as_micros() as f64 * 0.5) as u64,
+                        (random::unit().map_err(no_entropy)? * pause.as_micros() as f64 * 0.5)
+                            as u64,
                     );
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep((pause + jitter).min(left)).await;
@@ -619,530 +495,6 @@ impl CacheRule {
         }
     }
 
-    /// This caller fills (it holds the lease, or waited out `fill_wait`), serving a stale
-    /// value if the origin fails inside `stale_if_error`.
-    #[allow(clippy::too_many_arguments)]
-    async fn fill_now(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &Budget,
-        id: &str,
-        keys: &[String],
-        (token, start): (String, String),
-        stale: Option<Stored>,
-        choice: &Choice,
-        fields: &Option<Vec<String>>,
-    ) -> Result<ReadOutcome, ReadError> {
-        let fwd = if stale.as_ref().is_some_and(|s| s.st == "200") {
-            "stale"
-        } else {
-            "miss"
-        };
-        let started = Instant::now();
-        let sie = i64::try_from(duration_ms(self.spec.stale_if_error)).unwrap_or(0);
-        // A failure holds the lease as a marker, so the callers waiting for this fill (and the
-        // next ones for a while) are served stale at once, or share the failure, instead of
-        // each asking the failing origin again.
-        let has_stale = stale
-            .as_ref()
-            .is_some_and(|s| s.st == "200" && -s.left <= sie);
-        let hold = Some(self.failure_hold_ms(has_stale));
-        // The fill runs in a task of its own, which this GET awaits: if the client goes away
-        // (axum drops this future), the fill still completes, so the callers waiting for it
-        // get the value instead of waiting out `fill_wait` behind an orphaned lease.
-        let fill = {
-            let (this, store, id, keys) =
-                (self.clone(), store.clone(), id.to_string(), keys.to_vec());
-            let (choice, mut budget) = (choice.clone(), *budget);
-            tokio::spawn(async move {
-                this.fetch_and_store(
-                    &store,
-                    &mut budget,
-                    &id,
-                    &keys,
-                    (&token, &start),
-                    &choice,
-                    hold,
-                )
-                .await
-            })
-        };
-        let fetched = fill.await.map_err(|e| {
-            tracing::error!(app = %self.app, rule = %self.rule, error = %e, "cache fill task failed");
-            ReadError::Internal(format!("cache fill task failed: {e}"))
-        })?;
-        match fetched {
-            Ok(Fetched::Value {
-                content_type,
-                body,
-                stored,
-                uncacheable,
-            }) => {
-                self.counters.miss.increment(1);
-                let param = stored_param(stored.is_some(), uncacheable);
-                Ok(ReadOutcome {
-                    content_type,
-                    body: select(body, fields.as_deref()),
-                    cache_status: format!("patternd; fwd={fwd}; fwd-status=200{param}"),
-                    version: stored,
-                })
-            }
-            Ok(Fetched::NotFound {
-                stored,
-                uncacheable,
-            }) => {
-                self.counters.negative.increment(1);
-                let stored = stored_param(stored, uncacheable);
-                Err(ReadError::NotFound {
-                    detail: format!("the origin has no `{id}`"),
-                    cache_status: format!("patternd; fwd={fwd}; fwd-status=404{stored}"),
-                })
-            }
-            Err(e) => {
-                let fwd_status = match &e {
-                    FetchError::Failed(s) => format!("; fwd-status={s}"),
-                    _ => String::new(),
-                };
-                let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-                let usable = matches!(e, FetchError::Down(_) | FetchError::Failed(_));
-                if usable
-                    && let Some(s) = stale
-                    && s.st == "200"
-                    && -(s.left - elapsed) <= sie
-                {
-                    self.counters.stale.increment(1);
-                    let status = format!(
-                        "patternd; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error",
-                        ttl_secs(s.left - elapsed)
-                    );
-                    return self.serve(s, status, id);
-                }
-                self.counters.error.increment(1);
-                let (timeout, detail) = match e {
-                    FetchError::Down(e) => (e.is_timeout(), e.to_string()),
-                    FetchError::Failed(s) => (false, format!("the origin answered {s}")),
-                    FetchError::Bad(d) => (false, d),
-                };
-                Err(ReadError::Origin {
-                    timeout,
-                    detail,
-                    cache_status: format!("patternd; fwd={fwd}{fwd_status}"),
-                })
-            }
-        }
-    }
-
-    /// Background refresh (early XFetch or stale_while_revalidate): the caller was already
-    /// answered; failures only release the lease and log.
-    fn spawn_fill(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &Budget,
-        id: &str,
-        keys: Vec<String>,
-        (token, start): (String, String),
-        choice: Choice,
-    ) {
-        let this = self.clone();
-        let store = store.clone();
-        let id = id.to_string();
-        // Its own allowance: the caller was answered already.
-        let mut budget = Budget::new(budget.total);
-        tokio::spawn(async move {
-            // The value is still servable (fresh or stale), so with stale_if_error a failure
-            // holds the lease: no other refresh hammers the failing origin for a while.
-            let hold = (!this.spec.stale_if_error.is_zero()).then(|| this.failure_hold_ms(true));
-            if let Err(e) = this
-                .fetch_and_store(
-                    &store,
-                    &mut budget,
-                    &id,
-                    &keys,
-                    (&token, &start),
-                    &choice,
-                    hold,
-                )
-                .await
-            {
-                let why = match e {
-                    FetchError::Down(e) => e.to_string(),
-                    FetchError::Failed(s) => format!("the origin answered {s}"),
-                    FetchError::Bad(d) => d,
-                };
-                tracing::warn!(app = %this.app, rule = %this.rule, error = %why, "background cache refresh failed");
-            }
-        });
-    }
-
-    /// How long the failure marker stays after a failed fill: with a stale value to serve,
-    /// refresh_lease (one probe of the origin per period); without, only as long as callers
-    /// wait for a fill (min(refresh_lease, fill_wait)), since it turns reads into 502s.
-    fn failure_hold_ms(&self, has_stale: bool) -> u64 {
-        let lease = duration_ms(self.spec.refresh_lease);
-        let ms = if has_stale {
-            lease
-        } else {
-            lease.min(duration_ms(self.spec.fill_wait))
-        };
-        ms.max(1)
-    }
-
-    /// Fetches from the origin and stores the answer with the fill script. On a failure the
-    /// lease is released, so the next caller may try at once; or, with `hold_on_failure` and
-    /// an origin that is down or failing, turned into the failure marker for that many ms.
-    /// `start` is the Redis TIME of the read this fill follows (see `cache_fill.lua`).
-    #[allow(clippy::too_many_arguments)]
-    async fn fetch_and_store(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &mut Budget,
-        id: &str,
-        keys: &[String],
-        (token, start): (&str, &str),
-        choice: &Choice,
-        hold_on_failure: Option<u64>,
-    ) -> Result<Fetched, FetchError> {
-        let (Some(client), Some(url)) = (&self.origin, self.origin_url(id)) else {
-            return Err(FetchError::Bad("the rule has no origin".into()));
-        };
-        let res = client.get(&url, self.spec.max_value_bytes).await;
-        let failure = match res {
-            Ok(r) if r.status == 200 => match self.decode(&r) {
-                Ok((ct, body)) => {
-                    let life = match self.origin_lifetimes(&r, choice.ttl_ms, true) {
-                        Ok(l) => l,
-                        Err(why) => {
-                            self.pass(store, budget, keys, token, start).await;
-                            return Ok(Fetched::Value {
-                                content_type: ct,
-                                body,
-                                stored: None,
-                                uncacheable: Some(why.detail()),
-                            });
-                        }
-                    };
-                    // The plugin's tags first: when there are too many, the origin's are cut.
-                    let mut tags: Vec<String> =
-                        Vec::with_capacity(choice.tags.len() + r.tags.len());
-                    for t in choice.tags.iter().chain(&r.tags) {
-                        if !tags.contains(t) {
-                            tags.push(t.clone());
-                        }
-                    }
-                    tags.truncate(MAX_TAGS);
-                    let delta = duration_ms(r.elapsed).max(1);
-                    let stored = self
-                        .fill_script(
-                            store,
-                            budget,
-                            keys,
-                            (token, start),
-                            FillValue {
-                                st: "200",
-                                ct: &ct,
-                                life,
-                                delta_ms: delta,
-                                tags: &tags,
-                                body: Some(&body),
-                            },
-                        )
-                        .await;
-                    return Ok(Fetched::Value {
-                        content_type: ct,
-                        body,
-                        stored,
-                        uncacheable: None,
-                    });
-                }
-                Err(detail) => FetchError::Bad(detail),
-            },
-            Ok(r) if r.status == 404 => {
-                let Some(neg) = self.spec.negative_ttl else {
-                    self.release(store, budget, keys, token, None).await;
-                    return Ok(Fetched::NotFound {
-                        stored: false,
-                        uncacheable: None,
-                    });
-                };
-                let life = match self.origin_lifetimes(&r, duration_ms(neg), false) {
-                    Ok(l) => l,
-                    Err(why) => {
-                        self.pass(store, budget, keys, token, start).await;
-                        return Ok(Fetched::NotFound {
-                            stored: false,
-                            uncacheable: Some(why.detail()),
-                        });
-                    }
-                };
-                let stored = self
-                    .fill_script(
-                        store,
-                        budget,
-                        keys,
-                        (token, start),
-                        FillValue {
-                            st: "404",
-                            ct: "",
-                            life,
-                            delta_ms: 0,
-                            tags: &[],
-                            body: None,
-                        },
-                    )
-                    .await
-                    .is_some();
-                return Ok(Fetched::NotFound {
-                    stored,
-                    uncacheable: None,
-                });
-            }
-            Ok(r) if r.status >= 500 => FetchError::Failed(r.status),
-            Ok(r) => FetchError::Bad(format!(
-                "the origin answered {}; only 200 and 404 can be cached",
-                r.status
-            )),
-            Err(OriginError::TooLarge { max }) => FetchError::Bad(format!(
-                "the origin's value is larger than max_value_bytes ({max} bytes); not stored"
-            )),
-            Err(e) => FetchError::Down(e),
-        };
-        let hold = hold_on_failure
-            .filter(|_| matches!(failure, FetchError::Down(_) | FetchError::Failed(_)));
-        self.release(store, budget, keys, token, hold).await;
-        Err(failure)
-    }
-
-    /// How long an origin answer is kept: the rule's `ttl` (`ttl_ms`: the rule's, the plugin's
-    /// or negative_ttl) and stale windows, or with `ttl_from_origin` what the answer's own
-    /// header fields allow within those (`Err`: not to be stored). `own_windows`: the answer
-    /// is a value (a negative entry has no stale windows).
-    fn origin_lifetimes(
-        &self,
-        r: &OriginResponse,
-        ttl_ms: u64,
-        own_windows: bool,
-    ) -> Result<FillLife, Uncacheable> {
-        let (swr, sie) = if own_windows {
-            (
-                duration_ms(self.spec.stale_while_revalidate),
-                duration_ms(self.spec.stale_if_error),
-            )
-        } else {
-            (0, 0)
-        };
-        if !self.spec.ttl_from_origin {
-            return Ok(FillLife {
-                ttl_ms,
-                stale_ms: if own_windows { self.stale_ms() } else { 0 },
-                windows: None,
-            });
-        }
-        let l = freshness::lifetimes(
-            &r.freshness,
-            Bounds {
-                ttl_ms,
-                swr_ms: swr,
-                sie_ms: sie,
-            },
-        )?;
-        Ok(FillLife {
-            ttl_ms: l.ttl_ms,
-            stale_ms: l.swr_ms.max(l.sie_ms),
-            windows: own_windows.then_some((l.swr_ms, l.sie_ms)),
-        })
-    }
-
-    /// The origin's answer may not be stored: the fill script drops the value this fill would
-    /// have replaced and leaves the pass marker for refresh_lease (see `cache_fill.lua`).
-    async fn pass(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &mut Budget,
-        keys: &[String],
-        token: &str,
-        start: &str,
-    ) {
-        let hold = duration_ms(self.spec.refresh_lease).max(1);
-        self.fill_script(
-            store,
-            budget,
-            keys,
-            (token, start),
-            FillValue {
-                st: "pass",
-                ct: "",
-                life: FillLife {
-                    ttl_ms: hold,
-                    stale_ms: 0,
-                    windows: None,
-                },
-                delta_ms: 0,
-                tags: &[],
-                body: None,
-            },
-        )
-        .await;
-    }
-
-    /// The origin's answer as this rule stores it: `format: hash` needs a JSON object.
-    fn decode(&self, r: &OriginResponse) -> Result<(String, Body), String> {
-        match self.spec.format {
-            CacheFormat::String => Ok((
-                r.content_type
-                    .clone()
-                    .unwrap_or_else(|| "application/octet-stream".into()),
-                Body::Bytes(r.body.clone()),
-            )),
-            CacheFormat::Hash => {
-                let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| {
-                    format!("the rule has `format: hash` but the origin's body is not JSON: {e}")
-                })?;
-                let serde_json::Value::Object(map) = v else {
-                    return Err(
-                        "the rule has `format: hash` but the origin's body is not a JSON object"
-                            .into(),
-                    );
-                };
-                Ok((
-                    "application/json".into(),
-                    Body::Fields(map.into_iter().map(|(k, v)| (k, v.to_string())).collect()),
-                ))
-            }
-        }
-    }
-
-    /// Runs the fill script; a Redis failure is logged and reported as not stored (the caller
-    /// still serves what the origin said), and the lease is given back in the background so
-    /// the next caller fills at once instead of waiting for it to expire. Returns the version
-    /// the value was stored as, if it was.
-    async fn fill_script(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &mut Budget,
-        keys: &[String],
-        (token, start): (&str, &str),
-        v: FillValue<'_>,
-    ) -> Option<String> {
-        let (swr, sie) = match v.life.windows {
-            Some((a, b)) => (a.to_string(), b.to_string()),
-            None => (String::new(), String::new()),
-        };
-        let nums = [
-            v.life.ttl_ms.to_string(),
-            v.life.stale_ms.to_string(),
-            v.delta_ms.to_string(),
-            self.marker_ms().to_string(),
-            v.tags.len().to_string(),
-        ];
-        let mut args: Vec<&[u8]> = vec![
-            token.as_bytes(),
-            self.tag_prefix().as_bytes(),
-            v.st.as_bytes(),
-            v.ct.as_bytes(),
-            nums[0].as_bytes(),
-            nums[1].as_bytes(),
-            nums[2].as_bytes(),
-            start.as_bytes(),
-            nums[3].as_bytes(),
-            swr.as_bytes(),
-            sie.as_bytes(),
-            nums[4].as_bytes(),
-        ];
-        args.extend(v.tags.iter().map(String::as_bytes));
-        match v.body {
-            None => args.push(b"-"),
-            Some(Body::Bytes(b)) => {
-                args.push(b"b");
-                args.push(b);
-            }
-            Some(Body::Fields(f)) => {
-                args.push(b"f");
-                for (n, val) in f {
-                    args.push(n.as_bytes());
-                    args.push(val.as_bytes());
-                }
-            }
-        }
-        match budget
-            .run(store.eval::<Vec<Value>>(&self.scripts.fill, keys, &args))
-            .await
-        {
-            Ok(reply) => match reply.as_slice() {
-                [Value::Int(1), ver, ..] => into_text(ver.clone()),
-                _ => None,
-            },
-            Err(e) => {
-                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "cache fill could not be stored; giving the lease back");
-                // If the call did run (a timeout), the lease is no longer this token's and
-                // the release does nothing.
-                self.release_later(store, keys, token, None);
-                None
-            }
-        }
-    }
-
-    /// Gives the lease back, or (`hold_ms`) turns it into the failure marker for that long,
-    /// within the GET's Redis budget; when that runs out first, in the background.
-    async fn release(
-        self: &Arc<Self>,
-        store: &Store,
-        budget: &mut Budget,
-        keys: &[String],
-        token: &str,
-        hold_ms: Option<u64>,
-    ) {
-        let Some(lease) = keys.get(1) else { return };
-        let hold = hold_ms.map(|ms| ms.to_string());
-        let mut args: Vec<&[u8]> = vec![token.as_bytes()];
-        if let Some(h) = &hold {
-            args.push(h.as_bytes());
-        }
-        let res = budget
-            .run(store.eval::<i64>(&self.scripts.release, std::slice::from_ref(lease), &args))
-            .await;
-        match res {
-            Ok(_) => {}
-            Err(StoreError::Timeout(_)) => self.release_later(store, keys, token, hold_ms),
-            Err(e) => {
-                tracing::warn!(app = %self.app, rule = %self.rule, error = %e, "could not release a cache lease; it expires by itself");
-            }
-        }
-    }
-
-    /// `release` in a task of its own, bounded by the store's command timeout only: for a GET
-    /// that was dropped or whose budget ran out. Best effort: if it fails, or reaches Redis
-    /// before the call that took the lease, the lease expires by itself (`refresh_lease`).
-    fn release_later(
-        self: &Arc<Self>,
-        store: &Store,
-        keys: &[String],
-        token: &str,
-        hold_ms: Option<u64>,
-    ) {
-        let (Some(lease), Ok(rt)) = (keys.get(1), tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let (this, store, lease, token) = (
-            self.clone(),
-            store.clone(),
-            lease.clone(),
-            token.to_string(),
-        );
-        rt.spawn(async move {
-            let hold = hold_ms.map(|ms| ms.to_string());
-            let mut args: Vec<&[u8]> = vec![token.as_bytes()];
-            if let Some(h) = &hold {
-                args.push(h.as_bytes());
-            }
-            if let Err(e) = store
-                .eval::<i64>(&this.scripts.release, std::slice::from_ref(&lease), &args)
-                .await
-            {
-                tracing::warn!(app = %this.app, rule = %this.rule, error = %e, "could not release a cache lease; it expires by itself");
-            }
-        });
-    }
-
     async fn read_script(
         &self,
         store: &Store,
@@ -1151,12 +503,12 @@ impl CacheRule {
         token: &str,
         rand: f64,
         fields: Option<&[String]>,
-    ) -> Result<Reply, ReadError> {
+    ) -> Result<ReadReply, ReadError> {
         let rand = rand.to_string();
         let c = &self.read_argv;
         let mut args: Vec<&[u8]> = Vec::with_capacity(9 + fields.map_or(0, <[String]>::len));
         args.extend_from_slice(&[
-            self.tag_prefix().as_bytes(),
+            self.keys.tag_prefix().as_bytes(),
             rand.as_bytes(),
             token.as_bytes(),
             c.lease_ms.as_bytes(),
@@ -1178,133 +530,37 @@ impl CacheRule {
         let raw: Vec<Value> = budget
             .run(store.eval(&self.scripts.read, keys, &args))
             .await?;
-        self.parse_reply(raw).ok_or_else(|| self.bad_reply())
+        reply::read(raw, self.spec.format).map_err(|e| self.bad_reply(&e))
     }
 
-    /// The read script's reply, taking its buffers over (the body is not copied).
-    fn parse_reply(&self, raw: Vec<Value>) -> Option<Reply> {
-        let action = match bytes(raw.first()?)? {
-            b"absent" => Action::Absent,
-            b"hit" => Action::Hit,
-            b"refresh" => Action::Refresh,
-            b"stale" => Action::Stale,
-            b"stale_refresh" => Action::StaleRefresh,
-            b"stale_error" => Action::StaleError,
-            b"failed" => Action::Failed,
-            b"fetch" => Action::Fetch,
-            b"wait" => Action::Wait,
-            b"pass" => Action::Pass,
-            _ => return None,
-        };
-        if raw.len() < 8 {
-            return Some(Reply {
-                action,
-                start: into_text(raw.into_iter().nth(1)?)?,
-                value: None,
-            });
-        }
-        let left = match raw.get(4)? {
-            Value::Int(n) => *n,
-            other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok()?,
-        };
-        let delta = match raw.get(6) {
-            Some(Value::Int(n)) => *n,
-            _ => 0,
-        };
-        let mut it = raw.into_iter();
-        it.next(); // the action
-        let start = into_text(it.next()?)?;
-        let st = into_text(it.next()?)?;
-        let ct = into_text(it.next()?)?;
-        it.next(); // left
-        let body = it.next()?;
-        it.next(); // delta
-        let version = into_text(it.next()?)?;
-        let body = match self.spec.format {
-            CacheFormat::String => Body::Bytes(into_bytes(body)?),
-            CacheFormat::Hash => {
-                let mut f = Vec::with_capacity(it.len() / 2);
-                while let (Some(n), Some(v)) = (it.next(), it.next()) {
-                    f.push((into_text(n)?, into_text(v)?));
-                }
-                Body::Fields(f)
-            }
-        };
-        Some(Reply {
-            action,
-            start,
-            value: Some(Stored {
-                st,
-                ct,
-                left,
-                delta,
-                body,
-                version,
-            }),
-        })
+    /// The value of an action that serves one (`reply::read` checked it came with one).
+    fn served_value(&self, value: Option<Stored>) -> Result<Stored, ReadError> {
+        value.ok_or_else(|| self.bad_reply(&ReplyError::Missing(2)))
     }
 
-    /// A near cache hit, if this engine holds a live copy.
-    fn near_hit(&self, key: &str, fields: Option<&[String]>) -> Option<ReadOutcome> {
-        let v = self.near.as_ref()?.get(key)?;
-        self.counters.hit.increment(1);
-        self.counters.near_hit.increment(1);
-        let left = v.fresh_until.saturating_duration_since(Instant::now());
-        let left = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
-        Some(ReadOutcome {
-            content_type: v.content_type,
-            body: match fields {
-                Some(f) => select(v.body, Some(f)),
-                None => v.body,
-            },
-            cache_status: format!("patternd; hit; ttl={}; detail=near", ttl_secs(left)),
-            version: v.version,
-        })
-    }
-
-    /// Keeps a fresh value read from Redis in the near cache, until the earlier of the rule's
-    /// `max_age` and the start of the XFetch window (three recompute times before expiry, where
-    /// early refreshes become likely): reads near expiry go to Redis, so the read script can
-    /// still refresh a hot key early, once.
-    fn near_store(&self, key: &str, v: &Stored, ticket: Option<Ticket>) {
-        let (Some(near), Some(ticket), Some(spec)) = (&self.near, ticket, &self.spec.near_cache)
-        else {
-            return;
-        };
-        if v.st != "200" || v.left <= 0 {
-            return;
-        }
-        let margin = (v.delta.max(0) as f64 * self.spec.beta * 3.0).ceil() as i64;
-        let usable = u64::try_from(v.left.saturating_sub(margin)).unwrap_or(0);
-        let valid_for = Duration::from_millis(usable).min(spec.max_age);
-        let content_type = if self.spec.format == CacheFormat::Hash {
-            "application/json".to_string()
-        } else if v.ct.is_empty() {
-            "application/octet-stream".to_string()
-        } else {
-            v.ct.clone()
-        };
-        let fresh_until = Instant::now() + Duration::from_millis(v.left.unsigned_abs());
-        near.insert(
-            key,
-            NearValue {
-                content_type,
-                body: v.body.clone(),
-                version: v.version(),
-                fresh_until,
-            },
-            valid_for,
-            ticket,
-        );
-    }
-
-    fn bad_reply(&self) -> ReadError {
-        tracing::error!(app = %self.app, rule = %self.rule, "unexpected cache read script reply");
+    fn bad_reply(&self, e: &ReplyError) -> ReadError {
+        tracing::error!(app = %self.app, rule = %self.rule, error = %e, "unexpected cache read script reply");
         ReadError::Internal("unexpected cache read script reply".into())
     }
 
+    /// The `Content-Type` a stored value is served with (`ct` as stored).
+    pub(super) fn served_content_type(&self, ct: String) -> String {
+        if self.spec.format == CacheFormat::Hash {
+            "application/json".to_string()
+        } else if ct.is_empty() {
+            "application/octet-stream".to_string()
+        } else {
+            ct
+        }
+    }
+
     /// A stored value as an answer: a negative entry is a 404.
-    fn serve(&self, v: Stored, cache_status: String, id: &str) -> Result<ReadOutcome, ReadError> {
+    pub(super) fn serve(
+        &self,
+        v: Stored,
+        cache_status: String,
+        id: &str,
+    ) -> Result<ReadOutcome, ReadError> {
         if v.st != "200" {
             return Err(ReadError::NotFound {
                 detail: format!("the origin has no `{id}` (cached)"),
@@ -1312,111 +568,17 @@ impl CacheRule {
             });
         }
         let version = v.version();
-        let content_type = if self.spec.format == CacheFormat::Hash {
-            "application/json".to_string()
-        } else if v.ct.is_empty() {
-            "application/octet-stream".to_string()
-        } else {
-            v.ct
-        };
         Ok(ReadOutcome {
-            content_type,
+            content_type: self.served_content_type(v.ct),
             body: v.body,
             cache_status,
             version,
         })
     }
-
-    /// DELETE of one id: its value, its related ids' values, and their leases, in one script.
-    /// Returns (values dropped, values kept because their write-behind write is still
-    /// pending: see `cache_delete.lua`).
-    pub async fn delete(
-        &self,
-        store: &Store,
-        id: &str,
-        facts: Option<RequestFacts>,
-    ) -> Result<(i64, i64), ReadError> {
-        check_id(id)?;
-        let decision = self.plugin_decision(|| {
-            facts.unwrap_or_else(|| RequestFacts {
-                method: "DELETE".into(),
-                id: id.to_string(),
-                ..RequestFacts::default()
-            })
-        })?;
-        let key_id = match decision.and_then(|d| d.key) {
-            Some(k) => self.plugin_key(k)?,
-            None => id.to_string(),
-        };
-        let mut keys = self.id_keys(&key_id);
-        for rid in self.related_ids(id) {
-            keys.extend(self.id_keys(&rid));
-            self.forget(&rid);
-        }
-        self.forget(&key_id);
-        let behind = self.spec.write == crate::policy::cache::WriteMode::Behind;
-        if behind {
-            keys.push(self.keys.rule_key(crate::compile::cache::JOURNAL_SUB));
-        }
-        let flag: &[u8] = if behind { b"1" } else { b"0" };
-        let marker = self.marker_ms().to_string();
-        let reply: Vec<i64> = store
-            .eval(&self.scripts.delete, &keys, &[flag, marker.as_bytes()])
-            .await?;
-        Ok((
-            reply.first().copied().unwrap_or(0),
-            reply.get(1).copied().unwrap_or(0),
-        ))
-    }
-
-    /// Invalidates every value carrying any of `tags`: bumps their versions. Returns how many
-    /// tags were referenced by some value (the others had no version key to bump).
-    pub async fn invalidate(&self, store: &Store, tags: &[String]) -> Result<i64, ReadError> {
-        if tags.is_empty() || tags.len() > MAX_INVALIDATE_TAGS {
-            return Err(ReadError::BadRequest(format!(
-                "`tags` must hold 1 to {MAX_INVALIDATE_TAGS} tags"
-            )));
-        }
-        if let Some(t) = tags.iter().find(|t| !super::valid_tag(t)) {
-            return Err(ReadError::BadRequest(format!(
-                "tag `{t}` must be 1 to 128 bytes without commas or whitespace"
-            )));
-        }
-        let mut unique: Vec<&String> = tags.iter().collect();
-        unique.sort();
-        unique.dedup();
-        let keys: Vec<String> = unique.iter().map(|t| self.tag_key(t)).collect();
-        let created_ms = self.marker_ms().to_string();
-        let n = store
-            .eval(&self.scripts.invalidate, &keys, &[created_ms.as_bytes()])
-            .await?;
-        self.forget_all();
-        Ok(n)
-    }
-}
-
-/// Gives a lease back in the background when dropped armed: around a read script call, so a
-/// GET dropped mid-call (its client went away) does not leave the lease the call may have
-/// granted it to block every other caller until it expires.
-struct LeaseGuard<'a> {
-    rule: &'a Arc<CacheRule>,
-    store: &'a Store,
-    keys: &'a [String],
-    token: &'a str,
-    armed: bool,
-}
-
-impl Drop for LeaseGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.rule
-                .release_later(self.store, self.keys, self.token, None);
-        }
-    }
 }
 
 /// `format: hash` with `?fields=`: only those members.
-fn select(body: Body, fields: Option<&[String]>) -> Body {
+pub(super) fn select(body: Body, fields: Option<&[String]>) -> Body {
     match (body, fields) {
         (Body::Fields(all), Some(want)) => Body::Fields(
             all.into_iter()
@@ -1427,53 +589,14 @@ fn select(body: Body, fields: Option<&[String]>) -> Body {
     }
 }
 
+/// No lease token or jitter: the OS has no entropy source (see `random`), a bare 500.
+fn no_entropy(e: random::NoEntropy) -> ReadError {
+    ReadError::Internal(format!("no secure random source: {e}"))
+}
+
 /// RFC 9211 `ttl`: whole seconds of freshness left, negative when stale.
-/// A lease token (16 random bytes, base64url) and XFetch's number in (0, 1], from one
-/// `getrandom` call: every read script call needs both.
-fn token_and_unit() -> (String, f64) {
-    use base64::Engine as _;
-    let mut buf = [0u8; 24];
-    if getrandom::fill(&mut buf).is_err() {
-        return (random_token(), random_unit());
-    }
-    let mut unit = [0u8; 8];
-    unit.copy_from_slice(&buf[16..]);
-    let x = u64::from_le_bytes(unit) >> 11; // 53 random bits
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf[..16]);
-    (token, (x as f64 + 1.0) / (1u64 << 53) as f64)
-}
-
-fn ttl_secs(left_ms: i64) -> i64 {
+pub(super) fn ttl_secs(left_ms: i64) -> i64 {
     left_ms.div_euclid(1000)
-}
-
-/// A reply element as text, reusing its buffer when it is valid UTF-8.
-fn into_text(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// A reply element as bytes, without copying.
-fn into_bytes(v: Value) -> Option<Bytes> {
-    match v {
-        Value::BulkString(b) => Some(Bytes::from(b)),
-        Value::SimpleString(s) => Some(Bytes::from(s)),
-        _ => None,
-    }
-}
-
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

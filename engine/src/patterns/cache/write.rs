@@ -3,7 +3,7 @@
 //! - `cache`: one script stores the value.
 //! - `through`: three steps, because the origin and Redis cannot change atomically. First a
 //!   script sets the cached value aside and puts this write's token in the lease
-//!   (`cache_through_begin.lua`), so from then on no read serves the value the write may
+//!   (`lua/cache/through_begin.lua`), so from then on no read serves the value the write may
 //!   replace; if Redis fails this step, nothing was written anywhere (503). Then the origin
 //!   (`PUT`/`PATCH` to the origin URL, bounded by `origin_timeout`). A 2xx lets the PUT/PATCH
 //!   script store the new value; if Redis fails that step, the origin has the write and the
@@ -21,9 +21,10 @@ use reqwest::Method;
 
 use super::conditional::Preconditions;
 use super::origin::{MAX_TAGS, OriginError};
-use super::{CacheRule, check_cache_id, random_token, valid_tag};
-use crate::compile::cache::{HELD_SUB, JOURNAL_SUB, LEASE_SUB, VALUE_SUB};
-use crate::patterns::InputError;
+use super::reply::{self, WriteReply};
+use super::{CacheRule, check_cache_id, valid_tag};
+use crate::patterns::reply::ReplyError;
+use crate::patterns::{InputError, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::{CacheFormat, WriteMode};
 use crate::store::{Store, StoreError};
@@ -74,6 +75,9 @@ pub enum WriteError {
     Store(#[from] StoreError),
     #[error("unexpected script reply: {0}")]
     Reply(String),
+    /// No lease token: the OS has no entropy source (see `random`).
+    #[error("no secure random source: {0}")]
+    Random(String),
 }
 
 impl WriteError {
@@ -91,7 +95,9 @@ impl WriteError {
             WriteError::JournalFull { .. } => "journal_full",
             WriteError::Bypassed(_) => "bypassed",
             WriteError::Plugin(_) => "plugin_failed",
-            WriteError::Store(_) | WriteError::Reply(_) => "redis_error",
+            WriteError::Store(_) => "redis_error",
+            // A reply the scripts never send, or no entropy: a bare 500 either way.
+            WriteError::Reply(_) | WriteError::Random(_) => "internal",
         }
     }
 }
@@ -209,26 +215,6 @@ impl CacheRule {
         metrics::counter!("patternd_cache_writes_total", "app" => self.app.clone(), "rule" => self.rule.clone(), "mode" => self.mode_label(), "result" => result).increment(1);
     }
 
-    /// Keys of the read and fill scripts: value, refresh lease, and for `behind` the journal
-    /// (a value whose newest write is still journaled is never replaced by the origin's older
-    /// copy).
-    pub fn read_keys(&self, id: &str) -> Vec<String> {
-        let mut keys = self.keys.keys(id, [VALUE_SUB, LEASE_SUB]);
-        if self.spec.write == WriteMode::Behind {
-            keys.push(self.keys.rule_key(JOURNAL_SUB));
-        }
-        keys
-    }
-
-    /// Keys of a write script: value, refresh lease, then the journal for `behind` or the
-    /// held copy for `through`.
-    fn write_keys(&self, id: &str) -> Vec<String> {
-        match self.spec.write {
-            WriteMode::Through => self.keys.keys(id, [VALUE_SUB, LEASE_SUB, HELD_SUB]),
-            _ => self.read_keys(id),
-        }
-    }
-
     /// The rule's plugin decision for a write (same facts as a GET: method, path, id,
     /// headers): `None` = bypass, else (the id of the value to write, ttl ms, the plugin's
     /// tags). Without a plugin: the client's id, the rule's ttl, no tags.
@@ -327,9 +313,10 @@ impl CacheRule {
         } else {
             None
         };
-        let keys = self.write_keys(&key_id);
+        let keys = self.keys.write(&key_id);
         let through = self.spec.write == WriteMode::Through;
-        let token = random_token();
+        let token = random::token::<{ random::TOKEN_BYTES }>()
+            .map_err(|e| WriteError::Random(e.to_string()))?;
         let marker_ms = self.marker_ms().to_string();
         let (im, inm) = req.conditions.script_args();
         if through {
@@ -358,7 +345,7 @@ impl CacheRule {
         let max_len = self.spec.journal_max_len.to_string();
         let n = tags.len().to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.tag_prefix().as_bytes(),
+            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             match self.spec.write {
@@ -375,7 +362,7 @@ impl CacheRule {
             content_type.as_bytes(),
             if hash { b"h" } else { b"s" },
             k.as_bytes(),
-            // Write-through checked them before the origin (`cache_through_begin.lua`).
+            // Write-through checked them before the origin (`lua/cache/through_begin.lua`).
             if through { b"" } else { im.as_bytes() },
             if through { b"" } else { inm.as_bytes() },
             n.as_bytes(),
@@ -389,31 +376,18 @@ impl CacheRule {
                 args.push(json.as_bytes());
             }
         }
-        let reply: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await
-        {
+        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await {
             Ok(r) => r,
             Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
             Err(e) => return Err(e.into()),
         };
         self.forget(&key_id);
-        match reply.first().map(int) {
-            Some(Some(1)) => Ok(WriteOutcome {
-                journal_id: behind
-                    .then(|| reply.get(1).and_then(text))
-                    .flatten()
-                    .filter(|s| !s.is_empty()),
-                version: reply.get(2).and_then(text).filter(|s| !s.is_empty()),
-                ..WriteOutcome::default()
-            }),
-            // Through: a later write or a DELETE took the lease meanwhile; the script dropped
-            // the value, so reads go to the origin, which has this write.
-            Some(Some(0)) if through => Ok(WriteOutcome::default()),
-            Some(Some(-1)) => Err(WriteError::JournalFull {
-                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
-            }),
-            Some(Some(-2)) => Err(precondition_failed(req.id)),
-            _ => Err(WriteError::Reply(format!("{reply:?}"))),
-        }
+        // `{ 0 }` comes from write-through only: a later write or a DELETE took the lease
+        // meanwhile; the script dropped the value, so reads go to the origin, which has this
+        // write.
+        write_outcome(reply::put(&raw), through, req.id, || {
+            WriteError::Reply("the PUT script wrote nothing outside write-through".into())
+        })
     }
 
     /// `PATCH /v1/cache/{app}/{rule}/{id}` with a JSON object: sets those top-level members
@@ -467,9 +441,10 @@ impl CacheRule {
             return Err(WriteError::Bypassed(self.rule.clone()));
         };
         let k = if key_id == id { "" } else { key_id.as_str() };
-        let keys = self.write_keys(&key_id);
+        let keys = self.keys.write(&key_id);
         let through = self.spec.write == WriteMode::Through;
-        let token = random_token();
+        let token = random::token::<{ random::TOKEN_BYTES }>()
+            .map_err(|e| WriteError::Random(e.to_string()))?;
         // The write marker outlives any fill that read the origin before this PATCH.
         let marker_ms = self.marker_ms().to_string();
         let (im, inm) = conditions.script_args();
@@ -496,7 +471,7 @@ impl CacheRule {
         let stale = self.stale_ms().to_string();
         let max_len = self.spec.journal_max_len.to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.tag_prefix().as_bytes(),
+            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             mode.as_bytes(),
@@ -508,7 +483,7 @@ impl CacheRule {
             id.as_bytes(),
             marker_ms.as_bytes(),
             k.as_bytes(),
-            // Write-through checked them before the origin (`cache_through_begin.lua`).
+            // Write-through checked them before the origin (`lua/cache/through_begin.lua`).
             if through { b"" } else { im.as_bytes() },
             if through { b"" } else { inm.as_bytes() },
         ];
@@ -517,31 +492,19 @@ impl CacheRule {
             // An empty text deletes the member (a JSON text is never empty).
             args.push(json.as_deref().unwrap_or("").as_bytes());
         }
-        let reply: Vec<redis::Value> =
-            match store.eval(&self.scripts.write.patch, &keys, &args).await {
-                Ok(r) => r,
-                Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
-                Err(e) => return Err(e.into()),
-            };
+        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.patch, &keys, &args).await
+        {
+            Ok(r) => r,
+            Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
+            Err(e) => return Err(e.into()),
+        };
         self.forget(&key_id);
-        match reply.first().map(int) {
-            Some(Some(1)) => Ok(WriteOutcome {
-                journal_id: reply.get(1).and_then(text).filter(|s| !s.is_empty()),
-                object: reply.get(2).and_then(text),
-                cache_unconfirmed: false,
-                version: reply.get(3).and_then(text).filter(|s| !s.is_empty()),
-            }),
-            // Through: the origin has the patch; the cache had nothing live to patch (and a
-            // negative or invalidated entry was dropped by the script), or a later write or
-            // DELETE took the lease meanwhile (the script dropped the value).
-            Some(Some(0)) if through => Ok(WriteOutcome::default()),
-            Some(Some(0)) => Err(WriteError::NotFound(id.to_string())),
-            Some(Some(-1)) => Err(WriteError::JournalFull {
-                backlog: reply.get(1).and_then(int).unwrap_or(0).max(0) as u64,
-            }),
-            Some(Some(-2)) => Err(precondition_failed(id)),
-            _ => Err(WriteError::Reply(format!("{reply:?}"))),
-        }
+        // `{ 0 }` in write-through: the origin has the patch; the cache had nothing live to
+        // patch (and a negative or invalidated entry was dropped by the script), or a later
+        // write or DELETE took the lease meanwhile (the script dropped the value).
+        write_outcome(reply::patch(&raw), through, id, || {
+            WriteError::NotFound(id.to_string())
+        })
     }
 
     /// Write-through around the origin call: the value is set aside and the lease holds
@@ -570,7 +533,7 @@ impl CacheRule {
                 &[
                     token.as_bytes(),
                     marker_ms.as_bytes(),
-                    self.tag_prefix().as_bytes(),
+                    self.keys.tag_prefix().as_bytes(),
                     im.as_bytes(),
                     inm.as_bytes(),
                 ],
@@ -660,6 +623,32 @@ impl CacheRule {
     }
 }
 
+/// What a PUT or PATCH script's reply means for the client. `{ 0 }` (nothing written) is a
+/// success for write-through, whose origin has the write; else `not_applied`.
+fn write_outcome(
+    reply: Result<WriteReply, ReplyError>,
+    through: bool,
+    id: &str,
+    not_applied: impl FnOnce() -> WriteError,
+) -> Result<WriteOutcome, WriteError> {
+    match reply.map_err(|e| WriteError::Reply(e.to_string()))? {
+        WriteReply::Stored {
+            journal_id,
+            object,
+            version,
+        } => Ok(WriteOutcome {
+            journal_id,
+            object,
+            cache_unconfirmed: false,
+            version,
+        }),
+        WriteReply::NotApplied if through => Ok(WriteOutcome::default()),
+        WriteReply::NotApplied => Err(not_applied()),
+        WriteReply::JournalFull { backlog } => Err(WriteError::JournalFull { backlog }),
+        WriteReply::PreconditionFailed => Err(precondition_failed(id)),
+    }
+}
+
 /// The 412 of a write whose `If-Match` / `If-None-Match` did not hold.
 fn precondition_failed(id: &str) -> WriteError {
     WriteError::PreconditionFailed(format!(
@@ -743,35 +732,48 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value
     }
 }
 
-pub(super) fn int(v: &redis::Value) -> Option<i64> {
-    match v {
-        redis::Value::Int(i) => Some(*i),
-        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        redis::Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-pub(super) fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        redis::Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-pub(super) fn bytes(v: &redis::Value) -> Option<Vec<u8>> {
-    match v {
-        redis::Value::BulkString(b) => Some(b.clone()),
-        redis::Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `result` value a write can count is one `metrics.rs` registers at start (and
+    /// README lists), so no series appears only after its first failure.
+    #[test]
+    fn every_result_label_is_registered() {
+        let left = CacheLeft::Unchanged;
+        let errors = [
+            WriteError::Input(InputError::EmptyId),
+            WriteError::TooLarge { size: 2, max: 1 },
+            WriteError::BadValue(String::new()),
+            WriteError::NotHash(String::new()),
+            WriteError::NotFound(String::new()),
+            WriteError::PreconditionFailed(String::new()),
+            WriteError::OriginRefused {
+                status: 500,
+                cache: left,
+            },
+            WriteError::OriginUnreachable {
+                detail: String::new(),
+                cache: left,
+            },
+            WriteError::OriginTimeout {
+                detail: String::new(),
+                cache: left,
+            },
+            WriteError::JournalFull { backlog: 1 },
+            WriteError::Bypassed(String::new()),
+            WriteError::Store(StoreError::Timeout(std::time::Duration::from_millis(1))),
+            WriteError::Reply(String::new()),
+            WriteError::Random(String::new()),
+        ];
+        for e in &errors {
+            assert!(
+                crate::metrics::CACHE_WRITE_RESULTS.contains(&e.result_label()),
+                "{e:?} counts as `{}`, which metrics.rs does not register",
+                e.result_label()
+            );
+        }
+    }
 
     #[test]
     fn objects_only() {

@@ -1,0 +1,49 @@
+-- patternd cache: the value's tags and version, and a write's preconditions (RFC 9110).
+-- Included by the scripts that read a value or check a precondition: read, put, patch,
+-- through-begin. Needs nothing before it.
+
+-- Splits 'a,b,c' into { 'a', 'b', 'c' }; '' gives {}.
+local function split_commas(s)
+  local out = {}
+  if s == nil or s == '' then return out end
+  for part in string.gmatch(s, '([^,]+)') do out[#out + 1] = part end
+  return out
+end
+
+-- The version (`ver`) of the value a client's precondition is compared with: a live 200 (its
+-- tags current, or its newest write still in the write-behind journal `jkey`), '' for a live
+-- value written before versions existed, nil when there is no live value.
+local function current_version(vkey, tagpfx, jkey)
+  local m = redis.call('HMGET', vkey, 'st', 'tags', 'tv', 'jp', 'ver')
+  if m[1] ~= '200' then return nil end
+  local pending = m[4] and jkey and #redis.call('XRANGE', jkey, m[4], m[4]) > 0
+  if not pending then
+    local tags, tv = split_commas(m[2]), split_commas(m[3])
+    for i = 1, #tags do
+      if (redis.call('GET', tagpfx .. tags[i]) or '0') ~= tv[i] then return nil end
+    end
+  end
+  return m[5] or ''
+end
+
+-- RFC 9110 §13.1.1 (If-Match, strong comparison) and §13.1.2 (If-None-Match, weak
+-- comparison), evaluated against `ver` (nil: no current representation). `im` and `inm` are
+-- '' (no such header), '*', or ',v1,v2,': the versions of the entity-tags the engine parsed
+-- from the header (for If-Match only strong ones; tags of another form can match nothing).
+-- One plain find over a string the engine bounded, not a loop over the client's list.
+local function preconditions_hold(ver, im, inm)
+  if im ~= '' then
+    if ver == nil then return false end
+    if im ~= '*' and (ver == '' or not string.find(im, ',' .. ver .. ',', 1, true)) then
+      return false
+    end
+  end
+  if inm ~= '' then
+    if inm == '*' then
+      if ver ~= nil then return false end
+    elseif ver and ver ~= '' and string.find(inm, ',' .. ver .. ',', 1, true) then
+      return false
+    end
+  end
+  return true
+end
