@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod origin;
+pub mod raw;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+
+use crate::origin::Origin;
 
 /// How long a freshly spawned process may take to answer before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -367,6 +370,37 @@ pub fn example_plugins_dist() -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
+/// The text of `plugins/examples/<rel>` in the repository (an example plugin or policy).
+pub fn example_file(rel: &str) -> Result<String> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/examples")
+        .join(rel);
+    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// A fresh plugins dir holding example Lua plugins, each `(its name in the dir, its path
+/// under plugins/examples/)`: Lua plugins need no build, unlike [`plugins_from_dist`].
+pub fn lua_plugins(files: &[(&str, &str)]) -> Result<TempDir> {
+    let dir = TempDir::new("lua-plugins")?;
+    for (name, rel) in files {
+        dir.write(name, &example_file(rel)?)?;
+    }
+    Ok(dir)
+}
+
+/// The example policy that uses every example plugin, under plugins/examples/.
+pub const EXAMPLE_POLICY: &str = "policies/plugins.yaml";
+
+/// A fresh plugins dir holding every example plugin ([`plugins_from_dist`]).
+pub fn example_plugins() -> Result<TempDir> {
+    plugins_from_dist(&[
+        "tiered-limits-lua.lua",
+        "quota.lua",
+        "cache-key.lua",
+        "tiered-limits.wasm",
+    ])
+}
+
 /// A fresh plugins dir holding copies of the named files of `plugins/dist/`, so a test can
 /// rewrite or add plugins without touching what other tests read.
 pub fn plugins_from_dist(names: &[&str]) -> Result<TempDir> {
@@ -505,7 +539,7 @@ impl Patternd {
 
     /// Any request; the answer whatever its status.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
-        Reply::from(req.send().await?).await
+        send(req).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Reply> {
@@ -513,11 +547,33 @@ impl Patternd {
     }
 
     pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply> {
-        let mut req = self.client.get(self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        self.send(req).await
+        self.send(with_headers(self.client.get(self.url(path)), headers))
+            .await
+    }
+
+    /// A PUT of `body` (sent verbatim) with `headers`.
+    pub async fn put_with(
+        &self,
+        path: &str,
+        body: impl AsRef<[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let req = self.client.put(self.url(path)).body(body.as_ref().to_vec());
+        self.send(with_headers(req, headers)).await
+    }
+
+    /// A PATCH of `body` (sent verbatim) with `headers`, the content type among them.
+    pub async fn patch_with(
+        &self,
+        path: &str,
+        body: impl AsRef<[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let req = self
+            .client
+            .patch(self.url(path))
+            .body(body.as_ref().to_vec());
+        self.send(with_headers(req, headers)).await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Reply> {
@@ -536,6 +592,11 @@ impl Patternd {
 
     pub async fn delete(&self, path: &str) -> Result<Reply> {
         self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// `POST /admin/reload` without a body: re-reads the policies (and plugins).
+    pub async fn reload(&self) -> Result<Reply> {
+        self.send(self.client.post(self.url("/admin/reload"))).await
     }
 
     /// `POST /v1/ratelimit/{app}/{rule}` with `{"id": id, "cost": cost}`.
@@ -592,6 +653,16 @@ impl Drop for Patternd {
             );
         }
     }
+}
+
+fn with_headers(
+    mut req: reqwest::RequestBuilder,
+    headers: &[(&str, &str)],
+) -> reqwest::RequestBuilder {
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req
 }
 
 /// Waits until our child serves `/healthz` on `port`. The log line proves the listener is
@@ -721,6 +792,30 @@ impl Reply {
             .and_then(Value::as_str)
             .unwrap_or("")
     }
+
+    /// Asserts that the problem's `diagnostics` hold an error at `file`:`line`:`column` whose
+    /// message contains `says` (a refused reload names each problem where it is).
+    pub fn assert_diagnostic(&self, file: &str, line: usize, column: usize, says: &str) {
+        let diags = self
+            .json
+            .get("diagnostics")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            diags.iter().any(|d| d["file"] == file
+                && d["line"] == line
+                && d["column"] == column
+                && d["severity"] == "error"
+                && d["message"].as_str().is_some_and(|m| m.contains(says))),
+            "no diagnostic at {file}:{line}:{column} saying {says}: {diags:#?}"
+        );
+    }
+}
+
+/// The `Cache-Status` header of a cache answer, "" when there is none.
+pub fn cache_status(r: &Reply) -> &str {
+    r.header("cache-status").unwrap_or("")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -774,6 +869,39 @@ pub async fn scan_all(conn: &mut redis::aio::MultiplexedConnection) -> Result<Ve
     Ok(keys)
 }
 
+/// [`scan_all`], the names as text.
+pub async fn scan_names(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<String>> {
+    Ok(scan_all(conn)
+        .await?
+        .into_iter()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect())
+}
+
+/// Redis' own clock (TIME), in milliseconds: the clock the scripts decide by.
+pub async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> Result<f64> {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(s as f64 * 1000.0 + us as f64 / 1000.0)
+}
+
+/// 1-based (line, column) of the first occurrence of `needle` in `text` (where a
+/// diagnostic about it must point).
+pub fn position(text: &str, needle: &str) -> (usize, usize) {
+    position_nth(text, needle, 0)
+}
+
+/// 1-based (line, column) of the `nth` (0-based) occurrence of `needle` in `text`.
+pub fn position_nth(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let (at, _) = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} #{nth} not in the policy"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
 /// The value of one Prometheus sample whose labels include all of `labels`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
@@ -811,31 +939,43 @@ impl World {
             redis,
         })
     }
+
+    /// A world serving one cache policy whose `ORIGIN` placeholder is `origin`'s URL template.
+    pub async fn with_origin(policy: &str, origin: &Origin, extra_args: &[&str]) -> Result<Self> {
+        let text = policy.replace("ORIGIN", &origin.template());
+        Self::start(&[("cache.yaml", &text)], extra_args).await
+    }
 }
 
 /// A [`World`] whose patternd also loads plugins from its own dir (`--plugins`), which the
-/// test may rewrite to exercise reloads.
+/// test may rewrite to exercise reloads. Everything else is the world's (`w.patternd`,
+/// `w.redis`, and a `&PluginWorld` is a `&World`).
 #[derive(Debug)]
 pub struct PluginWorld {
-    // Field order is drop order: patternd stops before its Redis goes away.
-    pub patternd: Patternd,
-    pub policies: TempDir,
+    // Field order is drop order: the plugins dir goes once patternd has stopped.
+    pub world: World,
     pub plugins: TempDir,
-    pub redis: RedisServer,
 }
 
 impl PluginWorld {
     pub async fn start(files: &[(&str, &str)], plugins: TempDir) -> Result<Self> {
-        let redis = RedisServer::start()?;
-        let policies = policy_dir(files)?;
         let dir = plugins.path().to_string_lossy().to_string();
-        let patternd = Patternd::start(&redis.url(), policies.path(), &["--plugins", &dir]).await?;
-        Ok(Self {
-            patternd,
-            policies,
-            plugins,
-            redis,
-        })
+        let world = World::start(files, &["--plugins", &dir]).await?;
+        Ok(Self { world, plugins })
+    }
+
+    /// The repository's examples: [`EXAMPLE_POLICY`] served with [`example_plugins`].
+    pub async fn examples() -> Result<Self> {
+        let policy = example_file(EXAMPLE_POLICY)?;
+        Self::start(&[("plugins.yaml", &policy)], example_plugins()?).await
+    }
+}
+
+impl std::ops::Deref for PluginWorld {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
     }
 }
 
@@ -853,6 +993,12 @@ where
         out.push(t.await??);
     }
     Ok(out)
+}
+
+/// Sends any request (built on [`Patternd::client`]) and reads the answer, whatever its
+/// status: [`Patternd::send`] for a [`burst`]'s tasks, which cannot borrow the [`Patternd`].
+pub async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
+    Reply::from(req.send().await?).await
 }
 
 /// GETs `url` and returns (status, `Cache-Status` header or "", body): what a cache burst's

@@ -1,7 +1,7 @@
 //! `/admin`: access control and reload (a bad policy never replaces a good one).
 
 use anyhow::Result;
-use patternd_e2e::World;
+use patternd_e2e::{World, position};
 use serde_json::{Value, json};
 
 const GOOD: &str = "app: adm
@@ -29,7 +29,7 @@ async fn without_a_token_admin_answers_loopback() -> Result<()> {
     let r = p.get("/admin/policies").await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(rules_of(&r.json, "adm"), ["api"], "{r:?}");
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     assert_eq!(
         (r.status, &r.json["reloaded"]),
         (200, &json!(true)),
@@ -77,17 +77,6 @@ async fn with_a_token_admin_requires_it() -> Result<()> {
     Ok(())
 }
 
-/// 1-based (line, column) of the `nth` occurrence of `needle` in `text`.
-fn position(text: &str, needle: &str) -> (u64, u64) {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("{needle:?} not in the policy"));
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line as u64, col as u64)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_reload_is_refused_with_diagnostics_and_a_good_one_applies() -> Result<()> {
     let w = World::start(&[("adm.yaml", GOOD)], &[]).await?;
@@ -104,12 +93,8 @@ rules:
     rate_limit: { algorithm: sliding_window, limit: 0, window: 10 parsecs }
 ";
     let broken_path = w.policies.write("adm.yaml", broken)?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     r.assert_problem(422);
-    let diags = r.json["diagnostics"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let errors: Vec<String> = r.json["errors"]
         .as_array()
         .into_iter()
@@ -120,14 +105,7 @@ rules:
     let file = broken_path.to_string_lossy().to_string();
     for (needle, says) in [("0, window", "`limit`"), ("10 parsecs", "`window`")] {
         let (line, column) = position(broken, needle);
-        assert!(
-            diags.iter().any(|d| d["file"] == file.as_str()
-                && d["line"] == line
-                && d["column"] == column
-                && d["severity"] == "error"
-                && d["message"].as_str().is_some_and(|m| m.contains(says))),
-            "no diagnostic for {says} at {line}:{column}: {diags:#?}"
-        );
+        r.assert_diagnostic(&file, line, column, says);
         let prefix = format!("{file}:{line}:{column}: error:");
         assert!(
             errors.iter().any(|e| e.starts_with(&prefix)),
@@ -144,7 +122,7 @@ rules:
     // Fixed: the reload applies, the new rule serves, the old one keeps its state in Redis.
     let fixed = broken.replace("limit: 0, window: 10 parsecs", "limit: 2, window: 10s");
     w.policies.write("adm.yaml", &fixed)?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     assert_eq!(
         (r.status, &r.json["reloaded"]),
         (200, &json!(true)),
@@ -162,20 +140,10 @@ rules:
         "other.yaml",
         "app: other\nrules:\n  r:\n    rate_limit: { algorithm: gcra, limit: 1, window: 1m }\n",
     )?;
-    assert_eq!(
-        p.send(p.client().post(p.url("/admin/reload")))
-            .await?
-            .status,
-        200
-    );
+    assert_eq!(p.reload().await?.status, 200);
     assert_eq!(p.check("other", "r", "u", 1).await?.status, 200);
     w.policies.remove("other.yaml")?;
-    assert_eq!(
-        p.send(p.client().post(p.url("/admin/reload")))
-            .await?
-            .status,
-        200
-    );
+    assert_eq!(p.reload().await?.status, 200);
     p.check("other", "r", "u", 1).await?.assert_problem(404);
     Ok(())
 }
@@ -190,6 +158,13 @@ fn rule_of<'a>(policies: &'a Value, app: &str, rule: &str) -> &'a Value {
         .flat_map(|a| a["rules"].as_array().into_iter().flatten())
         .find(|r| r["rule"] == rule)
         .unwrap_or(&Value::Null)
+}
+
+/// Asserts `fields` of one rule of `GET /admin/policies` (called `name` in failures).
+fn assert_fields(rule: &Value, name: &str, fields: &[(&str, Value)]) {
+    for (field, want) in fields {
+        assert_eq!(&rule[*field], want, "{name}.{field}: {rule}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -223,54 +198,62 @@ rules:
     let r = w.patternd.get("/admin/policies").await?;
     assert_eq!(r.status, 200, "{r:?}");
     let product = rule_of(&r.json, "adm", "product");
-    assert_eq!(product["kind"], "cache", "{product}");
-    for (field, want) in [
-        ("origin", json!("http://127.0.0.1:9/products/{id}")),
-        ("ttl_ms", json!(3_600_000)),
-        ("negative_ttl_ms", json!(30_000)),
-        ("stale_while_revalidate_ms", json!(30_000)),
-        ("stale_if_error_ms", json!(600_000)),
-        ("format", json!("string")),
-        ("write", json!("cache")),
-        ("related", json!(["{id}:reviews"])),
-        ("max_value_bytes", json!(65536)),
-        ("plugin", Value::Null),
-    ] {
-        assert_eq!(product[field], want, "product.{field}: {product}");
-    }
+    assert_fields(
+        product,
+        "product",
+        &[
+            ("kind", json!("cache")),
+            ("origin", json!("http://127.0.0.1:9/products/{id}")),
+            ("ttl_ms", json!(3_600_000)),
+            ("negative_ttl_ms", json!(30_000)),
+            ("stale_while_revalidate_ms", json!(30_000)),
+            ("stale_if_error_ms", json!(600_000)),
+            ("format", json!("string")),
+            ("write", json!("cache")),
+            ("related", json!(["{id}:reviews"])),
+            ("max_value_bytes", json!(65536)),
+            ("plugin", Value::Null),
+        ],
+    );
     assert!(product.get("max_attempts").is_none(), "{product}");
     let profile = rule_of(&r.json, "adm", "profile");
-    for (field, want) in [
-        ("format", json!("hash")),
-        ("write", json!("behind")),
-        ("ttl_ms", json!(600_000)),
-        ("negative_ttl_ms", Value::Null),
-        ("max_attempts", json!(4)),
-        ("retry_backoff_ms", json!(250)),
-        ("journal_max_len", json!(1000)),
-    ] {
-        assert_eq!(profile[field], want, "profile.{field}: {profile}");
-    }
+    assert_fields(
+        profile,
+        "profile",
+        &[
+            ("format", json!("hash")),
+            ("write", json!("behind")),
+            ("ttl_ms", json!(600_000)),
+            ("negative_ttl_ms", Value::Null),
+            ("max_attempts", json!(4)),
+            ("retry_backoff_ms", json!(250)),
+            ("journal_max_len", json!(1000)),
+        ],
+    );
     let web = rule_of(&r.json, "adm", "web");
-    assert_eq!(web["kind"], "session", "{web}");
-    for (field, want) in [
-        ("idle_ttl_ms", json!(1_800_000)),
-        ("absolute_ttl_ms", json!(86_400_000)),
-        ("max_per_user", json!(5)),
-        ("plugin", Value::Null),
-    ] {
-        assert_eq!(web[field], want, "web.{field}: {web}");
-    }
+    assert_fields(
+        web,
+        "web",
+        &[
+            ("kind", json!("session")),
+            ("idle_ttl_ms", json!(1_800_000)),
+            ("absolute_ttl_ms", json!(86_400_000)),
+            ("max_per_user", json!(5)),
+            ("plugin", Value::Null),
+        ],
+    );
     let order = rule_of(&r.json, "adm", "order");
-    assert_eq!(order["kind"], "lock", "{order}");
-    for (field, want) in [
-        ("ttl_ms", json!(30_000)),
-        ("permits", json!(3)),
-        ("max_ttl_ms", json!(300_000)),
-        ("max_wait_ms", json!(10_000)),
-    ] {
-        assert_eq!(order[field], want, "order.{field}: {order}");
-    }
+    assert_fields(
+        order,
+        "order",
+        &[
+            ("kind", json!("lock")),
+            ("ttl_ms", json!(30_000)),
+            ("permits", json!(3)),
+            ("max_ttl_ms", json!(300_000)),
+            ("max_wait_ms", json!(10_000)),
+        ],
+    );
     // Every rule still lists its keys and scripts.
     for rule in [product, profile, web, order] {
         assert!(

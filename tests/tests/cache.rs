@@ -7,20 +7,10 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, get_cache_status,
-    metric_value, policy_dir, scan_all,
+    Patternd, PluginWorld, Reply, World, burst, cache_status, eventually, get_cache_status,
+    lua_plugins, metric_value, scan_all, scan_names,
 };
 use serde_json::json;
-
-/// A world whose policy's `ORIGIN` placeholder is the origin's URL template.
-async fn world(policy: &str, origin: &Origin) -> Result<World> {
-    let text = policy.replace("ORIGIN", &origin.template());
-    World::start(&[("cache.yaml", &text)], &[]).await
-}
-
-fn cache_status(r: &Reply) -> &str {
-    r.header("cache-status").unwrap_or("")
-}
 
 async fn get(p: &Patternd, path: &str) -> Result<Reply> {
     p.get(path).await
@@ -40,7 +30,7 @@ async fn miss_then_hit_with_cache_status_and_content_type() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain; charset=utf-8", b"hello", &[]);
     origin.set("a/b c", "application/xml", b"<x/>", &[]);
-    let w = world(BASIC, &origin).await?;
+    let w = World::with_origin(BASIC, &origin, &[]).await?;
     let p = &w.patternd;
 
     let first = get(p, "/v1/cache/shop/product/1").await?;
@@ -97,7 +87,7 @@ async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
     origin.set("hot", "application/json", br#"{"v":1}"#, &[]);
     // Slow enough that every request arrives while the first fill is in flight.
     origin.set_delay(Duration::from_millis(500));
-    let w = world(BASIC, &origin).await?;
+    let w = World::with_origin(BASIC, &origin, &[]).await?;
     // A second replica on the same Redis: the lease is in Redis, not in one process.
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
     let replies = burst(200, |i| {
@@ -140,19 +130,18 @@ rules:
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"v1", &[]);
     origin.set_delay(Duration::from_millis(300));
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     let first = get(p, "/v1/cache/shop/hot/k").await?;
     assert_eq!((first.status, first.text.as_str()), (200, "v1"));
     origin.set("k", "text/plain", b"v2", &[]);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
+    let readers = burst(8, |_| {
         let client = p.client().clone();
         let url = p.url("/v1/cache/shop/hot/k");
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut seen = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let (status, cs, body) = get_cache_status(client.clone(), url.clone()).await?;
@@ -162,19 +151,21 @@ rules:
                 seen.push((status, cs, body));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            anyhow::Ok(seen)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), t).await??? {
-            total += 1;
-            assert_eq!(status, 200, "{cs} {body}");
-            assert!(
-                cs.starts_with("patternd; hit; ttl="),
-                "a client saw something other than a hit: {cs} ({body})"
-            );
+            Ok(seen)
         }
+    });
+    let mut total = 0;
+    for (status, cs, body) in tokio::time::timeout(Duration::from_secs(60), readers)
+        .await??
+        .into_iter()
+        .flatten()
+    {
+        total += 1;
+        assert_eq!(status, 200, "{cs} {body}");
+        assert!(
+            cs.starts_with("patternd; hit; ttl="),
+            "a client saw something other than a hit: {cs} ({body})"
+        );
     }
     assert!(total > 8, "too few requests to say anything: {total}");
     assert_eq!(origin.gets("k"), 2, "one fill and exactly one refresh");
@@ -204,7 +195,7 @@ rules:
 ";
     let origin = Origin::start().await?;
     origin.set("s", "text/plain", b"old", &[]);
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/swr/s").await?.text, "old");
     origin.set("s", "text/plain", b"new", &[]);
@@ -251,7 +242,7 @@ rules:
 async fn stale_if_error_with_the_origin_failing_then_down() -> Result<()> {
     let mut origin = Origin::start().await?;
     origin.set("x", "text/plain", b"kept", &[]);
-    let w = world(SIE, &origin).await?;
+    let w = World::with_origin(SIE, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/sie/x").await?.text, "kept");
 
@@ -324,7 +315,7 @@ rules:
     let mut origin = Origin::start().await?;
     origin.set("big", "text/plain", &[b'x'; 2000], &[]);
     origin.set("ok", "text/plain", b"fine", &[]);
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     // Too large: refused, never stored (the next read reaches the origin again).
@@ -382,7 +373,7 @@ rules:
       ttl: 1h
 ";
     let origin = Origin::start().await?;
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     let r = get(p, "/v1/cache/shop/neg/gone").await?;
@@ -449,7 +440,7 @@ rules:
     for id in ["9", "9:profile", "9:posts", "10"] {
         origin.set(id, "text/plain", id.as_bytes(), &[]);
     }
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["9", "9:profile", "9:posts", "10"] {
         assert_eq!(get(p, &format!("/v1/cache/shop/user/{id}")).await?.text, id);
@@ -458,11 +449,7 @@ rules:
     assert_eq!(d.status, 200, "{d:?}");
     assert_eq!(d.json["deleted"], 3);
     let mut conn = w.redis.conn().await?;
-    let keys: Vec<String> = scan_all(&mut conn)
-        .await?
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .collect();
+    let keys: Vec<String> = scan_names(&mut conn).await?;
     // Besides the other value, only the write markers DELETE leaves in the dropped ids'
     // leases (a fill in flight must not store what it read before the DELETE); they expire
     // after max(refresh_lease, origin_timeout + 1s) = 3s here.
@@ -515,7 +502,7 @@ rules:
     origin.set("a", "text/plain", b"a", &["brand:1", "sale"]);
     origin.set("b", "text/plain", b"b", &["sale"]);
     origin.set("c", "text/plain", b"c", &["brand:2"]);
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["a", "b", "c"] {
         assert_eq!(
@@ -530,11 +517,7 @@ rules:
 
     // Every tag key has a TTL at least as long as every value that records it.
     let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
-    let names: Vec<String> = keys
-        .iter()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+    let names = scan_names(&mut conn).await?;
     let tag_keys: Vec<&String> = names.iter().filter(|k| k.contains(":tag:")).collect();
     assert_eq!(tag_keys.len(), 4, "{names:?}");
     let mut max_value_ttl = 0;
@@ -630,7 +613,7 @@ rules:
         &[],
     );
     origin.set("list", "application/json", b"[1, 2]", &[]);
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     let all = get(p, "/v1/cache/shop/profile/7").await?;
@@ -688,7 +671,7 @@ rules:
             origin.set(id, "text/plain", id.as_bytes(), &["t1", "t:2"]);
         }
     }
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     let enc = |s: &str| -> String {
         s.bytes()
@@ -739,14 +722,6 @@ rules:
 async fn plugin_chooses_key_ttl_tags_and_bypass() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain", b"one", &[]);
-    let plugins = TempDir::new("cache-plugins")?;
-    plugins.write(
-        "cache-key.lua",
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../plugins/examples/cache-key/cache-key.lua"),
-        )?,
-    )?;
     let policy = "app: shop
 rules:
   page:
@@ -761,10 +736,9 @@ rules:
           bypass_header: x-no-cache
 "
     .replace("ORIGIN", &origin.template());
-    let redis = RedisServer::start()?;
-    let pol = policy_dir(&[("p.yaml", &policy)])?;
-    let dir = plugins.path().to_string_lossy().to_string();
-    let p = Patternd::start(&redis.url(), pol.path(), &["--plugins", &dir]).await?;
+    let plugins = lua_plugins(&[("cache-key.lua", "cache-key/cache-key.lua")])?;
+    let w = PluginWorld::start(&[("p.yaml", &policy)], plugins).await?;
+    let p = &w.patternd;
     let path = "/v1/cache/shop/page/1";
 
     let en = p.get_with(path, &[("accept-language", "en")]).await?;
@@ -782,7 +756,7 @@ rules:
     assert_eq!(origin.gets("1"), 2);
 
     // One key per variant, inside the rule's namespace, with the plugin's TTL.
-    let mut conn = redis.conn().await?;
+    let mut conn = w.redis.conn().await?;
     for variant in ["1:en", "1:de"] {
         let key = format!("shop:cache:page:{{{variant}}}:v");
         let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
@@ -816,7 +790,7 @@ rules:
 async fn redis_down_is_a_503_and_spares_the_origin() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain", b"one", &[]);
-    let mut w = world(BASIC, &origin).await?;
+    let mut w = World::with_origin(BASIC, &origin, &[]).await?;
     w.redis.stop();
     let r = get(&w.patternd, "/v1/cache/shop/product/1").await?;
     r.assert_problem(503);
@@ -831,7 +805,7 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("r", "text/plain", b"from-origin", &[]);
     origin.set_delay(Duration::from_secs(2));
-    let w = world(BASIC, &origin).await?;
+    let w = World::with_origin(BASIC, &origin, &[]).await?;
     let p = &w.patternd;
     let slow = {
         let client = p.client().clone();
@@ -878,7 +852,7 @@ rules:
 ";
     let origin = Origin::start().await?;
     origin.set("x", "text/plain", b"kept", &[]);
-    let w = world(POLICY, &origin).await?;
+    let w = World::with_origin(POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/probe/x").await?.text, "kept");
     // The origin now times out.
@@ -920,7 +894,7 @@ async fn a_failed_fill_is_shared_by_its_waiters() -> Result<()> {
     let origin = Origin::start().await?;
     origin.fail_with(Some(500));
     origin.set_delay(Duration::from_millis(300));
-    let w = world(BASIC, &origin).await?;
+    let w = World::with_origin(BASIC, &origin, &[]).await?;
     let p = &w.patternd;
     let replies = burst(50, |_| {
         get_cache_status(p.client().clone(), p.url("/v1/cache/shop/product/cold"))

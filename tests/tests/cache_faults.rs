@@ -7,44 +7,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually, get_cache_status, scan_all};
+use patternd_e2e::{
+    Patternd, Reply, World, burst, cache_status, eventually, get_cache_status, scan_names, send,
+};
 use tokio::io::AsyncWriteExt;
-use tokio::task::JoinSet;
-
-async fn world(policy: &str, origin: &Origin, extra_args: &[&str]) -> Result<World> {
-    let text = policy.replace("ORIGIN", &origin.template());
-    World::start(&[("cache.yaml", &text)], extra_args).await
-}
-
-fn cache_status(r: &Reply) -> &str {
-    r.header("cache-status").unwrap_or("")
-}
 
 /// `n` concurrent GETs of `path`, each with the time it took.
 async fn concurrent_gets(p: &Patternd, path: &str, n: usize) -> Result<Vec<(Reply, Duration)>> {
-    let mut set = JoinSet::new();
-    for _ in 0..n {
-        let (client, url) = (p.client().clone(), p.url(path));
-        set.spawn(async move {
+    burst(n, |_| {
+        let req = p.client().get(p.url(path));
+        async move {
             let started = Instant::now();
-            let r = client.get(url).send().await?;
-            let status = r.status().as_u16();
-            let headers = r.headers().clone();
-            let text = r.text().await?;
-            let reply = Reply {
-                status,
-                headers,
-                json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-                text,
-            };
-            anyhow::Ok((reply, started.elapsed()))
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        out.push(r??);
-    }
-    Ok(out)
+            let reply = send(req).await?;
+            Ok((reply, started.elapsed()))
+        }
+    })
+    .await
 }
 
 /// A client that sends a GET and goes away before the answer: its fill must still land for
@@ -61,7 +39,7 @@ rules:
   product:
     cache: { origin: 'ORIGIN', ttl: 1h, origin_timeout: 10s, fill_wait: 20s, refresh_lease: 30s }
 ";
-    let w = world(policy, &origin, &[]).await?;
+    let w = World::with_origin(policy, &origin, &[]).await?;
     let p = &w.patternd;
 
     // The first caller takes the lease and reaches the origin, then hangs up.
@@ -107,7 +85,7 @@ rules:
     cache: { origin: 'ORIGIN', ttl: 1h, origin_timeout: 60s, fill_wait: 60s, refresh_lease: 60s }
 ";
     // Each stall below (0.8 s) is well inside the 2 s command timeout: no single call fails.
-    let w = world(policy, &origin, &["--redis-timeout", "2s"]).await?;
+    let w = World::with_origin(policy, &origin, &["--redis-timeout", "2s"]).await?;
     let p = &w.patternd;
 
     let holder = {
@@ -163,7 +141,7 @@ rules:
   open:
     cache: { origin: 'ORIGIN', ttl: 1h, on_redis_error: origin }
 ";
-    let w = world(policy, &origin, &[]).await?;
+    let w = World::with_origin(policy, &origin, &[]).await?;
     let p = &w.patternd;
     // Warm: id 1 is cached in both rules.
     for rule in ["strict", "open"] {
@@ -211,10 +189,9 @@ rules:
 
     // Nothing was stored from the origin while Redis was frozen: id 2 has no value.
     let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
-    let values: Vec<String> = keys
-        .iter()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
+    let values: Vec<String> = scan_names(&mut conn)
+        .await?
+        .into_iter()
         .filter(|k| k.ends_with(":v"))
         .collect();
     assert_eq!(values.len(), 2, "{values:?}");
@@ -247,26 +224,25 @@ rules:
   open:
     cache: { origin: 'ORIGIN', ttl: 1h, origin_timeout: 30s, on_redis_error: origin }
 ";
-    let mut w = world(policy, &origin, &[]).await?;
+    let mut w = World::with_origin(policy, &origin, &[]).await?;
     w.redis.stop();
     // Slow enough that every request below arrives while the first ones hold their permits.
     origin.set_delay(Duration::from_secs(5));
 
-    let mut set = JoinSet::new();
-    for _ in 0..IN_FLIGHT + EXTRA {
-        let (client, url) = (
-            w.patternd.client().clone(),
-            w.patternd.url("/v1/cache/shop/open/1"),
-        );
-        set.spawn(async move {
-            let r = client.get(url).send().await?;
-            anyhow::Ok((r.status().as_u16(), Instant::now()))
-        });
-    }
+    let answers = burst(IN_FLIGHT + EXTRA, |_| {
+        let req = w
+            .patternd
+            .client()
+            .get(w.patternd.url("/v1/cache/shop/open/1"));
+        async move {
+            let r = req.send().await?;
+            Ok((r.status().as_u16(), Instant::now()))
+        }
+    })
+    .await?;
     let mut served = Vec::new();
     let mut refused = Vec::new();
-    while let Some(r) = set.join_next().await {
-        let (status, at) = r??;
+    for (status, at) in answers {
         match status {
             200 => served.push(at),
             503 => refused.push(at),

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually, scan_all};
+use patternd_e2e::raw::raw_request;
+use patternd_e2e::{Patternd, Reply, World, eventually, scan_all, scan_names};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -20,24 +20,15 @@ const WAIT: Duration = Duration::from_secs(60);
 /// `%2E` in the path before sending it, and those spellings are what this file is about.
 /// Returns (status, the raw answer).
 async fn raw(p: &Patternd, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.port())).await?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf))
+    let answer = raw_request(p.port(), req.into_bytes())
         .await
-        .context("patternd did not answer")??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("no status line in {text:?}"))?;
-    Ok((status, text))
+        .context("patternd did not answer")?;
+    Ok((answer.status, answer.text))
 }
 
 /// Requests that reached the origin anywhere but `/items/<one segment>`.
@@ -464,11 +455,7 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     let keys = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut c = conn.clone();
         async move {
-            let ks: BTreeSet<String> = scan_all(&mut c)
-                .await?
-                .into_iter()
-                .map(|k| String::from_utf8_lossy(&k).into_owned())
-                .collect();
+            let ks: BTreeSet<String> = scan_names(&mut c).await?.into_iter().collect();
             anyhow::Ok(ks)
         }
     };

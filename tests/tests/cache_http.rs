@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually};
+use patternd_e2e::{Patternd, Reply, World, cache_status, eventually};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn world(policy: &str, origin: &Origin) -> Result<World> {
-    let text = policy.replace("ORIGIN", &origin.template());
-    World::start(&[("h.yaml", &text)], &[]).await
-}
-
-fn cache_status(r: &Reply) -> &str {
-    r.header("cache-status").unwrap_or("")
-}
 
 /// Waits until the origin has received `n` GETs of `id`.
 async fn origin_has_gets(origin: &Origin, id: &str, n: u64) -> Result<()> {
@@ -31,25 +22,8 @@ async fn origin_has_gets(origin: &Origin, id: &str, n: u64) -> Result<()> {
     .await
 }
 
-async fn put(p: &Patternd, path: &str, body: &str, headers: &[(&str, &str)]) -> Result<Reply> {
-    let mut req = p.client().put(p.url(path)).body(body.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    p.send(req).await
-}
-
-async fn patch(p: &Patternd, path: &str, body: &str, headers: &[(&str, &str)]) -> Result<Reply> {
-    let mut req = p
-        .client()
-        .patch(p.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    p.send(req).await
-}
+/// The content type of the PATCHes here.
+const JSON: (&str, &str) = ("content-type", "application/json");
 
 const SLOW: &str = "app: h
 rules:
@@ -72,7 +46,7 @@ async fn a_fill_in_flight_does_not_undo_a_tag_invalidation() -> Result<()> {
     origin.set("known", "text/plain", b"k1", &["t"]);
     origin.set("a", "text/plain", b"old", &["t"]);
     origin.set("b", "text/plain", b"old", &["fresh-tag"]);
-    let w = world(SLOW, &origin).await?;
+    let w = World::with_origin(SLOW, &origin, &[]).await?;
     let p = &w.patternd;
     // `t` has a version key: a value carrying it is stored.
     let r = p.get("/v1/cache/h/r/known").await?;
@@ -109,19 +83,13 @@ async fn a_fill_in_flight_does_not_undo_a_tag_invalidation() -> Result<()> {
     Ok(())
 }
 
-/// GET misses and fills slowly (holding the refresh lease); meanwhile the id is DELETEd. The
-/// fill must not store the answer it got before the DELETE (before: the DELETE dropped the
-/// lease, and a fill finding no lease and no value stored).
-#[tokio::test]
-async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
-    let origin = Origin::start().await?;
-    origin.set("a", "text/plain", b"old", &[]);
-    let w = world(SLOW, &origin).await?;
-    let p = &w.patternd;
-
+/// The origin's `a` changes from `old` to `new`, and `a` is DELETEd, while a GET's fill of it
+/// is at the (slow) origin: the GET may answer `old` but must not store it, so the next read
+/// fills `new`.
+async fn delete_during_a_fill(p: &Patternd, origin: &Origin) -> Result<()> {
     origin.set_get_delay(Duration::from_secs(3));
     let (g, d) = tokio::join!(p.get("/v1/cache/h/r/a"), async {
-        origin_has_gets(&origin, "a", 1).await?;
+        origin_has_gets(origin, "a", 1).await?;
         origin.set("a", "text/plain", b"new", &[]);
         p.delete("/v1/cache/h/r/a").await
     });
@@ -133,6 +101,20 @@ async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
     origin.set_get_delay(Duration::ZERO);
     let g = p.get("/v1/cache/h/r/a").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    Ok(())
+}
+
+/// GET misses and fills slowly (holding the refresh lease); meanwhile the id is DELETEd. The
+/// fill must not store the answer it got before the DELETE (before: the DELETE dropped the
+/// lease, and a fill finding no lease and no value stored).
+#[tokio::test]
+async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("a", "text/plain", b"old", &[]);
+    let w = World::with_origin(SLOW, &origin, &[]).await?;
+    let p = &w.patternd;
+
+    delete_during_a_fill(p, &origin).await?;
     assert_eq!(origin.gets("a"), 2);
     Ok(())
 }
@@ -153,7 +135,7 @@ rules:
       origin_timeout: 10s
       fill_wait: 100ms
 ";
-    let w = world(policy, &origin).await?;
+    let w = World::with_origin(policy, &origin, &[]).await?;
     let p = &w.patternd;
     let mut c = w.redis.conn().await?;
     let _: () = redis::cmd("SET")
@@ -164,20 +146,7 @@ rules:
         .query_async(&mut c)
         .await?;
 
-    origin.set_get_delay(Duration::from_secs(3));
-    let (g, d) = tokio::join!(p.get("/v1/cache/h/r/a"), async {
-        origin_has_gets(&origin, "a", 1).await?;
-        origin.set("a", "text/plain", b"new", &[]);
-        p.delete("/v1/cache/h/r/a").await
-    });
-    let (g, d) = (g?, d?);
-    assert_eq!(d.status, 200, "{d:?}");
-    assert_eq!((g.status, g.text.as_str()), (200, "old"), "{g:?}");
-    assert!(!cache_status(&g).contains("stored"), "{g:?}");
-
-    origin.set_get_delay(Duration::ZERO);
-    let g = p.get("/v1/cache/h/r/a").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    delete_during_a_fill(p, &origin).await?;
     Ok(())
 }
 
@@ -221,7 +190,7 @@ rules:
 async fn gets_carry_etags_and_answer_304() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("a", "text/plain", b"v1", &[]);
-    let w = world(WRITES, &origin).await?;
+    let w = World::with_origin(WRITES, &origin, &[]).await?;
     let p = &w.patternd;
     let path = "/v1/cache/h/s/a";
 
@@ -285,15 +254,15 @@ async fn gets_carry_etags_and_answer_304() -> Result<()> {
 #[tokio::test]
 async fn writes_honour_if_match() -> Result<()> {
     let origin = Origin::start().await?;
-    let w = world(WRITES, &origin).await?;
+    let w = World::with_origin(WRITES, &origin, &[]).await?;
     let p = &w.patternd;
 
     // write: cache, format: string.
     let path = "/v1/cache/h/s/x";
-    put(p, path, "v0", &[("if-match", "*")])
+    p.put_with(path, "v0", &[("if-match", "*")])
         .await?
         .assert_problem(412);
-    let r = put(p, path, "v1", &[("if-none-match", "*")]).await?;
+    let r = p.put_with(path, "v1", &[("if-none-match", "*")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     let e1 = etag(&r);
     assert_eq!(
@@ -301,68 +270,75 @@ async fn writes_honour_if_match() -> Result<()> {
         e1,
         "the PUT's ETag is the value's"
     );
-    put(p, path, "again", &[("if-none-match", "*")])
+    p.put_with(path, "again", &[("if-none-match", "*")])
         .await?
         .assert_problem(412);
-    let r = put(p, path, "v2", &[("if-match", &e1)]).await?;
+    let r = p.put_with(path, "v2", &[("if-match", &e1)]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     let e2 = etag(&r);
     assert_ne!(e2, e1);
     // A writer still holding e1 lost the race: 412, and the value is v2.
-    let lost = put(p, path, "v3", &[("if-match", &e1)]).await?;
+    let lost = p.put_with(path, "v3", &[("if-match", &e1)]).await?;
     lost.assert_problem(412);
     assert_eq!(p.get(path).await?.text, "v2");
     // Weak tags never match If-Match (strong comparison).
-    put(p, path, "v3", &[("if-match", &format!("W/{e2}"))])
+    p.put_with(path, "v3", &[("if-match", &format!("W/{e2}"))])
         .await?
         .assert_problem(412);
-    put(p, path, "v3", &[("if-match", &format!("\"0\", {e2}"))]).await?;
+    p.put_with(path, "v3", &[("if-match", &format!("\"0\", {e2}"))])
+        .await?;
     assert_eq!(p.get(path).await?.text, "v3");
 
     // format: hash: PATCH with If-Match; the PUT carries no ETag (the object is re-encoded).
     let path = "/v1/cache/h/j/o";
-    let r = put(p, path, r#"{"a": 1}"#, &[]).await?;
+    let r = p.put_with(path, r#"{"a": 1}"#, &[]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(r.header("etag"), None, "{r:?}");
     let e1 = etag(&p.get(path).await?);
-    let r = patch(p, path, r#"{"b": 2}"#, &[("if-match", &e1)]).await?;
+    let r = p
+        .patch_with(path, r#"{"b": 2}"#, &[JSON, ("if-match", &e1)])
+        .await?;
     assert_eq!(r.status, 200, "{r:?}");
     let e2 = etag(&r);
     assert_eq!(etag(&p.get(path).await?), e2);
-    patch(p, path, r#"{"c": 3}"#, &[("if-match", &e1)])
+    p.patch_with(path, r#"{"c": 3}"#, &[JSON, ("if-match", &e1)])
         .await?
         .assert_problem(412);
     let g = p.get(path).await?;
     assert_eq!(g.json, json!({"a": 1, "b": 2}), "{g:?}");
     // An absent value stays a 404 (the PATCH would be one anyway).
-    patch(p, "/v1/cache/h/j/none", r#"{"c": 3}"#, &[("if-match", &e1)])
-        .await?
-        .assert_problem(404);
+    p.patch_with(
+        "/v1/cache/h/j/none",
+        r#"{"c": 3}"#,
+        &[JSON, ("if-match", &e1)],
+    )
+    .await?
+    .assert_problem(404);
 
     // write: through: a failed precondition never reaches the origin.
     let path = "/v1/cache/h/t/y";
-    let r = put(p, path, "t1", &[]).await?;
+    let r = p.put_with(path, "t1", &[]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     let e1 = etag(&r);
     assert_eq!(origin.hits("PUT", "y"), 1);
-    put(p, path, "t2", &[("if-match", "\"1\"")])
+    p.put_with(path, "t2", &[("if-match", "\"1\"")])
         .await?
         .assert_problem(412);
     assert_eq!(origin.hits("PUT", "y"), 1, "the origin was not written");
-    let r = put(p, path, "t2", &[("if-match", &e1)]).await?;
+    let r = p.put_with(path, "t2", &[("if-match", &e1)]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(origin.hits("PUT", "y"), 2);
     assert_eq!(p.get(path).await?.text, "t2");
 
     // write: behind: a failed precondition journals nothing.
     let path = "/v1/cache/h/b/z";
-    let r = put(p, path, "b1", &[]).await?;
+    let r = p.put_with(path, "b1", &[]).await?;
     assert_eq!(r.status, 202, "{r:?}");
     let e1 = etag(&r);
-    put(p, path, "refused", &[("if-match", "\"1\"")])
+    p.put_with(path, "refused", &[("if-match", "\"1\"")])
         .await?
         .assert_problem(412);
-    let r = put(p, path, "b2", &[("if-match", &e1)]).await?;
+    let r = p.put_with(path, "b2", &[("if-match", &e1)]).await?;
     assert_eq!(r.status, 202, "{r:?}");
     let delivered = eventually(WAIT, "the accepted writes delivered", || async {
         let bodies: Vec<Vec<u8>> = origin
@@ -380,7 +356,7 @@ async fn writes_honour_if_match() -> Result<()> {
     );
 
     // Malformed conditions are a 400, not ignored.
-    put(p, "/v1/cache/h/s/x", "v", &[("if-match", "\"1\" \"2\"")])
+    p.put_with("/v1/cache/h/s/x", "v", &[("if-match", "\"1\" \"2\"")])
         .await?
         .assert_problem(400);
     Ok(())
@@ -435,7 +411,7 @@ async fn ttl_from_origin_follows_cache_control() -> Result<()> {
         }
         origin.set_headers(id, &h);
     }
-    let w = world(FROM_ORIGIN, &origin).await?;
+    let w = World::with_origin(FROM_ORIGIN, &origin, &[]).await?;
     let p = &w.patternd;
 
     for (id, lo, hi) in [
@@ -521,7 +497,7 @@ async fn stale_windows_from_the_origin() -> Result<()> {
         origin.set(id, "text/plain", b"v1", &[]);
         origin.set_headers(id, &[("cache-control", cc)]);
     }
-    let w = world(FROM_ORIGIN, &origin).await?;
+    let w = World::with_origin(FROM_ORIGIN, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["dflt", "swr0", "mr"] {
         let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;

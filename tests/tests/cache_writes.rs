@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, eventually, metric_value, scan_all};
+use patternd_e2e::{
+    Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value, scan_all,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -28,14 +30,8 @@ async fn put(
     body: &[u8],
     headers: &[(&str, &str)],
 ) -> Result<Reply> {
-    let mut req = p
-        .client()
-        .put(p.url(&format!("/v1/cache/w/{rule}/{id}")))
-        .body(body.to_vec());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    p.send(req).await
+    p.put_with(&format!("/v1/cache/w/{rule}/{id}"), body, headers)
+        .await
 }
 
 async fn patch(
@@ -45,12 +41,12 @@ async fn patch(
     body: &str,
     content_type: &str,
 ) -> Result<Reply> {
-    let req = p
-        .client()
-        .patch(p.url(&format!("/v1/cache/w/{rule}/{id}")))
-        .header("content-type", content_type)
-        .body(body.to_string());
-    p.send(req).await
+    p.patch_with(
+        &format!("/v1/cache/w/{rule}/{id}"),
+        body,
+        &[("content-type", content_type)],
+    )
+    .await
 }
 
 async fn hget(w: &World, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
@@ -78,6 +74,71 @@ fn origin_body(origin: &Origin, id: &str) -> Option<String> {
     origin
         .item(id)
         .map(|i| String::from_utf8_lossy(&i.body).into_owned())
+}
+
+/// Waits until the origin has `body` for `id` (write-behind delivers in the background).
+async fn until_delivered(origin: &Origin, id: &str, body: &str) -> Result<()> {
+    let what = format!("{body:?} delivered to the origin's {id}");
+    eventually(WAIT, &what, || async {
+        Ok(origin_body(origin, id).filter(|b| b == body).map(drop))
+    })
+    .await
+}
+
+/// Waits until the origin has an object equal to `want` for `id` (a PATCH reaches it whole).
+async fn until_delivered_json(origin: &Origin, id: &str, want: Value) -> Result<()> {
+    let what = format!("{want} delivered to the origin's {id}");
+    eventually(WAIT, &what, || async {
+        Ok(origin
+            .item(id)
+            .and_then(|i| serde_json::from_slice::<Value>(&i.body).ok())
+            .filter(|v| *v == want)
+            .map(drop))
+    })
+    .await
+}
+
+/// PUTs `new` to `b/k` while the origin refuses writes, and waits for the first refused
+/// delivery: the write is acknowledged, cached and stays in the journal.
+async fn put_while_refused(p: &Patternd, origin: &Origin) -> Result<()> {
+    origin.fail_writes_with(Some(503));
+    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
+    assert_eq!(r.status, 202, "{r:?}");
+    eventually(WAIT, "a refused delivery attempt", || async {
+        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
+    })
+    .await
+}
+
+/// The origin accepts writes again: waits until the pending `new` of `b/k` is delivered and
+/// the journal is empty.
+async fn accept_and_deliver(w: &World, origin: &Origin) -> Result<()> {
+    origin.fail_writes_with(None);
+    until_delivered(origin, "k", "new").await?;
+    until_journal_drained(w).await
+}
+
+/// GETs `b/k`, which must answer the written `new`.
+async fn reads_new(p: &Patternd) -> Result<Reply> {
+    let g = p.get("/v1/cache/w/b/k").await?;
+    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    Ok(g)
+}
+
+/// Waits until rule `b`'s journal is empty: every entry delivered, or settled otherwise.
+async fn until_journal_drained(w: &World) -> Result<()> {
+    eventually(WAIT, "rule b's journal to be empty", || async {
+        Ok((xlen(w, &journal_key("b")).await? == 0).then_some(()))
+    })
+    .await
+}
+
+/// Waits until rule `b` has `n` dead letters.
+async fn until_dead_letters(p: &Patternd, n: u64) -> Result<()> {
+    eventually(WAIT, &format!("{n} dead letter(s)"), || async {
+        Ok((dead_letters(p, "").await?.json["total"] == json!(n)).then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -177,10 +238,15 @@ fn behind_policy(origin: &Origin, extra: &str) -> String {
     )
 }
 
+/// A world serving [`behind_policy`].
+async fn behind_world(origin: &Origin, extra: &str) -> Result<World> {
+    World::start(&[("w.yaml", &behind_policy(origin, extra))], &[]).await
+}
+
 #[tokio::test]
 async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
     let origin = Origin::start().await?;
-    let w = World::start(&[("w.yaml", &behind_policy(&origin, ""))], &[]).await?;
+    let w = behind_world(&origin, "").await?;
     let p = &w.patternd;
 
     let r = put(
@@ -202,18 +268,12 @@ async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
     let g = p.get("/v1/cache/w/b/k1").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "hello"), "{g:?}");
 
-    eventually(WAIT, "the origin to receive the write", || async {
-        Ok(origin.item("k1").filter(|i| i.body == b"hello"))
-    })
-    .await?;
+    until_delivered(&origin, "k1", "hello").await?;
     assert_eq!(
         origin.item("k1").map(|i| i.content_type),
         Some("text/plain".to_string())
     );
-    eventually(WAIT, "the journal to be empty", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_journal_drained(&w).await?;
     assert_eq!(origin.hits("PUT", "k1"), 1);
     let m = p.get("/metrics").await?.text;
     assert_eq!(
@@ -240,11 +300,11 @@ async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
 #[tokio::test]
 async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Result<()> {
     let mut origin = Origin::start().await?;
-    let policy = behind_policy(
+    let w = behind_world(
         &origin,
         "      max_attempts: 1000\n      retry_backoff: 50ms\n",
-    );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    )
+    .await?;
     let p = &w.patternd;
     origin.stop().await;
 
@@ -266,14 +326,8 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Re
     .await?;
 
     origin.restart().await?;
-    eventually(WAIT, "the newest write to reach the origin", || async {
-        Ok((origin_body(&origin, "hot") == Some(format!("v{WRITES}"))).then_some(()))
-    })
-    .await?;
-    eventually(WAIT, "the journal to be empty", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_delivered(&origin, "hot", &format!("v{WRITES}")).await?;
+    until_journal_drained(&w).await?;
     // Nothing older arrives after the newest, and far fewer calls than writes were needed.
     let writes = origin.writes();
     let last = writes
@@ -394,17 +448,11 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
         (r.json["replayed"].clone(), r.json["not_found"].clone()),
         (json!(1), json!(1))
     );
-    eventually(WAIT, "the first to be delivered", || async {
-        Ok(origin_body(&origin, &first_id).filter(|b| *b == first_id))
-    })
-    .await?;
+    until_delivered(&origin, &first_id, &first_id).await?;
     assert_eq!(origin.item(second_id), None);
     let r = replay(p, json!({})).await?;
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
-    eventually(WAIT, "the second to be delivered", || async {
-        Ok(origin_body(&origin, second_id).filter(|b| b == second_id))
-    })
-    .await?;
+    until_delivered(&origin, second_id, second_id).await?;
     let page = dead_letters(p, "").await?;
     assert_eq!(page.json["total"], json!(0), "{page:?}");
     replay(p, json!({ "ids": ["x"] }))
@@ -426,32 +474,23 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
 #[tokio::test]
 async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result<()> {
     let origin = Origin::start().await?;
-    let policy = behind_policy(
+    let w = behind_world(
         &origin,
         "      max_attempts: 1\n      retry_backoff: 50ms\n",
-    );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    )
+    .await?;
     let p = &w.patternd;
     origin.fail_writes_with(Some(500));
     assert_eq!(put(p, "b", "x", b"old", &[]).await?.status, 202);
-    eventually(WAIT, "the old write in the dead letters", || async {
-        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
-    })
-    .await?;
+    until_dead_letters(p, 1).await?;
     origin.fail_writes_with(None);
     assert_eq!(put(p, "b", "x", b"new", &[]).await?.status, 202);
-    eventually(WAIT, "the new write delivered", || async {
-        Ok(origin_body(&origin, "x").filter(|b| b == "new"))
-    })
-    .await?;
+    until_delivered(&origin, "x", "new").await?;
     let r = p
         .post_json("/admin/cache/w/b/dead-letters/replay", &json!({}))
         .await?;
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
-    eventually(WAIT, "the replayed entry to be settled", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_journal_drained(&w).await?;
     assert_eq!(origin_body(&origin, "x").as_deref(), Some("new"));
     assert_eq!(
         origin.hits("PUT", "x"),
@@ -464,11 +503,11 @@ async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result
 #[tokio::test]
 async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
     let mut origin = Origin::start().await?;
-    let policy = behind_policy(
+    let w = behind_world(
         &origin,
         "      journal_max_len: 3\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
-    );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    )
+    .await?;
     let p = &w.patternd;
     origin.stop().await;
     for id in ["j1", "j2", "j3"] {
@@ -484,10 +523,7 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
     assert_eq!(xlen(&w, &journal_key("b")).await?, 3, "nothing trimmed");
 
     origin.restart().await?;
-    eventually(WAIT, "the backlog delivered", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_journal_drained(&w).await?;
     let ids: BTreeSet<String> = origin.writes().into_iter().map(|wr| wr.id).collect();
     assert_eq!(ids, ["j1", "j2", "j3"].map(String::from).into());
     assert_eq!(
@@ -670,13 +706,7 @@ async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
     let r = patch(p, "hb", "o", r#"{"b": 3}"#, "application/json").await?;
     assert_eq!(r.status, 202, "{r:?}");
     assert!(r.header("patternd-journal-id").is_some(), "{r:?}");
-    eventually(WAIT, "the patched object at the origin", || async {
-        Ok(origin
-            .item("o")
-            .and_then(|i| serde_json::from_slice::<Value>(&i.body).ok())
-            .filter(|v| *v == json!({"a": 1, "b": 3})))
-    })
-    .await?;
+    until_delivered_json(&origin, "o", json!({"a": 1, "b": 3})).await?;
     Ok(())
 }
 
@@ -744,10 +774,7 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
     }
     // Entries are acknowledged only after the origin accepted them: an empty journal means the
     // new engine delivered the dead engine's in-flight entries too.
-    eventually(WAIT, "the journal to be empty", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_journal_drained(&w).await?;
     let m = w.patternd.get("/metrics").await?.text;
     let delivered = metric_value(
         &m,
@@ -765,8 +792,7 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
 #[tokio::test]
 async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Result<()> {
     let origin = Origin::start().await?;
-    let policy = behind_policy(&origin, "      retry_backoff: 50ms\n");
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = behind_world(&origin, "      retry_backoff: 50ms\n").await?;
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
     // Slow enough that both flushers are busy at once.
     origin.set_delay(Duration::from_millis(100));
@@ -784,10 +810,7 @@ async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Resul
             assert_eq!(r.status, 202, "{r:?}");
         }
     }
-    eventually(WAIT, "the journal to be empty", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_journal_drained(&w).await?;
     // Every id ends with its newest write: no older write landed after a newer one, whichever
     // replica delivered which.
     for i in 0..IDS {
@@ -838,10 +861,7 @@ async fn the_flusher_follows_reloads() -> Result<()> {
     let r = p.post_json("/admin/reload", &json!({})).await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(put(p, "b", "late", b"x", &[]).await?.status, 202);
-    eventually(WAIT, "delivery by the running flusher", || async {
-        Ok(origin_body(&origin, "late").filter(|b| b == "x"))
-    })
-    .await?;
+    until_delivered(&origin, "late", "x").await?;
     Ok(())
 }
 
@@ -871,10 +891,7 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
     .await?;
     origin.fail_writes_with(Some(500));
     assert_eq!(put(p, "b", "dead", b"v", &[]).await?.status, 202);
-    eventually(WAIT, "a dead letter", || async {
-        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
-    })
-    .await?;
+    until_dead_letters(p, 1).await?;
     assert_eq!(
         put(p, "c", "o", br#"{"x": 1}"#, &[("cache-tag", "objs")])
             .await?
@@ -927,18 +944,11 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Resu
     assert_eq!(origin.gets("k"), 1);
 
     // The origin serves reads but refuses writes: the PUT stays in the journal.
-    origin.fail_writes_with(Some(503));
-    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
-    assert_eq!(r.status, 202, "{r:?}");
-    eventually(WAIT, "a refused delivery attempt", || async {
-        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
-    })
-    .await?;
+    put_while_refused(p, &origin).await?;
     // Past the value's ttl: without the journal check a read would refresh from the origin.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..3 {
-        let g = p.get("/v1/cache/w/b/k").await?;
-        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        let g = reads_new(p).await?;
         let cs = g.header("cache-status").unwrap_or("");
         assert!(cs.starts_with("patternd; hit"), "{cs}");
     }
@@ -951,23 +961,13 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Resu
 
     // The origin down altogether: still the written value.
     origin.stop().await;
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    reads_new(p).await?;
 
     // Back, accepting writes: the write is delivered, and reads see it, now from the origin too.
     origin.restart().await?;
-    origin.fail_writes_with(None);
-    eventually(WAIT, "the write delivered", || async {
-        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
-    })
-    .await?;
-    eventually(WAIT, "an empty journal", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    accept_and_deliver(&w, &origin).await?;
     for _ in 0..3 {
-        let g = p.get("/v1/cache/w/b/k").await?;
-        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        reads_new(p).await?;
     }
     Ok(())
 }
@@ -1083,18 +1083,11 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
     let w = World::start(&[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
-    origin.fail_writes_with(Some(503));
-    let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
-    assert_eq!(r.status, 202, "{r:?}");
-    eventually(WAIT, "a refused delivery attempt", || async {
-        Ok((origin.hits("PUT", "k") >= 1).then_some(()))
-    })
-    .await?;
+    put_while_refused(p, &origin).await?;
     // Well past the value's own hard lifetime (1s).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(exists(&w, &value_key("b", "k")).await?, "kept alive");
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    reads_new(p).await?;
     assert_eq!(
         origin.gets("k"),
         0,
@@ -1102,12 +1095,8 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
     );
 
     origin.fail_writes_with(None);
-    eventually(WAIT, "the write delivered", || async {
-        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
-    })
-    .await?;
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    until_delivered(&origin, "k", "new").await?;
+    reads_new(p).await?;
     Ok(())
 }
 
@@ -1120,11 +1109,11 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
 async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
-    let policy = behind_policy(
+    let w = behind_world(
         &origin,
         "      retry_backoff: 100ms\n      max_attempts: 1000\n      related: [\"{id}:extra\"]\n",
-    );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    )
+    .await?;
     let p = &w.patternd;
 
     origin.fail_writes_with(Some(503));
@@ -1148,15 +1137,13 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Resul
         hget(&w, &value_key("b", "k"), "jp").await?.is_some(),
         "jp kept"
     );
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    reads_new(p).await?;
 
     let inv = p
         .post_json("/v1/cache/w/b/_invalidate", &json!({"tags": ["t1"]}))
         .await?;
     assert_eq!(inv.json["bumped"], json!(1), "{inv:?}");
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    reads_new(p).await?;
     // Neither the DELETE nor the invalidation let a read reach the origin's older copy.
     assert_eq!(
         origin.gets("k"),
@@ -1164,18 +1151,9 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Resul
         "the origin's older copy was never read"
     );
 
-    origin.fail_writes_with(None);
-    eventually(WAIT, "the write delivered", || async {
-        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
-    })
-    .await?;
-    eventually(WAIT, "the journal drained", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    accept_and_deliver(&w, &origin).await?;
     // Delivered: the tag invalidation now applies, and the origin has the write.
-    let g = p.get("/v1/cache/w/b/k").await?;
-    assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+    let g = reads_new(p).await?;
     assert!(
         g.header("cache-status").unwrap_or("").contains("fwd=miss"),
         "{g:?}"
@@ -1210,10 +1188,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
     origin.fail_writes_with(Some(500));
     let r = put(p, "b", "k", b"new", &[("content-type", "text/plain")]).await?;
     assert_eq!(r.status, 202, "{r:?}");
-    eventually(WAIT, "the write in the dead letters", || async {
-        Ok((dead_letters(p, "").await?.json["total"] == json!(1)).then_some(()))
-    })
-    .await?;
+    until_dead_letters(p, 1).await?;
     let r = replay(p, json!({})).await?;
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
 
@@ -1233,8 +1208,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
     // from the origin unless the value is known to be newer than the origin's copy. The
     // replayed entry's next attempt is 3s away, so it is still pending here.
     for _ in 0..3 {
-        let g = p.get("/v1/cache/w/b/k").await?;
-        assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
+        reads_new(p).await?;
     }
     assert_eq!(
         origin.gets("k"),
@@ -1242,15 +1216,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
         "the origin's older copy was never read"
     );
 
-    origin.fail_writes_with(None);
-    eventually(WAIT, "the replayed write delivered", || async {
-        Ok(origin_body(&origin, "k").filter(|b| b == "new"))
-    })
-    .await?;
-    eventually(WAIT, "the journal drained", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    accept_and_deliver(&w, &origin).await?;
     assert_eq!(dead_letters(p, "").await?.json["total"], json!(0));
     Ok(())
 }
@@ -1263,21 +1229,13 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
 async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain", b"origin", &[]);
-    let plugins = patternd_e2e::TempDir::new("cache-plugins")?;
-    plugins.write(
-        "cache-key.lua",
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../plugins/examples/cache-key/cache-key.lua"),
-        )?,
-    )?;
     let plugin = "      plugin:\n        name: cache-key\n        config:\n          vary: [accept-language]\n          ttl_ms: { default: 60000 }\n          bypass_header: x-no-cache\n";
     let policy = format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {o}\n      ttl: 1h\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 50ms\n{plugin}  t:\n    cache:\n      origin: {o}\n      ttl: 1h\n      write: through\n{plugin}  h:\n    cache:\n      origin: {o}\n      ttl: 1h\n      format: hash\n      write: behind\n      retry_backoff: 50ms\n{plugin}",
         o = origin.template()
     );
-    let dir = plugins.path().to_string_lossy().to_string();
-    let w = World::start(&[("w.yaml", &policy)], &["--plugins", &dir]).await?;
+    let plugins = lua_plugins(&[("cache-key.lua", "cache-key/cache-key.lua")])?;
+    let w = PluginWorld::start(&[("w.yaml", &policy)], plugins).await?;
     let p = &w.patternd;
 
     let r = put(
@@ -1306,14 +1264,8 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
     assert!(!exists(&w, &value_key("b", "1")).await?);
     // Delivered to the client's id's origin URL.
-    eventually(WAIT, "the write delivered to /1", || async {
-        Ok(origin_body(&origin, "1").filter(|b| b == "hello-en"))
-    })
-    .await?;
-    eventually(WAIT, "the journal drained", || async {
-        Ok((xlen(&w, &journal_key("b")).await? == 0).then_some(()))
-    })
-    .await?;
+    until_delivered(&origin, "1", "hello-en").await?;
+    until_journal_drained(&w).await?;
 
     // PATCH of a hash variant: the plugin's key too, the journal to the client's id.
     assert_eq!(
@@ -1323,12 +1275,13 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
         202
     );
     let r = p
-        .send(
-            p.client()
-                .patch(p.url("/v1/cache/w/h/2"))
-                .header("content-type", "application/json")
-                .header("accept-language", "de")
-                .body(r#"{"b": 2}"#),
+        .patch_with(
+            "/v1/cache/w/h/2",
+            r#"{"b": 2}"#,
+            &[
+                ("content-type", "application/json"),
+                ("accept-language", "de"),
+            ],
         )
         .await?;
     assert_eq!(r.status, 202, "{r:?}");
@@ -1336,13 +1289,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
         .get_with("/v1/cache/w/h/2", &[("accept-language", "de")])
         .await?;
     assert_eq!(g.json, json!({"a": 1, "b": 2}), "{g:?}");
-    eventually(WAIT, "the patched object at /2", || async {
-        Ok(origin
-            .item("2")
-            .and_then(|i| serde_json::from_slice::<Value>(&i.body).ok())
-            .filter(|v| *v == json!({"a": 1, "b": 2})))
-    })
-    .await?;
+    until_delivered_json(&origin, "2", json!({"a": 1, "b": 2})).await?;
 
     // Bypass: behind has nothing it could write → 409, nothing stored or journaled.
     let r = put(p, "b", "3", b"x", &[("x-no-cache", "1")]).await?;

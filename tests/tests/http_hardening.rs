@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use patternd_e2e::origin::Origin;
+use patternd_e2e::raw::{RawAnswer, raw_request};
 use patternd_e2e::{
-    PluginWorld, RedisServer, TempDir, World, free_port, metric_value, patternd_bin, policy_dir,
+    PluginWorld, RedisServer, TempDir, World, free_port, lua_plugins, metric_value, patternd_bin,
+    policy_dir,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -167,9 +169,10 @@ async fn slow_clients_are_cut_off_and_cannot_starve_the_others() -> Result<()> {
         b"POST /v1/ratelimit/web/edge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":",
     )
     .await?;
-    let (status, head, body) = read_answer(&mut s).await?;
+    let answer = RawAnswer::read(&mut s).await?;
+    let (status, head, body) = answer.parts();
     assert_eq!(status, 408, "{head}\n{body}");
-    assert_problem(&head, &body, 408);
+    assert_problem(head, body, 408);
 
     let m = w.patternd.get("/metrics").await?;
     let value = |name: &str| metric_value(&m.text, name, &[]).unwrap_or(0.0);
@@ -330,22 +333,6 @@ async fn slow_clients_cannot_exhaust_the_file_descriptors() -> Result<()> {
     Ok(())
 }
 
-/// Reads an answer to its end (the server closes these connections): status, head, body.
-async fn read_answer(s: &mut TcpStream) -> Result<(u16, String, String)> {
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .context("no answer")??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status line in {text:?}"))?;
-    Ok((status, head.to_string(), body.to_string()))
-}
-
 fn assert_problem(head: &str, body: &str, status: u16) {
     assert!(
         head.to_ascii_lowercase()
@@ -358,31 +345,6 @@ fn assert_problem(head: &str, body: &str, status: u16) {
         v["detail"].as_str().is_some_and(|d| !d.is_empty()),
         "{body}"
     );
-}
-
-/// Sends `request` as raw bytes (while reading, so a server that answers before reading it
-/// all is heard) and returns the answer.
-async fn raw(port: u16, request: Vec<u8>) -> Result<(u16, String, String)> {
-    let s = TcpStream::connect(("127.0.0.1", port)).await?;
-    let (mut rd, mut wr) = s.into_split();
-    let writer = tokio::spawn(async move {
-        // The server may stop reading once it has refused the request.
-        let _ = wr.write_all(&request).await;
-        wr
-    });
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut raw))
-        .await
-        .context("no answer")??;
-    drop(writer.await);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status line in {text:?}"))?;
-    Ok((status, head.to_string(), body.to_string()))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -419,9 +381,10 @@ async fn requests_hyper_cannot_parse_get_problem_json() -> Result<()> {
             400,
         ),
     ] {
-        let (got, head, body) = raw(port, request).await.context(what)?;
+        let answer = raw_request(port, request).await.context(what)?;
+        let (got, head, body) = answer.parts();
         assert_eq!(got, status, "{what}: {head}\n{body}");
-        assert_problem(&head, &body, status);
+        assert_problem(head, body, status);
         assert!(
             head.to_ascii_lowercase().contains("\r\nconnection: close"),
             "{what}: {head}"
@@ -652,10 +615,7 @@ rules:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_json_array_is_no_body_on_any_route() -> Result<()> {
     let origin = Origin::start().await?;
-    let plugins = TempDir::new("json-routes")?;
-    let quota = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/quota/quota.lua");
-    plugins.write("quota.lua", &std::fs::read_to_string(quota)?)?;
+    let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
     let policy = JSON_ROUTES.replace("ORIGIN", &origin.template());
     let w = PluginWorld::start(&[("shop.yaml", &policy)], plugins).await?;
     let p = &w.patternd;

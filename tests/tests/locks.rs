@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use patternd_e2e::{Patternd, Reply, World, burst, eventually, scan_all};
+use patternd_e2e::{Patternd, Reply, World, burst, eventually, metric_value, scan_all, scan_names};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 const POLICY: &str = "app: shop
 rules:
@@ -41,6 +42,33 @@ fn token(r: &Reply) -> String {
     r.json["token"].as_str().unwrap_or_default().to_string()
 }
 
+/// An acquire of the held `order` lock on `resource` through `p`, waiting up to 8 s in the
+/// background; returned once it has found the lock held at least once (counted on `p`'s
+/// metric, not timed).
+async fn waiting_acquire(p: &Arc<Patternd>, resource: &str) -> Result<JoinHandle<Result<Reply>>> {
+    let waiter = {
+        let (p, resource) = (p.clone(), resource.to_string());
+        tokio::spawn(
+            async move { acquire(&p, "order", &resource, json!({ "wait_ms": 8000 })).await },
+        )
+    };
+    eventually(
+        Duration::from_secs(8),
+        "the waiter to find the lock held",
+        || async {
+            let m = p.get("/metrics").await?;
+            let retries = metric_value(
+                &m.text,
+                "patternd_lock_requests_total",
+                &[("rule", "order"), ("outcome", "retry")],
+            );
+            Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(waiter)
+}
+
 /// A token of the right shape that nobody was ever given.
 fn forged(fence: u64) -> String {
     format!("{fence}.AAAAAAAAAAAAAAAAAAAAAA")
@@ -57,11 +85,10 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
     let inside = Arc::new(AtomicUsize::new(0));
     let overlaps = Arc::new(AtomicUsize::new(0));
     let fences = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
+    burst(50, |_| {
         let (p, redis) = (p.clone(), redis.clone());
         let (inside, overlaps, fences) = (inside.clone(), overlaps.clone(), fences.clone());
-        tasks.push(tokio::spawn(async move {
+        async move {
             let client = redis::Client::open(redis)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             for _ in 0..2 {
@@ -92,11 +119,9 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
                 );
             }
             Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+        }
+    })
+    .await?;
     let mut conn = w.redis.conn().await?;
     let n: u64 = conn.get("shared-counter").await?;
     assert_eq!(n, 100, "lost updates");
@@ -242,28 +267,7 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
     let p = Arc::new(w.patternd);
     let a = acquire(&p, "order", "job", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
-    let waiter = {
-        let p = p.clone();
-        tokio::spawn(async move { acquire(&p, "order", "job", json!({ "wait_ms": 8000 })).await })
-    };
-    // Let the waiter find the lock held at least once (counted on the metric, not timed).
-    eventually(
-        Duration::from_secs(8),
-        "the waiter to find the lock held",
-        || {
-            let p = p.clone();
-            async move {
-                let m = p.get("/metrics").await?;
-                let retries = patternd_e2e::metric_value(
-                    &m.text,
-                    "patternd_lock_requests_total",
-                    &[("rule", "order"), ("outcome", "retry")],
-                );
-                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let waiter = waiting_acquire(&p, "job").await?;
     let r = release(&p, "order", "job", &token(&a)).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
     let b = waiter.await??;
@@ -417,11 +421,7 @@ async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment() -> Result<(
     assert_eq!(a.status, 200, "{a:?}");
     // The holder's key is the decoded name, one id: `orders/1001`.
     let mut conn = w.redis.conn().await?;
-    let keys: Vec<String> = scan_all(&mut conn)
-        .await?
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .collect();
+    let keys: Vec<String> = scan_names(&mut conn).await?;
     assert!(
         keys.iter().any(|k| k == "shop:lock:order:{orders/1001}:h"),
         "{keys:?}"
@@ -476,29 +476,7 @@ async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Resul
         .assert_problem(409);
     // A waiter on the other replica is not woken by this replica's release; its backoff
     // finds the lock free.
-    let waiter = {
-        let other = other.clone();
-        tokio::spawn(
-            async move { acquire(&other, "order", "shared", json!({ "wait_ms": 8000 })).await },
-        )
-    };
-    eventually(
-        Duration::from_secs(8),
-        "the waiter to find the lock held",
-        || {
-            let other = other.clone();
-            async move {
-                let m = other.get("/metrics").await?;
-                let retries = patternd_e2e::metric_value(
-                    &m.text,
-                    "patternd_lock_requests_total",
-                    &[("rule", "order"), ("outcome", "retry")],
-                );
-                Ok((retries.unwrap_or(0.0) >= 1.0).then_some(()))
-            }
-        },
-    )
-    .await?;
+    let waiter = waiting_acquire(&other, "shared").await?;
     let r = release(&w.patternd, "order", "shared", &token(&a)).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
     let b = waiter.await??;

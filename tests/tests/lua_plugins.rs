@@ -1,37 +1,18 @@
 //! Lua plugins end to end: the example plugins drive real decisions, hostile plugins are
 //! contained, and a broken plugin never replaces a working one.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{PluginWorld, TempDir, metric_value, policy_dir, run_cli};
+use patternd_e2e::{
+    EXAMPLE_POLICY, PluginWorld, TempDir, example_file, example_plugins, lua_plugins, metric_value,
+    policy_dir, run_cli, scan_names,
+};
 use serde_json::json;
-
-fn example(rel: &str) -> Result<String> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples")
-        .join(rel);
-    Ok(std::fs::read_to_string(p)?)
-}
-
-/// A plugins dir holding the example plugins (`plugins/build.sh` output).
-fn example_plugins() -> Result<TempDir> {
-    patternd_e2e::plugins_from_dist(&[
-        "tiered-limits-lua.lua",
-        "quota.lua",
-        "cache-key.lua",
-        "tiered-limits.wasm",
-    ])
-}
-
-fn repo_policies() -> Result<String> {
-    example("policies/plugins.yaml")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tiered_limits_decide_per_tier() -> Result<()> {
-    let w = PluginWorld::start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
+    let w = PluginWorld::examples().await?;
     let p = &w.patternd;
     let post = |tier: Option<&'static str>| {
         let mut req = p
@@ -69,12 +50,7 @@ async fn tiered_limits_decide_per_tier() -> Result<()> {
     // The plugin chose the keys' suffixes; the key builder kept them in the rule's namespace
     // and the id's slot, with TTLs.
     let mut conn = w.redis.conn().await?;
-    let keys = patternd_e2e::scan_all(&mut conn).await?;
-    let mut names: Vec<String> = keys
-        .iter()
-        .map(|k| String::from_utf8_lossy(k).to_string())
-        .collect();
-    names.sort();
+    let names = scan_names(&mut conn).await?;
     assert_eq!(
         names,
         [
@@ -133,64 +109,6 @@ rules:
             "{rule}"
         );
     }
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn daily_quota_op_counts_until_midnight() -> Result<()> {
-    let w = PluginWorld::start(&[("plugins.yaml", &repo_policies()?)], example_plugins()?).await?;
-    let p = &w.patternd;
-    for used in 1..=3u64 {
-        let r = p
-            .post_json("/v1/ops/plugged/daily", &json!({"id": "u1", "args": [3]}))
-            .await?;
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(
-            r.json["result"],
-            json!({"used": used, "remaining": 3 - used}),
-            "{r:?}"
-        );
-    }
-    let r = p
-        .post_json("/v1/ops/plugged/daily", &json!({"id": "u1", "args": [3]}))
-        .await?;
-    assert_eq!(r.status, 429, "{r:?}");
-    assert_eq!(r.json["result"]["denied"], json!(true));
-    // Another id has its own counter.
-    let r = p
-        .post_json("/v1/ops/plugged/daily", &json!({"id": "u2", "args": [3]}))
-        .await?;
-    assert_eq!(r.json["result"]["used"], json!(1), "{r:?}");
-
-    // The counter expires at the next UTC midnight, by Redis' clock.
-    let mut conn = w.redis.conn().await?;
-    let (now, _): (u64, u64) = redis::cmd("TIME")
-        .query_async(&mut conn)
-        .await
-        .map(|t: (String, String)| (t.0.parse().unwrap_or(0), t.1.parse().unwrap_or(0)))?;
-    let midnight = now - now % 86_400 + 86_400;
-    let at: i64 = redis::cmd("EXPIRETIME")
-        .arg("plugged:ops:daily:{u1}:count")
-        .query_async(&mut conn)
-        .await?;
-    assert_eq!(at, midnight as i64);
-
-    // Bad input: the op's BADARG is a 400; the engine's own checks too.
-    p.post_json(
-        "/v1/ops/plugged/daily",
-        &json!({"id": "u1", "args": ["lots"]}),
-    )
-    .await?
-    .assert_problem(400);
-    p.post_json("/v1/ops/plugged/daily", &json!({"args": [3]}))
-        .await?
-        .assert_problem(400);
-    p.post_json("/v1/ops/plugged/daily", &json!({"id": "", "args": [3]}))
-        .await?
-        .assert_problem(400);
-    p.post_json("/v1/ops/plugged/nope", &json!({"id": "u1"}))
-        .await?
-        .assert_problem(404);
     Ok(())
 }
 
@@ -280,11 +198,7 @@ rules:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
-    let plugins = TempDir::new("reload")?;
-    plugins.write(
-        "tiers.lua",
-        &example("tiered-limits-lua/tiered-limits-lua.lua")?,
-    )?;
+    let plugins = lua_plugins(&[("tiers.lua", "tiered-limits-lua/tiered-limits-lua.lua")])?;
     let w = PluginWorld::start(&[("t.yaml", TIERED_POLICY)], plugins).await?;
     let p = &w.patternd;
     assert_eq!(p.check("t", "tiered", "a", 1).await?.remaining(), 1);
@@ -302,7 +216,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
         ),
     ] {
         w.plugins.write("tiers.lua", broken)?;
-        let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+        let r = p.reload().await?;
         r.assert_problem(422);
         assert!(r.text.contains(needle), "{needle}: {r:?}");
         // The old plugin still decides: its tier's counter keeps counting (a broken new
@@ -326,7 +240,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
         "tiers.lua",
         "return { rate_limit = function(req) return { deny = 'closed for maintenance' } end }",
     )?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     assert_eq!(r.status, 200, "{r:?}");
     let d = p.check("t", "tiered", "a", 1).await?;
     assert_eq!(d.status, 429, "{d:?}");
@@ -337,7 +251,7 @@ async fn a_broken_plugin_never_replaces_a_working_one() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_validates_plugins_and_ops() -> Result<()> {
     let plugins = example_plugins()?;
-    let policies = policy_dir(&[("plugins.yaml", &repo_policies()?)])?;
+    let policies = policy_dir(&[("plugins.yaml", &example_file(EXAMPLE_POLICY)?)])?;
     let dir = plugins.path().to_string_lossy().to_string();
     let pol = policies.path().to_string_lossy().to_string();
     let ok = run_cli(&["check", &pol, "--plugins", &dir])?;
@@ -372,81 +286,5 @@ async fn check_validates_plugins_and_ops() -> Result<()> {
         ),
         "{err}"
     );
-    Ok(())
-}
-
-const QUOTA_POLICY: &str =
-    "app: o\nrules:\n  daily:\n    ops: { plugin: quota, op: daily-quota }\n";
-
-/// The same op, rewritten to reach a key it did not declare in two ways the old, text-matching
-/// check let through (a `--` in a string hid the rest of the line; only a command's first key
-/// was checked; an alias of `redis` was not followed).
-const ESCAPING_QUOTA: &str = r#"return { ops = { ["daily-quota"] = { keys = { "count" }, script = [[
-local s = '--' redis.call('DEL', KEYS[1], 'victim')
-local r = redis
-return r.call('INCR', KEYS[1])
-]] } } }
-"#;
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving() -> Result<()> {
-    let plugins = TempDir::new("ops-check")?;
-    plugins.write("quota.lua", &example("quota/quota.lua")?)?;
-    let w = PluginWorld::start(&[("o.yaml", QUOTA_POLICY)], plugins).await?;
-    let p = &w.patternd;
-    let body = json!({"id": "u1", "args": [100]});
-    let call = || p.post_json("/v1/ops/o/daily", &body);
-    assert_eq!(call().await?.json["result"]["used"], json!(1));
-    // A key of someone else's, outside the op's namespace.
-    let mut conn = w.redis.conn().await?;
-    let _: () = redis::cmd("SET")
-        .arg("victim")
-        .arg("precious")
-        .query_async(&mut conn)
-        .await?;
-
-    let path = w.plugins.write("quota.lua", ESCAPING_QUOTA)?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
-    r.assert_problem(422);
-    // Both problems, each at its line and column of the plugin file.
-    let diags = r.json["diagnostics"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let file = path.to_string_lossy().to_string();
-    for (line, column, says) in [
-        (
-            2,
-            43,
-            "argument 2 of DEL is a key and must be exactly `KEYS[n]`",
-        ),
-        (3, 11, "`redis` may only be used as `redis.call('CMD', …)`"),
-    ] {
-        assert!(
-            diags.iter().any(|d| d["file"] == file.as_str()
-                && d["line"] == line
-                && d["column"] == column
-                && d["severity"] == "error"
-                && d["message"].as_str().is_some_and(|m| m.contains(says))),
-            "no diagnostic at {line}:{column} saying {says}: {diags:#?}"
-        );
-    }
-
-    // The old op keeps serving (its counter goes on), and the other key is untouched.
-    assert_eq!(call().await?.json["result"]["used"], json!(2));
-    let victim: Option<String> = redis::cmd("GET")
-        .arg("victim")
-        .query_async(&mut conn)
-        .await?;
-    assert_eq!(victim.as_deref(), Some("precious"));
-
-    // `patternd check` refuses it too, at the same place.
-    let policies = policy_dir(&[("o.yaml", QUOTA_POLICY)])?;
-    let dir = w.plugins.path().to_string_lossy().to_string();
-    let pol = policies.path().to_string_lossy().to_string();
-    let bad = run_cli(&["check", &pol, "--plugins", &dir])?;
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(&format!("{file}:2:43: error:")), "{err}");
     Ok(())
 }

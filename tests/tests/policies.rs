@@ -4,25 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use patternd_e2e::{Patternd, RedisServer, policy_dir, run_cli};
+use patternd_e2e::{Patternd, RedisServer, policy_dir, position, position_nth, run_cli};
 use serde_json::Value;
-
-/// 1-based (line, column) of the first occurrence of `needle` in `text`.
-fn position(text: &str, needle: &str) -> (usize, usize) {
-    position_nth(text, needle, 0)
-}
-
-/// 1-based (line, column) of the `nth` (0-based) occurrence of `needle` in `text`.
-fn position_nth(text: &str, needle: &str, nth: usize) -> (usize, usize) {
-    let (at, _) = text
-        .match_indices(needle)
-        .nth(nth)
-        .unwrap_or_else(|| panic!("{needle:?} #{nth} not in the policy"));
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
-}
 
 const A: &str = "app: broken
 rules:

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use patternd_e2e::{RedisServer, World, eventually, metric_value, scan_all};
+use patternd_e2e::{RedisServer, World, eventually, metric_value, redis_now_ms, scan_names};
 use serde_json::{Value, json};
 
 const POLICY: &str = "app: hard
@@ -39,10 +39,9 @@ const TRILLION: u64 = 1_000_000_000_000;
 async fn keys_of(w: &World, pattern: &str, rule: &str, id: &str) -> Result<Vec<String>> {
     let mut conn = w.redis.conn().await?;
     let prefix = format!("hard:{pattern}:{rule}:{{{id}}}:");
-    Ok(scan_all(&mut conn)
+    Ok(scan_names(&mut conn)
         .await?
         .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
         .filter(|k| k.starts_with(&prefix))
         .collect())
 }
@@ -63,12 +62,6 @@ async fn zset_stats(w: &World, keys: &[String]) -> Result<(String, u64, u64)> {
         }
     }
     anyhow::bail!("no sorted set among {keys:?}")
-}
-
-async fn redis_now_ms(w: &World) -> Result<f64> {
-    let mut conn = w.redis.conn().await?;
-    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-    Ok(s as f64 * 1000.0 + us as f64 / 1000.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,9 +167,9 @@ async fn weighted_log_retry_after_is_exact() -> Result<()> {
     // Cost 5 needs 2 units back: the first request (3) leaving is enough. Cost 7 needs 4:
     // the second must leave too. The script's clock is between the two TIME reads.
     for (cost, leaves) in [(5, first), (7, second)] {
-        let before = redis_now_ms(&w).await?;
+        let before = redis_now_ms(&mut w.redis.conn().await?).await?;
         let r = p.check("hard", "small-log", "u", cost).await?;
-        let after = redis_now_ms(&w).await?;
+        let after = redis_now_ms(&mut w.redis.conn().await?).await?;
         assert_eq!((r.status, r.remaining()), (429, 3), "{r:?}");
         let retry = r.u64_field("retry_after_ms") as f64;
         let (lo, hi) = (leaves + window - after, leaves + window - before);
@@ -219,7 +212,7 @@ async fn expired_entries_never_count_however_many_left_at_once() -> Result<()> {
         .query_async(&mut conn)
         .await?;
     eventually(Duration::from_secs(10), "the burst to leave", || async {
-        Ok((redis_now_ms(&w).await? > newest[0].1 + 1100.0).then_some(()))
+        Ok((redis_now_ms(&mut w.redis.conn().await?).await? > newest[0].1 + 1100.0).then_some(()))
     })
     .await?;
     // However the cleanup is spread over calls, none of the old entries counts.

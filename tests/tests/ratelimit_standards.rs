@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, eventually, policy_dir, scan_all,
+    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, redis_now_ms,
+    scan_names,
 };
 use serde_json::json;
 use sfv::{BareItem, List, ListEntry, Parser};
@@ -401,11 +402,6 @@ rules:
 // Item 6: Redis TIME going backwards
 // ---------------------------------------------------------------------------------------------
 
-async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> Result<f64> {
-    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(s as f64 * 1000.0 + us as f64 / 1000.0)
-}
-
 /// The state of a clock 5 minutes ahead, written as the scripts write it: to the scripts
 /// (which read Redis TIME), Redis' clock has gone back 5 minutes since it was written.
 #[tokio::test(flavor = "multi_thread")]
@@ -526,11 +522,7 @@ async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm()
     }
     // The plugin's keys were never touched.
     let mut conn = redis.conn().await?;
-    let keys: Vec<String> = scan_all(&mut conn)
-        .await?
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .collect();
+    let keys: Vec<String> = scan_names(&mut conn).await?;
     assert!(keys.iter().all(|k| !k.contains(":p.x.")), "{keys:?}");
     drop(p);
     Ok(())
@@ -1076,16 +1068,12 @@ async fn window_roll_over_matches_the_model_on_redis_time() -> Result<()> {
     // loaded the machine is (only the brackets get wider), and the test takes as long as the
     // slowest case.
     let w = std::sync::Arc::new(w);
-    let mut set = tokio::task::JoinSet::new();
-    for case in CASES {
-        let w = w.clone();
-        set.spawn(async move {
-            let res = roll_over(&w.patternd, &w.redis, case).await;
-            (case.rule, res)
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        let (rule, res) = joined?;
+    let runs = burst(CASES.len(), |i| {
+        let (w, case) = (w.clone(), &CASES[i]);
+        async move { Ok((case.rule, roll_over(&w.patternd, &w.redis, case).await)) }
+    })
+    .await?;
+    for (rule, res) in runs {
         let (decisions, exact) = res?;
         eprintln!("{rule}: {decisions} decisions, {exact} exactly determined by the model");
     }

@@ -3,8 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{PluginWorld, World, eventually, metric_value};
-use tokio::task::JoinSet;
+use patternd_e2e::{PluginWorld, World, burst, eventually, lua_plugins, metric_value, send};
 
 const POLICY: &str = "app: res
 rules:
@@ -65,26 +64,18 @@ async fn noscript_is_recovered_transparently() -> Result<()> {
 
     // Many requests meeting NOSCRIPT at once: each reloads and retries; the limit holds.
     script_flush(&w).await?;
-    let mut set = JoinSet::new();
-    for _ in 0..60 {
-        let client = p.client().clone();
-        let url = p.url("/v1/ratelimit/res/wide");
-        set.spawn(async move {
-            let r = client
-                .post(url)
-                .json(&serde_json::json!({"id": "crowd"}))
-                .send()
-                .await?;
-            let status = r.status().as_u16();
-            let body: serde_json::Value = r.json().await?;
-            anyhow::Ok((status, body))
-        });
-    }
+    let replies = burst(60, |_| {
+        send(
+            p.client()
+                .post(p.url("/v1/ratelimit/res/wide"))
+                .json(&serde_json::json!({"id": "crowd"})),
+        )
+    })
+    .await?;
     let mut admitted = 0;
-    while let Some(res) = set.join_next().await {
-        let (status, body) = res??;
-        assert_eq!(body["degraded"], false, "{body}");
-        admitted += u32::from(status == 200);
+    for r in &replies {
+        assert_eq!(r.json["degraded"], false, "{}", r.json);
+        admitted += u32::from(r.status == 200);
     }
     assert_eq!(admitted, 20);
 
@@ -236,12 +227,9 @@ rules:
 /// breaker's reason); `/readyz` is where the cause is told.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_503_says_nothing_of_redis_internals() -> Result<()> {
-    let plugins = patternd_e2e::TempDir::new("outage-ops")?;
-    let quota = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/examples/quota/quota.lua");
-    plugins.write("quota.lua", &std::fs::read_to_string(quota)?)?;
+    let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
     let mut w = PluginWorld::start(&[("out.yaml", OUTAGE_POLICY)], plugins).await?;
-    w.redis.stop();
+    w.world.redis.stop();
     let p = &w.patternd;
     // Twice: the pool's connections fail one by one, and the breaker may open meanwhile.
     for _ in 0..2 {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use patternd_e2e::{
     Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, scan_all,
+    scan_names,
 };
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
@@ -66,11 +67,7 @@ async fn listed(p: &Patternd, rule: &str, user: &str) -> Result<Vec<String>> {
 
 async fn session_keys(w: &World) -> Result<Vec<String>> {
     let mut conn = w.redis.conn().await?;
-    Ok(scan_all(&mut conn)
-        .await?
-        .into_iter()
-        .map(|k| String::from_utf8_lossy(&k).into_owned())
-        .collect())
+    scan_names(&mut conn).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -141,7 +141,7 @@ async fn a_broken_component_never_replaces_a_working_one() -> Result<()> {
     // Not a component at all, then a truncated one.
     for broken in [b"\0asm garbage".to_vec(), good[..good.len() / 2].to_vec()] {
         std::fs::write(w.plugins.path().join("tiered-limits.wasm"), &broken)?;
-        let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+        let r = p.reload().await?;
         r.assert_problem(422);
         assert!(r.text.contains("tiered-limits.wasm"), "{r:?}");
         let d = tier(p, "tiered", "u", None).await?;
@@ -153,7 +153,7 @@ async fn a_broken_component_never_replaces_a_working_one() -> Result<()> {
     }
     // The good component back: the reload is taken, and the counter carried on.
     std::fs::write(w.plugins.path().join("tiered-limits.wasm"), &good)?;
-    let r = p.send(p.client().post(p.url("/admin/reload"))).await?;
+    let r = p.reload().await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(tier(p, "tiered", "u", None).await?.status, 429);
     Ok(())

@@ -173,6 +173,78 @@ mod tests {
         }
     }
 
+    /// The escaping to the letter: `%`, `{` and `}` are replaced by their percent codes and
+    /// every other character (colons, slashes, unicode, control characters) is kept as it is,
+    /// inside the braces of the hash tag.
+    #[test]
+    fn ids_are_escaped_exactly_at_percent_and_braces() {
+        let ks = KeySpace::new("shop", "cache", "product");
+        for (id, key) in [
+            ("user42", "shop:cache:product:{user42}:v"),
+            ("{x}", "shop:cache:product:{%7Bx%7D}:v"),
+            ("a}:v", "shop:cache:product:{a%7D:v}:v"),
+            ("%", "shop:cache:product:{%25}:v"),
+            // Already escaped text is escaped again: `%7D` and `}` stay two ids.
+            ("%7D", "shop:cache:product:{%257D}:v"),
+            ("100%{done}", "shop:cache:product:{100%25%7Bdone%7D}:v"),
+            ("a:b:c", "shop:cache:product:{a:b:c}:v"),
+            ("orders/1001", "shop:cache:product:{orders/1001}:v"),
+            ("ü{}%", "shop:cache:product:{ü%7B%7D%25}:v"),
+            ("日本語", "shop:cache:product:{日本語}:v"),
+            ("a\nb", "shop:cache:product:{a\nb}:v"),
+            ("", "shop:cache:product:{}:v"),
+        ] {
+            assert_eq!(ks.key(id, "v"), key, "{id:?}");
+            assert_eq!(ks.keys(id, ["v"]), vec![key.to_string()], "{id:?}");
+        }
+    }
+
+    #[test]
+    fn the_hash_tag_is_the_escaped_id() {
+        let ks = KeySpace::new("shop", "cache", "product");
+        assert_eq!(hash_tag(&ks.key("a:b", "v")), Some("a:b"));
+        assert_eq!(hash_tag(&ks.key("{x}", "v")), Some("%7Bx%7D"));
+        assert_eq!(hash_tag(&ks.key("ü%", "lease")), Some("ü%25"));
+        // An empty id has an empty tag, which Redis Cluster ignores (it hashes the whole key):
+        // the builder does not refuse it, the HTTP layer does (`check_id`).
+        assert_eq!(hash_tag(&ks.key("", "v")), None);
+        // Every sub-key of one id has the same tag, so one script may touch them all.
+        let keys = ks.keys("x{1}", ["v", "lease", "tags"]);
+        assert!(
+            keys.iter().all(|k| hash_tag(k) == Some("x%7B1%7D")),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn hash_tag_and_namespace_of_any_key() {
+        assert_eq!(hash_tag("a:{b}:c{d}"), Some("b"));
+        assert_eq!(hash_tag("a:{}:{b}"), None, "the first `{{` decides");
+        assert_eq!(hash_tag("a:{b"), None);
+        assert_eq!(hash_tag("plain"), None);
+        assert_eq!(namespace("shop:cache:product:{x}:v"), "shop:cache:product:");
+        assert_eq!(namespace("plain"), "plain");
+    }
+
+    #[test]
+    fn prefix_template_and_rule_key() {
+        let ks = KeySpace::new("shop", "lock", "order");
+        assert_eq!(ks.prefix(), "shop:lock:order:");
+        assert_eq!(ks.template("h"), "shop:lock:order:{<id>}:h");
+        assert_eq!(ks.rule_key("fence"), "shop:lock:order:{%shop.order}:fence");
+        // An app named `25…` gets `%.`: `%25x.r` is what the id `%x.r` escapes to.
+        let odd = KeySpace::new("25x", "cache", "r");
+        assert_eq!(odd.rule_key("journal"), "25x:cache:r:{%.25x.r}:journal");
+        assert_eq!(odd.key("%x.r", "journal"), "25x:cache:r:{%25x.r}:journal");
+        assert_ne!(odd.key("%x.r", "journal"), odd.rule_key("journal"));
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("a\nb\u{7f}c"), "a\\u{a}b\\u{7f}c");
+        assert_eq!(printable("shop:{ü%7B}:v"), "shop:{ü%7B}:v");
+    }
+
     #[test]
     fn keys_matches_key() {
         let ks = KeySpace::new("a", "ratelimit", "r");

@@ -719,6 +719,7 @@ fn non_negative(v: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     fn shape(algorithm: Algorithm, limit: u64, window_ms: u64, burst: u64) -> Shape {
         Shape {
@@ -784,5 +785,230 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The rule `a/r` of one `rate_limit` block, built as the snapshot builds it (no Redis).
+    fn limiter(rate_limit: &str) -> RateLimiter {
+        let text = format!("app: a\nrules:\n  r:\n    rate_limit: {rate_limit}\n");
+        let loaded = crate::policy::load_sources(&[("a.yaml".into(), text)])
+            .unwrap_or_else(|e| panic!("{rate_limit}: {e:?}"));
+        let (compiled, _) =
+            crate::compile::compile(&loaded.policy, &crate::plugin::PluginSet::empty())
+                .unwrap_or_else(|e| panic!("{rate_limit}: {e:?}"));
+        let c = compiled.rules().next().expect("one rule");
+        match (&c.rule.kind, &c.kind) {
+            (
+                crate::policy::RuleKind::RateLimit(rl),
+                crate::compile::CompiledKind::RateLimit(crl),
+            ) => RateLimiter::new(&c.rule, rl, crl, &c.keys, None),
+            _ => panic!("not a rate limit: {rate_limit}"),
+        }
+    }
+
+    const FIXED: &str = "{ algorithm: fixed_window, limit: 10, window: 1m, on_redis_error: deny }";
+
+    /// `interpret` of a script reply `[allowed, limit index, remaining, reset ms, retry ms]`
+    /// against the rule's own limits.
+    fn decide(rl: &RateLimiter, reply: Result<Vec<i64>, StoreError>) -> Decision {
+        let shapes = &rl.fixed.as_ref().expect("fixed limits").shapes;
+        rl.interpret(reply, shapes).expect("a decision")
+    }
+
+    #[test]
+    fn an_admission_reports_the_limit_and_the_quota_left() {
+        let rl = limiter(FIXED);
+        let d = decide(&rl, Ok(vec![1, 0, 7, 30_000, 0]));
+        assert_eq!(
+            d,
+            Decision {
+                limit: 10,
+                remaining: 7,
+                reset_after_ms: 30_000,
+                policy_remaining: 7,
+                policy_reset_s: 30,
+                quota_known: true,
+                ..Decision::bare(true)
+            }
+        );
+        // A retry hint on an admission means nothing and is dropped.
+        assert_eq!(
+            decide(&rl, Ok(vec![1, 0, 7, 30_000, 999])).retry_after_ms,
+            0
+        );
+    }
+
+    #[test]
+    fn a_denial_says_when_to_retry_and_t_is_no_later() {
+        let rl = limiter(FIXED);
+        let d = decide(&rl, Ok(vec![0, 0, 0, 30_000, 12_345]));
+        assert_eq!(
+            d,
+            Decision {
+                limit: 10,
+                reset_after_ms: 30_000,
+                retry_after_ms: 12_345,
+                // Not the window's 30 s: a client may retry after 13 s.
+                policy_reset_s: 13,
+                quota_known: true,
+                ..Decision::bare(false)
+            }
+        );
+    }
+
+    #[test]
+    fn negative_and_out_of_range_reply_values_are_clamped() {
+        let rl = limiter(FIXED);
+        let d = decide(&rl, Ok(vec![0, -1, -3, -1, -5]));
+        assert_eq!(
+            (
+                d.limit_index,
+                d.remaining,
+                d.reset_after_ms,
+                d.retry_after_ms
+            ),
+            (0, 0, 0, 0)
+        );
+        assert_eq!((d.limit, d.policy_remaining, d.policy_reset_s), (10, 0, 0));
+        // An index past the rule's limits names its last limit.
+        let two = limiter(
+            "{ limits: [{ algorithm: fixed_window, limit: 5, window: 1m }, { algorithm: fixed_window, limit: 20, window: 1h }] }",
+        );
+        let d = decide(&two, Ok(vec![0, 1, 0, 600_000, 600_000]));
+        assert_eq!((d.limit_index, d.limit, d.policy_reset_s), (1, 20, 600));
+        let d = decide(&two, Ok(vec![0, 9, 0, 1000, 1000]));
+        assert_eq!((d.limit_index, d.limit), (1, 20));
+        let d = decide(&two, Ok(vec![1, 0, 4, 1000, 0]));
+        assert_eq!((d.limit_index, d.limit, d.remaining), (0, 5, 4));
+    }
+
+    #[test]
+    fn a_bucket_reports_its_burst_and_the_policys_share_of_it() {
+        let rl = limiter("{ algorithm: token_bucket, limit: 10, window: 1s, burst: 50 }");
+        let d = decide(&rl, Ok(vec![1, 0, 49, 100, 0]));
+        assert_eq!(
+            (
+                d.limit,
+                d.burst,
+                d.remaining,
+                d.policy_remaining,
+                d.policy_reset_s
+            ),
+            (10, Some(50), 49, 10, 0)
+        );
+        let window = decide(&limiter(FIXED), Ok(vec![1, 0, 1, 1, 0]));
+        assert_eq!(window.burst, None);
+    }
+
+    #[test]
+    fn a_shadow_rule_admits_what_it_would_deny_and_advertises_no_quota() {
+        let rl = limiter("{ algorithm: fixed_window, limit: 10, window: 1m, shadow: true }");
+        let d = decide(&rl, Ok(vec![0, 0, 0, 30_000, 5_000]));
+        assert!(d.allowed && d.shadow_denied && !d.quota_known, "{d:?}");
+        assert_eq!((d.limit, d.retry_after_ms), (10, 5_000));
+        let d = decide(&rl, Ok(vec![1, 0, 3, 30_000, 0]));
+        assert!(d.allowed && !d.shadow_denied && !d.quota_known, "{d:?}");
+    }
+
+    #[test]
+    fn an_unavailable_redis_or_a_malformed_reply_is_decided_by_on_redis_error() {
+        let deny = limiter(FIXED);
+        let denied = Decision {
+            limit: 10,
+            retry_after_ms: 1000,
+            degraded: true,
+            ..Decision::bare(false)
+        };
+        let outage = StoreError::Timeout(std::time::Duration::from_millis(300));
+        assert_eq!(decide(&deny, Err(outage)), denied);
+        let open = StoreError::CircuitOpen("refused".into());
+        assert_eq!(decide(&deny, Err(open)), denied);
+        assert_eq!(decide(&deny, Ok(vec![1, 0, 3])), denied);
+        let allow =
+            limiter("{ algorithm: fixed_window, limit: 10, window: 1m, on_redis_error: allow }");
+        let outage = StoreError::Timeout(std::time::Duration::from_millis(300));
+        assert_eq!(
+            decide(&allow, Err(outage)),
+            Decision {
+                limit: 10,
+                degraded: true,
+                ..Decision::bare(true)
+            }
+        );
+    }
+
+    #[test]
+    fn an_error_about_the_data_is_not_an_outage() {
+        let rl = limiter(FIXED);
+        let shapes = &rl.fixed.as_ref().expect("fixed limits").shapes;
+        let wrong = StoreError::WrongType {
+            namespace: "a:ratelimit:r:".into(),
+        };
+        match rl.interpret(Err(wrong), shapes) {
+            Err(CheckError::Store(StoreError::WrongType { namespace })) => {
+                assert_eq!(namespace, "a:ratelimit:r:");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const JOBS: &str = "{ algorithm: concurrency, limit: 4, lease: 30s }";
+    const MEMBER: &str = "AbCdEfGhIjKlMnOpQrSt-_";
+
+    fn lease(id: &str, member: &str, cost: &str) -> String {
+        format!("{}.{member}.{cost}", B64.encode(id))
+    }
+
+    #[test]
+    fn a_lease_names_its_id_member_and_cost() {
+        let rl = limiter(JOBS);
+        assert_eq!(
+            rl.parse_lease(&lease("user-1", MEMBER, "2")),
+            Ok(("user-1".to_string(), MEMBER.to_string(), 2))
+        );
+        // Any id the API accepts survives the round trip, dots and braces included.
+        for id in ["a.b.c", "{x}:%", "ü", "i".repeat(512).as_str()] {
+            assert_eq!(
+                rl.parse_lease(&lease(id, MEMBER, "4")),
+                Ok((id.to_string(), MEMBER.to_string(), 4))
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_lease_is_refused_naming_at_most_64_characters() {
+        let rl = limiter(JOBS);
+        let short = &MEMBER[..21];
+        let long = format!("{MEMBER}A");
+        let bad_char = MEMBER.replace('-', "+");
+        let not_utf8 = format!("{}.{MEMBER}.1", B64.encode([0xff, 0xfe]));
+        let too_long = lease(&"i".repeat(513), MEMBER, "1");
+        for bad in [
+            String::new(),
+            format!("{}.{MEMBER}", B64.encode("u")),
+            format!("{}.1", lease("u", MEMBER, "1")),
+            format!("not base64!.{MEMBER}.1"),
+            not_utf8,
+            lease("", MEMBER, "1"),
+            too_long.clone(),
+            lease("u", MEMBER, "0"),
+            lease("u", MEMBER, "5"),
+            lease("u", MEMBER, "-1"),
+            lease("u", MEMBER, "two"),
+            lease("u", short, "1"),
+            lease("u", &long, "1"),
+            lease("u", &bad_char, "1"),
+        ] {
+            let shown: String = bad.chars().take(64).collect();
+            assert_eq!(
+                rl.parse_lease(&bad),
+                Err(InputError::BadLease(shown)),
+                "{bad}"
+            );
+        }
+        let refused = rl.parse_lease(&too_long).map(|_| ()).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            format!("malformed lease `{}`", &too_long[..64])
+        );
     }
 }

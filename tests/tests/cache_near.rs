@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, RedisServer, Reply, eventually, metric_value, policy_dir};
+use patternd_e2e::{Patternd, RedisServer, Reply, World, cache_status, eventually, metric_value};
 
 const POLICY: &str = "app: shop
 rules:
@@ -20,10 +20,6 @@ rules:
 ";
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn cache_status(r: &Reply) -> &str {
-    r.header("cache-status").unwrap_or("")
-}
 
 fn is_near(r: &Reply) -> bool {
     cache_status(r).contains("detail=near")
@@ -49,10 +45,11 @@ struct Two {
 }
 
 async fn two(origin: &Origin) -> Result<Two> {
-    let redis = RedisServer::start()?;
-    let text = POLICY.replace("ORIGIN", &origin.template());
-    let policies = policy_dir(&[("cache.yaml", &text)])?;
-    let a = Patternd::start(&redis.url(), policies.path(), &[]).await?;
+    let World {
+        patternd: a,
+        policies,
+        redis,
+    } = World::with_origin(POLICY, origin, &[]).await?;
     let b = Patternd::start(&redis.url(), policies.path(), &[]).await?;
     Ok(Two {
         a,
@@ -63,11 +60,10 @@ async fn two(origin: &Origin) -> Result<Two> {
 }
 
 async fn put(p: &Patternd, id: &str, body: &str) -> Result<Reply> {
-    p.send(
-        p.client()
-            .put(p.url(&format!("/v1/cache/shop/product/{id}")))
-            .header("content-type", "text/plain")
-            .body(body.to_string()),
+    p.put_with(
+        &format!("/v1/cache/shop/product/{id}"),
+        body,
+        &[("content-type", "text/plain")],
     )
     .await
 }

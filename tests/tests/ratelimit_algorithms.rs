@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use patternd_e2e::{Reply, World};
-use tokio::task::JoinSet;
+use patternd_e2e::{Reply, World, burst, send};
 
 /// Every algorithm with its rule name in the test policy.
 const ALGORITHMS: [(&str, &str); 6] = [
@@ -191,29 +190,22 @@ async fn concurrent_requests_admit_exactly_the_limit() -> Result<()> {
     )
     .await?;
     for (code, alg) in ALGORITHMS {
-        let mut set = JoinSet::new();
-        for _ in 0..200 {
-            let client = w.patternd.client().clone();
-            let url = w.patternd.url(&format!("/v1/ratelimit/conc/{code}"));
-            set.spawn(async move {
-                let r = client
-                    .post(url)
-                    .json(&serde_json::json!({"id": "hot", "cost": 1}))
-                    .send()
-                    .await?;
-                let status = r.status().as_u16();
-                let body: serde_json::Value = r.json().await?;
-                anyhow::Ok((status, body))
-            });
-        }
+        let replies = burst(200, |_| {
+            let p = &w.patternd;
+            send(
+                p.client()
+                    .post(p.url(&format!("/v1/ratelimit/conc/{code}")))
+                    .json(&serde_json::json!({"id": "hot", "cost": 1})),
+            )
+        })
+        .await?;
         let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
         let mut remaining_seen = Vec::new();
-        while let Some(res) = set.join_next().await {
-            let (status, body) = res??;
-            assert_eq!(body["degraded"], false, "{alg}: {body}");
-            *statuses.entry(status).or_default() += 1;
-            if status == 200 {
-                remaining_seen.push(body["remaining"].as_u64().unwrap_or(u64::MAX));
+        for r in &replies {
+            assert_eq!(r.json["degraded"], false, "{alg}: {}", r.json);
+            *statuses.entry(r.status).or_default() += 1;
+            if r.status == 200 {
+                remaining_seen.push(r.json["remaining"].as_u64().unwrap_or(u64::MAX));
             }
         }
         assert_eq!(
