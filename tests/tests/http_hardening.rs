@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result, bail};
 use patternd_e2e::origin::Origin;
 use patternd_e2e::raw::{RawAnswer, raw_request};
 use patternd_e2e::{
-    RedisServer, TempDir, World, free_port, metric_value, patternd_bin, policy_dir,
+    PluginWorld, RedisServer, TempDir, World, free_port, lua_plugins, metric_value, patternd_bin,
+    policy_dir,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -583,6 +584,79 @@ async fn every_client_error_on_every_route_is_problem_json() -> Result<()> {
         assert!(
             seen.get(&status).is_some_and(|n| *n > 0),
             "no {status} seen: {seen:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The sweep's rules, plus an op (the example quota plugin) and a `format: hash` cache, so
+/// that every route with a JSON body reaches its body.
+const JSON_ROUTES: &str = "app: shop
+rules:
+  edge:
+    rate_limit: { algorithm: fixed_window, limit: 100000, window: 1h }
+  product:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      format: hash
+      write: behind
+  web:
+    session: { idle_ttl: 30m, absolute_ttl: 24h }
+  order:
+    lock: { ttl: 30s, max_wait: 1s }
+  op:
+    ops: { plugin: quota, op: daily-quota }
+";
+
+/// serde reads a struct from a JSON array too (`["alice"]` as `{"user": "alice"}`); every
+/// route that takes a JSON body takes an object only, the routes that once took an array
+/// (cache `_invalidate`, ops, dead-letter replay) included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_array_is_no_body_on_any_route() -> Result<()> {
+    let origin = Origin::start().await?;
+    let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
+    let policy = JSON_ROUTES.replace("ORIGIN", &origin.template());
+    let w = PluginWorld::start(&[("shop.yaml", &policy)], plugins).await?;
+    let p = &w.patternd;
+    let doc = p.get("/openapi.json").await?.json;
+    let mut checked = Vec::new();
+    for (template, ops) in doc["paths"].as_object().context("paths")? {
+        for (method, op) in ops.as_object().context("a path item")? {
+            if op["requestBody"]["content"]
+                .get("application/json")
+                .is_none()
+            {
+                continue;
+            }
+            let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())?;
+            for body in ["[]", "[\"x1\", 1]"] {
+                let req = p
+                    .client()
+                    .request(m.clone(), p.url(&fill(template, None)))
+                    .header("content-type", "application/json")
+                    .body(body);
+                let r = p.send(req).await?;
+                r.assert_problem(400);
+                assert!(
+                    r.detail().contains("must be a JSON object"),
+                    "{method} {template} {body}: {r:?}"
+                );
+            }
+            checked.push(format!("{method} {template}"));
+        }
+    }
+    for named in [
+        "post /v1/cache/{app}/{rule}/_invalidate",
+        "post /v1/ops/{app}/{rule}",
+        "post /admin/cache/{app}/{rule}/dead-letters/replay",
+        "post /v1/ratelimit/{app}/{rule}",
+        "post /v1/sessions/{app}/{rule}",
+        "post /v1/locks/{app}/{rule}/{resource}",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == named),
+            "{named} not checked: {checked:?}"
         );
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{World, burst, eventually, metric_value, send};
+use patternd_e2e::{PluginWorld, World, burst, eventually, lua_plugins, metric_value, send};
 
 const POLICY: &str = "app: res
 rules:
@@ -209,5 +209,49 @@ async fn patternd_starts_while_redis_is_down() -> Result<()> {
         (200, 99, false),
         "{r:?}"
     );
+    Ok(())
+}
+
+const OUTAGE_POLICY: &str = "app: out
+rules:
+  web:
+    session: { idle_ttl: 30m, absolute_ttl: 24h }
+  door:
+    lock: { ttl: 30s }
+  daily:
+    ops: { plugin: quota, op: daily-quota }
+";
+
+/// Every pattern answers an outage through the one mapping of store failures: 503
+/// `redis-unavailable` in our words, never the Redis client's (addresses, `os error`s, the
+/// breaker's reason); `/readyz` is where the cause is told.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_503_says_nothing_of_redis_internals() -> Result<()> {
+    let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
+    let mut w = PluginWorld::start(&[("out.yaml", OUTAGE_POLICY)], plugins).await?;
+    w.world.redis.stop();
+    let p = &w.patternd;
+    // Twice: the pool's connections fail one by one, and the breaker may open meanwhile.
+    for _ in 0..2 {
+        for (path, json) in [
+            ("/v1/sessions/out/web", serde_json::json!({"user": "ivy"})),
+            ("/v1/locks/out/door/gate", serde_json::json!({})),
+            (
+                "/v1/ops/out/daily",
+                serde_json::json!({"id": "u1", "args": [3]}),
+            ),
+        ] {
+            let r = p.post_json(path, &json).await?;
+            r.assert_problem(503);
+            assert_eq!(
+                (r.json["type"].as_str(), r.detail()),
+                (
+                    Some("urn:patternd:problem:redis-unavailable"),
+                    "Redis is unavailable"
+                ),
+                "{path}: {r:?}"
+            );
+        }
+    }
     Ok(())
 }

@@ -3,50 +3,65 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::header;
-use axum::middleware::Next;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::problem::ApiError;
 use crate::compile::CompiledKind;
 use crate::policy::cache::WriteMode;
 use crate::policy::{ForwardedFor, IdFrom, PluginRef, RuleKind};
-use crate::runtime::ReloadError;
 use crate::snapshot::Snapshot;
 
-pub(crate) async fn require_admin(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    match &state.admin_token {
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !token.matches(given) {
-                return Err(ApiError::Unauthorized);
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(policies))
+        .routes(routes!(reload))
+}
+
+/// The admin check, taken first by every `/admin` handler: the bearer token when one is set
+/// (401 otherwise), else a loopback client (403 otherwise). An extractor rather than a
+/// layer, so the route table needs no state and an admin handler says what it is in its
+/// signature.
+pub(super) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match &state.admin_token {
+            Some(token) => {
+                let given = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if !token.matches(given) {
+                    return Err(ApiError::Unauthorized);
+                }
+            }
+            None => {
+                let loopback = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .is_some_and(|ci| ci.0.ip().is_loopback());
+                if !loopback {
+                    return Err(ApiError::Forbidden);
+                }
             }
         }
-        None => {
-            let loopback = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|ci| ci.0.ip().is_loopback());
-            if !loopback {
-                return Err(ApiError::Forbidden);
-            }
-        }
+        Ok(Admin)
     }
-    Ok(next.run(req).await)
 }
 
 /// The admin bearer token, kept only as its SHA-256 digest.
@@ -78,11 +93,28 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-pub(super) async fn policies(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/admin/policies", tag = "admin", operation_id = "admin_policies",
+    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session and lock settings in ms). Bearer token, or loopback only without one.",
+    responses((status = 200, description = "The loaded policies", body = Object, content_type = "application/json")))]
+async fn policies(_: Admin, State(state): State<AppState>) -> Response {
     axum::Json(describe(&state.runtime.snapshot())).into_response()
 }
 
-pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `POST /admin/reload`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema
+pub struct Reloaded {
+    reloaded: bool,
+    rules: u64,
+    /// Every warning of the new policies as `file:line:column: message`.
+    warnings: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/admin/reload", tag = "admin", operation_id = "admin_reload",
+    description = "Re-reads the policy directory; the running policies keep serving unless the new ones are valid.",
+    responses((status = 200, description = "Reloaded", body = Reloaded),
+        (status = 422, description = "Invalid policies, with every diagnostic", body = super::problem::Problem, content_type = "application/problem+json")))]
+async fn reload(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.runtime.reload().await {
         Ok(snap) => Ok(axum::Json(json!({
             "reloaded": true,
@@ -90,18 +122,9 @@ pub(super) async fn reload(State(state): State<AppState>) -> Result<Response, Ap
             "warnings": snap.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
         }))
         .into_response()),
-        Err(ReloadError::Invalid(d)) => {
+        Err(e) => {
             metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
-            Err(ApiError::ReloadRejected(d.0))
-        }
-        // Redis down: the running policies keep serving; say so as the outage it is.
-        Err(ReloadError::ScriptRejected(e)) if e.is_unavailable() => {
-            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
-            Err(ApiError::from(e))
-        }
-        Err(e @ ReloadError::ScriptRejected(_)) => {
-            metrics::counter!("patternd_reloads_total", "result" => "rejected").increment(1);
-            Err(ApiError::Internal(e.to_string()))
+            Err(e.into())
         }
     }
 }

@@ -1,17 +1,22 @@
 //! `POST /v1/ops/{app}/{rule}`: Redis-side operations of Lua plugins.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
-use super::problem::ApiError;
-use crate::patterns::OpError;
-use crate::store::StoreError;
+use super::extract::{Example, JsonObject, Rule};
+use super::problem::{ApiError, Problem};
+use crate::patterns::OpRunner;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(call))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,32 +26,25 @@ struct OpBody {
     args: Vec<serde_json::Value>,
 }
 
-/// `{"id": "...", "args": [...]}` → `{"result": ...}`; 429 when the result says
-/// `"denied": true`.
-pub(super) async fn call(
+impl Example for OpBody {
+    const EXAMPLE: &'static str = r#"{"id": "...", "args": [...]}"#;
+}
+
+// `{"id": "...", "args": [...]}` → `{"result": ...}`; 429 when the result says
+// `"denied": true`.
+#[utoipa::path(post, path = "/v1/ops/{app}/{rule}", tag = "ops", operation_id = "ops_call",
+    description = "Runs a Redis-side operation declared by a Lua plugin on the id's keys. The result is the script's reply (a JSON object when it returns cjson-encoded text); 429 when that object says `\"denied\": true`.",
+    params(("app" = String, Path), ("rule" = String, Path)),
+    request_body = OpRequest,
+    responses((status = 200, description = "`{\"result\": ...}`", body = OpResult),
+        (status = 429, description = "`{\"result\": ...}` with `denied`", body = OpResult),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn call(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    op: Rule<OpRunner>,
+    JsonObject(req): JsonObject<OpBody>,
 ) -> Result<Response, ApiError> {
-    let Path((app, rule)) = path.map_err(super::bad_path)?;
-    let snap = state.runtime.snapshot();
-    let op = match snap.op(&app, &rule) {
-        Some(op) => op.clone(),
-        None if !snap.has_app(&app) => return Err(ApiError::UnknownApp(app)),
-        None => {
-            return Err(ApiError::UnknownRule {
-                app,
-                pattern: "ops",
-                rule,
-            });
-        }
-    };
-    let body = super::body_bytes(body)?;
-    let req: OpBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "invalid JSON body ({e}); send {{\"id\": \"...\", \"args\": [...]}}"
-        ))
-    })?;
     let id = match req.id {
         serde_json::Value::String(s) => s,
         serde_json::Value::Number(n) => n.to_string(),
@@ -70,35 +68,32 @@ pub(super) async fn call(
             }
         });
     }
-    match op.call(&state.runtime.store, &id, &args).await {
-        Ok(out) => {
-            let status = if out.denied {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, axum::Json(json!({ "result": out.result }))).into_response())
-        }
-        Err(OpError::Input(e)) => Err(e.into()),
-        Err(e @ (OpError::TooManyArgs(_) | OpError::ArgTooLong(_))) => {
-            Err(ApiError::BadRequest(e.to_string()))
-        }
-        // The op's documented way to refuse its input: `redis.error_reply('BADARG why')`.
-        Err(OpError::Store(StoreError::Redis(e))) if e.code() == Some("BADARG") => {
-            Err(ApiError::BadRequest(format!(
-                "op `{}`: {}",
-                op.op,
-                e.detail().unwrap_or("bad arguments")
-            )))
-        }
-        Err(OpError::Store(e))
-            if e.is_unavailable() || matches!(e, StoreError::WrongType { .. }) =>
-        {
-            Err(e.into())
-        }
-        Err(OpError::Store(e)) => Err(ApiError::Internal(format!(
-            "op `{}` of plugin `{}` ({app}/{rule}) failed: {e}",
-            op.op, op.plugin
-        ))),
-    }
+    let out = op.call(&state.runtime.store, &id, &args).await?;
+    let status = if out.denied {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(json!({ "result": out.result }))).into_response())
+}
+
+// ---- OpenAPI -------------------------------------------------------------------------------
+
+/// Body of an operation call.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema; `OpBody` reads the body
+pub struct OpRequest {
+    /// The entity whose keys the operation touches.
+    id: String,
+    /// ARGV of the operation's script (strings, numbers or booleans).
+    args: Vec<serde_json::Value>,
+}
+
+/// An operation's answer.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema
+pub struct OpResult {
+    /// The script's reply: a JSON value when it returned cjson-encoded text, else as Redis
+    /// replied (numbers, strings, arrays).
+    result: serde_json::Value,
 }

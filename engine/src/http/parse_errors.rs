@@ -22,6 +22,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::problem::Kind;
+
 /// The statuses hyper answers unparseable requests with.
 const STATUS_LINES: [(&[u8], u16); 3] = [
     (b"400 Bad Request\r\n", 400),
@@ -86,10 +88,11 @@ pub fn problem_answer(head: &BareHead) -> Vec<u8> {
         ),
     };
     let slug = match head.status {
-        414 => "uri-too-long",
-        431 => "header-too-large",
-        _ => "malformed-request",
-    };
+        414 => Kind::UriTooLong,
+        431 => Kind::HeaderTooLarge,
+        _ => Kind::MalformedRequest,
+    }
+    .slug();
     let body = serde_json::json!({
         "type": format!("urn:patternd:problem:{slug}"),
         "title": title,

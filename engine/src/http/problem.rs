@@ -1,18 +1,204 @@
-//! The one error type of the HTTP layer, rendered as RFC 9457 `application/problem+json`.
+//! The one error type of the HTTP layer, rendered as RFC 9457 `application/problem+json`, and
+//! every mapping into it: one `From` per pattern error, one for store failures.
 //!
 //! Client mistakes are 4xx with a message that says what to fix. Internal failures are 5xx
-//! whose body leaks nothing: the detail goes to the log only.
+//! whose body leaks nothing: the detail goes to the log only. A Redis failure is a 503
+//! `redis-unavailable` whose body never carries the Redis client's text (it names hosts,
+//! addresses and internals; `/readyz` is the place that says why).
+//!
+//! Every problem type, `urn:patternd:problem:<type>`, spelled one way ([`Kind`]):
+//!
+//! | type | status | when |
+//! | --- | --- | --- |
+//! | `bad-request` | 400 | bad input: a body, a query string, a path segment, a header, an id |
+//! | `malformed-request` | 400 | not HTTP/1.1 at all (answered by the listener, `parse_errors`) |
+//! | `unauthorized` | 401 | `/admin` without the right bearer token |
+//! | `forbidden` | 403 | `/admin` from a non-loopback client when no admin token is set |
+//! | `rejected` | 403 | a plugin refused the request (a session hook) |
+//! | `unknown-app` | 404 | no such app is loaded |
+//! | `unknown-rule` | 404 | the app has no such rule of the route's pattern |
+//! | `no-route` | 404 | no such route |
+//! | `not-found` | 404 | no such thing: a session, a cached value (or one to patch) |
+//! | `method-not-allowed` | 405 | the route has no such method |
+//! | `body-timeout` | 408 | the body did not arrive within `--body-read-timeout` |
+//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it |
+//! | `not-hash` | 409 | a PATCH on a `format: string` cache rule |
+//! | `cache-bypassed` | 409 | the cache plugin bypassed a write that only the cache could take |
+//! | `not-write-behind` | 409 | dead letters of a cache rule that is not `write: behind` |
+//! | `precondition-failed` | 412 | `If-Match` / `If-None-Match` did not hold |
+//! | `too-large` | 413 | a body over 64 KiB, a cache value over `max_value_bytes` |
+//! | `uri-too-long` | 414 | a request target over 64 KiB (listener) |
+//! | `unsupported-media-type` | 415 | a cache PATCH that is not JSON |
+//! | `invalid-policy` | 422 | a reload whose policies have errors (with every diagnostic) |
+//! | `unprocessable` | 422 | any other 422 |
+//! | `header-too-large` | 431 | a request head over the listener's limits |
+//! | `client-error` | other 4xx | any other client error |
+//! | `internal` | 500 | a bug or an unexpected reply: logged, the body says nothing more |
+//! | `plugin-failed` | 500 | the rule's plugin failed and the rule has no fallback |
+//! | `redis-wrong-type` | 500 | a key of the rule holds another type (another client wrote it) |
+//! | `origin-failed` | 502 | a cache origin failed, refused a write or could not be reached |
+//! | `redis-unavailable` | 503 | Redis is down, slow or refusing commands |
+//! | `journal-full` | 503 | the write-behind journal is at `journal_max_len` |
+//! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
+//! | `origin-timeout` | 504 | a cache origin did not answer in time |
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
-use crate::patterns::InputError;
+use crate::patterns::cache::read::ReadError;
+use crate::patterns::cache::write::WriteError;
+use crate::patterns::ratelimit::ReleaseError;
+use crate::patterns::{CheckError, InputError, LockError, OpError, SessionError};
 use crate::policy::Diagnostic;
+use crate::runtime::ReloadError;
 use crate::store::StoreError;
+
+/// RFC 9211 `Cache-Status`, on a cache answer's errors too: it says how far the cache got.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The type of a problem: its one spelling (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    MalformedRequest,
+    Unauthorized,
+    Forbidden,
+    Rejected,
+    UnknownApp,
+    UnknownRule,
+    NoRoute,
+    NotFound,
+    MethodNotAllowed,
+    BodyTimeout,
+    Conflict,
+    NotHash,
+    CacheBypassed,
+    NotWriteBehind,
+    PreconditionFailed,
+    TooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    InvalidPolicy,
+    Unprocessable,
+    HeaderTooLarge,
+    ClientError,
+    Internal,
+    PluginFailed,
+    RedisWrongType,
+    OriginFailed,
+    RedisUnavailable,
+    JournalFull,
+    NotReady,
+    OriginTimeout,
+}
+
+impl Kind {
+    /// Every kind, for the test that the module doc lists them all.
+    #[cfg(test)]
+    const ALL: &[Kind] = &[
+        Kind::BadRequest,
+        Kind::MalformedRequest,
+        Kind::Unauthorized,
+        Kind::Forbidden,
+        Kind::Rejected,
+        Kind::UnknownApp,
+        Kind::UnknownRule,
+        Kind::NoRoute,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::BodyTimeout,
+        Kind::Conflict,
+        Kind::NotHash,
+        Kind::CacheBypassed,
+        Kind::NotWriteBehind,
+        Kind::PreconditionFailed,
+        Kind::TooLarge,
+        Kind::UriTooLong,
+        Kind::UnsupportedMediaType,
+        Kind::InvalidPolicy,
+        Kind::Unprocessable,
+        Kind::HeaderTooLarge,
+        Kind::ClientError,
+        Kind::Internal,
+        Kind::PluginFailed,
+        Kind::RedisWrongType,
+        Kind::OriginFailed,
+        Kind::RedisUnavailable,
+        Kind::JournalFull,
+        Kind::NotReady,
+        Kind::OriginTimeout,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad-request",
+            Kind::MalformedRequest => "malformed-request",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::Rejected => "rejected",
+            Kind::UnknownApp => "unknown-app",
+            Kind::UnknownRule => "unknown-rule",
+            Kind::NoRoute => "no-route",
+            Kind::NotFound => "not-found",
+            Kind::MethodNotAllowed => "method-not-allowed",
+            Kind::BodyTimeout => "body-timeout",
+            Kind::Conflict => "conflict",
+            Kind::NotHash => "not-hash",
+            Kind::CacheBypassed => "cache-bypassed",
+            Kind::NotWriteBehind => "not-write-behind",
+            Kind::PreconditionFailed => "precondition-failed",
+            Kind::TooLarge => "too-large",
+            Kind::UriTooLong => "uri-too-long",
+            Kind::UnsupportedMediaType => "unsupported-media-type",
+            Kind::InvalidPolicy => "invalid-policy",
+            Kind::Unprocessable => "unprocessable",
+            Kind::HeaderTooLarge => "header-too-large",
+            Kind::ClientError => "client-error",
+            Kind::Internal => "internal",
+            Kind::PluginFailed => "plugin-failed",
+            Kind::RedisWrongType => "redis-wrong-type",
+            Kind::OriginFailed => "origin-failed",
+            Kind::RedisUnavailable => "redis-unavailable",
+            Kind::JournalFull => "journal-full",
+            Kind::NotReady => "not-ready",
+            Kind::OriginTimeout => "origin-timeout",
+        }
+    }
+
+    /// The kind of an error answer that only has a status (see [`plain_errors_as_problems`]).
+    fn of_status(status: StatusCode) -> Kind {
+        match status {
+            StatusCode::BAD_REQUEST => Kind::BadRequest,
+            StatusCode::NOT_FOUND => Kind::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Kind::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => Kind::BodyTimeout,
+            StatusCode::PAYLOAD_TOO_LARGE => Kind::TooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Kind::UnsupportedMediaType,
+            StatusCode::UNPROCESSABLE_ENTITY => Kind::Unprocessable,
+            s if s.is_server_error() => Kind::Internal,
+            _ => Kind::ClientError,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Forwarded(#[from] super::forwarded::ForwardedError),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("admin endpoints answer loopback clients only when no admin token is set")]
+    Forbidden,
+    /// A plugin refused the request (e.g. a session hook rejecting a session).
+    #[error("{0}")]
+    Rejected(String),
     #[error("no app `{0}` is loaded")]
     UnknownApp(String),
     #[error("app `{app}` has no {pattern} rule `{rule}`")]
@@ -23,29 +209,13 @@ pub enum ApiError {
     },
     #[error("no such route: {0}")]
     NoRoute(String),
+    /// A named thing (a session, a cached value) that does not exist, or no longer.
+    #[error("{0}")]
+    NotFound(String),
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
     #[error("{0}")]
-    BadRequest(String),
-    #[error(transparent)]
-    Input(#[from] InputError),
-    #[error(transparent)]
-    Forwarded(#[from] super::forwarded::ForwardedError),
-    #[error("request body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    #[error("admin endpoints answer loopback clients only when no admin token is set")]
-    Forbidden,
-    #[error("the policies have errors; the running policies keep serving")]
-    ReloadRejected(Vec<Diagnostic>),
-    #[error("not ready: {0}")]
-    NotReady(String),
-    #[error("the rule's plugin failed and the rule has no fallback")]
-    PluginFailed(String),
-    /// A named thing (a session) that does not exist, or no longer.
-    #[error("{0}")]
-    NotFound(String),
+    BodyTimeout(String),
     /// The request conflicts with the resource's state (a lock held by someone else, a token
     /// that does not hold it). `retry_after_ms` adds a Retry-After header.
     #[error("{message}")]
@@ -53,63 +223,126 @@ pub enum ApiError {
         message: String,
         retry_after_ms: Option<u64>,
     },
-    /// A plugin refused the request (e.g. a session hook rejecting a session).
     #[error("{0}")]
-    Rejected(String),
+    NotHash(String),
+    #[error("{0}")]
+    CacheBypassed(String),
+    #[error("{0}")]
+    NotWriteBehind(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the policies have errors; the running policies keep serving")]
+    ReloadRejected(Vec<Diagnostic>),
     /// Logged in full, answered as a bare 500.
     #[error("internal error")]
     Internal(String),
-    /// Any other problem a pattern reports with its own status and type, e.g. the cache's
-    /// 404 (no such value), 502/504 (origin failed or timed out) and 503 (Redis unavailable).
-    #[error("{detail}")]
-    Problem {
-        status: StatusCode,
-        slug: &'static str,
-        detail: String,
+    #[error("the rule's plugin failed and the rule has no fallback")]
+    PluginFailed(String),
+    #[error("{0}")]
+    RedisWrongType(String),
+    #[error("{0}")]
+    OriginFailed(String),
+    /// Our words only, never the Redis client's (see the module doc).
+    #[error("{0}")]
+    RedisUnavailable(String),
+    #[error("{0}")]
+    JournalFull(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("{0}")]
+    OriginTimeout(String),
+    /// A cache answer's error, with the `Cache-Status` that explains it.
+    #[error("{error}")]
+    CacheStatus {
+        error: Box<ApiError>,
+        cache_status: String,
     },
+    /// An error answer that had no problem body, rewritten: it keeps its status.
+    #[error("{detail}")]
+    Plain { status: StatusCode, detail: String },
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    fn kind(&self) -> Kind {
         match self {
-            ApiError::UnknownApp(_)
-            | ApiError::UnknownRule { .. }
-            | ApiError::NoRoute(_)
-            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Rejected(_) => StatusCode::FORBIDDEN,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => {
-                StatusCode::BAD_REQUEST
+                Kind::BadRequest
             }
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::ReloadRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) | ApiError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Problem { status, .. } => *status,
+            ApiError::Unauthorized => Kind::Unauthorized,
+            ApiError::Forbidden => Kind::Forbidden,
+            ApiError::Rejected(_) => Kind::Rejected,
+            ApiError::UnknownApp(_) => Kind::UnknownApp,
+            ApiError::UnknownRule { .. } => Kind::UnknownRule,
+            ApiError::NoRoute(_) => Kind::NoRoute,
+            ApiError::NotFound(_) => Kind::NotFound,
+            ApiError::MethodNotAllowed(_) => Kind::MethodNotAllowed,
+            ApiError::BodyTimeout(_) => Kind::BodyTimeout,
+            ApiError::Conflict { .. } => Kind::Conflict,
+            ApiError::NotHash(_) => Kind::NotHash,
+            ApiError::CacheBypassed(_) => Kind::CacheBypassed,
+            ApiError::NotWriteBehind(_) => Kind::NotWriteBehind,
+            ApiError::PreconditionFailed(_) => Kind::PreconditionFailed,
+            ApiError::TooLarge(_) => Kind::TooLarge,
+            ApiError::UnsupportedMediaType(_) => Kind::UnsupportedMediaType,
+            ApiError::ReloadRejected(_) => Kind::InvalidPolicy,
+            ApiError::Internal(_) => Kind::Internal,
+            ApiError::PluginFailed(_) => Kind::PluginFailed,
+            ApiError::RedisWrongType(_) => Kind::RedisWrongType,
+            ApiError::OriginFailed(_) => Kind::OriginFailed,
+            ApiError::RedisUnavailable(_) => Kind::RedisUnavailable,
+            ApiError::JournalFull(_) => Kind::JournalFull,
+            ApiError::NotReady(_) => Kind::NotReady,
+            ApiError::OriginTimeout(_) => Kind::OriginTimeout,
+            ApiError::CacheStatus { error, .. } => error.kind(),
+            ApiError::Plain { status, .. } => Kind::of_status(*status),
         }
     }
 
-    fn slug(&self) -> &'static str {
+    fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownApp(_) => "unknown-app",
-            ApiError::UnknownRule { .. } => "unknown-rule",
-            ApiError::NoRoute(_) => "no-route",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::Conflict { .. } => "conflict",
-            ApiError::Rejected(_) => "rejected",
-            ApiError::MethodNotAllowed(_) => "method-not-allowed",
-            ApiError::BadRequest(_) | ApiError::Input(_) | ApiError::Forwarded(_) => "bad-request",
-            ApiError::TooLarge(_) => "too-large",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
-            ApiError::ReloadRejected(_) => "invalid-policy",
-            ApiError::NotReady(_) => "not-ready",
-            ApiError::Internal(_) => "internal",
-            ApiError::PluginFailed(_) => "plugin-failed",
-            ApiError::Problem { slug, .. } => slug,
+            ApiError::CacheStatus { error, .. } => error.status(),
+            ApiError::Plain { status, .. } => *status,
+            other => match other.kind() {
+                Kind::BadRequest | Kind::MalformedRequest => StatusCode::BAD_REQUEST,
+                Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+                Kind::Forbidden | Kind::Rejected => StatusCode::FORBIDDEN,
+                Kind::UnknownApp | Kind::UnknownRule | Kind::NoRoute | Kind::NotFound => {
+                    StatusCode::NOT_FOUND
+                }
+                Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+                Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                Kind::Conflict | Kind::NotHash | Kind::CacheBypassed | Kind::NotWriteBehind => {
+                    StatusCode::CONFLICT
+                }
+                Kind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+                Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Kind::UriTooLong => StatusCode::URI_TOO_LONG,
+                Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Kind::InvalidPolicy | Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                Kind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Kind::ClientError => StatusCode::BAD_REQUEST,
+                Kind::Internal | Kind::PluginFailed | Kind::RedisWrongType => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                Kind::OriginFailed => StatusCode::BAD_GATEWAY,
+                Kind::RedisUnavailable | Kind::JournalFull | Kind::NotReady => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Kind::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
+            },
+        }
+    }
+
+    /// A store failure, with the words of a 503 (see `From<StoreError>`).
+    fn store(e: StoreError, unavailable: &str) -> ApiError {
+        match e {
+            e @ StoreError::WrongType { .. } => ApiError::RedisWrongType(e.to_string()),
+            e if e.is_unavailable() => ApiError::RedisUnavailable(unavailable.to_string()),
+            e => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -124,27 +357,166 @@ impl ApiError {
 /// - anything else (a script error): a bare 500, logged.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        ApiError::store(e, "Redis is unavailable")
+    }
+}
+
+impl From<CheckError> for ApiError {
+    fn from(e: CheckError) -> Self {
         match e {
-            e @ StoreError::WrongType { .. } => ApiError::Problem {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                slug: "redis-wrong-type",
-                detail: e.to_string(),
+            CheckError::Input(e) => e.into(),
+            CheckError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
+            CheckError::Store(e) => e.into(),
+            CheckError::Random(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(e: ReleaseError) -> Self {
+        match e {
+            e @ ReleaseError::NotConcurrency => ApiError::BadRequest(e.to_string()),
+            ReleaseError::Input(e) => e.into(),
+            ReleaseError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Input(e) => e.into(),
+            e @ (OpError::TooManyArgs(_) | OpError::ArgTooLong(_) | OpError::BadArgs { .. }) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            e @ OpError::Failed { .. } => ApiError::Internal(e.to_string()),
+            OpError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Input(e) => e.into(),
+            SessionError::BadData(m) => ApiError::BadRequest(m),
+            e @ SessionError::NotFound => ApiError::NotFound(e.to_string()),
+            e @ SessionError::Rejected(_) => ApiError::Rejected(e.to_string()),
+            SessionError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
+            SessionError::Random(m) => ApiError::Internal(m),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<LockError> for ApiError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Input(e) => e.into(),
+            LockError::BadRequest(m) => ApiError::BadRequest(m),
+            e @ LockError::BadToken => ApiError::BadRequest(e.to_string()),
+            LockError::Held { retry_after_ms } => ApiError::Conflict {
+                message: "the lock is held (all permits are taken)".into(),
+                retry_after_ms: Some(retry_after_ms),
             },
-            e if e.is_unavailable() => ApiError::Problem {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                slug: "redis-unavailable",
-                detail: "Redis is unavailable".into(),
+            e @ LockError::NotOwner => ApiError::Conflict {
+                message: e.to_string(),
+                retry_after_ms: None,
             },
-            e => ApiError::Internal(e.to_string()),
+            LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
+            LockError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A cache read's failure carries the `Cache-Status` that explains it, when the cache got
+/// that far (a stale value refused, the origin's failure, Redis unavailable).
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        let cache_status = e.cache_status().map(str::to_string);
+        let error = match e {
+            ReadError::Input(e) => e.into(),
+            ReadError::BadRequest(m) => ApiError::BadRequest(m),
+            ReadError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
+            ReadError::Redis(s) => s.into(),
+            ReadError::Internal(m) => ApiError::Internal(m),
+            e @ ReadError::OriginBusy(_) => ApiError::RedisUnavailable(e.to_string()),
+            ReadError::NotFound { detail, .. } => ApiError::NotFound(detail),
+            ReadError::Origin {
+                timeout: true,
+                detail,
+                ..
+            } => ApiError::OriginTimeout(detail),
+            ReadError::Origin { detail, .. } => ApiError::OriginFailed(detail),
+        };
+        match cache_status {
+            Some(cache_status) => error.with_cache_status(cache_status),
+            None => error,
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        let detail = e.to_string();
+        match e {
+            WriteError::Input(i) => ApiError::Input(i),
+            WriteError::BadValue(_) => ApiError::BadRequest(detail),
+            WriteError::TooLarge { .. } => ApiError::TooLarge(detail),
+            WriteError::NotHash(_) => ApiError::NotHash(detail),
+            WriteError::NotFound(_) => ApiError::NotFound(detail),
+            WriteError::PreconditionFailed(_) => ApiError::PreconditionFailed(detail),
+            WriteError::OriginRefused { .. } | WriteError::OriginUnreachable { .. } => {
+                ApiError::OriginFailed(detail)
+            }
+            WriteError::OriginTimeout { .. } => ApiError::OriginTimeout(detail),
+            WriteError::JournalFull { .. } => ApiError::JournalFull(detail),
+            WriteError::Bypassed(_) => ApiError::CacheBypassed(detail),
+            WriteError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
+            WriteError::Store(s) => ApiError::store(s, "Redis is unavailable; nothing was written"),
+            WriteError::Reply(_) | WriteError::Random(_) => ApiError::Internal(detail),
+        }
+    }
+}
+
+/// A reload that Redis refused for being down is the outage it is; the running policies
+/// keep serving either way.
+impl From<ReloadError> for ApiError {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::Invalid(d) => ApiError::ReloadRejected(d.0),
+            ReloadError::ScriptRejected(e) if e.is_unavailable() => e.into(),
+            e @ ReloadError::ScriptRejected(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// This error, answered with `Cache-Status: <cache_status>`.
+    pub fn with_cache_status(self, cache_status: String) -> ApiError {
+        ApiError::CacheStatus {
+            error: Box::new(self),
+            cache_status,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::CacheStatus {
+            error,
+            cache_status,
+        } = self
+        {
+            let mut resp = error.into_response();
+            if let Ok(v) = HeaderValue::try_from(cache_status) {
+                resp.headers_mut().insert(CACHE_STATUS.clone(), v);
+            }
+            return resp;
+        }
         let status = self.status();
         let mut body = json!({
-            "type": format!("urn:patternd:problem:{}", self.slug()),
+            "type": format!("urn:patternd:problem:{}", self.kind().slug()),
             "title": status.canonical_reason().unwrap_or("error"),
             "status": status.as_u16(),
             "detail": self.to_string(),
@@ -190,10 +562,10 @@ impl IntoResponse for ApiError {
 }
 
 /// The last line of the one-place mapping: an error response that is not problem+json (an
-/// axum extractor's text/plain rejection, such as a repeated query parameter, or an empty
-/// one) becomes one, keeping its status, its text as the detail (4xx only: a 5xx leaks
-/// nothing) and its other headers (`Allow`, `Retry-After`, …). Decision bodies
-/// (`application/json`, e.g. a 429 denial) are answers, not errors, and pass unchanged.
+/// axum extractor's text/plain rejection, or an empty one) becomes one, keeping its status,
+/// its text as the detail (4xx only: a 5xx leaks nothing) and its other headers (`Allow`,
+/// `Retry-After`, …). Decision bodies (`application/json`, e.g. a 429 denial) are answers,
+/// not errors, and pass unchanged.
 pub async fn plain_errors_as_problems(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -217,23 +589,7 @@ pub async fn plain_errors_as_problems(resp: Response) -> Response {
         Some(t) if status.is_client_error() => t,
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
-    let slug = match status {
-        StatusCode::BAD_REQUEST => "bad-request",
-        StatusCode::NOT_FOUND => "not-found",
-        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
-        StatusCode::REQUEST_TIMEOUT => "timeout",
-        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
-        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
-        s if s.is_server_error() => "internal",
-        _ => "client-error",
-    };
-    let mut out = ApiError::Problem {
-        status,
-        slug,
-        detail,
-    }
-    .into_response();
+    let mut out = ApiError::Plain { status, detail }.into_response();
     let mut last = None;
     for (name, value) in parts.headers {
         // `None` continues the previous name (a header with several values).
@@ -252,4 +608,74 @@ pub async fn plain_errors_as_problems(resp: Response) -> Response {
         }
     }
     out
+}
+
+/// RFC 9457 problem details (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema; `ApiError` renders the answers
+pub struct Problem {
+    #[serde(rename = "type")]
+    #[schema(example = "urn:patternd:problem:bad-request")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Reload only: every diagnostic as `file:line:column: message`.
+    errors: Option<Vec<String>>,
+    /// Reload only: every diagnostic with its parts.
+    diagnostics: Option<Vec<serde_json::Value>>,
+    /// 409 of a held lock: when the next lease lapses (also in `Retry-After`, in seconds).
+    retry_after_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The module doc is the list of problem types a client may see: every kind is in it,
+    /// once, with its status.
+    #[test]
+    fn every_problem_type_is_listed_once_with_its_status() {
+        let doc: String = include_str!("problem.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut seen = std::collections::BTreeSet::new();
+        for kind in Kind::ALL {
+            let slug = kind.slug();
+            assert!(seen.insert(slug), "`{slug}` is spelled for two kinds");
+            let row = format!("//! | `{slug}` | ");
+            assert_eq!(doc.matches(&row).count(), 1, "`{slug}` is not listed once");
+        }
+        assert_eq!(
+            doc.matches("//! | `").count(),
+            Kind::ALL.len(),
+            "the doc lists a type that is not a kind"
+        );
+        // Statuses as the table says, where a kind has one.
+        for (error, status) in [
+            (ApiError::NotFound(String::new()), 404),
+            (ApiError::OriginFailed(String::new()), 502),
+            (ApiError::RedisUnavailable(String::new()), 503),
+            (ApiError::BodyTimeout(String::new()), 408),
+        ] {
+            let row = format!("//! | `{}` | {status} |", error.kind().slug());
+            assert!(doc.contains(&row), "{row}");
+            assert_eq!(error.status().as_u16(), status);
+        }
+    }
+
+    #[test]
+    fn a_store_failure_never_shows_the_redis_client_text() {
+        let e: ApiError =
+            StoreError::CircuitOpen("Connection refused (os error 111)".into()).into();
+        assert_eq!(
+            (e.status().as_u16(), e.kind().slug(), e.to_string().as_str()),
+            (503, "redis-unavailable", "Redis is unavailable")
+        );
+        let e: ApiError =
+            LockError::Store(StoreError::Timeout(std::time::Duration::from_secs(1))).into();
+        assert_eq!(e.to_string(), "Redis is unavailable");
+    }
 }

@@ -1,22 +1,26 @@
 //! `/v1/ratelimit/{app}/{rule}`: thin handlers around `patterns::ratelimit`.
 
-use std::sync::Arc;
-
-use axum::extract::rejection::{PathRejection, QueryRejection};
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
-use axum::Extension;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
-use super::problem::ApiError;
-use crate::patterns::ratelimit::ReleaseError;
-use crate::patterns::{CheckError, CheckRequest, Decision, RateLimiter};
-use crate::plugin::RequestFacts;
+use super::extract::{self, Id, Query, Rule};
+use super::problem::{ApiError, Problem};
+use crate::patterns::{CheckRequest, Decision, RateLimiter};
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(check_post, check_get))
+        .routes(routes!(release))
+}
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -60,76 +64,59 @@ struct CheckReply<'a> {
     fallback: bool,
 }
 
-fn lookup(state: &AppState, app: &str, rule: &str) -> Result<Arc<RateLimiter>, ApiError> {
-    let snap = state.runtime.snapshot();
-    match snap.ratelimiter(app, rule) {
-        Some(rl) => Ok(rl.clone()),
-        None if !snap.has_app(app) => Err(ApiError::UnknownApp(app.to_string())),
-        None => Err(ApiError::UnknownRule {
-            app: app.to_string(),
-            pattern: "ratelimit",
-            rule: rule.to_string(),
-        }),
-    }
-}
+/// A decision request, as its 400s show it.
+const EXAMPLE: &str = r#"{"id": "user-42", "cost": 1}"#;
 
-/// `POST /v1/ratelimit/{app}/{rule}` with `{"id": "...", "cost": n}`.
-pub(super) async fn check_post(
+#[utoipa::path(post, path = "/v1/ratelimit/{app}/{rule}", tag = "ratelimit", operation_id = "ratelimit_check",
+    params(("app" = String, Path), ("rule" = String, Path)),
+    request_body = CheckRequestDoc,
+    responses(
+        (status = 200, description = "Allowed", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Patternd-Degraded" = String))),
+        (status = 429, description = "Denied", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Retry-After" = u64),
+                ("Patternd-Degraded" = String))),
+        (status = 400, description = "Bad input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no fallback", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn check_post(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    rl: Rule<RateLimiter>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let Path((app, rule)) = path.map_err(super::bad_path)?;
-    let rl = lookup(&state, &app, &rule)?;
     // The request is taken whole (not as HeaderMap/Uri/Bytes extractors, which copy headers
     // and URI on every request): headers and URI are only needed when a plugin decides.
     let (parts, body) = request.into_parts();
-    let body = super::read_body(body).await?;
-    if body.is_empty() {
-        return Err(ApiError::BadRequest(
-            "empty body; send JSON such as {\"id\": \"user-42\", \"cost\": 1}".into(),
-        ));
-    }
-    // serde's derived Deserialize also reads a struct from a JSON array (`["user-42", 1]`),
-    // which would silently be taken as a decision request; the API is an object only.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object such as {\"id\": \"user-42\", \"cost\": 1}".into(),
-        ));
-    }
+    let body = extract::read_body(body).await?;
+    let text = extract::object_text(&body, EXAMPLE)?;
     // Fast path, the common case: `{"id": "...", "cost": n}` for a rule whose plugin (if any)
     // declares no body fields, parsed without building a JSON tree. Anything else (numeric
     // ids, plugin fields, mistakes) takes the general path below, which also words the errors.
     if rl.exposed_fields().is_empty()
-        && let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(&body)
+        && let Ok(fast) = serde_json::from_slice::<FastBody<'_>>(text)
     {
         let cost = fast.cost.unwrap_or(1);
-        let facts = rl.wants_facts().then(|| RequestFacts {
-            method: "POST".into(),
-            path: parts.uri.path().to_string(),
-            id: fast.id.to_string(),
-            cost,
-            headers: header_pairs(&parts.headers, rl.plugin_headers()),
-            client_addr: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
-            fields: Vec::new(),
-        });
-        let d = decide(
-            &state,
-            &rl,
-            CheckRequest {
-                id: &fast.id,
-                cost,
-                facts,
-            },
-        )
-        .await?;
+        let facts = rl
+            .wants_facts()
+            .then(|| extract::facts(&parts, "POST", &fast.id, cost, rl.plugin_headers().into()));
+        let d = rl
+            .check(
+                &state.runtime.store,
+                CheckRequest {
+                    id: &fast.id,
+                    cost,
+                    facts,
+                },
+            )
+            .await?;
         return Ok(render(&rl, &d, StatusCode::TOO_MANY_REQUESTS));
     }
-    let mut req: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let mut req: serde_json::Map<String, serde_json::Value> = extract::object(text, EXAMPLE)?;
     let id_value = req.remove("id");
     let cost_value = req.remove("cost");
     // Only fields the rule's plugin declared may come along; anything else is a typo.
@@ -169,88 +156,66 @@ pub(super) async fn check_post(
         None | Some(serde_json::Value::Null) => 1,
         Some(v) => parse_cost(&v.to_string())?,
     };
-    let facts = rl.wants_facts().then(|| RequestFacts {
-        method: "POST".into(),
-        path: parts.uri.path().to_string(),
-        id: id.clone(),
-        cost,
-        headers: header_pairs(&parts.headers, rl.plugin_headers()),
-        client_addr: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string()),
-        fields: req.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+    let facts = rl.wants_facts().then(|| {
+        let mut f = extract::facts(&parts, "POST", &id, cost, rl.plugin_headers().into());
+        f.fields = req.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        f
     });
-    let d = decide(
-        &state,
-        &rl,
-        CheckRequest {
-            id: &id,
-            cost,
-            facts,
-        },
-    )
-    .await?;
+    let d = rl
+        .check(
+            &state.runtime.store,
+            CheckRequest {
+                id: &id,
+                cost,
+                facts,
+            },
+        )
+        .await?;
     Ok(render(&rl, &d, StatusCode::TOO_MANY_REQUESTS))
 }
 
-async fn decide(
-    state: &AppState,
-    rl: &RateLimiter,
-    req: CheckRequest<'_>,
-) -> Result<Decision, ApiError> {
-    match rl.check(&state.runtime.store, req).await {
-        Ok(d) => Ok(d),
-        Err(CheckError::Input(e)) => Err(e.into()),
-        Err(CheckError::Plugin(e)) => Err(ApiError::PluginFailed(e.to_string())),
-        Err(CheckError::Store(e)) => Err(e.into()),
-        Err(CheckError::Random(m)) => Err(ApiError::Internal(m)),
-    }
-}
-
-/// The headers a plugin sees: the rule's `plugin.headers` when listed (looked up by name, so
-/// the other headers are never copied), else all of them. Values that are not visible ASCII
-/// are left out either way.
-fn header_pairs(headers: &HeaderMap, only: Option<&[String]>) -> Vec<(String, String)> {
-    match only {
-        Some(names) => {
-            let mut out = Vec::with_capacity(names.len());
-            for name in names {
-                for v in headers.get_all(name.as_str()) {
-                    if let Ok(v) = v.to_str() {
-                        out.push((name.clone(), v.to_string()));
-                    }
-                }
-            }
-            out
-        }
-        None => headers
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect(),
-    }
-}
-
-/// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
-/// header named by the rule's `id_from`.
-pub(super) async fn check_get(
+// `GET /v1/ratelimit/{app}/{rule}`: forward-auth form for gateways; the id comes from the
+// header named by the rule's `id_from`.
+#[utoipa::path(get, path = "/v1/ratelimit/{app}/{rule}", tag = "ratelimit", operation_id = "ratelimit_check_get",
+    description = "Forward-auth form for gateways: the id comes from the rule's `id_from` header.",
+    params(("app" = String, Path), ("rule" = String, Path),
+        ("cost" = Option<u64>, Query),
+        ("deny_status" = Option<u16>, Query, description = "The status of a denial: 429 (default), 403 or 401, for nginx auth_request")),
+    responses(
+        (status = 200, description = "Allowed", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Patternd-Degraded" = String))),
+        (status = 429, description = "Denied", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Retry-After" = u64),
+                ("Patternd-Degraded" = String))),
+        (status = 403, description = "Denied, with `deny_status=403`", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Retry-After" = u64),
+                ("Patternd-Degraded" = String))),
+        (status = 401, description = "Denied, with `deny_status=401`", body = CheckResponse,
+            headers(("RateLimit-Policy" = String),
+                ("RateLimit" = String),
+                ("Retry-After" = u64),
+                ("Patternd-Degraded" = String))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no fallback", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn check_get(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    query: Result<Query<CheckQuery>, QueryRejection>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    uri: Uri,
-    headers: HeaderMap,
+    rl: Rule<RateLimiter>,
+    Query(q): Query<CheckQuery>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let Path((app, rule)) = path.map_err(super::bad_path)?;
-    let Query(q) = query.map_err(super::bad_query)?;
-    let rl = lookup(&state, &app, &rule)?;
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
     let Some(from) = &rl.id_from else {
         return Err(ApiError::BadRequest(format!(
-            "rule `{rule}` has no `id_from`; add `id_from: {{ header: NAME }}` to use GET, or POST a JSON body"
+            "rule `{}` has no `id_from`; add `id_from: {{ header: NAME }}` to use GET, or POST a JSON body",
+            rl.name
         )));
     };
     let raw = headers.get(from.header.as_str()).ok_or_else(|| {
@@ -289,16 +254,12 @@ pub(super) async fn check_get(
             )));
         }
     };
-    let facts = rl.wants_facts().then(|| RequestFacts {
-        method: "GET".into(),
-        path: uri.path().to_string(),
-        id: id.to_string(),
-        cost,
-        headers: header_pairs(&headers, rl.plugin_headers()),
-        client_addr: connect.map(|c| c.0.0.ip().to_string()),
-        fields: Vec::new(),
-    });
-    let d = decide(&state, &rl, CheckRequest { id, cost, facts }).await?;
+    let facts = rl
+        .wants_facts()
+        .then(|| extract::facts(&parts, "GET", id, cost, rl.plugin_headers().into()));
+    let d = rl
+        .check(&state.runtime.store, CheckRequest { id, cost, facts })
+        .await?;
     Ok(render(&rl, &d, deny_status))
 }
 
@@ -382,19 +343,67 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     resp
 }
 
-/// `DELETE /v1/ratelimit/{app}/{rule}/leases/{lease}`: releases a concurrency lease.
-pub(super) async fn release(
+// `DELETE /v1/ratelimit/{app}/{rule}/leases/{lease}`: releases a concurrency lease.
+#[utoipa::path(delete, path = "/v1/ratelimit/{app}/{rule}/leases/{lease}", tag = "ratelimit",
+    operation_id = "ratelimit_release_lease",
+    description = "Releases a concurrency lease (the `lease` of an allowed decision).",
+    params(("app" = String, Path), ("rule" = String, Path), ("lease" = String, Path)),
+    responses((status = 200, body = ReleaseResponse),
+        (status = 400, description = "Not a concurrency rule, or a malformed lease", body = Problem, content_type = "application/problem+json")))]
+async fn release(
     State(state): State<AppState>,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+    rl: Rule<RateLimiter>,
+    Id(lease): Id,
 ) -> Result<Response, ApiError> {
-    let Path((app, rule, lease)) = path.map_err(super::bad_path)?;
-    let rl = lookup(&state, &app, &rule)?;
-    match rl.release(&state.runtime.store, &lease).await {
-        Ok(released) => Ok(axum::Json(serde_json::json!({ "released": released })).into_response()),
-        Err(ReleaseError::NotConcurrency) => Err(ApiError::BadRequest(
-            ReleaseError::NotConcurrency.to_string(),
-        )),
-        Err(ReleaseError::Input(e)) => Err(e.into()),
-        Err(ReleaseError::Store(e)) => Err(e.into()),
-    }
+    let released = rl.release(&state.runtime.store, &lease).await?;
+    Ok(axum::Json(serde_json::json!({ "released": released })).into_response())
+}
+
+// ---- OpenAPI -------------------------------------------------------------------------------
+
+/// Body of a rate-limit check.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CheckRequest)]
+#[allow(dead_code)] // the document's schema; `FastBody` and the general path read the body
+pub struct CheckRequestDoc {
+    /// The entity to limit (user, API key, IP…): a string or a number, 1 to 512 bytes.
+    #[schema(example = "user-42", min_length = 1, max_length = 512)]
+    id: String,
+    /// Units this request takes from every limit of the rule (default 1; 0 only reports).
+    #[schema(minimum = 0)]
+    cost: Option<u64>,
+}
+
+/// A rate-limit decision.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema; `CheckReply` is what is sent
+pub struct CheckResponse {
+    allowed: bool,
+    /// The reported limit's quota per window: the denying limit, or the one with the least
+    /// remaining.
+    limit: u64,
+    /// `token_bucket` and `gcra`: the most the bucket holds (`remaining` may exceed `limit`).
+    burst: Option<u64>,
+    remaining: u64,
+    /// Until the reported limit's full capacity is back (a bucket: until it is full).
+    reset_after_ms: u64,
+    /// When denied: until a request of the same cost could pass.
+    retry_after_ms: u64,
+    /// Concurrency rules: release it with `DELETE …/leases/{lease}`.
+    lease: Option<String>,
+    /// Redis could not be asked in time; the rule's `on_redis_error` decided.
+    degraded: bool,
+    /// Shadow rules: the request would have been denied.
+    shadow_denied: Option<bool>,
+    /// Why a plugin denied the request, when it said.
+    reason: Option<String>,
+    /// The rule's plugin failed and its `fallback` limit decided.
+    fallback: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the document's schema
+pub struct ReleaseResponse {
+    /// False when the lease had already expired or been released.
+    released: bool,
 }

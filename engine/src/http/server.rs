@@ -396,7 +396,7 @@ mod tests {
         let err = axum::body::to_bytes(req.into_body(), 1024)
             .await
             .expect_err("times out");
-        assert!(super::super::is_body_timeout(&err), "{err:?}");
+        assert!(super::super::extract::timeout_in(&err).is_some(), "{err:?}");
         assert!(!read.load(Ordering::Relaxed));
 
         let read = Arc::new(AtomicBool::new(false));

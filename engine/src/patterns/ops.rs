@@ -42,6 +42,20 @@ pub enum OpError {
     TooManyArgs(usize),
     #[error("argument {0} is longer than {MAX_ARG_BYTES} bytes")]
     ArgTooLong(usize),
+    /// The op refused its arguments, its documented way: `redis.error_reply('BADARG why')`.
+    #[error("op `{op}`: {detail}")]
+    BadArgs { op: String, detail: String },
+    /// The op's script failed otherwise (a script error): not an outage, not the caller's.
+    #[error("op `{op}` of plugin `{plugin}` ({app}/{rule}) failed: {source}")]
+    Failed {
+        op: String,
+        plugin: String,
+        app: String,
+        rule: String,
+        #[source]
+        source: StoreError,
+    },
+    /// Redis unavailable, or a key of another type (see `StoreError`).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -84,7 +98,7 @@ impl OpRunner {
             Ok(v) => v,
             Err(e) => {
                 self.failed.increment(1);
-                return Err(e.into());
+                return Err(self.failure(e));
             }
         };
         let result = super::reply::to_json(reply);
@@ -95,5 +109,26 @@ impl OpRunner {
             self.ok.increment(1);
         }
         Ok(OpOutcome { result, denied })
+    }
+
+    /// What a failed call says: the op's own refusal, an outage or WRONGTYPE as the store
+    /// reports them, anything else as this op's failure.
+    fn failure(&self, e: StoreError) -> OpError {
+        match e {
+            StoreError::Redis(r) if r.code() == Some("BADARG") => OpError::BadArgs {
+                op: self.op.clone(),
+                detail: r.detail().unwrap_or("bad arguments").to_string(),
+            },
+            e if e.is_unavailable() || matches!(e, StoreError::WrongType { .. }) => {
+                OpError::Store(e)
+            }
+            source => OpError::Failed {
+                op: self.op.clone(),
+                plugin: self.plugin.clone(),
+                app: self.app.clone(),
+                rule: self.rule.clone(),
+                source,
+            },
+        }
     }
 }

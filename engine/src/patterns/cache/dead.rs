@@ -1,5 +1,5 @@
 //! Write-behind dead letters: listing them and replaying them into the journal, so the admin
-//! handlers (`http/cache_write.rs`) only parse, call and render (keys in `keys`, reply
+//! handlers (`http/cache/dead.rs`) only parse, call and render (keys in `keys`, reply
 //! decoding in `reply`).
 
 use super::CacheRule;
