@@ -66,7 +66,6 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
 }
 
 #[test]
-#[ignore = "names change until issue 11's branches are merged; the lead un-ignores this"]
 fn code_map_names_every_file_and_nothing_else() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = manifest.join("src");
