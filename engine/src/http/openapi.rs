@@ -164,6 +164,29 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     if redis_503 {
         add(op, "503", "Unavailable");
     }
+    if path == "/v1/ratelimit/{app}/{rule}" {
+        // Every decision carries the rule's RateLimit fields and, when `on_redis_error`
+        // decided it, Patternd-Degraded; a denial (429, or the `deny_status` it asked for)
+        // adds Retry-After. Said here once for both forms of the check.
+        let responses = op.get_mut("responses").and_then(Value::as_object_mut);
+        for (status, resp) in responses.into_iter().flatten() {
+            let mut names = vec!["RateLimit-Policy", "RateLimit", "Patternd-Degraded"];
+            match status.as_str() {
+                "200" => {}
+                "429" | "403" | "401" => names.insert(2, "Retry-After"),
+                _ => continue,
+            }
+            resp["headers"] = names
+                .into_iter()
+                .map(|n| {
+                    (
+                        n.to_string(),
+                        json!({ "$ref": format!("#/components/headers/{n}") }),
+                    )
+                })
+                .collect();
+        }
+    }
     if admin {
         // The admin check answers these, the same for every admin route.
         set(op, "401", "Unauthorized");
