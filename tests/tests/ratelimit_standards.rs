@@ -537,7 +537,10 @@ async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm()
 /// For a fixed history, `available` never decreases as `t` grows, and never decreases when an
 /// admission moves earlier: so with every admission at the start of its request's TIME bracket
 /// and the decision at its end, the model is the most permissive the engine could be, and with
-/// admissions at the end and decisions at the start, the strictest.
+/// admissions at the end and decisions at the start, the strictest. Two exceptions, where a
+/// later admission leaves more available, are settled per admission in `Run::verify`: a fixed
+/// window that ends inside the bracket (joined or opened), and a sliding window whose counts
+/// the admission forgets (`forget_idle`).
 #[derive(Debug, Clone)]
 enum Model {
     Fixed {
@@ -622,16 +625,29 @@ impl Model {
         }
     }
 
-    /// The sliding window's counts as seen at `t`: (current, previous, newest admission).
-    fn sliding_counts(w: Option<f64>, c: f64, p: f64, l: f64, window: f64, t: f64) -> (f64, f64) {
+    /// The sliding window's (current, previous) counts rolled on to `t`'s window. The newest
+    /// admission's rule is not applied: `available` applies it, `forget_idle` persists it.
+    fn sliding_counts(w: Option<f64>, c: f64, p: f64, window: f64, t: f64) -> (f64, f64) {
         let cur = (t / window).floor();
-        let (c, p) = match w {
+        match w {
             None => (0.0, 0.0),
             Some(w) if w == cur => (c, p),
             Some(w) if w == cur - 1.0 => (0.0, c),
             Some(_) => (0.0, 0.0),
-        };
-        if l <= t - window { (0.0, 0.0) } else { (c, p) }
+        }
+    }
+
+    /// What the sliding window's script does at an admission at `t` whose newest admitted
+    /// request is a window old: it drops both counts, for good (the previous count would
+    /// otherwise weigh again after this admission). No other algorithm forgets anything.
+    fn forget_idle(&mut self, t: f64) {
+        if let Model::Sliding {
+            window, c, p, l, ..
+        } = self
+            && *l <= t - *window
+        {
+            (*c, *p) = (0.0, 0.0);
+        }
     }
 
     fn available(&self, t: f64) -> f64 {
@@ -654,7 +670,11 @@ impl Model {
                 p,
                 l,
             } => {
-                let (c, p) = Self::sliding_counts(*w, *c, *p, *l, *window, t);
+                // Nothing admitted within the last window: nothing inside it.
+                if *l <= t - *window {
+                    return *limit;
+                }
+                let (c, p) = Self::sliding_counts(*w, *c, *p, *window, t);
                 let elapsed = t - (t / window).floor() * window;
                 limit - (p * (window - elapsed) / window + c)
             }
@@ -719,7 +739,7 @@ impl Model {
             Model::Sliding {
                 window, w, c, p, l, ..
             } => {
-                let (cc, pp) = Self::sliding_counts(*w, *c, *p, *l, *window, t);
+                let (cc, pp) = Self::sliding_counts(*w, *c, *p, *window, t);
                 *w = Some((t / *window).floor());
                 *c = cc + cost;
                 *p = pp;
@@ -995,6 +1015,14 @@ impl Run<'_> {
                 }
                 _ => false,
             };
+            // A sliding window's admission forgets the counts if the newest admission before
+            // it is a window old; the later it comes, the more it forgets, so no single moment
+            // of the bracket is the most (or least) permissive. The permissive model forgets
+            // if the script may have (its newest admission at its earliest, this one at its
+            // latest), the strict one only if the script must have; a microsecond to spare
+            // either way, as the script's times are doubles and its `l` went through text.
+            self.permissive.forget_idle(b.after + 0.001);
+            self.strict.forget_idle(b.before - 0.001);
             self.permissive.charge(b.before, c);
             self.strict.charge(b.after, c);
             if straddled {
