@@ -86,6 +86,24 @@ impl KeySpace {
 mod rule_key_tests {
     use super::*;
 
+    /// Values `CLUSTER KEYSLOT` answers (the cluster harness checks its own copy of this
+    /// function against a real cluster, tests/tests/cluster_harness.rs), and the spec's
+    /// hash-tag examples.
+    #[test]
+    fn key_slots_are_redis_cluster_s() {
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("bar"), 5061);
+        assert_eq!(key_slot("hello"), 866);
+        assert_eq!(key_slot("123456789"), 0x31C3 % SLOTS);
+        assert_eq!(key_slot("{user1000}.following"), key_slot("user1000"));
+        assert_eq!(key_slot("foo{}{bar}"), key_slot("foo{}{bar}"));
+        assert_ne!(key_slot("foo{}{bar}"), key_slot("bar"));
+        assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
+        assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
+        let ks = KeySpace::new("shop", "lock", "order");
+        assert_eq!(key_slot(&ks.key("o-1", "l")), key_slot(&ks.key("o-1", "f")));
+    }
+
     #[test]
     fn rule_keys_are_unreachable_from_ids() {
         let ks = KeySpace::new("shop", "cache", "product");
@@ -122,6 +140,26 @@ pub fn hash_tag(key: &str) -> Option<&str> {
     let open = key.find('{')?;
     let close = key[open + 1..].find('}')? + open + 1;
     (close > open + 1).then(|| &key[open + 1..close])
+}
+
+/// Redis Cluster's hash slots.
+pub const SLOTS: u16 = 16384;
+
+/// The cluster hash slot of `key`, as the cluster spec defines it: CRC16 (XMODEM) of its hash
+/// tag (see [`hash_tag`]), or of the whole key when it has none, modulo 16384. The engine uses
+/// it to check that every key of one script call shares a slot (`store::slots`).
+pub fn key_slot(key: &str) -> u16 {
+    let hashed = hash_tag(key).unwrap_or(key);
+    let crc = hashed.bytes().fold(0u16, |crc, b| {
+        (0..8).fold(crc ^ (u16::from(b) << 8), |c, _| {
+            if c & 0x8000 != 0 {
+                (c << 1) ^ 0x1021
+            } else {
+                c << 1
+            }
+        })
+    });
+    crc % SLOTS
 }
 
 /// Debug helper for logs: a key with non-printable bytes shown escaped.

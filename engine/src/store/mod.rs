@@ -7,6 +7,7 @@
 
 pub mod managed;
 pub mod near;
+mod slots;
 pub mod tracking;
 
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub enum StoreError {
     CircuitOpen(Arc<str>),
     /// A key the script touched holds another type than the rule writes: another client
     /// wrote it. Not an outage; the id is unusable until the key is fixed.
+    /// The call's keys span cluster slots (`slots`): a bug in a script's key layout, refused
+    /// before it is sent, so it shows on one node as it would on a cluster.
+    #[error("script `{script}` was called with keys in several cluster slots: {detail}")]
+    CrossSlot { script: String, detail: String },
     #[error(
         "WRONGTYPE: a key of this rule (under `{namespace}`) holds another type of value than \
          the rule writes; another client wrote it"
@@ -268,6 +273,9 @@ impl Store {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
+        if slots::enabled() {
+            slots::check(script, keys)?;
+        }
         let conn = || pin.map_or_else(|| self.conn(), |p| p.conn.clone());
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys.len()).arg(keys);
