@@ -213,7 +213,7 @@ impl InProcess {
         let snapshot = patternd::snapshot::Snapshot::build(&sources)
             .map_err(|d| anyhow::anyhow!("the bench policy does not load in process:\n{d}"))?;
         let store = patternd::store::Store::new(&patternd::store::StoreConfig {
-            url: redis_url.to_string(),
+            target: patternd::store::connect::RedisTarget::plain(redis_url)?,
             pool_size: 2,
             command_timeout: Duration::from_secs(2),
         })?;

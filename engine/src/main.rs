@@ -15,8 +15,12 @@ use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
 use patternd::runtime::Runtime;
 use patternd::snapshot::{Snapshot, Sources};
+use patternd::store::connect::{RedisTarget, TlsFiles};
 use patternd::store::managed::ManagedRedis;
 use patternd::store::{Store, StoreConfig};
+
+/// How long the startup check of the Redis connection may take (see `RedisTarget::check`).
+const STARTUP_CHECK: Duration = Duration::from_secs(3);
 
 /// mimalloc rather than the system allocator: see the note in Cargo.toml.
 #[global_allocator]
@@ -61,8 +65,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the policies over HTTP.
-    Serve(ServeArgs),
+    /// Serve the policies over HTTP. Boxed: far larger than the other commands' arguments.
+    Serve(Box<ServeArgs>),
     /// Validate policy files; exits non-zero with the diagnostics when there are errors.
     Check {
         /// Policy files or directories of them.
@@ -90,10 +94,28 @@ struct ServeArgs {
     /// the first.
     #[arg(long, env = "PATTERND_LISTEN", default_value = "127.0.0.1:8080", value_name = "HOST:PORT", value_parser = parse_listen)]
     listen: SocketAddr,
-    /// Redis URL. Without it, patternd starts a managed redis-server on a free loopback port
-    /// (for trying it out; nothing is persisted).
-    #[arg(long, env = "PATTERND_REDIS_URL")]
+    /// Redis URL: `redis://host:port/db`, `rediss://…` for TLS, with ACL credentials as
+    /// `redis://USER:PASSWORD@host:port` or `redis://:PASSWORD@host:port` (`requirepass`).
+    /// Without it, patternd starts a managed redis-server on a free loopback port (for trying
+    /// it out; nothing is persisted).
+    #[arg(
+        long,
+        env = "PATTERND_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     redis: Option<String>,
+    /// CA certificates (PEM) that verify the Redis server's certificate, for a `rediss://`
+    /// URL. Without it, the system's trusted roots do.
+    #[arg(long, env = "PATTERND_REDIS_CA_FILE", value_name = "PATH")]
+    redis_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a Redis that checks them (`tls-auth-clients yes`); goes
+    /// with --redis-client-key.
+    #[arg(long, env = "PATTERND_REDIS_CLIENT_CERT", value_name = "PATH")]
+    redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "PATTERND_REDIS_CLIENT_KEY", value_name = "PATH")]
+    redis_client_key: Option<PathBuf>,
     /// Policy file or directory.
     #[arg(long, env = "PATTERND_POLICIES", default_value = "policies")]
     policies: PathBuf,
@@ -361,7 +383,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
     // The recorder must exist before any rule registers its metric handles.
     let metrics = install_metrics()?;
     let upkeep = metrics.clone();
@@ -401,9 +423,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let url_for_tracking = url.clone();
+    let target = RedisTarget::new(
+        &url,
+        &TlsFiles {
+            ca_file: args.redis_ca_file.clone(),
+            client_cert: args.redis_client_cert.clone(),
+            client_key: args.redis_client_key.clone(),
+        },
+    )?;
+    // Refused credentials or a refused TLS handshake stop patternd here, with the reason;
+    // a Redis that does not answer yet does not (requests get on_redis_error until it does).
+    target.check(STARTUP_CHECK).await?;
     let store = Store::new(&StoreConfig {
-        url,
+        target: target.clone(),
         pool_size: args.redis_pool.unwrap_or(cores),
         command_timeout: args.redis_timeout,
     })?;
@@ -414,7 +446,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "Redis pool created (connections open on first use)"
     );
 
-    let tracker = patternd::store::tracking::Tracker::new(&url_for_tracking)?;
+    let tracker = patternd::store::tracking::Tracker::new(&target)?;
     let tracker_task = tracker.spawn();
     let runtime = Arc::new(Runtime::new(snapshot, store, src));
     runtime.enable_near_caches(tracker);

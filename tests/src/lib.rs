@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod origin;
 pub mod raw;
+pub mod tls;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -127,21 +128,31 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Arguments after the harness's own (TLS, see [`tls`]), kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a `redis-server` on a free loopback port and waits until it answers PING.
     pub fn start() -> Result<Self> {
-        let dir = TempDir::new("redis")?;
+        Self::start_in(TempDir::new("redis")?, |_| Ok(Vec::new()))
+    }
+
+    /// [`RedisServer::start`] in `dir` (files the server reads may be there already), with
+    /// more arguments, made from the attempt's free port (which stays a plain-text port:
+    /// the harness checks and inspects through it).
+    pub fn start_in(dir: TempDir, extra: impl Fn(u16) -> Result<Vec<String>>) -> Result<Self> {
         let mut last_err = anyhow!("no attempt made");
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match spawn_redis(port, dir.path()) {
+            let extra = extra(port)?;
+            match spawn_redis(port, dir.path(), &extra) {
                 Ok(child) => {
                     return Ok(Self {
                         port,
                         dir,
                         child: Some(child),
+                        extra,
                     });
                 }
                 Err(e) => last_err = e,
@@ -155,6 +166,17 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The value of one of the extra arguments it was started with (`--tls-port`, …).
+    pub fn extra_arg(&self, flag: &str) -> Option<&str> {
+        let at = self.extra.iter().position(|a| a == flag)?;
+        self.extra.get(at + 1).map(String::as_str)
+    }
+
+    /// Its temp dir (certificates and other files it reads are kept there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The URL to give patternd (`--redis`).
@@ -180,7 +202,7 @@ impl RedisServer {
     /// was persisted, exactly like a restarted cache node, and so are the loaded scripts.
     pub fn restart_same_port(&mut self) -> Result<()> {
         self.stop();
-        let child = spawn_redis(self.port, self.dir.path())
+        let child = spawn_redis(self.port, self.dir.path(), &self.extra)
             .with_context(|| format!("restarting redis-server on port {}", self.port))?;
         self.child = Some(child);
         Ok(())
@@ -204,7 +226,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn_redis(port: u16, dir: &Path) -> Result<Child> {
+fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<Child> {
     let log = dir.join("redis.log");
     let mut child = Command::new("redis-server")
         .arg("--port")
@@ -214,6 +236,7 @@ fn spawn_redis(port: u16, dir: &Path) -> Result<Child> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -209,7 +209,8 @@ mod tests {
             .expect("an empty snapshot");
         // Nothing listens there: the one route that asks Redis (`/readyz`) answers 503 at once.
         let store = Store::new(&StoreConfig {
-            url: "redis://127.0.0.1:1".into(),
+            target: crate::store::connect::RedisTarget::plain("redis://127.0.0.1:1")
+                .expect("a plain URL"),
             pool_size: 1,
             command_timeout: Duration::from_millis(200),
         })

@@ -5,6 +5,7 @@
 //! connection. Every call is bounded by the command timeout, so a dead Redis answers an error
 //! in bounded time instead of hanging a request.
 
+pub mod connect;
 pub mod managed;
 pub mod near;
 mod slots;
@@ -20,11 +21,14 @@ use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::compile::Script;
 use crate::compile::keys;
+use connect::{ConnectError, RedisTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid Redis URL: {0}")]
     Url(#[source] redis::RedisError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error("Redis error: {0}")]
@@ -112,7 +116,8 @@ impl StoreError {
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub url: String,
+    /// The URL, credentials and TLS files (shared with the tracking connection).
+    pub target: RedisTarget,
     pub pool_size: usize,
     /// Bound on every command, including the wait for a reconnect.
     pub command_timeout: Duration,
@@ -137,7 +142,8 @@ struct Inner {
     conns: Vec<ConnectionManager>,
     next: AtomicUsize,
     timeout: Duration,
-    url: String,
+    /// The URL without its password.
+    redacted_url: String,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
     latency: metrics::Histogram,
     breaker: Breaker,
@@ -150,7 +156,7 @@ impl Store {
     /// re-established in the background, so patternd starts (and answers `on_redis_error`
     /// decisions, and `/readyz` 503) while Redis is still down.
     pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::Url)?;
+        let client = cfg.target.client();
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.command_timeout))
             // No response timeout here: `run` bounds every command (including any wait for a
@@ -174,7 +180,7 @@ impl Store {
                 conns,
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
-                url: cfg.url.clone(),
+                redacted_url: cfg.target.redacted().to_owned(),
                 latency: metrics::histogram!("patternd_redis_seconds"),
                 breaker: Breaker::new(),
                 wrong_type_log: Mutex::new(HashMap::new()),
@@ -183,8 +189,8 @@ impl Store {
     }
 
     /// The URL without its password, for logs.
-    pub fn redacted_url(&self) -> String {
-        redact(&self.inner.url)
+    pub fn redacted_url(&self) -> &str {
+        &self.inner.redacted_url
     }
 
     /// True while the breaker refuses commands (Redis known to be down).
@@ -610,20 +616,6 @@ impl LogGate {
     }
 }
 
-/// Hides the password in `redis://user:password@host`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s + 3 => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,14 +723,5 @@ mod tests {
         assert_eq!(g.admit(t0 + Duration::from_secs(9), every), None);
         assert_eq!(g.admit(t0 + Duration::from_secs(10), every), Some(2));
         assert_eq!(g.admit(t0 + Duration::from_secs(11), every), None);
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("redis://u:secret@h:1/0"),
-            "redis://u:***@h:1/0"
-        );
-        assert_eq!(super::redact("redis://h:1"), "redis://h:1");
     }
 }

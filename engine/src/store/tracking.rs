@@ -20,6 +20,7 @@ use redis::{AsyncConnectionConfig, ProtocolVersion, PushKind, Value};
 use tokio::sync::Notify;
 
 use super::StoreError;
+use super::connect::RedisTarget;
 use super::near::{Invalidate, lock};
 
 /// How often the tracking connection is pinged: a silent half-open connection would otherwise
@@ -45,15 +46,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(url: &str) -> Result<Arc<Self>, StoreError> {
-        let plain = redis::Client::open(url).map_err(StoreError::Url)?;
-        let info = plain.get_connection_info().clone();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(redis_settings))
-            .map_err(StoreError::Url)?;
+    /// The tracking connection to `target`, with the pool's TLS settings and credentials,
+    /// in RESP3 (invalidations arrive as pushes).
+    pub fn new(target: &RedisTarget) -> Result<Arc<Self>, StoreError> {
+        let client = target.client_with_protocol(ProtocolVersion::RESP3)?;
         Ok(Arc::new(Self {
             client,
             listeners: Mutex::new(Vec::new()),
@@ -290,7 +286,8 @@ mod tests {
     #[tokio::test]
     async fn writes_by_anyone_invalidate_and_a_lost_connection_switches_off() {
         let mut redis = Redis::start();
-        let tracker = Tracker::new(&redis.url()).expect("url");
+        let target = RedisTarget::plain(&redis.url()).expect("url");
+        let tracker = Tracker::new(&target).expect("url");
         let near: Arc<NearCache<u32>> = Arc::new(NearCache::new(100, Some("{%".into())));
         let as_dyn: Arc<dyn Invalidate> = near.clone();
         tracker.register("app:cache:r:".into(), Arc::downgrade(&as_dyn));
