@@ -18,7 +18,8 @@ end
 -- Returns the user's index keys and the expiry the session gets if touched now; or else
 -- nil, nil, nil and the script's reply:
 --   false  the session is gone: no hash (expired or destroyed; its index entry, if any, is
---          pruned by score), or past its absolute deadline (dropped now, with its entry);
+--          pruned by score), past its absolute deadline, or at its idle expiry by the index
+--          (dropped now, with its entry);
 --   error  the hash lacks one of those fields: another client wrote the key. Not a 404, like
 --          WRONGTYPE: the id is unusable until the key is fixed, and the caller should know.
 local function live(key, sid, base, idle, now, user, i, created, a)
@@ -30,7 +31,11 @@ local function live(key, sid, base, idle, now, user, i, created, a)
   end
   local ue, uc = index_keys(base, i)
   local exp = expiry(a, idle, now)
-  if exp == nil then
+  -- The index holds the session's idle expiry in whole ms, and `prune` drops an entry in
+  -- that very millisecond, while Redis keeps the key through it: without this check a read
+  -- in that millisecond would find (and slide) a session that a listing just found gone.
+  local due = exp and tonumber(redis.call('ZSCORE', ue, sid))
+  if exp == nil or (due and due <= now) then
     redis.call('DEL', key)
     unindex(ue, uc, sid)
     return nil, nil, nil, false
