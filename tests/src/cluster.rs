@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
-use crate::{PORT_ATTEMPTS, TempDir, read_lossy, wait_redis};
+use crate::{PORT_ATTEMPTS, TempDir, read_lossy};
 
 /// Hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -221,33 +221,21 @@ impl Node {
     }
 }
 
+/// A cluster node: a standalone redis-server of the harness with cluster mode on.
 fn spawn_node(port: u16, dir: &Path) -> Result<Child> {
-    let mut child = Command::new("redis-server")
-        .arg("--port")
-        .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--cluster-enabled", "yes"])
-        .arg("--cluster-config-file")
-        .arg(dir.join("nodes.conf"))
-        .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-        .args(["--cluster-replica-validity-factor", "0"])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(dir.join("redis.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("could not spawn redis-server (is it installed and on PATH?)")?;
-    match wait_redis(port, dir, &mut child) {
-        Ok(()) => Ok(child),
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(e)
-        }
-    }
+    let args: Vec<String> = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        &dir.join("nodes.conf").to_string_lossy(),
+        "--cluster-node-timeout",
+        &NODE_TIMEOUT_MS.to_string(),
+        "--cluster-replica-validity-factor",
+        "0",
+    ]
+    .map(str::to_string)
+    .into();
+    super::spawn_redis(port, dir, &args)
 }
 
 /// `n` distinct loopback ports below [`PORT_LIMIT`] whose bus ports are free too. The
