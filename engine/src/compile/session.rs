@@ -127,21 +127,8 @@ mod tests {
     /// absent field, HGETALL of no key an empty table. Returns the reply (`false`, or
     /// `error: <message>`), and whether the script dropped anything (DEL, ZREM).
     fn run(script: &Script, fields: Option<&[&str]>, argv: &[&str]) -> (String, bool) {
-        run_scored(script, fields, None, argv)
-    }
-
-    /// [`run`], with the session's score in its user's expiry index (`ZSCORE`).
-    fn run_scored(
-        script: &Script,
-        fields: Option<&[&str]>,
-        score: Option<&str>,
-        argv: &[&str],
-    ) -> (String, bool) {
         let lua = Lua::new();
         let g = lua.globals();
-        if let Some(score) = score {
-            g.set("SCORE", score).expect("set");
-        }
         let hash = lua.create_table().expect("table");
         for pair in fields.unwrap_or_default().chunks(2) {
             hash.set(pair[0], pair[1]).expect("set");
@@ -179,7 +166,6 @@ mod tests {
                   for i, f in ipairs({ ... }) do out[i] = (h and h[f]) or false end
                   return out
                 end
-                if cmd == 'ZSCORE' then return SCORE or false end
                 if cmd == 'DEL' or cmd == 'ZREM' then DROPPED = true; return 1 end
                 error('the stand-in has no ' .. cmd)
               end,
@@ -241,10 +227,21 @@ mod tests {
             let (reply, dropped) = run(script, Some(expired), argv);
             assert_eq!(reply, "false", "{}", script.name);
             assert!(dropped, "{}: an expired session is dropped", script.name);
-            // Within its absolute deadline, but at its idle expiry by the index (TIME is
-            // 1700000000000 ms): gone in that millisecond, as a listing finds it.
-            let live: &[&str] = &["u", "bob", "i", "Ym9i", "c", "1000", "a", "1800000000000"];
-            let (reply, dropped) = run_scored(script, Some(live), Some("1700000000000"), argv);
+            // Within its absolute deadline, but last touched exactly `idle_ms` (60000) before
+            // TIME (1700000000000 ms): gone in that millisecond, as its index finds it.
+            let idle: &[&str] = &[
+                "u",
+                "bob",
+                "i",
+                "Ym9i",
+                "c",
+                "1000",
+                "a",
+                "1800000000000",
+                "l",
+                "1699999940000",
+            ];
+            let (reply, dropped) = run(script, Some(idle), argv);
             assert_eq!(reply, "false", "{}: at its idle expiry", script.name);
             assert!(
                 dropped,

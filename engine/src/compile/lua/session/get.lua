@@ -26,7 +26,7 @@ for j = 1, #h, 2 do
     out[#out + 1] = h[j + 1]
   end
 end
-local ue, uc, exp, stop = live(key, sid, base, idle, now, user, i, created, a)
+local ue, uc, exp, stop = live(key, sid, base, idle, now, user, i, created, a, seen)
 if stop ~= nil then return stop end
 local ttl
 if move then

@@ -14,15 +14,16 @@ end
 
 -- Whether the session in `key` is live, from the fields every session has: `u` (user), `i`
 -- (base64url user), `c` and `a` (created, absolute deadline: numbers); nil or false (HMGET's
--- absent field) when absent.
+-- absent field) when absent; and `l` (`seen`, last touch: a number, absent in sessions
+-- written before it existed).
 -- Returns the user's index keys and the expiry the session gets if touched now; or else
 -- nil, nil, nil and the script's reply:
 --   false  the session is gone: no hash (expired or destroyed; its index entry, if any, is
---          pruned by score), past its absolute deadline, or at its idle expiry by the index
---          (dropped now, with its entry);
+--          pruned by score), past its absolute deadline, or idle for `idle` ms (dropped now,
+--          with its entry);
 --   error  the hash lacks one of those fields: another client wrote the key. Not a 404, like
 --          WRONGTYPE: the id is unusable until the key is fixed, and the caller should know.
-local function live(key, sid, base, idle, now, user, i, created, a)
+local function live(key, sid, base, idle, now, user, i, created, a, seen)
   if not (user and i and created and a) then
     if redis.call('EXISTS', key) == 0 then
       return nil, nil, nil, false
@@ -31,11 +32,11 @@ local function live(key, sid, base, idle, now, user, i, created, a)
   end
   local ue, uc = index_keys(base, i)
   local exp = expiry(a, idle, now)
-  -- The index holds the session's idle expiry in whole ms, and `prune` drops an entry in
-  -- that very millisecond, while Redis keeps the key through it: without this check a read
-  -- in that millisecond would find (and slide) a session that a listing just found gone.
-  local due = exp and tonumber(redis.call('ZSCORE', ue, sid))
-  if exp == nil or (due and due <= now) then
+  -- Idle since its last touch (`l`, or creation): the index scores the session at that
+  -- expiry and `prune` drops it in that very millisecond, while Redis keeps the key through
+  -- it. Without this check a read in that millisecond would find (and slide) a session a
+  -- listing had just found gone. Costs no command: `l` comes with the fields read anyway.
+  if exp == nil or (seen or created) + idle <= now then
     redis.call('DEL', key)
     unindex(ue, uc, sid)
     return nil, nil, nil, false

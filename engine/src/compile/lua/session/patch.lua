@@ -7,9 +7,9 @@
 local key = KEYS[1]
 local sid, idle, base, max_fields = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local now = clock()
-local meta = redis.call('HMGET', key, 'u', 'i', 'c', 'a')
+local meta = redis.call('HMGET', key, 'u', 'i', 'c', 'a', 'l')
 local user, i, created, a = meta[1], meta[2], tonumber(meta[3]), tonumber(meta[4])
-local ue, uc, exp, stop = live(key, sid, base, idle, now, user, i, created, a)
+local ue, uc, exp, stop = live(key, sid, base, idle, now, user, i, created, a, tonumber(meta[5]))
 if stop ~= nil then return stop end
 -- Bound the session's size before writing anything: count the fields this patch adds and
 -- removes.

@@ -8,7 +8,7 @@ local old, new = KEYS[1], KEYS[2]
 local old_sid, new_sid, idle, base = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = clock()
 local h = redis.call('HGETALL', old)
-local user, i, created, a
+local user, i, created, a, seen
 for j = 1, #h, 2 do
   if h[j] == 'u' then
     user = h[j + 1]
@@ -18,9 +18,11 @@ for j = 1, #h, 2 do
     created = tonumber(h[j + 1])
   elseif h[j] == 'a' then
     a = tonumber(h[j + 1])
+  elseif h[j] == 'l' then
+    seen = tonumber(h[j + 1])
   end
 end
-local ue, uc, exp, stop = live(old, old_sid, base, idle, now, user, i, created, a)
+local ue, uc, exp, stop = live(old, old_sid, base, idle, now, user, i, created, a, seen)
 if stop ~= nil then return stop end
 if redis.call('EXISTS', new) == 1 then
   return redis.error_reply('patternd: session id collision')
