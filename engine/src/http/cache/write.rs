@@ -15,7 +15,7 @@ use crate::http::AppState;
 use crate::http::extract::{self, CacheId, Headers, Rule};
 use crate::http::problem::{ApiError, Problem};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::cache::write::{PutRequest, WriteError};
+use crate::patterns::cache::write::{PatchRequest, PutRequest, WriteError};
 use crate::policy::cache::CacheFormat;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -220,11 +220,13 @@ async fn patch_value(
     let out = c
         .patch(
             &state.runtime.store,
-            &id,
-            content_type,
-            body,
-            facts,
-            &conditions,
+            PatchRequest {
+                id: &id,
+                content_type,
+                body,
+                facts,
+                conditions,
+            },
         )
         .await?;
     let Some(object) = out.object else {

@@ -174,6 +174,20 @@ pub struct PutRequest<'a> {
     pub conditions: Preconditions,
 }
 
+/// A PATCH, as the handler extracted it: a JSON object whose top-level members are set
+/// (`null` deletes one); a PATCH keeps the value's tags.
+pub struct PatchRequest<'a> {
+    pub id: &'a str,
+    /// The request's `Content-Type` (forwarded to the origin; default
+    /// `application/merge-patch+json`).
+    pub content_type: Option<&'a str>,
+    pub body: Bytes,
+    /// Built by the handler when the rule has a plugin.
+    pub facts: Option<RequestFacts>,
+    /// `If-Match` / `If-None-Match`, checked in the write's script.
+    pub conditions: Preconditions,
+}
+
 /// What a write did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
@@ -395,27 +409,26 @@ impl CacheRule {
     pub async fn patch(
         &self,
         store: &Store,
-        id: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-        facts: Option<RequestFacts>,
-        conditions: &Preconditions,
+        req: PatchRequest<'_>,
     ) -> Result<WriteOutcome, WriteError> {
-        let r = self
-            .patch_inner(store, id, content_type, body, facts, conditions)
-            .await;
+        let id = req.id;
+        let r = self.patch_inner(store, req).await;
         self.finish_write(id, r)
     }
 
     async fn patch_inner(
         &self,
         store: &Store,
-        id: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-        facts: Option<RequestFacts>,
-        conditions: &Preconditions,
+        req: PatchRequest<'_>,
     ) -> Result<WriteOutcome, WriteError> {
+        let PatchRequest {
+            id,
+            content_type,
+            body,
+            facts,
+            conditions,
+        } = req;
+        let conditions = &conditions;
         check_cache_id(id)?;
         if self.spec.format != CacheFormat::Hash {
             return Err(WriteError::NotHash(self.rule.clone()));
