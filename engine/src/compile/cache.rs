@@ -86,8 +86,8 @@
 //! # The store function
 //!
 //! `lua/cache/store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
-//! script that writes a value includes it, after the clock: its recipe's includes are
-//! `STORES` (or `STORES_CHECKED` when it also checks a precondition).
+//! script that writes a value includes it, after the clock and `common.lua` (tag checks,
+//! preconditions): its recipe's includes are `STORES`.
 //!
 //! # Adding scripts
 //!
@@ -109,13 +109,12 @@ const COMMON: Block = lua_file!("cache/common.lua");
 const STORE: Block = lua_file!("cache/store.lua");
 const JOURNAL: Block = lua_file!("cache/journal_common.lua");
 
-/// The includes of a script that stores a value.
-const STORES: &[Block] = &[CLOCK, STORE];
-/// The includes of a script that checks a write's precondition and stores a value.
-const STORES_CHECKED: &[Block] = &[CLOCK, COMMON, STORE];
+/// The includes of a script that stores a value: every one checks tags (or a write's
+/// precondition) first.
+const STORES: &[Block] = &[CLOCK, COMMON, STORE];
 
 const READ: Recipe = Recipe::new("cache read", &[COMMON], lua_file!("cache/read.lua"));
-const FILL: Recipe = Recipe::new("cache fill", STORES_CHECKED, lua_file!("cache/fill.lua"));
+const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
 const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
 const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));
 const INVALIDATE: Recipe = Recipe::new(
@@ -123,8 +122,8 @@ const INVALIDATE: Recipe = Recipe::new(
     &[CLOCK],
     lua_file!("cache/invalidate.lua"),
 );
-const PUT: Recipe = Recipe::new("cache put", STORES_CHECKED, lua_file!("cache/put.lua"));
-const PATCH: Recipe = Recipe::new("cache patch", STORES_CHECKED, lua_file!("cache/patch.lua"));
+const PUT: Recipe = Recipe::new("cache put", STORES, lua_file!("cache/put.lua"));
+const PATCH: Recipe = Recipe::new("cache patch", STORES, lua_file!("cache/patch.lua"));
 const THROUGH_BEGIN: Recipe = Recipe::new(
     "cache through-begin",
     &[COMMON],

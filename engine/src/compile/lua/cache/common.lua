@@ -25,7 +25,7 @@ end
 -- Whether a value with tags `tags_text` (joined by ',') and stamp `tv` (µs: when its data was
 -- read from where it came from) is still valid: none of its tags invalidated since.
 local function tags_current(tkey, tags_text, tv)
-  if tags_text == nil or tags_text == '' then return true end
+  if not tags_text or tags_text == '' then return true end
   local stamp = tonumber(tv)
   if not stamp then return false end
   return not invalidated_since(tkey, split_commas(tags_text), stamp)
