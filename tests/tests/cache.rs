@@ -828,7 +828,7 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
     };
     eventually(Duration::from_secs(30), "the fill's lease", || async {
         let keys = scan_all(&mut w.redis.conn().await?).await?;
-        Ok(keys.iter().any(|k| k.ends_with(b"{r}:lease")).then_some(()))
+        Ok(keys.iter().any(|k| k.ends_with(b"}:r:lease")).then_some(()))
     })
     .await?;
     let put = p
