@@ -479,8 +479,14 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     let (r, seen) = (r?, seen?);
     r.assert_problem(502);
     assert!(r.detail().contains("the cache was not changed"), "{r:?}");
-    assert!(seen.contains(&cache_keys::key("w", "t", "k", "held")), "{seen:?}");
-    assert!(!seen.contains(&cache_keys::key("w", "t", "k", "v")), "{seen:?}");
+    assert!(
+        seen.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.contains(&cache_keys::key("w", "t", "k", "v")),
+        "{seen:?}"
+    );
     let ks = keys(&mut conn).await?;
     assert_eq!(
         ks,
@@ -539,7 +545,10 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     assert!(r.detail().contains("dropped"), "{r:?}");
     let ks = keys(&mut conn).await?;
     assert!(!ks.contains(&cache_keys::key("w", "t", "k", "v")), "{ks:?}");
-    assert!(!ks.contains(&cache_keys::key("w", "t", "k", "held")), "{ks:?}");
+    assert!(
+        !ks.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{ks:?}"
+    );
     let g = p.get("/v1/cache/w/t/k").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
     assert!(

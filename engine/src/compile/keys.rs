@@ -172,15 +172,22 @@ mod rule_key_tests {
             format!("shop:cache:product:{{%shop.product.{g}}}:a%7D%7Bb%25:v:v")
         );
         assert_eq!(key_slot(&keys[1]), key_slot(&ks.group_key(g, "journal")));
-        assert_eq!(ks.group_key(3, "tags"), "shop:cache:product:{%shop.product.3}:tags");
+        assert_eq!(
+            ks.group_key(3, "tags"),
+            "shop:cache:product:{%shop.product.3}:tags"
+        );
         // Fixed forever: stored keys depend on these values.
         assert_eq!(KeySpace::group_of("", 16), 0x811c_9dc5 % 16);
         assert_eq!(KeySpace::group_of("42", 1), 0);
-        let spread: std::collections::BTreeSet<u32> =
-            (0..1000).map(|i| KeySpace::group_of(&i.to_string(), 16)).collect();
+        let spread: std::collections::BTreeSet<u32> = (0..1000)
+            .map(|i| KeySpace::group_of(&i.to_string(), 16))
+            .collect();
         assert_eq!(spread.len(), 16);
         // Ids never reach a group's own keys, nor another id's keys.
-        assert_ne!(ks.grouped_keys(1, "journal", ["v"]).1[0], ks.group_key(0, "journal"));
+        assert_ne!(
+            ks.grouped_keys(1, "journal", ["v"]).1[0],
+            ks.group_key(0, "journal")
+        );
     }
 
     #[test]

@@ -200,7 +200,6 @@ impl<V: Clone + Send> Invalidate for NearCache<V> {
     }
 }
 
-
 /// A poisoned lock only means another thread panicked mid-operation on a plain map or list;
 /// the data itself is still usable (at worst an entry is missing), so carry on rather than
 /// panic.

@@ -72,7 +72,12 @@ mod tests {
         let journal = ks.rule_key("journal");
         let value = ks.key("42", "v");
         assert_ne!(key_slot(&journal), key_slot(&value));
-        for name in ["cache put", "cache delete", "cache journal-replay", "lock acquire"] {
+        for name in [
+            "cache put",
+            "cache delete",
+            "cache journal-replay",
+            "lock acquire",
+        ] {
             assert!(check(&script(name), &[value.clone(), journal.clone()]).is_err());
         }
     }

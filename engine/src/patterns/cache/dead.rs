@@ -2,9 +2,9 @@
 //! handlers (`http/cache/dead.rs`) only parse, call and render (keys in `keys`, reply
 //! decoding in `reply`).
 
+use super::CacheRule;
 use super::journal::stream_id;
 use super::reply;
-use super::CacheRule;
 use super::write::WriteError;
 use crate::store::Store;
 
@@ -153,7 +153,9 @@ impl CacheRule {
             if mine.is_empty() {
                 continue;
             }
-            let keys = self.keys.replay(g, mine.iter().map(|(_, _, vid)| vid.as_str()));
+            let keys = self
+                .keys
+                .replay(g, mine.iter().map(|(_, _, vid)| vid.as_str()));
             let mut args: Vec<&[u8]> = vec![b"move", max_len.as_bytes(), count_s.as_bytes()];
             args.extend(mine.iter().map(|(_, eid, _)| eid.as_bytes()));
             let reply: Vec<i64> = store
@@ -177,7 +179,15 @@ mod tests {
     fn entry_names_round_trip() {
         assert_eq!(entry_name(3, "17-0"), "3:17-0");
         assert_eq!(parse_entry("3:17-0"), Some((3, "17-0")));
-        for bad in ["17-0", "x:17-0", "3:17", "3:-0", ":1-1", "99999:1-1", "3:1-1-1"] {
+        for bad in [
+            "17-0",
+            "x:17-0",
+            "3:17",
+            "3:-0",
+            ":1-1",
+            "99999:1-1",
+            "3:1-1-1",
+        ] {
             assert_eq!(parse_entry(bad), None, "{bad}");
         }
     }

@@ -60,7 +60,8 @@ impl CacheRule {
         }
         let (mut dropped, mut kept) = (0, 0);
         while let Some(done) = tasks.join_next().await {
-            let reply = done.map_err(|e| ReadError::Internal(format!("a cache call task failed: {e}")))??;
+            let reply =
+                done.map_err(|e| ReadError::Internal(format!("a cache call task failed: {e}")))??;
             dropped += reply.first().copied().unwrap_or(0);
             kept += reply.get(1).copied().unwrap_or(0);
         }
@@ -108,7 +109,8 @@ impl CacheRule {
         }
         let mut known = vec![false; unique.len()];
         while let Some(done) = tasks.join_next().await {
-            let reply = done.map_err(|e| ReadError::Internal(format!("a cache call task failed: {e}")))??;
+            let reply =
+                done.map_err(|e| ReadError::Internal(format!("a cache call task failed: {e}")))??;
             for (k, r) in known.iter_mut().zip(reply) {
                 *k |= r == 1;
             }

@@ -173,16 +173,18 @@ async fn rule_loop(
                 continue;
             }
             let (store, rule, consumer) = (runtime.store.clone(), rule.clone(), consumer.clone());
-            tasks.spawn(async move {
-                (g, flush_group(&store, &rule, &consumer, g as u32).await)
-            });
+            tasks.spawn(async move { (g, flush_group(&store, &rule, &consumer, g as u32).await) });
         }
         while let Some(done) = tasks.join_next().await {
             let Ok((g, polled)) = done else { continue };
             let Some(p) = polls.get_mut(g) else { continue };
             let now = Instant::now();
             match polled {
-                Ok(Polled { taken, backlog, dead }) => {
+                Ok(Polled {
+                    taken,
+                    backlog,
+                    dead,
+                }) => {
                     (p.backlog, p.dead) = (backlog, dead);
                     p.pause = if taken >= BATCH {
                         Duration::ZERO
@@ -212,7 +214,7 @@ async fn rule_loop(
             .min()
             .unwrap_or_else(|| Instant::now() + IDLE_POLL);
         tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep_until(next) => {}
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
                     break;

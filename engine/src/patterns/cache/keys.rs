@@ -228,7 +228,10 @@ mod tests {
         let through = keys(WriteMode::Through, 1);
         assert_eq!(through.read("a").len(), 3);
         assert_eq!(through.write("a")[2], "shop:cache:item:{%shop.item.0}:tags");
-        assert_eq!(through.write("a")[3], "shop:cache:item:{%shop.item.0}:a:held");
+        assert_eq!(
+            through.write("a")[3],
+            "shop:cache:item:{%shop.item.0}:a:held"
+        );
 
         let behind = keys(WriteMode::Behind, 1);
         let journal = "shop:cache:item:{%shop.item.0}:journal";
@@ -339,7 +342,11 @@ mod tests {
             let slots: std::collections::BTreeSet<u16> =
                 (0..groups).map(|g| key_slot(&c.tags(g)[0])).collect();
             // Groups land in (nearly) as many slots: the rule spreads over the cluster.
-            assert!(slots.len() * 100 >= groups as usize * 95, "{groups}: {}", slots.len());
+            assert!(
+                slots.len() * 100 >= groups as usize * 95,
+                "{groups}: {}",
+                slots.len()
+            );
         }
     }
 }

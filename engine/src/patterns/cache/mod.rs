@@ -126,10 +126,12 @@ impl CacheRule {
         };
         let keys = CacheKeys::new(keys, spec.write, spec.slot_groups);
         // A tag bump may touch any value: tag keys drop the whole near cache.
-        let near = spec
-            .near_cache
-            .as_ref()
-            .map(|n| Arc::new(NearCache::new(n.max_entries, Some(CacheKeys::tags_suffix()))));
+        let near = spec.near_cache.as_ref().map(|n| {
+            Arc::new(NearCache::new(
+                n.max_entries,
+                Some(CacheKeys::tags_suffix()),
+            ))
+        });
         Ok(Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
