@@ -171,7 +171,8 @@ impl CacheRule {
     /// before the write or DELETE can take (its origin call ends within origin_timeout, or it
     /// loses its lease after refresh_lease), and longer than a write-through's own origin
     /// call. A fill older than this stores nothing (`lua/cache/fill.lua`), so the marker never
-    /// lapses under a fill it must stop; tag keys an invalidation creates live as long.
+    /// lapses under a fill it must stop; a group's tag versions live at least as long after
+    /// an invalidation.
     pub fn marker_ms(&self) -> u64 {
         duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
     }
