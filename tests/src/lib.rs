@@ -9,6 +9,7 @@
 //! Run with `cargo test -p patternd-e2e`; it needs `redis-server` on PATH and builds the
 //! `patternd` binary itself when it is missing or older than the engine's sources.
 
+pub mod cache_keys;
 pub mod cluster;
 pub mod origin;
 pub mod raw;

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::raw::raw_request;
 use patternd_e2e::{Patternd, Reply, World, eventually, scan_all, scan_names};
@@ -117,7 +118,7 @@ async fn the_flusher_never_sends_a_dot_segment() -> Result<()> {
     let mut conn = w.redis.conn().await?;
     for id in ["..", "."] {
         let _: String = redis::cmd("XADD")
-            .arg("w:cache:b:{%w.b}:journal")
+            .arg(cache_keys::journal_of("w", "b", id))
             .arg("*")
             .arg("id")
             .arg(id)
@@ -478,16 +479,22 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     let (r, seen) = (r?, seen?);
     r.assert_problem(502);
     assert!(r.detail().contains("the cache was not changed"), "{r:?}");
-    assert!(seen.contains("w:cache:t:{k}:held"), "{seen:?}");
-    assert!(!seen.contains("w:cache:t:{k}:v"), "{seen:?}");
+    assert!(
+        seen.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.contains(&cache_keys::key("w", "t", "k", "v")),
+        "{seen:?}"
+    );
     let ks = keys(&mut conn).await?;
     assert_eq!(
         ks,
-        BTreeSet::from(["w:cache:t:{k}:v".to_string()]),
+        BTreeSet::from([cache_keys::key("w", "t", "k", "v")]),
         "restored, nothing else left"
     );
     let pttl: i64 = redis::cmd("PTTL")
-        .arg("w:cache:t:{k}:v")
+        .arg(cache_keys::key("w", "t", "k", "v"))
         .query_async(&mut conn)
         .await?;
     assert!(
@@ -537,8 +544,11 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     r.assert_problem(504);
     assert!(r.detail().contains("dropped"), "{r:?}");
     let ks = keys(&mut conn).await?;
-    assert!(!ks.contains("w:cache:t:{k}:v"), "{ks:?}");
-    assert!(!ks.contains("w:cache:t:{k}:held"), "{ks:?}");
+    assert!(!ks.contains(&cache_keys::key("w", "t", "k", "v")), "{ks:?}");
+    assert!(
+        !ks.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{ks:?}"
+    );
     let g = p.get("/v1/cache/w/t/k").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
     assert!(

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{Patternd, Reply, World, cache_status, eventually};
 use serde_json::json;
@@ -139,7 +140,7 @@ rules:
     let p = &w.patternd;
     let mut c = w.redis.conn().await?;
     let _: () = redis::cmd("SET")
-        .arg("h:cache:r:{a}:lease")
+        .arg(cache_keys::key("h", "r", "a", "lease"))
         .arg("a-filler-that-died")
         .arg("PX")
         .arg(60_000)
@@ -454,7 +455,7 @@ async fn ttl_from_origin_follows_cache_control() -> Result<()> {
         }
         let mut c = w.redis.conn().await?;
         let exists: u64 = redis::cmd("EXISTS")
-            .arg(format!("h:cache:o:{{{id}}}:v"))
+            .arg(cache_keys::key("h", "o", id, "v"))
             .query_async(&mut c)
             .await?;
         assert_eq!(exists, 0, "{id} is not stored");

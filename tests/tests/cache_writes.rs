@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
     Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value, scan_all,
@@ -16,11 +17,28 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn value_key(rule: &str, id: &str) -> String {
-    format!("w:cache:{rule}:{{{id}}}:v")
+    cache_keys::key("w", rule, id, "v")
 }
 
-fn journal_key(rule: &str) -> String {
-    format!("w:cache:{rule}:{{%w.{rule}}}:journal")
+/// The journal `id`'s writes go to (the one of its slot group).
+fn journal_of(rule: &str, id: &str) -> String {
+    cache_keys::journal_of("w", rule, id)
+}
+
+/// Every slot group's journal of `rule` (default `slot_groups`).
+fn journals(rule: &str) -> Vec<String> {
+    (0..cache_keys::DEFAULT_GROUPS)
+        .map(|g| cache_keys::group_key("w", rule, g, "journal"))
+        .collect()
+}
+
+/// Undelivered writes of `rule`, over all its slot groups.
+async fn journal_len(w: &World, rule: &str) -> Result<u64> {
+    let mut n = 0;
+    for j in journals(rule) {
+        n += xlen(w, &j).await?;
+    }
+    Ok(n)
 }
 
 async fn put(
@@ -128,7 +146,7 @@ async fn reads_new(p: &Patternd) -> Result<Reply> {
 /// Waits until rule `b`'s journal is empty: every entry delivered, or settled otherwise.
 async fn until_journal_drained(w: &World) -> Result<()> {
     eventually(WAIT, "rule b's journal to be empty", || async {
-        Ok((xlen(w, &journal_key("b")).await? == 0).then_some(()))
+        Ok((journal_len(w, "b").await? == 0).then_some(()))
     })
     .await
 }
@@ -384,7 +402,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
         Ok((r.json["total"] == json!(2)).then_some(r))
     })
     .await?;
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 0, "moved, not copied");
+    assert_eq!(journal_len(&w, "b").await?, 0, "moved, not copied");
     eventually(WAIT, "the dead-letter gauge", || async {
         let m = p.get("/metrics").await?.text;
         let dead = metric_value(&m, "patternd_cache_dead_letters", &[("rule", "b")]);
@@ -442,7 +460,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
 
     // Replay one by id, then the rest, with the origin accepting again.
     origin.fail_writes_with(None);
-    let r = replay(p, json!({ "ids": [after, "1-1"] })).await?;
+    let r = replay(p, json!({ "ids": [after, "0:1-1"] })).await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         (r.json["replayed"].clone(), r.json["not_found"].clone()),
@@ -505,7 +523,8 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
     let mut origin = Origin::start().await?;
     let w = behind_world(
         &origin,
-        "      journal_max_len: 3\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
+        // One slot group: the bound applies per group (journal_max_len / slot_groups).
+        "      journal_max_len: 3\n      slot_groups: 1\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
     )
     .await?;
     let p = &w.patternd;
@@ -517,10 +536,14 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
     r.assert_problem(503);
     assert!(r.detail().contains("journal"), "{r:?}");
     assert!(
-        !exists(&w, &value_key("b", "j4")).await?,
+        !exists(&w, &cache_keys::key_in("w", "b", 1, "j4", "v")).await?,
         "a refused write is not cached"
     );
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 3, "nothing trimmed");
+    assert_eq!(
+        xlen(&w, &cache_keys::group_key("w", "b", 0, "journal")).await?,
+        3,
+        "nothing trimmed"
+    );
 
     origin.restart().await?;
     until_journal_drained(&w).await?;
@@ -564,7 +587,7 @@ async fn values_over_max_value_bytes_are_refused_and_never_stored() -> Result<()
         .await?
         .assert_problem(413);
     assert!(!exists(&w, &value_key("b", "x")).await?);
-    assert!(!exists(&w, &journal_key("b")).await?);
+    assert_eq!(journal_len(&w, "b").await?, 0);
 
     // PATCH too.
     assert_eq!(put(p, "h", "o", br#"{"a":1}"#, &[]).await?.status, 204);
@@ -743,15 +766,21 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
     .await?;
     // Entries the first engine took and has not acknowledged: in flight.
     let mut conn = w.redis.conn().await?;
-    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(journal_key("b"))
-        .arg("patternd")
-        .query_async(&mut conn)
-        .await?;
-    let in_flight = match summary.first() {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("XPENDING summary: {other:?}"),
-    };
+    let mut in_flight = 0;
+    for j in journals("b") {
+        let summary: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
+            .arg(&j)
+            .arg("patternd")
+            .query_async(&mut conn)
+            .await;
+        // A group nobody wrote to has no journal (NOGROUP).
+        if let Ok(summary) = summary {
+            in_flight += match summary.first() {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("XPENDING summary: {other:?}"),
+            };
+        }
+    }
     assert!(in_flight > 0, "nothing in flight");
     w.patternd.kill();
     // Nothing was accepted yet: every delivery in flight died with the engine.
@@ -920,8 +949,18 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
             assert!(pttl > 0, "{name} ({kind}) has no TTL: {pttl}");
         }
     }
-    let want: BTreeSet<String> = [journal_key("b"), "w:cache:b:{%w.b}:dead".to_string()].into();
-    assert_eq!(streams, want);
+    // Only rule b's journals and dead letters, of some slot groups.
+    assert!(!streams.is_empty());
+    for s in &streams {
+        assert!(
+            (0..cache_keys::DEFAULT_GROUPS).any(|g| [
+                cache_keys::group_key("w", "b", g, "journal"),
+                cache_keys::group_key("w", "b", g, "dead")
+            ]
+            .contains(s)),
+            "{s}"
+        );
+    }
     Ok(())
 }
 
@@ -957,7 +996,7 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Resu
         hget(&w, &value_key("b", "k"), "b").await?.as_deref(),
         Some(&b"new"[..])
     );
-    assert!(xlen(&w, &journal_key("b")).await? >= 1, "still journaled");
+    assert!(journal_len(&w, "b").await? >= 1, "still journaled");
 
     // The origin down altogether: still the written value.
     origin.stop().await;
@@ -1195,7 +1234,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
     // `jp` names the replayed journal entry.
     let mut conn = w.redis.conn().await?;
     let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
-        .arg(journal_key("b"))
+        .arg(journal_of("b", "k"))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -1294,7 +1333,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     // Bypass: behind has nothing it could write → 409, nothing stored or journaled.
     let r = put(p, "b", "3", b"x", &[("x-no-cache", "1")]).await?;
     r.assert_problem(409);
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 0);
+    assert_eq!(journal_len(&w, "b").await?, 0);
     // Through: the origin only.
     let r = put(p, "t", "3", b"through", &[("x-no-cache", "1")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
@@ -1302,7 +1341,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     let mut conn = w.redis.conn().await?;
     for k in scan_all(&mut conn).await? {
         assert!(
-            !k.starts_with(b"w:cache:t:{3"),
+            !k.starts_with(cache_keys::key("w", "t", "3", "").as_bytes()),
             "{}",
             String::from_utf8_lossy(&k)
         );

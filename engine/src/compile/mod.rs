@@ -20,7 +20,7 @@
 //! | `ratelimit plugin-decided[ <algorithm>]` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua` |
 //! | `ratelimit release-lease` | `shared/clock.lua` | `ratelimit/release_lease.lua` |
 //! | `cache read` | `cache/common.lua` | `cache/read.lua` |
-//! | `cache fill` | `shared/clock.lua`, `cache/store.lua` | `cache/fill.lua` |
+//! | `cache fill` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/fill.lua` |
 //! | `cache release-lease` | — | `cache/release.lua` |
 //! | `cache delete` | — | `cache/delete.lua` |
 //! | `cache invalidate` | `shared/clock.lua` | `cache/invalidate.lua` |
