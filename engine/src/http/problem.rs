@@ -405,6 +405,11 @@ impl From<SessionError> for ApiError {
             SessionError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
             SessionError::Random(m) => ApiError::Internal(m),
             SessionError::Store(e) => e.into(),
+            e @ SessionError::Busy(_) => ApiError::Conflict {
+                message: e.to_string(),
+                retry_after_ms: Some(1000),
+            },
+            e @ SessionError::MalformedIndex => ApiError::Internal(e.to_string()),
         }
     }
 }
