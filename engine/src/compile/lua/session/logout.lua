@@ -11,6 +11,8 @@ local ue, uc = KEYS[1], KEYS[2]
 local b = tonumber(ARGV[1]) + 1
 local i, n = ARGV[b + 1], tonumber(ARGV[b + 2])
 local lo = '[' .. i .. '|'
+local now = clock()
+prune(ue, uc, now)
 local members, _, same = slice(uc, i, lo, n)
 if not same then
   return { 'stale', 0, members }
@@ -20,8 +22,6 @@ for j = 1, #members do
   destroyed = destroyed + redis.call('DEL', KEYS[2 + j])
   unindex(ue, uc, members[j])
 end
-local now = clock()
-prune(ue, uc, now)
 index_expiry(ue, uc, now)
 local rest = slice(uc, i, lo, n)
 if #rest > 0 then
