@@ -865,89 +865,90 @@ fn script_sha(w: &World, name: &str) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no `{name}` in `patternd compile`: {text}"))
 }
 
-/// List, logout and an evicting create are two calls: the first reads the user's members of
-/// the shard index, the second declares their session keys (Redis Cluster checks only
-/// declared keys) and re-checks the members. A second call whose members changed in between
-/// (here: a create evicted one and added one) acts on nothing and answers the new members.
+/// List and logout are two calls: the first reads the user's members of the shard index and
+/// a cutoff (Redis's clock), the second declares their session keys (Redis Cluster checks
+/// only declared keys) and re-checks that every member up to the cutoff is declared. A
+/// session rotated in between (same creation order, new id) makes it act on nothing and
+/// answer the new members; a session created in between is newer than the cutoff and left
+/// alone, as a login just after the logout would be.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slice_that_changed_between_the_two_calls_is_not_acted_on() -> Result<()> {
     let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let shard = shard_of("zed");
-    let (ue, uc) = (
-        format!("shop:session:two:{{{shard}}}:ue"),
-        format!("shop:session:two:{{{shard}}}:uc"),
-    );
-    let s1 = create(p, "two", "zed", json!({})).await?;
-    let s2 = create(p, "two", "zed", json!({})).await?;
-    let mut conn = w.redis.conn().await?;
-    // What a first call would have read.
-    let read: Vec<String> = conn.zrange(&uc, 0, -1).await?;
-    assert_eq!(read.len(), 2, "{read:?}");
-    assert!(read[0].ends_with(&s1) && read[1].ends_with(&s2), "{read:?}");
-    let u = read[0].split('|').next().unwrap_or_default().to_string();
-    assert_eq!(u, "emVk", "base64url of the user");
+    let prefix = format!("shop:session:web:{{{shard}}}:");
+    let (ue, uc) = (format!("{prefix}ue"), format!("{prefix}uc"));
     let key = |sid: &str| {
         let random = sid.split_once('.').map(|(_, r)| r).unwrap_or_default();
-        format!("shop:session:two:{{{shard}}}:s:{random}")
+        format!("{prefix}s:{random}")
     };
-    // Meanwhile another login evicts s1.
-    let s3 = create(p, "two", "zed", json!({})).await?;
-    let now: Vec<String> = conn.zrange(&uc, 0, -1).await?;
-    assert!(now[0].ends_with(&s2) && now[1].ends_with(&s3), "{now:?}");
+    let s1 = create(p, "web", "zed", json!({})).await?;
+    let s2 = create(p, "web", "zed", json!({})).await?;
+    let sha = script_sha(&w, "session logout")?;
+    let mut conn = w.redis.conn().await?;
+    let logout = |members: Vec<String>, cutoff: String| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&sha).arg(2 + members.len()).arg(&ue).arg(&uc);
+        for m in &members {
+            let sid = m.rsplit('|').next().unwrap_or_default();
+            cmd.arg(key(sid));
+        }
+        cmd.arg(members.len()).arg(&members).arg(cutoff).arg("emVk").arg(5);
+        cmd
+    };
+    // The first call: nothing declared, so it names the members and the cutoff.
+    let (status, n, read, cutoff): (String, u64, Vec<String>, String) =
+        logout(vec![], String::new()).query_async(&mut conn).await?;
+    assert_eq!((status.as_str(), n, read.len()), ("stale", 0, 2), "{read:?}");
+    assert!(read[0].ends_with(&s1) && read[1].ends_with(&s2), "{read:?}");
+    assert!(read[0].starts_with("emVk|"), "base64url of the user: {read:?}");
+    assert_eq!(cutoff.len(), 16, "{cutoff}");
 
-    // Logout with the members read before: stale, nothing destroyed.
-    let (status, n, members): (String, u64, Vec<String>) =
-        redis::cmd("EVALSHA")
-            .arg(script_sha(&w, "session logout")?)
-            .arg(4)
-            .arg(&ue)
-            .arg(&uc)
-            .arg(key(&s1))
-            .arg(key(&s2))
-            .arg(2)
-            .arg(&read[0])
-            .arg(&read[1])
-            .arg(&u)
-            .arg(2)
+    // Meanwhile s1 is rotated: the second call acts on nothing and names the new member.
+    let r = p
+        .post_json(&format!("/v1/sessions/shop/web/{s1}/rotate"), &json!({}))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let s1b = r.json["id"].as_str().unwrap_or_default().to_string();
+    let (status, n, now, same_cutoff): (String, u64, Vec<String>, String) =
+        logout(read.clone(), cutoff.clone())
             .query_async(&mut conn)
             .await?;
-    assert_eq!((status.as_str(), n, &members), ("stale", 0, &now));
-    // An evicting create with the old oldest: stale, nothing evicted, nothing created.
-    let new_sid = format!("{shard}.{}", "A".repeat(32));
-    let (status, n, members): (String, u64, Vec<String>) =
-        redis::cmd("EVALSHA")
-            .arg(script_sha(&w, "session create")?)
-            .arg(4)
-            .arg(key(&new_sid))
-            .arg(&ue)
-            .arg(&uc)
-            .arg(key(&s1))
-            .arg(1)
-            .arg(&read[0])
-            .arg(&new_sid)
-            .arg("zed")
-            .arg(60_000)
-            .arg(60_000)
-            .arg(2)
-            .arg(&u)
-            .query_async(&mut conn)
-            .await?;
-    assert_eq!((status.as_str(), n), ("stale", 0));
-    assert_eq!(members, now[..1].to_vec(), "the oldest to evict now");
-    let exists: bool = conn.exists(key(&new_sid)).await?;
-    assert!(!exists, "a stale create creates nothing");
-    for sid in [&s2, &s3] {
-        assert_eq!(get(p, "two", sid).await?.status, 200, "{sid} untouched");
+    assert_eq!((status.as_str(), n, &same_cutoff), ("stale", 0, &cutoff));
+    assert!(now[0].ends_with(&s1b) && now[1].ends_with(&s2), "{now:?}");
+    for sid in [&s1b, &s2] {
+        assert_eq!(get(p, "web", sid).await?.status, 200, "{sid} untouched");
     }
-    assert_eq!(listed(p, "two", "zed").await?, vec![s2.clone(), s3.clone()]);
 
-    // Through the engine, the same operations complete (re-reading the members).
-    let r = p.delete("/v1/sessions/shop/two/users/zed").await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": 2})), "{r:?}");
-    for sid in [&s1, &s2, &s3] {
-        get(p, "two", sid).await?.assert_problem(404);
+    // A login after the cutoff does not make the slice stale, and survives the logout.
+    let s3 = create(p, "web", "zed", json!({})).await?;
+    let (status, n, _, _): (String, u64, Vec<String>, String) =
+        logout(now, cutoff).query_async(&mut conn).await?;
+    assert_eq!((status.as_str(), n), ("ok", 2));
+    for sid in [&s1, &s1b, &s2] {
+        get(p, "web", sid).await?.assert_problem(404);
     }
+    assert_eq!(listed(p, "web", "zed").await?, vec![s3.clone()]);
+
+    // Through the engine, both calls in one request.
+    let r = p.delete("/v1/sessions/shop/web/users/zed").await?;
+    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": 1})), "{r:?}");
+    get(p, "web", &s3).await?.assert_problem(404);
+    Ok(())
+}
+
+/// An evicting create takes the oldest out of the index in its one call (their keys are not
+/// declared there), and a second call deletes them: nothing evicted is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn evicted_sessions_are_deleted_not_only_unindexed() -> Result<()> {
+    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    for _ in 0..5 {
+        create(p, "two", "eve", json!({})).await?;
+    }
+    // Two sessions and the shard index: the three evicted ones are gone from Redis.
+    let keys = session_keys(&w).await?;
+    assert_eq!(keys.len(), 4, "{keys:?}");
     Ok(())
 }
 

@@ -41,6 +41,7 @@
 //! | `session destroy` | `session/prelude.lua` | `session/destroy.lua` |
 //! | `session list` | `session/prelude.lua` | `session/list.lua` |
 //! | `session logout` | `session/prelude.lua` | `session/logout.lua` |
+//! | `session reap` | `session/prelude.lua` | `session/reap.lua` |
 //! | `lock acquire` | `shared/clock.lua`, `lock/prelude.lua` | `lock/acquire.lua` |
 //! | `lock extend` | `shared/clock.lua`, `lock/prelude.lua` | `lock/extend.lua` |
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |

@@ -34,10 +34,12 @@ const ROTATE: Recipe = recipe("session rotate", LIVE, lua_file!("session/rotate.
 const DESTROY: Recipe = recipe("session destroy", ANY, lua_file!("session/destroy.lua"));
 const LIST: Recipe = recipe("session list", ANY, lua_file!("session/list.lua"));
 const LOGOUT: Recipe = recipe("session logout", ANY, lua_file!("session/logout.lua"));
+const REAP: Recipe = recipe("session reap", ANY, lua_file!("session/reap.lua"));
 
 /// The recipes, for the `compile` module doc.
 #[cfg(test)]
-pub(super) const RECIPES: &[Recipe<'static>] = &[CREATE, GET, PATCH, ROTATE, DESTROY, LIST, LOGOUT];
+pub(super) const RECIPES: &[Recipe<'static>] =
+    &[CREATE, GET, PATCH, ROTATE, DESTROY, LIST, LOGOUT, REAP];
 
 /// The scripts of session rules.
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub struct SessionScripts {
     pub destroy: Arc<Script>,
     pub list: Arc<Script>,
     pub logout: Arc<Script>,
+    pub reap: Arc<Script>,
 }
 
 impl SessionScripts {
@@ -61,6 +64,7 @@ impl SessionScripts {
             self.destroy.clone(),
             self.list.clone(),
             self.logout.clone(),
+            self.reap.clone(),
         ]
     }
 }
@@ -73,6 +77,7 @@ static SCRIPTS: LazyLock<SessionScripts> = LazyLock::new(|| SessionScripts {
     destroy: assemble(&DESTROY),
     list: assemble(&LIST),
     logout: assemble(&LOGOUT),
+    reap: assemble(&REAP),
 });
 
 #[derive(Debug, Clone)]

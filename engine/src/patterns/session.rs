@@ -274,21 +274,50 @@ impl Sessions {
             rest.push(k.as_bytes());
             rest.push(v.as_bytes());
         }
-        // One call unless the user is at the max: then the oldest are named by that call and
-        // evicted by the next, which declares their keys.
-        let done = self
-            .sliced(store, &self.scripts.create, &fixed, &shard, &rest)
-            .await?;
-        let expires_in_ms = num(done.items.first().map_or("", String::as_str));
+        let reply: Vec<String> = self.counted(
+            store
+                .eval(&self.scripts.create, &fixed, &rest)
+                .await,
+        )?;
+        let mut reply = reply.into_iter();
+        let expires_in_ms = num(&reply.next().unwrap_or_default());
+        let evicted: Vec<String> = reply.collect();
+        // The evicted sessions left the index, so they are dead already (a touch destroys a
+        // session its index lost); deleting them now frees their memory. A failure here
+        // leaves them to that, or to their TTL, and does not fail the login.
+        let n = evicted.len() as u64;
+        if !evicted.is_empty()
+            && let Err(e) = self.reap(store, &shard, &evicted).await
+        {
+            tracing::debug!(error = %e, "evicted sessions left to their TTL");
+        }
         self.counters.created.increment(1);
-        self.counters.evicted.increment(done.count);
+        self.counters.evicted.increment(n);
         Ok(Created {
             id,
             expires_in_ms,
-            evicted: done.count,
+            evicted: n,
         })
     }
 
+    /// Deletes sessions a create evicted from the index, at most the user's max per call
+    /// (more only after the max was lowered).
+    async fn reap(&self, store: &Store, shard: &str, members: &[String]) -> Result<(), SessionError> {
+        let chunk = self.max_per_user.parse::<usize>().unwrap_or(1).max(1);
+        for part in members.chunks(chunk) {
+            let mut keys = index_keys(&self.keys, shard).to_vec();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(part.len());
+            for m in part {
+                // A member patternd did not write is left alone.
+                if let Some(k) = member_key(&self.keys, shard, m) {
+                    keys.push(k);
+                    args.push(m.as_bytes());
+                }
+            }
+            let _: u64 = store.eval(&self.scripts.reap, &keys, &args).await?;
+        }
+        Ok(())
+    }
     /// Reads a session and slides its idle expiry. With a plugin, the session is first read
     /// without sliding, the plugin decides, and only an accepted session is slid: a rejected
     /// one is not kept alive by the attempt.
@@ -449,17 +478,17 @@ impl Sessions {
                 last_seen_ms: num(&c[2]),
                 expires_in_ms: num(&c[3]),
             }));
-            // `count` is 1 when more members follow the page's last.
-            match page.declared.last() {
-                Some(last) if page.count == 1 => start = format!("({last}"),
-                _ => return Ok(out),
+            // The next page's start, when more members follow the page's last.
+            if page.extra.is_empty() {
+                return Ok(out);
             }
+            start = page.extra;
         }
     }
 
-    /// Logs the user out everywhere. Returns how many live sessions died. Atomic per call of
-    /// the script: one call destroys every session the index names for the user (two calls
-    /// in all: the first names them), unless the max was lowered below what the user holds.
+    /// Logs the user out everywhere: every session the user had when the request began (its
+    /// first call). Returns how many live sessions died. Atomic: one script call destroys them
+    /// all, unless the max was lowered below what the user holds (then in chunks of the max).
     pub async fn logout(&self, store: &Store, user: &str) -> Result<u64, SessionError> {
         check_user(user)?;
         let shard = shard_of(user);
@@ -473,8 +502,8 @@ impl Sessions {
         Ok(done.count)
     }
 
-    /// Runs a script that acts on a user's sessions (create, list, logout) until it answers
-    /// `ok`, declaring each time the session keys of the members its previous call named.
+    /// Runs a script that acts on a user's sessions (list, logout) until it answers `ok`,
+    /// declaring each time the session keys of the members its previous call named.
     async fn sliced(
         &self,
         store: &Store,
@@ -483,7 +512,7 @@ impl Sessions {
         shard: &str,
         rest: &[&[u8]],
     ) -> Result<Sliced, SessionError> {
-        drive(|members: Vec<String>| async move {
+        drive(|members: Vec<String>, cutoff: String| async move {
             let mut keys = fixed.to_vec();
             for m in &members {
                 keys.push(member_key(&self.keys, shard, m).ok_or_else(|| {
@@ -492,22 +521,22 @@ impl Sessions {
                 })?);
             }
             let n = members.len().to_string();
-            let mut args: Vec<&[u8]> = Vec::with_capacity(1 + members.len() + rest.len());
+            let mut args: Vec<&[u8]> = Vec::with_capacity(2 + members.len() + rest.len());
             args.push(n.as_bytes());
             args.extend(members.iter().map(String::as_bytes));
+            args.push(cutoff.as_bytes());
             args.extend_from_slice(rest);
-            let (status, count, items): (String, u64, Vec<String>) =
+            let (status, count, items, extra): (String, u64, Vec<String>, String) =
                 self.counted(store.eval(script, &keys, &args).await)?;
-            let step = match status.as_str() {
-                "ok" => Step::Ok(count, items),
-                "more" => Step::More(count, items),
-                "stale" => Step::Stale(items),
+            match status.as_str() {
+                "ok" => Ok(Step::Ok(count, items, extra)),
+                "more" => Ok(Step::More(count, items, extra)),
+                "stale" => Ok(Step::Stale(items, extra)),
                 _ => {
                     self.counters.failed.increment(1);
-                    return Err(SessionError::MalformedIndex);
+                    Err(SessionError::MalformedIndex)
                 }
-            };
-            Ok((step, members))
+            }
         })
         .await
         .inspect_err(|e| {
@@ -518,20 +547,22 @@ impl Sessions {
     }
 }
 
-/// Replies to a call naming the user's members a sliced script changed since the previous
-/// call, before the engine gives up with [`SessionError::Busy`]: each retry is one more round
-/// trip, and only a user whose sessions change faster than that keeps failing.
+/// Stale answers to calls that declared the user's members, before the engine gives up with
+/// [`SessionError::Busy`]. Only a session rotated between two calls makes an answer stale
+/// (sessions created meanwhile are newer than the cutoff and left alone), so this takes a
+/// client rotating a session of the user in a loop.
 const MAX_STALE: u32 = 3;
 
-/// What a call of a sliced script (create, list, logout) answered.
+/// What a call of a sliced script (list, logout) answered.
 #[derive(Debug)]
 enum Step {
-    /// Done: the count (evicted, more pages, destroyed) and the script's items.
-    Ok(u64, Vec<String>),
-    /// The declared members were acted on (count of them) and these come next.
-    More(u64, Vec<String>),
-    /// The declared members are not the user's slice any more: nothing was done; these are.
-    Stale(Vec<String>),
+    /// Done: the count (destroyed), the script's items and its extra (list: the next
+    /// page's start, or empty).
+    Ok(u64, Vec<String>, String),
+    /// The declared members were acted on (count of them) and these come next; the cutoff.
+    More(u64, Vec<String>, String),
+    /// Nothing was done: these members up to the cutoff must be declared.
+    Stale(Vec<String>, String),
 }
 
 /// A sliced script's final answer.
@@ -540,45 +571,44 @@ struct Sliced {
     /// The sum of the counts of every call.
     count: u64,
     items: Vec<String>,
-    /// The members the last call declared.
-    declared: Vec<String>,
+    extra: String,
 }
 
-/// The loop of a sliced script: `call(members)` calls it with those members' session keys
-/// declared, and answers its step and the members it declared. The first call declares none:
-/// a user with nothing to act on is done in one call. A `stale` answer to a call that
-/// declared members counts as a retry, `MAX_STALE` at most; `more` always acted on at least
-/// one member, so the loop ends.
+/// The loop of a sliced script: `call(members, cutoff)` calls it with those members' session
+/// keys declared. The first call declares none and no cutoff: a user with no sessions is done
+/// in one call, any other is answered `stale` with the members and the cutoff (Redis's clock
+/// then). A `stale` answer to a later call counts as a retry, `MAX_STALE` at most; `more`
+/// always acted on at least one member, so the loop ends.
 async fn drive<F, Fut>(mut call: F) -> Result<Sliced, SessionError>
 where
-    F: FnMut(Vec<String>) -> Fut,
-    Fut: Future<Output = Result<(Step, Vec<String>), SessionError>>,
+    F: FnMut(Vec<String>, String) -> Fut,
+    Fut: Future<Output = Result<Step, SessionError>>,
 {
-    let mut members = Vec::new();
+    let (mut members, mut cutoff) = (Vec::new(), String::new());
     let mut count = 0;
     let mut stale = 0;
     loop {
-        let (step, declared) = call(members).await?;
-        match step {
-            Step::Ok(n, items) => {
+        let first = cutoff.is_empty();
+        match call(members, cutoff).await? {
+            Step::Ok(n, items, extra) => {
                 return Ok(Sliced {
                     count: count + n,
                     items,
-                    declared,
+                    extra,
                 });
             }
-            Step::More(n, next) => {
+            Step::More(n, next, c) => {
                 count += n;
-                members = next;
+                (members, cutoff) = (next, c);
             }
-            Step::Stale(actual) => {
-                if !declared.is_empty() {
+            Step::Stale(actual, c) => {
+                if !first {
                     stale += 1;
                     if stale > MAX_STALE {
                         return Err(SessionError::Busy(stale));
                     }
                 }
-                members = actual;
+                (members, cutoff) = (actual, c);
             }
         }
     }
@@ -715,12 +745,10 @@ mod tests {
             one_slot("get/patch/destroy", &sid_keys(&ks, &sids[0]));
             one_slot("rotate", &rotate_keys(&ks, &sids[0], &sids[1]));
             let [ue, uc] = index_keys(&ks, &shard);
-            let mut create = vec![session_key(&ks, &sids[2]), ue.clone(), uc.clone()];
-            create.extend(declared.iter().cloned());
-            one_slot("create", &create);
+            one_slot("create", &[session_key(&ks, &sids[2]), ue.clone(), uc.clone()]);
             let mut list = vec![ue, uc];
             list.extend(declared);
-            one_slot("list/logout", &list);
+            one_slot("list/logout/reap", &list);
         }
     }
 
@@ -765,18 +793,16 @@ mod tests {
         }
     }
 
-    type Calls = std::sync::Mutex<Vec<Vec<String>>>;
+    type Calls = std::sync::Mutex<Vec<(Vec<String>, String)>>;
 
     /// Runs `drive` against scripted answers, recording what each call declared.
-    async fn drive_with(answers: Vec<Step>) -> (Result<Sliced, SessionError>, Vec<Vec<String>>) {
+    async fn drive_with(answers: Vec<Step>) -> (Result<Sliced, SessionError>, Vec<(Vec<String>, String)>) {
         let answers = std::sync::Mutex::new(answers.into_iter());
         let calls = Calls::default();
-        let r = drive(|members: Vec<String>| {
-            calls.lock().expect("lock").push(members.clone());
+        let r = drive(|members: Vec<String>, cutoff: String| {
+            calls.lock().expect("lock").push((members, cutoff));
             let next = answers.lock().expect("lock").next();
-            async move {
-                Ok((next.ok_or(SessionError::MalformedIndex)?, members))
-            }
+            async move { next.ok_or(SessionError::MalformedIndex) }
         })
         .await;
         (r, calls.into_inner().expect("lock"))
@@ -786,51 +812,46 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
-    /// The two phases: the first call declares nothing and is told the members; the second
-    /// declares them. A slice that changed in between is retried with the new members, at
-    /// most `MAX_STALE` times, then the request fails with `Busy`; `more` steps add up.
+    fn c(members: &[&str], cutoff: &str) -> (Vec<String>, String) {
+        (v(members), cutoff.to_string())
+    }
+
+    /// The two phases: the first call declares nothing and is told the members and the
+    /// cutoff; the second declares them. A slice that changed in between (a session rotated)
+    /// is retried with the new members and the same cutoff, at most `MAX_STALE` times, then
+    /// the request fails with `Busy`; `more` steps add up.
     #[tokio::test]
     async fn the_slice_is_declared_rechecked_and_retried_a_bounded_number_of_times() {
         // No sessions: one call.
-        let (r, calls) = drive_with(vec![Step::Ok(0, v(&[]))]).await;
+        let (r, calls) = drive_with(vec![Step::Ok(0, v(&[]), String::new())]).await;
         assert_eq!(r.expect("done").count, 0);
-        assert_eq!(calls, vec![v(&[])]);
-        // Two phases, then a slice that changed between them (c created, a evicted).
+        assert_eq!(calls, vec![c(&[], "")]);
+        // Two phases, then a slice that changed between them (b rotated to b2).
         let (r, calls) = drive_with(vec![
-            Step::Stale(v(&["a", "b"])),
-            Step::Stale(v(&["b", "c"])),
-            Step::Ok(2, v(&["x"])),
+            Step::Stale(v(&["a", "b"]), "T".into()),
+            Step::Stale(v(&["a", "b2"]), "T".into()),
+            Step::Ok(2, v(&["x"]), "next".into()),
         ])
         .await;
         let done = r.expect("done");
-        assert_eq!((done.count, done.items, done.declared.clone()), (2, v(&["x"]), v(&["b", "c"])));
-        assert_eq!(calls, vec![v(&[]), v(&["a", "b"]), v(&["b", "c"])]);
+        assert_eq!((done.count, done.items, done.extra), (2, v(&["x"]), "next".to_string()));
+        assert_eq!(calls, vec![c(&[], ""), c(&["a", "b"], "T"), c(&["a", "b2"], "T")]);
         // `more`: the counts add up, the next members are declared.
         let (r, calls) = drive_with(vec![
-            Step::Stale(v(&["a"])),
-            Step::More(1, v(&["b"])),
-            Step::Ok(1, v(&[])),
+            Step::Stale(v(&["a"]), "T".into()),
+            Step::More(1, v(&["b"]), "T".into()),
+            Step::Ok(1, v(&[]), String::new()),
         ])
         .await;
         assert_eq!(r.expect("done").count, 2);
-        assert_eq!(calls, vec![v(&[]), v(&["a"]), v(&["b"])]);
+        assert_eq!(calls, vec![c(&[], ""), c(&["a"], "T"), c(&["b"], "T")]);
         // A slice that changes under every call: MAX_STALE retries, then Busy.
-        let mut answers = vec![Step::Stale(v(&["a"]))];
-        for n in 0..10 {
-            answers.push(Step::Stale(v(&[&format!("m{n}")])));
-        }
+        let answers = (0..10)
+            .map(|n| Step::Stale(v(&[&format!("m{n}")]), "T".into()))
+            .collect();
         let (r, calls) = drive_with(answers).await;
         assert!(matches!(r, Err(SessionError::Busy(n)) if n == MAX_STALE + 1), "{r:?}");
         assert_eq!(calls.len(), 2 + MAX_STALE as usize);
-        // A stale answer to a call that declared nothing (the first of a phase) is no retry.
-        let mut answers = Vec::new();
-        for _ in 0..(MAX_STALE + 2) {
-            answers.push(Step::Stale(v(&["a"])));
-            answers.push(Step::Stale(v(&[])));
-        }
-        answers.push(Step::Ok(0, v(&[])));
-        let (r, _) = drive_with(answers).await;
-        assert!(matches!(r, Err(SessionError::Busy(_))), "{r:?}");
     }
 
     #[test]

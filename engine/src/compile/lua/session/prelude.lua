@@ -10,9 +10,9 @@
 -- `[<i>|` … `(<i>}` is one user's sessions, oldest first. base64url has no `|` (nor any
 -- byte ≥ `|`), so one user's range never holds another's member.
 -- Every key a script touches is in KEYS: the session, `ue`, `uc` (computable from the session
--- id, whose shard is the user's), and for the scripts that act on a user's sessions (create
--- when it evicts, list, logout) the session keys of the members the engine read in an
--- earlier call; the script checks those are still the user's slice (`slice` below).
+-- id, whose shard is the user's), and for the scripts that act on a user's sessions (list,
+-- logout, the reap after an evicting create) the session keys of the members the engine read
+-- in an earlier call; list and logout check those are still the user's (`slice` below).
 local function int(n)
   return string.format('%d', n)
 end
@@ -64,23 +64,41 @@ local function index_expiry(ue, uc, now)
   redis.call('PEXPIRE', uc, int(ttl))
 end
 
--- The slice of user `i`'s members this call may act on: at most `n` from lex bound `start`,
--- and whether more follow. `same` is true when they are exactly the members the engine
--- declared: ARGV[1] is their count, ARGV[2..] the members, and their session keys are KEYS
--- from `first` on, in the same order. When it is false the script must touch no session key
--- and answer {'stale', 0, got}: the engine declares those and calls again.
-local function slice(uc, i, start, n)
+-- The scripts that act on a user's sessions (list, logout) take the members the engine read
+-- in an earlier call, with their session keys declared: ARGV[1] is their count n,
+-- ARGV[2..n+1] the members, ARGV[n+2] the cutoff: the creation order (16 digits) up to which
+-- the user's members must all be declared, '' on a first call. Members created after the
+-- cutoff sort last in the user's range (their order is later) and are left alone: they are
+-- newer than the read, like a login after the request. The script checks that every member
+-- up to the cutoff is declared (a rotation keeps the order under a new id), and answers
+-- {'stale', 0, members, cutoff} when one is not, or on a first call: the engine declares
+-- those and calls again.
+local function order_in(m, i)
+  return string.sub(m, #i + 2, #i + 17)
+end
+
+-- The first `n` of user `i`'s members from lex bound `start`, up to the cutoff; the cutoff
+-- (now's order on a first call); whether more members up to it follow; and whether every
+-- member returned is declared (on a first call: whether there is none).
+local function slice(uc, i, start, n, now_us)
+  local nd = tonumber(ARGV[1])
+  local cutoff = ARGV[nd + 2]
   local got = redis.call('ZRANGEBYLEX', uc, start, '(' .. i .. '}', 'LIMIT', 0, n + 1)
-  local more = #got > n
-  if more then
-    got[#got] = nil
+  local first = cutoff == ''
+  if first then
+    cutoff = string.format('%016.0f', now_us)
   end
-  local same = #got == tonumber(ARGV[1])
-  for j = 1, #got do
-    if not same then
-      break
+  local declared = {}
+  for j = 2, nd + 1 do
+    declared[ARGV[j]] = true
+  end
+  local old, same = {}, true
+  for j = 1, math.min(#got, n) do
+    if order_in(got[j], i) <= cutoff then
+      old[#old + 1] = got[j]
+      same = same and declared[got[j]] == true
     end
-    same = got[j] == ARGV[j + 1]
   end
-  return got, more, same
+  local more = #got > n and order_in(got[n + 1], i) <= cutoff
+  return old, cutoff, more, same
 end
