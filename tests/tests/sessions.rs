@@ -893,15 +893,26 @@ async fn a_slice_that_changed_between_the_two_calls_is_not_acted_on() -> Result<
             let sid = m.rsplit('|').next().unwrap_or_default();
             cmd.arg(key(sid));
         }
-        cmd.arg(members.len()).arg(&members).arg(cutoff).arg("emVk").arg(5);
+        cmd.arg(members.len())
+            .arg(&members)
+            .arg(cutoff)
+            .arg("emVk")
+            .arg(5);
         cmd
     };
     // The first call: nothing declared, so it names the members and the cutoff.
     let (status, n, read, cutoff): (String, u64, Vec<String>, String) =
         logout(vec![], String::new()).query_async(&mut conn).await?;
-    assert_eq!((status.as_str(), n, read.len()), ("stale", 0, 2), "{read:?}");
+    assert_eq!(
+        (status.as_str(), n, read.len()),
+        ("stale", 0, 2),
+        "{read:?}"
+    );
     assert!(read[0].ends_with(&s1) && read[1].ends_with(&s2), "{read:?}");
-    assert!(read[0].starts_with("emVk|"), "base64url of the user: {read:?}");
+    assert!(
+        read[0].starts_with("emVk|"),
+        "base64url of the user: {read:?}"
+    );
     assert_eq!(cutoff.len(), 16, "{cutoff}");
 
     // Meanwhile s1 is rotated: the second call acts on nothing and names the new member.
@@ -932,7 +943,11 @@ async fn a_slice_that_changed_between_the_two_calls_is_not_acted_on() -> Result<
 
     // Through the engine, both calls in one request.
     let r = p.delete("/v1/sessions/shop/web/users/zed").await?;
-    assert_eq!((r.status, &r.json), (200, &json!({"destroyed": 1})), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": 1})),
+        "{r:?}"
+    );
     get(p, "web", &s3).await?.assert_problem(404);
     Ok(())
 }
@@ -952,8 +967,9 @@ async fn evicted_sessions_are_deleted_not_only_unindexed() -> Result<()> {
     Ok(())
 }
 
-/// Logouts racing logins of one user: every logout either completes or answers 409 after
-/// its bounded retries, and afterwards the index names exactly the live sessions.
+/// Logouts racing logins of one user: every logout completes (logins during a logout are newer
+/// than its cutoff, and an eviction only removes members: neither makes its slice stale), and
+/// afterwards the index names exactly the live sessions.
 #[tokio::test(flavor = "multi_thread")]
 async fn logouts_racing_logins_stay_consistent() -> Result<()> {
     let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
@@ -976,7 +992,7 @@ async fn logouts_racing_logins_stay_consistent() -> Result<()> {
     let mut ids = Vec::new();
     for (logout, r) in &replies {
         if *logout {
-            assert!(r.status == 200 || r.status == 409, "{r:?}");
+            assert_eq!(r.status, 200, "{r:?}");
         } else {
             assert_eq!(r.status, 201, "{r:?}");
             ids.push(r.json["id"].as_str().unwrap_or_default().to_string());
@@ -1005,7 +1021,14 @@ async fn users_sharing_a_shard_index_stay_apart_whatever_their_ids_hold() -> Res
     let base = "abc";
     let shard = shard_of(base);
     let mut users = vec![base.to_string()];
-    for pattern in ["abc|", "abc}", "abc{", "abc", "|abc", "abc|0001700000000000|"] {
+    for pattern in [
+        "abc|",
+        "abc}",
+        "abc{",
+        "abc",
+        "|abc",
+        "abc|0001700000000000|",
+    ] {
         let found = (0..1_000_000)
             .map(|n| format!("{pattern}{n}"))
             .find(|u| shard_of(u) == shard && !users.contains(u));
@@ -1064,7 +1087,10 @@ async fn a_session_its_index_lost_is_gone_and_an_older_one_joins_it() -> Result<
         .del(&[format!("{prefix}ue"), format!("{prefix}uc")])
         .await?;
     get(p, "web", &sid).await?.assert_problem(404);
-    assert!(session_keys(&w).await?.is_empty(), "the session was dropped");
+    assert!(
+        session_keys(&w).await?.is_empty(),
+        "the session was dropped"
+    );
 
     // A session as written before `o` and the shard index.
     let random = "B".repeat(32);
@@ -1087,7 +1113,11 @@ async fn a_session_its_index_lost_is_gone_and_an_older_one_joins_it() -> Result<
     let _: () = conn.pexpire(&key, 600_000).await?;
     assert!(listed(p, "web", "bob").await?.is_empty(), "not indexed yet");
     let r = get(p, "web", &old).await?;
-    assert_eq!((r.status, &r.json["data"]), (200, &json!({ "k": 2 })), "{r:?}");
+    assert_eq!(
+        (r.status, &r.json["data"]),
+        (200, &json!({ "k": 2 })),
+        "{r:?}"
+    );
     assert_eq!(listed(p, "web", "bob").await?, vec![old.clone()]);
     // Indexed now, it is served, rotated and logged out like any other.
     assert_eq!(get(p, "web", &old).await?.status, 200);

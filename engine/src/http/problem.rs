@@ -21,7 +21,7 @@
 //! | `not-found` | 404 | no such thing: a session, a cached value (or one to patch) |
 //! | `method-not-allowed` | 405 | the route has no such method |
 //! | `body-timeout` | 408 | the body did not arrive within `--body-read-timeout` |
-//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it; a user's sessions that kept changing during a list, logout or evicting create |
+//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it; a user's sessions rotated again and again during a list or logout |
 //! | `not-hash` | 409 | a PATCH on a `format: string` cache rule |
 //! | `cache-bypassed` | 409 | the cache plugin bypassed a write that only the cache could take |
 //! | `not-write-behind` | 409 | dead letters of a cache rule that is not `write: behind` |

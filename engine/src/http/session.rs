@@ -58,8 +58,7 @@ impl Example for PatchBody {
     responses(
         (status = 201, body = SessionCreated, headers(("Location" = String, description = "The new session's URL"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The user's sessions kept changing during the request (retried 3 times); retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json")))]
 async fn create(
     State(state): State<AppState>,
     sessions: Rule<Sessions>,
@@ -203,7 +202,7 @@ async fn rotate(
 #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions", operation_id = "session_list_user",
     params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
     responses((status = 200, body = SessionList),
-        (status = 409, description = "The user's sessions kept changing during the request (retried 3 times); retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "A session of the user was rotated during the request, again after each of 3 retries; retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(state): State<AppState>,
     sessions: Rule<Sessions>,
@@ -225,7 +224,7 @@ async fn list(
     description = "Logs the user out everywhere: every session of the user dies in one atomic script call.",
     params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
     responses((status = 200, body = SessionsLoggedOut),
-        (status = 409, description = "The user's sessions kept changing during the request (retried 3 times); retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "A session of the user was rotated during the request, again after each of 3 retries; retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 async fn logout(
     State(state): State<AppState>,
     sessions: Rule<Sessions>,

@@ -5,9 +5,10 @@
 //! session key and of the shard's index (`ue`, `uc`), so a session, its rotated successor and
 //! its user's index entries always share one hash slot. Every key a script touches is declared
 //! (Redis Cluster checks only declared keys while a slot migrates): get, patch, rotate and
-//! destroy know all theirs from the id (one call). Create at the max, list and logout need the
-//! user's session keys, which only the index names: a first call answers the user's members,
-//! the next declares their keys and re-checks them (`drive`). The user id goes into index
+//! destroy know all theirs from the id (one call), and so does create. List and logout need
+//! the user's session keys, which only the index names: a first call answers the user's
+//! members, the next declares their keys and re-checks them (`drive`). Sessions a create
+//! evicts leave the index in its call and are deleted by a second (`reap`). The user id goes into index
 //! members base64url-encoded, so it can neither reach another user's range nor hold the `|`
 //! separator.
 
@@ -54,8 +55,8 @@ pub enum SessionError {
     Random(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The user's sessions changed between every pair of calls of a list, logout or
-    /// evicting create (the second call re-checks what the first read).
+    /// The user's sessions changed (a rotation) between every pair of calls of a list or a
+    /// logout (the second call re-checks what the first read).
     #[error("the user's sessions changed during the request {0} times; retry")]
     Busy(u32),
     /// The shard's index holds a member patternd does not write, or a script answered what
@@ -274,11 +275,8 @@ impl Sessions {
             rest.push(k.as_bytes());
             rest.push(v.as_bytes());
         }
-        let reply: Vec<String> = self.counted(
-            store
-                .eval(&self.scripts.create, &fixed, &rest)
-                .await,
-        )?;
+        let reply: Vec<String> =
+            self.counted(store.eval(&self.scripts.create, &fixed, &rest).await)?;
         let mut reply = reply.into_iter();
         let expires_in_ms = num(&reply.next().unwrap_or_default());
         let evicted: Vec<String> = reply.collect();
@@ -302,7 +300,12 @@ impl Sessions {
 
     /// Deletes sessions a create evicted from the index, at most the user's max per call
     /// (more only after the max was lowered).
-    async fn reap(&self, store: &Store, shard: &str, members: &[String]) -> Result<(), SessionError> {
+    async fn reap(
+        &self,
+        store: &Store,
+        shard: &str,
+        members: &[String],
+    ) -> Result<(), SessionError> {
         let chunk = self.max_per_user.parse::<usize>().unwrap_or(1).max(1);
         for part in members.chunks(chunk) {
             let mut keys = index_keys(&self.keys, shard).to_vec();
@@ -464,11 +467,7 @@ impl Sessions {
         let mut start = format!("[{u}|");
         let mut out = Vec::new();
         loop {
-            let rest: [&[u8]; 3] = [
-                u.as_bytes(),
-                self.max_per_user.as_bytes(),
-                start.as_bytes(),
-            ];
+            let rest: [&[u8]; 3] = [u.as_bytes(), self.max_per_user.as_bytes(), start.as_bytes()];
             let page = self
                 .sliced(store, &self.scripts.list, &fixed, &shard, &rest)
                 .await?;
@@ -724,19 +723,25 @@ mod tests {
                 _ => format!("ü%7B{n}"),
             };
             let shard = shard_of(&user);
-            let randoms: Vec<String> = (0..4)
-                .map(|_| random_part().expect("random"))
-                .collect();
+            let randoms: Vec<String> = (0..4).map(|_| random_part().expect("random")).collect();
             let sids: Vec<Sid<'_>> = randoms
                 .iter()
-                .map(|r| Sid { shard: &shard, random: r })
+                .map(|r| Sid {
+                    shard: &shard,
+                    random: r,
+                })
                 .collect();
             let u = B64.encode(&user);
             // The members the index would name for these sessions.
             let members: Vec<String> = randoms
                 .iter()
                 .enumerate()
-                .map(|(j, r)| format!("{u}|{:016}|{shard}.{r}", 1_700_000_000_000_000u64 + j as u64))
+                .map(|(j, r)| {
+                    format!(
+                        "{u}|{:016}|{shard}.{r}",
+                        1_700_000_000_000_000u64 + j as u64
+                    )
+                })
                 .collect();
             let declared: Vec<String> = members
                 .iter()
@@ -745,7 +750,10 @@ mod tests {
             one_slot("get/patch/destroy", &sid_keys(&ks, &sids[0]));
             one_slot("rotate", &rotate_keys(&ks, &sids[0], &sids[1]));
             let [ue, uc] = index_keys(&ks, &shard);
-            one_slot("create", &[session_key(&ks, &sids[2]), ue.clone(), uc.clone()]);
+            one_slot(
+                "create",
+                &[session_key(&ks, &sids[2]), ue.clone(), uc.clone()],
+            );
             let mut list = vec![ue, uc];
             list.extend(declared);
             one_slot("list/logout/reap", &list);
@@ -764,7 +772,13 @@ mod tests {
             Some(ks.key("abcd", &format!("s:{r}")))
         );
         assert_eq!(member_key(&ks, "abce", &good), None);
-        for bad in ["", "abcd", "x|y", &format!("u|o|abcd.{r}x"), &format!("abcd.{r}")] {
+        for bad in [
+            "",
+            "abcd",
+            "x|y",
+            &format!("u|o|abcd.{r}x"),
+            &format!("abcd.{r}"),
+        ] {
             assert_eq!(member_key(&ks, "abcd", bad), None, "{bad:?}");
         }
     }
@@ -775,19 +789,40 @@ mod tests {
     #[test]
     fn one_users_range_never_holds_anothers_members() {
         let users = [
-            "a", "a|", "a|b", "ab", "a}", "a{", "|", "}", "~", "a~", "abc", "abcd", "abc|d",
-            "YQ", "YQ|", "ÿ", "a\u{7f}", "", "a b", "aa", "a|0001700000000000|x",
+            "a",
+            "a|",
+            "a|b",
+            "ab",
+            "a}",
+            "a{",
+            "|",
+            "}",
+            "~",
+            "a~",
+            "abc",
+            "abcd",
+            "abc|d",
+            "YQ",
+            "YQ|",
+            "ÿ",
+            "a\u{7f}",
+            "",
+            "a b",
+            "aa",
+            "a|0001700000000000|x",
         ];
-        let member = |u: &str, order: u64| {
-            format!("{}|{order:016}|abcd.xyz", B64.encode(u))
-        };
+        let member = |u: &str, order: u64| format!("{}|{order:016}|abcd.xyz", B64.encode(u));
         for u in users {
             let lo = format!("{}|", B64.encode(u));
             let hi = format!("{}}}", B64.encode(u));
             let within = |m: &str| m.as_bytes() >= lo.as_bytes() && m.as_bytes() < hi.as_bytes();
             for v in users {
                 for order in [0, 1_700_000_000_000_000, 9_999_999_999_999_999] {
-                    assert_eq!(within(&member(v, order)), u == v, "range of {u:?}, member of {v:?}");
+                    assert_eq!(
+                        within(&member(v, order)),
+                        u == v,
+                        "range of {u:?}, member of {v:?}"
+                    );
                 }
             }
         }
@@ -796,7 +831,9 @@ mod tests {
     type Calls = std::sync::Mutex<Vec<(Vec<String>, String)>>;
 
     /// Runs `drive` against scripted answers, recording what each call declared.
-    async fn drive_with(answers: Vec<Step>) -> (Result<Sliced, SessionError>, Vec<(Vec<String>, String)>) {
+    async fn drive_with(
+        answers: Vec<Step>,
+    ) -> (Result<Sliced, SessionError>, Vec<(Vec<String>, String)>) {
         let answers = std::sync::Mutex::new(answers.into_iter());
         let calls = Calls::default();
         let r = drive(|members: Vec<String>, cutoff: String| {
@@ -834,8 +871,14 @@ mod tests {
         ])
         .await;
         let done = r.expect("done");
-        assert_eq!((done.count, done.items, done.extra), (2, v(&["x"]), "next".to_string()));
-        assert_eq!(calls, vec![c(&[], ""), c(&["a", "b"], "T"), c(&["a", "b2"], "T")]);
+        assert_eq!(
+            (done.count, done.items, done.extra),
+            (2, v(&["x"]), "next".to_string())
+        );
+        assert_eq!(
+            calls,
+            vec![c(&[], ""), c(&["a", "b"], "T"), c(&["a", "b2"], "T")]
+        );
         // `more`: the counts add up, the next members are declared.
         let (r, calls) = drive_with(vec![
             Step::Stale(v(&["a"]), "T".into()),
@@ -850,7 +893,10 @@ mod tests {
             .map(|n| Step::Stale(v(&[&format!("m{n}")]), "T".into()))
             .collect();
         let (r, calls) = drive_with(answers).await;
-        assert!(matches!(r, Err(SessionError::Busy(n)) if n == MAX_STALE + 1), "{r:?}");
+        assert!(
+            matches!(r, Err(SessionError::Busy(n)) if n == MAX_STALE + 1),
+            "{r:?}"
+        );
         assert_eq!(calls.len(), 2 + MAX_STALE as usize);
     }
 
