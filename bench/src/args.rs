@@ -17,7 +17,8 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | all
+  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | cluster
+                          | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -42,7 +43,10 @@ Scenarios:
                          script called in process through patternd's library (no HTTP)
   lock                   POST /v1/locks/bench/order/{id} then DELETE with the token, against the
                          same two scripts called in process through patternd's library
-With the defaults, `all` takes about 1.5 minutes after the build.
+  cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit
+                         decisions and cache hits against the standalone engine, in alternating
+                         rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
+With the defaults, `all` takes about 2 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
 
@@ -60,10 +64,12 @@ pub enum Scenario {
     Session,
     /// Lock acquire + release over HTTP against the same scripts called in process.
     Lock,
+    /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
+    Cluster,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -71,6 +77,7 @@ impl Scenario {
         Scenario::CacheNear,
         Scenario::Session,
         Scenario::Lock,
+        Scenario::Cluster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +89,7 @@ impl Scenario {
             Scenario::CacheNear => "cache_near",
             Scenario::Session => "session",
             Scenario::Lock => "lock",
+            Scenario::Cluster => "cluster",
         }
     }
 
@@ -95,7 +103,8 @@ impl Scenario {
             | Scenario::Cache
             | Scenario::CacheNear
             | Scenario::Session
-            | Scenario::Lock => None,
+            | Scenario::Lock
+            | Scenario::Cluster => None,
         }
     }
 }
@@ -178,6 +187,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "cache_near" => vec![Scenario::CacheNear],
                     "session" => vec![Scenario::Session],
                     "lock" => vec![Scenario::Lock],
+                    "cluster" => vec![Scenario::Cluster],
                     _ => bail!(
                         "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock or all",
                         ctx()

@@ -15,6 +15,7 @@
 
 mod args;
 mod baseline;
+mod cluster;
 mod hist;
 mod load;
 mod measure;
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
     match result {
         Ok(report) => {
             report.print(&args);
+            report.print_cluster();
             if report.failed() {
                 eprintln!(
                     "error: more than {:.0}% of requests failed; the figures above are not valid",
@@ -117,6 +119,8 @@ struct Report {
     redis_port: u16,
     results: Vec<ScenarioResult>,
     plugins: Option<PluginResults>,
+    /// The cluster scenario's comparisons (`cluster.rs`).
+    cluster: Vec<cluster::Pair>,
 }
 
 struct ScenarioResult {
@@ -182,6 +186,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     // The cache scenario's origin runs in this process; patternd's policy names its port.
     let origin = if args.scenarios.contains(&Scenario::Cache)
         || args.scenarios.contains(&Scenario::CacheNear)
+        || args.scenarios.contains(&Scenario::Cluster)
     {
         Some(patterns::start_origin().await?)
     } else {
@@ -226,9 +231,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let pids = measure::Pids {
         patternd: patternd.guard.pid().to_string(),
         redis: redis.guard.pid().to_string(),
+        redis_more: Vec::new(),
         ticks,
     };
     let mut results = Vec::new();
+    let mut cluster_pairs = Vec::new();
     for &scenario in &args.scenarios {
         let pattern = match scenario {
             Scenario::Cache | Scenario::CacheNear => {
@@ -242,6 +249,28 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 } else {
                     run_lock(args, &pids, patternd.addr, in_process).await?
                 })
+            }
+            Scenario::Cluster => {
+                if !args.scenarios.contains(&Scenario::Cache) {
+                    // The cluster's cache comparison reads the standalone engine's filled ids.
+                    tokio::time::timeout(
+                        patterns::SETUP_TIMEOUT,
+                        patterns::fill_cache(patternd.addr, "item"),
+                    )
+                    .await
+                    .context("filling the cache took too long")??;
+                }
+                cluster_pairs = cluster::run(
+                    args,
+                    bin,
+                    dir.path(),
+                    &extra_rules,
+                    (&patternd, &pids),
+                    true,
+                )
+                .await?;
+                patternd.guard.check_alive()?;
+                continue;
             }
             _ => None,
         };
@@ -332,6 +361,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         redis_port: redis.port,
         results,
         plugins,
+        cluster: cluster_pairs,
     })
 }
 
@@ -608,6 +638,19 @@ fn mark(ok: bool) -> &'static str {
 }
 
 impl Report {
+    fn print_cluster(&self) {
+        if self.cluster.is_empty() {
+            return;
+        }
+        println!();
+        println!(
+            "Redis Cluster (3 primaries, one redis-server each) against standalone, same policy, same load, alternating rounds:"
+        );
+        for p in &self.cluster {
+            p.print();
+        }
+    }
+
     fn failed(&self) -> bool {
         let plugin_runs = self.plugins.iter().flat_map(|p| &p.variants);
         self.results
@@ -615,6 +658,7 @@ impl Report {
             .map(|r| &r.m)
             .chain(plugin_runs.map(|v| &v.http))
             .any(|m| m.error_share() > MAX_ERROR_SHARE)
+            || self.cluster.iter().any(|p| p.errors() > MAX_ERROR_SHARE)
     }
 
     fn print(&self, args: &Args) {

@@ -13,6 +13,8 @@ use crate::procs;
 pub struct Pids {
     pub patternd: String,
     pub redis: String,
+    /// More Redis processes whose CPU counts as Redis' (a cluster's other primaries).
+    pub redis_more: Vec<String>,
     /// Clock ticks per second of /proc's figures.
     pub ticks: u64,
 }
@@ -105,7 +107,12 @@ pub async fn http(
         || {
             Ok(CpuSample {
                 patternd: procs::cpu_ticks(&pids.patternd)?,
-                redis: procs::cpu_ticks(&pids.redis)?,
+                redis: pids
+                    .redis_more
+                    .iter()
+                    .try_fold(procs::cpu_ticks(&pids.redis)?, |sum, pid| {
+                        anyhow::Ok(sum + procs::cpu_ticks(pid)?)
+                    })?,
                 loadgen: procs::cpu_ticks("self")?,
                 machine: procs::machine_busy_ticks()?,
             })

@@ -61,7 +61,7 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+    pub fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
         let out = fs::File::create(&log)
             .with_context(|| format!("could not create {}", log.display()))?;
         let err = out

@@ -17,6 +17,8 @@ rules:
     lock: { ttl: 30s, durability: { replicas: 1, timeout: 200ms } }
   plain:
     lock: { ttl: 30s }
+  profile:
+    cache: { ttl: 1h, durability: { replicas: 1, timeout: 200ms } }
 "#;
 
 /// A replica of `primary`, caught up (its link is up).
@@ -84,6 +86,16 @@ async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A cache write is refused the same way (it is applied on the primary, not confirmed).
+    let put = pd
+        .put_with("/v1/cache/dur/profile/7", r#"{"name":"Ada"}"#, &[("content-type", "application/json")])
+        .await?;
+    ensure!(put.status == 503, "{} {}", put.status, put.text);
+    ensure!(
+        put.json["type"] == "urn:patternd:problem:not-replicated",
+        "{}",
+        put.text
+    );
     // A rule without durability is not affected.
     let r = pd.post_json("/v1/locks/dur/plain/o-1", &json!({})).await?;
     ensure!(r.status == 200, "{} {}", r.status, r.text);
@@ -101,6 +113,11 @@ async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does
         exists == 1,
         "the replica does not have the acknowledged grant"
     );
+    // A cache write is acknowledged once the replica has it.
+    let put = pd
+        .put_with("/v1/cache/dur/profile/8", r#"{"name":"Ada"}"#, &[("content-type", "application/json")])
+        .await?;
+    ensure!((200..300).contains(&put.status), "{} {}", put.status, put.text);
     // Extending it waits for the replica too.
     let token = r.json["token"].as_str().unwrap_or_default().to_owned();
     let r = pd
@@ -114,8 +131,8 @@ async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does
     ensure!(
         metrics
             .text
-            .contains(r#"patternd_redis_errors_total{kind="not_replicated"} 1"#),
-        "the refused grant is counted"
+            .contains(r#"patternd_redis_errors_total{kind="not_replicated"} 2"#),
+        "the refused grant and write are counted"
     );
     Ok(())
 }

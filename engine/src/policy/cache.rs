@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
+use super::durability::{Durability, RawDurability};
 use super::ir::PluginRef;
 use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
@@ -91,6 +92,12 @@ pub struct RawCache {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1, max = 1024))]
     pub slot_groups: Option<Spanned<i64>>,
+    /// Replicas that must hold a `PUT`/`PATCH` (and a write-behind journal entry) before it is
+    /// acknowledged (`WAIT`); without it a write is acknowledged once the primary has it, and
+    /// a failover can lose it.
+    #[serde(default)]
+    #[schemars(with = "Option<RawDurability>")]
+    pub durability: Option<Spanned<RawDurability>>,
     /// Timeout of one origin request (default `2s`).
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
@@ -250,6 +257,7 @@ pub struct Cache {
     pub journal_max_len: u64,
     /// Slot groups (see `RawCache::slot_groups`), 1..=MAX_SLOT_GROUPS.
     pub slot_groups: u32,
+    pub durability: Option<Durability>,
     pub origin_timeout: Duration,
     pub refresh_lease: Duration,
     pub fill_wait: Duration,
@@ -430,6 +438,7 @@ impl Validator {
             .as_ref()
             .and_then(|n| self.positive(path, "journal_max_len", n))
             .unwrap_or(100_000);
+        let durability = self.durability(path, &raw.durability);
         let slot_groups = match &raw.slot_groups {
             None => DEFAULT_SLOT_GROUPS,
             Some(n) if **n > i64::from(MAX_SLOT_GROUPS) => {
@@ -586,6 +595,7 @@ impl Validator {
             retry_backoff,
             journal_max_len,
             slot_groups,
+            durability,
             origin_timeout,
             refresh_lease,
             fill_wait,

@@ -389,7 +389,10 @@ impl CacheRule {
                 args.push(json.as_bytes());
             }
         }
-        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.put, &keys, &args).await {
+        let raw: Vec<redis::Value> = match self
+            .eval_write(store, &self.scripts.write.put, &keys, &args)
+            .await
+        {
             Ok(r) => r,
             Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
             Err(e) => return Err(e.into()),
@@ -503,7 +506,9 @@ impl CacheRule {
             // An empty text deletes the member (a JSON text is never empty).
             args.push(json.as_deref().unwrap_or("").as_bytes());
         }
-        let raw: Vec<redis::Value> = match store.eval(&self.scripts.write.patch, &keys, &args).await
+        let raw: Vec<redis::Value> = match self
+            .eval_write(store, &self.scripts.write.patch, &keys, &args)
+            .await
         {
             Ok(r) => r,
             Err(e) if through => return Ok(self.cache_unconfirmed(&key_id, &e)),
@@ -516,6 +521,29 @@ impl CacheRule {
         write_outcome(reply::patch(&raw), through, id, || {
             WriteError::NotFound(id.to_string())
         })
+    }
+
+    /// A PUT or PATCH script call; with the rule's `durability`, on a connection of the
+    /// durable pool and followed by `WAIT` there, so the answer waits for the replicas (the
+    /// write-behind journal entry is in the same script, so it is covered too). Too few in
+    /// time is `StoreError::NotReplicated` (503): the write is applied on the primary.
+    async fn eval_write(
+        &self,
+        store: &Store,
+        script: &crate::compile::Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let Some(d) = self.spec.durability else {
+            return store.eval(script, keys, args).await;
+        };
+        let pin = store.pin_durable()?;
+        let raw = store
+            .eval_pinned(&pin, store.command_timeout(), script, keys, args)
+            .await?;
+        let first = keys.first().map(String::as_str).unwrap_or_default();
+        store.wait_replicas(&pin, first, d.replicas, d.timeout).await?;
+        Ok(raw)
     }
 
     /// Write-through around the origin call: the value is set aside and the lease holds
