@@ -282,7 +282,7 @@ async fn zcard(w: &World, key: &str) -> Result<u64> {
 async fn a_lock_acquired_during_a_stall_is_not_orphaned() -> Result<()> {
     let w = World::start(&[("hard.yaml", POLICY)], POOL).await?;
     let p = &w.patternd;
-    let stall = Stall::of(&w.redis).await?;
+    let stall = Stall::of(w.redis.server()?).await?;
     for (rule, permits) in [("mutex", 1), ("pair", 2)] {
         let path = format!("/v1/locks/hard/{rule}/printer");
         // The semaphore keeps one permit held by a live holder throughout.
@@ -345,7 +345,7 @@ async fn lost_grants_released(w: &World, pattern: &str) -> Result<f64> {
 async fn a_lease_granted_during_a_stall_is_not_orphaned() -> Result<()> {
     let w = World::start(&[("hard.yaml", POLICY)], POOL).await?;
     let p = &w.patternd;
-    let stall = Stall::of(&w.redis).await?;
+    let stall = Stall::of(w.redis.server()?).await?;
     for (rule, status) in [("one", 429), ("one-open", 200)] {
         stall.pause()?;
         let r = p.check("hard", rule, "job", 1).await;

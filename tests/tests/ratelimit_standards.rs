@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, redis_now_ms,
+    Backend, Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, redis_now_ms,
     scan_names,
 };
 use serde_json::json;
@@ -1081,7 +1081,7 @@ impl Run<'_> {
     }
 }
 
-async fn roll_over(p: &Patternd, redis: &RedisServer, case: &Case) -> Result<(u64, u64)> {
+async fn roll_over(p: &Patternd, redis: &Backend, case: &Case) -> Result<(u64, u64)> {
     let (limit, window, burst) = (case.limit as f64, case.window_ms as f64, case.burst as f64);
     let model = Model::new(case.algorithm, limit, window, burst);
     let mut run = Run {
