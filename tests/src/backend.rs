@@ -167,7 +167,9 @@ impl Backend {
     pub fn server(&self) -> Result<&RedisServer> {
         match self {
             Self::Standalone(s) => Ok(s),
-            Self::Cluster(_) => bail!("a standalone-only test asked for the one server on a cluster"),
+            Self::Cluster(_) => {
+                bail!("a standalone-only test asked for the one server on a cluster")
+            }
         }
     }
 
@@ -176,7 +178,9 @@ impl Backend {
             Self::Standalone(s) => s,
             // A test that stops "the" Redis is standalone-only by construction; running it
             // on a cluster is a mistake in the test, not a failure of patternd.
-            Self::Cluster(_) => panic!("{what} is standalone-only; this test must not run on a cluster"),
+            Self::Cluster(_) => {
+                panic!("{what} is standalone-only; this test must not run on a cluster")
+            }
         }
     }
 
@@ -184,7 +188,9 @@ impl Backend {
     pub async fn conn(&self) -> Result<redis::aio::MultiplexedConnection> {
         match self {
             Self::Standalone(s) => s.conn().await,
-            Self::Cluster(_) => bail!("conn() reaches one node; on a cluster use conn_for_key(key)"),
+            Self::Cluster(_) => {
+                bail!("conn() reaches one node; on a cluster use conn_for_key(key)")
+            }
         }
     }
 
@@ -225,7 +231,10 @@ impl Nodes {
     }
 
     /// The connection to the primary that owns `key`.
-    pub fn conn(&mut self, key: impl AsRef<[u8]>) -> Result<&mut redis::aio::MultiplexedConnection> {
+    pub fn conn(
+        &mut self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<&mut redis::aio::MultiplexedConnection> {
         let i = self.index_of(key.as_ref())?;
         Ok(&mut self.0[i].conn)
     }
@@ -396,7 +405,9 @@ impl ClusterLease {
 
     fn cluster(&self) -> &RedisCluster {
         // Only `Drop` takes it out.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("a lease holds its cluster until dropped"))
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a lease holds its cluster until dropped"))
     }
 }
 

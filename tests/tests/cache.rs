@@ -422,7 +422,8 @@ rules:
 on_every_backend!(negative_caching_of_origin_404);
 
 async fn without_an_origin_a_missing_value_is_404(b: Backend) -> Result<()> {
-    let w = World::on(b, 
+    let w = World::on(
+        b,
         &[(
             "c.yaml",
             "app: shop\nrules:\n  frag:\n    cache: { ttl: 1m }\n",
@@ -534,7 +535,10 @@ rules:
     assert_eq!(tag_keys.len(), 4, "{names:?}");
     let mut max_value_ttl = 0;
     for k in &names {
-        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(nodes.conn(k)?).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(nodes.conn(k)?)
+            .await?;
         assert!(pttl > 0, "{k} has no TTL ({pttl})");
         assert!(k.starts_with("shop:cache:item:"), "{k}");
         if k.ends_with(":v") {
@@ -727,7 +731,10 @@ rules:
     for k in &keys {
         let name = String::from_utf8_lossy(k);
         assert!(name.starts_with("hyg:cache:c:{"), "{name}");
-        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(nodes.conn(k)?).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(nodes.conn(k)?)
+            .await?;
         assert!(pttl > 0, "{name} has no TTL ({pttl})");
     }
     slow.await??;

@@ -458,10 +458,7 @@ async fn ttl_from_origin_follows_cache_control(b: Backend) -> Result<()> {
         }
         let key = format!("h:cache:o:{{{id}}}:v");
         let mut c = w.redis.conn_for_key(&key).await?;
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut c)
-            .await?;
+        let exists: u64 = redis::cmd("EXISTS").arg(&key).query_async(&mut c).await?;
         assert_eq!(exists, 0, "{id} is not stored");
         // Stored by the rule that ignores Cache-Control.
         let before = origin.gets(id);

@@ -85,7 +85,9 @@ return r.call('INCR', KEYS[1])
 ]] } } }
 "#;
 
-async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving(b: Backend) -> Result<()> {
+async fn an_op_that_escapes_its_keys_is_refused_and_the_old_one_keeps_serving(
+    b: Backend,
+) -> Result<()> {
     let plugins = lua_plugins(&[("quota.lua", "quota/quota.lua")])?;
     let w = PluginWorld::on(b, &[("o.yaml", QUOTA_POLICY)], plugins).await?;
     let p = &w.patternd;

@@ -323,7 +323,10 @@ rules:
     // Read every limit's own state: each was charged exactly the admitted 8, none of the
     // denied costs (2, 1, 2, 1).
     let id = bob;
-    let mut conn = w.redis.conn_for_key(key("multi", "mixed", id, "0fw")).await?;
+    let mut conn = w
+        .redis
+        .conn_for_key(key("multi", "mixed", id, "0fw"))
+        .await?;
     let fw = r_get(&mut conn, &key("multi", "mixed", id, "0fw")).await?;
     assert_eq!(fw.as_deref(), Some("8"), "fixed_window counter");
     let (c, prev): (Option<f64>, Option<f64>) = redis::cmd("HMGET")

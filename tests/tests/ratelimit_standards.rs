@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
-    Backend, Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, redis_now_ms,
-    scan_names,
+    Backend, Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir,
+    redis_now_ms, scan_names,
 };
 use serde_json::json;
 use sfv::{BareItem, List, ListEntry, Parser};
