@@ -96,7 +96,8 @@ struct ServeArgs {
     listen: SocketAddr,
     /// Redis URL: `redis://host:port/db`, `rediss://…` for TLS, with ACL credentials as
     /// `redis://USER:PASSWORD@host:port` or `redis://:PASSWORD@host:port` (`requirepass`).
-    /// Without it, patternd starts a managed redis-server on a free loopback port (for trying
+    /// A Redis Cluster: `redis+cluster://[USER:PASSWORD@]host1:port1,host2:port2/` (any
+    /// nodes of it as seeds; `rediss+cluster://` for TLS). Without it, patternd starts a managed redis-server on a free loopback port (for trying
     /// it out; nothing is persisted).
     #[arg(
         long,

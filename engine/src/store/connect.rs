@@ -55,6 +55,11 @@ pub enum ConnectError {
          use a `rediss://` URL (got `{url}`)"
     )]
     TlsFilesWithoutTls { url: String },
+    #[error(
+        "invalid Redis Cluster URL `{url}`: {detail} (the form is \
+         `redis+cluster://[USER:PASSWORD@]host1:port1,host2:port2/`, or `rediss+cluster://` for TLS)"
+    )]
+    ClusterUrl { url: String, detail: String },
     #[error("the TLS settings for Redis are unusable: {0}")]
     Tls(redis::RedisError),
     #[error(
@@ -74,8 +79,34 @@ pub enum ConnectError {
 /// The `--redis` URL and its TLS files, checked and loaded.
 #[derive(Clone)]
 pub struct RedisTarget {
-    client: redis::Client,
+    endpoint: Endpoint,
     redacted: String,
+}
+
+/// What `--redis` names: one server, or a cluster reached through its seed nodes.
+// One per process, cloned only at start: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum Endpoint {
+    Single(redis::Client),
+    Cluster(Cluster),
+}
+
+/// A `redis+cluster://` target: the redis crate's cluster client (slot routing, MOVED and ASK,
+/// topology refresh), and what it takes to reach any one node with the same credentials and
+/// TLS settings (the near cache's tracking connections go to every primary themselves).
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: redis::cluster::ClusterClient,
+    /// `redis` or `rediss`.
+    scheme: &'static str,
+    /// `user:password@`, or empty.
+    userinfo: String,
+    /// `?…` of the URL, or empty: given to every node.
+    query: String,
+    certs: Option<TlsCertificates>,
+    /// The seed nodes (`host`, `port`), in the URL's order.
+    seeds: Vec<(String, u16)>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -94,6 +125,14 @@ impl RedisTarget {
 
     pub fn new(url: &str, tls: &TlsFiles) -> Result<Self, ConnectError> {
         let redacted = redact(url);
+        if let Some(parts) = ClusterUrl::parse(url) {
+            let parts = parts.map_err(|detail| ConnectError::ClusterUrl {
+                url: redacted.clone(),
+                detail,
+            })?;
+            let endpoint = Endpoint::Cluster(parts.client(tls, &redacted)?);
+            return Ok(Self { endpoint, redacted });
+        }
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|error| {
             ConnectError::Url {
                 url: redacted.clone(),
@@ -101,15 +140,11 @@ impl RedisTarget {
             }
         })?;
         let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-        let has_files =
-            tls.ca_file.is_some() || tls.client_cert.is_some() || tls.client_key.is_some();
         let client = if is_tls {
-            // Explicit, so that another crate in the build enabling aws-lc-rs cannot make
-            // rustls refuse to pick a provider. Already installed (a second target): fine.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+            install_ring();
             let certs = load(tls)?;
             redis::Client::build_with_tls(info, certs).map_err(ConnectError::Tls)?
-        } else if has_files {
+        } else if tls.any() {
             return Err(ConnectError::TlsFilesWithoutTls { url: redacted });
         } else {
             redis::Client::open(info).map_err(|error| ConnectError::Url {
@@ -117,26 +152,68 @@ impl RedisTarget {
                 error,
             })?
         };
-        Ok(Self { client, redacted })
+        Ok(Self {
+            endpoint: Endpoint::Single(client),
+            redacted,
+        })
     }
 
-    /// The client of the request pool (RESP2).
-    pub fn client(&self) -> redis::Client {
-        self.client.clone()
+    /// One server or a cluster.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
-    /// The same target spoken to in another protocol (the tracking connection needs RESP3
-    /// for its invalidation pushes); TLS parameters and credentials are kept.
-    pub fn client_with_protocol(
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Cluster(_))
+    }
+
+    /// A client of one server in `protocol`, with the target's TLS parameters and
+    /// credentials: the server itself, or the cluster node at `node` (`host`, `port`). The
+    /// tracking connection needs RESP3 for its invalidation pushes.
+    pub fn node_client(
         &self,
+        node: Option<(&str, u16)>,
         protocol: ProtocolVersion,
     ) -> Result<redis::Client, ConnectError> {
-        let info = self.client.get_connection_info().clone();
-        let settings = info.redis_settings().clone().set_protocol(protocol);
-        redis::Client::open(info.set_redis_settings(settings)).map_err(|error| ConnectError::Url {
+        let url_error = |error| ConnectError::Url {
             url: self.redacted.clone(),
             error,
-        })
+        };
+        let (info, certs) = match (&self.endpoint, node) {
+            (Endpoint::Single(client), _) => (client.get_connection_info().clone(), None),
+            (Endpoint::Cluster(c), Some((host, port))) => {
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host.to_owned()
+                };
+                let url = format!("{}://{}{host}:{port}/{}", c.scheme, c.userinfo, c.query);
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(url_error)?;
+                (info, c.certs.clone())
+            }
+            (Endpoint::Cluster(_), None) => {
+                return Err(ConnectError::ClusterUrl {
+                    url: self.redacted.clone(),
+                    detail: "a cluster node needs its address".into(),
+                });
+            }
+        };
+        let settings = info.redis_settings().clone().set_protocol(protocol);
+        let info = info.set_redis_settings(settings);
+        match certs {
+            Some(certs) => redis::Client::build_with_tls(info, certs).map_err(ConnectError::Tls),
+            None => redis::Client::open(info).map_err(url_error),
+        }
+    }
+
+    /// The seed nodes of a cluster target (`host`, `port`), in the URL's order; empty for
+    /// one server.
+    pub fn seeds(&self) -> &[(String, u16)] {
+        match &self.endpoint {
+            Endpoint::Single(_) => &[],
+            Endpoint::Cluster(c) => &c.seeds,
+        }
     }
 
     /// The URL with its password replaced by `***`, for logs and answers.
@@ -150,8 +227,17 @@ impl RedisTarget {
     /// patternd starts and waits for it, as it always has.
     pub async fn check(&self, within: Duration) -> Result<(), ConnectError> {
         let attempt = async {
-            let mut con = self.client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<()>(&mut con).await
+            match &self.endpoint {
+                Endpoint::Single(client) => {
+                    let mut con = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<()>(&mut con).await
+                }
+                // PING goes to every primary: each must accept the credentials.
+                Endpoint::Cluster(c) => {
+                    let mut con = c.client.get_async_connection().await?;
+                    redis::cmd("PING").query_async::<()>(&mut con).await
+                }
+            }
         };
         match tokio::time::timeout(within, attempt).await {
             Ok(Err(e)) => match self.fatal(&e) {
@@ -215,6 +301,153 @@ fn tls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
         None => source.downcast_ref::<std::io::Error>(),
     }?;
     io.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+impl TlsFiles {
+    fn any(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some() || self.client_key.is_some()
+    }
+}
+
+/// Explicit, so that another crate in the build enabling aws-lc-rs cannot make rustls refuse
+/// to pick a provider. Already installed (a second target): fine.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A `redis+cluster://` or `rediss+cluster://` URL, taken apart. The redis crate's cluster
+/// client takes one URL per seed node; one string keeps `--redis` (and `PATTERND_REDIS`) a
+/// single value for every deployment, where a separate `--redis-cluster` flag would double
+/// every TLS and ACL option.
+#[derive(Debug, PartialEq)]
+struct ClusterUrl {
+    tls: bool,
+    userinfo: String,
+    query: String,
+    seeds: Vec<(String, u16)>,
+}
+
+impl ClusterUrl {
+    /// None when `url` is not a cluster URL at all.
+    fn parse(url: &str) -> Option<Result<Self, String>> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            (false, rest)
+        } else {
+            (true, url.strip_prefix("rediss+cluster://")?)
+        };
+        Some(Self::parse_rest(tls, rest))
+    }
+
+    fn parse_rest(tls: bool, rest: &str) -> Result<Self, String> {
+        let (rest, query) = match rest.find('?') {
+            Some(q) => (&rest[..q], rest[q..].to_owned()),
+            None => (rest, String::new()),
+        };
+        // The last `@` ends the userinfo (as `redact` reads it).
+        let (userinfo, rest) = match rest.rfind('@') {
+            Some(at) => (format!("{}@", &rest[..at]), &rest[at + 1..]),
+            None => (String::new(), rest),
+        };
+        let (hosts, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash + 1..]),
+            None => (rest, ""),
+        };
+        if !(path.is_empty() || path == "0") {
+            return Err(format!(
+                "a cluster has only database 0, and the URL names `/{path}`"
+            ));
+        }
+        let mut seeds = Vec::new();
+        for node in hosts.split(',') {
+            let node = node.trim();
+            if node.is_empty() {
+                return Err("a seed node is empty (two commas, or a trailing comma)".into());
+            }
+            let (host, port) = match node.rsplit_once(':') {
+                // `[::1]` alone is a host without a port.
+                Some((h, p)) if !p.ends_with(']') => {
+                    let port = p
+                        .parse::<u16>()
+                        .map_err(|_| format!("`{node}`: `{p}` is not a port"))?;
+                    (h, port)
+                }
+                _ => (node, 6379),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(format!("`{node}` has no host"));
+            }
+            seeds.push((host.to_owned(), port));
+        }
+        Ok(Self {
+            tls,
+            userinfo,
+            query,
+            seeds,
+        })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "rediss" } else { "redis" }
+    }
+
+    fn seed_url(&self, host: &str, port: u16) -> String {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!(
+            "{}://{}{host}:{port}/{}",
+            self.scheme(),
+            self.userinfo,
+            self.query
+        )
+    }
+
+    fn client(self, tls: &TlsFiles, redacted: &str) -> Result<Cluster, ConnectError> {
+        let url_error = |error| ConnectError::Url {
+            url: redacted.to_owned(),
+            error,
+        };
+        let mut infos = Vec::with_capacity(self.seeds.len());
+        for (host, port) in &self.seeds {
+            let url = self.seed_url(host, *port);
+            infos.push(
+                redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(url_error)?,
+            );
+        }
+        let certs = if self.tls {
+            install_ring();
+            Some(load(tls)?)
+        } else if tls.any() {
+            return Err(ConnectError::TlsFilesWithoutTls {
+                url: redacted.to_owned(),
+            });
+        } else {
+            None
+        };
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            // MOVED, ASK and a node that went away are retried by the client itself, after a
+            // slot refresh; the waits are short (10 ms doubling, at most 200 ms) because one
+            // outer timer per call (`--redis-timeout`) bounds the whole call anyway. The
+            // crate's defaults (16 retries from 1.28 s) would outlast any request.
+            .retries(4)
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        if let Some(certs) = &certs {
+            builder = builder.certs(certs.clone());
+        }
+        let client = builder.build().map_err(url_error)?;
+        Ok(Cluster {
+            client,
+            scheme: self.scheme(),
+            userinfo: self.userinfo,
+            query: self.query,
+            certs,
+            seeds: self.seeds,
+        })
+    }
 }
 
 /// Reads and parses the TLS files, so that each problem names its flag.
@@ -367,10 +600,63 @@ mod tests {
         let t = RedisTarget::plain("redis://app:secret@127.0.0.1:1").unwrap();
         assert_eq!(t.redacted(), "redis://app:***@127.0.0.1:1");
         assert!(!format!("{t:?}").contains("secret"));
-        let resp3 = t.client_with_protocol(ProtocolVersion::RESP3).unwrap();
+        let resp3 = t.node_client(None, ProtocolVersion::RESP3).unwrap();
         assert_eq!(
             resp3.get_connection_info().redis_settings().password(),
             Some("secret")
         );
+    }
+
+    #[test]
+    fn cluster_urls_name_every_seed() {
+        let u = ClusterUrl::parse("redis+cluster://app:pw@10.0.0.1:7000,h2:7001,[::1]:7002/")
+            .unwrap()
+            .unwrap();
+        assert!(!u.tls);
+        assert_eq!(u.userinfo, "app:pw@");
+        assert_eq!(
+            u.seeds,
+            vec![
+                ("10.0.0.1".to_owned(), 7000),
+                ("h2".to_owned(), 7001),
+                ("::1".to_owned(), 7002)
+            ]
+        );
+        assert_eq!(u.seed_url("::1", 7002), "redis://app:pw@[::1]:7002/");
+        let tls = ClusterUrl::parse("rediss+cluster://h1,h2:7001?protocol=resp3")
+            .unwrap()
+            .unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.seeds[0], ("h1".to_owned(), 6379));
+        assert_eq!(tls.seed_url("h1", 6379), "rediss://h1:6379/?protocol=resp3");
+        assert!(ClusterUrl::parse("redis://h:1").is_none());
+        for bad in [
+            "redis+cluster://h1:7000/3",
+            "redis+cluster://h1:7000,,h2:7001",
+            "redis+cluster://h1:x",
+            "redis+cluster://:7000",
+        ] {
+            assert!(ClusterUrl::parse(bad).unwrap().is_err(), "{bad}");
+        }
+        let e = RedisTarget::plain("redis+cluster://u:secret@h1:7000/2").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("database 0") && !text.contains("secret"),
+            "{text}"
+        );
+        let t =
+            RedisTarget::plain("redis+cluster://u:secret@127.0.0.1:7000,127.0.0.1:7001").unwrap();
+        assert!(t.is_cluster());
+        assert_eq!(t.seeds().len(), 2);
+        assert_eq!(
+            t.redacted(),
+            "redis+cluster://u:***@127.0.0.1:7000,127.0.0.1:7001"
+        );
+        let node = t
+            .node_client(Some(("127.0.0.1", 7005)), ProtocolVersion::RESP3)
+            .unwrap();
+        let info = node.get_connection_info();
+        assert_eq!(info.redis_settings().password(), Some("secret"));
+        assert_eq!(info.redis_settings().username(), Some("u"));
     }
 }

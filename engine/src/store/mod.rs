@@ -17,11 +17,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
 use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::compile::Script;
 use crate::compile::keys;
-use connect::{ConnectError, RedisTarget};
+use connect::{ConnectError, Endpoint, RedisTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -127,9 +129,22 @@ pub struct StoreConfig {
 /// they were sent, so a call through it runs after every earlier call through it, including
 /// one whose caller gave up waiting (its command still sits in the connection, and Redis runs
 /// it when it gets to it). That is how a grant whose answer was lost is undone after it ran.
+///
+/// On a cluster, a pinned `ClusterConnection` sends every command for one node over that
+/// node's one multiplexed connection, so two calls on the same slot keep their order too
+/// (until the slot moves: see docs/cluster.md).
 #[derive(Clone)]
 pub struct Pinned {
-    conn: ConnectionManager,
+    conn: Conn,
+}
+
+/// One connection of the pool: to the one server, or to a whole cluster (the redis crate's
+/// `ClusterConnection` keeps one multiplexed connection per node, routes each command by its
+/// first key, follows MOVED and ASK, and refreshes the slot map itself).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// The Redis pool. Cheap to clone.
@@ -139,7 +154,8 @@ pub struct Store {
 }
 
 struct Inner {
-    conns: Vec<ConnectionManager>,
+    conns: Vec<Conn>,
+    cluster: bool,
     next: AtomicUsize,
     timeout: Duration,
     /// The URL without its password.
@@ -156,33 +172,52 @@ impl Store {
     /// re-established in the background, so patternd starts (and answers `on_redis_error`
     /// decisions, and `/readyz` 503) while Redis is still down.
     pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
-        let client = cfg.target.client();
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.command_timeout))
-            // No response timeout here: `run` bounds every command (including any wait for a
-            // reconnect) with one tokio timer; a second, per-request timer inside redis-rs
-            // measurably cost CPU on every decision.
-            .set_response_timeout(None)
-            // One connection attempt per reconnect, no retries: retries inside a request made
-            // every request during an outage wait for them (about 220 ms each). The breaker
-            // stops requests from reaching a dead Redis, and its probe does the retrying.
-            .set_number_of_retries(0);
         let size = cfg.pool_size.max(1);
         let mut conns = Vec::with_capacity(size);
-        for _ in 0..size {
-            conns.push(
-                ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
-                    .map_err(StoreError::Url)?,
-            );
+        match cfg.target.endpoint() {
+            Endpoint::Single(client) => {
+                let mgr_cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(cfg.command_timeout))
+                    // No response timeout here: `run` bounds every command (including any
+                    // wait for a reconnect) with one tokio timer; a second, per-request timer
+                    // inside redis-rs measurably cost CPU on every decision.
+                    .set_response_timeout(None)
+                    // One connection attempt per reconnect, no retries: retries inside a
+                    // request made every request during an outage wait for them (about 220 ms
+                    // each). The breaker stops requests from reaching a dead Redis, and its
+                    // probe does the retrying.
+                    .set_number_of_retries(0);
+                for _ in 0..size {
+                    conns.push(Conn::Single(
+                        ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
+                            .map_err(StoreError::Url)?,
+                    ));
+                }
+            }
+            Endpoint::Cluster(cluster) => {
+                // Pending: the slot map is fetched in the background and again whenever a
+                // node goes away, so patternd starts while the cluster is down, as it does
+                // with one server. No response timeout, for the same reason as above.
+                let cluster_cfg = ClusterConfig::new().set_connection_timeout(cfg.command_timeout);
+                for _ in 0..size {
+                    conns.push(Conn::Cluster(
+                        cluster
+                            .client
+                            .get_pending_async_connection_with_config(cluster_cfg.clone()),
+                    ));
+                }
+            }
         }
+        let cluster = cfg.target.is_cluster();
         Ok(Self {
             inner: Arc::new(Inner {
                 conns,
+                cluster,
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
                 redacted_url: cfg.target.redacted().to_owned(),
                 latency: metrics::histogram!("patternd_redis_seconds"),
-                breaker: Breaker::new(),
+                breaker: Breaker::new(cluster),
                 wrong_type_log: Mutex::new(HashMap::new()),
             }),
         })
@@ -198,7 +233,12 @@ impl Store {
         self.inner.breaker.state() == OPEN
     }
 
-    fn conn(&self) -> ConnectionManager {
+    /// True when `--redis` names a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.cluster
+    }
+
+    fn conn(&self) -> Conn {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.conns.len();
         self.inner.conns[i].clone()
     }
@@ -223,7 +263,7 @@ impl Store {
     /// it still runs after the acquire it undoes.
     async fn run_on<T: FromRedisValue>(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: Conn,
         timeout: Duration,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
@@ -248,7 +288,7 @@ impl Store {
     }
 
     /// Runs a script by SHA. On NOSCRIPT (Redis restarted, failed over, or SCRIPT FLUSH) the
-    /// script is loaded again and the call retried once, transparently.
+    /// call is sent again once as `EVAL` with the script's source, transparently.
     pub async fn eval<T: FromRedisValue>(
         &self,
         script: &Script,
@@ -289,13 +329,22 @@ impl Store {
             cmd.arg(*a);
         }
         let res = match self.run_on(conn(), timeout, &cmd).await {
+            // `EVAL` rather than `SCRIPT LOAD` then `EVALSHA`: it is routed by the same first
+            // key, so on a cluster it reaches exactly the node that answered NOSCRIPT (a new
+            // or promoted primary), and it still works while another node is down, when a
+            // `SCRIPT LOAD` to every node would fail. Redis caches the script it evaluated,
+            // so the next `EVALSHA` on that node finds it. One round trip instead of two.
             Err(StoreError::Redis(e))
                 if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
-                tracing::warn!(script = %script.name, "NOSCRIPT: reloading the script into Redis");
+                tracing::warn!(script = %script.name, "NOSCRIPT: sending the script's source to the node that lacks it");
                 metrics::counter!("patternd_script_reloads_total").increment(1);
-                self.load_script(script).await?;
-                self.run_on(conn(), timeout, &cmd).await
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(&script.source).arg(keys.len()).arg(keys);
+                for a in args {
+                    eval.arg(*a);
+                }
+                self.run_on(conn(), timeout, &eval).await
             }
             other => other,
         };
@@ -341,7 +390,8 @@ impl Store {
         StoreError::WrongType { namespace }
     }
 
-    /// SCRIPT LOAD, checking that Redis computed the SHA we expect.
+    /// SCRIPT LOAD (on a cluster, the crate sends it to every node), checking that Redis
+    /// computed the SHA we expect.
     pub async fn load_script(&self, script: &Script) -> Result<(), StoreError> {
         let sha: String = self
             .run(redis::cmd("SCRIPT").arg("LOAD").arg(&script.source))
@@ -377,6 +427,7 @@ impl Store {
         for s in scripts {
             cmd.arg(&s.sha);
         }
+        // On a cluster, the crate asks every primary and answers their logical AND.
         let found: Vec<i64> = self.run(&cmd).await?;
         Ok(found.iter().all(|&f| f == 1))
     }
@@ -393,10 +444,14 @@ impl Inner {
     async fn query<T: FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         timeout: Duration,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(timeout, cmd.query_async::<T>(conn)).await {
+        let reply = match conn {
+            Conn::Single(c) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
+            Conn::Cluster(c) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
+        };
+        match reply {
             Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(r) => r.map_err(StoreError::from),
         }
@@ -404,7 +459,8 @@ impl Inner {
 
     /// PING on every connection of the pool. A connection whose last attempt failed starts
     /// a reconnect when used, so a failed PING that says so (an I/O error) is tried once
-    /// more, on the fresh connection. True when every connection answered.
+    /// more, on the fresh connection. True when every connection answered (on a cluster,
+    /// the crate sends PING to every primary of its slot map).
     async fn ping_all(&self) -> bool {
         let ping = redis::cmd("PING");
         for conn in &self.conns {
@@ -452,6 +508,10 @@ const WRONG_TYPE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// happens on transitions.
 struct Breaker {
     state: AtomicU8,
+    /// On a cluster, one refused connection is one node down, not Redis: the breaker then
+    /// opens only after `TRIP_AFTER` failures in a row with no success between them, which
+    /// the other primaries' answers keep from happening while only one node is gone.
+    cluster: bool,
     /// Connection failures since the last success (while closed).
     fails: AtomicU32,
     /// Why it opened (the error that tripped it), for the `CircuitOpen` message.
@@ -463,11 +523,12 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn new() -> Self {
+    fn new(cluster: bool) -> Self {
         let gauge = metrics::gauge!("patternd_redis_breaker_open");
         gauge.set(0.0);
         Self {
             state: AtomicU8::new(CLOSED),
+            cluster,
             fails: AtomicU32::new(0),
             cause: Mutex::new(Arc::from("")),
             opened_at: Mutex::new(None),
@@ -518,7 +579,8 @@ impl Breaker {
         if !e.is_connection_failure() {
             return false;
         }
-        let conclusive = matches!(e, StoreError::Redis(r) if r.is_connection_refusal());
+        let conclusive =
+            !self.cluster && matches!(e, StoreError::Redis(r) if r.is_connection_refusal());
         let from = match self.state() {
             OPEN => return false,
             HALF_OPEN => HALF_OPEN,
@@ -664,7 +726,7 @@ mod tests {
 
     #[test]
     fn a_refused_connection_opens_the_breaker_at_once() {
-        let b = Breaker::new();
+        let b = Breaker::new(false);
         assert!(b.on_failure(&io(std::io::ErrorKind::ConnectionRefused)));
         assert_eq!(b.state(), OPEN);
         assert!(b.cause().contains("refused"), "{}", b.cause());
@@ -673,8 +735,27 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_one_refused_node_does_not_open_it() {
+        // One primary down refuses its connections, while the others answer: the breaker
+        // must stay closed for them.
+        let b = Breaker::new(true);
+        let refused = io(std::io::ErrorKind::ConnectionRefused);
+        for _ in 0..10 {
+            assert!(!b.on_failure(&refused));
+            b.on_success();
+        }
+        assert_eq!(b.state(), CLOSED);
+        // Every node refusing (nothing answers between) still opens it.
+        for _ in 0..TRIP_AFTER - 1 {
+            assert!(!b.on_failure(&refused));
+        }
+        assert!(b.on_failure(&refused));
+        assert_eq!(b.state(), OPEN);
+    }
+
+    #[test]
     fn timeouts_open_it_only_in_a_row() {
-        let b = Breaker::new();
+        let b = Breaker::new(false);
         let t = StoreError::Timeout(Duration::from_millis(300));
         for _ in 0..TRIP_AFTER - 1 {
             assert!(!b.on_failure(&t));
@@ -691,7 +772,7 @@ mod tests {
 
     #[test]
     fn answers_from_redis_never_count() {
-        let b = Breaker::new();
+        let b = Breaker::new(false);
         for _ in 0..10 {
             assert!(!b.on_failure(&server("WRONGTYPE x")));
             assert!(!b.on_failure(&server("LOADING x")));
@@ -701,7 +782,7 @@ mod tests {
 
     #[test]
     fn half_open_closes_on_success_and_reopens_on_one_failure() {
-        let b = Breaker::new();
+        let b = Breaker::new(false);
         assert!(b.on_failure(&io(std::io::ErrorKind::ConnectionRefused)));
         b.half_open();
         assert_eq!(b.state(), HALF_OPEN);

@@ -11,6 +11,13 @@
 //! drops, every near cache is switched off (and emptied) before anything else happens, since
 //! invalidations may be lost from that moment; it reconnects with backoff and switches them
 //! on again, empty.
+//!
+//! On a cluster, a node reports only the keys it owns, so there is one such connection per
+//! primary, all feeding one channel, and near caches are live only while every one of them is
+//! subscribed and answering. The primaries come from `CLUSTER SLOTS` (asked of the seeds), and
+//! are asked again on every ping: when the set changes (a failover, a node added), every
+//! connection is dropped and made again, and the near caches restart empty. The cluster
+//! client's own push channel is not used: its reconnects do not restore `CLIENT TRACKING`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,7 +46,7 @@ struct Listener {
 
 /// The tracking connection's supervisor. One per process; near caches register with it.
 pub struct Tracker {
-    client: redis::Client,
+    target: RedisTarget,
     listeners: Mutex<Vec<Listener>>,
     changed: Notify,
     live: AtomicBool,
@@ -49,9 +56,8 @@ impl Tracker {
     /// The tracking connection to `target`, with the pool's TLS settings and credentials,
     /// in RESP3 (invalidations arrive as pushes).
     pub fn new(target: &RedisTarget) -> Result<Arc<Self>, StoreError> {
-        let client = target.client_with_protocol(ProtocolVersion::RESP3)?;
         Ok(Arc::new(Self {
-            client,
+            target: target.clone(),
             listeners: Mutex::new(Vec::new()),
             changed: Notify::new(),
             live: AtomicBool::new(false),
@@ -126,24 +132,75 @@ impl Tracker {
         }
     }
 
-    /// One subscribed connection: returns Ok when the set of prefixes changed, Err when the
-    /// connection failed.
+    /// The servers to track: the one server, or every primary of the cluster.
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        if !self.target.is_cluster() {
+            return Ok(vec![Node {
+                addr: None,
+                client: self.target.node_client(None, ProtocolVersion::RESP3)?,
+            }]);
+        }
+        let mut last = None;
+        for (host, port) in self.target.seeds() {
+            let asked = async {
+                let client = self
+                    .target
+                    .node_client(Some((host, *port)), ProtocolVersion::RESP3)?;
+                let mut con = client.get_multiplexed_async_connection().await?;
+                primaries(&mut con, host).await
+            };
+            match tokio::time::timeout(PING_TIMEOUT, asked).await {
+                Ok(Ok(found)) if !found.is_empty() => {
+                    return found
+                        .into_iter()
+                        .map(|(h, p)| {
+                            let client = self
+                                .target
+                                .node_client(Some((&h, p)), ProtocolVersion::RESP3)?;
+                            Ok(Node {
+                                addr: Some((h, p)),
+                                client,
+                            })
+                        })
+                        .collect();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(StoreError::Timeout(PING_TIMEOUT)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no seed node named the cluster's primaries",
+            )))
+        }))
+    }
+
+    /// One subscribed connection per node: returns Ok when the set of prefixes or the
+    /// cluster's primaries changed, Err when a connection failed.
     async fn session(&self, prefixes: &[String], targets: &[Target]) -> Result<(), StoreError> {
+        let nodes = self.nodes().await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let cfg = AsyncConnectionConfig::new()
             .set_push_sender(tx)
             .set_connection_timeout(Some(PING_TIMEOUT))
             .set_response_timeout(Some(PING_TIMEOUT));
-        let mut con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("TRACKING").arg("ON").arg("BCAST");
         for p in prefixes {
             cmd.arg("PREFIX").arg(p);
         }
-        let () = cmd.query_async(&mut con).await?;
+        let mut cons = Vec::with_capacity(nodes.len());
+        for node in &nodes {
+            let mut con = node
+                .client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await?;
+            let () = cmd.query_async(&mut con).await?;
+            cons.push(con);
+        }
+        // Every primary is subscribed: nothing written from now on goes unreported.
         for (_, t) in targets {
             t.set_live(true);
         }
@@ -151,8 +208,10 @@ impl Tracker {
         metrics::gauge!("patternd_near_cache_live").set(1.0);
         tracing::info!(
             prefixes = prefixes.len(),
+            nodes = cons.len(),
             "near cache invalidations subscribed"
         );
+        let known: Vec<(String, u16)> = nodes.iter().filter_map(|n| n.addr.clone()).collect();
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,20 +237,83 @@ impl Tracker {
                 }
                 () = self.changed.notified() => return Ok(()),
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(
-                        PING_TIMEOUT,
-                        redis::cmd("PING").query_async::<String>(&mut con),
-                    )
-                    .await;
-                    match pong {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(StoreError::Redis(e)),
-                        Err(_) => return Err(StoreError::Timeout(PING_TIMEOUT)),
+                    for con in &mut cons {
+                        let pong = tokio::time::timeout(
+                            PING_TIMEOUT,
+                            redis::cmd("PING").query_async::<String>(con),
+                        )
+                        .await;
+                        match pong {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(StoreError::Redis(e)),
+                            Err(_) => return Err(StoreError::Timeout(PING_TIMEOUT)),
+                        }
+                    }
+                    if let (Some(con), Some((host, _))) = (cons.first_mut(), known.first()) {
+                        let now = tokio::time::timeout(PING_TIMEOUT, primaries(con, host)).await;
+                        match now {
+                            Ok(Ok(now)) if now != known => {
+                                tracing::info!(
+                                    before = ?known,
+                                    now = ?now,
+                                    "the cluster's primaries changed: tracking them anew"
+                                );
+                                return Ok(());
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => return Err(StoreError::Timeout(PING_TIMEOUT)),
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// A server whose keys are tracked; `addr` is the cluster node's (None for one server).
+struct Node {
+    addr: Option<(String, u16)>,
+    client: redis::Client,
+}
+
+/// The primaries that own slots, sorted, from `CLUSTER SLOTS` on `con` (a node at `asked`:
+/// a node that does not know its own address answers an empty host).
+async fn primaries(
+    con: &mut redis::aio::MultiplexedConnection,
+    asked: &str,
+) -> Result<Vec<(String, u16)>, StoreError> {
+    let ranges: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(con).await?;
+    let mut found: Vec<(String, u16)> = ranges
+        .iter()
+        .filter_map(|range| match range {
+            // [start, end, [host, port, id, …], replicas…]
+            Value::Array(parts) => match parts.get(2) {
+                Some(Value::Array(node)) => {
+                    let host = match node.first() {
+                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                        Some(Value::SimpleString(s)) => s.clone(),
+                        _ => return None,
+                    };
+                    let port = match node.get(1) {
+                        Some(Value::Int(p)) => u16::try_from(*p).ok()?,
+                        _ => return None,
+                    };
+                    let host = if host.is_empty() {
+                        asked.to_owned()
+                    } else {
+                        host
+                    };
+                    (host != "?").then_some((host, port))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 /// `invalidate` pushes carry an array of keys, or nil when Redis was flushed.
