@@ -500,7 +500,10 @@ rules:
     Ok(())
 }
 
-on_every_backend!(delete_drops_the_value_and_its_related_ids);
+on_every_backend!(
+    delete_drops_the_value_and_its_related_ids;
+    cluster_ignored = "cluster: a DELETE of related ids is one call over several slots (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
+);
 
 async fn tag_invalidation_is_bounded_and_tag_keys_expire(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
@@ -610,7 +613,10 @@ rules:
     Ok(())
 }
 
-on_every_backend!(tag_invalidation_is_bounded_and_tag_keys_expire);
+on_every_backend!(
+    tag_invalidation_is_bounded_and_tag_keys_expire;
+    cluster_ignored = "cluster: a fill of a tagged value reads tag versions built in Lua on the rule's slot (non local key) until cache slot groups land (docs/cluster.md §4)"
+);
 
 async fn hash_format_stores_fields_and_reads_some(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
@@ -741,7 +747,10 @@ rules:
     Ok(())
 }
 
-on_every_backend!(every_cache_key_has_a_ttl_and_its_namespace);
+on_every_backend!(
+    every_cache_key_has_a_ttl_and_its_namespace;
+    cluster_ignored = "cluster: a fill of a tagged value reads tag versions built in Lua on the rule's slot (non local key) until cache slot groups land (docs/cluster.md §4)"
+);
 
 /// The example `cache-key` Lua plugin: a key per Accept-Language, a TTL, tags, bypass.
 async fn plugin_chooses_key_ttl_tags_and_bypass(b: Backend) -> Result<()> {
