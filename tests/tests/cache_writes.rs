@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
     Backend, Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value,
@@ -154,7 +154,7 @@ async fn write_through_stores_only_what_the_origin_accepted(b: Backend) -> Resul
 
     let r = put(p, "t", "a", b"v1", &[("content-type", "text/plain")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
-    let item = origin.item("a").expect("the origin got the write");
+    let item = origin.item("a").context("the origin got no write")?;
     assert_eq!(item.body, b"v1");
     assert_eq!(item.content_type, "text/plain");
     assert_eq!(
@@ -341,7 +341,7 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down(b: Back
         .iter()
         .rev()
         .find(|wr| wr.id == "hot")
-        .expect("a write");
+        .context("no write")?;
     assert_eq!(last.body, format!("v{WRITES}").into_bytes());
     let puts = origin.hits("PUT", "hot");
     assert!(
@@ -702,7 +702,11 @@ async fn patch_updates_fields_following_the_write_mode(b: Backend) -> Result<()>
     assert_eq!(put(p, "ht", "o", br#"{"a": 1}"#, &[]).await?.status, 204);
     let r = patch(p, "ht", "o", r#"{"a": 5}"#, "application/json").await?;
     assert_eq!((r.status, r.json.clone()), (200, json!({"a": 5})), "{r:?}");
-    let last = origin.writes().into_iter().last().expect("origin writes");
+    let last = origin
+        .writes()
+        .into_iter()
+        .last()
+        .context("no origin write")?;
     assert_eq!(
         (last.method.as_str(), last.body.as_slice()),
         ("PATCH", &br#"{"a": 5}"#[..])
