@@ -93,6 +93,7 @@ pub const REDIS_ERROR_KINDS: &[&str] = &[
     "unavailable",
     "wrong_type",
     "noscript",
+    "not_replicated",
     "other",
 ];
 pub const BREAKER_STATES: &[&str] = &["open", "half_open", "closed"];

@@ -39,6 +39,7 @@
 //! | `origin-failed` | 502 | a cache origin failed, refused a write or could not be reached |
 //! | `redis-unavailable` | 503 | Redis is down, slow or refusing commands |
 //! | `journal-full` | 503 | the write-behind journal is at `journal_max_len` |
+//! | `not-replicated` | 503 | a write of a rule with `durability` reached too few replicas in time (a lock grant is taken back; a cache write is applied on the primary) |
 //! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
 //! | `origin-timeout` | 504 | a cache origin did not answer in time |
 
@@ -91,6 +92,7 @@ pub enum Kind {
     OriginFailed,
     RedisUnavailable,
     JournalFull,
+    NotReplicated,
     NotReady,
     OriginTimeout,
 }
@@ -128,6 +130,7 @@ impl Kind {
         Kind::OriginFailed,
         Kind::RedisUnavailable,
         Kind::JournalFull,
+        Kind::NotReplicated,
         Kind::NotReady,
         Kind::OriginTimeout,
     ];
@@ -163,6 +166,7 @@ impl Kind {
             Kind::OriginFailed => "origin-failed",
             Kind::RedisUnavailable => "redis-unavailable",
             Kind::JournalFull => "journal-full",
+            Kind::NotReplicated => "not-replicated",
             Kind::NotReady => "not-ready",
             Kind::OriginTimeout => "origin-timeout",
         }
@@ -251,6 +255,8 @@ pub enum ApiError {
     RedisUnavailable(String),
     #[error("{0}")]
     JournalFull(String),
+    #[error("{0}")]
+    NotReplicated(String),
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("{0}")]
@@ -295,6 +301,7 @@ impl ApiError {
             ApiError::OriginFailed(_) => Kind::OriginFailed,
             ApiError::RedisUnavailable(_) => Kind::RedisUnavailable,
             ApiError::JournalFull(_) => Kind::JournalFull,
+            ApiError::NotReplicated(_) => Kind::NotReplicated,
             ApiError::NotReady(_) => Kind::NotReady,
             ApiError::OriginTimeout(_) => Kind::OriginTimeout,
             ApiError::CacheStatus { error, .. } => error.kind(),
@@ -329,9 +336,10 @@ impl ApiError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 Kind::OriginFailed => StatusCode::BAD_GATEWAY,
-                Kind::RedisUnavailable | Kind::JournalFull | Kind::NotReady => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                Kind::RedisUnavailable
+                | Kind::JournalFull
+                | Kind::NotReplicated
+                | Kind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
                 Kind::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             },
         }
@@ -341,6 +349,8 @@ impl ApiError {
     fn store(e: StoreError, unavailable: &str) -> ApiError {
         match e {
             e @ StoreError::WrongType { .. } => ApiError::RedisWrongType(e.to_string()),
+            // Our words and the counts only: nothing of the Redis client's text.
+            e @ StoreError::NotReplicated { .. } => ApiError::NotReplicated(e.to_string()),
             e if e.is_unavailable() => ApiError::RedisUnavailable(unavailable.to_string()),
             e => ApiError::Internal(e.to_string()),
         }

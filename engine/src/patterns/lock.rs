@@ -17,8 +17,9 @@ use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::lock::LockScripts;
 use crate::compile::{CompiledLock, KeySpace};
 use crate::policy::Rule;
+use crate::policy::durability::Durability;
 use crate::policy::lock::Lock;
-use crate::store::{Store, StoreError};
+use crate::store::{Pinned, Store, StoreError};
 
 /// The fence counter outlives every lease by far; after it expires fences still increase,
 /// being at least Redis TIME in µs.
@@ -97,6 +98,9 @@ pub struct Locker {
     released_ttl_arg: String,
     wake: Vec<Notify>,
     counters: Counters,
+    /// Replicas a grant or an extension must reach before it is answered (see
+    /// `policy::durability`).
+    durability: Option<Durability>,
 }
 
 fn token_random() -> Result<String, LockError> {
@@ -153,6 +157,23 @@ impl Locker {
             released_ttl_arg: ms(spec.max_ttl.max(Duration::from_secs(60))).to_string(),
             wake: (0..WAKE_STRIPES).map(|_| Notify::new()).collect(),
             counters: Counters::new(&rule.app, &rule.name),
+            durability: spec.durability,
+        }
+    }
+
+    /// The connection of a call: one of the durable pool when `WAIT` follows it.
+    fn pin(&self, store: &Store) -> Result<Pinned, LockError> {
+        match self.durability {
+            Some(_) => self.counted(store.pin_durable()),
+            None => Ok(store.pin()),
+        }
+    }
+
+    /// `WAIT` for the rule's replicas after a write on `pin`, when the rule asks for it.
+    async fn replicated(&self, store: &Store, pin: &Pinned, key: &str) -> Result<(), LockError> {
+        match self.durability {
+            Some(d) => self.counted(store.wait_replicas(pin, key, d.replicas, d.timeout).await),
+            None => Ok(()),
         }
     }
 
@@ -228,7 +249,7 @@ impl Locker {
             // Should the answer be lost (Redis stalled past the timeout, or the request
             // cancelled), the permit Redis grants late is taken back: see `LostGrant`. The
             // engine knows the token's random part; the abandon script finds the holder by it.
-            let pin = store.pin();
+            let pin = self.pin(store)?;
             let lost = LostGrant::new(
                 store,
                 &pin,
@@ -260,6 +281,9 @@ impl Locker {
                             "unexpected reply of the acquire script: {reply:?}"
                         )));
                     };
+                    // Too few replicas have the grant: it is not answered, and `lost`, still
+                    // armed, takes it back on the same connection.
+                    self.replicated(store, &pin, &keys[0]).await?;
                     lost.disarm();
                     self.counters.acquired.increment(1);
                     return Ok(Lease {
@@ -309,9 +333,23 @@ impl Locker {
         let lease = self.lease_ms(ttl_ms)?.to_string();
         let keys = [self.keys.key(resource, "h")];
         let args: [&[u8]; 2] = [token.as_bytes(), lease.as_bytes()];
-        let reply: Vec<u64> = self.counted(store.eval(&self.scripts.extend, &keys, &args).await)?;
+        let pin = self.pin(store)?;
+        let reply: Vec<u64> = self.counted(
+            store
+                .eval_pinned(
+                    &pin,
+                    store.command_timeout(),
+                    &self.scripts.extend,
+                    &keys,
+                    &args,
+                )
+                .await,
+        )?;
         match reply.as_slice() {
             [1, ttl] => {
+                // Not replicated in time: 503; the primary has the longer lease, which is
+                // harmless (the holder may retry, and fences order any writes).
+                self.replicated(store, &pin, &keys[0]).await?;
                 self.counters.extended.increment(1);
                 Ok(Lease {
                     token: token.to_string(),

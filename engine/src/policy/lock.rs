@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
+use super::durability::{Durability, RawDurability};
 use super::raw::DurationText;
 use super::validate::{Validator, loc};
 
@@ -30,6 +31,11 @@ pub struct RawLock {
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub max_wait: Option<Spanned<String>>,
+    /// Replicas that must hold a grant before it is answered (`WAIT`); without it a grant is
+    /// answered as soon as the primary has it, and a failover can lose it.
+    #[serde(default)]
+    #[schemars(with = "Option<RawDurability>")]
+    pub durability: Option<Spanned<RawDurability>>,
 }
 
 /// A validated `lock` rule.
@@ -39,6 +45,7 @@ pub struct Lock {
     pub permits: u64,
     pub max_ttl: Duration,
     pub max_wait: Duration,
+    pub durability: Option<Durability>,
     pub location: Location,
 }
 
@@ -90,6 +97,7 @@ impl Validator {
             .as_ref()
             .and_then(|d| self.duration(path, "max_wait", d))
             .unwrap_or(Duration::from_secs(30));
+        let durability = self.durability(path, &raw.durability);
         if self.error_count() > before {
             return None;
         }
@@ -99,6 +107,7 @@ impl Validator {
             permits,
             max_ttl: max_ttl.unwrap_or(ttl * 10),
             max_wait,
+            durability,
             location: at,
         })
     }

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod diagnostic;
 mod dupkeys;
+pub mod durability;
 pub mod duration;
 pub mod ir;
 pub mod lock;

@@ -51,6 +51,18 @@ pub enum StoreError {
     /// before it is sent, so it shows on one node as it would on a cluster.
     #[error("script `{script}` was called with keys in several cluster slots: {detail}")]
     CrossSlot { script: String, detail: String },
+    /// A write the rule wants on `wanted` replicas before it is acknowledged reached only
+    /// `acked` within the rule's `durability.timeout` (replication is asynchronous; a
+    /// replica is down or lagging). The write is applied on the primary.
+    #[error(
+        "the write reached {acked} of the {wanted} replicas the rule asks for (WAIT timed out \
+         after {timeout:?})"
+    )]
+    NotReplicated {
+        wanted: u32,
+        acked: u32,
+        timeout: Duration,
+    },
     #[error(
         "WRONGTYPE: a key of this rule (under `{namespace}`) holds another type of value than \
          the rule writes; another client wrote it"
@@ -66,16 +78,26 @@ impl StoreError {
     /// data or the script (WRONGTYPE, a script error): those are not outages.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Timeout(_) | StoreError::CircuitOpen(_) => true,
+            StoreError::Timeout(_)
+            | StoreError::CircuitOpen(_)
+            | StoreError::NotReplicated { .. } => true,
             StoreError::Redis(e) => {
                 self.is_connection_failure()
                     || e.kind() == ErrorKind::AuthenticationFailed
+                    // A cluster between topologies: a slot whose primary died is refused
+                    // (CLUSTERDOWN) or redirected back and forth (MOVED, ASK) until its
+                    // replica is promoted and the client's slot map follows; the client
+                    // retries a few times itself, and what is left is an outage of that
+                    // shard, not an error of the request.
+                    || e.kind() == ErrorKind::ClusterConnectionNotFound
                     || matches!(
                         e.kind(),
                         ErrorKind::Server(
                             ServerErrorKind::BusyLoading
                                 | ServerErrorKind::TryAgain
                                 | ServerErrorKind::ClusterDown
+                                | ServerErrorKind::Moved
+                                | ServerErrorKind::Ask
                                 | ServerErrorKind::MasterDown
                                 | ServerErrorKind::ReadOnly
                                 | ServerErrorKind::NoPerm
@@ -103,6 +125,7 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::CircuitOpen(_) => "circuit_open",
+            StoreError::NotReplicated { .. } => "not_replicated",
             StoreError::WrongType { .. } => "wrong_type",
             StoreError::Redis(e) if e.code() == Some("WRONGTYPE") => "wrong_type",
             StoreError::Redis(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -156,6 +179,12 @@ pub struct Store {
 struct Inner {
     conns: Vec<Conn>,
     cluster: bool,
+    /// The pool of calls followed by `WAIT` (rules with `durability`), made on first use from
+    /// `target`. Apart because `WAIT` blocks its connection until the replicas answer, or
+    /// its timeout: on the request pool it would hold up every call pipelined behind it.
+    durable: std::sync::OnceLock<Vec<Conn>>,
+    target: RedisTarget,
+    pool_size: usize,
     next: AtomicUsize,
     timeout: Duration,
     /// The URL without its password.
@@ -173,46 +202,15 @@ impl Store {
     /// decisions, and `/readyz` 503) while Redis is still down.
     pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
         let size = cfg.pool_size.max(1);
-        let mut conns = Vec::with_capacity(size);
-        match cfg.target.endpoint() {
-            Endpoint::Single(client) => {
-                let mgr_cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(cfg.command_timeout))
-                    // No response timeout here: `run` bounds every command (including any
-                    // wait for a reconnect) with one tokio timer; a second, per-request timer
-                    // inside redis-rs measurably cost CPU on every decision.
-                    .set_response_timeout(None)
-                    // One connection attempt per reconnect, no retries: retries inside a
-                    // request made every request during an outage wait for them (about 220 ms
-                    // each). The breaker stops requests from reaching a dead Redis, and its
-                    // probe does the retrying.
-                    .set_number_of_retries(0);
-                for _ in 0..size {
-                    conns.push(Conn::Single(
-                        ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
-                            .map_err(StoreError::Url)?,
-                    ));
-                }
-            }
-            Endpoint::Cluster(cluster) => {
-                // Pending: the slot map is fetched in the background and again whenever a
-                // node goes away, so patternd starts while the cluster is down, as it does
-                // with one server. No response timeout, for the same reason as above.
-                let cluster_cfg = ClusterConfig::new().set_connection_timeout(cfg.command_timeout);
-                for _ in 0..size {
-                    conns.push(Conn::Cluster(
-                        cluster
-                            .client
-                            .get_pending_async_connection_with_config(cluster_cfg.clone()),
-                    ));
-                }
-            }
-        }
+        let conns = pool(&cfg.target, size, cfg.command_timeout)?;
         let cluster = cfg.target.is_cluster();
         Ok(Self {
             inner: Arc::new(Inner {
                 conns,
                 cluster,
+                durable: std::sync::OnceLock::new(),
+                target: cfg.target.clone(),
+                pool_size: size,
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
                 redacted_url: cfg.target.redacted().to_owned(),
@@ -246,6 +244,71 @@ impl Store {
     /// The next connection of the pool, for calls that must follow each other (see `Pinned`).
     pub fn pin(&self) -> Pinned {
         Pinned { conn: self.conn() }
+    }
+
+    /// A connection of the durable pool, for a call that `wait_replicas` follows (see
+    /// `Inner::durable`).
+    pub fn pin_durable(&self) -> Result<Pinned, StoreError> {
+        let inner = &self.inner;
+        let conns = match inner.durable.get() {
+            Some(c) => c,
+            None => {
+                let made = pool(&inner.target, inner.pool_size, inner.timeout)?;
+                inner.durable.get_or_init(|| made)
+            }
+        };
+        let i = inner.next.fetch_add(1, Ordering::Relaxed) % conns.len();
+        Ok(Pinned {
+            conn: conns[i].clone(),
+        })
+    }
+
+    /// `WAIT replicas timeout` after a write on `pin`: Redis answers once `replicas` replicas
+    /// have acknowledged every write this connection sent before (so the call just made on
+    /// it), or after `timeout` with how many did. On a cluster it goes to the primary that
+    /// owns `key`, over the same node connection as the write. Fewer than asked is
+    /// `StoreError::NotReplicated`.
+    pub async fn wait_replicas(
+        &self,
+        pin: &Pinned,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("WAIT");
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        cmd.arg(replicas).arg(timeout_ms);
+        // WAIT itself may take `timeout`; the call's own bound comes on top of it.
+        let bound = self.inner.timeout + timeout;
+        let acked: i64 = match &pin.conn {
+            Conn::Single(_) => self.run_on(pin.conn.clone(), bound, &cmd).await?,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(keys::key_slot(key), SlotAddr::Master),
+                ));
+                let mut c = c.clone();
+                let reply = tokio::time::timeout(bound, c.route_command(cmd, route)).await;
+                let value = match reply {
+                    Err(_) => return Err(StoreError::Timeout(bound)),
+                    Ok(r) => r?,
+                };
+                redis::from_redis_value(value).map_err(|e| StoreError::Redis(e.into()))?
+            }
+        };
+        let acked = u32::try_from(acked.max(0)).unwrap_or(u32::MAX);
+        if acked < replicas {
+            let e = StoreError::NotReplicated {
+                wanted: replicas,
+                acked,
+                timeout,
+            };
+            count_error(&e);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The bound on every command (`--redis-timeout`).
@@ -482,6 +545,51 @@ impl Inner {
     }
 }
 
+/// `size` lazy connections to `target`: they connect on first use and reconnect by
+/// themselves, so nothing here waits for Redis.
+fn pool(
+    target: &RedisTarget,
+    size: usize,
+    command_timeout: Duration,
+) -> Result<Vec<Conn>, StoreError> {
+    let mut conns = Vec::with_capacity(size);
+    match target.endpoint() {
+        Endpoint::Single(client) => {
+            let mgr_cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(command_timeout))
+                // No response timeout here: `run` bounds every command (including any
+                // wait for a reconnect) with one tokio timer; a second, per-request timer
+                // inside redis-rs measurably cost CPU on every decision.
+                .set_response_timeout(None)
+                // One connection attempt per reconnect, no retries: retries inside a
+                // request made every request during an outage wait for them (about 220 ms
+                // each). The breaker stops requests from reaching a dead Redis, and its
+                // probe does the retrying.
+                .set_number_of_retries(0);
+            for _ in 0..size {
+                conns.push(Conn::Single(
+                    ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
+                        .map_err(StoreError::Url)?,
+                ));
+            }
+        }
+        Endpoint::Cluster(cluster) => {
+            // Pending: the slot map is fetched in the background and again whenever a
+            // node goes away, so patternd starts while the cluster is down, as it does
+            // with one server. No response timeout, for the same reason as above.
+            let cluster_cfg = ClusterConfig::new().set_connection_timeout(command_timeout);
+            for _ in 0..size {
+                conns.push(Conn::Cluster(
+                    cluster
+                        .client
+                        .get_pending_async_connection_with_config(cluster_cfg.clone()),
+                ));
+            }
+        }
+    }
+    Ok(conns)
+}
+
 fn count_error(e: &StoreError) {
     metrics::counter!("patternd_redis_errors_total", "kind" => e.kind()).increment(1);
 }
@@ -715,6 +823,10 @@ mod tests {
             "OOM command not allowed when used memory > 'maxmemory'.",
             "BUSY Redis is busy running a script.",
             "NOPERM this user has no permissions",
+            "MOVED 511 127.0.0.1:7002",
+            "ASK 511 127.0.0.1:7002",
+            "CLUSTERDOWN The cluster is down",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
         ] {
             let e = server(line);
             assert!(e.is_unavailable(), "{line}");

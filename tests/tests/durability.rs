@@ -1,0 +1,121 @@
+//! `durability: { replicas, timeout }`: a write is answered only once that many replicas hold
+//! it (`WAIT` after the script, on the same connection). Against a real primary with a real
+//! replica (`--replicaof`), and the same primary without one: a lock grant that no replica
+//! acknowledged is refused with 503 `not-replicated` and taken back, so no holder is left
+//! behind that nobody was told about.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use patternd_e2e::{Patternd, RedisServer, TempDir, policy_dir};
+use serde_json::json;
+
+const POLICY: &str = r#"
+app: dur
+rules:
+  order:
+    lock: { ttl: 30s, durability: { replicas: 1, timeout: 200ms } }
+  plain:
+    lock: { ttl: 30s }
+"#;
+
+/// A replica of `primary`, caught up (its link is up).
+fn replica_of(primary: &RedisServer) -> Result<RedisServer> {
+    let port = primary.port();
+    let replica = RedisServer::start_in(TempDir::new("replica")?, move |_| {
+        Ok(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            port.to_string(),
+        ])
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut con = redis::Client::open(replica.url())?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut con)?;
+        if info.contains("master_link_status:up") {
+            return Ok(replica);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the replica did not sync: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does() -> Result<()> {
+    let redis = RedisServer::start()?;
+    let dir = policy_dir(&[("dur.yaml", POLICY)])?;
+    let pd = Patternd::start(&redis.url(), dir.path(), &[]).await?;
+
+    // No replica: the grant cannot be confirmed. 503 not-replicated, after the WAIT timeout.
+    let r = pd.post_json("/v1/locks/dur/order/o-1", &json!({})).await?;
+    ensure!(r.status == 503, "{} {}\n{}", r.status, r.text, pd.log());
+    ensure!(
+        r.json["type"] == "urn:patternd:problem:not-replicated",
+        "{}",
+        r.text
+    );
+    ensure!(
+        r.json["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("0 of the 1 replicas"),
+        "{}",
+        r.text
+    );
+    // …and the grant it made on the primary is taken back: nobody holds o-1.
+    let mut con = redis.conn().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let holders: i64 = redis::cmd("ZCARD")
+            .arg("dur:lock:order:{o-1}:h")
+            .query_async(&mut con)
+            .await?;
+        if holders == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the unconfirmed grant still holds o-1\n{}",
+            pd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A rule without durability is not affected.
+    let r = pd.post_json("/v1/locks/dur/plain/o-1", &json!({})).await?;
+    ensure!(r.status == 200, "{} {}", r.status, r.text);
+
+    // With a replica, the grant is answered, and the replica has it.
+    let replica = replica_of(&redis)?;
+    let r = pd.post_json("/v1/locks/dur/order/o-2", &json!({})).await?;
+    ensure!(r.status == 200, "{} {}\n{}", r.status, r.text, pd.log());
+    let mut rcon = replica.conn().await?;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("dur:lock:order:{o-2}:h")
+        .query_async(&mut rcon)
+        .await?;
+    ensure!(
+        exists == 1,
+        "the replica does not have the acknowledged grant"
+    );
+    // Extending it waits for the replica too.
+    let token = r.json["token"].as_str().unwrap_or_default().to_owned();
+    let r = pd
+        .post_json(
+            "/v1/locks/dur/order/o-2/extend",
+            &json!({ "token": token, "ttl_ms": 60000 }),
+        )
+        .await?;
+    ensure!(r.status == 200, "{} {}", r.status, r.text);
+    let metrics = pd.get("/metrics").await?;
+    ensure!(
+        metrics
+            .text
+            .contains(r#"patternd_redis_errors_total{kind="not_replicated"} 1"#),
+        "the refused grant is counted"
+    );
+    Ok(())
+}
