@@ -433,6 +433,17 @@ fn reset(c: &RedisCluster) -> Result<()> {
         redis::cmd("FLUSHALL").arg("SYNC").query::<()>(&mut conn)?;
         // Scripts too: a test about NOSCRIPT recovery must not find the last test's scripts.
         redis::cmd("SCRIPT").arg("FLUSH").query::<()>(&mut conn)?;
+        // And every command allowed again, should a test have failed while it refused some
+        // (cache_hardening takes EVALSHA away from the default user and gives it back).
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg("on")
+            .arg("nopass")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query::<()>(&mut conn)?;
     }
     c.wait_ready()
 }
