@@ -10,6 +10,7 @@
 //! `patternd` binary itself when it is missing or older than the engine's sources.
 
 pub mod backend;
+pub mod cache_keys;
 pub mod cluster;
 pub mod origin;
 pub mod raw;

@@ -212,6 +212,7 @@ rules:
             ("write", json!("cache")),
             ("related", json!(["{id}:reviews"])),
             ("max_value_bytes", json!(65536)),
+            ("slot_groups", json!(16)),
             ("plugin", Value::Null),
         ],
     );

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
     Backend, Patternd, PluginWorld, Reply, World, burst, cache_status, eventually,
@@ -465,17 +466,15 @@ rules:
     // Besides the other value, only the write markers DELETE leaves in the dropped ids'
     // leases (a fill in flight must not store what it read before the DELETE); they expire
     // after max(refresh_lease, origin_timeout + 1s) = 3s here.
-    assert_eq!(
-        keys,
-        [
-            "shop:cache:user:{10}:v",
-            "shop:cache:user:{9:posts}:lease",
-            "shop:cache:user:{9:profile}:lease",
-            "shop:cache:user:{9}:lease"
-        ],
-        "{keys:?}"
-    );
-    for k in &keys[1..] {
+    let mut want = vec![cache_keys::key("shop", "user", "10", "v")];
+    let leases: Vec<String> = ["9:posts", "9:profile", "9"]
+        .iter()
+        .map(|id| cache_keys::key("shop", "user", id, "lease"))
+        .collect();
+    want.extend(leases.iter().cloned());
+    want.sort();
+    assert_eq!(keys, want, "{keys:?}");
+    for k in &leases {
         let (marker, pttl): (String, i64) = redis::pipe()
             .cmd("GET")
             .arg(k)
@@ -500,10 +499,7 @@ rules:
     Ok(())
 }
 
-on_every_backend!(
-    delete_drops_the_value_and_its_related_ids;
-    cluster_ignored = "cluster: a DELETE of related ids is one call over several slots (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(delete_drops_the_value_and_its_related_ids);
 
 async fn tag_invalidation_is_bounded_and_tag_keys_expire(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
@@ -531,12 +527,16 @@ rules:
     origin.set("d", "text/plain", b"d", &["sale", "brand:3"]);
     assert_eq!(get(p, "/v1/cache/shop/item/d").await?.status, 200);
 
-    // Every tag key has a TTL at least as long as every value that records it.
+    // Every slot group's tag versions have a TTL at least as long as every value of the
+    // group that records a tag.
     let mut nodes = w.redis.nodes().await?;
     let names = w.redis.scan_names().await?;
-    let tag_keys: Vec<&String> = names.iter().filter(|k| k.contains(":tag:")).collect();
-    assert_eq!(tag_keys.len(), 4, "{names:?}");
-    let mut max_value_ttl = 0;
+    let tag_keys: Vec<&String> = names.iter().filter(|k| k.ends_with(":tags")).collect();
+    let groups: std::collections::BTreeSet<u32> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| cache_keys::group_of(id, cache_keys::DEFAULT_GROUPS))
+        .collect();
+    assert_eq!(tag_keys.len(), groups.len(), "{names:?}");
     for k in &names {
         let pttl: i64 = redis::cmd("PTTL")
             .arg(k)
@@ -544,22 +544,23 @@ rules:
             .await?;
         assert!(pttl > 0, "{k} has no TTL ({pttl})");
         assert!(k.starts_with("shop:cache:item:"), "{k}");
-        if k.ends_with(":v") {
-            max_value_ttl = max_value_ttl.max(pttl);
-        }
     }
-    for k in &tag_keys {
-        assert!(k.starts_with("shop:cache:item:{%shop.item}:tag:"), "{k}");
+    for id in ["a", "b", "c", "d"] {
+        let g = cache_keys::group_of(id, cache_keys::DEFAULT_GROUPS);
+        let tags = cache_keys::group_key("shop", "item", g, "tags");
+        assert!(tag_keys.contains(&&tags), "{tags} in {tag_keys:?}");
+        let value_key = cache_keys::key("shop", "item", id, "v");
+        let value: i64 = redis::cmd("PTTL")
+            .arg(&value_key)
+            .query_async(nodes.conn(&value_key)?)
+            .await?;
         let pttl: i64 = redis::cmd("PTTL")
-            .arg(*k)
-            .query_async(nodes.conn(k)?)
+            .arg(&tags)
+            .query_async(nodes.conn(&tags)?)
             .await?;
         // Written in the same script as (or after) the values: never shorter than them
         // (a second of slack for the time between the two PTTL calls).
-        assert!(
-            pttl + 1000 >= max_value_ttl,
-            "{k}: {pttl} < {max_value_ttl}"
-        );
+        assert!(pttl + 1000 >= value, "{tags}: {pttl} < {value}");
     }
 
     // Invalidate `sale`: a, b and d go, c stays.
@@ -582,13 +583,24 @@ rules:
     }
     let r = get(p, "/v1/cache/shop/item/c").await?;
     assert!(cache_status(&r).starts_with("patternd; hit"), "{r:?}");
-    // An unused tag's key lives only as long as a fill in flight may take (max(refresh_lease,
+    // The invalidation reached every slot group. A group that holds no tagged value keeps
+    // its tag versions only as long as a fill in flight may take (max(refresh_lease,
     // origin_timeout + 1s) = 3s here): long enough to stop a fill that raced the invalidation.
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg("shop:cache:item:{%shop.item}:tag:never-used")
-        .query_async(nodes.conn("shop:cache:item:{%shop.item}:tag:never-used")?)
-        .await?;
-    assert!(pttl > 0 && pttl <= 3000, "{pttl}");
+    for g in 0..cache_keys::DEFAULT_GROUPS {
+        let tags = cache_keys::group_key("shop", "item", g, "tags");
+        let (version, pttl): (Option<f64>, i64) = redis::pipe()
+            .cmd("ZSCORE")
+            .arg(&tags)
+            .arg("never-used")
+            .cmd("PTTL")
+            .arg(&tags)
+            .query_async(nodes.conn(&tags)?)
+            .await?;
+        assert!(version.is_some_and(|v| v > 1e15), "{tags}: {version:?}");
+        if !groups.contains(&g) {
+            assert!(pttl > 0 && pttl <= 3000, "{tags}: {pttl}");
+        }
+    }
     // Invalidated values are not served stale either, even under stale_if_error.
     p.post_json(
         "/v1/cache/shop/item/_invalidate",
@@ -613,10 +625,7 @@ rules:
     Ok(())
 }
 
-on_every_backend!(
-    tag_invalidation_is_bounded_and_tag_keys_expire;
-    cluster_ignored = "cluster: a fill of a tagged value reads tag versions built in Lua on the rule's slot (non local key) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(tag_invalidation_is_bounded_and_tag_keys_expire);
 
 async fn hash_format_stores_fields_and_reads_some(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
@@ -648,15 +657,16 @@ rules:
     let want = json!({"name": "Ada", "age": 36, "langs": ["en", "fr"], "boss": null});
     assert_eq!(all.json, want);
     // Stored one HASH field per member.
-    let mut conn = w.redis.conn_for_key("shop:cache:profile:{7}:v").await?;
+    let value_key = cache_keys::key("shop", "profile", "7", "v");
+    let mut conn = w.redis.conn_for_key(&value_key).await?;
     let name: String = redis::cmd("HGET")
-        .arg("shop:cache:profile:{7}:v")
+        .arg(&value_key)
         .arg("f:name")
         .query_async(&mut conn)
         .await?;
     assert_eq!(name, "\"Ada\"");
     let has_body: bool = redis::cmd("HEXISTS")
-        .arg("shop:cache:profile:{7}:v")
+        .arg(cache_keys::key("shop", "profile", "7", "v"))
         .arg("b")
         .query_async(&mut conn)
         .await?;
@@ -728,7 +738,7 @@ rules:
         let keys = w.redis.scan_all().await?;
         Ok(keys
             .iter()
-            .any(|k| k.ends_with(b"{slow}:lease"))
+            .any(|k| k.ends_with(b"}:slow:lease"))
             .then_some(()))
     })
     .await?;
@@ -736,7 +746,7 @@ rules:
     assert!(keys.len() >= ids.len() + 2, "{keys:?}");
     for k in &keys {
         let name = String::from_utf8_lossy(k);
-        assert!(name.starts_with("hyg:cache:c:{"), "{name}");
+        assert!(name.starts_with("hyg:cache:c:{%hyg.c."), "{name}");
         let pttl: i64 = redis::cmd("PTTL")
             .arg(k)
             .query_async(nodes.conn(k)?)
@@ -747,10 +757,7 @@ rules:
     Ok(())
 }
 
-on_every_backend!(
-    every_cache_key_has_a_ttl_and_its_namespace;
-    cluster_ignored = "cluster: a fill of a tagged value reads tag versions built in Lua on the rule's slot (non local key) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(every_cache_key_has_a_ttl_and_its_namespace);
 
 /// The example `cache-key` Lua plugin: a key per Accept-Language, a TTL, tags, bypass.
 async fn plugin_chooses_key_ttl_tags_and_bypass(b: Backend) -> Result<()> {
@@ -792,7 +799,7 @@ rules:
     // One key per variant, inside the rule's namespace, with the plugin's TTL.
     let mut nodes = w.redis.nodes().await?;
     for variant in ["1:en", "1:de"] {
-        let key = format!("shop:cache:page:{{{variant}}}:v");
+        let key = cache_keys::key("shop", "page", variant, "v");
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&key)
             .query_async(nodes.conn(&key)?)
@@ -852,7 +859,7 @@ async fn a_slow_fill_never_overwrites_a_newer_put(b: Backend) -> Result<()> {
     };
     eventually(Duration::from_secs(30), "the fill's lease", || async {
         let keys = w.redis.scan_all().await?;
-        Ok(keys.iter().any(|k| k.ends_with(b"{r}:lease")).then_some(()))
+        Ok(keys.iter().any(|k| k.ends_with(b"}:r:lease")).then_some(()))
     })
     .await?;
     let put = p

@@ -195,7 +195,7 @@ rules:
         .filter(|k| k.ends_with(":v"))
         .collect();
     assert_eq!(values.len(), 2, "{values:?}");
-    assert!(values.iter().all(|k| k.contains("{1}")), "{values:?}");
+    assert!(values.iter().all(|k| k.ends_with("}:1:v")), "{values:?}");
 
     // Counted per rule and outcome.
     let m = p.get("/metrics").await?.text;

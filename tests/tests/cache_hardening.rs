@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::raw::raw_request;
 use patternd_e2e::{Backend, Patternd, Reply, World, eventually, on_every_backend};
@@ -115,10 +116,12 @@ async fn the_flusher_never_sends_a_dot_segment(b: Backend) -> Result<()> {
     );
     let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
-    let mut conn = w.redis.conn_for_key("w:cache:b:{%w.b}:journal").await?;
     for id in ["..", "."] {
+        // Each id's journal is its slot group's, on whichever primary owns that group.
+        let journal = cache_keys::journal_of("w", "b", id);
+        let mut conn = w.redis.conn_for_key(&journal).await?;
         let _: String = redis::cmd("XADD")
-            .arg("w:cache:b:{%w.b}:journal")
+            .arg(&journal)
             .arg("*")
             .arg("id")
             .arg(id)
@@ -163,10 +166,7 @@ async fn the_flusher_never_sends_a_dot_segment(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    the_flusher_never_sends_a_dot_segment;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(the_flusher_never_sends_a_dot_segment);
 
 /// With `related: ["{id}:reviews"]`, every id PUT and GET accept can be deleted, up to the
 /// bound: a related id past 512 bytes cannot hold a value, so there is nothing to drop.
@@ -236,10 +236,7 @@ async fn every_id_put_and_get_accept_can_be_deleted(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    every_id_put_and_get_accept_can_be_deleted;
-    cluster_ignored = "cluster: a DELETE of related ids is one call over several slots (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(every_id_put_and_get_accept_can_be_deleted);
 
 /// The test's own redis-server process, stopped with SIGSTOP (a stall: connections stay
 /// open, nothing is answered) and continued when dropped, so a failing test never leaves it
@@ -463,7 +460,10 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces(b: Backend) -> Re
     let p = &w.patternd;
     assert_eq!(get_text(p, "/v1/cache/w/t/k").await?, (200, "old".into()));
     // Every key this test reads is `k`'s; the listing spans every primary.
-    let mut conn = w.redis.conn_for_key("w:cache:t:{k}:v").await?;
+    let mut conn = w
+        .redis
+        .conn_for_key(cache_keys::key("w", "t", "k", "v"))
+        .await?;
     let keys = |_: &mut redis::aio::MultiplexedConnection| async {
         let ks: BTreeSet<String> = w.redis.scan_names().await?.into_iter().collect();
         anyhow::Ok(ks)
@@ -487,16 +487,22 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces(b: Backend) -> Re
     let (r, seen) = (r?, seen?);
     r.assert_problem(502);
     assert!(r.detail().contains("the cache was not changed"), "{r:?}");
-    assert!(seen.contains("w:cache:t:{k}:held"), "{seen:?}");
-    assert!(!seen.contains("w:cache:t:{k}:v"), "{seen:?}");
+    assert!(
+        seen.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.contains(&cache_keys::key("w", "t", "k", "v")),
+        "{seen:?}"
+    );
     let ks = keys(&mut conn).await?;
     assert_eq!(
         ks,
-        BTreeSet::from(["w:cache:t:{k}:v".to_string()]),
+        BTreeSet::from([cache_keys::key("w", "t", "k", "v")]),
         "restored, nothing else left"
     );
     let pttl: i64 = redis::cmd("PTTL")
-        .arg("w:cache:t:{k}:v")
+        .arg(cache_keys::key("w", "t", "k", "v"))
         .query_async(&mut conn)
         .await?;
     assert!(
@@ -546,8 +552,11 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces(b: Backend) -> Re
     r.assert_problem(504);
     assert!(r.detail().contains("dropped"), "{r:?}");
     let ks = keys(&mut conn).await?;
-    assert!(!ks.contains("w:cache:t:{k}:v"), "{ks:?}");
-    assert!(!ks.contains("w:cache:t:{k}:held"), "{ks:?}");
+    assert!(!ks.contains(&cache_keys::key("w", "t", "k", "v")), "{ks:?}");
+    assert!(
+        !ks.contains(&cache_keys::key("w", "t", "k", "held")),
+        "{ks:?}"
+    );
     let g = p.get("/v1/cache/w/t/k").await?;
     assert_eq!((g.status, g.text.as_str()), (200, "new"), "{g:?}");
     assert!(

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{Backend, Patternd, Reply, World, cache_status, eventually, on_every_backend};
 use serde_json::json;
@@ -82,10 +83,7 @@ async fn a_fill_in_flight_does_not_undo_a_tag_invalidation(b: Backend) -> Result
     Ok(())
 }
 
-on_every_backend!(
-    a_fill_in_flight_does_not_undo_a_tag_invalidation;
-    cluster_ignored = "cluster: a fill of a tagged value reads tag versions built in Lua on the rule's slot (non local key) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_fill_in_flight_does_not_undo_a_tag_invalidation);
 
 /// The origin's `a` changes from `old` to `new`, and `a` is DELETEd, while a GET's fill of it
 /// is at the (slow) origin: the GET may answer `old` but must not store it, so the next read
@@ -141,9 +139,10 @@ rules:
 ";
     let w = World::with_origin_on(b, policy, &origin, &[]).await?;
     let p = &w.patternd;
-    let mut c = w.redis.conn_for_key("h:cache:r:{a}:lease").await?;
+    let lease = cache_keys::key("h", "r", "a", "lease");
+    let mut c = w.redis.conn_for_key(&lease).await?;
     let _: () = redis::cmd("SET")
-        .arg("h:cache:r:{a}:lease")
+        .arg(&lease)
         .arg("a-filler-that-died")
         .arg("PX")
         .arg(60_000)
@@ -368,10 +367,7 @@ async fn writes_honour_if_match(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    writes_honour_if_match;
-    cluster_ignored = "cluster: a write-behind PUT declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(writes_honour_if_match);
 
 // ---- Item 15: the origin's Cache-Control -------------------------------------------------
 
@@ -462,7 +458,7 @@ async fn ttl_from_origin_follows_cache_control(b: Backend) -> Result<()> {
             assert_eq!(r.header("etag"), None, "not stored, no ETag");
             assert_eq!(origin.gets(id), n, "{id}: every GET asks the origin");
         }
-        let key = format!("h:cache:o:{{{id}}}:v");
+        let key = cache_keys::key("h", "o", id, "v");
         let mut c = w.redis.conn_for_key(&key).await?;
         let exists: u64 = redis::cmd("EXISTS").arg(&key).query_async(&mut c).await?;
         assert_eq!(exists, 0, "{id} is not stored");

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{Backend, Patternd, Reply, World, cache_status, eventually, metric_value};
 
@@ -103,7 +104,7 @@ async fn near_hits_never_outlive_a_write_through_another_replica() -> Result<()>
 
     // A change made straight in Redis, by anything, invalidates too.
     let mut con = t.redis.conn().await?;
-    let key = "shop:cache:product:{1}:v";
+    let key = cache_keys::key("shop", "product", "1", "v");
     assert_eq!(until_near(&t.a, path).await?.text, "v7");
     let () = redis::cmd("HSET")
         .arg(key)

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
     Backend, Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value,
@@ -18,11 +19,28 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn value_key(rule: &str, id: &str) -> String {
-    format!("w:cache:{rule}:{{{id}}}:v")
+    cache_keys::key("w", rule, id, "v")
 }
 
-fn journal_key(rule: &str) -> String {
-    format!("w:cache:{rule}:{{%w.{rule}}}:journal")
+/// The journal `id`'s writes go to (the one of its slot group).
+fn journal_of(rule: &str, id: &str) -> String {
+    cache_keys::journal_of("w", rule, id)
+}
+
+/// Every slot group's journal of `rule` (default `slot_groups`).
+fn journals(rule: &str) -> Vec<String> {
+    (0..cache_keys::DEFAULT_GROUPS)
+        .map(|g| cache_keys::group_key("w", rule, g, "journal"))
+        .collect()
+}
+
+/// Undelivered writes of `rule`, over all its slot groups.
+async fn journal_len(w: &World, rule: &str) -> Result<u64> {
+    let mut n = 0;
+    for j in journals(rule) {
+        n += xlen(w, &j).await?;
+    }
+    Ok(n)
 }
 
 async fn put(
@@ -130,7 +148,7 @@ async fn reads_new(p: &Patternd) -> Result<Reply> {
 /// Waits until rule `b`'s journal is empty: every entry delivered, or settled otherwise.
 async fn until_journal_drained(w: &World) -> Result<()> {
     eventually(WAIT, "rule b's journal to be empty", || async {
-        Ok((xlen(w, &journal_key("b")).await? == 0).then_some(()))
+        Ok((journal_len(w, "b").await? == 0).then_some(()))
     })
     .await
 }
@@ -299,10 +317,7 @@ async fn write_behind_is_acknowledged_then_delivered(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    write_behind_is_acknowledged_then_delivered;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(write_behind_is_acknowledged_then_delivered);
 
 async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
@@ -359,10 +374,7 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down(b: Back
     Ok(())
 }
 
-on_every_backend!(
-    write_behind_coalesces_repeated_writes_while_the_origin_is_down;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(write_behind_coalesces_repeated_writes_while_the_origin_is_down);
 
 async fn replay(p: &Patternd, body: Value) -> Result<Reply> {
     p.post_json("/admin/cache/w/b/dead-letters/replay", &body)
@@ -395,7 +407,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers(b: Backend)
         Ok((r.json["total"] == json!(2)).then_some(r))
     })
     .await?;
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 0, "moved, not copied");
+    assert_eq!(journal_len(&w, "b").await?, 0, "moved, not copied");
     eventually(WAIT, "the dead-letter gauge", || async {
         let m = p.get("/metrics").await?.text;
         let dead = metric_value(&m, "patternd_cache_dead_letters", &[("rule", "b")]);
@@ -453,7 +465,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers(b: Backend)
 
     // Replay one by id, then the rest, with the origin accepting again.
     origin.fail_writes_with(None);
-    let r = replay(p, json!({ "ids": [after, "1-1"] })).await?;
+    let r = replay(p, json!({ "ids": [after, "0:1-1"] })).await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         (r.json["replayed"].clone(), r.json["not_found"].clone()),
@@ -482,10 +494,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers(b: Backend)
     Ok(())
 }
 
-on_every_backend!(
-    failing_origin_fills_the_dead_letters_which_replay_delivers;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(failing_origin_fills_the_dead_letters_which_replay_delivers);
 
 async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -516,17 +525,15 @@ async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write(b: Backend)
     Ok(())
 }
 
-on_every_backend!(
-    a_superseded_dead_letter_is_not_replayed_over_a_newer_write;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_superseded_dead_letter_is_not_replayed_over_a_newer_write);
 
 async fn a_full_journal_refuses_writes_instead_of_dropping_any(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     let w = behind_world(
         b,
         &origin,
-        "      journal_max_len: 3\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
+        // One slot group: the bound applies per group (journal_max_len / slot_groups).
+        "      journal_max_len: 3\n      slot_groups: 1\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
     )
     .await?;
     let p = &w.patternd;
@@ -538,10 +545,14 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any(b: Backend) -> Re
     r.assert_problem(503);
     assert!(r.detail().contains("journal"), "{r:?}");
     assert!(
-        !exists(&w, &value_key("b", "j4")).await?,
+        !exists(&w, &cache_keys::key_in("w", "b", 1, "j4", "v")).await?,
         "a refused write is not cached"
     );
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 3, "nothing trimmed");
+    assert_eq!(
+        xlen(&w, &cache_keys::group_key("w", "b", 0, "journal")).await?,
+        3,
+        "nothing trimmed"
+    );
 
     origin.restart().await?;
     until_journal_drained(&w).await?;
@@ -555,10 +566,7 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any(b: Backend) -> Re
     Ok(())
 }
 
-on_every_backend!(
-    a_full_journal_refuses_writes_instead_of_dropping_any;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_full_journal_refuses_writes_instead_of_dropping_any);
 
 async fn values_over_max_value_bytes_are_refused_and_never_stored(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -589,7 +597,7 @@ async fn values_over_max_value_bytes_are_refused_and_never_stored(b: Backend) ->
         .await?
         .assert_problem(413);
     assert!(!exists(&w, &value_key("b", "x")).await?);
-    assert!(!exists(&w, &journal_key("b")).await?);
+    assert_eq!(journal_len(&w, "b").await?, 0);
 
     // PATCH too.
     assert_eq!(put(p, "h", "o", br#"{"a":1}"#, &[]).await?.status, 204);
@@ -740,10 +748,7 @@ async fn patch_updates_fields_following_the_write_mode(b: Backend) -> Result<()>
     Ok(())
 }
 
-on_every_backend!(
-    patch_updates_fields_following_the_write_mode;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(patch_updates_fields_following_the_write_mode);
 
 async fn an_engine_killed_mid_flush_loses_no_acknowledged_write(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -776,16 +781,22 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write(b: Backend) -> R
     })
     .await?;
     // Entries the first engine took and has not acknowledged: in flight.
-    let mut conn = w.redis.conn_for_key(journal_key("b")).await?;
-    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
-        .arg(journal_key("b"))
-        .arg("patternd")
-        .query_async(&mut conn)
-        .await?;
-    let in_flight = match summary.first() {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("XPENDING summary: {other:?}"),
-    };
+    let mut nodes = w.redis.nodes().await?;
+    let mut in_flight = 0;
+    for j in journals("b") {
+        let summary: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
+            .arg(&j)
+            .arg("patternd")
+            .query_async(nodes.conn(&j)?)
+            .await;
+        // A group nobody wrote to has no journal (NOGROUP).
+        if let Ok(summary) = summary {
+            in_flight += match summary.first() {
+                Some(redis::Value::Int(n)) => *n,
+                other => panic!("XPENDING summary: {other:?}"),
+            };
+        }
+    }
     assert!(in_flight > 0, "nothing in flight");
     w.patternd.kill();
     // Nothing was accepted yet: every delivery in flight died with the engine.
@@ -823,10 +834,7 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write(b: Backend) -> R
     Ok(())
 }
 
-on_every_backend!(
-    an_engine_killed_mid_flush_loses_no_acknowledged_write;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(an_engine_killed_mid_flush_loses_no_acknowledged_write);
 
 async fn two_replicas_share_the_journal_and_keep_each_ids_write_order(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -882,10 +890,7 @@ async fn two_replicas_share_the_journal_and_keep_each_ids_write_order(b: Backend
     Ok(())
 }
 
-on_every_backend!(
-    two_replicas_share_the_journal_and_keep_each_ids_write_order;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(two_replicas_share_the_journal_and_keep_each_ids_write_order);
 
 async fn the_flusher_follows_reloads(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -908,10 +913,7 @@ async fn the_flusher_follows_reloads(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    the_flusher_follows_reloads;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(the_flusher_follows_reloads);
 
 async fn every_key_has_a_ttl_except_the_declared_streams(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
@@ -968,15 +970,22 @@ async fn every_key_has_a_ttl_except_the_declared_streams(b: Backend) -> Result<(
             assert!(pttl > 0, "{name} ({kind}) has no TTL: {pttl}");
         }
     }
-    let want: BTreeSet<String> = [journal_key("b"), "w:cache:b:{%w.b}:dead".to_string()].into();
-    assert_eq!(streams, want);
+    // Only rule b's journals and dead letters, of some slot groups.
+    assert!(!streams.is_empty());
+    for s in &streams {
+        assert!(
+            (0..cache_keys::DEFAULT_GROUPS).any(|g| [
+                cache_keys::group_key("w", "b", g, "journal"),
+                cache_keys::group_key("w", "b", g, "dead")
+            ]
+            .contains(s)),
+            "{s}"
+        );
+    }
     Ok(())
 }
 
-on_every_backend!(
-    every_key_has_a_ttl_except_the_declared_streams;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(every_key_has_a_ttl_except_the_declared_streams);
 
 /// A write-behind value whose write is still in the journal is newer than the origin's copy:
 /// past its ttl, reads neither serve nor store the origin's older copy (the origin refusing
@@ -1009,7 +1018,7 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy(b: Backen
         hget(&w, &value_key("b", "k"), "b").await?.as_deref(),
         Some(&b"new"[..])
     );
-    assert!(xlen(&w, &journal_key("b")).await? >= 1, "still journaled");
+    assert!(journal_len(&w, "b").await? >= 1, "still journaled");
 
     // The origin down altogether: still the written value.
     origin.stop().await;
@@ -1024,10 +1033,7 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy(b: Backen
     Ok(())
 }
 
-on_every_backend!(
-    a_journaled_write_is_never_replaced_by_the_origins_older_copy;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_journaled_write_is_never_replaced_by_the_origins_older_copy);
 
 /// A write-through PATCH of an id that is not cached, while a fill of that id is in flight
 /// with the origin's pre-patch answer: the fill must not store it (the PATCH leaves a write
@@ -1128,10 +1134,7 @@ async fn a_slow_origin_does_not_hold_up_other_rules_deliveries(b: Backend) -> Re
     Ok(())
 }
 
-on_every_backend!(
-    a_slow_origin_does_not_hold_up_other_rules_deliveries;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_slow_origin_does_not_hold_up_other_rules_deliveries);
 
 /// A journaled write outlives its value's own lifetime while it is being retried: the value
 /// (ttl 1s, no staleness) would expire long before the origin accepts the write, and a read
@@ -1163,10 +1166,7 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered(b: Backend) -> Re
     Ok(())
 }
 
-on_every_backend!(
-    a_pending_write_keeps_its_value_alive_until_delivered;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_pending_write_keeps_its_value_alive_until_delivered);
 
 /// DELETE and tag invalidation of a value whose write-behind write is still pending keep the
 /// value (and its `jp`) until the write is delivered: dropping it would make the next read
@@ -1238,10 +1238,7 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered(b: Backend
     Ok(())
 }
 
-on_every_backend!(
-    delete_and_invalidation_keep_a_pending_value_until_delivered;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(delete_and_invalidation_keep_a_pending_value_until_delivered);
 
 /// A replayed dead letter that is still the id's newest write becomes the value's `jp`
 /// (atomically in the replay script): reads keep serving it instead of refreshing from the
@@ -1267,9 +1264,10 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered(
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
 
     // `jp` names the replayed journal entry.
-    let mut conn = w.redis.conn_for_key(journal_key("b")).await?;
+    let journal = journal_of("b", "k");
+    let mut conn = w.redis.conn_for_key(&journal).await?;
     let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
-        .arg(journal_key("b"))
+        .arg(&journal)
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -1295,10 +1293,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered(
     Ok(())
 }
 
-on_every_backend!(
-    a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered);
 
 /// The cache plugin hook runs for PUT and PATCH too: the write lands on the key the plugin
 /// chose (one per Accept-Language with the example `cache-key` plugin), with its TTL and
@@ -1372,14 +1367,14 @@ async fn writes_run_the_cache_plugin_hook(b: Backend) -> Result<()> {
     // Bypass: behind has nothing it could write → 409, nothing stored or journaled.
     let r = put(p, "b", "3", b"x", &[("x-no-cache", "1")]).await?;
     r.assert_problem(409);
-    assert_eq!(xlen(&w, &journal_key("b")).await?, 0);
+    assert_eq!(journal_len(&w, "b").await?, 0);
     // Through: the origin only.
     let r = put(p, "t", "3", b"through", &[("x-no-cache", "1")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(origin_body(&origin, "3").as_deref(), Some("through"));
     for k in w.redis.scan_all().await? {
         assert!(
-            !k.starts_with(b"w:cache:t:{3"),
+            !k.starts_with(cache_keys::key("w", "t", "3", "").as_bytes()),
             "{}",
             String::from_utf8_lossy(&k)
         );
@@ -1387,7 +1382,4 @@ async fn writes_run_the_cache_plugin_hook(b: Backend) -> Result<()> {
     Ok(())
 }
 
-on_every_backend!(
-    writes_run_the_cache_plugin_hook;
-    cluster_ignored = "cluster: a write-behind call declares the rule's journal beside the id's keys (CrossSlot) until cache slot groups land (docs/cluster.md §4)"
-);
+on_every_backend!(writes_run_the_cache_plugin_hook);

@@ -23,6 +23,8 @@ app: fo
 rules:
   api:
     rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m, on_redis_error: allow }
+  order:
+    lock: { ttl: 60s, max_wait: 100ms, durability: { replicas: 1, timeout: 1s } }
 "#;
 
 /// The key of a fixed-window decision for `id` (the key builder's layout).
@@ -40,12 +42,42 @@ struct Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile() -> Result<()> {
+    let t0 = Instant::now();
     let mut cluster = RedisCluster::start(ClusterOptions { replicas: true })?;
+    eprintln!("cluster started in {:?}", t0.elapsed());
     let dir = policy_dir(&[("fo.yaml", POLICY)])?;
     let pd = Patternd::start(&cluster.url(), dir.path(), &["--redis-timeout", "250ms"]).await?;
+    eprintln!("patternd ready at {:?}", t0.elapsed());
     let ids = cluster.ids_on_every_primary("u", key_of)?;
     let victim = cluster.owner_of_key(key_of(&ids[0]))?;
 
+    // A lock granted with `durability` on the shard about to die: its replica has it (WAIT,
+    // routed to the owning primary over the cluster connection) before the grant is answered.
+    let locks = cluster.ids_on_every_primary("r", |id| format!("fo:lock:order:{{{id}}}:h"))?;
+    let resource = locks
+        .iter()
+        .find(|r| {
+            cluster
+                .owner_of_key(format!("fo:lock:order:{{{r}}}:h"))
+                .is_ok_and(|n| n.port == victim.port)
+        })
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no resource on the victim's shard"))?;
+    let granted = pd
+        .post_json(
+            &format!("/v1/locks/fo/order/{resource}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    ensure!(
+        granted.status == 200,
+        "{} {}\n{}",
+        granted.status,
+        granted.text,
+        pd.log()
+    );
+
+    eprintln!("lock granted at {:?}", t0.elapsed());
     // Load: one client per shard, each deciding its id in a loop.
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -155,6 +187,21 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         others_during.iter().any(|a| !a.degraded),
         "no normal decision on the live shards during the failover\n{}",
         pd.log()
+    );
+
+    // The durable grant survived the failover: the promoted replica still has its holder,
+    // so nobody else is granted the resource.
+    let again = pd
+        .post_json(
+            &format!("/v1/locks/fo/order/{resource}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    ensure!(
+        again.status == 409,
+        "the acknowledged grant was lost in the failover: {} {}",
+        again.status,
+        again.text
     );
 
     // A restarted primary without persistence has no scripts: flush every node's script

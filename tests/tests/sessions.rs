@@ -838,3 +838,313 @@ rules:
 }
 
 on_every_backend!(user_cap_bounds_sessions_without_max_per_user);
+
+/// The user's shard, as the engine computes it (`patterns/session.rs`, `shard_of`: fixed
+/// forever), to find users whose sessions share one shard index.
+fn shard_of(user: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in user.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{:04x}", (h ^ (h >> 16)) & 0xffff)
+}
+
+/// A path segment with every byte but letters and digits percent-encoded.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The sha1 of a compiled script, from `patternd compile` (patternd loaded it at start).
+fn script_sha(w: &World, name: &str) -> Result<String> {
+    let out = patternd_e2e::run_cli(&["compile", &w.policies.path().to_string_lossy()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = format!("script {name} (sha1 ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|rest| rest.strip_suffix("):"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no `{name}` in `patternd compile`: {text}"))
+}
+
+/// List and logout are two calls: the first reads the user's members of the shard index and
+/// a cutoff (Redis's clock), the second declares their session keys (Redis Cluster checks
+/// only declared keys) and re-checks that every member up to the cutoff is declared. A
+/// session rotated in between (same creation order, new id) makes it act on nothing and
+/// answer the new members; a session created in between is newer than the cutoff and left
+/// alone, as a login just after the logout would be.
+async fn a_slice_that_changed_between_the_two_calls_is_not_acted_on(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let shard = shard_of("zed");
+    let prefix = format!("shop:session:web:{{{shard}}}:");
+    let (ue, uc) = (format!("{prefix}ue"), format!("{prefix}uc"));
+    let key = |sid: &str| {
+        let random = sid.split_once('.').map(|(_, r)| r).unwrap_or_default();
+        format!("{prefix}s:{random}")
+    };
+    let s1 = create(p, "web", "zed", json!({})).await?;
+    let s2 = create(p, "web", "zed", json!({})).await?;
+    let sha = script_sha(&w, "session logout")?;
+    // Every key of the two calls is in the user's shard's slot: one node answers them.
+    let mut conn = w.redis.conn_for_key(&ue).await?;
+    let logout = |members: Vec<String>, cutoff: String| {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&sha).arg(2 + members.len()).arg(&ue).arg(&uc);
+        for m in &members {
+            let sid = m.rsplit('|').next().unwrap_or_default();
+            cmd.arg(key(sid));
+        }
+        cmd.arg(members.len())
+            .arg(&members)
+            .arg(cutoff)
+            .arg("emVk")
+            .arg(5);
+        cmd
+    };
+    // The first call: nothing declared, so it names the members and the cutoff.
+    let (status, n, read, cutoff): (String, u64, Vec<String>, String) =
+        logout(vec![], String::new()).query_async(&mut conn).await?;
+    assert_eq!(
+        (status.as_str(), n, read.len()),
+        ("stale", 0, 2),
+        "{read:?}"
+    );
+    assert!(read[0].ends_with(&s1) && read[1].ends_with(&s2), "{read:?}");
+    assert!(
+        read[0].starts_with("emVk|"),
+        "base64url of the user: {read:?}"
+    );
+    assert_eq!(cutoff.len(), 16, "{cutoff}");
+
+    // Meanwhile s1 is rotated: the second call acts on nothing and names the new member.
+    let r = p
+        .post_json(&format!("/v1/sessions/shop/web/{s1}/rotate"), &json!({}))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let s1b = r.json["id"].as_str().unwrap_or_default().to_string();
+    let (status, n, now, same_cutoff): (String, u64, Vec<String>, String) =
+        logout(read.clone(), cutoff.clone())
+            .query_async(&mut conn)
+            .await?;
+    assert_eq!((status.as_str(), n, &same_cutoff), ("stale", 0, &cutoff));
+    assert!(now[0].ends_with(&s1b) && now[1].ends_with(&s2), "{now:?}");
+    for sid in [&s1b, &s2] {
+        assert_eq!(get(p, "web", sid).await?.status, 200, "{sid} untouched");
+    }
+
+    // A login after the cutoff does not make the slice stale, and survives the logout.
+    let s3 = create(p, "web", "zed", json!({})).await?;
+    let (status, n, _, _): (String, u64, Vec<String>, String) =
+        logout(now, cutoff).query_async(&mut conn).await?;
+    assert_eq!((status.as_str(), n), ("ok", 2));
+    for sid in [&s1, &s1b, &s2] {
+        get(p, "web", sid).await?.assert_problem(404);
+    }
+    assert_eq!(listed(p, "web", "zed").await?, vec![s3.clone()]);
+
+    // Through the engine, both calls in one request.
+    let r = p.delete("/v1/sessions/shop/web/users/zed").await?;
+    assert_eq!(
+        (r.status, &r.json),
+        (200, &json!({"destroyed": 1})),
+        "{r:?}"
+    );
+    get(p, "web", &s3).await?.assert_problem(404);
+    Ok(())
+}
+
+on_every_backend!(a_slice_that_changed_between_the_two_calls_is_not_acted_on);
+
+/// An evicting create takes the oldest out of the index in its one call (their keys are not
+/// declared there), and a second call deletes them: nothing evicted is left behind.
+async fn evicted_sessions_are_deleted_not_only_unindexed(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    for _ in 0..5 {
+        create(p, "two", "eve", json!({})).await?;
+    }
+    // Two sessions and the shard index: the three evicted ones are gone from Redis.
+    let keys = session_keys(&w).await?;
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    Ok(())
+}
+
+on_every_backend!(evicted_sessions_are_deleted_not_only_unindexed);
+
+/// Logouts racing logins of one user: every logout completes (logins during a logout are newer
+/// than its cutoff, and an eviction only removes members: neither makes its slice stale), and
+/// afterwards the index names exactly the live sessions.
+async fn logouts_racing_logins_stay_consistent(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = Arc::new(w.patternd);
+    let replies = burst(24, |n| {
+        let p = p.clone();
+        async move {
+            if n % 3 == 0 {
+                Ok((true, p.delete("/v1/sessions/shop/two/users/race").await?))
+            } else {
+                Ok((
+                    false,
+                    p.post_json("/v1/sessions/shop/two", &json!({ "user": "race" }))
+                        .await?,
+                ))
+            }
+        }
+    })
+    .await?;
+    let mut ids = Vec::new();
+    for (logout, r) in &replies {
+        if *logout {
+            assert_eq!(r.status, 200, "{r:?}");
+        } else {
+            assert_eq!(r.status, 201, "{r:?}");
+            ids.push(r.json["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let mut alive = Vec::new();
+    for sid in &ids {
+        if get(&p, "two", sid).await?.status == 200 {
+            alive.push(sid.clone());
+        }
+    }
+    assert!(alive.len() <= 2, "{alive:?}");
+    let mut listed_ids = listed(&p, "two", "race").await?;
+    listed_ids.sort();
+    alive.sort();
+    assert_eq!(listed_ids, alive);
+    Ok(())
+}
+
+on_every_backend!(logouts_racing_logins_stay_consistent);
+
+/// User ids holding the index's separator (`|`), braces, or another id as prefix, in the
+/// same shard (one index): each user's list, logout and max_per_user see only its own.
+async fn users_sharing_a_shard_index_stay_apart_whatever_their_ids_hold(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let base = "abc";
+    let shard = shard_of(base);
+    let mut users = vec![base.to_string()];
+    for pattern in [
+        "abc|",
+        "abc}",
+        "abc{",
+        "abc",
+        "|abc",
+        "abc|0001700000000000|",
+    ] {
+        let found = (0..1_000_000)
+            .map(|n| format!("{pattern}{n}"))
+            .find(|u| shard_of(u) == shard && !users.contains(u));
+        users.extend(found);
+    }
+    assert!(users.len() >= 5, "{users:?}");
+    let mut ids = Vec::new();
+    for u in &users {
+        let a = create(p, "two", u, json!({ "who": u })).await?;
+        let b = create(p, "two", u, json!({ "who": u })).await?;
+        assert!(a.starts_with(&shard) && b.starts_with(&shard), "one shard");
+        ids.push((a, b));
+    }
+    for (u, (a, b)) in users.iter().zip(&ids) {
+        let r = p
+            .get(&format!("/v1/sessions/shop/two/users/{}", segment(u)))
+            .await?;
+        let got: Vec<&str> = r.json["sessions"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|e| e["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, vec![a.as_str(), b.as_str()], "{u}: {r:?}");
+    }
+    // One more login of the first user evicts its own oldest, nobody else's.
+    let c = create(p, "two", base, json!({})).await?;
+    get(p, "two", &ids[0].0).await?.assert_problem(404);
+    for (a, b) in &ids[1..] {
+        assert_eq!(get(p, "two", a).await?.status, 200);
+        assert_eq!(get(p, "two", b).await?.status, 200);
+    }
+    // Logging the first user out leaves the others.
+    let r = p
+        .delete(&format!("/v1/sessions/shop/two/users/{}", segment(base)))
+        .await?;
+    assert_eq!(r.json, json!({"destroyed": 2}), "{r:?}");
+    get(p, "two", &c).await?.assert_problem(404);
+    for (u, (a, b)) in users.iter().zip(&ids).skip(1) {
+        assert_eq!(get(p, "two", a).await?.json["user"], json!(u));
+        assert_eq!(get(p, "two", b).await?.status, 200);
+    }
+    Ok(())
+}
+
+on_every_backend!(users_sharing_a_shard_index_stay_apart_whatever_their_ids_hold);
+
+/// Logout-everywhere finds sessions only through the shard index, so a session the index
+/// lost (evicted under maxmemory, deleted by hand) is not served: fail closed. A session
+/// written before the shard index existed (no `o` field) joins it on its next touch.
+async fn a_session_its_index_lost_is_gone_and_an_older_one_joins_it(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let sid = create(p, "web", "bob", json!({ "k": 1 })).await?;
+    let shard = shard_of("bob");
+    let prefix = format!("shop:session:web:{{{shard}}}:");
+    // The index and the session keys are in the shard's slot: one node holds them all.
+    let mut conn = w.redis.conn_for_key(format!("{prefix}ue")).await?;
+    let _: () = conn
+        .del(&[format!("{prefix}ue"), format!("{prefix}uc")])
+        .await?;
+    get(p, "web", &sid).await?.assert_problem(404);
+    assert!(
+        session_keys(&w).await?.is_empty(),
+        "the session was dropped"
+    );
+
+    // A session as written before `o` and the shard index.
+    let random = "B".repeat(32);
+    let old = format!("{shard}.{random}");
+    let key = format!("{prefix}s:{random}");
+    let t: (String, String) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let now: u64 = t.0.parse::<u64>()? * 1000;
+    let _: () = conn
+        .hset_multiple(
+            &key,
+            &[
+                ("u", "bob".to_string()),
+                ("i", "Ym9i".to_string()),
+                ("c", now.to_string()),
+                ("a", (now + 3_600_000).to_string()),
+                ("d:k", "2".to_string()),
+            ],
+        )
+        .await?;
+    let _: () = conn.pexpire(&key, 600_000).await?;
+    assert!(listed(p, "web", "bob").await?.is_empty(), "not indexed yet");
+    let r = get(p, "web", &old).await?;
+    assert_eq!(
+        (r.status, &r.json["data"]),
+        (200, &json!({ "k": 2 })),
+        "{r:?}"
+    );
+    assert_eq!(listed(p, "web", "bob").await?, vec![old.clone()]);
+    // Indexed now, it is served, rotated and logged out like any other.
+    assert_eq!(get(p, "web", &old).await?.status, 200);
+    let r = p
+        .post_json(&format!("/v1/sessions/shop/web/{old}/rotate"), &json!({}))
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new = r.json["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(listed(p, "web", "bob").await?, vec![new.clone()]);
+    let r = p.delete("/v1/sessions/shop/web/users/bob").await?;
+    assert_eq!(r.json, json!({"destroyed": 1}), "{r:?}");
+    Ok(())
+}
+
+on_every_backend!(a_session_its_index_lost_is_gone_and_an_older_one_joins_it);

@@ -5,13 +5,18 @@
 //!
 //! # The data contract (shared by the read and write paths)
 //!
-//! Per id X of a cache rule (`ks` = the rule's KeySpace):
+//! Per id X of a cache rule (`ks` = the rule's KeySpace). Every key is tagged by X's slot
+//! group g = `KeySpace::group_of(X, slot_groups)`: X's keys are `ks.grouped_keys(G, X, …)`
+//! (`{app}:cache:{rule}:{%<app>.<rule>.<g>}:<escaped X>:<sub>`), and the state X's values are
+//! checked with (tag versions, the write-behind journal and dead letters) is per group,
+//! `ks.group_key(g, …)`, in the same slot. So every script call touches one slot.
 //!
 //! - Value: HASH `ks.key(X, "v")`: `st` ("200", or "404" for a negative entry), `ct` (content
 //!   type; application/json for `format: hash`), `b` (body, `format: string`), `f:<n>` (JSON
 //!   text of top-level member `<n>`, `format: hash`), `fresh` (epoch ms, Redis TIME, until which
 //!   the value is fresh), `delta` (ms the origin fill took; 0 for PUT/PATCH), `tags` (joined by
-//!   ","), `tv` (the tags' versions at write time, joined by ","), `ver` (the version, new on
+//!   ","), `tv` (the stamp: Redis TIME in µs when the value's data was read from its source:
+//!   a fill's `start`, else the store, past the newest invalidation of its tags), `ver` (the version, new on
 //!   every store: max(previous + 1, Redis TIME in µs); its ETag is `"<ver>"`, and PUT/PATCH
 //!   compare `If-Match`/`If-None-Match` with it in their script), and with `ttl_from_origin`
 //!   `sw`/`se` (ms: the value's own stale_while_revalidate / stale_if_error, from the origin's
@@ -46,21 +51,25 @@
 //!   (the origin may have applied the write: timeout); a later write or DELETE took the
 //!   lease, so the end drops the value instead. If Redis fails the end, the marker lapses and
 //!   reads fill from the origin.
-//! - Tag version of tag T: STRING `ks.rule_key("tag:" .. T)` (an integer). A value is valid only
-//!   while every tag's current version equals the one in `tv` (an absent key reads as 0).
-//!   Invalidation sets the version to max(version + 1, Redis TIME in µs), keeping the key's
-//!   TTL; an absent key (referenced by no stored value) is created with Redis TIME in µs, PX
-//!   max(refresh_lease, origin_timeout + 1s). A fill stores nothing if a tag of its value has a
-//!   version >= its `start`: that tag was invalidated after the origin was asked. Every store
-//!   PEXPIREs the tag keys it records to at least the value's hard lifetime, never shortening
-//!   them, so a tag key outlives every value referencing it.
-//! - Write-behind journal: STREAM `ks.rule_key("journal")` {id, ct, b[, oid][, k]} (`k`: the
+//! - Tag versions of group g: ZSET `ks.group_key(g, "tags")`, member = tag, score = Redis
+//!   TIME in µs of its last invalidation in this group, or a negative score -E: referenced by
+//!   a value of the group until E (epoch ms), never invalidated since. A value is valid only
+//!   while no tag of it has a version >= its `tv`. Invalidation (one call per group) sets the
+//!   version to max(version + 1, Redis TIME in µs), PEXPIREs the ZSET to at least
+//!   max(refresh_lease, origin_timeout + 1s) (never shortening), and drops versions older than
+//!   the longest any value can live (`CacheRule::tag_memory_ms`). A fill stores nothing if a
+//!   tag of its value has a version >= its `start`: that tag was invalidated after the origin
+//!   was asked. Every store with tags records them (the negative score only grows), drops
+//!   referenced-only members whose values are all gone, and PEXPIREs the ZSET to at least the
+//!   value's hard lifetime, never shortening it, so it outlives every value of its group.
+//! - Write-behind journal of group g: STREAM `ks.group_key(g, "journal")` {id, ct, b[, oid][, k]} (`k`: the
 //!   value's id when the rule's plugin chose a key other than the client's `id`, whose origin
 //!   URL gets the write), consumer group
 //!   `patternd`; delivered entries are XACKed and XDELed, so it holds exactly the undelivered
-//!   writes, and a PUT/PATCH is refused (503) when it holds journal_max_len (never MAXLEN-trimmed:
-//!   that could drop an acknowledged write). Dead letters: STREAM `ks.rule_key("dead")`, MAXLEN
-//!   journal_max_len. Neither has a TTL (declared in the key layout).
+//!   writes, and a PUT/PATCH is refused (503) when it holds ceil(journal_max_len / slot_groups)
+//!   (never MAXLEN-trimmed: that could drop an acknowledged write). Dead letters: STREAM
+//!   `ks.group_key(g, "dead")`, MAXLEN ceil(journal_max_len / slot_groups). Neither has a TTL
+//!   (declared in the key layout). A write's entry is in the journal of its value's group.
 //! - Write-behind only: value field `jp` = the journal entry id of the id's newest write, set
 //!   by the PUT/PATCH script after `cache_store` (which drops it on any other store). The
 //!   flusher skips an entry older than `jp`: a newer write supersedes it (coalescing).
@@ -77,8 +86,8 @@
 //! # The store function
 //!
 //! `lua/cache/store.lua` defines `cache_store(v)` (its header documents the table `v`). Every
-//! script that writes a value includes it, after the clock: its recipe's includes are
-//! `STORES` (or `STORES_CHECKED` when it also checks a precondition).
+//! script that writes a value includes it, after the clock and `common.lua` (tag checks,
+//! preconditions): its recipe's includes are `STORES`.
 //!
 //! # Adding scripts
 //!
@@ -100,10 +109,9 @@ const COMMON: Block = lua_file!("cache/common.lua");
 const STORE: Block = lua_file!("cache/store.lua");
 const JOURNAL: Block = lua_file!("cache/journal_common.lua");
 
-/// The includes of a script that stores a value.
-const STORES: &[Block] = &[CLOCK, STORE];
-/// The includes of a script that checks a write's precondition and stores a value.
-const STORES_CHECKED: &[Block] = &[CLOCK, COMMON, STORE];
+/// The includes of a script that stores a value: every one checks tags (or a write's
+/// precondition) first.
+const STORES: &[Block] = &[CLOCK, COMMON, STORE];
 
 const READ: Recipe = Recipe::new("cache read", &[COMMON], lua_file!("cache/read.lua"));
 const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
@@ -114,8 +122,8 @@ const INVALIDATE: Recipe = Recipe::new(
     &[CLOCK],
     lua_file!("cache/invalidate.lua"),
 );
-const PUT: Recipe = Recipe::new("cache put", STORES_CHECKED, lua_file!("cache/put.lua"));
-const PATCH: Recipe = Recipe::new("cache patch", STORES_CHECKED, lua_file!("cache/patch.lua"));
+const PUT: Recipe = Recipe::new("cache put", STORES, lua_file!("cache/put.lua"));
+const PATCH: Recipe = Recipe::new("cache patch", STORES, lua_file!("cache/patch.lua"));
 const THROUGH_BEGIN: Recipe = Recipe::new(
     "cache through-begin",
     &[COMMON],
@@ -180,8 +188,8 @@ pub(super) const RECIPES: &[Recipe<'static>] = &[
 /// Sub-keys of an id, for `KeySpace::key`.
 pub const VALUE_SUB: &str = "v";
 pub const LEASE_SUB: &str = "lease";
-/// `KeySpace::rule_key(TAG_PREFIX_SUB)` + tag = the tag's version key.
-pub const TAG_PREFIX_SUB: &str = "tag:";
+/// `KeySpace::group_key(g, TAGS_SUB)`: the tag versions of slot group g.
+pub const TAGS_SUB: &str = "tags";
 
 /// The scripts every cache rule shares.
 struct SharedScripts {
@@ -205,7 +213,7 @@ static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| SharedScripts {
 /// The value set aside while a write-through is at the origin (`lua/cache/through_begin.lua`).
 pub const HELD_SUB: &str = "held";
 
-/// `KeySpace::rule_key` subs of the write-behind streams, and the per-id flush lease.
+/// `KeySpace::group_key` subs of the write-behind streams, and the per-id flush lease.
 pub const JOURNAL_SUB: &str = "journal";
 pub const DEAD_SUB: &str = "dead";
 pub const FLUSH_LEASE_SUB: &str = "flush";
@@ -329,14 +337,14 @@ impl CompiledCache {
     pub fn key_layout(&self, keys: &KeySpace) -> Vec<(String, String)> {
         let mut layout = vec![
             (
-                keys.template(VALUE_SUB),
+                keys.grouped_template(VALUE_SUB),
                 "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv, ver[, sw, se: the value's own stale windows (ttl_from_origin)][, jp: newest journal entry (write: behind)]}: the value; expires \
                  ttl + max(stale_while_revalidate, stale_if_error) after it was written \
                  (a negative entry: negative_ttl)"
                     .to_string(),
             ),
             (
-                keys.template(LEASE_SUB),
+                keys.grouped_template(LEASE_SUB),
                 "STRING refresh lease token (or `E`: the origin just failed; `W`: a DELETE, or a \
                  write-through PATCH changed the origin; `P`: the origin's answer may not be \
                  stored): one caller fills; expires after refresh_lease (`W`: \
@@ -344,16 +352,18 @@ impl CompiledCache {
                     .to_string(),
             ),
             (
-                keys.rule_key(&format!("{TAG_PREFIX_SUB}<tag>")),
-                "STRING tag version (>= Redis TIME in µs of its last invalidation); expires no \
-                 earlier than the last value recording it (created by an invalidation: after \
-                 max(refresh_lease, origin_timeout + 1s))"
+                keys.group_template(TAGS_SUB),
+                "ZSET tag versions of the slot group <g> (tag -> Redis TIME in µs of its last \
+                 invalidation, or -(epoch ms until which a value references it)); expires no \
+                 earlier than the last value of the group recording a tag (an invalidation: \
+                 keeps it max(refresh_lease, origin_timeout + 1s) at least); versions older \
+                 than the longest value lifetime are dropped"
                     .to_string(),
             ),
         ];
         if self.write_through {
             layout.push((
-                keys.template(HELD_SUB),
+                keys.grouped_template(HELD_SUB),
                 "HASH the value set aside while a write-through is at the origin (the lease \
                  holds that write's token meanwhile); keeps the value's expiry"
                     .to_string(),
@@ -362,20 +372,22 @@ impl CompiledCache {
         if self.write_behind {
             layout.extend([
                 (
-                    keys.rule_key(JOURNAL_SUB),
-                    "STREAM write-behind journal {id, ct, b[, oid, k]}, group `patternd`: the writes \
-                     not yet delivered (delivered ones are deleted); NO TTL: bounded by \
-                     journal_max_len (a full journal refuses writes with 503)"
+                    keys.group_template(JOURNAL_SUB),
+                    "STREAM write-behind journal of the slot group <g> {id, ct, b[, oid, k]}, \
+                     group `patternd`: the writes not yet delivered (delivered ones are \
+                     deleted); NO TTL: bounded by ceil(journal_max_len / slot_groups) (a full \
+                     journal refuses writes with 503)"
                         .to_string(),
                 ),
                 (
-                    keys.rule_key(DEAD_SUB),
-                    "STREAM dead letters {id, ct, b, oid, jid, k, attempts, error, failed_at}; NO TTL: \
-                     trimmed to journal_max_len entries"
+                    keys.group_template(DEAD_SUB),
+                    "STREAM dead letters of the slot group <g> {id, ct, b, oid, jid, k, attempts, \
+                     error, failed_at}; NO TTL: trimmed to ceil(journal_max_len / slot_groups) \
+                     entries"
                         .to_string(),
                 ),
                 (
-                    keys.template(FLUSH_LEASE_SUB),
+                    keys.grouped_template(FLUSH_LEASE_SUB),
                     "STRING flush lease: one delivery per id at a time; expires after \
                      origin_timeout + 1s"
                         .to_string(),

@@ -76,6 +76,64 @@ impl KeySpace {
         format!("{}{{{}}}:{sub}", self.prefix, self.rule_tag)
     }
 
+    /// The slot group of `id` among `groups`: FNV-1a (fixed forever: keys depend on it) of the
+    /// escaped id, modulo `groups` (at least 1). Used by rules whose ids share per-rule state
+    /// with their values (the cache: tag versions, the write-behind journal), so that state is
+    /// split into `groups` slots, each beside the values of its ids.
+    pub fn group_of(id: &str, groups: u32) -> u32 {
+        let mut escaped = String::with_capacity(id.len());
+        escape_into(id, &mut escaped);
+        let mut h: u32 = 0x811c_9dc5;
+        for b in escaped.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % groups.max(1)
+    }
+
+    /// A key of slot group `group` of the rule itself (a journal, the tag versions):
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>.<group>}:<sub>`. `sub` holds no `:`, so it never
+    /// equals a grouped id key (`…}:<escaped id>:<sub>` has two segments).
+    pub fn group_key(&self, group: u32, sub: &str) -> String {
+        format!("{}{{{}.{group}}}:{sub}", self.prefix, self.rule_tag)
+    }
+
+    /// The keys of several subs of `id`, tagged by the id's slot group rather than by the id:
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>.<group>}:<escaped id>:<sub>`. Injective like
+    /// [`KeySpace::key`]: the escaped id holds no brace, and subs hold no `:`, so the last
+    /// segment is the sub and the rest is the id. Returns the group too.
+    pub fn grouped_keys<'a>(
+        &self,
+        groups: u32,
+        id: &str,
+        subs: impl IntoIterator<Item = &'a str>,
+    ) -> (u32, Vec<String>) {
+        let group = Self::group_of(id, groups);
+        let mut base = self.group_key(group, "");
+        escape_into(id, &mut base);
+        base.push(':');
+        let keys = subs
+            .into_iter()
+            .map(|s| {
+                let mut k = String::with_capacity(base.len() + s.len());
+                k.push_str(&base);
+                k.push_str(s);
+                k
+            })
+            .collect();
+        (group, keys)
+    }
+
+    /// The template of a grouped key, for `patternd compile` and the admin API.
+    pub fn grouped_template(&self, sub: &str) -> String {
+        format!("{}{{{}.<g>}}:<id>:{sub}", self.prefix, self.rule_tag)
+    }
+
+    /// The template of a group's own key.
+    pub fn group_template(&self, sub: &str) -> String {
+        format!("{}{{{}.<g>}}:{sub}", self.prefix, self.rule_tag)
+    }
+
     /// A human-readable template of a key, for `patternd compile` and the admin API.
     pub fn template(&self, sub: &str) -> String {
         format!("{}{{<id>}}:{sub}", self.prefix)
@@ -102,6 +160,34 @@ mod rule_key_tests {
         assert_eq!(key_slot("foo{bar}{zap}"), key_slot("bar"));
         let ks = KeySpace::new("shop", "lock", "order");
         assert_eq!(key_slot(&ks.key("o-1", "l")), key_slot(&ks.key("o-1", "f")));
+    }
+
+    #[test]
+    fn grouped_keys_share_their_groups_slot() {
+        let ks = KeySpace::new("shop", "cache", "product");
+        let (g, keys) = ks.grouped_keys(16, "a}{b%:v", ["v", "lease"]);
+        assert!(g < 16);
+        assert_eq!(
+            keys[0],
+            format!("shop:cache:product:{{%shop.product.{g}}}:a%7D%7Bb%25:v:v")
+        );
+        assert_eq!(key_slot(&keys[1]), key_slot(&ks.group_key(g, "journal")));
+        assert_eq!(
+            ks.group_key(3, "tags"),
+            "shop:cache:product:{%shop.product.3}:tags"
+        );
+        // Fixed forever: stored keys depend on these values.
+        assert_eq!(KeySpace::group_of("", 16), 0x811c_9dc5 % 16);
+        assert_eq!(KeySpace::group_of("42", 1), 0);
+        let spread: std::collections::BTreeSet<u32> = (0..1000)
+            .map(|i| KeySpace::group_of(&i.to_string(), 16))
+            .collect();
+        assert_eq!(spread.len(), 16);
+        // Ids never reach a group's own keys, nor another id's keys.
+        assert_ne!(
+            ks.grouped_keys(1, "journal", ["v"]).1[0],
+            ks.group_key(0, "journal")
+        );
     }
 
     #[test]

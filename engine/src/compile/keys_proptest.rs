@@ -1,6 +1,7 @@
 //! Property tests of the one key builder (`keys.rs`): for any id a client can send, the key
 //! stays in its rule's namespace, its hash tag is exactly the escaped id (the same for every
-//! sub-key of the id), and no two ids, and no id and a rule key, share a key.
+//! sub-key of the id), and no two ids, and no id and a rule key, share a key; grouped keys
+//! (the cache) likewise, and an id's keys share its group's slot.
 //!
 //! Bounded (see `CASES`) so they run in `cargo test` in well under a second.
 
@@ -159,4 +160,40 @@ fn an_app_named_25_keeps_its_rule_keys_apart() {
     let ks = KeySpace::new("25x", "cache", "r");
     assert_ne!(ks.key("%x.r", "journal"), ks.rule_key("journal"));
     assert_ne!(hash_tag(&ks.key("%x.r", "v")), hash_tag(&ks.rule_key("v")));
+}
+
+/// The cache's per-id subs and per-group subs (no `:` in either).
+fn cache_sub() -> impl Strategy<Value = &'static str> {
+    proptest::sample::select(vec!["v", "lease", "held", "flush"])
+}
+
+fn group_sub() -> impl Strategy<Value = &'static str> {
+    proptest::sample::select(vec!["journal", "dead", "tags"])
+}
+
+proptest! {
+    #![proptest_config(crate::proptest_config::config(CASES))]
+
+    /// Grouped keys (the cache): two different (id, sub) pairs never share a key, no id's key
+    /// is a group's own key, and every key of an id and its group's own keys share a slot.
+    #[test]
+    fn grouped_keys_are_injective_and_one_slot_per_group(
+        app in name(), rule in name(), id1 in id(), id2 in id(),
+        s1 in cache_sub(), s2 in cache_sub(), gs in group_sub(), groups in 1u32..=1024,
+    ) {
+        let ks = KeySpace::new(&app, "cache", &rule);
+        let (g1, k1) = ks.grouped_keys(groups, &id1, [s1]);
+        let (_, k2) = ks.grouped_keys(groups, &id2, [s2]);
+        prop_assert!(g1 < groups);
+        prop_assert!(k1[0].starts_with(ks.prefix()));
+        if (&id1, s1) != (&id2, s2) {
+            prop_assert_ne!(&k1[0], &k2[0]);
+        }
+        for g in [0, g1, groups - 1] {
+            prop_assert_ne!(&k1[0], &ks.group_key(g, gs));
+        }
+        let own = ks.group_key(g1, gs);
+        prop_assert_eq!(hash_tag(&k1[0]), hash_tag(&own));
+        prop_assert_eq!(super::keys::key_slot(&k1[0]), super::keys::key_slot(&own));
+    }
 }

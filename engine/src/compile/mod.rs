@@ -20,7 +20,7 @@
 //! | `ratelimit plugin-decided[ <algorithm>]` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua` |
 //! | `ratelimit release-lease` | `shared/clock.lua` | `ratelimit/release_lease.lua` |
 //! | `cache read` | `cache/common.lua` | `cache/read.lua` |
-//! | `cache fill` | `shared/clock.lua`, `cache/store.lua` | `cache/fill.lua` |
+//! | `cache fill` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/fill.lua` |
 //! | `cache release-lease` | — | `cache/release.lua` |
 //! | `cache delete` | — | `cache/delete.lua` |
 //! | `cache invalidate` | `shared/clock.lua` | `cache/invalidate.lua` |
@@ -34,13 +34,14 @@
 //! | `cache journal-dead` | `cache/journal_common.lua` | `cache/journal_dead.lua` |
 //! | `cache journal-replay` | — | `cache/journal_replay.lua` |
 //! | `cache journal-dead-list` | — | `cache/journal_dead_list.lua` |
-//! | `session create` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/create.lua` |
-//! | `session get` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/get.lua` |
-//! | `session patch` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/patch.lua` |
-//! | `session rotate` | `SHARD_LEN = 4`, `session/prelude.lua`, `session/live.lua` | `session/rotate.lua` |
-//! | `session destroy` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/destroy.lua` |
-//! | `session list` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/list.lua` |
-//! | `session logout` | `SHARD_LEN = 4`, `session/prelude.lua` | `session/logout.lua` |
+//! | `session create` | `session/prelude.lua` | `session/create.lua` |
+//! | `session get` | `session/prelude.lua`, `session/live.lua` | `session/get.lua` |
+//! | `session patch` | `session/prelude.lua`, `session/live.lua` | `session/patch.lua` |
+//! | `session rotate` | `session/prelude.lua`, `session/live.lua` | `session/rotate.lua` |
+//! | `session destroy` | `session/prelude.lua` | `session/destroy.lua` |
+//! | `session list` | `session/prelude.lua` | `session/list.lua` |
+//! | `session logout` | `session/prelude.lua` | `session/logout.lua` |
+//! | `session reap` | `session/prelude.lua` | `session/reap.lua` |
 //! | `lock acquire` | `shared/clock.lua`, `lock/prelude.lua` | `lock/acquire.lua` |
 //! | `lock extend` | `shared/clock.lua`, `lock/prelude.lua` | `lock/extend.lua` |
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |

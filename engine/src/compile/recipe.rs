@@ -251,10 +251,10 @@ rules:
     #[test]
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
-        // 6 rate limits + release + 6 plugin-decided, 15 cache, 7 session, 4 lock.
+        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock.
         assert_eq!(
             all.len(),
-            39,
+            40,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

@@ -19,16 +19,12 @@ const ANY: &[Block] = &[PRELUDE];
 /// The scripts that read or change a live session: `live`, `touch`.
 const LIVE: &[Block] = &[PRELUDE, lua_file!("session/live.lua")];
 
-/// A session recipe: every session script reads SHARD_LEN.
 const fn recipe(
     name: &'static str,
     includes: &'static [Block<'static>],
     body: Block<'static>,
 ) -> Recipe<'static> {
-    Recipe {
-        consts: &[("SHARD_LEN", SHARD_LEN)],
-        ..Recipe::new(name, includes, body)
-    }
+    Recipe::new(name, includes, body)
 }
 
 const CREATE: Recipe = recipe("session create", ANY, lua_file!("session/create.lua"));
@@ -38,10 +34,12 @@ const ROTATE: Recipe = recipe("session rotate", LIVE, lua_file!("session/rotate.
 const DESTROY: Recipe = recipe("session destroy", ANY, lua_file!("session/destroy.lua"));
 const LIST: Recipe = recipe("session list", ANY, lua_file!("session/list.lua"));
 const LOGOUT: Recipe = recipe("session logout", ANY, lua_file!("session/logout.lua"));
+const REAP: Recipe = recipe("session reap", ANY, lua_file!("session/reap.lua"));
 
 /// The recipes, for the `compile` module doc.
 #[cfg(test)]
-pub(super) const RECIPES: &[Recipe<'static>] = &[CREATE, GET, PATCH, ROTATE, DESTROY, LIST, LOGOUT];
+pub(super) const RECIPES: &[Recipe<'static>] =
+    &[CREATE, GET, PATCH, ROTATE, DESTROY, LIST, LOGOUT, REAP];
 
 /// The scripts of session rules.
 #[derive(Debug, Clone)]
@@ -53,6 +51,7 @@ pub struct SessionScripts {
     pub destroy: Arc<Script>,
     pub list: Arc<Script>,
     pub logout: Arc<Script>,
+    pub reap: Arc<Script>,
 }
 
 impl SessionScripts {
@@ -65,6 +64,7 @@ impl SessionScripts {
             self.destroy.clone(),
             self.list.clone(),
             self.logout.clone(),
+            self.reap.clone(),
         ]
     }
 }
@@ -77,6 +77,7 @@ static SCRIPTS: LazyLock<SessionScripts> = LazyLock::new(|| SessionScripts {
     destroy: assemble(&DESTROY),
     list: assemble(&LIST),
     logout: assemble(&LOGOUT),
+    reap: assemble(&REAP),
 });
 
 #[derive(Debug, Clone)]
@@ -101,15 +102,15 @@ impl CompiledSession {
         vec![
             (
                 t("s:<random>"),
-                "HASH {u: user, i: base64url user, c: created ms, a: absolute deadline ms, l: last touch ms, d:<field>: JSON}; expires after idle_ttl, never past the deadline".to_string(),
+                "HASH {u: user, i: base64url user, c: created ms, a: absolute deadline ms, l: last touch ms, o: creation µs (16 digits), d:<field>: JSON}; expires after idle_ttl, never past the deadline".to_string(),
             ),
             (
-                t("ue:<base64url user>"),
-                "ZSET of the user's session ids by expiry ms; expires with the last session".to_string(),
+                t("ue"),
+                "ZSET of the shard's sessions, member `<base64url user>|<o>|<session id>`, score expiry ms; expires with the shard's last session".to_string(),
             ),
             (
-                t("uc:<base64url user>"),
-                "ZSET of the user's session ids by creation µs (max_per_user, else user_cap, evicts the oldest); expires with the last session".to_string(),
+                t("uc"),
+                "ZSET of the same members, score 0: ZRANGEBYLEX `[<user>|` `(<user>}` is one user's sessions, oldest first (max_per_user, else user_cap, evicts the oldest); expires with the shard's last session".to_string(),
             ),
         ]
     }
@@ -144,7 +145,12 @@ mod tests {
         .expect("set");
         g.set(
             "KEYS",
-            vec!["app:session:web:{abcd}s:x", "app:session:web:{abcd}s:y"],
+            vec![
+                "app:session:web:{abcd}:s:x",
+                "app:session:web:{abcd}:s:y",
+                "app:session:web:{abcd}:ue",
+                "app:session:web:{abcd}:uc",
+            ],
         )
         .expect("set");
         g.set("ARGV", argv.to_vec()).expect("set");
@@ -197,11 +203,10 @@ mod tests {
     fn get_patch_and_rotate_find_sessions_gone_or_malformed_alike() {
         let s = &*SCRIPTS;
         let sid = "abcd.x";
-        let base = "app:session:web:{abcd}";
         let cases: [(&Arc<Script>, Vec<&str>); 3] = [
-            (&s.get, vec![sid, "60000", "1", base]),
-            (&s.patch, vec![sid, "60000", base, "10", "f", "1"]),
-            (&s.rotate, vec![sid, "abcd.y", "60000", base]),
+            (&s.get, vec![sid, "60000", "1"]),
+            (&s.patch, vec![sid, "60000", "10", "f", "1"]),
+            (&s.rotate, vec![sid, "abcd.y", "60000"]),
         ];
         // Created and deadline long before TIME (1700000000000 ms).
         let expired: &[&str] = &["u", "bob", "i", "Ym9i", "c", "1000", "a", "2000"];

@@ -205,6 +205,7 @@ fn describe(snap: &Snapshot) -> Value {
                             r["fill_wait_ms"] = json!(ms(c.fill_wait));
                             r["beta"] = json!(c.beta);
                             r["on_redis_error"] = json!(c.on_redis_error);
+                            r["slot_groups"] = json!(c.slot_groups);
                             r["near_cache"] = json!(c.near_cache.as_ref().map(|n| json!({
                                 "max_entries": n.max_entries,
                                 "max_age_ms": u64::try_from(n.max_age.as_millis()).unwrap_or(u64::MAX),

@@ -21,7 +21,7 @@
 //! | `not-found` | 404 | no such thing: a session, a cached value (or one to patch) |
 //! | `method-not-allowed` | 405 | the route has no such method |
 //! | `body-timeout` | 408 | the body did not arrive within `--body-read-timeout` |
-//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it |
+//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it; a user's sessions rotated again and again during a list or logout |
 //! | `not-hash` | 409 | a PATCH on a `format: string` cache rule |
 //! | `cache-bypassed` | 409 | the cache plugin bypassed a write that only the cache could take |
 //! | `not-write-behind` | 409 | dead letters of a cache rule that is not `write: behind` |
@@ -415,6 +415,11 @@ impl From<SessionError> for ApiError {
             SessionError::Plugin(e) => ApiError::PluginFailed(e.to_string()),
             SessionError::Random(m) => ApiError::Internal(m),
             SessionError::Store(e) => e.into(),
+            e @ SessionError::Busy(_) => ApiError::Conflict {
+                message: e.to_string(),
+                retry_after_ms: Some(1000),
+            },
+            e @ SessionError::MalformedIndex => ApiError::Internal(e.to_string()),
         }
     }
 }

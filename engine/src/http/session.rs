@@ -201,7 +201,8 @@ async fn rotate(
 // `GET /v1/sessions/{app}/{rule}/users/{user}`: the user's live sessions, oldest first.
 #[utoipa::path(get, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions", operation_id = "session_list_user",
     params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
-    responses((status = 200, body = SessionList)))]
+    responses((status = 200, body = SessionList),
+        (status = 409, description = "A session of the user was rotated during the request, again after each of 3 retries; retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(state): State<AppState>,
     sessions: Rule<Sessions>,
@@ -217,11 +218,13 @@ async fn list(
     Ok(Json(json!({ "user": user, "sessions": items })).into_response())
 }
 
-// `DELETE /v1/sessions/{app}/{rule}/users/{user}`: logout everywhere, in one atomic call.
+// `DELETE /v1/sessions/{app}/{rule}/users/{user}`: logout everywhere, in one atomic script
+// (after a first call that names the user's sessions).
 #[utoipa::path(delete, path = "/v1/sessions/{app}/{rule}/users/{user}", tag = "sessions", operation_id = "session_logout_user",
-    description = "Logs the user out everywhere: every session of the user dies in one atomic call.",
+    description = "Logs the user out everywhere: every session of the user dies in one atomic script call.",
     params(("app" = String, Path), ("rule" = String, Path), ("user" = String, Path)),
-    responses((status = 200, body = SessionsLoggedOut)))]
+    responses((status = 200, body = SessionsLoggedOut),
+        (status = 409, description = "A session of the user was rotated during the request, again after each of 3 retries; retry after `Retry-After`", body = Problem, content_type = "application/problem+json")))]
 async fn logout(
     State(state): State<AppState>,
     sessions: Rule<Sessions>,

@@ -6,6 +6,10 @@ use crate::policy::Algorithm;
 
 use super::{Limits, PluginError};
 
+/// The longest TTL a plugin may decide (366 days): the cache's tag versions are remembered
+/// this long at most (`CacheRule::tag_memory_ms`).
+pub const MAX_TTL_MS: u64 = 366 * 86_400_000;
+
 /// The facts of one request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
@@ -167,7 +171,7 @@ pub fn validate_cache(
         )));
     }
     if let Some(ttl) = d.ttl_ms
-        && (ttl == 0 || ttl > 366 * 86_400_000)
+        && (ttl == 0 || ttl > MAX_TTL_MS)
     {
         return Err(bad(format!("ttl {ttl} ms out of range")));
     }

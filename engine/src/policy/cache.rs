@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_VALUE_BYTES: u64 = 1024 * 1024;
 /// big blocks Redis for milliseconds on every read.
 pub(super) const MAX_MAX_VALUE_BYTES: i64 = 64 * 1024 * 1024;
 
+/// Default `slot_groups`: a rule's keys land in 16 cluster slots, enough to spread it over the
+/// 3 to 6 primaries of a typical cluster, while a tag invalidation costs 16 small script calls
+/// (concurrent) and an idle write-behind flusher 16 cheap polls per second at most.
+pub const DEFAULT_SLOT_GROUPS: u32 = 16;
+/// Ceiling for `slot_groups`: an invalidation makes one call per group.
+pub const MAX_SLOT_GROUPS: u32 = 1024;
+
 /// A `cache` block, served at `/v1/cache/{app}/{rule}/{id}`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +83,14 @@ pub struct RawCache {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1))]
     pub journal_max_len: Option<Spanned<i64>>,
+    /// How many cluster hash slots the rule's keys are spread over (default 16, 1 to 1024).
+    /// An id's keys, and the tag versions and write-behind journal they are checked with, live
+    /// in the slot of the id's group, so every script touches one slot. More groups spread a
+    /// rule over more Redis Cluster primaries; a tag invalidation costs one call per group and
+    /// the write-behind flusher polls every group's journal. Changing it moves every id.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>", range(min = 1, max = 1024))]
+    pub slot_groups: Option<Spanned<i64>>,
     /// Timeout of one origin request (default `2s`).
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
@@ -231,7 +246,10 @@ pub struct Cache {
     pub write: WriteMode,
     pub max_attempts: u32,
     pub retry_backoff: Duration,
+    /// Per slot group: at most ceil(journal_max_len / slot_groups) entries each.
     pub journal_max_len: u64,
+    /// Slot groups (see `RawCache::slot_groups`), 1..=MAX_SLOT_GROUPS.
+    pub slot_groups: u32,
     pub origin_timeout: Duration,
     pub refresh_lease: Duration,
     pub fill_wait: Duration,
@@ -412,6 +430,23 @@ impl Validator {
             .as_ref()
             .and_then(|n| self.positive(path, "journal_max_len", n))
             .unwrap_or(100_000);
+        let slot_groups = match &raw.slot_groups {
+            None => DEFAULT_SLOT_GROUPS,
+            Some(n) if **n > i64::from(MAX_SLOT_GROUPS) => {
+                self.err(
+                    &loc(path, n.span()),
+                    format!(
+                        "`slot_groups` {} is above the ceiling of {MAX_SLOT_GROUPS}",
+                        **n
+                    ),
+                );
+                DEFAULT_SLOT_GROUPS
+            }
+            Some(n) => self
+                .positive(path, "slot_groups", n)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(DEFAULT_SLOT_GROUPS),
+        };
         let origin_timeout = raw
             .origin_timeout
             .as_ref()
@@ -550,6 +585,7 @@ impl Validator {
             max_attempts,
             retry_backoff,
             journal_max_len,
+            slot_groups,
             origin_timeout,
             refresh_lease,
             fill_wait,

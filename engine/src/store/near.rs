@@ -50,9 +50,9 @@ pub struct NearCache<V> {
     shards: Vec<Shard<V>>,
     per_shard: usize,
     live: AtomicBool,
-    /// Keys containing this marker are the rule's own keys (tag versions): a change to one may
+    /// Keys ending with this are the rule's own keys (tag versions): a change to one may
     /// affect any entry, so it drops everything.
-    drop_all_marker: Option<String>,
+    drop_all_suffix: Option<String>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -65,7 +65,7 @@ pub struct Ticket {
 
 impl<V: Clone> NearCache<V> {
     /// `capacity` entries at most (spread over shards, at least one per shard).
-    pub fn new(capacity: usize, drop_all_marker: Option<String>) -> Self {
+    pub fn new(capacity: usize, drop_all_suffix: Option<String>) -> Self {
         Self {
             shards: (0..SHARDS)
                 .map(|_| Shard {
@@ -75,7 +75,7 @@ impl<V: Clone> NearCache<V> {
                 .collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             live: AtomicBool::new(false),
-            drop_all_marker,
+            drop_all_suffix,
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -175,8 +175,8 @@ impl<V: Clone + Send> Invalidate for NearCache<V> {
             return;
         };
         for key in keys {
-            let marker = self.drop_all_marker.as_deref();
-            if marker.is_some_and(|m| contains(key, m.as_bytes())) {
+            let suffix = self.drop_all_suffix.as_deref();
+            if suffix.is_some_and(|m| !m.is_empty() && key.ends_with(m.as_bytes())) {
                 self.clear();
                 return;
             }
@@ -200,10 +200,6 @@ impl<V: Clone + Send> Invalidate for NearCache<V> {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// A poisoned lock only means another thread panicked mid-operation on a plain map or list;
 /// the data itself is still usable (at worst an entry is missing), so carry on rather than
 /// panic.
@@ -221,7 +217,7 @@ mod tests {
     const LONG: Duration = Duration::from_secs(60);
 
     fn live() -> NearCache<u32> {
-        let c = NearCache::new(64, Some("{%".into()));
+        let c = NearCache::new(64, Some("}:tags".into()));
         c.set_live(true);
         c
     }
@@ -264,7 +260,7 @@ mod tests {
             let t = c.ticket(k).expect("live");
             assert!(c.insert(k, 1, LONG, t));
         }
-        c.invalidate(Some(&[b"app:cache:r:{%app.r}:tag:x".to_vec()]));
+        c.invalidate(Some(&[b"app:cache:r:{%app.r.3}:tags".to_vec()]));
         assert!(c.is_empty());
     }
 

@@ -9,19 +9,15 @@
 //! builds skip it by default: it costs a CRC per key on every call, for a property of the
 //! code, not of the request.
 //!
-//! Known exceptions, until issue 12's slot groups land (docs/cluster.md): a cache rule's own
-//! keys (its write-behind journal and dead letters, tagged `{%app.rule}`) may sit beside one
-//! id's keys, and a cache DELETE of related ids and a dead-letter replay touch several ids.
-//! Everything else, every script of every other pattern included, is held to one slot.
+//! There are no exceptions: every script of every pattern is held to one slot. (The cache
+//! keeps its per-rule state per slot group, beside the values of the group's ids:
+//! `patterns/cache/keys.rs`.)
 
 use std::sync::LazyLock;
 
 use super::StoreError;
 use crate::compile::Script;
-use crate::compile::keys::{hash_tag, key_slot};
-
-/// Scripts that touch several ids in one call today (see the module doc).
-const SEVERAL_IDS: &[&str] = &["cache delete", "cache journal-replay"];
+use crate::compile::keys::key_slot;
 
 /// Whether calls are checked: always in debug builds, on request in release builds.
 pub fn enabled() -> bool {
@@ -31,17 +27,9 @@ pub fn enabled() -> bool {
     *ON
 }
 
-/// `Ok` when `keys` share one slot, allowing for the exceptions above.
+/// `Ok` when `keys` share one slot.
 pub fn check(script: &Script, keys: &[String]) -> Result<(), StoreError> {
-    if SEVERAL_IDS.contains(&script.name.as_str()) {
-        return Ok(());
-    }
-    let cache = script.name.starts_with("cache ");
-    let mut slots = keys
-        .iter()
-        // A rule's own key (its tag starts with `%`, which no escaped id does).
-        .filter(|k| !(cache && hash_tag(k).is_some_and(|t| t.starts_with('%'))))
-        .map(|k| (key_slot(k), k));
+    let mut slots = keys.iter().map(|k| (key_slot(k), k));
     let Some((first, first_key)) = slots.next() else {
         return Ok(());
     };
@@ -79,18 +67,18 @@ mod tests {
     }
 
     #[test]
-    fn only_the_documented_exceptions_pass() {
+    fn no_script_is_exempt() {
         let ks = KeySpace::new("shop", "cache", "product");
         let journal = ks.rule_key("journal");
         let value = ks.key("42", "v");
         assert_ne!(key_slot(&journal), key_slot(&value));
-        // A cache script may take its rule's journal beside one id's keys…
-        assert!(check(&script("cache put"), &[value.clone(), journal.clone()]).is_ok());
-        // …but not two ids, and no other pattern may mix in a rule key.
-        let other = ks.key("43", "v");
-        assert_ne!(key_slot(&value), key_slot(&other));
-        assert!(check(&script("cache put"), &[value.clone(), other.clone()]).is_err());
-        assert!(check(&script("cache delete"), &[value.clone(), other]).is_ok());
-        assert!(check(&script("lock acquire"), &[value, journal]).is_err());
+        for name in [
+            "cache put",
+            "cache delete",
+            "cache journal-replay",
+            "lock acquire",
+        ] {
+            assert!(check(&script(name), &[value.clone(), journal.clone()]).is_err());
+        }
     }
 }

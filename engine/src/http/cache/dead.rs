@@ -45,18 +45,6 @@ impl FromRequestParts<AppState> for Behind {
     }
 }
 
-/// A stream entry id: `<ms>-<seq>`.
-fn valid_entry_id(s: &str) -> bool {
-    s.split_once('-').is_some_and(|(a, b)| {
-        !a.is_empty()
-            && !b.is_empty()
-            && a.len() <= 20
-            && b.len() <= 20
-            && a.bytes().all(|c| c.is_ascii_digit())
-            && b.bytes().all(|c| c.is_ascii_digit())
-    })
-}
-
 #[derive(Deserialize)]
 struct DeadQuery {
     count: Option<String>,
@@ -66,8 +54,8 @@ struct DeadQuery {
 /// One dead letter, without its payload.
 #[derive(Serialize, ToSchema)]
 pub struct DeadLetter {
-    /// The dead-letter entry id (for `after` and replay).
-    #[schema(example = "1764256000000-0")]
+    /// The dead letter's name, `<slot group>:<entry id>` (for `after` and replay).
+    #[schema(example = "3:1764256000000-0")]
     entry: String,
     /// The cache id the write was for.
     id: String,
@@ -101,7 +89,8 @@ impl From<dead::DeadLetter> for DeadLetter {
 /// A page of dead letters, oldest first.
 #[derive(Serialize, ToSchema)]
 pub struct DeadLetterPage {
-    /// Dead letters kept in all (trimmed to `journal_max_len`, oldest first).
+    /// Dead letters kept in all slot groups (each trimmed to journal_max_len / slot_groups,
+    /// oldest first).
     total: u64,
     dead_letters: Vec<DeadLetter>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -138,16 +127,18 @@ async fn dead_letters(
             }
         },
     };
-    let start = match q.after.as_deref() {
-        None => "-".to_string(),
-        Some(a) if valid_entry_id(a) => format!("({a}"),
-        Some(a) => {
-            return Err(ApiError::BadRequest(format!(
-                "`after` must be a dead-letter entry id such as 1764256000000-0, not `{a}`"
-            )));
-        }
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => match dead::parse_entry(a) {
+            Some(e) => Some(e),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "`after` must be a dead letter's `entry` such as 3:1764256000000-0, not `{a}`"
+                )));
+            }
+        },
     };
-    let (total, letters) = c.dead_letters(&state.runtime.store, &start, count).await?;
+    let (total, letters) = c.dead_letters(&state.runtime.store, after, count).await?;
     let letters: Vec<DeadLetter> = letters.into_iter().map(DeadLetter::from).collect();
     let next_after = (letters.len() as u64 == count)
         .then(|| letters.last().map(|l| l.entry.clone()))
@@ -164,7 +155,7 @@ async fn dead_letters(
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
-    /// Replay only these dead-letter entries (at most 1000).
+    /// Replay only these dead letters, by `entry` (at most 1000).
     ids: Option<Vec<String>>,
     /// Without `ids`: replay the oldest `count` (default 100, at most 1000).
     count: Option<u64>,
@@ -177,12 +168,13 @@ pub struct ReplayResponse {
     replayed: u64,
     /// Given ids that are not dead letters (any more).
     not_found: u64,
-    /// True when the journal filled up (`journal_max_len`) before all were moved.
+    /// True when a slot group's journal filled up (journal_max_len / slot_groups) before all
+    /// were moved.
     journal_full: bool,
 }
 
 impl Example for ReplayRequest {
-    const EXAMPLE: &'static str = r#"{"ids": ["1764256000000-0"]}"#;
+    const EXAMPLE: &'static str = r#"{"ids": ["3:1764256000000-0"]}"#;
 }
 
 // `POST /admin/cache/{app}/{rule}/dead-letters/replay`
@@ -211,10 +203,16 @@ async fn replay(
             "at most {MAX_PAGE} ids per replay"
         )));
     }
-    if let Some(bad) = ids.iter().find(|i| !valid_entry_id(i)) {
-        return Err(ApiError::BadRequest(format!(
-            "`{bad}` is not a dead-letter entry id such as 1764256000000-0"
-        )));
+    let mut parsed = Vec::with_capacity(ids.len());
+    for i in &ids {
+        match dead::parse_entry(i) {
+            Some((g, e)) => parsed.push((g, e.to_string())),
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "`{i}` is not a dead letter's `entry` such as 3:1764256000000-0"
+                )));
+            }
+        }
     }
     let count = req.count.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&count) {
@@ -222,7 +220,7 @@ async fn replay(
             "`count` must be from 1 to {MAX_PAGE}"
         )));
     }
-    let done = c.replay(&state.runtime.store, &ids, count).await?;
+    let done = c.replay(&state.runtime.store, &parsed, count).await?;
     metrics::counter!("patternd_cache_dead_letters_replayed_total", "app" => c.app.clone(), "rule" => c.name.clone()).increment(done.replayed);
     Ok(axum::Json(ReplayResponse {
         replayed: done.replayed,

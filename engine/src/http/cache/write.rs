@@ -97,7 +97,7 @@ fn request_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
         (status = 412, description = "If-Match / If-None-Match did not hold; nothing written (for write: through, the origin was not written either)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than max_value_bytes; nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "write: through: the origin refused or could not be reached; the cache is unchanged, or (connection lost mid-request: the origin may have applied it) the cached value was dropped", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "write: behind: the journal holds journal_max_len undelivered writes, or Redis is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "write: behind: the journal of the id's slot group holds journal_max_len / slot_groups undelivered writes, or Redis is unavailable; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "write: through: the origin timed out (it may have applied the write); the cached value was dropped", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_value(

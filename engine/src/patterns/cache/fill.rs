@@ -488,7 +488,6 @@ impl CacheRule {
         ];
         let mut args: Vec<&[u8]> = vec![
             token.as_bytes(),
-            self.keys.tag_prefix().as_bytes(),
             v.st.as_bytes(),
             v.ct.as_bytes(),
             nums[0].as_bytes(),

@@ -1,9 +1,13 @@
 //! The write-behind flusher: delivers journaled writes to the origin, at least once.
 //!
 //! One task per `write: behind` rule and engine process (started by `run`, which follows
-//! reloads), so a slow origin delays only its own rule. Replicas share the work through the consumer group
-//! `patternd` (each process is its own consumer, named uniquely), and everything that moves an
-//! entry is one script:
+//! reloads), so a slow origin delays only its own rule. A rule has one journal per slot group
+//! (`slot_groups`, docs/cache.md): the task polls every group's journal, concurrently, and
+//! backs off on a group whose journal is empty (100 ms doubling to 1 s), so idle groups cost
+//! about one cheap call per second each, and a write to an idle group waits up to that long.
+//! Replicas share each journal's work through its consumer group `patternd` (each process is
+//! its own consumer, named uniquely), and everything that moves an entry is one script, in
+//! the entry's group:
 //!
 //! 1. `fetch`: takes back this consumer's failed entries whose backoff has passed, and other
 //!    consumers' entries idle longer than any live attempt can take (their engine died
@@ -25,6 +29,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use reqwest::Method;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -39,8 +45,11 @@ use crate::store::{Store, StoreError};
 
 /// Entries taken per rule and poll (each id group is delivered concurrently).
 const BATCH: usize = 64;
-/// Pause between polls when there was nothing to do.
+/// Pause between polls of a group whose journal holds entries not yet due.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The longest pause between polls of a group whose journal is empty (the pause doubles from
+/// `IDLE_POLL` on every empty poll).
+const MAX_IDLE_POLL: Duration = Duration::from_secs(1);
 /// Retry backoff never grows past this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A consumer with nothing pending that has not read for this long is removed from the group.
@@ -114,6 +123,15 @@ pub async fn run(runtime: Arc<Runtime>, consumer: String, mut stop: watch::Recei
 /// (app, rule).
 type RuleName = (String, String);
 
+/// When each slot group of a rule is polled next.
+#[derive(Debug, Clone, Copy)]
+struct GroupPoll {
+    due: Instant,
+    pause: Duration,
+    backlog: u64,
+    dead: u64,
+}
+
 /// Flushes one rule until it is no longer a `write: behind` rule of the current snapshot, or
 /// `stop`. It takes the rule from the snapshot on every poll, so it follows reloads.
 async fn rule_loop(
@@ -122,6 +140,7 @@ async fn rule_loop(
     consumer: Arc<str>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut polls: Vec<GroupPoll> = Vec::new();
     loop {
         if *stop.borrow() {
             break;
@@ -134,17 +153,68 @@ async fn rule_loop(
             .filter(|r| r.spec.write == WriteMode::Behind)
             .cloned();
         let Some(rule) = rule else { break };
-        let full = match flush_once(&runtime.store, &rule, &consumer).await {
-            Ok(n) => n >= BATCH,
-            Err(e) => {
-                tracing::warn!(app = %app, rule = %name, error = %e, "write-behind poll failed; retrying");
-                false
+        let groups = rule.keys.groups() as usize;
+        if polls.len() != groups {
+            let now = Instant::now();
+            polls = vec![
+                GroupPoll {
+                    due: now,
+                    pause: IDLE_POLL,
+                    backlog: 0,
+                    dead: 0,
+                };
+                groups
+            ];
+        }
+        let now = Instant::now();
+        let mut tasks = JoinSet::new();
+        for (g, p) in polls.iter().enumerate() {
+            if p.due > now {
+                continue;
             }
-        };
+            let (store, rule, consumer) = (runtime.store.clone(), rule.clone(), consumer.clone());
+            tasks.spawn(async move { (g, flush_group(&store, &rule, &consumer, g as u32).await) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let Ok((g, polled)) = done else { continue };
+            let Some(p) = polls.get_mut(g) else { continue };
+            let now = Instant::now();
+            match polled {
+                Ok(Polled {
+                    taken,
+                    backlog,
+                    dead,
+                }) => {
+                    (p.backlog, p.dead) = (backlog, dead);
+                    p.pause = if taken >= BATCH {
+                        Duration::ZERO
+                    } else if taken > 0 || backlog > 0 {
+                        IDLE_POLL
+                    } else {
+                        (p.pause * 2).clamp(IDLE_POLL, MAX_IDLE_POLL)
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app, rule = %name, group = g, error = %e, "write-behind poll failed; retrying");
+                    p.pause = IDLE_POLL;
+                }
+            }
+            p.due = now + p.pause;
+        }
+        let labels = [("app", app.clone()), ("rule", name.clone())];
+        let (backlog, dead) = polls
+            .iter()
+            .fold((0, 0), |(b, d), p| (b + p.backlog, d + p.dead));
+        metrics::gauge!("patternd_cache_journal_backlog", &labels).set(backlog as f64);
+        metrics::gauge!("patternd_cache_dead_letters", &labels).set(dead as f64);
         drop(rule);
-        let pause = if full { Duration::ZERO } else { IDLE_POLL };
+        let next = polls
+            .iter()
+            .map(|p| p.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + IDLE_POLL);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep_until(next) => {}
             r = stop.changed() => {
                 if r.is_err() || *stop.borrow() {
                     break;
@@ -152,6 +222,16 @@ async fn rule_loop(
             }
         }
     }
+}
+
+/// What one poll of a group's journal found.
+#[derive(Debug, Clone, Copy)]
+struct Polled {
+    /// Entries taken (and delivered, coalesced or given back) by this poll.
+    taken: usize,
+    /// The journal's length, and the dead letters', at the poll.
+    backlog: u64,
+    dead: u64,
 }
 
 /// Why one poll of a rule failed.
@@ -163,12 +243,13 @@ pub enum FlushError {
     Reply(#[from] ReplyError),
 }
 
-/// One poll of one rule: fetch, coalesce, deliver. Returns how many entries were taken.
-pub async fn flush_once(
+/// One poll of one slot group of a rule: fetch, coalesce, deliver.
+async fn flush_group(
     store: &Store,
     rule: &Arc<CacheRule>,
     consumer: &Arc<str>,
-) -> Result<usize, FlushError> {
+    group: u32,
+) -> Result<Polled, FlushError> {
     let w = &rule.scripts.write;
     let timeout_ms = duration_ms(rule.spec.origin_timeout);
     // Longer than a live consumer can hold an entry between taking and acknowledging it (one
@@ -182,7 +263,7 @@ pub async fn flush_once(
     let raw: Vec<redis::Value> = store
         .eval(
             &w.fetch,
-            &rule.keys.fetch(),
+            &rule.keys.fetch(group),
             &[
                 consumer.as_bytes(),
                 batch.as_bytes(),
@@ -194,9 +275,6 @@ pub async fn flush_once(
         )
         .await?;
     let (backlog, dead, raw_entries) = reply::fetch(raw)?;
-    let labels = [("app", rule.app.clone()), ("rule", rule.rule.clone())];
-    metrics::gauge!("patternd_cache_journal_backlog", &labels).set(backlog as f64);
-    metrics::gauge!("patternd_cache_dead_letters", &labels).set(dead as f64);
     // An entry that cannot be read is left pending (and logged) rather than stopping the
     // others: it is retried, and dead-lettered, like one the origin refused.
     let entries: Vec<Entry> = raw_entries
@@ -210,11 +288,24 @@ pub async fn flush_once(
         })
         .collect();
     let taken = entries.len();
+    let polled = Polled {
+        taken,
+        backlog: u64::try_from(backlog).unwrap_or(0),
+        dead: u64::try_from(dead).unwrap_or(0),
+    };
     if taken == 0 {
-        return Ok(0);
+        return Ok(polled);
     }
     let mut groups: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
     for e in entries {
+        // An entry is journaled in its value's group, unless it was written under another
+        // `slot_groups` (docs/cache.md: drain the journals before changing it). Its value's
+        // keys are in another slot than this journal, so no script can take both: it stays
+        // pending, and is logged.
+        if rule.keys.group_of(&e.key) != group {
+            tracing::warn!(app = %rule.app, rule = %rule.rule, group, id = %e.key, "write-behind entry of another slot group (slot_groups changed); left in the journal");
+            continue;
+        }
         // Per value: `jp` (the supersede check) and the flush lease are the value's.
         groups.entry(e.key.clone()).or_default().push(e);
     }
@@ -231,7 +322,7 @@ pub async fn flush_once(
         });
     }
     while tasks.join_next().await.is_some() {}
-    Ok(taken)
+    Ok(polled)
 }
 
 /// Why a delivery step failed: logged, and the entry stays pending for the next poll.
@@ -332,7 +423,7 @@ async fn deliver(
         }
         Err(why) if newest.attempt >= max => {
             let attempts = newest.attempt.min(max).to_string();
-            let keep = rule.spec.journal_max_len.to_string();
+            let keep = rule.group_journal_max_len().to_string();
             let _: i64 = store
                 .eval(
                     &w.dead,

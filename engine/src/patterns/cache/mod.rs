@@ -124,12 +124,12 @@ impl CacheRule {
             )?),
             None => None,
         };
-        let keys = CacheKeys::new(keys, spec.write);
+        let keys = CacheKeys::new(keys, spec.write, spec.slot_groups);
         // A tag bump may touch any value: tag keys drop the whole near cache.
         let near = spec.near_cache.as_ref().map(|n| {
             Arc::new(NearCache::new(
                 n.max_entries,
-                Some(keys.tag_prefix().to_string()),
+                Some(CacheKeys::tags_suffix()),
             ))
         });
         Ok(Self {
@@ -171,9 +171,35 @@ impl CacheRule {
     /// before the write or DELETE can take (its origin call ends within origin_timeout, or it
     /// loses its lease after refresh_lease), and longer than a write-through's own origin
     /// call. A fill older than this stores nothing (`lua/cache/fill.lua`), so the marker never
-    /// lapses under a fill it must stop; tag keys an invalidation creates live as long.
+    /// lapses under a fill it must stop; a group's tag versions live at least as long after
+    /// an invalidation.
     pub fn marker_ms(&self) -> u64 {
         duration_ms(self.spec.refresh_lease).max(duration_ms(self.spec.origin_timeout) + 1000)
+    }
+
+    /// How long a tag's invalidation is remembered in a slot group (`lua/cache/invalidate.lua`):
+    /// longer than any value stamped before it can live (the longest ttl a store may use, plus
+    /// the stale windows, plus the longest a fill may take between its read and its store), so
+    /// no value it concerns comes back when it is forgotten.
+    pub fn tag_memory_ms(&self) -> u64 {
+        let ttl = if self.plugin.is_some() {
+            crate::plugin::decision::MAX_TTL_MS.max(self.ttl_ms())
+        } else {
+            self.ttl_ms()
+        };
+        let negative = self.spec.negative_ttl.map_or(0, duration_ms);
+        ttl.max(negative)
+            .saturating_add(self.stale_ms())
+            .saturating_add(self.marker_ms())
+    }
+
+    /// The journal bound of one slot group: ceil(journal_max_len / slot_groups), at least 1,
+    /// so all groups together hold at most about journal_max_len undelivered writes.
+    pub fn group_journal_max_len(&self) -> u64 {
+        self.spec
+            .journal_max_len
+            .div_ceil(u64::from(self.keys.groups()))
+            .max(1)
     }
 
     /// The origin URL of `id` (the id percent-encoded as one path segment). `None` when the

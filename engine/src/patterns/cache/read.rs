@@ -506,9 +506,8 @@ impl CacheRule {
     ) -> Result<ReadReply, ReadError> {
         let rand = rand.to_string();
         let c = &self.read_argv;
-        let mut args: Vec<&[u8]> = Vec::with_capacity(9 + fields.map_or(0, <[String]>::len));
+        let mut args: Vec<&[u8]> = Vec::with_capacity(8 + fields.map_or(0, <[String]>::len));
         args.extend_from_slice(&[
-            self.keys.tag_prefix().as_bytes(),
             rand.as_bytes(),
             token.as_bytes(),
             c.lease_ms.as_bytes(),

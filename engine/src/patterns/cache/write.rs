@@ -58,8 +58,8 @@ pub enum WriteError {
     #[error("the origin did not answer the write in time ({detail}); {cache}")]
     OriginTimeout { detail: String, cache: CacheLeft },
     #[error(
-        "the write-behind journal holds {backlog} undelivered writes (journal_max_len); \
-         nothing was written, retry later"
+        "the write-behind journal of this id's slot group holds {backlog} undelivered writes \
+         (journal_max_len / slot_groups); nothing was written, retry later"
     )]
     JournalFull { backlog: u64 },
     /// The rule's plugin said bypass for a write that only the cache could take (`write:
@@ -356,10 +356,9 @@ impl CacheRule {
             key_id.as_str()
         };
         let stale = self.stale_ms().to_string();
-        let max_len = self.spec.journal_max_len.to_string();
+        let max_len = self.group_journal_max_len().to_string();
         let n = tags.len().to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             match self.spec.write {
@@ -482,9 +481,8 @@ impl CacheRule {
         };
         let ttl = ttl_ms.to_string();
         let stale = self.stale_ms().to_string();
-        let max_len = self.spec.journal_max_len.to_string();
+        let max_len = self.group_journal_max_len().to_string();
         let mut args: Vec<&[u8]> = vec![
-            self.keys.tag_prefix().as_bytes(),
             ttl.as_bytes(),
             stale.as_bytes(),
             mode.as_bytes(),
@@ -546,7 +544,6 @@ impl CacheRule {
                 &[
                     token.as_bytes(),
                     marker_ms.as_bytes(),
-                    self.keys.tag_prefix().as_bytes(),
                     im.as_bytes(),
                     inm.as_bytes(),
                 ],

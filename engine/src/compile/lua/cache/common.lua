@@ -1,6 +1,6 @@
 -- patternd cache: the value's tags and version, and a write's preconditions (RFC 9110).
--- Included by the scripts that read a value or check a precondition: read, put, patch,
--- through-begin. Needs nothing before it.
+-- Included by the scripts that read a value, check a precondition or a tag: read, fill, put,
+-- patch, through-begin. Needs nothing before it.
 
 -- Splits 'a,b,c' into { 'a', 'b', 'c' }; '' gives {}.
 local function split_commas(s)
@@ -10,19 +10,35 @@ local function split_commas(s)
   return out
 end
 
+-- Whether any of `tags` (an array) was invalidated at or after `stamp` (µs). `tkey` is the
+-- slot group's tag versions: a ZSET of tag → Redis TIME in µs of its last invalidation (a
+-- negative score: referenced by a value until -score ms, never invalidated since it was
+-- recorded; absent: neither). One ZSCORE per tag of the value, never per tag of the rule.
+local function invalidated_since(tkey, tags, stamp)
+  for i = 1, #tags do
+    local v = tonumber(redis.call('ZSCORE', tkey, tags[i]))
+    if v and v >= stamp then return true end
+  end
+  return false
+end
+
+-- Whether a value with tags `tags_text` (joined by ',') and stamp `tv` (µs: when its data was
+-- read from where it came from) is still valid: none of its tags invalidated since.
+local function tags_current(tkey, tags_text, tv)
+  if not tags_text or tags_text == '' then return true end
+  local stamp = tonumber(tv)
+  if not stamp then return false end
+  return not invalidated_since(tkey, split_commas(tags_text), stamp)
+end
+
 -- The version (`ver`) of the value a client's precondition is compared with: a live 200 (its
 -- tags current, or its newest write still in the write-behind journal `jkey`), '' for a live
 -- value written before versions existed, nil when there is no live value.
-local function current_version(vkey, tagpfx, jkey)
+local function current_version(vkey, tkey, jkey)
   local m = redis.call('HMGET', vkey, 'st', 'tags', 'tv', 'jp', 'ver')
   if m[1] ~= '200' then return nil end
   local pending = m[4] and jkey and #redis.call('XRANGE', jkey, m[4], m[4]) > 0
-  if not pending then
-    local tags, tv = split_commas(m[2]), split_commas(m[3])
-    for i = 1, #tags do
-      if (redis.call('GET', tagpfx .. tags[i]) or '0') ~= tv[i] then return nil end
-    end
-  end
+  if not pending and not tags_current(tkey, m[2], m[3]) then return nil end
   return m[5] or ''
 end
 

@@ -1,17 +1,18 @@
 -- patternd cache fill: stores what the origin answered, unless a newer write, a DELETE or a
 -- tag invalidation won meanwhile.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] (write: behind only) the journal
--- ARGV[1] the filler's lease token; ARGV[2] tag version key prefix
--- ARGV[3] st: '200', '404', or 'pass' (the origin's answer must not be stored: see below)
--- ARGV[4] content type; ARGV[5] ttl ms ('pass': ms the marker 'P' is held); ARGV[6] stale ms
--- ARGV[7] delta ms (fill duration)
--- ARGV[8] start: Redis TIME in µs of the read script call this fill follows (before the
--- origin was asked); ARGV[9] the longest a fill may take from its start, in ms (the time a
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the slot group's tag versions
+-- (ZSET, see common.lua); KEYS[4] (write: behind only) the group's journal
+-- ARGV[1] the filler's lease token
+-- ARGV[2] st: '200', '404', or 'pass' (the origin's answer must not be stored: see below)
+-- ARGV[3] content type; ARGV[4] ttl ms ('pass': ms the marker 'P' is held); ARGV[5] stale ms
+-- ARGV[6] delta ms (fill duration)
+-- ARGV[7] start: Redis TIME in µs of the read script call this fill follows (before the
+-- origin was asked); ARGV[8] the longest a fill may take from its start, in ms (the time a
 -- DELETE's marker and an invalidated tag's version key are kept at least)
--- ARGV[10] the value's own stale_while_revalidate ms, ARGV[11] its stale_if_error ms ('' and
+-- ARGV[9] the value's own stale_while_revalidate ms, ARGV[10] its stale_if_error ms ('' and
 -- '': the rule's apply; see cache_store)
--- ARGV[12] n = number of tags; ARGV[13 .. 12+n] the tags
--- ARGV[13+n] 'b' (then ARGV[14+n] is the body), 'f' (then name, json pairs follow) or '-'
+-- ARGV[11] n = number of tags; ARGV[12 .. 11+n] the tags
+-- ARGV[12+n] 'b' (then ARGV[13+n] is the body), 'f' (then name, json pairs follow) or '-'
 --
 -- Stores only if the lease is still this filler's, or nobody holds it (or only the pass
 -- marker 'P') and no value exists: a PUT/PATCH or another filler that came later must not be
@@ -21,9 +22,10 @@
 -- lease that is not its own and stores nothing. A lease held by another token means a newer
 -- fill is under way: it stores, not this one.
 -- Never stores what an invalidation after its start made stale: invalidation sets each tag's
--- version to at least Redis TIME in µs (creating absent tag keys for ARGV[9] ms), so a tag of
--- this value whose version is >= start was invalidated after the origin was asked. A fill
--- older than ARGV[9] stores nothing either: the markers that would stop it may have lapsed.
+-- version to at least Redis TIME in µs (keeping it at least ARGV[8] ms), so a tag of this
+-- value whose version is >= start was invalidated after the origin was asked. The value is
+-- stamped with `start` (its `tv`): an invalidation from then on makes it a miss. A fill
+-- older than ARGV[8] stores nothing either: the markers that would stop it may have lapsed.
 -- Never replaces a value whose newest write (`jp`) is still in the write-behind journal: the
 -- origin's copy is older than it until the write is delivered.
 -- 'pass': drops the value this fill would have replaced and holds 'P' in the lease, so
@@ -38,35 +40,32 @@ local function refuse()
   if mine then redis.call('DEL', KEYS[2]) end
   return { 0 }
 end
-local jp = KEYS[3] and redis.call('HGET', KEYS[1], 'jp')
-if jp and #redis.call('XRANGE', KEYS[3], jp, jp) > 0 then return refuse() end
-if ARGV[3] == 'pass' then
+local jp = KEYS[4] and redis.call('HGET', KEYS[1], 'jp')
+if jp and #redis.call('XRANGE', KEYS[4], jp, jp) > 0 then return refuse() end
+if ARGV[2] == 'pass' then
   redis.call('DEL', KEYS[1])
-  redis.call('SET', KEYS[2], 'P', 'PX', tonumber(ARGV[5]))
+  redis.call('SET', KEYS[2], 'P', 'PX', tonumber(ARGV[4]))
   return { 0 }
 end
-local start = tonumber(ARGV[8])
-if now_us() - start > tonumber(ARGV[9]) * 1000 then return refuse() end
-local n = tonumber(ARGV[12])
+local start = tonumber(ARGV[7])
+if now_us() - start > tonumber(ARGV[8]) * 1000 then return refuse() end
+local n = tonumber(ARGV[11])
 local tags = {}
-for i = 1, n do
-  tags[i] = ARGV[12 + i]
-  local version = tonumber(redis.call('GET', ARGV[2] .. tags[i]) or '0')
-  if version and version >= start then return refuse() end
-end
+for i = 1, n do tags[i] = ARGV[11 + i] end
+if invalidated_since(KEYS[3], tags, start) then return refuse() end
 if mine or holder == 'P' then redis.call('DEL', KEYS[2]) end
-local kind = ARGV[13 + n]
+local kind = ARGV[12 + n]
 local body, fields = nil, nil
 if kind == 'b' then
-  body = ARGV[14 + n]
+  body = ARGV[13 + n]
 elseif kind == 'f' then
   fields = {}
-  for i = 14 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for i = 13 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
 end
 local _, ver = cache_store({
-  key = KEYS[1], tagpfx = ARGV[2], now = now_ms(), st = ARGV[3], ct = ARGV[4],
-  body = body, fields = fields, ttl = tonumber(ARGV[5]), stale = tonumber(ARGV[6]),
-  delta = tonumber(ARGV[7]), tags = tags,
-  swr = tonumber(ARGV[10]), sie = tonumber(ARGV[11]),
+  key = KEYS[1], tkey = KEYS[3], stamp = start, now = now_ms(), st = ARGV[2], ct = ARGV[3],
+  body = body, fields = fields, ttl = tonumber(ARGV[4]), stale = tonumber(ARGV[5]),
+  delta = tonumber(ARGV[6]), tags = tags,
+  swr = tonumber(ARGV[9]), sie = tonumber(ARGV[10]),
 })
 return { 1, ver }

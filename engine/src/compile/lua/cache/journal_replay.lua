@@ -11,7 +11,7 @@
 -- gone or was refilled from the origin) `jp` is left alone.
 -- KEYS[1] the dead-letter STREAM; KEYS[2] the journal STREAM
 -- KEYS[3 ..] ('move' only) the value HASH of each entry in ARGV[4 ..], in order
--- ARGV[1] 'peek' | 'move'; ARGV[2] journal_max_len; ARGV[3] at most this many ('peek'
+-- ARGV[1] 'peek' | 'move'; ARGV[2] the group journal's bound; ARGV[3] at most this many ('peek'
 -- without ids: the oldest ARGV[3])
 -- ARGV[4 ..] dead-letter entry ids ('move': required)
 -- peek returns { { entry id, value id (`k`, else `id`) }... } of the entries that exist.

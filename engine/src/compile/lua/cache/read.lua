@@ -1,14 +1,14 @@
 -- patternd cache read: ONE script decides hit, miss or early refresh, and grants the refresh
 -- lease to one caller.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] (write: behind only) the journal
--- ARGV[1] tag version key prefix (ks.rule_key('tag:'))
--- ARGV[2] a random number in (0, 1] from the engine (XFetch; math.random in Redis 7 is seeded
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the slot group's tag versions
+-- (ZSET, see common.lua); KEYS[4] (write: behind only) the group's journal
+-- ARGV[1] a random number in (0, 1] from the engine (XFetch; math.random in Redis 7 is seeded
 --         identically per call, so it would make every replica refresh at the same moment)
--- ARGV[3] this caller's lease token; ARGV[4] lease ms; ARGV[5] stale_while_revalidate ms
--- ARGV[6] XFetch beta; ARGV[7] '1' if the rule has an origin
--- ARGV[8] stale_if_error ms
--- ARGV[9] 'body' (format: string: the member `b`), 'all' (format: hash: every member) or
---         'fields' (format: hash, only the members ARGV[10..])
+-- ARGV[2] this caller's lease token; ARGV[3] lease ms; ARGV[4] stale_while_revalidate ms
+-- ARGV[5] XFetch beta; ARGV[6] '1' if the rule has an origin
+-- ARGV[7] stale_if_error ms
+-- ARGV[8] 'body' (format: string: the member `b`), 'all' (format: hash: every member) or
+--         'fields' (format: hash, only the members ARGV[9..])
 -- The value is read with ONE hash command (HMGET of the meta fields plus the body, or HGETALL),
 -- not a meta read followed by a body read: on a hit, the script is the whole Redis cost.
 -- Returns { action, start, st, ct, ms left of freshness (negative: stale), body, delta ms, ver,
@@ -37,10 +37,10 @@
 -- The lease may hold the write marker 'W' (a write-through PATCH of an id that was not cached):
 -- it only stops fills that started before that write; a reader takes it over like a free lease.
 local vkey, lkey = KEYS[1], KEYS[2]
-local tagpfx, rand, token = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local lease_ms, swr, beta = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local has_origin = ARGV[7] == '1'
-local sie = tonumber(ARGV[8])
+local rand, token = tonumber(ARGV[1]), ARGV[2]
+local lease_ms, swr, beta = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local has_origin = ARGV[6] == '1'
+local sie = tonumber(ARGV[7])
 -- One TIME call gives both clocks: ms for freshness, µs (as text, without float formatting)
 -- for the fill's start.
 local t = redis.call('TIME')
@@ -56,7 +56,7 @@ local function take_lease()
   return false
 end
 
-local mode = ARGV[9]
+local mode = ARGV[8]
 -- meta: st, ct, fresh, delta, tags, tv, jp, ver, sw, se; body: the `b` member ('body' mode);
 -- members: name, json, ... (format: hash).
 local meta, body, members
@@ -80,11 +80,11 @@ if mode == 'all' then
 elseif mode == 'fields' then
   local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'ver', 'sw', 'se' }
   local base = #names
-  for i = 10, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
+  for i = 9, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
   meta = redis.call('HMGET', vkey, unpack(names))
   members = {}
-  for i = 10, #ARGV do
-    local v = meta[base + i - 9]
+  for i = 9, #ARGV do
+    local v = meta[base + i - 8]
     if v then
       members[#members + 1] = ARGV[i]
       members[#members + 1] = v
@@ -100,22 +100,15 @@ if meta[9] then swr = math.min(swr, tonumber(meta[9]) or swr) end
 if meta[10] then sie = math.min(sie, tonumber(meta[10]) or sie) end
 local st = meta[1]
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
-local pending = st == '200' and meta[7] and KEYS[3]
-  and #redis.call('XRANGE', KEYS[3], meta[7], meta[7]) > 0
+local pending = st == '200' and meta[7] and KEYS[4]
+  and #redis.call('XRANGE', KEYS[4], meta[7], meta[7]) > 0
 -- A pending value survives a tag invalidation until its write is delivered (the origin's copy
 -- is older); the next read after delivery sees the bumped version and drops it.
-if st and not pending and meta[5] and meta[5] ~= '' then
-  -- A value whose tags were invalidated since it was written is a miss (and is dropped, so
-  -- it is never served stale either).
-  local tags, tv = split_commas(meta[5]), split_commas(meta[6])
-  for i = 1, #tags do
-    local cur = redis.call('GET', tagpfx .. tags[i]) or '0'
-    if cur ~= tv[i] then
-      redis.call('DEL', vkey)
-      st = nil
-      break
-    end
-  end
+-- A value whose tags were invalidated since it was written is a miss (and is dropped, so it
+-- is never served stale either).
+if st and not pending and not tags_current(KEYS[3], meta[5], meta[6]) then
+  redis.call('DEL', vkey)
+  st = nil
 end
 local left = 0
 if st then

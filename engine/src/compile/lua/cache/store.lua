@@ -4,8 +4,9 @@
 --
 -- cache_store(v) with v a table:
 --   v.key     the value HASH, ks.key(id, "v")                              (a KEYS entry)
---   v.tagpfx  ks.rule_key("tag:"); tag T's version key is v.tagpfx .. T    (ARGV: the tags are
---             only known per request; the prefix comes from KeySpace, so the keys do too)
+--   v.tkey    the slot group's tag versions (ZSET, see common.lua)           (a KEYS entry)
+--   v.stamp   (optional) µs: when the value's data was read from its source (a fill: its
+--             `start`); absent: now, or just past the newest invalidation of its tags
 --   v.now     now_ms() of the calling script (one clock)
 --   v.st      '200', or '404' for a negative entry
 --   v.ct      content type ('' for a negative entry)
@@ -23,11 +24,13 @@
 --             the rule's. Absent: the rule's apply.
 --   v.prev    (optional) the version of the value this one replaces when it is not in v.key
 --             (a write-through PATCH patches the copy set aside under another key)
--- Replaces the whole HASH (no field of an older value survives), records the current version
--- of every tag (creating a version key at 0 when absent, so a later bump is seen), and
--- PEXPIREs every tag key to at least this value's hard lifetime, never shortening it: a tag
--- key must outlive every value that references it, or an invalidated value would come back
--- when its version key expired and read as 0 again.
+-- Replaces the whole HASH (no field of an older value survives) and stamps it (`tv`): a tag
+-- invalidated at or after the stamp makes it a miss. Records each tag that has no version as
+-- referenced until this value expires (a negative score, which only ever grows), and
+-- PEXPIREs the group's tag versions to at least this value's hard lifetime, never shortening
+-- them: they must outlive every value of the group, or an invalidated value would come back
+-- when its tag's version vanished. Referenced-only members whose values are all gone are
+-- pruned here (one ZREMRANGEBYSCORE, O(log n + pruned)).
 -- Gives the value a new version `ver` (its ETag): max(previous version + 1, Redis TIME in µs),
 -- so it changes with every store, and a value deleted and written again never repeats an old
 -- version (unless Redis' clock went back further than the time between the two writes).
@@ -36,19 +39,23 @@ local function cache_store(v)
   local hard = v.ttl + v.stale
   if hard < 1 then hard = 1 end
   local prev = tonumber(redis.call('HGET', v.key, 'ver') or '') or tonumber(v.prev or '') or 0
-  local ver = int_text(math.max(prev + 1, now_us()))
-  local versions = {}
+  local now_u = now_us()
+  local ver = int_text(math.max(prev + 1, now_u))
+  local until_ms = -math.floor(v.now + hard)
+  local newest = 0
   for i = 1, #v.tags do
-    local tk = v.tagpfx .. v.tags[i]
-    local cur = redis.call('GET', tk)
-    if not cur then
-      cur = '0'
-      redis.call('SET', tk, cur, 'PX', hard)
-    elseif redis.call('PTTL', tk) < hard then
-      redis.call('PEXPIRE', tk, hard)
+    local cur = tonumber(redis.call('ZSCORE', v.tkey, v.tags[i]))
+    if cur == nil or (cur < 0 and cur > until_ms) then
+      redis.call('ZADD', v.tkey, int_text(until_ms), v.tags[i])
+    elseif cur > newest then
+      newest = cur
     end
-    versions[i] = cur
   end
+  if #v.tags > 0 then
+    redis.call('ZREMRANGEBYSCORE', v.tkey, '(' .. int_text(-math.floor(v.now)), '(0')
+    if redis.call('PTTL', v.tkey) < hard then redis.call('PEXPIRE', v.tkey, hard) end
+  end
+  local stamp = v.stamp or math.max(now_u, newest + 1)
   redis.call('DEL', v.key)
   local h = {
     'st', v.st,
@@ -56,7 +63,7 @@ local function cache_store(v)
     'fresh', fmt(v.now + v.ttl),
     'delta', tostring(math.floor(v.delta or 0)),
     'tags', table.concat(v.tags, ','),
-    'tv', table.concat(versions, ','),
+    'tv', int_text(stamp),
     'ver', ver,
   }
   if v.swr then

@@ -7,11 +7,12 @@
 -- origin before this write) has lost its lease and stores nothing.
 -- The write then ends with put.lua / patch.lua (mode 't': the origin accepted)
 -- or through_abort.lua; each acts only while the lease still holds this token.
--- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the held copy (HASH)
+-- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the slot group's tag versions
+-- (ZSET, see common.lua); KEYS[4] the held copy (HASH)
 -- ARGV[1] this write's token; ARGV[2] ms the marker lives (longer than the origin write can
 -- take: max(refresh_lease, origin_timeout + 1s)); if the write's end never runs (Redis
 -- failed it), the marker lapses and reads fill from the origin, which is the truth then.
--- ARGV[3] tag version key prefix; ARGV[4] If-Match, ARGV[5] If-None-Match, as
+-- ARGV[3] If-Match, ARGV[4] If-None-Match, as
 -- `preconditions_hold` (common.lua) takes them: checked here, before the origin is
 -- written, so a write whose precondition fails changes nothing anywhere. From here on the
 -- lease holds this write's token, and the write's end stores only while it still does, so no
@@ -19,15 +20,15 @@
 -- The held copy keeps the value's own expiry (RENAME keeps it), so a copy whose write
 -- never ended is gone when the value would have been. No other script reads it.
 -- Returns 1, or 0 when a precondition failed (nothing changed).
-if (ARGV[4] ~= '' or ARGV[5] ~= '')
-  and not preconditions_hold(current_version(KEYS[1], ARGV[3], nil), ARGV[4], ARGV[5]) then
+if (ARGV[3] ~= '' or ARGV[4] ~= '')
+  and not preconditions_hold(current_version(KEYS[1], KEYS[3], nil), ARGV[3], ARGV[4]) then
   return 0
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('RENAME', KEYS[1], KEYS[3])
+  redis.call('RENAME', KEYS[1], KEYS[4])
 else
   -- A copy left by an earlier write that never ended must not be restored or patched.
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[4])
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1

@@ -1,16 +1,18 @@
--- patternd sessions: what a session is, its keys, its clock, and its user's index.
--- Included by every session script, after `local SHARD_LEN` (the recipe's constant).
+-- patternd sessions: what a session is, its clock, and its shard's index.
 -- One clock: every engine replica reads Redis TIME. Session times are whole milliseconds
 -- (exact in a Lua double), written with string.format so Redis never rounds them: hence a
 -- clock of their own rather than shared/clock.lua's (ms with a µs fraction).
 -- A session is a HASH {u = user, i = base64url(user), c = created ms, a = absolute deadline ms,
--- l = last touch ms (create, sliding read, patch, rotate), d:<field> = JSON}; its user's index is two ZSETs: `ue:<i>` (member = session id, score = the
--- session's current expiry ms) and `uc:<i>` (same members, score = creation time in µs, for
--- evicting the oldest). Every script that touches a session keeps both in step.
--- Keys: `base` (ARGV) is the KeySpace key of the user's shard with an empty sub, so every key
--- below shares the shard's hash tag and one script touches one cluster slot. Keys a script
--- can only learn from data (the index from a session's `i`, sessions from an index) are built
--- from `base` in the script: Redis Cluster runs them, as they are in the slot of KEYS[1].
+-- l = last touch ms (create, sliding read, patch, rotate), o = creation order (µs, 16
+-- digits), d:<field> = JSON}. Its shard (the user's, the hash tag of every key here) has one
+-- index in two ZSETs with the same members `<i>|<o>|<sid>`: `ue` scored by the session's
+-- current expiry ms (pruning, the index's TTL) and `uc` scored 0, so ZRANGEBYLEX over
+-- `[<i>|` … `(<i>}` is one user's sessions, oldest first. base64url has no `|` (nor any
+-- byte ≥ `|`), so one user's range never holds another's member.
+-- Every key a script touches is in KEYS: the session, `ue`, `uc` (computable from the session
+-- id, whose shard is the user's), and for the scripts that act on a user's sessions (list,
+-- logout, the reap after an evicting create) the session keys of the members the engine read
+-- in an earlier call; list and logout check those are still the user's (`slice` below).
 local function int(n)
   return string.format('%d', n)
 end
@@ -21,22 +23,24 @@ local function clock()
   return s * 1000 + math.floor(us / 1000), s * 1000000 + us
 end
 
--- The session key of an id `<shard>.<random>`.
-local function session_key(base, sid)
-  return base .. 's:' .. string.sub(sid, SHARD_LEN + 2)
+-- The creation order of a session: `o`, or for a session written before `o` existed its
+-- creation ms in µs (such a session is not in the shard index until its next touch).
+local function order_of(o, created)
+  return o or string.format('%016.0f', created * 1000)
 end
 
--- The index keys of a user, from the session's `i` field.
-local function index_keys(base, i)
-  return base .. 'ue:' .. i, base .. 'uc:' .. i
+-- A session's member in its shard's index.
+local function member(i, o, sid)
+  return i .. '|' .. o .. '|' .. sid
 end
 
-local function unindex(ue, uc, sid)
-  redis.call('ZREM', ue, sid)
-  redis.call('ZREM', uc, sid)
+-- Removes an index member; returns how many of the two ZSETs held it.
+local function unindex(ue, uc, m)
+  return redis.call('ZREM', ue, m) + redis.call('ZREM', uc, m)
 end
 
--- Drops index entries whose session is past its expiry (self-pruning index).
+-- Drops index entries whose session is past its expiry (self-pruning index). Each entry is
+-- dropped once, so the work is amortised over the writes that made the entries.
 local function prune(ue, uc, now)
   local dead = redis.call('ZRANGEBYSCORE', ue, '-inf', int(now))
   for i = 1, #dead do
@@ -47,7 +51,8 @@ local function prune(ue, uc, now)
   end
 end
 
--- The index lives exactly as long as its longest-lived session.
+-- The index lives exactly as long as the longest-lived session of the shard: its highest
+-- `ue` score. An empty index is deleted.
 local function index_expiry(ue, uc, now)
   local last = redis.call('ZRANGE', ue, -1, -1, 'WITHSCORES')
   if last[2] == nil then
@@ -57,4 +62,43 @@ local function index_expiry(ue, uc, now)
   local ttl = math.max(tonumber(last[2]) - now, 1)
   redis.call('PEXPIRE', ue, int(ttl))
   redis.call('PEXPIRE', uc, int(ttl))
+end
+
+-- The scripts that act on a user's sessions (list, logout) take the members the engine read
+-- in an earlier call, with their session keys declared: ARGV[1] is their count n,
+-- ARGV[2..n+1] the members, ARGV[n+2] the cutoff: the creation order (16 digits) up to which
+-- the user's members must all be declared, '' on a first call. Members created after the
+-- cutoff sort last in the user's range (their order is later) and are left alone: they are
+-- newer than the read, like a login after the request. The script checks that every member
+-- up to the cutoff is declared (a rotation keeps the order under a new id), and answers
+-- {'stale', 0, members, cutoff} when one is not, or on a first call: the engine declares
+-- those and calls again.
+local function order_in(m, i)
+  return string.sub(m, #i + 2, #i + 17)
+end
+
+-- The first `n` of user `i`'s members from lex bound `start`, up to the cutoff; the cutoff
+-- (now's order on a first call); whether more members up to it follow; and whether every
+-- member returned is declared (on a first call: whether there is none).
+local function slice(uc, i, start, n, now_us)
+  local nd = tonumber(ARGV[1])
+  local cutoff = ARGV[nd + 2]
+  local got = redis.call('ZRANGEBYLEX', uc, start, '(' .. i .. '}', 'LIMIT', 0, n + 1)
+  local first = cutoff == ''
+  if first then
+    cutoff = string.format('%016.0f', now_us)
+  end
+  local declared = {}
+  for j = 2, nd + 1 do
+    declared[ARGV[j]] = true
+  end
+  local old, same = {}, true
+  for j = 1, math.min(#got, n) do
+    if order_in(got[j], i) <= cutoff then
+      old[#old + 1] = got[j]
+      same = same and declared[got[j]] == true
+    end
+  end
+  local more = #got > n and order_in(got[n + 1], i) <= cutoff
+  return old, cutoff, more, same
 end
