@@ -501,6 +501,79 @@ rules:
 
 on_every_backend!(delete_drops_the_value_and_its_related_ids);
 
+/// Reads, fills, a tag invalidation and DELETEs with a related id, for ids whose values live
+/// on each primary. On a cluster every cache script runs on the node of its id's slot group;
+/// one that touched another slot would fail with CROSSSLOT or MOVED here. (On standalone
+/// `spread_ids` gives the same ids, so both variants send the same requests.)
+async fn every_read_operation_reaches_every_primary(b: Backend) -> Result<()> {
+    const POLICY: &str = "app: ccl
+rules:
+  r:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      related: [\"{id}:x\"]
+";
+    let origin = Origin::start().await?;
+    let ids = b.spread_ids("r", |id| cache_keys::key("ccl", "r", id, "v"))?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
+    let p = &w.patternd;
+    let nodes = w.redis.nodes().await?;
+    let mut ports = std::collections::BTreeSet::new();
+    for id in &ids {
+        origin.set(id, "text/plain", id.as_bytes(), &["all", id]);
+        origin.set(&format!("{id}:x"), "text/plain", b"x", &[]);
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert_eq!((r.status, r.text.as_str()), (200, id.as_str()), "{r:?}");
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert!(cache_status(&r).starts_with("patternd; hit"), "{id}: {r:?}");
+        assert_eq!(
+            get(p, &format!("/v1/cache/ccl/r/{id}:x")).await?.status,
+            200
+        );
+        // The value is where its group's slot lives.
+        let key = cache_keys::key("ccl", "r", id, "v");
+        let mut conn = w.redis.conn_for_key(&key).await?;
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        assert_eq!(exists, 1, "{key}");
+        ports.insert(nodes.port_of(&key)?);
+    }
+    assert_eq!(ports.len(), nodes.len(), "one id per primary: {ids:?}");
+
+    // The invalidation reaches every group, on every primary.
+    let r = p
+        .post_json("/v1/cache/ccl/r/_invalidate", &json!({"tags": ["all"]}))
+        .await?;
+    assert_eq!(
+        (r.status, r.json["bumped"].clone()),
+        (200, json!(1)),
+        "{r:?}"
+    );
+    for id in &ids {
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{id}: {r:?}");
+        assert_eq!(origin.gets(id), 2, "{id}");
+    }
+
+    // DELETE with a related id (in another group, often on another primary).
+    for id in &ids {
+        let d = p.delete(&format!("/v1/cache/ccl/r/{id}")).await?;
+        assert_eq!(
+            (d.status, d.json["deleted"].clone()),
+            (200, json!(2)),
+            "{d:?}"
+        );
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}:x")).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{id}: {r:?}");
+    }
+    Ok(())
+}
+
+on_every_backend!(every_read_operation_reaches_every_primary);
+
 async fn tag_invalidation_is_bounded_and_tag_keys_expire(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:

@@ -496,6 +496,55 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers(b: Backend)
 
 on_every_backend!(failing_origin_fills_the_dead_letters_which_replay_delivers);
 
+/// Write-behind with ids whose values live on each primary: every write reaches the origin;
+/// failures dead-letter in their own group's list, and the merged listing and the replay
+/// work across groups (so across primaries on a cluster).
+async fn write_behind_and_dead_letters_reach_every_primary(b: Backend) -> Result<()> {
+    let origin = Origin::start().await?;
+    let ids = b.spread_ids("b", |id| value_key("b", id))?;
+    let w = behind_world(
+        b,
+        &origin,
+        "      retry_backoff: 50ms\n      max_attempts: 2\n",
+    )
+    .await?;
+    let p = &w.patternd;
+    let nodes = w.redis.nodes().await?;
+    let ports: BTreeSet<u16> = ids
+        .iter()
+        .map(|id| nodes.port_of(value_key("b", id)))
+        .collect::<Result<_>>()?;
+    assert_eq!(ports.len(), nodes.len(), "one id per primary: {ids:?}");
+    for id in &ids {
+        let r = put(p, "b", id, id.as_bytes(), &[("content-type", "text/plain")]).await?;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    for id in &ids {
+        until_delivered(&origin, id, id).await?;
+    }
+    origin.fail_writes_with(Some(503));
+    for id in &ids {
+        assert_eq!(put(p, "b", id, b"again", &[]).await?.status, 202);
+    }
+    until_dead_letters(p, ids.len() as u64).await?;
+    let page = dead_letters(p, "").await?;
+    let listed: BTreeSet<&str> = page.json["dead_letters"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|d| d["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, ids.iter().map(String::as_str).collect(), "{page:?}");
+    origin.fail_writes_with(None);
+    let r = replay(p, json!({})).await?;
+    assert_eq!(r.json["replayed"], json!(ids.len()), "{r:?}");
+    for id in &ids {
+        until_delivered(&origin, id, "again").await?;
+    }
+    until_journal_drained(&w).await?;
+    Ok(())
+}
+
+on_every_backend!(write_behind_and_dead_letters_reach_every_primary);
+
 async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let w = behind_world(
