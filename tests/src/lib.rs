@@ -9,6 +9,7 @@
 //! Run with `cargo test -p patternd-e2e`; it needs `redis-server` on PATH and builds the
 //! `patternd` binary itself when it is missing or older than the engine's sources.
 
+pub mod backend;
 pub mod cache_keys;
 pub mod cluster;
 pub mod origin;
@@ -27,6 +28,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+pub use crate::backend::Backend;
 use crate::origin::Origin;
 
 /// How long a freshly spawned process may take to answer before the harness gives up.
@@ -943,18 +945,24 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// One test's world: its own Redis, a policy dir, and a patternd serving it.
+/// One test's world: its own Redis (a standalone server, or a leased cluster: see
+/// [`backend`]), a policy dir, and a patternd serving it.
 #[derive(Debug)]
 pub struct World {
     // Field order is drop order: patternd stops before its Redis goes away.
     pub patternd: Patternd,
     pub policies: TempDir,
-    pub redis: RedisServer,
+    pub redis: Backend,
 }
 
 impl World {
+    /// A world on a fresh standalone redis-server.
     pub async fn start(files: &[(&str, &str)], extra_args: &[&str]) -> Result<Self> {
-        let redis = RedisServer::start()?;
+        Self::on(Backend::standalone()?, files, extra_args).await
+    }
+
+    /// A world on `redis` (what an [`on_every_backend!`] test is given).
+    pub async fn on(redis: Backend, files: &[(&str, &str)], extra_args: &[&str]) -> Result<Self> {
         let policies = policy_dir(files)?;
         let patternd = Patternd::start(&redis.url(), policies.path(), extra_args).await?;
         Ok(Self {
@@ -966,8 +974,18 @@ impl World {
 
     /// A world serving one cache policy whose `ORIGIN` placeholder is `origin`'s URL template.
     pub async fn with_origin(policy: &str, origin: &Origin, extra_args: &[&str]) -> Result<Self> {
+        Self::with_origin_on(Backend::standalone()?, policy, origin, extra_args).await
+    }
+
+    /// [`World::with_origin`] on `redis`.
+    pub async fn with_origin_on(
+        redis: Backend,
+        policy: &str,
+        origin: &Origin,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let text = policy.replace("ORIGIN", &origin.template());
-        Self::start(&[("cache.yaml", &text)], extra_args).await
+        Self::on(redis, &[("cache.yaml", &text)], extra_args).await
     }
 }
 
@@ -983,15 +1001,25 @@ pub struct PluginWorld {
 
 impl PluginWorld {
     pub async fn start(files: &[(&str, &str)], plugins: TempDir) -> Result<Self> {
+        Self::on(Backend::standalone()?, files, plugins).await
+    }
+
+    /// [`PluginWorld::start`] on `redis`.
+    pub async fn on(redis: Backend, files: &[(&str, &str)], plugins: TempDir) -> Result<Self> {
         let dir = plugins.path().to_string_lossy().to_string();
-        let world = World::start(files, &["--plugins", &dir]).await?;
+        let world = World::on(redis, files, &["--plugins", &dir]).await?;
         Ok(Self { world, plugins })
     }
 
     /// The repository's examples: [`EXAMPLE_POLICY`] served with [`example_plugins`].
     pub async fn examples() -> Result<Self> {
+        Self::examples_on(Backend::standalone()?).await
+    }
+
+    /// [`PluginWorld::examples`] on `redis`.
+    pub async fn examples_on(redis: Backend) -> Result<Self> {
         let policy = example_file(EXAMPLE_POLICY)?;
-        Self::start(&[("plugins.yaml", &policy)], example_plugins()?).await
+        Self::on(redis, &[("plugins.yaml", &policy)], example_plugins()?).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! Cache reads end to end: a real origin HTTP server (tests/src/origin.rs) counting its hits,
 //! real Redis, the real binary. Counts prove the stampede and refresh claims; nothing here
-//! asserts how fast anything happens.
+//! asserts how fast anything happens. Every test but the Redis outage runs on a standalone
+//! Redis and on a three-primary cluster.
 
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use anyhow::{Result, ensure};
 use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
-    Patternd, PluginWorld, Reply, World, burst, cache_status, eventually, get_cache_status,
-    lua_plugins, metric_value, scan_all, scan_names,
+    Backend, Patternd, PluginWorld, Reply, World, burst, cache_status, eventually,
+    get_cache_status, lua_plugins, metric_value, on_every_backend,
 };
 use serde_json::json;
 
@@ -26,12 +27,11 @@ rules:
       origin_timeout: 10s
 ";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn miss_then_hit_with_cache_status_and_content_type() -> Result<()> {
+async fn miss_then_hit_with_cache_status_and_content_type(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain; charset=utf-8", b"hello", &[]);
     origin.set("a/b c", "application/xml", b"<x/>", &[]);
-    let w = World::with_origin(BASIC, &origin, &[]).await?;
+    let w = World::with_origin_on(b, BASIC, &origin, &[]).await?;
     let p = &w.patternd;
 
     let first = get(p, "/v1/cache/shop/product/1").await?;
@@ -81,14 +81,15 @@ async fn miss_then_hit_with_cache_status_and_content_type() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(miss_then_hit_with_cache_status_and_content_type);
+
 /// 200 concurrent GETs of a cold id, spread over two engine replicas, reach the origin once.
-#[tokio::test(flavor = "multi_thread")]
-async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
+async fn cold_id_stampede_reaches_the_origin_once(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("hot", "application/json", br#"{"v":1}"#, &[]);
     // Slow enough that every request arrives while the first fill is in flight.
     origin.set_delay(Duration::from_millis(500));
-    let w = World::with_origin(BASIC, &origin, &[]).await?;
+    let w = World::with_origin_on(b, BASIC, &origin, &[]).await?;
     // A second replica on the same Redis: the lease is in Redis, not in one process.
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
     let replies = burst(200, |i| {
@@ -113,8 +114,9 @@ async fn cold_id_stampede_reaches_the_origin_once() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hot_key_near_expiry_is_refreshed_once_in_the_background() -> Result<()> {
+on_every_backend!(cold_id_stampede_reaches_the_origin_once);
+
+async fn hot_key_near_expiry_is_refreshed_once_in_the_background(b: Backend) -> Result<()> {
     // XFetch: the fill takes ~300 ms (delta) and beta 3, so a hot key is refreshed in roughly
     // its last second or two; a 10 s ttl makes a second early refresh right after the first
     // vanishingly unlikely. No stale_while_revalidate: a client could only see the refresh as
@@ -131,7 +133,7 @@ rules:
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"v1", &[]);
     origin.set_delay(Duration::from_millis(300));
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     let first = get(p, "/v1/cache/shop/hot/k").await?;
     assert_eq!((first.status, first.text.as_str()), (200, "v1"));
@@ -182,8 +184,9 @@ rules:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stale_while_revalidate_serves_stale_and_refreshes_once() -> Result<()> {
+on_every_backend!(hot_key_near_expiry_is_refreshed_once_in_the_background);
+
+async fn stale_while_revalidate_serves_stale_and_refreshes_once(b: Backend) -> Result<()> {
     // beta tiny: no early refresh, so the value really goes stale.
     const POLICY: &str = "app: shop
 rules:
@@ -196,7 +199,7 @@ rules:
 ";
     let origin = Origin::start().await?;
     origin.set("s", "text/plain", b"old", &[]);
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/swr/s").await?.text, "old");
     origin.set("s", "text/plain", b"new", &[]);
@@ -227,6 +230,8 @@ rules:
     Ok(())
 }
 
+on_every_backend!(stale_while_revalidate_serves_stale_and_refreshes_once);
+
 const SIE: &str = "app: shop
 rules:
   sie:
@@ -239,11 +244,10 @@ rules:
       refresh_lease: 200ms
 ";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stale_if_error_with_the_origin_failing_then_down() -> Result<()> {
+async fn stale_if_error_with_the_origin_failing_then_down(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     origin.set("x", "text/plain", b"kept", &[]);
-    let w = World::with_origin(SIE, &origin, &[]).await?;
+    let w = World::with_origin_on(b, SIE, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/sie/x").await?.text, "kept");
 
@@ -297,8 +301,9 @@ async fn stale_if_error_with_the_origin_failing_then_down() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn origin_failures_without_stale_are_502_and_504() -> Result<()> {
+on_every_backend!(stale_if_error_with_the_origin_failing_then_down);
+
+async fn origin_failures_without_stale_are_502_and_504(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   strict:
@@ -316,7 +321,7 @@ rules:
     let mut origin = Origin::start().await?;
     origin.set("big", "text/plain", &[b'x'; 2000], &[]);
     origin.set("ok", "text/plain", b"fine", &[]);
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     // Too large: refused, never stored (the next read reaches the origin again).
@@ -349,18 +354,22 @@ rules:
     assert!(r.detail().contains("could not be reached"), "{r:?}");
 
     // Nothing of these failures was stored: no values, only expiring failure markers.
-    let mut conn = w.redis.conn().await?;
-    for k in scan_all(&mut conn).await? {
+    let mut nodes = w.redis.nodes().await?;
+    for k in w.redis.scan_all().await? {
         let name = String::from_utf8_lossy(&k).into_owned();
         assert!(name.ends_with(":lease"), "{name} was stored");
-        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(nodes.conn(&k)?)
+            .await?;
         assert!(pttl > 0, "{name}: {pttl}");
     }
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn negative_caching_of_origin_404() -> Result<()> {
+on_every_backend!(origin_failures_without_stale_are_502_and_504);
+
+async fn negative_caching_of_origin_404(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   neg:
@@ -374,7 +383,7 @@ rules:
       ttl: 1h
 ";
     let origin = Origin::start().await?;
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     let r = get(p, "/v1/cache/shop/neg/gone").await?;
@@ -411,9 +420,11 @@ rules:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn without_an_origin_a_missing_value_is_404() -> Result<()> {
-    let w = World::start(
+on_every_backend!(negative_caching_of_origin_404);
+
+async fn without_an_origin_a_missing_value_is_404(b: Backend) -> Result<()> {
+    let w = World::on(
+        b,
         &[(
             "c.yaml",
             "app: shop\nrules:\n  frag:\n    cache: { ttl: 1m }\n",
@@ -427,8 +438,9 @@ async fn without_an_origin_a_missing_value_is_404() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_drops_the_value_and_its_related_ids() -> Result<()> {
+on_every_backend!(without_an_origin_a_missing_value_is_404);
+
+async fn delete_drops_the_value_and_its_related_ids(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   user:
@@ -441,7 +453,7 @@ rules:
     for id in ["9", "9:profile", "9:posts", "10"] {
         origin.set(id, "text/plain", id.as_bytes(), &[]);
     }
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["9", "9:profile", "9:posts", "10"] {
         assert_eq!(get(p, &format!("/v1/cache/shop/user/{id}")).await?.text, id);
@@ -449,8 +461,8 @@ rules:
     let d = p.delete("/v1/cache/shop/user/9").await?;
     assert_eq!(d.status, 200, "{d:?}");
     assert_eq!(d.json["deleted"], 3);
-    let mut conn = w.redis.conn().await?;
-    let keys: Vec<String> = scan_names(&mut conn).await?;
+    let mut nodes = w.redis.nodes().await?;
+    let keys: Vec<String> = w.redis.scan_names().await?;
     // Besides the other value, only the write markers DELETE leaves in the dropped ids'
     // leases (a fill in flight must not store what it read before the DELETE); they expire
     // after max(refresh_lease, origin_timeout + 1s) = 3s here.
@@ -468,7 +480,7 @@ rules:
             .arg(k)
             .cmd("PTTL")
             .arg(k)
-            .query_async(&mut conn)
+            .query_async(nodes.conn(k)?)
             .await?;
         assert_eq!(marker, "W", "{k}");
         assert!(pttl > 0 && pttl <= 3000, "{k}: {pttl}");
@@ -487,8 +499,82 @@ rules:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tag_invalidation_is_bounded_and_tag_keys_expire() -> Result<()> {
+on_every_backend!(delete_drops_the_value_and_its_related_ids);
+
+/// Reads, fills, a tag invalidation and DELETEs with a related id, for ids whose values live
+/// on each primary. On a cluster every cache script runs on the node of its id's slot group;
+/// one that touched another slot would fail with CROSSSLOT or MOVED here. (On standalone
+/// `spread_ids` gives the same ids, so both variants send the same requests.)
+async fn every_read_operation_reaches_every_primary(b: Backend) -> Result<()> {
+    const POLICY: &str = "app: ccl
+rules:
+  r:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      related: [\"{id}:x\"]
+";
+    let origin = Origin::start().await?;
+    let ids = b.spread_ids("r", |id| cache_keys::key("ccl", "r", id, "v"))?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
+    let p = &w.patternd;
+    let nodes = w.redis.nodes().await?;
+    let mut ports = std::collections::BTreeSet::new();
+    for id in &ids {
+        origin.set(id, "text/plain", id.as_bytes(), &["all", id]);
+        origin.set(&format!("{id}:x"), "text/plain", b"x", &[]);
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert_eq!((r.status, r.text.as_str()), (200, id.as_str()), "{r:?}");
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert!(cache_status(&r).starts_with("patternd; hit"), "{id}: {r:?}");
+        assert_eq!(
+            get(p, &format!("/v1/cache/ccl/r/{id}:x")).await?.status,
+            200
+        );
+        // The value is where its group's slot lives.
+        let key = cache_keys::key("ccl", "r", id, "v");
+        let mut conn = w.redis.conn_for_key(&key).await?;
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        assert_eq!(exists, 1, "{key}");
+        ports.insert(nodes.port_of(&key)?);
+    }
+    assert_eq!(ports.len(), nodes.len(), "one id per primary: {ids:?}");
+
+    // The invalidation reaches every group, on every primary.
+    let r = p
+        .post_json("/v1/cache/ccl/r/_invalidate", &json!({"tags": ["all"]}))
+        .await?;
+    assert_eq!(
+        (r.status, r.json["bumped"].clone()),
+        (200, json!(1)),
+        "{r:?}"
+    );
+    for id in &ids {
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}")).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{id}: {r:?}");
+        assert_eq!(origin.gets(id), 2, "{id}");
+    }
+
+    // DELETE with a related id (in another group, often on another primary).
+    for id in &ids {
+        let d = p.delete(&format!("/v1/cache/ccl/r/{id}")).await?;
+        assert_eq!(
+            (d.status, d.json["deleted"].clone()),
+            (200, json!(2)),
+            "{d:?}"
+        );
+        let r = get(p, &format!("/v1/cache/ccl/r/{id}:x")).await?;
+        assert!(cache_status(&r).contains("fwd=miss"), "{id}: {r:?}");
+    }
+    Ok(())
+}
+
+on_every_backend!(every_read_operation_reaches_every_primary);
+
+async fn tag_invalidation_is_bounded_and_tag_keys_expire(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   item:
@@ -501,7 +587,7 @@ rules:
     origin.set("a", "text/plain", b"a", &["brand:1", "sale"]);
     origin.set("b", "text/plain", b"b", &["sale"]);
     origin.set("c", "text/plain", b"c", &["brand:2"]);
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["a", "b", "c"] {
         assert_eq!(
@@ -516,8 +602,8 @@ rules:
 
     // Every slot group's tag versions have a TTL at least as long as every value of the
     // group that records a tag.
-    let mut conn = w.redis.conn().await?;
-    let names = scan_names(&mut conn).await?;
+    let mut nodes = w.redis.nodes().await?;
+    let names = w.redis.scan_names().await?;
     let tag_keys: Vec<&String> = names.iter().filter(|k| k.ends_with(":tags")).collect();
     let groups: std::collections::BTreeSet<u32> = ["a", "b", "c", "d"]
         .iter()
@@ -525,7 +611,10 @@ rules:
         .collect();
     assert_eq!(tag_keys.len(), groups.len(), "{names:?}");
     for k in &names {
-        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(nodes.conn(k)?)
+            .await?;
         assert!(pttl > 0, "{k} has no TTL ({pttl})");
         assert!(k.starts_with("shop:cache:item:"), "{k}");
     }
@@ -533,11 +622,15 @@ rules:
         let g = cache_keys::group_of(id, cache_keys::DEFAULT_GROUPS);
         let tags = cache_keys::group_key("shop", "item", g, "tags");
         assert!(tag_keys.contains(&&tags), "{tags} in {tag_keys:?}");
+        let value_key = cache_keys::key("shop", "item", id, "v");
         let value: i64 = redis::cmd("PTTL")
-            .arg(cache_keys::key("shop", "item", id, "v"))
-            .query_async(&mut conn)
+            .arg(&value_key)
+            .query_async(nodes.conn(&value_key)?)
             .await?;
-        let pttl: i64 = redis::cmd("PTTL").arg(&tags).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&tags)
+            .query_async(nodes.conn(&tags)?)
+            .await?;
         // Written in the same script as (or after) the values: never shorter than them
         // (a second of slack for the time between the two PTTL calls).
         assert!(pttl + 1000 >= value, "{tags}: {pttl} < {value}");
@@ -574,7 +667,7 @@ rules:
             .arg("never-used")
             .cmd("PTTL")
             .arg(&tags)
-            .query_async(&mut conn)
+            .query_async(nodes.conn(&tags)?)
             .await?;
         assert!(version.is_some_and(|v| v > 1e15), "{tags}: {version:?}");
         if !groups.contains(&g) {
@@ -605,8 +698,9 @@ rules:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hash_format_stores_fields_and_reads_some() -> Result<()> {
+on_every_backend!(tag_invalidation_is_bounded_and_tag_keys_expire);
+
+async fn hash_format_stores_fields_and_reads_some(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   profile:
@@ -627,7 +721,7 @@ rules:
         &[],
     );
     origin.set("list", "application/json", b"[1, 2]", &[]);
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
 
     let all = get(p, "/v1/cache/shop/profile/7").await?;
@@ -636,9 +730,10 @@ rules:
     let want = json!({"name": "Ada", "age": 36, "langs": ["en", "fr"], "boss": null});
     assert_eq!(all.json, want);
     // Stored one HASH field per member.
-    let mut conn = w.redis.conn().await?;
+    let value_key = cache_keys::key("shop", "profile", "7", "v");
+    let mut conn = w.redis.conn_for_key(&value_key).await?;
     let name: String = redis::cmd("HGET")
-        .arg(cache_keys::key("shop", "profile", "7", "v"))
+        .arg(&value_key)
         .arg("f:name")
         .query_async(&mut conn)
         .await?;
@@ -667,8 +762,9 @@ rules:
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_cache_key_has_a_ttl_and_its_namespace() -> Result<()> {
+on_every_backend!(hash_format_stores_fields_and_reads_some);
+
+async fn every_cache_key_has_a_ttl_and_its_namespace(b: Backend) -> Result<()> {
     const POLICY: &str = "app: hyg
 rules:
   c:
@@ -685,7 +781,7 @@ rules:
             origin.set(id, "text/plain", id.as_bytes(), &["t1", "t:2"]);
         }
     }
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     let enc = |s: &str| -> String {
         s.bytes()
@@ -710,30 +806,34 @@ rules:
         let url = p.url("/v1/cache/hyg/c/slow");
         tokio::spawn(async move { client.get(url).send().await })
     };
-    let mut conn = w.redis.conn().await?;
+    let mut nodes = w.redis.nodes().await?;
     eventually(Duration::from_secs(30), "the lease key", || async {
-        let keys = scan_all(&mut w.redis.conn().await?).await?;
+        let keys = w.redis.scan_all().await?;
         Ok(keys
             .iter()
             .any(|k| k.ends_with(b"}:slow:lease"))
             .then_some(()))
     })
     .await?;
-    let keys = scan_all(&mut conn).await?;
+    let keys = w.redis.scan_all().await?;
     assert!(keys.len() >= ids.len() + 2, "{keys:?}");
     for k in &keys {
         let name = String::from_utf8_lossy(k);
         assert!(name.starts_with("hyg:cache:c:{%hyg.c."), "{name}");
-        let pttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(nodes.conn(k)?)
+            .await?;
         assert!(pttl > 0, "{name} has no TTL ({pttl})");
     }
     slow.await??;
     Ok(())
 }
 
+on_every_backend!(every_cache_key_has_a_ttl_and_its_namespace);
+
 /// The example `cache-key` Lua plugin: a key per Accept-Language, a TTL, tags, bypass.
-#[tokio::test(flavor = "multi_thread")]
-async fn plugin_chooses_key_ttl_tags_and_bypass() -> Result<()> {
+async fn plugin_chooses_key_ttl_tags_and_bypass(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain", b"one", &[]);
     let policy = "app: shop
@@ -751,7 +851,7 @@ rules:
 "
     .replace("ORIGIN", &origin.template());
     let plugins = lua_plugins(&[("cache-key.lua", "cache-key/cache-key.lua")])?;
-    let w = PluginWorld::start(&[("p.yaml", &policy)], plugins).await?;
+    let w = PluginWorld::on(b, &[("p.yaml", &policy)], plugins).await?;
     let p = &w.patternd;
     let path = "/v1/cache/shop/page/1";
 
@@ -770,10 +870,13 @@ rules:
     assert_eq!(origin.gets("1"), 2);
 
     // One key per variant, inside the rule's namespace, with the plugin's TTL.
-    let mut conn = w.redis.conn().await?;
+    let mut nodes = w.redis.nodes().await?;
     for variant in ["1:en", "1:de"] {
         let key = cache_keys::key("shop", "page", variant, "v");
-        let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(nodes.conn(&key)?)
+            .await?;
         assert!(pttl > 0 && pttl <= 60_000, "{key}: {pttl}");
     }
 
@@ -799,6 +902,8 @@ rules:
     Ok(())
 }
 
+on_every_backend!(plugin_chooses_key_ttl_tags_and_bypass);
+
 /// Redis down: a 503 problem, and the origin is not flooded with the traffic Redis absorbed.
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_down_is_a_503_and_spares_the_origin() -> Result<()> {
@@ -814,12 +919,11 @@ async fn redis_down_is_a_503_and_spares_the_origin() -> Result<()> {
 
 /// The fill's lease: a PUT that lands while an origin fetch is in flight wins; the slow answer
 /// is served to its caller but not stored over the newer value.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
+async fn a_slow_fill_never_overwrites_a_newer_put(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("r", "text/plain", b"from-origin", &[]);
     origin.set_delay(Duration::from_secs(2));
-    let w = World::with_origin(BASIC, &origin, &[]).await?;
+    let w = World::with_origin_on(b, BASIC, &origin, &[]).await?;
     let p = &w.patternd;
     let slow = {
         let client = p.client().clone();
@@ -827,7 +931,7 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
         tokio::spawn(get_cache_status(client, url))
     };
     eventually(Duration::from_secs(30), "the fill's lease", || async {
-        let keys = scan_all(&mut w.redis.conn().await?).await?;
+        let keys = w.redis.scan_all().await?;
         Ok(keys.iter().any(|k| k.ends_with(b"}:r:lease")).then_some(()))
     })
     .await?;
@@ -849,10 +953,11 @@ async fn a_slow_fill_never_overwrites_a_newer_put() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(a_slow_fill_never_overwrites_a_newer_put);
+
 /// A down origin costs one probe per refresh_lease, not one timeout per request: after a
 /// failed fill, the lease holds a failure marker and readers get the stale value at once.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_origin_is_probed_once_per_refresh_lease() -> Result<()> {
+async fn a_failing_origin_is_probed_once_per_refresh_lease(b: Backend) -> Result<()> {
     const POLICY: &str = "app: shop
 rules:
   probe:
@@ -866,7 +971,7 @@ rules:
 ";
     let origin = Origin::start().await?;
     origin.set("x", "text/plain", b"kept", &[]);
-    let w = World::with_origin(POLICY, &origin, &[]).await?;
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
     let p = &w.patternd;
     assert_eq!(get(p, "/v1/cache/shop/probe/x").await?.text, "kept");
     // The origin now times out.
@@ -901,14 +1006,15 @@ rules:
     Ok(())
 }
 
+on_every_backend!(a_failing_origin_is_probed_once_per_refresh_lease);
+
 /// 50 concurrent reads of a cold id while the origin fails: it is asked once, and the callers
 /// that waited for that fill share its failure.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_fill_is_shared_by_its_waiters() -> Result<()> {
+async fn a_failed_fill_is_shared_by_its_waiters(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.fail_with(Some(500));
     origin.set_delay(Duration::from_millis(300));
-    let w = World::with_origin(BASIC, &origin, &[]).await?;
+    let w = World::with_origin_on(b, BASIC, &origin, &[]).await?;
     let p = &w.patternd;
     let replies = burst(50, |_| {
         get_cache_status(p.client().clone(), p.url("/v1/cache/shop/product/cold"))
@@ -927,3 +1033,5 @@ async fn a_failed_fill_is_shared_by_its_waiters() -> Result<()> {
     assert_eq!(origin.gets("cold"), 1);
     Ok(())
 }
+
+on_every_backend!(a_failed_fill_is_shared_by_its_waiters);

@@ -2,7 +2,8 @@
 //! segments, write-through when Redis stalls or fails between the origin and the cache, and
 //! DELETE of ids near the length bound. Real redis-server, real patternd, a real origin
 //! (tests/src/origin.rs, which logs every path it was asked for). Counts and states, never
-//! timings: the origin holds writes until the test releases them.
+//! timings: the origin holds writes until the test releases them. Every test but the stall
+//! runs on a standalone Redis and on a three-primary cluster.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -12,7 +13,7 @@ use anyhow::{Context, Result, ensure};
 use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::raw::raw_request;
-use patternd_e2e::{Patternd, Reply, World, eventually, scan_all, scan_names};
+use patternd_e2e::{Backend, Patternd, Reply, World, eventually, on_every_backend};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -46,8 +47,7 @@ fn off_item_paths(origin: &Origin) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dot_segment_ids_are_refused_on_every_cache_route() -> Result<()> {
+async fn dot_segment_ids_are_refused_on_every_cache_route(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("...", "text/plain", b"three dots", &[]);
     origin.set("%2e%2e", "text/plain", b"percent", &[]);
@@ -59,7 +59,7 @@ async fn dot_segment_ids_are_refused_on_every_cache_route() -> Result<()> {
          \x20 c:\n    cache:\n      ttl: 1h\n",
         o = origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     // Every spelling of `.` and `..` a client can send, on every route of every kind of rule.
@@ -104,21 +104,24 @@ async fn dot_segment_ids_are_refused_on_every_cache_route() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(dot_segment_ids_are_refused_on_every_cache_route);
+
 /// A write journaled with a dot-segment id (by an engine from before ids were checked) is
 /// never sent to the origin: the URL builder refuses it, so it ends in the dead letters.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_flusher_never_sends_a_dot_segment() -> Result<()> {
+async fn the_flusher_never_sends_a_dot_segment(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      retry_backoff: 50ms\n      max_attempts: 1\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
-    let mut conn = w.redis.conn().await?;
     for id in ["..", "."] {
+        // Each id's journal is its slot group's, on whichever primary owns that group.
+        let journal = cache_keys::journal_of("w", "b", id);
+        let mut conn = w.redis.conn_for_key(&journal).await?;
         let _: String = redis::cmd("XADD")
-            .arg(cache_keys::journal_of("w", "b", id))
+            .arg(&journal)
             .arg("*")
             .arg("id")
             .arg(id)
@@ -163,11 +166,12 @@ async fn the_flusher_never_sends_a_dot_segment() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(the_flusher_never_sends_a_dot_segment);
+
 /// With `related: ["{id}:reviews"]`, every id PUT and GET accept can be deleted, up to the
 /// bound: a related id past 512 bytes cannot hold a value, so there is nothing to drop.
-#[tokio::test(flavor = "multi_thread")]
-async fn every_id_put_and_get_accept_can_be_deleted() -> Result<()> {
-    let w = World::start(
+async fn every_id_put_and_get_accept_can_be_deleted(b: Backend) -> Result<()> {
+    let w = World::on(b,
         &[(
             "w.yaml",
             "app: w\nrules:\n  c:\n    cache:\n      ttl: 1h\n      related: [\"{id}:reviews\", \"more:{id}:more\"]\n",
@@ -219,15 +223,20 @@ async fn every_id_put_and_get_accept_can_be_deleted() -> Result<()> {
     // Every value was deleted; what is left are the write markers DELETE leaves in the leases
     // (they stop fills that were in flight, and expire after max(refresh_lease,
     // origin_timeout + 1s)).
-    let mut conn = w.redis.conn().await?;
-    for k in scan_all(&mut conn).await? {
+    let mut nodes = w.redis.nodes().await?;
+    for k in w.redis.scan_all().await? {
         let name = String::from_utf8_lossy(&k).into_owned();
         assert!(name.ends_with(":lease"), "a value was left: {name}");
-        let marker: String = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
+        let marker: String = redis::cmd("GET")
+            .arg(&k)
+            .query_async(nodes.conn(&k)?)
+            .await?;
         assert_eq!(marker, "W", "{name}");
     }
     Ok(())
 }
+
+on_every_backend!(every_id_put_and_get_accept_can_be_deleted);
 
 /// The test's own redis-server process, stopped with SIGSTOP (a stall: connections stay
 /// open, nothing is answered) and continued when dropped, so a failing test never leaves it
@@ -352,39 +361,33 @@ async fn a_write_through_during_a_redis_stall_tells_the_truth() -> Result<()> {
 /// Redis refuses the script that stores a write-through after the origin accepted it (here
 /// by ACL; in production: OOM, a failover, a lost connection): the answer says the origin has
 /// the write, and no read serves the value it replaced — for PUT and for PATCH.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_cache_update_never_serves_the_replaced_value() -> Result<()> {
+async fn a_failed_cache_update_never_serves_the_replaced_value(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     origin.set("o", "application/json", br#"{"a": 1, "b": 1}"#, &[]);
-    let w = World::start(&[("w.yaml", &through_policy(&origin))], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &through_policy(&origin))], &[]).await?;
     let p = &w.patternd;
     assert_eq!(get_text(p, "/v1/cache/w/t/k").await?, (200, "old".into()));
     let g = p.get("/v1/cache/w/h/o").await?;
     assert_eq!((g.status, g.json), (200, json!({"a": 1, "b": 1})));
-    let mut conn = w.redis.conn().await?;
+    let mut nodes = w.redis.nodes().await?;
 
     origin.hold_writes();
-    let refuse_scripts = || async {
-        let mut c = w.redis.conn().await?;
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg("-evalsha")
-            .query_async(&mut c)
-            .await?;
+    // On every primary: a cluster refuses the scripts wherever the keys are.
+    let redis = &w.redis;
+    let acl = |rule: &'static str| async move {
+        for mut c in redis.nodes().await?.all().map(|c| c.clone()) {
+            let _: () = redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(rule)
+                .query_async(&mut c)
+                .await?;
+        }
         anyhow::Ok(())
     };
-    let allow_scripts = || async {
-        let mut c = w.redis.conn().await?;
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("default")
-            .arg("+@all")
-            .query_async(&mut c)
-            .await?;
-        anyhow::Ok(())
-    };
+    let refuse_scripts = || acl("-evalsha");
+    let allow_scripts = || acl("+@all");
     // PUT, then PATCH: each reaches the origin, the scripts are refused, the origin answers.
     let put = p
         .client()
@@ -431,34 +434,39 @@ async fn a_failed_cache_update_never_serves_the_replaced_value() -> Result<()> {
         );
     }
     // Every key left behind still expires.
-    for k in scan_all(&mut conn).await? {
-        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await?;
+    for k in w.redis.scan_all().await? {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(nodes.conn(&k)?)
+            .await?;
         assert!(pttl > 0, "{} has no TTL", String::from_utf8_lossy(&k));
     }
     Ok(())
 }
 
+on_every_backend!(a_failed_cache_update_never_serves_the_replaced_value);
+
 /// The write-through steps around the origin, seen from Redis: while the origin holds the
 /// write, the old value is not served (readers wait for the write); a refusal puts the value
 /// back as it was; a timeout (the origin may have applied the write) drops it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
+async fn a_write_through_in_flight_hides_the_value_it_replaces(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     let policy = format!(
         "app: w\nrules:\n  t:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: through\n      origin_timeout: 2s\n      fill_wait: 1m\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
     assert_eq!(get_text(p, "/v1/cache/w/t/k").await?, (200, "old".into()));
-    let mut conn = w.redis.conn().await?;
-    let keys = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut c = conn.clone();
-        async move {
-            let ks: BTreeSet<String> = scan_names(&mut c).await?.into_iter().collect();
-            anyhow::Ok(ks)
-        }
+    // Every key this test reads is `k`'s; the listing spans every primary.
+    let mut conn = w
+        .redis
+        .conn_for_key(cache_keys::key("w", "t", "k", "v"))
+        .await?;
+    let keys = |_: &mut redis::aio::MultiplexedConnection| async {
+        let ks: BTreeSet<String> = w.redis.scan_names().await?.into_iter().collect();
+        anyhow::Ok(ks)
     };
 
     // Refused: the value is back, with its expiry.
@@ -563,3 +571,5 @@ async fn a_write_through_in_flight_hides_the_value_it_replaces() -> Result<()> {
     origin.release_writes();
     Ok(())
 }
+
+on_every_backend!(a_write_through_in_flight_hides_the_value_it_replaces);

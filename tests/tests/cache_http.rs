@@ -3,14 +3,14 @@
 //! conditional requests (RFC 9110 §13); freshness from the origin's Cache-Control (RFC 9111)
 //! with `ttl_from_origin`. Deterministic: a slow origin reads the item when a GET arrives and
 //! answers later, and the racing step is sent once the origin has the GET. Counts and
-//! states, never timings.
+//! states, never timings. Every test runs on a standalone Redis and on a three-primary cluster.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, Reply, World, cache_status, eventually};
+use patternd_e2e::{Backend, Patternd, Reply, World, cache_status, eventually, on_every_backend};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -41,13 +41,12 @@ rules:
 /// The fill began before the invalidation: it may answer the old body, but must not store it
 /// (before: it stored it with the tag versions of its store, fresh for the full TTL). Both a
 /// tag that no stored value carried yet (its version key did not exist) and one that did.
-#[tokio::test]
-async fn a_fill_in_flight_does_not_undo_a_tag_invalidation() -> Result<()> {
+async fn a_fill_in_flight_does_not_undo_a_tag_invalidation(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("known", "text/plain", b"k1", &["t"]);
     origin.set("a", "text/plain", b"old", &["t"]);
     origin.set("b", "text/plain", b"old", &["fresh-tag"]);
-    let w = World::with_origin(SLOW, &origin, &[]).await?;
+    let w = World::with_origin_on(b, SLOW, &origin, &[]).await?;
     let p = &w.patternd;
     // `t` has a version key: a value carrying it is stored.
     let r = p.get("/v1/cache/h/r/known").await?;
@@ -84,6 +83,8 @@ async fn a_fill_in_flight_does_not_undo_a_tag_invalidation() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(a_fill_in_flight_does_not_undo_a_tag_invalidation);
+
 /// The origin's `a` changes from `old` to `new`, and `a` is DELETEd, while a GET's fill of it
 /// is at the (slow) origin: the GET may answer `old` but must not store it, so the next read
 /// fills `new`.
@@ -108,11 +109,10 @@ async fn delete_during_a_fill(p: &Patternd, origin: &Origin) -> Result<()> {
 /// GET misses and fills slowly (holding the refresh lease); meanwhile the id is DELETEd. The
 /// fill must not store the answer it got before the DELETE (before: the DELETE dropped the
 /// lease, and a fill finding no lease and no value stored).
-#[tokio::test]
-async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
+async fn a_fill_in_flight_does_not_undo_a_delete(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("a", "text/plain", b"old", &[]);
-    let w = World::with_origin(SLOW, &origin, &[]).await?;
+    let w = World::with_origin_on(b, SLOW, &origin, &[]).await?;
     let p = &w.patternd;
 
     delete_during_a_fill(p, &origin).await?;
@@ -120,11 +120,12 @@ async fn a_fill_in_flight_does_not_undo_a_delete() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(a_fill_in_flight_does_not_undo_a_delete);
+
 /// The same for a fill without the lease: a caller that waited out `fill_wait` behind a lease
 /// someone else holds (here: a filler that died, its lease set in Redis) fetches itself; a
 /// DELETE while it is at the origin must stop its store too.
-#[tokio::test]
-async fn a_fill_without_the_lease_does_not_undo_a_delete() -> Result<()> {
+async fn a_fill_without_the_lease_does_not_undo_a_delete(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("a", "text/plain", b"old", &[]);
     let policy = "app: h
@@ -136,11 +137,12 @@ rules:
       origin_timeout: 10s
       fill_wait: 100ms
 ";
-    let w = World::with_origin(policy, &origin, &[]).await?;
+    let w = World::with_origin_on(b, policy, &origin, &[]).await?;
     let p = &w.patternd;
-    let mut c = w.redis.conn().await?;
+    let lease = cache_keys::key("h", "r", "a", "lease");
+    let mut c = w.redis.conn_for_key(&lease).await?;
     let _: () = redis::cmd("SET")
-        .arg(cache_keys::key("h", "r", "a", "lease"))
+        .arg(&lease)
         .arg("a-filler-that-died")
         .arg("PX")
         .arg(60_000)
@@ -150,6 +152,8 @@ rules:
     delete_during_a_fill(p, &origin).await?;
     Ok(())
 }
+
+on_every_backend!(a_fill_without_the_lease_does_not_undo_a_delete);
 
 // ---- Item 14: ETags and conditional requests ---------------------------------------------
 
@@ -187,11 +191,10 @@ rules:
 /// GETs carry a strong ETag that changes with the value; `If-None-Match` answers 304 (weak
 /// comparison, lists, `*`) with the ETag and Cache-Status and no body; `If-Match` that does not
 /// match answers 412.
-#[tokio::test]
-async fn gets_carry_etags_and_answer_304() -> Result<()> {
+async fn gets_carry_etags_and_answer_304(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("a", "text/plain", b"v1", &[]);
-    let w = World::with_origin(WRITES, &origin, &[]).await?;
+    let w = World::with_origin_on(b, WRITES, &origin, &[]).await?;
     let p = &w.patternd;
     let path = "/v1/cache/h/s/a";
 
@@ -250,12 +253,13 @@ async fn gets_carry_etags_and_answer_304() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(gets_carry_etags_and_answer_304);
+
 /// PUT and PATCH honour If-Match (412 when the value changed meanwhile, nothing written) and
 /// If-None-Match: * (create only), checked in the write's own script, for every write mode.
-#[tokio::test]
-async fn writes_honour_if_match() -> Result<()> {
+async fn writes_honour_if_match(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
-    let w = World::with_origin(WRITES, &origin, &[]).await?;
+    let w = World::with_origin_on(b, WRITES, &origin, &[]).await?;
     let p = &w.patternd;
 
     // write: cache, format: string.
@@ -363,6 +367,8 @@ async fn writes_honour_if_match() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(writes_honour_if_match);
+
 // ---- Item 15: the origin's Cache-Control -------------------------------------------------
 
 fn ttl_of(r: &Reply) -> i64 {
@@ -392,8 +398,7 @@ rules:
 /// rule's ttl; `no-store`, `private` and `no-cache` answers are served but not stored (with
 /// a Cache-Status detail, and later callers go to the origin without queueing); without the
 /// option the same answers are cached for the rule's ttl.
-#[tokio::test]
-async fn ttl_from_origin_follows_cache_control() -> Result<()> {
+async fn ttl_from_origin_follows_cache_control(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     for (id, cc, age) in [
         ("ma", "max-age=30", None),
@@ -412,7 +417,7 @@ async fn ttl_from_origin_follows_cache_control() -> Result<()> {
         }
         origin.set_headers(id, &h);
     }
-    let w = World::with_origin(FROM_ORIGIN, &origin, &[]).await?;
+    let w = World::with_origin_on(b, FROM_ORIGIN, &origin, &[]).await?;
     let p = &w.patternd;
 
     for (id, lo, hi) in [
@@ -453,11 +458,9 @@ async fn ttl_from_origin_follows_cache_control() -> Result<()> {
             assert_eq!(r.header("etag"), None, "not stored, no ETag");
             assert_eq!(origin.gets(id), n, "{id}: every GET asks the origin");
         }
-        let mut c = w.redis.conn().await?;
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(cache_keys::key("h", "o", id, "v"))
-            .query_async(&mut c)
-            .await?;
+        let key = cache_keys::key("h", "o", id, "v");
+        let mut c = w.redis.conn_for_key(&key).await?;
+        let exists: u64 = redis::cmd("EXISTS").arg(&key).query_async(&mut c).await?;
         assert_eq!(exists, 0, "{id} is not stored");
         // Stored by the rule that ignores Cache-Control.
         let before = origin.gets(id);
@@ -484,11 +487,12 @@ async fn ttl_from_origin_follows_cache_control() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(ttl_from_origin_follows_cache_control);
+
 /// The stale windows: the rule's apply when the origin says nothing; the origin's own
 /// `stale-while-revalidate=0`, or `must-revalidate`, withdraw the rule's (the value is refetched
 /// once stale, never served stale).
-#[tokio::test]
-async fn stale_windows_from_the_origin() -> Result<()> {
+async fn stale_windows_from_the_origin(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     for (id, cc) in [
         ("dflt", "max-age=1"),
@@ -498,7 +502,7 @@ async fn stale_windows_from_the_origin() -> Result<()> {
         origin.set(id, "text/plain", b"v1", &[]);
         origin.set_headers(id, &[("cache-control", cc)]);
     }
-    let w = World::with_origin(FROM_ORIGIN, &origin, &[]).await?;
+    let w = World::with_origin_on(b, FROM_ORIGIN, &origin, &[]).await?;
     let p = &w.patternd;
     for id in ["dflt", "swr0", "mr"] {
         let r = p.get(&format!("/v1/cache/h/o/{id}")).await?;
@@ -527,3 +531,5 @@ async fn stale_windows_from_the_origin() -> Result<()> {
     }
     Ok(())
 }
+
+on_every_backend!(stale_windows_from_the_origin);

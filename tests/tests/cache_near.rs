@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
-use patternd_e2e::{Patternd, RedisServer, Reply, World, cache_status, eventually, metric_value};
+use patternd_e2e::{Backend, Patternd, Reply, World, cache_status, eventually, metric_value};
 
 const POLICY: &str = "app: shop
 rules:
@@ -42,7 +42,7 @@ struct Two {
     a: Patternd,
     b: Patternd,
     _policies: patternd_e2e::TempDir,
-    redis: RedisServer,
+    redis: Backend,
 }
 
 async fn two(origin: &Origin) -> Result<Two> {

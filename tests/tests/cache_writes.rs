@@ -1,16 +1,18 @@
 //! Cache writes end to end: PUT/PATCH with `write: cache | through | behind` against a real
 //! origin HTTP server (tests/src/origin.rs) and a real Redis, including an origin that refuses,
 //! is slow or is down, the dead letters, and an engine killed with SIGKILL in the middle of a
-//! flush. Counts, never timings: waits are generous `eventually`s.
+//! flush. Counts, never timings: waits are generous `eventually`s. Every test runs on a
+//! standalone Redis and on a three-primary cluster.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use patternd_e2e::cache_keys;
 use patternd_e2e::origin::Origin;
 use patternd_e2e::{
-    Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value, scan_all,
+    Backend, Patternd, PluginWorld, Reply, World, eventually, lua_plugins, metric_value,
+    on_every_backend,
 };
 use serde_json::{Value, json};
 
@@ -68,7 +70,7 @@ async fn patch(
 }
 
 async fn hget(w: &World, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
-    let mut c = w.redis.conn().await?;
+    let mut c = w.redis.conn_for_key(key).await?;
     Ok(redis::cmd("HGET")
         .arg(key)
         .arg(field)
@@ -77,12 +79,12 @@ async fn hget(w: &World, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
 }
 
 async fn xlen(w: &World, key: &str) -> Result<u64> {
-    let mut c = w.redis.conn().await?;
+    let mut c = w.redis.conn_for_key(key).await?;
     Ok(redis::cmd("XLEN").arg(key).query_async(&mut c).await?)
 }
 
 async fn exists(w: &World, key: &str) -> Result<bool> {
-    let mut c = w.redis.conn().await?;
+    let mut c = w.redis.conn_for_key(key).await?;
     let n: u64 = redis::cmd("EXISTS").arg(key).query_async(&mut c).await?;
     Ok(n == 1)
 }
@@ -159,19 +161,18 @@ async fn until_dead_letters(p: &Patternd, n: u64) -> Result<()> {
     .await
 }
 
-#[tokio::test]
-async fn write_through_stores_only_what_the_origin_accepted() -> Result<()> {
+async fn write_through_stores_only_what_the_origin_accepted(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     let policy = format!(
         "app: w\nrules:\n  t:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: through\n      origin_timeout: 500ms\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     let r = put(p, "t", "a", b"v1", &[("content-type", "text/plain")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
-    let item = origin.item("a").expect("the origin got the write");
+    let item = origin.item("a").context("the origin got no write")?;
     assert_eq!(item.body, b"v1");
     assert_eq!(item.content_type, "text/plain");
     assert_eq!(
@@ -249,6 +250,8 @@ async fn write_through_stores_only_what_the_origin_accepted() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(write_through_stores_only_what_the_origin_accepted);
+
 fn behind_policy(origin: &Origin, extra: &str) -> String {
     format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 1s\n{extra}",
@@ -257,14 +260,13 @@ fn behind_policy(origin: &Origin, extra: &str) -> String {
 }
 
 /// A world serving [`behind_policy`].
-async fn behind_world(origin: &Origin, extra: &str) -> Result<World> {
-    World::start(&[("w.yaml", &behind_policy(origin, extra))], &[]).await
+async fn behind_world(b: Backend, origin: &Origin, extra: &str) -> Result<World> {
+    World::on(b, &[("w.yaml", &behind_policy(origin, extra))], &[]).await
 }
 
-#[tokio::test]
-async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
+async fn write_behind_is_acknowledged_then_delivered(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
-    let w = behind_world(&origin, "").await?;
+    let w = behind_world(b, &origin, "").await?;
     let p = &w.patternd;
 
     let r = put(
@@ -315,10 +317,12 @@ async fn write_behind_is_acknowledged_then_delivered() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Result<()> {
+on_every_backend!(write_behind_is_acknowledged_then_delivered);
+
+async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     let w = behind_world(
+        b,
         &origin,
         "      max_attempts: 1000\n      retry_backoff: 50ms\n",
     )
@@ -352,7 +356,7 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Re
         .iter()
         .rev()
         .find(|wr| wr.id == "hot")
-        .expect("a write");
+        .context("no write")?;
     assert_eq!(last.body, format!("v{WRITES}").into_bytes());
     let puts = origin.hits("PUT", "hot");
     assert!(
@@ -370,6 +374,8 @@ async fn write_behind_coalesces_repeated_writes_while_the_origin_is_down() -> Re
     Ok(())
 }
 
+on_every_backend!(write_behind_coalesces_repeated_writes_while_the_origin_is_down);
+
 async fn replay(p: &Patternd, body: Value) -> Result<Reply> {
     p.post_json("/admin/cache/w/b/dead-letters/replay", &body)
         .await
@@ -380,8 +386,7 @@ async fn dead_letters(p: &Patternd, query: &str) -> Result<Reply> {
         .await
 }
 
-#[tokio::test]
-async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result<()> {
+async fn failing_origin_fills_the_dead_letters_which_replay_delivers(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
         "{}  c:\n    cache:\n      ttl: 1h\n",
@@ -390,7 +395,7 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
             "      max_attempts: 3\n      retry_backoff: 50ms\n"
         )
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
     origin.fail_writes_with(Some(503));
 
@@ -489,10 +494,61 @@ async fn failing_origin_fills_the_dead_letters_which_replay_delivers() -> Result
     Ok(())
 }
 
-#[tokio::test]
-async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result<()> {
+on_every_backend!(failing_origin_fills_the_dead_letters_which_replay_delivers);
+
+/// Write-behind with ids whose values live on each primary: every write reaches the origin;
+/// failures dead-letter in their own group's list, and the merged listing and the replay
+/// work across groups (so across primaries on a cluster).
+async fn write_behind_and_dead_letters_reach_every_primary(b: Backend) -> Result<()> {
+    let origin = Origin::start().await?;
+    let ids = b.spread_ids("b", |id| value_key("b", id))?;
+    let w = behind_world(
+        b,
+        &origin,
+        "      retry_backoff: 50ms\n      max_attempts: 2\n",
+    )
+    .await?;
+    let p = &w.patternd;
+    let nodes = w.redis.nodes().await?;
+    let ports: BTreeSet<u16> = ids
+        .iter()
+        .map(|id| nodes.port_of(value_key("b", id)))
+        .collect::<Result<_>>()?;
+    assert_eq!(ports.len(), nodes.len(), "one id per primary: {ids:?}");
+    for id in &ids {
+        let r = put(p, "b", id, id.as_bytes(), &[("content-type", "text/plain")]).await?;
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    for id in &ids {
+        until_delivered(&origin, id, id).await?;
+    }
+    origin.fail_writes_with(Some(503));
+    for id in &ids {
+        assert_eq!(put(p, "b", id, b"again", &[]).await?.status, 202);
+    }
+    until_dead_letters(p, ids.len() as u64).await?;
+    let page = dead_letters(p, "").await?;
+    let listed: BTreeSet<&str> = page.json["dead_letters"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|d| d["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, ids.iter().map(String::as_str).collect(), "{page:?}");
+    origin.fail_writes_with(None);
+    let r = replay(p, json!({})).await?;
+    assert_eq!(r.json["replayed"], json!(ids.len()), "{r:?}");
+    for id in &ids {
+        until_delivered(&origin, id, "again").await?;
+    }
+    until_journal_drained(&w).await?;
+    Ok(())
+}
+
+on_every_backend!(write_behind_and_dead_letters_reach_every_primary);
+
+async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let w = behind_world(
+        b,
         &origin,
         "      max_attempts: 1\n      retry_backoff: 50ms\n",
     )
@@ -518,10 +574,12 @@ async fn a_superseded_dead_letter_is_not_replayed_over_a_newer_write() -> Result
     Ok(())
 }
 
-#[tokio::test]
-async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
+on_every_backend!(a_superseded_dead_letter_is_not_replayed_over_a_newer_write);
+
+async fn a_full_journal_refuses_writes_instead_of_dropping_any(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     let w = behind_world(
+        b,
         &origin,
         // One slot group: the bound applies per group (journal_max_len / slot_groups).
         "      journal_max_len: 3\n      slot_groups: 1\n      retry_backoff: 50ms\n      max_attempts: 1000\n",
@@ -557,14 +615,15 @@ async fn a_full_journal_refuses_writes_instead_of_dropping_any() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn values_over_max_value_bytes_are_refused_and_never_stored() -> Result<()> {
+on_every_backend!(a_full_journal_refuses_writes_instead_of_dropping_any);
+
+async fn values_over_max_value_bytes_are_refused_and_never_stored(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
         "app: w\nrules:\n  s:\n    cache:\n      ttl: 1h\n      max_value_bytes: 1000\n  big:\n    cache:\n      ttl: 1h\n      max_value_bytes: 300000\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      max_value_bytes: 1000\n  h:\n    cache:\n      ttl: 1h\n      format: hash\n      max_value_bytes: 100\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     let r = put(p, "s", "x", &[b'a'; 1001], &[]).await?;
@@ -612,14 +671,15 @@ async fn values_over_max_value_bytes_are_refused_and_never_stored() -> Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
+on_every_backend!(values_over_max_value_bytes_are_refused_and_never_stored);
+
+async fn patch_updates_fields_following_the_write_mode(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let t = origin.template();
     let policy = format!(
         "app: w\nrules:\n  h:\n    cache:\n      ttl: 1h\n      format: hash\n  s:\n    cache:\n      ttl: 1h\n  ht:\n    cache:\n      origin: {t}\n      ttl: 1h\n      format: hash\n      write: through\n  hb:\n    cache:\n      origin: {t}\n      ttl: 1h\n      format: hash\n      write: behind\n"
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     // write: cache.
@@ -699,7 +759,11 @@ async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
     assert_eq!(put(p, "ht", "o", br#"{"a": 1}"#, &[]).await?.status, 204);
     let r = patch(p, "ht", "o", r#"{"a": 5}"#, "application/json").await?;
     assert_eq!((r.status, r.json.clone()), (200, json!({"a": 5})), "{r:?}");
-    let last = origin.writes().into_iter().last().expect("origin writes");
+    let last = origin
+        .writes()
+        .into_iter()
+        .last()
+        .context("no origin write")?;
     assert_eq!(
         (last.method.as_str(), last.body.as_slice()),
         ("PATCH", &br#"{"a": 5}"#[..])
@@ -733,14 +797,15 @@ async fn patch_updates_fields_following_the_write_mode() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> {
+on_every_backend!(patch_updates_fields_following_the_write_mode);
+
+async fn an_engine_killed_mid_flush_loses_no_acknowledged_write(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1h\n      write: behind\n      origin_timeout: 3s\n      retry_backoff: 100ms\n",
         origin.template()
     );
-    let mut w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let mut w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     // Slow (but within origin_timeout) so the first engine is surely in the middle of
     // delivering when it is killed.
     origin.set_delay(Duration::from_secs(2));
@@ -765,13 +830,13 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
     })
     .await?;
     // Entries the first engine took and has not acknowledged: in flight.
-    let mut conn = w.redis.conn().await?;
+    let mut nodes = w.redis.nodes().await?;
     let mut in_flight = 0;
     for j in journals("b") {
         let summary: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XPENDING")
             .arg(&j)
             .arg("patternd")
-            .query_async(&mut conn)
+            .query_async(nodes.conn(&j)?)
             .await;
         // A group nobody wrote to has no journal (NOGROUP).
         if let Ok(summary) = summary {
@@ -818,10 +883,11 @@ async fn an_engine_killed_mid_flush_loses_no_acknowledged_write() -> Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Result<()> {
+on_every_backend!(an_engine_killed_mid_flush_loses_no_acknowledged_write);
+
+async fn two_replicas_share_the_journal_and_keep_each_ids_write_order(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
-    let w = behind_world(&origin, "      retry_backoff: 50ms\n").await?;
+    let w = behind_world(b, &origin, "      retry_backoff: 50ms\n").await?;
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
     // Slow enough that both flushers are busy at once.
     origin.set_delay(Duration::from_millis(100));
@@ -873,10 +939,12 @@ async fn two_replicas_share_the_journal_and_keep_each_ids_write_order() -> Resul
     Ok(())
 }
 
-#[tokio::test]
-async fn the_flusher_follows_reloads() -> Result<()> {
+on_every_backend!(two_replicas_share_the_journal_and_keep_each_ids_write_order);
+
+async fn the_flusher_follows_reloads(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
-    let w = World::start(
+    let w = World::on(
+        b,
         &[(
             "w.yaml",
             "app: w\nrules:\n  c:\n    cache:\n      ttl: 1h\n",
@@ -894,8 +962,9 @@ async fn the_flusher_follows_reloads() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
+on_every_backend!(the_flusher_follows_reloads);
+
+async fn every_key_has_a_ttl_except_the_declared_streams(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     let policy = format!(
         "{}  c:\n    cache:\n      ttl: 1h\n      format: hash\n",
@@ -904,7 +973,7 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
             "      max_attempts: 1\n      retry_backoff: 50ms\n"
         )
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
     for i in 0..5 {
         assert_eq!(
@@ -934,15 +1003,16 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
         200
     );
 
-    let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
+    let mut nodes = w.redis.nodes().await?;
+    let keys = w.redis.scan_all().await?;
     let mut streams = BTreeSet::new();
     assert!(keys.len() > 8, "{} keys", keys.len());
     for k in keys {
         let name = String::from_utf8_lossy(&k).into_owned();
         assert!(name.starts_with("w:cache:"), "{name} outside the namespace");
-        let kind: String = redis::cmd("TYPE").arg(&k).query_async(&mut conn).await?;
-        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut conn).await?;
+        let conn = nodes.conn(&k)?;
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(conn).await?;
+        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await?;
         if kind == "stream" {
             streams.insert(name);
         } else {
@@ -964,18 +1034,19 @@ async fn every_key_has_a_ttl_except_the_declared_streams() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(every_key_has_a_ttl_except_the_declared_streams);
+
 /// A write-behind value whose write is still in the journal is newer than the origin's copy:
 /// past its ttl, reads neither serve nor store the origin's older copy (the origin refusing
 /// writes, then down), and once the write is delivered the written value is what reads see.
-#[tokio::test]
-async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Result<()> {
+async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy(b: Backend) -> Result<()> {
     let mut origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     let policy = format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1s\n      stale_if_error: 10m\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 100ms\n      max_attempts: 1000\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     let g = p.get("/v1/cache/w/b/k").await?;
@@ -1011,19 +1082,22 @@ async fn a_journaled_write_is_never_replaced_by_the_origins_older_copy() -> Resu
     Ok(())
 }
 
+on_every_backend!(a_journaled_write_is_never_replaced_by_the_origins_older_copy);
+
 /// A write-through PATCH of an id that is not cached, while a fill of that id is in flight
 /// with the origin's pre-patch answer: the fill must not store it (the PATCH leaves a write
 /// marker in the lease instead of deleting it). Deterministic: the origin reads the item when
 /// the GET arrives and answers seconds later, and the PATCH is sent once the GET has arrived.
-#[tokio::test]
-async fn a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data() -> Result<()> {
+async fn a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data(
+    b: Backend,
+) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("p", "application/json", br#"{"a": 1, "b": 1}"#, &[]);
     let policy = format!(
         "app: w\nrules:\n  ht:\n    cache:\n      origin: {}\n      ttl: 1h\n      format: hash\n      write: through\n      origin_timeout: 10s\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     origin.set_get_delay(Duration::from_secs(3));
@@ -1067,10 +1141,11 @@ async fn a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data()
     Ok(())
 }
 
+on_every_backend!(a_fill_in_flight_during_a_through_patch_does_not_store_pre_patch_data);
+
 /// Write-behind rules are flushed concurrently: while one rule's origin holds a delivery for
 /// a long time, another rule's writes still reach their origin.
-#[tokio::test]
-async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
+async fn a_slow_origin_does_not_hold_up_other_rules_deliveries(b: Backend) -> Result<()> {
     let slow = Origin::start().await?;
     let fast = Origin::start().await?;
     let policy = format!(
@@ -1078,7 +1153,7 @@ async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
         slow.template(),
         fast.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     // Far longer than the waits below: a serial flusher would be stuck on it throughout.
@@ -1108,18 +1183,19 @@ async fn a_slow_origin_does_not_hold_up_other_rules_deliveries() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(a_slow_origin_does_not_hold_up_other_rules_deliveries);
+
 /// A journaled write outlives its value's own lifetime while it is being retried: the value
 /// (ttl 1s, no staleness) would expire long before the origin accepts the write, and a read
 /// would then fill the origin's older copy; each delivery attempt keeps it alive instead.
-#[tokio::test]
-async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
+async fn a_pending_write_keeps_its_value_alive_until_delivered(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     let policy = format!(
         "app: w\nrules:\n  b:\n    cache:\n      origin: {}\n      ttl: 1s\n      write: behind\n      origin_timeout: 1s\n      retry_backoff: 100ms\n      max_attempts: 1000\n",
         origin.template()
     );
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     put_while_refused(p, &origin).await?;
@@ -1139,16 +1215,18 @@ async fn a_pending_write_keeps_its_value_alive_until_delivered() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(a_pending_write_keeps_its_value_alive_until_delivered);
+
 /// DELETE and tag invalidation of a value whose write-behind write is still pending keep the
 /// value (and its `jp`) until the write is delivered: dropping it would make the next read
 /// fill the origin's older copy, a stale read of an acknowledged write. After delivery the
 /// invalidation takes effect (the next read fills the origin, which now has the write) and a
 /// DELETE drops the value.
-#[tokio::test]
-async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Result<()> {
+async fn delete_and_invalidation_keep_a_pending_value_until_delivered(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     let w = behind_world(
+        b,
         &origin,
         "      retry_backoff: 100ms\n      max_attempts: 1000\n      related: [\"{id}:extra\"]\n",
     )
@@ -1209,11 +1287,14 @@ async fn delete_and_invalidation_keep_a_pending_value_until_delivered() -> Resul
     Ok(())
 }
 
+on_every_backend!(delete_and_invalidation_keep_a_pending_value_until_delivered);
+
 /// A replayed dead letter that is still the id's newest write becomes the value's `jp`
 /// (atomically in the replay script): reads keep serving it instead of refreshing from the
 /// origin's older copy until it is delivered.
-#[tokio::test]
-async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> Result<()> {
+async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered(
+    b: Backend,
+) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("k", "text/plain", b"old", &[]);
     let policy = behind_policy(
@@ -1221,7 +1302,7 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
         "      ttl: 1s\n      stale_while_revalidate: 1h\n      max_attempts: 2\n      retry_backoff: 3s\n",
     )
     .replace("      ttl: 1h\n", "");
-    let w = World::start(&[("w.yaml", &policy)], &[]).await?;
+    let w = World::on(b, &[("w.yaml", &policy)], &[]).await?;
     let p = &w.patternd;
 
     origin.fail_writes_with(Some(500));
@@ -1232,9 +1313,10 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
     assert_eq!(r.json["replayed"], json!(1), "{r:?}");
 
     // `jp` names the replayed journal entry.
-    let mut conn = w.redis.conn().await?;
+    let journal = journal_of("b", "k");
+    let mut conn = w.redis.conn_for_key(&journal).await?;
     let entries: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
-        .arg(journal_of("b", "k"))
+        .arg(&journal)
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -1260,12 +1342,13 @@ async fn a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered() -> 
     Ok(())
 }
 
+on_every_backend!(a_replayed_dead_letter_keeps_reads_off_the_origin_until_delivered);
+
 /// The cache plugin hook runs for PUT and PATCH too: the write lands on the key the plugin
 /// chose (one per Accept-Language with the example `cache-key` plugin), with its TTL and
 /// tags, so GETs of that variant see it; the journal still delivers to the origin URL of the
 /// client's id. Bypass: write-through writes the origin only; other modes answer 409.
-#[tokio::test]
-async fn writes_run_the_cache_plugin_hook() -> Result<()> {
+async fn writes_run_the_cache_plugin_hook(b: Backend) -> Result<()> {
     let origin = Origin::start().await?;
     origin.set("1", "text/plain", b"origin", &[]);
     let plugin = "      plugin:\n        name: cache-key\n        config:\n          vary: [accept-language]\n          ttl_ms: { default: 60000 }\n          bypass_header: x-no-cache\n";
@@ -1274,7 +1357,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
         o = origin.template()
     );
     let plugins = lua_plugins(&[("cache-key.lua", "cache-key/cache-key.lua")])?;
-    let w = PluginWorld::start(&[("w.yaml", &policy)], plugins).await?;
+    let w = PluginWorld::on(b, &[("w.yaml", &policy)], plugins).await?;
     let p = &w.patternd;
 
     let r = put(
@@ -1298,7 +1381,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     // The plugin's key, TTL and tag; nothing under the client's id.
     let key = value_key("b", "1:en");
     assert_eq!(hget(&w, &key, "tags").await?.as_deref(), Some(&b"id:1"[..]));
-    let mut conn = w.redis.conn().await?;
+    let mut conn = w.redis.conn_for_key(&key).await?;
     let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
     assert!(!exists(&w, &value_key("b", "1")).await?);
@@ -1338,8 +1421,7 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     let r = put(p, "t", "3", b"through", &[("x-no-cache", "1")]).await?;
     assert_eq!(r.status, 204, "{r:?}");
     assert_eq!(origin_body(&origin, "3").as_deref(), Some("through"));
-    let mut conn = w.redis.conn().await?;
-    for k in scan_all(&mut conn).await? {
+    for k in w.redis.scan_all().await? {
         assert!(
             !k.starts_with(cache_keys::key("w", "t", "3", "").as_bytes()),
             "{}",
@@ -1348,3 +1430,5 @@ async fn writes_run_the_cache_plugin_hook() -> Result<()> {
     }
     Ok(())
 }
+
+on_every_backend!(writes_run_the_cache_plugin_hook);

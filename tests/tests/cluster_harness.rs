@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Result;
+use patternd_e2e::Backend;
 use patternd_e2e::cluster::{
     ClusterOptions, PRIMARIES, RedisCluster, SLOTS, key_slot, node_url, shared,
 };
@@ -219,5 +220,63 @@ fn a_killed_primary_is_replaced_by_its_replica() -> Result<()> {
     assert_eq!(cluster.owner_of_key(key)?.port, old.port);
     let got: Option<String> = redis::cmd("GET").arg(key).query(&mut conn(old.port)?)?;
     assert_eq!(got.as_deref(), Some("kept"));
+    Ok(())
+}
+
+/// The pool behind `Backend::cluster` (tests/src/backend.rs): a lease is exclusive, and the
+/// next lease finds the cluster empty (no keys, no scripts) and whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returned_pool_cluster_is_empty_for_the_next_test() -> Result<()> {
+    let b = Backend::cluster()?;
+    let url = b.url();
+    assert!(url.starts_with("redis+cluster://"), "{url}");
+    let ids = b.spread_ids("k", |id| format!("{{{id}}}"))?;
+    let mut ports = BTreeSet::new();
+    for id in &ids {
+        let key = format!("{{{id}}}:x");
+        ports.insert(b.node_of_key(&key)?);
+        let mut c = b.conn_for_key(&key).await?;
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .query_async(&mut c)
+            .await?;
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg("return 1")
+            .query_async(&mut c)
+            .await?;
+    }
+    assert_eq!(ports.len(), PRIMARIES, "spread ids reach every primary");
+    assert_eq!(b.scan_all().await?.len(), PRIMARIES);
+    // Dropped on a blocking thread: the release talks to the nodes synchronously.
+    tokio::task::spawn_blocking(move || drop(b)).await?;
+
+    let b = tokio::task::spawn_blocking(Backend::cluster).await??;
+    assert!(
+        b.scan_all().await?.is_empty(),
+        "the last test's keys are gone"
+    );
+    for c in b.nodes().await?.all() {
+        let loaded: Vec<bool> = redis::cmd("SCRIPT")
+            .arg("EXISTS")
+            .arg("e0e1f9fabfc9d4800c877a703b823ac0578ff8db")
+            .query_async(c)
+            .await?;
+        assert_eq!(loaded, [false], "the last test's scripts are gone");
+    }
+    tokio::task::spawn_blocking(move || drop(b)).await?;
+    Ok(())
+}
+
+/// Both variants of a pattern test send the same requests: on a standalone server,
+/// `spread_ids` gives the ids the cluster gives.
+#[test]
+fn spread_ids_are_the_same_on_both_backends() -> Result<()> {
+    let key = |id: &str| format!("app:ratelimit:r:{{{id}}}:0fw");
+    let on_cluster = Backend::cluster()?.spread_ids("user-", key)?;
+    let on_one = Backend::standalone()?.spread_ids("user-", key)?;
+    assert_eq!(on_cluster, on_one);
+    assert_eq!(on_cluster.len(), PRIMARIES);
     Ok(())
 }

@@ -1,12 +1,16 @@
 //! Locks and semaphores end to end over HTTP against a real Redis: mutual exclusion under
 //! contention (no lost update), fencing tokens, expiry, owner checks, semaphores, bad input.
+//! Every test but the outage (one server stopped and restarted) runs on a standalone Redis and
+//! on a three-primary cluster.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use patternd_e2e::{Patternd, Reply, World, burst, eventually, metric_value, scan_all, scan_names};
+use patternd_e2e::{
+    Backend, Patternd, Reply, World, burst, eventually, metric_value, on_every_backend,
+};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -74,11 +78,11 @@ fn forged(fence: u64) -> String {
     format!("{fence}.AAAAAAAAAAAAAAAAAAAAAA")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+async fn fifty_workers_never_lose_an_update_and_fences_increase(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = Arc::new(w.patternd);
-    let redis = w.redis.url();
+    // The counter lives on whichever node owns it; each worker gets its own handle.
+    let counter = w.redis.conn_for_key("shared-counter").await?;
     // Shared state the lock protects: a counter in Redis updated by read, then write (two
     // round trips: without mutual exclusion updates get lost), and the fences in the order
     // the critical sections ran.
@@ -86,11 +90,9 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
     let overlaps = Arc::new(AtomicUsize::new(0));
     let fences = Arc::new(tokio::sync::Mutex::new(Vec::<u64>::new()));
     burst(50, |_| {
-        let (p, redis) = (p.clone(), redis.clone());
+        let (p, mut conn) = (p.clone(), counter.clone());
         let (inside, overlaps, fences) = (inside.clone(), overlaps.clone(), fences.clone());
         async move {
-            let client = redis::Client::open(redis)?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
             for _ in 0..2 {
                 // Waits are bounded per request: on a busy machine a worker may time out
                 // and simply ask again (counted, not timed).
@@ -122,8 +124,7 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
         }
     })
     .await?;
-    let mut conn = w.redis.conn().await?;
-    let n: u64 = conn.get("shared-counter").await?;
+    let n: u64 = counter.clone().get("shared-counter").await?;
     assert_eq!(n, 100, "lost updates");
     assert_eq!(
         overlaps.load(Ordering::SeqCst),
@@ -139,9 +140,10 @@ async fn fifty_workers_never_lose_an_update_and_fences_increase() -> Result<()> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(fifty_workers_never_lose_an_update_and_fences_increase);
+
+async fn expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let a = acquire(p, "brief", "invoice-7", json!({ "ttl_ms": 300 })).await?;
     assert_eq!(a.status, 200, "{a:?}");
@@ -191,18 +193,19 @@ async fn expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused() -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fences_keep_increasing_after_the_counter_key_is_gone() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(expiry_lets_the_next_holder_in_and_the_stale_holder_is_refused);
+
+async fn fences_keep_increasing_after_the_counter_key_is_gone(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let a = acquire(p, "order", "doc", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
     release(p, "order", "doc", &token(&a)).await?;
     // The counter expires after a day without acquires; simulate that.
-    let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
+    let keys = w.redis.scan_all().await?;
     let fence_keys: Vec<&Vec<u8>> = keys.iter().filter(|k| k.ends_with(b":fence")).collect();
     assert_eq!(fence_keys.len(), 1, "{keys:?}");
+    let mut conn = w.redis.conn_for_key(fence_keys[0]).await?;
     let n: u64 = conn.del(fence_keys[0]).await?;
     assert_eq!(n, 1);
     let b = acquire(p, "order", "doc", json!({})).await?;
@@ -214,9 +217,10 @@ async fn fences_keep_increasing_after_the_counter_key_is_gone() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn only_the_owner_extends_or_releases() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(fences_keep_increasing_after_the_counter_key_is_gone);
+
+async fn only_the_owner_extends_or_releases(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let a = acquire(p, "order", "cart-1", json!({ "ttl_ms": 60_000 })).await?;
     assert_eq!(a.status, 200, "{a:?}");
@@ -245,9 +249,9 @@ async fn only_the_owner_extends_or_releases() -> Result<()> {
     assert_eq!(e.status, 200, "{e:?}");
     assert_eq!(e.u64_field("fence"), fence);
     assert!(e.u64_field("expires_in_ms") > 60_000, "{e:?}");
-    let mut conn = w.redis.conn().await?;
-    for k in scan_all(&mut conn).await? {
-        let ttl: i64 = conn.pttl(&k).await?;
+    let mut nodes = w.redis.nodes().await?;
+    for k in w.redis.scan_all().await? {
+        let ttl: i64 = nodes.conn(&k)?.pttl(&k).await?;
         assert!(ttl > 0, "{} has no TTL", String::from_utf8_lossy(&k));
     }
     // The token may also come as a query parameter (for clients that drop DELETE bodies).
@@ -261,9 +265,10 @@ async fn only_the_owner_extends_or_releases() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(only_the_owner_extends_or_releases);
+
+async fn a_waiting_acquire_gets_the_lock_when_it_is_released(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = Arc::new(w.patternd);
     let a = acquire(&p, "order", "job", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
@@ -276,13 +281,25 @@ async fn a_waiting_acquire_gets_the_lock_when_it_is_released() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_semaphore_admits_exactly_its_permits() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(a_waiting_acquire_gets_the_lock_when_it_is_released);
+
+async fn a_semaphore_admits_exactly_its_permits(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    // One semaphore per primary of a cluster: each admits exactly its own permits.
+    let gpus = w.redis.spread_ids("gpu-", |r| format!("{{{r}}}"))?;
     let p = Arc::new(w.patternd);
+    for gpu in &gpus {
+        semaphore_admits_its_permits(&p, gpu).await?;
+    }
+    Ok(())
+}
+
+on_every_backend!(a_semaphore_admits_exactly_its_permits);
+
+async fn semaphore_admits_its_permits(p: &Arc<Patternd>, gpu: &str) -> Result<()> {
     let replies = burst(20, |_| {
-        let p = p.clone();
-        async move { acquire(&p, "slots", "gpu", json!({})).await }
+        let (p, gpu) = (p.clone(), gpu.to_string());
+        async move { acquire(&p, "slots", &gpu, json!({})).await }
     })
     .await?;
     let mut granted = Vec::new();
@@ -299,24 +316,23 @@ async fn a_semaphore_admits_exactly_its_permits() -> Result<()> {
     fences.dedup();
     assert_eq!(fences.len(), 3, "every permit has its own fence");
     // Owner-checked like a mutex.
-    release(&p, "slots", "gpu", &forged(fences[0]))
+    release(p, "slots", gpu, &forged(fences[0]))
         .await?
         .assert_problem(409);
-    let r = release(&p, "slots", "gpu", &token(&granted[0])).await?;
+    let r = release(p, "slots", gpu, &token(&granted[0])).await?;
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
-    let again = acquire(&p, "slots", "gpu", json!({})).await?;
+    let again = acquire(p, "slots", gpu, json!({})).await?;
     assert_eq!(again.status, 200, "a released permit is free: {again:?}");
-    acquire(&p, "slots", "gpu", json!({}))
+    acquire(p, "slots", gpu, json!({}))
         .await?
         .assert_problem(409);
-    let e = extend(&p, "slots", "gpu", json!({ "token": token(&granted[1]) })).await?;
+    let e = extend(p, "slots", gpu, json!({ "token": token(&granted[1]) })).await?;
     assert_eq!(e.status, 200, "{e:?}");
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+async fn a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let long = acquire(p, "brief-slots", "q", json!({ "ttl_ms": 600_000 })).await?;
     assert_eq!(long.status, 200, "{long:?}");
@@ -344,9 +360,10 @@ async fn a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses() -> Res
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_requests_are_clear_problems() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(a_crashed_permit_holder_frees_its_permit_when_the_lease_lapses);
+
+async fn bad_requests_are_clear_problems(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     acquire(p, "order", "x", json!({ "ttl_ms": 0 }))
         .await?
@@ -391,9 +408,10 @@ async fn bad_requests_are_clear_problems() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn wait_ms_over_max_wait_is_refused_like_ttl_ms_over_max_ttl() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(bad_requests_are_clear_problems);
+
+async fn wait_ms_over_max_wait_is_refused_like_ttl_ms_over_max_ttl(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     // `order` has max_wait 60s. One millisecond more is refused, before anything is
     // acquired, with the bound in the detail (as `ttl_ms` over `max_ttl` is).
@@ -413,15 +431,15 @@ async fn wait_ms_over_max_wait_is_refused_like_ttl_ms_over_max_ttl() -> Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+on_every_backend!(wait_ms_over_max_wait_is_refused_like_ttl_ms_over_max_ttl);
+
+async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let a = acquire(p, "order", "orders%2F1001", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
     // The holder's key is the decoded name, one id: `orders/1001`.
-    let mut conn = w.redis.conn().await?;
-    let keys: Vec<String> = scan_names(&mut conn).await?;
+    let keys: Vec<String> = w.redis.scan_names().await?;
     assert!(
         keys.iter().any(|k| k == "shop:lock:order:{orders/1001}:h"),
         "{keys:?}"
@@ -437,6 +455,8 @@ async fn a_resource_with_a_slash_is_percent_encoded_as_one_segment() -> Result<(
     assert_eq!(r.status, 200, "{r:?}");
     Ok(())
 }
+
+on_every_backend!(a_resource_with_a_slash_is_percent_encoded_as_one_segment);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_is_a_503_and_locking_recovers() -> Result<()> {
@@ -465,9 +485,8 @@ async fn a_redis_outage_is_a_503_and_locking_recovers() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Result<()> {
-    let w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let other = Arc::new(Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?);
     let a = acquire(&w.patternd, "order", "shared", json!({})).await?;
     assert_eq!(a.status, 200, "{a:?}");
@@ -493,3 +512,5 @@ async fn replicas_share_locks_and_a_waiter_on_another_replica_gets_in() -> Resul
     assert_eq!(r.json, json!({"released": true}), "{r:?}");
     Ok(())
 }
+
+on_every_backend!(replicas_share_locks_and_a_waiter_on_another_replica_gets_in);

@@ -1,18 +1,18 @@
 //! Lua plugins end to end: the example plugins drive real decisions, hostile plugins are
-//! contained, and a broken plugin never replaces a working one.
+//! contained, and a broken plugin never replaces a working one. Plugin-decided limits run on a
+//! standalone Redis and on a three-primary cluster; the sandbox tests need no second backend.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use patternd_e2e::{
-    EXAMPLE_POLICY, PluginWorld, TempDir, example_file, example_plugins, lua_plugins, metric_value,
-    policy_dir, run_cli, scan_names,
+    Backend, EXAMPLE_POLICY, PluginWorld, TempDir, example_file, example_plugins, lua_plugins,
+    metric_value, on_every_backend, policy_dir, run_cli,
 };
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tiered_limits_decide_per_tier() -> Result<()> {
-    let w = PluginWorld::examples().await?;
+async fn tiered_limits_decide_per_tier(b: Backend) -> Result<()> {
+    let w = PluginWorld::examples_on(b).await?;
     let p = &w.patternd;
     let post = |tier: Option<&'static str>| {
         let mut req = p
@@ -49,8 +49,9 @@ async fn tiered_limits_decide_per_tier() -> Result<()> {
 
     // The plugin chose the keys' suffixes; the key builder kept them in the rule's namespace
     // and the id's slot, with TTLs.
-    let mut conn = w.redis.conn().await?;
-    let names = scan_names(&mut conn).await?;
+    let names = w.redis.scan_names().await?;
+    // One id: every key in its slot, on one node.
+    let mut conn = w.redis.conn_for_key("{user-1}").await?;
     assert_eq!(
         names,
         [
@@ -65,10 +66,11 @@ async fn tiered_limits_decide_per_tier() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(tiered_limits_decide_per_tier);
+
 /// `plugin.headers` lists what the plugin sees: a header left out never reaches it (the tier
 /// falls back to the default), one listed does, matched case-insensitively.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plugin_sees_only_the_headers_its_rule_lists() -> Result<()> {
+async fn a_plugin_sees_only_the_headers_its_rule_lists(b: Backend) -> Result<()> {
     let policy = "\
 app: hdr
 rules:
@@ -85,7 +87,7 @@ rules:
         headers: [X-TIER]
         config: { header: X-Tier, default: free, tiers: { free: { limit: 2, window: 1m }, pro: { limit: 5, window: 1m } } }
 ";
-    let w = PluginWorld::start(&[("hdr.yaml", policy)], example_plugins()?).await?;
+    let w = PluginWorld::on(b, &[("hdr.yaml", policy)], example_plugins()?).await?;
     let p = &w.patternd;
     for (rule, tier) in [("blind", "free"), ("sighted", "pro")] {
         let r = p
@@ -111,6 +113,8 @@ rules:
     }
     Ok(())
 }
+
+on_every_backend!(a_plugin_sees_only_the_headers_its_rule_lists);
 
 const HOSTILE: &[(&str, &str)] = &[
     ("loop", "while true do end"),

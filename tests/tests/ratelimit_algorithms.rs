@@ -4,11 +4,14 @@
 //! that lasts seconds: every algorithm then reduces to one model, "a capacity C; a request of
 //! cost c is admitted iff used + c <= C; a denial charges nothing", and the engine must agree
 //! with it exactly, request by request, including `remaining`.
+//!
+//! Every test runs on a standalone Redis and on a three-primary cluster, with ids spread so
+//! their keys reach every primary.
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use patternd_e2e::{Reply, World, burst, send};
+use patternd_e2e::{Backend, Reply, World, burst, on_every_backend, send};
 
 /// Every algorithm with its rule name in the test policy.
 const ALGORITHMS: [(&str, &str); 6] = [
@@ -92,14 +95,21 @@ fn assert_decision(r: &Reply, allowed: bool, remaining: u64, limit: u64, ctx: &s
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_algorithm_matches_the_model_with_costs() -> Result<()> {
-    let w = World::start(&[("alg.yaml", &policy("alg", "", 10))], &[]).await?;
+/// Ids (`{prefix}N`) whose keys land on each primary of a cluster, used in turn.
+fn spread_ids(b: &Backend, prefix: &str) -> Result<Vec<String>> {
+    // Every key of an id carries it as the hash tag: its slot is the id's.
+    b.spread_ids(prefix, |id| format!("{{{id}}}"))
+}
+
+async fn every_algorithm_matches_the_model_with_costs(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("alg.yaml", &policy("alg", "", 10))], &[]).await?;
     let p = &w.patternd;
+    let ids = spread_ids(&w.redis, "user-")?;
     // Mixed costs against a capacity of 10, with denials in the middle (which must charge
     // nothing) and cost 0 (a pure query).
     let costs = [3, 1, 2, 5, 1, 0, 4, 1, 1, 2, 1, 1, 0];
-    for (code, alg) in ALGORITHMS {
+    for (n, (code, alg)) in ALGORITHMS.into_iter().enumerate() {
+        let (id, other) = (&ids[n % ids.len()], &ids[(n + 1) % ids.len()]);
         let mut model = Model::new(10);
         // Concurrency is a number in flight: no window, the draft's `concurrent-requests`
         // unit; token_bucket and gcra add their burst.
@@ -110,7 +120,7 @@ async fn every_algorithm_matches_the_model_with_costs() -> Result<()> {
         };
         for (i, &cost) in costs.iter().enumerate() {
             let (allowed, remaining) = model.request(cost);
-            let r = p.check("alg", code, "user-1", cost).await?;
+            let r = p.check("alg", code, id, cost).await?;
             let ctx = format!("{alg} request #{i} cost {cost}");
             assert_decision(&r, allowed, remaining, 10, &ctx);
             assert_eq!(
@@ -134,14 +144,15 @@ async fn every_algorithm_matches_the_model_with_costs() -> Result<()> {
             "{alg}: the sequence should fill the capacity"
         );
         // Another id is untouched by all of the above.
-        let r = p.check("alg", code, "user-2", 10).await?;
+        let r = p.check("alg", code, other, 10).await?;
         assert_decision(&r, true, 0, 10, &format!("{alg}: a fresh id"));
     }
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn burst_admits_exactly_burst_and_defaults_to_limit() -> Result<()> {
+on_every_backend!(every_algorithm_matches_the_model_with_costs);
+
+async fn burst_admits_exactly_burst_and_defaults_to_limit(b: Backend) -> Result<()> {
     let yaml = format!(
         "app: burst\nrules:\n  tb_burst:\n    rate_limit: {}\n  gc_burst:\n    rate_limit: {}\n  tb_default:\n    rate_limit: {}\n  gc_default:\n    rate_limit: {}\n",
         limit_yaml("token_bucket", 5, Some(12)),
@@ -149,8 +160,10 @@ async fn burst_admits_exactly_burst_and_defaults_to_limit() -> Result<()> {
         limit_yaml("token_bucket", 5, None),
         limit_yaml("gcra", 5, None),
     );
-    let w = World::start(&[("burst.yaml", &yaml)], &[]).await?;
+    let w = World::on(b, &[("burst.yaml", &yaml)], &[]).await?;
     let p = &w.patternd;
+    let ids = spread_ids(&w.redis, "client-")?;
+    let (client, fresh, fresh2) = (&ids[0], &ids[1], &ids[2]);
     for (rule, capacity) in [
         ("tb_burst", 12),
         ("gc_burst", 12),
@@ -159,7 +172,7 @@ async fn burst_admits_exactly_burst_and_defaults_to_limit() -> Result<()> {
     ] {
         let mut admitted = 0;
         for i in 0..capacity + 3 {
-            let r = p.check("burst", rule, "client", 1).await?;
+            let r = p.check("burst", rule, client, 1).await?;
             let allowed = i < capacity;
             // `limit` is the quota per window (5); the bucket's capacity is `burst`, and what
             // it holds now (`remaining`) may exceed `limit`.
@@ -171,31 +184,35 @@ async fn burst_admits_exactly_burst_and_defaults_to_limit() -> Result<()> {
         assert_eq!(admitted, capacity, "{rule}");
         // The whole burst in one request is allowed from a fresh id; one more unit is bad input
         // (it could never be allowed), not a denial.
-        let r = p.check("burst", rule, "fresh", capacity).await?;
+        let r = p.check("burst", rule, fresh, capacity).await?;
         assert_decision(&r, true, 0, 5, &format!("{rule}: whole burst at once"));
-        p.check("burst", rule, "fresh2", capacity + 1)
+        p.check("burst", rule, fresh2, capacity + 1)
             .await?
             .assert_problem(400);
     }
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_requests_admit_exactly_the_limit() -> Result<()> {
+on_every_backend!(burst_admits_exactly_burst_and_defaults_to_limit);
+
+async fn concurrent_requests_admit_exactly_the_limit(b: Backend) -> Result<()> {
     // The Redis timeout is raised so that 200 requests queued on a loaded 2-core machine
     // cannot turn into degraded decisions: this test is about atomicity, not latency.
-    let w = World::start(
+    let w = World::on(
+        b,
         &[("conc.yaml", &policy("conc", "", 50))],
         &["--redis-timeout", "10s"],
     )
     .await?;
-    for (code, alg) in ALGORITHMS {
+    let ids = spread_ids(&w.redis, "hot-")?;
+    for (n, (code, alg)) in ALGORITHMS.into_iter().enumerate() {
+        let id = &ids[n % ids.len()];
         let replies = burst(200, |_| {
             let p = &w.patternd;
             send(
                 p.client()
                     .post(p.url(&format!("/v1/ratelimit/conc/{code}")))
-                    .json(&serde_json::json!({"id": "hot", "cost": 1})),
+                    .json(&serde_json::json!({"id": id, "cost": 1})),
             )
         })
         .await?;
@@ -221,13 +238,14 @@ async fn concurrent_requests_admit_exactly_the_limit() -> Result<()> {
     Ok(())
 }
 
+on_every_backend!(concurrent_requests_admit_exactly_the_limit);
+
 /// Key of limit `sub` of rule `rule` for `id` (plain ids need no escaping).
 fn key(app: &str, rule: &str, id: &str, sub: &str) -> String {
     format!("{app}:ratelimit:{rule}:{{{id}}}:{sub}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn several_limits_are_all_or_nothing() -> Result<()> {
+async fn several_limits_are_all_or_nothing(b: Backend) -> Result<()> {
     let yaml = "app: multi
 rules:
   login:
@@ -244,13 +262,19 @@ rules:
         - { algorithm: token_bucket, limit: 9, window: 1d }
         - { algorithm: gcra, limit: 8, window: 1d }
 ";
-    let w = World::start(&[("multi.yaml", yaml)], &[]).await?;
+    let w = World::on(b, &[("multi.yaml", yaml)], &[]).await?;
     let p = &w.patternd;
-    let mut conn = w.redis.conn().await?;
+    // Two ids on two primaries of a cluster.
+    let ids = spread_ids(&w.redis, "user-")?;
+    let (alice, bob) = (ids[0].as_str(), ids[1].as_str());
+    let mut conn = w
+        .redis
+        .conn_for_key(key("multi", "login", alice, "0fw"))
+        .await?;
 
     // login: the second (smaller) limit denies from the 4th request on.
     for i in 0..6u64 {
-        let r = p.check("multi", "login", "alice", 1).await?;
+        let r = p.check("multi", "login", alice, 1).await?;
         let allowed = i < 3;
         assert_decision(
             &r,
@@ -267,15 +291,15 @@ rules:
         );
     }
     assert_eq!(
-        r_get(&mut conn, &key("multi", "login", "alice", "0fw")).await?,
+        r_get(&mut conn, &key("multi", "login", alice, "0fw")).await?,
         Some("3".to_string()),
         "denials must not charge the 5-per-day limit"
     );
     assert_eq!(
-        r_get(&mut conn, &key("multi", "login", "alice", "1fw")).await?,
+        r_get(&mut conn, &key("multi", "login", alice, "1fw")).await?,
         Some("3".to_string())
     );
-    let r = p.check("multi", "login", "alice", 0).await?;
+    let r = p.check("multi", "login", alice, 0).await?;
     assert_eq!(
         r.header("ratelimit-policy"),
         Some("\"login-0\";q=5;w=86400, \"login-1\";q=3;w=86400"),
@@ -286,7 +310,7 @@ rules:
     let mut model = Model::new(8);
     for (i, cost) in [3u64, 4, 2, 1, 1, 2, 1].into_iter().enumerate() {
         let (allowed, remaining) = model.request(cost);
-        let r = p.check("multi", "mixed", "bob", cost).await?;
+        let r = p.check("multi", "mixed", bob, cost).await?;
         assert_decision(
             &r,
             allowed,
@@ -298,7 +322,11 @@ rules:
     assert_eq!(model.used, 8);
     // Read every limit's own state: each was charged exactly the admitted 8, none of the
     // denied costs (2, 1, 2, 1).
-    let id = "bob";
+    let id = bob;
+    let mut conn = w
+        .redis
+        .conn_for_key(key("multi", "mixed", id, "0fw"))
+        .await?;
     let fw = r_get(&mut conn, &key("multi", "mixed", id, "0fw")).await?;
     assert_eq!(fw.as_deref(), Some("8"), "fixed_window counter");
     let (c, prev): (Option<f64>, Option<f64>) = redis::cmd("HMGET")
@@ -347,6 +375,8 @@ rules:
     assert_eq!(charged, 8.0, "gcra charged units (tat {tat}, now {now_ms})");
     Ok(())
 }
+
+on_every_backend!(several_limits_are_all_or_nothing);
 
 async fn r_get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<Option<String>> {
     Ok(redis::cmd("GET").arg(key).query_async(conn).await?)

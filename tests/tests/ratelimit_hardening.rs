@@ -5,12 +5,17 @@
 //!   its token claims.
 //! - An acquire whose answer never reached the client (Redis stalled past the command timeout)
 //!   leaves no holder behind once Redis runs it late: locks and concurrency leases.
+//!
+//! The first group runs on a standalone Redis and on a three-primary cluster; the stalls stop
+//! one server and stay standalone.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use patternd_e2e::{RedisServer, World, eventually, metric_value, redis_now_ms, scan_names};
+use patternd_e2e::{
+    Backend, RedisServer, World, eventually, metric_value, on_every_backend, redis_now_ms,
+};
 use serde_json::{Value, json};
 
 const POLICY: &str = "app: hard
@@ -37,9 +42,9 @@ const TRILLION: u64 = 1_000_000_000_000;
 /// The keys Redis holds for one id of one rule (found by SCAN, so the test does not depend on
 /// the algorithm codes in key names).
 async fn keys_of(w: &World, pattern: &str, rule: &str, id: &str) -> Result<Vec<String>> {
-    let mut conn = w.redis.conn().await?;
     let prefix = format!("hard:{pattern}:{rule}:{{{id}}}:");
-    Ok(scan_names(&mut conn)
+    Ok(w.redis
+        .scan_names()
         .await?
         .into_iter()
         .filter(|k| k.starts_with(&prefix))
@@ -48,8 +53,8 @@ async fn keys_of(w: &World, pattern: &str, rule: &str, id: &str) -> Result<Vec<S
 
 /// The one sorted set among `keys` (the log or the leases), with its size and memory.
 async fn zset_stats(w: &World, keys: &[String]) -> Result<(String, u64, u64)> {
-    let mut conn = w.redis.conn().await?;
     for k in keys {
+        let mut conn = w.redis.conn_for_key(k).await?;
         let t: String = redis::cmd("TYPE").arg(k).query_async(&mut conn).await?;
         if t == "zset" {
             let n: u64 = redis::cmd("ZCARD").arg(k).query_async(&mut conn).await?;
@@ -64,9 +69,8 @@ async fn zset_stats(w: &World, keys: &[String]) -> Result<(String, u64, u64)> {
     anyhow::bail!("no sorted set among {keys:?}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_costly_sliding_log_request_is_one_entry() -> Result<()> {
-    let w = World::start(&[("hard.yaml", POLICY)], &[]).await?;
+async fn a_costly_sliding_log_request_is_one_entry(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("hard.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let r = p.check("hard", "log", "big", MILLION).await?;
     assert_eq!(
@@ -93,9 +97,10 @@ async fn a_costly_sliding_log_request_is_one_entry() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_costly_lease_is_one_entry_and_a_forged_cost_frees_nothing() -> Result<()> {
-    let w = World::start(&[("hard.yaml", POLICY)], &[]).await?;
+on_every_backend!(a_costly_sliding_log_request_is_one_entry);
+
+async fn a_costly_lease_is_one_entry_and_a_forged_cost_frees_nothing(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("hard.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let r = p.check("hard", "held", "w", MILLION).await?;
     assert_eq!(
@@ -141,9 +146,10 @@ async fn a_costly_lease_is_one_entry_and_a_forged_cost_frees_nothing() -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn weighted_log_retry_after_is_exact() -> Result<()> {
-    let w = World::start(&[("hard.yaml", POLICY)], &[]).await?;
+on_every_backend!(a_costly_lease_is_one_entry_and_a_forged_cost_frees_nothing);
+
+async fn weighted_log_retry_after_is_exact(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("hard.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let window = 3000.0;
     assert_eq!(p.check("hard", "small-log", "u", 3).await?.status, 200);
@@ -154,7 +160,7 @@ async fn weighted_log_retry_after_is_exact() -> Result<()> {
     let keys = keys_of(&w, "ratelimit", "small-log", "u").await?;
     let (key, entries, _) = zset_stats(&w, &keys).await?;
     assert_eq!(entries, 2, "{key}");
-    let mut conn = w.redis.conn().await?;
+    let mut conn = w.redis.conn_for_key(&key).await?;
     let scored: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(&key)
         .arg(0)
@@ -167,9 +173,9 @@ async fn weighted_log_retry_after_is_exact() -> Result<()> {
     // Cost 5 needs 2 units back: the first request (3) leaving is enough. Cost 7 needs 4:
     // the second must leave too. The script's clock is between the two TIME reads.
     for (cost, leaves) in [(5, first), (7, second)] {
-        let before = redis_now_ms(&mut w.redis.conn().await?).await?;
+        let before = redis_now_ms(&mut conn).await?;
         let r = p.check("hard", "small-log", "u", cost).await?;
-        let after = redis_now_ms(&mut w.redis.conn().await?).await?;
+        let after = redis_now_ms(&mut conn).await?;
         assert_eq!((r.status, r.remaining()), (429, 3), "{r:?}");
         let retry = r.u64_field("retry_after_ms") as f64;
         let (lo, hi) = (leaves + window - after, leaves + window - before);
@@ -192,9 +198,10 @@ async fn weighted_log_retry_after_is_exact() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn expired_entries_never_count_however_many_left_at_once() -> Result<()> {
-    let w = World::start(&[("hard.yaml", POLICY)], &[]).await?;
+on_every_backend!(weighted_log_retry_after_is_exact);
+
+async fn expired_entries_never_count_however_many_left_at_once(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("hard.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     for _ in 0..300 {
         assert_eq!(p.check("hard", "churn", "c", 1).await?.status, 200);
@@ -203,7 +210,7 @@ async fn expired_entries_never_count_however_many_left_at_once() -> Result<()> {
     let keys = keys_of(&w, "ratelimit", "churn", "c").await?;
     let (key, entries, _) = zset_stats(&w, &keys).await?;
     assert_eq!(entries, 300, "{key}");
-    let mut conn = w.redis.conn().await?;
+    let mut conn = w.redis.conn_for_key(&key).await?;
     let newest: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(&key)
         .arg(-1)
@@ -212,7 +219,8 @@ async fn expired_entries_never_count_however_many_left_at_once() -> Result<()> {
         .query_async(&mut conn)
         .await?;
     eventually(Duration::from_secs(10), "the burst to leave", || async {
-        Ok((redis_now_ms(&mut w.redis.conn().await?).await? > newest[0].1 + 1100.0).then_some(()))
+        let now = redis_now_ms(&mut w.redis.conn_for_key(&key).await?).await?;
+        Ok((now > newest[0].1 + 1100.0).then_some(()))
     })
     .await?;
     // However the cleanup is spread over calls, none of the old entries counts.
@@ -224,6 +232,8 @@ async fn expired_entries_never_count_however_many_left_at_once() -> Result<()> {
     assert_eq!(n, 5, "expired entries are removed");
     Ok(())
 }
+
+on_every_backend!(expired_entries_never_count_however_many_left_at_once);
 
 // ---------------------------------------------------------------------------------------------
 // Redis stalling mid-acquire
@@ -274,7 +284,7 @@ impl Stall {
 const POOL: &[&str] = &["--redis-pool", "4"];
 
 async fn zcard(w: &World, key: &str) -> Result<u64> {
-    let mut conn = w.redis.conn().await?;
+    let mut conn = w.redis.conn_for_key(key).await?;
     Ok(redis::cmd("ZCARD").arg(key).query_async(&mut conn).await?)
 }
 
@@ -282,7 +292,7 @@ async fn zcard(w: &World, key: &str) -> Result<u64> {
 async fn a_lock_acquired_during_a_stall_is_not_orphaned() -> Result<()> {
     let w = World::start(&[("hard.yaml", POLICY)], POOL).await?;
     let p = &w.patternd;
-    let stall = Stall::of(&w.redis).await?;
+    let stall = Stall::of(w.redis.server()?).await?;
     for (rule, permits) in [("mutex", 1), ("pair", 2)] {
         let path = format!("/v1/locks/hard/{rule}/printer");
         // The semaphore keeps one permit held by a live holder throughout.
@@ -345,7 +355,7 @@ async fn lost_grants_released(w: &World, pattern: &str) -> Result<f64> {
 async fn a_lease_granted_during_a_stall_is_not_orphaned() -> Result<()> {
     let w = World::start(&[("hard.yaml", POLICY)], POOL).await?;
     let p = &w.patternd;
-    let stall = Stall::of(&w.redis).await?;
+    let stall = Stall::of(w.redis.server()?).await?;
     for (rule, status) in [("one", 429), ("one-open", 200)] {
         stall.pause()?;
         let r = p.check("hard", rule, "job", 1).await;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
-use patternd_e2e::{World, scan_all};
+use patternd_e2e::{Backend, World, on_every_backend};
 
 const POLICY: &str = "app: hyg
 rules:
@@ -102,9 +102,8 @@ fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     (close > open + 1).then(|| &key[open + 1..close])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids() -> Result<()> {
-    let w = World::start(&[("hyg.yaml", POLICY)], &[]).await?;
+async fn every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("hyg.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let ids = hostile_ids();
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len());
@@ -128,8 +127,8 @@ async fn every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids() -> Resu
         );
     }
 
-    let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
+    let mut nodes = w.redis.nodes().await?;
+    let keys = w.redis.scan_all().await?;
     let mut expected = BTreeMap::new();
     for id in &ids {
         for (rule, subs) in RULES {
@@ -179,17 +178,27 @@ async fn every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids() -> Resu
             "{shown:?}"
         );
         // TTL on everything.
-        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(nodes.conn(key)?)
+            .await?;
         assert!(pttl > 0, "key without expiry (PTTL {pttl}): {shown:?}");
     }
+    // The hostile ids spread over every primary of a cluster.
+    let used: BTreeSet<u16> = keys
+        .iter()
+        .map(|k| nodes.port_of(k))
+        .collect::<Result<_>>()?;
+    assert_eq!(used.len(), nodes.len(), "keys on {used:?}");
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn releasing_and_denying_keep_ttls() -> Result<()> {
+on_every_backend!(every_key_has_ttl_namespace_and_hash_tag_even_for_hostile_ids);
+
+async fn releasing_and_denying_keep_ttls(b: Backend) -> Result<()> {
     // Denials and lease releases also touch keys; none of those paths may leave a key
     // without an expiry (or create one).
-    let w = World::start(&[("hyg.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("hyg.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     for (rule, _) in RULES {
         for _ in 0..8 {
@@ -213,8 +222,8 @@ async fn releasing_and_denying_keep_ttls() -> Result<()> {
         p.check("hyg", rule, "ghost", 0).await?;
     }
 
-    let mut conn = w.redis.conn().await?;
-    let keys = scan_all(&mut conn).await?;
+    let mut nodes = w.redis.nodes().await?;
+    let keys = w.redis.scan_all().await?;
     assert_eq!(
         keys.len(),
         // Each rule's keys for `deny-me` (10), and the concurrency rule's two for `lessee`.
@@ -227,8 +236,13 @@ async fn releasing_and_denying_keep_ttls() -> Result<()> {
     for key in &keys {
         let shown = String::from_utf8_lossy(key);
         assert!(!shown.contains("ghost"), "a cost-0 query wrote {shown:?}");
-        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(nodes.conn(key)?)
+            .await?;
         assert!(pttl > 0, "key without expiry (PTTL {pttl}): {shown:?}");
     }
     Ok(())
 }
+
+on_every_backend!(releasing_and_denying_keep_ttls);

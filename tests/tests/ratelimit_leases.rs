@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use patternd_e2e::{World, eventually};
+use patternd_e2e::{Backend, World, eventually, on_every_backend};
 use serde_json::json;
 
 const POLICY: &str = "app: cc
@@ -16,9 +16,8 @@ rules:
     rate_limit: { algorithm: fixed_window, limit: 3, window: 1h }
 ";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn acquire_release_and_double_release() -> Result<()> {
-    let w = World::start(&[("cc.yaml", POLICY)], &[]).await?;
+async fn acquire_release_and_double_release(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("cc.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let mut leases = Vec::new();
     for remaining in [2, 1, 0] {
@@ -68,9 +67,10 @@ async fn acquire_release_and_double_release() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn leases_with_cost_and_bad_leases() -> Result<()> {
-    let w = World::start(&[("cc.yaml", POLICY)], &[]).await?;
+on_every_backend!(acquire_release_and_double_release);
+
+async fn leases_with_cost_and_bad_leases(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("cc.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
 
     // A lease of cost 2 holds two slots and frees both.
@@ -116,9 +116,10 @@ async fn leases_with_cost_and_bad_leases() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cost_zero_query_holds_nothing() -> Result<()> {
-    let w = World::start(&[("cc.yaml", POLICY)], &[]).await?;
+on_every_backend!(leases_with_cost_and_bad_leases);
+
+async fn a_cost_zero_query_holds_nothing(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("cc.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let r = p.check("cc", "jobs", "q", 0).await?;
     assert_eq!((r.status, r.remaining()), (200, 3), "{r:?}");
@@ -130,9 +131,10 @@ async fn a_cost_zero_query_holds_nothing() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unreleased_lease_expires() -> Result<()> {
-    let w = World::start(&[("cc.yaml", POLICY)], &[]).await?;
+on_every_backend!(a_cost_zero_query_holds_nothing);
+
+async fn an_unreleased_lease_expires(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("cc.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let r = p.check("cc", "short", "crashy", 1).await?;
     assert_eq!(r.status, 200, "{r:?}");
@@ -156,6 +158,8 @@ async fn an_unreleased_lease_expires() -> Result<()> {
     assert_eq!(r.json, json!({"released": false}), "{r:?}");
     Ok(())
 }
+
+on_every_backend!(an_unreleased_lease_expires);
 
 /// Percent-encodes a path segment (only what the bad leases above need).
 fn urlencode(s: &str) -> String {

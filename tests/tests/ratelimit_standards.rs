@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
-    Patternd, RedisServer, Reply, TempDir, World, burst, eventually, policy_dir, redis_now_ms,
-    scan_names,
+    Backend, Patternd, Reply, TempDir, World, burst, eventually, on_every_backend, policy_dir,
+    redis_now_ms,
 };
 use serde_json::json;
 use sfv::{BareItem, List, ListEntry, Parser};
@@ -203,10 +203,10 @@ async fn obedient_client(p: &Patternd, rule: &str, id: &str, span: Duration) -> 
     Ok((allowed, denied))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bucket_policies_advertise_the_sustained_rate_and_paced_clients_are_never_denied()
--> Result<()> {
-    let w = World::start(&[("std.yaml", BUCKETS)], &["--redis-timeout", "10s"]).await?;
+async fn bucket_policies_advertise_the_sustained_rate_and_paced_clients_are_never_denied(
+    b: Backend,
+) -> Result<()> {
+    let w = World::on(b, &[("std.yaml", BUCKETS)], &["--redis-timeout", "10s"]).await?;
     let p = &w.patternd;
     for rule in ["tb", "gc"] {
         let r = p.check("std", rule, "look", 1).await?;
@@ -268,19 +268,20 @@ async fn bucket_policies_advertise_the_sustained_rate_and_paced_clients_are_neve
     Ok(())
 }
 
+on_every_backend!(bucket_policies_advertise_the_sustained_rate_and_paced_clients_are_never_denied);
+
 // ---------------------------------------------------------------------------------------------
 // Item 2: shadow rules
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shadow_rules_send_no_ratelimit_fields() -> Result<()> {
+async fn shadow_rules_send_no_ratelimit_fields(b: Backend) -> Result<()> {
     let yaml = "app: sh
 rules:
   trial: { rate_limit: { algorithm: fixed_window, limit: 2, window: 1h, shadow: true } }
   trial-tb: { rate_limit: { algorithm: token_bucket, limit: 1, window: 1h, burst: 2, shadow: true } }
   real: { rate_limit: { algorithm: fixed_window, limit: 2, window: 1h } }
 ";
-    let w = World::start(&[("sh.yaml", yaml)], &[]).await?;
+    let w = World::on(b, &[("sh.yaml", yaml)], &[]).await?;
     let p = &w.patternd;
     for rule in ["trial", "trial-tb"] {
         for i in 0..4 {
@@ -302,17 +303,18 @@ rules:
     Ok(())
 }
 
+on_every_backend!(shadow_rules_send_no_ratelimit_fields);
+
 // ---------------------------------------------------------------------------------------------
 // Item 3: sliding_window's reset
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sliding_window_reset_never_exceeds_the_window() -> Result<()> {
+async fn sliding_window_reset_never_exceeds_the_window(b: Backend) -> Result<()> {
     let yaml = "app: sw
 rules:
   api: { rate_limit: { algorithm: sliding_window, limit: 100, window: 60s } }
 ";
-    let w = World::start(&[("sw.yaml", yaml)], &[]).await?;
+    let w = World::on(b, &[("sw.yaml", yaml)], &[]).await?;
     let p = &w.patternd;
     let r = p.check("sw", "api", "u", 0).await?;
     let (_, sl) = check_fields(&r)?;
@@ -333,6 +335,8 @@ rules:
     Ok(())
 }
 
+on_every_backend!(sliding_window_reset_never_exceeds_the_window);
+
 // ---------------------------------------------------------------------------------------------
 // Item 5: a fixed-window counter without TTL
 // ---------------------------------------------------------------------------------------------
@@ -341,17 +345,19 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Result
     Ok(redis::cmd("PTTL").arg(key).query_async(conn).await?)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_fixed_window_counter_that_lost_its_ttl_gets_it_back_when_denying() -> Result<()> {
+async fn a_fixed_window_counter_that_lost_its_ttl_gets_it_back_when_denying(
+    b: Backend,
+) -> Result<()> {
     let yaml = "app: fw
 rules:
   w: { rate_limit: { algorithm: fixed_window, limit: 3, window: 2s } }
   pair: { rate_limit: { limits: [ { algorithm: fixed_window, limit: 3, window: 2s }, { algorithm: fixed_window, limit: 1, window: 1h } ] } }
 ";
-    let w = World::start(&[("fw.yaml", yaml)], &[]).await?;
+    let w = World::on(b, &[("fw.yaml", yaml)], &[]).await?;
     let p = &w.patternd;
-    let mut conn = w.redis.conn().await?;
     let key = "fw:ratelimit:w:{u}:0fw";
+    let mut conn = w.redis.conn_for_key(key).await?;
+    // u, v and x are on three primaries of a cluster.
     for _ in 0..3 {
         assert_eq!(p.check("fw", "w", "u", 1).await?.status, 200);
     }
@@ -372,6 +378,7 @@ rules:
     // A counter that never had one (written by hand, or by an old script) is repaired too,
     // also on a cost-0 query and when another limit of the rule is the one denying.
     let fresh = "fw:ratelimit:w:{v}:0fw";
+    let mut conn = w.redis.conn_for_key(fresh).await?;
     let _: () = redis::cmd("SET")
         .arg(fresh)
         .arg(3)
@@ -381,6 +388,7 @@ rules:
     assert!(pttl(&mut conn, fresh).await? > 0);
     assert_eq!(p.check("fw", "pair", "x", 1).await?.status, 200);
     let first = "fw:ratelimit:pair:{x}:0fw";
+    let mut conn = w.redis.conn_for_key(first).await?;
     let persisted: i64 = redis::cmd("PERSIST")
         .arg(first)
         .query_async(&mut conn)
@@ -398,14 +406,15 @@ rules:
     Ok(())
 }
 
+on_every_backend!(a_fixed_window_counter_that_lost_its_ttl_gets_it_back_when_denying);
+
 // ---------------------------------------------------------------------------------------------
 // Item 6: Redis TIME going backwards
 // ---------------------------------------------------------------------------------------------
 
 /// The state of a clock 5 minutes ahead, written as the scripts write it: to the scripts
 /// (which read Redis TIME), Redis' clock has gone back 5 minutes since it was written.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_clock_that_went_backwards_lets_no_burst_through() -> Result<()> {
+async fn a_clock_that_went_backwards_lets_no_burst_through(b: Backend) -> Result<()> {
     let yaml = "app: clk
 rules:
   sw: { rate_limit: { algorithm: sliding_window, limit: 10, window: 1m } }
@@ -413,9 +422,10 @@ rules:
   tb: { rate_limit: { algorithm: token_bucket, limit: 10, window: 1m } }
   gc: { rate_limit: { algorithm: gcra, limit: 10, window: 1m } }
 ";
-    let w = World::start(&[("clk.yaml", yaml)], &[]).await?;
+    let w = World::on(b, &[("clk.yaml", yaml)], &[]).await?;
     let p = &w.patternd;
-    let mut conn = w.redis.conn().await?;
+    // Every key below is `a`'s, in one slot.
+    let mut conn = w.redis.conn_for_key("{a}").await?;
     let window = 60_000.0;
     let ahead = redis_now_ms(&mut conn).await? + 300_000.0;
     let future_window = (ahead / window).floor();
@@ -470,6 +480,8 @@ rules:
     Ok(())
 }
 
+on_every_backend!(a_clock_that_went_backwards_lets_no_burst_through);
+
 // ---------------------------------------------------------------------------------------------
 // Item 7: a plugin naming one key suffix twice
 // ---------------------------------------------------------------------------------------------
@@ -486,8 +498,9 @@ end
 return { init = init, rate_limit = rate_limit }
 ";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm() -> Result<()> {
+async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm(
+    b: Backend,
+) -> Result<()> {
     let plugins = TempDir::new("dup")?;
     plugins.write("dup.lua", DUP_PLUGIN)?;
     let pairs = [
@@ -504,10 +517,9 @@ async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm()
             "  fb{i}:\n    rate_limit:\n      plugin: {{ name: dup, config: {{ first: {a}, second: {b} }} }}\n      fallback: {{ algorithm: fixed_window, limit: 3, window: 1h }}\n  bare{i}:\n    rate_limit: {{ plugin: {{ name: dup, config: {{ first: {a}, second: {b} }} }} }}\n"
         ));
     }
-    let redis = RedisServer::start()?;
     let policies = policy_dir(&[("dup.yaml", &yaml)])?;
     let dir = plugins.path().to_string_lossy().to_string();
-    let p = Patternd::start(&redis.url(), policies.path(), &["--plugins", &dir]).await?;
+    let p = Patternd::start(&b.url(), policies.path(), &["--plugins", &dir]).await?;
     for (i, pair) in pairs.iter().enumerate() {
         // With a fallback: the fallback decides, and says so.
         for left in [2, 1, 0] {
@@ -521,12 +533,13 @@ async fn a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm()
         assert!(r.detail().contains("plugin failed"), "{r:?}");
     }
     // The plugin's keys were never touched.
-    let mut conn = redis.conn().await?;
-    let keys: Vec<String> = scan_names(&mut conn).await?;
+    let keys: Vec<String> = b.scan_names().await?;
     assert!(keys.iter().all(|k| !k.contains(":p.x.")), "{keys:?}");
     drop(p);
     Ok(())
 }
+
+on_every_backend!(a_plugin_naming_a_key_suffix_twice_fails_the_call_for_every_algorithm);
 
 // ---------------------------------------------------------------------------------------------
 // Item 8: window roll-over against a reference model on Redis' clock
@@ -1081,12 +1094,13 @@ impl Run<'_> {
     }
 }
 
-async fn roll_over(p: &Patternd, redis: &RedisServer, case: &Case) -> Result<(u64, u64)> {
+async fn roll_over(p: &Patternd, redis: &Backend, case: &Case) -> Result<(u64, u64)> {
     let (limit, window, burst) = (case.limit as f64, case.window_ms as f64, case.burst as f64);
     let model = Model::new(case.algorithm, limit, window, burst);
     let mut run = Run {
         p,
-        conn: redis.conn().await?,
+        // Only for TIME: any node's clock is the machine's.
+        conn: redis.conn_for_key(case.rule).await?,
         case,
         permissive: model.clone(),
         strict: model,
@@ -1127,14 +1141,13 @@ async fn roll_over(p: &Patternd, redis: &RedisServer, case: &Case) -> Result<(u6
     Ok((run.decisions, run.exact))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn window_roll_over_matches_the_model_on_redis_time() -> Result<()> {
+async fn window_roll_over_matches_the_model_on_redis_time(b: Backend) -> Result<()> {
     let mut yaml = String::from("app: roll\nrules:\n");
     for case in CASES {
         yaml.push_str(&case.yaml());
     }
     // A loaded machine must not turn a decision into a degraded one.
-    let w = World::start(&[("roll.yaml", &yaml)], &["--redis-timeout", "10s"]).await?;
+    let w = World::on(b, &[("roll.yaml", &yaml)], &["--redis-timeout", "10s"]).await?;
     // All at once: every case runs for several of its windows; the checks are sound however
     // loaded the machine is (only the brackets get wider), and the test takes as long as the
     // slowest case.
@@ -1150,3 +1163,5 @@ async fn window_roll_over_matches_the_model_on_redis_time() -> Result<()> {
     }
     Ok(())
 }
+
+on_every_backend!(window_roll_over_matches_the_model_on_redis_time);

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use patternd_e2e::{Patternd, PluginWorld, TempDir, burst, count, plugins_from_dist};
+use patternd_e2e::{
+    Backend, Patternd, PluginWorld, TempDir, burst, count, on_every_backend, plugins_from_dist,
+};
 use serde_json::json;
 
 const TIERED: &str = "app: w
@@ -42,9 +44,13 @@ async fn tier(
     p.send(req).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tiered_limits_component_decides_per_tier() -> Result<()> {
-    let w = start(TIERED, plugins_from_dist(&["tiered-limits.wasm"])?).await?;
+async fn tiered_limits_component_decides_per_tier(b: Backend) -> Result<()> {
+    let w = PluginWorld::on(
+        b,
+        &[("w.yaml", TIERED)],
+        plugins_from_dist(&["tiered-limits.wasm"])?,
+    )
+    .await?;
     let p = &w.patternd;
     for (t, left) in [(Some("free"), 1), (None, 0)] {
         let r = tier(p, "tiered", "u", t).await?;
@@ -83,6 +89,8 @@ async fn tiered_limits_component_decides_per_tier() -> Result<()> {
     assert_eq!(ok, 5);
     Ok(())
 }
+
+on_every_backend!(tiered_limits_component_decides_per_tier);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_components_fail_one_call_each() -> Result<()> {
