@@ -40,7 +40,10 @@ impl Cluster {
     }
 
     fn pids(&self) -> Vec<String> {
-        self.nodes.iter().map(|(g, _)| g.pid().to_string()).collect()
+        self.nodes
+            .iter()
+            .map(|(g, _)| g.pid().to_string())
+            .collect()
     }
 }
 
@@ -70,7 +73,11 @@ pub async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
             .arg("--dir")
             .arg(&node_dir)
             .args(["--logfile", ""]);
-        let guard = ChildGuard::spawn("redis-server (cluster)", &mut cmd, node_dir.join("redis.log"))?;
+        let guard = ChildGuard::spawn(
+            "redis-server (cluster)",
+            &mut cmd,
+            node_dir.join("redis.log"),
+        )?;
         nodes.push((guard, port));
     }
     for (g, p) in &mut nodes {
@@ -96,7 +103,10 @@ pub async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{p}/"))?;
         loop {
             let mut c = client.get_multiplexed_async_connection().await?;
-            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await?;
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut c)
+                .await?;
             if info.contains("cluster_state:ok") {
                 break;
             }
@@ -115,7 +125,10 @@ async fn wait_ping(guard: &mut ChildGuard, port: u16) -> anyhow::Result<()> {
     loop {
         guard.check_alive()?;
         if let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+            && redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
         {
             return Ok(());
         }
@@ -135,7 +148,9 @@ pub struct Pair {
 
 impl Pair {
     pub fn cpu_ratio(&self) -> f64 {
-        let s = self.standalone.per_decision_us(self.standalone.cpu.patternd);
+        let s = self
+            .standalone
+            .per_decision_us(self.standalone.cpu.patternd);
         let c = self.cluster.per_decision_us(self.cluster.cpu.patternd);
         c / s
     }
@@ -166,7 +181,9 @@ impl Pair {
     }
 
     pub fn errors(&self) -> f64 {
-        self.standalone.error_share().max(self.cluster.error_share())
+        self.standalone
+            .error_share()
+            .max(self.cluster.error_share())
     }
 }
 
@@ -207,9 +224,12 @@ pub async fn run(
     engine.guard.check_alive()?;
     if cache {
         eprintln!("[cluster] filling the cluster engine's cache …");
-        tokio::time::timeout(patterns::SETUP_TIMEOUT, patterns::fill_cache(engine.addr, "item"))
-            .await
-            .context("filling the cluster's cache took too long")??;
+        tokio::time::timeout(
+            patterns::SETUP_TIMEOUT,
+            patterns::fill_cache(engine.addr, "item"),
+        )
+        .await
+        .context("filling the cluster's cache took too long")??;
         let get = |addr: SocketAddr| {
             Target::new(addr, &format!("/v1/cache/{}/item/", patterns::APP))
                 .map(|t| t.with_shape(load::Shape::GetId))
@@ -249,7 +269,11 @@ async fn compare(
         eprintln!(
             "[cluster] {what}: round {} of 4 ({}) …",
             i + 1,
-            if cluster_turn { "cluster" } else { "standalone" }
+            if cluster_turn {
+                "cluster"
+            } else {
+                "standalone"
+            }
         );
         let m = measure::http(target.clone(), args, half, pids).await?;
         let slot = if cluster_turn { &mut c } else { &mut s };

@@ -44,7 +44,12 @@ async fn until_near(p: &Patternd, path: &str, want: &str) -> Result<()> {
 async fn until_text(p: &Patternd, path: &str, want: &str) -> Result<()> {
     eventually(WAIT, "the new value", || async {
         let r = p.get(path).await?;
-        ensure!(r.status == 200 && r.text == want, "{path}: {} {}", r.status, r.text);
+        ensure!(
+            r.status == 200 && r.text == want,
+            "{path}: {} {}",
+            r.status,
+            r.text
+        );
         Ok(Some(()))
     })
     .await
@@ -64,7 +69,9 @@ async fn put(p: &Patternd, id: &str, body: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn near_copies_on_every_primary_follow_writes_and_a_failover() -> Result<()> {
+    let t0 = std::time::Instant::now();
     let cluster = RedisCluster::start(ClusterOptions { replicas: true })?;
+    eprintln!("cluster started in {:?}", t0.elapsed());
     let origin = Origin::start().await?;
     let dir = policy_dir(&[("nc.yaml", &POLICY.replace("ORIGIN", &origin.template()))])?;
     let a = Patternd::start(&cluster.url(), dir.path(), &[]).await?;
@@ -75,6 +82,7 @@ async fn near_copies_on_every_primary_follow_writes_and_a_failover() -> Result<(
         origin.set(id, "text/plain", b"v1", &[]);
         until_near(&a, &format!("/v1/cache/nc/product/{id}"), "v1").await?;
     }
+    eprintln!("near copies on every primary at {:?}", t0.elapsed());
     // A write through engine B, on each primary, reaches A's near copy.
     for id in &ids {
         put(&b, id, "v2").await?;
@@ -92,6 +100,7 @@ async fn near_copies_on_every_primary_follow_writes_and_a_failover() -> Result<(
     })
     .await?;
     let promoted = promoted?;
+    eprintln!("failover done at {:?}", t0.elapsed());
     let path = format!("/v1/cache/nc/product/{}", ids[0]);
     // The near cache comes back on the new primaries (what the replica had is what counts:
     // a write the dead primary had not replicated may be gone, so write afresh first)…
@@ -101,7 +110,10 @@ async fn near_copies_on_every_primary_follow_writes_and_a_failover() -> Result<(
     put(&b, &ids[0], "v4").await?;
     until_text(&a, &path, "v4").await?;
     ensure!(
-        cluster.owner_of_key(cache_keys::key("nc", "product", &ids[0], "v"))?.port == promoted.port,
+        cluster
+            .owner_of_key(cache_keys::key("nc", "product", &ids[0], "v"))?
+            .port
+            == promoted.port,
         "the id's slot moved to the promoted replica"
     );
     ensure!(

@@ -88,7 +88,11 @@ async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does
     }
     // A cache write is refused the same way (it is applied on the primary, not confirmed).
     let put = pd
-        .put_with("/v1/cache/dur/profile/7", r#"{"name":"Ada"}"#, &[("content-type", "application/json")])
+        .put_with(
+            "/v1/cache/dur/profile/7",
+            r#"{"name":"Ada"}"#,
+            &[("content-type", "application/json")],
+        )
         .await?;
     ensure!(put.status == 503, "{} {}", put.status, put.text);
     ensure!(
@@ -115,9 +119,18 @@ async fn a_grant_is_answered_once_a_replica_has_it_and_taken_back_when_none_does
     );
     // A cache write is acknowledged once the replica has it.
     let put = pd
-        .put_with("/v1/cache/dur/profile/8", r#"{"name":"Ada"}"#, &[("content-type", "application/json")])
+        .put_with(
+            "/v1/cache/dur/profile/8",
+            r#"{"name":"Ada"}"#,
+            &[("content-type", "application/json")],
+        )
         .await?;
-    ensure!((200..300).contains(&put.status), "{} {}", put.status, put.text);
+    ensure!(
+        (200..300).contains(&put.status),
+        "{} {}",
+        put.status,
+        put.text
+    );
     // Extending it waits for the replica too.
     let token = r.json["token"].as_str().unwrap_or_default().to_owned();
     let r = pd

@@ -542,7 +542,9 @@ impl CacheRule {
             .eval_pinned(&pin, store.command_timeout(), script, keys, args)
             .await?;
         let first = keys.first().map(String::as_str).unwrap_or_default();
-        store.wait_replicas(&pin, first, d.replicas, d.timeout).await?;
+        store
+            .wait_replicas(&pin, first, d.replicas, d.timeout)
+            .await?;
         Ok(raw)
     }
 
