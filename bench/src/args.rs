@@ -46,6 +46,7 @@ Scenarios:
   cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
+                         (BENCH_CLUSTER_POOL=N gives the cluster engine --redis-pool N)
 With the defaults, `all` takes about 2 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";

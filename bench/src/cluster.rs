@@ -201,8 +201,13 @@ pub async fn run(
     let cluster_dir = dir.join("cluster");
     std::fs::create_dir_all(&cluster_dir)?;
     let cluster = start_cluster(&cluster_dir).await?;
+    let flags: Vec<String> = match std::env::var("BENCH_CLUSTER_POOL") {
+        Ok(n) => vec!["--redis-pool".into(), n],
+        Err(_) => Vec::new(),
+    };
     let mut engine =
-        procs::start_patternd(bin, &cluster_dir, &cluster.url(), None, extra_rules).await?;
+        procs::start_patternd_with(bin, &cluster_dir, &cluster.url(), None, extra_rules, &flags)
+            .await?;
     let nodes = cluster.pids();
     let cluster_pids = Pids {
         patternd: engine.guard.pid().to_string(),

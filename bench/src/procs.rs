@@ -180,6 +180,18 @@ pub async fn start_patternd(
     plugins: Option<&Path>,
     extra_rules: &str,
 ) -> anyhow::Result<Patternd> {
+    start_patternd_with(bin, dir, redis_url, plugins, extra_rules, &[]).await
+}
+
+/// [`start_patternd`] with more `serve` flags.
+pub async fn start_patternd_with(
+    bin: &Path,
+    dir: &Path,
+    redis_url: &str,
+    plugins: Option<&Path>,
+    extra_rules: &str,
+    flags: &[String],
+) -> anyhow::Result<Patternd> {
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
     fs::write(
@@ -194,7 +206,8 @@ pub async fn start_patternd(
         .arg("--redis")
         .arg(redis_url)
         .arg("--policies")
-        .arg(&policies);
+        .arg(&policies)
+        .args(flags);
     if let Some(plugins) = plugins {
         fs::write(policies.join("plugins.yaml"), crate::plugins::POLICY)?;
         cmd.arg("--plugins").arg(plugins);

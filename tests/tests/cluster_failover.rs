@@ -6,7 +6,8 @@
 //! The test prints what the issue asks to measure (how long decisions on the dead shard were
 //! degraded, how many answers were), but asserts only what must hold whatever the machine's
 //! speed: the other shards were served normally while it was down, and the dead shard's ids
-//! are decided normally again after the promotion. Then every node's script cache is
+//! are decided normally again after the promotion. A lock grant and a write-behind write
+//! acknowledged with `durability` on the dying shard survive the failover. Then every node's script cache is
 //! flushed (what a restarted primary without persistence looks like) and decisions still
 //! work: NOSCRIPT is answered on whichever node lacks the script.
 
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use patternd_e2e::cluster::{ClusterOptions, RedisCluster, key_slot};
-use patternd_e2e::{Patternd, policy_dir};
+use patternd_e2e::origin::Origin;
+use patternd_e2e::{Patternd, cache_keys, policy_dir};
 
 const POLICY: &str = r#"
 app: fo
@@ -25,6 +27,15 @@ rules:
     rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m, on_redis_error: allow }
   order:
     lock: { ttl: 60s, max_wait: 100ms, durability: { replicas: 1, timeout: 1s } }
+  profile:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      write: behind
+      max_attempts: 1000
+      retry_backoff: 100ms
+      origin_timeout: 1s
+      durability: { replicas: 1, timeout: 1s }
 "#;
 
 /// The key of a fixed-window decision for `id` (the key builder's layout).
@@ -45,7 +56,8 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
     let t0 = Instant::now();
     let mut cluster = RedisCluster::start(ClusterOptions { replicas: true })?;
     eprintln!("cluster started in {:?}", t0.elapsed());
-    let dir = policy_dir(&[("fo.yaml", POLICY)])?;
+    let origin = Origin::start().await?;
+    let dir = policy_dir(&[("fo.yaml", &POLICY.replace("ORIGIN", &origin.template()))])?;
     let pd = Patternd::start(&cluster.url(), dir.path(), &["--redis-timeout", "250ms"]).await?;
     eprintln!("patternd ready at {:?}", t0.elapsed());
     let ids = cluster.ids_on_every_primary("u", key_of)?;
@@ -77,7 +89,32 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         pd.log()
     );
 
-    eprintln!("lock granted at {:?}", t0.elapsed());
+    // A write-behind write acknowledged (202, after WAIT) on the same shard while the origin
+    // refuses it: it waits in the shard's journal, which the failover must not lose.
+    let profiles =
+        cluster.ids_on_every_primary("w", |id| cache_keys::key("fo", "profile", id, "v"))?;
+    let profile = profiles
+        .iter()
+        .find(|id| {
+            cluster
+                .owner_of_key(cache_keys::key("fo", "profile", id, "v"))
+                .is_ok_and(|n| n.port == victim.port)
+        })
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no profile id on the victim's shard"))?;
+    origin.fail_writes_with(Some(503));
+    let put = pd
+        .put_with(
+            &format!("/v1/cache/fo/profile/{profile}"),
+            "kept",
+            &[("content-type", "text/plain")],
+        )
+        .await?;
+    ensure!(put.status == 202, "{} {}", put.status, put.text);
+    eprintln!(
+        "lock granted, write-behind acknowledged at {:?}",
+        t0.elapsed()
+    );
     // Load: one client per shard, each deciding its id in a loop.
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -203,6 +240,23 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         again.status,
         again.text
     );
+
+    // The acknowledged write-behind write survived too: once the origin accepts, the flusher
+    // (following the promoted primary) delivers it.
+    origin.fail_writes_with(None);
+    patternd_e2e::eventually(
+        Duration::from_secs(30),
+        "the write-behind delivery",
+        || async {
+            let delivered = origin
+                .writes()
+                .iter()
+                .any(|w| w.id == profile && w.body == b"kept" && w.method == "PUT");
+            ensure!(delivered, "not delivered yet");
+            Ok(Some(()))
+        },
+    )
+    .await?;
 
     // A restarted primary without persistence has no scripts: flush every node's script
     // cache; the next calls answer NOSCRIPT and are sent again with the script's source.
