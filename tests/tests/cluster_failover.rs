@@ -25,8 +25,10 @@ app: fo
 rules:
   api:
     rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m, on_redis_error: allow }
+  # 3 s: a replica counts in WAIT once its primary has its first REPLCONF ACK (sent every
+  # second), a moment after the harness sees its link up.
   order:
-    lock: { ttl: 60s, max_wait: 100ms, durability: { replicas: 1, timeout: 1s } }
+    lock: { ttl: 60s, max_wait: 100ms, durability: { replicas: 1, timeout: 3s } }
   profile:
     cache:
       origin: ORIGIN
@@ -35,7 +37,7 @@ rules:
       max_attempts: 1000
       retry_backoff: 100ms
       origin_timeout: 1s
-      durability: { replicas: 1, timeout: 1s }
+      durability: { replicas: 1, timeout: 3s }
 "#;
 
 /// The key of a fixed-window decision for `id` (the key builder's layout).

@@ -21,7 +21,9 @@ rules:
     cache: { ttl: 1h, durability: { replicas: 1, timeout: 200ms } }
 "#;
 
-/// A replica of `primary`, caught up (its link is up).
+/// A replica of `primary` that acknowledges writes: the primary counts a replica in `WAIT`
+/// only once it is `online` there (after its first `REPLCONF ACK`), a moment after the
+/// replica's own link says `up`; so the harness waits until a `WAIT` of its own counts it.
 fn replica_of(primary: &RedisServer) -> Result<RedisServer> {
     let port = primary.port();
     let replica = RedisServer::start_in(TempDir::new("replica")?, move |_| {
@@ -31,16 +33,23 @@ fn replica_of(primary: &RedisServer) -> Result<RedisServer> {
             port.to_string(),
         ])
     })?;
+    let mut con = redis::Client::open(primary.url())?.get_connection()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut con = redis::Client::open(replica.url())?.get_connection()?;
-        let info: String = redis::cmd("INFO").arg("replication").query(&mut con)?;
-        if info.contains("master_link_status:up") {
+        let () = redis::cmd("SET")
+            .arg("durability-test:probe")
+            .arg(1)
+            .arg("PX")
+            .arg(10_000)
+            .query(&mut con)?;
+        let acked: i64 = redis::cmd("WAIT").arg(1).arg(100).query(&mut con)?;
+        if acked >= 1 {
             return Ok(replica);
         }
         ensure!(
             Instant::now() < deadline,
-            "the replica did not sync: {info}"
+            "the replica never acknowledged a write\n{}",
+            replica.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
