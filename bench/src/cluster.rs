@@ -81,7 +81,7 @@ pub async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
         nodes.push((guard, port));
     }
     for (g, p) in &mut nodes {
-        wait_ping(g, *p).await?;
+        procs::wait_ping(g, *p).await?;
     }
     let mut create = Command::new("redis-cli");
     create.arg("--cluster").arg("create");
@@ -117,26 +117,6 @@ pub async fn start_cluster(dir: &Path) -> anyhow::Result<Cluster> {
         }
     }
     Ok(Cluster { nodes })
-}
-
-async fn wait_ping(guard: &mut ChildGuard, port: u16) -> anyhow::Result<()> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        guard.check_alive()?;
-        if let Ok(mut c) = client.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("a cluster node did not answer PING:\n{}", guard.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One comparison: the same load against the standalone and the cluster engine.

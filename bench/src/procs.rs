@@ -144,6 +144,12 @@ pub async fn start_redis(dir: &Path) -> anyhow::Result<Redis> {
     .args(["--logfile", ""]);
     let mut guard = ChildGuard::spawn("redis-server", &mut cmd, dir.join("redis.log"))
         .context("is redis-server installed (apt-get install redis-server)?")?;
+    wait_ping(&mut guard, port).await?;
+    Ok(Redis { guard, port })
+}
+
+/// Waits until the redis-server of `guard` answers PING on `port` (10 s at most).
+pub async fn wait_ping(guard: &mut ChildGuard, port: u16) -> anyhow::Result<()> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -154,7 +160,7 @@ pub async fn start_redis(dir: &Path) -> anyhow::Result<Redis> {
                 .await
                 .is_ok()
         {
-            return Ok(Redis { guard, port });
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
