@@ -439,6 +439,25 @@ impl RedisCluster {
         bail!("no ids with prefix {prefix:?} reach every primary")
     }
 
+    /// The first id `{prefix}0`, `{prefix}1`, … whose key (`key_of(id)`) lands on the
+    /// primary at `port`: to put a test's key on the shard it is about to kill.
+    pub fn id_on(
+        &self,
+        prefix: &str,
+        key_of: impl Fn(&str) -> String,
+        port: u16,
+    ) -> Result<String> {
+        let primary = self
+            .primaries()?
+            .into_iter()
+            .find(|p| p.port == port)
+            .ok_or_else(|| anyhow!(":{port} is not a primary"))?;
+        (0..10_000)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| primary.serves(key_slot(key_of(id))))
+            .ok_or_else(|| anyhow!("no id with prefix {prefix:?} lands on :{port}"))
+    }
+
     /// Waits until every running node says `cluster_state:ok` with all 16384 slots served,
     /// every running node reports the same slot owners, every owner is running, and every
     /// running replica's link to its primary is up.

@@ -67,16 +67,7 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
 
     // A lock granted with `durability` on the shard about to die: its replica has it (WAIT,
     // routed to the owning primary over the cluster connection) before the grant is answered.
-    let locks = cluster.ids_on_every_primary("r", |id| format!("fo:lock:order:{{{id}}}:h"))?;
-    let resource = locks
-        .iter()
-        .find(|r| {
-            cluster
-                .owner_of_key(format!("fo:lock:order:{{{r}}}:h"))
-                .is_ok_and(|n| n.port == victim.port)
-        })
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no resource on the victim's shard"))?;
+    let resource = cluster.id_on("r", |id| format!("fo:lock:order:{{{id}}}:h"), victim.port)?;
     let granted = pd
         .post_json(
             &format!("/v1/locks/fo/order/{resource}"),
@@ -93,17 +84,11 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
 
     // A write-behind write acknowledged (202, after WAIT) on the same shard while the origin
     // refuses it: it waits in the shard's journal, which the failover must not lose.
-    let profiles =
-        cluster.ids_on_every_primary("w", |id| cache_keys::key("fo", "profile", id, "v"))?;
-    let profile = profiles
-        .iter()
-        .find(|id| {
-            cluster
-                .owner_of_key(cache_keys::key("fo", "profile", id, "v"))
-                .is_ok_and(|n| n.port == victim.port)
-        })
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no profile id on the victim's shard"))?;
+    let profile = cluster.id_on(
+        "w",
+        |id| cache_keys::key("fo", "profile", id, "v"),
+        victim.port,
+    )?;
     origin.fail_writes_with(Some(503));
     let put = pd
         .put_with(

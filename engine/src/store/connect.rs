@@ -98,15 +98,9 @@ pub enum Endpoint {
 #[derive(Clone)]
 pub struct Cluster {
     pub client: redis::cluster::ClusterClient,
-    /// `redis` or `rediss`.
-    scheme: &'static str,
-    /// `user:password@`, or empty.
-    userinfo: String,
-    /// `?…` of the URL, or empty: given to every node.
-    query: String,
+    /// The URL's parts: what every node's URL is made from.
+    url: ClusterUrl,
     certs: Option<TlsCertificates>,
-    /// The seed nodes (`host`, `port`), in the URL's order.
-    seeds: Vec<(String, u16)>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -182,12 +176,7 @@ impl RedisTarget {
         let (info, certs) = match (&self.endpoint, node) {
             (Endpoint::Single(client), _) => (client.get_connection_info().clone(), None),
             (Endpoint::Cluster(c), Some((host, port))) => {
-                let host = if host.contains(':') && !host.starts_with('[') {
-                    format!("[{host}]")
-                } else {
-                    host.to_owned()
-                };
-                let url = format!("{}://{}{host}:{port}/{}", c.scheme, c.userinfo, c.query);
+                let url = c.url.seed_url(host, port);
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
                     .map_err(url_error)?;
                 (info, c.certs.clone())
@@ -212,7 +201,7 @@ impl RedisTarget {
     pub fn seeds(&self) -> &[(String, u16)] {
         match &self.endpoint {
             Endpoint::Single(_) => &[],
-            Endpoint::Cluster(c) => &c.seeds,
+            Endpoint::Cluster(c) => &c.url.seeds,
         }
     }
 
@@ -319,7 +308,7 @@ fn install_ring() {
 /// client takes one URL per seed node; one string keeps `--redis` (and `PATTERND_REDIS`) a
 /// single value for every deployment, where a separate `--redis-cluster` flag would double
 /// every TLS and ACL option.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct ClusterUrl {
     tls: bool,
     userinfo: String,
@@ -441,11 +430,8 @@ impl ClusterUrl {
         let client = builder.build().map_err(url_error)?;
         Ok(Cluster {
             client,
-            scheme: self.scheme(),
-            userinfo: self.userinfo,
-            query: self.query,
+            url: self,
             certs,
-            seeds: self.seeds,
         })
     }
 }

@@ -178,17 +178,13 @@ pub struct Store {
 
 struct Inner {
     conns: Vec<Conn>,
-    cluster: bool,
     /// The pool of calls followed by `WAIT` (rules with `durability`), made on first use from
     /// `target`. Apart because `WAIT` blocks its connection until the replicas answer, or
     /// its timeout: on the request pool it would hold up every call pipelined behind it.
     durable: std::sync::OnceLock<Vec<Conn>>,
     target: RedisTarget,
-    pool_size: usize,
     next: AtomicUsize,
     timeout: Duration,
-    /// The URL without its password.
-    redacted_url: String,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
     latency: metrics::Histogram,
     breaker: Breaker,
@@ -203,19 +199,15 @@ impl Store {
     pub fn new(cfg: &StoreConfig) -> Result<Self, StoreError> {
         let size = cfg.pool_size.max(1);
         let conns = pool(&cfg.target, size, cfg.command_timeout)?;
-        let cluster = cfg.target.is_cluster();
         Ok(Self {
             inner: Arc::new(Inner {
                 conns,
-                cluster,
                 durable: std::sync::OnceLock::new(),
                 target: cfg.target.clone(),
-                pool_size: size,
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
-                redacted_url: cfg.target.redacted().to_owned(),
                 latency: metrics::histogram!("patternd_redis_seconds"),
-                breaker: Breaker::new(cluster),
+                breaker: Breaker::new(cfg.target.is_cluster()),
                 wrong_type_log: Mutex::new(HashMap::new()),
             }),
         })
@@ -223,17 +215,12 @@ impl Store {
 
     /// The URL without its password, for logs.
     pub fn redacted_url(&self) -> &str {
-        &self.inner.redacted_url
+        self.inner.target.redacted()
     }
 
     /// True while the breaker refuses commands (Redis known to be down).
     pub fn breaker_open(&self) -> bool {
         self.inner.breaker.state() == OPEN
-    }
-
-    /// True when `--redis` names a cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.inner.cluster
     }
 
     fn conn(&self) -> Conn {
@@ -253,7 +240,7 @@ impl Store {
         let conns = match inner.durable.get() {
             Some(c) => c,
             None => {
-                let made = pool(&inner.target, inner.pool_size, inner.timeout)?;
+                let made = pool(&inner.target, inner.conns.len(), inner.timeout)?;
                 inner.durable.get_or_init(|| made)
             }
         };
@@ -280,24 +267,13 @@ impl Store {
             .unwrap_or(u64::MAX)
             .max(1);
         cmd.arg(replicas).arg(timeout_ms);
-        // WAIT itself may take `timeout`; the call's own bound comes on top of it.
+        // WAIT itself may take `timeout`; the call's own bound comes on top of it. On a
+        // cluster the crate would send WAIT to every primary: it must go to the key's.
         let bound = self.inner.timeout + timeout;
-        let acked: i64 = match &pin.conn {
-            Conn::Single(_) => self.run_on(pin.conn.clone(), bound, &cmd).await?,
-            Conn::Cluster(c) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(keys::key_slot(key), SlotAddr::Master),
-                ));
-                let mut c = c.clone();
-                let reply = tokio::time::timeout(bound, c.route_command(cmd, route)).await;
-                let value = match reply {
-                    Err(_) => return Err(StoreError::Timeout(bound)),
-                    Ok(r) => r?,
-                };
-                redis::from_redis_value(value).map_err(|e| StoreError::Redis(e.into()))?
-            }
-        };
+        let slot = keys::key_slot(key);
+        let acked: i64 = self
+            .run_routed(pin.conn.clone(), bound, &cmd, Some(slot))
+            .await?;
         let acked = u32::try_from(acked.max(0)).unwrap_or(u32::MAX);
         if acked < replicas {
             let e = StoreError::NotReplicated {
@@ -326,9 +302,21 @@ impl Store {
     /// it still runs after the acquire it undoes.
     async fn run_on<T: FromRedisValue>(
         &self,
+        conn: Conn,
+        timeout: Duration,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.run_routed(conn, timeout, cmd, None).await
+    }
+
+    /// `run_on`, with the command sent on a cluster to the primary of `slot` rather than
+    /// where the crate would route it (see `Inner::query`).
+    async fn run_routed<T: FromRedisValue>(
+        &self,
         mut conn: Conn,
         timeout: Duration,
         cmd: &redis::Cmd,
+        slot: Option<u16>,
     ) -> Result<T, StoreError> {
         let breaker = &self.inner.breaker;
         if breaker.state() == OPEN {
@@ -336,7 +324,7 @@ impl Store {
             return Err(StoreError::CircuitOpen(breaker.cause()));
         }
         let started = Instant::now();
-        let res = self.inner.query(cmd, &mut conn, timeout).await;
+        let res = self.inner.query(cmd, &mut conn, timeout, slot).await;
         self.inner.latency.record(started.elapsed().as_secs_f64());
         match &res {
             Ok(_) => breaker.on_success(),
@@ -504,15 +492,31 @@ impl Store {
 impl Inner {
     /// One command on one connection, bounded by `timeout`. The breaker is not
     /// consulted: `run` and the probe decide whether to call this.
+    /// `slot`: on a cluster, send `cmd` to that slot's primary (for commands the crate routes
+    /// elsewhere, such as `WAIT`); ignored on one server.
     async fn query<T: FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         conn: &mut Conn,
         timeout: Duration,
+        slot: Option<u16>,
     ) -> Result<T, StoreError> {
-        let reply = match conn {
-            Conn::Single(c) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
-            Conn::Cluster(c) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
+        let reply = match (conn, slot) {
+            (Conn::Single(c), _) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
+            (Conn::Cluster(c), None) => {
+                tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await
+            }
+            (Conn::Cluster(c), Some(slot)) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                tokio::time::timeout(timeout, async {
+                    let value = c.route_command(cmd.clone(), route).await?;
+                    redis::from_redis_value::<T>(value).map_err(redis::RedisError::from)
+                })
+                .await
+            }
         };
         match reply {
             Err(_) => Err(StoreError::Timeout(timeout)),
@@ -528,11 +532,11 @@ impl Inner {
         let ping = redis::cmd("PING");
         for conn in &self.conns {
             let mut conn = conn.clone();
-            let first: Result<String, _> = self.query(&ping, &mut conn, self.timeout).await;
+            let first: Result<String, _> = self.query(&ping, &mut conn, self.timeout, None).await;
             let ok = match first {
                 Ok(_) => true,
                 Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => self
-                    .query::<String>(&ping, &mut conn, self.timeout)
+                    .query::<String>(&ping, &mut conn, self.timeout, None)
                     .await
                     .is_ok(),
                 Err(_) => false,
