@@ -153,7 +153,7 @@ pub struct StoreConfig {
 /// one whose caller gave up waiting (its command still sits in the connection, and Redis runs
 /// it when it gets to it). That is how a grant whose answer was lost is undone after it ran.
 ///
-/// On a cluster, a pinned connection is connection `i` to every primary (`route.rs`), so two
+/// On a cluster, a pinned connection is one fixed connection to each primary (`route.rs`), so two
 /// calls on the same slot keep their order too (until the slot moves, or a redirect sends one
 /// through the crate's cluster client: see docs/cluster.md).
 #[derive(Clone)]
