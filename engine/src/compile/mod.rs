@@ -46,6 +46,7 @@
 //! | `lock extend` | `shared/clock.lua`, `lock/prelude.lua` | `lock/extend.lua` |
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |
 //! | `lock abandon` | `shared/clock.lua`, `lock/prelude.lua` | `lock/abandon.lua` |
+//! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
 //! | `queue push` | `shared/clock.lua`, `queue/prelude.lua` | `queue/push.lua` |
 //! | `queue pop` | `shared/clock.lua`, `queue/prelude.lua` | `queue/pop.lua` |
 //! | `queue ack` | `shared/clock.lua`, `queue/prelude.lua` | `queue/ack.lua` |
@@ -53,7 +54,6 @@
 //! | `queue extend` | `shared/clock.lua`, `queue/prelude.lua` | `queue/extend.lua` |
 //! | `queue dead-list` | `shared/clock.lua`, `queue/prelude.lua` | `queue/dead_list.lua` |
 //! | `queue replay` | `shared/clock.lua`, `queue/prelude.lua` | `queue/replay.lua` |
-//! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
 
 pub mod cache;
 pub mod keys;

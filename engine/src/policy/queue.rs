@@ -114,7 +114,7 @@ impl Validator {
     ) -> Option<Queue> {
         let before = self.error_count();
         let at = loc(path, raw.span());
-        let mut dur = |v: &mut Self, field: &str, d: &Option<Spanned<String>>, default| {
+        let dur = |v: &mut Self, field: &str, d: &Option<Spanned<String>>, default| {
             d.as_ref()
                 .and_then(|d| v.duration(path, field, d))
                 .unwrap_or(default)
