@@ -99,7 +99,9 @@ async fn many_workers_through_three_engines_ack_every_job_once(b: Backend) -> Re
                     let id = text(&job, "id").to_string();
                     {
                         let mut s = seen.lock().await;
-                        let e = s.entry(id.clone()).or_insert((job["payload"]["n"].as_u64().unwrap_or(u64::MAX), 0));
+                        let e = s
+                            .entry(id.clone())
+                            .or_insert((job["payload"]["n"].as_u64().unwrap_or(u64::MAX), 0));
                         e.1 += 1;
                     }
                     let ack = patternd_e2e::send(
@@ -149,7 +151,11 @@ async fn many_workers_through_three_engines_ack_every_job_once(b: Backend) -> Re
     assert!(twice.is_empty(), "jobs delivered more than once: {twice:?}");
     let mut ns: Vec<u64> = seen.values().map(|(n, _)| *n).collect();
     ns.sort_unstable();
-    assert_eq!(ns, (0..JOBS as u64).collect::<Vec<_>>(), "every payload once");
+    assert_eq!(
+        ns,
+        (0..JOBS as u64).collect::<Vec<_>>(),
+        "every payload once"
+    );
     for id in &pushed {
         assert!(seen.contains_key(id), "pushed {id} was never delivered");
     }
@@ -191,20 +197,40 @@ async fn unacked_jobs_return_then_dead_letter_and_replay(b: Backend) -> Result<(
     assert_eq!(again["attempts"], 2);
     assert_ne!(again["receipt"], first[0]["receipt"]);
     let id = text(&again, "id");
-    job_op(p, "flaky", id, "ack", json!({ "receipt": first[0]["receipt"] }))
-        .await?
-        .assert_problem(409);
-    let done = job_op(&second, "flaky", id, "ack", json!({ "receipt": again["receipt"] })).await?;
+    job_op(
+        p,
+        "flaky",
+        id,
+        "ack",
+        json!({ "receipt": first[0]["receipt"] }),
+    )
+    .await?
+    .assert_problem(409);
+    let done = job_op(
+        &second,
+        "flaky",
+        id,
+        "ack",
+        json!({ "receipt": again["receipt"] }),
+    )
+    .await?;
     assert_eq!(done.status, 204, "{done:?}");
 
     // Nobody acks this one: two deliveries, then the dead letters.
-    let dead_id = text(&push(p, "flaky", json!({ "payload": { "job": "b" } })).await?.json, "id")
-        .to_string();
+    let dead_id = text(
+        &push(p, "flaky", json!({ "payload": { "job": "b" } }))
+            .await?
+            .json,
+        "id",
+    )
+    .to_string();
     assert_eq!(text(&pop_one(p, "flaky").await?, "id"), dead_id);
     assert_eq!(text(&pop_one(p, "flaky").await?, "id"), dead_id);
-    eventually(Duration::from_secs(10), "the job in the dead letters", || async {
-        Ok((stats(p, "flaky").await? == (0, 0, 0, 1)).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the job in the dead letters",
+        || async { Ok((stats(p, "flaky").await? == (0, 0, 0, 1)).then_some(())) },
+    )
     .await?;
     let page = p.get("/admin/queues/q/flaky/dead-letters").await?;
     assert_eq!(page.status, 200, "{page:?}");
@@ -232,17 +258,36 @@ async fn unacked_jobs_return_then_dead_letter_and_replay(b: Backend) -> Result<(
 
     // Replay: back to ready with its attempts reset, done by a worker.
     let r = p
-        .post_json("/admin/queues/q/flaky/dead-letters/replay", &json!({ "ids": [dead_id] }))
+        .post_json(
+            "/admin/queues/q/flaky/dead-letters/replay",
+            &json!({ "ids": [dead_id] }),
+        )
         .await?;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json, json!({ "replayed": 1, "not_found": 0, "queue_full": false }));
+    assert_eq!(
+        r.json,
+        json!({ "replayed": 1, "not_found": 0, "queue_full": false })
+    );
     let back = pop_one(&second, "flaky").await?;
-    assert_eq!((text(&back, "id"), back["attempts"].as_u64()), (dead_id.as_str(), Some(1)));
-    let done = job_op(&second, "flaky", &dead_id, "ack", json!({ "receipt": back["receipt"] })).await?;
+    assert_eq!(
+        (text(&back, "id"), back["attempts"].as_u64()),
+        (dead_id.as_str(), Some(1))
+    );
+    let done = job_op(
+        &second,
+        "flaky",
+        &dead_id,
+        "ack",
+        json!({ "receipt": back["receipt"] }),
+    )
+    .await?;
     assert_eq!(done.status, 204, "{done:?}");
     assert_eq!(stats(p, "flaky").await?, (0, 0, 0, 0));
     let r = p
-        .post_json("/admin/queues/q/flaky/dead-letters/replay", &json!({ "ids": [dead_id] }))
+        .post_json(
+            "/admin/queues/q/flaky/dead-letters/replay",
+            &json!({ "ids": [dead_id] }),
+        )
         .await?;
     assert_eq!(r.json["not_found"], 1);
     Ok(())
@@ -276,13 +321,21 @@ async fn delays_and_priorities_order_the_jobs(b: Backend) -> Result<()> {
 
     // Priorities: 9 first, then 5, then the default 0 (oldest first within one).
     for (payload, priority) in [("low-1", 0), ("low-2", 0), ("mid", 5), ("high", 9)] {
-        push(p, "later", json!({ "payload": payload, "priority": priority })).await?;
+        push(
+            p,
+            "later",
+            json!({ "payload": payload, "priority": priority }),
+        )
+        .await?;
     }
     let got: Vec<Value> = jobs(&pop(p, "later", "?count=4").await?)
         .into_iter()
         .map(|j| j["payload"].clone())
         .collect();
-    assert_eq!(got, [json!("high"), json!("mid"), json!("low-1"), json!("low-2")]);
+    assert_eq!(
+        got,
+        [json!("high"), json!("mid"), json!("low-1"), json!("low-2")]
+    );
     Ok(())
 }
 
@@ -292,9 +345,15 @@ async fn dedup_answers_the_first_job(b: Backend) -> Result<()> {
     let w = World::on(b, &[("q.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let one = push(p, "work", json!({ "payload": 1, "dedup_id": "order-1" })).await?;
-    assert_eq!((one.status, &one.json["deduplicated"]), (201, &json!(false)));
+    assert_eq!(
+        (one.status, &one.json["deduplicated"]),
+        (201, &json!(false))
+    );
     let again = push(p, "work", json!({ "payload": 2, "dedup_id": "order-1" })).await?;
-    assert_eq!((again.status, &again.json["deduplicated"]), (200, &json!(true)));
+    assert_eq!(
+        (again.status, &again.json["deduplicated"]),
+        (200, &json!(true))
+    );
     assert_eq!(again.json["id"], one.json["id"]);
     let other = push(p, "work", json!({ "payload": 3, "dedup_id": "order-2" })).await?;
     assert_eq!(other.status, 201);
@@ -330,7 +389,14 @@ async fn nack_retries_with_backoff_then_dead_letters(b: Backend) -> Result<()> {
     for attempt in 1..=3u64 {
         let job = pop_one(p, "retry").await?;
         assert_eq!(job["attempts"], attempt);
-        let r = job_op(p, "retry", text(&job, "id"), "nack", json!({ "receipt": job["receipt"] })).await?;
+        let r = job_op(
+            p,
+            "retry",
+            text(&job, "id"),
+            "nack",
+            json!({ "receipt": job["receipt"] }),
+        )
+        .await?;
         assert_eq!(r.status, 200, "{r:?}");
         if attempt < 3 {
             assert_eq!(r.json["dead_lettered"], false);
@@ -348,7 +414,14 @@ async fn nack_retries_with_backoff_then_dead_letters(b: Backend) -> Result<()> {
 
     push(p, "retry", json!({ "payload": "y" })).await?;
     let job = pop_one(p, "retry").await?;
-    let r = job_op(p, "retry", text(&job, "id"), "nack", json!({ "receipt": job["receipt"], "delay": "0s" })).await?;
+    let r = job_op(
+        p,
+        "retry",
+        text(&job, "id"),
+        "nack",
+        json!({ "receipt": job["receipt"], "delay": "0s" }),
+    )
+    .await?;
     assert_eq!(r.json, json!({ "dead_lettered": false, "retry_in_ms": 0 }));
     let again = jobs(&pop(p, "retry", "").await?);
     assert_eq!(again.len(), 1, "ready at once");
@@ -371,12 +444,23 @@ async fn a_full_queue_refuses_pushes(b: Backend) -> Result<()> {
     assert_eq!(full.header("retry-after"), Some("1"));
     assert!(full.detail().contains("max_len 3"), "{full:?}");
     assert_eq!(stats(p, "tiny").await?, (2, 0, 1, 0));
-    let r = job_op(p, "tiny", text(&job, "id"), "ack", json!({ "receipt": job["receipt"] })).await?;
+    let r = job_op(
+        p,
+        "tiny",
+        text(&job, "id"),
+        "ack",
+        json!({ "receipt": job["receipt"] }),
+    )
+    .await?;
     assert_eq!(r.status, 204);
     assert_eq!(push(p, "tiny", json!({ "payload": 3 })).await?.status, 201);
     let m = p.get("/metrics").await?;
     assert_eq!(
-        metric_value(&m.text, "patternd_queue_events_total", &[("rule", "tiny"), ("event", "full")]),
+        metric_value(
+            &m.text,
+            "patternd_queue_events_total",
+            &[("rule", "tiny"), ("event", "full")]
+        ),
         Some(1.0)
     );
     Ok(())
@@ -393,12 +477,36 @@ async fn stale_receipts_are_refused(b: Backend) -> Result<()> {
     let (a, b2) = (&got[0], &got[1]);
     let (id, receipt) = (text(a, "id"), &a["receipt"]);
     // Another job's receipt holds no lease on this one.
-    job_op(p, "work", id, "ack", json!({ "receipt": b2["receipt"] })).await?.assert_problem(409);
-    let ext = job_op(p, "work", id, "extend", json!({ "receipt": receipt, "visibility": "2m" })).await?;
-    assert_eq!((ext.status, &ext.json["visibility_ms"]), (200, &json!(120_000)));
-    let ext = job_op(p, "work", id, "extend", json!({ "receipt": receipt, "visibility": "13h" })).await?;
+    job_op(p, "work", id, "ack", json!({ "receipt": b2["receipt"] }))
+        .await?
+        .assert_problem(409);
+    let ext = job_op(
+        p,
+        "work",
+        id,
+        "extend",
+        json!({ "receipt": receipt, "visibility": "2m" }),
+    )
+    .await?;
+    assert_eq!(
+        (ext.status, &ext.json["visibility_ms"]),
+        (200, &json!(120_000))
+    );
+    let ext = job_op(
+        p,
+        "work",
+        id,
+        "extend",
+        json!({ "receipt": receipt, "visibility": "13h" }),
+    )
+    .await?;
     ext.assert_problem(400);
-    assert_eq!(job_op(p, "work", id, "ack", json!({ "receipt": receipt })).await?.status, 204);
+    assert_eq!(
+        job_op(p, "work", id, "ack", json!({ "receipt": receipt }))
+            .await?
+            .status,
+        204
+    );
     for op in ["ack", "nack", "extend"] {
         let r = job_op(p, "work", id, op, json!({ "receipt": receipt })).await?;
         r.assert_problem(409);
@@ -429,7 +537,10 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
         ("[1]", "must be a JSON object"),
         ("{}", "missing field `payload`"),
         (r#"{"payload": 1, "extra": 2}"#, "unknown field `extra`"),
-        (r#"{"payload": 1, "priority": 10}"#, "`priority` must be from 0 to 9"),
+        (
+            r#"{"payload": 1, "priority": 10}"#,
+            "`priority` must be from 0 to 9",
+        ),
         (r#"{"payload": 1, "delay": "8d"}"#, "`delay` 8d is above"),
         (r#"{"payload": 1, "delay": "soon"}"#, "invalid duration"),
     ] {
@@ -437,7 +548,14 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
         r.assert_problem(400);
         assert!(r.detail().contains(says), "{body}: {r:?}");
     }
-    let r = job_op(p, "work", "nope", "ack", json!({ "receipt": "AAAAAAAAAAAAAAAAAAAAAA" })).await?;
+    let r = job_op(
+        p,
+        "work",
+        "nope",
+        "ack",
+        json!({ "receipt": "AAAAAAAAAAAAAAAAAAAAAA" }),
+    )
+    .await?;
     r.assert_problem(400);
     assert!(r.detail().contains("malformed job id"), "{r:?}");
     let r = job_op(p, "work", "AAAAAAAAAAAAAAAAAAAAAA", "ack", json!({})).await?;
@@ -447,8 +565,12 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
     assert_eq!(r.json["type"], "urn:patternd:problem:unknown-rule");
     // A rule of another pattern is no queue.
     pop(p, "mutex", "").await?.assert_problem(404);
-    p.get("/admin/queues/q/work/dead-letters?count=0").await?.assert_problem(400);
-    p.get("/admin/queues/q/work/dead-letters?after=gone").await?.assert_problem(400);
+    p.get("/admin/queues/q/work/dead-letters?count=0")
+        .await?
+        .assert_problem(400);
+    p.get("/admin/queues/q/work/dead-letters?after=gone")
+        .await?
+        .assert_problem(400);
     Ok(())
 }
 

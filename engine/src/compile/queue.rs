@@ -32,8 +32,7 @@ const REPLAY: Recipe = Recipe::new("queue replay", INCLUDES, lua_file!("queue/re
 
 /// The recipes, for the `compile` module doc.
 #[cfg(test)]
-pub(super) const RECIPES: &[Recipe<'static>] =
-    &[PUSH, POP, ACK, NACK, EXTEND, DEAD_LIST, REPLAY];
+pub(super) const RECIPES: &[Recipe<'static>] = &[PUSH, POP, ACK, NACK, EXTEND, DEAD_LIST, REPLAY];
 
 /// The scripts of queue rules.
 #[derive(Debug, Clone)]

@@ -1,10 +1,10 @@
 //! `/v1/queues/{app}/{rule}` and below, and the dead letters under `/admin/queues/…`: thin
 //! handlers around `patterns::queue`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -246,7 +246,12 @@ async fn nack(
     JsonObject(req): JsonObject<NackBody>,
 ) -> Result<Response, ApiError> {
     let body = match q
-        .nack(&state.runtime.store, &id, &req.receipt, req.delay.as_deref())
+        .nack(
+            &state.runtime.store,
+            &id,
+            &req.receipt,
+            req.delay.as_deref(),
+        )
         .await?
     {
         Nacked::Retry(d) => json!({ "dead_lettered": false, "retry_in_ms": ms(d) }),

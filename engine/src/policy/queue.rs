@@ -140,7 +140,12 @@ impl Validator {
             &raw.retry_backoff,
             DEFAULT_RETRY_BACKOFF,
         );
-        let dedup_window = dur(self, "dedup_window", &raw.dedup_window, DEFAULT_DEDUP_WINDOW);
+        let dedup_window = dur(
+            self,
+            "dedup_window",
+            &raw.dedup_window,
+            DEFAULT_DEDUP_WINDOW,
+        );
         let max_delay = dur(self, "max_delay", &raw.max_delay, DEFAULT_MAX_DELAY);
         let max_wait = dur(self, "max_wait", &raw.max_wait, DEFAULT_MAX_WAIT);
         if max_wait > MAX_MAX_WAIT
@@ -158,7 +163,13 @@ impl Validator {
             DEFAULT_MAX_ATTEMPTS,
             MAX_MAX_ATTEMPTS,
         );
-        let max_len = self.bounded(path, "max_len", &raw.max_len, DEFAULT_MAX_LEN, MAX_QUEUE_LEN);
+        let max_len = self.bounded(
+            path,
+            "max_len",
+            &raw.max_len,
+            DEFAULT_MAX_LEN,
+            MAX_QUEUE_LEN,
+        );
         let dead_max_len = self.bounded(
             path,
             "dead_max_len",
@@ -246,7 +257,10 @@ mod tests {
         .expect("valid");
         assert_eq!(q.visibility, Duration::from_secs(1));
         assert_eq!(q.retry_backoff, Duration::from_millis(50));
-        assert_eq!((q.max_attempts, q.max_len, q.dead_max_len, q.max_pop), (2, 3, 4, 100));
+        assert_eq!(
+            (q.max_attempts, q.max_len, q.dead_max_len, q.max_pop),
+            (2, 3, 4, 100)
+        );
         assert_eq!(q.max_delay, Duration::from_secs(3600));
         assert_eq!(q.max_wait, Duration::from_secs(60));
         // A long visibility raises the default ceiling of extensions with it.
@@ -260,7 +274,10 @@ mod tests {
             ("{ max_pop: 101 }", "`max_pop` 101 is above 100"),
             ("{ max_pop: 0 }", "`max_pop` must be at least 1"),
             ("{ max_wait: 61s }", "`max_wait` must be at most 60s"),
-            ("{ max_attempts: 1001 }", "`max_attempts` 1001 is above 1000"),
+            (
+                "{ max_attempts: 1001 }",
+                "`max_attempts` 1001 is above 1000",
+            ),
             ("{ max_len: -1 }", "`max_len` must be at least 1"),
             ("{ dead_max_len: 100000001 }", "is above 100000000"),
             (

@@ -241,9 +241,15 @@ fn tighten(v: &mut Value) {
             super::session::MAX_USER_CAP,
         ),
         ("RawLock/properties/permits", super::lock::MAX_PERMITS),
-        ("RawQueue/properties/max_attempts", super::queue::MAX_MAX_ATTEMPTS),
+        (
+            "RawQueue/properties/max_attempts",
+            super::queue::MAX_MAX_ATTEMPTS,
+        ),
         ("RawQueue/properties/max_len", super::queue::MAX_QUEUE_LEN),
-        ("RawQueue/properties/dead_max_len", super::queue::MAX_QUEUE_LEN),
+        (
+            "RawQueue/properties/dead_max_len",
+            super::queue::MAX_QUEUE_LEN,
+        ),
         ("RawQueue/properties/max_pop", super::queue::MAX_MAX_POP),
     ] {
         add(v, &format!("/$defs/{pointer}"), json!({ "maximum": max }));

@@ -352,10 +352,9 @@ impl QueueRule {
             batch.as_bytes(),
         ];
         args.extend(receipts.iter().map(|r| r.as_bytes()));
-        let reply: Vec<redis::Value> = store
-            .eval(&self.scripts.pop, &self.keys.pop, &args)
-            .await?;
-        let (requeued, died, stats, hint, jobs) = decode_pop(reply).map_err(Self::reply_err("pop"))?;
+        let reply: Vec<redis::Value> = store.eval(&self.scripts.pop, &self.keys.pop, &args).await?;
+        let (requeued, died, stats, hint, jobs) =
+            decode_pop(reply).map_err(Self::reply_err("pop"))?;
         self.metrics.redelivered.increment(requeued);
         self.metrics.dead_lettered.increment(died);
         self.metrics.popped.increment(jobs.len() as u64);
@@ -606,7 +605,9 @@ mod tests {
         );
         assert_eq!(duration_param("wait", "0s", max).ok(), Some(Duration::ZERO));
         for bad in ["5", "", "-1s", "1.5s", "31s", "1h"] {
-            let e = duration_param("wait", bad, max).err().map(|e| e.to_string());
+            let e = duration_param("wait", bad, max)
+                .err()
+                .map(|e| e.to_string());
             assert!(e.is_some_and(|e| e.starts_with("`wait`")), "{bad}");
         }
     }
