@@ -480,6 +480,10 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
         runtime.clone(),
         flusher_stop.clone(),
     ));
+    let pusher = tokio::spawn(patternd::patterns::queue::push::run(
+        runtime.clone(),
+        flusher_stop.clone(),
+    ));
     let flusher = tokio::spawn(patternd::patterns::cache::journal::run(
         runtime.clone(),
         consumer,
@@ -513,6 +517,7 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
     let _ = stop_flusher.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), flusher).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), reaper).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), pusher).await;
     tracker_task.abort();
     if let Some(m) = managed {
         m.shutdown().await;

@@ -135,10 +135,15 @@ impl Snapshot {
                     );
                 }
                 (RuleKind::Queue(q), CompiledKind::Queue(cq)) => {
-                    queues.entry(c.rule.app.clone()).or_default().insert(
-                        c.rule.name.clone(),
-                        Arc::new(QueueRule::new(&c.rule, q, cq, &c.keys)),
-                    );
+                    match QueueRule::new(&c.rule, q, cq, &c.keys) {
+                        Ok(rule) => {
+                            queues
+                                .entry(c.rule.app.clone())
+                                .or_default()
+                                .insert(c.rule.name.clone(), Arc::new(rule));
+                        }
+                        Err(e) => diags.push(Diagnostic::error(&q.location, e.to_string())),
+                    }
                 }
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,

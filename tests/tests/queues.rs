@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use patternd_e2e::origin::Origin;
 use patternd_e2e::{Backend, Patternd, Reply, World, eventually, metric_value, on_every_backend};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -226,12 +227,25 @@ async fn unacked_jobs_return_then_dead_letter_and_replay(b: Backend) -> Result<(
     .to_string();
     assert_eq!(text(&pop_one(p, "flaky").await?, "id"), dead_id);
     assert_eq!(text(&pop_one(p, "flaky").await?, "id"), dead_id);
+    // No request moves it: the reapers do, and their gauges say so (reading /metrics moves
+    // nothing, unlike the stats route).
     eventually(
         Duration::from_secs(10),
-        "the job in the dead letters",
-        || async { Ok((stats(p, "flaky").await? == (0, 0, 0, 1)).then_some(())) },
+        "the reaper to move the job to the dead letters",
+        || async {
+            let m = p.get("/metrics").await?;
+            let gauge = |state: &str| {
+                metric_value(
+                    &m.text,
+                    "patternd_queue_jobs",
+                    &[("rule", "flaky"), ("state", state)],
+                )
+            };
+            Ok((gauge("dead") == Some(1.0) && gauge("in_flight") == Some(0.0)).then_some(()))
+        },
     )
     .await?;
+    assert_eq!(stats(p, "flaky").await?, (0, 0, 0, 1));
     let page = p.get("/admin/queues/q/flaky/dead-letters").await?;
     assert_eq!(page.status, 200, "{page:?}");
     assert_eq!(page.json["total"], 1);
@@ -574,7 +588,94 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
     Ok(())
 }
 
+/// Push delivery: patternd POSTs every job to the rule's endpoint and acks it on a 2xx; a
+/// refused delivery is nacked and retried with the rule's backoff, and one the endpoint never
+/// takes ends in the dead letters.
+async fn push_rules_deliver_every_job_to_the_endpoint(b: Backend) -> Result<()> {
+    let origin = Origin::start().await?;
+    let base = format!("http://127.0.0.1:{}", origin.port());
+    let policy = format!(
+        "app: q
+rules:
+  hook:
+    queue: {{ visibility: 5s, max_attempts: 10, retry_backoff: 100ms, push: {{ url: \"{base}/items/hook\", timeout: 2s, concurrency: 4 }} }}
+  lost:
+    queue: {{ visibility: 5s, max_attempts: 2, retry_backoff: 50ms, push: {{ url: \"{base}/nowhere\", timeout: 2s }} }}
+"
+    );
+    let w = World::on(b, &[("q.yaml", &policy)], &[]).await?;
+    let p = &w.patternd;
+    // The endpoint refuses at first: deliveries fail and are retried.
+    origin.fail_writes_with(Some(503));
+    for n in 0..10 {
+        let r = push(p, "hook", json!({ "payload": { "n": n } })).await?;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    eventually(Duration::from_secs(10), "refused deliveries", || async {
+        Ok((origin.hits("POST", "hook") >= 10).then_some(()))
+    })
+    .await?;
+    origin.fail_writes_with(None);
+    eventually(
+        Duration::from_secs(20),
+        "every job delivered and acked",
+        || async {
+            Ok(
+                (origin.writes().len() >= 10 && stats(p, "hook").await? == (0, 0, 0, 0))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    let writes = origin.writes();
+    assert_eq!(
+        writes.len(),
+        10,
+        "each job delivered once once accepted: {writes:?}"
+    );
+    let mut ns = Vec::new();
+    for wr in &writes {
+        assert_eq!((wr.method.as_str(), wr.id.as_str()), ("POST", "hook"));
+        assert_eq!(wr.content_type.as_deref(), Some("application/json"));
+        let body: Value = serde_json::from_slice(&wr.body)?;
+        assert!(
+            body["id"].is_string() && body["attempts"].as_u64() >= Some(1),
+            "{body}"
+        );
+        ns.push(body["payload"]["n"].as_u64().unwrap_or(u64::MAX));
+    }
+    ns.sort_unstable();
+    assert_eq!(ns, (0..10).collect::<Vec<u64>>());
+    let m = p.get("/metrics").await?;
+    let event = |rule: &str, e: &str| {
+        metric_value(
+            &m.text,
+            "patternd_queue_events_total",
+            &[("rule", rule), ("event", e)],
+        )
+    };
+    assert_eq!(event("hook", "delivered"), Some(10.0));
+    assert!(event("hook", "delivery_failed").unwrap_or(0.0) >= 1.0);
+
+    // An endpoint that never takes a job: two attempts, then the dead letters.
+    push(p, "lost", json!({ "payload": "x" })).await?;
+    eventually(
+        Duration::from_secs(10),
+        "the job in the dead letters",
+        || async { Ok((stats(p, "lost").await? == (0, 0, 0, 1)).then_some(())) },
+    )
+    .await?;
+    let page = p.get("/admin/queues/q/lost/dead-letters").await?;
+    let letter = &page.json["dead_letters"][0];
+    assert_eq!(
+        (&letter["reason"], &letter["attempts"]),
+        (&json!("nacked"), &json!(2))
+    );
+    Ok(())
+}
+
 on_every_backend!(
+    push_rules_deliver_every_job_to_the_endpoint,
     many_workers_through_three_engines_ack_every_job_once,
     unacked_jobs_return_then_dead_letter_and_replay,
     delays_and_priorities_order_the_jobs,

@@ -242,6 +242,11 @@ fn describe(snap: &Snapshot) -> Value {
                             r["max_delay_ms"] = json!(ms(q.max_delay));
                             r["max_pop"] = json!(q.max_pop);
                             r["max_wait_ms"] = json!(ms(q.max_wait));
+                            r["push"] = json!(q.push.as_ref().map(|p| json!({
+                                "url": p.url,
+                                "timeout_ms": ms(p.timeout),
+                                "concurrency": p.concurrency,
+                            })));
                         }
                         (RuleKind::Ops(o), _) => {
                             r["plugin"] = json!(o.plugin);

@@ -66,7 +66,43 @@ pub struct RawQueue {
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub max_wait: Option<Spanned<String>>,
+    /// Push delivery: patternd itself POSTs each job to this endpoint, acks it on a 2xx and
+    /// nacks it (the rule's backoff, then the dead letters) otherwise; no polling worker.
+    #[serde(default)]
+    #[schemars(with = "Option<RawPush>")]
+    pub push: Option<Spanned<RawPush>>,
 }
+
+/// `push: { url, timeout, concurrency }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    /// The worker's endpoint, `http://host:port/path`; it receives
+    /// `{"id", "attempts", "payload"}` as a JSON POST.
+    #[schemars(with = "String", pattern(r"^http://[^/]+"))]
+    pub url: Spanned<String>,
+    /// One delivery's deadline (default `10s`); shorter than the rule's `visibility`.
+    #[serde(default)]
+    #[schemars(with = "Option<DurationText>")]
+    pub timeout: Option<Spanned<String>>,
+    /// Deliveries in flight at once, per engine (default 4, at most 64).
+    #[serde(default)]
+    #[schemars(with = "Option<u64>", range(min = 1))]
+    pub concurrency: Option<Spanned<i64>>,
+}
+
+/// A validated `push` block.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub url: String,
+    pub timeout: Duration,
+    pub concurrency: u64,
+}
+
+/// Ceiling of `push.concurrency`: the HTTP client's own bound per rule.
+pub const MAX_PUSH_CONCURRENCY: u64 = 64;
+pub const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_PUSH_CONCURRENCY: u64 = 4;
 
 /// A validated `queue` rule.
 #[derive(Debug, Clone)]
@@ -81,6 +117,7 @@ pub struct Queue {
     pub max_delay: Duration,
     pub max_pop: u64,
     pub max_wait: Duration,
+    pub push: Option<Push>,
     pub location: Location,
 }
 
@@ -178,6 +215,41 @@ impl Validator {
             MAX_QUEUE_LEN,
         );
         let max_pop = self.bounded(path, "max_pop", &raw.max_pop, DEFAULT_MAX_POP, MAX_MAX_POP);
+        let push = raw.push.as_ref().map(|p| {
+            let url = p.url.as_str();
+            let host_ok = url
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split('/').next())
+                .is_some_and(|h| !h.is_empty());
+            if !host_ok {
+                self.err(
+                    &loc(path, p.url.span()),
+                    format!("`push.url` must be an http:// URL with a host (got `{url}`)"),
+                );
+            }
+            let timeout = dur(self, "push.timeout", &p.timeout, DEFAULT_PUSH_TIMEOUT);
+            if timeout >= visibility {
+                self.err(
+                    &loc(path, p.span()),
+                    format!(
+                        "rule `{rule}`: `push.timeout` must be shorter than `visibility`, or a job \
+                         would be delivered again while its first delivery still runs"
+                    ),
+                );
+            }
+            let concurrency = self.bounded(
+                path,
+                "push.concurrency",
+                &p.concurrency,
+                DEFAULT_PUSH_CONCURRENCY,
+                MAX_PUSH_CONCURRENCY,
+            );
+            Push {
+                url: url.to_string(),
+                timeout,
+                concurrency,
+            }
+        });
         if self.error_count() > before {
             return None;
         }
@@ -192,6 +264,7 @@ impl Validator {
             max_delay,
             max_pop,
             max_wait,
+            push,
             location: at,
         })
     }
@@ -247,6 +320,15 @@ mod tests {
         assert_eq!((q.max_len, q.dead_max_len), (100_000, 10_000));
         assert_eq!(q.max_wait, Duration::from_secs(20));
         assert_eq!(q.dedup_window, Duration::from_secs(300));
+        assert!(q.push.is_none());
+        let q =
+            load("{ visibility: 1m, push: { url: \"http://worker:8080/jobs\" } }").expect("valid");
+        let push = q.push.expect("a push block");
+        assert_eq!(push.url, "http://worker:8080/jobs");
+        assert_eq!(
+            (push.timeout, push.concurrency),
+            (Duration::from_secs(10), 4)
+        );
     }
 
     #[test]
@@ -286,6 +368,18 @@ mod tests {
             ),
             ("{ visibility: 5x }", "`visibility`"),
             ("{ delay: 1s }", "unknown field `delay`"),
+            (
+                "{ push: { url: \"ftp://x/\" } }",
+                "`push.url` must be an http:// URL",
+            ),
+            (
+                "{ visibility: 5s, push: { url: \"http://w/\", timeout: 5s } }",
+                "`push.timeout` must be shorter than `visibility`",
+            ),
+            (
+                "{ push: { url: \"http://w/\", concurrency: 65 } }",
+                "`push.concurrency` 65 is above 64",
+            ),
         ] {
             let e = load(block).expect_err(block);
             assert!(e.contains(says), "{block}: {e}");

@@ -7,7 +7,7 @@
 //! per rule, which limit fields go with which algorithm, what needs an `origin`, what only
 //! `write: behind` takes. What JSON Schema cannot say stays
 //! the loader's alone: durations over 366 days (a sum), `max_ttl` ≥ `ttl`, `max_per_user` ≤
-//! an explicit `user_cap`, a queue's `max_visibility` ≥ `visibility` and `max_wait` ≤ 60s,
+//! an explicit `user_cap`, a queue's `max_visibility` ≥ `visibility`, `push.timeout` < `visibility` and `max_wait` ≤ 60s,
 //! the addresses in `trusted_proxies`, and plugin names (resolved
 //! against the plugins directory). `tests/tests/standards.rs` runs a table of documents
 //! through both and fails on any other disagreement.
@@ -251,6 +251,10 @@ fn tighten(v: &mut Value) {
             super::queue::MAX_QUEUE_LEN,
         ),
         ("RawQueue/properties/max_pop", super::queue::MAX_MAX_POP),
+        (
+            "RawPush/properties/concurrency",
+            super::queue::MAX_PUSH_CONCURRENCY,
+        ),
     ] {
         add(v, &format!("/$defs/{pointer}"), json!({ "maximum": max }));
     }

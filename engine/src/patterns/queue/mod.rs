@@ -13,6 +13,7 @@
 //! any popper. Dead letters: [`dead`].
 
 pub mod dead;
+pub mod push;
 pub mod reaper;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use super::random;
 use super::reply::{Items, ReplyError};
 use crate::compile::queue::{QueueScripts, sub};
 use crate::compile::{CompiledQueue, KeySpace};
+use crate::patterns::cache::origin::OriginError;
 use crate::policy::Rule;
 use crate::policy::duration;
 use crate::policy::queue::Queue;
@@ -114,6 +116,8 @@ pub const EVENTS: &[&str] = &[
     "redelivered",
     "dead_lettered",
     "replayed",
+    "delivered",
+    "delivery_failed",
 ];
 /// Job states (`patternd_queue_jobs`).
 pub const STATES: &[&str] = &["ready", "delayed", "in_flight", "dead"];
@@ -130,6 +134,8 @@ struct Metrics {
     redelivered: Counter,
     dead_lettered: Counter,
     replayed: Counter,
+    delivered: Counter,
+    delivery_failed: Counter,
     states: [Gauge; 4],
 }
 
@@ -149,6 +155,8 @@ impl Metrics {
             redelivered: c("redelivered"),
             dead_lettered: c("dead_lettered"),
             replayed: c("replayed"),
+            delivered: c("delivered"),
+            delivery_failed: c("delivery_failed"),
             states: [g("ready"), g("delayed"), g("in_flight"), g("dead")],
         }
     }
@@ -190,6 +198,8 @@ pub struct QueueRule {
     /// Pops of this rule waiting for a job in this engine.
     wake: Notify,
     metrics: Metrics,
+    /// Push delivery (`push:`), when the rule has it.
+    pub pusher: Option<push::Pusher>,
     visibility_arg: String,
     max_attempts_arg: String,
     dead_max_len_arg: String,
@@ -234,9 +244,19 @@ fn check_token(what: &str, s: &str) -> Result<(), QueueError> {
 }
 
 impl QueueRule {
-    pub fn new(rule: &Rule, spec: &Queue, compiled: &CompiledQueue, keys: &KeySpace) -> Self {
+    pub fn new(
+        rule: &Rule,
+        spec: &Queue,
+        compiled: &CompiledQueue,
+        keys: &KeySpace,
+    ) -> Result<Self, OriginError> {
         let base = ms(spec.retry_backoff).max(1);
-        Self {
+        let pusher = spec
+            .push
+            .as_ref()
+            .map(|p| push::Pusher::new(&rule.app, &rule.name, p))
+            .transpose()?;
+        Ok(Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
             spec: spec.clone(),
@@ -251,7 +271,8 @@ impl QueueRule {
             dedup_window_arg: ms(spec.dedup_window).max(1).to_string(),
             backoff_arg: base.to_string(),
             backoff_cap_arg: ms(MAX_BACKOFF).max(base).to_string(),
-        }
+            pusher,
+        })
     }
 
     fn reply_err(what: &'static str) -> impl Fn(ReplyError) -> QueueError {
