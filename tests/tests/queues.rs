@@ -674,7 +674,67 @@ rules:
     Ok(())
 }
 
+/// Every key a queue writes is in the rule's namespace and slot; the dedup keys expire, and
+/// the only keys without a TTL are the queue's declared ones (they hold acknowledged jobs).
+async fn only_the_declared_queue_keys_have_no_ttl(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("q.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    for (n, delay) in [(1, "0s"), (2, "1h")] {
+        let r = push(
+            p,
+            "retry",
+            json!({ "payload": n, "delay": delay, "dedup_id": format!("d{n}") }),
+        )
+        .await?;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let job = jobs(&pop(p, "retry", "").await?).remove(0);
+    // Dead-lettered at its third delivery (max_attempts 3), by nacks with no delay.
+    let mut job = job;
+    for _ in 0..3 {
+        job_op(
+            p,
+            "retry",
+            text(&job, "id"),
+            "nack",
+            json!({ "receipt": job["receipt"], "delay": "0s" }),
+        )
+        .await?;
+        if let Some(next) = jobs(&pop(p, "retry", "").await?).into_iter().next() {
+            job = next;
+        }
+    }
+    let (_, delayed, in_flight, dead) = stats(p, "retry").await?;
+    assert_eq!((delayed, dead), (1, 1), "{in_flight}");
+
+    let mut nodes = w.redis.nodes().await?;
+    let declared = [
+        "ready", "delayed", "inflight", "dead", "jobs", "meta", "seq",
+    ];
+    let mut untimed = Vec::new();
+    for k in w.redis.scan_all().await? {
+        let name = String::from_utf8_lossy(&k).into_owned();
+        let sub = name
+            .strip_prefix("q:queue:retry:{%q.retry}:")
+            .unwrap_or_else(|| panic!("{name} outside the rule's namespace and tag"));
+        let conn = nodes.conn(&k)?;
+        let pttl: i64 = redis::cmd("PTTL").arg(&k).query_async(conn).await?;
+        if pttl > 0 {
+            assert!(
+                sub.starts_with("dedup"),
+                "{name} has a TTL it was not declared with"
+            );
+        } else {
+            assert!(declared.contains(&sub), "{name} has no TTL: {pttl}");
+            untimed.push(sub.to_string());
+        }
+    }
+    assert!(untimed.len() >= 5, "{untimed:?}");
+    Ok(())
+}
+
 on_every_backend!(
+    only_the_declared_queue_keys_have_no_ttl,
     push_rules_deliver_every_job_to_the_endpoint,
     many_workers_through_three_engines_ack_every_job_once,
     unacked_jobs_return_then_dead_letter_and_replay,
