@@ -348,7 +348,7 @@ pub const ALL: &[Metric] = &[
     Metric {
         name: "patternd_queue_jobs",
         kind: Kind::Gauge,
-        help: "Jobs a queue holds, by state (refreshed by every pop and by the reaper, about once a second).",
+        help: "Jobs a queue holds, by state (refreshed by every pop and by the reaper, about once a second; every engine reports the same queue: aggregate with max).",
         labels: &[APP, RULE, ("state", crate::patterns::queue::STATES)],
         buckets: &[],
     },
