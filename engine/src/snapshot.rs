@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::{Locker, OpRunner, RateLimiter, Sessions};
+use crate::patterns::{Locker, OpRunner, QueueRule, RateLimiter, Sessions};
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub sessions: HashMap<String, HashMap<String, Arc<Sessions>>>,
     /// Lock rules by app, then rule.
     pub locks: HashMap<String, HashMap<String, Arc<Locker>>>,
+    /// Queue rules by app, then rule.
+    pub queues: HashMap<String, HashMap<String, Arc<QueueRule>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -76,6 +78,7 @@ impl Snapshot {
         let mut caches: HashMap<String, HashMap<String, Arc<CacheRule>>> = HashMap::new();
         let mut sessions: HashMap<String, HashMap<String, Arc<Sessions>>> = HashMap::new();
         let mut locks: HashMap<String, HashMap<String, Arc<Locker>>> = HashMap::new();
+        let mut queues: HashMap<String, HashMap<String, Arc<QueueRule>>> = HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -131,6 +134,17 @@ impl Snapshot {
                         Arc::new(Locker::new(&c.rule, l, cl, &c.keys)),
                     );
                 }
+                (RuleKind::Queue(q), CompiledKind::Queue(cq)) => {
+                    match QueueRule::new(&c.rule, q, cq, &c.keys) {
+                        Ok(rule) => {
+                            queues
+                                .entry(c.rule.app.clone())
+                                .or_default()
+                                .insert(c.rule.name.clone(), Arc::new(rule));
+                        }
+                        Err(e) => diags.push(Diagnostic::error(&q.location, e.to_string())),
+                    }
+                }
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -149,6 +163,7 @@ impl Snapshot {
             caches,
             sessions,
             locks,
+            queues,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -173,6 +188,10 @@ impl Snapshot {
 
     pub fn locker(&self, app: &str, rule: &str) -> Option<&Arc<Locker>> {
         self.locks.get(app)?.get(rule)
+    }
+
+    pub fn queue(&self, app: &str, rule: &str) -> Option<&Arc<QueueRule>> {
+        self.queues.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

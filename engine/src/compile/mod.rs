@@ -47,12 +47,20 @@
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |
 //! | `lock abandon` | `shared/clock.lua`, `lock/prelude.lua` | `lock/abandon.lua` |
 //! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
+//! | `queue push` | `shared/clock.lua`, `queue/prelude.lua` | `queue/push.lua` |
+//! | `queue pop` | `shared/clock.lua`, `queue/prelude.lua` | `queue/pop.lua` |
+//! | `queue ack` | `shared/clock.lua`, `queue/prelude.lua` | `queue/ack.lua` |
+//! | `queue nack` | `shared/clock.lua`, `queue/prelude.lua` | `queue/nack.lua` |
+//! | `queue extend` | `shared/clock.lua`, `queue/prelude.lua` | `queue/extend.lua` |
+//! | `queue dead-list` | `shared/clock.lua`, `queue/prelude.lua` | `queue/dead_list.lua` |
+//! | `queue replay` | `shared/clock.lua`, `queue/prelude.lua` | `queue/replay.lua` |
 
 pub mod cache;
 pub mod keys;
 pub mod lock;
 pub mod luacheck;
 pub mod ops;
+pub mod queue;
 mod ratelimit;
 mod recipe;
 pub mod session;
@@ -68,6 +76,7 @@ pub use cache::CompiledCache;
 pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
+pub use queue::CompiledQueue;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 pub use session::CompiledSession;
 
@@ -107,6 +116,7 @@ pub enum CompiledKind {
     Session(CompiledSession),
     Lock(CompiledLock),
     Ops(CompiledOps),
+    Queue(CompiledQueue),
 }
 
 impl CompiledRule {
@@ -118,6 +128,7 @@ impl CompiledRule {
             CompiledKind::Session(c) => c.scripts(),
             CompiledKind::Lock(c) => c.scripts(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
+            CompiledKind::Queue(q) => q.scripts(),
         }
     }
 
@@ -128,6 +139,10 @@ impl CompiledRule {
             CompiledKind::Cache(c) => c.key_layout(&self.keys),
             CompiledKind::Session(c) => c.key_layout(&self.keys),
             CompiledKind::Lock(c) => c.key_layout(&self.keys),
+            CompiledKind::Queue(q) => match &self.rule.kind {
+                RuleKind::Queue(spec) => q.key_layout(&self.keys, spec),
+                _ => Vec::new(),
+            },
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -206,6 +221,7 @@ pub fn compile(
                 .and_then(|()| session::compile(rule, c))
                 .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
+                RuleKind::Queue(q) => queue::compile(rule, q).map(CompiledKind::Queue),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

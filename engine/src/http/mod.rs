@@ -20,6 +20,7 @@ mod openapi;
 mod ops;
 pub mod parse_errors;
 pub mod problem;
+mod queue;
 mod ratelimit;
 pub mod server;
 mod session;
@@ -55,6 +56,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(session::routes())
         .merge(lock::routes())
         .merge(ops::routes())
+        .merge(queue::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(openapi::routes())

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
+pub mod queue;
 pub mod random;
 pub mod ratelimit;
 pub mod reply;
@@ -12,6 +13,7 @@ pub mod session;
 
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
+pub use queue::{QueueError, QueueRule};
 pub use ratelimit::{CheckError, CheckRequest, Decision, RateLimiter};
 pub use session::{SessionError, Sessions};
 

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod ir;
 pub mod lock;
 pub mod ops;
+pub mod queue;
 pub mod ratelimit;
 mod raw;
 pub mod schema;

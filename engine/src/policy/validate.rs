@@ -28,7 +28,7 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 5] = ["rate_limit", "cache", "session", "lock", "ops"];
+const PATTERN_KEYS: [&str; 6] = ["rate_limit", "cache", "session", "lock", "ops", "queue"];
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -177,6 +177,7 @@ impl Validator {
             raw.session.as_ref().map(|b| b.span()),
             raw.lock.as_ref().map(|b| b.span()),
             raw.ops.as_ref().map(|b| b.span()),
+            raw.queue.as_ref().map(|b| b.span()),
         ];
         let mut present = blocks.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -209,6 +210,8 @@ impl Validator {
             RuleKind::Lock(self.lock(path, name, l, body)?)
         } else if let Some(o) = &raw.ops {
             RuleKind::Ops(self.ops(path, name, o, body)?)
+        } else if let Some(q) = &raw.queue {
+            RuleKind::Queue(self.queue(path, name, q, body)?)
         } else {
             return None;
         };
