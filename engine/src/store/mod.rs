@@ -518,34 +518,47 @@ impl Inner {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // The direct path: the slot's primary, as on one server. Its connection
                 // failures count against that node (`route::NodeBreaker`), not the pool.
-                if let Some((node, mut c)) = slot.and_then(|s| router.node(s, *index)) {
+                let mut next = slot.and_then(|s| Some((s, router.node(s, *index)?)));
+                let mut resent = false;
+                while let Some((slot, (node, mut c))) = next.take() {
                     if let Some(cause) = node.breaker.refusing() {
                         // Its replica may have been promoted meanwhile.
                         router.stale();
                         return (Err(StoreError::CircuitOpen(cause)), Side::Node);
                     }
                     let res = tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut c)).await;
-                    match res {
-                        Ok(Err(e)) if router.on_error(&e) => {
-                            if e.is_connection_refusal() {
-                                node.breaker.on_failure();
-                            }
-                        }
+                    let err = match res {
                         Ok(Ok(v)) => {
                             node.breaker.on_success();
                             return (Ok(v), Side::Node);
                         }
-                        other => {
-                            let err = match other {
-                                Ok(Err(e)) => StoreError::Redis(e),
-                                _ => StoreError::Timeout(timeout),
-                            };
-                            if err.is_connection_failure() {
-                                node.breaker.on_failure();
+                        // Redirected: it did not run; the crate follows the redirect.
+                        Ok(Err(e)) if router.on_error(&e) => break,
+                        Ok(Err(e)) => StoreError::Redis(e),
+                        Err(_) => StoreError::Timeout(timeout),
+                    };
+                    if err.is_connection_failure() {
+                        node.breaker.on_failure();
+                        // The connection failed (not a timeout: a slow node may have run
+                        // it). If a map fetched now names another primary for the slot, the
+                        // node had lost the slot before the call was sent (a promotion
+                        // comes `cluster-node-timeout` after a primary's death), so the
+                        // call did not run where it counts: it is sent once to the new one.
+                        if !resent && matches!(err, StoreError::Redis(_)) {
+                            resent = true;
+                            let fetched = tokio::time::timeout_at(deadline, router.refresh_now());
+                            if fetched.await.is_ok() {
+                                next = router
+                                    .node(slot, *index)
+                                    .filter(|(n, _)| !Arc::ptr_eq(n, &node))
+                                    .map(|found| (slot, found));
+                                if next.is_some() {
+                                    continue;
+                                }
                             }
-                            return (Err(err), Side::Node);
                         }
                     }
+                    return (Err(err), Side::Node);
                 }
                 // The crate's path: keyless commands, no map yet, or a redirect.
                 let mut c = router.fallback();
