@@ -48,7 +48,11 @@ fn render(name: &str, text: &str) -> String {
                     CompiledKind::Ops(op) => {
                         let _ = writeln!(out, "op script:\n{}", op.script.source);
                     }
-                    CompiledKind::Cache(_) | CompiledKind::Session(_) | CompiledKind::Lock(_) => {
+                    CompiledKind::Cache(_)
+                    | CompiledKind::Session(_)
+                    | CompiledKind::Lock(_)
+                    | CompiledKind::Stream(_)
+                    | CompiledKind::PubSub(_) => {
                         // Names only: these scripts are the .lua files with fixed ARGV, so
                         // their text (and SHA) would only make every golden file churn. What
                         // the policy decides shows in the key layout and the script set.

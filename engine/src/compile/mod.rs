@@ -47,6 +47,12 @@
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |
 //! | `lock abandon` | `shared/clock.lua`, `lock/prelude.lua` | `lock/abandon.lua` |
 //! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
+//! | `stream append` | `shared/clock.lua`, `stream/prelude.lua` | `stream/append.lua` |
+//! | `stream read` | `stream/prelude.lua` | `stream/read.lua` |
+//! | `stream ack` | — | `stream/ack.lua` |
+//! | `stream range` | — | `stream/range.lua` |
+//! | `pubsub publish` | — | `pubsub/publish.lua` |
+//! | `pubsub spublish` | — | `pubsub/spublish.lua` |
 
 pub mod cache;
 pub mod keys;
@@ -56,6 +62,8 @@ pub mod ops;
 mod ratelimit;
 mod recipe;
 pub mod session;
+pub mod stream;
+pub mod pubsub;
 
 use std::sync::Arc;
 
@@ -68,6 +76,8 @@ pub use cache::CompiledCache;
 pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
+pub use pubsub::CompiledPubSub;
+pub use stream::CompiledStream;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 pub use session::CompiledSession;
 
@@ -107,6 +117,8 @@ pub enum CompiledKind {
     Session(CompiledSession),
     Lock(CompiledLock),
     Ops(CompiledOps),
+    Stream(CompiledStream),
+    PubSub(CompiledPubSub),
 }
 
 impl CompiledRule {
@@ -118,6 +130,8 @@ impl CompiledRule {
             CompiledKind::Session(c) => c.scripts(),
             CompiledKind::Lock(c) => c.scripts(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
+            CompiledKind::Stream(c) => c.scripts(),
+            CompiledKind::PubSub(c) => c.scripts(),
         }
     }
 
@@ -128,6 +142,8 @@ impl CompiledRule {
             CompiledKind::Cache(c) => c.key_layout(&self.keys),
             CompiledKind::Session(c) => c.key_layout(&self.keys),
             CompiledKind::Lock(c) => c.key_layout(&self.keys),
+            CompiledKind::Stream(c) => c.key_layout(&self.keys),
+            CompiledKind::PubSub(c) => c.key_layout(&self.keys),
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -206,6 +222,8 @@ pub fn compile(
                 .and_then(|()| session::compile(rule, c))
                 .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
+                RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
+                RuleKind::PubSub(c) => pubsub::compile(rule, c).map(CompiledKind::PubSub),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

@@ -150,7 +150,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::compile::{cache, compile, lock, luacheck, ops, ratelimit, session};
+    use crate::compile::{cache, compile, lock, luacheck, ops, pubsub, ratelimit, session, stream};
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
 
@@ -161,6 +161,8 @@ mod tests {
             session::RECIPES,
             lock::RECIPES,
             ops::RECIPES,
+            stream::RECIPES,
+            pubsub::RECIPES,
         ]
         .concat()
     }

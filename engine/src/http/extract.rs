@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::patterns::{Locker, OpRunner, RateLimiter, Sessions};
+use crate::patterns::{Locker, OpRunner, PubSubRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
 
@@ -68,6 +68,20 @@ impl Pattern for OpRunner {
     const NAME: &'static str = "ops";
     fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
         snap.op(app, rule).cloned()
+    }
+}
+
+impl Pattern for StreamRule {
+    const NAME: &'static str = "stream";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.stream(app, rule).cloned()
+    }
+}
+
+impl Pattern for PubSubRule {
+    const NAME: &'static str = "pubsub";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.pubsub(app, rule).cloned()
     }
 }
 
@@ -127,7 +141,14 @@ pub struct Id(pub String);
 
 #[derive(Deserialize)]
 struct IdPath {
-    #[serde(alias = "sid", alias = "resource", alias = "user", alias = "lease")]
+    #[serde(
+        alias = "sid",
+        alias = "resource",
+        alias = "user",
+        alias = "lease",
+        alias = "group",
+        alias = "channel"
+    )]
     id: String,
 }
 

@@ -23,6 +23,9 @@ pub mod problem;
 mod ratelimit;
 pub mod server;
 mod session;
+pub mod sse;
+mod stream;
+mod pubsub;
 
 use std::sync::Arc;
 
@@ -55,6 +58,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(session::routes())
         .merge(lock::routes())
         .merge(ops::routes())
+        .merge(stream::routes())
+        .merge(pubsub::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(openapi::routes())

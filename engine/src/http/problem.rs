@@ -52,7 +52,9 @@ use utoipa::ToSchema;
 use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
-use crate::patterns::{CheckError, InputError, LockError, OpError, SessionError};
+use crate::patterns::{
+    CheckError, InputError, LockError, OpError, PubSubError, SessionError, StreamError,
+};
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;
 use crate::store::StoreError;
@@ -440,6 +442,28 @@ impl From<LockError> for ApiError {
             },
             LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
             LockError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StreamError> for ApiError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::BadRequest(m) => ApiError::BadRequest(m),
+            e @ StreamError::NoGroup(_) => ApiError::NotFound(e.to_string()),
+            StreamError::Internal(m) => ApiError::Internal(m),
+            StreamError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PubSubError> for ApiError {
+    fn from(e: PubSubError) -> Self {
+        match e {
+            PubSubError::Input(e) => e.into(),
+            PubSubError::BadRequest(m) => ApiError::BadRequest(m),
+            e @ PubSubError::TooLarge(..) => ApiError::TooLarge(e.to_string()),
+            PubSubError::Store(e) => e.into(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub enum RuleKind {
     Session(super::session::Session),
     Lock(super::lock::Lock),
     Ops(super::ops::Ops),
+    Stream(super::stream::Stream),
+    PubSub(super::pubsub::PubSub),
 }
 
 impl RuleKind {
@@ -58,6 +60,8 @@ impl RuleKind {
             RuleKind::Session(_) => "session",
             RuleKind::Lock(_) => "lock",
             RuleKind::Ops(_) => "ops",
+            RuleKind::Stream(_) => "stream",
+            RuleKind::PubSub(_) => "pubsub",
         }
     }
 }

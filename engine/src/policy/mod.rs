@@ -16,6 +16,8 @@ pub mod ratelimit;
 mod raw;
 pub mod schema;
 pub mod session;
+pub mod stream;
+pub mod pubsub;
 mod suggest;
 mod validate;
 mod yaml_errors;

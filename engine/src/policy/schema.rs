@@ -23,7 +23,15 @@ pub const NONZERO_DURATION_PATTERN: &str =
 /// An HTTP header name (RFC 9110 token).
 pub const HEADER_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
-const PATTERN_BLOCKS: [&str; 5] = ["rate_limit", "cache", "session", "lock", "ops"];
+const PATTERN_BLOCKS: [&str; 7] = [
+    "rate_limit",
+    "cache",
+    "session",
+    "lock",
+    "ops",
+    "stream",
+    "pubsub",
+];
 const INLINE_LIMIT: [&str; 5] = ["algorithm", "limit", "window", "burst", "lease"];
 
 pub fn json_schema() -> Value {

@@ -28,7 +28,15 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 5] = ["rate_limit", "cache", "session", "lock", "ops"];
+const PATTERN_KEYS: [&str; 7] = [
+    "rate_limit",
+    "cache",
+    "session",
+    "lock",
+    "ops",
+    "stream",
+    "pubsub",
+];
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -177,6 +185,8 @@ impl Validator {
             raw.session.as_ref().map(|b| b.span()),
             raw.lock.as_ref().map(|b| b.span()),
             raw.ops.as_ref().map(|b| b.span()),
+            raw.stream.as_ref().map(|b| b.span()),
+            raw.pubsub.as_ref().map(|b| b.span()),
         ];
         let mut present = blocks.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -209,6 +219,10 @@ impl Validator {
             RuleKind::Lock(self.lock(path, name, l, body)?)
         } else if let Some(o) = &raw.ops {
             RuleKind::Ops(self.ops(path, name, o, body)?)
+        } else if let Some(s) = &raw.stream {
+            RuleKind::Stream(self.stream(path, name, s, body)?)
+        } else if let Some(p) = &raw.pubsub {
+            RuleKind::PubSub(self.pubsub(path, name, p, body)?)
         } else {
             return None;
         };
