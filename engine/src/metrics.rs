@@ -433,6 +433,12 @@ pub fn describe_and_register_globals() {
     let _ = metrics::counter!("patternd_http_connection_limit_waits_total");
     let _ = metrics::counter!("patternd_http_header_timeouts_total");
     metrics::gauge!("patternd_redis_breaker_open").set(0.0);
+    for p in ["stream", "pubsub"] {
+        metrics::gauge!("patternd_sse_clients", "pattern" => p).set(0.0);
+        let _ = metrics::counter!("patternd_sse_dropped_total", "pattern" => p);
+    }
+    let _ = metrics::counter!("patternd_pubsub_received_total");
+    let _ = metrics::counter!("patternd_pubsub_gaps_total");
 }
 
 /// A cache rule's series that its runtime creates only on first use, at zero, when the

@@ -3,7 +3,7 @@
 //! Every stream rule shares one checked set of scripts, built once; the rule's bounds travel
 //! in ARGV (prepared once per snapshot). A rule has two keys, both under the rule's own hash
 //! tag (`KeySpace::rule_key`), so every call is one slot: the stream and its dead letters.
-//! Neither has a TTL: both are bounded by MAXLEN ~ (and MINID ~ for a `retention`), the
+//! Neither has a TTL: both are bounded by MAXLEN ~ (and an exact MINID for a `retention`), the
 //! stated bound of this key layout. The live tail and the long-poll wake-up read the stream
 //! with XREAD BLOCK on a dedicated connection (`store::blocking`), not through a script.
 
@@ -87,7 +87,7 @@ impl CompiledStream {
         vec![
             (
                 stream_key(keys),
-                "STREAM of entries (field `d`: the JSON appended) and the rule's consumer groups; no TTL: bounded by max_len (MAXLEN ~) and/or retention (MINID ~ from Redis TIME) at every append".to_string(),
+                "STREAM of entries (field `d`: the JSON appended) and the rule's consumer groups; no TTL: bounded by max_len (MAXLEN ~) and/or retention (exact MINID from Redis TIME) at every append".to_string(),
             ),
             (
                 dead_key(keys),

@@ -1,7 +1,7 @@
 //! `stream:` rules: what the YAML may say, the validated model, and the checks between.
 //!
 //! A stream rule is one Redis stream per rule, bounded by design: `max_len` (XADD MAXLEN ~)
-//! and/or `retention` (MINID from Redis TIME) must be set, so the stream never grows without
+//! and/or `retention` (exact MINID from Redis TIME) must be set, so the stream never grows without
 //! bound and needs no TTL. Its consumer groups are declared here, never made up by a client.
 
 use std::path::Path;
