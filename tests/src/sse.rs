@@ -237,7 +237,10 @@ mod tests {
         assert_eq!(e.event, "message");
         assert_eq!(c.retry, Some(1500));
         let e = c.event(Duration::from_secs(5)).await?;
-        assert_eq!((e.event.as_str(), e.data.as_str(), e.last_event_id.as_str()), ("add", "", "7"));
+        assert_eq!(
+            (e.event.as_str(), e.data.as_str(), e.last_event_id.as_str()),
+            ("add", "", "7")
+        );
         Ok(())
     }
 }

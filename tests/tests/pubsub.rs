@@ -20,14 +20,25 @@ rules:
 const WITHIN: Duration = Duration::from_secs(30);
 
 async fn publish(p: &Patternd, rule: &str, channel: &str, body: &str) -> Result<u64> {
-    let r = p.post_raw(&format!("/v1/pubsub/chat/{rule}/{channel}"), body).await?;
+    let r = p
+        .post_raw(&format!("/v1/pubsub/chat/{rule}/{channel}"), body)
+        .await?;
     ensure!(r.status == 200, "publish: {r:?}");
     Ok(r.u64_field("engines"))
 }
 
-async fn subscribe(client: &reqwest::Client, p: &Patternd, rule: &str, channel: &str) -> Result<SseClient> {
-    let mut c =
-        SseClient::connect(client, &p.url(&format!("/v1/pubsub/chat/{rule}/{channel}")), &[]).await?;
+async fn subscribe(
+    client: &reqwest::Client,
+    p: &Patternd,
+    rule: &str,
+    channel: &str,
+) -> Result<SseClient> {
+    let mut c = SseClient::connect(
+        client,
+        &p.url(&format!("/v1/pubsub/chat/{rule}/{channel}")),
+        &[],
+    )
+    .await?;
     let first = c.event(WITHIN).await?;
     ensure!(first.event == "subscribed", "first event: {first:?}");
     Ok(c)
@@ -85,10 +96,17 @@ async fn a_slow_subscriber_is_dropped_while_the_others_keep_receiving(b: Backend
         assert_eq!(publish(p, "tiny", "firehose", &message).await?, 1);
         sent += 1;
         let e = fast.event(WITHIN).await?;
-        ensure!(e.data.len() == message.len() && e.event == "message", "fast got {e:?}");
+        ensure!(
+            e.data.len() == message.len() && e.event == "message",
+            "fast got {e:?}"
+        );
         if sent % 20 == 0 {
             let m = p.get("/metrics").await?;
-            let dropped = metric_value(&m.text, "patternd_sse_dropped_total", &[("pattern", "pubsub")]);
+            let dropped = metric_value(
+                &m.text,
+                "patternd_sse_dropped_total",
+                &[("pattern", "pubsub")],
+            );
             if dropped.unwrap_or(0.0) >= 1.0 {
                 break;
             }
@@ -131,7 +149,10 @@ async fn a_redis_restart_is_survived_with_a_gap_event() -> Result<()> {
     assert_eq!(gap.event, "gap", "{gap:?}");
     // Publish until the engine's subscription is back (publish counts it), then read.
     eventually(WITHIN, "the engine to subscribe again", || async {
-        let r = w.patternd.post_raw("/v1/pubsub/chat/room/news", "after").await?;
+        let r = w
+            .patternd
+            .post_raw("/v1/pubsub/chat/room/news", "after")
+            .await?;
         Ok((r.status == 200 && r.u64_field("engines") == 1).then_some(()))
     })
     .await?;
@@ -145,10 +166,18 @@ async fn bad_input_is_a_problem() -> Result<()> {
     let w = World::start(&[("chat.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let big = "x".repeat(70 * 1024);
-    p.post_raw("/v1/pubsub/chat/room/news", &big).await?.assert_problem(413);
+    p.post_raw("/v1/pubsub/chat/room/news", &big)
+        .await?
+        .assert_problem(413);
     let long = "c".repeat(600);
-    p.post_raw(&format!("/v1/pubsub/chat/room/{long}"), "x").await?.assert_problem(400);
-    p.post_raw("/v1/pubsub/chat/nope/news", "x").await?.assert_problem(404);
-    p.get(&format!("/v1/pubsub/chat/room/{long}")).await?.assert_problem(400);
+    p.post_raw(&format!("/v1/pubsub/chat/room/{long}"), "x")
+        .await?
+        .assert_problem(400);
+    p.post_raw("/v1/pubsub/chat/nope/news", "x")
+        .await?
+        .assert_problem(404);
+    p.get(&format!("/v1/pubsub/chat/room/{long}"))
+        .await?
+        .assert_problem(400);
     Ok(())
 }

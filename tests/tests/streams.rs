@@ -35,12 +35,19 @@ fn stream_key(rule: &str) -> String {
 
 async fn append(p: &Patternd, rule: &str, entries: &[Value]) -> Result<Vec<String>> {
     let r = p
-        .post_json(&format!("/v1/streams/shop/{rule}"), &json!({ "entries": entries }))
+        .post_json(
+            &format!("/v1/streams/shop/{rule}"),
+            &json!({ "entries": entries }),
+        )
         .await?;
     ensure!(r.status == 201, "append: {r:?}");
     Ok(r.json["ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -76,7 +83,12 @@ async fn ack(p: &Patternd, group: &str, ids: &[&str]) -> Result<u64> {
 async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
     let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
-    let ids = append(p, "orders", &[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]).await?;
+    let ids = append(
+        p,
+        "orders",
+        &[json!({"n": 1}), json!({"n": 2}), json!({"n": 3})],
+    )
+    .await?;
     assert_eq!(ids.len(), 3);
 
     // A takes two, B the third: one group never hands an entry to two consumers at once.
@@ -88,7 +100,11 @@ async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
     let b_read = read(p, "billing", "b", "&count=10").await?;
     assert_eq!(ids_of(&b_read), ids[2..]);
     assert_eq!(ack(p, "billing", &[&ids[2]]).await?, 1);
-    assert_eq!(ack(p, "billing", &[&ids[2]]).await?, 0, "a second ack acks nothing");
+    assert_eq!(
+        ack(p, "billing", &[&ids[2]]).await?,
+        0,
+        "a second ack acks nothing"
+    );
     assert_eq!(ack(p, "billing", &[&ids[0]]).await?, 1);
 
     // Another group sees every entry, independently.
@@ -96,21 +112,29 @@ async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
     assert_eq!(ids_of(&s), ids);
 
     // ids[1] stays unacked with A: once idle past claim_after, B claims it (2nd delivery).
-    let claimed = eventually(Duration::from_secs(10), "B to claim the idle entry", || async {
-        let r = read(p, "billing", "b", "").await?;
-        Ok((!ids_of(&r).is_empty()).then_some(r))
-    })
+    let claimed = eventually(
+        Duration::from_secs(10),
+        "B to claim the idle entry",
+        || async {
+            let r = read(p, "billing", "b", "").await?;
+            Ok((!ids_of(&r).is_empty()).then_some(r))
+        },
+    )
     .await?;
     assert_eq!(ids_of(&claimed), [ids[1].clone()]);
     assert_eq!(claimed.json["entries"][0]["deliveries"], 2);
 
     // Delivered max_deliveries (2) times and still not acked: the next claim moves it to the
     // dead letters and acks it, in one script.
-    let dead = eventually(Duration::from_secs(10), "the entry to be dead-lettered", || async {
-        let r = read(p, "billing", "a", "").await?;
-        ensure!(ids_of(&r).is_empty(), "delivered a third time: {r:?}");
-        Ok((r.u64_field("dead_lettered") == 1).then_some(r))
-    })
+    let dead = eventually(
+        Duration::from_secs(10),
+        "the entry to be dead-lettered",
+        || async {
+            let r = read(p, "billing", "a", "").await?;
+            ensure!(ids_of(&r).is_empty(), "delivered a third time: {r:?}");
+            Ok((r.u64_field("dead_lettered") == 1).then_some(r))
+        },
+    )
     .await?;
     assert_eq!(dead.status, 200);
     let letters = p.get("/v1/streams/shop/orders/_dead").await?;
@@ -167,11 +191,15 @@ async fn streams_stay_within_their_bounds(b: Backend) -> Result<()> {
 
     // Retention: entries older than 1s go at a later append (MINID from Redis TIME).
     let old = append(p, "recent", &[json!("old")]).await?;
-    eventually(Duration::from_secs(10), "the old entry to be trimmed", || async {
-        append(p, "recent", &[json!("new")]).await?;
-        let r = p.get("/v1/streams/shop/recent?count=1").await?;
-        Ok((r.json["entries"][0]["id"] != json!(old[0])).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the old entry to be trimmed",
+        || async {
+            append(p, "recent", &[json!("new")]).await?;
+            let r = p.get("/v1/streams/shop/recent?count=1").await?;
+            Ok((r.json["entries"][0]["id"] != json!(old[0])).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -202,17 +230,20 @@ async fn range_reads_page_through_the_stream(b: Backend) -> Result<()> {
     assert_eq!(got, ids);
     // Inclusive bounds.
     let r = p
-        .send(p.client().get(p.url("/v1/streams/shop/orders")).query(&[
-            ("from", ids[3].as_str()),
-            ("to", ids[5].as_str()),
-        ]))
+        .send(
+            p.client()
+                .get(p.url("/v1/streams/shop/orders"))
+                .query(&[("from", ids[3].as_str()), ("to", ids[5].as_str())]),
+        )
         .await?;
     assert_eq!(ids_of(&r), ids[3..6]);
     assert_eq!(r.json["entries"][1]["data"], json!({"i": 4}));
     Ok(())
 }
 
-async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(b: Backend) -> Result<()> {
+async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(
+    b: Backend,
+) -> Result<()> {
     let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
@@ -227,7 +258,10 @@ async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(b: Bac
     for _ in 0..20 {
         let e = c.event(within).await?;
         let data: Value = serde_json::from_str(&e.data)?;
-        assert_eq!(data["text"], "a\nb", "data with a line break survives the framing");
+        assert_eq!(
+            data["text"], "a\nb",
+            "data with a line break survives the framing"
+        );
         received.push(e.last_event_id);
     }
     assert_eq!(c.retry, Some(2000));
@@ -289,23 +323,50 @@ async fn bad_input_is_a_problem(b: Backend) -> Result<()> {
     let p = &w.patternd;
     let base = "/v1/streams/shop/orders";
     p.post_json(base, &json!({})).await?.assert_problem(400);
-    p.post_json(base, &json!({"data": 1, "entries": [2]})).await?.assert_problem(400);
-    p.post_json(base, &json!({"entries": []})).await?.assert_problem(400);
-    let many: Vec<Value> = (0..51).map(|i| json!(i)).collect();
-    p.post_json(base, &json!({ "entries": many })).await?.assert_problem(400);
-    p.post_json(base, &json!({"data": 1, "extra": 2})).await?.assert_problem(400);
-    p.post_raw(base, "not json").await?.assert_problem(400);
-    p.get(&format!("{base}?count=21")).await?.assert_problem(400);
-    p.get(&format!("{base}?from=yesterday")).await?.assert_problem(400);
-    p.get(&format!("{base}/groups/nope?consumer=a")).await?.assert_problem(404);
-    p.get(&format!("{base}/groups/billing?consumer=a%20b")).await?.assert_problem(400);
-    p.get(&format!("{base}/groups/billing")).await?.assert_problem(400);
-    p.get(&format!("{base}/groups/billing?consumer=a&wait=21s")).await?.assert_problem(400);
-    p.get(&format!("{base}/groups/billing?consumer=a&wait=soon")).await?.assert_problem(400);
-    p.get(&format!("{base}/groups/billing?consumer=a&count=0")).await?.assert_problem(400);
-    p.post_json(&format!("{base}/groups/billing/ack"), &json!({"ids": ["x"]}))
+    p.post_json(base, &json!({"data": 1, "entries": [2]}))
         .await?
         .assert_problem(400);
+    p.post_json(base, &json!({"entries": []}))
+        .await?
+        .assert_problem(400);
+    let many: Vec<Value> = (0..51).map(|i| json!(i)).collect();
+    p.post_json(base, &json!({ "entries": many }))
+        .await?
+        .assert_problem(400);
+    p.post_json(base, &json!({"data": 1, "extra": 2}))
+        .await?
+        .assert_problem(400);
+    p.post_raw(base, "not json").await?.assert_problem(400);
+    p.get(&format!("{base}?count=21"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}?from=yesterday"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}/groups/nope?consumer=a"))
+        .await?
+        .assert_problem(404);
+    p.get(&format!("{base}/groups/billing?consumer=a%20b"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}/groups/billing"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}/groups/billing?consumer=a&wait=21s"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}/groups/billing?consumer=a&wait=soon"))
+        .await?
+        .assert_problem(400);
+    p.get(&format!("{base}/groups/billing?consumer=a&count=0"))
+        .await?
+        .assert_problem(400);
+    p.post_json(
+        &format!("{base}/groups/billing/ack"),
+        &json!({"ids": ["x"]}),
+    )
+    .await?
+    .assert_problem(400);
     p.post_json(&format!("{base}/groups/billing/ack"), &json!({"ids": []}))
         .await?
         .assert_problem(400);

@@ -59,11 +59,11 @@ pub mod keys;
 pub mod lock;
 pub mod luacheck;
 pub mod ops;
+pub mod pubsub;
 mod ratelimit;
 mod recipe;
 pub mod session;
 pub mod stream;
-pub mod pubsub;
 
 use std::sync::Arc;
 
@@ -77,9 +77,9 @@ pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use pubsub::CompiledPubSub;
-pub use stream::CompiledStream;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 pub use session::CompiledSession;
+pub use stream::CompiledStream;
 
 /// A Lua script ready for SCRIPT LOAD / EVALSHA.
 #[derive(Debug, Clone, PartialEq, Eq)]

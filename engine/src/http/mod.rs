@@ -20,12 +20,12 @@ mod openapi;
 mod ops;
 pub mod parse_errors;
 pub mod problem;
+mod pubsub;
 mod ratelimit;
 pub mod server;
 mod session;
 pub mod sse;
 mod stream;
-mod pubsub;
 
 use std::sync::Arc;
 

@@ -43,7 +43,9 @@ fn render(ev: SubEvent) -> Rendered {
         SubEvent::Message(b) => (None, b, false),
         SubEvent::Gap => (
             Some("gap"),
-            bytes_of(r#"{"reason":"the engine's Redis subscription was interrupted; messages may have been lost"}"#),
+            bytes_of(
+                r#"{"reason":"the engine's Redis subscription was interrupted; messages may have been lost"}"#,
+            ),
             false,
         ),
         SubEvent::Dropped(reason) => (

@@ -114,8 +114,7 @@ impl<T> SseBody<T> {
         let gauge = metrics::gauge!("patternd_sse_clients", "pattern" => pattern);
         gauge.increment(1.0);
         let period = heartbeat.max(Duration::from_millis(10));
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Self {
             rx,

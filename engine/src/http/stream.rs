@@ -42,7 +42,8 @@ struct AppendBody {
 }
 
 impl Example for AppendBody {
-    const EXAMPLE: &'static str = r#"{"data": {"order": 42}} or {"entries": [{"order": 42}, {"order": 43}]}"#;
+    const EXAMPLE: &'static str =
+        r#"{"data": {"order": 42}} or {"entries": [{"order": 42}, {"order": 43}]}"#;
 }
 
 #[derive(Deserialize)]
@@ -121,7 +122,12 @@ async fn range(
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, ApiError> {
     let entries = rule
-        .range(&state.runtime.store, q.from.as_deref(), q.to.as_deref(), q.count)
+        .range(
+            &state.runtime.store,
+            q.from.as_deref(),
+            q.to.as_deref(),
+            q.count,
+        )
         .await?;
     let next = entries.last().map(|e| format!("({}", e.id));
     let entries: Vec<Value> = entries
@@ -143,7 +149,12 @@ async fn dead(
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, ApiError> {
     let letters = rule
-        .dead_letters(&state.runtime.store, q.from.as_deref(), q.to.as_deref(), q.count)
+        .dead_letters(
+            &state.runtime.store,
+            q.from.as_deref(),
+            q.to.as_deref(),
+            q.count,
+        )
         .await?;
     let next = letters.last().map(|e| format!("({}", e.id));
     let entries: Vec<Value> = letters
@@ -154,7 +165,10 @@ async fn dead(
             for (k, v) in &l.fields {
                 let v = match k.as_str() {
                     "d" => ("data".to_string(), data(v)),
-                    "deliveries" => (k.clone(), v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n))),
+                    "deliveries" => (
+                        k.clone(),
+                        v.parse::<u64>().map_or_else(|_| json!(v), |n| json!(n)),
+                    ),
                     _ => (k.clone(), json!(v)),
                 };
                 o.insert(v.0, v.1);
@@ -237,8 +251,7 @@ async fn read_group(
 }
 
 fn parse_wait(w: &str) -> Result<Duration, ApiError> {
-    crate::policy::duration::parse(w)
-        .map_err(|m| ApiError::BadRequest(format!("`wait`: {m}")))
+    crate::policy::duration::parse(w).map_err(|m| ApiError::BadRequest(format!("`wait`: {m}")))
 }
 
 // `POST /v1/streams/{app}/{rule}/groups/{group}/ack` with `{"ids": [...]}`.

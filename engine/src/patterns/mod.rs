@@ -5,19 +5,19 @@ pub mod cache;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
+pub mod pubsub;
 pub mod random;
 pub mod ratelimit;
 pub mod reply;
 pub mod session;
 pub mod stream;
-pub mod pubsub;
 
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
+pub use pubsub::{PubSubError, PubSubRule};
 pub use ratelimit::{CheckError, CheckRequest, Decision, RateLimiter};
 pub use session::{SessionError, Sessions};
 pub use stream::{StreamError, StreamRule};
-pub use pubsub::{PubSubError, PubSubRule};
 
 /// Entity ids longer than this are refused: they would only bloat keys.
 pub const MAX_ID_BYTES: usize = 512;

@@ -114,7 +114,9 @@ impl PubSubRule {
         channel: &str,
     ) -> Result<mpsc::Receiver<SubEvent>, PubSubError> {
         check_channel(channel)?;
-        let buffer = usize::try_from(self.spec.client_buffer).unwrap_or(256).max(1);
+        let buffer = usize::try_from(self.spec.client_buffer)
+            .unwrap_or(256)
+            .max(1);
         let key = channel_key(&self.keys, channel);
         let mut sub = store.subscriber().subscribe(&key, buffer).await?;
         let (out, events) = mpsc::channel(buffer + 2);

@@ -400,7 +400,11 @@ impl StreamRule {
     }
 
     /// Appends entries (JSON texts), at most `max_batch`; returns their ids in order.
-    pub async fn append(&self, store: &Store, entries: &[String]) -> Result<Vec<String>, StreamError> {
+    pub async fn append(
+        &self,
+        store: &Store,
+        entries: &[String],
+    ) -> Result<Vec<String>, StreamError> {
         if entries.is_empty() {
             return Err(StreamError::BadRequest("nothing to append".into()));
         }
@@ -490,7 +494,12 @@ impl StreamRule {
     }
 
     /// Acks entries of a group; returns how many were pending.
-    pub async fn ack(&self, store: &Store, group: &str, ids: &[String]) -> Result<u64, StreamError> {
+    pub async fn ack(
+        &self,
+        store: &Store,
+        group: &str,
+        ids: &[String],
+    ) -> Result<u64, StreamError> {
         self.check_group(group)?;
         if ids.is_empty() {
             return Err(StreamError::BadRequest("`ids` is empty".into()));
@@ -545,7 +554,13 @@ impl StreamRule {
     ) -> Result<Vec<Entry>, StreamError> {
         let count = self.count(count)?;
         let raw = self
-            .range_raw(store, &self.stream, from.unwrap_or("-"), to.unwrap_or("+"), count)
+            .range_raw(
+                store,
+                &self.stream,
+                from.unwrap_or("-"),
+                to.unwrap_or("+"),
+                count,
+            )
             .await?;
         Ok(raw
             .into_iter()
@@ -570,7 +585,13 @@ impl StreamRule {
     ) -> Result<Vec<DeadLetter>, StreamError> {
         let count = self.count(count)?;
         let raw = self
-            .range_raw(store, &self.dead, from.unwrap_or("-"), to.unwrap_or("+"), count)
+            .range_raw(
+                store,
+                &self.dead,
+                from.unwrap_or("-"),
+                to.unwrap_or("+"),
+                count,
+            )
             .await?;
         Ok(raw
             .into_iter()
@@ -594,7 +615,9 @@ impl StreamRule {
         };
         let rx = self.tail.tx.subscribe();
         self.tail.ensure_running(store);
-        let buffer = usize::try_from(self.spec.tail_buffer).unwrap_or(1024).max(1);
+        let buffer = usize::try_from(self.spec.tail_buffer)
+            .unwrap_or(1024)
+            .max(1);
         let (out, events) = mpsc::channel(buffer);
         let me = self.clone();
         let store = store.clone();
@@ -692,7 +715,8 @@ impl StreamRule {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    metrics::counter!("patternd_sse_dropped_total", "pattern" => "stream").increment(1);
+                    metrics::counter!("patternd_sse_dropped_total", "pattern" => "stream")
+                        .increment(1);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
                         out.send(TailEvent::Dropped("slow-client")),
@@ -712,8 +736,8 @@ impl StreamRule {
 /// `{dead, id, data, deliveries, ...}`.
 fn decode_group_read(v: Value) -> Result<GroupRead, StreamError> {
     let mut it = reply::Items::new(reply::into_array(v).map_err(|e| bad_reply("stream read", e))?);
-    let dead_lettered = u64::try_from(it.next_int().map_err(|e| bad_reply("stream read", e))?)
-        .unwrap_or(0);
+    let dead_lettered =
+        u64::try_from(it.next_int().map_err(|e| bad_reply("stream read", e))?).unwrap_or(0);
     let mut entries = Vec::new();
     while !it.is_empty() {
         let id = it.next_text().map_err(|e| bad_reply("stream read", e))?;

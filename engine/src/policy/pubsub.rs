@@ -63,7 +63,13 @@ impl Validator {
             MAX_MESSAGE_BYTES,
             MAX_MESSAGE_BYTES,
         );
-        let client_buffer = self.bounded(path, "client_buffer", &raw.client_buffer, MAX_CLIENT_BUFFER, 256);
+        let client_buffer = self.bounded(
+            path,
+            "client_buffer",
+            &raw.client_buffer,
+            MAX_CLIENT_BUFFER,
+            256,
+        );
         let heartbeat = raw
             .heartbeat
             .as_ref()

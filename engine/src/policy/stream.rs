@@ -120,7 +120,10 @@ impl Validator {
             None => default,
             Some(n) => match self.positive(path, field, n) {
                 Some(v) if v > max => {
-                    self.err(&loc(path, n.span()), format!("`{field}` {v} is above {max}"));
+                    self.err(
+                        &loc(path, n.span()),
+                        format!("`{field}` {v} is above {max}"),
+                    );
                     default
                 }
                 Some(v) => v,
@@ -168,8 +171,12 @@ impl Validator {
         let max_count = self.bounded(path, "max_count", &raw.max_count, MAX_BATCH, 100);
         let max_wait =
             self.optional_duration(path, "max_wait", &raw.max_wait, Duration::from_secs(30));
-        let claim_after =
-            self.optional_duration(path, "claim_after", &raw.claim_after, Duration::from_secs(30));
+        let claim_after = self.optional_duration(
+            path,
+            "claim_after",
+            &raw.claim_after,
+            Duration::from_secs(30),
+        );
         let heartbeat =
             self.optional_duration(path, "heartbeat", &raw.heartbeat, Duration::from_secs(15));
         let max_deliveries = self.bounded(
@@ -179,15 +186,24 @@ impl Validator {
             MAX_DELIVERIES,
             5,
         );
-        let dead_max_len =
-            self.bounded(path, "dead_max_len", &raw.dead_max_len, MAX_STREAM_LEN, 10_000);
-        let tail_buffer = self.bounded(path, "tail_buffer", &raw.tail_buffer, MAX_TAIL_BUFFER, 1024);
+        let dead_max_len = self.bounded(
+            path,
+            "dead_max_len",
+            &raw.dead_max_len,
+            MAX_STREAM_LEN,
+            10_000,
+        );
+        let tail_buffer =
+            self.bounded(path, "tail_buffer", &raw.tail_buffer, MAX_TAIL_BUFFER, 1024);
         let mut groups: Vec<String> = Vec::new();
         let raw_groups = raw.groups.as_deref().unwrap_or_default();
         if raw_groups.len() > MAX_GROUPS {
             self.err(
                 &at,
-                format!("{} groups; a stream rule has at most {MAX_GROUPS}", raw_groups.len()),
+                format!(
+                    "{} groups; a stream rule has at most {MAX_GROUPS}",
+                    raw_groups.len()
+                ),
             );
         }
         for g in raw_groups {
@@ -195,7 +211,10 @@ impl Validator {
             if !is_group_name(g) {
                 self.err(
                     &l,
-                    format!("group `{}`: use lowercase letters, digits, `-` and `_` (at most 63)", g.as_str()),
+                    format!(
+                        "group `{}`: use lowercase letters, digits, `-` and `_` (at most 63)",
+                        g.as_str()
+                    ),
                 );
             } else if groups.iter().any(|x| x == g.as_str()) {
                 self.err(&l, format!("group `{}` is listed twice", g.as_str()));

@@ -63,8 +63,12 @@ impl Store {
 impl Blocking {
     async fn query(&mut self, cmd: &redis::Cmd, bound: Duration) -> Result<Value, StoreError> {
         let reply = match &mut self.conn {
-            BlockingConn::Single(c) => tokio::time::timeout(bound, cmd.query_async::<Value>(c)).await,
-            BlockingConn::Cluster(c) => tokio::time::timeout(bound, cmd.query_async::<Value>(c)).await,
+            BlockingConn::Single(c) => {
+                tokio::time::timeout(bound, cmd.query_async::<Value>(c)).await
+            }
+            BlockingConn::Cluster(c) => {
+                tokio::time::timeout(bound, cmd.query_async::<Value>(c)).await
+            }
         };
         match reply {
             Err(_) => Err(StoreError::Timeout(bound)),
