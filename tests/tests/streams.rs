@@ -26,6 +26,8 @@ rules:
     stream: { max_len: 50, max_batch: 50 }
   recent:
     stream: { retention: 1s }
+  firehose:
+    stream: { max_len: 100000, tail_buffer: 4 }
 ";
 
 /// The rule's stream key, as the key builder makes it (`{app}:stream:{rule}:{%app.rule}:s`).
@@ -377,7 +379,59 @@ async fn bad_input_is_a_problem(b: Backend) -> Result<()> {
     Ok(())
 }
 
+async fn a_slow_tail_client_is_dropped_and_resumes_where_it_was(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let p = &w.patternd;
+    let url = p.url("/v1/streams/shop/firehose/_tail");
+    let within = Duration::from_secs(30);
+    let (slow_client, fast_client) = (reqwest::Client::new(), reqwest::Client::new());
+    // Both start from the beginning (`0-0`), so nothing appended after the request is missed.
+    let mut slow = SseClient::connect(&slow_client, &url, &[("Last-Event-ID", "0-0")]).await?;
+    let mut fast = SseClient::connect(&fast_client, &url, &[("Last-Event-ID", "0-0")]).await?;
+    let big = json!({ "blob": "x".repeat(30 * 1024) });
+    let mut appended: Vec<String> = Vec::new();
+    // The slow client reads nothing: once the socket buffers and its 4 slots are full, it is
+    // dropped (counted). The fast one reads every entry meanwhile.
+    loop {
+        ensure!(appended.len() < 5000, "the slow client was never dropped");
+        appended.extend(append(p, "firehose", std::slice::from_ref(&big)).await?);
+        let e = fast.event(within).await?;
+        ensure!(
+            e.last_event_id == *appended.last().unwrap_or(&String::new()),
+            "fast: {e:?}"
+        );
+        if appended.len() % 20 == 0 {
+            let m = p.get("/metrics").await?;
+            let dropped = patternd_e2e::metric_value(
+                &m.text,
+                "patternd_sse_dropped_total",
+                &[("pattern", "stream")],
+            );
+            if dropped.unwrap_or(0.0) >= 1.0 {
+                break;
+            }
+        }
+    }
+    // The slow client's stream: a prefix of the entries, then `dropped`, then the end.
+    let rest = slow.rest(within).await?;
+    let (last, got) = rest
+        .split_last()
+        .ok_or_else(|| anyhow::anyhow!("no events"))?;
+    assert_eq!(last.event, "dropped", "{last:?}");
+    let got: Vec<String> = got.iter().map(|e| e.last_event_id.clone()).collect();
+    assert_eq!(got, appended[..got.len()], "a gapless prefix");
+    ensure!(got.len() < appended.len(), "the slow client got everything");
+    // It resumes from its last id and gets the rest, once each.
+    let from = got.last().cloned().unwrap_or_else(|| "0-0".into());
+    let mut again = SseClient::connect(&slow_client, &url, &[("Last-Event-ID", &from)]).await?;
+    for want in &appended[got.len()..] {
+        assert_eq!(&again.event(within).await?.last_event_id, want);
+    }
+    Ok(())
+}
+
 on_every_backend!(
+    a_slow_tail_client_is_dropped_and_resumes_where_it_was,
     groups_ack_claim_and_dead_letters,
     a_waiting_read_gets_an_entry_appended_through_another_engine,
     streams_stay_within_their_bounds,

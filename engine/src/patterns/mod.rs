@@ -2,6 +2,7 @@
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
 pub mod cache;
+pub mod feed;
 pub mod lock;
 mod lost_grant;
 pub mod ops;

@@ -6,11 +6,10 @@
 //! `client_buffer` messages behind is dropped with a final event; a dropped subscriber
 //! connection is reported to every client as a gap.
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
+use super::feed::{self, Feed, NotSent};
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::pubsub::{PubSubScripts, channel_key};
 use crate::compile::{CompiledPubSub, KeySpace};
@@ -119,7 +118,7 @@ impl PubSubRule {
             .max(1);
         let key = channel_key(&self.keys, channel);
         let mut sub = store.subscriber().subscribe(&key, buffer).await?;
-        let (out, events) = mpsc::channel(buffer + 2);
+        let (out, events) = feed::channel(buffer + 1);
         tokio::spawn(async move {
             if out.send(SubEvent::Subscribed).await.is_err() {
                 return;
@@ -132,19 +131,13 @@ impl PubSubRule {
                 let event = match got {
                     Ok(PubSubEvent::Message(b)) => SubEvent::Message(b),
                     Ok(PubSubEvent::Gap) => SubEvent::Gap,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        dropped(&out).await;
-                        return;
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => return dropped(out),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                match out.try_send(event) {
+                match out.push(event) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped(&out).await;
-                        return;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(NotSent::Full) => return dropped(out),
+                    Err(NotSent::Closed) => return,
                 }
             }
         });
@@ -152,12 +145,8 @@ impl PubSubRule {
     }
 }
 
-/// The final event of a slow client: queued behind what it has not read yet (bounded wait).
-async fn dropped(out: &mpsc::Sender<SubEvent>) {
+/// The final event of a slow client, in the slot its feed keeps for it.
+fn dropped(out: Feed<SubEvent>) {
     metrics::counter!("patternd_sse_dropped_total", "pattern" => "pubsub").increment(1);
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        out.send(SubEvent::Dropped("slow-client")),
-    )
-    .await;
+    out.finish(SubEvent::Dropped("slow-client"));
 }

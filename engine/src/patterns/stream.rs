@@ -26,6 +26,7 @@ use redis::Value;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
+use super::feed::{self, Feed, NotSent};
 use super::reply;
 use crate::compile::stream::{StreamScripts, dead_key, stream_key};
 use crate::compile::{CompiledStream, KeySpace};
@@ -618,7 +619,7 @@ impl StreamRule {
         let buffer = usize::try_from(self.spec.tail_buffer)
             .unwrap_or(1024)
             .max(1);
-        let (out, events) = mpsc::channel(buffer);
+        let (out, events) = feed::channel(buffer);
         let me = self.clone();
         let store = store.clone();
         tokio::spawn(async move { me.feed(store, rx, cursor, out).await });
@@ -632,15 +633,19 @@ impl StreamRule {
         store: &Store,
         mut cursor: StreamId,
         upto: Option<StreamId>,
-        out: &mpsc::Sender<TailEvent>,
-    ) -> Result<StreamId, ()> {
+        out: &Feed<TailEvent>,
+    ) -> Result<StreamId, NotSent> {
         let to = upto.map_or_else(|| "+".to_string(), |u| u.to_string());
         loop {
             let from = format!("({cursor}");
             let page = self
                 .range_raw(store, &self.stream, &from, &to, self.spec.max_count)
                 .await
-                .map_err(|e| tracing::warn!(error = %e, "stream tail catch-up failed"))?;
+                .map_err(|e| {
+                    // Reported to the client as `redis-unavailable`; it resumes later.
+                    tracing::warn!(error = %e, "stream tail catch-up failed");
+                    NotSent::Full
+                })?;
             let full = page.len() as u64 >= self.spec.max_count;
             for (id, sid, fields) in page {
                 let data = fields
@@ -648,9 +653,7 @@ impl StreamRule {
                     .find(|(k, _)| k == "d")
                     .map(|(_, v)| v)
                     .unwrap_or_else(|| "null".into());
-                out.send(TailEvent::Entry(Entry { id, data }))
-                    .await
-                    .map_err(|_| ())?;
+                out.send(TailEvent::Entry(Entry { id, data })).await?;
                 cursor = sid;
             }
             if !full {
@@ -664,15 +667,13 @@ impl StreamRule {
         store: Store,
         mut rx: broadcast::Receiver<Arc<Batch>>,
         mut cursor: Option<StreamId>,
-        out: mpsc::Sender<TailEvent>,
+        out: Feed<TailEvent>,
     ) {
         if let Some(c) = cursor {
             match self.catch_up(&store, c, None, &out).await {
                 Ok(c) => cursor = Some(c),
-                Err(()) => {
-                    let _ = out.try_send(TailEvent::Dropped("redis-unavailable"));
-                    return;
-                }
+                Err(NotSent::Closed) => return,
+                Err(NotSent::Full) => return out.finish(TailEvent::Dropped("redis-unavailable")),
             }
         }
         loop {
@@ -680,57 +681,42 @@ impl StreamRule {
                 () = out.closed() => return,
                 b = rx.recv() => b,
             };
-            match batch {
-                Ok(batch) => {
-                    if let Some(c) = cursor
-                        && batch.after > c
-                    {
-                        match self.catch_up(&store, c, Some(batch.after), &out).await {
-                            Ok(c) => cursor = Some(c),
-                            Err(()) => {
-                                let _ = out.try_send(TailEvent::Dropped("redis-unavailable"));
-                                return;
-                            }
-                        }
-                    }
-                    for (sid, e) in &batch.entries {
-                        if cursor.is_some_and(|c| *sid <= c) {
-                            continue;
-                        }
-                        match out.try_send(TailEvent::Entry(e.clone())) {
-                            Ok(()) => cursor = Some(*sid),
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                metrics::counter!("patternd_sse_dropped_total", "pattern" => "stream").increment(1);
-                                // The buffer is full: the final event waits for room, so
-                                // it is sent after what the client already has queued.
-                                let _ = tokio::time::timeout(
-                                    Duration::from_secs(5),
-                                    out.send(TailEvent::Dropped("slow-client")),
-                                )
-                                .await;
-                                return;
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    metrics::counter!("patternd_sse_dropped_total", "pattern" => "stream")
-                        .increment(1);
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        out.send(TailEvent::Dropped("slow-client")),
-                    )
-                    .await;
-                    return;
-                }
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(broadcast::error::RecvError::Lagged(_)) => return slow(out),
                 Err(broadcast::error::RecvError::Closed) => {
-                    let _ = out.try_send(TailEvent::Dropped("closed"));
-                    return;
+                    return out.finish(TailEvent::Dropped("closed"));
+                }
+            };
+            if let Some(c) = cursor
+                && batch.after > c
+            {
+                match self.catch_up(&store, c, Some(batch.after), &out).await {
+                    Ok(c) => cursor = Some(c),
+                    Err(NotSent::Closed) => return,
+                    Err(NotSent::Full) => {
+                        return out.finish(TailEvent::Dropped("redis-unavailable"));
+                    }
+                }
+            }
+            for (sid, e) in &batch.entries {
+                if cursor.is_some_and(|c| *sid <= c) {
+                    continue;
+                }
+                match out.push(TailEvent::Entry(e.clone())) {
+                    Ok(()) => cursor = Some(*sid),
+                    Err(NotSent::Full) => return slow(out),
+                    Err(NotSent::Closed) => return,
                 }
             }
         }
     }
+}
+
+/// Ends the feed of a client that fell behind by more than its buffer.
+fn slow(out: Feed<TailEvent>) {
+    metrics::counter!("patternd_sse_dropped_total", "pattern" => "stream").increment(1);
+    out.finish(TailEvent::Dropped("slow-client"));
 }
 
 /// `{dead, id, data, deliveries, ...}`.

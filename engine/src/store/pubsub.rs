@@ -90,58 +90,32 @@ impl Subscriber {
         channel: &str,
         buffer: usize,
     ) -> Result<Subscription, StoreError> {
-        let (rx, ready, fresh) = {
+        let (rx, ready) = {
             let mut map = lock(&self.channels);
-            match map.get(channel) {
-                Some(c) => (c.tx.subscribe(), c.ready.clone(), false),
-                None => {
-                    let (tx, rx) = broadcast::channel(buffer.max(1));
-                    let ready = Arc::new(tokio::sync::OnceCell::new());
-                    map.insert(
-                        channel.to_string(),
-                        Channel {
-                            tx,
-                            ready: ready.clone(),
-                        },
-                    );
-                    (rx, ready, true)
-                }
-            }
+            let c = map.entry(channel.to_string()).or_insert_with(|| Channel {
+                tx: broadcast::channel(buffer.max(1)).0,
+                ready: Arc::new(tokio::sync::OnceCell::new()),
+            });
+            (c.tx.subscribe(), c.ready.clone())
         };
+        // From here on a failure drops `sub`, which unsubscribes if it was the last.
         let sub = Subscription {
             rx,
             channel: channel.to_string(),
             owner: self.clone(),
         };
-        if fresh {
+        // The first subscriber of the channel subscribes in Redis; the others wait for it (and
+        // one of them tries again if it failed): no polling, one SUBSCRIBE per channel.
+        let confirm = ready.get_or_try_init(|| async {
             let (done, answer) = oneshot::channel();
-            let sent = self
-                .commands
-                .send(Command::Subscribe(channel.to_string(), done));
-            let confirmed = match sent {
-                Ok(()) => answer.await.unwrap_or_else(|_| Err(closed())),
-                Err(_) => Err(closed()),
-            };
-            if let Err(e) = confirmed {
-                // Forget the channel so the next subscriber tries again (the drop of `sub`
-                // unsubscribes, harmless when nothing was subscribed).
-                lock(&self.channels).remove(channel);
-                return Err(e);
-            }
-            let _ = ready.set(());
-        } else {
-            let wait = async {
-                loop {
-                    if ready.get().is_some() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            tokio::time::timeout(COMMAND_TIMEOUT, wait)
-                .await
-                .map_err(|_| StoreError::Timeout(COMMAND_TIMEOUT))?;
-        }
+            self.commands
+                .send(Command::Subscribe(channel.to_string(), done))
+                .map_err(|_| closed())?;
+            answer.await.unwrap_or_else(|_| Err(closed()))
+        });
+        tokio::time::timeout(COMMAND_TIMEOUT * 2, confirm)
+            .await
+            .map_err(|_| StoreError::Timeout(COMMAND_TIMEOUT * 2))??;
         Ok(sub)
     }
 
