@@ -100,7 +100,7 @@ async fn a_slow_subscriber_is_dropped_while_the_others_keep_receiving(b: Backend
             e.data.len() == message.len() && e.event == "message",
             "fast got {e:?}"
         );
-        if sent % 20 == 0 {
+        if sent.is_multiple_of(20) {
             let m = p.get("/metrics").await?;
             let dropped = metric_value(
                 &m.text,

@@ -400,7 +400,7 @@ async fn a_slow_tail_client_is_dropped_and_resumes_where_it_was(b: Backend) -> R
             e.last_event_id == *appended.last().unwrap_or(&String::new()),
             "fast: {e:?}"
         );
-        if appended.len() % 20 == 0 {
+        if appended.len().is_multiple_of(20) {
             let m = p.get("/metrics").await?;
             let dropped = patternd_e2e::metric_value(
                 &m.text,
