@@ -88,7 +88,7 @@ async fn a_slow_subscriber_is_dropped_while_the_others_keep_receiving(b: Backend
     let mut slow = subscribe(&slow_client, p, "tiny", "firehose").await?;
     let mut fast = subscribe(&fast_client, p, "tiny", "firehose").await?;
     let message = "x".repeat(32 * 1024);
-    let mut sent = 0;
+    let mut sent: usize = 0;
     // The slow client reads nothing: once the socket buffers and its 4 slots are full, it is
     // dropped (counted in the metric). The fast one reads every message meanwhile.
     loop {
