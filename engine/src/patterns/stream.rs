@@ -8,8 +8,8 @@
 //! replays `XRANGE (last` page by page, and whenever a batch starts after its cursor it fills
 //! the hole with `XRANGE` up to the batch's start first, then sends the batch's entries past
 //! its cursor. Ids are compared, never positions: no entry is lost or sent twice. Each client
-//! has a bounded buffer (the rule's `tail_buffer`, shared broadcast slots); one that falls
-//! further behind is dropped with a final event and may resume with its `Last-Event-ID`.
+//! has a bounded buffer (the rule's `tail_buffer` entries); one that falls further behind is
+//! dropped with a final event and may resume with its `Last-Event-ID`.
 //!
 //! **Long-poll of a group read.** A read with `wait` runs the read script, and when it finds
 //! nothing waits for the tail reader's wake-up (an append through any engine shows there at
@@ -35,7 +35,12 @@ use crate::policy::stream::Stream;
 use crate::store::{Store, StoreError};
 
 /// Entries one XREAD of the tail reader takes at most.
-const TAIL_READ_COUNT: usize = 512;
+const TAIL_READ_COUNT: usize = 64;
+/// Batches the reader's broadcast ring holds. The feeds only move entries from it to their
+/// clients' own buffers (`tail_buffer` entries each), so a short ring suffices; it is short
+/// because a broadcast ring keeps its last values even once read (at most this many batches
+/// of `TAIL_READ_COUNT` entries stay in memory per rule).
+const TAIL_RING: usize = 16;
 /// How long one XREAD BLOCK waits before the reader checks whether anyone still listens.
 const TAIL_BLOCK: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -360,7 +365,7 @@ fn decode_xread(v: Value) -> Result<Vec<(StreamId, Entry)>, StreamError> {
 impl StreamRule {
     pub fn new(rule: &Rule, spec: &Stream, compiled: &CompiledStream, keys: &KeySpace) -> Self {
         let stream = stream_key(keys);
-        let (tx, _) = broadcast::channel(usize::try_from(spec.tail_buffer).unwrap_or(1024).max(1));
+        let (tx, _) = broadcast::channel(TAIL_RING);
         Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
