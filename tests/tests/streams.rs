@@ -150,6 +150,25 @@ async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
     // Nothing is pending any more: a later read finds nothing to claim or deliver.
     let after = read(p, "billing", "a", "").await?;
     assert!(ids_of(&after).is_empty() && after.u64_field("dead_lettered") == 0);
+
+    // Consumer records stay bounded: one with nothing pending is gone once its entries were
+    // claimed away or its own read found nothing; one with pending entries stays.
+    let key = stream_key("orders");
+    let mut conn = w.redis.conn_for_key(&key).await?;
+    let billing: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&key)
+        .arg("billing")
+        .query_async(&mut conn)
+        .await?;
+    assert!(billing.is_empty(), "billing consumers left: {billing:?}");
+    let shipping: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&key)
+        .arg("shipping")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(shipping.len(), 1, "s1 holds three pending entries");
     Ok(())
 }
 
