@@ -244,7 +244,68 @@ impl Validator {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
     use super::is_group_name;
+    use crate::policy::{RuleKind, load_sources};
+
+    fn load(text: &str) -> Result<RuleKind, String> {
+        load_sources(&[(PathBuf::from("s.yaml"), text.to_string())])
+            .map(|l| l.policy.rules().next().map(|r| r.kind.clone()))
+            .map_err(|d| d.to_string())?
+            .ok_or_else(|| "no rule".to_string())
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let kind =
+            load("app: a\nrules:\n  s: { stream: { max_len: 10, groups: [g] } }\n").expect("valid");
+        let RuleKind::Stream(s) = kind else {
+            panic!("a stream rule")
+        };
+        assert_eq!(s.max_len, Some(10));
+        assert_eq!(s.retention, None);
+        assert_eq!((s.max_batch, s.max_count, s.max_deliveries), (100, 100, 5));
+        assert_eq!(s.claim_after, Duration::from_secs(30));
+        assert_eq!(s.max_wait, Duration::from_secs(30));
+        assert_eq!(s.heartbeat, Duration::from_secs(15));
+        assert_eq!((s.dead_max_len, s.tail_buffer), (10_000, 1024));
+        assert_eq!(s.groups, ["g"]);
+        let kind = load("app: a\nrules:\n  p: { pubsub: {} }\n").expect("valid");
+        let RuleKind::PubSub(p) = kind else {
+            panic!("a pubsub rule")
+        };
+        assert_eq!((p.max_message_bytes, p.client_buffer), (65_536, 256));
+    }
+
+    #[test]
+    fn unbounded_streams_and_bad_bounds_are_refused() {
+        for (text, want) in [
+            (
+                "stream: { groups: [g] }",
+                "needs `max_len`, `retention` or both",
+            ),
+            ("stream: { max_len: 0 }", "at least 1"),
+            ("stream: { retention: 0s }", "at least 1ms"),
+            ("stream: { max_len: 1, max_count: 1001 }", "above 1000"),
+            ("stream: { max_len: 1, groups: [a, a] }", "listed twice"),
+            (
+                "stream: { max_len: 1, groups: [\"a:b\"] }",
+                "lowercase letters",
+            ),
+            ("stream: { max_len: 1, claim_after: soon }", "claim_after"),
+            (
+                "stream: { max_len: 1, grups: [a] }",
+                "did you mean `groups`",
+            ),
+            ("pubsub: { client_buffer: 0 }", "at least 1"),
+            ("pubsub: { max_message_bytes: 65537 }", "above 65536"),
+        ] {
+            let err = load(&format!("app: a\nrules:\n  r: {{ {text} }}\n")).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn group_names_use_the_rule_alphabet() {
