@@ -458,3 +458,32 @@ on_every_backend!(
     the_tail_resumes_with_last_event_id_losing_and_repeating_nothing,
     bad_input_is_a_problem,
 );
+
+/// One server killed and restarted empty on the same port: the tail reader reconnects by
+/// itself, and a connected client gets the entries appended after the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tail_survives_a_redis_restart() -> Result<()> {
+    let mut w = World::start(&[("shop.yaml", POLICY)], &[]).await?;
+    let within = Duration::from_secs(30);
+    let first = append(&w.patternd, "orders", &[json!("before")]).await?;
+    let url = w.patternd.url("/v1/streams/shop/orders/_tail");
+    let mut c = SseClient::connect(w.patternd.client(), &url, &[("Last-Event-ID", "0-0")]).await?;
+    assert_eq!(c.event(within).await?.last_event_id, first[0]);
+
+    w.redis.restart_same_port()?;
+    // Appends are refused while Redis is away (503, or the breaker); then one goes through.
+    let p = &w.patternd;
+    let after = eventually(within, "an append after the restart", || async {
+        let r = p
+            .post_json("/v1/streams/shop/orders", &json!({ "data": "after" }))
+            .await?;
+        Ok((r.status == 201).then(|| r.json["ids"][0].as_str().unwrap_or_default().to_string()))
+    })
+    .await?;
+    let e = c.event(within).await?;
+    assert_eq!(
+        (e.last_event_id.as_str(), e.data.as_str()),
+        (after.as_str(), "\"after\"")
+    );
+    Ok(())
+}
