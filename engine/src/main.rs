@@ -475,6 +475,15 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
     let (stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
     let consumer = patternd::patterns::cache::journal::consumer_name()
         .context("cannot name the write-behind flusher")?;
+    // The queue reaper (due delayed jobs, lapsed leases, gauges), stopped with the flusher.
+    let reaper = tokio::spawn(patternd::patterns::queue::reaper::run(
+        runtime.clone(),
+        flusher_stop.clone(),
+    ));
+    let pusher = tokio::spawn(patternd::patterns::queue::push::run(
+        runtime.clone(),
+        flusher_stop.clone(),
+    ));
     let flusher = tokio::spawn(patternd::patterns::cache::journal::run(
         runtime.clone(),
         consumer,
@@ -507,6 +516,8 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
     // Entries in flight stay pending in the journal and are taken over by the next engine.
     let _ = stop_flusher.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), flusher).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), reaper).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), pusher).await;
     tracker_task.abort();
     if let Some(m) = managed {
         m.shutdown().await;

@@ -339,6 +339,20 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_queue_events_total",
+        kind: Kind::Counter,
+        help: "Queue job events, by event (redelivered: a lapsed lease put back; full: a push refused at max_len; stale_receipt: an ack, nack or extend refused with 409).",
+        labels: &[APP, RULE, ("event", crate::patterns::queue::EVENTS)],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_queue_jobs",
+        kind: Kind::Gauge,
+        help: "Jobs a queue holds, by state (refreshed by every pop and by the reaper, about once a second; every engine reports the same queue: aggregate with max).",
+        labels: &[APP, RULE, ("state", crate::patterns::queue::STATES)],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_stream_entries_total",
         kind: Kind::Counter,
         help: "Stream entries, by event: appended, delivered to a group (claims too), acked, dead_lettered (claimed past max_deliveries).",

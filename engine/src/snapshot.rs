@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::{Locker, OpRunner, PubSubRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub sessions: HashMap<String, HashMap<String, Arc<Sessions>>>,
     /// Lock rules by app, then rule.
     pub locks: HashMap<String, HashMap<String, Arc<Locker>>>,
+    /// Queue rules by app, then rule.
+    pub queues: HashMap<String, HashMap<String, Arc<QueueRule>>>,
     /// Stream rules by app, then rule.
     pub streams: HashMap<String, HashMap<String, Arc<StreamRule>>>,
     /// Pub/sub rules by app, then rule.
@@ -80,6 +82,7 @@ impl Snapshot {
         let mut caches: HashMap<String, HashMap<String, Arc<CacheRule>>> = HashMap::new();
         let mut sessions: HashMap<String, HashMap<String, Arc<Sessions>>> = HashMap::new();
         let mut locks: HashMap<String, HashMap<String, Arc<Locker>>> = HashMap::new();
+        let mut queues: HashMap<String, HashMap<String, Arc<QueueRule>>> = HashMap::new();
         let mut streams: HashMap<String, HashMap<String, Arc<StreamRule>>> = HashMap::new();
         let mut pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>> = HashMap::new();
         let mut diags = Vec::new();
@@ -137,6 +140,17 @@ impl Snapshot {
                         Arc::new(Locker::new(&c.rule, l, cl, &c.keys)),
                     );
                 }
+                (RuleKind::Queue(q), CompiledKind::Queue(cq)) => {
+                    match QueueRule::new(&c.rule, q, cq, &c.keys) {
+                        Ok(rule) => {
+                            queues
+                                .entry(c.rule.app.clone())
+                                .or_default()
+                                .insert(c.rule.name.clone(), Arc::new(rule));
+                        }
+                        Err(e) => diags.push(Diagnostic::error(&q.location, e.to_string())),
+                    }
+                }
                 (RuleKind::Stream(s), CompiledKind::Stream(cs)) => {
                     streams.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
@@ -167,6 +181,7 @@ impl Snapshot {
             caches,
             sessions,
             locks,
+            queues,
             streams,
             pubsubs,
             scripts,
@@ -193,6 +208,10 @@ impl Snapshot {
 
     pub fn locker(&self, app: &str, rule: &str) -> Option<&Arc<Locker>> {
         self.locks.get(app)?.get(rule)
+    }
+
+    pub fn queue(&self, app: &str, rule: &str) -> Option<&Arc<QueueRule>> {
+        self.queues.get(app)?.get(rule)
     }
 
     pub fn stream(&self, app: &str, rule: &str) -> Option<&Arc<StreamRule>> {

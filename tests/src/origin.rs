@@ -445,7 +445,7 @@ async fn handle(
             }
             resp
         }
-        Method::PUT | Method::PATCH | Method::DELETE => {
+        Method::PUT | Method::PATCH | Method::DELETE | Method::POST => {
             // Released writes go on; a dropped sender cannot happen while the origin runs.
             let _ = shared.hold.subscribe().wait_for(|held| !*held).await;
             if let Some(s) = fail_writes {

@@ -223,9 +223,10 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         .await?;
     ensure!(
         again.status == 409,
-        "the acknowledged grant was lost in the failover: {} {}",
+        "the acknowledged grant was lost in the failover: {} {}\n{}",
         again.status,
-        again.text
+        again.text,
+        pd.log()
     );
 
     // The acknowledged write-behind write survived too: once the origin accepts, the flusher

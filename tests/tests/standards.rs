@@ -81,6 +81,8 @@ rules:
     lock: {{ ttl: 30s }}
   daily:
     ops: {{ plugin: quota, op: daily-quota }}
+  jobs:
+    queue: {{ visibility: 1m }}
   events:
     stream: {{ max_len: 100, groups: [g] }}
   notify:
@@ -229,7 +231,46 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
         anyhow::ensure!(r.status == 200, "{r:?}");
         Ok::<String, anyhow::Error>(r.json["token"].as_str().unwrap_or_default().to_string())
     };
+    // A job pushed and popped: its id and receipt.
+    let job = || async {
+        let r = p
+            .post_json("/v1/queues/std/jobs", &json!({"payload": {"n": 1}}))
+            .await?;
+        anyhow::ensure!(r.status == 201, "{r:?}");
+        let r = p.post_raw("/v1/queues/std/jobs/_pop", "").await?;
+        let j = &r.json["jobs"][0];
+        anyhow::ensure!(j["receipt"].is_string(), "{r:?}");
+        let text = |f: &str| j[f].as_str().unwrap_or_default().to_string();
+        Ok::<(String, String), anyhow::Error>((text("id"), text("receipt")))
+    };
     Ok(match (method, path) {
+        ("post", "/v1/queues/{app}/{rule}") => {
+            Probe::new("post", "/v1/queues/std/jobs").json(json!({"payload": {"n": 2}}))
+        }
+        ("get", "/v1/queues/{app}/{rule}") => Probe::new("get", "/v1/queues/std/jobs"),
+        ("post", "/v1/queues/{app}/{rule}/_pop") => {
+            Probe::new("post", "/v1/queues/std/jobs/_pop?count=2")
+        }
+        (
+            "post",
+            "/v1/queues/{app}/{rule}/jobs/{id}/_ack"
+            | "/v1/queues/{app}/{rule}/jobs/{id}/_nack"
+            | "/v1/queues/{app}/{rule}/jobs/{id}/_extend",
+        ) => {
+            let (id, receipt) = job().await?;
+            let op = path.rsplit('/').next().unwrap_or_default();
+            Probe::new("post", format!("/v1/queues/std/jobs/jobs/{id}/{op}"))
+                .json(json!({"receipt": receipt}))
+        }
+        ("get", "/admin/queues/{app}/{rule}/dead-letters") => {
+            Probe::new("get", "/admin/queues/std/jobs/dead-letters")
+                .header("authorization", &bearer)
+        }
+        ("post", "/admin/queues/{app}/{rule}/dead-letters/replay") => {
+            Probe::new("post", "/admin/queues/std/jobs/dead-letters/replay")
+                .header("authorization", &bearer)
+                .json(json!({"count": 1}))
+        }
         ("post", "/v1/ratelimit/{app}/{rule}") => {
             Probe::new("post", "/v1/ratelimit/std/rl").json(json!({"id": "u-1"}))
         }

@@ -51,6 +51,7 @@ fn render(name: &str, text: &str) -> String {
                     CompiledKind::Cache(_)
                     | CompiledKind::Session(_)
                     | CompiledKind::Lock(_)
+                    | CompiledKind::Queue(_)
                     | CompiledKind::Stream(_)
                     | CompiledKind::PubSub(_) => {
                         // Names only: these scripts are the .lua files with fixed ARGV, so

@@ -47,6 +47,13 @@
 //! | `lock release` | `shared/clock.lua`, `lock/prelude.lua` | `lock/release.lua` |
 //! | `lock abandon` | `shared/clock.lua`, `lock/prelude.lua` | `lock/abandon.lua` |
 //! | `ops <app>/<rule> (<plugin>.<op>)` | — | generated: a comment naming its keys, then the op's script from its plugin |
+//! | `queue push` | `shared/clock.lua`, `queue/prelude.lua` | `queue/push.lua` |
+//! | `queue pop` | `shared/clock.lua`, `queue/prelude.lua` | `queue/pop.lua` |
+//! | `queue ack` | `shared/clock.lua`, `queue/prelude.lua` | `queue/ack.lua` |
+//! | `queue nack` | `shared/clock.lua`, `queue/prelude.lua` | `queue/nack.lua` |
+//! | `queue extend` | `shared/clock.lua`, `queue/prelude.lua` | `queue/extend.lua` |
+//! | `queue dead-list` | `shared/clock.lua`, `queue/prelude.lua` | `queue/dead_list.lua` |
+//! | `queue replay` | `shared/clock.lua`, `queue/prelude.lua` | `queue/replay.lua` |
 //! | `stream append` | `shared/clock.lua`, `stream/prelude.lua` | `stream/append.lua` |
 //! | `stream read` | `stream/prelude.lua` | `stream/read.lua` |
 //! | `stream ack` | — | `stream/ack.lua` |
@@ -60,6 +67,7 @@ pub mod lock;
 pub mod luacheck;
 pub mod ops;
 pub mod pubsub;
+pub mod queue;
 mod ratelimit;
 mod recipe;
 pub mod session;
@@ -77,6 +85,7 @@ pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use pubsub::CompiledPubSub;
+pub use queue::CompiledQueue;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 pub use session::CompiledSession;
 pub use stream::CompiledStream;
@@ -117,6 +126,7 @@ pub enum CompiledKind {
     Session(CompiledSession),
     Lock(CompiledLock),
     Ops(CompiledOps),
+    Queue(CompiledQueue),
     Stream(CompiledStream),
     PubSub(CompiledPubSub),
 }
@@ -130,6 +140,7 @@ impl CompiledRule {
             CompiledKind::Session(c) => c.scripts(),
             CompiledKind::Lock(c) => c.scripts(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
+            CompiledKind::Queue(q) => q.scripts(),
             CompiledKind::Stream(c) => c.scripts(),
             CompiledKind::PubSub(c) => c.scripts(),
         }
@@ -142,6 +153,10 @@ impl CompiledRule {
             CompiledKind::Cache(c) => c.key_layout(&self.keys),
             CompiledKind::Session(c) => c.key_layout(&self.keys),
             CompiledKind::Lock(c) => c.key_layout(&self.keys),
+            CompiledKind::Queue(q) => match &self.rule.kind {
+                RuleKind::Queue(spec) => q.key_layout(&self.keys, spec),
+                _ => Vec::new(),
+            },
             CompiledKind::Stream(c) => c.key_layout(&self.keys),
             CompiledKind::PubSub(c) => c.key_layout(&self.keys),
             CompiledKind::Ops(op) => op
@@ -222,6 +237,7 @@ pub fn compile(
                 .and_then(|()| session::compile(rule, c))
                 .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
+                RuleKind::Queue(q) => queue::compile(rule, q).map(CompiledKind::Queue),
                 RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
                 RuleKind::PubSub(c) => pubsub::compile(rule, c).map(CompiledKind::PubSub),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {

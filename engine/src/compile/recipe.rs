@@ -150,7 +150,9 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::compile::{cache, compile, lock, luacheck, ops, pubsub, ratelimit, session, stream};
+    use crate::compile::{
+        cache, compile, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
+    };
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
 
@@ -161,6 +163,7 @@ mod tests {
             session::RECIPES,
             lock::RECIPES,
             ops::RECIPES,
+            queue::RECIPES,
             stream::RECIPES,
             pubsub::RECIPES,
         ]
@@ -234,6 +237,7 @@ rules:
   behind: { cache: { origin: "http://127.0.0.1:9000/p/{id}", ttl: 1m, write: behind } }
   s: { session: { idle_ttl: 30m, absolute_ttl: 24h } }
   l: { lock: { ttl: 30s } }
+  q: { queue: {} }
 "#;
         let sources = vec![(PathBuf::from("all.yaml"), policy.to_string())];
         let loaded = load_sources(&sources).expect("a valid policy");
@@ -253,10 +257,10 @@ rules:
     #[test]
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
-        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock.
+        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue.
         assert_eq!(
             all.len(),
-            40,
+            47,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

@@ -231,6 +231,23 @@ fn describe(snap: &Snapshot) -> Value {
                             r["max_ttl_ms"] = json!(ms(l.max_ttl));
                             r["max_wait_ms"] = json!(ms(l.max_wait));
                         }
+                        (RuleKind::Queue(q), _) => {
+                            r["visibility_ms"] = json!(ms(q.visibility));
+                            r["max_visibility_ms"] = json!(ms(q.max_visibility));
+                            r["max_attempts"] = json!(q.max_attempts);
+                            r["retry_backoff_ms"] = json!(ms(q.retry_backoff));
+                            r["max_len"] = json!(q.max_len);
+                            r["dead_max_len"] = json!(q.dead_max_len);
+                            r["dedup_window_ms"] = json!(ms(q.dedup_window));
+                            r["max_delay_ms"] = json!(ms(q.max_delay));
+                            r["max_pop"] = json!(q.max_pop);
+                            r["max_wait_ms"] = json!(ms(q.max_wait));
+                            r["push"] = json!(q.push.as_ref().map(|p| json!({
+                                "url": p.url,
+                                "timeout_ms": ms(p.timeout),
+                                "concurrency": p.concurrency,
+                            })));
+                        }
                         (RuleKind::Ops(o), _) => {
                             r["plugin"] = json!(o.plugin);
                             r["op"] = json!(o.op);

@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::patterns::{Locker, OpRunner, PubSubRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
 
@@ -68,6 +68,13 @@ impl Pattern for OpRunner {
     const NAME: &'static str = "ops";
     fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
         snap.op(app, rule).cloned()
+    }
+}
+
+impl Pattern for QueueRule {
+    const NAME: &'static str = "queue";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.queue(app, rule).cloned()
     }
 }
 
@@ -134,7 +141,7 @@ impl<P: Pattern> FromRequestParts<AppState> for Rule<P> {
 }
 
 /// The entity segment after `{app}/{rule}`: a cache `{id}`, a session `{sid}`, a lock
-/// `{resource}`, a session `{user}`, a rate-limit `{lease}`. The pattern checks it (a
+/// `{resource}`, a session `{user}`, a rate-limit `{lease}`, a queue job's `{id}`. The pattern checks it (a
 /// malformed session id is a 404 like an unknown one, for instance); a cache id is checked
 /// here, see [`CacheId`].
 pub struct Id(pub String);

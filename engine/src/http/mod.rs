@@ -21,6 +21,7 @@ mod ops;
 pub mod parse_errors;
 pub mod problem;
 mod pubsub;
+mod queue;
 mod ratelimit;
 pub mod server;
 mod session;
@@ -58,6 +59,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(session::routes())
         .merge(lock::routes())
         .merge(ops::routes())
+        .merge(queue::routes())
         .merge(stream::routes())
         .merge(pubsub::routes())
         .merge(health::routes())

@@ -21,7 +21,7 @@
 //! | `not-found` | 404 | no such thing: a session, a cached value (or one to patch) |
 //! | `method-not-allowed` | 405 | the route has no such method |
 //! | `body-timeout` | 408 | the body did not arrive within `--body-read-timeout` |
-//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it; a user's sessions rotated again and again during a list or logout |
+//! | `conflict` | 409 | a lock held by another holder, or a token that does not hold it; a queue receipt that holds no lease; a user's sessions rotated again and again during a list or logout |
 //! | `not-hash` | 409 | a PATCH on a `format: string` cache rule |
 //! | `cache-bypassed` | 409 | the cache plugin bypassed a write that only the cache could take |
 //! | `not-write-behind` | 409 | dead letters of a cache rule that is not `write: behind` |
@@ -39,6 +39,7 @@
 //! | `origin-failed` | 502 | a cache origin failed, refused a write or could not be reached |
 //! | `redis-unavailable` | 503 | Redis is down, slow or refusing commands |
 //! | `journal-full` | 503 | the write-behind journal is at `journal_max_len` |
+//! | `queue-full` | 503 | a queue holds `max_len` jobs: the push is refused, never dropped |
 //! | `not-replicated` | 503 | a write of a rule with `durability` reached too few replicas in time (a lock grant is taken back; a cache write is applied on the primary) |
 //! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
 //! | `origin-timeout` | 504 | a cache origin did not answer in time |
@@ -53,7 +54,7 @@ use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
 use crate::patterns::{
-    CheckError, InputError, LockError, OpError, PubSubError, SessionError, StreamError,
+    CheckError, InputError, LockError, OpError, PubSubError, QueueError, SessionError, StreamError,
 };
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;
@@ -97,6 +98,7 @@ pub enum Kind {
     NotReplicated,
     NotReady,
     OriginTimeout,
+    QueueFull,
 }
 
 impl Kind {
@@ -135,6 +137,7 @@ impl Kind {
         Kind::NotReplicated,
         Kind::NotReady,
         Kind::OriginTimeout,
+        Kind::QueueFull,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -171,6 +174,7 @@ impl Kind {
             Kind::NotReplicated => "not-replicated",
             Kind::NotReady => "not-ready",
             Kind::OriginTimeout => "origin-timeout",
+            Kind::QueueFull => "queue-full",
         }
     }
 
@@ -263,6 +267,9 @@ pub enum ApiError {
     NotReady(String),
     #[error("{0}")]
     OriginTimeout(String),
+    /// A push to a queue at `max_len`; answered with `Retry-After: 1`.
+    #[error("{0}")]
+    QueueFull(String),
     /// A cache answer's error, with the `Cache-Status` that explains it.
     #[error("{error}")]
     CacheStatus {
@@ -306,6 +313,7 @@ impl ApiError {
             ApiError::NotReplicated(_) => Kind::NotReplicated,
             ApiError::NotReady(_) => Kind::NotReady,
             ApiError::OriginTimeout(_) => Kind::OriginTimeout,
+            ApiError::QueueFull(_) => Kind::QueueFull,
             ApiError::CacheStatus { error, .. } => error.kind(),
             ApiError::Plain { status, .. } => Kind::of_status(*status),
         }
@@ -341,7 +349,8 @@ impl ApiError {
                 Kind::RedisUnavailable
                 | Kind::JournalFull
                 | Kind::NotReplicated
-                | Kind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+                | Kind::NotReady
+                | Kind::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
                 Kind::OriginTimeout => StatusCode::GATEWAY_TIMEOUT,
             },
         }
@@ -442,6 +451,24 @@ impl From<LockError> for ApiError {
             },
             LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
             LockError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        let detail = e.to_string();
+        match e {
+            QueueError::BadRequest(_) | QueueError::UnknownDeadLetter(_) => {
+                ApiError::BadRequest(detail)
+            }
+            QueueError::Full { .. } => ApiError::QueueFull(detail),
+            QueueError::StaleReceipt(_) => ApiError::Conflict {
+                message: detail,
+                retry_after_ms: None,
+            },
+            QueueError::Store(s) => s.into(),
+            QueueError::Random(_) | QueueError::Reply(..) => ApiError::Internal(detail),
         }
     }
 }
@@ -589,6 +616,10 @@ impl IntoResponse for ApiError {
                 header::RETRY_AFTER,
                 HeaderValue::from(ms.div_ceil(1000).max(1)),
             );
+        }
+        if matches!(self, ApiError::QueueFull(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {
             resp.headers_mut().insert(

@@ -6,7 +6,7 @@
 //!
 //! This file holds what every pattern shares: the policy, its apps and rules, the rule kind
 //! and the plugin reference. Each pattern's own model sits with its raw form and its checks in
-//! `policy/<pattern>.rs` (`ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`).
+//! `policy/<pattern>.rs` (`ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`, `queue.rs`).
 
 use indexmap::IndexMap;
 
@@ -47,6 +47,7 @@ pub enum RuleKind {
     Session(super::session::Session),
     Lock(super::lock::Lock),
     Ops(super::ops::Ops),
+    Queue(super::queue::Queue),
     Stream(super::stream::Stream),
     PubSub(super::pubsub::PubSub),
 }
@@ -60,6 +61,7 @@ impl RuleKind {
             RuleKind::Session(_) => "session",
             RuleKind::Lock(_) => "lock",
             RuleKind::Ops(_) => "ops",
+            RuleKind::Queue(_) => "queue",
             RuleKind::Stream(_) => "stream",
             RuleKind::PubSub(_) => "pubsub",
         }

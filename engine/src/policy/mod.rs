@@ -13,6 +13,7 @@ pub mod ir;
 pub mod lock;
 pub mod ops;
 pub mod pubsub;
+pub mod queue;
 pub mod ratelimit;
 mod raw;
 pub mod schema;

@@ -56,14 +56,14 @@ impl Validator {
     ) -> Option<PubSub> {
         let before = self.error_count();
         let at = loc(path, raw.span());
-        let max_message_bytes = self.bounded(
+        let max_message_bytes = self.bounded_or(
             path,
             "max_message_bytes",
             &raw.max_message_bytes,
             MAX_MESSAGE_BYTES,
             MAX_MESSAGE_BYTES,
         );
-        let client_buffer = self.bounded(
+        let client_buffer = self.bounded_or(
             path,
             "client_buffer",
             &raw.client_buffer,

@@ -56,6 +56,10 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<super::ops::RawOps>")]
     pub ops: Option<Spanned<super::ops::RawOps>>,
+    /// A reliable job queue, served at `/v1/queues/{app}/{rule}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::queue::RawQueue>")]
+    pub queue: Option<Spanned<super::queue::RawQueue>>,
     /// A bounded stream with consumer groups, served at `/v1/streams/{app}/{rule}`.
     #[serde(default)]
     #[schemars(with = "Option<super::stream::RawStream>")]

@@ -2,12 +2,13 @@
 //! JSON Schema can say it.
 //!
 //! Field by field it is generated from the raw types (`raw.rs` and each pattern's file:
-//! `ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`: types, enums, ranges,
+//! `ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`, `queue.rs`: types, enums, ranges,
 //! patterns). What spans fields is added here, next to each other: exactly one pattern block
 //! per rule, which limit fields go with which algorithm, what needs an `origin`, what only
 //! `write: behind` takes. What JSON Schema cannot say stays
 //! the loader's alone: durations over 366 days (a sum), `max_ttl` ≥ `ttl`, `max_per_user` ≤
-//! an explicit `user_cap`, the addresses in `trusted_proxies`, and plugin names (resolved
+//! an explicit `user_cap`, a queue's `max_visibility` ≥ `visibility`, `push.timeout` < `visibility` and `max_wait` ≤ 60s,
+//! the addresses in `trusted_proxies`, and plugin names (resolved
 //! against the plugins directory). `tests/tests/standards.rs` runs a table of documents
 //! through both and fails on any other disagreement.
 
@@ -23,12 +24,13 @@ pub const NONZERO_DURATION_PATTERN: &str =
 /// An HTTP header name (RFC 9110 token).
 pub const HEADER_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
-const PATTERN_BLOCKS: [&str; 7] = [
+const PATTERN_BLOCKS: [&str; 8] = [
     "rate_limit",
     "cache",
     "session",
     "lock",
     "ops",
+    "queue",
     "stream",
     "pubsub",
 ];
@@ -248,6 +250,20 @@ fn tighten(v: &mut Value) {
             super::session::MAX_USER_CAP,
         ),
         ("RawLock/properties/permits", super::lock::MAX_PERMITS),
+        (
+            "RawQueue/properties/max_attempts",
+            super::queue::MAX_MAX_ATTEMPTS,
+        ),
+        ("RawQueue/properties/max_len", super::queue::MAX_QUEUE_LEN),
+        (
+            "RawQueue/properties/dead_max_len",
+            super::queue::MAX_QUEUE_LEN,
+        ),
+        ("RawQueue/properties/max_pop", super::queue::MAX_MAX_POP),
+        (
+            "RawPush/properties/concurrency",
+            super::queue::MAX_PUSH_CONCURRENCY,
+        ),
     ] {
         add(v, &format!("/$defs/{pointer}"), json!({ "maximum": max }));
     }

@@ -108,7 +108,7 @@ pub fn is_group_name(s: &str) -> bool {
 
 impl Validator {
     /// A positive integer field with an upper bound, or `default` when absent.
-    pub(super) fn bounded(
+    pub(super) fn bounded_or(
         &mut self,
         path: &Path,
         field: &str,
@@ -162,13 +162,13 @@ impl Validator {
         let max_len = raw
             .max_len
             .as_ref()
-            .map(|_| self.bounded(path, "max_len", &raw.max_len, MAX_STREAM_LEN, 1));
+            .map(|_| self.bounded_or(path, "max_len", &raw.max_len, MAX_STREAM_LEN, 1));
         let retention = raw
             .retention
             .as_ref()
             .and_then(|d| self.duration(path, "retention", d));
-        let max_batch = self.bounded(path, "max_batch", &raw.max_batch, MAX_BATCH, 100);
-        let max_count = self.bounded(path, "max_count", &raw.max_count, MAX_BATCH, 100);
+        let max_batch = self.bounded_or(path, "max_batch", &raw.max_batch, MAX_BATCH, 100);
+        let max_count = self.bounded_or(path, "max_count", &raw.max_count, MAX_BATCH, 100);
         let max_wait =
             self.optional_duration(path, "max_wait", &raw.max_wait, Duration::from_secs(30));
         let claim_after = self.optional_duration(
@@ -179,14 +179,14 @@ impl Validator {
         );
         let heartbeat =
             self.optional_duration(path, "heartbeat", &raw.heartbeat, Duration::from_secs(15));
-        let max_deliveries = self.bounded(
+        let max_deliveries = self.bounded_or(
             path,
             "max_deliveries",
             &raw.max_deliveries,
             MAX_DELIVERIES,
             5,
         );
-        let dead_max_len = self.bounded(
+        let dead_max_len = self.bounded_or(
             path,
             "dead_max_len",
             &raw.dead_max_len,
@@ -194,7 +194,7 @@ impl Validator {
             10_000,
         );
         let tail_buffer =
-            self.bounded(path, "tail_buffer", &raw.tail_buffer, MAX_TAIL_BUFFER, 1024);
+            self.bounded_or(path, "tail_buffer", &raw.tail_buffer, MAX_TAIL_BUFFER, 1024);
         let mut groups: Vec<String> = Vec::new();
         let raw_groups = raw.groups.as_deref().unwrap_or_default();
         if raw_groups.len() > MAX_GROUPS {

@@ -28,12 +28,13 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 7] = [
+const PATTERN_KEYS: [&str; 8] = [
     "rate_limit",
     "cache",
     "session",
     "lock",
     "ops",
+    "queue",
     "stream",
     "pubsub",
 ];
@@ -185,6 +186,7 @@ impl Validator {
             raw.session.as_ref().map(|b| b.span()),
             raw.lock.as_ref().map(|b| b.span()),
             raw.ops.as_ref().map(|b| b.span()),
+            raw.queue.as_ref().map(|b| b.span()),
             raw.stream.as_ref().map(|b| b.span()),
             raw.pubsub.as_ref().map(|b| b.span()),
         ];
@@ -219,6 +221,8 @@ impl Validator {
             RuleKind::Lock(self.lock(path, name, l, body)?)
         } else if let Some(o) = &raw.ops {
             RuleKind::Ops(self.ops(path, name, o, body)?)
+        } else if let Some(q) = &raw.queue {
+            RuleKind::Queue(self.queue(path, name, q, body)?)
         } else if let Some(s) = &raw.stream {
             RuleKind::Stream(self.stream(path, name, s, body)?)
         } else if let Some(p) = &raw.pubsub {

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod managed;
 pub mod near;
 pub mod pubsub;
+mod route;
 mod slots;
 pub mod tracking;
 
@@ -20,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterConfig;
-use redis::cluster_async::ClusterConnection;
 use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::compile::Script;
@@ -155,21 +155,24 @@ pub struct StoreConfig {
 /// one whose caller gave up waiting (its command still sits in the connection, and Redis runs
 /// it when it gets to it). That is how a grant whose answer was lost is undone after it ran.
 ///
-/// On a cluster, a pinned `ClusterConnection` sends every command for one node over that
-/// node's one multiplexed connection, so two calls on the same slot keep their order too
-/// (until the slot moves: see docs/cluster.md).
+/// On a cluster, a pinned connection is one fixed connection to each primary (`route.rs`), so two
+/// calls on the same slot keep their order too (until the slot moves, or a redirect sends one
+/// through the crate's cluster client: see docs/cluster.md).
 #[derive(Clone)]
 pub struct Pinned {
     conn: Conn,
 }
 
-/// One connection of the pool: to the one server, or to a whole cluster (the redis crate's
-/// `ClusterConnection` keeps one multiplexed connection per node, routes each command by its
-/// first key, follows MOVED and ASK, and refreshes the slot map itself).
+/// One connection of the pool: to the one server, or connection `index` to every primary of
+/// a cluster, placed by the engine's own slot map (`route.rs`), with the redis crate's
+/// `ClusterConnection` behind it for keyless commands and redirects.
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster {
+        router: Arc<route::Router>,
+        index: usize,
+    },
 }
 
 /// The Redis pool. Cheap to clone.
@@ -342,13 +345,14 @@ impl Store {
             return Err(StoreError::CircuitOpen(breaker.cause()));
         }
         let started = Instant::now();
-        let res = self.inner.query(cmd, &mut conn, timeout, slot).await;
+        let (res, side) = self.inner.query(cmd, &mut conn, timeout, slot).await;
         self.inner.latency.record(started.elapsed().as_secs_f64());
         match &res {
             Ok(_) => breaker.on_success(),
             Err(e) => {
                 count_error(e);
-                if breaker.on_failure(e) {
+                // A cluster node's failure is its own breaker's (`route::NodeBreaker`).
+                if matches!(side, Side::Pool) && breaker.on_failure(e) {
                     tokio::spawn(probe(Arc::downgrade(&self.inner)));
                 }
             }
@@ -392,12 +396,18 @@ impl Store {
             slots::check(script, keys)?;
         }
         let conn = || pin.map_or_else(|| self.conn(), |p| p.conn.clone());
+        // On a cluster the call goes to its keys' slot (they share one); computed only there.
+        let slot = if self.inner.target.is_cluster() {
+            keys.first().map(|k| keys::key_slot(k))
+        } else {
+            None
+        };
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&script.sha).arg(keys.len()).arg(keys);
         for a in args {
             cmd.arg(*a);
         }
-        let res = match self.run_on(conn(), timeout, &cmd).await {
+        let res = match self.run_routed(conn(), timeout, &cmd, slot).await {
             // `EVAL` rather than `SCRIPT LOAD` then `EVALSHA`: it is routed by the same first
             // key, so on a cluster it reaches exactly the node that answered NOSCRIPT (a new
             // or promoted primary), and it still works while another node is down, when a
@@ -413,7 +423,7 @@ impl Store {
                 for a in args {
                     eval.arg(*a);
                 }
-                self.run_on(conn(), timeout, &eval).await
+                self.run_routed(conn(), timeout, &eval, slot).await
             }
             other => other,
         };
@@ -508,38 +518,81 @@ impl Store {
 }
 
 impl Inner {
-    /// One command on one connection, bounded by `timeout`. The breaker is not
+    /// One command on one connection, bounded by `timeout`. The pool's breaker is not
     /// consulted: `run` and the probe decide whether to call this.
-    /// `slot`: on a cluster, send `cmd` to that slot's primary (for commands the crate routes
-    /// elsewhere, such as `WAIT`); ignored on one server.
+    /// `slot`: on a cluster, send `cmd` to that slot's primary (every keyed call, and `WAIT`,
+    /// which the crate would send elsewhere); ignored on one server. The `Side` says whose
+    /// breaker the outcome concerns.
     async fn query<T: FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         conn: &mut Conn,
         timeout: Duration,
         slot: Option<u16>,
-    ) -> Result<T, StoreError> {
-        let reply = match (conn, slot) {
-            (Conn::Single(c), _) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
-            (Conn::Cluster(c), None) => {
-                tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await
-            }
-            (Conn::Cluster(c), Some(slot)) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(slot, SlotAddr::Master),
-                ));
-                tokio::time::timeout(timeout, async {
-                    let value = c.route_command(cmd.clone(), route).await?;
-                    redis::from_redis_value::<T>(value).map_err(redis::RedisError::from)
-                })
-                .await
+    ) -> (Result<T, StoreError>, Side) {
+        let reply = match conn {
+            Conn::Single(c) => tokio::time::timeout(timeout, cmd.query_async::<T>(c)).await,
+            Conn::Cluster { router, index } => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                // The direct path: the slot's primary, as on one server. Its connection
+                // failures count against that node (`route::NodeBreaker`), not the pool.
+                if let Some((node, mut c)) = slot.and_then(|s| router.node(s, *index)) {
+                    if let Some(cause) = node.breaker.refusing() {
+                        // Its replica may have been promoted meanwhile.
+                        router.stale();
+                        return (Err(StoreError::CircuitOpen(cause)), Side::Node);
+                    }
+                    let res = tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut c)).await;
+                    match res {
+                        Ok(Err(e)) if router.on_error(&e) => {
+                            if e.is_connection_refusal() {
+                                node.breaker.on_failure();
+                            }
+                        }
+                        Ok(Ok(v)) => {
+                            node.breaker.on_success();
+                            return (Ok(v), Side::Node);
+                        }
+                        other => {
+                            let err = match other {
+                                Ok(Err(e)) => StoreError::Redis(e),
+                                _ => StoreError::Timeout(timeout),
+                            };
+                            if err.is_connection_failure() {
+                                node.breaker.on_failure();
+                            }
+                            return (Err(err), Side::Node);
+                        }
+                    }
+                }
+                // The crate's path: keyless commands, no map yet, or a redirect.
+                let mut c = router.fallback();
+                match slot {
+                    None => tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut c)).await,
+                    Some(slot) => {
+                        use redis::cluster_routing::{
+                            Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                        };
+                        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                            Route::new(slot, SlotAddr::Master),
+                        ));
+                        tokio::time::timeout_at(deadline, async {
+                            // An error reply (NOSCRIPT, WRONGTYPE) comes back as a value
+                            // here: made an error, as `query_async` would.
+                            let value =
+                                c.route_command(cmd.clone(), route).await?.extract_error()?;
+                            redis::from_redis_value::<T>(value).map_err(redis::RedisError::from)
+                        })
+                        .await
+                    }
+                }
             }
         };
-        match reply {
+        let res = match reply {
             Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(r) => r.map_err(StoreError::from),
-        }
+        };
+        (res, Side::Pool)
     }
 
     /// PING on every connection of the pool. A connection whose last attempt failed starts
@@ -550,12 +603,14 @@ impl Inner {
         let ping = redis::cmd("PING");
         for conn in &self.conns {
             let mut conn = conn.clone();
-            let first: Result<String, _> = self.query(&ping, &mut conn, self.timeout, None).await;
+            let (first, _): (Result<String, _>, _) =
+                self.query(&ping, &mut conn, self.timeout, None).await;
             let ok = match first {
                 Ok(_) => true,
                 Err(StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => self
                     .query::<String>(&ping, &mut conn, self.timeout, None)
                     .await
+                    .0
                     .is_ok(),
                 Err(_) => false,
             };
@@ -575,19 +630,19 @@ fn pool(
     command_timeout: Duration,
 ) -> Result<Vec<Conn>, StoreError> {
     let mut conns = Vec::with_capacity(size);
+    let mgr_cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(command_timeout))
+        // No response timeout here: `run` bounds every command (including any
+        // wait for a reconnect) with one tokio timer; a second, per-request timer
+        // inside redis-rs measurably cost CPU on every decision.
+        .set_response_timeout(None)
+        // One connection attempt per reconnect, no retries: retries inside a
+        // request made every request during an outage wait for them (about 220 ms
+        // each). The breaker stops requests from reaching a dead Redis, and its
+        // probe does the retrying.
+        .set_number_of_retries(0);
     match target.endpoint() {
         Endpoint::Single(client) => {
-            let mgr_cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(command_timeout))
-                // No response timeout here: `run` bounds every command (including any
-                // wait for a reconnect) with one tokio timer; a second, per-request timer
-                // inside redis-rs measurably cost CPU on every decision.
-                .set_response_timeout(None)
-                // One connection attempt per reconnect, no retries: retries inside a
-                // request made every request during an outage wait for them (about 220 ms
-                // each). The breaker stops requests from reaching a dead Redis, and its
-                // probe does the retrying.
-                .set_number_of_retries(0);
             for _ in 0..size {
                 conns.push(Conn::Single(
                     ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg.clone())
@@ -596,20 +651,31 @@ fn pool(
             }
         }
         Endpoint::Cluster(cluster) => {
-            // Pending: the slot map is fetched in the background and again whenever a
-            // node goes away, so patternd starts while the cluster is down, as it does
-            // with one server. No response timeout, for the same reason as above.
+            // Pending: the crate fetches its slot map in the background and again whenever a
+            // node goes away, so patternd starts while the cluster is down, as it does with
+            // one server. No response timeout, for the same reason as above. One crate
+            // connection serves the whole pool: it carries only what the direct path cannot.
             let cluster_cfg = ClusterConfig::new().set_connection_timeout(command_timeout);
-            for _ in 0..size {
-                conns.push(Conn::Cluster(
-                    cluster
-                        .client
-                        .get_pending_async_connection_with_config(cluster_cfg.clone()),
-                ));
+            let fallback = cluster
+                .client
+                .get_pending_async_connection_with_config(cluster_cfg);
+            let router = route::Router::new(target.clone(), fallback, size, mgr_cfg);
+            for index in 0..size {
+                conns.push(Conn::Cluster {
+                    router: router.clone(),
+                    index,
+                });
             }
         }
     }
     Ok(conns)
+}
+
+/// Whose breaker a call's outcome concerns: the pool's, or (a call sent straight to a
+/// cluster primary) that node's alone.
+enum Side {
+    Pool,
+    Node,
 }
 
 fn count_error(e: &StoreError) {

@@ -283,33 +283,10 @@ async fn primaries(
     con: &mut redis::aio::MultiplexedConnection,
     asked: &str,
 ) -> Result<Vec<(String, u16)>, StoreError> {
-    let ranges: Vec<Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(con).await?;
-    let mut found: Vec<(String, u16)> = ranges
-        .iter()
-        .filter_map(|range| match range {
-            // [start, end, [host, port, id, …], replicas…]
-            Value::Array(parts) => match parts.get(2) {
-                Some(Value::Array(node)) => {
-                    let host = match node.first() {
-                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                        Some(Value::SimpleString(s)) => s.clone(),
-                        _ => return None,
-                    };
-                    let port = match node.get(1) {
-                        Some(Value::Int(p)) => u16::try_from(*p).ok()?,
-                        _ => return None,
-                    };
-                    let host = if host.is_empty() {
-                        asked.to_owned()
-                    } else {
-                        host
-                    };
-                    (host != "?").then_some((host, port))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
+    let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(con).await?;
+    let mut found: Vec<(String, u16)> = super::route::slot_ranges(&reply, asked)
+        .into_iter()
+        .map(|r| r.primary)
         .collect();
     found.sort();
     found.dedup();
