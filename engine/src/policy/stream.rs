@@ -225,6 +225,13 @@ impl Validator {
         if self.error_count() > before {
             return None;
         }
+        if max_len.is_none() {
+            // Bounded in age only: memory follows the append rate. Said, not refused.
+            self.warn(
+                &at,
+                "this stream is bounded by `retention` only: it holds whatever is appended within it; add `max_len` to bound its memory",
+            );
+        }
         Some(Stream {
             max_len,
             retention,
