@@ -9,6 +9,9 @@ use anyhow::{Result, ensure};
 use patternd_e2e::sse::SseClient;
 use patternd_e2e::{Backend, Patternd, World, eventually, metric_value, on_every_backend};
 
+/// A loaded machine must not turn a slow answer into a 503: these tests are about delivery.
+const SLOW_OK: &[&str] = &["--redis-timeout", "10s"];
+
 const POLICY: &str = "app: chat
 rules:
   room:
@@ -45,8 +48,8 @@ async fn subscribe(
 }
 
 async fn five_hundred_subscribers_on_two_engines_all_receive_a_publish(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("chat.yaml", POLICY)], &[]).await?;
-    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    let w = World::on(b, &[("chat.yaml", POLICY)], SLOW_OK).await?;
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), SLOW_OK).await?;
     let engines = Arc::new([w.patternd, other]);
     // A client per 50 subscribers: each SSE response holds its connection.
     let mut tasks = Vec::new();
@@ -81,7 +84,7 @@ async fn five_hundred_subscribers_on_two_engines_all_receive_a_publish(b: Backen
 }
 
 async fn a_slow_subscriber_is_dropped_while_the_others_keep_receiving(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("chat.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("chat.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let slow_client = reqwest::Client::new();
     let fast_client = reqwest::Client::new();

@@ -10,6 +10,9 @@ use patternd_e2e::{Backend, Patternd, Reply, World, eventually, on_every_backend
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
+/// A loaded machine must not turn a slow answer into a 503: these tests are about delivery.
+const SLOW_OK: &[&str] = &["--redis-timeout", "10s"];
+
 const POLICY: &str = "app: shop
 rules:
   orders:
@@ -83,7 +86,7 @@ async fn ack(p: &Patternd, group: &str, ids: &[&str]) -> Result<u64> {
 }
 
 async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let ids = append(
         p,
@@ -173,8 +176,8 @@ async fn groups_ack_claim_and_dead_letters(b: Backend) -> Result<()> {
 }
 
 async fn a_waiting_read_gets_an_entry_appended_through_another_engine(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
-    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), SLOW_OK).await?;
     // The group exists before the waiter starts, so the entry is new to it.
     let first = read(&w.patternd, "billing", "w", "").await?;
     assert_eq!(first.status, 200);
@@ -196,7 +199,7 @@ async fn a_waiting_read_gets_an_entry_appended_through_another_engine(b: Backend
 }
 
 async fn streams_stay_within_their_bounds(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let batch: Vec<Value> = (0..50).map(|i| json!({ "i": i })).collect();
     for _ in 0..20 {
@@ -226,7 +229,7 @@ async fn streams_stay_within_their_bounds(b: Backend) -> Result<()> {
 }
 
 async fn range_reads_page_through_the_stream(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let entries: Vec<Value> = (0..25).map(|i| json!({ "i": i })).collect();
     let ids = append(p, "orders", &entries).await?;
@@ -265,9 +268,9 @@ async fn range_reads_page_through_the_stream(b: Backend) -> Result<()> {
 async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(
     b: Backend,
 ) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
-    let other = Patternd::start(&w.redis.url(), w.policies.path(), &[]).await?;
+    let other = Patternd::start(&w.redis.url(), w.policies.path(), SLOW_OK).await?;
     let url = p.url("/v1/streams/shop/orders/_tail");
     let within = Duration::from_secs(20);
     let entries: Vec<Value> = (0..30).map(|i| json!({ "i": i, "text": "a\nb" })).collect();
@@ -340,7 +343,7 @@ async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(
 }
 
 async fn bad_input_is_a_problem(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let base = "/v1/streams/shop/orders";
     p.post_json(base, &json!({})).await?.assert_problem(400);
@@ -399,7 +402,7 @@ async fn bad_input_is_a_problem(b: Backend) -> Result<()> {
 }
 
 async fn a_slow_tail_client_is_dropped_and_resumes_where_it_was(b: Backend) -> Result<()> {
-    let w = World::on(b, &[("shop.yaml", POLICY)], &[]).await?;
+    let w = World::on(b, &[("shop.yaml", POLICY)], SLOW_OK).await?;
     let p = &w.patternd;
     let url = p.url("/v1/streams/shop/firehose/_tail");
     let within = Duration::from_secs(30);
