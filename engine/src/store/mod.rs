@@ -5,9 +5,11 @@
 //! connection. Every call is bounded by the command timeout, so a dead Redis answers an error
 //! in bounded time instead of hanging a request.
 
+pub mod blocking;
 pub mod connect;
 pub mod managed;
 pub mod near;
+pub mod pubsub;
 mod route;
 mod slots;
 pub mod tracking;
@@ -186,6 +188,8 @@ struct Inner {
     /// its timeout: on the request pool it would hold up every call pipelined behind it.
     durable: std::sync::OnceLock<Vec<Conn>>,
     target: RedisTarget,
+    /// The pub/sub subscriber (`pubsub`), started on first use.
+    subscriber: std::sync::OnceLock<Arc<pubsub::Subscriber>>,
     next: AtomicUsize,
     timeout: Duration,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
@@ -207,6 +211,7 @@ impl Store {
                 conns,
                 durable: std::sync::OnceLock::new(),
                 target: cfg.target.clone(),
+                subscriber: std::sync::OnceLock::new(),
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
                 latency: metrics::histogram!("patternd_redis_seconds"),
@@ -219,6 +224,19 @@ impl Store {
     /// The URL without its password, for logs.
     pub fn redacted_url(&self) -> &str {
         self.inner.target.redacted()
+    }
+
+    /// True when Redis is a cluster (pub/sub is sharded there).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.target.is_cluster()
+    }
+
+    /// The engine's one pub/sub subscriber, started on first use.
+    pub fn subscriber(&self) -> Arc<pubsub::Subscriber> {
+        self.inner
+            .subscriber
+            .get_or_init(|| pubsub::Subscriber::start(&self.inner.target))
+            .clone()
     }
 
     /// True while the breaker refuses commands (Redis known to be down).
