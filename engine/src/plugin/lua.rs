@@ -954,6 +954,84 @@ mod tests {
     }
 
     #[test]
+    fn example_job_gate_decides_each_push() {
+        let p = example("job-gate-lua/job-gate-lua.lua");
+        assert!(p.hooks.contains(&"queue"));
+        let b = p
+            .bind(serde_json::json!({ "require": ["to"], "delays": { "digest": "1m" },
+                                       "urgent_header": "X-Urgent", "dedup_field": "order" }))
+            .unwrap();
+        let mut req = facts("x");
+        let day = 86_400_000;
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a","kind":"digest","order":42}"#, day),
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms: Some(60_000),
+                priority: None,
+                dedup_id: Some("order-42".into()),
+            }))
+        );
+        req.headers.push(("x-urgent".into(), "1".into()));
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a"}"#, day),
+            Ok(QueueDecision::Accept(QueueChoice {
+                priority: Some(9),
+                ..QueueChoice::default()
+            }))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"kind":"digest"}"#, day),
+            Ok(QueueDecision::Reject("a job needs `to`".into()))
+        );
+        assert_eq!(
+            b.queue(&req, "42", day),
+            Ok(QueueDecision::Reject("a job must be a JSON object".into()))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a","kind":"digest"}"#, 1000)
+                .unwrap_err()
+                .kind(),
+            "bad_output"
+        );
+        // A plugin without the hook says so.
+        let t = example("tiered-limits-lua/tiered-limits-lua.lua");
+        assert!(!t.hooks.contains(&"queue"));
+    }
+
+    #[test]
+    fn queue_hooks_see_the_facts_and_the_payload() {
+        let p = plugin(
+            r#"return { queue = function(req, job)
+                if job.n > 2 then return { reject = req.fields.dedup_id .. ':' .. job.n } end
+                return { delay_ms = job.n * 1000, priority = job.n, dedup_id = req.headers['x-d'] }
+            end }"#,
+        )
+        .unwrap();
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        let mut req = facts("x");
+        req.headers.push(("x-d".into(), "d1".into()));
+        req.fields = vec![("dedup_id".into(), r#""asked""#.into())];
+        assert_eq!(
+            b.queue(&req, r#"{"n":2}"#, 60_000),
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms: Some(2000),
+                priority: Some(2),
+                dedup_id: Some("d1".into()),
+            }))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"n":3}"#, 60_000),
+            Ok(QueueDecision::Reject("asked:3".into()))
+        );
+        for bad in ["{ priority = 10 }", "{ priority = -1 }", "{ delay_ms = 0.5 }", "{ dedup_id = 7 }", "{ reject = true }", "42"] {
+            let src = format!("return {{ queue = function() return {bad} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let err = b.queue(&req, "{}", 60_000).unwrap_err();
+            assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn example_plugins_load() {
         assert_eq!(example("quota/quota.lua").ops[0].name, "daily-quota");
         let t = example("tiered-limits-lua/tiered-limits-lua.lua");

@@ -881,6 +881,81 @@ mod tests {
             "bad_output"
         );
         ok();
+        // And the queue hook (`plugin-queue`), each misbehavior failing its call alone.
+        for (mode, kind) in [
+            ("loop", "budget"),
+            ("alloc", "memory"),
+            ("trap", "trap"),
+            ("garbage", "bad_output"),
+            ("escape", "bad_output"),
+            ("flood", "bad_output"),
+        ] {
+            let err = b
+                .queue(&facts(&[("x-mode", mode)], 0), "{}", 60_000)
+                .unwrap_err();
+            assert_eq!(err.kind(), kind, "queue {mode}: {err}");
+        }
+        assert_eq!(
+            b.queue(&facts(&[("x-mode", "echo")], 0), r#"{"a":1}"#, 60_000),
+            Ok(QueueDecision::Reject(r#"payload={"a":1}"#.into()))
+        );
+        ok();
+    }
+
+    #[test]
+    fn job_gate_decides_each_push() {
+        let p = load("job-gate", Limits::default());
+        assert_eq!(
+            p.hooks(),
+            vec!["init", "rate_limit", "cache", "session", "queue"]
+        );
+        let b = p
+            .bind(json!({ "require": ["to"], "delays": { "digest": "1m" },
+                          "urgent_header": "X-Urgent", "dedup_field": "order" }))
+            .unwrap();
+        let accept = |delay_ms, priority, dedup_id: Option<&str>| {
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms,
+                priority,
+                dedup_id: dedup_id.map(str::to_string),
+            }))
+        };
+        let day = 86_400_000;
+        assert_eq!(
+            b.queue(&facts(&[], 0), r#"{"to":"a","kind":"digest","order":42}"#, day),
+            accept(Some(60_000), None, Some("order-42"))
+        );
+        assert_eq!(
+            b.queue(&facts(&[("x-urgent", "1")], 0), r#"{"to":"a"}"#, day),
+            accept(None, Some(9), None)
+        );
+        assert_eq!(
+            b.queue(&facts(&[], 0), r#"{"kind":"digest"}"#, day),
+            Ok(QueueDecision::Reject("a job needs `to`".into()))
+        );
+        assert_eq!(
+            b.queue(&facts(&[], 0), "[1]", day),
+            Ok(QueueDecision::Reject("a job must be a JSON object".into()))
+        );
+        // A delay beyond the rule's `max_delay` is the plugin's failure, not a longer wait.
+        let err = b
+            .queue(&facts(&[], 0), r#"{"to":"a","kind":"digest"}"#, 1000)
+            .unwrap_err();
+        assert_eq!(err.kind(), "bad_output", "{err}");
+        assert!(p.bind(json!({ "delays": { "x": "soon" } })).is_err());
+    }
+
+    /// A component built for the world `plugin` (before the queue hook existed) loads and
+    /// serves its hooks; asking it for `queue` is a missing hook, not a trap.
+    #[test]
+    fn components_without_the_queue_hook_keep_working() {
+        let p = load("tiered-limits", Limits::default());
+        assert_eq!(p.hooks(), HOOKS.to_vec());
+        let b = p.bind(tiers_config()).unwrap();
+        let err = b.queue(&facts(&[], 0), "{}", 1000).unwrap_err();
+        assert_eq!(err.kind(), "missing_hook", "{err}");
+        let l = one_limit(b.rate_limit(&facts(&[("x-tier", "pro")], 1)).unwrap());
+        assert_eq!(l.limit, 5);
     }
 
     /// With fuel to spare, the epoch deadline stops a runaway call near `call_timeout`.
