@@ -90,7 +90,13 @@ async fn gates_decide_each_push(b: Backend) -> Result<()> {
 
         // Prioritized by a header: the urgent job pops first, with priority 9; the other
         // keeps the priority its client asked for.
-        let r = push(p, rule, json!({ "payload": { "to": "b" }, "priority": 3 }), false).await?;
+        let r = push(
+            p,
+            rule,
+            json!({ "payload": { "to": "b" }, "priority": 3 }),
+            false,
+        )
+        .await?;
         assert_eq!(r.status, 201, "{rule}: {r:?}");
         let r = push(p, rule, json!({ "payload": { "to": "c" } }), true).await?;
         assert_eq!(r.status, 201, "{rule}: {r:?}");
@@ -106,9 +112,21 @@ async fn gates_decide_each_push(b: Backend) -> Result<()> {
         );
 
         // Deduplicated by the order it carries, though the client gave no dedup id.
-        let first = push(p, rule, json!({ "payload": { "to": "d", "order": 42 } }), false).await?;
+        let first = push(
+            p,
+            rule,
+            json!({ "payload": { "to": "d", "order": 42 } }),
+            false,
+        )
+        .await?;
         assert_eq!(first.status, 201, "{rule}: {first:?}");
-        let again = push(p, rule, json!({ "payload": { "to": "d", "order": 42 } }), false).await?;
+        let again = push(
+            p,
+            rule,
+            json!({ "payload": { "to": "d", "order": 42 } }),
+            false,
+        )
+        .await?;
         assert_eq!(again.status, 200, "{rule}: {again:?}");
         assert_eq!(again.json["deduplicated"], json!(true));
         assert_eq!(again.json["id"], first.json["id"]);
@@ -240,7 +258,10 @@ rules:
         assert!(!out.status.success(), "{name}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         // At the rule, as every missing plugin or hook is.
-        assert!(err.contains(&format!("bad.yaml:3:3: {says}")), "{name}: {err}");
+        assert!(
+            err.contains(&format!("bad.yaml:3:3: {says}")),
+            "{name}: {err}"
+        );
     }
     // Reloading into such a policy is refused; the running one keeps serving.
     w.policies.write(

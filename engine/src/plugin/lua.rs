@@ -449,7 +449,9 @@ fn lua_to_queue(plugin: &str, v: Value) -> Result<QueueDecision, PluginError> {
         message,
     };
     let t = match v {
-        Value::Nil | Value::Boolean(true) => return Ok(QueueDecision::Accept(QueueChoice::default())),
+        Value::Nil | Value::Boolean(true) => {
+            return Ok(QueueDecision::Accept(QueueChoice::default()));
+        }
         Value::String(s) if s.to_string_lossy() == "accept" => {
             return Ok(QueueDecision::Accept(QueueChoice::default()));
         }
@@ -471,9 +473,7 @@ fn lua_to_queue(plugin: &str, v: Value) -> Result<QueueDecision, PluginError> {
         match t.get::<Value>(k) {
             Ok(Value::Nil) => Ok(None),
             Ok(Value::Integer(n)) if n >= 0 && (n as f64) <= max => Ok(Some(n as u64)),
-            Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n <= max => {
-                Ok(Some(n as u64))
-            }
+            Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n <= max => Ok(Some(n as u64)),
             _ => Err(bad(format!("`{k}` must be a whole number from 0 to {max}"))),
         }
     };
@@ -958,8 +958,10 @@ mod tests {
         let p = example("job-gate-lua/job-gate-lua.lua");
         assert!(p.hooks.contains(&"queue"));
         let b = p
-            .bind(serde_json::json!({ "require": ["to"], "delays": { "digest": "1m" },
-                                       "urgent_header": "X-Urgent", "dedup_field": "order" }))
+            .bind(
+                serde_json::json!({ "require": ["to"], "delays": { "digest": "1m" },
+                                       "urgent_header": "X-Urgent", "dedup_field": "order" }),
+            )
             .unwrap();
         let mut req = facts("x");
         let day = 86_400_000;
@@ -1023,7 +1025,14 @@ mod tests {
             b.queue(&req, r#"{"n":3}"#, 60_000),
             Ok(QueueDecision::Reject("asked:3".into()))
         );
-        for bad in ["{ priority = 10 }", "{ priority = -1 }", "{ delay_ms = 0.5 }", "{ dedup_id = 7 }", "{ reject = true }", "42"] {
+        for bad in [
+            "{ priority = 10 }",
+            "{ priority = -1 }",
+            "{ delay_ms = 0.5 }",
+            "{ dedup_id = 7 }",
+            "{ reject = true }",
+            "42",
+        ] {
             let src = format!("return {{ queue = function() return {bad} end }}");
             let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
             let err = b.queue(&req, "{}", 60_000).unwrap_err();

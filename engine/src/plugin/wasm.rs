@@ -922,7 +922,11 @@ mod tests {
         };
         let day = 86_400_000;
         assert_eq!(
-            b.queue(&facts(&[], 0), r#"{"to":"a","kind":"digest","order":42}"#, day),
+            b.queue(
+                &facts(&[], 0),
+                r#"{"to":"a","kind":"digest","order":42}"#,
+                day
+            ),
             accept(Some(60_000), None, Some("order-42"))
         );
         assert_eq!(

@@ -344,7 +344,10 @@ impl QueueRule {
             facts.fields = vec![
                 ("delay_ms".into(), ms(delay).to_string()),
                 ("priority".into(), priority.to_string()),
-                ("dedup_id".into(), Value::String(dedup_id.clone()).to_string()),
+                (
+                    "dedup_id".into(),
+                    Value::String(dedup_id.clone()).to_string(),
+                ),
             ];
             match binding.queue(&facts, &payload, ms(self.spec.max_delay)) {
                 Ok(QueueDecision::Accept(choice)) => {
