@@ -15,8 +15,9 @@ test:
 # Benchmarks (release build), all in one run, each against a baseline on the same Redis:
 # rate-limit decisions (redis-benchmark EVALSHA of the same script), the plugin figures (hook
 # cost per call; a plugin rule against the same rule without one), cache hits with and without
-# the near cache (redis-benchmark GET), session reads and lock acquire+release (the same
-# scripts called in process). `just bench --scenario cache` runs one; `--help` lists them.
+# the near cache (redis-benchmark GET), session reads, lock acquire+release and queue
+# push+pop+ack cycles (the same scripts called in process). `just bench --scenario cache` runs
+# one; `--help` lists them.
 bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}

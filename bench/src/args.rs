@@ -17,8 +17,8 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | cluster
-                          | all
+  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
+                          | queue_batch | cluster | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -43,11 +43,17 @@ Scenarios:
                          script called in process through patternd's library (no HTTP)
   lock                   POST /v1/locks/bench/order/{id} then DELETE with the token, against the
                          same two scripts called in process through patternd's library
+  queue                  job cycles on one queue rule: POST /v1/queues/bench/work (push), .../_pop
+                         (count=1, no wait), .../jobs/{id}/_ack with the receipt, against the same
+                         three scripts called in process through patternd's library; figures per
+                         cycle. `--scenario queue` also runs queue_batch
+  queue_batch            the same in batches: 10 pushes, one pop with count=10, 10 acks per
+                         operation (latency per batch; throughput and CPU per job cycle)
   cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
                          (BENCH_CLUSTER_POOL=N gives the cluster engine --redis-pool N)
-With the defaults, `all` takes about 2 minutes after the build.
+With the defaults, `all` takes about 3 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
 
@@ -65,12 +71,16 @@ pub enum Scenario {
     Session,
     /// Lock acquire + release over HTTP against the same scripts called in process.
     Lock,
+    /// Queue push + pop + ack over HTTP against the same scripts called in process.
+    Queue,
+    /// The same with pops of `patterns::QUEUE_BATCH` jobs.
+    QueueBatch,
     /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
     Cluster,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -78,6 +88,8 @@ impl Scenario {
         Scenario::CacheNear,
         Scenario::Session,
         Scenario::Lock,
+        Scenario::Queue,
+        Scenario::QueueBatch,
         Scenario::Cluster,
     ];
 
@@ -90,6 +102,8 @@ impl Scenario {
             Scenario::CacheNear => "cache_near",
             Scenario::Session => "session",
             Scenario::Lock => "lock",
+            Scenario::Queue => "queue",
+            Scenario::QueueBatch => "queue_batch",
             Scenario::Cluster => "cluster",
         }
     }
@@ -105,6 +119,8 @@ impl Scenario {
             | Scenario::CacheNear
             | Scenario::Session
             | Scenario::Lock
+            | Scenario::Queue
+            | Scenario::QueueBatch
             | Scenario::Cluster => None,
         }
     }
@@ -188,9 +204,11 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "cache_near" => vec![Scenario::CacheNear],
                     "session" => vec![Scenario::Session],
                     "lock" => vec![Scenario::Lock],
+                    "queue" => vec![Scenario::Queue, Scenario::QueueBatch],
+                    "queue_batch" => vec![Scenario::QueueBatch],
                     "cluster" => vec![Scenario::Cluster],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, cluster or all",
                         ctx()
                     ),
                 };
@@ -270,6 +288,8 @@ mod tests {
         let a = args(&["--scenario=all"])?.context("help")?;
         assert_eq!(a.scenarios.len(), Scenario::ALL.len());
         assert!(!a.explicit_scenario);
+        let a = args(&["--scenario", "queue"])?.context("help")?;
+        assert_eq!(a.scenarios, vec![Scenario::Queue, Scenario::QueueBatch]);
         assert!(args(&["--help"])?.is_none());
         assert!(args(&["--nope", "1"]).is_err());
         Ok(())

@@ -23,6 +23,18 @@ pub struct Baseline {
     pub other_util: f64,
 }
 
+impl Baseline {
+    /// A baseline whose operations each did `n` cycles, per cycle: throughput times `n`, CPU
+    /// divided by `n` (latency stays per operation).
+    pub fn per_cycle(mut self, n: u64) -> Self {
+        let n = n.max(1) as f64;
+        self.rps *= n;
+        self.redis_cpu_us /= n;
+        self.client_cpu_us /= n;
+        self
+    }
+}
+
 pub struct Run<'a> {
     pub port: u16,
     pub redis_pid: &'a str,

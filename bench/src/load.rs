@@ -46,7 +46,17 @@ pub enum Shape {
     /// the same path with `{"token": …}` releases: one operation, timed as a whole. A 409 on
     /// acquire (another connection holds that id) counts as denied.
     LockCycle,
+    /// `batch` pushes (POST `uri`, 201), one pop of up to `batch` jobs (POST `pop`, which
+    /// carries `?count=`), then an ack of each popped job with its receipt (204): one
+    /// operation, timed as a whole, that completes as many cycles as it acked. A pop that
+    /// finds nothing (it cannot, while every connection pushes before it pops) counts as
+    /// denied.
+    QueueCycle { batch: u64, pop: Uri },
 }
+
+/// The job every queue cycle pushes: a small payload, like an order reference. It holds no
+/// `"id"` or `"receipt"` field, so the pop answer's are found by a plain scan.
+const QUEUE_PUSH: &[u8] = br#"{"payload":{"order":"bench-000042","sku":"A-1"}}"#;
 
 pub struct Target {
     pub addr: SocketAddr,
@@ -109,9 +119,10 @@ impl Target {
     }
 }
 
-/// The answer to one operation: a status to count, or a transport failure.
+/// The answer to one operation: a status to count with how many cycles it completed (one,
+/// but a queue batch completes several), or a transport failure.
 enum Answer {
-    Status(StatusCode, Bytes),
+    Status(StatusCode, Bytes, u64),
     Failed(anyhow::Error),
 }
 
@@ -133,17 +144,17 @@ async fn operation(
                     target.uri.clone(),
                     Bytes::copy_from_slice(&body[..]),
                 );
-                exchange(sender, req, false).await
+                one(exchange(sender, req, false).await)
             }
             Shape::GetId => {
                 let req = target.request(Method::GET, target.uri_with_id(id)?, Bytes::new());
-                exchange(sender, req, false).await
+                one(exchange(sender, req, false).await)
             }
             Shape::GetOneOf(paths) => {
                 let i = usize::try_from(id % paths.len().max(1) as u64).unwrap_or(0);
                 let uri = paths.get(i).cloned().context("no paths to GET")?;
                 let req = target.request(Method::GET, uri, Bytes::new());
-                exchange(sender, req, false).await
+                one(exchange(sender, req, false).await)
             }
             Shape::LockCycle => {
                 let uri = target.uri_with_id(id)?;
@@ -156,9 +167,12 @@ async fn operation(
                     } else {
                         status
                     };
-                    return Ok((status, answer));
+                    return Ok((status, answer, 1));
                 }
-                let token = token_of(&answer).context("the acquire answer has no token")?;
+                let token = strings_of(&answer, "token")
+                    .first()
+                    .map(|t| t.to_string())
+                    .context("the acquire answer has no token")?;
                 let release = format!("{{\"token\":\"{token}\"}}");
                 let req = target.request(Method::DELETE, uri, Bytes::from(release));
                 let (status, answer) = exchange(sender, req, false).await?;
@@ -168,24 +182,91 @@ async fn operation(
                 } else {
                     status
                 };
-                Ok((status, answer))
+                Ok((status, answer, 1))
             }
+            Shape::QueueCycle { batch, pop } => queue_cycle(target, sender, *batch, pop).await,
         }
     }
     .await;
     match result {
-        Ok((status, body)) => Answer::Status(status, body),
+        Ok((status, body, cycles)) => Answer::Status(status, body, cycles),
         Err(e) => Answer::Failed(e),
     }
 }
 
-/// The value of `"token":"…"` in a JSON answer, found without a JSON parser (the load
-/// generator stays lean; tokens are URL-safe and need no unescaping).
-fn token_of(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let start = text.find("\"token\":\"")? + 9;
-    let len = text[start..].find('"')?;
-    Some(text[start..start + len].to_string())
+/// An exchange that completes one cycle.
+fn one(r: anyhow::Result<(StatusCode, Bytes)>) -> anyhow::Result<(StatusCode, Bytes, u64)> {
+    r.map(|(status, body)| (status, body, 1))
+}
+
+/// [`Shape::QueueCycle`]: push `batch` jobs, pop up to `batch`, ack each popped one. Answers
+/// 200 with the number of jobs acked, 429 for an empty pop, or the first unexpected answer.
+async fn queue_cycle(
+    target: &Target,
+    sender: &mut SendRequest<Full<Bytes>>,
+    batch: u64,
+    pop: &Uri,
+) -> anyhow::Result<(StatusCode, Bytes, u64)> {
+    for _ in 0..batch {
+        let req = target.request(
+            Method::POST,
+            target.uri.clone(),
+            Bytes::from_static(QUEUE_PUSH),
+        );
+        let (status, answer) = exchange(sender, req, false).await?;
+        if status != StatusCode::CREATED {
+            return Ok((status, answer, 0));
+        }
+    }
+    let req = target.request(Method::POST, pop.clone(), Bytes::new());
+    let (status, answer) = exchange(sender, req, true).await?;
+    if status != StatusCode::OK {
+        return Ok((status, answer, 0));
+    }
+    let ids = strings_of(&answer, "id");
+    let receipts = strings_of(&answer, "receipt");
+    if ids.len() != receipts.len() {
+        anyhow::bail!(
+            "a pop answer with {} ids and {} receipts: {}",
+            ids.len(),
+            receipts.len(),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    if ids.is_empty() {
+        return Ok((StatusCode::TOO_MANY_REQUESTS, answer, 1));
+    }
+    let base = target.uri.path();
+    for (id, receipt) in ids.iter().zip(&receipts) {
+        let uri: Uri = format!("{base}/jobs/{id}/_ack").parse()?;
+        let ack = format!("{{\"receipt\":\"{receipt}\"}}");
+        let req = target.request(Method::POST, uri, Bytes::from(ack));
+        let (status, answer) = exchange(sender, req, false).await?;
+        if status != StatusCode::NO_CONTENT {
+            return Ok((status, answer, 0));
+        }
+    }
+    Ok((StatusCode::OK, Bytes::new(), ids.len() as u64))
+}
+
+/// Every string value of `"field":"…"` in a JSON answer, in order, found without a JSON
+/// parser (job ids and receipts are URL-safe tokens: no escapes).
+fn strings_of<'a>(body: &'a [u8], field: &str) -> Vec<&'a str> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Vec::new();
+    };
+    let needle = format!("\"{field}\":\"");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&needle) {
+        let value = &rest[at + needle.len()..];
+        let Some(len) = value.find('"') else {
+            break;
+        };
+        out.push(&value[..len]);
+        rest = &value[len..];
+    }
+    out
 }
 
 /// What the connections saw during the measured phase.
@@ -348,20 +429,20 @@ async fn connection(
             let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let measuring = phase.load(Ordering::Relaxed) == MEASURE;
             match answer {
-                Answer::Status(status, _)
+                Answer::Status(status, _, cycles)
                     if status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS =>
                 {
                     failures = 0;
                     if measuring {
                         stats.latency.record(us);
                         if status == StatusCode::OK {
-                            stats.allowed += 1;
+                            stats.allowed += cycles;
                         } else {
-                            stats.denied += 1;
+                            stats.denied += cycles;
                         }
                     }
                 }
-                Answer::Status(status, body) => {
+                Answer::Status(status, body, _) => {
                     if measuring {
                         stats.bad_status += 1;
                     }
@@ -437,10 +518,25 @@ mod tests {
     #[test]
     fn finds_the_token() {
         assert_eq!(
-            token_of(br#"{"token":"abc_-1","fence":3}"#).as_deref(),
-            Some("abc_-1")
+            strings_of(br#"{"token":"abc_-1","fence":3}"#, "token"),
+            vec!["abc_-1"]
         );
-        assert_eq!(token_of(br#"{"fence":3}"#), None);
+        assert!(strings_of(br#"{"fence":3}"#, "token").is_empty());
+    }
+
+    #[test]
+    fn pushes_the_payload_of_the_in_process_baseline() -> anyhow::Result<()> {
+        let body: serde_json::Value = serde_json::from_slice(QUEUE_PUSH)?;
+        assert_eq!(body["payload"], crate::patterns::queue_payload());
+        Ok(())
+    }
+
+    #[test]
+    fn finds_every_job_of_a_pop() {
+        let answer = br#"{"jobs":[{"attempts":1,"id":"AAA","payload":{"order":"x"},"priority":0,"receipt":"r1"},{"attempts":1,"id":"BBB","payload":{},"priority":0,"receipt":"r2"}],"visibility_ms":30000}"#;
+        assert_eq!(strings_of(answer, "id"), vec!["AAA", "BBB"]);
+        assert_eq!(strings_of(answer, "receipt"), vec!["r1", "r2"]);
+        assert!(strings_of(br#"{"jobs":[],"visibility_ms":30000}"#, "id").is_empty());
     }
 
     #[test]

@@ -241,13 +241,15 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             Scenario::Cache | Scenario::CacheNear => {
                 Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
             }
-            Scenario::Session | Scenario::Lock => {
+            Scenario::Session | Scenario::Lock | Scenario::Queue | Scenario::QueueBatch => {
                 let policy = dir.path().join("policies").join("bench.yaml");
                 let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
-                Some(if scenario == Scenario::Session {
-                    run_session(args, &pids, patternd.addr, in_process).await?
-                } else {
-                    run_lock(args, &pids, patternd.addr, in_process).await?
+                Some(match scenario {
+                    Scenario::Session => {
+                        run_session(args, &pids, patternd.addr, in_process).await?
+                    }
+                    Scenario::Lock => run_lock(args, &pids, patternd.addr, in_process).await?,
+                    _ => run_queue(args, &pids, patternd.addr, in_process, scenario).await?,
                 })
             }
             Scenario::Cluster => {
@@ -538,6 +540,91 @@ async fn run_lock(
     })
 }
 
+/// The queue scenarios: cycles of push, pop and ack on one queue rule (`queue_batch`: 10
+/// pushes, one pop of 10, 10 acks per operation), against the same three scripts called in
+/// process. Throughput and CPU are per job cycle, latency per operation. Every connection
+/// (and baseline task) pushes before it pops, so a pop always finds as many jobs as it asks
+/// for: no pop is empty, none waits.
+async fn run_queue(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    in_process: Arc<patterns::InProcess>,
+    scenario: Scenario,
+) -> anyhow::Result<ScenarioResult> {
+    let name = scenario.name();
+    let batch = if scenario == Scenario::QueueBatch {
+        patterns::QUEUE_BATCH
+    } else {
+        1
+    };
+    eprintln!("[{name}] baseline: push + pop + ack scripts in process …");
+    // As many script calls as the other baselines send requests: three per cycle.
+    let operations = (args.baseline_requests / 3 / batch).max(1);
+    let base = {
+        let ip = in_process.clone();
+        patterns::raw_baseline(
+            format!(
+                "patternd's queue push ×{batch}, pop (count={batch}) and ack ×{batch}, in process through its library ({} EVALSHA, no HTTP)",
+                2 * batch + 1
+            ),
+            &pids.redis,
+            pids.ticks,
+            args.baseline_clients,
+            operations,
+            move |_| {
+                let ip = ip.clone();
+                async move {
+                    let queue = ip
+                        .snapshot
+                        .queue(patterns::APP, patterns::QUEUE_RULE)
+                        .context("no queue rule bench/work")?;
+                    let payload = patterns::queue_payload();
+                    for _ in 0..batch {
+                        queue
+                            .push(&ip.store, &payload, None, None, None)
+                            .await
+                            .map_err(|e| anyhow!("queue push: {e}"))?;
+                    }
+                    let jobs = queue
+                        .pop(&ip.store, batch, std::time::Duration::ZERO)
+                        .await
+                        .map_err(|e| anyhow!("queue pop: {e}"))?;
+                    if jobs.is_empty() {
+                        bail!("a pop found no job right after this task's own push");
+                    }
+                    for job in jobs {
+                        queue
+                            .ack(&ip.store, &job.id, &job.receipt)
+                            .await
+                            .map_err(|e| anyhow!("queue ack: {e}"))?;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?
+        .per_cycle(batch)
+    };
+    eprintln!(
+        "[{name}] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let queue = format!("/v1/queues/{}/{}", patterns::APP, patterns::QUEUE_RULE);
+    let target = Arc::new(
+        load::Target::new(addr, &queue)?.with_shape(load::Shape::QueueCycle {
+            batch,
+            pop: format!("{queue}/_pop?count={batch}").parse()?,
+        }),
+    );
+    let m = measure::http(target, args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario,
+        baseline: base,
+        m,
+    })
+}
+
 /// The HTTP half of the plugin scenario: every variant for `--duration` in total, in
 /// `plugins::ROUNDS` phases of alternating order, all with the same requests (random ids and
 /// the tier header).
@@ -687,11 +774,22 @@ impl Report {
         if !self.results.is_empty() {
             println!(
                 "  baseline: on the same Redis, -c {} clients, -n {} requests: redis-benchmark EVALSHA of the same script (rate limits, -r {}), \
-                 redis-benchmark GET (cache, -r {}), the same scripts in process without HTTP (session; lock: n/2 cycles)",
+                 redis-benchmark GET (cache, -r {}), the same scripts in process without HTTP (session; lock: n/2 cycles; queue: n/3 cycles)",
                 args.baseline_clients,
                 args.baseline_requests,
                 args.keyspace,
                 patterns::CACHE_IDS
+            );
+        }
+        if self
+            .results
+            .iter()
+            .any(|r| matches!(r.scenario, Scenario::Queue | Scenario::QueueBatch))
+        {
+            println!(
+                "  queue:    per job cycle (push, pop, ack: 3 requests; queue_batch: {b} pushes, one pop of {b}, {b} acks per operation); \
+                 latency per operation; ok = cycles done, denied = empty pops",
+                b = patterns::QUEUE_BATCH
             );
         }
         if !self.results.is_empty() {
@@ -835,8 +933,8 @@ impl Report {
         println!();
 
         row("goals", Vec::new());
-        // The rate-limit and cache issues set these goals; the session and lock issue sets
-        // none (it asks for the figures).
+        // The rate-limit and cache issues set these goals; the session and lock issue and the
+        // messaging issue (queues) set none (they ask for the figures).
         let has_goals = |r: &ScenarioResult| {
             matches!(
                 r.scenario,

@@ -1,7 +1,7 @@
-//! The cache, session and lock scenarios: their policy, the setup each needs before it can be
+//! The cache, session, lock and queue scenarios: their policy, the setup each needs before it can be
 //! measured (an origin and a filled cache, live sessions), and a raw Redis client baseline for
 //! the patterns redis-benchmark cannot drive (a session read needs a live session id, a lock
-//! release needs the token its acquire returned).
+//! release needs the token its acquire returned, a queue ack the receipt its pop returned).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +21,16 @@ pub const APP: &str = "bench";
 pub const CACHE_IDS: u64 = 10_000;
 /// Live sessions read at random.
 pub const SESSIONS: u64 = 5_000;
+/// The queue rule both queue scenarios push to, pop from and ack on.
+pub const QUEUE_RULE: &str = "work";
+/// Jobs per operation of the `queue_batch` scenario: pushes, one pop's `count`, acks. At most
+/// the rule's `max_pop` (default 10).
+pub const QUEUE_BATCH: u64 = 10;
+/// The payload of every pushed job, the same as the HTTP side's (`load::QUEUE_PUSH`).
+pub fn queue_payload() -> serde_json::Value {
+    serde_json::json!({"order": "bench-000042", "sku": "A-1"})
+}
+
 /// The origin's answer: a small JSON document, like a product record.
 const ITEM_BYTES: usize = 256;
 
@@ -37,6 +47,9 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
     }
     p.push_str("  web:\n    session: { idle_ttl: 30m, absolute_ttl: 24h }\n");
     p.push_str("  order:\n    lock: { ttl: 30s }\n");
+    p.push_str(&format!(
+        "  {QUEUE_RULE}:\n    queue: {{ visibility: 30s, max_pop: {QUEUE_BATCH} }}\n"
+    ));
     p
 }
 
@@ -196,7 +209,7 @@ where
 }
 
 /// patternd's own runtime for the bench policy, in this process, on the bench's Redis: the
-/// session and lock baselines call exactly the scripts, keys and arguments the server uses,
+/// session, lock and queue baselines call exactly the scripts, keys and arguments the server uses,
 /// minus HTTP.
 pub struct InProcess {
     pub snapshot: patternd::snapshot::Snapshot,

@@ -352,6 +352,55 @@ pub const ALL: &[Metric] = &[
         labels: &[APP, RULE, ("state", crate::patterns::queue::STATES)],
         buckets: &[],
     },
+    Metric {
+        name: "patternd_stream_entries_total",
+        kind: Kind::Counter,
+        help: "Stream entries, by event: appended, delivered to a group (claims too), acked, dead_lettered (claimed past max_deliveries).",
+        labels: &[
+            APP,
+            RULE,
+            (
+                "event",
+                &["appended", "delivered", "acked", "dead_lettered"],
+            ),
+        ],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_sse_clients",
+        kind: Kind::Gauge,
+        help: "Server-Sent Events clients connected (stream tails and pub/sub subscribers).",
+        labels: &[("pattern", &["stream", "pubsub"])],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_sse_dropped_total",
+        kind: Kind::Counter,
+        help: "SSE clients dropped for falling further behind than their buffer (slow readers).",
+        labels: &[("pattern", &["stream", "pubsub"])],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_pubsub_published_total",
+        kind: Kind::Counter,
+        help: "Messages published through patternd.",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_pubsub_received_total",
+        kind: Kind::Counter,
+        help: "Messages this engine's subscriber connection received (before fan-out to SSE clients).",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_pubsub_gaps_total",
+        kind: Kind::Counter,
+        help: "Times the pub/sub subscriber connection dropped (every subscriber got `event: gap`).",
+        labels: &[],
+        buckets: &[],
+    },
 ];
 
 /// The exporter, with each histogram's buckets (a histogram without buckets would be
@@ -398,6 +447,12 @@ pub fn describe_and_register_globals() {
     let _ = metrics::counter!("patternd_http_connection_limit_waits_total");
     let _ = metrics::counter!("patternd_http_header_timeouts_total");
     metrics::gauge!("patternd_redis_breaker_open").set(0.0);
+    for p in ["stream", "pubsub"] {
+        metrics::gauge!("patternd_sse_clients", "pattern" => p).set(0.0);
+        let _ = metrics::counter!("patternd_sse_dropped_total", "pattern" => p);
+    }
+    let _ = metrics::counter!("patternd_pubsub_received_total");
+    let _ = metrics::counter!("patternd_pubsub_gaps_total");
 }
 
 /// A cache rule's series that its runtime creates only on first use, at zero, when the

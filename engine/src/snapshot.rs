@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::{Locker, OpRunner, QueueRule, RateLimiter, Sessions};
+use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
@@ -34,6 +34,10 @@ pub struct Snapshot {
     pub locks: HashMap<String, HashMap<String, Arc<Locker>>>,
     /// Queue rules by app, then rule.
     pub queues: HashMap<String, HashMap<String, Arc<QueueRule>>>,
+    /// Stream rules by app, then rule.
+    pub streams: HashMap<String, HashMap<String, Arc<StreamRule>>>,
+    /// Pub/sub rules by app, then rule.
+    pub pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -79,6 +83,8 @@ impl Snapshot {
         let mut sessions: HashMap<String, HashMap<String, Arc<Sessions>>> = HashMap::new();
         let mut locks: HashMap<String, HashMap<String, Arc<Locker>>> = HashMap::new();
         let mut queues: HashMap<String, HashMap<String, Arc<QueueRule>>> = HashMap::new();
+        let mut streams: HashMap<String, HashMap<String, Arc<StreamRule>>> = HashMap::new();
+        let mut pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>> = HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -151,6 +157,18 @@ impl Snapshot {
                         Err(e) => diags.push(Diagnostic::error(&q.location, e.to_string())),
                     }
                 }
+                (RuleKind::Stream(s), CompiledKind::Stream(cs)) => {
+                    streams.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(StreamRule::new(&c.rule, s, cs, &c.keys)),
+                    );
+                }
+                (RuleKind::PubSub(p), CompiledKind::PubSub(cp)) => {
+                    pubsubs.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(PubSubRule::new(&c.rule, p, cp, &c.keys)),
+                    );
+                }
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -170,6 +188,8 @@ impl Snapshot {
             sessions,
             locks,
             queues,
+            streams,
+            pubsubs,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -198,6 +218,14 @@ impl Snapshot {
 
     pub fn queue(&self, app: &str, rule: &str) -> Option<&Arc<QueueRule>> {
         self.queues.get(app)?.get(rule)
+    }
+
+    pub fn stream(&self, app: &str, rule: &str) -> Option<&Arc<StreamRule>> {
+        self.streams.get(app)?.get(rule)
+    }
+
+    pub fn pubsub(&self, app: &str, rule: &str) -> Option<&Arc<PubSubRule>> {
+        self.pubsubs.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

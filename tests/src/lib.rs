@@ -14,6 +14,7 @@ pub mod cache_keys;
 pub mod cluster;
 pub mod origin;
 pub mod raw;
+pub mod sse;
 pub mod tls;
 
 use std::fs::File;

@@ -63,7 +63,11 @@ async fn put(p: &Patternd, id: &str, body: &str) -> Result<()> {
             &[("content-type", "text/plain")],
         )
         .await?;
-    ensure!((200..300).contains(&r.status), "PUT {id}: {r:?}");
+    ensure!(
+        (200..300).contains(&r.status),
+        "PUT {id}: {r:?}\n{}",
+        p.log()
+    );
     Ok(())
 }
 

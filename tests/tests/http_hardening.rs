@@ -423,6 +423,10 @@ fn rule_for(template: &str) -> &'static str {
         "web"
     } else if template.contains("/locks/") {
         "order"
+    } else if template.contains("/queues/") {
+        "jobs"
+    } else if template.contains("/streams/") {
+        "events"
     } else {
         "op"
     }
@@ -607,6 +611,10 @@ rules:
     lock: { ttl: 30s, max_wait: 1s }
   op:
     ops: { plugin: quota, op: daily-quota }
+  jobs:
+    queue: { visibility: 1m }
+  events:
+    stream: { max_len: 100, groups: [x1] }
 ";
 
 /// serde reads a struct from a JSON array too (`["alice"]` as `{"user": "alice"}`); every

@@ -83,6 +83,10 @@ rules:
     ops: {{ plugin: quota, op: daily-quota }}
   jobs:
     queue: {{ visibility: 1m }}
+  events:
+    stream: {{ max_len: 100, groups: [g] }}
+  notify:
+    pubsub: {{ heartbeat: 1s }}
 "
     )
 }
@@ -150,6 +154,8 @@ struct Probe {
     path: String,
     body: Option<(String, &'static str)>,
     headers: Vec<(&'static str, String)>,
+    /// An event stream: only the status and headers are read (it never ends by itself).
+    sse: bool,
 }
 
 impl Probe {
@@ -159,7 +165,12 @@ impl Probe {
             path: path.into(),
             body: None,
             headers: Vec::new(),
+            sse: false,
         }
+    }
+    fn event_stream(mut self) -> Self {
+        self.sse = true;
+        self
     }
     fn json(mut self, body: Value) -> Self {
         self.body = Some((body.to_string(), "application/json"));
@@ -179,6 +190,25 @@ async fn send(p: &Patternd, probe: &Probe) -> Result<patternd_e2e::Reply> {
     }
     if let Some((body, ct)) = &probe.body {
         req = req.header("content-type", *ct).body(body.clone());
+    }
+    if probe.sse {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(patternd_e2e::Reply {
+                status,
+                headers: resp.headers().clone(),
+                text: String::new(),
+                json: Value::Null,
+            });
+        }
+        let text = resp.text().await?;
+        return Ok(patternd_e2e::Reply {
+            status,
+            headers: reqwest::header::HeaderMap::new(),
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        });
     }
     p.send(req).await
 }
@@ -318,6 +348,30 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
         }
         ("delete", "/v1/locks/{app}/{rule}/{resource}") => {
             Probe::new("delete", "/v1/locks/std/order/o-1").json(json!({"token": lock().await?}))
+        }
+        ("post", "/v1/streams/{app}/{rule}") => {
+            Probe::new("post", "/v1/streams/std/events").json(json!({"data": {"n": 1}}))
+        }
+        ("get", "/v1/streams/{app}/{rule}") => Probe::new("get", "/v1/streams/std/events?count=5"),
+        ("get", "/v1/streams/{app}/{rule}/_dead") => {
+            Probe::new("get", "/v1/streams/std/events/_dead")
+        }
+        ("get", "/v1/streams/{app}/{rule}/_tail") => {
+            Probe::new("get", "/v1/streams/std/events/_tail").event_stream()
+        }
+        ("get", "/v1/streams/{app}/{rule}/groups/{group}") => {
+            Probe::new("get", "/v1/streams/std/events/groups/g?consumer=c1")
+        }
+        ("post", "/v1/streams/{app}/{rule}/groups/{group}/ack") => {
+            Probe::new("post", "/v1/streams/std/events/groups/g/ack").json(json!({"ids": ["1-0"]}))
+        }
+        ("post", "/v1/pubsub/{app}/{rule}/{channel}") => {
+            let mut probe = Probe::new("post", "/v1/pubsub/std/notify/news");
+            probe.body = Some(("hello".into(), "application/octet-stream"));
+            probe
+        }
+        ("get", "/v1/pubsub/{app}/{rule}/{channel}") => {
+            Probe::new("get", "/v1/pubsub/std/notify/news").event_stream()
         }
         ("get", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Probe::new("get", path),
         ("get", "/admin/policies") | ("post", "/admin/reload") => {

@@ -54,16 +54,24 @@
 //! | `queue extend` | `shared/clock.lua`, `queue/prelude.lua` | `queue/extend.lua` |
 //! | `queue dead-list` | `shared/clock.lua`, `queue/prelude.lua` | `queue/dead_list.lua` |
 //! | `queue replay` | `shared/clock.lua`, `queue/prelude.lua` | `queue/replay.lua` |
+//! | `stream append` | `shared/clock.lua`, `stream/prelude.lua` | `stream/append.lua` |
+//! | `stream read` | `stream/prelude.lua` | `stream/read.lua` |
+//! | `stream ack` | — | `stream/ack.lua` |
+//! | `stream range` | — | `stream/range.lua` |
+//! | `pubsub publish` | — | `pubsub/publish.lua` |
+//! | `pubsub spublish` | — | `pubsub/spublish.lua` |
 
 pub mod cache;
 pub mod keys;
 pub mod lock;
 pub mod luacheck;
 pub mod ops;
+pub mod pubsub;
 pub mod queue;
 mod ratelimit;
 mod recipe;
 pub mod session;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -76,9 +84,11 @@ pub use cache::CompiledCache;
 pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
+pub use pubsub::CompiledPubSub;
 pub use queue::CompiledQueue;
 pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
 pub use session::CompiledSession;
+pub use stream::CompiledStream;
 
 /// A Lua script ready for SCRIPT LOAD / EVALSHA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +127,8 @@ pub enum CompiledKind {
     Lock(CompiledLock),
     Ops(CompiledOps),
     Queue(CompiledQueue),
+    Stream(CompiledStream),
+    PubSub(CompiledPubSub),
 }
 
 impl CompiledRule {
@@ -129,6 +141,8 @@ impl CompiledRule {
             CompiledKind::Lock(c) => c.scripts(),
             CompiledKind::Ops(op) => vec![op.script.clone()],
             CompiledKind::Queue(q) => q.scripts(),
+            CompiledKind::Stream(c) => c.scripts(),
+            CompiledKind::PubSub(c) => c.scripts(),
         }
     }
 
@@ -143,6 +157,8 @@ impl CompiledRule {
                 RuleKind::Queue(spec) => q.key_layout(&self.keys, spec),
                 _ => Vec::new(),
             },
+            CompiledKind::Stream(c) => c.key_layout(&self.keys),
+            CompiledKind::PubSub(c) => c.key_layout(&self.keys),
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -228,6 +244,8 @@ pub fn compile(
                 )
                 .and_then(|()| queue::compile(rule, q))
                 .map(CompiledKind::Queue),
+                RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
+                RuleKind::PubSub(c) => pubsub::compile(rule, c).map(CompiledKind::PubSub),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

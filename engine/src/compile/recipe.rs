@@ -150,7 +150,9 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::compile::{cache, compile, lock, luacheck, ops, queue, ratelimit, session};
+    use crate::compile::{
+        cache, compile, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
+    };
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
 
@@ -162,6 +164,8 @@ mod tests {
             lock::RECIPES,
             ops::RECIPES,
             queue::RECIPES,
+            stream::RECIPES,
+            pubsub::RECIPES,
         ]
         .concat()
     }

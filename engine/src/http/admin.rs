@@ -259,6 +259,24 @@ fn describe(snap: &Snapshot) -> Value {
                             r["plugin"] = json!(o.plugin);
                             r["op"] = json!(o.op);
                         }
+                        (RuleKind::Stream(s), _) => {
+                            r["max_len"] = json!(s.max_len);
+                            r["retention_ms"] = json!(s.retention.map(ms));
+                            r["max_batch"] = json!(s.max_batch);
+                            r["max_count"] = json!(s.max_count);
+                            r["max_wait_ms"] = json!(ms(s.max_wait));
+                            r["groups"] = json!(s.groups);
+                            r["claim_after_ms"] = json!(ms(s.claim_after));
+                            r["max_deliveries"] = json!(s.max_deliveries);
+                            r["dead_max_len"] = json!(s.dead_max_len);
+                            r["heartbeat_ms"] = json!(ms(s.heartbeat));
+                            r["tail_buffer"] = json!(s.tail_buffer);
+                        }
+                        (RuleKind::PubSub(p), _) => {
+                            r["max_message_bytes"] = json!(p.max_message_bytes);
+                            r["heartbeat_ms"] = json!(ms(p.heartbeat));
+                            r["client_buffer"] = json!(p.client_buffer);
+                        }
                         _ => {}
                     }
                     r

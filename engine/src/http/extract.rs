@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::patterns::{Locker, OpRunner, QueueRule, RateLimiter, Sessions};
+use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
 
@@ -75,6 +75,20 @@ impl Pattern for QueueRule {
     const NAME: &'static str = "queue";
     fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
         snap.queue(app, rule).cloned()
+    }
+}
+
+impl Pattern for StreamRule {
+    const NAME: &'static str = "stream";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.stream(app, rule).cloned()
+    }
+}
+
+impl Pattern for PubSubRule {
+    const NAME: &'static str = "pubsub";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.pubsub(app, rule).cloned()
     }
 }
 
@@ -134,7 +148,14 @@ pub struct Id(pub String);
 
 #[derive(Deserialize)]
 struct IdPath {
-    #[serde(alias = "sid", alias = "resource", alias = "user", alias = "lease")]
+    #[serde(
+        alias = "sid",
+        alias = "resource",
+        alias = "user",
+        alias = "lease",
+        alias = "group",
+        alias = "channel"
+    )]
     id: String,
 }
 

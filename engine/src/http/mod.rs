@@ -20,10 +20,13 @@ mod openapi;
 mod ops;
 pub mod parse_errors;
 pub mod problem;
+mod pubsub;
 mod queue;
 mod ratelimit;
 pub mod server;
 mod session;
+pub mod sse;
+mod stream;
 
 use std::sync::Arc;
 
@@ -57,6 +60,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(lock::routes())
         .merge(ops::routes())
         .merge(queue::routes())
+        .merge(stream::routes())
+        .merge(pubsub::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(openapi::routes())

@@ -197,11 +197,11 @@ fn complete_operation(path: &str, method: &str, op: &mut Value) {
     for param in params.into_iter().flatten() {
         let name = param["name"].as_str().unwrap_or_default().to_string();
         let schema = match (param["in"].as_str(), name.as_str()) {
-            (Some("path"), "app" | "rule") => Some(json!({
+            (Some("path"), "app" | "rule" | "group") => Some(json!({
                 "type": "string",
                 "pattern": crate::policy::schema::NAME_PATTERN
             })),
-            (Some("path"), "id" | "resource" | "user") => Some(json!({
+            (Some("path"), "id" | "resource" | "user" | "channel") => Some(json!({
                 "type": "string",
                 "minLength": 1,
                 "maxLength": crate::patterns::MAX_ID_BYTES,

@@ -54,7 +54,9 @@ use utoipa::ToSchema;
 use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
-use crate::patterns::{CheckError, InputError, LockError, OpError, QueueError, SessionError};
+use crate::patterns::{
+    CheckError, InputError, LockError, OpError, PubSubError, QueueError, SessionError, StreamError,
+};
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;
 use crate::store::StoreError;
@@ -479,6 +481,28 @@ impl From<QueueError> for ApiError {
             QueueError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             QueueError::Store(s) => s.into(),
             QueueError::Random(_) | QueueError::Reply(..) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<StreamError> for ApiError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::BadRequest(m) => ApiError::BadRequest(m),
+            e @ StreamError::NoGroup(_) => ApiError::NotFound(e.to_string()),
+            StreamError::Internal(m) => ApiError::Internal(m),
+            StreamError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PubSubError> for ApiError {
+    fn from(e: PubSubError) -> Self {
+        match e {
+            PubSubError::Input(e) => e.into(),
+            PubSubError::BadRequest(m) => ApiError::BadRequest(m),
+            e @ PubSubError::TooLarge(..) => ApiError::TooLarge(e.to_string()),
+            PubSubError::Store(e) => e.into(),
         }
     }
 }

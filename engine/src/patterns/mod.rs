@@ -2,20 +2,25 @@
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
 pub mod cache;
+pub mod feed;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
+pub mod pubsub;
 pub mod queue;
 pub mod random;
 pub mod ratelimit;
 pub mod reply;
 pub mod session;
+pub mod stream;
 
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
+pub use pubsub::{PubSubError, PubSubRule};
 pub use queue::{QueueError, QueueRule};
 pub use ratelimit::{CheckError, CheckRequest, Decision, RateLimiter};
 pub use session::{SessionError, Sessions};
+pub use stream::{StreamError, StreamRule};
 
 /// Entity ids longer than this are refused: they would only bloat keys.
 pub const MAX_ID_BYTES: usize = 512;

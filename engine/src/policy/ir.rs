@@ -48,6 +48,8 @@ pub enum RuleKind {
     Lock(super::lock::Lock),
     Ops(super::ops::Ops),
     Queue(super::queue::Queue),
+    Stream(super::stream::Stream),
+    PubSub(super::pubsub::PubSub),
 }
 
 impl RuleKind {
@@ -60,6 +62,8 @@ impl RuleKind {
             RuleKind::Lock(_) => "lock",
             RuleKind::Ops(_) => "ops",
             RuleKind::Queue(_) => "queue",
+            RuleKind::Stream(_) => "stream",
+            RuleKind::PubSub(_) => "pubsub",
         }
     }
 }

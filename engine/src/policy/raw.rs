@@ -60,6 +60,14 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<super::queue::RawQueue>")]
     pub queue: Option<Spanned<super::queue::RawQueue>>,
+    /// A bounded stream with consumer groups, served at `/v1/streams/{app}/{rule}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::stream::RawStream>")]
+    pub stream: Option<Spanned<super::stream::RawStream>>,
+    /// Pub/sub channels over Server-Sent Events, served at `/v1/pubsub/{app}/{rule}/{channel}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::pubsub::RawPubSub>")]
+    pub pubsub: Option<Spanned<super::pubsub::RawPubSub>>,
 }
 
 /// `plugin: { name: NAME, config: {...}, fields: [...], headers: [...] }`.

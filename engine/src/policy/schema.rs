@@ -24,7 +24,16 @@ pub const NONZERO_DURATION_PATTERN: &str =
 /// An HTTP header name (RFC 9110 token).
 pub const HEADER_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
-const PATTERN_BLOCKS: [&str; 6] = ["rate_limit", "cache", "session", "lock", "ops", "queue"];
+const PATTERN_BLOCKS: [&str; 8] = [
+    "rate_limit",
+    "cache",
+    "session",
+    "lock",
+    "ops",
+    "queue",
+    "stream",
+    "pubsub",
+];
 const INLINE_LIMIT: [&str; 5] = ["algorithm", "limit", "window", "burst", "lease"];
 
 pub fn json_schema() -> Value {

@@ -28,7 +28,16 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 6] = ["rate_limit", "cache", "session", "lock", "ops", "queue"];
+const PATTERN_KEYS: [&str; 8] = [
+    "rate_limit",
+    "cache",
+    "session",
+    "lock",
+    "ops",
+    "queue",
+    "stream",
+    "pubsub",
+];
 
 #[derive(Default)]
 pub(super) struct Validator {
@@ -178,6 +187,8 @@ impl Validator {
             raw.lock.as_ref().map(|b| b.span()),
             raw.ops.as_ref().map(|b| b.span()),
             raw.queue.as_ref().map(|b| b.span()),
+            raw.stream.as_ref().map(|b| b.span()),
+            raw.pubsub.as_ref().map(|b| b.span()),
         ];
         let mut present = blocks.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -212,6 +223,10 @@ impl Validator {
             RuleKind::Ops(self.ops(path, name, o, body)?)
         } else if let Some(q) = &raw.queue {
             RuleKind::Queue(self.queue(path, name, q, body)?)
+        } else if let Some(s) = &raw.stream {
+            RuleKind::Stream(self.stream(path, name, s, body)?)
+        } else if let Some(p) = &raw.pubsub {
+            RuleKind::PubSub(self.pubsub(path, name, p, body)?)
         } else {
             return None;
         };

@@ -196,6 +196,37 @@ impl RedisTarget {
         }
     }
 
+    /// A new cluster client in RESP3, for the pub/sub connection (`store::pubsub`): sharded
+    /// messages arrive as pushes. Same seeds, credentials, TLS and retries as the pool's.
+    pub fn cluster_client_resp3(&self) -> Result<redis::cluster::ClusterClient, ConnectError> {
+        let url_error = |error| ConnectError::Url {
+            url: self.redacted.clone(),
+            error,
+        };
+        let Endpoint::Cluster(c) = &self.endpoint else {
+            return Err(ConnectError::ClusterUrl {
+                url: self.redacted.clone(),
+                detail: "not a cluster URL".into(),
+            });
+        };
+        let mut infos = Vec::with_capacity(c.url.seeds.len());
+        for (host, port) in &c.url.seeds {
+            let url = c.url.seed_url(host, *port);
+            infos.push(
+                redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(url_error)?,
+            );
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            .use_protocol(ProtocolVersion::RESP3)
+            .retries(4)
+            .min_retry_wait(10)
+            .max_retry_wait(200);
+        if let Some(certs) = &c.certs {
+            builder = builder.certs(certs.clone());
+        }
+        builder.build().map_err(url_error)
+    }
+
     /// The seed nodes of a cluster target (`host`, `port`), in the URL's order; empty for
     /// one server.
     pub fn seeds(&self) -> &[(String, u16)] {

@@ -5,9 +5,11 @@
 //! connection. Every call is bounded by the command timeout, so a dead Redis answers an error
 //! in bounded time instead of hanging a request.
 
+pub mod blocking;
 pub mod connect;
 pub mod managed;
 pub mod near;
+pub mod pubsub;
 mod route;
 mod slots;
 pub mod tracking;
@@ -186,6 +188,8 @@ struct Inner {
     /// its timeout: on the request pool it would hold up every call pipelined behind it.
     durable: std::sync::OnceLock<Vec<Conn>>,
     target: RedisTarget,
+    /// The pub/sub subscriber (`pubsub`), started on first use.
+    subscriber: std::sync::OnceLock<Arc<pubsub::Subscriber>>,
     next: AtomicUsize,
     timeout: Duration,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
@@ -207,6 +211,7 @@ impl Store {
                 conns,
                 durable: std::sync::OnceLock::new(),
                 target: cfg.target.clone(),
+                subscriber: std::sync::OnceLock::new(),
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
                 latency: metrics::histogram!("patternd_redis_seconds"),
@@ -219,6 +224,19 @@ impl Store {
     /// The URL without its password, for logs.
     pub fn redacted_url(&self) -> &str {
         self.inner.target.redacted()
+    }
+
+    /// True when Redis is a cluster (pub/sub is sharded there).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.target.is_cluster()
+    }
+
+    /// The engine's one pub/sub subscriber, started on first use.
+    pub fn subscriber(&self) -> Arc<pubsub::Subscriber> {
+        self.inner
+            .subscriber
+            .get_or_init(|| pubsub::Subscriber::start(&self.inner.target))
+            .clone()
     }
 
     /// True while the breaker refuses commands (Redis known to be down).
@@ -518,34 +536,47 @@ impl Inner {
                 let deadline = tokio::time::Instant::now() + timeout;
                 // The direct path: the slot's primary, as on one server. Its connection
                 // failures count against that node (`route::NodeBreaker`), not the pool.
-                if let Some((node, mut c)) = slot.and_then(|s| router.node(s, *index)) {
+                let mut next = slot.and_then(|s| Some((s, router.node(s, *index)?)));
+                let mut resent = false;
+                while let Some((slot, (node, mut c))) = next.take() {
                     if let Some(cause) = node.breaker.refusing() {
                         // Its replica may have been promoted meanwhile.
                         router.stale();
                         return (Err(StoreError::CircuitOpen(cause)), Side::Node);
                     }
                     let res = tokio::time::timeout_at(deadline, cmd.query_async::<T>(&mut c)).await;
-                    match res {
-                        Ok(Err(e)) if router.on_error(&e) => {
-                            if e.is_connection_refusal() {
-                                node.breaker.on_failure();
-                            }
-                        }
+                    let err = match res {
                         Ok(Ok(v)) => {
                             node.breaker.on_success();
                             return (Ok(v), Side::Node);
                         }
-                        other => {
-                            let err = match other {
-                                Ok(Err(e)) => StoreError::Redis(e),
-                                _ => StoreError::Timeout(timeout),
-                            };
-                            if err.is_connection_failure() {
-                                node.breaker.on_failure();
+                        // Redirected: it did not run; the crate follows the redirect.
+                        Ok(Err(e)) if router.on_error(&e) => break,
+                        Ok(Err(e)) => StoreError::Redis(e),
+                        Err(_) => StoreError::Timeout(timeout),
+                    };
+                    if err.is_connection_failure() {
+                        node.breaker.on_failure();
+                        // The connection failed (not a timeout: a slow node may have run
+                        // it). If a map fetched now names another primary for the slot, the
+                        // node had lost the slot before the call was sent (a promotion
+                        // comes `cluster-node-timeout` after a primary's death), so the
+                        // call did not run where it counts: it is sent once to the new one.
+                        if !resent && matches!(err, StoreError::Redis(_)) {
+                            resent = true;
+                            let fetched = tokio::time::timeout_at(deadline, router.refresh_now());
+                            if fetched.await.is_ok() {
+                                next = router
+                                    .node(slot, *index)
+                                    .filter(|(n, _)| !Arc::ptr_eq(n, &node))
+                                    .map(|found| (slot, found));
+                                if next.is_some() {
+                                    continue;
+                                }
                             }
-                            return (Err(err), Side::Node);
                         }
                     }
+                    return (Err(err), Side::Node);
                 }
                 // The crate's path: keyless commands, no map yet, or a redirect.
                 let mut c = router.fallback();

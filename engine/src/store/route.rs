@@ -49,6 +49,9 @@ use crate::compile::keys::SLOTS;
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// The least time between two fetches: during a failover every failed call asks for one.
 const REFRESH_GAP: Duration = Duration::from_millis(100);
+/// After a request for a new map that found none, how often and how long to look again.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+const FOLLOW_FOR: Duration = Duration::from_secs(30);
 /// A fetch that takes longer is abandoned (the next one is tried after `REFRESH_GAP`).
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
 /// `SlotMap::owner` of a slot no primary serves.
@@ -66,6 +69,9 @@ pub(super) struct Router {
     fallback: ClusterConnection,
     /// Asks the refresh task for a new map.
     stale: Arc<Notify>,
+    /// Maps fetched so far, and the one fetch at a time (`refresh_now`).
+    fetches: AtomicU64,
+    fetching: tokio::sync::Mutex<()>,
     target: RedisTarget,
     /// `--redis-pool`: the connections the engine spreads its calls over, divided among the
     /// primaries (rounded up, at least one each). Not that many per node: a multiplexed
@@ -175,6 +181,8 @@ impl Router {
             map: ArcSwapOption::empty(),
             fallback,
             stale: Arc::new(Notify::new()),
+            fetches: AtomicU64::new(0),
+            fetching: tokio::sync::Mutex::new(()),
             target,
             pool: pool.max(1),
             node_cfg,
@@ -201,10 +209,9 @@ impl Router {
         self.fallback.clone()
     }
 
-    /// What a direct call's error means for the map: a redirect or a node that is gone asks
-    /// for a new one. True when the command did not run (a redirect, or the connection was
-    /// refused, so nothing was sent) and may be sent through the crate, whose own map may
-    /// already know better (a promoted replica).
+    /// What a direct call's error means for the map: a redirect or a failed connection asks
+    /// for a new one. True when the call was redirected (MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+    /// READONLY: it did not run), so it may be sent through the crate, which follows it.
     pub(super) fn on_error(&self, e: &redis::RedisError) -> bool {
         let redirected = matches!(
             e.kind(),
@@ -216,11 +223,22 @@ impl Router {
                     | ServerErrorKind::ReadOnly
             )
         );
-        let refused = e.is_connection_refusal();
-        if redirected || refused || e.is_io_error() || e.is_connection_dropped() {
+        if redirected || e.is_io_error() || e.is_connection_dropped() {
             self.stale();
         }
-        redirected || refused
+        redirected
+    }
+
+    /// Fetches the map now, for a call that waits on it. One fetch at a time: a caller that
+    /// waited behind another's fetch uses its result instead of fetching again.
+    pub(super) async fn refresh_now(&self) {
+        let seen = self.fetches.load(Ordering::Acquire);
+        let _one = self.fetching.lock().await;
+        if self.fetches.load(Ordering::Acquire) == seen
+            && let Err(e) = self.refresh().await
+        {
+            tracing::debug!(error = %e, "cluster slot map not fetched");
+        }
     }
 
     /// Asks the refresh task for a new map (it fetches at most one per `REFRESH_GAP`).
@@ -230,7 +248,8 @@ impl Router {
 
     /// Fetches the slot map and swaps it in when it changed. Nodes that stay keep their
     /// connections.
-    async fn refresh(&self) -> Result<(), redis::RedisError> {
+    /// True when the map changed.
+    async fn refresh(&self) -> Result<bool, redis::RedisError> {
         let mut fallback = self.fallback.clone();
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("SLOTS");
@@ -248,9 +267,10 @@ impl Router {
             .first()
             .map(|(h, _)| h.as_str())
             .unwrap_or("127.0.0.1");
+        self.fetches.fetch_add(1, Ordering::AcqRel);
         let ranges = slot_ranges(&reply, guess);
         if ranges.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut primaries: Vec<&(String, u16)> = ranges.iter().map(|r| &r.primary).collect();
         primaries.sort();
@@ -296,18 +316,37 @@ impl Router {
             }
             self.map.store(Some(Arc::new(SlotMap { owner, nodes })));
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `per_node` lazy connections to the primary at `addr` (they connect on first use and
     /// reconnect by themselves, like the standalone pool's).
+    ///
+    /// RESP3, for one reason: a RESP3 `ConnectionManager` hears its connection drop (a push
+    /// the client makes) and reconnects at once, used or not. A primary that dies while a
+    /// pool connection to it is idle then leaves a *refused* reconnect behind, which the next
+    /// call sees before sending anything, so it may go through the crate to the promoted
+    /// replica. Over RESP2 that call would find a dead connection and fail with a broken pipe,
+    /// which cannot be told from a command lost in flight, so it could not be sent again.
+    /// The drop also has the map fetched anew. Script replies read the same in both protocols
+    /// (a script answers in RESP2 types unless it asks otherwise).
     fn connect(&self, addr: &(String, u16), per_node: usize) -> Result<Node, redis::RedisError> {
         let client = self
             .target
-            .node_client(Some((&addr.0, addr.1)), ProtocolVersion::RESP2)
+            .node_client(Some((&addr.0, addr.1)), ProtocolVersion::RESP3)
             .map_err(|e| redis::RedisError::from((ErrorKind::Io, "node client", e.to_string())))?;
+        let stale = self.stale.clone();
+        let cfg = self
+            .node_cfg
+            .clone()
+            .set_push_sender(move |msg: redis::PushInfo| {
+                if msg.kind == redis::PushKind::Disconnection {
+                    stale.notify_one();
+                }
+                Ok::<(), redis::aio::SendError>(())
+            });
         let conns = (0..per_node)
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), self.node_cfg.clone()))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone()))
             .collect::<Result<_, _>>()?;
         Ok(Node {
             addr: addr.clone(),
@@ -318,18 +357,41 @@ impl Router {
 }
 
 /// Fetches the map at once, then on request (at most once per `REFRESH_GAP`) and every
-/// `REFRESH_EVERY`. Holds the router weakly: a dropped pool ends it.
+/// `REFRESH_EVERY`. A request that finds the map unchanged (a node just went away, and its
+/// replica is not promoted yet) is followed by fetches every [`FOLLOW_EVERY`] for up to
+/// [`FOLLOW_FOR`], so a pool that sends nothing meanwhile (the durable pool, an idle shard)
+/// still follows the promotion when it comes. Holds the router weakly: a dropped pool ends it.
 async fn refresh_loop(router: Weak<Router>, stale: Arc<Notify>) {
+    let mut following: Option<tokio::time::Instant> = None;
+    let mut asked = false;
     loop {
         let Some(r) = router.upgrade() else {
             return;
         };
-        if let Err(e) = r.refresh().await {
-            tracing::debug!(error = %e, "cluster slot map not fetched (calls go through the cluster client meanwhile)");
+        let fetched = {
+            let _one = r.fetching.lock().await;
+            r.refresh().await
+        };
+        match fetched {
+            Ok(true) => following = None,
+            Ok(false) if asked && following.is_none() => {
+                following = Some(tokio::time::Instant::now() + FOLLOW_FOR);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster slot map not fetched (calls go through the cluster client meanwhile)");
+            }
         }
         drop(r);
         tokio::time::sleep(REFRESH_GAP).await;
-        let _ = tokio::time::timeout(REFRESH_EVERY, stale.notified()).await;
+        let wait = match following {
+            Some(until) if tokio::time::Instant::now() < until => FOLLOW_EVERY,
+            _ => {
+                following = None;
+                REFRESH_EVERY
+            }
+        };
+        asked = tokio::time::timeout(wait, stale.notified()).await.is_ok();
     }
 }
 
