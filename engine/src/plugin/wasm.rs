@@ -337,15 +337,14 @@ impl WasmPlugin {
             .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.classify(&e, &store))?;
-        instance
-            .get_typed_func::<(wit::Request, String), (wit::QueueDecision,)>(&mut store, index)
-            .map_err(|e| PluginError::Load {
-                plugin: self.name.clone(),
-                message: format!(
-                    "its `queue` export is not the one of the world \
+        let checked: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
+        checked.map_err(|e| PluginError::Load {
+            plugin: self.name.clone(),
+            message: format!(
+                "its `queue` export is not the one of the world \
                      patternd:plugin/plugin-queue@0.1.0: {e:#}"
-                ),
-            })?;
+            ),
+        })?;
         Ok(())
     }
 
@@ -470,13 +469,10 @@ impl WasmBinding {
         let guest = Guest::new(&mut store, &instance).map_err(|e| p.classify(&e, &store))?;
         // Type-checked at load already; looked up once per instance, not per call.
         let queue = match &p.queue {
-            Some(index) => Some(
-                instance
-                    .get_typed_func::<(wit::Request, String), (wit::QueueDecision,)>(
-                        &mut store, index,
-                    )
-                    .map_err(|e| p.classify(&e, &store))?,
-            ),
+            Some(index) => {
+                let f: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
+                Some(f.map_err(|e| p.classify(&e, &store))?)
+            }
             None => None,
         };
         let init_err = |message: String| PluginError::Init {
