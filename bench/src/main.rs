@@ -582,7 +582,7 @@ async fn run_queue(
                     let payload = patterns::queue_payload();
                     for _ in 0..batch {
                         queue
-                            .push(&ip.store, &payload, None, None, None)
+                            .push(&ip.store, &payload, None, None, None, None)
                             .await
                             .map_err(|e| anyhow!("queue push: {e}"))?;
                     }

@@ -341,7 +341,7 @@ pub const ALL: &[Metric] = &[
     Metric {
         name: "patternd_queue_events_total",
         kind: Kind::Counter,
-        help: "Queue job events, by event (redelivered: a lapsed lease put back; full: a push refused at max_len; stale_receipt: an ack, nack or extend refused with 409).",
+        help: "Queue job events, by event (redelivered: a lapsed lease put back; full: a push refused at max_len; stale_receipt: an ack, nack or extend refused with 409; rejected: a push the rule's plugin refused).",
         labels: &[APP, RULE, ("event", crate::patterns::queue::EVENTS)],
         buckets: &[],
     },

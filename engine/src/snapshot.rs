@@ -141,7 +141,13 @@ impl Snapshot {
                     );
                 }
                 (RuleKind::Queue(q), CompiledKind::Queue(cq)) => {
-                    match QueueRule::new(&c.rule, q, cq, &c.keys) {
+                    let Ok(binding) = bind(&plugins, q.plugin.as_ref(), &mut diags) else {
+                        continue;
+                    };
+                    let binding = binding
+                        .zip(q.plugin.as_ref())
+                        .map(|(b, p)| (p.name.clone(), b));
+                    match QueueRule::new(&c.rule, q, cq, &c.keys, binding) {
                         Ok(rule) => {
                             queues
                                 .entry(c.rule.app.clone())

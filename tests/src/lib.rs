@@ -425,6 +425,8 @@ pub fn example_plugins() -> Result<TempDir> {
         "quota.lua",
         "cache-key.lua",
         "tiered-limits.wasm",
+        "job-gate.wasm",
+        "job-gate-lua.lua",
     ])
 }
 

@@ -237,7 +237,13 @@ pub fn compile(
                 .and_then(|()| session::compile(rule, c))
                 .map(CompiledKind::Session),
                 RuleKind::Lock(c) => lock::compile(rule, c).map(CompiledKind::Lock),
-                RuleKind::Queue(q) => queue::compile(rule, q).map(CompiledKind::Queue),
+                RuleKind::Queue(q) => check_plugin(
+                    plugins,
+                    q.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "queue",
+                )
+                .and_then(|()| queue::compile(rule, q))
+                .map(CompiledKind::Queue),
                 RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
                 RuleKind::PubSub(c) => pubsub::compile(rule, c).map(CompiledKind::PubSub),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
@@ -304,7 +310,15 @@ fn check_plugin(
         });
     };
     if !p.hooks().contains(&hook) {
-        return Err(format!("plugin `{name}` has no `{hook}` hook"));
+        // The queue hook is the one a component may lack: say which world has it.
+        let hint = match (hook, p.kind()) {
+            ("queue", "wasm") => {
+                " (a component exports it when built for the world \
+                 patternd:plugin/plugin-queue@0.1.0)"
+            }
+            _ => "",
+        };
+        return Err(format!("plugin `{name}` has no `{hook}` hook{hint}"));
     }
     Ok(())
 }

@@ -247,6 +247,13 @@ fn describe(snap: &Snapshot) -> Value {
                                 "timeout_ms": ms(p.timeout),
                                 "concurrency": p.concurrency,
                             })));
+                            r["plugin"] = plugin(q.plugin.as_ref());
+                            if q.plugin.is_some() {
+                                r["fallback"] = json!(match q.fallback {
+                                    crate::policy::queue::QueueFallback::Fail => "fail",
+                                    crate::policy::queue::QueueFallback::Accept => "accept",
+                                });
+                            }
                         }
                         (RuleKind::Ops(o), _) => {
                             r["plugin"] = json!(o.plugin);

@@ -43,6 +43,7 @@
 //! | `not-replicated` | 503 | a write of a rule with `durability` reached too few replicas in time (a lock grant is taken back; a cache write is applied on the primary) |
 //! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
 //! | `origin-timeout` | 504 | a cache origin did not answer in time |
+//! | `job-rejected` | 422 | a queue rule's plugin refused the pushed job (its reason is the detail) |
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -99,6 +100,7 @@ pub enum Kind {
     NotReady,
     OriginTimeout,
     QueueFull,
+    JobRejected,
 }
 
 impl Kind {
@@ -138,6 +140,7 @@ impl Kind {
         Kind::NotReady,
         Kind::OriginTimeout,
         Kind::QueueFull,
+        Kind::JobRejected,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -175,6 +178,7 @@ impl Kind {
             Kind::NotReady => "not-ready",
             Kind::OriginTimeout => "origin-timeout",
             Kind::QueueFull => "queue-full",
+            Kind::JobRejected => "job-rejected",
         }
     }
 
@@ -270,6 +274,9 @@ pub enum ApiError {
     /// A push to a queue at `max_len`; answered with `Retry-After: 1`.
     #[error("{0}")]
     QueueFull(String),
+    /// A queue rule's plugin refused a pushed job; the detail is its reason.
+    #[error("{0}")]
+    JobRejected(String),
     /// A cache answer's error, with the `Cache-Status` that explains it.
     #[error("{error}")]
     CacheStatus {
@@ -314,6 +321,7 @@ impl ApiError {
             ApiError::NotReady(_) => Kind::NotReady,
             ApiError::OriginTimeout(_) => Kind::OriginTimeout,
             ApiError::QueueFull(_) => Kind::QueueFull,
+            ApiError::JobRejected(_) => Kind::JobRejected,
             ApiError::CacheStatus { error, .. } => error.kind(),
             ApiError::Plain { status, .. } => Kind::of_status(*status),
         }
@@ -339,7 +347,9 @@ impl ApiError {
                 Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 Kind::UriTooLong => StatusCode::URI_TOO_LONG,
                 Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Kind::InvalidPolicy | Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+                Kind::InvalidPolicy | Kind::Unprocessable | Kind::JobRejected => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 Kind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Kind::ClientError => StatusCode::BAD_REQUEST,
                 Kind::Internal | Kind::PluginFailed | Kind::RedisWrongType => {
@@ -467,6 +477,8 @@ impl From<QueueError> for ApiError {
                 message: detail,
                 retry_after_ms: None,
             },
+            QueueError::Rejected(_) => ApiError::JobRejected(detail),
+            QueueError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             QueueError::Store(s) => s.into(),
             QueueError::Random(_) | QueueError::Reply(..) => ApiError::Internal(detail),
         }

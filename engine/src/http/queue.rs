@@ -2,7 +2,7 @@
 //! handlers around `patterns::queue`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::admin::Admin;
-use super::extract::{Example, Id, JsonObject, Query, Rule};
+use super::extract::{self, Example, Headers, Id, JsonObject, Query, Rule};
 use super::problem::{ApiError, Problem};
 use crate::patterns::QueueRule;
 use crate::patterns::queue::Nacked;
@@ -130,12 +130,20 @@ fn ms(d: std::time::Duration) -> u64 {
         (status = 503, description = "The queue holds `max_len` jobs (`queue-full`), or Redis is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "seconds"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The rule's plugin rejected the job (`job-rejected`); nothing was pushed", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no `fallback: accept`", body = Problem, content_type = "application/problem+json")))]
 async fn push(
     State(state): State<AppState>,
     q: Rule<QueueRule>,
-    JsonObject(req): JsonObject<PushBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = extract::read_body(body).await?;
+    let req: PushBody = extract::object(&body, PushBody::EXAMPLE)?;
+    let facts = q
+        .wants_facts()
+        .then(|| extract::facts(&parts, "POST", "", 0, Headers::All));
     let pushed = q
         .push(
             &state.runtime.store,
@@ -143,6 +151,7 @@ async fn push(
             req.delay.as_deref(),
             req.dedup_id.as_deref(),
             req.priority,
+            facts,
         )
         .await?;
     let status = if pushed.deduplicated {
@@ -152,7 +161,11 @@ async fn push(
     };
     Ok((
         status,
-        Json(json!({ "id": pushed.id, "deduplicated": pushed.deduplicated })),
+        Json(if pushed.fallback {
+            json!({ "id": pushed.id, "deduplicated": pushed.deduplicated, "fallback": true })
+        } else {
+            json!({ "id": pushed.id, "deduplicated": pushed.deduplicated })
+        }),
     )
         .into_response())
 }
@@ -404,6 +417,9 @@ mod doc {
         id: String,
         /// True when this is the job of an earlier push with the same `dedup_id`.
         deduplicated: bool,
+        /// Present (true) when the rule's plugin failed and its `fallback: accept` pushed the
+        /// job as asked.
+        fallback: Option<bool>,
     }
 
     #[derive(ToSchema)]

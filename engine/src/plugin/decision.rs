@@ -77,6 +77,25 @@ pub enum SessionDecision {
     Reject(String),
 }
 
+/// Highest priority a queue hook may choose (the queue's own range, `0..=9`).
+pub const MAX_QUEUE_PRIORITY: u8 = 9;
+/// Longest dedup id a queue hook may choose (the queue's own bound for a client's).
+pub const MAX_QUEUE_DEDUP_ID_BYTES: usize = 256;
+
+/// What a queue hook chose for a push; `None` keeps what the push asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueueChoice {
+    pub delay_ms: Option<u64>,
+    pub priority: Option<u8>,
+    pub dedup_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueDecision {
+    Accept(QueueChoice),
+    Reject(String),
+}
+
 /// Checks a plugin's rate-limit decision against the same bounds a policy file has, so a
 /// buggy plugin cannot create a key outside its namespace, a limit Lua cannot count, or a
 /// flood of keys.
@@ -214,9 +233,109 @@ pub fn validate_session(
     Ok(d)
 }
 
+/// Checks a plugin's queue decision: a delay within the rule's `max_delay` (`max_delay_ms`), a
+/// priority in the queue's range, a dedup id of a bounded charset and length (it becomes a
+/// member of the rule's dedup set), a rejection reason of bounded size (it is sent to the client).
+pub fn validate_queue(
+    plugin: &str,
+    d: QueueDecision,
+    limits: &Limits,
+    max_delay_ms: u64,
+) -> Result<QueueDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match &d {
+        QueueDecision::Reject(reason) => {
+            if reason.len() > limits.max_string_bytes {
+                return Err(bad(format!("reject reason is {} bytes", reason.len())));
+            }
+        }
+        QueueDecision::Accept(c) => {
+            if let Some(ms) = c.delay_ms
+                && ms > max_delay_ms
+            {
+                return Err(bad(format!(
+                    "delay {ms} ms is above the rule's max_delay ({max_delay_ms} ms)"
+                )));
+            }
+            if let Some(p) = c.priority
+                && p > MAX_QUEUE_PRIORITY
+            {
+                return Err(bad(format!(
+                    "priority {p} out of range (0 to {MAX_QUEUE_PRIORITY})"
+                )));
+            }
+            if let Some(id) = &c.dedup_id
+                && !valid_dedup_id(id)
+            {
+                return Err(bad(format!(
+                    "dedup id `{}` must be 1 to {MAX_QUEUE_DEDUP_ID_BYTES} letters, digits, `.`, `_`, `:` or `-`",
+                    id.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// A dedup id a queue hook may choose.
+pub fn valid_dedup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_QUEUE_DEDUP_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_decisions_are_bounded() {
+        let limits = Limits::default();
+        let accept = |delay_ms, priority, dedup_id: Option<&str>| {
+            QueueDecision::Accept(QueueChoice {
+                delay_ms,
+                priority,
+                dedup_id: dedup_id.map(str::to_string),
+            })
+        };
+        let long_id = "a".repeat(MAX_QUEUE_DEDUP_ID_BYTES);
+        for ok in [
+            accept(None, None, None),
+            accept(Some(0), Some(0), Some("order-42")),
+            accept(Some(60_000), Some(9), Some(&long_id)),
+            accept(None, None, Some("a.b_c:d-E9")),
+            QueueDecision::Reject("no".into()),
+            QueueDecision::Reject("x".repeat(limits.max_string_bytes)),
+        ] {
+            assert_eq!(validate_queue("p", ok.clone(), &limits, 60_000), Ok(ok));
+        }
+        let too_long = "a".repeat(MAX_QUEUE_DEDUP_ID_BYTES + 1);
+        for (bad, says) in [
+            (accept(Some(60_001), None, None), "max_delay"),
+            (accept(None, Some(10), None), "priority 10"),
+            (accept(None, None, Some("")), "dedup id"),
+            (accept(None, None, Some(&too_long)), "dedup id"),
+            (accept(None, None, Some("a b")), "dedup id"),
+            (accept(None, None, Some("{x}")), "dedup id"),
+            (accept(None, None, Some("é")), "dedup id"),
+            (
+                QueueDecision::Reject("x".repeat(limits.max_string_bytes + 1)),
+                "reject reason",
+            ),
+        ] {
+            match validate_queue("p", bad.clone(), &limits, 60_000) {
+                Err(PluginError::BadOutput { message, .. }) => {
+                    assert!(message.contains(says), "{bad:?}: {message}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
 
     fn limit(suffix: &str, algorithm: Algorithm) -> DynLimit {
         DynLimit {

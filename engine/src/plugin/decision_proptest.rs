@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::decision::{validate_cache, validate_rate_limit, validate_session};
+use super::decision::{validate_cache, validate_queue, validate_rate_limit, validate_session};
 use super::lua::LuaPlugin;
 use super::{
-    CacheDecision, DynLimit, Limits, PluginError, RateLimitDecision, RequestFacts, SessionDecision,
-    SessionFacts,
+    CacheDecision, DynLimit, Limits, PluginError, QueueChoice, QueueDecision, RateLimitDecision,
+    RequestFacts, SessionDecision, SessionFacts,
 };
 use crate::compile::keys::{KeySpace, hash_tag};
 use crate::policy::Algorithm;
@@ -29,6 +29,54 @@ const CASES: u32 = 256;
 const MAX_LIMIT: u64 = 1_000_000_000_000;
 const MAX_WINDOW_MS: u64 = 366 * 86_400_000;
 const MAX_SUFFIX: usize = 64;
+const MAX_PRIORITY: u8 = 9;
+const MAX_DEDUP_ID: usize = 256;
+/// The rule's `max_delay` the queue properties run with.
+const MAX_DELAY_MS: u64 = 3_600_000;
+
+fn queue_ok(d: &QueueDecision, limits: &Limits) -> bool {
+    match d {
+        QueueDecision::Reject(r) => r.len() <= limits.max_string_bytes,
+        QueueDecision::Accept(c) => {
+            c.delay_ms.is_none_or(|ms| ms <= MAX_DELAY_MS)
+                && c.priority.is_none_or(|p| p <= MAX_PRIORITY)
+                && c.dedup_id.as_ref().is_none_or(|id| {
+                    (1..=MAX_DEDUP_ID).contains(&id.len())
+                        && id
+                            .chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || "._:-".contains(ch))
+                })
+        }
+    }
+}
+
+fn queue_decision() -> impl Strategy<Value = QueueDecision> {
+    let dedup = prop_oneof![
+        3 => "[A-Za-z0-9._:-]{1,256}",
+        1 => "[A-Za-z0-9._:-]{257,260}",
+        1 => "[a-z{}%/ \\\n]{1,10}",
+        1 => text(300),
+    ];
+    prop_oneof![
+        1 => text(1100).prop_map(QueueDecision::Reject),
+        4 => (
+            proptest::option::of(prop_oneof![
+                0..=MAX_DELAY_MS,
+                (MAX_DELAY_MS - 1)..=(MAX_DELAY_MS + 1),
+                any::<u64>(),
+            ]),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(dedup),
+        )
+            .prop_map(|(delay_ms, priority, dedup_id)| {
+                QueueDecision::Accept(QueueChoice {
+                    delay_ms,
+                    priority,
+                    dedup_id,
+                })
+            }),
+    ]
+}
 
 fn suffix_ok(s: &str) -> bool {
     (1..=MAX_SUFFIX).contains(&s.len())
@@ -227,6 +275,22 @@ proptest! {
     }
 
     #[test]
+    fn queue_decisions_are_accepted_only_in_range(d in queue_decision()) {
+        let limits = Limits::default();
+        let expected = queue_ok(&d, &limits);
+        match validate_queue("p", d.clone(), &limits, MAX_DELAY_MS) {
+            Ok(out) => {
+                prop_assert!(expected, "accepted out of range: {:?}", d);
+                prop_assert_eq!(out, d);
+            }
+            Err(e) => {
+                prop_assert!(!expected, "refused in range: {:?}: {}", d, e);
+                prop_assert!(matches!(e, PluginError::BadOutput { .. }), "{}", e);
+            }
+        }
+    }
+
+    #[test]
     fn session_rejections_are_bounded(reason in text(1100)) {
         let limits = Limits::default();
         let d = SessionDecision::Reject(reason.clone());
@@ -352,6 +416,22 @@ fn lua_session_result() -> impl Strategy<Value = String> {
     ]
 }
 
+fn lua_queue_result() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => proptest::sample::select(vec!["nil", "true", "false", "'accept'", "'reject'", "42", "{}"])
+            .prop_map(str::to_string),
+        2 => lua_string().prop_map(|s| format!("{{ reject = {s} }}")),
+        4 => (
+            proptest::option::of(lua_number()),
+            proptest::option::of(lua_number()),
+            proptest::option::of(lua_string()),
+        )
+            .prop_map(|(delay, priority, dedup)| {
+                lua_table(vec![("delay_ms", delay), ("priority", priority), ("dedup_id", dedup)])
+            }),
+    ]
+}
+
 fn bind(hook: &str, result: &str) -> Result<super::lua::LuaBinding, TestCaseError> {
     let src = format!("return {{ {hook} = function(req, s) return {result} end }}");
     let p = LuaPlugin::load("gen", src, Limits::default())
@@ -408,6 +488,15 @@ proptest! {
         let b = bind("cache", &result)?;
         match b.cache(&facts("u1")) {
             Ok(d) => prop_assert!(cache_ok(&d, &Limits::default()), "`{}` gave {:?}", result, d),
+            Err(e) => refused_as_bad_output(&e, &result)?,
+        }
+    }
+
+    #[test]
+    fn lua_queue_decisions_stay_in_bounds(result in lua_queue_result()) {
+        let b = bind("queue", &result)?;
+        match b.queue(&facts("u1"), "{}", MAX_DELAY_MS) {
+            Ok(d) => prop_assert!(queue_ok(&d, &Limits::default()), "`{}` gave {:?}", result, d),
             Err(e) => refused_as_bad_output(&e, &result)?,
         }
     }

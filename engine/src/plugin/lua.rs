@@ -1,7 +1,7 @@
 //! The Lua plugin host (mlua, Lua 5.1 — the same build that checks Redis scripts).
 //!
 //! A Lua plugin is a text chunk returning a table of hooks named like the WIT exports
-//! (`init`, `rate_limit`, `cache`, `session`; records are Lua tables) and optionally `ops`,
+//! (`init`, `rate_limit`, `cache`, `session`, `queue`; records are Lua tables) and optionally `ops`,
 //! Redis-side operations (see `registry`). Sandbox: only the `table`, `string` and `math`
 //! libraries; no `io`, `os`, `require`, `debug`, `load*`, `dofile`, `string.dump`, or any way
 //! to load bytecode; `print` goes to patternd's log. Each call gets an instruction budget
@@ -16,7 +16,8 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, IntoLua, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::decision::{
-    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
+    SessionDecision, SessionFacts,
 };
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
@@ -46,7 +47,7 @@ pub struct LuaOpDecl {
     pub script: String,
 }
 
-const HOOKS: [&str; 4] = ["init", "rate_limit", "cache", "session"];
+const HOOKS: [&str; 5] = ["init", "rate_limit", "cache", "session", "queue"];
 
 impl LuaPlugin {
     /// Compiles the chunk and runs it once in a sandbox to read its table of hooks and ops.
@@ -181,7 +182,8 @@ const BUDGET_MARK: &str = "patternd: instruction budget exceeded";
 /// Building the table through the API costs a protected call (a `pcall` and a C closure) for
 /// every key and value once a memory limit is set; passing them as arguments and building the
 /// table here costs a few VM instructions. It uses no globals, so a plugin cannot change it.
-/// `extra` (the session hook's second argument) follows the header pairs; `nh` is their count.
+/// `extra` (the session hook's session, the queue hook's payload) follows the header pairs;
+/// `nh` is their count.
 const FACTS_CALL: &str = r#"
 return function(hook, method, path, id, cost, addr, fields, nh, ...)
   local a = { ... }
@@ -199,7 +201,7 @@ struct Instance {
     /// `FACTS_CALL`, compiled once per instance.
     call: Function,
     /// The hooks (in `HOOKS` order), looked up on first use after `init`.
-    hooks: [Option<Function>; 4],
+    hooks: [Option<Function>; 5],
     /// The rate-limit decision's field names as Lua strings, made once: pushing a Lua string
     /// is a reference copy, while pushing a Rust `&str` is a protected call that may allocate.
     names: DecisionNames,
@@ -389,7 +391,7 @@ impl LuaBinding {
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
             }
             s.set("data", d)?;
-            call_with_facts(lua, call, func, names, req, false, Some(s))
+            call_with_facts(lua, call, func, names, req, false, Some(Value::Table(s)))
         })?;
         let d = match out {
             Value::Nil | Value::Boolean(true) => SessionDecision::Allow,
@@ -417,6 +419,80 @@ impl LuaBinding {
         };
         super::decision::validate_session(&name, d, &self.plugin.limits)
     }
+
+    /// The queue hook, with the job's payload (JSON text, handed to Lua decoded: tables,
+    /// `null` → nil). `max_delay_ms`: the rule's bound on a chosen delay.
+    pub fn queue(
+        &self,
+        req: &RequestFacts,
+        payload: &str,
+        max_delay_ms: u64,
+    ) -> Result<QueueDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("queue", |lua, call, func, names| {
+            let parsed: serde_json::Value =
+                serde_json::from_str(payload).unwrap_or(serde_json::Value::Null);
+            let payload = json_to_lua(lua, &parsed)?;
+            let out = call_with_facts(lua, call, func, names, req, false, Some(payload))?;
+            // Read while the instance is held: a table of its state.
+            Ok(lua_to_queue(&name, out))
+        })??;
+        super::decision::validate_queue(&name, out, &self.plugin.limits, max_delay_ms)
+    }
+}
+
+/// `nil`, `true` or `'accept'`: accept as pushed; `{ reject = reason }`; or
+/// `{ delay_ms =, priority =, dedup_id = }` (each optional): accept with those.
+fn lua_to_queue(plugin: &str, v: Value) -> Result<QueueDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    let t = match v {
+        Value::Nil | Value::Boolean(true) => {
+            return Ok(QueueDecision::Accept(QueueChoice::default()));
+        }
+        Value::String(s) if s.to_string_lossy() == "accept" => {
+            return Ok(QueueDecision::Accept(QueueChoice::default()));
+        }
+        Value::Table(t) => t,
+        other => return Err(bad(format!("queue hook returned a {}", other.type_name()))),
+    };
+    match t.get::<Value>("reject") {
+        Ok(Value::Nil | Value::Boolean(false)) => {}
+        // As with sessions: a `reject` that is no text still asked to reject, and fails the
+        // call rather than turning into an accept.
+        _ => {
+            return match t.get::<String>("reject") {
+                Ok(reason) => Ok(QueueDecision::Reject(reason)),
+                Err(e) => Err(bad(format!("`reject` must be a text reason: {e}"))),
+            };
+        }
+    }
+    let whole = |k: &str, max: f64| -> Result<Option<u64>, PluginError> {
+        match t.get::<Value>(k) {
+            Ok(Value::Nil) => Ok(None),
+            Ok(Value::Integer(n)) if n >= 0 && (n as f64) <= max => Ok(Some(n as u64)),
+            Ok(Value::Number(n)) if n >= 0.0 && n.fract() == 0.0 && n <= max => Ok(Some(n as u64)),
+            _ => Err(bad(format!("`{k}` must be a whole number from 0 to {max}"))),
+        }
+    };
+    let delay_ms = whole("delay_ms", 9.0e15)?;
+    let priority = whole("priority", f64::from(super::decision::MAX_QUEUE_PRIORITY))?
+        .map(|p| u8::try_from(p).unwrap_or(u8::MAX));
+    let dedup_id = match t.get::<Value>("dedup_id") {
+        Ok(Value::Nil) => None,
+        Ok(Value::String(s)) => match s.to_str() {
+            Ok(s) => Some(s.to_string()),
+            Err(_) => return Err(bad("`dedup_id` must be text".into())),
+        },
+        _ => return Err(bad("`dedup_id` must be text".into())),
+    };
+    Ok(QueueDecision::Accept(QueueChoice {
+        delay_ms,
+        priority,
+        dedup_id,
+    }))
 }
 
 /// Removes everything that reaches outside the sandbox or loads code other than this text.
@@ -514,7 +590,7 @@ fn call_with_facts(
     names: &DecisionNames,
     req: &RequestFacts,
     path_recurs: bool,
-    extra: Option<Table>,
+    extra: Option<Value>,
 ) -> mlua::Result<Value> {
     let mut args = mlua::MultiValue::with_capacity(9 + req.headers.len() * 2);
     args.push_back(Value::Function(func.clone()));
@@ -548,8 +624,8 @@ fn call_with_facts(
         args.push_back(Value::String(names.intern(lua, k)?));
         args.push_back(Value::String(lua.create_string(v)?));
     }
-    if let Some(t) = extra {
-        args.push_back(Value::Table(t));
+    if let Some(v) = extra {
+        args.push_back(v);
     }
     call.call::<Value>(args)
 }
@@ -875,6 +951,93 @@ mod tests {
         req.headers.push(("x-no-cache".into(), "1".into()));
         assert!(b.cache(&req).unwrap().bypass);
         assert!(p.bind(serde_json::json!("nope")).is_err());
+    }
+
+    #[test]
+    fn example_job_gate_decides_each_push() {
+        let p = example("job-gate-lua/job-gate-lua.lua");
+        assert!(p.hooks.contains(&"queue"));
+        let b = p
+            .bind(
+                serde_json::json!({ "require": ["to"], "delays": { "digest": "1m" },
+                                       "urgent_header": "X-Urgent", "dedup_field": "order" }),
+            )
+            .unwrap();
+        let mut req = facts("x");
+        let day = 86_400_000;
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a","kind":"digest","order":42}"#, day),
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms: Some(60_000),
+                priority: None,
+                dedup_id: Some("order-42".into()),
+            }))
+        );
+        req.headers.push(("x-urgent".into(), "1".into()));
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a"}"#, day),
+            Ok(QueueDecision::Accept(QueueChoice {
+                priority: Some(9),
+                ..QueueChoice::default()
+            }))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"kind":"digest"}"#, day),
+            Ok(QueueDecision::Reject("a job needs `to`".into()))
+        );
+        assert_eq!(
+            b.queue(&req, "42", day),
+            Ok(QueueDecision::Reject("a job must be a JSON object".into()))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"to":"a","kind":"digest"}"#, 1000)
+                .unwrap_err()
+                .kind(),
+            "bad_output"
+        );
+        // A plugin without the hook says so.
+        let t = example("tiered-limits-lua/tiered-limits-lua.lua");
+        assert!(!t.hooks.contains(&"queue"));
+    }
+
+    #[test]
+    fn queue_hooks_see_the_facts_and_the_payload() {
+        let p = plugin(
+            r#"return { queue = function(req, job)
+                if job.n > 2 then return { reject = req.fields.dedup_id .. ':' .. job.n } end
+                return { delay_ms = job.n * 1000, priority = job.n, dedup_id = req.headers['x-d'] }
+            end }"#,
+        )
+        .unwrap();
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        let mut req = facts("x");
+        req.headers.push(("x-d".into(), "d1".into()));
+        req.fields = vec![("dedup_id".into(), r#""asked""#.into())];
+        assert_eq!(
+            b.queue(&req, r#"{"n":2}"#, 60_000),
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms: Some(2000),
+                priority: Some(2),
+                dedup_id: Some("d1".into()),
+            }))
+        );
+        assert_eq!(
+            b.queue(&req, r#"{"n":3}"#, 60_000),
+            Ok(QueueDecision::Reject("asked:3".into()))
+        );
+        for bad in [
+            "{ priority = 10 }",
+            "{ priority = -1 }",
+            "{ delay_ms = 0.5 }",
+            "{ dedup_id = 7 }",
+            "{ reject = true }",
+            "42",
+        ] {
+            let src = format!("return {{ queue = function() return {bad} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let err = b.queue(&req, "{}", 60_000).unwrap_err();
+            assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
+        }
     }
 
     #[test]

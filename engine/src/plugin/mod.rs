@@ -21,7 +21,8 @@ mod wasi;
 pub mod wasm;
 
 pub use decision::{
-    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
+    SessionDecision, SessionFacts,
 };
 pub use registry::{PluginBinding, PluginSet};
 

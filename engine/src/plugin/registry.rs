@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::decision::{
-    CacheDecision, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+    CacheDecision, QueueDecision, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
 };
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
 use super::wasm::{WasmBinding, WasmPlugin};
@@ -31,8 +31,9 @@ impl Plugin {
     pub fn hooks(&self) -> Vec<&'static str> {
         match self {
             Plugin::Lua(p) => p.hooks.clone(),
-            // A component that type-checks against the world exports all of them.
-            Plugin::Wasm(_) => super::wasm::HOOKS.to_vec(),
+            // A component that type-checks against the world exports all of them, and `queue`
+            // when it targets `plugin-queue`.
+            Plugin::Wasm(p) => p.hooks(),
         }
     }
 
@@ -93,6 +94,20 @@ impl PluginBinding {
         match self {
             PluginBinding::Lua(b) => b.session(req, s),
             PluginBinding::Wasm(b) => b.session(req, s),
+        }
+    }
+
+    /// The queue hook, with the job's payload as JSON text; a chosen delay above
+    /// `max_delay_ms` (the rule's `max_delay`) is a bad decision.
+    pub fn queue(
+        &self,
+        req: &RequestFacts,
+        payload: &str,
+        max_delay_ms: u64,
+    ) -> Result<QueueDecision, PluginError> {
+        match self {
+            PluginBinding::Lua(b) => b.queue(req, payload, max_delay_ms),
+            PluginBinding::Wasm(b) => b.queue(req, payload, max_delay_ms),
         }
     }
 }

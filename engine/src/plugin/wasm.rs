@@ -18,17 +18,25 @@
 //! in `super::wasi`: what a Rust guest built for `wasm32-wasip2` imports through its standard
 //! library. Any non-WASI import other than the contract's own interfaces refuses the load, so a
 //! component built against another version of the contract is refused up front.
+//!
+//! Optional hooks: the world `plugin` has four exports, and `plugin-queue` adds `queue`. The
+//! bindings are generated for `plugin`, so every component built for it loads as before; a
+//! `queue` export is looked up by name at load and type-checked there (one instantiation), and
+//! each instance then holds it as a typed function whose argument and result types are the
+//! generated WIT types. A queue rule naming a component without it is refused at compile
+//! (`Plugin::hooks`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker, TypedFunc};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::decision::{
-    CacheDecision, DynLimit, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
-    validate_cache, validate_rate_limit, validate_session,
+    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
+    SessionDecision, SessionFacts, validate_cache, validate_queue, validate_rate_limit,
+    validate_session,
 };
 use super::pool::WarmPool;
 use super::wasi::{GuestOutput, STDERR, STDOUT, link_wasi};
@@ -41,6 +49,12 @@ mod bindings {
 
 use bindings::patternd::plugin::{host, types as wit};
 use bindings::{Plugin as Guest, PluginPre};
+
+/// The `queue` export of `plugin-queue`: `func(req: request, payload: string) -> queue-decision`.
+type QueueFunc = TypedFunc<(wit::Request, String), (wit::QueueDecision,)>;
+
+/// The name of the optional export.
+const QUEUE_EXPORT: &str = "queue";
 
 /// Warm instances kept per binding. A call takes one out of the pool and puts it back after, so
 /// this bounds idle instances, not concurrency: a burst beyond it instantiates more and drops
@@ -246,6 +260,8 @@ impl GuestOutput for State {
 pub struct WasmPlugin {
     pub name: String,
     pre: PluginPre<State>,
+    /// The `queue` export, when the component has one (world `plugin-queue`).
+    queue: Option<ComponentExportIndex>,
     limits: Limits,
 }
 
@@ -257,7 +273,7 @@ impl std::fmt::Debug for WasmPlugin {
     }
 }
 
-/// Every export of the world; a component that type-checks against it has all four.
+/// Every export of the world `plugin`; a component that type-checks against it has all four.
 pub const HOOKS: [&str; 4] = ["init", "rate_limit", "cache", "session"];
 
 impl WasmPlugin {
@@ -287,11 +303,49 @@ impl WasmPlugin {
                 "does not implement the world patternd:plugin/plugin@0.1.0: {e:#}"
             ))
         })?;
-        Ok(WasmPlugin {
+        let queue = component.get_export_index(None, QUEUE_EXPORT);
+        let plugin = WasmPlugin {
             name: name.to_string(),
             pre,
+            queue,
             limits,
-        })
+        };
+        plugin.check_queue_export()?;
+        Ok(plugin)
+    }
+
+    /// The hooks this component exports: the world's four, and `queue` when it has it.
+    pub fn hooks(&self) -> Vec<&'static str> {
+        let mut hooks = HOOKS.to_vec();
+        if self.queue.is_some() {
+            hooks.push("queue");
+        }
+        hooks
+    }
+
+    /// A `queue` export must have the type of `plugin-queue`'s, or the component is refused
+    /// now rather than at its first push. Types are checked on an instance, so this makes one
+    /// (no `init`: the check runs no hook).
+    fn check_queue_export(&self) -> Result<(), PluginError> {
+        let Some(index) = &self.queue else {
+            return Ok(());
+        };
+        let mut store = self.new_store();
+        self.arm(&mut store, INIT_BUDGET_FACTOR)?;
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&e, &store))?;
+        let checked: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
+        checked.map_err(|e| PluginError::Load {
+            plugin: self.name.clone(),
+            message: format!(
+                "its `queue` export is not the one of the world \
+                     patternd:plugin/plugin-queue@0.1.0: {e:#}"
+            ),
+        })?;
+        Ok(())
     }
 
     /// Binds the plugin to a rule: one warm instance initialized with the rule's config now (so
@@ -387,6 +441,8 @@ fn first_line(s: &str) -> String {
 struct Instance {
     store: Store<State>,
     guest: Guest,
+    /// The `queue` export, when the component has one.
+    queue: Option<QueueFunc>,
 }
 
 /// A WASM plugin bound to one rule's config: a pool of warm, initialized instances.
@@ -405,10 +461,20 @@ impl WasmBinding {
         let p = &self.plugin;
         let mut store = p.new_store();
         p.arm(&mut store, INIT_BUDGET_FACTOR)?;
-        let guest = p
+        let instance = p
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| p.classify(&e, &store))?;
+        let guest = Guest::new(&mut store, &instance).map_err(|e| p.classify(&e, &store))?;
+        // Type-checked at load already; looked up once per instance, not per call.
+        let queue = match &p.queue {
+            Some(index) => {
+                let f: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
+                Some(f.map_err(|e| p.classify(&e, &store))?)
+            }
+            None => None,
+        };
         let init_err = |message: String| PluginError::Init {
             plugin: p.name.clone(),
             message,
@@ -416,7 +482,11 @@ impl WasmBinding {
         let result = guest.call_init(&mut store, &self.config);
         store.data_mut().flush_output();
         match result {
-            Ok(Ok(())) => Ok(Instance { store, guest }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                guest,
+                queue,
+            }),
             Ok(Err(message)) => {
                 let mut message = message;
                 truncate(&mut message, p.limits.max_string_bytes);
@@ -437,7 +507,7 @@ impl WasmBinding {
     /// dropped, never reused.
     fn with_instance<T>(
         &self,
-        f: impl FnOnce(&Guest, &mut Store<State>) -> wasmtime::Result<T>,
+        f: impl FnOnce(&mut Instance) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let popped = self.pool.take();
         let mut inst = match popped {
@@ -445,7 +515,7 @@ impl WasmBinding {
             None => self.new_instance()?,
         };
         self.plugin.arm(&mut inst.store, 1)?;
-        let result = f(&inst.guest, &mut inst.store);
+        let result = f(&mut inst);
         inst.store.data_mut().flush_output();
         match result {
             Ok(out) => {
@@ -466,7 +536,7 @@ impl WasmBinding {
     }
 
     fn rate_limit_wit(&self, wreq: &wit::Request) -> Result<RateLimitDecision, PluginError> {
-        let out = self.with_instance(|g, s| g.call_rate_limit(s, wreq))?;
+        let out = self.with_instance(|i| i.guest.call_rate_limit(&mut i.store, wreq))?;
         let d = match out {
             wit::RateLimitDecision::Skip => RateLimitDecision::Skip,
             wit::RateLimitDecision::Deny(reason) => RateLimitDecision::Deny(reason),
@@ -494,7 +564,7 @@ impl WasmBinding {
 
     pub fn cache(&self, req: &RequestFacts) -> Result<CacheDecision, PluginError> {
         let wreq = to_wit_request(req);
-        let out = self.with_instance(|g, s| g.call_cache(s, &wreq))?;
+        let out = self.with_instance(|i| i.guest.call_cache(&mut i.store, &wreq))?;
         let d = CacheDecision {
             key: out.key,
             ttl_ms: out.ttl_ms,
@@ -516,12 +586,43 @@ impl WasmBinding {
             created_ms: s.created_ms,
             last_seen_ms: s.last_seen_ms,
         };
-        let out = self.with_instance(|g, s| g.call_session(s, &wreq, &session))?;
+        let out = self.with_instance(|i| i.guest.call_session(&mut i.store, &wreq, &session))?;
         let d = match out {
             wit::SessionDecision::Allow => SessionDecision::Allow,
             wit::SessionDecision::Reject(reason) => SessionDecision::Reject(reason),
         };
         validate_session(&self.plugin.name, d, &self.plugin.limits)
+    }
+
+    /// The queue hook (`plugin-queue`'s `queue` export), with the job's payload as JSON text.
+    pub fn queue(
+        &self,
+        req: &RequestFacts,
+        payload: &str,
+        max_delay_ms: u64,
+    ) -> Result<QueueDecision, PluginError> {
+        let missing = || PluginError::MissingHook {
+            plugin: self.plugin.name.clone(),
+            hook: "queue",
+        };
+        if self.plugin.queue.is_none() {
+            return Err(missing());
+        }
+        let wreq = to_wit_request(req);
+        let payload = payload.to_string();
+        let out = self.with_instance(|i| match &i.queue {
+            Some(f) => f.call(&mut i.store, (wreq, payload)).map(|(d,)| Some(d)),
+            None => Ok(None),
+        })?;
+        let d = match out.ok_or_else(missing)? {
+            wit::QueueDecision::Accept(c) => QueueDecision::Accept(QueueChoice {
+                delay_ms: c.delay_ms,
+                priority: c.priority,
+                dedup_id: c.dedup_id,
+            }),
+            wit::QueueDecision::Reject(reason) => QueueDecision::Reject(reason),
+        };
+        validate_queue(&self.plugin.name, d, &self.plugin.limits, max_delay_ms)
     }
 
     /// Warm instances now idle in the pool (for tests and metrics).
@@ -776,6 +877,85 @@ mod tests {
             "bad_output"
         );
         ok();
+        // And the queue hook (`plugin-queue`), each misbehavior failing its call alone.
+        for (mode, kind) in [
+            ("loop", "budget"),
+            ("alloc", "memory"),
+            ("trap", "trap"),
+            ("garbage", "bad_output"),
+            ("escape", "bad_output"),
+            ("flood", "bad_output"),
+        ] {
+            let err = b
+                .queue(&facts(&[("x-mode", mode)], 0), "{}", 60_000)
+                .unwrap_err();
+            assert_eq!(err.kind(), kind, "queue {mode}: {err}");
+        }
+        assert_eq!(
+            b.queue(&facts(&[("x-mode", "echo")], 0), r#"{"a":1}"#, 60_000),
+            Ok(QueueDecision::Reject(r#"payload={"a":1}"#.into()))
+        );
+        ok();
+    }
+
+    #[test]
+    fn job_gate_decides_each_push() {
+        let p = load("job-gate", Limits::default());
+        assert_eq!(
+            p.hooks(),
+            vec!["init", "rate_limit", "cache", "session", "queue"]
+        );
+        let b = p
+            .bind(json!({ "require": ["to"], "delays": { "digest": "1m" },
+                          "urgent_header": "X-Urgent", "dedup_field": "order" }))
+            .unwrap();
+        let accept = |delay_ms, priority, dedup_id: Option<&str>| {
+            Ok(QueueDecision::Accept(QueueChoice {
+                delay_ms,
+                priority,
+                dedup_id: dedup_id.map(str::to_string),
+            }))
+        };
+        let day = 86_400_000;
+        assert_eq!(
+            b.queue(
+                &facts(&[], 0),
+                r#"{"to":"a","kind":"digest","order":42}"#,
+                day
+            ),
+            accept(Some(60_000), None, Some("order-42"))
+        );
+        assert_eq!(
+            b.queue(&facts(&[("x-urgent", "1")], 0), r#"{"to":"a"}"#, day),
+            accept(None, Some(9), None)
+        );
+        assert_eq!(
+            b.queue(&facts(&[], 0), r#"{"kind":"digest"}"#, day),
+            Ok(QueueDecision::Reject("a job needs `to`".into()))
+        );
+        assert_eq!(
+            b.queue(&facts(&[], 0), "[1]", day),
+            Ok(QueueDecision::Reject("a job must be a JSON object".into()))
+        );
+        // A delay beyond the rule's `max_delay` is the plugin's failure, not a longer wait.
+        let err = b
+            .queue(&facts(&[], 0), r#"{"to":"a","kind":"digest"}"#, 1000)
+            .unwrap_err();
+        assert_eq!(err.kind(), "bad_output", "{err}");
+        assert!(p.bind(json!({ "delays": { "x": "soon" } })).is_err());
+    }
+
+    /// A component built for the world `plugin` (before the queue hook existed) loads and
+    /// serves its hooks; asking it for `queue` is a missing hook, not a trap.
+    #[test]
+    fn components_without_the_queue_hook_keep_working() {
+        let p = load("tiered-limits", Limits::default());
+        assert_eq!(p.hooks(), HOOKS.to_vec());
+        let b = p.bind(tiers_config()).unwrap();
+        let err = b.queue(&facts(&[], 0), "{}", 1000).unwrap_err();
+        assert_eq!(err.kind(), "missing_hook", "{err}");
+        let l = one_limit(b.rate_limit(&facts(&[("x-tier", "pro")], 1)).unwrap());
+        assert_eq!(l.limit, 5);
     }
 
     /// With fuel to spare, the epoch deadline stops a runaway call near `call_timeout`.

@@ -15,7 +15,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
-use super::raw::DurationText;
+use super::ir::PluginRef;
+use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
 
 /// A `queue` block, served at `/v1/queues/{app}/{rule}`.
@@ -71,6 +72,35 @@ pub struct RawQueue {
     #[serde(default)]
     #[schemars(with = "Option<RawPush>")]
     pub push: Option<Spanned<RawPush>>,
+    /// A plugin whose `queue` hook sees each push before it is stored: it accepts the job
+    /// (choosing its delay, priority or dedup id) or rejects it (422 `job-rejected`).
+    #[serde(default)]
+    #[schemars(with = "Option<RawPluginRef>")]
+    pub plugin: Option<Spanned<RawPluginRef>>,
+    /// What a push does when the plugin fails: `fail` (500 `plugin-failed`, the default) or
+    /// `accept` (the job is pushed as the client asked).
+    #[serde(default)]
+    #[schemars(with = "Option<QueueFallbackName>")]
+    pub fallback: Option<Spanned<String>>,
+}
+
+/// Schema-only: the `fallback` values.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum QueueFallbackName {
+    Fail,
+    Accept,
+}
+
+/// What a push does when the rule's plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueFallback {
+    /// 500 `plugin-failed`; nothing is pushed.
+    #[default]
+    Fail,
+    /// Pushed as the client asked, as if the rule had no plugin.
+    Accept,
 }
 
 /// `push: { url, timeout, concurrency }`.
@@ -118,6 +148,9 @@ pub struct Queue {
     pub max_pop: u64,
     pub max_wait: Duration,
     pub push: Option<Push>,
+    /// The plugin whose `queue` hook decides each push.
+    pub plugin: Option<PluginRef>,
+    pub fallback: QueueFallback,
     pub location: Location,
 }
 
@@ -147,7 +180,7 @@ impl Validator {
         path: &Path,
         rule: &str,
         raw: &Spanned<RawQueue>,
-        _body: &Node,
+        body: &Node,
     ) -> Option<Queue> {
         let before = self.error_count();
         let at = loc(path, raw.span());
@@ -250,6 +283,36 @@ impl Validator {
                 concurrency,
             }
         });
+        let plugin = raw.plugin.as_ref().map(|p| {
+            // The push body has a fixed shape (payload, delay, dedup_id, priority), so there
+            // are no other fields to expose; the hook gets the payload itself.
+            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
+                self.err(
+                    &loc(path, f.span()),
+                    "`plugin.fields` does not apply to `queue` rules: the hook gets the payload",
+                );
+            }
+            self.plugin_ref(path, "queue", p, body)
+        });
+        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
+            None => QueueFallback::Fail,
+            Some((_, v)) if plugin.is_none() => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
+                );
+                QueueFallback::Fail
+            }
+            Some(("fail", _)) => QueueFallback::Fail,
+            Some(("accept", _)) => QueueFallback::Accept,
+            Some((other, v)) => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("unknown `fallback` `{other}`; expected `fail` or `accept`"),
+                );
+                QueueFallback::Fail
+            }
+        };
         if self.error_count() > before {
             return None;
         }
@@ -265,6 +328,8 @@ impl Validator {
             max_pop,
             max_wait,
             push,
+            plugin,
+            fallback,
             location: at,
         })
     }
@@ -329,6 +394,15 @@ mod tests {
             (push.timeout, push.concurrency),
             (Duration::from_secs(10), 4)
         );
+        assert!(q.plugin.is_none());
+        let q = load("{ plugin: { name: job-gate, config: { require: [to] } }, fallback: accept }")
+            .expect("valid");
+        let p = q.plugin.expect("a plugin");
+        assert_eq!(p.name, "job-gate");
+        assert_eq!(p.config, serde_json::json!({ "require": ["to"] }));
+        assert_eq!(q.fallback, super::QueueFallback::Accept);
+        let q = load("{ plugin: { name: job-gate } }").expect("valid");
+        assert_eq!(q.fallback, super::QueueFallback::Fail);
     }
 
     #[test]
@@ -379,6 +453,22 @@ mod tests {
             (
                 "{ push: { url: \"http://w/\", concurrency: 65 } }",
                 "`push.concurrency` 65 is above 64",
+            ),
+            (
+                "{ fallback: accept }",
+                "`fallback` is only used with a `plugin`",
+            ),
+            (
+                "{ plugin: { name: g }, fallback: maybe }",
+                "unknown `fallback` `maybe`",
+            ),
+            (
+                "{ plugin: { name: g, fields: [x] } }",
+                "`plugin.fields` does not apply to `queue` rules",
+            ),
+            (
+                "{ plugin: { name: g, headers: [x-a] } }",
+                "`plugin.headers` applies to `rate_limit` rules only",
             ),
         ] {
             let e = load(block).expect_err(block);

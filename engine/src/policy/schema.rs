@@ -228,6 +228,18 @@ fn tighten(v: &mut Value) {
             json!({ "not": required(&["headers"]) }),
         );
     }
+    // A queue rule's plugin: no `headers` or `fields` (the hook gets the payload); `fallback`
+    // only with a plugin.
+    add(
+        v,
+        "/$defs/RawQueue/properties/plugin",
+        json!({ "not": any_required(&["headers", "fields"]) }),
+    );
+    add(
+        v,
+        "/$defs/RawQueue",
+        json!({ "dependentRequired": { "fallback": ["plugin"] } }),
+    );
     // Field by field: bounds and shapes the loader checks.
     const MAX_LIMIT: u64 = super::validate::MAX_LIMIT.unsigned_abs();
     for (pointer, max) in [

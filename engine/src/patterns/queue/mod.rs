@@ -28,9 +28,11 @@ use super::reply::{Items, ReplyError};
 use crate::compile::queue::{QueueScripts, sub};
 use crate::compile::{CompiledQueue, KeySpace};
 use crate::patterns::cache::origin::OriginError;
+use crate::plugin::decision::{MAX_QUEUE_DEDUP_ID_BYTES, MAX_QUEUE_PRIORITY};
+use crate::plugin::{PluginBinding, PluginError, QueueDecision, RequestFacts};
 use crate::policy::Rule;
 use crate::policy::duration;
-use crate::policy::queue::Queue;
+use crate::policy::queue::{Queue, QueueFallback};
 use crate::store::{Store, StoreError};
 
 /// A waiting pop asks Redis again this often at least: pushes through other engines wake
@@ -45,6 +47,11 @@ pub const MAX_DEDUP_ID_BYTES: usize = 256;
 /// Priorities: 0 (default) to 9; higher pops first.
 pub const MAX_PRIORITY: u64 = 9;
 
+// A queue hook's choices are bounded in `plugin::decision` (which cannot see this module): the
+// same bounds as a client's.
+const _: () = assert!(MAX_QUEUE_PRIORITY as u64 == MAX_PRIORITY);
+const _: () = assert!(MAX_QUEUE_DEDUP_ID_BYTES == MAX_DEDUP_ID_BYTES);
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("{0}")]
@@ -57,6 +64,10 @@ pub enum QueueError {
     StaleReceipt(String),
     #[error("`after` is not a dead letter (any more): {0}")]
     UnknownDeadLetter(String),
+    #[error("the rule's plugin rejected the job: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Plugin(PluginError),
     #[error("no secure random source: {0}")]
     Random(String),
     #[error(transparent)]
@@ -71,6 +82,8 @@ pub struct Pushed {
     pub id: String,
     /// True when the push's `dedup_id` was pushed within the window: `id` is that job's.
     pub deduplicated: bool,
+    /// The rule's plugin failed and its `fallback: accept` pushed the job as asked.
+    pub fallback: bool,
 }
 
 /// A popped job.
@@ -118,6 +131,7 @@ pub const EVENTS: &[&str] = &[
     "replayed",
     "delivered",
     "delivery_failed",
+    "rejected",
 ];
 /// Job states (`patternd_queue_jobs`).
 pub const STATES: &[&str] = &["ready", "delayed", "in_flight", "dead"];
@@ -136,6 +150,8 @@ struct Metrics {
     replayed: Counter,
     delivered: Counter,
     delivery_failed: Counter,
+    rejected: Counter,
+    plugin_failed: Counter,
     states: [Gauge; 4],
 }
 
@@ -157,6 +173,8 @@ impl Metrics {
             replayed: c("replayed"),
             delivered: c("delivered"),
             delivery_failed: c("delivery_failed"),
+            rejected: c("rejected"),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
             states: [g("ready"), g("delayed"), g("in_flight"), g("dead")],
         }
     }
@@ -200,6 +218,8 @@ pub struct QueueRule {
     metrics: Metrics,
     /// Push delivery (`push:`), when the rule has it.
     pub pusher: Option<push::Pusher>,
+    /// The rule's plugin (its name, for the log) and its binding: the `queue` hook.
+    plugin: Option<(String, PluginBinding)>,
     visibility_arg: String,
     max_attempts_arg: String,
     dead_max_len_arg: String,
@@ -249,6 +269,7 @@ impl QueueRule {
         spec: &Queue,
         compiled: &CompiledQueue,
         keys: &KeySpace,
+        plugin: Option<(String, PluginBinding)>,
     ) -> Result<Self, OriginError> {
         let base = ms(spec.retry_backoff).max(1);
         let pusher = spec
@@ -272,6 +293,7 @@ impl QueueRule {
             backoff_arg: base.to_string(),
             backoff_cap_arg: ms(MAX_BACKOFF).max(base).to_string(),
             pusher,
+            plugin,
         })
     }
 
@@ -279,8 +301,16 @@ impl QueueRule {
         move |e| QueueError::Reply(what, e)
     }
 
+    /// True when the rule's plugin wants the request facts (the handler builds them only then).
+    pub fn wants_facts(&self) -> bool {
+        self.plugin.is_some()
+    }
+
     /// Pushes a job: `payload` (any JSON), ready after `delay`, `priority` 0-9 (higher pops
-    /// first), deduplicated by `dedup_id` within the rule's `dedup_window`.
+    /// first), deduplicated by `dedup_id` within the rule's `dedup_window`. With a plugin, its
+    /// `queue` hook sees the push first (`facts`, and what the client asked as the fields
+    /// `delay_ms`, `priority`, `dedup_id`) and may change those three or reject the job; when it
+    /// fails, the rule's `fallback` decides.
     pub async fn push(
         &self,
         store: &Store,
@@ -288,26 +318,64 @@ impl QueueRule {
         delay: Option<&str>,
         dedup_id: Option<&str>,
         priority: Option<u64>,
+        facts: Option<RequestFacts>,
     ) -> Result<Pushed, QueueError> {
-        let delay = match delay {
+        let mut delay = match delay {
             Some(d) => duration_param("delay", d, self.spec.max_delay)?,
             None => Duration::ZERO,
         };
-        let priority = priority.unwrap_or(0);
+        let mut priority = priority.unwrap_or(0);
         if priority > MAX_PRIORITY {
             return Err(QueueError::BadRequest(format!(
                 "`priority` must be from 0 to {MAX_PRIORITY}, not {priority}"
             )));
         }
-        let dedup_id = dedup_id.unwrap_or("");
+        let mut dedup_id = dedup_id.unwrap_or("").to_string();
         if dedup_id.len() > MAX_DEDUP_ID_BYTES {
             return Err(QueueError::BadRequest(format!(
                 "`dedup_id` is {} bytes; at most {MAX_DEDUP_ID_BYTES} are allowed",
                 dedup_id.len()
             )));
         }
-        let id = fresh_token()?;
         let payload = payload.to_string();
+        let mut fallback = false;
+        if let Some((name, binding)) = &self.plugin {
+            let mut facts = facts.unwrap_or_default();
+            facts.fields = vec![
+                ("delay_ms".into(), ms(delay).to_string()),
+                ("priority".into(), priority.to_string()),
+                (
+                    "dedup_id".into(),
+                    Value::String(dedup_id.clone()).to_string(),
+                ),
+            ];
+            match binding.queue(&facts, &payload, ms(self.spec.max_delay)) {
+                Ok(QueueDecision::Accept(choice)) => {
+                    if let Some(d) = choice.delay_ms {
+                        delay = Duration::from_millis(d);
+                    }
+                    if let Some(p) = choice.priority {
+                        priority = u64::from(p);
+                    }
+                    if let Some(id) = choice.dedup_id {
+                        dedup_id = id;
+                    }
+                }
+                Ok(QueueDecision::Reject(reason)) => {
+                    self.metrics.rejected.increment(1);
+                    return Err(QueueError::Rejected(reason));
+                }
+                Err(e) => {
+                    self.metrics.plugin_failed.increment(1);
+                    tracing::warn!(app = %self.app, rule = %self.rule, plugin = %name, error = %e, "queue plugin failed");
+                    match self.spec.fallback {
+                        QueueFallback::Accept => fallback = true,
+                        QueueFallback::Fail => return Err(QueueError::Plugin(e)),
+                    }
+                }
+            }
+        }
+        let id = fresh_token()?;
         let delay = ms(delay).to_string();
         let priority = priority.to_string();
         let args: [&[u8]; 7] = [
@@ -334,6 +402,7 @@ impl QueueRule {
                 Ok(Pushed {
                     id: text,
                     deduplicated: false,
+                    fallback,
                 })
             }
             0 => {
@@ -341,6 +410,7 @@ impl QueueRule {
                 Ok(Pushed {
                     id: text,
                     deduplicated: true,
+                    fallback,
                 })
             }
             _ => {

@@ -14,7 +14,10 @@
 //!   reason (the host grants neither);
 //! - `init-loop`, `init-fail`: misbehave in `init` instead;
 //! - `echo` (session hook only): rejects with `created=<created-ms> seen=<last-seen-ms>`, so a
-//!   test can see the times the host passed.
+//!   test can see the times the host passed; (queue hook) rejects with `payload=<payload>`.
+//!
+//! Its queue hook (world `plugin-queue`) misbehaves the same way: `garbage` is a priority of
+//! 200, `escape` a dedup id of `{other}:x`, `flood` a 64 KiB reject reason.
 //!
 //! One guest with a mode, rather than one per misbehavior, so the tests build one component.
 
@@ -23,10 +26,10 @@
 
 use std::sync::OnceLock;
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "plugin-queue" });
 
 // The world `use`s request, session and the decision types, so they are in scope already.
-use patternd::plugin::types::{Algorithm, Limit};
+use patternd::plugin::types::{Algorithm, Limit, QueueChoice};
 
 static MODE: OnceLock<String> = OnceLock::new();
 
@@ -107,6 +110,30 @@ impl Guest for Hostile {
             "trap" => panic!("hostile: trapping, as asked"),
             "flood" => SessionDecision::Reject("x".repeat(64 << 10)),
             _ => SessionDecision::Allow,
+        }
+    }
+
+    fn queue(req: Request, payload: String) -> QueueDecision {
+        let accept = QueueChoice {
+            delay_ms: None,
+            priority: None,
+            dedup_id: None,
+        };
+        match mode(&req) {
+            "echo" => QueueDecision::Reject(format!("payload={payload}")),
+            "loop" => spin(),
+            "alloc" => hoard(),
+            "trap" => panic!("hostile: trapping, as asked"),
+            "garbage" => QueueDecision::Accept(QueueChoice {
+                priority: Some(200),
+                ..accept
+            }),
+            "escape" => QueueDecision::Accept(QueueChoice {
+                dedup_id: Some("{other}:x".into()),
+                ..accept
+            }),
+            "flood" => QueueDecision::Reject("x".repeat(64 << 10)),
+            _ => QueueDecision::Accept(accept),
         }
     }
 }
