@@ -320,8 +320,15 @@ mod tests {
         assert!(!a.explicit_scenario);
         let a = args(&["--scenario", "queue"])?.context("help")?;
         assert_eq!(a.scenarios, vec![Scenario::Queue, Scenario::QueueBatch]);
-        let a = args(&["--scenario", "pubsub", "--subscribers", "50", "--publish-interval", "40ms"])?
-            .context("help")?;
+        let a = args(&[
+            "--scenario",
+            "pubsub",
+            "--subscribers",
+            "50",
+            "--publish-interval",
+            "40ms",
+        ])?
+        .context("help")?;
         assert_eq!(a.scenarios, vec![Scenario::PubSub]);
         assert_eq!((a.subscribers, a.messages), (50, 200));
         assert_eq!(a.publish_interval, Duration::from_millis(40));

@@ -50,6 +50,9 @@ pub struct Side {
     pub messages: usize,
     /// Latency of every delivery (µs).
     pub latency: Histogram,
+    /// Per message: the latency of its first subscriber (µs): the path through the server,
+    /// before the subscribers' reads queue up behind each other on this program's thread(s).
+    pub first: Histogram,
     /// Per message: the latency of its last subscriber (µs).
     pub last: Histogram,
     pub lost: u64,
@@ -298,6 +301,7 @@ async fn measure_side(
 
     let mut latency = Histogram::default();
     let mut last_of = vec![None::<u64>; n];
+    let mut first_of = vec![None::<u64>; n];
     let (mut lost, mut gaps) = (0, 0);
     for t in tasks {
         let seen = t
@@ -309,20 +313,25 @@ async fn measure_side(
                 Some(us) => {
                     latency.record(us);
                     last_of[seq] = Some(last_of[seq].map_or(us, |m| m.max(us)));
+                    first_of[seq] = Some(first_of[seq].map_or(us, |m| m.min(us)));
                 }
                 None => lost += 1,
             }
         }
     }
-    let mut last = Histogram::default();
+    let (mut first, mut last) = (Histogram::default(), Histogram::default());
     for us in last_of.into_iter().flatten() {
         last.record(us);
+    }
+    for us in first_of.into_iter().flatten() {
+        first.record(us);
     }
     Ok(Side {
         name,
         subscribers: args.subscribers,
         messages: n,
         latency,
+        first,
         last,
         lost,
         gaps,
@@ -506,10 +515,7 @@ async fn sse_subscriber(addr: SocketAddr, path: String) -> anyhow::Result<Box<dy
     let mut r = Reader::new(stream);
     let status = r.line().await?.context("closed before answering")?;
     if !status.starts_with(b"HTTP/1.1 200") {
-        bail!(
-            "GET {path} answered `{}`",
-            String::from_utf8_lossy(&status)
-        );
+        bail!("GET {path} answered `{}`", String::from_utf8_lossy(&status));
     }
     let mut chunked = false;
     loop {
@@ -541,7 +547,8 @@ impl SseSub {
         };
         let size = String::from_utf8_lossy(&size);
         let size = size.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size, 16).with_context(|| format!("chunk size `{size}`"))?;
+        let size =
+            usize::from_str_radix(size, 16).with_context(|| format!("chunk size `{size}`"))?;
         if size == 0 {
             return Ok(false);
         }
@@ -605,7 +612,13 @@ pub fn print(p: &PubSubResults) {
         "        latency = read of the delivery on the subscriber's socket − publish call start (PUBLISH on a multiplexed"
     );
     println!(
-        "        redis-rs connection; patternd: POST on a keep-alive HTTP/1.1 connection). Subscribers: raw TCP, one task each"
+        "        redis-rs connection; patternd: POST on a keep-alive HTTP/1.1 connection). Subscribers: raw TCP, one task each,"
+    );
+    println!(
+        "        read in turn by this program's thread(s): later subscribers wait for the reads before them (the first"
+    );
+    println!(
+        "        subscriber's latency is the server's path alone; see the load generator's CPU per delivery)"
     );
     println!();
     let each = |f: &dyn Fn(&Side) -> String| p.sides.iter().map(f).collect::<Vec<_>>();
@@ -629,6 +642,16 @@ pub fn print(p: &PubSubResults) {
     crate::row(
         "fan-out latency max (ms)",
         each(&|s| ms(s.latency.max_us())),
+    );
+    crate::row(
+        "first subscriber per message p50 / p99 (ms)",
+        each(&|s| {
+            format!(
+                "{} / {}",
+                ms(s.first.quantile_us(0.50)),
+                ms(s.first.quantile_us(0.99))
+            )
+        }),
     );
     crate::row(
         "last subscriber per message p50 / p99 (ms)",
@@ -673,10 +696,7 @@ pub fn print(p: &PubSubResults) {
         "other processes' CPU (%core)",
         each(&|s| format!("{:.0}", s.util(s.cpu_other))),
     );
-    crate::row(
-        "SSE gap / dropped events",
-        each(&|s| s.gaps.to_string()),
-    );
+    crate::row("SSE gap / dropped events", each(&|s| s.gaps.to_string()));
     println!();
     crate::row("goals", Vec::new());
     crate::row(
