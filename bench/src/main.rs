@@ -247,6 +247,16 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     for &scenario in &args.scenarios {
         let pattern = match scenario {
             Scenario::PubSub => {
+                match pubsub::check_open_files(args) {
+                    Ok(()) => {}
+                    Err(e) if !args.explicit_scenario => {
+                        let w = format!("the pubsub scenario was skipped: {e:#}");
+                        eprintln!("warning: {w}");
+                        warnings.push(w);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 pubsub_results = Some(pubsub::run(args, &pids, redis.port, patternd.addr).await?);
                 patternd.guard.check_alive()?;
                 continue;

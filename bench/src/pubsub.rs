@@ -99,13 +99,8 @@ fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// The baseline (Redis SUBSCRIBE) first, then patternd's SSE subscribers.
-pub async fn run(
-    args: &Args,
-    pids: &Pids,
-    redis_port: u16,
-    addr: SocketAddr,
-) -> anyhow::Result<PubSubResults> {
+/// Whether this program may open `--subscribers` sockets (with a margin for the rest).
+pub fn check_open_files(args: &Args) -> anyhow::Result<()> {
     // One side's subscribers are open at a time (each side closes its own before the next).
     if let Some(limit) = open_files_limit() {
         let need = args.subscribers as u64 + FD_HEADROOM;
@@ -116,6 +111,16 @@ pub async fn run(
             );
         }
     }
+    Ok(())
+}
+
+/// The baseline (Redis SUBSCRIBE) first, then patternd's SSE subscribers.
+pub async fn run(
+    args: &Args,
+    pids: &Pids,
+    redis_port: u16,
+    addr: SocketAddr,
+) -> anyhow::Result<PubSubResults> {
     let redis_addr = SocketAddr::from(([127, 0, 0, 1], redis_port));
     let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/"))?;
     let con = client.get_multiplexed_async_connection().await?;
