@@ -18,10 +18,14 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
-                          | queue_batch | cluster | all
+                          | queue_batch | pubsub | cluster | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
+  --subscribers N         pubsub: subscribers of the channel, on each side (default 500)
+  --messages N            pubsub: messages published, each fanned out to every subscriber
+                          (default 200)
+  --publish-interval D    pubsub: time between two publishes (default 25ms)
   --rate R                open loop: send R requests/s in total on a fixed schedule instead
                           of as fast as answers come back (closed loop, the default), so
                           latency shows service time rather than queueing
@@ -49,6 +53,12 @@ Scenarios:
                          cycle. `--scenario queue` also runs queue_batch
   queue_batch            the same in batches: 10 pushes, one pop with count=10, 10 acks per
                          operation (latency per batch; throughput and CPU per job cycle)
+  pubsub                 fan-out of one channel to --subscribers SSE subscribers
+                         (GET /v1/pubsub/bench/fan/room-1, published with POST), against as many
+                         raw Redis SUBSCRIBE connections receiving PUBLISH on the same Redis:
+                         latency per delivery (p50/p99/max), until the last subscriber per
+                         message, deliveries lost, CPU per delivery. Needs an open-files limit
+                         of about subscribers + 256
   cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
@@ -75,12 +85,14 @@ pub enum Scenario {
     Queue,
     /// The same with pops of `patterns::QUEUE_BATCH` jobs.
     QueueBatch,
+    /// Fan-out of SSE subscriptions against Redis SUBSCRIBE connections (`pubsub.rs`).
+    PubSub,
     /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
     Cluster,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -90,6 +102,7 @@ impl Scenario {
         Scenario::Lock,
         Scenario::Queue,
         Scenario::QueueBatch,
+        Scenario::PubSub,
         Scenario::Cluster,
     ];
 
@@ -104,6 +117,7 @@ impl Scenario {
             Scenario::Lock => "lock",
             Scenario::Queue => "queue",
             Scenario::QueueBatch => "queue_batch",
+            Scenario::PubSub => "pubsub",
             Scenario::Cluster => "cluster",
         }
     }
@@ -121,6 +135,7 @@ impl Scenario {
             | Scenario::Lock
             | Scenario::Queue
             | Scenario::QueueBatch
+            | Scenario::PubSub
             | Scenario::Cluster => None,
         }
     }
@@ -142,6 +157,10 @@ pub struct Args {
     pub load_threads: usize,
     /// Open-loop target rate (requests/s); `None` for a closed loop.
     pub rate: Option<f64>,
+    /// pubsub: subscribers per side, messages, and the time between publishes.
+    pub subscribers: usize,
+    pub messages: usize,
+    pub publish_interval: Duration,
 }
 
 impl Default for Args {
@@ -158,6 +177,9 @@ impl Default for Args {
             hook_calls: 20_000,
             load_threads: 1,
             rate: None,
+            subscribers: 500,
+            messages: 200,
+            publish_interval: Duration::from_millis(25),
         }
     }
 }
@@ -189,6 +211,11 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
             "--baseline-requests" => a.baseline_requests = value.parse().with_context(ctx)?,
             "--baseline-clients" => a.baseline_clients = value.parse().with_context(ctx)?,
             "--load-threads" => a.load_threads = value.parse().with_context(ctx)?,
+            "--subscribers" => a.subscribers = value.parse().with_context(ctx)?,
+            "--messages" => a.messages = value.parse().with_context(ctx)?,
+            "--publish-interval" => {
+                a.publish_interval = parse_duration(&value).with_context(ctx)?
+            }
             "--hook-calls" => a.hook_calls = value.parse().with_context(ctx)?,
             "--rate" => {
                 let r: f64 = value.parse().with_context(ctx)?;
@@ -206,9 +233,10 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "lock" => vec![Scenario::Lock],
                     "queue" => vec![Scenario::Queue, Scenario::QueueBatch],
                     "queue_batch" => vec![Scenario::QueueBatch],
+                    "pubsub" => vec![Scenario::PubSub],
                     "cluster" => vec![Scenario::Cluster],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, cluster or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster or all",
                         ctx()
                     ),
                 };
@@ -222,17 +250,19 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
         || a.baseline_requests == 0
         || a.baseline_clients == 0
         || a.hook_calls == 0
+        || a.subscribers == 0
+        || a.messages == 0
     {
         bail!(
-            "--connections, --keyspace, --baseline-requests, --baseline-clients and --hook-calls must be positive"
+            "--connections, --keyspace, --baseline-requests, --baseline-clients, --hook-calls, --subscribers and --messages must be positive"
         );
     }
     // redis-benchmark's __rand_int__ is 12 digits; both sides must build the same ids.
     if a.keyspace > 999_999_999_999 {
         bail!("--keyspace is at most 999999999999 (redis-benchmark writes 12-digit ids)");
     }
-    if a.duration.is_zero() {
-        bail!("--duration must be positive");
+    if a.duration.is_zero() || a.publish_interval.is_zero() {
+        bail!("--duration and --publish-interval must be positive");
     }
     a.load_threads = a.load_threads.max(1);
     Ok(Some(a))
@@ -290,6 +320,18 @@ mod tests {
         assert!(!a.explicit_scenario);
         let a = args(&["--scenario", "queue"])?.context("help")?;
         assert_eq!(a.scenarios, vec![Scenario::Queue, Scenario::QueueBatch]);
+        let a = args(&[
+            "--scenario",
+            "pubsub",
+            "--subscribers",
+            "50",
+            "--publish-interval",
+            "40ms",
+        ])?
+        .context("help")?;
+        assert_eq!(a.scenarios, vec![Scenario::PubSub]);
+        assert_eq!((a.subscribers, a.messages), (50, 200));
+        assert_eq!(a.publish_interval, Duration::from_millis(40));
         assert!(args(&["--help"])?.is_none());
         assert!(args(&["--nope", "1"]).is_err());
         Ok(())

@@ -22,6 +22,7 @@ mod measure;
 mod patterns;
 mod plugins;
 mod procs;
+mod pubsub;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -92,6 +93,10 @@ fn main() -> ExitCode {
     match result {
         Ok(report) => {
             report.print(&args);
+            if let Some(p) = &report.pubsub {
+                println!();
+                pubsub::print(p);
+            }
             report.print_cluster();
             if report.failed() {
                 eprintln!(
@@ -121,6 +126,8 @@ struct Report {
     plugins: Option<PluginResults>,
     /// The cluster scenario's comparisons (`cluster.rs`).
     cluster: Vec<cluster::Pair>,
+    /// The pub/sub fan-out (`pubsub.rs`).
+    pubsub: Option<pubsub::PubSubResults>,
 }
 
 struct ScenarioResult {
@@ -236,8 +243,24 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     };
     let mut results = Vec::new();
     let mut cluster_pairs = Vec::new();
+    let mut pubsub_results = None;
     for &scenario in &args.scenarios {
         let pattern = match scenario {
+            Scenario::PubSub => {
+                match pubsub::check_open_files(args) {
+                    Ok(()) => {}
+                    Err(e) if !args.explicit_scenario => {
+                        let w = format!("the pubsub scenario was skipped: {e:#}");
+                        eprintln!("warning: {w}");
+                        warnings.push(w);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                pubsub_results = Some(pubsub::run(args, &pids, redis.port, patternd.addr).await?);
+                patternd.guard.check_alive()?;
+                continue;
+            }
             Scenario::Cache | Scenario::CacheNear => {
                 Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
             }
@@ -364,6 +387,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         results,
         plugins,
         cluster: cluster_pairs,
+        pubsub: pubsub_results,
     })
 }
 
@@ -712,7 +736,7 @@ fn ms(v: Option<f64>) -> String {
 }
 
 /// One line of a table: a label, then right-aligned cells.
-fn row(label: &str, cells: Vec<String>) {
+pub(crate) fn row(label: &str, cells: Vec<String>) {
     let mut line = format!("{label:<46}");
     for c in cells {
         line.push_str(&format!("{c:>22}"));
@@ -746,6 +770,11 @@ impl Report {
             .chain(plugin_runs.map(|v| &v.http))
             .any(|m| m.error_share() > MAX_ERROR_SHARE)
             || self.cluster.iter().any(|p| p.errors() > MAX_ERROR_SHARE)
+            || self
+                .pubsub
+                .iter()
+                .flat_map(|p| &p.sides)
+                .any(|s| s.loss_share() > MAX_ERROR_SHARE)
     }
 
     fn print(&self, args: &Args) {

@@ -50,6 +50,9 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
     p.push_str(&format!(
         "  {QUEUE_RULE}:\n    queue: {{ visibility: 30s, max_pop: {QUEUE_BATCH} }}\n"
     ));
+    // The default buffer (256 messages a client may fall behind) is far more than a fan-out
+    // spaced out in time needs.
+    p.push_str(&format!("  {}:\n    pubsub: {{}}\n", crate::pubsub::RULE));
     p
 }
 
