@@ -77,6 +77,13 @@ pub enum SessionDecision {
     Reject(String),
 }
 
+/// The pubsub hook's answer for one publish or subscribe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PubSubDecision {
+    Allow,
+    Reject(String),
+}
+
 /// Highest priority a queue hook may choose (the queue's own range, `0..=9`).
 pub const MAX_QUEUE_PRIORITY: u8 = 9;
 /// Longest dedup id a queue hook may choose (the queue's own bound for a client's).
@@ -280,6 +287,24 @@ pub fn validate_queue(
     Ok(d)
 }
 
+/// Checks a plugin's pubsub decision: a rejection reason of bounded size (it is sent to the
+/// client).
+pub fn validate_pubsub(
+    plugin: &str,
+    d: PubSubDecision,
+    limits: &Limits,
+) -> Result<PubSubDecision, PluginError> {
+    if let PubSubDecision::Reject(reason) = &d
+        && reason.len() > limits.max_string_bytes
+    {
+        return Err(PluginError::BadOutput {
+            plugin: plugin.to_string(),
+            message: format!("reject reason is {} bytes", reason.len()),
+        });
+    }
+    Ok(d)
+}
+
 /// A dedup id a queue hook may choose.
 pub fn valid_dedup_id(id: &str) -> bool {
     !id.is_empty()
@@ -292,6 +317,24 @@ pub fn valid_dedup_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pubsub_decisions_are_bounded() {
+        let limits = Limits::default();
+        for ok in [
+            PubSubDecision::Allow,
+            PubSubDecision::Reject("x".repeat(limits.max_string_bytes)),
+        ] {
+            assert_eq!(validate_pubsub("p", ok.clone(), &limits), Ok(ok));
+        }
+        let long = PubSubDecision::Reject("x".repeat(limits.max_string_bytes + 1));
+        match validate_pubsub("p", long, &limits) {
+            Err(PluginError::BadOutput { message, .. }) => {
+                assert!(message.contains("reject reason"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn queue_decisions_are_bounded() {

@@ -1,7 +1,7 @@
 //! The Lua plugin host (mlua, Lua 5.1 — the same build that checks Redis scripts).
 //!
 //! A Lua plugin is a text chunk returning a table of hooks named like the WIT exports
-//! (`init`, `rate_limit`, `cache`, `session`, `queue`; records are Lua tables) and optionally `ops`,
+//! (`init`, `rate_limit`, `cache`, `session`, `queue`, `pubsub`; records are Lua tables) and optionally `ops`,
 //! Redis-side operations (see `registry`). Sandbox: only the `table`, `string` and `math`
 //! libraries; no `io`, `os`, `require`, `debug`, `load*`, `dofile`, `string.dump`, or any way
 //! to load bytecode; `print` goes to patternd's log. Each call gets an instruction budget
@@ -16,8 +16,8 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, IntoLua, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::decision::{
-    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
-    SessionDecision, SessionFacts,
+    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
+    RequestFacts, SessionDecision, SessionFacts,
 };
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
@@ -47,7 +47,7 @@ pub struct LuaOpDecl {
     pub script: String,
 }
 
-const HOOKS: [&str; 5] = ["init", "rate_limit", "cache", "session", "queue"];
+const HOOKS: [&str; 6] = ["init", "rate_limit", "cache", "session", "queue", "pubsub"];
 
 impl LuaPlugin {
     /// Compiles the chunk and runs it once in a sandbox to read its table of hooks and ops.
@@ -182,15 +182,16 @@ const BUDGET_MARK: &str = "patternd: instruction budget exceeded";
 /// Building the table through the API costs a protected call (a `pcall` and a C closure) for
 /// every key and value once a memory limit is set; passing them as arguments and building the
 /// table here costs a few VM instructions. It uses no globals, so a plugin cannot change it.
-/// `extra` (the session hook's session, the queue hook's payload) follows the header pairs;
-/// `nh` is their count.
+/// `extra` (the session hook's session, the queue hook's payload, the pubsub hook's channel, op
+/// and message: at most three) follows the header pairs; `nh` is their count.
 const FACTS_CALL: &str = r#"
 return function(hook, method, path, id, cost, addr, fields, nh, ...)
   local a = { ... }
   local h = {}
   for i = 1, nh * 2, 2 do h[a[i]] = a[i + 1] end
   return hook({ method = method, path = path, id = id, cost = cost, headers = h,
-                client_addr = addr, fields = fields or {} }, a[nh * 2 + 1])
+                client_addr = addr, fields = fields or {} },
+              a[nh * 2 + 1], a[nh * 2 + 2], a[nh * 2 + 3])
 end
 "#;
 
@@ -201,7 +202,7 @@ struct Instance {
     /// `FACTS_CALL`, compiled once per instance.
     call: Function,
     /// The hooks (in `HOOKS` order), looked up on first use after `init`.
-    hooks: [Option<Function>; 5],
+    hooks: [Option<Function>; 6],
     /// The rate-limit decision's field names as Lua strings, made once: pushing a Lua string
     /// is a reference copy, while pushing a Rust `&str` is a protected call that may allocate.
     names: DecisionNames,
@@ -356,7 +357,7 @@ impl LuaBinding {
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
         let name = self.plugin.name.as_str();
         let d = self.with_instance("rate_limit", |lua, call, func, names| {
-            let out = call_with_facts(lua, call, func, names, req, true, None)?;
+            let out = call_with_facts(lua, call, func, names, req, true, &[])?;
             // Read while the instance is held: the names are its strings.
             Ok(lua_to_rate_limit(name, out, req.cost, names))
         })??;
@@ -367,7 +368,7 @@ impl LuaBinding {
         let name = self.plugin.name.clone();
         let limits = self.plugin.limits;
         let out = self.with_instance("cache", |lua, call, func, names| {
-            call_with_facts(lua, call, func, names, req, false, None)
+            call_with_facts(lua, call, func, names, req, false, &[])
         })?;
         // The same bounds as a WASM plugin's decision (a TTL Redis can express, no empty tag).
         super::decision::validate_cache(&name, lua_to_cache(&name, out, &limits)?, &limits)
@@ -391,7 +392,7 @@ impl LuaBinding {
                 d.set(k.as_str(), json_to_lua(lua, &parsed)?)?;
             }
             s.set("data", d)?;
-            call_with_facts(lua, call, func, names, req, false, Some(Value::Table(s)))
+            call_with_facts(lua, call, func, names, req, false, &[Value::Table(s)])
         })?;
         let d = match out {
             Value::Nil | Value::Boolean(true) => SessionDecision::Allow,
@@ -433,11 +434,60 @@ impl LuaBinding {
             let parsed: serde_json::Value =
                 serde_json::from_str(payload).unwrap_or(serde_json::Value::Null);
             let payload = json_to_lua(lua, &parsed)?;
-            let out = call_with_facts(lua, call, func, names, req, false, Some(payload))?;
+            let out = call_with_facts(lua, call, func, names, req, false, &[payload])?;
             // Read while the instance is held: a table of its state.
             Ok(lua_to_queue(&name, out))
         })??;
         super::decision::validate_queue(&name, out, &self.plugin.limits, max_delay_ms)
+    }
+
+    /// The pubsub hook: `pubsub(req, channel, op, message)` with `op` `"publish"` (and the
+    /// message as a string) or `"subscribe"` (and nil).
+    pub fn pubsub(
+        &self,
+        req: &RequestFacts,
+        channel: &str,
+        message: Option<&str>,
+    ) -> Result<PubSubDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("pubsub", |lua, call, func, names| {
+            let op = if message.is_some() {
+                "publish"
+            } else {
+                "subscribe"
+            };
+            let extra = [
+                Value::String(lua.create_string(channel)?),
+                Value::String(names.intern(lua, op)?),
+                match message {
+                    Some(m) => Value::String(lua.create_string(m)?),
+                    None => Value::Nil,
+                },
+            ];
+            let out = call_with_facts(lua, call, func, names, req, false, &extra)?;
+            Ok(lua_to_pubsub(&name, out))
+        })??;
+        super::decision::validate_pubsub(&name, out, &self.plugin.limits)
+    }
+}
+
+/// `nil`, `true` or `'allow'`: allow; `false` or `{ reject = reason }`: reject.
+fn lua_to_pubsub(plugin: &str, v: Value) -> Result<PubSubDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match v {
+        Value::Nil | Value::Boolean(true) => Ok(PubSubDecision::Allow),
+        Value::Boolean(false) => Ok(PubSubDecision::Reject("rejected by the plugin".into())),
+        Value::String(s) if s.to_string_lossy() == "allow" => Ok(PubSubDecision::Allow),
+        // As with sessions: a `reject` that is no text still asked to reject, and fails the
+        // call rather than turning into an allow.
+        Value::Table(t) => match t.get::<String>("reject") {
+            Ok(reason) => Ok(PubSubDecision::Reject(reason)),
+            Err(e) => Err(bad(format!("`reject` must be a text reason: {e}"))),
+        },
+        other => Err(bad(format!("pubsub hook returned a {}", other.type_name()))),
     }
 }
 
@@ -590,7 +640,7 @@ fn call_with_facts(
     names: &DecisionNames,
     req: &RequestFacts,
     path_recurs: bool,
-    extra: Option<Value>,
+    extra: &[Value],
 ) -> mlua::Result<Value> {
     let mut args = mlua::MultiValue::with_capacity(9 + req.headers.len() * 2);
     args.push_back(Value::Function(func.clone()));
@@ -624,9 +674,7 @@ fn call_with_facts(
         args.push_back(Value::String(names.intern(lua, k)?));
         args.push_back(Value::String(lua.create_string(v)?));
     }
-    if let Some(v) = extra {
-        args.push_back(v);
-    }
+    args.extend(extra.iter().cloned());
     call.call::<Value>(args)
 }
 
@@ -1038,6 +1086,52 @@ mod tests {
             let err = b.queue(&req, "{}", 60_000).unwrap_err();
             assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn pubsub_hooks_see_the_channel_the_op_and_the_message() {
+        let p = plugin(
+            r#"return { pubsub = function(req, channel, op, message)
+                if req.headers['x-role'] == 'admin' then return nil end
+                if op == 'subscribe' then
+                    if channel == 'open' then return 'allow' end
+                    return { reject = 'subscribe ' .. channel }
+                end
+                if message == 'ok' then return true end
+                return { reject = op .. ' ' .. channel .. ' ' .. message }
+            end }"#,
+        )
+        .unwrap();
+        assert!(p.hooks.contains(&"pubsub"));
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        let mut req = facts("x");
+        let reject = |s: &str| Ok(PubSubDecision::Reject(s.into()));
+        assert_eq!(b.pubsub(&req, "open", None), Ok(PubSubDecision::Allow));
+        assert_eq!(b.pubsub(&req, "news", None), reject("subscribe news"));
+        assert_eq!(
+            b.pubsub(&req, "news", Some("ok")),
+            Ok(PubSubDecision::Allow)
+        );
+        assert_eq!(
+            b.pubsub(&req, "news", Some("hi")),
+            reject("publish news hi")
+        );
+        req.headers.push(("x-role".into(), "admin".into()));
+        assert_eq!(b.pubsub(&req, "news", None), Ok(PubSubDecision::Allow));
+        for bad in ["{ reject = true }", "{}", "42", "'maybe'"] {
+            let src = format!("return {{ pubsub = function() return {bad} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let err = b.pubsub(&req, "c", None).unwrap_err();
+            assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
+        }
+        // A plugin without the hook says so.
+        let q = plugin("return { queue = function() end }").unwrap();
+        let err = q
+            .bind(serde_json::Value::Null)
+            .unwrap()
+            .pubsub(&req, "c", None)
+            .unwrap_err();
+        assert_eq!(err.kind(), "missing_hook", "{err}");
     }
 
     #[test]

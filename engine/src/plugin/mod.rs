@@ -21,8 +21,8 @@ mod wasi;
 pub mod wasm;
 
 pub use decision::{
-    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
-    SessionDecision, SessionFacts,
+    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
+    RequestFacts, SessionDecision, SessionFacts,
 };
 pub use registry::{PluginBinding, PluginSet};
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::decision::{
-    CacheDecision, QueueDecision, RateLimitDecision, RequestFacts, SessionDecision, SessionFacts,
+    CacheDecision, PubSubDecision, QueueDecision, RateLimitDecision, RequestFacts, SessionDecision,
+    SessionFacts,
 };
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
 use super::wasm::{WasmBinding, WasmPlugin};
@@ -32,7 +33,7 @@ impl Plugin {
         match self {
             Plugin::Lua(p) => p.hooks.clone(),
             // A component that type-checks against the world exports all of them, and `queue`
-            // when it targets `plugin-queue`.
+            // (`pubsub`) when it targets `plugin-queue` (`plugin-pubsub`).
             Plugin::Wasm(p) => p.hooks(),
         }
     }
@@ -108,6 +109,20 @@ impl PluginBinding {
         match self {
             PluginBinding::Lua(b) => b.queue(req, payload, max_delay_ms),
             PluginBinding::Wasm(b) => b.queue(req, payload, max_delay_ms),
+        }
+    }
+
+    /// The pubsub hook: may this request publish `message` (text) to `channel`, or subscribe
+    /// to it when `message` is `None`?
+    pub fn pubsub(
+        &self,
+        req: &RequestFacts,
+        channel: &str,
+        message: Option<&str>,
+    ) -> Result<PubSubDecision, PluginError> {
+        match self {
+            PluginBinding::Lua(b) => b.pubsub(req, channel, message),
+            PluginBinding::Wasm(b) => b.pubsub(req, channel, message),
         }
     }
 }

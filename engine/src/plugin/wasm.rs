@@ -24,7 +24,8 @@
 //! `queue` export is looked up by name at load and type-checked there (one instantiation), and
 //! each instance then holds it as a typed function whose argument and result types are the
 //! generated WIT types. A queue rule naming a component without it is refused at compile
-//! (`Plugin::hooks`).
+//! (`Plugin::hooks`). `plugin-pubsub`'s `pubsub` export is handled the same way; the host looks
+//! each optional export up by name, so a component may have any of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -34,9 +35,9 @@ use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker, Type
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::decision::{
-    CacheDecision, DynLimit, QueueChoice, QueueDecision, RateLimitDecision, RequestFacts,
-    SessionDecision, SessionFacts, validate_cache, validate_queue, validate_rate_limit,
-    validate_session,
+    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
+    RequestFacts, SessionDecision, SessionFacts, validate_cache, validate_pubsub, validate_queue,
+    validate_rate_limit, validate_session,
 };
 use super::pool::WarmPool;
 use super::wasi::{GuestOutput, STDERR, STDOUT, link_wasi};
@@ -55,6 +56,13 @@ type QueueFunc = TypedFunc<(wit::Request, String), (wit::QueueDecision,)>;
 
 /// The name of the optional export.
 const QUEUE_EXPORT: &str = "queue";
+
+/// The `pubsub` export of `plugin-pubsub`:
+/// `func(req: request, channel: string, op: pubsub-op, message: option<string>) -> pubsub-decision`.
+type PubSubFunc =
+    TypedFunc<(wit::Request, String, wit::PubsubOp, Option<String>), (wit::PubsubDecision,)>;
+
+const PUBSUB_EXPORT: &str = "pubsub";
 
 /// Warm instances kept per binding. A call takes one out of the pool and puts it back after, so
 /// this bounds idle instances, not concurrency: a burst beyond it instantiates more and drops
@@ -262,6 +270,8 @@ pub struct WasmPlugin {
     pre: PluginPre<State>,
     /// The `queue` export, when the component has one (world `plugin-queue`).
     queue: Option<ComponentExportIndex>,
+    /// The `pubsub` export, when the component has one (world `plugin-pubsub`).
+    pubsub: Option<ComponentExportIndex>,
     limits: Limits,
 }
 
@@ -304,13 +314,15 @@ impl WasmPlugin {
             ))
         })?;
         let queue = component.get_export_index(None, QUEUE_EXPORT);
+        let pubsub = component.get_export_index(None, PUBSUB_EXPORT);
         let plugin = WasmPlugin {
             name: name.to_string(),
             pre,
             queue,
+            pubsub,
             limits,
         };
-        plugin.check_queue_export()?;
+        plugin.check_optional_exports()?;
         Ok(plugin)
     }
 
@@ -320,16 +332,19 @@ impl WasmPlugin {
         if self.queue.is_some() {
             hooks.push("queue");
         }
+        if self.pubsub.is_some() {
+            hooks.push("pubsub");
+        }
         hooks
     }
 
-    /// A `queue` export must have the type of `plugin-queue`'s, or the component is refused
-    /// now rather than at its first push. Types are checked on an instance, so this makes one
-    /// (no `init`: the check runs no hook).
-    fn check_queue_export(&self) -> Result<(), PluginError> {
-        let Some(index) = &self.queue else {
+    /// A `queue` (`pubsub`) export must have the type of `plugin-queue`'s (`plugin-pubsub`'s),
+    /// or the component is refused now rather than at its first call. Types are checked on an
+    /// instance, so this makes one (no `init`: the check runs no hook).
+    fn check_optional_exports(&self) -> Result<(), PluginError> {
+        if self.queue.is_none() && self.pubsub.is_none() {
             return Ok(());
-        };
+        }
         let mut store = self.new_store();
         self.arm(&mut store, INIT_BUDGET_FACTOR)?;
         let instance = self
@@ -337,14 +352,21 @@ impl WasmPlugin {
             .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| self.classify(&e, &store))?;
-        let checked: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
-        checked.map_err(|e| PluginError::Load {
+        let mistyped = |export: &str, world: &str, e: wasmtime::Error| PluginError::Load {
             plugin: self.name.clone(),
             message: format!(
-                "its `queue` export is not the one of the world \
-                     patternd:plugin/plugin-queue@0.1.0: {e:#}"
+                "its `{export}` export is not the one of the world \
+                     patternd:plugin/{world}@0.1.0: {e:#}"
             ),
-        })?;
+        };
+        if let Some(index) = &self.queue {
+            let checked: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
+            checked.map_err(|e| mistyped(QUEUE_EXPORT, "plugin-queue", e))?;
+        }
+        if let Some(index) = &self.pubsub {
+            let checked: wasmtime::Result<PubSubFunc> = instance.get_typed_func(&mut store, index);
+            checked.map_err(|e| mistyped(PUBSUB_EXPORT, "plugin-pubsub", e))?;
+        }
         Ok(())
     }
 
@@ -443,6 +465,8 @@ struct Instance {
     guest: Guest,
     /// The `queue` export, when the component has one.
     queue: Option<QueueFunc>,
+    /// The `pubsub` export, when the component has one.
+    pubsub: Option<PubSubFunc>,
 }
 
 /// A WASM plugin bound to one rule's config: a pool of warm, initialized instances.
@@ -475,6 +499,13 @@ impl WasmBinding {
             }
             None => None,
         };
+        let pubsub = match &p.pubsub {
+            Some(index) => {
+                let f: wasmtime::Result<PubSubFunc> = instance.get_typed_func(&mut store, index);
+                Some(f.map_err(|e| p.classify(&e, &store))?)
+            }
+            None => None,
+        };
         let init_err = |message: String| PluginError::Init {
             plugin: p.name.clone(),
             message,
@@ -486,6 +517,7 @@ impl WasmBinding {
                 store,
                 guest,
                 queue,
+                pubsub,
             }),
             Ok(Err(message)) => {
                 let mut message = message;
@@ -623,6 +655,39 @@ impl WasmBinding {
             wit::QueueDecision::Reject(reason) => QueueDecision::Reject(reason),
         };
         validate_queue(&self.plugin.name, d, &self.plugin.limits, max_delay_ms)
+    }
+
+    /// The pubsub hook (`plugin-pubsub`'s `pubsub` export): may this request publish
+    /// `message` to (or, without one, subscribe to) `channel`?
+    pub fn pubsub(
+        &self,
+        req: &RequestFacts,
+        channel: &str,
+        message: Option<&str>,
+    ) -> Result<PubSubDecision, PluginError> {
+        let missing = || PluginError::MissingHook {
+            plugin: self.plugin.name.clone(),
+            hook: "pubsub",
+        };
+        if self.plugin.pubsub.is_none() {
+            return Err(missing());
+        }
+        let wreq = to_wit_request(req);
+        let op = if message.is_some() {
+            wit::PubsubOp::Publish
+        } else {
+            wit::PubsubOp::Subscribe
+        };
+        let args = (wreq, channel.to_string(), op, message.map(str::to_string));
+        let out = self.with_instance(|i| match &i.pubsub {
+            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
+            None => Ok(None),
+        })?;
+        let d = match out.ok_or_else(missing)? {
+            wit::PubsubDecision::Allow => PubSubDecision::Allow,
+            wit::PubsubDecision::Reject(reason) => PubSubDecision::Reject(reason),
+        };
+        validate_pubsub(&self.plugin.name, d, &self.plugin.limits)
     }
 
     /// Warm instances now idle in the pool (for tests and metrics).
