@@ -388,6 +388,13 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_pubsub_rejected_total",
+        kind: Kind::Counter,
+        help: "Publishes and subscribes the rule's plugin rejected (403).",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_pubsub_received_total",
         kind: Kind::Counter,
         help: "Messages this engine's subscriber connection received (before fan-out to SSE clients).",

@@ -164,9 +164,15 @@ impl Snapshot {
                     );
                 }
                 (RuleKind::PubSub(p), CompiledKind::PubSub(cp)) => {
+                    let Ok(binding) = bind(&plugins, p.plugin.as_ref(), &mut diags) else {
+                        continue;
+                    };
+                    let binding = binding
+                        .zip(p.plugin.as_ref())
+                        .map(|(b, r)| (r.name.clone(), b));
                     pubsubs.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
-                        Arc::new(PubSubRule::new(&c.rule, p, cp, &c.keys)),
+                        Arc::new(PubSubRule::new(&c.rule, p, cp, &c.keys, binding)),
                     );
                 }
                 _ => diags.push(Diagnostic::error(

@@ -245,7 +245,13 @@ pub fn compile(
                 .and_then(|()| queue::compile(rule, q))
                 .map(CompiledKind::Queue),
                 RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
-                RuleKind::PubSub(c) => pubsub::compile(rule, c).map(CompiledKind::PubSub),
+                RuleKind::PubSub(c) => check_plugin(
+                    plugins,
+                    c.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "pubsub",
+                )
+                .and_then(|()| pubsub::compile(rule, c))
+                .map(CompiledKind::PubSub),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {
@@ -310,11 +316,15 @@ fn check_plugin(
         });
     };
     if !p.hooks().contains(&hook) {
-        // The queue hook is the one a component may lack: say which world has it.
+        // The queue and pubsub hooks are the ones a component may lack: say which world has them.
         let hint = match (hook, p.kind()) {
             ("queue", "wasm") => {
                 " (a component exports it when built for the world \
                  patternd:plugin/plugin-queue@0.1.0)"
+            }
+            ("pubsub", "wasm") => {
+                " (a component exports it when built for the world \
+                 patternd:plugin/plugin-pubsub@0.1.0)"
             }
             _ => "",
         };

@@ -276,6 +276,13 @@ fn describe(snap: &Snapshot) -> Value {
                             r["max_message_bytes"] = json!(p.max_message_bytes);
                             r["heartbeat_ms"] = json!(ms(p.heartbeat));
                             r["client_buffer"] = json!(p.client_buffer);
+                            r["plugin"] = plugin(p.plugin.as_ref());
+                            if p.plugin.is_some() {
+                                r["fallback"] = json!(match p.fallback {
+                                    crate::policy::pubsub::PubSubFallback::Fail => "fail",
+                                    crate::policy::pubsub::PubSubFallback::Allow => "allow",
+                                });
+                            }
                         }
                         _ => {}
                     }

@@ -14,7 +14,7 @@
 //! | `malformed-request` | 400 | not HTTP/1.1 at all (answered by the listener, `parse_errors`) |
 //! | `unauthorized` | 401 | `/admin` without the right bearer token |
 //! | `forbidden` | 403 | `/admin` from a non-loopback client when no admin token is set |
-//! | `rejected` | 403 | a plugin refused the request (a session hook) |
+//! | `rejected` | 403 | a plugin refused the request (a session hook, or a pubsub hook's publish or subscribe) |
 //! | `unknown-app` | 404 | no such app is loaded |
 //! | `unknown-rule` | 404 | the app has no such rule of the route's pattern |
 //! | `no-route` | 404 | no such route |
@@ -502,6 +502,8 @@ impl From<PubSubError> for ApiError {
             PubSubError::Input(e) => e.into(),
             PubSubError::BadRequest(m) => ApiError::BadRequest(m),
             e @ PubSubError::TooLarge(..) => ApiError::TooLarge(e.to_string()),
+            e @ PubSubError::Rejected(..) => ApiError::Rejected(e.to_string()),
+            PubSubError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             PubSubError::Store(e) => e.into(),
         }
     }

@@ -2,14 +2,14 @@
 //! handlers around `patterns::pubsub`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Id, RawBody, Rule};
+use super::extract::{self, Headers, Id, Rule};
 use super::problem::{ApiError, Problem};
 use super::sse::{self, Rendered, SseBody};
 use crate::patterns::PubSubRule;
@@ -26,15 +26,29 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     params(("app" = String, Path), ("rule" = String, Path), ("channel" = String, Path)),
     request_body(content = String, description = "The message", content_type = "application/octet-stream"),
     responses((status = 200, body = PubSubPublished),
-        (status = 400, body = Problem, content_type = "application/problem+json")))]
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The rule's plugin rejected the publish (`rejected`); nothing was published", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no `fallback: allow`", body = Problem, content_type = "application/problem+json")))]
 async fn publish(
     State(state): State<AppState>,
     rule: Rule<PubSubRule>,
     Id(channel): Id,
-    RawBody(body): RawBody,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let n = rule.publish(&state.runtime.store, &channel, &body).await?;
-    Ok(Json(json!({ "engines": n })).into_response())
+    let (parts, body) = request.into_parts();
+    let body = extract::read_body(body).await?;
+    let facts = rule
+        .wants_facts()
+        .then(|| extract::facts(&parts, "POST", &channel, 0, Headers::All));
+    let (n, fallback) = rule
+        .publish(&state.runtime.store, &channel, &body, facts)
+        .await?;
+    Ok(Json(if fallback {
+        json!({ "engines": n, "fallback": true })
+    } else {
+        json!({ "engines": n })
+    })
+    .into_response())
 }
 
 fn render(ev: SubEvent) -> Rendered {
@@ -68,13 +82,22 @@ fn bytes_of(s: &'static str) -> axum::body::Bytes {
 #[utoipa::path(get, path = "/v1/pubsub/{app}/{rule}/{channel}", tag = "pubsub", operation_id = "pubsub_subscribe",
     description = "Subscribes as Server-Sent Events: first `event: subscribed` (messages published from then on arrive), then one event per message (`data`: the message, one `data:` line per line). `event: gap` when the engine's subscription to Redis was interrupted (messages may be lost); `event: dropped` ends the stream of a client more than the rule's `client_buffer` behind. Heartbeat comments keep idle proxies open.",
     params(("app" = String, Path), ("rule" = String, Path), ("channel" = String, Path)),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 403, description = "The rule's plugin rejected the subscription (`rejected`); no stream starts", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no `fallback: allow`", body = Problem, content_type = "application/problem+json")))]
 async fn subscribe(
     State(state): State<AppState>,
     rule: Rule<PubSubRule>,
     Id(channel): Id,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let events = rule.subscribe(&state.runtime.store, &channel).await?;
+    let facts = rule.wants_facts().then(|| {
+        let (parts, _) = request.into_parts();
+        extract::facts(&parts, "GET", &channel, 0, Headers::All)
+    });
+    let events = rule
+        .subscribe(&state.runtime.store, &channel, facts)
+        .await?;
     let body = SseBody::new(events, render, rule.spec.heartbeat, "pubsub");
     Ok(sse::response(body))
 }
@@ -88,5 +111,8 @@ mod doc {
         /// Subscriber connections reached: engines with a subscriber of the channel (each
         /// holds one subscription per channel), not SSE clients.
         engines: u64,
+        /// Present (true) when the rule's plugin failed and its `fallback: allow` published
+        /// the message.
+        fallback: Option<bool>,
     }
 }

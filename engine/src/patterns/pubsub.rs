@@ -5,6 +5,9 @@
 //! them the SSE clients connected then; nothing is stored. A client that falls more than
 //! `client_buffer` messages behind is dropped with a final event; a dropped subscriber
 //! connection is reported to every client as a gap.
+//!
+//! With a plugin, its `pubsub` hook sees each publish (with the message) and each subscribe
+//! first and may reject it; when it fails, the rule's `fallback` decides.
 
 use axum::body::Bytes;
 use tokio::sync::{broadcast, mpsc};
@@ -13,8 +16,9 @@ use super::feed::{self, Feed, NotSent};
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::pubsub::{PubSubScripts, channel_key};
 use crate::compile::{CompiledPubSub, KeySpace};
+use crate::plugin::{PluginBinding, PluginError, PubSubDecision, RequestFacts};
 use crate::policy::Rule;
-use crate::policy::pubsub::PubSub;
+use crate::policy::pubsub::{PubSub, PubSubFallback};
 use crate::store::pubsub::PubSubEvent;
 use crate::store::{Store, StoreError};
 
@@ -26,6 +30,10 @@ pub enum PubSubError {
     BadRequest(String),
     #[error("the message is {0} bytes; this rule takes at most {1}")]
     TooLarge(usize, u64),
+    #[error("the rule's plugin rejected the {0}: {1}")]
+    Rejected(&'static str, String),
+    #[error(transparent)]
+    Plugin(PluginError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,6 +58,10 @@ pub struct PubSubRule {
     scripts: PubSubScripts,
     pub spec: PubSub,
     published: metrics::Counter,
+    rejected: metrics::Counter,
+    plugin_failed: metrics::Counter,
+    /// The rule's plugin (its name, for the log) and its binding: the `pubsub` hook.
+    plugin: Option<(String, PluginBinding)>,
 }
 
 fn check_channel(channel: &str) -> Result<(), PubSubError> {
@@ -69,7 +81,13 @@ fn check_channel(channel: &str) -> Result<(), PubSubError> {
 }
 
 impl PubSubRule {
-    pub fn new(rule: &Rule, spec: &PubSub, compiled: &CompiledPubSub, keys: &KeySpace) -> Self {
+    pub fn new(
+        rule: &Rule,
+        spec: &PubSub,
+        compiled: &CompiledPubSub,
+        keys: &KeySpace,
+        plugin: Option<(String, PluginBinding)>,
+    ) -> Self {
         Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
@@ -77,17 +95,63 @@ impl PubSubRule {
             scripts: compiled.scripts.clone(),
             spec: spec.clone(),
             published: metrics::counter!("patternd_pubsub_published_total", "app" => rule.app.clone(), "rule" => rule.name.clone()),
+            rejected: metrics::counter!("patternd_pubsub_rejected_total", "app" => rule.app.clone(), "rule" => rule.name.clone()),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => rule.app.clone(), "rule" => rule.name.clone()),
+            plugin,
+        }
+    }
+
+    /// True when the rule's plugin wants the request facts (the handler builds them only then).
+    pub fn wants_facts(&self) -> bool {
+        self.plugin.is_some()
+    }
+
+    /// Asks the rule's plugin, if any, whether this publish (`message`) or subscribe (`None`)
+    /// may go ahead. Returns true when it went ahead through `fallback: allow`.
+    fn decide(
+        &self,
+        facts: Option<RequestFacts>,
+        channel: &str,
+        message: Option<&[u8]>,
+    ) -> Result<bool, PubSubError> {
+        let Some((name, binding)) = &self.plugin else {
+            return Ok(false);
+        };
+        let facts = facts.unwrap_or_default();
+        // WIT strings are UTF-8: bytes that are not become U+FFFD (documented in the WIT).
+        let text = message.map(String::from_utf8_lossy);
+        match binding.pubsub(&facts, channel, text.as_deref()) {
+            Ok(PubSubDecision::Allow) => Ok(false),
+            Ok(PubSubDecision::Reject(reason)) => {
+                self.rejected.increment(1);
+                let op = if message.is_some() {
+                    "publish"
+                } else {
+                    "subscribe"
+                };
+                Err(PubSubError::Rejected(op, reason))
+            }
+            Err(e) => {
+                self.plugin_failed.increment(1);
+                tracing::warn!(app = %self.app, rule = %self.rule, plugin = %name, error = %e, "pubsub plugin failed");
+                match self.spec.fallback {
+                    PubSubFallback::Allow => Ok(true),
+                    PubSubFallback::Fail => Err(PubSubError::Plugin(e)),
+                }
+            }
         }
     }
 
     /// Publishes `message`; returns the subscriber connections reached: engines (each holds
-    /// one subscription per channel), not SSE clients.
+    /// one subscription per channel), not SSE clients, and whether the rule's plugin failed
+    /// and its `fallback: allow` let the publish through.
     pub async fn publish(
         &self,
         store: &Store,
         channel: &str,
         message: &[u8],
-    ) -> Result<u64, PubSubError> {
+        facts: Option<RequestFacts>,
+    ) -> Result<(u64, bool), PubSubError> {
         check_channel(channel)?;
         if message.len() as u64 > self.spec.max_message_bytes {
             return Err(PubSubError::TooLarge(
@@ -95,6 +159,7 @@ impl PubSubRule {
                 self.spec.max_message_bytes,
             ));
         }
+        let fallback = self.decide(facts, channel, Some(message))?;
         let script = if store.is_cluster() {
             &self.scripts.spublish
         } else {
@@ -103,16 +168,19 @@ impl PubSubRule {
         let keys = [channel_key(&self.keys, channel)];
         let n: u64 = store.eval(script, &keys, &[message]).await?;
         self.published.increment(1);
-        Ok(n)
+        Ok((n, fallback))
     }
 
-    /// Subscribes one SSE client to `channel`; the first event is `Subscribed`.
+    /// Subscribes one SSE client to `channel`; the first event is `Subscribed`. The rule's
+    /// plugin decides first, so a rejection is an error answer, not a stream.
     pub async fn subscribe(
         &self,
         store: &Store,
         channel: &str,
+        facts: Option<RequestFacts>,
     ) -> Result<mpsc::Receiver<SubEvent>, PubSubError> {
         check_channel(channel)?;
+        self.decide(facts, channel, None)?;
         let buffer = usize::try_from(self.spec.client_buffer)
             .unwrap_or(256)
             .max(1);

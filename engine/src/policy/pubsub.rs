@@ -11,7 +11,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
-use super::raw::DurationText;
+use super::ir::PluginRef;
+use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
 
 /// The largest message (the request body limit is 64 KiB).
@@ -35,6 +36,35 @@ pub struct RawPubSub {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1, max = 65536))]
     pub client_buffer: Option<Spanned<i64>>,
+    /// A plugin whose `pubsub` hook sees each publish and subscribe first: it allows it or
+    /// rejects it (403 `rejected`).
+    #[serde(default)]
+    #[schemars(with = "Option<RawPluginRef>")]
+    pub plugin: Option<Spanned<RawPluginRef>>,
+    /// What a publish or subscribe does when the plugin fails: `fail` (500 `plugin-failed`,
+    /// the default) or `allow` (as if the rule had no plugin).
+    #[serde(default)]
+    #[schemars(with = "Option<PubSubFallbackName>")]
+    pub fallback: Option<Spanned<String>>,
+}
+
+/// Schema-only: the `fallback` values.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum PubSubFallbackName {
+    Fail,
+    Allow,
+}
+
+/// What a publish or subscribe does when the rule's plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PubSubFallback {
+    /// 500 `plugin-failed`; nothing is published, no stream starts.
+    #[default]
+    Fail,
+    /// Goes ahead as if the rule had no plugin.
+    Allow,
 }
 
 /// A validated `pubsub` rule.
@@ -43,6 +73,9 @@ pub struct PubSub {
     pub max_message_bytes: u64,
     pub heartbeat: Duration,
     pub client_buffer: u64,
+    /// The plugin whose `pubsub` hook decides each publish and subscribe.
+    pub plugin: Option<PluginRef>,
+    pub fallback: PubSubFallback,
     pub location: Location,
 }
 
@@ -50,9 +83,9 @@ impl Validator {
     pub(super) fn pubsub(
         &mut self,
         path: &Path,
-        _rule: &str,
+        rule: &str,
         raw: &Spanned<RawPubSub>,
-        _body: &Node,
+        body: &Node,
     ) -> Option<PubSub> {
         let before = self.error_count();
         let at = loc(path, raw.span());
@@ -75,6 +108,35 @@ impl Validator {
             .as_ref()
             .and_then(|d| self.duration(path, "heartbeat", d))
             .unwrap_or(Duration::from_secs(15));
+        let plugin = raw.plugin.as_ref().map(|p| {
+            // The body is the message, not JSON fields: the hook gets the message itself.
+            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
+                self.err(
+                    &loc(path, f.span()),
+                    "`plugin.fields` does not apply to `pubsub` rules: the hook gets the message",
+                );
+            }
+            self.plugin_ref(path, "pubsub", p, body)
+        });
+        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
+            None => PubSubFallback::Fail,
+            Some((_, v)) if plugin.is_none() => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
+                );
+                PubSubFallback::Fail
+            }
+            Some(("fail", _)) => PubSubFallback::Fail,
+            Some(("allow", _)) => PubSubFallback::Allow,
+            Some((other, v)) => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("unknown `fallback` `{other}`; expected `fail` or `allow`"),
+                );
+                PubSubFallback::Fail
+            }
+        };
         if self.error_count() > before {
             return None;
         }
@@ -82,7 +144,63 @@ impl Validator {
             max_message_bytes,
             heartbeat,
             client_buffer,
+            plugin,
+            fallback,
             location: at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::policy::{RuleKind, load_sources};
+
+    fn load(block: &str) -> Result<super::PubSub, String> {
+        let text = format!("app: chat\nrules:\n  rooms:\n    pubsub: {block}\n");
+        match load_sources(&[(PathBuf::from("p.yaml"), text)]) {
+            Ok(l) => match l.policy.rules().next().map(|r| r.kind.clone()) {
+                Some(RuleKind::PubSub(p)) => Ok(p),
+                other => Err(format!("not a pubsub rule: {other:?}")),
+            },
+            Err(d) => Err(d.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_plugin_and_its_fallback() {
+        let p = load("{}").expect("valid");
+        assert!(p.plugin.is_none());
+        let p =
+            load("{ plugin: { name: channel-gate, config: { open: [lobby] } }, fallback: allow }")
+                .expect("valid");
+        let r = p.plugin.expect("a plugin");
+        assert_eq!(r.name, "channel-gate");
+        assert_eq!(r.config, serde_json::json!({ "open": ["lobby"] }));
+        assert_eq!(p.fallback, super::PubSubFallback::Allow);
+        let p = load("{ plugin: { name: channel-gate } }").expect("valid");
+        assert_eq!(p.fallback, super::PubSubFallback::Fail);
+        for (block, says) in [
+            (
+                "{ fallback: allow }",
+                "`fallback` is only used with a `plugin`",
+            ),
+            (
+                "{ plugin: { name: g }, fallback: accept }",
+                "unknown `fallback` `accept`",
+            ),
+            (
+                "{ plugin: { name: g, fields: [x] } }",
+                "`plugin.fields` does not apply to `pubsub` rules",
+            ),
+            (
+                "{ plugin: { name: g, headers: [x-a] } }",
+                "`plugin.headers` applies to `rate_limit` rules only",
+            ),
+        ] {
+            let e = load(block).expect_err(block);
+            assert!(e.contains(says), "{block}: {e}");
+        }
     }
 }

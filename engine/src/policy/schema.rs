@@ -240,6 +240,17 @@ fn tighten(v: &mut Value) {
         "/$defs/RawQueue",
         json!({ "dependentRequired": { "fallback": ["plugin"] } }),
     );
+    // A pubsub rule's plugin: likewise (the hook gets the message).
+    add(
+        v,
+        "/$defs/RawPubSub/properties/plugin",
+        json!({ "not": any_required(&["headers", "fields"]) }),
+    );
+    add(
+        v,
+        "/$defs/RawPubSub",
+        json!({ "dependentRequired": { "fallback": ["plugin"] } }),
+    );
     // Field by field: bounds and shapes the loader checks.
     const MAX_LIMIT: u64 = super::validate::MAX_LIMIT.unsigned_abs();
     for (pointer, max) in [
