@@ -427,6 +427,8 @@ pub fn example_plugins() -> Result<TempDir> {
         "tiered-limits.wasm",
         "job-gate.wasm",
         "job-gate-lua.lua",
+        "channel-gate.wasm",
+        "channel-gate-lua.lua",
     ])
 }
 
