@@ -84,6 +84,13 @@ pub enum PubSubDecision {
     Reject(String),
 }
 
+/// The stream hook's answer for one appended entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamDecision {
+    Accept,
+    Reject(String),
+}
+
 /// Highest priority a queue hook may choose (the queue's own range, `0..=9`).
 pub const MAX_QUEUE_PRIORITY: u8 = 9;
 /// Longest dedup id a queue hook may choose (the queue's own bound for a client's).
@@ -305,6 +312,24 @@ pub fn validate_pubsub(
     Ok(d)
 }
 
+/// Checks a plugin's stream decision: a rejection reason of bounded size (it is sent to the
+/// client).
+pub fn validate_stream(
+    plugin: &str,
+    d: StreamDecision,
+    limits: &Limits,
+) -> Result<StreamDecision, PluginError> {
+    if let StreamDecision::Reject(reason) = &d
+        && reason.len() > limits.max_string_bytes
+    {
+        return Err(PluginError::BadOutput {
+            plugin: plugin.to_string(),
+            message: format!("reject reason is {} bytes", reason.len()),
+        });
+    }
+    Ok(d)
+}
+
 /// A dedup id a queue hook may choose.
 pub fn valid_dedup_id(id: &str) -> bool {
     !id.is_empty()
@@ -334,6 +359,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn stream_decisions_are_bounded() {
+        let limits = Limits::default();
+        let ok = StreamDecision::Reject("x".repeat(limits.max_string_bytes));
+        assert_eq!(validate_stream("p", ok.clone(), &limits), Ok(ok));
+        let long = StreamDecision::Reject("x".repeat(limits.max_string_bytes + 1));
+        assert!(matches!(
+            validate_stream("p", long, &limits),
+            Err(PluginError::BadOutput { .. })
+        ));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The Lua plugin host (mlua, Lua 5.1 — the same build that checks Redis scripts).
 //!
 //! A Lua plugin is a text chunk returning a table of hooks named like the WIT exports
-//! (`init`, `rate_limit`, `cache`, `session`, `queue`, `pubsub`; records are Lua tables) and optionally `ops`,
+//! (`init`, `rate_limit`, `cache`, `session`, `queue`, `pubsub`, `stream`; records are Lua tables) and optionally `ops`,
 //! Redis-side operations (see `registry`). Sandbox: only the `table`, `string` and `math`
 //! libraries; no `io`, `os`, `require`, `debug`, `load*`, `dofile`, `string.dump`, or any way
 //! to load bytecode; `print` goes to patternd's log. Each call gets an instruction budget
@@ -17,7 +17,7 @@ use mlua::{Function, HookTriggers, IntoLua, Lua, LuaOptions, StdLib, Table, Valu
 
 use super::decision::{
     CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts,
+    RequestFacts, SessionDecision, SessionFacts, StreamDecision,
 };
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
@@ -47,7 +47,15 @@ pub struct LuaOpDecl {
     pub script: String,
 }
 
-const HOOKS: [&str; 6] = ["init", "rate_limit", "cache", "session", "queue", "pubsub"];
+const HOOKS: [&str; 7] = [
+    "init",
+    "rate_limit",
+    "cache",
+    "session",
+    "queue",
+    "pubsub",
+    "stream",
+];
 
 impl LuaPlugin {
     /// Compiles the chunk and runs it once in a sandbox to read its table of hooks and ops.
@@ -202,7 +210,7 @@ struct Instance {
     /// `FACTS_CALL`, compiled once per instance.
     call: Function,
     /// The hooks (in `HOOKS` order), looked up on first use after `init`.
-    hooks: [Option<Function>; 6],
+    hooks: [Option<Function>; 7],
     /// The rate-limit decision's field names as Lua strings, made once: pushing a Lua string
     /// is a reference copy, while pushing a Rust `&str` is a protected call that may allocate.
     names: DecisionNames,
@@ -468,6 +476,36 @@ impl LuaBinding {
             Ok(lua_to_pubsub(&name, out))
         })??;
         super::decision::validate_pubsub(&name, out, &self.plugin.limits)
+    }
+
+    /// The stream hook: `stream(req, entry)` with the entry decoded (tables; JSON null is nil).
+    pub fn stream(&self, req: &RequestFacts, entry: &str) -> Result<StreamDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("stream", |lua, call, func, names| {
+            let parsed: serde_json::Value =
+                serde_json::from_str(entry).unwrap_or(serde_json::Value::Null);
+            let entry = json_to_lua(lua, &parsed)?;
+            let out = call_with_facts(lua, call, func, names, req, false, &[entry])?;
+            Ok(lua_to_stream(&name, out))
+        })??;
+        super::decision::validate_stream(&name, out, &self.plugin.limits)
+    }
+}
+
+/// `nil`, `true` or `'accept'`: accept; `{ reject = reason }`: reject.
+fn lua_to_stream(plugin: &str, v: Value) -> Result<StreamDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match v {
+        Value::Nil | Value::Boolean(true) => Ok(StreamDecision::Accept),
+        Value::String(s) if s.to_string_lossy() == "accept" => Ok(StreamDecision::Accept),
+        Value::Table(t) => match t.get::<String>("reject") {
+            Ok(reason) => Ok(StreamDecision::Reject(reason)),
+            Err(e) => Err(bad(format!("`reject` must be a text reason: {e}"))),
+        },
+        other => Err(bad(format!("stream hook returned a {}", other.type_name()))),
     }
 }
 
@@ -1132,6 +1170,40 @@ mod tests {
             .pubsub(&req, "c", None)
             .unwrap_err();
         assert_eq!(err.kind(), "missing_hook", "{err}");
+    }
+
+    #[test]
+    fn stream_hooks_see_each_entry() {
+        let p = plugin(
+            r#"return { stream = function(req, entry)
+                if type(entry) ~= 'table' then return { reject = 'not an object' } end
+                if entry.level == 'debug' then return { reject = req.headers['x-app'] .. ': no debug' } end
+                return 'accept'
+            end }"#,
+        )
+        .unwrap();
+        assert!(p.hooks.contains(&"stream"));
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        let mut req = facts("x");
+        req.headers.push(("x-app".into(), "web".into()));
+        assert_eq!(
+            b.stream(&req, r#"{"level":"info"}"#),
+            Ok(StreamDecision::Accept)
+        );
+        assert_eq!(
+            b.stream(&req, r#"{"level":"debug"}"#),
+            Ok(StreamDecision::Reject("web: no debug".into()))
+        );
+        assert_eq!(
+            b.stream(&req, "7"),
+            Ok(StreamDecision::Reject("not an object".into()))
+        );
+        for bad in ["{ reject = true }", "{}", "42", "false"] {
+            let src = format!("return {{ stream = function() return {bad} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let err = b.stream(&req, "{}").unwrap_err();
+            assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
+        }
     }
 
     #[test]

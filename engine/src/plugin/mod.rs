@@ -22,7 +22,7 @@ pub mod wasm;
 
 pub use decision::{
     CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts,
+    RequestFacts, SessionDecision, SessionFacts, StreamDecision,
 };
 pub use registry::{PluginBinding, PluginSet};
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::decision::{
     CacheDecision, PubSubDecision, QueueDecision, RateLimitDecision, RequestFacts, SessionDecision,
-    SessionFacts,
+    SessionFacts, StreamDecision,
 };
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
 use super::wasm::{WasmBinding, WasmPlugin};
@@ -33,7 +33,8 @@ impl Plugin {
         match self {
             Plugin::Lua(p) => p.hooks.clone(),
             // A component that type-checks against the world exports all of them, and `queue`
-            // (`pubsub`) when it targets `plugin-queue` (`plugin-pubsub`).
+            // (`pubsub`, `stream`) when it targets `plugin-queue` (`plugin-pubsub`,
+            // `plugin-stream`).
             Plugin::Wasm(p) => p.hooks(),
         }
     }
@@ -123,6 +124,14 @@ impl PluginBinding {
         match self {
             PluginBinding::Lua(b) => b.pubsub(req, channel, message),
             PluginBinding::Wasm(b) => b.pubsub(req, channel, message),
+        }
+    }
+
+    /// The stream hook, for one appended entry (its JSON text).
+    pub fn stream(&self, req: &RequestFacts, entry: &str) -> Result<StreamDecision, PluginError> {
+        match self {
+            PluginBinding::Lua(b) => b.stream(req, entry),
+            PluginBinding::Wasm(b) => b.stream(req, entry),
         }
     }
 }

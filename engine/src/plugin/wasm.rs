@@ -24,7 +24,7 @@
 //! `queue` export is looked up by name at load and type-checked there (one instantiation), and
 //! each instance then holds it as a typed function whose argument and result types are the
 //! generated WIT types. A queue rule naming a component without it is refused at compile
-//! (`Plugin::hooks`). `plugin-pubsub`'s `pubsub` export is handled the same way; the host looks
+//! (`Plugin::hooks`). `plugin-pubsub`'s `pubsub` and `plugin-stream`'s `stream` exports are handled the same way; the host looks
 //! each optional export up by name, so a component may have any of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,8 +36,8 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::decision::{
     CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts, validate_cache, validate_pubsub, validate_queue,
-    validate_rate_limit, validate_session,
+    RequestFacts, SessionDecision, SessionFacts, StreamDecision, validate_cache, validate_pubsub,
+    validate_queue, validate_rate_limit, validate_session, validate_stream,
 };
 use super::pool::WarmPool;
 use super::wasi::{GuestOutput, STDERR, STDOUT, link_wasi};
@@ -63,6 +63,11 @@ type PubSubFunc =
     TypedFunc<(wit::Request, String, wit::PubsubOp, Option<String>), (wit::PubsubDecision,)>;
 
 const PUBSUB_EXPORT: &str = "pubsub";
+
+/// The `stream` export of `plugin-stream`: `func(req: request, entry: string) -> stream-decision`.
+type StreamFunc = TypedFunc<(wit::Request, String), (wit::StreamDecision,)>;
+
+const STREAM_EXPORT: &str = "stream";
 
 /// Warm instances kept per binding. A call takes one out of the pool and puts it back after, so
 /// this bounds idle instances, not concurrency: a burst beyond it instantiates more and drops
@@ -272,6 +277,8 @@ pub struct WasmPlugin {
     queue: Option<ComponentExportIndex>,
     /// The `pubsub` export, when the component has one (world `plugin-pubsub`).
     pubsub: Option<ComponentExportIndex>,
+    /// The `stream` export, when the component has one (world `plugin-stream`).
+    stream: Option<ComponentExportIndex>,
     limits: Limits,
 }
 
@@ -315,11 +322,13 @@ impl WasmPlugin {
         })?;
         let queue = component.get_export_index(None, QUEUE_EXPORT);
         let pubsub = component.get_export_index(None, PUBSUB_EXPORT);
+        let stream = component.get_export_index(None, STREAM_EXPORT);
         let plugin = WasmPlugin {
             name: name.to_string(),
             pre,
             queue,
             pubsub,
+            stream,
             limits,
         };
         plugin.check_optional_exports()?;
@@ -335,6 +344,9 @@ impl WasmPlugin {
         if self.pubsub.is_some() {
             hooks.push("pubsub");
         }
+        if self.stream.is_some() {
+            hooks.push("stream");
+        }
         hooks
     }
 
@@ -342,7 +354,7 @@ impl WasmPlugin {
     /// or the component is refused now rather than at its first call. Types are checked on an
     /// instance, so this makes one (no `init`: the check runs no hook).
     fn check_optional_exports(&self) -> Result<(), PluginError> {
-        if self.queue.is_none() && self.pubsub.is_none() {
+        if self.queue.is_none() && self.pubsub.is_none() && self.stream.is_none() {
             return Ok(());
         }
         let mut store = self.new_store();
@@ -366,6 +378,10 @@ impl WasmPlugin {
         if let Some(index) = &self.pubsub {
             let checked: wasmtime::Result<PubSubFunc> = instance.get_typed_func(&mut store, index);
             checked.map_err(|e| mistyped(PUBSUB_EXPORT, "plugin-pubsub", e))?;
+        }
+        if let Some(index) = &self.stream {
+            let checked: wasmtime::Result<StreamFunc> = instance.get_typed_func(&mut store, index);
+            checked.map_err(|e| mistyped(STREAM_EXPORT, "plugin-stream", e))?;
         }
         Ok(())
     }
@@ -467,6 +483,8 @@ struct Instance {
     queue: Option<QueueFunc>,
     /// The `pubsub` export, when the component has one.
     pubsub: Option<PubSubFunc>,
+    /// The `stream` export, when the component has one.
+    stream: Option<StreamFunc>,
 }
 
 /// A WASM plugin bound to one rule's config: a pool of warm, initialized instances.
@@ -506,6 +524,13 @@ impl WasmBinding {
             }
             None => None,
         };
+        let stream = match &p.stream {
+            Some(index) => {
+                let f: wasmtime::Result<StreamFunc> = instance.get_typed_func(&mut store, index);
+                Some(f.map_err(|e| p.classify(&e, &store))?)
+            }
+            None => None,
+        };
         let init_err = |message: String| PluginError::Init {
             plugin: p.name.clone(),
             message,
@@ -518,6 +543,7 @@ impl WasmBinding {
                 guest,
                 queue,
                 pubsub,
+                stream,
             }),
             Ok(Err(message)) => {
                 let mut message = message;
@@ -688,6 +714,27 @@ impl WasmBinding {
             wit::PubsubDecision::Reject(reason) => PubSubDecision::Reject(reason),
         };
         validate_pubsub(&self.plugin.name, d, &self.plugin.limits)
+    }
+
+    /// The stream hook (`plugin-stream`'s `stream` export), for one entry's JSON text.
+    pub fn stream(&self, req: &RequestFacts, entry: &str) -> Result<StreamDecision, PluginError> {
+        let missing = || PluginError::MissingHook {
+            plugin: self.plugin.name.clone(),
+            hook: "stream",
+        };
+        if self.plugin.stream.is_none() {
+            return Err(missing());
+        }
+        let args = (to_wit_request(req), entry.to_string());
+        let out = self.with_instance(|i| match &i.stream {
+            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
+            None => Ok(None),
+        })?;
+        let d = match out.ok_or_else(missing)? {
+            wit::StreamDecision::Accept => StreamDecision::Accept,
+            wit::StreamDecision::Reject(reason) => StreamDecision::Reject(reason),
+        };
+        validate_stream(&self.plugin.name, d, &self.plugin.limits)
     }
 
     /// Warm instances now idle in the pool (for tests and metrics).
