@@ -361,7 +361,13 @@ pub const ALL: &[Metric] = &[
             RULE,
             (
                 "event",
-                &["appended", "delivered", "acked", "dead_lettered"],
+                &[
+                    "appended",
+                    "delivered",
+                    "acked",
+                    "dead_lettered",
+                    "rejected",
+                ],
             ),
         ],
         buckets: &[],

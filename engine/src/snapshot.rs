@@ -158,9 +158,15 @@ impl Snapshot {
                     }
                 }
                 (RuleKind::Stream(s), CompiledKind::Stream(cs)) => {
+                    let Ok(binding) = bind(&plugins, s.plugin.as_ref(), &mut diags) else {
+                        continue;
+                    };
+                    let binding = binding
+                        .zip(s.plugin.as_ref())
+                        .map(|(b, r)| (r.name.clone(), b));
                     streams.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
-                        Arc::new(StreamRule::new(&c.rule, s, cs, &c.keys)),
+                        Arc::new(StreamRule::new(&c.rule, s, cs, &c.keys, binding)),
                     );
                 }
                 (RuleKind::PubSub(p), CompiledKind::PubSub(cp)) => {

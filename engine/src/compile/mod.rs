@@ -244,7 +244,13 @@ pub fn compile(
                 )
                 .and_then(|()| queue::compile(rule, q))
                 .map(CompiledKind::Queue),
-                RuleKind::Stream(c) => stream::compile(rule, c).map(CompiledKind::Stream),
+                RuleKind::Stream(c) => check_plugin(
+                    plugins,
+                    c.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "stream",
+                )
+                .and_then(|()| stream::compile(rule, c))
+                .map(CompiledKind::Stream),
                 RuleKind::PubSub(c) => check_plugin(
                     plugins,
                     c.plugin.as_ref().map(|p| (&p.name, &p.location)),
@@ -316,7 +322,8 @@ fn check_plugin(
         });
     };
     if !p.hooks().contains(&hook) {
-        // The queue and pubsub hooks are the ones a component may lack: say which world has them.
+        // The queue, pubsub and stream hooks are the ones a component may lack: say which world
+        // has them.
         let hint = match (hook, p.kind()) {
             ("queue", "wasm") => {
                 " (a component exports it when built for the world \
@@ -325,6 +332,10 @@ fn check_plugin(
             ("pubsub", "wasm") => {
                 " (a component exports it when built for the world \
                  patternd:plugin/plugin-pubsub@0.1.0)"
+            }
+            ("stream", "wasm") => {
+                " (a component exports it when built for the world \
+                 patternd:plugin/plugin-stream@0.1.0)"
             }
             _ => "",
         };

@@ -271,6 +271,13 @@ fn describe(snap: &Snapshot) -> Value {
                             r["dead_max_len"] = json!(s.dead_max_len);
                             r["heartbeat_ms"] = json!(ms(s.heartbeat));
                             r["tail_buffer"] = json!(s.tail_buffer);
+                            r["plugin"] = plugin(s.plugin.as_ref());
+                            if s.plugin.is_some() {
+                                r["fallback"] = json!(match s.fallback {
+                                    crate::policy::stream::StreamFallback::Fail => "fail",
+                                    crate::policy::stream::StreamFallback::Accept => "accept",
+                                });
+                            }
                         }
                         (RuleKind::PubSub(p), _) => {
                             r["max_message_bytes"] = json!(p.max_message_bytes);

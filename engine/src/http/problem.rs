@@ -44,6 +44,7 @@
 //! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
 //! | `origin-timeout` | 504 | a cache origin did not answer in time |
 //! | `job-rejected` | 422 | a queue rule's plugin refused the pushed job (its reason is the detail) |
+//! | `entry-rejected` | 422 | a stream rule's plugin refused an appended entry (which, and its reason, are the detail); nothing was appended |
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -101,6 +102,7 @@ pub enum Kind {
     OriginTimeout,
     QueueFull,
     JobRejected,
+    EntryRejected,
 }
 
 impl Kind {
@@ -141,6 +143,7 @@ impl Kind {
         Kind::OriginTimeout,
         Kind::QueueFull,
         Kind::JobRejected,
+        Kind::EntryRejected,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -179,6 +182,7 @@ impl Kind {
             Kind::OriginTimeout => "origin-timeout",
             Kind::QueueFull => "queue-full",
             Kind::JobRejected => "job-rejected",
+            Kind::EntryRejected => "entry-rejected",
         }
     }
 
@@ -277,6 +281,9 @@ pub enum ApiError {
     /// A queue rule's plugin refused a pushed job; the detail is its reason.
     #[error("{0}")]
     JobRejected(String),
+    /// A stream rule's plugin refused an appended entry; the detail says which and why.
+    #[error("{0}")]
+    EntryRejected(String),
     /// A cache answer's error, with the `Cache-Status` that explains it.
     #[error("{error}")]
     CacheStatus {
@@ -322,6 +329,7 @@ impl ApiError {
             ApiError::OriginTimeout(_) => Kind::OriginTimeout,
             ApiError::QueueFull(_) => Kind::QueueFull,
             ApiError::JobRejected(_) => Kind::JobRejected,
+            ApiError::EntryRejected(_) => Kind::EntryRejected,
             ApiError::CacheStatus { error, .. } => error.kind(),
             ApiError::Plain { status, .. } => Kind::of_status(*status),
         }
@@ -347,9 +355,10 @@ impl ApiError {
                 Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 Kind::UriTooLong => StatusCode::URI_TOO_LONG,
                 Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Kind::InvalidPolicy | Kind::Unprocessable | Kind::JobRejected => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                Kind::InvalidPolicy
+                | Kind::Unprocessable
+                | Kind::JobRejected
+                | Kind::EntryRejected => StatusCode::UNPROCESSABLE_ENTITY,
                 Kind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Kind::ClientError => StatusCode::BAD_REQUEST,
                 Kind::Internal | Kind::PluginFailed | Kind::RedisWrongType => {
@@ -491,6 +500,8 @@ impl From<StreamError> for ApiError {
             StreamError::BadRequest(m) => ApiError::BadRequest(m),
             e @ StreamError::NoGroup(_) => ApiError::NotFound(e.to_string()),
             StreamError::Internal(m) => ApiError::Internal(m),
+            e @ StreamError::Rejected(..) => ApiError::EntryRejected(e.to_string()),
+            StreamError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             StreamError::Store(e) => e.into(),
         }
     }

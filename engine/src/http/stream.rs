@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Example, Id, JsonObject, Query, Rule};
+use super::extract::{self, Example, Headers, Id, JsonObject, Query, Rule};
 use super::problem::{ApiError, Problem};
 use super::sse::{self, Rendered, SseBody};
 use crate::patterns::StreamRule;
@@ -90,12 +90,20 @@ fn data(text: &str) -> Value {
     params(("app" = String, Path), ("rule" = String, Path)),
     request_body = StreamAppend,
     responses((status = 201, body = StreamAppended),
-        (status = 400, body = Problem, content_type = "application/problem+json")))]
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The rule's plugin rejected an entry (`entry-rejected`); nothing was appended", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no `fallback: accept`", body = Problem, content_type = "application/problem+json")))]
 async fn append(
     State(state): State<AppState>,
     rule: Rule<StreamRule>,
-    JsonObject(req): JsonObject<AppendBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = extract::read_body(body).await?;
+    let req: AppendBody = extract::object(&body, AppendBody::EXAMPLE)?;
+    let facts = rule
+        .wants_facts()
+        .then(|| extract::facts(&parts, "POST", "", 0, Headers::All));
     let values = match (req.data, req.entries) {
         (Some(d), None) => vec![d],
         (None, Some(e)) => e,
@@ -106,8 +114,13 @@ async fn append(
         }
     };
     let texts: Vec<String> = values.iter().map(Value::to_string).collect();
-    let ids = rule.append(&state.runtime.store, &texts).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "ids": ids }))).into_response())
+    let (ids, fallback) = rule.append(&state.runtime.store, &texts, facts).await?;
+    let body = if fallback {
+        json!({ "ids": ids, "fallback": true })
+    } else {
+        json!({ "ids": ids })
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 // `GET /v1/streams/{app}/{rule}?from=&to=&count=`.

@@ -30,8 +30,9 @@ use super::feed::{self, Feed, NotSent};
 use super::reply;
 use crate::compile::stream::{StreamScripts, dead_key, stream_key};
 use crate::compile::{CompiledStream, KeySpace};
+use crate::plugin::{PluginBinding, PluginError, RequestFacts, StreamDecision};
 use crate::policy::Rule;
-use crate::policy::stream::Stream;
+use crate::policy::stream::{Stream, StreamFallback};
 use crate::store::{Store, StoreError};
 
 /// Entries one XREAD of the tail reader takes at most.
@@ -59,6 +60,10 @@ pub enum StreamError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+    #[error("the rule's plugin rejected entry {0} (counting from 0): {1}")]
+    Rejected(usize, String),
+    #[error(transparent)]
+    Plugin(PluginError),
 }
 
 /// A stream id `ms-seq`, compared as numbers.
@@ -131,6 +136,8 @@ struct Counters {
     delivered: Counter,
     acked: Counter,
     dead: Counter,
+    rejected: Counter,
+    plugin_failed: Counter,
 }
 
 impl Counters {
@@ -141,6 +148,8 @@ impl Counters {
             delivered: c("delivered"),
             acked: c("acked"),
             dead: c("dead_lettered"),
+            rejected: c("rejected"),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
 }
@@ -263,6 +272,8 @@ pub struct StreamRule {
     dead_len_arg: String,
     tail: Arc<Tail>,
     counters: Counters,
+    /// The rule's plugin (its name, for the log) and its binding: the `stream` hook.
+    plugin: Option<(String, PluginBinding)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -363,7 +374,13 @@ fn decode_xread(v: Value) -> Result<Vec<(StreamId, Entry)>, StreamError> {
 }
 
 impl StreamRule {
-    pub fn new(rule: &Rule, spec: &Stream, compiled: &CompiledStream, keys: &KeySpace) -> Self {
+    pub fn new(
+        rule: &Rule,
+        spec: &Stream,
+        compiled: &CompiledStream,
+        keys: &KeySpace,
+        plugin: Option<(String, PluginBinding)>,
+    ) -> Self {
         let stream = stream_key(keys);
         let (tx, _) = broadcast::channel(TAIL_RING);
         Self {
@@ -390,7 +407,41 @@ impl StreamRule {
             }),
             stream,
             counters: Counters::new(&rule.app, &rule.name),
+            plugin,
         }
+    }
+
+    /// True when the rule's plugin wants the request facts (the handler builds them only then).
+    pub fn wants_facts(&self) -> bool {
+        self.plugin.is_some()
+    }
+
+    /// Asks the rule's plugin, if any, about each entry in order (at most `max_batch` calls,
+    /// checked before): the first rejection refuses the whole append. Returns true when the
+    /// plugin failed and `fallback: accept` let the append through.
+    fn decide(&self, facts: Option<RequestFacts>, entries: &[String]) -> Result<bool, StreamError> {
+        let Some((name, binding)) = &self.plugin else {
+            return Ok(false);
+        };
+        let facts = facts.unwrap_or_default();
+        for (i, entry) in entries.iter().enumerate() {
+            match binding.stream(&facts, entry) {
+                Ok(StreamDecision::Accept) => {}
+                Ok(StreamDecision::Reject(reason)) => {
+                    self.counters.rejected.increment(1);
+                    return Err(StreamError::Rejected(i, reason));
+                }
+                Err(e) => {
+                    self.counters.plugin_failed.increment(1);
+                    tracing::warn!(app = %self.app, rule = %self.rule, plugin = %name, error = %e, "stream plugin failed");
+                    return match self.spec.fallback {
+                        StreamFallback::Accept => Ok(true),
+                        StreamFallback::Fail => Err(StreamError::Plugin(e)),
+                    };
+                }
+            }
+        }
+        Ok(false)
     }
 
     fn count(&self, count: Option<u64>) -> Result<u64, StreamError> {
@@ -405,12 +456,14 @@ impl StreamRule {
         }
     }
 
-    /// Appends entries (JSON texts), at most `max_batch`; returns their ids in order.
+    /// Appends entries (JSON texts), at most `max_batch`; returns their ids in order, and
+    /// whether the rule's plugin failed and its `fallback: accept` let them through.
     pub async fn append(
         &self,
         store: &Store,
         entries: &[String],
-    ) -> Result<Vec<String>, StreamError> {
+        facts: Option<RequestFacts>,
+    ) -> Result<(Vec<String>, bool), StreamError> {
         if entries.is_empty() {
             return Err(StreamError::BadRequest("nothing to append".into()));
         }
@@ -421,6 +474,7 @@ impl StreamRule {
                 self.spec.max_batch
             )));
         }
+        let fallback = self.decide(facts, entries)?;
         let mut args: Vec<&[u8]> = Vec::with_capacity(entries.len() + 2);
         args.push(self.max_len_arg.as_bytes());
         args.push(self.retention_arg.as_bytes());
@@ -428,7 +482,7 @@ impl StreamRule {
         let keys = [self.stream.clone()];
         let ids: Vec<String> = store.eval(&self.scripts.append, &keys, &args).await?;
         self.counters.appended.increment(ids.len() as u64);
-        Ok(ids)
+        Ok((ids, fallback))
     }
 
     fn check_group(&self, group: &str) -> Result<(), StreamError> {

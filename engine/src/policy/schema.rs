@@ -240,6 +240,17 @@ fn tighten(v: &mut Value) {
         "/$defs/RawQueue",
         json!({ "dependentRequired": { "fallback": ["plugin"] } }),
     );
+    // A stream rule's plugin: likewise (the hook gets each entry).
+    add(
+        v,
+        "/$defs/RawStream/properties/plugin",
+        json!({ "not": any_required(&["headers", "fields"]) }),
+    );
+    add(
+        v,
+        "/$defs/RawStream",
+        json!({ "dependentRequired": { "fallback": ["plugin"] } }),
+    );
     // A pubsub rule's plugin: likewise (the hook gets the message).
     add(
         v,

@@ -12,7 +12,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
-use super::raw::DurationText;
+use super::ir::PluginRef;
+use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
 
 /// The largest `max_len` and `dead_max_len`.
@@ -77,6 +78,35 @@ pub struct RawStream {
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1, max = 65536))]
     pub tail_buffer: Option<Spanned<i64>>,
+    /// A plugin whose `stream` hook sees each appended entry first: one it rejects refuses the
+    /// whole append (422 `entry-rejected`).
+    #[serde(default)]
+    #[schemars(with = "Option<RawPluginRef>")]
+    pub plugin: Option<Spanned<RawPluginRef>>,
+    /// What an append does when the plugin fails: `fail` (500 `plugin-failed`, the default) or
+    /// `accept` (appended as sent).
+    #[serde(default)]
+    #[schemars(with = "Option<StreamFallbackName>")]
+    pub fallback: Option<Spanned<String>>,
+}
+
+/// Schema-only: the `fallback` values.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum StreamFallbackName {
+    Fail,
+    Accept,
+}
+
+/// What an append does when the rule's plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamFallback {
+    /// 500 `plugin-failed`; nothing is appended.
+    #[default]
+    Fail,
+    /// Appended as sent, as if the rule had no plugin.
+    Accept,
 }
 
 /// A validated `stream` rule.
@@ -93,6 +123,9 @@ pub struct Stream {
     pub dead_max_len: u64,
     pub heartbeat: Duration,
     pub tail_buffer: u64,
+    /// The plugin whose `stream` hook decides each appended entry.
+    pub plugin: Option<PluginRef>,
+    pub fallback: StreamFallback,
     pub location: Location,
 }
 
@@ -147,9 +180,9 @@ impl Validator {
     pub(super) fn stream(
         &mut self,
         path: &Path,
-        _rule: &str,
+        rule: &str,
         raw: &Spanned<RawStream>,
-        _body: &Node,
+        body: &Node,
     ) -> Option<Stream> {
         let before = self.error_count();
         let at = loc(path, raw.span());
@@ -222,6 +255,35 @@ impl Validator {
                 groups.push(g.to_string());
             }
         }
+        let plugin = raw.plugin.as_ref().map(|p| {
+            // The hook gets each entry itself, not body fields.
+            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
+                self.err(
+                    &loc(path, f.span()),
+                    "`plugin.fields` does not apply to `stream` rules: the hook gets each entry",
+                );
+            }
+            self.plugin_ref(path, "stream", p, body)
+        });
+        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
+            None => StreamFallback::Fail,
+            Some((_, v)) if plugin.is_none() => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
+                );
+                StreamFallback::Fail
+            }
+            Some(("fail", _)) => StreamFallback::Fail,
+            Some(("accept", _)) => StreamFallback::Accept,
+            Some((other, v)) => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("unknown `fallback` `{other}`; expected `fail` or `accept`"),
+                );
+                StreamFallback::Fail
+            }
+        };
         if self.error_count() > before {
             return None;
         }
@@ -244,6 +306,8 @@ impl Validator {
             dead_max_len,
             heartbeat,
             tail_buffer,
+            plugin,
+            fallback,
             location: at,
         })
     }
@@ -262,6 +326,43 @@ mod tests {
             .map(|l| l.policy.rules().next().map(|r| r.kind.clone()))
             .map_err(|d| d.to_string())?
             .ok_or_else(|| "no rule".to_string())
+    }
+
+    #[test]
+    fn a_plugin_and_its_fallback() {
+        let stream = |block: &str| {
+            load(&format!(
+                "app: a\nrules:\n  s: {{ stream: {{ max_len: 10, {block} }} }}\n"
+            ))
+            .and_then(|k| match k {
+                RuleKind::Stream(s) => Ok(s),
+                other => Err(format!("not a stream rule: {other:?}")),
+            })
+        };
+        let s = stream("plugin: { name: g, config: { x: 1 } }, fallback: accept").expect("valid");
+        assert_eq!(s.plugin.expect("a plugin").name, "g");
+        assert_eq!(s.fallback, super::StreamFallback::Accept);
+        assert_eq!(
+            stream("plugin: { name: g }").expect("valid").fallback,
+            super::StreamFallback::Fail
+        );
+        for (block, says) in [
+            (
+                "fallback: accept",
+                "`fallback` is only used with a `plugin`",
+            ),
+            (
+                "plugin: { name: g }, fallback: allow",
+                "unknown `fallback` `allow`",
+            ),
+            (
+                "plugin: { name: g, fields: [x] }",
+                "`plugin.fields` does not apply to `stream` rules",
+            ),
+        ] {
+            let e = stream(block).expect_err(block);
+            assert!(e.contains(says), "{block}: {e}");
+        }
     }
 
     #[test]
