@@ -429,6 +429,8 @@ pub fn example_plugins() -> Result<TempDir> {
         "job-gate-lua.lua",
         "channel-gate.wasm",
         "channel-gate-lua.lua",
+        "entry-gate.wasm",
+        "entry-gate-lua.lua",
     ])
 }
 
