@@ -1070,6 +1070,97 @@ mod tests {
         assert_eq!(l.limit, 5);
     }
 
+    /// Components built for `plugin` and `plugin-queue` (before the pubsub and stream hooks)
+    /// load as before; asking them for those hooks is a missing hook, not a trap.
+    #[test]
+    fn components_without_the_pubsub_and_stream_hooks_keep_working() {
+        for (name, hooks) in [
+            ("tiered-limits", HOOKS.to_vec()),
+            (
+                "job-gate",
+                vec!["init", "rate_limit", "cache", "session", "queue"],
+            ),
+        ] {
+            let p = load(name, Limits::default());
+            assert_eq!(p.hooks(), hooks, "{name}");
+            let config = if name == "tiered-limits" {
+                tiers_config()
+            } else {
+                json!(null)
+            };
+            let b = p.bind(config).unwrap();
+            let err = b.pubsub(&facts(&[], 0), "c", None).unwrap_err();
+            assert_eq!(err.kind(), "missing_hook", "{name}: {err}");
+            let err = b.stream(&facts(&[], 0), "{}").unwrap_err();
+            assert_eq!(err.kind(), "missing_hook", "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn channel_gate_decides_each_publish_and_subscribe() {
+        let p = load("channel-gate", Limits::default());
+        assert_eq!(
+            p.hooks(),
+            vec!["init", "rate_limit", "cache", "session", "pubsub"]
+        );
+        let b = p
+            .bind(json!({ "open": ["lobby"], "publishers": ["ops"], "banned": ["spam"] }))
+            .unwrap();
+        let ann = facts(&[("x-user", "ann")], 0);
+        let ops = facts(&[("x-user", "ops")], 0);
+        let reject = |s: &str| Ok(PubSubDecision::Reject(s.into()));
+        assert_eq!(b.pubsub(&ann, "lobby", None), Ok(PubSubDecision::Allow));
+        assert_eq!(b.pubsub(&ann, "user.ann", None), Ok(PubSubDecision::Allow));
+        assert_eq!(
+            b.pubsub(&ann, "user.bob", None),
+            reject("may not subscribe to `user.bob`")
+        );
+        assert_eq!(
+            b.pubsub(&ann, "lobby", Some("hi")),
+            reject("may not publish to `lobby`")
+        );
+        assert_eq!(
+            b.pubsub(&ops, "lobby", Some("hi")),
+            Ok(PubSubDecision::Allow)
+        );
+        assert_eq!(
+            b.pubsub(&ops, "lobby", Some("spam!")),
+            reject("the message holds `spam`")
+        );
+        assert!(p.bind(json!({ "nope": 1 })).is_err());
+    }
+
+    #[test]
+    fn entry_gate_decides_each_entry() {
+        let p = load("entry-gate", Limits::default());
+        assert_eq!(
+            p.hooks(),
+            vec!["init", "rate_limit", "cache", "session", "stream"]
+        );
+        let b = p
+            .bind(json!({ "require": ["type"], "types": ["click"] }))
+            .unwrap();
+        let req = facts(&[], 0);
+        assert_eq!(
+            b.stream(&req, r#"{"type":"click"}"#),
+            Ok(StreamDecision::Accept)
+        );
+        assert_eq!(
+            b.stream(&req, r#"{"type":"view"}"#),
+            Ok(StreamDecision::Reject("unknown type `view`".into()))
+        );
+        assert_eq!(
+            b.stream(&req, "{}"),
+            Ok(StreamDecision::Reject("an entry needs `type`".into()))
+        );
+        assert_eq!(
+            b.stream(&req, "[1]"),
+            Ok(StreamDecision::Reject(
+                "an entry must be a JSON object".into()
+            ))
+        );
+    }
+
     /// With fuel to spare, the epoch deadline stops a runaway call near `call_timeout`.
     #[test]
     fn the_epoch_deadline_bounds_wall_time() {
