@@ -46,7 +46,13 @@ impl SseClient {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Self> {
-        let mut req = client.get(url).header("accept", "text/event-stream");
+        // An event stream lasts as long as the test reads it: the harness client's 10 s bound
+        // on a whole request would cut it off on a slow machine. Each read is bounded by the
+        // caller's `within` instead.
+        let mut req = client
+            .get(url)
+            .header("accept", "text/event-stream")
+            .timeout(Duration::from_secs(3600));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use patternd_e2e::sse::SseClient;
 use patternd_e2e::{Backend, Patternd, Reply, World, eventually, on_every_backend};
 use redis::AsyncCommands as _;
@@ -323,7 +323,13 @@ async fn the_tail_resumes_with_last_event_id_losing_and_repeating_nothing(
             let last = received.last().cloned().unwrap_or_default();
             c = SseClient::connect(p.client(), &url, &[("Last-Event-ID", &last)]).await?;
         }
-        let e = c.event(within).await?;
+        let e = c.event(within).await.with_context(|| {
+            format!(
+                "after {} events ({reconnects} reconnects)\n{}",
+                received.len(),
+                p.log()
+            )
+        })?;
         ensure!(e.event == "message", "unexpected event {e:?}");
         received.push(e.last_event_id);
     }

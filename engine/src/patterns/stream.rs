@@ -229,10 +229,19 @@ impl Tail {
             Some(a) => a,
             None => {
                 let last = conn.last(&self.key).await?;
-                decode_entries(last)?
+                let start = decode_entries(last)?
                     .last()
                     .map(|(id, _)| *id)
-                    .unwrap_or(StreamId(0, 0))
+                    .unwrap_or(StreamId(0, 0));
+                // Where a fresh reader starts, announced as an empty batch: a client that
+                // caught up before entries appended just before this start would otherwise
+                // wait for the next append to learn of them (a quiet stream: forever). The
+                // empty batch makes it fill the hole up to `start` now.
+                let _ = self.tx.send(Arc::new(Batch {
+                    after: start,
+                    entries: Vec::new(),
+                }));
+                start
             }
         };
         loop {
