@@ -9,7 +9,8 @@
 //! are decided normally again after the promotion. A lock grant and a write-behind write
 //! acknowledged with `durability` on the dying shard survive the failover. Then every node's script cache is
 //! flushed (what a restarted primary without persistence looks like) and decisions still
-//! work: NOSCRIPT is answered on whichever node lacks the script.
+//! work: NOSCRIPT is answered on whichever node lacks the script. An SSE subscriber of a
+//! channel on the dying shard gets `event: gap`, then messages again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use patternd_e2e::cluster::{ClusterOptions, RedisCluster, key_slot};
 use patternd_e2e::origin::Origin;
+use patternd_e2e::sse::SseClient;
 use patternd_e2e::{Patternd, cache_keys, policy_dir};
 
 const POLICY: &str = r#"
@@ -38,6 +40,8 @@ rules:
       retry_backoff: 100ms
       origin_timeout: 1s
       durability: { replicas: 1, timeout: 3s }
+  news:
+    pubsub: { heartbeat: 1s }
 "#;
 
 /// The key of a fixed-window decision for `id` (the key builder's layout).
@@ -98,8 +102,15 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         )
         .await?;
     ensure!(put.status == 202, "{} {}", put.status, put.text);
+    // An SSE subscriber of a channel on the same shard (sharded pub/sub: the engine's
+    // SSUBSCRIBE goes to the primary about to die).
+    let channel = cluster.id_on("c", |id| format!("fo:pubsub:news:{{{id}}}:c"), victim.port)?;
+    let channel_path = format!("/v1/pubsub/fo/news/{channel}");
+    let mut sub = SseClient::connect(pd.client(), &pd.url(&channel_path), &[]).await?;
+    let first = sub.event(Duration::from_secs(30)).await?;
+    ensure!(first.event == "subscribed", "{first:?}");
     eprintln!(
-        "lock granted, write-behind acknowledged at {:?}",
+        "lock granted, write-behind acknowledged, subscribed at {:?}",
         t0.elapsed()
     );
     // Load: one client per shard, each deciding its id in a loop.
@@ -245,6 +256,29 @@ async fn a_killed_primary_is_followed_and_only_its_shard_is_degraded_meanwhile()
         },
     )
     .await?;
+
+    // The subscriber is told its subscription was interrupted (`event: gap`), and once the
+    // engine has subscribed again on the promoted primary, messages flow.
+    let gap = sub.event(Duration::from_secs(30)).await?;
+    ensure!(
+        gap.event == "gap",
+        "after the failover: {gap:?}\n{}",
+        pd.log()
+    );
+    patternd_e2e::eventually(
+        Duration::from_secs(30),
+        "the engine to subscribe again",
+        || async {
+            let r = pd.post_raw(&channel_path, "after").await?;
+            Ok((r.status == 200 && r.u64_field("engines") == 1).then_some(()))
+        },
+    )
+    .await?;
+    let e = sub.event(Duration::from_secs(30)).await?;
+    ensure!(
+        (e.event.as_str(), e.data.as_str()) == ("message", "after"),
+        "after resubscribing: {e:?}"
+    );
 
     // A restarted primary without persistence has no scripts: flush every node's script
     // cache; the next calls answer NOSCRIPT and are sent again with the script's source.

@@ -9,9 +9,10 @@
 //! One server: one RESP3 `ConnectionManager` with `SUBSCRIBE` (its channels resubscribed by
 //! the crate after every reconnect). A cluster: one RESP3 `ClusterConnection` with
 //! `SSUBSCRIBE`: the crate keeps one connection per node, sends each channel's subscription to
-//! the primary owning its slot, and subscribes anew after a reconnect or a slot move, so this
-//! is the tracking connection's approach (one connection per primary, following topology)
-//! without writing it twice. Sharded pub/sub has no pattern form, so patternd offers none.
+//! the primary owning its slot. The crate does not move a subscription to a promoted replica
+//! by itself (measured: after a failover every publish reached 0 engines), so when a node
+//! connection drops, this task makes a new cluster connection and subscribes every channel
+//! again, retrying until the channel's primary answers (`tests/tests/cluster_failover.rs`). Sharded pub/sub has no pattern form, so patternd offers none.
 //!
 //! Whenever a connection drops, messages may be lost until the subscription is back: every
 //! channel then gets a `Gap` event (SSE `event: gap`). A ping every second makes a dead
@@ -221,6 +222,31 @@ async fn connect(
     }
 }
 
+/// Subscribes a new cluster connection to every channel this engine's clients hold. Fails
+/// (and the caller retries with a new connection) while a channel's primary is unreachable,
+/// for example until its replica is promoted.
+async fn resubscribe_all(
+    c: &mut Conn,
+    owner: &std::sync::Weak<Subscriber>,
+) -> Result<(), StoreError> {
+    let channels = owner
+        .upgrade()
+        .map(|me| me.subscribed_channels())
+        .unwrap_or_default();
+    for ch in &channels {
+        tokio::time::timeout(COMMAND_TIMEOUT, c.subscribe(ch))
+            .await
+            .map_err(|_| StoreError::Timeout(COMMAND_TIMEOUT))??;
+    }
+    if !channels.is_empty() {
+        tracing::info!(
+            channels = channels.len(),
+            "pub/sub subscriptions renewed on the cluster"
+        );
+    }
+    Ok(())
+}
+
 /// The connection task: subscribe and unsubscribe in order, dispatch messages, report gaps.
 async fn run(
     target: RedisTarget,
@@ -229,14 +255,25 @@ async fn run(
 ) {
     let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
     let mut conn: Option<Conn> = None;
+    // On a cluster, a dropped node connection makes a new cluster connection that subscribes
+    // every channel again itself (see `resubscribe`).
+    let mut resubscribe = false;
     let mut backoff = Duration::from_millis(50);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if conn.is_none() {
-            match connect(&target, push_tx.clone()).await {
+            let made = match connect(&target, push_tx.clone()).await {
+                Ok(mut c) if resubscribe => match resubscribe_all(&mut c, &owner).await {
+                    Ok(()) => Ok(c),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+            match made {
                 Ok(c) => {
                     conn = Some(c);
+                    resubscribe = false;
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
@@ -295,6 +332,13 @@ async fn run(
                         tracing::warn!(channels = me.subscribed_channels().len(), "pub/sub connection dropped: subscribers are told about the gap");
                         metrics::counter!("patternd_pubsub_gaps_total").increment(1);
                         me.gap();
+                        // The crate does not move a sharded subscription to a promoted
+                        // replica by itself (a cluster failover left every publish reaching
+                        // 0 engines): start over with a new connection and subscribe anew.
+                        if matches!(c, Conn::Cluster(_)) {
+                            conn = None;
+                            resubscribe = true;
+                        }
                     }
                     _ => {}
                 }
