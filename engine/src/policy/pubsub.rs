@@ -108,34 +108,20 @@ impl Validator {
             .as_ref()
             .and_then(|d| self.duration(path, "heartbeat", d))
             .unwrap_or(Duration::from_secs(15));
-        let plugin = raw.plugin.as_ref().map(|p| {
-            // The body is the message, not JSON fields: the hook gets the message itself.
-            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
-                self.err(
-                    &loc(path, f.span()),
-                    "`plugin.fields` does not apply to `pubsub` rules: the hook gets the message",
-                );
-            }
-            self.plugin_ref(path, "pubsub", p, body)
-        });
-        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
-            None => PubSubFallback::Fail,
-            Some((_, v)) if plugin.is_none() => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
-                );
-                PubSubFallback::Fail
-            }
-            Some(("fail", _)) => PubSubFallback::Fail,
-            Some(("allow", _)) => PubSubFallback::Allow,
-            Some((other, v)) => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("unknown `fallback` `{other}`; expected `fail` or `allow`"),
-                );
-                PubSubFallback::Fail
-            }
+        let (plugin, proceeds) = self.body_hook(
+            path,
+            rule,
+            "pubsub",
+            "the message",
+            "allow",
+            raw.plugin.as_ref(),
+            raw.fallback.as_ref(),
+            body,
+        );
+        let fallback = if proceeds {
+            PubSubFallback::Allow
+        } else {
+            PubSubFallback::Fail
         };
         if self.error_count() > before {
             return None;

@@ -283,35 +283,20 @@ impl Validator {
                 concurrency,
             }
         });
-        let plugin = raw.plugin.as_ref().map(|p| {
-            // The push body has a fixed shape (payload, delay, dedup_id, priority), so there
-            // are no other fields to expose; the hook gets the payload itself.
-            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
-                self.err(
-                    &loc(path, f.span()),
-                    "`plugin.fields` does not apply to `queue` rules: the hook gets the payload",
-                );
-            }
-            self.plugin_ref(path, "queue", p, body)
-        });
-        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
-            None => QueueFallback::Fail,
-            Some((_, v)) if plugin.is_none() => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
-                );
-                QueueFallback::Fail
-            }
-            Some(("fail", _)) => QueueFallback::Fail,
-            Some(("accept", _)) => QueueFallback::Accept,
-            Some((other, v)) => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("unknown `fallback` `{other}`; expected `fail` or `accept`"),
-                );
-                QueueFallback::Fail
-            }
+        let (plugin, proceeds) = self.body_hook(
+            path,
+            rule,
+            "queue",
+            "the payload",
+            "accept",
+            raw.plugin.as_ref(),
+            raw.fallback.as_ref(),
+            body,
+        );
+        let fallback = if proceeds {
+            QueueFallback::Accept
+        } else {
+            QueueFallback::Fail
         };
         if self.error_count() > before {
             return None;

@@ -255,34 +255,20 @@ impl Validator {
                 groups.push(g.to_string());
             }
         }
-        let plugin = raw.plugin.as_ref().map(|p| {
-            // The hook gets each entry itself, not body fields.
-            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
-                self.err(
-                    &loc(path, f.span()),
-                    "`plugin.fields` does not apply to `stream` rules: the hook gets each entry",
-                );
-            }
-            self.plugin_ref(path, "stream", p, body)
-        });
-        let fallback = match raw.fallback.as_ref().map(|v| (v.as_str(), v)) {
-            None => StreamFallback::Fail,
-            Some((_, v)) if plugin.is_none() => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
-                );
-                StreamFallback::Fail
-            }
-            Some(("fail", _)) => StreamFallback::Fail,
-            Some(("accept", _)) => StreamFallback::Accept,
-            Some((other, v)) => {
-                self.err(
-                    &loc(path, v.span()),
-                    format!("unknown `fallback` `{other}`; expected `fail` or `accept`"),
-                );
-                StreamFallback::Fail
-            }
+        let (plugin, proceeds) = self.body_hook(
+            path,
+            rule,
+            "stream",
+            "each entry",
+            "accept",
+            raw.plugin.as_ref(),
+            raw.fallback.as_ref(),
+            body,
+        );
+        let fallback = if proceeds {
+            StreamFallback::Accept
+        } else {
+            StreamFallback::Fail
         };
         if self.error_count() > before {
             return None;

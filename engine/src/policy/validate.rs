@@ -239,6 +239,59 @@ impl Validator {
         })
     }
 
+    /// The `plugin` and `fallback` of a messaging rule (`queue`, `stream`, `pubsub`), whose
+    /// hook gets the body itself (`gets`), so `plugin.fields` does not apply. `fallback` is
+    /// `fail` or `proceed` (the block's word for going ahead as if there were no plugin:
+    /// `accept`, `allow`), and only with a `plugin`. Returns the plugin and whether a failing
+    /// one lets the call proceed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn body_hook(
+        &mut self,
+        path: &Path,
+        rule: &str,
+        block: &str,
+        gets: &str,
+        proceed: &str,
+        plugin: Option<&Spanned<RawPluginRef>>,
+        fallback: Option<&Spanned<String>>,
+        body: &Node,
+    ) -> (Option<PluginRef>, bool) {
+        let plugin = plugin.map(|p| {
+            if let Some(f) = p.fields.as_ref().and_then(|f| f.first()) {
+                self.err(
+                    &loc(path, f.span()),
+                    format!(
+                        "`plugin.fields` does not apply to `{block}` rules: the hook gets {gets}"
+                    ),
+                );
+            }
+            self.plugin_ref(path, block, p, body)
+        });
+        let proceeds = match fallback {
+            None => false,
+            Some(v) if plugin.is_none() => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!("rule `{rule}`: `fallback` is only used with a `plugin`"),
+                );
+                false
+            }
+            Some(v) if v.as_str() == "fail" => false,
+            Some(v) if v.as_str() == proceed => true,
+            Some(v) => {
+                self.err(
+                    &loc(path, v.span()),
+                    format!(
+                        "unknown `fallback` `{}`; expected `fail` or `{proceed}`",
+                        v.as_str()
+                    ),
+                );
+                false
+            }
+        };
+        (plugin, proceeds)
+    }
+
     /// `block` is the rule's pattern key (`rate_limit`, `cache`, …) the `plugin` sits under.
     pub(super) fn plugin_ref(
         &mut self,
