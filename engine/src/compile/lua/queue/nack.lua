@@ -3,6 +3,8 @@
 -- KEYS: ready, delayed, inflight, dead, jobs, meta, seq. ARGV: job id, receipt, delay ms,
 -- backoff base ms, cap ms, max_attempts, dead_max_len. Returns {1, delay ms} when it will be
 -- retried, {2, 0} when dead-lettered, {0, 0} when the receipt holds no lease.
+-- Writes without expiry: the queue's keys are bounded by max_len and dead_max_len, not by
+-- a TTL (see prelude.lua).
 local K = { ready = KEYS[1], delayed = KEYS[2], inflight = KEYS[3], dead = KEYS[4],
   jobs = KEYS[5], meta = KEYS[6], seq = KEYS[7] }
 local id, receipt, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -4,6 +4,8 @@
 -- them). First moves due delayed jobs and lapsed in-flight jobs (at most `batch` of each).
 -- Returns {requeued, dead-lettered, ready, delayed, in flight, dead, ms until the next due
 -- or lapse (-1: none), then per job: id, receipt, attempts, priority, payload}.
+-- Writes without expiry: the queue's keys are bounded by max_len and dead_max_len, not by
+-- a TTL (see prelude.lua).
 local K = { ready = KEYS[1], delayed = KEYS[2], inflight = KEYS[3], dead = KEYS[4],
   jobs = KEYS[5], meta = KEYS[6], seq = KEYS[7] }
 local count, vis = tonumber(ARGV[1]), tonumber(ARGV[2])

@@ -11,6 +11,11 @@
 --   seq      STRING: the counter that orders ready jobs of one priority
 -- A job is in exactly one of the four ZSETs, and in jobs and meta, from its push until it
 -- is acknowledged (or dropped as the oldest dead letter beyond dead_max_len).
+-- These keys never expire: they hold jobs whose push was acknowledged (201), which must not
+-- be lost to a TTL. Their bound is the policy's instead: at most max_len jobs (push refuses
+-- beyond it, replay stops at it) plus dead_max_len dead letters (the oldest beyond are
+-- dropped), and one counter; compile/queue.rs declares it in the key layout. Only the dedup
+-- keys (push.lua) carry a TTL: their window.
 
 -- Sequences stay below BAND (a trillion pushes, then it wraps), so scores are exact doubles.
 local BAND = 1000000000000
