@@ -290,6 +290,16 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// A consumer name: `[A-Za-z0-9._-]{1,64}`.
+/// An entry's JSON text: its one field `d` (an entry written by another client without it
+/// reads as `null`).
+fn entry_data(fields: Vec<(String, String)>) -> String {
+    fields
+        .into_iter()
+        .find(|(k, _)| k == "d")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| "null".into())
+}
+
 fn check_consumer(c: &str) -> Result<(), StreamError> {
     if c.is_empty()
         || c.len() > MAX_CONSUMER_BYTES
@@ -635,11 +645,7 @@ impl StreamRule {
             .into_iter()
             .map(|(id, _, fields)| Entry {
                 id,
-                data: fields
-                    .into_iter()
-                    .find(|(k, _)| k == "d")
-                    .map(|(_, v)| v)
-                    .unwrap_or_else(|| "null".into()),
+                data: entry_data(fields),
             })
             .collect())
     }
@@ -716,11 +722,7 @@ impl StreamRule {
                 })?;
             let full = page.len() as u64 >= self.spec.max_count;
             for (id, sid, fields) in page {
-                let data = fields
-                    .into_iter()
-                    .find(|(k, _)| k == "d")
-                    .map(|(_, v)| v)
-                    .unwrap_or_else(|| "null".into());
+                let data = entry_data(fields);
                 out.send(TailEvent::Entry(Entry { id, data })).await?;
                 cursor = sid;
             }
