@@ -373,6 +373,32 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_counter_requests_total",
+        kind: Kind::Counter,
+        help: "Counter requests answered, by operation (add, read, check), and the ones that failed on Redis (op any, outcome failed).",
+        labels: &[
+            APP,
+            RULE,
+            ("op", &["add", "read", "check", "any"]),
+            ("outcome", &["ok", "failed"]),
+        ],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_counter_bloom_saturated_total",
+        kind: Kind::Counter,
+        help: "Bloom adds answered on a filter past its capacity (saturated: the false-positive rate is above error_rate, or RedisBloom grew the filter).",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_counter_period_retries_total",
+        kind: Kind::Counter,
+        help: "Counter calls sent again because the engine's clock named another period than Redis TIME (clock skew near a period boundary).",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_sse_clients",
         kind: Kind::Gauge,
         help: "Server-Sent Events clients connected (stream tails and pub/sub subscribers).",

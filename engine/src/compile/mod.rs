@@ -60,8 +60,17 @@
 //! | `stream range` | — | `stream/range.lua` |
 //! | `pubsub publish` | — | `pubsub/publish.lua` |
 //! | `pubsub spublish` | — | `pubsub/spublish.lua` |
+//! | `counter unique-add` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/unique_add.lua` |
+//! | `counter unique-count` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/unique_count.lua` |
+//! | `counter count-add` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/count_add.lua` |
+//! | `counter count-read` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/count_read.lua` |
+//! | `counter bloom-add` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua`, `counter/bloom.lua` | `counter/bloom_add.lua` |
+//! | `counter bloom-check` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua`, `counter/bloom.lua` | `counter/bloom_check.lua` |
+//! | `counter redisbloom-add` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/module_add.lua` |
+//! | `counter redisbloom-check` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/module_check.lua` |
 
 pub mod cache;
+pub mod counter;
 pub mod keys;
 pub mod lock;
 pub mod luacheck;
@@ -81,6 +90,7 @@ use crate::plugin::PluginSet;
 use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 
 pub use cache::CompiledCache;
+pub use counter::CompiledCounter;
 pub use keys::KeySpace;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
@@ -129,6 +139,7 @@ pub enum CompiledKind {
     Queue(CompiledQueue),
     Stream(CompiledStream),
     PubSub(CompiledPubSub),
+    Counter(CompiledCounter),
 }
 
 impl CompiledRule {
@@ -143,6 +154,7 @@ impl CompiledRule {
             CompiledKind::Queue(q) => q.scripts(),
             CompiledKind::Stream(c) => c.scripts(),
             CompiledKind::PubSub(c) => c.scripts(),
+            CompiledKind::Counter(c) => c.scripts(),
         }
     }
 
@@ -159,6 +171,10 @@ impl CompiledRule {
             },
             CompiledKind::Stream(c) => c.key_layout(&self.keys),
             CompiledKind::PubSub(c) => c.key_layout(&self.keys),
+            CompiledKind::Counter(c) => match &self.rule.kind {
+                RuleKind::Counter(spec) => c.key_layout(&self.keys, spec),
+                _ => Vec::new(),
+            },
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -258,6 +274,7 @@ pub fn compile(
                 )
                 .and_then(|()| pubsub::compile(rule, c))
                 .map(CompiledKind::PubSub),
+                RuleKind::Counter(c) => counter::compile(rule, c).map(CompiledKind::Counter),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

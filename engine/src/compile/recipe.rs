@@ -151,7 +151,7 @@ mod tests {
 
     use super::*;
     use crate::compile::{
-        cache, compile, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
+        cache, compile, counter, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
     };
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
@@ -166,6 +166,7 @@ mod tests {
             queue::RECIPES,
             stream::RECIPES,
             pubsub::RECIPES,
+            counter::RECIPES,
         ]
         .concat()
     }
@@ -238,6 +239,9 @@ rules:
   s: { session: { idle_ttl: 30m, absolute_ttl: 24h } }
   l: { lock: { ttl: 30s } }
   q: { queue: {} }
+  cu: { counter: { kind: unique, period: day, range_cache: 5s } }
+  cc2: { counter: { kind: count, period: 1h, keep: 24 } }
+  cb: { counter: { kind: bloom, capacity: 1000, period: week } }
 "#;
         let sources = vec![(PathBuf::from("all.yaml"), policy.to_string())];
         let loaded = load_sources(&sources).expect("a valid policy");
@@ -257,10 +261,11 @@ rules:
     #[test]
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
-        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue.
+        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue,
+        // 8 counter.
         assert_eq!(
             all.len(),
-            47,
+            55,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

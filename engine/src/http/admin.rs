@@ -94,7 +94,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 #[utoipa::path(get, path = "/admin/policies", tag = "admin", operation_id = "admin_policies",
-    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session and lock settings in ms). Bearer token, or loopback only without one.",
+    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session, lock and counter settings in ms). Bearer token, or loopback only without one.",
     responses((status = 200, description = "The loaded policies", body = Object, content_type = "application/json")))]
 async fn policies(_: Admin, State(state): State<AppState>) -> Response {
     axum::Json(describe(&state.runtime.snapshot())).into_response()
@@ -253,6 +253,35 @@ fn describe(snap: &Snapshot) -> Value {
                                     crate::policy::queue::QueueFallback::Fail => "fail",
                                     crate::policy::queue::QueueFallback::Accept => "accept",
                                 });
+                            }
+                        }
+                        (RuleKind::Counter(k), _) => {
+                            use crate::policy::counter::CounterKind;
+                            r["counter_kind"] = json!(k.kind.name());
+                            r["period"] = json!(match k.period {
+                                crate::policy::period::Period::None => "none".to_string(),
+                                crate::policy::period::Period::Day => "day".to_string(),
+                                crate::policy::period::Period::Week => "week".to_string(),
+                                crate::policy::period::Period::Month => "month".to_string(),
+                                crate::policy::period::Period::Every(ms) => format!("{ms}ms"),
+                            });
+                            r["keep"] = json!(k.keep);
+                            if k.period == crate::policy::period::Period::None {
+                                r["ttl_ms"] = json!(ms(k.ttl));
+                            }
+                            r["max_batch"] = json!(k.max_batch);
+                            match &k.kind {
+                                CounterKind::Unique { range_cache } => {
+                                    r["range_cache_ms"] = json!(range_cache.map(ms));
+                                }
+                                CounterKind::Bloom { size, backend } => {
+                                    r["capacity"] = json!(size.capacity);
+                                    r["error_rate"] = json!(size.error_rate);
+                                    r["bits"] = json!(size.bits);
+                                    r["hashes"] = json!(size.hashes);
+                                    r["backend"] = json!(backend.name());
+                                }
+                                CounterKind::Count => {}
                             }
                         }
                         (RuleKind::Ops(o), _) => {

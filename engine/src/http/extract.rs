@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{
+    CounterRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule,
+};
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
 
@@ -89,6 +91,13 @@ impl Pattern for PubSubRule {
     const NAME: &'static str = "pubsub";
     fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
         snap.pubsub(app, rule).cloned()
+    }
+}
+
+impl Pattern for CounterRule {
+    const NAME: &'static str = "counter";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.counter(app, rule).cloned()
     }
 }
 

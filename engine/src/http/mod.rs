@@ -12,6 +12,7 @@
 
 mod admin;
 mod cache;
+mod counter;
 mod extract;
 pub mod forwarded;
 mod health;
@@ -62,6 +63,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(queue::routes())
         .merge(stream::routes())
         .merge(pubsub::routes())
+        .merge(counter::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(openapi::routes())

@@ -56,7 +56,8 @@ use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
 use crate::patterns::{
-    CheckError, InputError, LockError, OpError, PubSubError, QueueError, SessionError, StreamError,
+    CheckError, CounterError, InputError, LockError, OpError, PubSubError, QueueError,
+    SessionError, StreamError,
 };
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;
@@ -470,6 +471,21 @@ impl From<LockError> for ApiError {
             },
             LockError::Random(m) | LockError::Internal(m) => ApiError::Internal(m),
             LockError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CounterError> for ApiError {
+    fn from(e: CounterError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CounterError::Input(e) => e.into(),
+            CounterError::BadRequest(m) => ApiError::BadRequest(m),
+            // Not an outage Redis recovers from by itself: a server lacks the module the
+            // rule requires (`backend: redisbloom`); the body says so, and names no server.
+            CounterError::NoModule => ApiError::RedisUnavailable(detail),
+            CounterError::Store(e) => e.into(),
+            CounterError::Reply(_) | CounterError::Internal(_) => ApiError::Internal(detail),
         }
     }
 }

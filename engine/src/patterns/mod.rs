@@ -2,6 +2,7 @@
 //! into a decision. Knows Redis (through `store`) but not HTTP.
 
 pub mod cache;
+pub mod counter;
 pub mod feed;
 pub mod lock;
 mod lost_grant;
@@ -14,6 +15,7 @@ pub mod reply;
 pub mod session;
 pub mod stream;
 
+pub use counter::{CounterError, CounterRule};
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
 pub use pubsub::{PubSubError, PubSubRule};

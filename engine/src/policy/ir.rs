@@ -6,7 +6,7 @@
 //!
 //! This file holds what every pattern shares: the policy, its apps and rules, the rule kind
 //! and the plugin reference. Each pattern's own model sits with its raw form and its checks in
-//! `policy/<pattern>.rs` (`ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`, `queue.rs`).
+//! `policy/<pattern>.rs` (`ratelimit.rs`, `cache.rs`, `session.rs`, `lock.rs`, `ops.rs`, `queue.rs`, `counter.rs`, …).
 
 use indexmap::IndexMap;
 
@@ -50,6 +50,7 @@ pub enum RuleKind {
     Queue(super::queue::Queue),
     Stream(super::stream::Stream),
     PubSub(super::pubsub::PubSub),
+    Counter(super::counter::Counter),
 }
 
 impl RuleKind {
@@ -64,6 +65,7 @@ impl RuleKind {
             RuleKind::Queue(_) => "queue",
             RuleKind::Stream(_) => "stream",
             RuleKind::PubSub(_) => "pubsub",
+            RuleKind::Counter(_) => "counter",
         }
     }
 }

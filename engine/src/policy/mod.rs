@@ -5,6 +5,7 @@
 //! (across files and rules) before the load fails, each as `file:line:column: message`.
 
 pub mod cache;
+pub mod counter;
 pub mod diagnostic;
 mod dupkeys;
 pub mod durability;
@@ -12,6 +13,7 @@ pub mod duration;
 pub mod ir;
 pub mod lock;
 pub mod ops;
+pub mod period;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;

@@ -68,6 +68,11 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<super::pubsub::RawPubSub>")]
     pub pubsub: Option<Spanned<super::pubsub::RawPubSub>>,
+    /// Unique counts, Bloom filters or plain counters per period, served at
+    /// `/v1/counters/{app}/{rule}/{id}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::counter::RawCounter>")]
+    pub counter: Option<Spanned<super::counter::RawCounter>>,
 }
 
 /// `plugin: { name: NAME, config: {...}, fields: [...], headers: [...] }`.

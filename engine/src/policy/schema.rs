@@ -24,7 +24,7 @@ pub const NONZERO_DURATION_PATTERN: &str =
 /// An HTTP header name (RFC 9110 token).
 pub const HEADER_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
-const PATTERN_BLOCKS: [&str; 8] = [
+const PATTERN_BLOCKS: [&str; 9] = [
     "rate_limit",
     "cache",
     "session",
@@ -33,6 +33,7 @@ const PATTERN_BLOCKS: [&str; 8] = [
     "queue",
     "stream",
     "pubsub",
+    "counter",
 ];
 const INLINE_LIMIT: [&str; 5] = ["algorithm", "limit", "window", "burst", "lease"];
 
@@ -262,6 +263,36 @@ fn tighten(v: &mut Value) {
         "/$defs/RawPubSub",
         json!({ "dependentRequired": { "fallback": ["plugin"] } }),
     );
+    // A counter rule: the Bloom fields only with `kind: bloom` (and `capacity` required
+    // there), `range_cache` only with `unique`, `keep` only with a period, `ttl` only
+    // without one.
+    let no_period = json!({ "anyOf": [
+        { "not": required(&["period"]) },
+        { "properties": { "period": { "const": "none" } } }
+    ] });
+    add(
+        v,
+        "/$defs/RawCounter",
+        json!({
+            "allOf": [
+                {
+                    "if": { "properties": { "kind": { "const": "bloom" } } },
+                    "then": required(&["capacity"]),
+                    "else": { "not": any_required(&["capacity", "error_rate", "backend"]) }
+                },
+                {
+                    "if": { "not": { "properties": { "kind": { "const": "unique" } } } },
+                    "then": { "not": required(&["range_cache"]) }
+                },
+                { "if": no_period, "then": { "not": required(&["keep"]) }, "else": { "not": required(&["ttl"]) } }
+            ]
+        }),
+    );
+    add(
+        v,
+        "/$defs/RawCounter/properties/error_rate",
+        json!({ "minimum": super::counter::MIN_ERROR_RATE, "maximum": super::counter::MAX_ERROR_RATE }),
+    );
     // Field by field: bounds and shapes the loader checks.
     const MAX_LIMIT: u64 = super::validate::MAX_LIMIT.unsigned_abs();
     for (pointer, max) in [
@@ -284,6 +315,7 @@ fn tighten(v: &mut Value) {
             super::session::MAX_USER_CAP,
         ),
         ("RawLock/properties/permits", super::lock::MAX_PERMITS),
+        ("RawCounter/properties/capacity", MAX_LIMIT),
         (
             "RawQueue/properties/max_attempts",
             super::queue::MAX_MAX_ATTEMPTS,

@@ -511,6 +511,38 @@ impl Store {
         Ok(found.iter().all(|&f| f == 1))
     }
 
+    /// True when every server knows every command of `names` (`COMMAND INFO`; a command it
+    /// does not know answers nil): on a cluster, asked of every primary, so a rule that uses
+    /// a module's commands (RedisBloom's `BF.*`) uses them only where each shard has it.
+    pub async fn commands_everywhere(&self, names: &[&str]) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("COMMAND");
+        cmd.arg("INFO").arg(names);
+        let infos: Vec<redis::Value> = match self.conn() {
+            single @ Conn::Single(_) => self.run_on(single, self.inner.timeout, &cmd).await?,
+            Conn::Cluster { router, .. } => {
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                };
+                let route = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::CombineArrays),
+                ));
+                let mut c = router.fallback();
+                let reply = tokio::time::timeout(self.inner.timeout, async {
+                    let value = c.route_command(cmd.clone(), route).await?.extract_error()?;
+                    redis::from_redis_value::<Vec<redis::Value>>(value)
+                        .map_err(redis::RedisError::from)
+                })
+                .await;
+                match reply {
+                    Err(_) => return Err(StoreError::Timeout(self.inner.timeout)),
+                    Ok(r) => r?,
+                }
+            }
+        };
+        Ok(!infos.is_empty() && infos.iter().all(|v| !matches!(v, redis::Value::Nil)))
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.run(&redis::cmd("PING")).await?;
         Ok(())
