@@ -18,7 +18,7 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
-                          | queue_batch | pubsub | cluster | all
+                          | queue_batch | pubsub | cluster | hll | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -59,6 +59,9 @@ Scenarios:
                          latency per delivery (p50/p99/max), until the last subscriber per
                          message, deliveries lost, CPU per delivery. Needs an open-files limit
                          of about subscribers + 256
+  hll                    unique counts: POST /v1/counters/bench/hll/page {"item": <random id>} (a
+                         HyperLogLog add, one per request, with the period check and the expiry),
+                         against redis-benchmark PFADD of the same random ids to one key
   cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
@@ -89,10 +92,12 @@ pub enum Scenario {
     PubSub,
     /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
     Cluster,
+    /// HyperLogLog adds over HTTP against redis-benchmark PFADD.
+    Hll,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -104,6 +109,7 @@ impl Scenario {
         Scenario::QueueBatch,
         Scenario::PubSub,
         Scenario::Cluster,
+        Scenario::Hll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +125,7 @@ impl Scenario {
             Scenario::QueueBatch => "queue_batch",
             Scenario::PubSub => "pubsub",
             Scenario::Cluster => "cluster",
+            Scenario::Hll => "hll",
         }
     }
 
@@ -136,7 +143,8 @@ impl Scenario {
             | Scenario::Queue
             | Scenario::QueueBatch
             | Scenario::PubSub
-            | Scenario::Cluster => None,
+            | Scenario::Cluster
+            | Scenario::Hll => None,
         }
     }
 }
@@ -235,8 +243,9 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "queue_batch" => vec![Scenario::QueueBatch],
                     "pubsub" => vec![Scenario::PubSub],
                     "cluster" => vec![Scenario::Cluster],
+                    "hll" => vec![Scenario::Hll],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster, hll or all",
                         ctx()
                     ),
                 };

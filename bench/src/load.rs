@@ -52,7 +52,14 @@ pub enum Shape {
     /// finds nothing (it cannot, while every connection pushes before it pops) counts as
     /// denied.
     QueueCycle { batch: u64, pop: Uri },
+    /// POST `uri` with `{"item": "<random 12-digit id>"}` (a counter add).
+    PostItem,
 }
+
+/// The body of a counter add; the 12 zeros are overwritten with each request's item, the
+/// same ids redis-benchmark's `__rand_int__` gives the baseline's PFADD.
+const ITEM_BODY: &[u8; 24] = br#"{"item":"000000000000"}"#;
+const ITEM_AT: std::ops::Range<usize> = 9..21;
 
 /// The job every queue cycle pushes: a small payload, like an order reference. It holds no
 /// `"id"` or `"receipt"` field, so the pop answer's are found by a plain scan.
@@ -185,6 +192,16 @@ async fn operation(
                 Ok((status, answer, 1))
             }
             Shape::QueueCycle { batch, pop } => queue_cycle(target, sender, *batch, pop).await,
+            Shape::PostItem => {
+                let mut item = *ITEM_BODY;
+                write_id(&mut item[ITEM_AT], id);
+                let req = target.request(
+                    Method::POST,
+                    target.uri.clone(),
+                    Bytes::copy_from_slice(&item[..]),
+                );
+                one(exchange(sender, req, false).await)
+            }
         }
     }
     .await;

@@ -264,6 +264,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             Scenario::Cache | Scenario::CacheNear => {
                 Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
             }
+            Scenario::Hll => Some(run_hll(args, &pids, redis.port, patternd.addr).await?),
             Scenario::Session | Scenario::Lock | Scenario::Queue | Scenario::QueueBatch => {
                 let policy = dir.path().join("policies").join("bench.yaml");
                 let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
@@ -441,6 +442,45 @@ async fn run_cache(
     let m = measure::http(target, &cache_args, args.duration, pids).await?;
     Ok(ScenarioResult {
         scenario,
+        baseline: base,
+        m,
+    })
+}
+
+/// The hll scenario: HyperLogLog adds of random 12-digit items to one counted id through
+/// patternd (one script: the period check against Redis TIME, PFADD, PEXPIREAT), against
+/// redis-benchmark's raw PFADD of the same items to one key on the same Redis (no period,
+/// no expiry: the floor for this data structure).
+async fn run_hll(
+    args: &Args,
+    pids: &measure::Pids,
+    redis_port: u16,
+    addr: SocketAddr,
+) -> anyhow::Result<ScenarioResult> {
+    eprintln!("[hll] baseline: redis-benchmark PFADD …");
+    let base = baseline::run(&baseline::Run {
+        port: redis_port,
+        redis_pid: &pids.redis,
+        ticks: pids.ticks,
+        command: ["PFADD", "bench-raw-hll", "__rand_int__"]
+            .map(String::from)
+            .to_vec(),
+        clients: args.baseline_clients,
+        requests: args.baseline_requests,
+        keyspace: args.keyspace,
+    })
+    .await?;
+    eprintln!(
+        "[hll] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let target = Arc::new(
+        load::Target::new(addr, &format!("/v1/counters/{}/hll/page", patterns::APP))?
+            .with_shape(load::Shape::PostItem),
+    );
+    let m = measure::http(target, args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario: Scenario::Hll,
         baseline: base,
         m,
     })

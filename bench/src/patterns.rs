@@ -47,6 +47,7 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
     }
     p.push_str("  web:\n    session: { idle_ttl: 30m, absolute_ttl: 24h }\n");
     p.push_str("  order:\n    lock: { ttl: 30s }\n");
+    p.push_str("  hll:\n    counter: { kind: unique, period: day, keep: 7 }\n");
     p.push_str(&format!(
         "  {QUEUE_RULE}:\n    queue: {{ visibility: 30s, max_pop: {QUEUE_BATCH} }}\n"
     ));
