@@ -12,6 +12,7 @@ pub mod duration;
 pub mod ir;
 pub mod lock;
 pub mod ops;
+pub mod period;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;
