@@ -258,13 +258,7 @@ fn describe(snap: &Snapshot) -> Value {
                         (RuleKind::Counter(k), _) => {
                             use crate::policy::counter::CounterKind;
                             r["counter_kind"] = json!(k.kind.name());
-                            r["period"] = json!(match k.period {
-                                crate::policy::period::Period::None => "none".to_string(),
-                                crate::policy::period::Period::Day => "day".to_string(),
-                                crate::policy::period::Period::Week => "week".to_string(),
-                                crate::policy::period::Period::Month => "month".to_string(),
-                                crate::policy::period::Period::Every(ms) => format!("{ms}ms"),
-                            });
+                            r["period"] = json!(k.period.to_string());
                             r["keep"] = json!(k.keep);
                             if k.period == crate::policy::period::Period::None {
                                 r["ttl_ms"] = json!(ms(k.ttl));
