@@ -37,7 +37,7 @@ pub struct RawCounter {
     #[schemars(with = "CounterKindName")]
     pub kind: Spanned<String>,
     /// `none` (default), `day`, `week`, `month` (UTC, ISO weeks) or a duration such as `1h`
-    /// (fixed periods counted from the Unix epoch, at least `1s`).
+    /// (fixed periods counted from the Unix epoch, whole seconds, at least `1s`).
     #[serde(default)]
     #[schemars(with = "Option<PeriodText>")]
     pub period: Option<Spanned<String>>,
@@ -197,7 +197,7 @@ impl Validator {
             }
             None if periodic => 7,
             None => 0,
-            Some(k) => self.bounded(path, "keep", k, MAX_KEEP).unwrap_or(7),
+            Some(k) => self.at_most(path, "keep", k, MAX_KEEP).unwrap_or(7),
         };
         let ttl = match &raw.ttl {
             Some(t) if periodic => {
@@ -213,7 +213,7 @@ impl Validator {
         let max_batch = raw
             .max_batch
             .as_ref()
-            .and_then(|b| self.bounded(path, "max_batch", b, MAX_MAX_BATCH))
+            .and_then(|b| self.at_most(path, "max_batch", b, MAX_MAX_BATCH))
             .unwrap_or(1000);
         let kind_name = raw.kind.as_str();
         let only_for = |v: &mut Validator, field: &str, span: &marked_yaml::Span, kind: &str| {
@@ -322,7 +322,7 @@ impl Validator {
     }
 
     /// A positive number at most `max`.
-    fn bounded(&mut self, path: &Path, field: &str, n: &Spanned<i64>, max: u64) -> Option<u64> {
+    fn at_most(&mut self, path: &Path, field: &str, n: &Spanned<i64>, max: u64) -> Option<u64> {
         let v = self.positive(path, field, n)?;
         if v > max {
             self.err(
