@@ -59,7 +59,7 @@ Scenarios:
                          latency per delivery (p50/p99/max), until the last subscriber per
                          message, deliveries lost, CPU per delivery. Needs an open-files limit
                          of about subscribers + 256
-  hll                    unique counts: POST /v1/counters/bench/hll/page {"item": <random id>} (a
+  hll                    unique counts: POST /v1/counters/bench/hll/page {item: <random id>} (a
                          HyperLogLog add, one per request, with the period check and the expiry),
                          against redis-benchmark PFADD of the same random ids to one key
   cluster                a second patternd on a 3-primary Redis Cluster started here: rate-limit

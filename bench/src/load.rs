@@ -58,7 +58,7 @@ pub enum Shape {
 
 /// The body of a counter add; the 12 zeros are overwritten with each request's item, the
 /// same ids redis-benchmark's `__rand_int__` gives the baseline's PFADD.
-const ITEM_BODY: &[u8; 24] = br#"{"item":"000000000000"}"#;
+const ITEM_BODY: &[u8; 23] = br#"{"item":"000000000000"}"#;
 const ITEM_AT: std::ops::Range<usize> = 9..21;
 
 /// The job every queue cycle pushes: a small payload, like an order reference. It holds no

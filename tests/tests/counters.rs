@@ -49,7 +49,13 @@ fn path(rule: &str, id: &str) -> String {
 }
 
 /// Adds `items` in batches of `batch`, eight requests at a time; every answer must be 200.
-async fn add_all(p: &Patternd, rule: &str, id: &str, items: &[String], batch: usize) -> Result<Vec<Reply>> {
+async fn add_all(
+    p: &Patternd,
+    rule: &str,
+    id: &str,
+    items: &[String],
+    batch: usize,
+) -> Result<Vec<Reply>> {
     let chunks: Vec<Vec<String>> = items.chunks(batch).map(<[String]>::to_vec).collect();
     let chunks = Arc::new(chunks);
     let mut out = Vec::new();
@@ -76,7 +82,10 @@ async fn count_present(p: &Patternd, rule: &str, id: &str, items: &[String]) -> 
     let mut present = 0;
     for chunk in items.chunks(1000) {
         let r = p
-            .post_json(&format!("{}/check", path(rule, id)), &json!({ "items": chunk }))
+            .post_json(
+                &format!("{}/check", path(rule, id)),
+                &json!({ "items": chunk }),
+            )
             .await?;
         ensure!(r.status == 200, "a check failed: {r:?}");
         let flags = r.json["present"].as_array().context("present is a list")?;
@@ -90,7 +99,10 @@ async fn count_present(p: &Patternd, rule: &str, id: &str, items: &[String]) -> 
 async fn expiry(b: &Backend, key: &str) -> Result<(i64, i64)> {
     let mut c = b.conn_for_key(key).await?;
     let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut c).await?;
-    let at: i64 = redis::cmd("PEXPIRETIME").arg(key).query_async(&mut c).await?;
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(key)
+        .query_async(&mut c)
+        .await?;
     Ok((pttl, at))
 }
 
@@ -125,7 +137,10 @@ async fn hyperloglog_is_within_two_percent_on_100k_items(b: Backend) -> Result<(
     ensure!(error <= 0.02, "count {count} is more than 2% off 100000");
     assert_eq!(r.json["periods"], json!(["all"]));
     let key = "a:counter:visitors:{home}:p:0";
-    ensure!(key_type(&w.redis, key).await? == "string", "an HLL is a string");
+    ensure!(
+        key_type(&w.redis, key).await? == "string",
+        "an HLL is a string"
+    );
     let (pttl, _) = expiry(&w.redis, key).await?;
     ensure!(pttl > 0 && pttl <= 3_600_000, "expires within ttl: {pttl}");
     // Another id is another count (and, on a cluster, likely another node).
@@ -148,7 +163,9 @@ async fn unique_counts_over_periods_are_unions(b: Backend) -> Result<()> {
         let mut items: Vec<String> = (i..i + 20).map(|n| format!("u{n}")).collect();
         items.extend((0..5).map(|n| format!("u{}", (i + n) / 2)));
         i += 20;
-        let r = p.post_json(&path("daily", "page"), &json!({ "items": items })).await?;
+        let r = p
+            .post_json(&path("daily", "page"), &json!({ "items": items }))
+            .await?;
         ensure!(r.status == 200, "{r:?}");
         let period = r.json["period"].as_str().context("a period")?.to_string();
         model.entry(period).or_default().extend(items);
@@ -169,10 +186,15 @@ async fn unique_counts_over_periods_are_unions(b: Backend) -> Result<()> {
     );
     // Each period alone.
     for (label, set) in &model {
-        let r = p.get(&format!("{}?period={label}", path("daily", "page"))).await?;
+        let r = p
+            .get(&format!("{}?period={label}", path("daily", "page")))
+            .await?;
         let got = r.u64_field("count") as f64;
         let want = set.len() as f64;
-        ensure!((got - want).abs() <= want * 0.02 + 1.0, "{label}: {got}, want {want}");
+        ensure!(
+            (got - want).abs() <= want * 0.02 + 1.0,
+            "{label}: {got}, want {want}"
+        );
         assert_eq!(r.json["periods"], json!([label]));
     }
     // Keys: one per period, each expiring at the end of period index + 1 + keep (4), in ms.
@@ -185,15 +207,26 @@ async fn unique_counts_over_periods_are_unions(b: Backend) -> Result<()> {
     ensure!(periods.len() == model.len(), "{names:?}");
     for idx in periods {
         let (_, at) = expiry(&w.redis, &format!("a:counter:daily:{{page}}:p:{idx}")).await?;
-        assert_eq!(at, (idx + 1 + 4) * 2000, "period {idx} expires keep periods after it closes");
+        assert_eq!(
+            at,
+            (idx + 1 + 4) * 2000,
+            "period {idx} expires keep periods after it closes"
+        );
     }
 
     // The range cache: a second read of the same range comes from it.
-    p.post_json(&path("cached", "x"), &json!({ "items": ["a", "b"] })).await?;
+    p.post_json(&path("cached", "x"), &json!({ "items": ["a", "b"] }))
+        .await?;
     let r1 = p.get(&format!("{}?last=3", path("cached", "x"))).await?;
     let r2 = p.get(&format!("{}?last=3", path("cached", "x"))).await?;
-    assert_eq!((r1.json["cached"].clone(), r1.u64_field("count")), (json!(false), 2));
-    assert_eq!((r2.json["cached"].clone(), r2.u64_field("count")), (json!(true), 2));
+    assert_eq!(
+        (r1.json["cached"].clone(), r1.u64_field("count")),
+        (json!(false), 2)
+    );
+    assert_eq!(
+        (r2.json["cached"].clone(), r2.u64_field("count")),
+        (json!(true), 2)
+    );
     Ok(())
 }
 
@@ -237,11 +270,17 @@ async fn measure_bloom(w: &World, rule: &str, id: &str) -> Result<f64> {
         w.redis.name(),
         rate * 100.0
     );
-    ensure!(rate <= 0.015, "false-positive rate {rate} is above 1.5 × 1%");
+    ensure!(
+        rate <= 0.015,
+        "false-positive rate {rate} is above 1.5 × 1%"
+    );
 
     // A single item, single answers.
     let r = p
-        .post_json(&format!("{}/check", path(rule, id)), &json!({ "item": "member-7" }))
+        .post_json(
+            &format!("{}/check", path(rule, id)),
+            &json!({ "item": "member-7" }),
+        )
         .await?;
     assert_eq!(r.json["present"], json!(true), "{r:?}");
 
@@ -252,7 +291,9 @@ async fn measure_bloom(w: &World, rule: &str, id: &str) -> Result<f64> {
     ensure!(r.u64_field("count") > 10_000, "{r:?}");
     assert_eq!(r.json["saturated"], json!(true), "{r:?}");
     // An add on a saturated filter says so.
-    let r = p.post_json(&path(rule, id), &json!({ "item": "one-more" })).await?;
+    let r = p
+        .post_json(&path(rule, id), &json!({ "item": "one-more" }))
+        .await?;
     assert_eq!(r.json["saturated"], json!(true), "{r:?}");
     let m = p.get("/metrics").await?;
     let saturated = metric_value(
@@ -261,7 +302,10 @@ async fn measure_bloom(w: &World, rule: &str, id: &str) -> Result<f64> {
         &[("rule", rule)],
     )
     .unwrap_or(0.0);
-    ensure!(saturated >= 1.0, "the saturation metric counted: {saturated}");
+    ensure!(
+        saturated >= 1.0,
+        "the saturation metric counted: {saturated}"
+    );
     Ok(rate)
 }
 
@@ -275,7 +319,10 @@ async fn lua_bloom_false_positive_rate_is_near_the_configured_one(b: Backend) ->
     ensure!(key_type(&w.redis, bitmap).await? == "string");
     let mut c = w.redis.conn_for_key(bitmap).await?;
     let len: u64 = redis::cmd("STRLEN").arg(bitmap).query_async(&mut c).await?;
-    ensure!(len <= 95_851_u64.div_ceil(8), "the bitmap holds m bits: {len} bytes");
+    ensure!(
+        len <= 95_851_u64.div_ceil(8),
+        "the bitmap holds m bits: {len} bytes"
+    );
     for key in [bitmap, "a:counter:seen:{campaign}:n:0"] {
         let (pttl, _) = expiry(&w.redis, key).await?;
         ensure!(pttl > 0 && pttl <= 3_600_000, "{key}: {pttl}");
@@ -318,11 +365,21 @@ fn redisbloom_false_positive_rate_is_near_the_configured_one() -> Result<()> {
     let server = RedisServer::start_in(TempDir::new("redisbloom")?, |_| {
         Ok(vec!["--loadmodule".to_string(), module.clone()])
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let w = World::on(Backend::Standalone(server), &[("c.yaml", POLICY)], SLOW_SCRIPTS).await?;
+        let w = World::on(
+            Backend::Standalone(server),
+            &[("c.yaml", POLICY)],
+            SLOW_SCRIPTS,
+        )
+        .await?;
         let rate = measure_bloom(&w, "auto", "campaign").await?;
-        eprintln!("RedisBloom: measured false-positive rate {:.3}%", rate * 100.0);
+        eprintln!(
+            "RedisBloom: measured false-positive rate {:.3}%",
+            rate * 100.0
+        );
         let names = w.redis.scan_names().await?;
         let filter = names
             .iter()
@@ -358,18 +415,29 @@ async fn counts_and_range_sums_match_a_model(b: Backend) -> Result<()> {
     while labels.len() < 3 {
         for id in ids {
             let by = (rng.next() % 21) as i64 - 5;
-            let r = p.post_json(&path("clicks", id), &json!({ "by": by })).await?;
+            let r = p
+                .post_json(&path("clicks", id), &json!({ "by": by }))
+                .await?;
             ensure!(r.status == 200, "{r:?}");
             let label = r.json["period"].as_str().context("period")?.to_string();
             let v = model.entry((id.to_string(), label.clone())).or_default();
             *v += by;
-            assert_eq!(r.json["value"], json!(*v), "the answer is the period's value");
+            assert_eq!(
+                r.json["value"],
+                json!(*v),
+                "the answer is the period's value"
+            );
             labels.insert(label);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let labels: Vec<String> = labels.into_iter().collect();
-    let want = |id: &str, l: &str| model.get(&(id.to_string(), l.to_string())).copied().unwrap_or(0);
+    let want = |id: &str, l: &str| {
+        model
+            .get(&(id.to_string(), l.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
     for id in ids {
         for l in &labels {
             let r = p.get(&format!("{}?period={l}", path("clicks", id))).await?;
@@ -400,7 +468,9 @@ async fn counts_and_range_sums_match_a_model(b: Backend) -> Result<()> {
         for (l, v) in periods.iter().zip(&values) {
             assert_eq!(*v, want(id, l), "{id} {l} in last=5");
         }
-        let r = p.get(&format!("{}?period=previous", path("clicks", id))).await?;
+        let r = p
+            .get(&format!("{}?period=previous", path("clicks", id)))
+            .await?;
         let l = r.json["periods"][0].as_str().context("a label")?;
         assert_eq!(r.json["value"], json!(want(id, l)), "previous");
     }
@@ -414,10 +484,14 @@ async fn counts_and_range_sums_match_a_model(b: Backend) -> Result<()> {
     }
     // No period: one counter, expiring 30 days after its last write.
     for by in [5_i64, -2, 1_000_000_000_000] {
-        p.post_json(&path("total", "t"), &json!({ "by": by })).await?;
+        p.post_json(&path("total", "t"), &json!({ "by": by }))
+            .await?;
     }
     let r = p.post_json(&path("total", "t"), &json!({})).await?;
-    assert_eq!(r.json, json!({ "period": "all", "value": 1_000_000_000_004_i64 }));
+    assert_eq!(
+        r.json,
+        json!({ "period": "all", "value": 1_000_000_000_004_i64 })
+    );
     let (pttl, _) = expiry(&w.redis, "a:counter:total:{t}:p:0").await?;
     ensure!(pttl > 29 * 86_400_000 && pttl <= 30 * 86_400_000, "{pttl}");
     Ok(())
@@ -435,14 +509,22 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
     for (rule, body, says) in [
         ("visitors", json!({}), "send `item`"),
         ("visitors", json!({ "items": [] }), "must not be empty"),
-        ("visitors", json!({ "item": "a", "items": ["b"] }), "not both"),
+        (
+            "visitors",
+            json!({ "item": "a", "items": ["b"] }),
+            "not both",
+        ),
         ("visitors", json!({ "items": too_many }), "at most 1000"),
         ("visitors", json!({ "item": long }), "at most 1024"),
         ("visitors", json!({ "by": 3 }), "not `by`"),
         ("visitors", json!({ "item": 5 }), "invalid JSON body"),
         ("visitors", json!({ "what": 5 }), "unknown field"),
         ("clicks", json!({ "item": "a" }), "not items"),
-        ("clicks", json!({ "by": 1_000_000_000_001_i64 }), "`by` must be between"),
+        (
+            "clicks",
+            json!({ "by": 1_000_000_000_001_i64 }),
+            "`by` must be between",
+        ),
         ("clicks", json!({ "by": "1" }), "invalid JSON body"),
     ] {
         let r = p.post_json(&path(rule, "x"), &body).await?;
@@ -457,7 +539,10 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
         ("?from=current", "both `from` and `to`"),
         ("?from=current&to=previous", "is after"),
         ("?period=current&last=2", "give one of"),
-        ("?from=1970-01-01T00:00:00Z&to=1970-01-01T00:00:10Z", "holds 6 periods"),
+        (
+            "?from=1970-01-01T00:00:00Z&to=1970-01-01T00:00:10Z",
+            "holds 6 periods",
+        ),
         ("?last=x", "invalid query string"),
         ("?color=red", "invalid query string"),
     ] {
@@ -466,16 +551,24 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
         ensure!(r.detail().contains(says), "{query}: {r:?}");
     }
     // Without a period there is no previous one.
-    let r = p.get(&format!("{}?period=previous", path("total", "x"))).await?;
+    let r = p
+        .get(&format!("{}?period=previous", path("total", "x")))
+        .await?;
     r.assert_problem(400);
     // A check is for Bloom rules, one period.
     let r = p
-        .post_json(&format!("{}/check", path("clicks", "x")), &json!({ "item": "a" }))
+        .post_json(
+            &format!("{}/check", path("clicks", "x")),
+            &json!({ "item": "a" }),
+        )
         .await?;
     r.assert_problem(400);
     ensure!(r.detail().contains("`kind: bloom`"), "{r:?}");
     let r = p
-        .post_json(&format!("{}/check?last=2", path("auto", "x")), &json!({ "item": "a" }))
+        .post_json(
+            &format!("{}/check?last=2", path("auto", "x")),
+            &json!({ "item": "a" }),
+        )
         .await?;
     r.assert_problem(400);
     // Unknown rule, and a rule of another pattern's name space.
@@ -502,7 +595,9 @@ fn the_example_policy_counts() -> Result<()> {
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/counters.yaml"),
     )?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let w = World::start(&[("counters.yaml", &text)], &[]).await?;
         let p = &w.patternd;

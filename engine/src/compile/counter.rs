@@ -149,10 +149,7 @@ impl CompiledCounter {
                 spec.keep
             )
         } else {
-            format!(
-                "expires {} ms after its last write",
-                spec.ttl.as_millis()
-            )
+            format!("expires {} ms after its last write", spec.ttl.as_millis())
         };
         match &self.kind {
             CounterKind::Unique { range_cache } => {
@@ -199,7 +196,9 @@ impl CompiledCounter {
                 }
                 v.push((
                     t("n:<period index>"),
-                    format!("STRING: adds that were new to the filter (≈ distinct items); {expiry}"),
+                    format!(
+                        "STRING: adds that were new to the filter (≈ distinct items); {expiry}"
+                    ),
                 ));
                 v
             }

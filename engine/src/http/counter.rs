@@ -66,7 +66,10 @@ struct CheckQuery {
 }
 
 /// `item` or `items`: the items, and whether the answer is per item (a batch).
-fn items(item: Option<String>, items: Option<Vec<String>>) -> Result<(Vec<String>, bool), ApiError> {
+fn items(
+    item: Option<String>,
+    items: Option<Vec<String>>,
+) -> Result<(Vec<String>, bool), ApiError> {
     match (item, items) {
         (Some(i), None) => Ok((vec![i], false)),
         (None, Some(list)) => Ok((list, true)),

@@ -114,9 +114,15 @@ pub struct Read {
 pub enum ReadValue {
     /// `unique`: distinct items over the periods; `cached` when a range's count came from
     /// the range cache.
-    Unique { count: u64, cached: bool },
+    Unique {
+        count: u64,
+        cached: bool,
+    },
     /// `count`: each period's value (as `periods`) and their sum.
-    Count { values: Vec<i64>, sum: i64 },
+    Count {
+        values: Vec<i64>,
+        sum: i64,
+    },
     Bloom(BloomStats),
 }
 
@@ -139,9 +145,7 @@ struct Metrics {
 
 impl Metrics {
     fn new(app: &str, rule: &str) -> Self {
-        let req = |op: &'static str, outcome: &'static str| {
-            metrics::counter!("patternd_counter_requests_total", "app" => app.to_string(), "rule" => rule.to_string(), "op" => op, "outcome" => outcome)
-        };
+        let req = |op: &'static str, outcome: &'static str| metrics::counter!("patternd_counter_requests_total", "app" => app.to_string(), "rule" => rule.to_string(), "op" => op, "outcome" => outcome);
         Self {
             add_ok: req("add", "ok"),
             read_ok: req("read", "ok"),
@@ -212,10 +216,9 @@ impl CounterRule {
                 ],
                 "0".to_string(),
             ),
-            CounterKind::Unique { range_cache } => (
-                Default::default(),
-                range_cache.map_or(0, ms).to_string(),
-            ),
+            CounterKind::Unique { range_cache } => {
+                (Default::default(), range_cache.map_or(0, ms).to_string())
+            }
             CounterKind::Count => (Default::default(), "0".to_string()),
         };
         Self {
@@ -272,9 +275,7 @@ impl CounterRule {
         match (period, from, to, last) {
             (None, None, None, None) => Ok(Selection::One(Which::Current)),
             (Some(p), None, None, None) => Ok(Selection::One(self.which(p)?)),
-            (None, Some(f), Some(t), None) => {
-                Ok(Selection::Range(self.which(f)?, self.which(t)?))
-            }
+            (None, Some(f), Some(t), None) => Ok(Selection::Range(self.which(f)?, self.which(t)?)),
             (None, None, None, Some(n)) => {
                 if n == 0 {
                     return bad("`last` must be at least 1".into());
@@ -339,7 +340,9 @@ impl CounterRule {
                 (current - back, current, true)
             }
         };
-        let span = u64::try_from(to - from).unwrap_or(u64::MAX).saturating_add(1);
+        let span = u64::try_from(to - from)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
         if span > longest {
             return Err(CounterError::BadRequest(format!(
                 "the range holds {span} periods; this rule keeps {longest} (keep + 1)"
@@ -472,7 +475,12 @@ impl CounterRule {
     }
 
     /// Adds items (`unique`, `bloom`) or an amount (`count`) to the current period of `id`.
-    pub async fn add(&self, store: &Store, id: &str, input: AddInput) -> Result<Added, CounterError> {
+    pub async fn add(
+        &self,
+        store: &Store,
+        id: &str,
+        input: AddInput,
+    ) -> Result<Added, CounterError> {
         check_id(id)?;
         let r = self.add_inner(store, id, input).await;
         let r = self.counted(r);
@@ -482,7 +490,12 @@ impl CounterRule {
         r
     }
 
-    async fn add_inner(&self, store: &Store, id: &str, input: AddInput) -> Result<Added, CounterError> {
+    async fn add_inner(
+        &self,
+        store: &Store,
+        id: &str,
+        input: AddInput,
+    ) -> Result<Added, CounterError> {
         match (&self.kind, input) {
             (CounterKind::Count, AddInput::By(by)) => {
                 if !(-MAX_BY..=MAX_BY).contains(&by) {
@@ -600,7 +613,12 @@ impl CounterRule {
 
     /// Reads the periods `sel` names for `id`: a unique count over them, each counter and
     /// their sum, or (a Bloom rule, one period) the filter's fill.
-    pub async fn read(&self, store: &Store, id: &str, sel: Selection) -> Result<Read, CounterError> {
+    pub async fn read(
+        &self,
+        store: &Store,
+        id: &str,
+        sel: Selection,
+    ) -> Result<Read, CounterError> {
         check_id(id)?;
         let r = self.read_inner(store, id, sel).await;
         let r = self.counted(r);
@@ -610,7 +628,12 @@ impl CounterRule {
         r
     }
 
-    async fn read_inner(&self, store: &Store, id: &str, sel: Selection) -> Result<Read, CounterError> {
+    async fn read_inner(
+        &self,
+        store: &Store,
+        id: &str,
+        sel: Selection,
+    ) -> Result<Read, CounterError> {
         // Bad selections are refused before any call (the current period only shifts them).
         let (first, _) = self.indexes(sel, self.period.index_at(engine_now_ms()))?;
         if matches!(self.kind, CounterKind::Bloom { .. }) && first.len() > 1 {
@@ -748,7 +771,11 @@ impl CounterRule {
                 let (script, filter, head) = if module {
                     (&self.scripts.module_check, "f", Vec::new())
                 } else {
-                    (&self.scripts.bloom_check, "b", self.bloom_args[0..2].to_vec())
+                    (
+                        &self.scripts.bloom_check,
+                        "b",
+                        self.bloom_args[0..2].to_vec(),
+                    )
                 };
                 Ok(Call {
                     script,
@@ -795,13 +822,19 @@ mod tests {
         let r = rule("{ kind: count, period: day, keep: 2 }");
         let day = r.period.parse_label("2026-11-28").expect("a day");
         let sel = r.selection(None, None, None, Some(3)).expect("last 3");
-        assert_eq!(r.indexes(sel, day).ok(), Some((vec![day - 2, day - 1, day], true)));
+        assert_eq!(
+            r.indexes(sel, day).ok(),
+            Some((vec![day - 2, day - 1, day], true))
+        );
         assert!(r.selection(None, None, None, Some(4)).is_ok());
         assert!(r.indexes(Selection::Last(4), day).is_err());
         let sel = r
             .selection(None, Some("2026-11-26"), Some("2026-11-28"), None)
             .expect("a range");
-        assert_eq!(r.indexes(sel, day + 5).ok(), Some((vec![day - 2, day - 1, day], false)));
+        assert_eq!(
+            r.indexes(sel, day + 5).ok(),
+            Some((vec![day - 2, day - 1, day], false))
+        );
         let sel = r
             .selection(None, Some("2026-11-25"), Some("2026-11-28"), None)
             .expect("parses");

@@ -144,8 +144,13 @@ impl BloomSize {
 /// What a rule counts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CounterKind {
-    Unique { range_cache: Option<Duration> },
-    Bloom { size: BloomSize, backend: BloomBackend },
+    Unique {
+        range_cache: Option<Duration>,
+    },
+    Bloom {
+        size: BloomSize,
+        backend: BloomBackend,
+    },
     Count,
 }
 
@@ -308,7 +313,10 @@ impl Validator {
         };
         let size = BloomSize::new(capacity?, error_rate?);
         if size.bits > MAX_BLOOM_BITS {
-            let span = raw.capacity.as_ref().map_or(at.clone(), |c| loc(path, c.span()));
+            let span = raw
+                .capacity
+                .as_ref()
+                .map_or(at.clone(), |c| loc(path, c.span()));
             self.err(
                 &span,
                 format!(
