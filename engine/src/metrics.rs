@@ -373,7 +373,7 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
-        name: "patternd_counter_requests_total",
+        name: "patternd_counting_requests_total",
         kind: Kind::Counter,
         help: "Counter requests answered, by operation (add, read, check), and the ones that failed on Redis (op any, outcome failed).",
         labels: &[
@@ -385,14 +385,14 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
-        name: "patternd_counter_bloom_saturated_total",
+        name: "patternd_bloom_saturated_total",
         kind: Kind::Counter,
         help: "Bloom adds answered on a filter past its capacity (saturated: the false-positive rate is above error_rate, or RedisBloom grew the filter).",
         labels: &[APP, RULE],
         buckets: &[],
     },
     Metric {
-        name: "patternd_counter_period_retries_total",
+        name: "patternd_period_retries_total",
         kind: Kind::Counter,
         help: "Counter calls sent again because the engine's clock named another period than Redis TIME (clock skew near a period boundary).",
         labels: &[APP, RULE],

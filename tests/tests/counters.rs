@@ -298,7 +298,7 @@ async fn measure_bloom(w: &World, rule: &str, id: &str) -> Result<f64> {
     let m = p.get("/metrics").await?;
     let saturated = metric_value(
         &m.text,
-        "patternd_counter_bloom_saturated_total",
+        "patternd_bloom_saturated_total",
         &[("rule", rule)],
     )
     .unwrap_or(0.0);

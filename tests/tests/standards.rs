@@ -87,6 +87,10 @@ rules:
     stream: {{ max_len: 100, groups: [g] }}
   notify:
     pubsub: {{ heartbeat: 1s }}
+  visits:
+    counter: {{ kind: unique, period: day }}
+  seen:
+    counter: {{ kind: bloom, capacity: 1000 }}
 "
     )
 }
@@ -372,6 +376,15 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
         }
         ("get", "/v1/pubsub/{app}/{rule}/{channel}") => {
             Probe::new("get", "/v1/pubsub/std/notify/news").event_stream()
+        }
+        ("post", "/v1/counters/{app}/{rule}/{id}") => {
+            Probe::new("post", "/v1/counters/std/visits/home").json(json!({"items": ["a", "b"]}))
+        }
+        ("get", "/v1/counters/{app}/{rule}/{id}") => {
+            Probe::new("get", "/v1/counters/std/visits/home?last=2")
+        }
+        ("post", "/v1/counters/{app}/{rule}/{id}/check") => {
+            Probe::new("post", "/v1/counters/std/seen/c-1/check").json(json!({"item": "a"}))
         }
         ("get", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Probe::new("get", path),
         ("get", "/admin/policies") | ("post", "/admin/reload") => {

@@ -145,14 +145,14 @@ struct Metrics {
 
 impl Metrics {
     fn new(app: &str, rule: &str) -> Self {
-        let req = |op: &'static str, outcome: &'static str| metrics::counter!("patternd_counter_requests_total", "app" => app.to_string(), "rule" => rule.to_string(), "op" => op, "outcome" => outcome);
+        let req = |op: &'static str, outcome: &'static str| metrics::counter!("patternd_counting_requests_total", "app" => app.to_string(), "rule" => rule.to_string(), "op" => op, "outcome" => outcome);
         Self {
             add_ok: req("add", "ok"),
             read_ok: req("read", "ok"),
             check_ok: req("check", "ok"),
             failed: req("any", "failed"),
-            saturated: metrics::counter!("patternd_counter_bloom_saturated_total", "app" => app.to_string(), "rule" => rule.to_string()),
-            period_retries: metrics::counter!("patternd_counter_period_retries_total", "app" => app.to_string(), "rule" => rule.to_string()),
+            saturated: metrics::counter!("patternd_bloom_saturated_total", "app" => app.to_string(), "rule" => rule.to_string()),
+            period_retries: metrics::counter!("patternd_period_retries_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
 }
