@@ -296,12 +296,8 @@ async fn measure_bloom(w: &World, rule: &str, id: &str) -> Result<f64> {
         .await?;
     assert_eq!(r.json["saturated"], json!(true), "{r:?}");
     let m = p.get("/metrics").await?;
-    let saturated = metric_value(
-        &m.text,
-        "patternd_bloom_saturated_total",
-        &[("rule", rule)],
-    )
-    .unwrap_or(0.0);
+    let saturated =
+        metric_value(&m.text, "patternd_bloom_saturated_total", &[("rule", rule)]).unwrap_or(0.0);
     ensure!(
         saturated >= 1.0,
         "the saturation metric counted: {saturated}"

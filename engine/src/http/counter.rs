@@ -12,8 +12,7 @@ use super::AppState;
 use super::extract::{Example, Id, JsonObject, Query, Rule};
 use super::problem::{ApiError, Problem};
 use crate::patterns::CounterRule;
-use crate::patterns::counter::{AddInput, Added, BloomStats, ReadValue};
-use crate::policy::counter::CounterKind;
+use crate::patterns::counter::{Added, BloomStats, ReadValue, item_list};
 use doc::{CounterAdd, CounterAdded, CounterCheck, CounterChecked, CounterRead};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -65,23 +64,6 @@ struct CheckQuery {
     period: Option<String>,
 }
 
-/// `item` or `items`: the items, and whether the answer is per item (a batch).
-fn items(
-    item: Option<String>,
-    items: Option<Vec<String>>,
-) -> Result<(Vec<String>, bool), ApiError> {
-    match (item, items) {
-        (Some(i), None) => Ok((vec![i], false)),
-        (None, Some(list)) => Ok((list, true)),
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(
-            "send `item` or `items`, not both".into(),
-        )),
-        (None, None) => Err(ApiError::BadRequest(
-            "send `item` (one) or `items` (a batch)".into(),
-        )),
-    }
-}
-
 /// One flag for a single item, a list for a batch.
 fn flags(f: Vec<bool>, batch: bool) -> Value {
     match (batch, f.first()) {
@@ -112,31 +94,7 @@ async fn add(
     Id(id): Id,
     JsonObject(body): JsonObject<AddBody>,
 ) -> Result<Response, ApiError> {
-    let (input, batch) = match (&counter.kind, body) {
-        (
-            CounterKind::Count,
-            AddBody {
-                item: None,
-                items: None,
-                by,
-            },
-        ) => (AddInput::By(by.unwrap_or(1)), false),
-        (_, AddBody { by: Some(_), .. }) => {
-            return Err(ApiError::BadRequest(format!(
-                "a `{}` rule adds `item` or `items`, not `by`",
-                counter.kind.name()
-            )));
-        }
-        (CounterKind::Count, _) => {
-            return Err(ApiError::BadRequest(
-                "a `count` rule adds `by` (an integer), not items".into(),
-            ));
-        }
-        (_, b) => {
-            let (list, batch) = items(b.item, b.items)?;
-            (AddInput::Items(list), batch)
-        }
-    };
+    let (input, batch) = counter.add_input(body.item, body.items, body.by)?;
     let added = counter.add(&state.runtime.store, &id, input).await?;
     let body = match added {
         Added::Unique { period, changed } => json!({ "period": period, "changed": changed }),
@@ -214,7 +172,7 @@ async fn check(
     JsonObject(body): JsonObject<CheckBody>,
 ) -> Result<Response, ApiError> {
     let sel = counter.selection(q.period.as_deref(), None, None, None)?;
-    let (list, batch) = items(body.item, body.items)?;
+    let (list, batch) = item_list(body.item, body.items)?;
     let checked = counter
         .check_items_in(&state.runtime.store, &id, sel, &list)
         .await?;

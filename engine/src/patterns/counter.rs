@@ -444,6 +444,32 @@ impl CounterRule {
         Ok(())
     }
 
+    /// An add's body fields as this rule's kind takes them: `item` or `items` (`unique`,
+    /// `bloom`), `by` (`count`, default 1). Also whether the answer is per item (a batch).
+    pub fn add_input(
+        &self,
+        item: Option<String>,
+        items: Option<Vec<String>>,
+        by: Option<i64>,
+    ) -> Result<(AddInput, bool), CounterError> {
+        match (&self.kind, by) {
+            (CounterKind::Count, by) if item.is_none() && items.is_none() => {
+                Ok((AddInput::By(by.unwrap_or(1)), false))
+            }
+            (CounterKind::Count, _) => Err(CounterError::BadRequest(
+                "a `count` rule adds `by` (an integer), not items".into(),
+            )),
+            (_, Some(_)) => Err(CounterError::BadRequest(format!(
+                "a `{}` rule adds `item` or `items`, not `by`",
+                self.kind.name()
+            ))),
+            (_, None) => {
+                let (list, batch) = item_list(item, items)?;
+                Ok((AddInput::Items(list), batch))
+            }
+        }
+    }
+
     /// Whether this Bloom rule uses RedisBloom (asked of Redis once, for `auto`).
     async fn uses_module(&self, store: &Store) -> Result<bool, CounterError> {
         let CounterKind::Bloom { backend, .. } = &self.kind else {
@@ -794,6 +820,23 @@ impl CounterRule {
             present,
             stats,
         })
+    }
+}
+
+/// `item` or `items` of a body: the items, and whether the answer is per item (a batch).
+pub fn item_list(
+    item: Option<String>,
+    items: Option<Vec<String>>,
+) -> Result<(Vec<String>, bool), CounterError> {
+    match (item, items) {
+        (Some(i), None) => Ok((vec![i], false)),
+        (None, Some(list)) => Ok((list, true)),
+        (Some(_), Some(_)) => Err(CounterError::BadRequest(
+            "send `item` or `items`, not both".into(),
+        )),
+        (None, None) => Err(CounterError::BadRequest(
+            "send `item` (one) or `items` (a batch)".into(),
+        )),
     }
 }
 
