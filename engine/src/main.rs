@@ -89,7 +89,7 @@ enum Command {
     /// replicas, slow scripts, latency, version and modules, and a bounded sample of each
     /// rule's keys. Read-only. Exit code: 0 when no check fails (warnings allowed), 1 when
     /// any check fails, 2 when it could not run (invalid policies, Redis unreachable).
-    Doctor(DoctorArgs),
+    Doctor(Box<DoctorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -389,13 +389,16 @@ fn check(src: &Sources) -> ExitCode {
 }
 
 /// `patternd doctor`: exit 0 (no check failed), 1 (a check failed), 2 (could not run).
-fn doctor(args: DoctorArgs) -> ExitCode {
+fn doctor(args: Box<DoctorArgs>) -> ExitCode {
     let src = sources(args.policies.clone(), args.plugins.clone());
     let snap = match Snapshot::build(&src) {
         Ok(s) => s,
         Err(d) => {
             print_diags(&d.0);
-            eprintln!("{} error(s) in the policies; nothing checked", d.error_count());
+            eprintln!(
+                "{} error(s) in the policies; nothing checked",
+                d.error_count()
+            );
             return ExitCode::from(2);
         }
     };

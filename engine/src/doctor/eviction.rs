@@ -70,7 +70,9 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
             .collect::<Vec<_>>()
             .join(", ");
             let fix = if caches {
-                format!("{separate} (CONFIG SET maxmemory-policy noeviction here, and in redis.conf)")
+                format!(
+                    "{separate} (CONFIG SET maxmemory-policy noeviction here, and in redis.conf)"
+                )
             } else {
                 "CONFIG SET maxmemory-policy noeviction (and in redis.conf)".to_owned()
             };
@@ -89,11 +91,17 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
             return Check::warn(
                 ID,
                 TITLE,
-                format!("{evidence}. Op rules write keys whose purpose patternd cannot know; {policy} may evict them"),
+                format!(
+                    "{evidence}. Op rules write keys whose purpose patternd cannot know; {policy} may evict them"
+                ),
                 "if the ops' keys must be kept, CONFIG SET maxmemory-policy noeviction",
             );
         }
-        return Check::ok(ID, TITLE, format!("{evidence}: evicting the least used keys is what caches want"));
+        return Check::ok(
+            ID,
+            TITLE,
+            format!("{evidence}: evicting the least used keys is what caches want"),
+        );
     }
     if policy.starts_with("volatile-") {
         if keep && caches {
@@ -122,7 +130,9 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
         return Check::ok(
             ID,
             TITLE,
-            format!("{evidence}: only keys with a TTL are evicted, and the keys that must be kept have none"),
+            format!(
+                "{evidence}: only keys with a TTL are evicted, and the keys that must be kept have none"
+            ),
         );
     }
     if policy == "noeviction" {
@@ -150,7 +160,11 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
                  least used values evicted",
             );
         }
-        return Check::ok(ID, TITLE, format!("{evidence}: nothing is evicted; writes fail with OOM when memory is full"));
+        return Check::ok(
+            ID,
+            TITLE,
+            format!("{evidence}: nothing is evicted; writes fail with OOM when memory is full"),
+        );
     }
     Check::warn(
         ID,

@@ -219,7 +219,12 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(subs(0), ["dead", "delayed", "inflight", "jobs", "meta", "ready", "seq"]);
+        assert_eq!(
+            subs(0),
+            [
+                "dead", "delayed", "inflight", "jobs", "meta", "ready", "seq"
+            ]
+        );
         assert_eq!(subs(1), ["dead", "s"]);
         assert_eq!(subs(2), ["dead", "journal"]);
         assert!(subs(3).is_empty());
@@ -259,7 +264,10 @@ mod tests {
             complete: true,
             calls: 1,
             dbsize: 2,
-            samples: vec![sample("a:queue:q:{%a.q}:ready", -1, 10), sample("a:queue:q:{%a.q}:seq", -1, 10)],
+            samples: vec![
+                sample("a:queue:q:{%a.q}:ready", -1, 10),
+                sample("a:queue:q:{%a.q}:seq", -1, 10),
+            ],
         };
         let (figures, checks) = summarize(queue, &Usage::of(&queue.rule, false), &[f]);
         assert!(figures.no_ttl.is_empty() && checks.is_empty());

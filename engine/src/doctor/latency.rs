@@ -30,7 +30,11 @@ pub fn check(s: &Server) -> Check {
         .iter()
         .map(|e| format!("{} latest {} ms, max {} ms", e.event, e.latest_ms, e.max_ms))
         .collect();
-    let prose: String = s.latency_doctor.split_whitespace().collect::<Vec<_>>().join(" ");
+    let prose: String = s
+        .latency_doctor
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let prose: String = prose.chars().take(DOCTOR_CHARS).collect();
     Check::warn(
         ID,
@@ -51,7 +55,8 @@ mod tests {
     #[test]
     fn events_warn_and_quiet_is_ok() {
         let mut s = Server::default();
-        s.config.insert("latency-monitor-threshold".into(), "0".into());
+        s.config
+            .insert("latency-monitor-threshold".into(), "0".into());
         let c = check(&s);
         assert_eq!(c.status, Status::Ok);
         assert!(c.evidence.contains("off"));
@@ -64,6 +69,9 @@ mod tests {
         let c = check(&s);
         assert_eq!(c.status, Status::Warn);
         assert!(c.evidence.contains("command latest 250 ms, max 900 ms"));
-        assert!(c.evidence.contains("I have observed latency spikes in this"));
+        assert!(
+            c.evidence
+                .contains("I have observed latency spikes in this")
+        );
     }
 }

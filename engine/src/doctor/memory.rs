@@ -46,9 +46,19 @@ pub fn checks(s: &Server) -> Vec<Check> {
         let fix = "raise maxmemory, shorten TTLs or move caches to a Redis of their own; the \
                    per-rule figures below show where the memory goes";
         out.push(if share >= USED_FAIL {
-            Check::fail("memory-used", "Used memory against maxmemory", evidence, fix)
+            Check::fail(
+                "memory-used",
+                "Used memory against maxmemory",
+                evidence,
+                fix,
+            )
         } else if share >= USED_WARN {
-            Check::warn("memory-used", "Used memory against maxmemory", evidence, fix)
+            Check::warn(
+                "memory-used",
+                "Used memory against maxmemory",
+                evidence,
+                fix,
+            )
         } else {
             Check::ok("memory-used", "Used memory against maxmemory", evidence)
         });
@@ -94,13 +104,17 @@ mod tests {
 
     #[test]
     fn limit_use_and_fragmentation() {
-        let none = checks(&server("used_memory:1000\nmaxmemory:0\nmem_fragmentation_ratio:4.0\nused_memory_rss:4000\n"));
+        let none = checks(&server(
+            "used_memory:1000\nmaxmemory:0\nmem_fragmentation_ratio:4.0\nused_memory_rss:4000\n",
+        ));
         assert_eq!(status(&none, "maxmemory"), Status::Fail);
         assert!(none.iter().all(|c| c.id != "memory-used"));
         // A high ratio on a small instance is allocator overhead, not waste.
         assert_eq!(status(&none, "fragmentation"), Status::Ok);
 
-        let near = checks(&server("used_memory:950\nmaxmemory:1000\nmaxmemory_policy:noeviction\n"));
+        let near = checks(&server(
+            "used_memory:950\nmaxmemory:1000\nmaxmemory_policy:noeviction\n",
+        ));
         assert_eq!(status(&near, "maxmemory"), Status::Ok);
         assert_eq!(status(&near, "memory-used"), Status::Warn);
         let full = checks(&server("used_memory:990\nmaxmemory:1000\n"));

@@ -85,12 +85,13 @@ pub async fn examine(
     target: &RedisTarget,
     timeout: Duration,
 ) -> Result<Report, DoctorError> {
-    let mut nodes = admin::nodes(target, timeout)
-        .await
-        .map_err(|source| DoctorError::Unreachable {
-            target: target.redacted().to_owned(),
-            source,
-        })?;
+    let mut nodes =
+        admin::nodes(target, timeout)
+            .await
+            .map_err(|source| DoctorError::Unreachable {
+                target: target.redacted().to_owned(),
+                source,
+            })?;
     let cluster = target.is_cluster();
     let rules: Vec<_> = snapshot.compiled.rules().cloned().collect();
     let usages: Vec<Usage> = rules.iter().map(|r| Usage::of(&r.rule, cluster)).collect();
@@ -109,10 +110,14 @@ pub async fn examine(
     let mut checks = Vec::new();
     let mut servers = Vec::new();
     for node in &mut nodes {
-        let named = cluster.then_some(node.addr.as_str());
+        let named = cluster.then(|| node.addr.clone());
         match gather(node).await {
             Ok(s) => {
-                checks.extend(server_checks(&s, &usages, &scripts).into_iter().map(|c| c.on_node(named)));
+                checks.extend(
+                    server_checks(&s, &usages, &scripts)
+                        .into_iter()
+                        .map(|c| c.on_node(named.as_deref())),
+                );
                 servers.push(s);
             }
             Err(e) => checks.push(

@@ -40,7 +40,10 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
             return Check::fail(
                 ID,
                 TITLE,
-                format!("{state}; {what} failed ({field}: {})", s.info.get(field).unwrap_or("")),
+                format!(
+                    "{state}; {what} failed ({field}: {})",
+                    s.info.get(field).unwrap_or("")
+                ),
                 "read the Redis log: a full disk or a permission problem stops persistence, and \
                  Redis refuses writes after a failed save (stop-writes-on-bgsave-error)",
             );
@@ -61,7 +64,9 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
             Some("no") => Check::warn(
                 ID,
                 TITLE,
-                format!("{state}; needed by {needs}. appendfsync no leaves flushing to the OS: a crash of the machine loses up to about 30 s of writes"),
+                format!(
+                    "{state}; needed by {needs}. appendfsync no leaves flushing to the OS: a crash of the machine loses up to about 30 s of writes"
+                ),
                 "CONFIG SET appendfsync everysec",
             ),
             _ => Check::ok(ID, TITLE, format!("{state}; needed by {needs}")),
@@ -71,13 +76,17 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
         Some(false) => Check::fail(
             ID,
             TITLE,
-            format!("{state}; needed by {needs}: nothing is persisted, so a restart loses every acknowledged job, entry and journaled write"),
+            format!(
+                "{state}; needed by {needs}: nothing is persisted, so a restart loses every acknowledged job, entry and journaled write"
+            ),
             enable,
         ),
         Some(true) | None => Check::warn(
             ID,
             TITLE,
-            format!("{state}; needed by {needs}: RDB snapshots alone lose every write since the last snapshot on a crash"),
+            format!(
+                "{state}; needed by {needs}: RDB snapshots alone lose every write since the last snapshot on a crash"
+            ),
             enable,
         ),
     }
@@ -92,7 +101,10 @@ mod tests {
     fn server(info: &str, config: &[(&str, &str)]) -> Server {
         Server {
             info: Info::parse(info),
-            config: config.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            config: config
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
             ..Server::default()
         }
     }
@@ -116,7 +128,10 @@ mod tests {
         assert_eq!(check(&off, &[queue()]).status, Status::Fail);
         let rdb = server("aof_enabled:0\n", &[("save", "3600 1 300 100")]);
         assert_eq!(check(&rdb, &[queue()]).status, Status::Warn);
-        let aof = server("aof_enabled:1\n", &[("appendfsync", "everysec"), ("save", "")]);
+        let aof = server(
+            "aof_enabled:1\n",
+            &[("appendfsync", "everysec"), ("save", "")],
+        );
         assert_eq!(check(&aof, &[queue()]).status, Status::Ok);
         let lazy = server("aof_enabled:1\n", &[("appendfsync", "no")]);
         assert_eq!(check(&lazy, &[queue()]).status, Status::Warn);

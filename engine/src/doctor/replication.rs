@@ -35,7 +35,13 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
         .iter()
         .map(|r| {
             let get = |k: &str| r.get(k).map(String::as_str).unwrap_or("?");
-            format!("{}:{} {} lag {}s", get("ip"), get("port"), get("state"), get("lag"))
+            format!(
+                "{}:{} {} lag {}s",
+                get("ip"),
+                get("port"),
+                get("state"),
+                get("lag")
+            )
         })
         .collect();
     let evidence = if replicas.is_empty() {
@@ -52,7 +58,9 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
                  answer 503 not-replicated",
                 wanting.join(", ")
             ),
-            format!("attach {wanted} replica(s) (replicaof <this host> <port>) and check they are online"),
+            format!(
+                "attach {wanted} replica(s) (replicaof <this host> <port>) and check they are online"
+            ),
         );
     }
     let behind: Vec<&String> = replicas
@@ -60,7 +68,10 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
         .zip(&listed)
         .filter(|(r, _)| {
             r.get("state").map(String::as_str) != Some("online")
-                || r.get("lag").and_then(|l| l.parse::<u64>().ok()).unwrap_or(0) > LAG_WARN_S
+                || r.get("lag")
+                    .and_then(|l| l.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    > LAG_WARN_S
         })
         .map(|(_, l)| l)
         .collect();
@@ -70,7 +81,11 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
             TITLE,
             format!(
                 "{evidence}; not in sync: {} (a failover to it would lose the writes it lacks)",
-                behind.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                behind
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             "check the replica's link and load (INFO replication on the replica; a full resync \
              after a broken link needs repl-backlog-size large enough)",
@@ -120,13 +135,11 @@ mod tests {
             "role:master\nconnected_slaves:1\nslave0:ip=127.0.0.1,port=7001,state=online,offset=5,lag=0\n",
         );
         assert_eq!(check(&one, &[lock(1)]).status, Status::Ok);
-        let lagging = server(
-            "role:master\nslave0:ip=127.0.0.1,port=7001,state=online,offset=5,lag=30\n",
-        );
+        let lagging =
+            server("role:master\nslave0:ip=127.0.0.1,port=7001,state=online,offset=5,lag=30\n");
         assert_eq!(check(&lagging, &[]).status, Status::Warn);
-        let syncing = server(
-            "role:master\nslave0:ip=127.0.0.1,port=7001,state=wait_bgsave,offset=0,lag=0\n",
-        );
+        let syncing =
+            server("role:master\nslave0:ip=127.0.0.1,port=7001,state=wait_bgsave,offset=0,lag=0\n");
         assert_eq!(check(&syncing, &[lock(1)]).status, Status::Fail);
         assert_eq!(check(&server("role:slave\n"), &[]).status, Status::Warn);
     }

@@ -59,7 +59,12 @@ impl Check {
         }
     }
 
-    pub fn warn(id: &str, title: &str, evidence: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn warn(
+        id: &str,
+        title: &str,
+        evidence: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             status: Status::Warn,
             fix: Some(fix.into()),
@@ -67,7 +72,12 @@ impl Check {
         }
     }
 
-    pub fn fail(id: &str, title: &str, evidence: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn fail(
+        id: &str,
+        title: &str,
+        evidence: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
             status: Status::Fail,
             fix: Some(fix.into()),
@@ -164,7 +174,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(target: String, checks: Vec<Check>, rules: Vec<RuleKeys>, redis: RedisSummary) -> Self {
+    pub fn new(
+        target: String,
+        checks: Vec<Check>,
+        rules: Vec<RuleKeys>,
+        redis: RedisSummary,
+    ) -> Self {
         let status = checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok);
         Self {
             status,

@@ -26,7 +26,11 @@ fn ours<'a>(
         if !matches!(cmd.as_deref(), Some("EVALSHA" | "EVALSHA_RO")) {
             continue;
         }
-        let Some(u) = e.args.get(1).and_then(|sha| scripts.get(&sha.to_ascii_lowercase())) else {
+        let Some(u) = e
+            .args
+            .get(1)
+            .and_then(|sha| scripts.get(&sha.to_ascii_lowercase()))
+        else {
             continue;
         };
         let slot = by.entry(&u.name).or_insert((0, 0, &u.rules));
@@ -51,7 +55,11 @@ pub fn checks(s: &Server, scripts: &HashMap<String, ScriptUse>) -> Vec<Check> {
     let named: Vec<String> = ours
         .iter()
         .map(|(name, (n, max, rules))| {
-            format!("{name} ×{n}, longest {} (rules {})", ms(*max), rules.join(", "))
+            format!(
+                "{name} ×{n}, longest {} (rules {})",
+                ms(*max),
+                rules.join(", ")
+            )
         })
         .collect();
     let base = format!(
@@ -148,13 +156,19 @@ mod tests {
         ];
         let c = checks(&s, &scripts);
         assert_eq!(c[0].status, Status::Warn);
-        assert!(c[0].evidence.contains("lock.acquire ×2, longest 60.0 ms (rules a/l)"), "{}", c[0].evidence);
+        assert!(
+            c[0].evidence
+                .contains("lock.acquire ×2, longest 60.0 ms (rules a/l)"),
+            "{}",
+            c[0].evidence
+        );
         assert!(c[0].evidence.contains("4 entries"));
         // 60 ms against 100 ms: within a factor of 2.
         assert_eq!(c[1].status, Status::Warn);
         s.config.insert("busy-reply-threshold".into(), "50".into());
         assert_eq!(checks(&s, &scripts)[1].status, Status::Fail);
-        s.config.insert("busy-reply-threshold".into(), "5000".into());
+        s.config
+            .insert("busy-reply-threshold".into(), "5000".into());
         assert_eq!(checks(&s, &scripts)[1].status, Status::Ok);
         // Before 7.0 the setting is lua-time-limit.
         s.config.clear();

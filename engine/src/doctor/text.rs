@@ -52,9 +52,17 @@ pub fn render(r: &Report) -> String {
             let _ = write!(head, " @{node}");
         }
         let _ = writeln!(out, "{head}  ({})", c.id);
-        let _ = writeln!(out, "      seen: {}", wrap(&c.evidence, WIDTH - INDENT.len(), INDENT));
+        let _ = writeln!(
+            out,
+            "      seen: {}",
+            wrap(&c.evidence, WIDTH - INDENT.len(), INDENT)
+        );
         if let Some(fix) = &c.fix {
-            let _ = writeln!(out, "      fix:  {}", wrap(fix, WIDTH - INDENT.len(), INDENT));
+            let _ = writeln!(
+                out,
+                "      fix:  {}",
+                wrap(fix, WIDTH - INDENT.len(), INDENT)
+            );
         }
     }
     if !r.rules.is_empty() {
@@ -101,9 +109,15 @@ mod tests {
             "redis://127.0.0.1:6390/".into(),
             vec![
                 Check::ok("maxmemory", "maxmemory is set", "maxmemory 64.0 MiB"),
-                Check::fail("eviction", "Eviction policy", "allkeys-lru with locks", "noeviction")
-                    .on_node(Some("127.0.0.1:7000")),
-                Check::warn("keys-without-ttl", "Keys without a TTL", "one", "expire it").for_rule("a/l"),
+                Check::fail(
+                    "eviction",
+                    "Eviction policy",
+                    "allkeys-lru with locks",
+                    "noeviction",
+                )
+                .on_node(Some("127.0.0.1:7000")),
+                Check::warn("keys-without-ttl", "Keys without a TTL", "one", "expire it")
+                    .for_rule("a/l"),
             ],
             vec![RuleKeys {
                 rule: "a/l".into(),
@@ -132,8 +146,14 @@ mod tests {
             },
         );
         let t = render(&r);
-        assert!(t.contains("ok    maxmemory is set  (maxmemory)\n      seen: maxmemory 64.0 MiB\n"), "{t}");
-        assert!(t.contains("FAIL  Eviction policy @127.0.0.1:7000  (eviction)"), "{t}");
+        assert!(
+            t.contains("ok    maxmemory is set  (maxmemory)\n      seen: maxmemory 64.0 MiB\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("FAIL  Eviction policy @127.0.0.1:7000  (eviction)"),
+            "{t}"
+        );
         assert!(t.contains("      fix:  noeviction\n"), "{t}");
         assert!(t.contains("WARN  Keys without a TTL [a/l]"), "{t}");
         assert!(t.contains("a/l (lock, keep): ~10 keys, ~2.0 KiB; biggest a:lock:l:{x}:h 100 B; without TTL: a:lock:l:{x}:p"), "{t}");

@@ -57,7 +57,8 @@ const fn feature(name: &'static str, major: u32, minor: u32) -> Feature {
 
 /// Every script reads `TIME` and then writes, which Redis replicates only with script effects
 /// replication: the default since 5.0 (the only mode since 7.0). Every rule uses it.
-pub const SCRIPT_EFFECTS: Feature = feature("scripts that write after TIME (effects replication)", 5, 0);
+pub const SCRIPT_EFFECTS: Feature =
+    feature("scripts that write after TIME (effects replication)", 5, 0);
 /// The engine's connections to each cluster primary speak RESP3 (`HELLO 3`).
 pub const RESP3: Feature = feature("RESP3 (HELLO 3) connections per cluster primary", 6, 0);
 
@@ -91,7 +92,9 @@ impl Usage {
                 eviction.push(Eviction::Evictable);
                 if c.write == WriteMode::Behind {
                     eviction.push(Eviction::KeepNoTtl);
-                    durable = Some("write-behind journal: writes acknowledged with 202 wait there for the origin");
+                    durable = Some(
+                        "write-behind journal: writes acknowledged with 202 wait there for the origin",
+                    );
                     features.push(feature("XPENDING … IDLE (write-behind journal)", 6, 2));
                 }
                 if c.near_cache.is_some() {
@@ -141,7 +144,11 @@ impl Usage {
 
     /// The most protective of its kinds, for the report's `eviction` field.
     pub fn strictest(&self) -> Eviction {
-        self.eviction.iter().copied().max().unwrap_or(Eviction::NoKeys)
+        self.eviction
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(Eviction::NoKeys)
     }
 
     pub fn has(&self, e: Eviction) -> bool {
@@ -176,14 +183,27 @@ mod tests {
         let by = |r: &str| u.iter().find(|x| x.rule == r).expect(r);
         assert_eq!(by("a/rl").strictest(), Eviction::Tolerant);
         assert_eq!(by("a/c").strictest(), Eviction::Evictable);
-        assert_eq!(by("a/wb").eviction, [Eviction::Evictable, Eviction::KeepNoTtl]);
+        assert_eq!(
+            by("a/wb").eviction,
+            [Eviction::Evictable, Eviction::KeepNoTtl]
+        );
         assert!(by("a/wb").durable.is_some() && by("a/q").durable.is_some());
         assert_eq!(by("a/s").strictest(), Eviction::Keep);
         assert_eq!(by("a/l").replicas, 1);
         assert_eq!(by("a/st").strictest(), Eviction::KeepNoTtl);
-        assert!(by("a/st").features.iter().any(|f| f.name.starts_with("XTRIM MINID")));
+        assert!(
+            by("a/st")
+                .features
+                .iter()
+                .any(|f| f.name.starts_with("XTRIM MINID"))
+        );
         assert_eq!(by("a/p").strictest(), Eviction::NoKeys);
-        assert!(by("a/p").features.iter().any(|f| f.since == Version(7, 0, 0)));
+        assert!(
+            by("a/p")
+                .features
+                .iter()
+                .any(|f| f.since == Version(7, 0, 0))
+        );
         // Standalone pub/sub publishes with PUBLISH, which every version has.
         let one = usages("app: a\nrules:\n  p: { pubsub: {} }\n", false);
         assert!(one[0].features.iter().all(|f| f.since < Version(6, 0, 0)));

@@ -40,7 +40,10 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
         return Check::warn(
             "version",
             TITLE,
-            format!("redis_version {text:?} cannot be read; features in use: {}", listed.join("; ")),
+            format!(
+                "redis_version {text:?} cannot be read; features in use: {}",
+                listed.join("; ")
+            ),
             "check the server is Redis (or a compatible server reporting redis_version)",
         );
     };
@@ -55,7 +58,10 @@ pub fn check(s: &Server, usages: &[Usage]) -> Check {
             "version",
             TITLE,
             format!("Redis {have}: {}", missing.join("; ")),
-            format!("upgrade Redis to {}.{} or later, or remove the rules named", need.0, need.1),
+            format!(
+                "upgrade Redis to {}.{} or later, or remove the rules named",
+                need.0, need.1
+            ),
         );
     }
     let evidence = if listed.is_empty() {
@@ -100,7 +106,10 @@ pub fn modules(s: &Server, usages: &[Usage]) -> Check {
         let needed = if need.is_empty() {
             "; no rule needs one".to_owned()
         } else {
-            format!("; needed: {}", need.keys().copied().collect::<Vec<_>>().join(", "))
+            format!(
+                "; needed: {}",
+                need.keys().copied().collect::<Vec<_>>().join(", ")
+            )
         };
         return Check::ok("modules", TITLE, format!("{loaded_text}{needed}"));
     }
@@ -165,16 +174,34 @@ mod tests {
         let both = [stream.clone(), sharded];
         let c = check(&server("6.0.20"), &both);
         assert_eq!(c.status, Status::Fail);
-        assert!(c.evidence.contains("XAUTOCLAIM (stream consumer groups) needs 6.2 (a/orders)"), "{}", c.evidence);
+        assert!(
+            c.evidence
+                .contains("XAUTOCLAIM (stream consumer groups) needs 6.2 (a/orders)"),
+            "{}",
+            c.evidence
+        );
         assert!(c.evidence.contains("SPUBLISH"));
-        assert!(c.fix.as_deref().unwrap_or_default().contains("7.0 or later"));
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap_or_default()
+                .contains("7.0 or later")
+        );
         let c = check(&server("6.2.14"), &both);
         assert_eq!(c.status, Status::Fail);
         assert!(!c.evidence.contains("XAUTOCLAIM"), "{}", c.evidence);
         assert_eq!(check(&server("7.0.15"), &both).status, Status::Ok);
-        assert_eq!(check(&server("4.0.14"), &[stream.clone()]).status, Status::Fail);
+        assert_eq!(
+            check(&server("4.0.14"), &[stream.clone()]).status,
+            Status::Fail
+        );
         let ok = check(&server("7.0.15"), &[stream]);
-        assert!(ok.evidence.contains("XAUTOCLAIM (stream consumer groups) ≥ 6.2 (a/orders)"), "{}", ok.evidence);
+        assert!(
+            ok.evidence
+                .contains("XAUTOCLAIM (stream consumer groups) ≥ 6.2 (a/orders)"),
+            "{}",
+            ok.evidence
+        );
         assert_eq!(check(&server("not-a-version"), &[]).status, Status::Warn);
     }
 

@@ -69,7 +69,8 @@ pub async fn nodes(target: &RedisTarget, timeout: Duration) -> Result<Vec<Node>,
             for (host, port) in target.seeds() {
                 let primaries = async {
                     let client = target.node_client(Some((host, *port)), ProtocolVersion::RESP2)?;
-                    let mut seed = Node::connect(format!("{host}:{port}"), &client, timeout).await?;
+                    let mut seed =
+                        Node::connect(format!("{host}:{port}"), &client, timeout).await?;
                     let reply: Value = seed.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
                     let mut primaries: Vec<(String, u16)> = super::route::slot_ranges(&reply, host)
                         .into_iter()
@@ -129,7 +130,9 @@ impl Node {
     /// `CONFIG GET name`: None when the server has no such parameter. An error when CONFIG is
     /// refused (renamed or denied by ACL, as on some managed services).
     pub async fn config(&mut self, name: &str) -> Result<Option<String>, StoreError> {
-        let pairs: Vec<String> = self.query(redis::cmd("CONFIG").arg("GET").arg(name)).await?;
+        let pairs: Vec<String> = self
+            .query(redis::cmd("CONFIG").arg("GET").arg(name))
+            .await?;
         Ok(pairs
             .chunks(2)
             .find(|p| p.first().is_some_and(|n| n.eq_ignore_ascii_case(name)))
@@ -186,7 +189,10 @@ impl Node {
                     _ => return None,
                 };
                 let name = fields.iter().find(|(k, _)| k == "name")?.1;
-                let ver = fields.iter().find(|(k, _)| k == "ver").and_then(|v| int(v.1));
+                let ver = fields
+                    .iter()
+                    .find(|(k, _)| k == "ver")
+                    .and_then(|v| int(v.1));
                 Some((text(name)?, ver.unwrap_or(0)))
             })
             .collect())
@@ -227,9 +233,10 @@ impl Node {
             pipe.cmd("PTTL").arg(k);
             pipe.cmd("MEMORY").arg("USAGE").arg(k);
         }
-        let reply: Vec<Value> = tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))??;
+        let reply: Vec<Value> =
+            tokio::time::timeout(self.timeout, pipe.query_async(&mut self.conn))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))??;
         Ok(keys
             .iter()
             .zip(reply.chunks(3))
