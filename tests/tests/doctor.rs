@@ -487,7 +487,7 @@ fn the_cli_exits_2_when_it_cannot_run() -> Result<()> {
         "doctor",
         "--redis",
         "redis://127.0.0.1:1/",
-        &policies.display().to_string(),
+        &policies.path().display().to_string(),
     ])?;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
@@ -499,7 +499,7 @@ fn the_cli_exits_2_when_it_cannot_run() -> Result<()> {
         "doctor",
         "--redis",
         "redis://127.0.0.1:1/",
-        &bad.display().to_string(),
+        &bad.path().display().to_string(),
     ])?;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let help = run_cli(&["doctor", "--help"])?;
