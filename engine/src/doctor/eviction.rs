@@ -60,15 +60,6 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
                     (or allkeys-lfu), and keep this one at noeviction";
     if policy.starts_with("allkeys-") {
         if keep || keep_no_ttl {
-            let lost = [
-                (keep, names(usages, Eviction::Keep)),
-                (keep_no_ttl, names(usages, Eviction::KeepNoTtl)),
-            ]
-            .into_iter()
-            .filter(|(has, _)| *has)
-            .map(|(_, n)| n)
-            .collect::<Vec<_>>()
-            .join(", ");
             let fix = if caches {
                 format!(
                     "{separate} (CONFIG SET maxmemory-policy noeviction here, and in redis.conf)"
@@ -80,9 +71,9 @@ pub fn check(policy: &str, maxmemory: u64, usages: &[Usage]) -> Check {
                 ID,
                 TITLE,
                 format!(
-                    "{evidence}. Under {policy} Redis evicts any key when memory is full, so it \
-                     silently drops keys of {lost}: a lock held twice, a session ended, a job or \
-                     a write lost"
+                    "{evidence}. Under {policy} Redis evicts any key when memory is full, so the \
+                     keys that must be kept are dropped silently: a lock held twice, a session \
+                     ended, a job, an entry or a journaled write lost"
                 ),
                 fix,
             );

@@ -7,16 +7,17 @@ use std::fmt::Write as _;
 use super::info::bytes;
 use super::report::{Report, Status};
 
-/// Wraps `text` at `width` columns, each line after the first indented by `indent`.
+/// Wraps `text`, which starts after `indent` (a label as wide), at `width` columns, each
+/// line after the first indented by `indent`.
 fn wrap(text: &str, width: usize, indent: &str) -> String {
     let mut out = String::new();
-    let mut line = 0;
+    let mut line = indent.len();
     for word in text.split_whitespace() {
-        if line > 0 && line + 1 + word.chars().count() > width {
+        if line > indent.len() && line + 1 + word.chars().count() > width {
             out.push('\n');
             out.push_str(indent);
             line = indent.len();
-        } else if line > 0 {
+        } else if line > indent.len() {
             out.push(' ');
             line += 1;
         }
@@ -52,17 +53,9 @@ pub fn render(r: &Report) -> String {
             let _ = write!(head, " @{node}");
         }
         let _ = writeln!(out, "{head}  ({})", c.id);
-        let _ = writeln!(
-            out,
-            "      seen: {}",
-            wrap(&c.evidence, WIDTH - INDENT.len(), INDENT)
-        );
+        let _ = writeln!(out, "      seen: {}", wrap(&c.evidence, WIDTH, INDENT));
         if let Some(fix) = &c.fix {
-            let _ = writeln!(
-                out,
-                "      fix:  {}",
-                wrap(fix, WIDTH - INDENT.len(), INDENT)
-            );
+            let _ = writeln!(out, "      fix:  {}", wrap(fix, WIDTH, INDENT));
         }
     }
     if !r.rules.is_empty() {
@@ -158,6 +151,6 @@ mod tests {
         assert!(t.contains("WARN  Keys without a TTL [a/l]"), "{t}");
         assert!(t.contains("a/l (lock, keep): ~10 keys, ~2.0 KiB; biggest a:lock:l:{x}:h 100 B; without TTL: a:lock:l:{x}:p"), "{t}");
         assert!(t.ends_with("fail: 1 ok, 1 warn, 1 fail\n"), "{t}");
-        assert_eq!(wrap("aa bb cc", 5, "  "), "aa bb\n  cc");
+        assert_eq!(wrap("aa bb cc", 7, "  "), "aa bb\n  cc");
     }
 }
