@@ -249,7 +249,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { paths, plugins } => return check(&sources(paths, plugins)),
         Command::Compile { paths, plugins } => return compile_cmd(&sources(paths, plugins)),
-        Command::Doctor(args) => return doctor(args),
+        Command::Doctor(args) => return doctor(&args),
         Command::Schema => {
             return emit(|out| {
                 let schema =
@@ -389,7 +389,7 @@ fn check(src: &Sources) -> ExitCode {
 }
 
 /// `patternd doctor`: exit 0 (no check failed), 1 (a check failed), 2 (could not run).
-fn doctor(args: Box<DoctorArgs>) -> ExitCode {
+fn doctor(args: &DoctorArgs) -> ExitCode {
     let src = sources(args.policies.clone(), args.plugins.clone());
     let snap = match Snapshot::build(&src) {
         Ok(s) => s,

@@ -192,7 +192,7 @@ mod tests {
         assert!(!c.evidence.contains("XAUTOCLAIM"), "{}", c.evidence);
         assert_eq!(check(&server("7.0.15"), &both).status, Status::Ok);
         assert_eq!(
-            check(&server("4.0.14"), &[stream.clone()]).status,
+            check(&server("4.0.14"), std::slice::from_ref(&stream)).status,
             Status::Fail
         );
         let ok = check(&server("7.0.15"), &[stream]);
