@@ -4,7 +4,8 @@
 //! Only Redis 7.0.15 can be installed here, so "an old version" is not run end to end: the
 //! version check is unit-tested on the INFO text of older servers (`doctor/version.rs`).
 
-use std::process::Output;
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context as _, Result, ensure};
 use patternd_e2e::{Backend, RedisServer, World, policy_dir, run_cli};
@@ -66,6 +67,46 @@ fn rule<'a>(report: &'a Value, name: &str) -> Result<&'a Value> {
         .flatten()
         .find(|r| r["rule"] == name)
         .with_context(|| format!("no rule `{name}` in {report:#}"))
+}
+
+/// Validates `body` against the OpenAPI document's `Report` schema with Python's `jsonschema`
+/// (JSON Schema 2020-12, the dialect of OpenAPI 3.1; installed with openapi-spec-validator,
+/// which `standards.rs` needs too).
+fn assert_matches_report_schema(doc: &Value, body: &Value) -> Result<()> {
+    let probe = Command::new("python3")
+        .args(["-c", "import jsonschema"])
+        .output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "the Python module `jsonschema` is needed to check the report against /openapi.json; \
+         install it with `python3 -m pip install openapi-spec-validator` (.ci/run does)"
+    );
+    let script = "import json, sys\n\
+        from jsonschema import Draft202012Validator\n\
+        d = json.load(sys.stdin)\n\
+        schema = {'$ref': '#/components/schemas/Report', 'components': d['doc']['components']}\n\
+        errors = list(Draft202012Validator(schema).iter_errors(d['body']))\n\
+        for e in errors: print(list(e.absolute_path), e.message)\n\
+        sys.exit(1 if errors else 0)";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("python3 stdin")?
+        .write_all(json!({ "doc": doc, "body": body }).to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "the report does not match its OpenAPI schema:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 async fn config_set(redis: &RedisServer, pairs: &[(&str, &str)]) -> Result<()> {
@@ -477,6 +518,7 @@ async fn admin_doctor_needs_the_token_and_has_the_documented_shape() -> Result<(
         doc.json["paths"]
     );
     assert!(doc.json["components"]["schemas"]["Report"].is_object());
+    assert_matches_report_schema(&doc.json, j)?;
     Ok(())
 }
 
