@@ -550,6 +550,31 @@ fn the_cli_exits_2_when_it_cannot_run() -> Result<()> {
     Ok(())
 }
 
+/// `patternd check` names the seed guide's anti-patterns, each with its reason, and still
+/// succeeds (they are warnings).
+#[test]
+fn check_warns_about_anti_patterns() -> Result<()> {
+    let policies = policy_dir(&[(
+        "lint.yaml",
+        "app: lint\nrules:\n  fast: { lock: { ttl: 200ms } }\n  \
+         forever: { session: { idle_ttl: 1h, absolute_ttl: 90d } }\n  fine: { lock: { ttl: 30s } }\n",
+    )])?;
+    let out = run_cli(&["check", &policies.path().display().to_string()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("lint.yaml:3:17: warning: rule `fast`: `ttl` 200 ms is shorter than a pause"),
+        "{err}"
+    );
+    assert!(err.contains("rule `forever`: `absolute_ttl` is over 30 days (anti-pattern: sessions without an absolute timeout)"), "{err}");
+    assert!(!err.contains("`fine`"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 warning(s)"),
+        "{out:?}"
+    );
+    Ok(())
+}
+
 /// On a cluster every server check runs on every primary, each named.
 #[test]
 fn every_primary_is_checked() -> Result<()> {
