@@ -3,9 +3,11 @@
 //! Data flow: `policy` (YAML → validated IR) → `compile` (IR → Lua scripts and key layouts)
 //! → `snapshot` (compiled rules ready to serve) → `runtime` (the current snapshot, reload)
 //! → `http` (axum handlers) → `patterns` (one script call per request) → `store` (Redis).
+//! `doctor` checks a live Redis against the rules in use (`patternd doctor`, `/admin/doctor`).
 //! See ARCHITECTURE.md for the invariants.
 
 pub mod compile;
+pub mod doctor;
 pub mod http;
 pub mod metrics;
 pub mod patterns;

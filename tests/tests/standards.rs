@@ -374,7 +374,7 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
             Probe::new("get", "/v1/pubsub/std/notify/news").event_stream()
         }
         ("get", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Probe::new("get", path),
-        ("get", "/admin/policies") | ("post", "/admin/reload") => {
+        ("get", "/admin/policies" | "/admin/doctor") | ("post", "/admin/reload") => {
             Probe::new(if method == "get" { "get" } else { "post" }, path)
                 .header("authorization", &bearer)
         }

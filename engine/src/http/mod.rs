@@ -12,6 +12,7 @@
 
 mod admin;
 mod cache;
+mod doctor;
 mod extract;
 pub mod forwarded;
 mod health;
@@ -64,6 +65,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(pubsub::routes())
         .merge(health::routes())
         .merge(admin::routes())
+        .merge(doctor::routes())
         .merge(openapi::routes())
 }
 
