@@ -2,7 +2,8 @@
 //!
 //! Data flow: `policy` (YAML → validated IR) → `compile` (IR → Lua scripts and key layouts)
 //! → `snapshot` (compiled rules ready to serve) → `runtime` (the current snapshot, reload)
-//! → `http` (axum handlers) → `patterns` (one script call per request) → `store` (Redis).
+//! → `http` (axum handlers) → `patterns` (one script call per request) → `store` (Redis);
+//! `sampler` keeps the last minutes of the metrics for the dashboard.
 //! See ARCHITECTURE.md for the invariants.
 
 pub mod compile;
@@ -12,6 +13,7 @@ pub mod patterns;
 pub mod plugin;
 pub mod policy;
 pub mod runtime;
+pub mod sampler;
 pub mod snapshot;
 pub mod store;
 

@@ -16,6 +16,7 @@ pub mod origin;
 pub mod raw;
 pub mod sse;
 pub mod tls;
+pub mod webdriver;
 
 use std::fs::File;
 use std::net::TcpListener;
