@@ -125,6 +125,14 @@
       note: (s) => fmt(all(rate(s, 'patternd_cache_requests_total'))) + ' reads/s',
     },
     {
+      id: 'reads', title: 'Cache reads', unit: '/s',
+      series: [
+        ['hit', (s) => sum(rate(s, 'patternd_cache_requests_total'), ['hit', 'stale'])],
+        ['miss', (s) => sum(rate(s, 'patternd_cache_requests_total'), ['miss', 'refresh', 'collapsed', 'negative'])],
+        ['error', (s) => sum(rate(s, 'patternd_cache_requests_total'), ['error', 'redis_error', 'redis_origin'])],
+      ],
+    },
+    {
       id: 'origin', title: 'Origin latency', unit: 'ms',
       series: [
         ['p50', (s) => (s.latency.patternd_cache_origin_seconds || {}).p50_ms ?? null],
@@ -180,7 +188,7 @@
       c.series.forEach(([name], i) => {
         legend.append(el('span', { class: 'key s' + i, 'data-series': name }, name + ' ', el('b', {}, '–')));
       });
-      const chart = svg('svg', { viewBox: '0 0 300 104', class: 'chart' });
+      const chart = svg('svg', { viewBox: '0 0 300 112', class: 'chart' });
       c.node = el('div', { class: 'card', 'data-chart': c.id, 'data-points': '0', 'data-sums': '{}' },
         el('h3', {}, c.title + ' ', el('span', { class: 'muted' }, c.unit)),
         chart, legend, el('div', { class: 'note muted' }));
@@ -206,6 +214,12 @@
         g.push(svg('line', { x1: 0, x2: W, y1: y, y2: y, class: 'grid' }));
         const label = svg('text', { x: 2, y: f === 0 ? y - 2 : y + 9, class: 'axis' });
         label.textContent = fmt(top * f);
+        g.push(label);
+      }
+      const minutes = Math.round(span / 60000);
+      for (const [x, anchor, text] of [[0, 'start', '−' + minutes + ' min'], [W, 'end', 'now']]) {
+        const label = svg('text', { x, y: H + 10, 'text-anchor': anchor, class: 'axis' });
+        label.textContent = text;
         g.push(label);
       }
       const sums = {};
@@ -313,36 +327,38 @@
       .map(([k, t]) => k + '=' + t).join(' ');
   }
 
+  // One table for every app (an app is a heading row), so the columns line up; each rule's
+  // settings are whatever /admin/policies says of it, so a new pattern needs no change here.
   function renderPolicies(p) {
     state.policies = p;
     $('loaded-at').textContent = 'loaded ' + p.loaded_at;
     $('warnings').replaceChildren(...(p.warnings || []).map((w) => el('p', { class: 'warn' }, w)));
-    const blocks = [];
+    const rows = [];
     for (const app of p.apps) {
-      const rows = app.rules.map((r) => {
+      rows.push(el('tr', { class: 'app', 'data-app': app.app },
+        el('th', { colSpan: 4 }, app.app, el('span', { class: 'muted' }, ' · ' + app.rules.length + (app.rules.length === 1 ? ' rule' : ' rules')))));
+      for (const r of app.rules) {
         const settings = el('dl', { class: 'settings' });
         for (const [k, v] of Object.entries(r)) {
           if (NOT_SETTINGS.has(k)) continue;
           const t = settingText(k, v);
           if (t === null) continue;
-          settings.append(el('dt', {}, k.replace(/_ms$/, '')), el('dd', {}, t));
+          settings.append(el('div', {}, el('dt', {}, k.replace(/_ms$/, '')), el('dd', {}, t)));
         }
         const name = el('td', { title: r.source || '' }, el('b', {}, r.rule));
         if (r.description) name.append(el('div', { class: 'muted' }, r.description));
-        return el('tr', { 'data-rule': app.app + '/' + r.rule, 'data-kind': r.kind },
+        rows.push(el('tr', { 'data-rule': app.app + '/' + r.rule, 'data-kind': r.kind },
           name,
           el('td', {}, el('span', { class: 'pill kind' }, r.kind)),
           el('td', { class: 'num activity' }, '–'),
-          el('td', {}, settings));
-      });
-      blocks.push(el('h3', { 'data-app': app.app }, app.app),
-        el('table', { class: 'rules' },
-          el('thead', {}, el('tr', {}, el('th', {}, 'rule'), el('th', {}, 'pattern'),
-            el('th', {}, 'events/s'), el('th', {}, 'settings'))),
-          el('tbody', {}, ...rows)));
+          el('td', {}, settings)));
+      }
     }
-    if (!blocks.length) blocks.push(el('p', { class: 'muted' }, 'No rules loaded.'));
-    $('rules').replaceChildren(...blocks);
+    const table = el('table', { class: 'rules' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'rule'), el('th', {}, 'pattern'),
+        el('th', { class: 'num' }, 'events/s'), el('th', {}, 'settings'))),
+      el('tbody', {}, ...rows));
+    $('rules').replaceChildren(rows.length ? table : el('p', { class: 'muted' }, 'No rules loaded.'));
     renderActivity();
   }
 

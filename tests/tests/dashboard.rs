@@ -24,7 +24,10 @@ rules:
     rate_limit: { algorithm: fixed_window, limit: 5, window: 1h }
   product:
     description: Product pages
-    cache: { origin: ORIGIN, ttl: 1h, origin_timeout: 10s }
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
   order:
     lock: { ttl: 30s, max_wait: 10s }
 ";
@@ -193,8 +196,9 @@ async fn the_dashboard_shows_rules_and_moving_charts_in_a_real_browser() -> Resu
     assert_eq!(find("jobs/emails").1, "queue");
 
     // The doctor: its findings when the engine has one, else says it is unavailable.
+    let bearer = format!("Bearer {TOKEN}");
     let doctor = p
-        .get_with("/admin/doctor", &[("authorization", &format!("Bearer {TOKEN}"))])
+        .get_with("/admin/doctor", &[("authorization", bearer.as_str())])
         .await?;
     let state = wait_for(
         &s,

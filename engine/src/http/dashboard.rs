@@ -108,6 +108,7 @@ async fn samples(
         })?),
     };
     let samples = state.samples.after(after);
+    let samples: Vec<&sampler::Sample> = samples.iter().map(|s| &**s).collect();
     Ok(axum::Json(json!({
         "interval_ms": u64::try_from(sampler::SAMPLE_EVERY.as_millis()).unwrap_or(u64::MAX),
         "capacity": sampler::CAPACITY,
