@@ -560,7 +560,11 @@ not_ours_total 9
             match m.kind {
                 Kind::Histogram => {
                     for suffix in ["_bucket", "_sum", "_count"] {
-                        assert!(f.find(&format!("{}{suffix}", m.name)).is_some(), "{}", m.name);
+                        assert!(
+                            f.find(&format!("{}{suffix}", m.name)).is_some(),
+                            "{}",
+                            m.name
+                        );
                     }
                     assert!(f.find(m.name).is_none());
                 }

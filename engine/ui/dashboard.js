@@ -197,11 +197,13 @@
     }
   }
 
-  // x: the ring's whole span ending at the newest sample; y: 0 to a round maximum.
+  // x: the history there is (at least a minute, at most the ring's span) ending at the newest
+  // sample; y: 0 to a round maximum.
   function drawCharts() {
     const samples = state.samples;
-    const span = state.capacity * state.intervalMs;
     const end = samples.length ? samples[samples.length - 1].t_ms : Date.now();
+    const had = samples.length ? end - samples[0].t_ms + state.intervalMs : 0;
+    const span = Math.min(state.capacity * state.intervalMs, Math.max(60000, Math.ceil(had / 60000) * 60000));
     const W = 300, H = 100, TOP = 4;
     for (const c of CHARTS) {
       const values = c.series.map(([, f]) => samples.map((s) => ({ t: s.t_ms, v: f(s) })));
@@ -227,6 +229,7 @@
         let d = '';
         let pen = false;
         let total = 0;
+        let lastPoint = null;
         for (const p of pts) {
           if (p.v === null) { pen = false; continue; }
           total += p.v;
@@ -234,9 +237,12 @@
           const y = TOP + (H - TOP) * (1 - Math.min(p.v, top) / top);
           d += (pen ? 'L' : 'M') + x.toFixed(1) + ' ' + y.toFixed(1);
           pen = true;
+          lastPoint = [x, y];
         }
         sums[c.series[i][0]] = total;
         if (d) g.push(svg('path', { d, class: 'line s' + i }));
+        // The newest value as a dot: a lone point (a ratio after one sample) shows too.
+        if (lastPoint) g.push(svg('circle', { cx: lastPoint[0].toFixed(1), cy: lastPoint[1].toFixed(1), r: 1.8, class: 'dot s' + i }));
       });
       c.svg.replaceChildren(...g);
       c.node.dataset.points = String(samples.length);

@@ -58,10 +58,12 @@ impl Driver {
     /// Starts chromedriver on a free loopback port and waits until it is ready; fails,
     /// naming the packages, when chromium or chromedriver is not installed.
     pub async fn start() -> Result<Self> {
-        let chromedriver = find_binary(&["chromedriver"])
-            .ok_or_else(|| anyhow!("chromedriver is not installed: the dashboard test needs {PACKAGES}"))?;
-        let chromium = find_binary(&["chromium", "chromium-browser"])
-            .ok_or_else(|| anyhow!("chromium is not installed: the dashboard test needs {PACKAGES}"))?;
+        let chromedriver = find_binary(&["chromedriver"]).ok_or_else(|| {
+            anyhow!("chromedriver is not installed: the dashboard test needs {PACKAGES}")
+        })?;
+        let chromium = find_binary(&["chromium", "chromium-browser"]).ok_or_else(|| {
+            anyhow!("chromium is not installed: the dashboard test needs {PACKAGES}")
+        })?;
         let dir = TempDir::new("chromium")?;
         let log = dir.path().join("chromedriver.log");
         let port = free_port()?;
@@ -87,11 +89,15 @@ impl Driver {
             http,
             open: Mutex::new(Vec::new()),
         };
-        eventually(Duration::from_secs(30), "chromedriver to be ready", || async {
-            let r = driver.http.get(driver.url("/status")).send().await?;
-            let v: Value = r.json().await?;
-            Ok(v["value"]["ready"].as_bool().unwrap_or(false).then_some(()))
-        })
+        eventually(
+            Duration::from_secs(30),
+            "chromedriver to be ready",
+            || async {
+                let r = driver.http.get(driver.url("/status")).send().await?;
+                let v: Value = r.json().await?;
+                Ok(v["value"]["ready"].as_bool().unwrap_or(false).then_some(()))
+            },
+        )
         .await
         .with_context(|| format!("chromedriver log:\n{}", read_lossy(&driver.log)))?;
         Ok(driver)
@@ -129,7 +135,9 @@ impl Driver {
                 ],
             },
         }}});
-        let v = self.send(reqwest::Method::POST, "/session", Some(caps)).await?;
+        let v = self
+            .send(reqwest::Method::POST, "/session", Some(caps))
+            .await?;
         let id = v["sessionId"]
             .as_str()
             .ok_or_else(|| anyhow!("no sessionId in {v}"))?
@@ -141,7 +149,12 @@ impl Driver {
         Ok(Session { driver: self, id })
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self.http.request(method.clone(), self.url(path));
         if let Some(b) = body {
             req = req.json(&b);

@@ -127,7 +127,14 @@ mod tests {
         let html = super::INDEX_HTML;
         assert!(html.contains(r#"<script src="/admin/ui/dashboard.js""#));
         assert!(html.contains(r#"href="/admin/ui/dashboard.css""#));
-        for needle in ["<script>", "<style", "style=", "onclick", "onload", "javascript:"] {
+        for needle in [
+            "<script>",
+            "<style",
+            "style=",
+            "onclick",
+            "onload",
+            "javascript:",
+        ] {
             assert!(!html.contains(needle), "the page has `{needle}`");
         }
         for text in [super::INDEX_HTML, super::DASHBOARD_JS, super::DASHBOARD_CSS] {
