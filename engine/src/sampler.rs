@@ -371,8 +371,11 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     lower.0
 }
 
+/// A series' labels, as (name, value) pairs in the order written.
+type Labels = Vec<(String, String)>;
+
 /// `name{label="value",…} number` (labels optional, values with `\\`, `\"`, `\n` escapes).
-fn parse_line(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<(&str, Labels, f64)> {
     let line = line.trim();
     let name_end = line.find(['{', ' '])?;
     let name = &line[..name_end];
