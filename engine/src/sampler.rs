@@ -110,7 +110,10 @@ pub async fn run(handle: PrometheusHandle, samples: Arc<Samples>) {
     let mut seq = 0;
     loop {
         tick.tick().await;
-        let now = Totals::parse(&families, &handle.render(), Instant::now());
+        // The time of the read is taken before rendering, so a slow render does not stretch
+        // one interval and shrink the next.
+        let at = Instant::now();
+        let now = Totals::parse(&families, &handle.render(), at);
         if let Some(prev) = &prev {
             seq += 1;
             samples.push(now.since(prev, seq, unix_ms()));

@@ -27,6 +27,8 @@
     capacity: 300,
     intervalMs: 1000,
     policies: null,
+    // The doctor's sample of each rule's keys, by `app/rule` (empty without a doctor).
+    ruleKeys: new Map(),
     timers: [],
   };
 
@@ -342,7 +344,7 @@
     const rows = [];
     for (const app of p.apps) {
       rows.push(el('tr', { class: 'app', 'data-app': app.app },
-        el('th', { colSpan: 4 }, app.app, el('span', { class: 'muted' }, ' · ' + app.rules.length + (app.rules.length === 1 ? ' rule' : ' rules')))));
+        el('th', { colSpan: 5 }, app.app, el('span', { class: 'muted' }, ' · ' + app.rules.length + (app.rules.length === 1 ? ' rule' : ' rules')))));
       for (const r of app.rules) {
         const settings = el('dl', { class: 'settings' });
         for (const [k, v] of Object.entries(r)) {
@@ -357,15 +359,32 @@
           name,
           el('td', {}, el('span', { class: 'pill kind' }, r.kind)),
           el('td', { class: 'num activity' }, '–'),
+          el('td', { class: 'num keys' }, '–'),
           el('td', {}, settings)));
       }
     }
     const table = el('table', { class: 'rules' },
       el('thead', {}, el('tr', {}, el('th', {}, 'rule'), el('th', {}, 'pattern'),
-        el('th', { class: 'num' }, 'events/s'), el('th', {}, 'settings'))),
+        el('th', { class: 'num' }, 'events/s'),
+        el('th', { class: 'num', title: 'from the doctor: keys in the namespace, and their memory (sampled)' }, 'keys · memory'),
+        el('th', {}, 'settings'))),
       el('tbody', {}, ...rows));
     $('rules').replaceChildren(rows.length ? table : el('p', { class: 'muted' }, 'No rules loaded.'));
     renderActivity();
+    renderRuleKeys();
+  }
+
+  function renderRuleKeys() {
+    document.querySelectorAll('tr[data-rule]').forEach((tr) => {
+      const k = state.ruleKeys.get(tr.dataset.rule);
+      const cell = tr.querySelector('.keys');
+      if (!k) {
+        cell.textContent = '–';
+        return;
+      }
+      cell.textContent = (k.keys_exact ? '' : '≈') + k.keys + ' · ' + bytes(k.memory_bytes);
+      if (k.no_ttl && k.no_ttl.length) cell.append(el('div', { class: 'error' }, k.no_ttl.length + ' without TTL'));
+    });
   }
 
   // Each rule's events per second over the last 10 samples (every counter of the rule).
@@ -393,6 +412,8 @@
       resp = null;
     }
     if (!resp || resp.status !== 200) {
+      state.ruleKeys = new Map();
+      renderRuleKeys();
       panel.dataset.state = 'unavailable';
       $('doctor-status').textContent = '';
       $('doctor').replaceChildren(el('p', { class: 'muted' },
@@ -409,9 +430,12 @@
     $('doctor').replaceChildren(el('ul', { class: 'checks' }, ...checks.map((c) => el('li', { 'data-check': c.id, 'data-status': c.status },
       el('span', { class: 'pill ' + c.status }, c.status), ' ',
       el('b', {}, c.title), c.rule ? el('span', { class: 'muted' }, ' (' + c.rule + ')') : null,
+      c.node ? el('span', { class: 'muted' }, ' on ' + c.node) : null,
       c.evidence ? el('div', { class: 'evidence' }, String(c.evidence)) : null,
       c.fix ? el('div', { class: 'fix' }, 'Fix: ' + c.fix) : null))));
     renderMemory(d.redis || {});
+    state.ruleKeys = new Map((d.rules || []).map((r) => [r.rule, r]));
+    renderRuleKeys();
   }
 
   function renderMemory(r) {
@@ -435,6 +459,12 @@
       dl.append(el('dt', {}, k), el('dd', {}, /memory|bytes/.test(k) && typeof v === 'number' ? bytes(v) : String(v)));
     }
     parts.push(dl);
+    // A cluster: each primary's and replica's memory.
+    if (Array.isArray(r.nodes) && r.nodes.length > 1) {
+      parts.push(el('ul', { class: 'nodes' }, ...r.nodes.map((n) => el('li', {},
+        el('code', {}, String(n.addr)), ' ' + (n.role || '') + ' ',
+        bytes(Number(n.used_memory)) + (Number(n.maxmemory) > 0 ? ' of ' + bytes(Number(n.maxmemory)) : '')))));
+    }
     $('memory').replaceChildren(...parts);
     $('memory-panel').dataset.usedMemory = String(used);
   }
