@@ -316,6 +316,27 @@ async fn the_dashboard_shows_rules_and_moving_charts_in_a_real_browser() -> Resu
     Ok(())
 }
 
+/// Without `--admin-token`, admin routes answer loopback clients: the page opens without
+/// asking for a token, and offers none to forget.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_the_page_opens_on_loopback() -> Result<()> {
+    let driver = Driver::start().await?;
+    let w = World::start(&[("jobs.yaml", JOBS)], &[]).await?;
+    let s = driver.session(1000, 800).await?;
+    s.goto(&w.patternd.url("/admin/ui")).await?;
+    let rules = wait_for(
+        &s,
+        "the rules, without signing in",
+        "const rows = [...document.querySelectorAll('tr[data-rule]')].map(r => r.dataset.rule);
+         return rows.length ? [rows, document.getElementById('login').hidden,
+           document.getElementById('logout').hidden] : null;",
+    )
+    .await?;
+    assert_eq!(rules, json!([["jobs/emails"], true, true]));
+    s.end().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn samples_are_rates_of_the_engine_s_own_metrics() -> Result<()> {
     let origin = Origin::start().await?;
