@@ -599,10 +599,14 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
         flusher_stop,
     ));
 
+    // The dashboard's history: the registry read once a second into a bounded ring.
+    let samples = Arc::new(patternd::sampler::Samples::default());
+    tokio::spawn(patternd::sampler::run(metrics.clone(), samples.clone()));
     let state = AppState {
         runtime,
         admin_token: args.admin_token.as_deref().map(AdminToken::new),
         metrics: Some(metrics),
+        samples,
     };
     let app = router(state);
     let limits = server::Limits {
