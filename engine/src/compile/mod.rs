@@ -60,9 +60,17 @@
 //! | `stream range` | — | `stream/range.lua` |
 //! | `pubsub publish` | — | `pubsub/publish.lua` |
 //! | `pubsub spublish` | — | `pubsub/spublish.lua` |
+//! | `leaderboard submit` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/submit.lua` |
+//! | `leaderboard rank` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/rank.lua` |
+//! | `leaderboard top` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/top.lua` |
+//! | `leaderboard around` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/around.lua` |
+//! | `leaderboard count` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/count.lua` |
+//! | `leaderboard remove` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/remove.lua` |
+//! | `leaderboard aggregate` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/aggregate.lua` |
 
 pub mod cache;
 pub mod keys;
+pub mod leaderboard;
 pub mod lock;
 pub mod luacheck;
 pub mod ops;
@@ -82,6 +90,7 @@ use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 
 pub use cache::CompiledCache;
 pub use keys::KeySpace;
+pub use leaderboard::CompiledLeaderboard;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use pubsub::CompiledPubSub;
@@ -129,6 +138,7 @@ pub enum CompiledKind {
     Queue(CompiledQueue),
     Stream(CompiledStream),
     PubSub(CompiledPubSub),
+    Leaderboard(CompiledLeaderboard),
 }
 
 impl CompiledRule {
@@ -143,6 +153,7 @@ impl CompiledRule {
             CompiledKind::Queue(q) => q.scripts(),
             CompiledKind::Stream(c) => c.scripts(),
             CompiledKind::PubSub(c) => c.scripts(),
+            CompiledKind::Leaderboard(c) => c.scripts(),
         }
     }
 
@@ -159,6 +170,10 @@ impl CompiledRule {
             },
             CompiledKind::Stream(c) => c.key_layout(&self.keys),
             CompiledKind::PubSub(c) => c.key_layout(&self.keys),
+            CompiledKind::Leaderboard(c) => match &self.rule.kind {
+                RuleKind::Leaderboard(spec) => c.key_layout(&self.keys, spec),
+                _ => Vec::new(),
+            },
             CompiledKind::Ops(op) => op
                 .keys
                 .iter()
@@ -258,6 +273,9 @@ pub fn compile(
                 )
                 .and_then(|()| pubsub::compile(rule, c))
                 .map(CompiledKind::PubSub),
+                RuleKind::Leaderboard(c) => {
+                    leaderboard::compile(rule, c).map(CompiledKind::Leaderboard)
+                }
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

@@ -151,7 +151,7 @@ mod tests {
 
     use super::*;
     use crate::compile::{
-        cache, compile, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
+        cache, compile, leaderboard, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
     };
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
@@ -166,6 +166,7 @@ mod tests {
             queue::RECIPES,
             stream::RECIPES,
             pubsub::RECIPES,
+            leaderboard::RECIPES,
         ]
         .concat()
     }
@@ -238,6 +239,7 @@ rules:
   s: { session: { idle_ttl: 30m, absolute_ttl: 24h } }
   l: { lock: { ttl: 30s } }
   q: { queue: {} }
+  lb: { leaderboard: { period: day, ties: first } }
 "#;
         let sources = vec![(PathBuf::from("all.yaml"), policy.to_string())];
         let loaded = load_sources(&sources).expect("a valid policy");
@@ -257,10 +259,11 @@ rules:
     #[test]
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
-        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue.
+        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue,
+        // 7 leaderboard.
         assert_eq!(
             all.len(),
-            47,
+            54,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

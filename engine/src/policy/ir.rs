@@ -50,6 +50,7 @@ pub enum RuleKind {
     Queue(super::queue::Queue),
     Stream(super::stream::Stream),
     PubSub(super::pubsub::PubSub),
+    Leaderboard(super::leaderboard::Leaderboard),
 }
 
 impl RuleKind {
@@ -64,6 +65,7 @@ impl RuleKind {
             RuleKind::Queue(_) => "queue",
             RuleKind::Stream(_) => "stream",
             RuleKind::PubSub(_) => "pubsub",
+            RuleKind::Leaderboard(_) => "leaderboard",
         }
     }
 }

@@ -68,6 +68,11 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<super::pubsub::RawPubSub>")]
     pub pubsub: Option<Spanned<super::pubsub::RawPubSub>>,
+    /// Leaderboards (one sorted set per board and period), served at
+    /// `/v1/leaderboards/{app}/{rule}/{board}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::leaderboard::RawLeaderboard>")]
+    pub leaderboard: Option<Spanned<super::leaderboard::RawLeaderboard>>,
 }
 
 /// `plugin: { name: NAME, config: {...}, fields: [...], headers: [...] }`.

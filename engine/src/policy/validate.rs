@@ -28,7 +28,7 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 8] = [
+const PATTERN_KEYS: [&str; 9] = [
     "rate_limit",
     "cache",
     "session",
@@ -37,6 +37,7 @@ const PATTERN_KEYS: [&str; 8] = [
     "queue",
     "stream",
     "pubsub",
+    "leaderboard",
 ];
 
 #[derive(Default)]
@@ -189,6 +190,7 @@ impl Validator {
             raw.queue.as_ref().map(|b| b.span()),
             raw.stream.as_ref().map(|b| b.span()),
             raw.pubsub.as_ref().map(|b| b.span()),
+            raw.leaderboard.as_ref().map(|b| b.span()),
         ];
         let mut present = blocks.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -227,6 +229,8 @@ impl Validator {
             RuleKind::Stream(self.stream(path, name, s, body)?)
         } else if let Some(p) = &raw.pubsub {
             RuleKind::PubSub(self.pubsub(path, name, p, body)?)
+        } else if let Some(l) = &raw.leaderboard {
+            RuleKind::Leaderboard(self.leaderboard(path, name, l, body)?)
         } else {
             return None;
         };
