@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::{Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub streams: HashMap<String, HashMap<String, Arc<StreamRule>>>,
     /// Pub/sub rules by app, then rule.
     pub pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>>,
+    /// Leaderboard rules by app, then rule.
+    pub leaderboards: HashMap<String, HashMap<String, Arc<LeaderboardRule>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -85,6 +87,8 @@ impl Snapshot {
         let mut queues: HashMap<String, HashMap<String, Arc<QueueRule>>> = HashMap::new();
         let mut streams: HashMap<String, HashMap<String, Arc<StreamRule>>> = HashMap::new();
         let mut pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>> = HashMap::new();
+        let mut leaderboards: HashMap<String, HashMap<String, Arc<LeaderboardRule>>> =
+            HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -181,6 +185,12 @@ impl Snapshot {
                         Arc::new(PubSubRule::new(&c.rule, p, cp, &c.keys, binding)),
                     );
                 }
+                (RuleKind::Leaderboard(l), CompiledKind::Leaderboard(cl)) => {
+                    leaderboards.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(LeaderboardRule::new(&c.rule, l, cl, &c.keys)),
+                    );
+                }
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -202,6 +212,7 @@ impl Snapshot {
             queues,
             streams,
             pubsubs,
+            leaderboards,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -238,6 +249,10 @@ impl Snapshot {
 
     pub fn pubsub(&self, app: &str, rule: &str) -> Option<&Arc<PubSubRule>> {
         self.pubsubs.get(app)?.get(rule)
+    }
+
+    pub fn leaderboard(&self, app: &str, rule: &str) -> Option<&Arc<LeaderboardRule>> {
+        self.leaderboards.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

@@ -94,7 +94,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 #[utoipa::path(get, path = "/admin/policies", tag = "admin", operation_id = "admin_policies",
-    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session and lock settings in ms). Bearer token, or loopback only without one.",
+    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session, lock and leaderboard settings in ms). Bearer token, or loopback only without one.",
     responses((status = 200, description = "The loaded policies", body = Object, content_type = "application/json")))]
 async fn policies(_: Admin, State(state): State<AppState>) -> Response {
     axum::Json(describe(&state.runtime.snapshot())).into_response()
@@ -289,6 +289,41 @@ fn describe(snap: &Snapshot) -> Value {
                                     crate::policy::pubsub::PubSubFallback::Fail => "fail",
                                     crate::policy::pubsub::PubSubFallback::Allow => "allow",
                                 });
+                            }
+                        }
+                        (RuleKind::Leaderboard(l), _) => {
+                            use crate::policy::leaderboard::{Order, Ties, Update};
+                            use crate::policy::period::Period;
+                            let (_, len) = l.period.lua_args();
+                            r["period"] = json!(match l.period {
+                                Period::None => "none".to_string(),
+                                Period::Day => "day".to_string(),
+                                Period::Week => "week".to_string(),
+                                Period::Month => "month".to_string(),
+                                Period::Every(_) => format!("{len}ms"),
+                            });
+                            r["keep"] = json!(l.keep);
+                            r["update"] = json!(match l.update {
+                                Update::Best => "best",
+                                Update::Latest => "latest",
+                                Update::Sum => "sum",
+                            });
+                            r["order"] = json!(match l.order {
+                                Order::Desc => "desc",
+                                Order::Asc => "asc",
+                            });
+                            r["ties"] = json!(match l.ties {
+                                Ties::Shared => "shared",
+                                Ties::First => "first",
+                            });
+                            r["max_size"] = json!(l.max_size);
+                            r["max_page"] = json!(l.max_page);
+                            r["max_score"] = json!(l.max_score);
+                            r["aggregate_cache_ms"] = json!(ms(l.aggregate_cache));
+                            if l.ties == Ties::First {
+                                r["tie_time_unit_ms"] = json!(
+                                    crate::compile::leaderboard::time_unit_ms(l.period)
+                                );
                             }
                         }
                         _ => {}

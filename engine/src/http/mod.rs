@@ -15,6 +15,7 @@ mod cache;
 mod extract;
 pub mod forwarded;
 mod health;
+mod leaderboard;
 mod lock;
 mod openapi;
 mod ops;
@@ -62,6 +63,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(queue::routes())
         .merge(stream::routes())
         .merge(pubsub::routes())
+        .merge(leaderboard::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(openapi::routes())

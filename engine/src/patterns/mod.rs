@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod feed;
+pub mod leaderboard;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
@@ -14,6 +15,7 @@ pub mod reply;
 pub mod session;
 pub mod stream;
 
+pub use leaderboard::{LeaderboardError, LeaderboardRule};
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
 pub use pubsub::{PubSubError, PubSubRule};
