@@ -277,7 +277,8 @@ const POLICY: &str = "app: lb
 rules:
   chess: { leaderboard: { period: 2s, keep: 1, update: best, ties: first, max_page: 20 } }
   golf: { leaderboard: { period: 2s, keep: 2, update: sum, order: asc, ties: shared, aggregate_cache: 1ms } }
-  alltime: { leaderboard: { ties: first, max_size: 5 } }
+  alltime: { leaderboard: { ties: first, max_size: 5, max_score: 1000 } }
+  wide: { leaderboard: { ties: first } }
   points: { leaderboard: { update: sum, ties: first } }
   open: { leaderboard: { update: latest } }
 ";
@@ -406,20 +407,31 @@ async fn edges_trimming_and_remove(b: Backend) -> Result<()> {
     Ok(())
 }
 
-/// With `ties: first` a score has 32 bits: 4294967295 is kept exactly, 4294967296 is a 400,
-/// and so is a sum that would pass it. Without the encoding, 2^53 is the limit.
+/// With `ties: first` a score has 32 bits by default: 4294967295 is kept exactly, 4294967296
+/// is a 400, and so is a sum that would pass it; a smaller `max_score` gives the time its
+/// bits. Without the encoding, 2^53 is the limit.
 async fn scores_at_the_precision_limit(b: Backend) -> Result<()> {
     let w = World::on(b, &[("lb.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
-    let r = submit(p, "alltime", "g", "max", json!(4_294_967_295_u64)).await?;
+    let r = submit(p, "wide", "g", "max", json!(4_294_967_295_u64)).await?;
     ensure!(r.status == 200 && r.json["score"] == 4_294_967_295_u64, "{r:?}");
-    let r = submit(p, "alltime", "g", "next", json!(4_294_967_294_u64)).await?;
+    let r = submit(p, "wide", "g", "next", json!(4_294_967_294_u64)).await?;
     ensure!(r.json["rank"] == 2, "one below the max ranks below it: {r:?}");
-    let r = p.get("/v1/leaderboards/lb/alltime/g/members/max").await?;
+    let r = p.get("/v1/leaderboards/lb/wide/g/members/max").await?;
     ensure!(r.json["score"] == 4_294_967_295_u64 && r.json["rank"] == 1, "{r:?}");
-    let r = submit(p, "alltime", "g", "over", json!(4_294_967_296_u64)).await?;
+    let r = submit(p, "wide", "g", "over", json!(4_294_967_296_u64)).await?;
     ensure!(r.status == 400 && r.json["type"] == "urn:patternd:problem:bad-request", "{r:?}");
     ensure!(r.json["detail"].as_str().unwrap_or_default().contains("32 bits"), "{r:?}");
+    // A smaller max_score leaves more bits to the time: 10 score bits, 43 time bits.
+    let r = submit(p, "alltime", "g", "max", json!(1000)).await?;
+    ensure!(r.status == 200 && r.json["score"] == 1000, "{r:?}");
+    let r = submit(p, "alltime", "g", "over", json!(1001)).await?;
+    ensure!(r.status == 400 && r.json["detail"].as_str().unwrap_or_default().contains("10 bits"), "{r:?}");
+    let admin = p.get("/admin/policies").await?;
+    let rules = admin.json["apps"][0]["rules"].as_array().cloned().unwrap_or_default();
+    let settings = |name: &str| rules.iter().find(|r| r["rule"] == name).cloned().unwrap_or_default();
+    ensure!(settings("wide")["score_bits"] == 32 && settings("wide")["time_bits"] == 21, "{admin:?}");
+    ensure!(settings("alltime")["time_bits"] == 43 && settings("alltime")["tie_time_unit_ms"] == 1, "{admin:?}");
     let r = submit(p, "points", "g", "s", json!(4_294_967_000_u64)).await?;
     ensure!(r.status == 200, "{r:?}");
     let r = submit(p, "points", "g", "s", json!(295)).await?;
@@ -445,6 +457,7 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
     let long = "x".repeat(513);
     for (r, status, says) in [
         (submit(p, "alltime", "g", "m", json!(1.5)).await?, 400, "whole number"),
+        (submit(p, "alltime", "g", "m", json!(1e300)).await?, 400, "max_score"),
         (submit(p, "alltime", "g", "m", json!(-1)).await?, 400, "whole number"),
         (submit(p, "alltime", "g", "m", json!("12")).await?, 400, "invalid JSON body"),
         (submit(p, "alltime", "g", &long, json!(1)).await?, 400, "513 bytes"),

@@ -8,15 +8,19 @@
 //!
 //! # Ties `first`: the encoding
 //!
-//! A double holds integers exactly up to 2^53. A stored score is `score · 2^21 + tiebreak`:
-//! the upper **32 bits** are the score (0 … 4294967295), the lower **21 bits** the time the
-//! member reached it, counted in the rule's time unit from the start of its period (for
-//! `desc`, 2^21 − 1 − time, so earlier is higher). The unit is the period's longest length
-//! over 2^21, rounded up ([`time_unit_ms`]): 42 ms for a day, 289 ms for a week, 1278 ms for
-//! a month, 1 ms for periods up to 35 minutes; a `period: none` board counts quarter-hours
-//! (900 s) from 2026-01-01T00:00:00Z, which lasts until 2085; after that its ties fall back
-//! to member order. Two members that reach one score within one unit tie on time too and
-//! are ordered by member (Redis' order for equal scores).
+//! A double holds integers exactly up to 2^53. A stored score is `score · 2^t + tiebreak`:
+//! the upper `53 − t` bits are the score, the lower `t` bits the time the member reached it,
+//! counted in the rule's time unit from the start of its period (for `desc`, 2^t − 1 − time,
+//! so earlier is higher). The split follows `max_score` ([`split`]): the score gets the bits
+//! `max_score` needs, the time the rest. By default (`max_score` 4294967295) that is **32
+//! score bits and 21 time bits**; `max_score` cannot ask for more than 32, so time always has
+//! at least 21. The unit is the period's longest length over 2^t, rounded up
+//! ([`time_unit_ms`]): with 21 bits 42 ms for a day, 289 ms for a week, 1278 ms for a month,
+//! 1 ms for periods up to 34 minutes. A `period: none` board counts from 2026-01-01T00:00:00Z
+//! over a horizon of 2^31 s (68 years, to 2094): with 21 bits its unit is 1024 s, with
+//! `max_score: 1000000` (20 score bits, 33 time bits) 250 ms, with `max_score: 1000` 1 ms.
+//! Two members that reach one score within one unit tie on time too and are ordered by
+//! member (Redis' order for equal scores); after the horizon every time is the last step.
 
 use std::sync::{Arc, LazyLock};
 
@@ -48,25 +52,30 @@ const AGGREGATE: Recipe = Recipe::new(
 #[cfg(test)]
 pub(super) const RECIPES: &[Recipe<'static>] = &[SUBMIT, RANK, TOP, AROUND, COUNT, REMOVE, AGGREGATE];
 
-/// Bits of the tiebreak in an encoded score (`ties: first`).
-pub const TIE_BITS: u32 = 21;
-/// 2^21.
-pub const TIE: f64 = (1u64 << TIE_BITS) as f64;
+/// A double's exact integer bits.
+pub const EXACT_BITS: u32 = 53;
 /// Where a `period: none` board's time counts from: 2026-01-01T00:00:00Z.
 pub const NONE_EPOCH_MS: i64 = 1_767_225_600_000;
-/// A `period: none` board's time unit: a quarter-hour, so 2^21 units last 59.8 years.
-pub const NONE_UNIT_MS: u64 = 900_000;
+/// How long a `period: none` board's tiebreak runs: 2^31 s (68 years).
+pub const NONE_HORIZON_MS: u64 = (1 << 31) * 1000;
 
-/// The tiebreak's unit: the period's longest length over 2^21, rounded up.
-pub fn time_unit_ms(period: Period) -> u64 {
+/// (score bits, time bits) of a `ties: first` rule: the score gets the bits `max_score`
+/// needs (at most 32, the loader's ceiling), the time the rest of 53.
+pub fn split(max_score: u64) -> (u32, u32) {
+    let score = (u64::BITS - max_score.leading_zeros()).max(1);
+    (score, EXACT_BITS - score)
+}
+
+/// The tiebreak's unit: the period's longest length over 2^`time_bits`, rounded up.
+pub fn time_unit_ms(period: Period, time_bits: u32) -> u64 {
     let longest: u64 = match period {
-        Period::None => return NONE_UNIT_MS,
+        Period::None => NONE_HORIZON_MS,
         Period::Day => 86_400_000,
         Period::Week => 7 * 86_400_000,
         Period::Month => 31 * 86_400_000,
         Period::Every(ms) => ms,
     };
-    longest.div_ceil(1 << TIE_BITS).max(1)
+    longest.div_ceil(1u64 << time_bits.min(62)).max(1)
 }
 
 /// The scripts of leaderboard rules.
@@ -137,10 +146,13 @@ impl CompiledLeaderboard {
     pub fn key_layout(&self, keys: &KeySpace, spec: &Leaderboard) -> Vec<(String, String)> {
         let t = |sub: &str| keys.template(sub).replace("<id>", "<board>");
         let scores = match spec.ties {
-            Ties::First => format!(
-                "score · 2^21 + tiebreak (score < 2^32, tiebreak in units of {} ms)",
-                time_unit_ms(spec.period)
-            ),
+            Ties::First => {
+                let (score, time) = split(spec.max_score);
+                format!(
+                    "score · 2^{time} + tiebreak ({score} score bits, {time} time bits in units of {} ms)",
+                    time_unit_ms(spec.period, time)
+                )
+            }
             Ties::Shared => "score".to_string(),
         };
         let life = match spec.period {
@@ -175,24 +187,36 @@ mod tests {
 
     #[test]
     fn every_period_fits_its_tiebreak() {
-        for p in [Period::Day, Period::Week, Period::Month, Period::Every(2000), Period::Every(86_400_000 * 366)] {
-            let unit = time_unit_ms(p);
-            let longest = match p {
-                Period::Month => 31 * 86_400_000,
-                Period::Week => 7 * 86_400_000,
-                Period::Day => 86_400_000,
-                Period::Every(ms) => ms,
-                Period::None => 0,
-            };
-            assert!(longest.div_ceil(unit) <= 1 << TIE_BITS, "{p:?}");
+        assert_eq!(split((1 << 32) - 1), (32, 21));
+        assert_eq!(split(1_000_000), (20, 33));
+        assert_eq!(split(1), (1, 52));
+        for p in [Period::None, Period::Day, Period::Week, Period::Month, Period::Every(2000), Period::Every(86_400_000 * 366)] {
+            for bits in [21, 33, 52] {
+                let unit = time_unit_ms(p, bits);
+                let longest = match p {
+                    Period::Month => 31 * 86_400_000,
+                    Period::Week => 7 * 86_400_000,
+                    Period::Day => 86_400_000,
+                    Period::Every(ms) => ms,
+                    Period::None => NONE_HORIZON_MS,
+                };
+                assert!(longest.div_ceil(unit) <= 1 << bits, "{p:?} {bits}");
+            }
         }
-        assert_eq!(time_unit_ms(Period::Day), 42);
-        assert_eq!(time_unit_ms(Period::Week), 289);
-        assert_eq!(time_unit_ms(Period::Month), 1278);
-        assert_eq!(time_unit_ms(Period::Every(2000)), 1);
+        assert_eq!(time_unit_ms(Period::Day, 21), 42);
+        assert_eq!(time_unit_ms(Period::Week, 21), 289);
+        assert_eq!(time_unit_ms(Period::Month, 21), 1278);
+        assert_eq!(time_unit_ms(Period::Every(2000), 21), 1);
+        assert_eq!(time_unit_ms(Period::None, 21), 1_024_000);
+        assert_eq!(time_unit_ms(Period::None, 33), 250);
+        assert_eq!(time_unit_ms(Period::None, split(1000).1), 1);
         // The largest score and tiebreak stay below 2^53, so the double is exact.
-        let max = ((1u64 << 32) - 1) * (1 << TIE_BITS) + (1 << TIE_BITS) - 1;
-        assert_eq!(max, (1u64 << 53) - 1);
-        assert_eq!(max as f64 as u64, max);
+        for max in [(1u64 << 32) - 1, 1_000_000, 1] {
+            let (s, t) = split(max);
+            assert!(max < 1 << s);
+            let top = max * (1 << t) + (1 << t) - 1;
+            assert!(top < 1 << 53);
+            assert_eq!(top as f64 as u64, top);
+        }
     }
 }

@@ -321,9 +321,11 @@ fn describe(snap: &Snapshot) -> Value {
                             r["max_score"] = json!(l.max_score);
                             r["aggregate_cache_ms"] = json!(ms(l.aggregate_cache));
                             if l.ties == Ties::First {
-                                r["tie_time_unit_ms"] = json!(
-                                    crate::compile::leaderboard::time_unit_ms(l.period)
-                                );
+                                use crate::compile::leaderboard::{split, time_unit_ms};
+                                let (score_bits, time_bits) = split(l.max_score);
+                                r["score_bits"] = json!(score_bits);
+                                r["time_bits"] = json!(time_bits);
+                                r["tie_time_unit_ms"] = json!(time_unit_ms(l.period, time_bits));
                             }
                         }
                         _ => {}

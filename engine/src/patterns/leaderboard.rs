@@ -17,9 +17,7 @@ use redis::Value;
 
 use super::reply::{self, Items, ReplyError};
 use super::{InputError, MAX_ID_BYTES, check_id};
-use crate::compile::leaderboard::{
-    LeaderboardScripts, NONE_EPOCH_MS, sub, time_unit_ms,
-};
+use crate::compile::leaderboard::{LeaderboardScripts, NONE_EPOCH_MS, split, sub, time_unit_ms};
 use crate::compile::{CompiledLeaderboard, KeySpace, Script};
 use crate::policy::Rule;
 use crate::policy::leaderboard::{Leaderboard, Order, Ties, Update};
@@ -163,6 +161,7 @@ fn check(what: &str, id: &str) -> Result<(), LeaderboardError> {
 impl LeaderboardRule {
     pub fn new(rule: &Rule, spec: &Leaderboard, compiled: &CompiledLeaderboard, keys: &KeySpace) -> Self {
         let (kind, len) = spec.period.lua_args();
+        let (_, time_bits) = split(spec.max_score);
         Self {
             app: rule.app.clone(),
             rule: rule.name.clone(),
@@ -172,7 +171,10 @@ impl LeaderboardRule {
             fixed: [
                 kind.to_string(),
                 len.to_string(),
-                if spec.ties == Ties::First { "1" } else { "0" }.to_string(),
+                match spec.ties {
+                    Ties::First => (1u64 << time_bits).to_string(),
+                    Ties::Shared => "0".to_string(),
+                },
                 if spec.order == Order::Desc { "1" } else { "0" }.to_string(),
             ],
             update_arg: match spec.update {
@@ -182,7 +184,7 @@ impl LeaderboardRule {
             },
             max_size_arg: spec.max_size.to_string(),
             max_score_arg: spec.max_score.to_string(),
-            unit_arg: time_unit_ms(spec.period).to_string(),
+            unit_arg: time_unit_ms(spec.period, time_bits).to_string(),
             cache_arg: spec.aggregate_cache.as_millis().max(1).to_string(),
             counters: Counters::new(&rule.app, &rule.name),
         }
@@ -210,7 +212,7 @@ impl LeaderboardRule {
     }
 
     /// Checks a submitted score against the rule: finite, within `max_score`, and with
-    /// `ties: first` a whole number from 0 (the 32 bits of the encoding).
+    /// `ties: first` a whole number from 0 (the score bits of the encoding).
     pub fn check_score(&self, score: f64) -> Result<(), LeaderboardError> {
         let max = self.spec.max_score as f64;
         if !score.is_finite() {
@@ -219,7 +221,7 @@ impl LeaderboardRule {
         if self.spec.ties == Ties::First {
             if score.fract() != 0.0 || score < 0.0 {
                 return Err(LeaderboardError::ScoreOutOfRange(format!(
-                    "`score` {score} is not a whole number from 0: with `ties: first` a score is an integer 0 … {} (32 bits; the other 21 bits of the double order equal scores by time)",
+                    "`score` {score} is not a whole number from 0: with `ties: first` a score is an integer 0 … {} (its bits and the time's share a double's 53)",
                     self.spec.max_score
                 )));
             }
@@ -233,9 +235,10 @@ impl LeaderboardRule {
                 score_t = score_text(score),
                 max_t = self.spec.max_score,
                 why = if self.spec.ties == Ties::First {
-                    " (with `ties: first` a score has 32 bits: 0 … 4294967295)"
+                    let (bits, time) = split(self.spec.max_score);
+                    format!(" (with `ties: first` a score has {bits} bits and the time it was reached {time}, of a double's 53)")
                 } else {
-                    ""
+                    String::new()
                 }
             )));
         }

@@ -57,7 +57,8 @@ pub struct RawLeaderboard {
     #[schemars(with = "Option<u64>", range(min = 1))]
     pub max_page: Option<Spanned<i64>>,
     /// The largest absolute score a submit (or a sum) may reach; beyond is a 400 (default and
-    /// ceiling: 4294967295 with `ties: first`, 9007199254740992 otherwise).
+    /// ceiling: 4294967295 with `ties: first`, 9007199254740992 otherwise). With `ties: first`
+    /// the bits it does not need go to the time: a smaller `max_score` orders ties finer.
     #[serde(default)]
     #[schemars(with = "Option<u64>", range(min = 1))]
     pub max_score: Option<Spanned<i64>>,
@@ -190,7 +191,7 @@ impl Validator {
             None => ceiling,
             Some(m) if **m < 1 || m.unsigned_abs() > ceiling => {
                 let why = match ties {
-                    Ties::First => "with `ties: first` a score has 32 bits (the other 21 of a double's 53 order equal scores by time)",
+                    Ties::First => "with `ties: first` a score has at most 32 bits (at least 21 of a double's 53 order equal scores by time)",
                     Ties::Shared => "scores are doubles, exact integers only up to 2^53",
                 };
                 self.err(

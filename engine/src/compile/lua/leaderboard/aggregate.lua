@@ -20,7 +20,13 @@ if redis.call('EXISTS', agg) == 0 then
     if mode == 'best' then
       how = DESC and 'MAX' or 'MIN'
     end
-    redis.call('ZUNIONSTORE', agg, #KEYS - 1, unpack(KEYS, 2, #KEYS), 'AGGREGATE', how)
+    local args = { agg, #KEYS - 1 }
+    for i = 2, #KEYS do
+      args[#args + 1] = KEYS[i]
+    end
+    args[#args + 1] = 'AGGREGATE'
+    args[#args + 1] = how
+    redis.call('ZUNIONSTORE', unpack(args))
   else
     local total = {}
     local names = {}

@@ -1,15 +1,17 @@
 -- patternd leaderboards: the rule's settings, the tie encoding, ranks and pages.
 -- Included by every leaderboard script, after shared/clock.lua and shared/period.lua.
--- ARGV[1..5] of every script: period kind, period length ms, ties (1 first, 0 shared),
--- order (1 desc, 0 asc), and the current period index the engine computed ('' when the
--- call reads a named period and needs no clock check). The script's own ARGV start at 6.
+-- ARGV[1..5] of every script: period kind, period length ms, ties (0 for `shared`; for
+-- `first` the tiebreak's range 2^t), order (1 desc, 0 asc), and the current period index the
+-- engine computed ('' when the call reads a named period and needs no clock check). The
+-- script's own ARGV start at 6.
 -- A board is a ZSET member → score. With ties `first` the score is encoded in one double:
--- score · 2^21 + tiebreak, the tiebreak being the time the member reached its score (in the
+-- score · 2^t + tiebreak, the tiebreak being the time the member reached its score (in the
 -- rule's time unit from the period's start), inverted for `desc` so earlier ranks higher.
--- Score < 2^32, tiebreak < 2^21: every encoded value is an integer below 2^53, exact.
+-- Score < 2^(53-t), tiebreak < 2^t (t = 21 by default): every encoded value is an integer
+-- below 2^53, exact (compile/leaderboard.rs).
 local KIND, LEN = tonumber(ARGV[1]), tonumber(ARGV[2])
-local FIRST, DESC = ARGV[3] == '1', ARGV[4] == '1'
-local TIE = 2097152 -- 2^21: the tiebreak's range
+local TIE, DESC = tonumber(ARGV[3]), ARGV[4] == '1'
+local FIRST = TIE > 0
 
 -- Nil when the engine's period is Redis', else the marker that makes it call again.
 local function period_check()
