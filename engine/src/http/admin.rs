@@ -294,14 +294,7 @@ fn describe(snap: &Snapshot) -> Value {
                         (RuleKind::Leaderboard(l), _) => {
                             use crate::policy::leaderboard::{Order, Ties, Update};
                             use crate::policy::period::Period;
-                            let (_, len) = l.period.lua_args();
-                            r["period"] = json!(match l.period {
-                                Period::None => "none".to_string(),
-                                Period::Day => "day".to_string(),
-                                Period::Week => "week".to_string(),
-                                Period::Month => "month".to_string(),
-                                Period::Every(_) => format!("{len}ms"),
-                            });
+                            r["period"] = json!(l.period.to_string());
                             r["keep"] = json!(l.keep);
                             r["update"] = json!(match l.update {
                                 Update::Best => "best",

@@ -137,6 +137,23 @@ fn tighten(v: &mut Value) {
         }),
     );
 
+    // Only once a pattern has a `period` field (otherwise the definition is not generated).
+    if v.pointer("/$defs/PeriodText").is_some() {
+        add(
+            v,
+            "/$defs/PeriodText",
+            json!({
+                "anyOf": [
+                    { "enum": ["none", "day", "week", "month"] },
+                    { "pattern": NONZERO_DURATION_PATTERN }
+                ],
+                "description": "`none`, `day`, `week` (ISO 8601, Monday), `month` (all UTC), or a \
+                    duration (fixed-length periods from the Unix epoch: a whole number of \
+                    seconds, at least 1s, at most 366d; checked by `patternd check`).",
+            }),
+        );
+    }
+
     // One limit: which fields go with which algorithm.
     let limit_rules = json!({
         "required": ["algorithm", "limit"],
