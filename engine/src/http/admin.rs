@@ -293,7 +293,6 @@ fn describe(snap: &Snapshot) -> Value {
                         }
                         (RuleKind::Leaderboard(l), _) => {
                             use crate::policy::leaderboard::{Order, Ties, Update};
-                            use crate::policy::period::Period;
                             r["period"] = json!(l.period.to_string());
                             r["keep"] = json!(l.keep);
                             r["update"] = json!(match l.update {

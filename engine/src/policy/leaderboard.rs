@@ -243,10 +243,16 @@ impl Validator {
         if let Some((_, v)) = words.iter().find(|(name, _)| *name == w.as_str()) {
             return *v;
         }
-        let names: Vec<String> = words.iter().map(|(n, _)| format!("`{n}`")).collect();
+        let mut names: Vec<String> = words.iter().map(|(n, _)| format!("`{n}`")).collect();
+        let last = names.pop().unwrap_or_default();
+        let expected = if names.is_empty() {
+            last
+        } else {
+            format!("{} or {last}", names.join(", "))
+        };
         self.err(
             &loc(path, w.span()),
-            format!("unknown `{field}` `{}`; expected {}", w.as_str(), names.join(" or ")),
+            format!("unknown `{field}` `{}`; expected {expected}", w.as_str()),
         );
         default
     }
@@ -305,11 +311,11 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         for (block, want) in [
-            ("{ update: most }", "unknown `update` `most`; expected `best` or `latest` or `sum`"),
+            ("{ update: most }", "unknown `update` `most`; expected `best`, `latest` or `sum`"),
             ("{ order: up }", "unknown `order` `up`"),
             ("{ ties: random }", "unknown `ties` `random`"),
             ("{ period: fortnight }", "unknown period `fortnight`"),
-            ("{ period: 1500ms }", "whole seconds"),
+            ("{ period: 1500ms }", "whole number of seconds"),
             ("{ keep: 2 }", "`keep` applies to boards with a `period`"),
             ("{ period: day, keep: 401 }", "`keep` must be 0 … 400"),
             ("{ max_size: 0 }", "`max_size` must be at least 1"),
