@@ -60,10 +60,11 @@ pub const NONE_EPOCH_MS: i64 = 1_767_225_600_000;
 pub const NONE_HORIZON_MS: u64 = (1 << 31) * 1000;
 
 /// (score bits, time bits) of a `ties: first` rule: the score gets the bits `max_score`
-/// needs (at most 32, the loader's ceiling), the time the rest of 53.
+/// needs (at most 32, the loader's ceiling with `ties: first`), the time the rest of 53.
+/// Meaningless for `ties: shared`, whose scores are not encoded (time bits 0 there).
 pub fn split(max_score: u64) -> (u32, u32) {
     let score = (u64::BITS - max_score.leading_zeros()).max(1);
-    (score, EXACT_BITS - score)
+    (score, EXACT_BITS.saturating_sub(score))
 }
 
 /// The tiebreak's unit: the period's longest length over 2^`time_bits`, rounded up.
