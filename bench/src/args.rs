@@ -53,7 +53,7 @@ Scenarios:
                          cycle. `--scenario queue` also runs queue_batch
   queue_batch            the same in batches: 10 pushes, one pop with count=10, 10 acks per
                          operation (latency per batch; throughput and CPU per job cycle)
-  leaderboard            submits (POST /v1/leaderboards/bench/board/global {"member", "score"}:
+  leaderboard            submits (POST /v1/leaderboards/bench/board/global with a member and score:
                          random members of --keyspace, update best, ties first, max_size 10000)
                          against the same script called in process through patternd's library.
                          `--scenario leaderboard` also runs leaderboard_top

@@ -199,7 +199,8 @@ async fn operation(
                 let mut score = [0u8; 12];
                 write_id(&mut score, next_random(rng));
                 b[SCORE_AT].copy_from_slice(&score[6..]);
-                let req = target.request(Method::POST, target.uri.clone(), Bytes::copy_from_slice(&b));
+                let req =
+                    target.request(Method::POST, target.uri.clone(), Bytes::copy_from_slice(&b));
                 one(exchange(sender, req, false).await)
             }
         }

@@ -674,15 +674,26 @@ async fn run_leaderboard(
         .leaderboard(patterns::APP, patterns::BOARD_RULE)
         .cloned()
         .context("no leaderboard rule bench/board")?;
-    eprintln!("[{name}] filling the board with {} members …", patterns::BOARD_SIZE);
+    eprintln!(
+        "[{name}] filling the board with {} members …",
+        patterns::BOARD_SIZE
+    );
     for i in 0..patterns::BOARD_SIZE {
         board
-            .submit(&in_process.store, patterns::BOARD, &format!("{i:012}"), (1_000_000 + i % 999_999) as f64)
+            .submit(
+                &in_process.store,
+                patterns::BOARD,
+                &format!("{i:012}"),
+                (1_000_000 + i % 999_999) as f64,
+            )
             .await
             .map_err(|e| anyhow!("leaderboard fill: {e}"))?;
     }
     let top = scenario == Scenario::LeaderboardTop;
-    eprintln!("[{name}] baseline: the {} script in process …", if top { "top" } else { "submit" });
+    eprintln!(
+        "[{name}] baseline: the {} script in process …",
+        if top { "top" } else { "submit" }
+    );
     let keyspace = args.keyspace;
     let base = {
         let (ip, board) = (in_process.clone(), board.clone());
@@ -700,15 +711,25 @@ async fn run_leaderboard(
                 async move {
                     if top {
                         let page = board
-                            .top(&ip.store, patterns::BOARD, 0, 10, patternd::patterns::leaderboard::PeriodSel::Current)
+                            .top(
+                                &ip.store,
+                                patterns::BOARD,
+                                0,
+                                10,
+                                patternd::patterns::leaderboard::PeriodSel::Current,
+                            )
                             .await
                             .map_err(|e| anyhow!("leaderboard top: {e}"))?;
                         if page.entries.len() != 10 {
-                            bail!("a top-10 read of a full board gave {} entries", page.entries.len());
+                            bail!(
+                                "a top-10 read of a full board gave {} entries",
+                                page.entries.len()
+                            );
                         }
                     } else {
                         // The same members and score range as the HTTP side's.
-                        let member = format!("{:012}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keyspace);
+                        let member =
+                            format!("{:012}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keyspace);
                         let score = 1_000_000 + (i.wrapping_mul(31) % 1_000_000);
                         board
                             .submit(&ip.store, patterns::BOARD, &member, score as f64)
@@ -725,7 +746,12 @@ async fn run_leaderboard(
         "[{name}] patternd: {} connections, {:?} warm-up + {:?} measured …",
         args.connections, args.warmup, args.duration
     );
-    let path = format!("/v1/leaderboards/{}/{}/{}", patterns::APP, patterns::BOARD_RULE, patterns::BOARD);
+    let path = format!(
+        "/v1/leaderboards/{}/{}/{}",
+        patterns::APP,
+        patterns::BOARD_RULE,
+        patterns::BOARD
+    );
     let target = if top {
         load::Target::new(addr, "/")?.with_shape(load::Shape::GetOneOf(Arc::new(vec![
             format!("{path}?limit=10").parse()?,

@@ -8,7 +8,9 @@ use std::time::SystemTime;
 
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
-use crate::patterns::{LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{
+    LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule,
+};
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
 

@@ -75,7 +75,11 @@ impl Model {
             .map(|(m, (s, r))| (m.clone(), *s, *r))
             .collect();
         v.sort_by(|a, b| {
-            let by_score = if self.desc { b.1.cmp(&a.1) } else { a.1.cmp(&b.1) };
+            let by_score = if self.desc {
+                b.1.cmp(&a.1)
+            } else {
+                a.1.cmp(&b.1)
+            };
             by_score.then_with(|| {
                 if self.first {
                     a.2.cmp(&b.2)
@@ -174,7 +178,11 @@ async fn run_model(p: &Patternd, rule: &str, board: &str, seed: u64) -> Result<b
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let update: &'static str = MODES.iter().find(|m| **m == update).copied().unwrap_or("best");
+    let update: &'static str = MODES
+        .iter()
+        .find(|m| **m == update)
+        .copied()
+        .unwrap_or("best");
     let mut model = Model {
         update,
         first: ties == "first",
@@ -185,7 +193,13 @@ async fn run_model(p: &Patternd, rule: &str, board: &str, seed: u64) -> Result<b
     };
     let mut rng = Rng(seed);
     let names: Vec<String> = (0..MODEL_MEMBERS)
-        .map(|i| if i == 0 { "zoë {x}%".to_string() } else { format!("m{i:02}") })
+        .map(|i| {
+            if i == 0 {
+                "zoë {x}%".to_string()
+            } else {
+                format!("m{i:02}")
+            }
+        })
         .collect();
     let base = format!("/v1/leaderboards/lb/{rule}/{}", seg(board));
     let mut period: Option<String> = None;
@@ -196,7 +210,9 @@ async fn run_model(p: &Patternd, rule: &str, board: &str, seed: u64) -> Result<b
             ("sum", false) => rng.below(9) as i64 - 2,
             _ => rng.below(12) as i64,
         };
-        let r = p.post_json(&base, &json!({ "member": member, "score": score })).await?;
+        let r = p
+            .post_json(&base, &json!({ "member": member, "score": score }))
+            .await?;
         ensure!(r.status == 200, "{rule}: {r:?}");
         let label = r.json["period"].as_str().unwrap_or_default().to_string();
         match &period {
@@ -220,31 +236,55 @@ async fn run_model(p: &Patternd, rule: &str, board: &str, seed: u64) -> Result<b
     let ranked = model.ranked();
     // Count.
     let r = p.get(&format!("{base}/count?{q}")).await?;
-    ensure!(r.json["count"].as_u64() == Some(ranked.len() as u64), "{rule}: {r:?}");
+    ensure!(
+        r.json["count"].as_u64() == Some(ranked.len() as u64),
+        "{rule}: {r:?}"
+    );
     // Every member: score and rank, or 404.
     for name in &names {
         let r = p.get(&format!("{base}/members/{}?{q}", seg(name))).await?;
         match ranked.iter().find(|(m, _, _)| m == name) {
             Some((_, s, rank)) => ensure!(
-                r.status == 200 && r.json["score"].as_i64() == Some(*s) && r.json["rank"].as_u64() == Some(*rank),
+                r.status == 200
+                    && r.json["score"].as_i64() == Some(*s)
+                    && r.json["rank"].as_u64() == Some(*rank),
                 "{rule}: {name}: got {r:?}, want {s} #{rank}"
             ),
             None => ensure!(r.status == 404, "{rule}: {name} was trimmed: {r:?}"),
         }
     }
     // Every page of 7, and the empty one just past the end (offsets stay below max_size).
-    for offset in (0..ranked.len()).step_by(7).chain([ranked.len()]).filter(|o| *o < MODEL_MAX_SIZE) {
-        let r = p.get(&format!("{base}?{q}&offset={offset}&limit=7")).await?;
+    for offset in (0..ranked.len())
+        .step_by(7)
+        .chain([ranked.len()])
+        .filter(|o| *o < MODEL_MAX_SIZE)
+    {
+        let r = p
+            .get(&format!("{base}?{q}&offset={offset}&limit=7"))
+            .await?;
         ensure!(r.status == 200, "{rule}: {r:?}");
         let want: Vec<_> = ranked.iter().skip(offset).take(7).cloned().collect();
-        ensure!(entries(&r) == want, "{rule}: page at {offset}: got {:?}, want {want:?}", entries(&r));
-        ensure!(r.json["count"].as_u64() == Some(ranked.len() as u64), "{rule}: {r:?}");
+        ensure!(
+            entries(&r) == want,
+            "{rule}: page at {offset}: got {:?}, want {want:?}",
+            entries(&r)
+        );
+        ensure!(
+            r.json["count"].as_u64() == Some(ranked.len() as u64),
+            "{rule}: {r:?}"
+        );
     }
     // Around every member, k = 2: fewer at the edges.
     for (i, (name, _, _)) in ranked.iter().enumerate() {
-        let r = p.get(&format!("{base}/members/{}/around?{q}&k=2", seg(name))).await?;
+        let r = p
+            .get(&format!("{base}/members/{}/around?{q}&k=2", seg(name)))
+            .await?;
         let want: Vec<_> = ranked[i.saturating_sub(2)..(i + 3).min(ranked.len())].to_vec();
-        ensure!(entries(&r) == want, "{rule}: around {name}: got {:?}, want {want:?}", entries(&r));
+        ensure!(
+            entries(&r) == want,
+            "{rule}: around {name}: got {:?}, want {want:?}",
+            entries(&r)
+        );
     }
     Ok(true)
 }
@@ -283,15 +323,26 @@ rules:
   open: { leaderboard: { update: latest } }
 ";
 
-async fn submit(p: &Patternd, rule: &str, board: &str, member: &str, score: Value) -> Result<Reply> {
-    p.post_json(&format!("/v1/leaderboards/lb/{rule}/{board}"), &json!({ "member": member, "score": score }))
-        .await
+async fn submit(
+    p: &Patternd,
+    rule: &str,
+    board: &str,
+    member: &str,
+    score: Value,
+) -> Result<Reply> {
+    p.post_json(
+        &format!("/v1/leaderboards/lb/{rule}/{board}"),
+        &json!({ "member": member, "score": score }),
+    )
+    .await
 }
 
 /// Waits on the clock until `rule`'s current period is not `label`; returns the new label.
 async fn next_period(p: &Patternd, rule: &str, label: &str) -> Result<String> {
     eventually(Duration::from_secs(10), "the next period", || async {
-        let r = p.get(&format!("/v1/leaderboards/lb/{rule}/x/count")).await?;
+        let r = p
+            .get(&format!("/v1/leaderboards/lb/{rule}/x/count"))
+            .await?;
         let now = r.json["period"].as_str().unwrap_or_default().to_string();
         Ok((now != label).then_some(now))
     })
@@ -308,11 +359,17 @@ async fn periods_roll_over(b: Backend) -> Result<()> {
     let first = next_period(p, "golf", r.json["period"].as_str().unwrap_or_default()).await?;
     for (m, s) in [("ann", 70), ("bob", 72), ("cid", 68)] {
         let r = submit(p, "golf", "open", m, json!(s)).await?;
-        ensure!(r.status == 200 && r.json["period"] == first.as_str(), "{r:?}");
+        ensure!(
+            r.status == 200 && r.json["period"] == first.as_str(),
+            "{r:?}"
+        );
     }
     let second = next_period(p, "golf", &first).await?;
     let r = p.get("/v1/leaderboards/lb/golf/open").await?;
-    ensure!(r.json["count"] == 0 && r.json["period"] == second.as_str(), "a new period starts empty: {r:?}");
+    ensure!(
+        r.json["count"] == 0 && r.json["period"] == second.as_str(),
+        "a new period starts empty: {r:?}"
+    );
     for (m, s) in [("ann", 71), ("bob", 65)] {
         let r = submit(p, "golf", "open", m, json!(s)).await?;
         ensure!(r.status == 200, "{r:?}");
@@ -320,19 +377,43 @@ async fn periods_roll_over(b: Backend) -> Result<()> {
             bail!("the 2 s period ended within two submits (a stalled machine); run again");
         }
     }
-    let prev = p.get("/v1/leaderboards/lb/golf/open?period=previous").await?;
-    let want = vec![("cid".to_string(), 68, 1), ("ann".to_string(), 70, 2), ("bob".to_string(), 72, 3)];
-    ensure!(prev.json["period"] == first.as_str() && entries(&prev) == want, "{prev:?}");
-    let by_label = p.get(&format!("/v1/leaderboards/lb/golf/open?period={}", seg(&first))).await?;
+    let prev = p
+        .get("/v1/leaderboards/lb/golf/open?period=previous")
+        .await?;
+    let want = vec![
+        ("cid".to_string(), 68, 1),
+        ("ann".to_string(), 70, 2),
+        ("bob".to_string(), 72, 3),
+    ];
+    ensure!(
+        prev.json["period"] == first.as_str() && entries(&prev) == want,
+        "{prev:?}"
+    );
+    let by_label = p
+        .get(&format!(
+            "/v1/leaderboards/lb/golf/open?period={}",
+            seg(&first)
+        ))
+        .await?;
     ensure!(entries(&by_label) == want, "{by_label:?}");
     // Sum over both periods (order asc: the lowest total first).
-    let agg = p.get("/v1/leaderboards/lb/golf/open/aggregate?last=2&member=ann").await?;
+    let agg = p
+        .get("/v1/leaderboards/lb/golf/open/aggregate?last=2&member=ann")
+        .await?;
     ensure!(agg.status == 200, "{agg:?}");
     ensure!(
-        entries(&agg) == vec![("cid".to_string(), 68, 1), ("bob".to_string(), 137, 2), ("ann".to_string(), 141, 3)],
+        entries(&agg)
+            == vec![
+                ("cid".to_string(), 68, 1),
+                ("bob".to_string(), 137, 2),
+                ("ann".to_string(), 141, 3)
+            ],
         "{agg:?}"
     );
-    ensure!(agg.json["member"]["rank"] == 3 && agg.json["periods"] == json!([second, first]), "{agg:?}");
+    ensure!(
+        agg.json["member"]["rank"] == 3 && agg.json["periods"] == json!([second, first]),
+        "{agg:?}"
+    );
     // Every key has a TTL: a period's board lives until `keep` periods after its end.
     for key in w.redis.scan_names().await? {
         let mut c = w.redis.conn_for_key(&key).await?;
@@ -344,10 +425,19 @@ async fn periods_roll_over(b: Backend) -> Result<()> {
     let third = next_period(p, "golf", &second).await?;
     let fourth = next_period(p, "golf", &third).await?;
     let _ = next_period(p, "golf", &fourth).await?;
-    eventually(Duration::from_secs(10), "the first period's board to expire", || async {
-        let r = p.get(&format!("/v1/leaderboards/lb/golf/open/count?period={}", seg(&first))).await?;
-        Ok((r.json["count"] == 0).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first period's board to expire",
+        || async {
+            let r = p
+                .get(&format!(
+                    "/v1/leaderboards/lb/golf/open/count?period={}",
+                    seg(&first)
+                ))
+                .await?;
+            Ok((r.json["count"] == 0).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -359,7 +449,10 @@ async fn edges_trimming_and_remove(b: Backend) -> Result<()> {
     let p = &w.patternd;
     for (i, m) in ["a", "b", "c", "d", "e"].iter().enumerate() {
         let r = submit(p, "alltime", "g", m, json!(10 * (i + 1))).await?;
-        ensure!(r.status == 200 && r.json["rank"] == 1 && r.json["improved"] == true, "{r:?}");
+        ensure!(
+            r.status == 200 && r.json["rank"] == 1 && r.json["improved"] == true,
+            "{r:?}"
+        );
     }
     let around = |m: &str, k: u64| {
         let path = format!("/v1/leaderboards/lb/alltime/g/members/{m}/around?k={k}");
@@ -367,18 +460,36 @@ async fn edges_trimming_and_remove(b: Backend) -> Result<()> {
     };
     let names = |r: &Reply| entries(r).into_iter().map(|e| e.0).collect::<Vec<_>>();
     ensure!(names(&around("e", 2).await?) == ["e", "d", "c"], "top edge");
-    ensure!(names(&around("a", 2).await?) == ["c", "b", "a"], "bottom edge");
+    ensure!(
+        names(&around("a", 2).await?) == ["c", "b", "a"],
+        "bottom edge"
+    );
     ensure!(names(&around("c", 1).await?) == ["d", "c", "b"], "middle");
-    ensure!(names(&around("c", 9).await?) == ["e", "d", "c", "b", "a"], "both edges");
+    ensure!(
+        names(&around("c", 9).await?) == ["e", "d", "c", "b", "a"],
+        "both edges"
+    );
     // Full (max_size 5): a worse score is trimmed at once, a better one drops the worst.
     let r = submit(p, "alltime", "g", "f", json!(5)).await?;
-    ensure!(r.status == 200 && r.json["rank"].is_null(), "trimmed at once: {r:?}");
+    ensure!(
+        r.status == 200 && r.json["rank"].is_null(),
+        "trimmed at once: {r:?}"
+    );
     let r = submit(p, "alltime", "g", "f", json!(35)).await?;
     ensure!(r.json["rank"] == 3, "{r:?}");
-    ensure!(p.get("/v1/leaderboards/lb/alltime/g/members/a").await?.status == 404, "the worst was dropped");
+    ensure!(
+        p.get("/v1/leaderboards/lb/alltime/g/members/a")
+            .await?
+            .status
+            == 404,
+        "the worst was dropped"
+    );
     // A tie with `first`: who reached 50 first stays ahead.
     let r = submit(p, "alltime", "g", "b", json!(50)).await?;
-    ensure!(r.json["rank"] == 2, "a later equal score ranks below: {r:?}");
+    ensure!(
+        r.json["rank"] == 2,
+        "a later equal score ranks below: {r:?}"
+    );
     let r = p.get("/v1/leaderboards/lb/alltime/g/count").await?;
     ensure!(r.json["count"] == 5 && r.json["period"] == "all", "{r:?}");
     let r = p.delete("/v1/leaderboards/lb/alltime/g/members/e").await?;
@@ -390,14 +501,18 @@ async fn edges_trimming_and_remove(b: Backend) -> Result<()> {
     // Ranks across boards: one call per board.
     submit(p, "alltime", "h", "b", json!(7)).await?;
     let r = p
-        .post_json("/v1/leaderboards/lb/alltime/_ranks", &json!({ "member": "b", "boards": ["g", "h", "none"] }))
+        .post_json(
+            "/v1/leaderboards/lb/alltime/_ranks",
+            &json!({ "member": "b", "boards": ["g", "h", "none"] }),
+        )
         .await?;
     ensure!(
-        r.json["boards"] == json!([
-            { "board": "g", "score": 50, "rank": 1 },
-            { "board": "h", "score": 7, "rank": 1 },
-            { "board": "none", "score": null, "rank": null },
-        ]),
+        r.json["boards"]
+            == json!([
+                { "board": "g", "score": 50, "rank": 1 },
+                { "board": "h", "score": 7, "rank": 1 },
+                { "board": "none", "score": null, "rank": null },
+            ]),
         "{r:?}"
     );
     // No expiry on a `period: none` board: its bound is max_size.
@@ -414,35 +529,91 @@ async fn scores_at_the_precision_limit(b: Backend) -> Result<()> {
     let w = World::on(b, &[("lb.yaml", POLICY)], &[]).await?;
     let p = &w.patternd;
     let r = submit(p, "wide", "g", "max", json!(4_294_967_295_u64)).await?;
-    ensure!(r.status == 200 && r.json["score"] == 4_294_967_295_u64, "{r:?}");
+    ensure!(
+        r.status == 200 && r.json["score"] == 4_294_967_295_u64,
+        "{r:?}"
+    );
     let r = submit(p, "wide", "g", "next", json!(4_294_967_294_u64)).await?;
-    ensure!(r.json["rank"] == 2, "one below the max ranks below it: {r:?}");
+    ensure!(
+        r.json["rank"] == 2,
+        "one below the max ranks below it: {r:?}"
+    );
     let r = p.get("/v1/leaderboards/lb/wide/g/members/max").await?;
-    ensure!(r.json["score"] == 4_294_967_295_u64 && r.json["rank"] == 1, "{r:?}");
+    ensure!(
+        r.json["score"] == 4_294_967_295_u64 && r.json["rank"] == 1,
+        "{r:?}"
+    );
     let r = submit(p, "wide", "g", "over", json!(4_294_967_296_u64)).await?;
-    ensure!(r.status == 400 && r.json["type"] == "urn:patternd:problem:bad-request", "{r:?}");
-    ensure!(r.json["detail"].as_str().unwrap_or_default().contains("32 bits"), "{r:?}");
+    ensure!(
+        r.status == 400 && r.json["type"] == "urn:patternd:problem:bad-request",
+        "{r:?}"
+    );
+    ensure!(
+        r.json["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("32 bits"),
+        "{r:?}"
+    );
     // A smaller max_score leaves more bits to the time: 10 score bits, 43 time bits.
     let r = submit(p, "alltime", "g", "max", json!(1000)).await?;
     ensure!(r.status == 200 && r.json["score"] == 1000, "{r:?}");
     let r = submit(p, "alltime", "g", "over", json!(1001)).await?;
-    ensure!(r.status == 400 && r.json["detail"].as_str().unwrap_or_default().contains("10 bits"), "{r:?}");
+    ensure!(
+        r.status == 400
+            && r.json["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("10 bits"),
+        "{r:?}"
+    );
     let admin = p.get("/admin/policies").await?;
-    let rules = admin.json["apps"][0]["rules"].as_array().cloned().unwrap_or_default();
-    let settings = |name: &str| rules.iter().find(|r| r["rule"] == name).cloned().unwrap_or_default();
-    ensure!(settings("wide")["score_bits"] == 32 && settings("wide")["time_bits"] == 21, "{admin:?}");
-    ensure!(settings("alltime")["time_bits"] == 43 && settings("alltime")["tie_time_unit_ms"] == 1, "{admin:?}");
+    let rules = admin.json["apps"][0]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let settings = |name: &str| {
+        rules
+            .iter()
+            .find(|r| r["rule"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    ensure!(
+        settings("wide")["score_bits"] == 32 && settings("wide")["time_bits"] == 21,
+        "{admin:?}"
+    );
+    ensure!(
+        settings("alltime")["time_bits"] == 43 && settings("alltime")["tie_time_unit_ms"] == 1,
+        "{admin:?}"
+    );
     let r = submit(p, "points", "g", "s", json!(4_294_967_000_u64)).await?;
     ensure!(r.status == 200, "{r:?}");
     let r = submit(p, "points", "g", "s", json!(295)).await?;
-    ensure!(r.status == 200 && r.json["score"] == 4_294_967_295_u64, "{r:?}");
+    ensure!(
+        r.status == 200 && r.json["score"] == 4_294_967_295_u64,
+        "{r:?}"
+    );
     let r = submit(p, "points", "g", "s", json!(1)).await?;
-    ensure!(r.status == 400 && r.json["detail"].as_str().unwrap_or_default().contains("max_score"), "{r:?}");
+    ensure!(
+        r.status == 400
+            && r.json["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("max_score"),
+        "{r:?}"
+    );
     let r = p.get("/v1/leaderboards/lb/points/g/members/s").await?;
-    ensure!(r.json["score"] == 4_294_967_295_u64, "a refused sum changes nothing: {r:?}");
+    ensure!(
+        r.json["score"] == 4_294_967_295_u64,
+        "a refused sum changes nothing: {r:?}"
+    );
     // Shared ties: doubles, exact to 2^53.
     let r = submit(p, "open", "g", "big", json!(9_007_199_254_740_992_u64)).await?;
-    ensure!(r.status == 200 && r.json["score"] == 9_007_199_254_740_992_u64, "{r:?}");
+    ensure!(
+        r.status == 200 && r.json["score"] == 9_007_199_254_740_992_u64,
+        "{r:?}"
+    );
     let r = submit(p, "open", "g", "big", json!(9_007_199_254_740_994_u64)).await?;
     ensure!(r.status == 400, "{r:?}");
     let r = submit(p, "open", "g", "frac", json!(-2.5)).await?;
@@ -456,27 +627,103 @@ async fn bad_input_is_a_clear_4xx(b: Backend) -> Result<()> {
     let p = &w.patternd;
     let long = "x".repeat(513);
     for (r, status, says) in [
-        (submit(p, "alltime", "g", "m", json!(1.5)).await?, 400, "whole number"),
-        (submit(p, "alltime", "g", "m", json!(1e300)).await?, 400, "max_score"),
-        (submit(p, "alltime", "g", "m", json!(-1)).await?, 400, "whole number"),
-        (submit(p, "alltime", "g", "m", json!("12")).await?, 400, "invalid JSON body"),
-        (submit(p, "alltime", "g", &long, json!(1)).await?, 400, "513 bytes"),
-        (p.post_raw("/v1/leaderboards/lb/alltime/g", "[1]").await?, 400, "JSON object"),
-        (p.get("/v1/leaderboards/lb/alltime/g?limit=101").await?, 400, "max_page"),
-        (p.get("/v1/leaderboards/lb/alltime/g?offset=5").await?, 400, "max_size"),
-        (p.get("/v1/leaderboards/lb/alltime/g?rows=1").await?, 400, "rows"),
-        (p.get("/v1/leaderboards/lb/alltime/g/members/m/around?k=50").await?, 400, "max_page"),
-        (p.get("/v1/leaderboards/lb/alltime/g/members/m/around").await?, 404, "not on this board"),
-        (p.get("/v1/leaderboards/lb/alltime/g?period=previous").await?, 400, "no periods"),
-        (p.get("/v1/leaderboards/lb/chess/g?period=yesterday").await?, 400, "period's label"),
-        (p.get("/v1/leaderboards/lb/chess/g/aggregate?last=3").await?, 400, "`last` must be 1 … 2"),
-        (p.get("/v1/leaderboards/lb/alltime/g/aggregate?last=1").await?, 400, "no periods"),
-        (p.post_json("/v1/leaderboards/lb/alltime/_ranks", &json!({ "member": "m", "boards": [] })).await?, 400, "1 … 32"),
+        (
+            submit(p, "alltime", "g", "m", json!(1.5)).await?,
+            400,
+            "whole number",
+        ),
+        (
+            submit(p, "alltime", "g", "m", json!(1e300)).await?,
+            400,
+            "max_score",
+        ),
+        (
+            submit(p, "alltime", "g", "m", json!(-1)).await?,
+            400,
+            "whole number",
+        ),
+        (
+            submit(p, "alltime", "g", "m", json!("12")).await?,
+            400,
+            "invalid JSON body",
+        ),
+        (
+            submit(p, "alltime", "g", &long, json!(1)).await?,
+            400,
+            "513 bytes",
+        ),
+        (
+            p.post_raw("/v1/leaderboards/lb/alltime/g", "[1]").await?,
+            400,
+            "JSON object",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g?limit=101").await?,
+            400,
+            "max_page",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g?offset=5").await?,
+            400,
+            "max_size",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g?rows=1").await?,
+            400,
+            "rows",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g/members/m/around?k=50")
+                .await?,
+            400,
+            "max_page",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g/members/m/around")
+                .await?,
+            404,
+            "not on this board",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g?period=previous")
+                .await?,
+            400,
+            "no periods",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/chess/g?period=yesterday")
+                .await?,
+            400,
+            "period's label",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/chess/g/aggregate?last=3")
+                .await?,
+            400,
+            "`last` must be 1 … 2",
+        ),
+        (
+            p.get("/v1/leaderboards/lb/alltime/g/aggregate?last=1")
+                .await?,
+            400,
+            "no periods",
+        ),
+        (
+            p.post_json(
+                "/v1/leaderboards/lb/alltime/_ranks",
+                &json!({ "member": "m", "boards": [] }),
+            )
+            .await?,
+            400,
+            "1 … 32",
+        ),
         (p.get("/v1/leaderboards/lb/nope/g").await?, 404, "nope"),
     ] {
         ensure!(r.status == status, "want {status}: {r:?}");
         ensure!(
-            r.headers.get("content-type").is_some_and(|c| c == "application/problem+json"),
+            r.headers
+                .get("content-type")
+                .is_some_and(|c| c == "application/problem+json"),
             "{r:?}"
         );
         ensure!(r.text.contains(says), "want `{says}` in {r:?}");
@@ -499,8 +746,13 @@ async fn shared_ties_rank_1_2_2_4(b: Backend) -> Result<()> {
     ensure!(ranks == [2, 2, 5], "a page starting inside a tie: {r:?}");
     let r = p.get("/v1/leaderboards/lb/open/t/members/c").await?;
     ensure!(r.json["rank"] == 2, "{r:?}");
-    let r = p.get("/v1/leaderboards/lb/open/t/members/d/around?k=1").await?;
-    ensure!(entries(&r).into_iter().map(|e| e.2).collect::<Vec<_>>() == [2, 5], "{r:?}");
+    let r = p
+        .get("/v1/leaderboards/lb/open/t/members/d/around?k=1")
+        .await?;
+    ensure!(
+        entries(&r).into_iter().map(|e| e.2).collect::<Vec<_>>() == [2, 5],
+        "{r:?}"
+    );
     Ok(())
 }
 
@@ -527,6 +779,9 @@ fn model_ranks_compete_and_trim() {
     m.submit("b", 5);
     m.submit("c", 1);
     assert_eq!(m.submit("d", 3), (3, Some(3), true));
-    assert_eq!(m.ranked().iter().map(|e| e.2).collect::<Vec<_>>(), [1, 1, 3]);
+    assert_eq!(
+        m.ranked().iter().map(|e| e.2).collect::<Vec<_>>(),
+        [1, 1, 3]
+    );
     assert_eq!(m.submit("a", 2), (5, Some(1), false));
 }

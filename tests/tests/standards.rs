@@ -376,7 +376,8 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
             Probe::new("get", "/v1/pubsub/std/notify/news").event_stream()
         }
         ("post", "/v1/leaderboards/{app}/{rule}/{board}") => {
-            Probe::new("post", "/v1/leaderboards/std/board/g").json(json!({"member": "m1", "score": 7}))
+            Probe::new("post", "/v1/leaderboards/std/board/g")
+                .json(json!({"member": "m1", "score": 7}))
         }
         ("get", "/v1/leaderboards/{app}/{rule}/{board}") => {
             Probe::new("get", "/v1/leaderboards/std/board/g?limit=5")
@@ -393,9 +394,10 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
         ("get", "/v1/leaderboards/{app}/{rule}/{board}/count") => {
             Probe::new("get", "/v1/leaderboards/std/board/g/count?period=previous")
         }
-        ("get", "/v1/leaderboards/{app}/{rule}/{board}/aggregate") => {
-            Probe::new("get", "/v1/leaderboards/std/board/g/aggregate?last=2&member=m1")
-        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}/aggregate") => Probe::new(
+            "get",
+            "/v1/leaderboards/std/board/g/aggregate?last=2&member=m1",
+        ),
         ("post", "/v1/leaderboards/{app}/{rule}/_ranks") => {
             Probe::new("post", "/v1/leaderboards/std/board/_ranks")
                 .json(json!({"member": "m1", "boards": ["g", "h"]}))

@@ -36,12 +36,36 @@ const INCLUDES: &[Block] = &[
     lua_file!("leaderboard/prelude.lua"),
 ];
 
-const SUBMIT: Recipe = Recipe::new("leaderboard submit", INCLUDES, lua_file!("leaderboard/submit.lua"));
-const RANK: Recipe = Recipe::new("leaderboard rank", INCLUDES, lua_file!("leaderboard/rank.lua"));
-const TOP: Recipe = Recipe::new("leaderboard top", INCLUDES, lua_file!("leaderboard/top.lua"));
-const AROUND: Recipe = Recipe::new("leaderboard around", INCLUDES, lua_file!("leaderboard/around.lua"));
-const COUNT: Recipe = Recipe::new("leaderboard count", INCLUDES, lua_file!("leaderboard/count.lua"));
-const REMOVE: Recipe = Recipe::new("leaderboard remove", INCLUDES, lua_file!("leaderboard/remove.lua"));
+const SUBMIT: Recipe = Recipe::new(
+    "leaderboard submit",
+    INCLUDES,
+    lua_file!("leaderboard/submit.lua"),
+);
+const RANK: Recipe = Recipe::new(
+    "leaderboard rank",
+    INCLUDES,
+    lua_file!("leaderboard/rank.lua"),
+);
+const TOP: Recipe = Recipe::new(
+    "leaderboard top",
+    INCLUDES,
+    lua_file!("leaderboard/top.lua"),
+);
+const AROUND: Recipe = Recipe::new(
+    "leaderboard around",
+    INCLUDES,
+    lua_file!("leaderboard/around.lua"),
+);
+const COUNT: Recipe = Recipe::new(
+    "leaderboard count",
+    INCLUDES,
+    lua_file!("leaderboard/count.lua"),
+);
+const REMOVE: Recipe = Recipe::new(
+    "leaderboard remove",
+    INCLUDES,
+    lua_file!("leaderboard/remove.lua"),
+);
 const AGGREGATE: Recipe = Recipe::new(
     "leaderboard aggregate",
     INCLUDES,
@@ -50,7 +74,8 @@ const AGGREGATE: Recipe = Recipe::new(
 
 /// The recipes, for the `compile` module doc.
 #[cfg(test)]
-pub(super) const RECIPES: &[Recipe<'static>] = &[SUBMIT, RANK, TOP, AROUND, COUNT, REMOVE, AGGREGATE];
+pub(super) const RECIPES: &[Recipe<'static>] =
+    &[SUBMIT, RANK, TOP, AROUND, COUNT, REMOVE, AGGREGATE];
 
 /// A double's exact integer bits.
 pub const EXACT_BITS: u32 = 53;
@@ -191,7 +216,14 @@ mod tests {
         assert_eq!(split((1 << 32) - 1), (32, 21));
         assert_eq!(split(1_000_000), (20, 33));
         assert_eq!(split(1), (1, 52));
-        for p in [Period::None, Period::Day, Period::Week, Period::Month, Period::Every(2000), Period::Every(86_400_000 * 366)] {
+        for p in [
+            Period::None,
+            Period::Day,
+            Period::Week,
+            Period::Month,
+            Period::Every(2000),
+            Period::Every(86_400_000 * 366),
+        ] {
             for bits in [21, 33, 52] {
                 let unit = time_unit_ms(p, bits);
                 let longest = match p {

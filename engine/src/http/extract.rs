@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
-use crate::patterns::{LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule};
+use crate::patterns::{
+    LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule,
+};
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
 

@@ -154,7 +154,13 @@ async fn top(
     let sel = lb.parse_period(q.period.as_deref())?;
     let limit = q.limit.unwrap_or(10);
     let p = lb
-        .top(&state.runtime.store, &board, q.offset.unwrap_or(0), limit, sel)
+        .top(
+            &state.runtime.store,
+            &board,
+            q.offset.unwrap_or(0),
+            limit,
+            sel,
+        )
         .await?;
     Ok(Json(page(&p)).into_response())
 }
@@ -175,9 +181,7 @@ async fn member(
     Query(q): Query<PeriodQuery>,
 ) -> Result<Response, ApiError> {
     let sel = lb.parse_period(q.period.as_deref())?;
-    let (period, found) = lb
-        .entry(&state.runtime.store, &board, &member, sel)
-        .await?;
+    let (period, found) = lb.entry(&state.runtime.store, &board, &member, sel).await?;
     let Some(e) = found else {
         return Err(ApiError::NotFound(format!(
             "`{member}` is not on this board in period `{period}`"

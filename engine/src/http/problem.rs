@@ -56,7 +56,8 @@ use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
 use crate::patterns::{
-    CheckError, InputError, LeaderboardError, LockError, OpError, PubSubError, QueueError, SessionError, StreamError,
+    CheckError, InputError, LeaderboardError, LockError, OpError, PubSubError, QueueError,
+    SessionError, StreamError,
 };
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;

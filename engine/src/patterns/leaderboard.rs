@@ -150,7 +150,9 @@ fn score_text(s: f64) -> String {
 
 fn check(what: &str, id: &str) -> Result<(), LeaderboardError> {
     check_id(id).map_err(|e| match e {
-        InputError::EmptyId => LeaderboardError::BadRequest(format!("the {what} must not be empty")),
+        InputError::EmptyId => {
+            LeaderboardError::BadRequest(format!("the {what} must not be empty"))
+        }
         InputError::IdTooLong(n) => LeaderboardError::BadRequest(format!(
             "the {what} is {n} bytes; at most {MAX_ID_BYTES} are allowed"
         )),
@@ -159,7 +161,12 @@ fn check(what: &str, id: &str) -> Result<(), LeaderboardError> {
 }
 
 impl LeaderboardRule {
-    pub fn new(rule: &Rule, spec: &Leaderboard, compiled: &CompiledLeaderboard, keys: &KeySpace) -> Self {
+    pub fn new(
+        rule: &Rule,
+        spec: &Leaderboard,
+        compiled: &CompiledLeaderboard,
+        keys: &KeySpace,
+    ) -> Self {
         let (kind, len) = spec.period.lua_args();
         let (_, time_bits) = split(spec.max_score);
         Self {
@@ -216,7 +223,9 @@ impl LeaderboardRule {
     pub fn check_score(&self, score: f64) -> Result<(), LeaderboardError> {
         let max = self.spec.max_score as f64;
         if !score.is_finite() {
-            return Err(LeaderboardError::BadRequest("`score` must be a finite number".into()));
+            return Err(LeaderboardError::BadRequest(
+                "`score` must be a finite number".into(),
+            ));
         }
         if self.spec.ties == Ties::First {
             if score.fract() != 0.0 || score < 0.0 {
@@ -226,7 +235,9 @@ impl LeaderboardRule {
                 )));
             }
             if self.spec.update == Update::Sum && score < 0.0 {
-                return Err(LeaderboardError::ScoreOutOfRange("`score` must not be negative".into()));
+                return Err(LeaderboardError::ScoreOutOfRange(
+                    "`score` must not be negative".into(),
+                ));
             }
         }
         if score.abs() > max {
@@ -236,7 +247,9 @@ impl LeaderboardRule {
                 max_t = self.spec.max_score,
                 why = if self.spec.ties == Ties::First {
                     let (bits, time) = split(self.spec.max_score);
-                    format!(" (with `ties: first` a score has {bits} bits and the time it was reached {time}, of a double's 53)")
+                    format!(
+                        " (with `ties: first` a score has {bits} bits and the time it was reached {time}, of a double's 53)"
+                    )
                 } else {
                     String::new()
                 }
@@ -282,9 +295,13 @@ impl LeaderboardRule {
             argv.extend_from_slice(args);
             let reply: Vec<Value> = self.failed(store.eval(script, &keys(target), &argv).await)?;
             let mut items = Items::new(reply);
-            let tag = items.next_text().map_err(|e| LeaderboardError::Reply(name, e))?;
+            let tag = items
+                .next_text()
+                .map_err(|e| LeaderboardError::Reply(name, e))?;
             if tag == "period" {
-                let actual = items.next_int().map_err(|e| LeaderboardError::Reply(name, e))?;
+                let actual = items
+                    .next_int()
+                    .map_err(|e| LeaderboardError::Reply(name, e))?;
                 self.counters.retried.increment(1);
                 if attempt == 0 {
                     current = actual;
@@ -337,7 +354,11 @@ impl LeaderboardRule {
                 }
             };
             let start = start.to_string();
-            let check = if p == Period::None { String::new() } else { current.to_string() };
+            let check = if p == Period::None {
+                String::new()
+            } else {
+                current.to_string()
+            };
             let argv: [&[u8]; 13] = [
                 self.fixed[0].as_bytes(),
                 self.fixed[1].as_bytes(),
@@ -420,7 +441,14 @@ impl LeaderboardRule {
         check("member", member)?;
         let args: [&[u8]; 1] = [member.as_bytes()];
         let (idx, reply) = self
-            .run(store, &self.scripts.rank, "rank", sel, |i| vec![self.board(board, i)], &args)
+            .run(
+                store,
+                &self.scripts.rank,
+                "rank",
+                sel,
+                |i| vec![self.board(board, i)],
+                &args,
+            )
             .await?;
         self.counters.read.increment(1);
         let bad = |e| LeaderboardError::Reply("rank", e);
@@ -464,9 +492,8 @@ impl LeaderboardRule {
         }
         let mut out: Vec<Option<(String, Option<Entry>)>> = vec![None; boards.len()];
         while let Some(done) = tasks.join_next().await {
-            let (i, r) = done.map_err(|e| {
-                LeaderboardError::Reply("rank", unexpected("task", &e.to_string()))
-            })?;
+            let (i, r) = done
+                .map_err(|e| LeaderboardError::Reply("rank", unexpected("task", &e.to_string())))?;
             if let Some(slot) = out.get_mut(i) {
                 *slot = Some(r?);
             }
@@ -504,7 +531,14 @@ impl LeaderboardRule {
         let (o, l) = (offset.to_string(), limit.to_string());
         let args: [&[u8]; 2] = [o.as_bytes(), l.as_bytes()];
         let (idx, reply) = self
-            .run(store, &self.scripts.top, "top", sel, |i| vec![self.board(board, i)], &args)
+            .run(
+                store,
+                &self.scripts.top,
+                "top",
+                sel,
+                |i| vec![self.board(board, i)],
+                &args,
+            )
             .await?;
         self.counters.read.increment(1);
         self.page(idx, reply, "top")
@@ -526,7 +560,14 @@ impl LeaderboardRule {
         let k = k.to_string();
         let args: [&[u8]; 2] = [member.as_bytes(), k.as_bytes()];
         let (idx, reply) = self
-            .run(store, &self.scripts.around, "around", sel, |i| vec![self.board(board, i)], &args)
+            .run(
+                store,
+                &self.scripts.around,
+                "around",
+                sel,
+                |i| vec![self.board(board, i)],
+                &args,
+            )
             .await?;
         self.counters.read.increment(1);
         if matches!(reply.first(), Some(v) if reply::text(v).is_ok_and(|t| t == "none")) {
@@ -535,7 +576,12 @@ impl LeaderboardRule {
         self.page(idx, reply, "around")
     }
 
-    fn page(&self, idx: i64, reply: Vec<Value>, name: &'static str) -> Result<Page, LeaderboardError> {
+    fn page(
+        &self,
+        idx: i64,
+        reply: Vec<Value>,
+        name: &'static str,
+    ) -> Result<Page, LeaderboardError> {
         let bad = |e| LeaderboardError::Reply(name, e);
         let mut items = Items::new(reply);
         let tag = items.next_text().map_err(bad)?;
@@ -550,10 +596,22 @@ impl LeaderboardRule {
         })
     }
 
-    pub async fn count(&self, store: &Store, board: &str, sel: PeriodSel) -> Result<(String, u64), LeaderboardError> {
+    pub async fn count(
+        &self,
+        store: &Store,
+        board: &str,
+        sel: PeriodSel,
+    ) -> Result<(String, u64), LeaderboardError> {
         check("board", board)?;
         let (idx, reply) = self
-            .run(store, &self.scripts.count, "count", sel, |i| vec![self.board(board, i)], &[])
+            .run(
+                store,
+                &self.scripts.count,
+                "count",
+                sel,
+                |i| vec![self.board(board, i)],
+                &[],
+            )
             .await?;
         self.counters.read.increment(1);
         let bad = |e| LeaderboardError::Reply("count", e);
@@ -572,7 +630,14 @@ impl LeaderboardRule {
         check("member", member)?;
         let args: [&[u8]; 1] = [member.as_bytes()];
         let (idx, reply) = self
-            .run(store, &self.scripts.remove, "remove", sel, |i| vec![self.board(board, i)], &args)
+            .run(
+                store,
+                &self.scripts.remove,
+                "remove",
+                sel,
+                |i| vec![self.board(board, i)],
+                &args,
+            )
             .await?;
         let bad = |e| LeaderboardError::Reply("remove", e);
         let n = reply::int(reply::at(&reply, 1).map_err(bad)?).map_err(bad)?;
@@ -635,7 +700,14 @@ impl LeaderboardRule {
             k
         };
         let (idx, reply) = self
-            .run(store, &self.scripts.aggregate, "aggregate", PeriodSel::Current, keys, &args)
+            .run(
+                store,
+                &self.scripts.aggregate,
+                "aggregate",
+                PeriodSel::Current,
+                keys,
+                &args,
+            )
             .await?;
         self.counters.aggregated.increment(1);
         let bad = |e| LeaderboardError::Reply("aggregate", e);
@@ -683,7 +755,11 @@ fn entries(mut items: Items) -> Result<Vec<Entry>, ReplyError> {
         let member = items.next_text()?;
         let score = parse_score(&items.next_text()?)?;
         let rank = rank_of(&items.next_value()?)?;
-        out.push(Entry { member, score, rank });
+        out.push(Entry {
+            member,
+            score,
+            rank,
+        });
     }
     Ok(out)
 }
@@ -694,7 +770,16 @@ mod tests {
 
     #[test]
     fn score_text_reads_back_exactly() {
-        for s in [0.0, 1.0, 4_294_967_295.0, 9_007_199_254_740_992.0, -3.5, 0.1, 1e-7, 123.456] {
+        for s in [
+            0.0,
+            1.0,
+            4_294_967_295.0,
+            9_007_199_254_740_992.0,
+            -3.5,
+            0.1,
+            1e-7,
+            123.456,
+        ] {
             assert_eq!(score_text(s).parse::<f64>().expect("a number"), s, "{s}");
         }
         assert_eq!(score_text(4_294_967_295.0), "4294967295");

@@ -178,11 +178,45 @@ impl Validator {
                 k.unsigned_abs()
             }
         };
-        let update = self.word(path, "update", &raw.update, &[("best", Update::Best), ("latest", Update::Latest), ("sum", Update::Sum)], Update::Best);
-        let order = self.word(path, "order", &raw.order, &[("desc", Order::Desc), ("asc", Order::Asc)], Order::Desc);
-        let ties = self.word(path, "ties", &raw.ties, &[("shared", Ties::Shared), ("first", Ties::First)], Ties::Shared);
-        let max_size = self.lb_bounded(path, "max_size", &raw.max_size, DEFAULT_MAX_SIZE, MAX_MAX_SIZE);
-        let max_page = self.lb_bounded(path, "max_page", &raw.max_page, DEFAULT_MAX_PAGE, MAX_MAX_PAGE);
+        let update = self.word(
+            path,
+            "update",
+            &raw.update,
+            &[
+                ("best", Update::Best),
+                ("latest", Update::Latest),
+                ("sum", Update::Sum),
+            ],
+            Update::Best,
+        );
+        let order = self.word(
+            path,
+            "order",
+            &raw.order,
+            &[("desc", Order::Desc), ("asc", Order::Asc)],
+            Order::Desc,
+        );
+        let ties = self.word(
+            path,
+            "ties",
+            &raw.ties,
+            &[("shared", Ties::Shared), ("first", Ties::First)],
+            Ties::Shared,
+        );
+        let max_size = self.lb_bounded(
+            path,
+            "max_size",
+            &raw.max_size,
+            DEFAULT_MAX_SIZE,
+            MAX_MAX_SIZE,
+        );
+        let max_page = self.lb_bounded(
+            path,
+            "max_page",
+            &raw.max_page,
+            DEFAULT_MAX_PAGE,
+            MAX_MAX_PAGE,
+        );
         let ceiling = match ties {
             Ties::First => FIRST_MAX_SCORE,
             Ties::Shared => SHARED_MAX_SCORE,
@@ -191,7 +225,9 @@ impl Validator {
             None => ceiling,
             Some(m) if **m < 1 || m.unsigned_abs() > ceiling => {
                 let why = match ties {
-                    Ties::First => "with `ties: first` a score has at most 32 bits (at least 21 of a double's 53 order equal scores by time)",
+                    Ties::First => {
+                        "with `ties: first` a score has at most 32 bits (at least 21 of a double's 53 order equal scores by time)"
+                    }
                     Ties::Shared => "scores are doubles, exact integers only up to 2^53",
                 };
                 self.err(
@@ -268,7 +304,10 @@ impl Validator {
         let Some(n) = n else { return default };
         match self.positive(path, field, n) {
             Some(v) if v > max => {
-                self.err(&loc(path, n.span()), format!("`{field}` {v} is above {max}"));
+                self.err(
+                    &loc(path, n.span()),
+                    format!("`{field}` {v} is above {max}"),
+                );
                 default
             }
             Some(v) => v,
@@ -300,18 +339,34 @@ mod tests {
     fn defaults_and_settings() {
         let d = load("{}").expect("empty block is valid");
         assert_eq!(d.period, Period::None);
-        assert_eq!((d.update, d.order, d.ties), (Update::Best, Order::Desc, Ties::Shared));
-        assert_eq!((d.max_size, d.max_page, d.max_score), (10_000, 100, 1 << 53));
-        let s = load("{ period: week, keep: 3, update: sum, order: asc, ties: first, max_size: 50 }")
-            .expect("valid");
-        assert_eq!((s.period, s.keep, s.max_score), (Period::Week, 3, (1 << 32) - 1));
-        assert_eq!(load("{ period: 2s }").expect("valid").period, Period::Every(2000));
+        assert_eq!(
+            (d.update, d.order, d.ties),
+            (Update::Best, Order::Desc, Ties::Shared)
+        );
+        assert_eq!(
+            (d.max_size, d.max_page, d.max_score),
+            (10_000, 100, 1 << 53)
+        );
+        let s =
+            load("{ period: week, keep: 3, update: sum, order: asc, ties: first, max_size: 50 }")
+                .expect("valid");
+        assert_eq!(
+            (s.period, s.keep, s.max_score),
+            (Period::Week, 3, (1 << 32) - 1)
+        );
+        assert_eq!(
+            load("{ period: 2s }").expect("valid").period,
+            Period::Every(2000)
+        );
     }
 
     #[test]
     fn bad_settings_are_named() {
         for (block, want) in [
-            ("{ update: most }", "unknown `update` `most`; expected `best`, `latest` or `sum`"),
+            (
+                "{ update: most }",
+                "unknown `update` `most`; expected `best`, `latest` or `sum`",
+            ),
             ("{ order: up }", "unknown `order` `up`"),
             ("{ ties: random }", "unknown `ties` `random`"),
             ("{ period: fortnight }", "unknown period `fortnight`"),
@@ -319,7 +374,10 @@ mod tests {
             ("{ keep: 2 }", "`keep` applies to boards with a `period`"),
             ("{ period: day, keep: 401 }", "`keep` must be 0 … 400"),
             ("{ max_size: 0 }", "`max_size` must be at least 1"),
-            ("{ max_size: 1000001 }", "`max_size` 1000001 is above 1000000"),
+            (
+                "{ max_size: 1000001 }",
+                "`max_size` 1000001 is above 1000000",
+            ),
             ("{ max_page: 1001 }", "`max_page` 1001 is above 1000"),
             ("{ ties: first, max_score: 4294967296 }", "at most 32 bits"),
             ("{ aggregate_cache: 2h }", "at most 1h"),

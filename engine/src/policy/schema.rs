@@ -310,7 +310,10 @@ fn tighten(v: &mut Value) {
             "RawLeaderboard/properties/max_page",
             super::leaderboard::MAX_MAX_PAGE,
         ),
-        ("RawLeaderboard/properties/keep", super::leaderboard::MAX_KEEP),
+        (
+            "RawLeaderboard/properties/keep",
+            super::leaderboard::MAX_KEEP,
+        ),
         (
             "RawLeaderboard/properties/max_score",
             super::leaderboard::SHARED_MAX_SCORE,
