@@ -1,4 +1,4 @@
-//! The `patternd` binary: serve | check | compile | schema.
+//! The `patternd` binary: serve | check | compile | schema | doctor.
 
 use std::io::{self, IsTerminal as _, Write};
 use std::net::{SocketAddr, ToSocketAddrs as _};
@@ -85,6 +85,49 @@ enum Command {
     },
     /// Print the JSON Schema of the policy language (for editors).
     Schema,
+    /// Check a live Redis against the policies: eviction policy, maxmemory, persistence,
+    /// replicas, slow scripts, latency, version and modules, and a bounded sample of each
+    /// rule's keys. Read-only. Exit code: 0 when no check fails (warnings allowed), 1 when
+    /// any check fails, 2 when it could not run (invalid policies, Redis unreachable).
+    Doctor(Box<DoctorArgs>),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Policy files or directories of them (the rules to check Redis against).
+    #[arg(default_value = "policies")]
+    policies: Vec<PathBuf>,
+    /// The Redis to check, as for `serve --redis` (a `redis+cluster://` URL checks every
+    /// primary).
+    #[arg(
+        long,
+        env = "PATTERND_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis: String,
+    /// CA certificates (PEM) for a `rediss://` URL, as for `serve`.
+    #[arg(long, env = "PATTERND_REDIS_CA_FILE", value_name = "PATH")]
+    redis_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), with --redis-client-key.
+    #[arg(long, env = "PATTERND_REDIS_CLIENT_CERT", value_name = "PATH")]
+    redis_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --redis-client-cert.
+    #[arg(long, env = "PATTERND_REDIS_CLIENT_KEY", value_name = "PATH")]
+    redis_client_key: Option<PathBuf>,
+    /// Plugins directory, when the policies name plugins.
+    #[arg(long, env = "PATTERND_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// `text` for people, `json` for the same report `GET /admin/doctor` answers.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -206,6 +249,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { paths, plugins } => return check(&sources(paths, plugins)),
         Command::Compile { paths, plugins } => return compile_cmd(&sources(paths, plugins)),
+        Command::Doctor(args) => return doctor(&args),
         Command::Schema => {
             return emit(|out| {
                 let schema =
@@ -341,6 +385,71 @@ fn check(src: &Sources) -> ExitCode {
             eprintln!("{} error(s)", d.error_count());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `patternd doctor`: exit 0 (no check failed), 1 (a check failed), 2 (could not run).
+fn doctor(args: &DoctorArgs) -> ExitCode {
+    let src = sources(args.policies.clone(), args.plugins.clone());
+    let snap = match Snapshot::build(&src) {
+        Ok(s) => s,
+        Err(d) => {
+            print_diags(&d.0);
+            eprintln!(
+                "{} error(s) in the policies; nothing checked",
+                d.error_count()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let target = match RedisTarget::new(
+        &args.redis,
+        &TlsFiles {
+            ca_file: args.redis_ca_file.clone(),
+            client_cert: args.redis_client_cert.clone(),
+            client_key: args.redis_client_key.clone(),
+        },
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(patternd::doctor::examine(
+                &snap,
+                &target,
+                patternd::doctor::COMMAND_TIMEOUT,
+            ))
+            .map_err(|e| e.to_string())
+        });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match args.format {
+        ReportFormat::Text => patternd::doctor::text::render(&report),
+        ReportFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    };
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: could not write the report: {e}");
+        return ExitCode::from(2);
+    }
+    if report.status == patternd::doctor::report::Status::Fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -490,10 +599,14 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
         flusher_stop,
     ));
 
+    // The dashboard's history: the registry read once a second into a bounded ring.
+    let samples = Arc::new(patternd::sampler::Samples::default());
+    tokio::spawn(patternd::sampler::run(metrics.clone(), samples.clone()));
     let state = AppState {
         runtime,
         admin_token: args.admin_token.as_deref().map(AdminToken::new),
         metrics: Some(metrics),
+        samples,
     };
     let app = router(state);
     let limits = server::Limits {

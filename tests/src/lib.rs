@@ -16,6 +16,7 @@ pub mod origin;
 pub mod raw;
 pub mod sse;
 pub mod tls;
+pub mod webdriver;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -349,14 +350,19 @@ fn locate_or_build() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// True when `bin` exists and is newer than every engine source file.
+/// True when `bin` exists and is newer than every engine source file (and embedded file).
 fn is_fresh(bin: &Path, workspace: &Path) -> bool {
     let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
         return false;
     };
     let engine = workspace.join("engine");
     let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![engine.join("src"), engine.join("Cargo.toml")];
+    // `ui/`: the dashboard's files, embedded with include_str!.
+    let mut stack = vec![
+        engine.join("src"),
+        engine.join("ui"),
+        engine.join("Cargo.toml"),
+    ];
     while let Some(p) = stack.pop() {
         let Ok(meta) = p.metadata() else { continue };
         if meta.is_dir() {

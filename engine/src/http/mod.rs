@@ -12,6 +12,8 @@
 
 mod admin;
 mod cache;
+mod dashboard;
+mod doctor;
 mod extract;
 pub mod forwarded;
 mod health;
@@ -38,6 +40,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::runtime::Runtime;
+use crate::sampler::Samples;
 pub use admin::AdminToken;
 use problem::ApiError;
 
@@ -50,6 +53,8 @@ pub struct AppState {
     /// Bearer token for `/admin`; without one, admin answers loopback clients only.
     pub admin_token: Option<AdminToken>,
     pub metrics: Option<PrometheusHandle>,
+    /// The dashboard's history, filled by `sampler::run` (empty when nothing samples).
+    pub samples: Arc<Samples>,
 }
 
 /// Every route, with its part of the OpenAPI document.
@@ -66,6 +71,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(leaderboard::routes())
         .merge(health::routes())
         .merge(admin::routes())
+        .merge(doctor::routes())
+        .merge(dashboard::routes())
         .merge(openapi::routes())
 }
 
@@ -233,6 +240,7 @@ mod tests {
             runtime: Arc::new(Runtime::new(snapshot, store, sources)),
             admin_token: None,
             metrics: None,
+            samples: Default::default(),
         }
     }
 

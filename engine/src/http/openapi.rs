@@ -6,7 +6,8 @@
 //! What every operation of a kind shares is added in one place, [`complete`], rather than
 //! repeated in each declaration: the 404 of an unknown app or rule, 400 (a path segment that
 //! is not UTF-8, a bad query), 413 (a body over 64 KiB), 500, 503 (Redis unavailable), the
-//! admin token's 401/403 and security scheme, and the shapes of path parameters (names,
+//! admin token's 401/403 and security scheme (every `/admin` route but the dashboard's static
+//! shell, `/admin/ui`), and the shapes of path parameters (names,
 //! ids of 1 to 512 bytes). `tests/tests/standards.rs` validates the served document with
 //! openapi-spec-validator and sends every documented operation one request.
 
@@ -131,7 +132,10 @@ fn complete(doc: &mut Value) {
 
 fn complete_operation(path: &str, method: &str, op: &mut Value) {
     let data = path.starts_with("/v1/");
-    let admin = path.starts_with("/admin/");
+    // The dashboard's page and files are a static shell, served without the token (its
+    // script asks the admin routes with it; see http/dashboard.rs).
+    let shell = path == "/admin/ui" || path.starts_with("/admin/ui/");
+    let admin = path.starts_with("/admin/") && !shell;
     let has_body = op.get("requestBody").is_some_and(Value::is_object);
     let has_input = path.contains('{')
         || has_body

@@ -402,6 +402,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The doctor could not reach Redis: 503, like any outage (the log has the cause).
+impl From<crate::doctor::DoctorError> for ApiError {
+    fn from(e: crate::doctor::DoctorError) -> Self {
+        e.into_store().into()
+    }
+}
+
 impl From<CheckError> for ApiError {
     fn from(e: CheckError) -> Self {
         match e {

@@ -11,6 +11,7 @@ pub mod durability;
 pub mod duration;
 pub mod ir;
 pub mod leaderboard;
+mod lint;
 pub mod lock;
 pub mod ops;
 pub mod period;
@@ -94,7 +95,13 @@ pub fn load_sources(sources: &[(PathBuf, String)]) -> Result<Loaded, Diagnostics
     for (idx, (path, text)) in sources.iter().enumerate() {
         v.file(idx, path, text);
     }
-    v.finish()
+    let mut loaded = v.finish()?;
+    // Anti-pattern lints need the whole validated policy (defaults applied).
+    loaded.warnings.extend(lint::lint(&loaded.policy));
+    loaded
+        .warnings
+        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Ok(loaded)
 }
 
 /// The JSON Schema of a policy file, for editors (`patternd schema`).

@@ -5,6 +5,7 @@
 //! connection. Every call is bounded by the command timeout, so a dead Redis answers an error
 //! in bounded time instead of hanging a request.
 
+pub mod admin;
 pub mod blocking;
 pub mod connect;
 pub mod managed;
@@ -224,6 +225,11 @@ impl Store {
     /// The URL without its password, for logs.
     pub fn redacted_url(&self) -> &str {
         self.inner.target.redacted()
+    }
+
+    /// Where the pool connects (the doctor opens its own connections there: `admin`).
+    pub fn target(&self) -> &RedisTarget {
+        &self.inner.target
     }
 
     /// True when Redis is a cluster (pub/sub is sharded there).
