@@ -18,7 +18,7 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
-                          | queue_batch | pubsub | cluster | hll | all
+                          | queue_batch | leaderboard | leaderboard_top | pubsub | cluster | hll | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -53,6 +53,12 @@ Scenarios:
                          cycle. `--scenario queue` also runs queue_batch
   queue_batch            the same in batches: 10 pushes, one pop with count=10, 10 acks per
                          operation (latency per batch; throughput and CPU per job cycle)
+  leaderboard            submits (POST /v1/leaderboards/bench/board/global with a member and score:
+                         random members of --keyspace, update best, ties first, max_size 10000)
+                         against the same script called in process through patternd's library.
+                         `--scenario leaderboard` also runs leaderboard_top
+  leaderboard_top        top-10 reads (GET /v1/leaderboards/bench/board/global?limit=10) of the
+                         full board, against the same script called in process
   pubsub                 fan-out of one channel to --subscribers SSE subscribers
                          (GET /v1/pubsub/bench/fan/room-1, published with POST), against as many
                          raw Redis SUBSCRIBE connections receiving PUBLISH on the same Redis:
@@ -88,6 +94,10 @@ pub enum Scenario {
     Queue,
     /// The same with pops of `patterns::QUEUE_BATCH` jobs.
     QueueBatch,
+    /// Leaderboard submits (best score, ties first) against the same script in process.
+    Leaderboard,
+    /// Leaderboard top-10 reads against the same script in process.
+    LeaderboardTop,
     /// Fan-out of SSE subscriptions against Redis SUBSCRIBE connections (`pubsub.rs`).
     PubSub,
     /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
@@ -97,7 +107,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -107,6 +117,8 @@ impl Scenario {
         Scenario::Lock,
         Scenario::Queue,
         Scenario::QueueBatch,
+        Scenario::Leaderboard,
+        Scenario::LeaderboardTop,
         Scenario::PubSub,
         Scenario::Cluster,
         Scenario::Hll,
@@ -123,6 +135,8 @@ impl Scenario {
             Scenario::Lock => "lock",
             Scenario::Queue => "queue",
             Scenario::QueueBatch => "queue_batch",
+            Scenario::Leaderboard => "leaderboard",
+            Scenario::LeaderboardTop => "leaderboard_top",
             Scenario::PubSub => "pubsub",
             Scenario::Cluster => "cluster",
             Scenario::Hll => "hll",
@@ -142,6 +156,8 @@ impl Scenario {
             | Scenario::Lock
             | Scenario::Queue
             | Scenario::QueueBatch
+            | Scenario::Leaderboard
+            | Scenario::LeaderboardTop
             | Scenario::PubSub
             | Scenario::Cluster
             | Scenario::Hll => None,
@@ -241,11 +257,13 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "lock" => vec![Scenario::Lock],
                     "queue" => vec![Scenario::Queue, Scenario::QueueBatch],
                     "queue_batch" => vec![Scenario::QueueBatch],
+                    "leaderboard" => vec![Scenario::Leaderboard, Scenario::LeaderboardTop],
+                    "leaderboard_top" => vec![Scenario::LeaderboardTop],
                     "pubsub" => vec![Scenario::PubSub],
                     "cluster" => vec![Scenario::Cluster],
                     "hll" => vec![Scenario::Hll],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster, hll or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, leaderboard, leaderboard_top, pubsub, cluster, hll or all",
                         ctx()
                     ),
                 };

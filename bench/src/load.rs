@@ -54,12 +54,20 @@ pub enum Shape {
     QueueCycle { batch: u64, pop: Uri },
     /// POST `uri` with `{"item": "<random 12-digit id>"}` (a counter add).
     PostItem,
+    /// POST `uri` with `{"member": <random id>, "score": 1<6 random digits>}`: a leaderboard
+    /// submit (a whole number below 2^32, as `ties: first` takes).
+    Submit,
 }
 
 /// The body of a counter add; the 12 zeros are overwritten with each request's item, the
 /// same ids redis-benchmark's `__rand_int__` gives the baseline's PFADD.
 const ITEM_BODY: &[u8; 23] = br#"{"item":"000000000000"}"#;
 const ITEM_AT: std::ops::Range<usize> = 9..21;
+
+/// The submit body; the 12 zeros are the member, the 6 after `1` the score.
+const SUBMIT: &[u8; 41] = br#"{"member":"000000000000","score":1000000}"#;
+const MEMBER_AT: std::ops::Range<usize> = 11..23;
+const SCORE_AT: std::ops::Range<usize> = 34..40;
 
 /// The job every queue cycle pushes: a small payload, like an order reference. It holds no
 /// `"id"` or `"receipt"` field, so the pop answer's are found by a plain scan.
@@ -200,6 +208,16 @@ async fn operation(
                     target.uri.clone(),
                     Bytes::copy_from_slice(&item[..]),
                 );
+                one(exchange(sender, req, false).await)
+            }
+            Shape::Submit => {
+                let mut b = *SUBMIT;
+                write_id(&mut b[MEMBER_AT], id);
+                let mut score = [0u8; 12];
+                write_id(&mut score, next_random(rng));
+                b[SCORE_AT].copy_from_slice(&score[6..]);
+                let req =
+                    target.request(Method::POST, target.uri.clone(), Bytes::copy_from_slice(&b));
                 one(exchange(sender, req, false).await)
             }
         }
@@ -524,6 +542,16 @@ fn write_id(dst: &mut [u8], mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn submit_template_holds_a_member_and_a_score() {
+        let mut b = *SUBMIT;
+        write_id(&mut b[MEMBER_AT], 42);
+        write_id(&mut b[SCORE_AT], 7);
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("JSON");
+        assert_eq!(v["member"], "000000000042");
+        assert_eq!(v["score"], 1_000_007);
+    }
 
     #[test]
     fn body_template_holds_a_twelve_digit_id() {

@@ -265,7 +265,12 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
             }
             Scenario::Hll => Some(run_hll(args, &pids, redis.port, patternd.addr).await?),
-            Scenario::Session | Scenario::Lock | Scenario::Queue | Scenario::QueueBatch => {
+            Scenario::Session
+            | Scenario::Lock
+            | Scenario::Queue
+            | Scenario::QueueBatch
+            | Scenario::Leaderboard
+            | Scenario::LeaderboardTop => {
                 let policy = dir.path().join("policies").join("bench.yaml");
                 let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
                 Some(match scenario {
@@ -273,6 +278,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                         run_session(args, &pids, patternd.addr, in_process).await?
                     }
                     Scenario::Lock => run_lock(args, &pids, patternd.addr, in_process).await?,
+                    Scenario::Leaderboard | Scenario::LeaderboardTop => {
+                        run_leaderboard(args, &pids, patternd.addr, in_process, scenario).await?
+                    }
                     _ => run_queue(args, &pids, patternd.addr, in_process, scenario).await?,
                 })
             }
@@ -689,6 +697,116 @@ async fn run_queue(
     })
 }
 
+/// The leaderboard scenarios: submits of random members (`leaderboard`) and top-10 reads of
+/// the full board (`leaderboard_top`) on one board, against the same script called in process
+/// through patternd's library. The board is filled to its `max_size` first, so every submit
+/// also trims and every read sees a full board.
+async fn run_leaderboard(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    in_process: Arc<patterns::InProcess>,
+    scenario: Scenario,
+) -> anyhow::Result<ScenarioResult> {
+    let name = scenario.name();
+    let board = in_process
+        .snapshot
+        .leaderboard(patterns::APP, patterns::BOARD_RULE)
+        .cloned()
+        .context("no leaderboard rule bench/board")?;
+    eprintln!(
+        "[{name}] filling the board with {} members …",
+        patterns::BOARD_SIZE
+    );
+    for i in 0..patterns::BOARD_SIZE {
+        board
+            .submit(
+                &in_process.store,
+                patterns::BOARD,
+                &format!("{i:012}"),
+                (1_000_000 + i % 999_999) as f64,
+            )
+            .await
+            .map_err(|e| anyhow!("leaderboard fill: {e}"))?;
+    }
+    let top = scenario == Scenario::LeaderboardTop;
+    eprintln!(
+        "[{name}] baseline: the {} script in process …",
+        if top { "top" } else { "submit" }
+    );
+    let keyspace = args.keyspace;
+    let base = {
+        let (ip, board) = (in_process.clone(), board.clone());
+        patterns::raw_baseline(
+            format!(
+                "patternd's leaderboard {}, in process through its library (EVALSHA, no HTTP)",
+                if top { "top 10" } else { "submit" }
+            ),
+            &pids.redis,
+            pids.ticks,
+            args.baseline_clients,
+            args.baseline_requests,
+            move |i| {
+                let (ip, board) = (ip.clone(), board.clone());
+                async move {
+                    if top {
+                        let page = board
+                            .top(
+                                &ip.store,
+                                patterns::BOARD,
+                                0,
+                                10,
+                                patternd::patterns::leaderboard::PeriodSel::Current,
+                            )
+                            .await
+                            .map_err(|e| anyhow!("leaderboard top: {e}"))?;
+                        if page.entries.len() != 10 {
+                            bail!(
+                                "a top-10 read of a full board gave {} entries",
+                                page.entries.len()
+                            );
+                        }
+                    } else {
+                        // The same members and score range as the HTTP side's.
+                        let member =
+                            format!("{:012}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keyspace);
+                        let score = 1_000_000 + (i.wrapping_mul(31) % 1_000_000);
+                        board
+                            .submit(&ip.store, patterns::BOARD, &member, score as f64)
+                            .await
+                            .map_err(|e| anyhow!("leaderboard submit: {e}"))?;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?
+    };
+    eprintln!(
+        "[{name}] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let path = format!(
+        "/v1/leaderboards/{}/{}/{}",
+        patterns::APP,
+        patterns::BOARD_RULE,
+        patterns::BOARD
+    );
+    let target = if top {
+        load::Target::new(addr, "/")?.with_shape(load::Shape::GetOneOf(Arc::new(vec![
+            format!("{path}?limit=10").parse()?,
+        ])))
+    } else {
+        load::Target::new(addr, &path)?.with_shape(load::Shape::Submit)
+    };
+    let m = measure::http(Arc::new(target), args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario,
+        baseline: base,
+        m,
+    })
+}
+
 /// The HTTP half of the plugin scenario: every variant for `--duration` in total, in
 /// `plugins::ROUNDS` phases of alternating order, all with the same requests (random ids and
 /// the tier header).
@@ -843,7 +961,7 @@ impl Report {
         if !self.results.is_empty() {
             println!(
                 "  baseline: on the same Redis, -c {} clients, -n {} requests: redis-benchmark EVALSHA of the same script (rate limits, -r {}), \
-                 redis-benchmark GET (cache, -r {}), the same scripts in process without HTTP (session; lock: n/2 cycles; queue: n/3 cycles)",
+                 redis-benchmark GET (cache, -r {}), the same scripts in process without HTTP (session; lock: n/2 cycles; queue: n/3 cycles; leaderboard)",
                 args.baseline_clients,
                 args.baseline_requests,
                 args.keyspace,

@@ -26,6 +26,12 @@ pub const QUEUE_RULE: &str = "work";
 /// Jobs per operation of the `queue_batch` scenario: pushes, one pop's `count`, acks. At most
 /// the rule's `max_pop` (default 10).
 pub const QUEUE_BATCH: u64 = 10;
+/// The leaderboard rule and board both leaderboard scenarios use.
+pub const BOARD_RULE: &str = "board";
+pub const BOARD: &str = "global";
+/// Members the board keeps: the leaderboard scenarios' board is full.
+pub const BOARD_SIZE: u64 = 10_000;
+
 /// The payload of every pushed job, the same as the HTTP side's (`load::QUEUE_PUSH`).
 pub fn queue_payload() -> serde_json::Value {
     serde_json::json!({"order": "bench-000042", "sku": "A-1"})
@@ -50,6 +56,9 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
     p.push_str("  hll:\n    counter: { kind: unique, period: day, keep: 7 }\n");
     p.push_str(&format!(
         "  {QUEUE_RULE}:\n    queue: {{ visibility: 30s, max_pop: {QUEUE_BATCH} }}\n"
+    ));
+    p.push_str(&format!(
+        "  {BOARD_RULE}:\n    leaderboard: {{ period: day, keep: 1, update: best, ties: first, max_size: {BOARD_SIZE} }}\n"
     ));
     // The default buffer (256 messages a client may fall behind) is far more than a fan-out
     // spaced out in time needs.

@@ -236,6 +236,35 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_leaderboard_requests_total",
+        kind: Kind::Counter,
+        help: "Leaderboard requests, by outcome (improved: a submit that bettered the member's score, also counted as submitted; refused: a score beyond the rule's bounds).",
+        labels: &[
+            APP,
+            RULE,
+            (
+                "outcome",
+                &[
+                    "submitted",
+                    "improved",
+                    "refused",
+                    "read",
+                    "removed",
+                    "aggregated",
+                    "failed",
+                ],
+            ),
+        ],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_leaderboard_period_retries_total",
+        kind: Kind::Counter,
+        help: "Leaderboard calls made again because Redis' clock put them in another period than the engine's (at a period boundary, or a skewed host).",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_lost_grants_total",
         kind: Kind::Counter,
         help: "Acquires whose answer was lost (timeout, cancelled request), undone in the background, by outcome.",

@@ -9,7 +9,8 @@ use std::time::SystemTime;
 use crate::compile::{self, CompiledKind, CompiledPolicy, Script};
 use crate::patterns::cache::CacheRule;
 use crate::patterns::{
-    CounterRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule,
+    CounterRule, LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions,
+    StreamRule,
 };
 use crate::plugin::{Limits, PluginBinding, PluginSet};
 use crate::policy::{self, Diagnostic, Diagnostics, RuleKind};
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>>,
     /// Counter rules by app, then rule.
     pub counters: HashMap<String, HashMap<String, Arc<CounterRule>>>,
+    /// Leaderboard rules by app, then rule.
+    pub leaderboards: HashMap<String, HashMap<String, Arc<LeaderboardRule>>>,
     pub scripts: Vec<Arc<Script>>,
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
@@ -90,6 +93,8 @@ impl Snapshot {
         let mut streams: HashMap<String, HashMap<String, Arc<StreamRule>>> = HashMap::new();
         let mut pubsubs: HashMap<String, HashMap<String, Arc<PubSubRule>>> = HashMap::new();
         let mut counters: HashMap<String, HashMap<String, Arc<CounterRule>>> = HashMap::new();
+        let mut leaderboards: HashMap<String, HashMap<String, Arc<LeaderboardRule>>> =
+            HashMap::new();
         let mut diags = Vec::new();
         for c in compiled.rules() {
             match (&c.rule.kind, &c.kind) {
@@ -192,6 +197,12 @@ impl Snapshot {
                         Arc::new(CounterRule::new(&c.rule, spec, cc, &c.keys)),
                     );
                 }
+                (RuleKind::Leaderboard(l), CompiledKind::Leaderboard(cl)) => {
+                    leaderboards.entry(c.rule.app.clone()).or_default().insert(
+                        c.rule.name.clone(),
+                        Arc::new(LeaderboardRule::new(&c.rule, l, cl, &c.keys)),
+                    );
+                }
                 _ => diags.push(Diagnostic::error(
                     &c.rule.location,
                     "internal error: rule and compiled kinds differ",
@@ -214,6 +225,7 @@ impl Snapshot {
             streams,
             pubsubs,
             counters,
+            leaderboards,
             scripts,
             warnings,
             loaded_at: SystemTime::now(),
@@ -254,6 +266,10 @@ impl Snapshot {
 
     pub fn counter(&self, app: &str, rule: &str) -> Option<&Arc<CounterRule>> {
         self.counters.get(app)?.get(rule)
+    }
+
+    pub fn leaderboard(&self, app: &str, rule: &str) -> Option<&Arc<LeaderboardRule>> {
+        self.leaderboards.get(app)?.get(rule)
     }
 
     pub fn has_app(&self, app: &str) -> bool {

@@ -91,6 +91,8 @@ rules:
     counter: {{ kind: unique, period: day }}
   seen:
     counter: {{ kind: bloom, capacity: 1000 }}
+  board:
+    leaderboard: {{ period: day, ties: first }}
 "
     )
 }
@@ -385,6 +387,33 @@ async fn probe_for(s: &Served, method: &str, path: &str) -> Result<Probe> {
         }
         ("post", "/v1/counters/{app}/{rule}/{id}/check") => {
             Probe::new("post", "/v1/counters/std/seen/c-1/check").json(json!({"item": "a"}))
+        }
+        ("post", "/v1/leaderboards/{app}/{rule}/{board}") => {
+            Probe::new("post", "/v1/leaderboards/std/board/g")
+                .json(json!({"member": "m1", "score": 7}))
+        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}") => {
+            Probe::new("get", "/v1/leaderboards/std/board/g?limit=5")
+        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}/members/{member}") => {
+            Probe::new("get", "/v1/leaderboards/std/board/g/members/m1")
+        }
+        ("delete", "/v1/leaderboards/{app}/{rule}/{board}/members/{member}") => {
+            Probe::new("delete", "/v1/leaderboards/std/board/g/members/m2")
+        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}/members/{member}/around") => {
+            Probe::new("get", "/v1/leaderboards/std/board/g/members/m1/around?k=2")
+        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}/count") => {
+            Probe::new("get", "/v1/leaderboards/std/board/g/count?period=previous")
+        }
+        ("get", "/v1/leaderboards/{app}/{rule}/{board}/aggregate") => Probe::new(
+            "get",
+            "/v1/leaderboards/std/board/g/aggregate?last=2&member=m1",
+        ),
+        ("post", "/v1/leaderboards/{app}/{rule}/_ranks") => {
+            Probe::new("post", "/v1/leaderboards/std/board/_ranks")
+                .json(json!({"member": "m1", "boards": ["g", "h"]}))
         }
         ("get", "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Probe::new("get", path),
         // The dashboard's static shell needs no token (its script sends it).

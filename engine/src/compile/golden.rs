@@ -54,7 +54,8 @@ fn render(name: &str, text: &str) -> String {
                     | CompiledKind::Queue(_)
                     | CompiledKind::Stream(_)
                     | CompiledKind::PubSub(_)
-                    | CompiledKind::Counter(_) => {
+                    | CompiledKind::Counter(_)
+                    | CompiledKind::Leaderboard(_) => {
                         // Names only: these scripts are the .lua files with fixed ARGV, so
                         // their text (and SHA) would only make every golden file churn. What
                         // the policy decides shows in the key layout and the script set.

@@ -68,10 +68,18 @@
 //! | `counter bloom-check` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua`, `counter/bloom.lua` | `counter/bloom_check.lua` |
 //! | `counter redisbloom-add` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/module_add.lua` |
 //! | `counter redisbloom-check` | `shared/clock.lua`, `shared/period.lua`, `counter/prelude.lua` | `counter/module_check.lua` |
+//! | `leaderboard submit` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/submit.lua` |
+//! | `leaderboard rank` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/rank.lua` |
+//! | `leaderboard top` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/top.lua` |
+//! | `leaderboard around` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/around.lua` |
+//! | `leaderboard count` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/count.lua` |
+//! | `leaderboard remove` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/remove.lua` |
+//! | `leaderboard aggregate` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/aggregate.lua` |
 
 pub mod cache;
 pub mod counter;
 pub mod keys;
+pub mod leaderboard;
 pub mod lock;
 pub mod luacheck;
 pub mod ops;
@@ -92,6 +100,7 @@ use crate::policy::{Diagnostic, Diagnostics, Policy, Rule, RuleKind};
 pub use cache::CompiledCache;
 pub use counter::CompiledCounter;
 pub use keys::KeySpace;
+pub use leaderboard::CompiledLeaderboard;
 pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use pubsub::CompiledPubSub;
@@ -140,6 +149,7 @@ pub enum CompiledKind {
     Stream(CompiledStream),
     PubSub(CompiledPubSub),
     Counter(CompiledCounter),
+    Leaderboard(CompiledLeaderboard),
 }
 
 impl CompiledRule {
@@ -155,6 +165,7 @@ impl CompiledRule {
             CompiledKind::Stream(c) => c.scripts(),
             CompiledKind::PubSub(c) => c.scripts(),
             CompiledKind::Counter(c) => c.scripts(),
+            CompiledKind::Leaderboard(c) => c.scripts(),
         }
     }
 
@@ -173,6 +184,10 @@ impl CompiledRule {
             CompiledKind::PubSub(c) => c.key_layout(&self.keys),
             CompiledKind::Counter(c) => match &self.rule.kind {
                 RuleKind::Counter(spec) => c.key_layout(&self.keys, spec),
+                _ => Vec::new(),
+            },
+            CompiledKind::Leaderboard(c) => match &self.rule.kind {
+                RuleKind::Leaderboard(spec) => c.key_layout(&self.keys, spec),
                 _ => Vec::new(),
             },
             CompiledKind::Ops(op) => op
@@ -275,6 +290,9 @@ pub fn compile(
                 .and_then(|()| pubsub::compile(rule, c))
                 .map(CompiledKind::PubSub),
                 RuleKind::Counter(c) => counter::compile(rule, c).map(CompiledKind::Counter),
+                RuleKind::Leaderboard(c) => {
+                    leaderboard::compile(rule, c).map(CompiledKind::Leaderboard)
+                }
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {

@@ -151,7 +151,8 @@ mod tests {
 
     use super::*;
     use crate::compile::{
-        cache, compile, counter, lock, luacheck, ops, pubsub, queue, ratelimit, session, stream,
+        cache, compile, counter, leaderboard, lock, luacheck, ops, pubsub, queue, ratelimit,
+        session, stream,
     };
     use crate::plugin::PluginSet;
     use crate::policy::load_sources;
@@ -167,6 +168,7 @@ mod tests {
             stream::RECIPES,
             pubsub::RECIPES,
             counter::RECIPES,
+            leaderboard::RECIPES,
         ]
         .concat()
     }
@@ -242,6 +244,7 @@ rules:
   cu: { counter: { kind: unique, period: day, range_cache: 5s } }
   cc2: { counter: { kind: count, period: 1h, keep: 24 } }
   cb: { counter: { kind: bloom, capacity: 1000, period: week } }
+  lb: { leaderboard: { period: day, ties: first } }
 "#;
         let sources = vec![(PathBuf::from("all.yaml"), policy.to_string())];
         let loaded = load_sources(&sources).expect("a valid policy");
@@ -262,10 +265,10 @@ rules:
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
         // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue,
-        // 8 counter.
+        // 8 counter, 7 leaderboard.
         assert_eq!(
             all.len(),
-            55,
+            62,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

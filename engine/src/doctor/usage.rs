@@ -4,6 +4,7 @@
 //! until someone decides what it needs here.
 
 use crate::policy::cache::WriteMode;
+use crate::policy::period::Period;
 use crate::policy::{Rule, RuleKind};
 
 use super::info::Version;
@@ -133,6 +134,13 @@ impl Usage {
                     modules.push("bf");
                 }
             }
+            // A board is a ranking users see: evicting it drops every score in it. Period
+            // boards carry TTLs (`volatile-*` may pick them); `period: none` boards have none.
+            RuleKind::Leaderboard(l) => eviction.push(if l.period == Period::None {
+                Eviction::KeepNoTtl
+            } else {
+                Eviction::Keep
+            }),
             RuleKind::PubSub(_) => {
                 eviction.push(Eviction::NoKeys);
                 if cluster {

@@ -94,7 +94,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 #[utoipa::path(get, path = "/admin/policies", tag = "admin", operation_id = "admin_policies",
-    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session, lock and counter settings in ms). Bearer token, or loopback only without one.",
+    description = "Loaded apps and rules with key layouts, script SHAs and each rule's validated settings (rate limits, cache, session, lock, leaderboard and counter settings in ms). Bearer token, or loopback only without one.",
     responses((status = 200, description = "The loaded policies", body = Object, content_type = "application/json")))]
 async fn policies(_: Admin, State(state): State<AppState>) -> Response {
     axum::Json(describe(&state.runtime.snapshot())).into_response()
@@ -312,6 +312,35 @@ fn describe(snap: &Snapshot) -> Value {
                                     crate::policy::pubsub::PubSubFallback::Fail => "fail",
                                     crate::policy::pubsub::PubSubFallback::Allow => "allow",
                                 });
+                            }
+                        }
+                        (RuleKind::Leaderboard(l), _) => {
+                            use crate::policy::leaderboard::{Order, Ties, Update};
+                            r["period"] = json!(l.period.to_string());
+                            r["keep"] = json!(l.keep);
+                            r["update"] = json!(match l.update {
+                                Update::Best => "best",
+                                Update::Latest => "latest",
+                                Update::Sum => "sum",
+                            });
+                            r["order"] = json!(match l.order {
+                                Order::Desc => "desc",
+                                Order::Asc => "asc",
+                            });
+                            r["ties"] = json!(match l.ties {
+                                Ties::Shared => "shared",
+                                Ties::First => "first",
+                            });
+                            r["max_size"] = json!(l.max_size);
+                            r["max_page"] = json!(l.max_page);
+                            r["max_score"] = json!(l.max_score);
+                            r["aggregate_cache_ms"] = json!(ms(l.aggregate_cache));
+                            if l.ties == Ties::First {
+                                use crate::compile::leaderboard::{split, time_unit_ms};
+                                let (score_bits, time_bits) = split(l.max_score);
+                                r["score_bits"] = json!(score_bits);
+                                r["time_bits"] = json!(time_bits);
+                                r["tie_time_unit_ms"] = json!(time_unit_ms(l.period, time_bits));
                             }
                         }
                         _ => {}

@@ -26,7 +26,8 @@ use super::problem::ApiError;
 use super::{AppState, MAX_BODY_BYTES, server};
 use crate::patterns::cache::{CacheRule, check_cache_id};
 use crate::patterns::{
-    CounterRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions, StreamRule,
+    CounterRule, LeaderboardRule, Locker, OpRunner, PubSubRule, QueueRule, RateLimiter, Sessions,
+    StreamRule,
 };
 use crate::plugin::RequestFacts;
 use crate::snapshot::Snapshot;
@@ -101,6 +102,13 @@ impl Pattern for CounterRule {
     }
 }
 
+impl Pattern for LeaderboardRule {
+    const NAME: &'static str = "leaderboard";
+    fn find(snap: &Snapshot, app: &str, rule: &str) -> Option<Arc<Self>> {
+        snap.leaderboard(app, rule).cloned()
+    }
+}
+
 /// The rule of pattern `P` that the path's `{app}` and `{rule}` name, from the current
 /// snapshot: 404 `unknown-app` when no such app is loaded, 404 `unknown-rule` when the app
 /// has no such rule of this pattern.
@@ -163,7 +171,8 @@ struct IdPath {
         alias = "user",
         alias = "lease",
         alias = "group",
-        alias = "channel"
+        alias = "channel",
+        alias = "board"
     )]
     id: String,
 }
@@ -176,6 +185,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
             .await
             .map_err(bad_path)?;
         Ok(Id(id))
+    }
+}
+
+/// A leaderboard's `{board}` and `{member}` segments (the pattern checks both).
+pub struct BoardMember {
+    pub board: String,
+    pub member: String,
+}
+
+#[derive(Deserialize)]
+struct BoardMemberPath {
+    board: String,
+    member: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for BoardMember {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(BoardMemberPath { board, member }) = Path::from_request_parts(parts, state)
+            .await
+            .map_err(bad_path)?;
+        Ok(BoardMember { board, member })
     }
 }
 

@@ -18,6 +18,7 @@ mod doctor;
 mod extract;
 pub mod forwarded;
 mod health;
+mod leaderboard;
 mod lock;
 mod openapi;
 mod ops;
@@ -69,6 +70,7 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(stream::routes())
         .merge(pubsub::routes())
         .merge(counter::routes())
+        .merge(leaderboard::routes())
         .merge(health::routes())
         .merge(admin::routes())
         .merge(doctor::routes())

@@ -56,8 +56,8 @@ use crate::patterns::cache::read::ReadError;
 use crate::patterns::cache::write::WriteError;
 use crate::patterns::ratelimit::ReleaseError;
 use crate::patterns::{
-    CheckError, CounterError, InputError, LockError, OpError, PubSubError, QueueError,
-    SessionError, StreamError,
+    CheckError, CounterError, InputError, LeaderboardError, LockError, OpError, PubSubError,
+    QueueError, SessionError, StreamError,
 };
 use crate::policy::Diagnostic;
 use crate::runtime::ReloadError;
@@ -513,6 +513,21 @@ impl From<QueueError> for ApiError {
             QueueError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
             QueueError::Store(s) => s.into(),
             QueueError::Random(_) | QueueError::Reply(..) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl From<LeaderboardError> for ApiError {
+    fn from(e: LeaderboardError) -> Self {
+        let detail = e.to_string();
+        match e {
+            LeaderboardError::BadRequest(_) | LeaderboardError::ScoreOutOfRange(_) => {
+                ApiError::BadRequest(detail)
+            }
+            LeaderboardError::Input(e) => e.into(),
+            LeaderboardError::NotOnBoard(_) => ApiError::NotFound(detail),
+            LeaderboardError::Store(e) => e.into(),
+            LeaderboardError::Reply(..) => ApiError::Internal(detail),
         }
     }
 }

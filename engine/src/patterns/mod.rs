@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod counter;
 pub mod feed;
+pub mod leaderboard;
 pub mod lock;
 mod lost_grant;
 pub mod ops;
@@ -16,6 +17,7 @@ pub mod session;
 pub mod stream;
 
 pub use counter::{CounterError, CounterRule};
+pub use leaderboard::{LeaderboardError, LeaderboardRule};
 pub use lock::{Lease, LockError, Locker};
 pub use ops::{OpError, OpOutcome, OpRunner};
 pub use pubsub::{PubSubError, PubSubRule};

@@ -51,6 +51,7 @@ pub enum RuleKind {
     Stream(super::stream::Stream),
     PubSub(super::pubsub::PubSub),
     Counter(super::counter::Counter),
+    Leaderboard(super::leaderboard::Leaderboard),
 }
 
 impl RuleKind {
@@ -66,6 +67,7 @@ impl RuleKind {
             RuleKind::Stream(_) => "stream",
             RuleKind::PubSub(_) => "pubsub",
             RuleKind::Counter(_) => "counter",
+            RuleKind::Leaderboard(_) => "leaderboard",
         }
     }
 }

@@ -88,7 +88,8 @@ pub fn lint(policy: &Policy) -> Vec<Diagnostic> {
             | RuleKind::Queue(_)
             | RuleKind::Stream(_)
             | RuleKind::PubSub(_)
-            | RuleKind::Counter(_) => {}
+            | RuleKind::Counter(_)
+            | RuleKind::Leaderboard(_) => {}
         }
     }
     out

@@ -11,6 +11,7 @@ mod dupkeys;
 pub mod durability;
 pub mod duration;
 pub mod ir;
+pub mod leaderboard;
 mod lint;
 pub mod lock;
 pub mod ops;

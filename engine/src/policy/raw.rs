@@ -73,6 +73,11 @@ pub struct RawRule {
     #[serde(default)]
     #[schemars(with = "Option<super::counter::RawCounter>")]
     pub counter: Option<Spanned<super::counter::RawCounter>>,
+    /// Leaderboards (one sorted set per board and period), served at
+    /// `/v1/leaderboards/{app}/{rule}/{board}`.
+    #[serde(default)]
+    #[schemars(with = "Option<super::leaderboard::RawLeaderboard>")]
+    pub leaderboard: Option<Spanned<super::leaderboard::RawLeaderboard>>,
 }
 
 /// `plugin: { name: NAME, config: {...}, fields: [...], headers: [...] }`.

@@ -24,7 +24,7 @@ pub const NONZERO_DURATION_PATTERN: &str =
 /// An HTTP header name (RFC 9110 token).
 pub const HEADER_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
-const PATTERN_BLOCKS: [&str; 9] = [
+const PATTERN_BLOCKS: [&str; 10] = [
     "rate_limit",
     "cache",
     "session",
@@ -34,6 +34,7 @@ const PATTERN_BLOCKS: [&str; 9] = [
     "stream",
     "pubsub",
     "counter",
+    "leaderboard",
 ];
 const INLINE_LIMIT: [&str; 5] = ["algorithm", "limit", "window", "burst", "lease"];
 
@@ -333,6 +334,22 @@ fn tighten(v: &mut Value) {
         ),
         ("RawLock/properties/permits", super::lock::MAX_PERMITS),
         ("RawCounter/properties/capacity", MAX_LIMIT),
+        (
+            "RawLeaderboard/properties/max_size",
+            super::leaderboard::MAX_MAX_SIZE,
+        ),
+        (
+            "RawLeaderboard/properties/max_page",
+            super::leaderboard::MAX_MAX_PAGE,
+        ),
+        (
+            "RawLeaderboard/properties/keep",
+            super::leaderboard::MAX_KEEP,
+        ),
+        (
+            "RawLeaderboard/properties/max_score",
+            super::leaderboard::SHARED_MAX_SCORE,
+        ),
         (
             "RawQueue/properties/max_attempts",
             super::queue::MAX_MAX_ATTEMPTS,

@@ -28,7 +28,7 @@ use super::yaml_json::node_to_json;
 pub(super) const MAX_LIMIT: i64 = 1_000_000_000_000;
 /// The longest window or lease: a year. Longer is almost certainly a typo.
 const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
-const PATTERN_KEYS: [&str; 9] = [
+const PATTERN_KEYS: [&str; 10] = [
     "rate_limit",
     "cache",
     "session",
@@ -38,6 +38,7 @@ const PATTERN_KEYS: [&str; 9] = [
     "stream",
     "pubsub",
     "counter",
+    "leaderboard",
 ];
 
 #[derive(Default)]
@@ -191,6 +192,7 @@ impl Validator {
             raw.stream.as_ref().map(|b| b.span()),
             raw.pubsub.as_ref().map(|b| b.span()),
             raw.counter.as_ref().map(|b| b.span()),
+            raw.leaderboard.as_ref().map(|b| b.span()),
         ];
         let mut present = blocks.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -231,6 +233,8 @@ impl Validator {
             RuleKind::PubSub(self.pubsub(path, name, p, body)?)
         } else if let Some(c) = &raw.counter {
             RuleKind::Counter(self.counter(path, name, c, body)?)
+        } else if let Some(l) = &raw.leaderboard {
+            RuleKind::Leaderboard(self.leaderboard(path, name, l, body)?)
         } else {
             return None;
         };
