@@ -18,7 +18,7 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
-                          | queue_batch | pubsub | cluster | all
+                          | queue_batch | pubsub | cluster | floors | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -63,6 +63,12 @@ Scenarios:
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
                          (BENCH_CLUSTER_POOL=N gives the cluster engine --redis-pool N)
+  floors                 issue 16: the floors of the stack in this run (patternd's own GET /healthz
+                         under the same load; redis-benchmark EVALSHA of a naive INCR+PEXPIRE
+                         fixed window; redis-benchmark GET), then patternd's fixed_window and
+                         sliding_window decisions, fixed_window denials (1000 ids over a limit of 1)
+                         and cache hits: engine CPU and Redis CPU per request as ratios to those
+                         floors, with p99. Run it 3 times on a shared machine and compare ratios
 With the defaults, `all` takes about 3 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
@@ -89,10 +95,13 @@ pub enum Scenario {
     PubSub,
     /// Rate limits and cache hits on a 3-primary cluster against standalone (`cluster.rs`).
     Cluster,
+    /// Engine and Redis CPU per decision and per cache hit as ratios to the floors of the stack
+    /// (`floors.rs`).
+    Floors,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -104,6 +113,7 @@ impl Scenario {
         Scenario::QueueBatch,
         Scenario::PubSub,
         Scenario::Cluster,
+        Scenario::Floors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +129,7 @@ impl Scenario {
             Scenario::QueueBatch => "queue_batch",
             Scenario::PubSub => "pubsub",
             Scenario::Cluster => "cluster",
+            Scenario::Floors => "floors",
         }
     }
 
@@ -136,7 +147,8 @@ impl Scenario {
             | Scenario::Queue
             | Scenario::QueueBatch
             | Scenario::PubSub
-            | Scenario::Cluster => None,
+            | Scenario::Cluster
+            | Scenario::Floors => None,
         }
     }
 }
@@ -235,8 +247,9 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "queue_batch" => vec![Scenario::QueueBatch],
                     "pubsub" => vec![Scenario::PubSub],
                     "cluster" => vec![Scenario::Cluster],
+                    "floors" => vec![Scenario::Floors],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, pubsub, cluster, floors or all",
                         ctx()
                     ),
                 };
