@@ -39,18 +39,83 @@ const GOAL_P99_MS: f64 = 3.0;
 /// The rules this scenario adds to the benchmark policy.
 pub fn policy() -> String {
     let mut p = String::new();
-    p.push_str(
-        "  fw:\n    rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m }\n",
-    );
+    p.push_str("  fw:\n    rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m }\n");
     // Limit 1 for an hour: after its first request an id is denied for the rest of the run.
     p.push_str("  fw_deny:\n    rate_limit: { algorithm: fixed_window, limit: 1, window: 1h }\n");
     p
+}
+
+/// One line of `INFO commandstats`: a command, its calls and its µs in Redis.
+#[derive(Debug, Clone)]
+pub struct CmdStat {
+    pub command: String,
+    pub calls: u64,
+    pub usec: u64,
+}
+
+/// Resets Redis' command statistics (`CONFIG RESETSTAT`), so the next read covers one phase.
+async fn reset_stats(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(con)
+        .await
+        .context("CONFIG RESETSTAT")
+}
+
+/// `INFO commandstats`, busiest command first. The commands a script calls are counted too
+/// (with their own µs, which are part of the script's).
+async fn read_stats(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<Vec<CmdStat>> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .context("INFO commandstats")?;
+    let mut out: Vec<CmdStat> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, fields) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |f: &str| {
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            Some(CmdStat {
+                command: name.to_string(),
+                calls: field("calls")?,
+                usec: field("usec")?,
+            })
+        })
+        .filter(|c| !matches!(c.command.as_str(), "info" | "config|resetstat" | "ping"))
+        .collect();
+    out.sort_by(|a, b| b.usec.cmp(&a.usec));
+    Ok(out)
+}
+
+/// Per request of a phase: each command's calls and Redis µs, e.g. `evalsha 1.00×4.1 get 1.00×0.3`.
+fn per_request(stats: &[CmdStat], requests: u64) -> String {
+    let n = requests.max(1) as f64;
+    stats
+        .iter()
+        .filter(|c| c.calls as f64 / n >= 0.01)
+        .map(|c| {
+            format!(
+                "{} {:.2}×{:.2}µs",
+                c.command,
+                c.calls as f64 / n,
+                c.usec as f64 / c.calls.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One patternd run of the scenario and the floors it is compared with.
 pub struct Run {
     pub name: &'static str,
     pub m: Measured,
+    /// Redis commands per request during the run (`INFO commandstats`).
+    pub commands: Vec<CmdStat>,
     /// Redis CPU per request of the naive equivalent (µs).
     pub redis_floor_us: f64,
 }
@@ -58,6 +123,7 @@ pub struct Run {
 pub struct FloorsResults {
     pub healthz: Measured,
     pub naive: Baseline,
+    pub naive_commands: Vec<CmdStat>,
     pub get: Baseline,
     pub runs: Vec<Run>,
 }
@@ -85,6 +151,7 @@ pub async fn run(
     // The same key shape as patternd's fixed window, prefixed so the two never share counters.
     let key = format!("naive:{}", key_template.replace("<id>", "__rand_int__"));
     eprintln!("[floors] Redis floor: redis-benchmark EVALSHA of INCR+PEXPIRE …");
+    reset_stats(con).await?;
     let naive = baseline::run(&baseline::Run {
         port: redis_port,
         redis_pid: &pids.redis,
@@ -97,6 +164,7 @@ pub async fn run(
         keyspace: args.keyspace,
     })
     .await?;
+    let naive_commands = read_stats(con).await?;
 
     eprintln!(
         "[floors] filling {} cache ids through patternd …",
@@ -134,9 +202,8 @@ pub async fn run(
     };
     let healthz = measure(
         "GET /healthz",
-        load::Target::new(addr, "/")?.with_shape(load::Shape::GetOneOf(Arc::new(vec![
-            "/healthz".parse()?,
-        ]))),
+        load::Target::new(addr, "/")?
+            .with_shape(load::Shape::GetOneOf(Arc::new(vec!["/healthz".parse()?]))),
         args.keyspace,
     )
     .await?;
@@ -147,24 +214,32 @@ pub async fn run(
         ("fixed_window denied", "fw_deny", DENY_IDS),
     ] {
         let target = load::Target::new(addr, &format!("/v1/ratelimit/{}/{rule}", patterns::APP))?;
+        // The statistics cover the warm-up too: per request, they are the same.
+        reset_stats(con).await?;
         let m = measure(name, target, keyspace).await?;
+        let commands = read_stats(con).await?;
         runs.push(Run {
             name,
             m,
+            commands,
             redis_floor_us: naive.redis_cpu_us,
         });
     }
     let target = load::Target::new(addr, &format!("/v1/cache/{}/item/", patterns::APP))?
         .with_shape(load::Shape::GetId);
+    reset_stats(con).await?;
     let m = measure("cache hit", target, patterns::CACHE_IDS).await?;
+    let commands = read_stats(con).await?;
     runs.push(Run {
         name: "cache hit",
         m,
+        commands,
         redis_floor_us: get.redis_cpu_us,
     });
     Ok(FloorsResults {
         healthz,
         naive,
+        naive_commands,
         get,
         runs,
     })
@@ -206,7 +281,12 @@ pub fn print(f: &FloorsResults) {
     );
     row(
         "  ... / Redis floor",
-        each(&|r| format!("{:.2}", r.m.per_decision_us(r.m.cpu.redis) / r.redis_floor_us)),
+        each(&|r| {
+            format!(
+                "{:.2}",
+                r.m.per_decision_us(r.m.cpu.redis) / r.redis_floor_us
+            )
+        }),
     );
     row(
         "other processes' CPU (%core)",
@@ -220,6 +300,16 @@ pub fn print(f: &FloorsResults) {
         "errors (other status / no answer)",
         each(&|r| format!("{} / {}", r.m.stats.bad_status, r.m.stats.transport_errors)),
     );
+    println!();
+    // The load generator does not count its warm-up, the statistics do: figures are per call
+    // of the busiest command (EVALSHA), calls × µs in Redis per call.
+    println!("  Redis commands per script call (INFO commandstats): calls × µs per call");
+    let per_call = |c: &[CmdStat]| per_request(c, c.first().map_or(1, |c| c.calls));
+    println!("    naive INCR+PEXPIRE: {}", per_call(&f.naive_commands));
+    for r in &f.runs {
+        println!("    {}: {}", r.name, per_call(&r.commands));
+    }
+    println!();
     row("goals", Vec::new());
     row(
         &format!("  engine CPU <= {GOAL_ENGINE_RATIO}x HTTP floor"),
