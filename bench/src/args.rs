@@ -66,9 +66,10 @@ Scenarios:
   floors                 issue 16: the floors of the stack in this run (patternd's own GET /healthz
                          under the same load; redis-benchmark EVALSHA of a naive INCR+PEXPIRE
                          fixed window; redis-benchmark GET), then patternd's fixed_window and
-                         sliding_window decisions, fixed_window denials (1000 ids over a limit of 1)
-                         and cache hits: engine CPU and Redis CPU per request as ratios to those
-                         floors, with p99. Run it 3 times on a shared machine and compare ratios
+                         sliding_window decisions, fixed_window denials (1000 ids over a limit of 1,
+                         without and with deny_cache) and cache hits: engine CPU and Redis CPU
+                         per request as ratios to those floors, with p99, and the Redis commands
+                         per script call. Run it 3 times on a shared machine and compare ratios
 With the defaults, `all` takes about 3 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";

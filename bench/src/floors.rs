@@ -8,8 +8,8 @@
 //! - Redis floor of a cache hit: redis-benchmark `GET` of values of the same size.
 //!
 //! Then patternd under the same load: fixed_window and sliding_window decisions (nearly all
-//! allowed), the fixed window's denial path (a small keyspace whose ids are all over the limit),
-//! and cache hits; each as engine CPU and Redis CPU per request, ratios to the floors, and p99.
+//! allowed), the fixed window's denial path (a small keyspace whose ids are all over the limit)
+//! without and with the rule's `deny_cache`, and cache hits; each as engine CPU and Redis CPU per request, ratios to the floors, and p99.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +42,10 @@ pub fn policy() -> String {
     p.push_str("  fw:\n    rate_limit: { algorithm: fixed_window, limit: 1000000, window: 1m }\n");
     // Limit 1 for an hour: after its first request an id is denied for the rest of the run.
     p.push_str("  fw_deny:\n    rate_limit: { algorithm: fixed_window, limit: 1, window: 1h }\n");
+    // The same with the engine's deny cache: denials answered without Redis.
+    p.push_str(
+        "  fw_deny_cached:\n    rate_limit: { algorithm: fixed_window, limit: 1, window: 1h, deny_cache: true }\n",
+    );
     p
 }
 
@@ -212,6 +216,7 @@ pub async fn run(
         ("fixed_window", "fw", args.keyspace),
         ("sliding_window", "sw", args.keyspace),
         ("fixed_window denied", "fw_deny", DENY_IDS),
+        ("denied, deny_cache", "fw_deny_cached", DENY_IDS),
     ] {
         let target = load::Target::new(addr, &format!("/v1/ratelimit/{}/{rule}", patterns::APP))?;
         // The statistics cover the warm-up too: per request, they are the same.
