@@ -92,7 +92,7 @@ async fn read_stats(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
         })
         .filter(|c| !matches!(c.command.as_str(), "info" | "config|resetstat" | "ping"))
         .collect();
-    out.sort_by(|a, b| b.usec.cmp(&a.usec));
+    out.sort_by_key(|c| std::cmp::Reverse(c.usec));
     Ok(out)
 }
 
