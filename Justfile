@@ -17,7 +17,9 @@ test:
 # cost per call; a plugin rule against the same rule without one), cache hits with and without
 # the near cache (redis-benchmark GET), session reads, lock acquire+release and queue
 # push+pop+ack cycles (the same scripts called in process), pub/sub fan-out to 500 SSE
-# subscribers (500 Redis SUBSCRIBE connections), HyperLogLog adds (redis-benchmark PFADD).
+# subscribers (500 Redis SUBSCRIBE connections), HyperLogLog adds (redis-benchmark PFADD), and
+# the floors (issue 16: engine and Redis CPU per decision and cache hit as ratios to GET
+# /healthz, a naive INCR+PEXPIRE script and GET; see docs/performance.md).
 # `just bench --scenario cache` runs
 # one; `--help` lists them.
 bench *ARGS:

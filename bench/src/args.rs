@@ -18,7 +18,8 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
   --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
-                          | queue_batch | leaderboard | leaderboard_top | pubsub | cluster | hll | all
+                          | queue_batch | leaderboard | leaderboard_top | pubsub | cluster | hll
+                          | floors | all
                           (default all)
   --hook-calls N          plugins: timed calls of each plugin hook, in process (default 20000)
   --load-threads N        threads of the HTTP load generator (default 1)
@@ -72,6 +73,13 @@ Scenarios:
                          decisions and cache hits against the standalone engine, in alternating
                          rounds; goal: patternd CPU per decision on the cluster ≤ 1.10× standalone
                          (BENCH_CLUSTER_POOL=N gives the cluster engine --redis-pool N)
+  floors                 issue 16: the floors of the stack in this run (patternd's own GET /healthz
+                         under the same load; redis-benchmark EVALSHA of a naive INCR+PEXPIRE
+                         fixed window; redis-benchmark GET), then patternd's fixed_window and
+                         sliding_window decisions, fixed_window denials (1000 ids over a limit of 1,
+                         without and with deny_cache) and cache hits: engine CPU and Redis CPU
+                         per request as ratios to those floors, with p99, and the Redis commands
+                         per script call. Run it 3 times on a shared machine and compare ratios
 With the defaults, `all` takes about 3 minutes after the build.
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
@@ -104,10 +112,13 @@ pub enum Scenario {
     Cluster,
     /// HyperLogLog adds over HTTP against redis-benchmark PFADD.
     Hll,
+    /// Engine and Redis CPU per decision and per cache hit as ratios to the floors of the stack
+    /// (`floors.rs`).
+    Floors,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
@@ -122,6 +133,7 @@ impl Scenario {
         Scenario::PubSub,
         Scenario::Cluster,
         Scenario::Hll,
+        Scenario::Floors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +152,7 @@ impl Scenario {
             Scenario::PubSub => "pubsub",
             Scenario::Cluster => "cluster",
             Scenario::Hll => "hll",
+            Scenario::Floors => "floors",
         }
     }
 
@@ -160,7 +173,8 @@ impl Scenario {
             | Scenario::LeaderboardTop
             | Scenario::PubSub
             | Scenario::Cluster
-            | Scenario::Hll => None,
+            | Scenario::Hll
+            | Scenario::Floors => None,
         }
     }
 }
@@ -262,8 +276,9 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "pubsub" => vec![Scenario::PubSub],
                     "cluster" => vec![Scenario::Cluster],
                     "hll" => vec![Scenario::Hll],
+                    "floors" => vec![Scenario::Floors],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, leaderboard, leaderboard_top, pubsub, cluster, hll or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, leaderboard, leaderboard_top, pubsub, cluster, hll, floors or all",
                         ctx()
                     ),
                 };

@@ -16,6 +16,7 @@
 mod args;
 mod baseline;
 mod cluster;
+mod floors;
 mod hist;
 mod load;
 mod measure;
@@ -98,6 +99,10 @@ fn main() -> ExitCode {
                 pubsub::print(p);
             }
             report.print_cluster();
+            if let Some(f) = &report.floors {
+                println!();
+                floors::print(f);
+            }
             if report.failed() {
                 eprintln!(
                     "error: more than {:.0}% of requests failed; the figures above are not valid",
@@ -128,6 +133,8 @@ struct Report {
     cluster: Vec<cluster::Pair>,
     /// The pub/sub fan-out (`pubsub.rs`).
     pubsub: Option<pubsub::PubSubResults>,
+    /// The floors scenario (`floors.rs`).
+    floors: Option<floors::FloorsResults>,
 }
 
 struct ScenarioResult {
@@ -194,12 +201,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let origin = if args.scenarios.contains(&Scenario::Cache)
         || args.scenarios.contains(&Scenario::CacheNear)
         || args.scenarios.contains(&Scenario::Cluster)
+        || args.scenarios.contains(&Scenario::Floors)
     {
         Some(patterns::start_origin().await?)
     } else {
         None
     };
-    let extra_rules = patterns::policy(origin.as_ref().map(|(addr, _)| *addr));
+    let extra_rules = patterns::policy(origin.as_ref().map(|(addr, _)| *addr)) + &floors::policy();
 
     // Declared in this order so they drop in reverse: patternd, then Redis, then the directory.
     let redis = procs::start_redis(dir.path()).await?;
@@ -244,8 +252,19 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let mut results = Vec::new();
     let mut cluster_pairs = Vec::new();
     let mut pubsub_results = None;
+    let mut floors_results = None;
     for &scenario in &args.scenarios {
         let pattern = match scenario {
+            Scenario::Floors => {
+                let (_, template) = rules
+                    .get("fw")
+                    .context("/admin/policies does not list rule bench/fw")?;
+                floors_results = Some(
+                    floors::run(args, &pids, redis.port, patternd.addr, &mut con, template).await?,
+                );
+                patternd.guard.check_alive()?;
+                continue;
+            }
             Scenario::PubSub => {
                 match pubsub::check_open_files(args) {
                     Ok(()) => {}
@@ -397,6 +416,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         plugins,
         cluster: cluster_pairs,
         pubsub: pubsub_results,
+        floors: floors_results,
     })
 }
 
@@ -902,7 +922,7 @@ pub(crate) fn row(label: &str, cells: Vec<String>) {
     println!("{}", line.trim_end());
 }
 
-fn mark(ok: bool) -> &'static str {
+pub(crate) fn mark(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
 
@@ -928,6 +948,10 @@ impl Report {
             .chain(plugin_runs.map(|v| &v.http))
             .any(|m| m.error_share() > MAX_ERROR_SHARE)
             || self.cluster.iter().any(|p| p.errors() > MAX_ERROR_SHARE)
+            || self
+                .floors
+                .as_ref()
+                .is_some_and(|f| floors::failed(f, MAX_ERROR_SHARE))
             || self
                 .pubsub
                 .iter()

@@ -300,6 +300,13 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_ratelimit_deny_cache_hits_total",
+        kind: Kind::Counter,
+        help: "Rate-limit denials answered from this engine's deny cache, without Redis (also counted as denied).",
+        labels: &[APP, RULE],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_near_cache_hits_total",
         kind: Kind::Counter,
         help: "Cache hits answered from this engine's near cache (also counted as hits).",

@@ -304,7 +304,29 @@ fn generate(limits: &[Limit]) -> String {
     s.push_str(
         "-- returns {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}\n",
     );
-    s.push_str("local cost = tonumber(ARGV[1])\nlocal now = now_ms()\nreturn decide({\n");
+    s.push_str("local cost = tonumber(ARGV[1])\n");
+    // A fixed window's time is its key's PTTL: a rule of fixed windows only reads no clock,
+    // which saves a TIME call (a quarter of the script's Redis calls) on every decision.
+    if limits.iter().all(|l| l.algorithm == Algorithm::FixedWindow) {
+        s.push_str("local now = 0 -- fixed windows read no clock\n");
+    } else {
+        s.push_str("local now = now_ms()\n");
+    }
+    // One limit (the common rule): no table of results to combine (see `decide_one`).
+    if let [l] = limits
+        && l.algorithm != Algorithm::Concurrency
+    {
+        let _ = writeln!(
+            s,
+            "return decide_one({}(KEYS[1], {}, {}, {}, cost, now))",
+            l.algorithm.name(),
+            l.limit,
+            l.window_ms(),
+            l.burst
+        );
+        return s;
+    }
+    s.push_str("return decide({\n");
     // KEYS follow `limit_subs`: one per limit, a concurrency limit's second key after its first.
     let mut k = 0;
     for l in limits {

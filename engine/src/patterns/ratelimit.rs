@@ -34,6 +34,111 @@ pub struct RateLimiter {
     pub shadow: bool,
     pub id_from: Option<IdFrom>,
     counters: Counters,
+    /// `deny_cache: true`: ids Redis denied, answered here until their retry time.
+    deny_cache: Option<DenyCache>,
+}
+
+/// Ids at most one deny cache holds; past it, new denials are not cached until entries lapse
+/// (a bound on memory whatever ids clients send). About 100 bytes each plus the id.
+const DENY_CACHE_MAX: usize = 100_000;
+
+/// Denials answered from this engine's memory until their retry time, without Redis.
+///
+/// Exact (the answer Redis would give) because an entry is kept only when no capacity can come
+/// back for any request it serves before its end:
+/// - Redis reported `remaining` 0 for the rule's one limit, so every request of cost >= 1 is
+///   denied now;
+/// - fixed_window: the counter only grows until its key expires at the retry time, whatever
+///   the denied cost; sliding_window and gcra: `remaining` grows while the id is still
+///   denied, so only a cost-1 denial is kept (its retry time is when the first unit is back);
+/// - it serves requests of cost >= 1 (a cost-0 query is always allowed), and ends 1.001 ms before the retry time Redis named measured from when
+///   the request was sent: Redis rounds its retry time up by at most that, and computed it
+///   after the request was sent, so the entry ends no later than the true moment.
+///
+/// Nothing can give the id capacity back early: no request is admitted before the retry time
+/// (by any engine), and a policy reload builds a new limiter with an empty cache. Only a key
+/// deleted by hand in Redis is not seen; the engine then denies until the retry time.
+struct DenyCache {
+    /// Whether a denial of any cost is kept (fixed_window) or only of cost 1.
+    any_cost: bool,
+    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, Denial>>,
+    hits: Counter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Denial {
+    /// When Redis was asked (a lower bound of when it decided).
+    asked: std::time::Instant,
+    /// Redis' reset and retry times, in ms after `asked`.
+    reset_ms: u64,
+    retry_ms: u64,
+}
+
+/// Redis rounds a retry time up by up to this much (`up` in `ratelimit/prelude.lua`), in µs.
+const REDIS_ROUNDING_US: u64 = 1_001;
+
+impl DenyCache {
+    fn new(any_cost: bool, app: &str, rule: &str) -> Self {
+        Self {
+            any_cost,
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            hits: metrics::counter!("patternd_ratelimit_deny_cache_hits_total", "app" => app.to_string(), "rule" => rule.to_string()),
+        }
+    }
+
+    /// The script reply Redis would give now for `id` at `cost`, if a kept denial covers it:
+    /// `{0, 0, 0, reset_after_ms, retry_after_ms}`, counted down from when Redis answered.
+    fn lookup(&self, id: &str, cost: u64, now: std::time::Instant) -> Option<Vec<i64>> {
+        if cost == 0 {
+            return None;
+        }
+        let mut entries = self.entries.lock().ok()?;
+        let d = *entries.get(id)?;
+        let elapsed_us =
+            u64::try_from(now.saturating_duration_since(d.asked).as_micros()).unwrap_or(u64::MAX);
+        let end_us = (d.retry_ms * 1000).saturating_sub(REDIS_ROUNDING_US);
+        if elapsed_us >= end_us {
+            entries.remove(id);
+            return None;
+        }
+        drop(entries);
+        // Whole ms, rounded up like Redis' (`up`): never shorter than the true wait.
+        let left = |ms: u64| {
+            let us = (ms * 1000).saturating_sub(elapsed_us);
+            i64::try_from(us.div_ceil(1000).max(1)).unwrap_or(i64::MAX)
+        };
+        Some(vec![0, 0, 0, left(d.reset_ms), left(d.retry_ms)])
+    }
+
+    /// Keeps a denial Redis just gave (`reply`), when it is one the cache may serve.
+    fn remember(&self, id: &str, cost: u64, asked: std::time::Instant, reply: &[i64]) {
+        let [0, _, 0, reset, retry] = *reply else {
+            return;
+        };
+        if cost == 0 || (!self.any_cost && cost != 1) || retry <= 0 {
+            return;
+        }
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= DENY_CACHE_MAX {
+            let now = std::time::Instant::now();
+            entries.retain(|_, d| {
+                now.saturating_duration_since(d.asked).as_millis() < u128::from(d.retry_ms)
+            });
+            if entries.len() >= DENY_CACHE_MAX {
+                return;
+            }
+        }
+        entries.insert(
+            id.into(),
+            Denial {
+                asked,
+                reset_ms: non_negative(reset),
+                retry_ms: non_negative(retry),
+            },
+        );
+    }
 }
 
 struct Fixed {
@@ -228,6 +333,13 @@ impl RateLimiter {
             shadow: rl.shadow,
             id_from: rl.id_from.clone(),
             counters: Counters::new(&rule.app, &rule.name),
+            deny_cache: rl.deny_cache.then(|| {
+                let any_cost = rl
+                    .limits
+                    .iter()
+                    .all(|l| l.algorithm == Algorithm::FixedWindow);
+                DenyCache::new(any_cost, &rule.app, &rule.name)
+            }),
         }
     }
 
@@ -362,6 +474,13 @@ impl RateLimiter {
         let Some(fixed) = &self.fixed else {
             return Ok(self.degraded());
         };
+        let asked = std::time::Instant::now();
+        if let Some(dc) = &self.deny_cache
+            && let Some(reply) = dc.lookup(id, cost, asked)
+        {
+            dc.hits.increment(1);
+            return self.interpret(Ok(reply), &fixed.shapes);
+        }
         let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
         let cost_arg = cost.to_string();
         let lease_member = self
@@ -397,6 +516,9 @@ impl RateLimiter {
             }
             _ => store.eval(&fixed.script, &keys, &args).await,
         };
+        if let (Some(dc), Ok(v)) = (&self.deny_cache, &reply) {
+            dc.remember(id, cost, asked, v);
+        }
         let mut d = self.interpret(reply, &fixed.shapes)?;
         // A cost-0 query holds no slot, so it gets no lease: one would name cost 0, which
         // `parse_lease` (rightly) refuses as malformed.
@@ -720,6 +842,50 @@ fn non_negative(v: i64) -> u64 {
 mod tests {
     use super::*;
     use crate::store::StoreError;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_deny_cache_keeps_only_denials_with_nothing_left() {
+        let t0 = Instant::now();
+        let any = DenyCache::new(true, "a", "r");
+        // Allowed, or denied with quota left for a smaller cost: not kept.
+        any.remember("ok", 1, t0, &[1, 0, 3, 5000, 0]);
+        any.remember("left", 3, t0, &[0, 0, 2, 5000, 5000]);
+        // A 1 ms retry ends before Redis' rounding is spent: nothing to serve.
+        any.remember("short", 1, t0, &[0, 0, 0, 1, 1]);
+        for id in ["ok", "left", "short"] {
+            assert_eq!(any.lookup(id, 1, t0), None, "{id}");
+        }
+        // A fixed window keeps a denial of any cost, and serves every cost >= 1 but not 0.
+        any.remember("big", 7, t0, &[0, 0, 0, 5000, 5000]);
+        assert_eq!(any.lookup("big", 1, t0), Some(vec![0, 0, 0, 5000, 5000]));
+        assert_eq!(any.lookup("big", 0, t0), None);
+        // Sliding window and gcra: only a cost-1 denial.
+        let one = DenyCache::new(false, "a", "r");
+        one.remember("two", 2, t0, &[0, 0, 0, 5000, 5000]);
+        assert_eq!(one.lookup("two", 2, t0), None);
+        one.remember("one", 1, t0, &[0, 0, 0, 8000, 5000]);
+        assert_eq!(one.lookup("one", 3, t0), Some(vec![0, 0, 0, 8000, 5000]));
+    }
+
+    #[test]
+    fn a_cached_denial_counts_down_and_ends_before_the_retry_time() {
+        let t0 = Instant::now();
+        let c = DenyCache::new(true, "a", "r");
+        c.remember("id", 1, t0, &[0, 0, 0, 3000, 2000]);
+        // 500.2 ms later: the times left, rounded up to whole ms like Redis' `up`.
+        let later = t0 + Duration::from_micros(500_200);
+        assert_eq!(c.lookup("id", 1, later), Some(vec![0, 0, 0, 2500, 1500]));
+        // Redis rounded its retry time up by at most 1.001 ms: the entry ends that much early,
+        // and then asks Redis (the entry is gone).
+        let end = t0 + Duration::from_micros(2_000_000 - 1_001);
+        assert_eq!(
+            c.lookup("id", 1, end - Duration::from_micros(1)),
+            Some(vec![0, 0, 0, 1002, 2])
+        );
+        assert_eq!(c.lookup("id", 1, end), None);
+        assert_eq!(c.lookup("id", 1, t0), None);
+    }
 
     fn shape(algorithm: Algorithm, limit: u64, window_ms: u64, burst: u64) -> Shape {
         Shape {

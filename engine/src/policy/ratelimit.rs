@@ -57,6 +57,11 @@ pub struct RawRateLimit {
     /// Evaluate and count, but always allow (to try a limit on live traffic).
     #[serde(default)]
     pub shadow: Option<bool>,
+    /// Answer an id Redis has just denied from this engine's memory until its retry time,
+    /// without asking Redis (a rule with one `fixed_window`, `sliding_window` or `gcra` limit).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub deny_cache: Option<Spanned<bool>>,
     /// Where `GET` (forward-auth) requests take the entity id from.
     #[serde(default)]
     #[schemars(with = "Option<RawIdFrom>")]
@@ -149,6 +154,8 @@ pub struct RateLimit {
     pub on_redis_error: OnRedisError,
     pub shadow: bool,
     pub id_from: Option<IdFrom>,
+    /// Denials answered locally until their retry time (`docs/ratelimit.md`, "Deny cache").
+    pub deny_cache: bool,
 }
 
 impl RateLimit {
@@ -384,6 +391,34 @@ impl Validator {
             );
         }
 
+        let deny_cache = match &rl.deny_cache {
+            Some(d) if **d => {
+                // Exact only where no capacity returns before the retry time Redis named:
+                // see `patterns::ratelimit::DenyCache`.
+                let exact = matches!(
+                    limits.as_slice(),
+                    [l] if matches!(
+                        l.algorithm,
+                        Algorithm::FixedWindow | Algorithm::SlidingWindow | Algorithm::Gcra
+                    )
+                );
+                if plugin.is_some() || !exact {
+                    self.err(
+                        &loc(path, d.span()),
+                        format!("rule `{rule}`: `deny_cache` needs exactly one `fixed_window`, `sliding_window` or `gcra` limit and no plugin (elsewhere capacity can come back before the retry time, so a cached denial could be wrong)"),
+                    );
+                }
+                if shadow {
+                    self.err(
+                        &loc(path, d.span()),
+                        format!("rule `{rule}`: a shadow rule never denies, so `deny_cache` has nothing to cache"),
+                    );
+                }
+                true
+            }
+            _ => false,
+        };
+
         (self.error_count() == before).then_some(RateLimit {
             limits,
             plugin,
@@ -391,6 +426,7 @@ impl Validator {
             on_redis_error,
             shadow,
             id_from,
+            deny_cache,
         })
     }
 

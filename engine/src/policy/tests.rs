@@ -244,3 +244,51 @@ fn id_from_forwarded_for_defaults_to_the_nearest_proxy_and_validates_its_setting
         assert!(err.contains(want), "{id_from}:\n{err}");
     }
 }
+
+#[test]
+fn deny_cache_is_allowed_only_where_a_cached_denial_is_exact() {
+    let load = |rl: &str| {
+        load_sources(&[src(
+            "d.yaml",
+            &format!("app: d\nrules:\n  r:\n    rate_limit: {rl}\n"),
+        )])
+    };
+    for ok in [
+        "{ algorithm: fixed_window, limit: 5, window: 1m, deny_cache: true }",
+        "{ algorithm: sliding_window, limit: 5, window: 1m, deny_cache: true }",
+        "{ algorithm: gcra, limit: 5, window: 1m, deny_cache: true }",
+        "{ algorithm: token_bucket, limit: 5, window: 1m, deny_cache: false }",
+    ] {
+        let l = load(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        let rule = l.policy.rules().next().expect("one rule");
+        let RuleKind::RateLimit(rl) = &rule.kind else {
+            panic!("a rate-limit rule")
+        };
+        assert_eq!(rl.deny_cache, ok.contains("deny_cache: true"), "{ok}");
+    }
+    for (bad, want) in [
+        (
+            "{ algorithm: token_bucket, limit: 5, window: 1m, deny_cache: true }",
+            "`deny_cache` needs exactly one `fixed_window`, `sliding_window` or `gcra` limit",
+        ),
+        (
+            "{ algorithm: sliding_log, limit: 5, window: 1m, deny_cache: true }",
+            "`deny_cache` needs exactly one",
+        ),
+        (
+            "{ algorithm: concurrency, limit: 5, lease: 1m, deny_cache: true }",
+            "`deny_cache` needs exactly one",
+        ),
+        (
+            "{ limits: [{ algorithm: fixed_window, limit: 5, window: 1m }, { algorithm: fixed_window, limit: 50, window: 1h }], deny_cache: true }",
+            "`deny_cache` needs exactly one",
+        ),
+        (
+            "{ algorithm: fixed_window, limit: 5, window: 1m, shadow: true, deny_cache: true }",
+            "a shadow rule never denies",
+        ),
+    ] {
+        let err = load(bad).expect_err(bad).to_string();
+        assert!(err.contains(want), "{bad}:\n{err}");
+    }
+}

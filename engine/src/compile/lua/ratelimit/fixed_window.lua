@@ -1,5 +1,6 @@
 -- fixed_window: a counter that lives for one window from the first request of that window.
--- One STRING key; its PTTL is the time left in the window.
+-- One STRING key; its PTTL is the time left in the window. It reads no clock: a rule of fixed
+-- windows only passes `now` = 0 (compile/ratelimit.rs `generate`).
 local function fixed_window(key, limit, window, burst, cost, now)
   local used = tonumber(redis.call('GET', key) or '0')
   local pttl = redis.call('PTTL', key)

@@ -40,3 +40,9 @@ local function decide(results)
   local r = results[pick]
   return { allowed and 1 or 0, pick - 1, math.floor(r.remaining), up(r.reset), up(r.retry) }
 end
+
+-- `decide` of a rule with one limit, without the table of results: the same answer.
+local function decide_one(r)
+  if r.ok then r.commit() end
+  return { r.ok and 1 or 0, 0, math.floor(r.remaining), up(r.reset), up(r.retry) }
+end
