@@ -411,6 +411,10 @@ rules:
     session: { idle_ttl: 30m, absolute_ttl: 24h }
   order:
     lock: { ttl: 30s, max_wait: 1s }
+  visits:
+    counter: { kind: unique, period: day }
+  board:
+    leaderboard: { period: day, ties: first }
 ";
 
 /// The rule of the sweep's policy that a route's pattern serves.
@@ -427,6 +431,10 @@ fn rule_for(template: &str) -> &'static str {
         "jobs"
     } else if template.contains("/streams/") {
         "events"
+    } else if template.contains("/counters/") {
+        "visits"
+    } else if template.contains("/leaderboards/") {
+        "board"
     } else {
         "op"
     }
@@ -615,6 +623,10 @@ rules:
     queue: { visibility: 1m }
   events:
     stream: { max_len: 100, groups: [x1] }
+  visits:
+    counter: { kind: unique, period: day }
+  board:
+    leaderboard: { period: day, ties: first }
 ";
 
 /// serde reads a struct from a JSON array too (`["alice"]` as `{"user": "alice"}`); every
@@ -661,6 +673,9 @@ async fn a_json_array_is_no_body_on_any_route() -> Result<()> {
         "post /v1/ratelimit/{app}/{rule}",
         "post /v1/sessions/{app}/{rule}",
         "post /v1/locks/{app}/{rule}/{resource}",
+        "post /v1/counters/{app}/{rule}/{id}",
+        "post /v1/leaderboards/{app}/{rule}/{board}",
+        "post /v1/leaderboards/{app}/{rule}/_ranks",
     ] {
         assert!(
             checked.iter().any(|c| c == named),
