@@ -69,6 +69,8 @@ rules:
     rate_limit: {{ algorithm: fixed_window, limit: 100, window: 1h, id_from: {{ header: X-Api-Key }} }}
   conc:
     rate_limit: {{ algorithm: concurrency, limit: 5, lease: 30s }}
+  quick:
+    rate_limit: {{ algorithm: fixed_window, limit: 100, window: 1h, deny_cache: true }}
   page:
     cache: {{ origin: \"{origin}\", ttl: 1m, format: hash, write: behind }}
   thru:
