@@ -1234,7 +1234,8 @@ mod tests {
         .unwrap();
         assert!(p.hooks.contains(&"leaderboard"));
         let b = p.bind(serde_json::Value::Null).unwrap();
-        let req = facts("alice");
+        let mut req = facts("x");
+        req.id = "alice".into();
         let sub = |member: &str, score: f64| Submission {
             app: "a".into(),
             rule: "r".into(),
