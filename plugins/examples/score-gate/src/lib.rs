@@ -61,11 +61,11 @@ impl Guest for ScoreGate {
         {
             return LeaderboardDecision::Reject(format!("a submit needs the `{h}` header"));
         }
-        if cfg.banned.iter().any(|m| *m == s.member) {
+        if cfg.banned.contains(&s.member) {
             return LeaderboardDecision::Reject(format!("`{}` may not submit scores", s.member));
         }
         if let Some(boards) = &cfg.boards
-            && !boards.iter().any(|b| *b == s.board)
+            && !boards.contains(&s.board)
         {
             return LeaderboardDecision::Reject(format!("no board `{}` here", s.board));
         }
