@@ -745,6 +745,7 @@ async fn run_leaderboard(
                 patterns::BOARD,
                 &format!("{i:012}"),
                 (1_000_000 + i % 999_999) as f64,
+                None,
             )
             .await
             .map_err(|e| anyhow!("leaderboard fill: {e}"))?;
@@ -792,7 +793,7 @@ async fn run_leaderboard(
                             format!("{:012}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keyspace);
                         let score = 1_000_000 + (i.wrapping_mul(31) % 1_000_000);
                         board
-                            .submit(&ip.store, patterns::BOARD, &member, score as f64)
+                            .submit(&ip.store, patterns::BOARD, &member, score as f64, None)
                             .await
                             .map_err(|e| anyhow!("leaderboard submit: {e}"))?;
                     }

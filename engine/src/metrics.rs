@@ -238,7 +238,7 @@ pub const ALL: &[Metric] = &[
     Metric {
         name: "patternd_leaderboard_requests_total",
         kind: Kind::Counter,
-        help: "Leaderboard requests, by outcome (improved: a submit that bettered the member's score, also counted as submitted; refused: a score beyond the rule's bounds).",
+        help: "Leaderboard requests, by outcome (improved: a submit that bettered the member's score, also counted as submitted; refused: a score beyond the rule's bounds; rejected / adjusted: a submit the rule's plugin refused / whose score it replaced).",
         labels: &[
             APP,
             RULE,
@@ -252,6 +252,8 @@ pub const ALL: &[Metric] = &[
                     "removed",
                     "aggregated",
                     "failed",
+                    "rejected",
+                    "adjusted",
                 ],
             ),
         ],

@@ -198,9 +198,15 @@ impl Snapshot {
                     );
                 }
                 (RuleKind::Leaderboard(l), CompiledKind::Leaderboard(cl)) => {
+                    let Ok(binding) = bind(&plugins, l.plugin.as_ref(), &mut diags) else {
+                        continue;
+                    };
+                    let binding = binding
+                        .zip(l.plugin.as_ref())
+                        .map(|(b, r)| (r.name.clone(), b));
                     leaderboards.entry(c.rule.app.clone()).or_default().insert(
                         c.rule.name.clone(),
-                        Arc::new(LeaderboardRule::new(&c.rule, l, cl, &c.keys)),
+                        Arc::new(LeaderboardRule::new(&c.rule, l, cl, &c.keys, binding)),
                     );
                 }
                 _ => diags.push(Diagnostic::error(

@@ -437,6 +437,8 @@ pub fn example_plugins() -> Result<TempDir> {
         "channel-gate-lua.lua",
         "entry-gate.wasm",
         "entry-gate-lua.lua",
+        "score-gate.wasm",
+        "score-gate-lua.lua",
     ])
 }
 

@@ -290,9 +290,13 @@ pub fn compile(
                 .and_then(|()| pubsub::compile(rule, c))
                 .map(CompiledKind::PubSub),
                 RuleKind::Counter(c) => counter::compile(rule, c).map(CompiledKind::Counter),
-                RuleKind::Leaderboard(c) => {
-                    leaderboard::compile(rule, c).map(CompiledKind::Leaderboard)
-                }
+                RuleKind::Leaderboard(c) => check_plugin(
+                    plugins,
+                    c.plugin.as_ref().map(|p| (&p.name, &p.location)),
+                    "leaderboard",
+                )
+                .and_then(|()| leaderboard::compile(rule, c))
+                .map(CompiledKind::Leaderboard),
                 RuleKind::Ops(o) => match compile_ops(plugins, rule, o) {
                     Ok(c) => {
                         for w in &c.warnings {
@@ -357,8 +361,8 @@ fn check_plugin(
         });
     };
     if !p.hooks().contains(&hook) {
-        // The queue, pubsub and stream hooks are the ones a component may lack: say which world
-        // has them.
+        // The queue, pubsub, stream and leaderboard hooks are the ones a component may lack: say
+        // which world has them.
         let hint = match (hook, p.kind()) {
             ("queue", "wasm") => {
                 " (a component exports it when built for the world \
@@ -371,6 +375,10 @@ fn check_plugin(
             ("stream", "wasm") => {
                 " (a component exports it when built for the world \
                  patternd:plugin/plugin-stream@0.1.0)"
+            }
+            ("leaderboard", "wasm") => {
+                " (a component exports it when built for the world \
+                 patternd:plugin/plugin-leaderboard@0.1.0)"
             }
             _ => "",
         };

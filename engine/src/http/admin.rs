@@ -335,6 +335,15 @@ fn describe(snap: &Snapshot) -> Value {
                             r["max_page"] = json!(l.max_page);
                             r["max_score"] = json!(l.max_score);
                             r["aggregate_cache_ms"] = json!(ms(l.aggregate_cache));
+                            r["plugin"] = plugin(l.plugin.as_ref());
+                            if l.plugin.is_some() {
+                                r["fallback"] = json!(match l.fallback {
+                                    crate::policy::leaderboard::LeaderboardFallback::Fail => "fail",
+                                    crate::policy::leaderboard::LeaderboardFallback::Accept => {
+                                        "accept"
+                                    }
+                                });
+                            }
                             if l.ties == Ties::First {
                                 use crate::compile::leaderboard::{split, time_unit_ms};
                                 let (score_bits, time_bits) = split(l.max_score);

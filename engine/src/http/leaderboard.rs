@@ -2,7 +2,7 @@
 //! `patterns::leaderboard`. Every read takes `?period=current|previous|<label>`.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{BoardMember, Example, Id, JsonObject, Query, Rule};
+use super::extract::{self, BoardMember, Example, Headers, Id, JsonObject, Query, Rule};
 use super::problem::{ApiError, Problem};
 use crate::patterns::LeaderboardRule;
 use crate::patterns::leaderboard::{Entry, Page};
@@ -108,30 +108,44 @@ fn page(p: &Page) -> Value {
 
 // `POST /v1/leaderboards/{app}/{rule}/{board}` with `{"member": "...", "score": n}`.
 #[utoipa::path(post, path = "/v1/leaderboards/{app}/{rule}/{board}", tag = "leaderboards", operation_id = "leaderboard_submit",
-    description = "Submits a score to the board's current period, as the rule's `update` says (best, latest, sum). Answers the member's new score, rank and whether it improved. A score beyond the rule's `max_score` (with `ties: first`: not a whole number 0 … 4294967295) is a 400.",
+    description = "Submits a score to the board's current period, as the rule's `update` says (best, latest, sum). Answers the member's new score, rank and whether it improved. A score beyond the rule's `max_score` (with `ties: first`: not a whole number 0 … 4294967295) is a 400. A rule with a `plugin` shows each submit to its `leaderboard` hook first, which may reject it (422) or replace the score (`adjusted_score`; `max_score` still applies).",
     params(("app" = String, Path), ("rule" = String, Path), ("board" = String, Path)),
     request_body = LeaderboardSubmit,
     responses(
         (status = 200, body = LeaderboardSubmitted),
         (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "Unknown app or rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The rule's plugin rejected the score (`score-rejected`); nothing was recorded", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The rule's plugin failed and the rule has no `fallback: accept`", body = Problem, content_type = "application/problem+json")))]
 async fn submit(
     State(state): State<AppState>,
     lb: Rule<LeaderboardRule>,
     Id(board): Id,
-    JsonObject(req): JsonObject<SubmitBody>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = extract::read_body(body).await?;
+    let req: SubmitBody = extract::object(&body, SubmitBody::EXAMPLE)?;
+    let facts = lb
+        .wants_facts()
+        .then(|| extract::facts(&parts, "POST", "", 0, Headers::All));
     let s = lb
-        .submit(&state.runtime.store, &board, &req.member, req.score)
+        .submit(&state.runtime.store, &board, &req.member, req.score, facts)
         .await?;
-    Ok(Json(json!({
+    let mut out = json!({
         "member": req.member,
         "period": s.period,
         "score": score(s.score),
         "rank": s.rank,
         "improved": s.improved,
-    }))
-    .into_response())
+    });
+    if let Some(a) = s.adjusted {
+        out["adjusted_score"] = score(a);
+    }
+    if s.fallback {
+        out["fallback"] = json!(true);
+    }
+    Ok(Json(out).into_response())
 }
 
 // `GET /v1/leaderboards/{app}/{rule}/{board}?offset=&limit=&period=`.
@@ -348,6 +362,10 @@ mod doc {
         rank: Option<u64>,
         /// True when the member is new on the board or its score got better.
         improved: bool,
+        /// The score the rule's plugin recorded instead of the one sent (absent when it kept it).
+        adjusted_score: Option<f64>,
+        /// True when the rule's plugin failed and `fallback: accept` recorded the score as sent.
+        fallback: Option<bool>,
     }
 
     #[derive(ToSchema)]

@@ -44,6 +44,7 @@
 //! | `not-ready` | 503 | `/readyz`: Redis unreachable or the scripts not loaded |
 //! | `origin-timeout` | 504 | a cache origin did not answer in time |
 //! | `job-rejected` | 422 | a queue rule's plugin refused the pushed job (its reason is the detail) |
+//! | `score-rejected` | 422 | a leaderboard rule's plugin refused a submitted score (its reason is the detail); nothing was recorded |
 //! | `entry-rejected` | 422 | a stream rule's plugin refused an appended entry (which, and its reason, are the detail); nothing was appended |
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -104,6 +105,7 @@ pub enum Kind {
     QueueFull,
     JobRejected,
     EntryRejected,
+    ScoreRejected,
 }
 
 impl Kind {
@@ -145,6 +147,7 @@ impl Kind {
         Kind::QueueFull,
         Kind::JobRejected,
         Kind::EntryRejected,
+        Kind::ScoreRejected,
     ];
 
     pub fn slug(self) -> &'static str {
@@ -184,6 +187,7 @@ impl Kind {
             Kind::QueueFull => "queue-full",
             Kind::JobRejected => "job-rejected",
             Kind::EntryRejected => "entry-rejected",
+            Kind::ScoreRejected => "score-rejected",
         }
     }
 
@@ -285,6 +289,9 @@ pub enum ApiError {
     /// A stream rule's plugin refused an appended entry; the detail says which and why.
     #[error("{0}")]
     EntryRejected(String),
+    /// A leaderboard rule's plugin refused a submitted score; the detail is its reason.
+    #[error("{0}")]
+    ScoreRejected(String),
     /// A cache answer's error, with the `Cache-Status` that explains it.
     #[error("{error}")]
     CacheStatus {
@@ -331,6 +338,7 @@ impl ApiError {
             ApiError::QueueFull(_) => Kind::QueueFull,
             ApiError::JobRejected(_) => Kind::JobRejected,
             ApiError::EntryRejected(_) => Kind::EntryRejected,
+            ApiError::ScoreRejected(_) => Kind::ScoreRejected,
             ApiError::CacheStatus { error, .. } => error.kind(),
             ApiError::Plain { status, .. } => Kind::of_status(*status),
         }
@@ -359,7 +367,8 @@ impl ApiError {
                 Kind::InvalidPolicy
                 | Kind::Unprocessable
                 | Kind::JobRejected
-                | Kind::EntryRejected => StatusCode::UNPROCESSABLE_ENTITY,
+                | Kind::EntryRejected
+                | Kind::ScoreRejected => StatusCode::UNPROCESSABLE_ENTITY,
                 Kind::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Kind::ClientError => StatusCode::BAD_REQUEST,
                 Kind::Internal | Kind::PluginFailed | Kind::RedisWrongType => {
@@ -528,6 +537,8 @@ impl From<LeaderboardError> for ApiError {
             LeaderboardError::NotOnBoard(_) => ApiError::NotFound(detail),
             LeaderboardError::Store(e) => e.into(),
             LeaderboardError::Reply(..) => ApiError::Internal(detail),
+            LeaderboardError::Rejected(_) => ApiError::ScoreRejected(detail),
+            LeaderboardError::Plugin(p) => ApiError::PluginFailed(p.to_string()),
         }
     }
 }

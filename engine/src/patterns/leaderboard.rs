@@ -19,8 +19,9 @@ use super::reply::{self, Items, ReplyError};
 use super::{InputError, MAX_ID_BYTES, check_id};
 use crate::compile::leaderboard::{LeaderboardScripts, NONE_EPOCH_MS, split, sub, time_unit_ms};
 use crate::compile::{CompiledLeaderboard, KeySpace, Script};
+use crate::plugin::{LeaderboardDecision, PluginBinding, PluginError, RequestFacts, Submission};
 use crate::policy::Rule;
-use crate::policy::leaderboard::{Leaderboard, Order, Ties, Update};
+use crate::policy::leaderboard::{Leaderboard, LeaderboardFallback, Order, Ties, Update};
 use crate::policy::period::Period;
 use crate::store::{Store, StoreError};
 
@@ -41,6 +42,11 @@ pub enum LeaderboardError {
     Store(#[from] StoreError),
     #[error("unexpected reply of the leaderboard {0} script: {1}")]
     Reply(&'static str, ReplyError),
+    /// The rule's plugin refused the submit; its reason.
+    #[error("the rule's plugin rejected the score: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Plugin(PluginError),
 }
 
 /// Which period a read is about.
@@ -67,6 +73,10 @@ pub struct Submitted {
     /// None when the board is full and this member's score is not among its best.
     pub rank: Option<u64>,
     pub improved: bool,
+    /// The score the rule's plugin recorded instead of the one sent.
+    pub adjusted: Option<f64>,
+    /// The rule's plugin failed and its `fallback: accept` recorded the score as sent.
+    pub fallback: bool,
 }
 
 /// A page of a board.
@@ -97,6 +107,9 @@ struct Counters {
     aggregated: Counter,
     retried: Counter,
     failed: Counter,
+    rejected: Counter,
+    adjusted: Counter,
+    plugin_failed: Counter,
 }
 
 impl Counters {
@@ -111,6 +124,9 @@ impl Counters {
             aggregated: c("aggregated"),
             retried: metrics::counter!("patternd_leaderboard_period_retries_total", "app" => app.to_string(), "rule" => rule.to_string()),
             failed: c("failed"),
+            rejected: c("rejected"),
+            adjusted: c("adjusted"),
+            plugin_failed: metrics::counter!("patternd_plugin_failures_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
 }
@@ -130,6 +146,8 @@ pub struct LeaderboardRule {
     unit_arg: String,
     cache_arg: String,
     counters: Counters,
+    /// The rule's plugin (its name, for the log) and its binding: the `leaderboard` hook.
+    plugin: Option<(String, PluginBinding)>,
 }
 
 fn now_ms() -> i64 {
@@ -166,6 +184,7 @@ impl LeaderboardRule {
         spec: &Leaderboard,
         compiled: &CompiledLeaderboard,
         keys: &KeySpace,
+        plugin: Option<(String, PluginBinding)>,
     ) -> Self {
         let (kind, len) = spec.period.lua_args();
         let (_, time_bits) = split(spec.max_score);
@@ -194,6 +213,55 @@ impl LeaderboardRule {
             unit_arg: time_unit_ms(spec.period, time_bits).to_string(),
             cache_arg: spec.aggregate_cache.as_millis().max(1).to_string(),
             counters: Counters::new(&rule.app, &rule.name),
+            plugin,
+        }
+    }
+
+    /// True when the rule's plugin wants the request facts (the handler builds them only then).
+    pub fn wants_facts(&self) -> bool {
+        self.plugin.is_some()
+    }
+
+    /// Asks the rule's plugin, if any, about a submit (already checked against the rule).
+    /// Returns the score to record, whether the plugin replaced it, and whether the plugin
+    /// failed and `fallback: accept` let the score through as sent.
+    fn decide(
+        &self,
+        facts: Option<RequestFacts>,
+        board: &str,
+        member: &str,
+        score: f64,
+    ) -> Result<(f64, bool, bool), LeaderboardError> {
+        let Some((name, binding)) = &self.plugin else {
+            return Ok((score, false, false));
+        };
+        let mut facts = facts.unwrap_or_default();
+        facts.id = member.to_string();
+        let sub = Submission {
+            app: self.app.clone(),
+            rule: self.rule.clone(),
+            board: board.to_string(),
+            member: member.to_string(),
+            score,
+        };
+        match binding.leaderboard(&facts, &sub) {
+            Ok(LeaderboardDecision::Accept) => Ok((score, false, false)),
+            Ok(LeaderboardDecision::Score(s)) => {
+                self.counters.adjusted.increment(1);
+                Ok((s, true, false))
+            }
+            Ok(LeaderboardDecision::Reject(reason)) => {
+                self.counters.rejected.increment(1);
+                Err(LeaderboardError::Rejected(reason))
+            }
+            Err(e) => {
+                self.counters.plugin_failed.increment(1);
+                tracing::warn!(app = %self.app, rule = %self.rule, plugin = %name, error = %e, "leaderboard plugin failed");
+                match self.spec.fallback {
+                    LeaderboardFallback::Accept => Ok((score, false, true)),
+                    LeaderboardFallback::Fail => Err(LeaderboardError::Plugin(e)),
+                }
+            }
         }
     }
 
@@ -327,12 +395,15 @@ impl LeaderboardRule {
         self.keys.key(board, &sub::period(idx))
     }
 
+    /// Submits a score: checked against the rule, then shown to the rule's plugin (which may
+    /// reject it or replace it: a replacement is checked against the rule again), then recorded.
     pub async fn submit(
         &self,
         store: &Store,
         board: &str,
         member: &str,
         score: f64,
+        facts: Option<RequestFacts>,
     ) -> Result<Submitted, LeaderboardError> {
         check("board", board)?;
         check("member", member)?;
@@ -340,6 +411,32 @@ impl LeaderboardRule {
             self.counters.refused.increment(1);
             return Err(e);
         }
+        let (score, adjusted, fallback) = self.decide(facts, board, member, score)?;
+        if adjusted && let Err(e) = self.check_score(score) {
+            self.counters.refused.increment(1);
+            return Err(match e {
+                LeaderboardError::ScoreOutOfRange(m) | LeaderboardError::BadRequest(m) => {
+                    LeaderboardError::ScoreOutOfRange(format!(
+                        "the rule's plugin chose a score the rule refuses: {m}"
+                    ))
+                }
+                other => other,
+            });
+        }
+        let mut s = self.record(store, board, member, score).await?;
+        s.adjusted = adjusted.then_some(score);
+        s.fallback = fallback;
+        Ok(s)
+    }
+
+    /// Records a checked score.
+    async fn record(
+        &self,
+        store: &Store,
+        board: &str,
+        member: &str,
+        score: f64,
+    ) -> Result<Submitted, LeaderboardError> {
         let score_arg = score_text(score);
         let p = self.spec.period;
         // The expiry and the tiebreak's origin depend on the period, which the script may
@@ -399,6 +496,8 @@ impl LeaderboardRule {
                         score,
                         rank,
                         improved,
+                        adjusted: None,
+                        fallback: false,
                     });
                 }
                 "period" => {

@@ -91,6 +91,25 @@ pub enum StreamDecision {
     Reject(String),
 }
 
+/// The leaderboard hook's answer for one submitted score.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaderboardDecision {
+    Accept,
+    Reject(String),
+    /// Record this score instead; the rule's `max_score` check still applies.
+    Score(f64),
+}
+
+/// One submit as the leaderboard hook sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub app: String,
+    pub rule: String,
+    pub board: String,
+    pub member: String,
+    pub score: f64,
+}
+
 /// Highest priority a queue hook may choose (the queue's own range, `0..=9`).
 pub const MAX_QUEUE_PRIORITY: u8 = 9;
 /// Longest dedup id a queue hook may choose (the queue's own bound for a client's).
@@ -330,6 +349,28 @@ pub fn validate_stream(
     Ok(d)
 }
 
+/// Checks a plugin's leaderboard decision: a rejection reason of bounded size (it is sent to
+/// the client) and a finite replacement score (the rule's own bounds are checked after).
+pub fn validate_leaderboard(
+    plugin: &str,
+    d: LeaderboardDecision,
+    limits: &Limits,
+) -> Result<LeaderboardDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match &d {
+        LeaderboardDecision::Reject(reason) if reason.len() > limits.max_string_bytes => {
+            Err(bad(format!("reject reason is {} bytes", reason.len())))
+        }
+        LeaderboardDecision::Score(s) if !s.is_finite() => {
+            Err(bad(format!("score {s} is not a finite number")))
+        }
+        _ => Ok(d),
+    }
+}
+
 /// A dedup id a queue hook may choose.
 pub fn valid_dedup_id(id: &str) -> bool {
     !id.is_empty()
@@ -358,6 +399,31 @@ mod tests {
                 assert!(message.contains("reject reason"), "{message}")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn leaderboard_decisions_are_bounded() {
+        let limits = Limits::default();
+        for ok in [
+            LeaderboardDecision::Accept,
+            LeaderboardDecision::Score(-3.5),
+            LeaderboardDecision::Reject("x".repeat(limits.max_string_bytes)),
+        ] {
+            assert_eq!(
+                validate_leaderboard("p", ok.clone(), &limits),
+                Ok(ok.clone())
+            );
+        }
+        for bad in [
+            LeaderboardDecision::Score(f64::NAN),
+            LeaderboardDecision::Score(f64::INFINITY),
+            LeaderboardDecision::Reject("x".repeat(limits.max_string_bytes + 1)),
+        ] {
+            assert!(matches!(
+                validate_leaderboard("p", bad, &limits),
+                Err(PluginError::BadOutput { .. })
+            ));
         }
     }
 

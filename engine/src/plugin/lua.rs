@@ -1,7 +1,7 @@
 //! The Lua plugin host (mlua, Lua 5.1 — the same build that checks Redis scripts).
 //!
 //! A Lua plugin is a text chunk returning a table of hooks named like the WIT exports
-//! (`init`, `rate_limit`, `cache`, `session`, `queue`, `pubsub`, `stream`; records are Lua tables) and optionally `ops`,
+//! (`init`, `rate_limit`, `cache`, `session`, `queue`, `pubsub`, `stream`, `leaderboard`; records are Lua tables) and optionally `ops`,
 //! Redis-side operations (see `registry`). Sandbox: only the `table`, `string` and `math`
 //! libraries; no `io`, `os`, `require`, `debug`, `load*`, `dofile`, `string.dump`, or any way
 //! to load bytecode; `print` goes to patternd's log. Each call gets an instruction budget
@@ -16,8 +16,8 @@ use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, IntoLua, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::decision::{
-    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts, StreamDecision,
+    CacheDecision, DynLimit, LeaderboardDecision, PubSubDecision, QueueChoice, QueueDecision,
+    RateLimitDecision, RequestFacts, SessionDecision, SessionFacts, StreamDecision, Submission,
 };
 use super::pool::WarmPool;
 use super::{Limits, PluginError};
@@ -47,7 +47,7 @@ pub struct LuaOpDecl {
     pub script: String,
 }
 
-const HOOKS: [&str; 7] = [
+const HOOKS: [&str; 8] = [
     "init",
     "rate_limit",
     "cache",
@@ -55,6 +55,7 @@ const HOOKS: [&str; 7] = [
     "queue",
     "pubsub",
     "stream",
+    "leaderboard",
 ];
 
 impl LuaPlugin {
@@ -210,7 +211,7 @@ struct Instance {
     /// `FACTS_CALL`, compiled once per instance.
     call: Function,
     /// The hooks (in `HOOKS` order), looked up on first use after `init`.
-    hooks: [Option<Function>; 7],
+    hooks: [Option<Function>; 8],
     /// The rate-limit decision's field names as Lua strings, made once: pushing a Lua string
     /// is a reference copy, while pushing a Rust `&str` is a protected call that may allocate.
     names: DecisionNames,
@@ -489,6 +490,54 @@ impl LuaBinding {
             Ok(lua_to_stream(&name, out))
         })??;
         super::decision::validate_stream(&name, out, &self.plugin.limits)
+    }
+
+    /// The leaderboard hook: `leaderboard(req, s)` with `s` a table `{ app, rule, board,
+    /// member, score }`.
+    pub fn leaderboard(
+        &self,
+        req: &RequestFacts,
+        s: &Submission,
+    ) -> Result<LeaderboardDecision, PluginError> {
+        let name = self.plugin.name.clone();
+        let out = self.with_instance("leaderboard", |lua, call, func, names| {
+            let t = lua.create_table()?;
+            t.set("app", s.app.as_str())?;
+            t.set("rule", s.rule.as_str())?;
+            t.set("board", s.board.as_str())?;
+            t.set("member", s.member.as_str())?;
+            t.set("score", s.score)?;
+            let out = call_with_facts(lua, call, func, names, req, false, &[Value::Table(t)])?;
+            Ok(lua_to_leaderboard(&name, out))
+        })??;
+        super::decision::validate_leaderboard(&name, out, &self.plugin.limits)
+    }
+}
+
+/// `nil`, `true` or `'accept'`: accept; `{ reject = reason }`: reject; `{ score = n }`: record
+/// `n` instead.
+fn lua_to_leaderboard(plugin: &str, v: Value) -> Result<LeaderboardDecision, PluginError> {
+    let bad = |message: String| PluginError::BadOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    match v {
+        Value::Nil | Value::Boolean(true) => Ok(LeaderboardDecision::Accept),
+        Value::String(s) if s.to_string_lossy() == "accept" => Ok(LeaderboardDecision::Accept),
+        Value::Table(t) => match (t.get::<Value>("reject"), t.get::<Value>("score")) {
+            (Ok(Value::String(r)), Ok(Value::Nil)) => {
+                Ok(LeaderboardDecision::Reject(r.to_string_lossy()))
+            }
+            (Ok(Value::Nil), Ok(Value::Integer(n))) => Ok(LeaderboardDecision::Score(n as f64)),
+            (Ok(Value::Nil), Ok(Value::Number(n))) => Ok(LeaderboardDecision::Score(n)),
+            _ => Err(bad(
+                "a leaderboard decision is `{ reject = reason }` or `{ score = number }`".into(),
+            )),
+        },
+        other => Err(bad(format!(
+            "leaderboard hook returned a {}",
+            other.type_name()
+        ))),
     }
 }
 
@@ -1170,6 +1219,48 @@ mod tests {
             .pubsub(&req, "c", None)
             .unwrap_err();
         assert_eq!(err.kind(), "missing_hook", "{err}");
+    }
+
+    #[test]
+    fn leaderboard_hooks_see_each_submit() {
+        let p = plugin(
+            r#"return { leaderboard = function(req, s)
+                if s.member == 'cheater' then return { reject = s.board .. ': banned' } end
+                if s.score > 100 then return { score = 100 } end
+                if req.id ~= s.member then return { reject = 'id' } end
+                return 'accept'
+            end }"#,
+        )
+        .unwrap();
+        assert!(p.hooks.contains(&"leaderboard"));
+        let b = p.bind(serde_json::Value::Null).unwrap();
+        let mut req = facts("x");
+        req.id = "alice".into();
+        let sub = |member: &str, score: f64| Submission {
+            app: "a".into(),
+            rule: "r".into(),
+            board: "chess".into(),
+            member: member.into(),
+            score,
+        };
+        assert_eq!(
+            b.leaderboard(&req, &sub("alice", 7.0)),
+            Ok(LeaderboardDecision::Accept)
+        );
+        assert_eq!(
+            b.leaderboard(&req, &sub("alice", 700.0)),
+            Ok(LeaderboardDecision::Score(100.0))
+        );
+        assert_eq!(
+            b.leaderboard(&req, &sub("cheater", 7.0)),
+            Ok(LeaderboardDecision::Reject("chess: banned".into()))
+        );
+        for bad in ["{ reject = true }", "{}", "42", "false", "{ score = 'x' }"] {
+            let src = format!("return {{ leaderboard = function() return {bad} end }}");
+            let b = plugin(&src).unwrap().bind(serde_json::Value::Null).unwrap();
+            let err = b.leaderboard(&req, &sub("alice", 1.0)).unwrap_err();
+            assert_eq!(err.kind(), "bad_output", "{bad}: {err}");
+        }
     }
 
     #[test]

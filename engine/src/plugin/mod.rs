@@ -21,8 +21,8 @@ mod wasi;
 pub mod wasm;
 
 pub use decision::{
-    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts, StreamDecision,
+    CacheDecision, DynLimit, LeaderboardDecision, PubSubDecision, QueueChoice, QueueDecision,
+    RateLimitDecision, RequestFacts, SessionDecision, SessionFacts, StreamDecision, Submission,
 };
 pub use registry::{PluginBinding, PluginSet};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::decision::{
-    CacheDecision, PubSubDecision, QueueDecision, RateLimitDecision, RequestFacts, SessionDecision,
-    SessionFacts, StreamDecision,
+    CacheDecision, LeaderboardDecision, PubSubDecision, QueueDecision, RateLimitDecision,
+    RequestFacts, SessionDecision, SessionFacts, StreamDecision, Submission,
 };
 use super::lua::{LuaBinding, LuaOpDecl, LuaPlugin};
 use super::wasm::{WasmBinding, WasmPlugin};
@@ -33,8 +33,8 @@ impl Plugin {
         match self {
             Plugin::Lua(p) => p.hooks.clone(),
             // A component that type-checks against the world exports all of them, and `queue`
-            // (`pubsub`, `stream`) when it targets `plugin-queue` (`plugin-pubsub`,
-            // `plugin-stream`).
+            // (`pubsub`, `stream`, `leaderboard`) when it targets `plugin-queue`
+            // (`plugin-pubsub`, `plugin-stream`, `plugin-leaderboard`).
             Plugin::Wasm(p) => p.hooks(),
         }
     }
@@ -132,6 +132,18 @@ impl PluginBinding {
         match self {
             PluginBinding::Lua(b) => b.stream(req, entry),
             PluginBinding::Wasm(b) => b.stream(req, entry),
+        }
+    }
+
+    /// The leaderboard hook, for one submitted score.
+    pub fn leaderboard(
+        &self,
+        req: &RequestFacts,
+        s: &Submission,
+    ) -> Result<LeaderboardDecision, PluginError> {
+        match self {
+            PluginBinding::Lua(b) => b.leaderboard(req, s),
+            PluginBinding::Wasm(b) => b.leaderboard(req, s),
         }
     }
 }

@@ -24,7 +24,7 @@
 //! `queue` export is looked up by name at load and type-checked there (one instantiation), and
 //! each instance then holds it as a typed function whose argument and result types are the
 //! generated WIT types. A queue rule naming a component without it is refused at compile
-//! (`Plugin::hooks`). `plugin-pubsub`'s `pubsub` and `plugin-stream`'s `stream` exports are handled the same way; the host looks
+//! (`Plugin::hooks`). `plugin-pubsub`'s `pubsub`, `plugin-stream`'s `stream` and `plugin-leaderboard`'s `leaderboard` exports are handled the same way; the host looks
 //! each optional export up by name, so a component may have any of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +35,10 @@ use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker, Type
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::decision::{
-    CacheDecision, DynLimit, PubSubDecision, QueueChoice, QueueDecision, RateLimitDecision,
-    RequestFacts, SessionDecision, SessionFacts, StreamDecision, validate_cache, validate_pubsub,
-    validate_queue, validate_rate_limit, validate_session, validate_stream,
+    CacheDecision, DynLimit, LeaderboardDecision, PubSubDecision, QueueChoice, QueueDecision,
+    RateLimitDecision, RequestFacts, SessionDecision, SessionFacts, StreamDecision, Submission,
+    validate_cache, validate_leaderboard, validate_pubsub, validate_queue, validate_rate_limit,
+    validate_session, validate_stream,
 };
 use super::pool::WarmPool;
 use super::wasi::{GuestOutput, STDERR, STDOUT, link_wasi};
@@ -68,6 +69,12 @@ const PUBSUB_EXPORT: &str = "pubsub";
 type StreamFunc = TypedFunc<(wit::Request, String), (wit::StreamDecision,)>;
 
 const STREAM_EXPORT: &str = "stream";
+
+/// The `leaderboard` export of `plugin-leaderboard`:
+/// `func(req: request, s: submission) -> leaderboard-decision`.
+type LeaderboardFunc = TypedFunc<(wit::Request, wit::Submission), (wit::LeaderboardDecision,)>;
+
+const LEADERBOARD_EXPORT: &str = "leaderboard";
 
 /// Warm instances kept per binding. A call takes one out of the pool and puts it back after, so
 /// this bounds idle instances, not concurrency: a burst beyond it instantiates more and drops
@@ -279,6 +286,8 @@ pub struct WasmPlugin {
     pubsub: Option<ComponentExportIndex>,
     /// The `stream` export, when the component has one (world `plugin-stream`).
     stream: Option<ComponentExportIndex>,
+    /// The `leaderboard` export, when the component has one (world `plugin-leaderboard`).
+    leaderboard: Option<ComponentExportIndex>,
     limits: Limits,
 }
 
@@ -323,12 +332,14 @@ impl WasmPlugin {
         let queue = component.get_export_index(None, QUEUE_EXPORT);
         let pubsub = component.get_export_index(None, PUBSUB_EXPORT);
         let stream = component.get_export_index(None, STREAM_EXPORT);
+        let leaderboard = component.get_export_index(None, LEADERBOARD_EXPORT);
         let plugin = WasmPlugin {
             name: name.to_string(),
             pre,
             queue,
             pubsub,
             stream,
+            leaderboard,
             limits,
         };
         plugin.check_optional_exports()?;
@@ -347,6 +358,9 @@ impl WasmPlugin {
         if self.stream.is_some() {
             hooks.push("stream");
         }
+        if self.leaderboard.is_some() {
+            hooks.push("leaderboard");
+        }
         hooks
     }
 
@@ -354,7 +368,11 @@ impl WasmPlugin {
     /// or the component is refused now rather than at its first call. Types are checked on an
     /// instance, so this makes one (no `init`: the check runs no hook).
     fn check_optional_exports(&self) -> Result<(), PluginError> {
-        if self.queue.is_none() && self.pubsub.is_none() && self.stream.is_none() {
+        if self.queue.is_none()
+            && self.pubsub.is_none()
+            && self.stream.is_none()
+            && self.leaderboard.is_none()
+        {
             return Ok(());
         }
         let mut store = self.new_store();
@@ -382,6 +400,11 @@ impl WasmPlugin {
         if let Some(index) = &self.stream {
             let checked: wasmtime::Result<StreamFunc> = instance.get_typed_func(&mut store, index);
             checked.map_err(|e| mistyped(STREAM_EXPORT, "plugin-stream", e))?;
+        }
+        if let Some(index) = &self.leaderboard {
+            let checked: wasmtime::Result<LeaderboardFunc> =
+                instance.get_typed_func(&mut store, index);
+            checked.map_err(|e| mistyped(LEADERBOARD_EXPORT, "plugin-leaderboard", e))?;
         }
         Ok(())
     }
@@ -485,6 +508,8 @@ struct Instance {
     pubsub: Option<PubSubFunc>,
     /// The `stream` export, when the component has one.
     stream: Option<StreamFunc>,
+    /// The `leaderboard` export, when the component has one.
+    leaderboard: Option<LeaderboardFunc>,
 }
 
 /// A WASM plugin bound to one rule's config: a pool of warm, initialized instances.
@@ -531,6 +556,14 @@ impl WasmBinding {
             }
             None => None,
         };
+        let leaderboard = match &p.leaderboard {
+            Some(index) => {
+                let f: wasmtime::Result<LeaderboardFunc> =
+                    instance.get_typed_func(&mut store, index);
+                Some(f.map_err(|e| p.classify(&e, &store))?)
+            }
+            None => None,
+        };
         let init_err = |message: String| PluginError::Init {
             plugin: p.name.clone(),
             message,
@@ -544,6 +577,7 @@ impl WasmBinding {
                 queue,
                 pubsub,
                 stream,
+                leaderboard,
             }),
             Ok(Err(message)) => {
                 let mut message = message;
@@ -735,6 +769,39 @@ impl WasmBinding {
             wit::StreamDecision::Reject(reason) => StreamDecision::Reject(reason),
         };
         validate_stream(&self.plugin.name, d, &self.plugin.limits)
+    }
+
+    /// The leaderboard hook (`plugin-leaderboard`'s `leaderboard` export), for one submit.
+    pub fn leaderboard(
+        &self,
+        req: &RequestFacts,
+        s: &Submission,
+    ) -> Result<LeaderboardDecision, PluginError> {
+        let missing = || PluginError::MissingHook {
+            plugin: self.plugin.name.clone(),
+            hook: "leaderboard",
+        };
+        if self.plugin.leaderboard.is_none() {
+            return Err(missing());
+        }
+        let sub = wit::Submission {
+            app: s.app.clone(),
+            rule: s.rule.clone(),
+            board: s.board.clone(),
+            member: s.member.clone(),
+            score: s.score,
+        };
+        let args = (to_wit_request(req), sub);
+        let out = self.with_instance(|i| match &i.leaderboard {
+            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
+            None => Ok(None),
+        })?;
+        let d = match out.ok_or_else(missing)? {
+            wit::LeaderboardDecision::Accept => LeaderboardDecision::Accept,
+            wit::LeaderboardDecision::Reject(reason) => LeaderboardDecision::Reject(reason),
+            wit::LeaderboardDecision::Score(s) => LeaderboardDecision::Score(s),
+        };
+        validate_leaderboard(&self.plugin.name, d, &self.plugin.limits)
     }
 
     /// Warm instances now idle in the pool (for tests and metrics).

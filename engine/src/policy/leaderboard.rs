@@ -14,8 +14,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::diagnostic::Location;
+use super::ir::PluginRef;
 use super::period::{Period, PeriodText};
-use super::raw::DurationText;
+use super::raw::{DurationText, RawPluginRef};
 use super::validate::{Validator, loc};
 
 /// A `leaderboard` block, served at `/v1/leaderboards/{app}/{rule}/{board}`.
@@ -67,6 +68,35 @@ pub struct RawLeaderboard {
     #[serde(default)]
     #[schemars(with = "Option<DurationText>")]
     pub aggregate_cache: Option<Spanned<String>>,
+    /// A plugin whose `leaderboard` hook sees each submit first (anti-cheat): it accepts it,
+    /// rejects it (422 `score-rejected`) or replaces its score (`max_score` still applies).
+    #[serde(default)]
+    #[schemars(with = "Option<RawPluginRef>")]
+    pub plugin: Option<Spanned<RawPluginRef>>,
+    /// What a submit does when the plugin fails: `fail` (500 `plugin-failed`, the default) or
+    /// `accept` (recorded as sent).
+    #[serde(default)]
+    #[schemars(with = "Option<LeaderboardFallbackName>")]
+    pub fallback: Option<Spanned<String>>,
+}
+
+/// Schema-only: the `fallback` values.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum LeaderboardFallbackName {
+    Fail,
+    Accept,
+}
+
+/// What a submit does when the rule's plugin fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaderboardFallback {
+    /// 500 `plugin-failed`; nothing is recorded.
+    #[default]
+    Fail,
+    /// Recorded as sent, as if the rule had no plugin.
+    Accept,
 }
 
 /// Schema-only: the `update` values.
@@ -128,6 +158,9 @@ pub struct Leaderboard {
     pub max_page: u64,
     pub max_score: u64,
     pub aggregate_cache: Duration,
+    /// The plugin whose `leaderboard` hook decides each submit.
+    pub plugin: Option<PluginRef>,
+    pub fallback: LeaderboardFallback,
     pub location: Location,
 }
 
@@ -151,7 +184,7 @@ impl Validator {
         path: &Path,
         rule: &str,
         raw: &Spanned<RawLeaderboard>,
-        _body: &Node,
+        body: &Node,
     ) -> Option<Leaderboard> {
         let before = self.error_count();
         let at = loc(path, raw.span());
@@ -249,6 +282,21 @@ impl Validator {
                 None => DEFAULT_AGGREGATE_CACHE,
             },
         };
+        let (plugin, proceeds) = self.body_hook(
+            path,
+            rule,
+            "leaderboard",
+            "the submit (board, member, score)",
+            "accept",
+            raw.plugin.as_ref(),
+            raw.fallback.as_ref(),
+            body,
+        );
+        let fallback = if proceeds {
+            LeaderboardFallback::Accept
+        } else {
+            LeaderboardFallback::Fail
+        };
         if self.error_count() > before {
             return None;
         }
@@ -262,6 +310,8 @@ impl Validator {
             max_page,
             max_score,
             aggregate_cache,
+            plugin,
+            fallback,
             location: at,
         })
     }
@@ -320,7 +370,7 @@ impl Validator {
 mod tests {
     use std::path::PathBuf;
 
-    use super::{Leaderboard, Order, Ties, Update};
+    use super::{Leaderboard, LeaderboardFallback, Order, Ties, Update};
     use crate::policy::period::Period;
     use crate::policy::{RuleKind, load_sources};
 
@@ -358,6 +408,35 @@ mod tests {
             load("{ period: 2s }").expect("valid").period,
             Period::Every(2000)
         );
+    }
+
+    #[test]
+    fn a_plugin_and_its_fallback() {
+        let b =
+            load("{ plugin: { name: g, config: { cap: 10 } }, fallback: accept }").expect("valid");
+        assert_eq!(b.plugin.expect("a plugin").name, "g");
+        assert_eq!(b.fallback, LeaderboardFallback::Accept);
+        assert_eq!(
+            load("{ plugin: { name: g } }").expect("valid").fallback,
+            LeaderboardFallback::Fail
+        );
+        for (block, says) in [
+            (
+                "{ fallback: accept }",
+                "`fallback` is only used with a `plugin`",
+            ),
+            (
+                "{ plugin: { name: g }, fallback: allow }",
+                "unknown `fallback` `allow`",
+            ),
+            (
+                "{ plugin: { name: g, fields: [x] } }",
+                "`plugin.fields` does not apply to `leaderboard` rules",
+            ),
+        ] {
+            let e = load(block).expect_err(block);
+            assert!(e.contains(says), "{block}: {e}");
+        }
     }
 
     #[test]

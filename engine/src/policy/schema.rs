@@ -270,6 +270,17 @@ fn tighten(v: &mut Value) {
         "/$defs/RawStream",
         json!({ "dependentRequired": { "fallback": ["plugin"] } }),
     );
+    // A leaderboard rule's plugin: likewise (the hook gets the submit).
+    add(
+        v,
+        "/$defs/RawLeaderboard/properties/plugin",
+        json!({ "not": any_required(&["headers", "fields"]) }),
+    );
+    add(
+        v,
+        "/$defs/RawLeaderboard",
+        json!({ "dependentRequired": { "fallback": ["plugin"] } }),
+    );
     // A pubsub rule's plugin: likewise (the hook gets the message).
     add(
         v,
