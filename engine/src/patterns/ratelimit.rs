@@ -61,8 +61,17 @@ const DENY_CACHE_MAX: usize = 100_000;
 struct DenyCache {
     /// Whether a denial of any cost is kept (fixed_window) or only of cost 1.
     any_cost: bool,
-    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, Denial>>,
+    entries: std::sync::Mutex<Entries>,
     hits: Counter,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: std::collections::HashMap<Box<str>, Denial>,
+    /// After a sweep of a full cache that freed nothing, no other sweep before this: under
+    /// an attack from more live ids than the cache holds, a denial must not cost a walk of
+    /// every entry (under the lock) each time.
+    no_sweep_before: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +90,7 @@ impl DenyCache {
     fn new(any_cost: bool, app: &str, rule: &str) -> Self {
         Self {
             any_cost,
-            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            entries: std::sync::Mutex::new(Entries::default()),
             hits: metrics::counter!("patternd_ratelimit_deny_cache_hits_total", "app" => app.to_string(), "rule" => rule.to_string()),
         }
     }
@@ -93,12 +102,12 @@ impl DenyCache {
             return None;
         }
         let mut entries = self.entries.lock().ok()?;
-        let d = *entries.get(id)?;
+        let d = *entries.map.get(id)?;
         let elapsed_us =
             u64::try_from(now.saturating_duration_since(d.asked).as_micros()).unwrap_or(u64::MAX);
         let end_us = (d.retry_ms * 1000).saturating_sub(REDIS_ROUNDING_US);
         if elapsed_us >= end_us {
-            entries.remove(id);
+            entries.map.remove(id);
             return None;
         }
         drop(entries);
@@ -121,16 +130,20 @@ impl DenyCache {
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
-        if entries.len() >= DENY_CACHE_MAX {
+        if entries.map.len() >= DENY_CACHE_MAX {
             let now = std::time::Instant::now();
-            entries.retain(|_, d| {
+            if entries.no_sweep_before.is_some_and(|t| now < t) {
+                return;
+            }
+            entries.map.retain(|_, d| {
                 now.saturating_duration_since(d.asked).as_millis() < u128::from(d.retry_ms)
             });
-            if entries.len() >= DENY_CACHE_MAX {
+            if entries.map.len() >= DENY_CACHE_MAX {
+                entries.no_sweep_before = Some(now + std::time::Duration::from_secs(1));
                 return;
             }
         }
-        entries.insert(
+        entries.map.insert(
             id.into(),
             Denial {
                 asked,
@@ -885,6 +898,24 @@ mod tests {
         );
         assert_eq!(c.lookup("id", 1, end), None);
         assert_eq!(c.lookup("id", 1, t0), None);
+    }
+
+    #[test]
+    fn a_full_deny_cache_takes_no_more_and_does_not_sweep_on_every_denial() {
+        let t0 = Instant::now();
+        let c = DenyCache::new(true, "a", "r");
+        for i in 0..DENY_CACHE_MAX {
+            c.remember(&format!("id{i}"), 1, t0, &[0, 0, 0, 60_000, 60_000]);
+        }
+        // Full of live denials: a new one is not kept, and the sweep that found nothing to
+        // free is not repeated for a second.
+        c.remember("new", 1, t0, &[0, 0, 0, 60_000, 60_000]);
+        assert_eq!(c.lookup("new", 1, t0), None);
+        let e = c.entries.lock().expect("lock");
+        assert_eq!(e.map.len(), DENY_CACHE_MAX);
+        assert!(e.no_sweep_before.is_some_and(|t| t > Instant::now()));
+        drop(e);
+        assert!(c.lookup("id7", 1, t0).is_some());
     }
 
     fn shape(algorithm: Algorithm, limit: u64, window_ms: u64, burst: u64) -> Shape {
