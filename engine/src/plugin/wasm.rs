@@ -31,7 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker, TypedFunc};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, HasSelf, Lift, Linker, Lower, TypedFunc,
+};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::decision::{
@@ -468,6 +470,27 @@ impl WasmPlugin {
     }
 
     /// Names a failed call: out of fuel or time, out of memory, or a trap.
+    /// An optional hook export of a new instance, typed (its type was checked at load); looked
+    /// up once per instance, not per call.
+    fn export<P, R>(
+        &self,
+        instance: &wasmtime::component::Instance,
+        store: &mut Store<State>,
+        index: &Option<ComponentExportIndex>,
+    ) -> Result<Option<TypedFunc<P, R>>, PluginError>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentNamedList + Lift,
+    {
+        let Some(index) = index else {
+            return Ok(None);
+        };
+        match instance.get_typed_func(&mut *store, index) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => Err(self.classify(&e, store)),
+        }
+    }
+
     fn classify(&self, e: &wasmtime::Error, store: &Store<State>) -> PluginError {
         let plugin = self.name.clone();
         match e.downcast_ref::<Trap>() {
@@ -534,36 +557,11 @@ impl WasmBinding {
             .instantiate(&mut store)
             .map_err(|e| p.classify(&e, &store))?;
         let guest = Guest::new(&mut store, &instance).map_err(|e| p.classify(&e, &store))?;
-        // Type-checked at load already; looked up once per instance, not per call.
-        let queue = match &p.queue {
-            Some(index) => {
-                let f: wasmtime::Result<QueueFunc> = instance.get_typed_func(&mut store, index);
-                Some(f.map_err(|e| p.classify(&e, &store))?)
-            }
-            None => None,
-        };
-        let pubsub = match &p.pubsub {
-            Some(index) => {
-                let f: wasmtime::Result<PubSubFunc> = instance.get_typed_func(&mut store, index);
-                Some(f.map_err(|e| p.classify(&e, &store))?)
-            }
-            None => None,
-        };
-        let stream = match &p.stream {
-            Some(index) => {
-                let f: wasmtime::Result<StreamFunc> = instance.get_typed_func(&mut store, index);
-                Some(f.map_err(|e| p.classify(&e, &store))?)
-            }
-            None => None,
-        };
-        let leaderboard = match &p.leaderboard {
-            Some(index) => {
-                let f: wasmtime::Result<LeaderboardFunc> =
-                    instance.get_typed_func(&mut store, index);
-                Some(f.map_err(|e| p.classify(&e, &store))?)
-            }
-            None => None,
-        };
+        let queue: Option<QueueFunc> = p.export(&instance, &mut store, &p.queue)?;
+        let pubsub: Option<PubSubFunc> = p.export(&instance, &mut store, &p.pubsub)?;
+        let stream: Option<StreamFunc> = p.export(&instance, &mut store, &p.stream)?;
+        let leaderboard: Option<LeaderboardFunc> =
+            p.export(&instance, &mut store, &p.leaderboard)?;
         let init_err = |message: String| PluginError::Init {
             plugin: p.name.clone(),
             message,
@@ -616,6 +614,33 @@ impl WasmBinding {
             }
             Err(e) => Err(self.plugin.classify(&e, &inst.store)),
         }
+    }
+
+    /// Calls an optional hook export (`plugin-queue`'s `queue`, …) on a warm instance;
+    /// `MissingHook` when the component does not export it.
+    fn call_hook<P, R>(
+        &self,
+        hook: &'static str,
+        exported: bool,
+        func: impl FnOnce(&Instance) -> Option<TypedFunc<P, (R,)>>,
+        args: P,
+    ) -> Result<R, PluginError>
+    where
+        P: ComponentNamedList + Lower,
+        (R,): ComponentNamedList + Lift,
+    {
+        let missing = || PluginError::MissingHook {
+            plugin: self.plugin.name.clone(),
+            hook,
+        };
+        if !exported {
+            return Err(missing());
+        }
+        let out = self.with_instance(|i| match func(i) {
+            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
+            None => Ok(None),
+        })?;
+        out.ok_or_else(missing)
     }
 
     pub fn rate_limit(&self, req: &RequestFacts) -> Result<RateLimitDecision, PluginError> {
@@ -693,20 +718,9 @@ impl WasmBinding {
         payload: &str,
         max_delay_ms: u64,
     ) -> Result<QueueDecision, PluginError> {
-        let missing = || PluginError::MissingHook {
-            plugin: self.plugin.name.clone(),
-            hook: "queue",
-        };
-        if self.plugin.queue.is_none() {
-            return Err(missing());
-        }
-        let wreq = to_wit_request(req);
-        let payload = payload.to_string();
-        let out = self.with_instance(|i| match &i.queue {
-            Some(f) => f.call(&mut i.store, (wreq, payload)).map(|(d,)| Some(d)),
-            None => Ok(None),
-        })?;
-        let d = match out.ok_or_else(missing)? {
+        let args = (to_wit_request(req), payload.to_string());
+        let out = self.call_hook("queue", self.plugin.queue.is_some(), |i| i.queue, args)?;
+        let d = match out {
             wit::QueueDecision::Accept(c) => QueueDecision::Accept(QueueChoice {
                 delay_ms: c.delay_ms,
                 priority: c.priority,
@@ -725,13 +739,6 @@ impl WasmBinding {
         channel: &str,
         message: Option<&str>,
     ) -> Result<PubSubDecision, PluginError> {
-        let missing = || PluginError::MissingHook {
-            plugin: self.plugin.name.clone(),
-            hook: "pubsub",
-        };
-        if self.plugin.pubsub.is_none() {
-            return Err(missing());
-        }
         let wreq = to_wit_request(req);
         let op = if message.is_some() {
             wit::PubsubOp::Publish
@@ -739,11 +746,8 @@ impl WasmBinding {
             wit::PubsubOp::Subscribe
         };
         let args = (wreq, channel.to_string(), op, message.map(str::to_string));
-        let out = self.with_instance(|i| match &i.pubsub {
-            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
-            None => Ok(None),
-        })?;
-        let d = match out.ok_or_else(missing)? {
+        let out = self.call_hook("pubsub", self.plugin.pubsub.is_some(), |i| i.pubsub, args)?;
+        let d = match out {
             wit::PubsubDecision::Allow => PubSubDecision::Allow,
             wit::PubsubDecision::Reject(reason) => PubSubDecision::Reject(reason),
         };
@@ -752,19 +756,9 @@ impl WasmBinding {
 
     /// The stream hook (`plugin-stream`'s `stream` export), for one entry's JSON text.
     pub fn stream(&self, req: &RequestFacts, entry: &str) -> Result<StreamDecision, PluginError> {
-        let missing = || PluginError::MissingHook {
-            plugin: self.plugin.name.clone(),
-            hook: "stream",
-        };
-        if self.plugin.stream.is_none() {
-            return Err(missing());
-        }
         let args = (to_wit_request(req), entry.to_string());
-        let out = self.with_instance(|i| match &i.stream {
-            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
-            None => Ok(None),
-        })?;
-        let d = match out.ok_or_else(missing)? {
+        let out = self.call_hook("stream", self.plugin.stream.is_some(), |i| i.stream, args)?;
+        let d = match out {
             wit::StreamDecision::Accept => StreamDecision::Accept,
             wit::StreamDecision::Reject(reason) => StreamDecision::Reject(reason),
         };
@@ -777,13 +771,6 @@ impl WasmBinding {
         req: &RequestFacts,
         s: &Submission,
     ) -> Result<LeaderboardDecision, PluginError> {
-        let missing = || PluginError::MissingHook {
-            plugin: self.plugin.name.clone(),
-            hook: "leaderboard",
-        };
-        if self.plugin.leaderboard.is_none() {
-            return Err(missing());
-        }
         let sub = wit::Submission {
             app: s.app.clone(),
             rule: s.rule.clone(),
@@ -792,11 +779,9 @@ impl WasmBinding {
             score: s.score,
         };
         let args = (to_wit_request(req), sub);
-        let out = self.with_instance(|i| match &i.leaderboard {
-            Some(f) => f.call(&mut i.store, args).map(|(d,)| Some(d)),
-            None => Ok(None),
-        })?;
-        let d = match out.ok_or_else(missing)? {
+        let exported = self.plugin.leaderboard.is_some();
+        let out = self.call_hook("leaderboard", exported, |i| i.leaderboard, args)?;
+        let d = match out {
             wit::LeaderboardDecision::Accept => LeaderboardDecision::Accept,
             wit::LeaderboardDecision::Reject(reason) => LeaderboardDecision::Reject(reason),
             wit::LeaderboardDecision::Score(s) => LeaderboardDecision::Score(s),
