@@ -7,7 +7,7 @@
 //! one and the kept closed ones), so a call's work is bounded by the policy, as is a batch
 //! (`max_batch` items).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metrics::Counter as MetricCounter;
 use redis::Value;
@@ -185,14 +185,6 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn engine_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or(0)
-}
-
 /// One call: the keys of the guessed current period, and the arguments after the period's
 /// (the expiry of writers, the rule's numbers); the items follow, the same for every attempt.
 struct Call<'r> {
@@ -299,7 +291,7 @@ impl CounterRule {
             label => self.period.parse_label(label).map(Which::Index).ok_or_else(|| {
                 CounterError::BadRequest(format!(
                     "`{label}` is not a period of this rule; expected `current`, `previous` or a label such as `{}`",
-                    self.period.label(self.period.index_at(engine_now_ms()))
+                    self.period.label(self.period.guess_now())
                 ))
             }),
         }
@@ -375,7 +367,7 @@ impl CounterRule {
     where
         F: Fn(i64) -> Result<Call<'r>, CounterError>,
     {
-        let mut current = self.period.index_at(engine_now_ms());
+        let mut current = self.period.guess_now();
         for _ in 0..PERIOD_ATTEMPTS {
             let call = build(current)?;
             let guess = if call.checked && self.period != Period::None {
@@ -661,7 +653,7 @@ impl CounterRule {
         sel: Selection,
     ) -> Result<Read, CounterError> {
         // Bad selections are refused before any call (the current period only shifts them).
-        let (first, _) = self.indexes(sel, self.period.index_at(engine_now_ms()))?;
+        let (first, _) = self.indexes(sel, self.period.guess_now())?;
         if matches!(self.kind, CounterKind::Bloom { .. }) && first.len() > 1 {
             return Err(CounterError::BadRequest(
                 "a Bloom filter is read one period at a time (`period=`)".into(),

@@ -8,7 +8,6 @@
 //! (`compile::leaderboard`), which no answer shows.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
@@ -150,13 +149,6 @@ pub struct LeaderboardRule {
     plugin: Option<(String, PluginBinding)>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// A score as it travels to Redis: the shortest text that reads back as the same double.
 fn score_text(s: f64) -> String {
     if s.fract() == 0.0 && s.abs() < 9.007_199_254_740_992e15 {
@@ -280,7 +272,7 @@ impl LeaderboardRule {
             Some(label) => self.spec.period.parse_label(label).map(PeriodSel::Index).ok_or_else(|| {
                 LeaderboardError::BadRequest(format!(
                     "`period` must be `current`, `previous` or a period's label such as `{}`, not `{label}`",
-                    self.label(self.spec.period.index_at(now_ms()))
+                    self.label(self.spec.period.guess_now())
                 ))
             }),
         }
@@ -349,7 +341,7 @@ impl LeaderboardRule {
     where
         K: Fn(i64) -> Vec<String>,
     {
-        let mut current = self.spec.period.index_at(now_ms());
+        let mut current = self.spec.period.guess_now();
         for attempt in 0..2 {
             let (target, check) = match (self.spec.period, sel) {
                 (Period::None, _) => (0, String::new()),
@@ -441,7 +433,7 @@ impl LeaderboardRule {
         let p = self.spec.period;
         // The expiry and the tiebreak's origin depend on the period, which the script may
         // correct: they are computed per attempt from the period the keys name.
-        let mut current = p.index_at(now_ms());
+        let mut current = p.guess_now();
         for _ in 0..2 {
             let (expire_at, start) = match p {
                 Period::None => (String::new(), NONE_EPOCH_MS),

@@ -92,6 +92,17 @@ impl Period {
         }
     }
 
+    /// The engine's guess of the current period, from its own clock: only to name the keys
+    /// of a call, whose script checks it against Redis `TIME` (see the module doc).
+    pub fn guess_now(self) -> i64 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        self.index_at(now_ms)
+    }
+
     /// When period `index` starts (ms since the epoch, inclusive). `None`: 0.
     pub fn start_ms(self, index: i64) -> i64 {
         match self {
