@@ -242,6 +242,7 @@ impl InProcess {
             target: patternd::store::connect::RedisTarget::plain(redis_url)?,
             pool_size: 2,
             command_timeout: Duration::from_secs(2),
+            batch_max: 0,
         })?;
         Ok(Self { snapshot, store })
     }

@@ -134,6 +134,20 @@ pub const ALL: &[Metric] = &[
         buckets: &[],
     },
     Metric {
+        name: "patternd_redis_batches_total",
+        kind: Kind::Counter,
+        help: "Batch script calls (--redis-batch): several calls of one script decided in one Redis call.",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
+        name: "patternd_redis_batched_calls_total",
+        kind: Kind::Counter,
+        help: "Calls sent inside batch script calls (divided by patternd_redis_batches_total: the mean batch size).",
+        labels: &[],
+        buckets: &[],
+    },
+    Metric {
         name: "patternd_redis_seconds",
         kind: Kind::Histogram,
         help: "Redis round trips (one script call each), in seconds.",
@@ -502,6 +516,8 @@ pub fn describe_and_register_globals() {
         }
     }
     let _ = metrics::counter!("patternd_script_reloads_total");
+    let _ = metrics::counter!("patternd_redis_batches_total");
+    let _ = metrics::counter!("patternd_redis_batched_calls_total");
     for r in RELOAD_RESULTS {
         let _ = metrics::counter!("patternd_reloads_total", "result" => *r);
     }

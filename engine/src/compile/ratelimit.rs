@@ -147,6 +147,11 @@ pub struct FixedLimits {
     /// concurrency limit has a second key, its units held (`0cl.n`).
     pub subs: Vec<String>,
     pub limits: Vec<Limit>,
+    /// The same limits deciding a batch of calls in one script call, in order (`store::batch`):
+    /// KEYS are each call's keys of `subs` one after the other, `ARGV[i]` call i's cost; the
+    /// reply has one element per call, what the per-call script replies, or `{-1, error}`.
+    /// None for rules with a concurrency limit.
+    pub batch: Option<Arc<Script>>,
 }
 
 /// A compiled rate-limit rule.
@@ -168,7 +173,11 @@ pub struct CompiledRateLimit {
 
 impl CompiledRateLimit {
     pub fn scripts(&self) -> Vec<Arc<Script>> {
-        let mut v: Vec<Arc<Script>> = self.fixed.iter().map(|f| f.script.clone()).collect();
+        let mut v: Vec<Arc<Script>> = self
+            .fixed
+            .iter()
+            .flat_map(|f| std::iter::once(f.script.clone()).chain(f.batch.clone()))
+            .collect();
         v.extend(self.dynamic.iter().flat_map(|d| d.all().cloned()));
         v.extend(self.release.clone());
         v
@@ -231,14 +240,18 @@ pub(super) fn compile(rule: &Rule, rl: &RateLimit) -> Result<CompiledRateLimit, 
         let what = if rl.plugin.is_some() { "fallback " } else { "" };
         let name = format!("ratelimit {what}{}/{}", rule.app, rule.name);
         let script = fixed_script(&name, &fixed_limits);
-        luacheck::check(&script.name, &script.source).map_err(|e| {
-            format!(
-                "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
-                rule.name
-            )
-        })?;
+        let batch = batch_script(&name, &fixed_limits);
+        for s in std::iter::once(&script).chain(&batch) {
+            luacheck::check(&s.name, &s.source).map_err(|e| {
+                format!(
+                    "internal error: the generated script for rule `{}` fails the Lua 5.1 check: {e}",
+                    rule.name
+                )
+            })?;
+        }
         Some(FixedLimits {
             script,
+            batch,
             subs,
             limits: fixed_limits,
         })
@@ -284,13 +297,24 @@ fn limit_subs(limits: &[Limit]) -> Vec<String> {
 
 /// The script of a rule's limits, named `name` (see `FIXED`).
 pub(super) fn fixed_script(name: &str, limits: &[Limit]) -> Arc<Script> {
-    let body = generate(limits);
+    let body = generate(limits, false);
     FIXED.assemble_as(name, &body)
 }
 
+/// The batch variant of a rule's script (see `FixedLimits::batch`), or None for a rule with a
+/// concurrency limit (its lease id and the release of a lost grant are per call).
+pub(super) fn batch_script(name: &str, limits: &[Limit]) -> Option<Arc<Script>> {
+    if limits.iter().any(|l| l.algorithm == Algorithm::Concurrency) {
+        return None;
+    }
+    let body = generate(limits, true);
+    Some(FIXED.assemble_as(&format!("{name} batch"), &body))
+}
+
 /// The generated body of a rule's script: the algorithms its limits use, then a main with the
-/// limits as literal constants.
-fn generate(limits: &[Limit]) -> String {
+/// limits as literal constants. `batched`: a main that decides one decision per ARGV entry,
+/// in order (see `FixedLimits::batch`).
+fn generate(limits: &[Limit], batched: bool) -> String {
     let mut s = String::with_capacity(8 * 1024);
     push_algorithms(
         &mut s,
@@ -298,33 +322,73 @@ fn generate(limits: &[Limit]) -> String {
             .into_iter()
             .filter(|alg| limits.iter().any(|l| l.algorithm == *alg)),
     );
-    s.push_str(
-        "-- KEYS: the keys of the limits in order (concurrency: leases, units held); ARGV[1]: cost; ARGV[2]: lease id (concurrency only)\n",
-    );
-    s.push_str(
-        "-- returns {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}\n",
-    );
-    s.push_str("local cost = tonumber(ARGV[1])\n");
+    if batched {
+        let _ = writeln!(
+            s,
+            "-- KEYS: per decision, the keys of the limits in order ({} each); ARGV[i]: decision i's cost",
+            limits.len()
+        );
+        s.push_str(
+            "-- returns per decision {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms},\n\
+             -- or {-1, error} when one of its Redis calls failed (the other decisions stand)\n",
+        );
+    } else {
+        s.push_str(
+            "-- KEYS: the keys of the limits in order (concurrency: leases, units held); ARGV[1]: cost; ARGV[2]: lease id (concurrency only)\n",
+        );
+        s.push_str(
+            "-- returns {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}\n",
+        );
+    }
+    if !batched {
+        s.push_str("local cost = tonumber(ARGV[1])\n");
+    }
     // A fixed window's time is its key's PTTL: a rule of fixed windows only reads no clock,
     // which saves a TIME call (a quarter of the script's Redis calls) on every decision.
+    // A batch reads the clock once: its decisions are taken at one instant, in order, as
+    // sequential calls within the same microsecond would be.
     if limits.iter().all(|l| l.algorithm == Algorithm::FixedWindow) {
         s.push_str("local now = 0 -- fixed windows read no clock\n");
     } else {
         s.push_str("local now = now_ms()\n");
     }
+    if batched {
+        // `one` is defined once per batch; `k` is the offset of its decision's keys in KEYS.
+        s.push_str("local function one(k, cost)\n");
+        push_decision(&mut s, limits, "k + ");
+        s.push_str("end\n");
+        let _ = writeln!(
+            s,
+            "local out = {{}}\n\
+             for i = 1, #ARGV do\n\
+             \x20 local ok, r = pcall(one, (i - 1) * {}, tonumber(ARGV[i]))\n\
+             \x20 if ok then out[i] = r else out[i] = {{ -1, type(r) == 'table' and tostring(r.err) or tostring(r) }} end\n\
+             end\n\
+             return out",
+            limits.len()
+        );
+    } else {
+        push_decision(&mut s, limits, "");
+    }
+    s
+}
+
+/// The `return` of one decision: the limits' algorithms called with their numbers as literals,
+/// their keys as `KEYS[<offset><n>]`.
+fn push_decision(s: &mut String, limits: &[Limit], offset: &str) {
     // One limit (the common rule): no table of results to combine (see `decide_one`).
     if let [l] = limits
         && l.algorithm != Algorithm::Concurrency
     {
         let _ = writeln!(
             s,
-            "return decide_one({}(KEYS[1], {}, {}, {}, cost, now))",
+            "return decide_one({}(KEYS[{offset}1], {}, {}, {}, cost, now))",
             l.algorithm.name(),
             l.limit,
             l.window_ms(),
             l.burst
         );
-        return s;
+        return;
     }
     s.push_str("return decide({\n");
     // KEYS follow `limit_subs`: one per limit, a concurrency limit's second key after its first.
@@ -334,13 +398,13 @@ fn generate(limits: &[Limit]) -> String {
         let key = k;
         let extra = if l.algorithm == Algorithm::Concurrency {
             k += 1;
-            format!(", ARGV[2], KEYS[{k}]")
+            format!(", ARGV[2], KEYS[{offset}{k}]")
         } else {
             String::new()
         };
         let _ = writeln!(
             s,
-            "  {}(KEYS[{key}], {}, {}, {}, cost, now{extra}),",
+            "  {}(KEYS[{offset}{key}], {}, {}, {}, cost, now{extra}),",
             l.algorithm.name(),
             l.limit,
             l.window_ms(),
@@ -348,5 +412,4 @@ fn generate(limits: &[Limit]) -> String {
         );
     }
     s.push_str("})\n");
-    s
 }

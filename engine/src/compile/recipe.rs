@@ -264,11 +264,11 @@ rules:
     #[test]
     fn every_script_is_built_and_named_by_its_recipe() {
         let all = every_script();
-        // 6 rate limits + release + 6 plugin-decided, 15 cache, 8 session, 4 lock, 7 queue,
-        // 8 counter, 7 leaderboard.
+        // 6 rate limits + 5 batch variants (not concurrency) + release + 6 plugin-decided,
+        // 15 cache, 8 session, 4 lock, 7 queue, 8 counter, 7 leaderboard.
         assert_eq!(
             all.len(),
-            62,
+            67,
             "{:?}",
             all.iter().map(|s| &s.name).collect::<Vec<_>>()
         );

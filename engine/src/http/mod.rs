@@ -231,6 +231,7 @@ mod tests {
                 .expect("a plain URL"),
             pool_size: 1,
             command_timeout: Duration::from_millis(200),
+            batch_max: 0,
         })
         .expect("a lazy pool");
         let sources = Sources {

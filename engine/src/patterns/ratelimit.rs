@@ -1,10 +1,11 @@
 //! Rate limiting at request time: one EVALSHA per decision.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use metrics::Counter;
+use redis::FromRedisValue;
 
 use super::lost_grant::LostGrant;
 use super::random;
@@ -12,7 +13,8 @@ use super::{InputError, check_id};
 use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
 use crate::policy::{Algorithm, IdFrom, Limit, OnRedisError, RateLimit, Rule};
-use crate::store::Store;
+use crate::store::batch::Batcher;
+use crate::store::{Store, StoreError};
 
 /// The largest cost a request may ask for when a plugin decides the limits (the plugin's
 /// limits then bound it exactly).
@@ -36,6 +38,10 @@ pub struct RateLimiter {
     counters: Counters,
     /// `deny_cache: true`: ids Redis denied, answered here until their retry time.
     deny_cache: Option<DenyCache>,
+    /// Decisions of the fixed limits gathered into batch calls (`store::batch`), started on
+    /// first use (a snapshot is also built outside the runtime, by `patternd check`); None
+    /// when batching is off, on a cluster, for concurrency and plugin rules.
+    batcher: OnceLock<Option<Batcher>>,
 }
 
 /// Ids at most one deny cache holds; past it, new denials are not cached until entries lapse
@@ -156,6 +162,8 @@ impl DenyCache {
 
 struct Fixed {
     script: Arc<Script>,
+    /// The batch variant (`FixedLimits::batch`); None for concurrency rules.
+    batch: Option<Arc<Script>>,
     subs: Vec<String>,
     limits: Vec<Limit>,
     shapes: Vec<Shape>,
@@ -312,6 +320,7 @@ impl RateLimiter {
             }
             Fixed {
                 script: f.script.clone(),
+                batch: f.batch.clone(),
                 subs: f.subs.clone(),
                 shapes,
                 max_cost: f.limits.iter().map(Limit::capacity).min().unwrap_or(0),
@@ -353,6 +362,7 @@ impl RateLimiter {
                     .all(|l| l.algorithm == Algorithm::FixedWindow);
                 DenyCache::new(any_cost, &rule.app, &rule.name)
             }),
+            batcher: OnceLock::new(),
         }
     }
 
@@ -527,7 +537,15 @@ impl RateLimiter {
                 }
                 reply
             }
-            _ => store.eval(&fixed.script, &keys, &args).await,
+            _ => match self.batcher(store, fixed) {
+                Some(b) => b
+                    .call(keys, vec![cost_arg.as_bytes().to_vec()])
+                    .await
+                    .and_then(|v| {
+                        Vec::<i64>::from_redis_value(v).map_err(|e| StoreError::Redis(e.into()))
+                    }),
+                None => store.eval(&fixed.script, &keys, &args).await,
+            },
         };
         if let (Some(dc), Ok(v)) = (&self.deny_cache, &reply) {
             dc.remember(id, cost, asked, v);
@@ -539,6 +557,26 @@ impl RateLimiter {
             d.lease = lease_member.map(|m| format!("{}.{m}.{cost}", B64.encode(id)));
         }
         Ok(d)
+    }
+
+    /// The batcher of the fixed limits, when their decisions are batched (see `batcher`).
+    fn batcher(&self, store: &Store, fixed: &Fixed) -> Option<&Batcher> {
+        self.batcher
+            .get_or_init(|| {
+                let max = store.batch_max()?;
+                let batch = fixed.batch.clone()?;
+                // A plugin rule's fallback is decided rarely, after a plugin failure.
+                if self.dynamic.is_some() {
+                    return None;
+                }
+                Some(Batcher::start(
+                    store.clone(),
+                    batch,
+                    max,
+                    store.batch_in_flight(),
+                ))
+            })
+            .as_ref()
     }
 
     async fn check_dynamic(

@@ -6,6 +6,7 @@
 //! in bounded time instead of hanging a request.
 
 pub mod admin;
+pub mod batch;
 pub mod blocking;
 pub mod connect;
 pub mod managed;
@@ -66,6 +67,16 @@ pub enum StoreError {
         acked: u32,
         timeout: Duration,
     },
+    /// The batch (`batch`) this call was in ended without an answer (its task stopped).
+    #[error("the batched script call this call was part of ended without an answer")]
+    BatchLost,
+    /// A batch script answered another number of elements than it was given calls: a bug.
+    #[error("batch script `{script}` answered {got} elements for {expected} calls")]
+    BatchReply {
+        script: String,
+        expected: usize,
+        got: usize,
+    },
     #[error(
         "WRONGTYPE: a key of this rule (under `{namespace}`) holds another type of value than \
          the rule writes; another client wrote it"
@@ -83,7 +94,8 @@ impl StoreError {
         match self {
             StoreError::Timeout(_)
             | StoreError::CircuitOpen(_)
-            | StoreError::NotReplicated { .. } => true,
+            | StoreError::NotReplicated { .. }
+            | StoreError::BatchLost => true,
             StoreError::Redis(e) => {
                 self.is_connection_failure()
                     || e.kind() == ErrorKind::AuthenticationFailed
@@ -149,6 +161,9 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Bound on every command, including the wait for a reconnect.
     pub command_timeout: Duration,
+    /// `--redis-batch`: the most calls one batch script call takes (`batch`); 0 or 1: no
+    /// batching. Ignored on a cluster.
+    pub batch_max: usize,
 }
 
 /// One connection of the pool, held on to. Redis runs one connection's commands in the order
@@ -193,6 +208,7 @@ struct Inner {
     subscriber: std::sync::OnceLock<Arc<pubsub::Subscriber>>,
     next: AtomicUsize,
     timeout: Duration,
+    batch_max: usize,
     /// Resolved once: looking a metric up by name on every command costs a hash and a lock.
     latency: metrics::Histogram,
     breaker: Breaker,
@@ -215,6 +231,7 @@ impl Store {
                 subscriber: std::sync::OnceLock::new(),
                 next: AtomicUsize::new(0),
                 timeout: cfg.command_timeout,
+                batch_max: cfg.batch_max,
                 latency: metrics::histogram!("patternd_redis_seconds"),
                 breaker: Breaker::new(cfg.target.is_cluster()),
                 wrong_type_log: Mutex::new(HashMap::new()),
@@ -401,6 +418,41 @@ impl Store {
         if slots::enabled() {
             slots::check(script, keys)?;
         }
+        self.eval_unchecked(pin, timeout, script, keys, args).await
+    }
+
+    /// A batch script's call (`batch`): its keys are several calls' keys, in several slots on
+    /// a cluster, so only a standalone Redis takes it (`batch` checks each call's keys).
+    pub(crate) async fn eval_batch<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        self.eval_unchecked(None, self.inner.timeout, script, keys, args)
+            .await
+    }
+
+    /// `--redis-batch`: the most calls one batch takes, or None when calls are not batched
+    /// (turned off, or a cluster, where a batch's keys would span slots).
+    pub fn batch_max(&self) -> Option<usize> {
+        (self.inner.batch_max > 1 && !self.is_cluster()).then_some(self.inner.batch_max)
+    }
+
+    /// The batches of one batcher that may be out at once: one per pooled connection, so a
+    /// batcher can keep every connection busy.
+    pub fn batch_in_flight(&self) -> usize {
+        self.inner.conns.len()
+    }
+
+    async fn eval_unchecked<T: FromRedisValue>(
+        &self,
+        pin: Option<&Pinned>,
+        timeout: Duration,
+        script: &Script,
+        keys: &[String],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
         let conn = || pin.map_or_else(|| self.conn(), |p| p.conn.clone());
         // On a cluster the call goes to its keys' slot (they share one); computed only there.
         let slot = if self.inner.target.is_cluster() {

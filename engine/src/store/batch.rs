@@ -1,0 +1,257 @@
+//! Calls of one script gathered into one call of its batch variant (`--redis-batch`).
+//!
+//! Under load, many requests wait for Redis at once. Each script call costs Redis a fixed
+//! amount beyond the script's own work (reading and parsing the command, finding the script,
+//! building KEYS and ARGV, writing the reply) and costs the engine a command to encode and a
+//! reply to parse. A batch script decides several calls in order in one call, so that cost is
+//! paid once per batch. The answers are the ones separate calls would give: a script runs
+//! atomically, so a batch is the same as its calls run back to back, with nothing in between.
+//!
+//! **Forming batches.** One task per batcher takes the first waiting call, then every call
+//! already queued behind it, up to `max` (the engine's setting, never a number a client
+//! chooses), and sends them as one call. Nothing waits for a batch to fill: an idle engine
+//! sends batches of one, as fast as before. At most `in_flight` batches of one batcher are
+//! out at once; while they are, calls queue and the next batch is larger. That is what turns
+//! load into batching.
+//!
+//! **Standalone Redis only.** A batch's keys are those of unrelated ids, so they span cluster
+//! slots; on a cluster the engine makes separate calls, each in one slot, and the client
+//! pipelines them per node (`route.rs`). Each call's own keys are still checked to share a
+//! slot (`slots`), so a key layout that breaks the cluster rule fails here too.
+//!
+//! **Failures.** The batch script runs each call under `pcall`: a call whose Redis command
+//! fails (WRONGTYPE on one id's key) answers `{-1, error}` and the others stand. A failure
+//! of the batch call itself (timeout, connection, NOSCRIPT twice) is every call's failure,
+//! as it would have been for separate calls sent at that moment.
+//!
+//! **Dropped callers.** A caller that stops waiting (its request was cancelled) does not take
+//! its call out of the batch, as an EVALSHA already written to the socket is not taken back:
+//! Redis decides it either way.
+
+use std::sync::Arc;
+
+use redis::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Store, StoreError, slots};
+use crate::compile::Script;
+
+/// Calls queued for one batcher at most; past it, callers wait to queue (backpressure on the
+/// requests, which the listener's connection limit bounds anyway).
+const QUEUE: usize = 4096;
+
+/// One call: its keys and arguments (as many as every call of this batcher has), and where
+/// its answer goes.
+struct Call {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    answer: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// Gathers calls of one script into calls of its batch variant. Dropping it ends its task
+/// once the calls queued have been sent.
+pub struct Batcher {
+    queue: mpsc::Sender<Call>,
+}
+
+impl Batcher {
+    /// Starts the task. Must run inside the tokio runtime.
+    ///
+    /// `batch`: the script's batch variant. Its contract: `KEYS` are the calls' keys one
+    /// after the other, `ARGV` their arguments one after the other, and the reply has one
+    /// element per call, in order: what the single script replies, or `{-1, message}` when
+    /// one of that call's Redis commands failed.
+    pub fn start(store: Store, batch: Arc<Script>, max: usize, in_flight: usize) -> Self {
+        let (queue, calls) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, batch, calls, max.max(1), in_flight.max(1)));
+        Self { queue }
+    }
+
+    /// One call, answered with its element of the batch's reply.
+    pub async fn call(&self, keys: Vec<String>, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Call { keys, args, answer })
+            .await
+            .map_err(|_| StoreError::BatchLost)?;
+        answered.await.map_err(|_| StoreError::BatchLost)?
+    }
+}
+
+async fn run(
+    store: Store,
+    batch: Arc<Script>,
+    mut calls: mpsc::Receiver<Call>,
+    max: usize,
+    in_flight: usize,
+) {
+    let batches = metrics::counter!("patternd_redis_batches_total");
+    let batched = metrics::counter!("patternd_redis_batched_calls_total");
+    let permits = Arc::new(Semaphore::new(in_flight));
+    while let Some(first) = calls.recv().await {
+        // Waiting here, with `first` taken, is what lets the calls behind it pile up into the
+        // next batch while `in_flight` batches are out.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut group = Vec::with_capacity(max.min(64));
+        group.push(first);
+        while group.len() < max {
+            match calls.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        batches.increment(1);
+        batched.increment(group.len() as u64);
+        let store = store.clone();
+        let batch = batch.clone();
+        tokio::spawn(async move {
+            send(&store, &batch, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Sends one batch and hands each caller its answer.
+async fn send(store: &Store, batch: &Script, group: Vec<Call>) {
+    let mut keys = Vec::with_capacity(group.len() * group[0].keys.len());
+    let mut args = Vec::with_capacity(group.len() * group[0].args.len());
+    let mut answers = Vec::with_capacity(group.len());
+    for c in group {
+        // Each call in one slot, as a separate call must be (see the module doc).
+        if slots::enabled()
+            && let Err(e) = slots::check(batch, &c.keys)
+        {
+            let _ = c.answer.send(Err(e));
+            continue;
+        }
+        keys.extend(c.keys);
+        args.extend(c.args);
+        answers.push(c.answer);
+    }
+    if answers.is_empty() {
+        return;
+    }
+    let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    let reply: Result<Vec<Value>, StoreError> = store.eval_batch(batch, &keys, &arg_refs).await;
+    match reply {
+        Ok(items) if items.len() == answers.len() => {
+            for (item, answer) in items.into_iter().zip(answers) {
+                let _ = answer.send(item_result(store, batch, &keys, item));
+            }
+        }
+        Ok(items) => {
+            let e = StoreError::BatchReply {
+                script: batch.name.clone(),
+                expected: answers.len(),
+                got: items.len(),
+            };
+            tracing::error!(error = %e, "malformed batch reply");
+            for answer in answers {
+                let _ = answer.send(Err(share(&e)));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(share(&e)));
+            }
+        }
+    }
+}
+
+/// The batch call's failure, as each of its calls' own: the same variant, so that
+/// `on_redis_error`, the breaker's view and the metrics treat it as a separate call's.
+fn share(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Timeout(d) => StoreError::Timeout(*d),
+        StoreError::Redis(r) => StoreError::Redis(r.clone()),
+        StoreError::CircuitOpen(c) => StoreError::CircuitOpen(c.clone()),
+        StoreError::WrongType { namespace } => StoreError::WrongType {
+            namespace: namespace.clone(),
+        },
+        StoreError::CrossSlot { script, detail } => StoreError::CrossSlot {
+            script: script.clone(),
+            detail: detail.clone(),
+        },
+        StoreError::BatchReply {
+            script,
+            expected,
+            got,
+        } => StoreError::BatchReply {
+            script: script.clone(),
+            expected: *expected,
+            got: *got,
+        },
+        StoreError::BatchLost => StoreError::BatchLost,
+        // Not met on the request path (configuration and loading errors); kept as text.
+        other => StoreError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "batched script call failed",
+            other.to_string(),
+        ))),
+    }
+}
+
+/// One element of a batch reply: `{-1, message}` is that call's Redis error, anything else its
+/// answer.
+fn item_result(
+    store: &Store,
+    batch: &Script,
+    keys: &[String],
+    item: Value,
+) -> Result<Value, StoreError> {
+    match &item {
+        Value::Array(parts) if parts.len() == 2 && matches!(parts[0], Value::Int(-1)) => {
+            let message = match &parts[1] {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            let e = server_error(&message);
+            let e = if e.code() == Some("WRONGTYPE") {
+                store.wrong_type(batch, keys, &e)
+            } else {
+                StoreError::Redis(e)
+            };
+            // Counted as a separate call's failure would be (`patternd_redis_errors_total`).
+            // The breaker is not fed: Redis answered, so the connection works.
+            super::count_error(&e);
+            Err(e)
+        }
+        _ => Ok(item),
+    }
+}
+
+/// The error Redis answered inside a batch, as the client would have parsed it from a single
+/// call's reply (so its code and kind, e.g. OOM or WRONGTYPE, are the same).
+fn server_error(message: &str) -> redis::RedisError {
+    let line: String = message
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
+    let resp = format!("-{line}\r\n");
+    match redis::parse_redis_value(resp.as_bytes()) {
+        Ok(Value::ServerError(e)) => e.into(),
+        Ok(_) | Err(_) => redis::RedisError::from((
+            redis::ErrorKind::Extension,
+            "error in a batched script call",
+            line,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_inside_a_batch_keeps_its_redis_code() {
+        let e = server_error("WRONGTYPE Operation against a key holding the wrong kind of value");
+        assert_eq!(e.code(), Some("WRONGTYPE"));
+        let e = server_error("OOM command not allowed when used memory > 'maxmemory'.");
+        assert_eq!(e.code(), Some("OOM"));
+        assert!(StoreError::Redis(e).is_unavailable());
+        let e = server_error("line one\r\nline two");
+        assert!(e.to_string().contains("one  line two"), "{e}");
+    }
+}

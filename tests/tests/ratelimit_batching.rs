@@ -1,0 +1,235 @@
+//! Batched decisions (`--redis-batch`, `store/batch.rs`) against the reference model.
+//!
+//! Many ids send at once, each its own requests one after the other: the engine then has many
+//! decisions waiting for Redis at the same moment and sends them in batch script calls, while
+//! each id's decisions still come in a known order, so every reply can be checked exactly
+//! against that id's model ("a capacity C; a request of cost c is admitted iff used + c <= C;
+//! a denial charges nothing", every window a day long so time changes nothing).
+//!
+//! The same requests run with batching on (the default, on a standalone Redis), with
+//! `--redis-batch 0`, and on a cluster (where the engine never batches); the metrics say which
+//! path ran.
+
+use anyhow::{Context as _, Result, ensure};
+use patternd_e2e::{Backend, Reply, World, burst, metric_value, on_every_backend, send};
+
+/// The rules: every windowed algorithm with a capacity of 10, and a rule of two limits (7 an
+/// hour and 10 a day) decided all or nothing.
+const POLICY: &str = "app: batch
+rules:
+  fw:
+    rate_limit: { algorithm: fixed_window, limit: 10, window: 1d }
+  sw:
+    rate_limit: { algorithm: sliding_window, limit: 10, window: 1d }
+  sl:
+    rate_limit: { algorithm: sliding_log, limit: 10, window: 1d }
+  tb:
+    rate_limit: { algorithm: token_bucket, limit: 10, window: 1d }
+  gc:
+    rate_limit: { algorithm: gcra, limit: 10, window: 1d }
+  two:
+    rate_limit:
+      limits:
+        - { algorithm: fixed_window, limit: 7, window: 1h }
+        - { algorithm: fixed_window, limit: 10, window: 1d }
+";
+
+const RULES: [&str; 6] = ["fw", "sw", "sl", "tb", "gc", "two"];
+
+/// Ids sending at once, and requests each sends in turn.
+const IDS: usize = 48;
+const REQUESTS: usize = 14;
+
+/// The expected answer to one request: (allowed, remaining, the limit reported).
+type Expected = (bool, u64, u64);
+
+/// The model of one id of `rule`: its answers to `costs`, in order.
+fn model(rule: &str, costs: &[u64]) -> Vec<Expected> {
+    let mut used = 0;
+    costs
+        .iter()
+        .map(|&c| {
+            if rule == "two" {
+                // Admitted within both; the reply names the limit with the least left when
+                // admitted (the hourly 7), and the denying limit with the longest wait when
+                // denied (the daily 10 when both deny: its window ends later).
+                if used + c <= 7 {
+                    used += c;
+                    (true, 7 - used, 7)
+                } else if used + c > 10 {
+                    (false, 10 - used, 10)
+                } else {
+                    (false, 7 - used, 7)
+                }
+            } else if used + c <= 10 {
+                used += c;
+                (true, 10 - used, 10)
+            } else {
+                (false, 10 - used, 10)
+            }
+        })
+        .collect()
+}
+
+/// Costs 0 to 4 for id `n` (a fixed pseudo-random sequence per id): enough to fill the
+/// capacity, with denials after it, and cost-0 queries on the way.
+fn costs(n: usize) -> Vec<u64> {
+    let mut x = (n as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    (0..REQUESTS)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % 5
+        })
+        .collect()
+}
+
+fn check(r: &Reply, (allowed, remaining, limit): Expected, ctx: &str) -> Result<()> {
+    ensure!(!r.degraded(), "{ctx}: degraded with Redis up: {r:?}");
+    ensure!(
+        r.status == if allowed { 200 } else { 429 },
+        "{ctx}: status: {r:?}"
+    );
+    ensure!(r.allowed() == allowed, "{ctx}: allowed: {r:?}");
+    ensure!(
+        r.remaining() == remaining,
+        "{ctx}: remaining {remaining}: {r:?}"
+    );
+    ensure!(r.u64_field("limit") == limit, "{ctx}: limit {limit}: {r:?}");
+    Ok(())
+}
+
+/// Every rule: `IDS` ids at once, each id's requests in turn, every reply against the model.
+/// Returns (batch calls, calls in batches) from the metrics.
+async fn every_id_matches_its_model(w: &World) -> Result<(f64, f64)> {
+    let p = &w.patternd;
+    for rule in RULES {
+        let results = burst(IDS, |n| {
+            let client = p.client().clone();
+            let url = p.url(&format!("/v1/ratelimit/batch/{rule}"));
+            async move {
+                let id = format!("id-{n}");
+                let costs = costs(n);
+                let mut replies = Vec::with_capacity(costs.len());
+                for &cost in &costs {
+                    let r = send(
+                        client
+                            .post(&url)
+                            .json(&serde_json::json!({"id": id, "cost": cost})),
+                    )
+                    .await?;
+                    replies.push(r);
+                }
+                Ok((costs, replies))
+            }
+        })
+        .await?;
+        for (n, (costs, replies)) in results.iter().enumerate() {
+            for (i, (r, e)) in replies.iter().zip(model(rule, costs)).enumerate() {
+                check(r, e, &format!("{rule}, id-{n}, request #{i} of {costs:?}"))?;
+            }
+        }
+    }
+    let metrics = p.get("/metrics").await?.text;
+    let batches = metric_value(&metrics, "patternd_redis_batches_total", &[])
+        .context("patternd_redis_batches_total missing")?;
+    let batched = metric_value(&metrics, "patternd_redis_batched_calls_total", &[])
+        .context("patternd_redis_batched_calls_total missing")?;
+    Ok((batches, batched))
+}
+
+async fn decisions_match_the_model_with_many_ids_at_once(b: Backend) -> Result<()> {
+    // A loaded 2-core machine must not turn queued decisions into degraded ones.
+    let is_cluster = matches!(b, Backend::Cluster(_));
+    let w = World::on(b, &[("batch.yaml", POLICY)], &["--redis-timeout", "10s"]).await?;
+    let (batches, batched) = every_id_matches_its_model(&w).await?;
+    if is_cluster {
+        ensure!(
+            batches == 0.0 && batched == 0.0,
+            "a cluster never batches: {batches} batches of {batched} calls"
+        );
+    } else {
+        // Every decision went through the batcher, and with 48 ids sending at once some
+        // batches held several decisions (the path this file exists to check).
+        let decisions = (RULES.len() * IDS * REQUESTS) as f64;
+        ensure!(
+            batched == decisions,
+            "{batched} calls in batches for {decisions} decisions"
+        );
+        ensure!(
+            batched > batches,
+            "no batch held more than one decision: {batches} batches of {batched} calls"
+        );
+    }
+    Ok(())
+}
+
+on_every_backend!(decisions_match_the_model_with_many_ids_at_once);
+
+/// The same requests with batching off: one script call per decision, no batch.
+#[test]
+fn decisions_match_the_model_without_batching() -> patternd_e2e::backend::TestResult {
+    patternd_e2e::backend::run(Backend::standalone, |b| async move {
+        let w = World::on(
+            b,
+            &[("batch.yaml", POLICY)],
+            &["--redis-timeout", "10s", "--redis-batch", "0"],
+        )
+        .await?;
+        let (batches, batched) = every_id_matches_its_model(&w).await?;
+        ensure!(
+            batches == 0.0 && batched == 0.0,
+            "--redis-batch 0 batched: {batches} batches of {batched} calls"
+        );
+        Ok(())
+    })
+}
+
+/// One id whose key holds another type fails alone: the other decisions of its batch stand.
+async fn a_broken_key_fails_only_its_own_decision(b: Backend) -> Result<()> {
+    let w = World::on(b, &[("batch.yaml", POLICY)], &["--redis-timeout", "10s"]).await?;
+    let bad = "broken";
+    let key = format!("batch:ratelimit:fw:{{{bad}}}:0fw");
+    let mut conn = w.redis.conn_for_key(&key).await?;
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("x")
+        .arg("1")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let p = &w.patternd;
+    let replies = burst(64, |n| {
+        let client = p.client().clone();
+        let url = p.url("/v1/ratelimit/batch/fw");
+        let id = if n % 8 == 0 {
+            bad.to_string()
+        } else {
+            format!("ok-{n}")
+        };
+        async move {
+            let r = send(
+                client
+                    .post(&url)
+                    .json(&serde_json::json!({"id": id, "cost": 1})),
+            )
+            .await?;
+            Ok((id, r))
+        }
+    })
+    .await?;
+    for (id, r) in &replies {
+        if id == bad {
+            r.assert_problem(500);
+            ensure!(
+                r.json["type"] == "urn:patternd:problem:redis-wrong-type",
+                "{r:?}"
+            );
+        } else {
+            check(r, (true, 9, 10), id)?;
+        }
+    }
+    Ok(())
+}
+
+on_every_backend!(a_broken_key_fails_only_its_own_decision);
