@@ -687,8 +687,12 @@ pub fn print(f: &FloorsResults) {
         );
     }
     println!(
-        "  Redis floors (shared): naive INCR+PEXPIRE EVALSHA {:.1} µs Redis CPU per call ({:.0} req/s); GET {:.1} µs ({:.0} req/s)",
-        f.naive.redis_cpu_us, f.naive.rps, f.get.redis_cpu_us, f.get.rps
+        "  Redis floors{}: naive INCR+PEXPIRE EVALSHA {:.1} µs Redis CPU per call ({:.0} req/s); GET {:.1} µs ({:.0} req/s)",
+        if compare { " (shared)" } else { "" },
+        f.naive.redis_cpu_us,
+        f.naive.rps,
+        f.get.redis_cpu_us,
+        f.get.rps
     );
     println!("  ({})", f.naive.command);
     let open_rate = match f.fixed_rate {
