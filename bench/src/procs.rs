@@ -210,7 +210,10 @@ pub async fn start_patternd_with(
         // Only quiet the log, so the measured phase is not writing to a file.
         .env("PATTERND_LOG", "warn")
         .env_remove("PATTERND_ADMIN_TOKEN")
-        .env_remove("PATTERND_REDIS_POOL");
+        .env_remove("PATTERND_REDIS_POOL")
+        // Batching is set by flags only (--before-args, --after-args), never by the caller's
+        // environment, so both sides of a comparison differ only in what the report prints.
+        .env_remove("PATTERND_REDIS_BATCH");
     if plugins.is_none() {
         // Plugins only when the plugin scenario asks for them, not from the caller's environment.
         cmd.env_remove("PATTERND_PLUGINS");
