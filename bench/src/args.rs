@@ -1,6 +1,7 @@
 //! Command-line flags. Hand-parsed: there are few of them, and the benchmark should not pull a
 //! CLI framework into its build.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -29,7 +30,17 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --publish-interval D    pubsub: time between two publishes (default 25ms)
   --rate R                open loop: send R requests/s in total on a fixed schedule instead
                           of as fast as answers come back (closed loop, the default), so
-                          latency shows service time rather than queueing
+                          latency shows service time rather than queueing. The floors
+                          scenario picks its own rates (closed loop, then open loop at 70%
+                          of the closed-loop maximum); there --rate sets the open-loop rate
+  --before PATH           floors: also measure this patternd binary (e.g. a release build of
+                          an older commit) on the same Redis, against the same floors, in
+                          alternating rounds, and print before and after side by side
+  --before-args \"FLAGS\"   floors: extra `patternd serve` flags of the before engine, split on
+                          whitespace; given (even empty) without --before, the before side is
+                          the same binary as after (a before == after run shows the noise)
+  --after-args \"FLAGS\"    extra `patternd serve` flags of the engine under test (every
+                          scenario's engine, and the after side of floors), split on whitespace
   -h, --help              this text
 
 Scenarios:
@@ -78,9 +89,16 @@ Scenarios:
                          fixed window; redis-benchmark GET), then patternd's fixed_window and
                          sliding_window decisions, fixed_window denials (1000 ids over a limit of 1,
                          without and with deny_cache) and cache hits: engine CPU and Redis CPU
-                         per request as ratios to those floors, with p99, and the Redis commands
-                         per script call. Run it 3 times on a shared machine and compare ratios
-With the defaults, `all` takes about 3 minutes after the build.
+                         per request as ratios to those floors, with p50/p99, and the Redis
+                         commands per request; then fixed_window and cache hits again open loop
+                         at 70% of the throughput just measured (goal p99 <= 2 ms), and the
+                         issue's goals, met or not. With --before / --before-args: both engines
+                         (fresh, apps bench-b and bench-a) in 2 rounds of alternating order,
+                         each phase measured --duration in total per engine, and one table
+                         before | after | goal. About 2.5 minutes with --duration 5s (4 with the
+                         defaults), half that for one side. Run it 3 times on a shared machine
+                         and compare ratios
+With the defaults, `all` takes about 3 minutes after the build (floors with --before: 2 more).
 
 Durations: 500ms, 10s, 1m, or a plain number of seconds.";
 
@@ -199,6 +217,20 @@ pub struct Args {
     pub subscribers: usize,
     pub messages: usize,
     pub publish_interval: Duration,
+    /// floors: the before engine's binary (`None`: the same binary as after).
+    pub before: Option<PathBuf>,
+    /// floors: the before engine's extra `serve` flags; `Some` (even empty) asks for a
+    /// before/after comparison like `before` does.
+    pub before_args: Option<Vec<String>>,
+    /// Extra `serve` flags of the engine under test (every scenario; floors' after side).
+    pub after_args: Vec<String>,
+}
+
+impl Args {
+    /// Whether the floors scenario compares a before engine with the engine under test.
+    pub fn compare(&self) -> bool {
+        self.before.is_some() || self.before_args.is_some()
+    }
 }
 
 impl Default for Args {
@@ -218,6 +250,9 @@ impl Default for Args {
             subscribers: 500,
             messages: 200,
             publish_interval: Duration::from_millis(25),
+            before: None,
+            before_args: None,
+            after_args: Vec::new(),
         }
     }
 }
@@ -259,6 +294,9 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                 let r: f64 = value.parse().with_context(ctx)?;
                 a.rate = (r > 0.0).then_some(r);
             }
+            "--before" => a.before = Some(PathBuf::from(value)),
+            "--before-args" => a.before_args = Some(split_flags(&value)),
+            "--after-args" => a.after_args = split_flags(&value),
             "--scenario" => {
                 a.scenarios = match value.as_str() {
                     "all" => Scenario::ALL.to_vec(),
@@ -306,8 +344,17 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
     if a.duration.is_zero() || a.publish_interval.is_zero() {
         bail!("--duration and --publish-interval must be positive");
     }
+    if a.compare() && !a.scenarios.contains(&Scenario::Floors) {
+        bail!("--before and --before-args apply to the floors scenario (--scenario floors or all)");
+    }
     a.load_threads = a.load_threads.max(1);
     Ok(Some(a))
+}
+
+/// `patternd serve` flags given as one argument: split on whitespace (no quoting; no serve
+/// flag takes a value with spaces).
+fn split_flags(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
 }
 
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -374,8 +421,47 @@ mod tests {
         assert_eq!(a.scenarios, vec![Scenario::PubSub]);
         assert_eq!((a.subscribers, a.messages), (50, 200));
         assert_eq!(a.publish_interval, Duration::from_millis(40));
+        assert!(!a.compare());
         assert!(args(&["--help"])?.is_none());
         assert!(args(&["--nope", "1"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn before_and_after_flags() -> anyhow::Result<()> {
+        let args = |v: &[&str]| parse(v.iter().map(|s| s.to_string()));
+        let a = args(&[
+            "--scenario",
+            "floors",
+            "--before",
+            "/tmp/before/patternd",
+            "--before-args",
+            "--redis-pool 4",
+            "--after-args=--batch  --redis-pool=4 ",
+        ])?
+        .context("help")?;
+        assert!(a.compare());
+        assert_eq!(a.before, Some(PathBuf::from("/tmp/before/patternd")));
+        assert_eq!(
+            a.before_args,
+            Some(vec!["--redis-pool".to_string(), "4".to_string()])
+        );
+        assert_eq!(a.after_args, vec!["--batch", "--redis-pool=4"]);
+        // Empty before flags still ask for a comparison: the same binary on both sides.
+        let a = args(&["--scenario", "floors", "--before-args", ""])?.context("help")?;
+        assert!(a.compare());
+        assert_eq!(
+            (a.before.as_ref(), a.before_args.as_deref()),
+            (None, Some(&[][..]))
+        );
+        // The after flags alone do not: one engine, started with them.
+        let a = args(&["--after-args", "--batch"])?.context("help")?;
+        assert!(!a.compare());
+        assert_eq!(a.after_args, vec!["--batch"]);
+        // `all` includes floors; another single scenario has no before side.
+        assert!(args(&["--before", "x"])?.context("help")?.compare());
+        assert!(args(&["--scenario", "cache", "--before", "x"]).is_err());
+        assert!(args(&["--scenario", "gcra", "--before-args", "--batch"]).is_err());
         Ok(())
     }
 }

@@ -185,9 +185,15 @@ pub async fn run(
         Ok(n) => vec!["--redis-pool".into(), n],
         Err(_) => Vec::new(),
     };
-    let mut engine =
-        procs::start_patternd_with(bin, &cluster_dir, &cluster.url(), None, extra_rules, &flags)
-            .await?;
+    let mut engine = procs::start_patternd_with(
+        bin,
+        &cluster_dir,
+        &cluster.url(),
+        None,
+        &format!("{}{extra_rules}", procs::POLICY),
+        &flags,
+    )
+    .await?;
     let nodes = cluster.pids();
     let cluster_pids = Pids {
         patternd: engine.guard.pid().to_string(),

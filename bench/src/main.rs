@@ -211,12 +211,13 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
 
     // Declared in this order so they drop in reverse: patternd, then Redis, then the directory.
     let redis = procs::start_redis(dir.path()).await?;
-    let mut patternd = procs::start_patternd(
+    let mut patternd = procs::start_patternd_with(
         bin,
         dir.path(),
         &redis.url(),
         plugin_dir.as_deref(),
-        &extra_rules,
+        &format!("{}{extra_rules}", procs::POLICY),
+        &args.after_args,
     )
     .await?;
     eprintln!(
@@ -259,9 +260,19 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 let (_, template) = rules
                     .get("fw")
                     .context("/admin/policies does not list rule bench/fw")?;
-                floors_results = Some(
-                    floors::run(args, &pids, redis.port, patternd.addr, &mut con, template).await?,
-                );
+                let setup = floors::Setup {
+                    bin,
+                    dir: dir.path(),
+                    redis: &redis,
+                    origin: origin
+                        .as_ref()
+                        .map(|(addr, _)| *addr)
+                        .context("the floors scenario has no cache origin")?,
+                    main: patternd.addr,
+                    pids: &pids,
+                    key_template: template,
+                };
+                floors_results = Some(floors::run(args, &setup, &mut con).await?);
                 patternd.guard.check_alive()?;
                 continue;
             }

@@ -97,6 +97,20 @@ pub async fn http(
     duration: Duration,
     pids: &Pids,
 ) -> anyhow::Result<Measured> {
+    Ok(http_probed(target, args, duration, pids, || Ok(()))
+        .await?
+        .0)
+}
+
+/// [`http`] that also calls `extra` at both edges of the measured phase (right after the CPU
+/// readings), for figures that must cover exactly the measured requests (Redis command counts).
+pub async fn http_probed<E>(
+    target: Arc<Target>,
+    args: &Args,
+    duration: Duration,
+    pids: &Pids,
+    extra: impl Fn() -> anyhow::Result<E>,
+) -> anyhow::Result<(Measured, (E, E))> {
     let out = load::run(
         target,
         args.connections,
@@ -105,7 +119,7 @@ pub async fn http(
         duration,
         args.rate,
         || {
-            Ok(CpuSample {
+            let cpu = CpuSample {
                 patternd: procs::cpu_ticks(&pids.patternd)?,
                 redis: pids
                     .redis_more
@@ -115,17 +129,19 @@ pub async fn http(
                     })?,
                 loadgen: procs::cpu_ticks("self")?,
                 machine: procs::machine_busy_ticks()?,
-            })
+            };
+            Ok((cpu, extra()?))
         },
     )
     .await?;
-    let (a, b) = &out.probes;
-    let cpu_secs = |f: fn(&CpuSample) -> u64| f(b).saturating_sub(f(a)) as f64 / pids.ticks as f64;
+    let ((a, extra_a), (b, extra_b)) = out.probes;
+    let cpu_secs =
+        |f: fn(&CpuSample) -> u64| f(&b).saturating_sub(f(&a)) as f64 / pids.ticks as f64;
     let patternd = cpu_secs(|c| c.patternd);
     let redis = cpu_secs(|c| c.redis);
     let loadgen = cpu_secs(|c| c.loadgen);
     let other = (cpu_secs(|c| c.machine) - patternd - redis - loadgen).max(0.0);
-    Ok(Measured {
+    let m = Measured {
         stats: out.stats,
         secs: out.elapsed.as_secs_f64(),
         cpu: CpuUse {
@@ -134,5 +150,6 @@ pub async fn http(
             loadgen,
             other,
         },
-    })
+    };
+    Ok((m, (extra_a, extra_b)))
 }

@@ -44,9 +44,7 @@ const ITEM_BYTES: usize = 256;
 pub fn policy(origin: Option<SocketAddr>) -> String {
     let mut p = String::new();
     if let Some(o) = origin {
-        p.push_str(&format!(
-            "  item:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h }}\n"
-        ));
+        p.push_str(&cache_rule(o));
         p.push_str(&format!(
             "  item_near:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h, near_cache: {{ max_entries: 20000 }} }}\n"
         ));
@@ -64,6 +62,11 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
     // spaced out in time needs.
     p.push_str(&format!("  {}:\n    pubsub: {{}}\n", crate::pubsub::RULE));
     p
+}
+
+/// The cache rule `item` (no near cache) on the local origin: the cache and floors scenarios'.
+pub fn cache_rule(origin: SocketAddr) -> String {
+    format!("  item:\n    cache: {{ origin: \"http://{origin}/items/{{id}}\", ttl: 1h }}\n")
 }
 
 /// The origin's body for every id: JSON padded to `ITEM_BYTES`.
@@ -108,11 +111,16 @@ fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
 
 /// Reads every cache id once through patternd, so the measured phase only sees hits.
 pub async fn fill_cache(addr: SocketAddr, rule: &str) -> anyhow::Result<()> {
+    fill_cache_of(addr, APP, rule).await
+}
+
+/// [`fill_cache`] of a rule of another app (the floors scenario's before and after engines).
+pub async fn fill_cache_of(addr: SocketAddr, app: &str, rule: &str) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let next = next.clone();
-        let rule = rule.to_string();
+        let (app, rule) = (app.to_string(), rule.to_string());
         tasks.push(tokio::spawn(async move {
             let client = procs::HttpClient::connect(addr).await?;
             loop {
@@ -120,7 +128,7 @@ pub async fn fill_cache(addr: SocketAddr, rule: &str) -> anyhow::Result<()> {
                 if i >= CACHE_IDS {
                     return anyhow::Ok(());
                 }
-                let path = format!("/v1/cache/{APP}/{rule}/{i:012}");
+                let path = format!("/v1/cache/{app}/{rule}/{i:012}");
                 let (status, body) = client.send("GET", &path, None).await?;
                 if status != StatusCode::OK {
                     bail!(

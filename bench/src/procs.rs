@@ -177,33 +177,20 @@ pub struct Patternd {
     pub addr: SocketAddr,
 }
 
-/// Starts the release patternd on `dir/policies`. With `plugins` (a directory of plugins),
-/// it also serves them and the plugin scenario's policy (`plugins::POLICY`).
-pub async fn start_patternd(
-    bin: &Path,
-    dir: &Path,
-    redis_url: &str,
-    plugins: Option<&Path>,
-    extra_rules: &str,
-) -> anyhow::Result<Patternd> {
-    start_patternd_with(bin, dir, redis_url, plugins, extra_rules, &[]).await
-}
-
-/// [`start_patternd`] with more `serve` flags.
+/// Starts a patternd binary on `dir/policies`, which holds `policy` (the whole file; usually
+/// [`POLICY`] and more rules), with more `serve` flags. With `plugins` (a directory of
+/// plugins), it also serves them and the plugin scenario's policy (`plugins::POLICY`).
 pub async fn start_patternd_with(
     bin: &Path,
     dir: &Path,
     redis_url: &str,
     plugins: Option<&Path>,
-    extra_rules: &str,
+    policy: &str,
     flags: &[String],
 ) -> anyhow::Result<Patternd> {
     let policies = dir.join("policies");
     fs::create_dir_all(&policies)?;
-    fs::write(
-        policies.join("bench.yaml"),
-        format!("{POLICY}{extra_rules}"),
-    )?;
+    fs::write(policies.join("bench.yaml"), policy)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
@@ -223,7 +210,10 @@ pub async fn start_patternd_with(
         // Only quiet the log, so the measured phase is not writing to a file.
         .env("PATTERND_LOG", "warn")
         .env_remove("PATTERND_ADMIN_TOKEN")
-        .env_remove("PATTERND_REDIS_POOL");
+        .env_remove("PATTERND_REDIS_POOL")
+        // Batching is set by flags only (--before-args, --after-args), never by the caller's
+        // environment, so both sides of a comparison differ only in what the report prints.
+        .env_remove("PATTERND_REDIS_BATCH");
     if plugins.is_none() {
         // Plugins only when the plugin scenario asks for them, not from the caller's environment.
         cmd.env_remove("PATTERND_PLUGINS");
