@@ -1035,3 +1035,123 @@ async fn a_failed_fill_is_shared_by_its_waiters(b: Backend) -> Result<()> {
 }
 
 on_every_backend!(a_failed_fill_is_shared_by_its_waiters);
+
+/// XFetch as the read script decides it from the engine's gap (`-beta * ln(rand)`): a fresh
+/// value refreshes early when `delta * gap >= ms left`. The value's `delta` is set in Redis so
+/// the outcome does not depend on the draw: a delta of 10^15 ms refreshes an hour-fresh value
+/// unless the draw's `-ln(rand)` is below 4e-9 (about one draw in 250 million), a delta of 0
+/// never does; a negative entry and a rule without an origin (the engine sends a gap of 0)
+/// never refresh early, whatever their delta.
+async fn xfetch_refreshes_early_by_the_values_delta_only_with_an_origin(b: Backend) -> Result<()> {
+    const POLICY: &str = "app: shop
+rules:
+  x:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      negative_ttl: 1h
+      origin_timeout: 10s
+  local:
+    cache: { ttl: 1h }
+";
+    const HUGE: &str = "1000000000000000";
+    let origin = Origin::start().await?;
+    origin.set("k", "text/plain", b"v1", &[]);
+    let w = World::with_origin_on(b, POLICY, &origin, &[]).await?;
+    let p = &w.patternd;
+    // A lease granted for an early refresh stays until the fill gives it back; none may be
+    // granted where nothing may refresh.
+    let no_lease = |id: &'static str, rule: &'static str| {
+        let key = cache_keys::key("shop", rule, id, "lease");
+        let redis = &w.redis;
+        async move {
+            let mut conn = redis.conn_for_key(&key).await?;
+            let n: i64 = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await?;
+            ensure!(n == 0, "a refresh lease was granted for {rule}/{id}");
+            anyhow::Ok(())
+        }
+    };
+    let set_delta = |id: &'static str, rule: &'static str, delta: &'static str| {
+        let key = cache_keys::key("shop", rule, id, "v");
+        let redis = &w.redis;
+        async move {
+            let mut conn = redis.conn_for_key(&key).await?;
+            let () = redis::cmd("HSET")
+                .arg(&key)
+                .arg("delta")
+                .arg(delta)
+                .query_async(&mut conn)
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+
+    let r = get(p, "/v1/cache/shop/x/k").await?;
+    assert_eq!((r.status, r.text.as_str()), (200, "v1"));
+    origin.set("k", "text/plain", b"v2", &[]);
+    // delta 0: never early.
+    set_delta("k", "x", "0").await?;
+    for _ in 0..3 {
+        let r = get(p, "/v1/cache/shop/x/k").await?;
+        assert_eq!(r.text, "v1");
+        assert!(cache_status(&r).starts_with("patternd; hit; ttl="), "{r:?}");
+    }
+    assert_eq!(origin.gets("k"), 1);
+    no_lease("k", "x").await?;
+    // A huge delta: this read refreshes in the background, and serves the value it has.
+    set_delta("k", "x", HUGE).await?;
+    let r = get(p, "/v1/cache/shop/x/k").await?;
+    assert_eq!(r.text, "v1");
+    assert!(cache_status(&r).starts_with("patternd; hit; ttl="), "{r:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the early refresh to store v2",
+        || async { Ok((get(p, "/v1/cache/shop/x/k").await?.text == "v2").then_some(())) },
+    )
+    .await?;
+    let m = p.get("/metrics").await?.text;
+    ensure!(
+        metric_value(
+            &m,
+            "patternd_cache_requests_total",
+            &[("rule", "x"), ("result", "refresh")]
+        ) >= Some(1.0),
+        "no refresh counted"
+    );
+
+    // A negative entry never refreshes early.
+    let r = get(p, "/v1/cache/shop/x/gone").await?;
+    r.assert_problem(404);
+    set_delta("gone", "x", HUGE).await?;
+    origin.set("gone", "text/plain", b"here", &[]);
+    for _ in 0..3 {
+        let r = get(p, "/v1/cache/shop/x/gone").await?;
+        r.assert_problem(404);
+        assert!(cache_status(&r).starts_with("patternd; hit; ttl="), "{r:?}");
+    }
+    assert_eq!(origin.gets("gone"), 1);
+    no_lease("gone", "x").await?;
+
+    // Without an origin nothing refreshes: a PUT value with a huge delta stays a plain hit.
+    let r = p
+        .put_with(
+            "/v1/cache/shop/local/k",
+            "mine",
+            &[("content-type", "text/plain")],
+        )
+        .await?;
+    ensure!(r.status < 300, "{r:?}");
+    set_delta("k", "local", HUGE).await?;
+    for _ in 0..3 {
+        let r = get(p, "/v1/cache/shop/local/k").await?;
+        assert_eq!((r.status, r.text.as_str()), (200, "mine"));
+        assert!(cache_status(&r).starts_with("patternd; hit; ttl="), "{r:?}");
+    }
+    no_lease("k", "local").await?;
+    Ok(())
+}
+
+on_every_backend!(xfetch_refreshes_early_by_the_values_delta_only_with_an_origin);

@@ -113,7 +113,7 @@ const JOURNAL: Block = lua_file!("cache/journal_common.lua");
 /// precondition) first.
 const STORES: &[Block] = &[CLOCK, COMMON, STORE];
 
-const READ: Recipe = Recipe::new("cache read", &[COMMON], lua_file!("cache/read.lua"));
+const READ: Recipe = Recipe::new("cache read", &[], lua_file!("cache/read.lua"));
 const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
 const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
 const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));

@@ -19,7 +19,7 @@
 //! | `ratelimit <app>/<rule>` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of its limits' algorithms (`ratelimit/<algorithm>.lua`), then a main calling each with the limit's numbers as literals |
 //! | `ratelimit plugin-decided[ <algorithm>]` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua` |
 //! | `ratelimit release-lease` | `shared/clock.lua` | `ratelimit/release_lease.lua` |
-//! | `cache read` | `cache/common.lua` | `cache/read.lua` |
+//! | `cache read` | — | `cache/read.lua` |
 //! | `cache fill` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/fill.lua` |
 //! | `cache release-lease` | — | `cache/release.lua` |
 //! | `cache delete` | — | `cache/delete.lua` |

@@ -153,19 +153,45 @@ impl ReadError {
 
 /// The read script's ARGV that only depend on the rule.
 pub(super) struct ReadArgv {
-    lease_ms: String,
-    swr_ms: String,
-    beta: String,
-    sie_ms: String,
+    /// ARGV[4]: `<lease ms> <stale_while_revalidate ms> <stale_if_error ms> <origin: 1|0>`,
+    /// one argument, since a fresh hit does not read it (each argument is a Lua string Redis
+    /// makes on every call).
+    rule: String,
+    /// XFetch β, or `None` when the rule has no origin (nothing can refresh early).
+    beta: Option<f64>,
 }
 
 impl ReadArgv {
     pub(super) fn new(spec: &crate::policy::cache::Cache) -> Self {
+        let origin = spec.origin.is_some();
         Self {
-            lease_ms: duration_ms(spec.refresh_lease).max(1).to_string(),
-            swr_ms: duration_ms(spec.stale_while_revalidate).to_string(),
-            beta: spec.beta.to_string(),
-            sie_ms: duration_ms(spec.stale_if_error).to_string(),
+            rule: format!(
+                "{} {} {} {}",
+                duration_ms(spec.refresh_lease).max(1),
+                duration_ms(spec.stale_while_revalidate),
+                duration_ms(spec.stale_if_error),
+                u8::from(origin),
+            ),
+            beta: origin.then_some(spec.beta),
+        }
+    }
+
+    /// ARGV[2], XFetch's gap `-beta * ln(rand)` for `rand` in (0, 1]: the script refreshes a
+    /// fresh value early when `delta * gap >= ms left` (Vattani et al.'s
+    /// `now - delta * beta * ln(rand) >= expiry`), so it needs neither `rand` nor `beta`.
+    /// 0 (never early) without an origin, or when `rand` is 0 (no finite gap).
+    fn xfetch_gap(&self, rand: f64) -> f64 {
+        match self.beta {
+            Some(beta) if rand > 0.0 => {
+                let gap = -beta * rand.ln();
+                // A gap <= 0 never refreshes early either (ln(1) = 0 gives -0.0: send 0).
+                if gap.is_finite() && gap > 0.0 {
+                    gap
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
         }
     }
 }
@@ -504,27 +530,22 @@ impl CacheRule {
         rand: f64,
         fields: Option<&[String]>,
     ) -> Result<ReadReply, ReadError> {
-        let rand = rand.to_string();
-        let c = &self.read_argv;
-        let mut args: Vec<&[u8]> = Vec::with_capacity(8 + fields.map_or(0, <[String]>::len));
-        args.extend_from_slice(&[
-            rand.as_bytes(),
-            token.as_bytes(),
-            c.lease_ms.as_bytes(),
-            c.swr_ms.as_bytes(),
-            c.beta.as_bytes(),
-            if self.origin.is_some() { b"1" } else { b"0" },
-            c.sie_ms.as_bytes(),
-        ]);
-        match fields {
-            Some(f) => {
-                args.push(b"fields");
-                args.extend(f.iter().map(String::as_bytes));
-            }
+        let gap = self.read_argv.xfetch_gap(rand).to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + fields.map_or(0, <[String]>::len));
+        args.push(match fields {
+            Some(_) => b"fields",
             // `format: string` values are one member: the script reads it with the meta
             // fields in one HMGET instead of walking the whole hash.
-            None if self.spec.format == CacheFormat::String => args.push(b"body"),
-            None => args.push(b"all"),
+            None if self.spec.format == CacheFormat::String => b"body",
+            None => b"all",
+        });
+        args.extend_from_slice(&[
+            gap.as_bytes(),
+            token.as_bytes(),
+            self.read_argv.rule.as_bytes(),
+        ]);
+        if let Some(f) = fields {
+            args.extend(f.iter().map(String::as_bytes));
         }
         let raw: Vec<Value> = budget
             .run(store.eval(&self.scripts.read, keys, &args))
@@ -566,7 +587,8 @@ impl CacheRule {
                 cache_status,
             });
         }
-        let version = v.version();
+        // Taken over, not cloned: the value is served once.
+        let version = (!v.version.is_empty()).then_some(v.version);
         Ok(ReadOutcome {
             content_type: self.served_content_type(v.ct),
             body: v.body,
@@ -601,6 +623,22 @@ pub(super) fn ttl_secs(left_ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gap is XFetch's `-beta * ln(rand)`; without an origin, or for a draw of 0 (no
+    /// finite gap), it is 0: the script then never refreshes a fresh value early.
+    #[test]
+    fn the_xfetch_gap() {
+        let argv = |beta| ReadArgv {
+            rule: String::new(),
+            beta,
+        };
+        let with = argv(Some(2.0));
+        assert!((with.xfetch_gap(0.5) - 2.0 * std::f64::consts::LN_2).abs() < 1e-12);
+        assert_eq!(with.xfetch_gap(1.0), 0.0);
+        assert_eq!(with.xfetch_gap(0.0), 0.0);
+        assert_eq!(argv(None).xfetch_gap(0.5), 0.0);
+        assert_eq!(argv(Some(0.0)).xfetch_gap(0.5), 0.0);
+    }
 
     /// Calls that each finish within the command timeout still end the GET once they add up
     /// to it; a call after that is not even started.

@@ -57,14 +57,16 @@ impl Stored {
 #[derive(Debug)]
 pub(super) struct ReadReply {
     pub(super) action: Action,
-    /// Redis TIME (µs) of the read: a fill that follows passes it to the fill script.
+    /// Redis TIME (µs) of the read: a fill that follows passes it to the fill script. Empty
+    /// for `Hit` (the script does not format it when nothing follows the read).
     pub(super) start: String,
     pub(super) value: Option<Stored>,
 }
 
 /// The read script (`lua/cache/read.lua`): `{ action, start }`, or with a value `{ action, start,
 /// st, ct, ms left, body, delta ms, ver, name1, json1, ... }`: the body for `format: string`,
-/// the members for `format: hash`. Takes the reply's buffers over (the body is not copied).
+/// the members for `format: hash`; `start` is '' for `hit`. Takes the reply's buffers over
+/// (the body is not copied).
 pub(super) fn read(raw: Vec<Value>, format: CacheFormat) -> Result<ReadReply, ReplyError> {
     let mut it = Items::new(raw);
     let first = it.next_value()?;
@@ -87,6 +89,14 @@ pub(super) fn read(raw: Vec<Value>, format: CacheFormat) -> Result<ReadReply, Re
         }
     };
     let start = it.next_text()?;
+    // Every action but `hit` may be followed by a fill (a `wait` past fill_wait fetches
+    // itself), whose script needs the read's time.
+    if start.is_empty() && action != Action::Hit {
+        return Err(ReplyError::Unexpected {
+            what: "read start",
+            value: String::new(),
+        });
+    }
     if it.is_empty() {
         if matches!(
             action,
@@ -367,6 +377,12 @@ mod tests {
         raw[7] = s("");
         let v = read(raw, CacheFormat::String).unwrap().value.unwrap();
         assert_eq!((v.left, v.version()), (250, None));
+
+        // A hit carries no start: nothing follows it.
+        let mut raw = with_value("hit", s("x"), &[]);
+        raw[1] = s("");
+        let r = read(raw, CacheFormat::String).unwrap();
+        assert_eq!((r.action, r.start.as_str()), (Action::Hit, ""));
     }
 
     #[test]
@@ -395,6 +411,31 @@ mod tests {
                 bad(vec![s(action), s("1")], CacheFormat::String),
                 ReplyError::Missing(2)
             );
+        }
+        // Every other action may be followed by a fill, which needs the read's start.
+        for action in [
+            "refresh",
+            "stale",
+            "stale_refresh",
+            "stale_error",
+            "fetch",
+            "wait",
+        ] {
+            let mut raw = with_value(action, s("x"), &[]);
+            raw[1] = s("");
+            assert!(matches!(
+                bad(raw, CacheFormat::String),
+                ReplyError::Unexpected {
+                    what: "read start",
+                    ..
+                }
+            ));
+        }
+        for action in ["absent", "fetch", "wait", "failed", "pass"] {
+            assert!(matches!(
+                bad(vec![s(action), s("")], CacheFormat::String),
+                ReplyError::Unexpected { .. }
+            ));
         }
         // Cut short.
         let mut short = with_value("hit", s("x"), &[]);

@@ -1,6 +1,7 @@
 -- patternd cache: the value's tags and version, and a write's preconditions (RFC 9110).
--- Included by the scripts that read a value, check a precondition or a tag: read, fill, put,
--- patch, through-begin. Needs nothing before it.
+-- Included by the scripts that check a precondition or a tag: fill, put, patch,
+-- through-begin. Needs nothing before it. The read script checks tags itself, the same way as
+-- `tags_current` (a hit must not pay for these closures, made on every call): change both.
 
 -- Splits 'a,b,c' into { 'a', 'b', 'c' }; '' gives {}.
 local function split_commas(s)

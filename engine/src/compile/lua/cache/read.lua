@@ -2,20 +2,27 @@
 -- lease to one caller.
 -- KEYS[1] the value HASH; KEYS[2] the refresh lease; KEYS[3] the slot group's tag versions
 -- (ZSET, see common.lua); KEYS[4] (write: behind only) the group's journal
--- ARGV[1] a random number in (0, 1] from the engine (XFetch; math.random in Redis 7 is seeded
---         identically per call, so it would make every replica refresh at the same moment)
--- ARGV[2] this caller's lease token; ARGV[3] lease ms; ARGV[4] stale_while_revalidate ms
--- ARGV[5] XFetch beta; ARGV[6] '1' if the rule has an origin
--- ARGV[7] stale_if_error ms
--- ARGV[8] 'body' (format: string: the member `b`), 'all' (format: hash: every member) or
---         'fields' (format: hash, only the members ARGV[9..])
--- The value is read with ONE hash command (HMGET of the meta fields plus the body, or HGETALL),
--- not a meta read followed by a body read: on a hit, the script is the whole Redis cost.
--- Returns { action, start, st, ct, ms left of freshness (negative: stale), body, delta ms, ver,
--- name1, json1, ... } ({ action, start } without a value). `start` is Redis TIME in µs at this
--- read: a fill that follows it passes it back, and the fill script refuses to store what a
--- DELETE or tag invalidation after this moment made stale. `ver` is the value's version (its
--- ETag; '' for a value stored before versions existed).
+-- ARGV[1] 'body' (format: string: the member `b`), 'all' (format: hash: every member) or
+--         'fields' (format: hash, only the members ARGV[5..])
+-- ARGV[2] the XFetch gap: -beta * ln(rand), rand a random number in (0, 1] from the engine
+--         (math.random in Redis 7 is seeded identically per call, so it would make every
+--         replica refresh at the same moment); '0' when the rule has no origin (nothing can
+--         refresh early)
+-- ARGV[3] this caller's lease token
+-- ARGV[4] the rule's numbers, read only when the value is not a fresh hit:
+--         '<lease ms> <stale_while_revalidate ms> <stale_if_error ms> <1 if the rule has an
+--         origin, else 0>'
+-- A fresh hit is the hot path, and its cost is the script's: one TIME, one HMGET of the
+-- members it serves (the value is read with ONE hash command, HMGET or HGETALL, not a meta
+-- read followed by a body read), no closure, no formatting. Everything a hit does not need
+-- (the rule's numbers, the value's own stale windows, the lease helpers, the fill's `start`)
+-- is read or made after the hit has returned.
+-- Returns { action, start, st, ct, ms left of freshness (negative: stale), body, delta ms,
+-- ver, name1, json1, ... } ({ action, start } without a value). `start` is Redis TIME in µs at
+-- this read ('' for 'hit': nothing follows a hit): a fill that follows it passes it back, and
+-- the fill script refuses to store what a DELETE or tag invalidation after this moment made
+-- stale. `ver` is the value's version (its ETag; '' for a value stored before versions
+-- existed).
 -- action: 'absent' (no value, no origin), 'hit', 'refresh' (fresh, but this caller got the
 -- lease for an early XFetch refresh: serve it and fill in the background), 'stale' (inside
 -- stale_while_revalidate, another caller refreshes), 'stale_refresh' (same, and this caller
@@ -36,122 +43,142 @@
 -- the origin.
 -- The lease may hold the write marker 'W' (a write-through PATCH of an id that was not cached):
 -- it only stops fills that started before that write; a reader takes it over like a free lease.
-local vkey, lkey = KEYS[1], KEYS[2]
-local rand, token = tonumber(ARGV[1]), ARGV[2]
-local lease_ms, swr, beta = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local has_origin = ARGV[6] == '1'
-local sie = tonumber(ARGV[7])
+local vkey = KEYS[1]
+local mode = ARGV[1]
 -- One TIME call gives both clocks: ms for freshness, µs (as text, without float formatting)
 -- for the fill's start.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local start = t[1] .. string.sub('00000' .. t[2], -6)
 
-local function take_lease()
-  if redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false then return true end
-  if redis.call('GET', lkey) == 'W' then
-    redis.call('SET', lkey, token, 'PX', lease_ms)
-    return true
+-- meta: st, ct, fresh, delta, tags, tv, ver; jp: the newest journal entry (write: behind
+-- only); body: the `b` member ('body' mode); members: name, json, ... (format: hash).
+local meta, jp, body, members
+if mode == 'body' then
+  if KEYS[4] then
+    meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'b', 'jp')
+    jp = meta[9]
+  else
+    meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'b')
   end
-  return false
-end
-
-local mode = ARGV[8]
--- meta: st, ct, fresh, delta, tags, tv, jp, ver, sw, se; body: the `b` member ('body' mode);
--- members: name, json, ... (format: hash).
-local meta, body, members
-if mode == 'all' then
+  body = meta[8]
+elseif mode == 'all' then
   local all = redis.call('HGETALL', vkey)
-  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, jp = 7, ver = 8, sw = 9,
-    se = 10 }
+  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, ver = 7 }
   meta, members = {}, {}
   for i = 1, #all, 2 do
     local f = all[i]
     if string.sub(f, 1, 2) == 'f:' then
       members[#members + 1] = string.sub(f, 3)
       members[#members + 1] = all[i + 1]
-    elseif f == 'b' then
-      body = all[i + 1]
+    elseif f == 'jp' then
+      jp = all[i + 1]
     else
       local p = pos[f]
       if p then meta[p] = all[i + 1] end
     end
   end
-elseif mode == 'fields' then
-  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'ver', 'sw', 'se' }
+else
+  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'jp' }
   local base = #names
-  for i = 9, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
+  for i = 5, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
   meta = redis.call('HMGET', vkey, unpack(names))
+  jp = meta[8]
   members = {}
-  for i = 9, #ARGV do
-    local v = meta[base + i - 8]
+  for i = 5, #ARGV do
+    local v = meta[base + i - 4]
     if v then
       members[#members + 1] = ARGV[i]
       members[#members + 1] = v
     end
   end
-else
-  meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'jp', 'ver', 'sw',
-    'se', 'b')
-  body = meta[11]
 end
--- The value's own stale windows, never longer than the rule's.
-if meta[9] then swr = math.min(swr, tonumber(meta[9]) or swr) end
-if meta[10] then sie = math.min(sie, tonumber(meta[10]) or sie) end
 local st = meta[1]
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
-local pending = st == '200' and meta[7] and KEYS[4]
-  and #redis.call('XRANGE', KEYS[4], meta[7], meta[7]) > 0
+local pending = st == '200' and jp and KEYS[4] and #redis.call('XRANGE', KEYS[4], jp, jp) > 0
 -- A pending value survives a tag invalidation until its write is delivered (the origin's copy
 -- is older); the next read after delivery sees the bumped version and drops it.
 -- A value whose tags were invalidated since it was written is a miss (and is dropped, so it
--- is never served stale either).
-if st and not pending and not tags_current(KEYS[3], meta[5], meta[6]) then
-  redis.call('DEL', vkey)
-  st = nil
-end
-local left = 0
-if st then
-  left = tonumber(meta[3]) - now
-  -- A negative entry has no staleness; one that outlived its freshness by a rounding ms is gone.
-  if st ~= '200' and left <= 0 then st = nil end
-  -- Without an origin nothing can refresh a stale value: it is absent.
-  if not has_origin and left <= 0 then st = nil end
-end
-
-pending = pending and st == '200'
-
-local action
-if pending then
-  action = 'hit'
-elseif not st then
-  if not has_origin then return { 'absent', start } end
-  if take_lease() then return { 'fetch', start } end
-  local marker = redis.call('GET', lkey)
-  if marker == 'E' then return { 'failed', start } end
-  if marker == 'P' then return { 'pass', start } end
-  return { 'wait', start }
-elseif left > 0 then
-  action = 'hit'
-  local delta = tonumber(meta[4]) or 0
-  -- XFetch (Vattani et al.): refresh early with a probability that grows as expiry nears and
-  -- with the time a recompute takes.
-  if has_origin and st == '200' and delta > 0 and rand > 0
-    and now - delta * beta * math.log(rand) >= tonumber(meta[3]) and take_lease() then
-    action = 'refresh'
+-- is never served stale either). The check of common.lua's `tags_current`, inline: that
+-- block's helpers would be closures made on every call.
+local tags = meta[5]
+if st and not pending and tags and tags ~= '' then
+  local stamp = tonumber(meta[6])
+  local valid = stamp ~= nil
+  if valid then
+    for tag in string.gmatch(tags, '[^,]+') do
+      local v = tonumber(redis.call('ZSCORE', KEYS[3], tag))
+      if v and v >= stamp then valid = false break end
+    end
   end
-elseif -left <= swr then
-  if take_lease() then action = 'stale_refresh' else action = 'stale' end
-elseif take_lease() then
-  action = 'fetch'
-elseif redis.call('GET', lkey) == 'E' then
-  if st == '200' and -left <= sie then action = 'stale_error' else return { 'failed', start } end
+  if not valid then
+    redis.call('DEL', vkey)
+    st = nil
+  end
+end
+local left = st and tonumber(meta[3]) - now or 0
+local delta = tonumber(meta[4]) or 0
+
+-- XFetch (Vattani et al.): refresh early with a probability that grows as expiry nears and
+-- with the time a recompute takes: now - delta * beta * ln(rand) >= fresh, that is
+-- delta * gap >= ms left. A gap of 0 (no origin) never refreshes a fresh value.
+local early = st == '200' and not pending and delta > 0 and delta * tonumber(ARGV[2]) >= left
+local action, start
+if pending or (st and left > 0 and not early) then
+  -- A fresh hit (or a value whose write is pending): served as it is; nothing follows it.
+  action, start = 'hit', ''
 else
-  action = 'wait'
+  -- A miss, a stale or negative value past its freshness, or an early refresh due: the lease
+  -- decides who fetches. (Locals of this block, take_lease included, are made only here.)
+  local lease_ms, swr, sie, origin = string.match(ARGV[4], '^(%d+) (%d+) (%d+) ([01])$')
+  local has_origin = origin == '1'
+  local lkey, token = KEYS[2], ARGV[3]
+  start = t[1] .. string.sub('00000' .. t[2], -6)
+
+  local function take_lease()
+    if redis.call('SET', lkey, token, 'NX', 'PX', lease_ms) ~= false then return true end
+    if redis.call('GET', lkey) == 'W' then
+      redis.call('SET', lkey, token, 'PX', lease_ms)
+      return true
+    end
+    return false
+  end
+
+  -- A negative entry has no staleness; one that outlived its freshness by a rounding ms is
+  -- gone. Without an origin nothing can refresh a stale value: it is absent.
+  if st and left <= 0 and (st ~= '200' or not has_origin) then st = nil end
+
+  if not st then
+    if not has_origin then return { 'absent', start } end
+    if take_lease() then return { 'fetch', start } end
+    local marker = redis.call('GET', lkey)
+    if marker == 'E' then return { 'failed', start } end
+    if marker == 'P' then return { 'pass', start } end
+    return { 'wait', start }
+  end
+  if left > 0 then
+    -- Fresh, and XFetch says refresh early: the caller that gets the lease does.
+    if take_lease() then action = 'refresh' else action = 'hit' end
+  else
+    -- Stale: the value's own stale windows (read only here), never longer than the rule's.
+    swr, sie = tonumber(swr), tonumber(sie)
+    local own = redis.call('HMGET', vkey, 'sw', 'se')
+    if own[1] then swr = math.min(swr, tonumber(own[1]) or swr) end
+    if own[2] then sie = math.min(sie, tonumber(own[2]) or sie) end
+    if -left <= swr then
+      if take_lease() then action = 'stale_refresh' else action = 'stale' end
+    elseif take_lease() then
+      action = 'fetch'
+    elseif redis.call('GET', lkey) == 'E' then
+      if -left > sie then return { 'failed', start } end
+      action = 'stale_error'
+    else
+      action = 'wait'
+    end
+  end
 end
 
-local out = { action, start, st, meta[2] or '', math.floor(left), body or '',
-  math.floor(tonumber(meta[4]) or 0), meta[8] or '' }
+local out = { action, start, st, meta[2] or '', math.floor(left), body or '', math.floor(delta),
+  meta[7] or '' }
 if members then
   for i = 1, #members do out[8 + i] = members[i] end
 end
