@@ -354,7 +354,7 @@ fn generate(limits: &[Limit], batched: bool) -> String {
     }
     if batched {
         // `one` is defined once per batch; `k` is the offset of its decision's keys in KEYS.
-        s.push_str("local function one(k, cost)\n");
+        s.push_str("local function one(k, cost)\n  ");
         push_decision(&mut s, limits, "k + ");
         s.push_str("end\n");
         let _ = writeln!(
@@ -404,7 +404,7 @@ fn push_decision(s: &mut String, limits: &[Limit], offset: &str) {
         };
         let _ = writeln!(
             s,
-            "  {}(KEYS[{offset}{key}], {}, {}, {}, cost, now{extra}),",
+            "  {{ {}(KEYS[{offset}{key}], {}, {}, {}, cost, now{extra}) }},",
             l.algorithm.name(),
             l.limit,
             l.window_ms(),

@@ -15,6 +15,14 @@ local function lease_units(member)
   return tonumber(string.sub(member, sep + 1)) or 0
 end
 
+local function concurrency_commit(key, held_key, expires, member, cost, lease_ms)
+  redis.call('ZADD', key, fmt(expires), member)
+  redis.call('INCRBY', held_key, string.format('%.0f', cost))
+  -- Both keys live as long as the longest lease, which is this newest one.
+  redis.call('PEXPIRE', key, lease_ms)
+  redis.call('PEXPIRE', held_key, lease_ms)
+end
+
 local function concurrency(key, limit, lease_ms, burst, cost, now, lease, held_key)
   local held = tonumber(redis.call('GET', held_key) or '0') or 0
   -- Lapsed leases give their units back. The walk is bounded by the number of leases, which
@@ -36,37 +44,27 @@ local function concurrency(key, limit, lease_ms, burst, cost, now, lease, held_k
     redis.call('DECRBY', held_key, string.format('%.0f', back))
   end
   if held < 0 then held = 0 end
-  local r = { retry = 0, commit = noop }
   if held + cost <= limit then
-    r.ok = true
-    r.remaining = limit - held - cost
-    r.reset = lease_ms
     if cost > 0 then
-      r.commit = function()
-        redis.call('ZADD', key, fmt(now + lease_ms), lease .. ':' .. string.format('%.0f', cost))
-        redis.call('INCRBY', held_key, string.format('%.0f', cost))
-        -- Both keys live as long as the longest lease, which is this newest one.
-        redis.call('PEXPIRE', key, lease_ms)
-        redis.call('PEXPIRE', held_key, lease_ms)
-      end
+      return true, limit - held - cost, lease_ms, 0, concurrency_commit,
+        key, held_key, now + lease_ms, lease .. ':' .. string.format('%.0f', cost), cost, lease_ms
     end
-  else
-    r.ok = false
-    r.remaining = math.max(limit - held, 0)
-    -- Enough units are back when the leases lapsed (or released) since now add up to
-    -- held + cost - limit. Walked over the earliest LEASE_WALK leases at most; past them the
-    -- answer is when the last one walked lapses (the earliest it can fit).
-    local need = held + cost - limit
-    local early = redis.call('ZRANGE', key, 0, LEASE_WALK - 1, 'WITHSCORES')
-    r.retry = lease_ms
-    local freed = 0
-    for i = 1, #early, 2 do
-      freed = freed + lease_units(early[i])
-      r.retry = math.max(tonumber(early[i + 1]) - now, 1)
-      if freed >= need then break end
-    end
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if last[2] then r.reset = math.max(tonumber(last[2]) - now, 0) else r.reset = 0 end
+    return true, limit - held - cost, lease_ms, 0, noop
   end
-  return r
+  -- Enough units are back when the leases lapsed (or released) since now add up to
+  -- held + cost - limit. Walked over the earliest LEASE_WALK leases at most; past them the
+  -- answer is when the last one walked lapses (the earliest it can fit).
+  local need = held + cost - limit
+  local early = redis.call('ZRANGE', key, 0, LEASE_WALK - 1, 'WITHSCORES')
+  local retry = lease_ms
+  local freed = 0
+  for i = 1, #early, 2 do
+    freed = freed + lease_units(early[i])
+    retry = math.max(tonumber(early[i + 1]) - now, 1)
+    if freed >= need then break end
+  end
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local reset = 0
+  if last[2] then reset = math.max(tonumber(last[2]) - now, 0) end
+  return false, math.max(limit - held, 0), reset, retry, noop
 end

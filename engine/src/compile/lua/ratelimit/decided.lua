@@ -9,6 +9,6 @@ for i = 1, #KEYS do
   local b = (i - 1) * 5
   local f = ALGS[ARGV[b + 1]]
   if f == nil then return redis.error_reply('patternd: unknown algorithm ' .. tostring(ARGV[b + 1])) end
-  results[i] = f(KEYS[i], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 2]), now)
+  results[i] = { f(KEYS[i], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 2]), now) }
 end
 return decide(results)

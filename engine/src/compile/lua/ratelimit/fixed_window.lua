@@ -1,6 +1,12 @@
 -- fixed_window: a counter that lives for one window from the first request of that window.
 -- One STRING key; its PTTL is the time left in the window. It reads no clock: a rule of fixed
 -- windows only passes `now` = 0 (compile/ratelimit.rs `generate`).
+local function fixed_window_commit(key, cost, pttl, window)
+  redis.call('INCRBY', key, cost)
+  -- pttl < 0: the key is new (a lost expiry was repaired before).
+  if pttl < 0 then redis.call('PEXPIRE', key, window) end
+end
+
 local function fixed_window(key, limit, window, burst, cost, now)
   local used = tonumber(redis.call('GET', key) or '0')
   local pttl = redis.call('PTTL', key)
@@ -13,21 +19,11 @@ local function fixed_window(key, limit, window, burst, cost, now)
   end
   local reset = pttl
   if reset < 0 then reset = window end
-  local r = { reset = reset, retry = 0, commit = noop }
   if used + cost <= limit then
-    r.ok = true
-    r.remaining = limit - used - cost
     if cost > 0 then
-      r.commit = function()
-        redis.call('INCRBY', key, cost)
-        -- pttl < 0: the key is new (a lost expiry was repaired above).
-        if pttl < 0 then redis.call('PEXPIRE', key, window) end
-      end
+      return true, limit - used - cost, reset, 0, fixed_window_commit, key, cost, pttl, window
     end
-  else
-    r.ok = false
-    r.remaining = math.max(limit - used, 0)
-    r.retry = reset
+    return true, limit - used - cost, reset, 0, noop
   end
-  return r
+  return false, math.max(limit - used, 0), reset, reset, noop
 end

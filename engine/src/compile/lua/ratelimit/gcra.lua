@@ -1,5 +1,9 @@
 -- gcra: generic cell rate algorithm. One STRING key holding the theoretical arrival time
 -- (TAT). Emission interval T = window / limit; a fresh id may send `burst` at once.
+local function gcra_commit(key, tat, ttl)
+  redis.call('SET', key, tat, 'PX', ttl)
+end
+
 local function gcra(key, limit, window, burst, cost, now)
   local T = window / limit
   local eps = T * 1e-9
@@ -7,21 +11,12 @@ local function gcra(key, limit, window, burst, cost, now)
   if tat < now then tat = now end
   local new_tat = tat + cost * T
   local allow_at = new_tat - burst * T
-  local r = { retry = 0, commit = noop }
   if now + eps >= allow_at then
-    r.ok = true
-    r.remaining = math.floor((now + burst * T - new_tat) / T + 1e-9)
-    r.reset = new_tat - now
+    local remaining = math.floor((now + burst * T - new_tat) / T + 1e-9)
     if cost > 0 then
-      r.commit = function()
-        redis.call('SET', key, fmt(new_tat), 'PX', math.max(math.ceil(new_tat - now), 1))
-      end
+      return true, remaining, new_tat - now, 0, gcra_commit, key, fmt(new_tat), math.max(math.ceil(new_tat - now), 1)
     end
-  else
-    r.ok = false
-    r.remaining = math.max(math.floor((now + burst * T - tat) / T + 1e-9), 0)
-    r.retry = math.max(allow_at - now, 1)
-    r.reset = tat - now
+    return true, remaining, new_tat - now, 0, noop
   end
-  return r
+  return false, math.max(math.floor((now + burst * T - tat) / T + 1e-9), 0), tat - now, math.max(allow_at - now, 1), noop
 end

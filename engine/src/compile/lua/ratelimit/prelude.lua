@@ -2,8 +2,11 @@
 -- Included by every script that checks limits (a rule's own, and the plugin-decided ones),
 -- after shared/clock.lua and before the algorithms (ratelimit/<algorithm>.lua).
 -- An algorithm is `local function name(key, limit, window, burst, cost, now[, ...])` and
--- returns { ok, remaining, reset, retry, commit } (times in ms). `commit` writes the admission
--- (`noop` when there is nothing to write); `decide` calls it only when every limit allows.
+-- returns ok, remaining, reset, retry, commit, ... (times in ms). `commit(...)` writes the
+-- admission with the values after it (`noop` when there is nothing to write); `decide` calls
+-- it only when every limit allows. Multiple values and a top-level `commit` rather than a
+-- result table and a closure: a decision then allocates nothing in Lua but its reply, which
+-- is measurable in Redis' CPU per decision (docs/performance.md).
 
 local function noop() end
 
@@ -17,32 +20,37 @@ local function up(ms)
   return math.ceil(ms + 0.001)
 end
 
--- Combines the checks of every limit of a rule: all allowed -> commit all; any denied ->
--- commit none ("a denial charges none of them"). Reports the limit that matters most: the
--- denying one with the longest wait, or else the one with the least remaining.
+-- Combines the checks of every limit of a rule, each packed as { algorithm(...) } (so
+-- r[1] = ok, r[2] = remaining, r[3] = reset, r[4] = retry, r[5] = commit, then its values):
+-- all allowed -> commit all; any denied -> commit none ("a denial charges none of them").
+-- Reports the limit that matters most: the denying one with the longest wait, or else the
+-- one with the least remaining.
 local function decide(results)
   local allowed = true
   for i = 1, #results do
-    if not results[i].ok then allowed = false end
+    if not results[i][1] then allowed = false end
   end
   if allowed then
-    for i = 1, #results do results[i].commit() end
+    for i = 1, #results do
+      local r = results[i]
+      r[5](unpack(r, 6))
+    end
   end
   local pick = 1
   for i = 2, #results do
     local r, p = results[i], results[pick]
     if allowed then
-      if r.remaining < p.remaining then pick = i end
-    elseif (not r.ok) and (p.ok or r.retry > p.retry) then
+      if r[2] < p[2] then pick = i end
+    elseif (not r[1]) and (p[1] or r[4] > p[4]) then
       pick = i
     end
   end
   local r = results[pick]
-  return { allowed and 1 or 0, pick - 1, math.floor(r.remaining), up(r.reset), up(r.retry) }
+  return { allowed and 1 or 0, pick - 1, math.floor(r[2]), up(r[3]), up(r[4]) }
 end
 
--- `decide` of a rule with one limit, without the table of results: the same answer.
-local function decide_one(r)
-  if r.ok then r.commit() end
-  return { r.ok and 1 or 0, 0, math.floor(r.remaining), up(r.reset), up(r.retry) }
+-- `decide` of a rule with one limit, straight from the algorithm's values: the same answer.
+local function decide_one(ok, remaining, reset, retry, commit, ...)
+  if ok then commit(...) end
+  return { ok and 1 or 0, 0, math.floor(remaining), up(reset), up(retry) }
 end

@@ -24,6 +24,11 @@ local function log_entry(e)
   return tonumber(string.sub(e[1], 1, sep - 1)), tonumber(string.sub(e[1], sep + 1)), tonumber(e[2])
 end
 
+local function sliding_log_commit(key, total, cost, score, ttl)
+  redis.call('ZADD', key, fmt(score), string.format('%.0f:%.0f', total, cost))
+  redis.call('PEXPIRE', key, ttl)
+end
+
 local function sliding_log(key, limit, window, burst, cost, now)
   -- Dropping entries that left the window changes no decision, so it is safe even when
   -- another limit of the rule denies.
@@ -46,28 +51,24 @@ local function sliding_log(key, limit, window, burst, cost, now)
     base = (first_total - first_cost) % LOG_MOD
     count = (last_total - base) % LOG_MOD
   end
-  local r = { retry = 0, commit = noop }
   if count + cost <= limit then
-    r.ok = true
-    r.remaining = limit - count - cost
     if cost > 0 then
       local score = now
       if last_score ~= nil and last_score + 0.001 > score then score = last_score + 0.001 end
-      r.reset = score + window - now
-      r.commit = function()
-        local total = (last_total + cost) % LOG_MOD
-        redis.call('ZADD', key, fmt(score), string.format('%.0f:%.0f', total, cost))
-        redis.call('PEXPIRE', key, math.ceil(r.reset))
-      end
+      local reset = score + window - now
+      return true, limit - count - cost, reset, 0,
+        sliding_log_commit, key, (last_total + cost) % LOG_MOD, cost, score, math.ceil(reset)
     end
-  else
-    r.ok = false
-    r.remaining = math.max(limit - count, 0)
+  end
+  local ok, remaining, retry = true, limit - count - cost, 0
+  if count + cost > limit then
+    ok = false
+    remaining = math.max(limit - count, 0)
     -- The request fits once `need` units have left: when the oldest entry whose running
     -- total (counted from the window's start) reaches `need` leaves the window.
     local need = count + cost - limit
     if need > count then
-      r.retry = window
+      retry = window
     else
       local lo, hi = stale, n - 1
       while lo < hi do
@@ -76,12 +77,11 @@ local function sliding_log(key, limit, window, burst, cost, now)
         if (t - base) % LOG_MOD >= need then hi = mid else lo = mid + 1 end
       end
       local _, _, s = log_entry(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES'))
-      r.retry = math.max(s + window - now, 1)
+      retry = math.max(s + window - now, 1)
     end
   end
-  if r.reset == nil then
-    -- Full quota is back once the newest entry inside the window has left it.
-    if count > 0 then r.reset = math.max(last_score + window - now, 0) else r.reset = 0 end
-  end
-  return r
+  -- Full quota is back once the newest entry inside the window has left it.
+  local reset = 0
+  if count > 0 then reset = math.max(last_score + window - now, 0) end
+  return ok, remaining, reset, retry, noop
 end

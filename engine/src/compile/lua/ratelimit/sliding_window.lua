@@ -5,6 +5,11 @@
 -- Nothing admitted within the last window means nothing is inside the sliding window, so the
 -- estimate is 0 from l + window on: the full quota is back at most one window after the
 -- newest request (the two counts alone would keep part of it for up to two windows).
+local function sliding_window_commit(key, cur, c, p, now, ttl)
+  redis.call('HSET', key, 'w', cur, 'c', c, 'p', p, 'l', fmt(now))
+  redis.call('PEXPIRE', key, ttl)
+end
+
 local function sliding_window(key, limit, window, burst, cost, now)
   local cur = math.floor(now / window)
   local st = redis.call('HMGET', key, 'w', 'c', 'p', 'l')
@@ -27,23 +32,17 @@ local function sliding_window(key, limit, window, burst, cost, now)
   if l <= now - window then c, p = 0, 0 end
   local elapsed = now - cur * window
   local est = p * (window - elapsed) / window + c
-  local r = { retry = 0, commit = noop }
+  local ok, remaining, retry, writes = true, 0, 0, false
   if est + cost <= limit then
-    r.ok = true
-    r.remaining = limit - est - cost
+    remaining = limit - est - cost
     if cost > 0 then
       c = c + cost
       l = now
-      r.commit = function()
-        redis.call('HSET', key, 'w', cur, 'c', c, 'p', p, 'l', fmt(now))
-        -- Needed until the end of the next window, where this window is "previous".
-        redis.call('PEXPIRE', key, math.ceil(2 * window - elapsed))
-      end
+      writes = true
     end
   else
-    r.ok = false
-    r.remaining = math.max(limit - est, 0)
-    local retry
+    ok = false
+    remaining = math.max(limit - est, 0)
     if p > 0 and limit - c - cost >= 0 then
       -- Still in this window: p * (1 - x / window) + c + cost <= limit.
       retry = window * (1 - (limit - c - cost) / p) - elapsed
@@ -54,9 +53,14 @@ local function sliding_window(key, limit, window, burst, cost, now)
       retry = (window - elapsed) + y
     end
     -- Or once the newest request has left the window, whichever comes first.
-    r.retry = math.max(math.min(retry, l + window - now), 1)
+    retry = math.max(math.min(retry, l + window - now), 1)
   end
   -- Full quota is back once the newest request counted has left the window.
-  if c + p > 0 then r.reset = math.max(l + window - now, 0) else r.reset = 0 end
-  return r
+  local reset = 0
+  if c + p > 0 then reset = math.max(l + window - now, 0) end
+  if writes then
+    -- Needed until the end of the next window, where this window is "previous".
+    return ok, remaining, reset, retry, sliding_window_commit, key, cur, c, p, now, math.ceil(2 * window - elapsed)
+  end
+  return ok, remaining, reset, retry, noop
 end
