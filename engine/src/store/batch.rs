@@ -52,6 +52,8 @@ struct Call {
 /// once the calls queued have been sent.
 pub struct Batcher {
     queue: mpsc::Sender<Call>,
+    /// The store's command timeout.
+    timeout: std::time::Duration,
 }
 
 impl Batcher {
@@ -63,18 +65,31 @@ impl Batcher {
     /// one of that call's Redis commands failed.
     pub fn start(store: Store, batch: Arc<Script>, max: usize, in_flight: usize) -> Self {
         let (queue, calls) = mpsc::channel(QUEUE);
+        let timeout = store.command_timeout();
         tokio::spawn(run(store, batch, calls, max.max(1), in_flight.max(1)));
-        Self { queue }
+        Self { queue, timeout }
     }
 
-    /// One call, answered with its element of the batch's reply.
+    /// One call, answered with its element of the batch's reply. Bounded by the command
+    /// timeout as a separate call is, from the moment it is queued: a call that waited for
+    /// a batch to go out, behind batches of a stalled Redis, gets its timeout in time too.
+    /// (Like a separate call's EVALSHA already written, it may still be decided by Redis.)
     pub async fn call(&self, keys: Vec<String>, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        self.queue
-            .send(Call { keys, args, answer })
-            .await
-            .map_err(|_| StoreError::BatchLost)?;
-        answered.await.map_err(|_| StoreError::BatchLost)?
+        let bound = self.timeout;
+        let asked = async {
+            let (answer, answered) = oneshot::channel();
+            self.queue
+                .send(Call { keys, args, answer })
+                .await
+                .map_err(|_| StoreError::BatchLost)?;
+            answered.await.map_err(|_| StoreError::BatchLost)?
+        };
+        match tokio::time::timeout(bound, asked).await {
+            Ok(answer) => answer,
+            // Not counted in `patternd_redis_errors_total`: the batch call that stalled it is,
+            // once, when its own timeout passes.
+            Err(_) => Err(StoreError::Timeout(bound)),
+        }
     }
 }
 
