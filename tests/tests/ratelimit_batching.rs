@@ -233,3 +233,46 @@ async fn a_broken_key_fails_only_its_own_decision(b: Backend) -> Result<()> {
 }
 
 on_every_backend!(a_broken_key_fails_only_its_own_decision);
+
+/// Redis frozen (SIGSTOP) while decisions queue behind stalled batches: every one of them is
+/// answered by `on_redis_error` (none waits for Redis to come back), and once Redis resumes
+/// decisions are Redis' again.
+#[test]
+fn decisions_queued_behind_a_stalled_redis_are_degraded_not_stuck()
+-> patternd_e2e::backend::TestResult {
+    patternd_e2e::backend::run(Backend::standalone, |b| async move {
+        let w = World::on(b, &[("batch.yaml", POLICY)], &["--redis-timeout", "300ms"]).await?;
+        let p = &w.patternd;
+        let r = p.check("batch", "fw", "warm", 1).await?;
+        check(&r, (true, 9, 10), "before the stall")?;
+        let paused = w.redis.server()?.pause()?;
+        // More decisions than one batch takes, so some wait for a batch to go out.
+        let replies = burst(80, |n| {
+            let client = p.client().clone();
+            let url = p.url("/v1/ratelimit/batch/fw");
+            async move {
+                send(
+                    client
+                        .post(&url)
+                        .json(&serde_json::json!({"id": format!("s-{n}")})),
+                )
+                .await
+            }
+        })
+        .await;
+        paused.resume();
+        for r in replies? {
+            ensure!(r.degraded(), "a decision while Redis was frozen: {r:?}");
+        }
+        patternd_e2e::eventually(
+            std::time::Duration::from_secs(10),
+            "decisions by Redis again",
+            || async {
+                let r = p.check("batch", "fw", "after", 1).await?;
+                Ok((!r.degraded()).then_some(r))
+            },
+        )
+        .await?;
+        Ok(())
+    })
+}
