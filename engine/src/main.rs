@@ -172,8 +172,8 @@ struct ServeArgs {
     /// Multiplexed Redis connections on the request path (default: one per core).
     #[arg(long, env = "PATTERND_REDIS_POOL")]
     redis_pool: Option<usize>,
-    /// Rate-limit decisions waiting for Redis at once are sent as one script call deciding
-    /// them in order, up to this many per call (the same answers as separate calls: a script
+    /// Rate-limit decisions (and cache reads) of one rule waiting for Redis at once are sent
+    /// as one script call deciding them in order, up to this many per call (the same answers as separate calls: a script
     /// is atomic). Saves Redis and the engine a round trip's fixed cost per decision under
     /// load; an idle engine sends calls of one, without waiting. 0 or 1: off. A Redis Cluster
     /// never batches (a batch's keys span slots).

@@ -194,18 +194,23 @@ pub const TAGS_SUB: &str = "tags";
 /// The scripts every cache rule shares.
 struct SharedScripts {
     read: Arc<Script>,
+    read_batch: Arc<Script>,
     fill: Arc<Script>,
     release: Arc<Script>,
     delete: Arc<Script>,
     invalidate: Arc<Script>,
 }
 
-static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| SharedScripts {
-    read: assemble(&READ),
-    fill: assemble(&FILL),
-    release: assemble(&RELEASE),
-    delete: assemble(&DELETE),
-    invalidate: assemble(&INVALIDATE),
+static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
+    let read = assemble(&READ);
+    SharedScripts {
+        read_batch: super::batch::wrap(&read),
+        read,
+        fill: assemble(&FILL),
+        release: assemble(&RELEASE),
+        delete: assemble(&DELETE),
+        invalidate: assemble(&INVALIDATE),
+    }
 });
 
 // ---- The write path (PUT/PATCH and the write-behind journal; cache-write helper) ----------
@@ -283,6 +288,8 @@ pub struct CompiledCache {
     pub scripts: Vec<Arc<Script>>,
     /// Hit / miss / early refresh + lease (`lua/cache/read.lua`).
     pub read: Arc<Script>,
+    /// `read` deciding a batch of reads (`compile/batch.rs`, `store::batch`).
+    pub read_batch: Arc<Script>,
     /// Stores an origin answer if the lease still matches (`lua/cache/fill.lua`).
     pub fill: Arc<Script>,
     /// Gives a lease back (`lua/cache/release.lua`).
@@ -305,6 +312,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
     let write_behind = spec.write == WriteMode::Behind;
     let mut all = vec![
         &s.read,
+        &s.read_batch,
         &s.fill,
         &s.release,
         &s.delete,
@@ -322,6 +330,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
     Ok(CompiledCache {
         scripts: all.into_iter().cloned().collect(),
         read: s.read.clone(),
+        read_batch: s.read_batch.clone(),
         fill: s.fill.clone(),
         release: s.release.clone(),
         delete: s.delete.clone(),

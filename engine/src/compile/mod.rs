@@ -76,6 +76,7 @@
 //! | `leaderboard remove` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/remove.lua` |
 //! | `leaderboard aggregate` | `shared/clock.lua`, `shared/period.lua`, `leaderboard/prelude.lua` | `leaderboard/aggregate.lua` |
 
+pub mod batch;
 pub mod cache;
 pub mod counter;
 pub mod keys;

@@ -13,7 +13,7 @@ use super::{InputError, check_id};
 use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
 use crate::policy::{Algorithm, IdFrom, Limit, OnRedisError, RateLimit, Rule};
-use crate::store::batch::Batcher;
+use crate::store::batch::{Batcher, Layout};
 use crate::store::{Store, StoreError};
 
 /// The largest cost a request may ask for when a plugin decides the limits (the plugin's
@@ -572,6 +572,7 @@ impl RateLimiter {
                 Some(Batcher::start(
                     store.clone(),
                     batch,
+                    Layout::Fixed,
                     max,
                     store.batch_in_flight(),
                 ))

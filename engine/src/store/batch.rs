@@ -48,6 +48,17 @@ struct Call {
     answer: oneshot::Sender<Result<Value, StoreError>>,
 }
 
+/// How a batch script finds each call's keys and arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Every call has as many keys and arguments as the others (a rate-limit rule's batch
+    /// script knows how many): KEYS and ARGV are the calls' one after the other.
+    Fixed,
+    /// Calls differ (`compile::batch::wrap`): ARGV starts with the number of calls, each
+    /// call's key count and each call's argument count.
+    Counted,
+}
+
 /// Gathers calls of one script into calls of its batch variant. Dropping it ends its task
 /// once the calls queued have been sent.
 pub struct Batcher {
@@ -63,10 +74,23 @@ impl Batcher {
     /// after the other, `ARGV` their arguments one after the other, and the reply has one
     /// element per call, in order: what the single script replies, or `{-1, message}` when
     /// one of that call's Redis commands failed.
-    pub fn start(store: Store, batch: Arc<Script>, max: usize, in_flight: usize) -> Self {
+    pub fn start(
+        store: Store,
+        batch: Arc<Script>,
+        layout: Layout,
+        max: usize,
+        in_flight: usize,
+    ) -> Self {
         let (queue, calls) = mpsc::channel(QUEUE);
         let timeout = store.command_timeout();
-        tokio::spawn(run(store, batch, calls, max.max(1), in_flight.max(1)));
+        tokio::spawn(run(
+            store,
+            batch,
+            layout,
+            calls,
+            max.max(1),
+            in_flight.max(1),
+        ));
         Self { queue, timeout }
     }
 
@@ -96,6 +120,7 @@ impl Batcher {
 async fn run(
     store: Store,
     batch: Arc<Script>,
+    layout: Layout,
     mut calls: mpsc::Receiver<Call>,
     max: usize,
     in_flight: usize,
@@ -122,17 +147,19 @@ async fn run(
         let store = store.clone();
         let batch = batch.clone();
         tokio::spawn(async move {
-            send(&store, &batch, group).await;
+            send(&store, &batch, layout, group).await;
             drop(permit);
         });
     }
 }
 
 /// Sends one batch and hands each caller its answer.
-async fn send(store: &Store, batch: &Script, group: Vec<Call>) {
-    let mut keys = Vec::with_capacity(group.len() * group[0].keys.len());
-    let mut args = Vec::with_capacity(group.len() * group[0].args.len());
-    let mut answers = Vec::with_capacity(group.len());
+async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
+    let n = group.len();
+    let mut keys = Vec::with_capacity(n * group[0].keys.len());
+    let mut args = Vec::with_capacity(2 * n + 1 + n * group[0].args.len());
+    let mut answers = Vec::with_capacity(n);
+    let mut counts: Vec<(usize, usize)> = Vec::new();
     for c in group {
         // Each call in one slot, as a separate call must be (see the module doc).
         if slots::enabled()
@@ -141,12 +168,22 @@ async fn send(store: &Store, batch: &Script, group: Vec<Call>) {
             let _ = c.answer.send(Err(e));
             continue;
         }
+        if layout == Layout::Counted {
+            counts.push((c.keys.len(), c.args.len()));
+        }
         keys.extend(c.keys);
         args.extend(c.args);
         answers.push(c.answer);
     }
     if answers.is_empty() {
         return;
+    }
+    if layout == Layout::Counted {
+        let head = std::iter::once(counts.len())
+            .chain(counts.iter().map(|c| c.0))
+            .chain(counts.iter().map(|c| c.1))
+            .map(|v| v.to_string().into_bytes());
+        args.splice(0..0, head);
     }
     let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     let reply: Result<Vec<Value>, StoreError> = store.eval_batch(batch, &keys, &arg_refs).await;

@@ -67,6 +67,9 @@ pub struct CacheRule {
     /// (an outage must not queue every request behind the origin).
     without_redis: tokio::sync::Semaphore,
     counters: Counters,
+    /// Reads gathered into batch calls (`store::batch`), started on first use; None when
+    /// batching is off or on a cluster.
+    read_batcher: std::sync::OnceLock<Option<crate::store::batch::Batcher>>,
 }
 
 /// `patternd_cache_requests_total{app,rule,result}`.
@@ -148,6 +151,7 @@ impl CacheRule {
             near,
             without_redis: tokio::sync::Semaphore::new(origin::MAX_IN_FLIGHT),
             counters: Counters::new(&rule.app, &rule.name),
+            read_batcher: std::sync::OnceLock::new(),
         })
     }
 

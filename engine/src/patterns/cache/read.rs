@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use redis::Value;
+use redis::{FromRedisValue, Value};
 
 use super::fill::{Fill, LeaseGuard};
 use super::reply::{self, Action, ReadReply, Stored};
@@ -547,10 +547,36 @@ impl CacheRule {
         if let Some(f) = fields {
             args.extend(f.iter().map(String::as_bytes));
         }
-        let raw: Vec<Value> = budget
-            .run(store.eval(&self.scripts.read, keys, &args))
-            .await?;
+        let raw: Vec<Value> = match self.read_batcher(store) {
+            Some(b) => {
+                let call = b.call(keys.to_vec(), args.iter().map(|a| a.to_vec()).collect());
+                let one = budget.run(call).await?;
+                Vec::<Value>::from_redis_value(one)
+                    .map_err(|e| ReadError::from(StoreError::Redis(e.into())))?
+            }
+            None => {
+                budget
+                    .run(store.eval(&self.scripts.read, keys, &args))
+                    .await?
+            }
+        };
         reply::read(raw, self.spec.format).map_err(|e| self.bad_reply(&e))
+    }
+
+    /// The batcher of this rule's reads (see `CacheRule::read_batcher`).
+    fn read_batcher(&self, store: &Store) -> Option<&crate::store::batch::Batcher> {
+        self.read_batcher
+            .get_or_init(|| {
+                let max = store.batch_max()?;
+                Some(crate::store::batch::Batcher::start(
+                    store.clone(),
+                    self.scripts.read_batch.clone(),
+                    crate::store::batch::Layout::Counted,
+                    max,
+                    store.batch_in_flight(),
+                ))
+            })
+            .as_ref()
     }
 
     /// The value of an action that serves one (`reply::read` checked it came with one).

@@ -1,4 +1,5 @@
-//! Batched decisions (`--redis-batch`, `store/batch.rs`) against the reference model.
+//! Batched script calls (`--redis-batch`, `store/batch.rs`): rate-limit decisions against the
+//! reference model, and cache reads (the read script wrapped by `compile/batch.rs`).
 //!
 //! Many ids send at once, each its own requests one after the other: the engine then has many
 //! decisions waiting for Redis at the same moment and sends them in batch script calls, while
@@ -11,7 +12,10 @@
 //! path ran.
 
 use anyhow::{Context as _, Result, ensure};
-use patternd_e2e::{Backend, Reply, World, burst, metric_value, on_every_backend, send};
+use patternd_e2e::origin::Origin;
+use patternd_e2e::{
+    Backend, Reply, World, burst, cache_status, metric_value, on_every_backend, send,
+};
 
 /// The rules: every windowed algorithm with a capacity of 10, and a rule of two limits (7 an
 /// hour and 10 a day) decided all or nothing.
@@ -276,3 +280,81 @@ fn decisions_queued_behind_a_stalled_redis_are_degraded_not_stuck()
         Ok(())
     })
 }
+
+/// Many ids read at once, each id's reads in turn: every answer is the one a separate read
+/// script call gives (a miss filled from the origin, then hits with the origin's body), the
+/// origin is asked once per id, and on a standalone Redis the reads went in batches.
+async fn cache_reads_in_batches_answer_as_separate_reads(b: Backend) -> Result<()> {
+    const IDS: usize = 40;
+    let is_cluster = b.is_cluster();
+    let origin = Origin::start().await?;
+    for n in 0..IDS {
+        origin.set(
+            &format!("i{n}"),
+            "text/plain",
+            format!("body {n}").as_bytes(),
+            &[],
+        );
+    }
+    let policy = "app: shop
+rules:
+  product:
+    cache:
+      origin: ORIGIN
+      ttl: 1h
+      origin_timeout: 10s
+";
+    let w = World::with_origin_on(b, policy, &origin, &["--redis-timeout", "10s"]).await?;
+    let p = &w.patternd;
+    let results = burst(IDS, |n| {
+        let client = p.client().clone();
+        let url = p.url(&format!("/v1/cache/shop/product/i{n}"));
+        async move {
+            let mut replies = Vec::new();
+            for _ in 0..4 {
+                replies.push(send(client.get(&url)).await?);
+            }
+            Ok(replies)
+        }
+    })
+    .await?;
+    for (n, replies) in results.iter().enumerate() {
+        for (i, r) in replies.iter().enumerate() {
+            let ctx = format!("id i{n}, read #{i}");
+            ensure!(r.status == 200, "{ctx}: {r:?}");
+            ensure!(r.text == format!("body {n}"), "{ctx}: {r:?}");
+            let cs = cache_status(r);
+            if i == 0 {
+                ensure!(
+                    cs == "patternd; fwd=miss; fwd-status=200; stored",
+                    "{ctx}: {cs}"
+                );
+            } else {
+                ensure!(cs.starts_with("patternd; hit; ttl="), "{ctx}: {cs}");
+            }
+        }
+        ensure!(
+            origin.gets(&format!("i{n}")) == 1,
+            "id i{n} fetched more than once"
+        );
+    }
+    let metrics = p.get("/metrics").await?.text;
+    let batched = metric_value(&metrics, "patternd_redis_batched_calls_total", &[])
+        .context("patternd_redis_batched_calls_total missing")?;
+    let batches = metric_value(&metrics, "patternd_redis_batches_total", &[])
+        .context("patternd_redis_batches_total missing")?;
+    if is_cluster {
+        ensure!(batched == 0.0, "a cluster never batches: {batched}");
+    } else {
+        // Every read script call went through the batcher (fills are separate scripts).
+        ensure!(
+            batched == (IDS * 4) as f64,
+            "{batched} reads in batches for {} reads",
+            IDS * 4
+        );
+        ensure!(batched > batches, "{batches} batches of {batched} reads");
+    }
+    Ok(())
+}
+
+on_every_backend!(cache_reads_in_batches_answer_as_separate_reads);

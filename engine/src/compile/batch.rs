@@ -1,0 +1,74 @@
+//! Any script as a batch script (`store::batch`, layout `Counted`): its body becomes a function
+//! of KEYS and ARGV, called once per call of the batch, in order.
+//!
+//! A script whose calls take varying numbers of keys and arguments (a cache read with or
+//! without `fields`) is batched this way; rate-limit rules generate leaner batch scripts of
+//! their own (`ratelimit::batch_script`), where every call has the same shape.
+//!
+//! The wrapped body keeps every semantic of the script: it runs as it did, with its own KEYS
+//! and ARGV, and each call is under `pcall`, so a failing Redis command fails only its call.
+//! Helpers the body defines are made once per call, as before (not once per batch).
+
+use std::sync::Arc;
+
+use super::Script;
+
+/// The batch script of `script`. Contract: KEYS are the calls' keys one after the other;
+/// ARGV[1] is the number of calls n, ARGV[2 .. n+1] each call's key count, ARGV[n+2 .. 2n+1]
+/// each call's argument count, then the calls' arguments one after the other. The reply has
+/// one element per call: the script's reply (`false` for nil), or `{-1, error}` when one of its
+/// Redis commands failed. A script whose reply may itself be such an array cannot be wrapped.
+pub fn wrap(script: &Script) -> Arc<Script> {
+    let name = format!("{} batch", script.name);
+    let mut s = String::with_capacity(script.source.len() + 1024);
+    s.push_str(&format!("-- patternd {name}\n-- `{}`", script.name));
+    s.push_str(
+        " once per call of a batch (compile/batch.rs): ARGV[1] = n calls, ARGV[2..n+1] their key\n\
+         -- counts, ARGV[n+2..2n+1] their argument counts, then their arguments; KEYS: their keys.\n\
+         -- Replies one element per call: its reply, or {-1, error} when its Redis command failed.\n\
+         local function one(KEYS, ARGV)\n",
+    );
+    s.push_str(&script.source);
+    if !script.source.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(
+        "end\n\
+         local n = tonumber(ARGV[1])\n\
+         local out = {}\n\
+         local k, a = 0, 2 * n + 1\n\
+         for i = 1, n do\n\
+         \x20 local nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i])\n\
+         \x20 local keys, args = {}, {}\n\
+         \x20 for j = 1, nk do keys[j] = KEYS[k + j] end\n\
+         \x20 for j = 1, na do args[j] = ARGV[a + j] end\n\
+         \x20 k, a = k + nk, a + na\n\
+         \x20 local ok, r = pcall(one, keys, args)\n\
+         \x20 if not ok then r = { -1, type(r) == 'table' and tostring(r.err) or tostring(r) } end\n\
+         \x20 -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
+         \x20 if r == nil then r = false end\n\
+         \x20 out[i] = r\n\
+         end\n\
+         return out\n",
+    );
+    Arc::new(Script::new(name, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::luacheck;
+
+    #[test]
+    fn a_wrapped_script_passes_the_lua_check_and_keeps_its_name() {
+        let inner = Script::new(
+            "demo read",
+            "-- patternd demo read\nlocal function f(x) return x end\nreturn { f(KEYS[1]), ARGV[1] }\n"
+                .to_string(),
+        );
+        let w = wrap(&inner);
+        assert_eq!(w.name, "demo read batch");
+        assert!(w.source.starts_with("-- patternd demo read batch\n"));
+        luacheck::check(&w.name, &w.source).unwrap_or_else(|e| panic!("{e}\n{}", w.source));
+    }
+}
