@@ -391,7 +391,7 @@ impl Store {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
-        self.eval_on(None, self.inner.timeout, script, keys, args)
+        self.eval_on(None, self.inner.timeout, script, keys, args, true)
             .await
     }
 
@@ -404,21 +404,8 @@ impl Store {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
-        self.eval_on(Some(pin), timeout, script, keys, args).await
-    }
-
-    async fn eval_on<T: FromRedisValue>(
-        &self,
-        pin: Option<&Pinned>,
-        timeout: Duration,
-        script: &Script,
-        keys: &[String],
-        args: &[&[u8]],
-    ) -> Result<T, StoreError> {
-        if slots::enabled() {
-            slots::check(script, keys)?;
-        }
-        self.eval_unchecked(pin, timeout, script, keys, args).await
+        self.eval_on(Some(pin), timeout, script, keys, args, true)
+            .await
     }
 
     /// A batch script's call (`batch`): its keys are several calls' keys, in several slots on
@@ -429,7 +416,7 @@ impl Store {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
-        self.eval_unchecked(None, self.inner.timeout, script, keys, args)
+        self.eval_on(None, self.inner.timeout, script, keys, args, false)
             .await
     }
 
@@ -445,14 +432,19 @@ impl Store {
         self.inner.conns.len()
     }
 
-    async fn eval_unchecked<T: FromRedisValue>(
+    /// `check_slots`: refuse keys of several slots (`slots`), as every call but a batch must.
+    async fn eval_on<T: FromRedisValue>(
         &self,
         pin: Option<&Pinned>,
         timeout: Duration,
         script: &Script,
         keys: &[String],
         args: &[&[u8]],
+        check_slots: bool,
     ) -> Result<T, StoreError> {
+        if check_slots && slots::enabled() {
+            slots::check(script, keys)?;
+        }
         let conn = || pin.map_or_else(|| self.conn(), |p| p.conn.clone());
         // On a cluster the call goes to its keys' slot (they share one); computed only there.
         let slot = if self.inner.target.is_cluster() {
