@@ -21,7 +21,9 @@ test:
 # the floors (issue 16: engine and Redis CPU per decision and cache hit as ratios to GET
 # /healthz, a naive INCR+PEXPIRE script and GET; see docs/performance.md).
 # `just bench --scenario cache` runs
-# one; `--help` lists them.
+# one; `--help` lists them. `just bench --scenario floors --before <older patternd binary>`
+# (or `--before-args "--redis-batch 0"`) runs two engines back to back on one Redis and prints
+# before, after and the goals (docs/performance.md says how to build the older binary).
 bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}
