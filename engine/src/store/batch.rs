@@ -71,7 +71,8 @@ impl Batcher {
     /// Starts the task. Must run inside the tokio runtime.
     ///
     /// `batch`: the script's batch variant. Its contract: `KEYS` are the calls' keys one
-    /// after the other, `ARGV` their arguments one after the other, and the reply has one
+    /// after the other, `ARGV` their arguments one after the other (`Layout::Counted`: after
+    /// the count of calls and each call's key and argument counts), and the reply has one
     /// element per call, in order: what the single script replies, or `{-1, message}` when
     /// one of that call's Redis commands failed.
     pub fn start(
