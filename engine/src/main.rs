@@ -173,10 +173,10 @@ struct ServeArgs {
     #[arg(long, env = "PATTERND_REDIS_POOL")]
     redis_pool: Option<usize>,
     /// Rate-limit decisions (and cache reads) of one rule waiting for Redis at once are sent
-    /// as one script call deciding them in order, up to this many per call (the same answers as separate calls: a script
-    /// is atomic). Saves Redis and the engine a round trip's fixed cost per decision under
-    /// load; an idle engine sends calls of one, without waiting. 0 or 1: off. A Redis Cluster
-    /// never batches (a batch's keys span slots).
+    /// as one script call deciding them in order, up to this many per call (the same answers
+    /// as separate calls: a script is atomic). Saves Redis a call's fixed cost per decision
+    /// under load; an idle engine sends calls of one, without waiting. 0 or 1: off. A Redis
+    /// Cluster never batches (a batch's keys span slots).
     #[arg(long, env = "PATTERND_REDIS_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=256))]
     redis_batch: u64,
     /// Bound on every Redis command; past it, the rule's on_redis_error decides.

@@ -13,6 +13,12 @@ use std::sync::Arc;
 
 use super::Script;
 
+/// The reply element of a call that failed under `pcall` (`r` its error: a table with `err`
+/// from `redis.call`, or a Lua error string), as `store::batch` reads it. Every batch script
+/// writes it with this expression.
+pub(super) const FAILED_CALL: &str =
+    "{ -1, type(r) == 'table' and tostring(r.err) or tostring(r) }";
+
 /// The batch script of `script`. Contract: KEYS are the calls' keys one after the other;
 /// ARGV[1] is the number of calls n, ARGV[2 .. n+1] each call's key count, ARGV[n+2 .. 2n+1]
 /// each call's argument count, then the calls' arguments one after the other. The reply has
@@ -43,9 +49,11 @@ pub fn wrap(script: &Script) -> Arc<Script> {
          \x20 for j = 1, nk do keys[j] = KEYS[k + j] end\n\
          \x20 for j = 1, na do args[j] = ARGV[a + j] end\n\
          \x20 k, a = k + nk, a + na\n\
-         \x20 local ok, r = pcall(one, keys, args)\n\
-         \x20 if not ok then r = { -1, type(r) == 'table' and tostring(r.err) or tostring(r) } end\n\
-         \x20 -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
+         \x20 local ok, r = pcall(one, keys, args)\n",
+    );
+    s.push_str(&format!("  if not ok then r = {FAILED_CALL} end\n"));
+    s.push_str(
+        "\x20 -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
          \x20 if r == nil then r = false end\n\
          \x20 out[i] = r\n\
          end\n\

@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use crate::policy::{Algorithm, Limit, RateLimit, Rule};
 
+use super::batch::FAILED_CALL;
 use super::keys::KeySpace;
 use super::recipe::{Block, Recipe, assemble, lua_file};
 use super::{Script, luacheck};
@@ -339,8 +340,6 @@ fn generate(limits: &[Limit], batched: bool) -> String {
         s.push_str(
             "-- returns {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms}\n",
         );
-    }
-    if !batched {
         s.push_str("local cost = tonumber(ARGV[1])\n");
     }
     // A fixed window's time is its key's PTTL: a rule of fixed windows only reads no clock,
@@ -362,7 +361,7 @@ fn generate(limits: &[Limit], batched: bool) -> String {
             "local out = {{}}\n\
              for i = 1, #ARGV do\n\
              \x20 local ok, r = pcall(one, (i - 1) * {}, tonumber(ARGV[i]))\n\
-             \x20 if ok then out[i] = r else out[i] = {{ -1, type(r) == 'table' and tostring(r.err) or tostring(r) }} end\n\
+             \x20 if ok then out[i] = r else out[i] = {FAILED_CALL} end\n\
              end\n\
              return out",
             limits.len()

@@ -563,19 +563,11 @@ impl RateLimiter {
     fn batcher(&self, store: &Store, fixed: &Fixed) -> Option<&Batcher> {
         self.batcher
             .get_or_init(|| {
-                let max = store.batch_max()?;
-                let batch = fixed.batch.clone()?;
                 // A plugin rule's fallback is decided rarely, after a plugin failure.
                 if self.dynamic.is_some() {
                     return None;
                 }
-                Some(Batcher::start(
-                    store.clone(),
-                    batch,
-                    Layout::Fixed,
-                    max,
-                    store.batch_in_flight(),
-                ))
+                Batcher::start(store, fixed.batch.clone()?, Layout::Fixed)
             })
             .as_ref()
     }

@@ -68,31 +68,24 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the task. Must run inside the tokio runtime.
+    /// Starts the task, when `store` batches. Must run inside the tokio runtime.
     ///
     /// `batch`: the script's batch variant. Its contract: `KEYS` are the calls' keys one
     /// after the other, `ARGV` their arguments one after the other (`Layout::Counted`: after
     /// the count of calls and each call's key and argument counts), and the reply has one
     /// element per call, in order: what the single script replies, or `{-1, message}` when
     /// one of that call's Redis commands failed.
-    pub fn start(
-        store: Store,
-        batch: Arc<Script>,
-        layout: Layout,
-        max: usize,
-        in_flight: usize,
-    ) -> Self {
+    ///
+    /// None when `store` does not batch (`--redis-batch` 0 or 1, or a cluster): the caller
+    /// then makes separate calls. Up to `Store::batch_max` calls per batch, and one batch per
+    /// pooled connection out at once, so a batcher can keep every connection busy.
+    pub fn start(store: &Store, batch: Arc<Script>, layout: Layout) -> Option<Self> {
+        let max = store.batch_max()?;
+        let in_flight = store.pool_len().max(1);
         let (queue, calls) = mpsc::channel(QUEUE);
         let timeout = store.command_timeout();
-        tokio::spawn(run(
-            store,
-            batch,
-            layout,
-            calls,
-            max.max(1),
-            in_flight.max(1),
-        ));
-        Self { queue, timeout }
+        tokio::spawn(run(store.clone(), batch, layout, calls, max, in_flight));
+        Some(Self { queue, timeout })
     }
 
     /// One call, answered with its element of the batch's reply. Bounded by the command

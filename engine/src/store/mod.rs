@@ -426,9 +426,8 @@ impl Store {
         (self.inner.batch_max > 1 && !self.is_cluster()).then_some(self.inner.batch_max)
     }
 
-    /// The batches of one batcher that may be out at once: one per pooled connection, so a
-    /// batcher can keep every connection busy.
-    pub fn batch_in_flight(&self) -> usize {
+    /// Connections of the request pool.
+    fn pool_len(&self) -> usize {
         self.inner.conns.len()
     }
 

@@ -567,14 +567,11 @@ impl CacheRule {
     fn read_batcher(&self, store: &Store) -> Option<&crate::store::batch::Batcher> {
         self.read_batcher
             .get_or_init(|| {
-                let max = store.batch_max()?;
-                Some(crate::store::batch::Batcher::start(
-                    store.clone(),
+                crate::store::batch::Batcher::start(
+                    store,
                     self.scripts.read_batch.clone(),
                     crate::store::batch::Layout::Counted,
-                    max,
-                    store.batch_in_flight(),
-                ))
+                )
             })
             .as_ref()
     }
