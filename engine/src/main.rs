@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use metrics_exporter_prometheus::PrometheusHandle;
-use patternd::http::{AdminToken, AppState, router, server};
+use patternd::http::{AdminToken, AppState, Shared, router, server};
 use patternd::plugin::Limits;
 use patternd::policy::{self, Diagnostic};
 use patternd::runtime::Runtime;
@@ -169,7 +169,11 @@ struct ServeArgs {
     /// Bearer token for /admin. Without it, /admin answers loopback clients only.
     #[arg(long, env = "PATTERND_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Multiplexed Redis connections on the request path (default: one per core).
+    /// Worker threads of the async runtime (default: one per core). Under a container's CPU
+    /// quota, set it to the quota: more threads than the CPUs they may use only add wake-ups.
+    #[arg(long, env = "PATTERND_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Multiplexed Redis connections on the request path (default: one per worker thread).
     #[arg(long, env = "PATTERND_REDIS_POOL")]
     redis_pool: Option<usize>,
     /// Rate-limit decisions (and cache reads) of one rule waiting for Redis at once are sent
@@ -264,11 +268,17 @@ fn main() -> ExitCode {
                 writeln!(out, "{schema}")
             });
         }
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("could not start the async runtime")
-            .and_then(|rt| rt.block_on(serve(args))),
+        Command::Serve(args) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.threads {
+                runtime.worker_threads(usize::from(n));
+            }
+            runtime
+                .enable_all()
+                .build()
+                .context("could not start the async runtime")
+                .and_then(|rt| rt.block_on(serve(args)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -537,9 +547,12 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
             (Some(m), url)
         }
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // The worker threads the runtime runs (`--threads`, else one per core).
+    let cores = args.threads.map(usize::from).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let target = RedisTarget::new(
         &url,
         &TlsFiles {
@@ -611,12 +624,12 @@ async fn serve(args: Box<ServeArgs>) -> anyhow::Result<()> {
     // The dashboard's history: the registry read once a second into a bounded ring.
     let samples = Arc::new(patternd::sampler::Samples::default());
     tokio::spawn(patternd::sampler::run(metrics.clone(), samples.clone()));
-    let state = AppState {
+    let state = AppState::new(Shared {
         runtime,
         admin_token: args.admin_token.as_deref().map(AdminToken::new),
         metrics: Some(metrics),
         samples,
-    };
+    });
     let app = router(state);
     let limits = server::Limits {
         max_connections: connection_cap(args.max_connections),

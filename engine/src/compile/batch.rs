@@ -8,6 +8,10 @@
 //! The wrapped body keeps every semantic of the script: it runs as it did, with its own KEYS
 //! and ARGV, and each call is under `pcall`, so a failing Redis command fails only its call.
 //! Helpers the body defines are made once per call, as before (not once per batch).
+//!
+//! A script may come with a fast path (`fast`): the cache read answers a fresh hit from it,
+//! which saves the common call its tables, its `pcall` and its own `TIME`; every other call
+//! runs the whole script.
 
 use std::sync::Arc;
 
@@ -24,9 +28,15 @@ pub(super) const FAILED_CALL: &str =
 /// each call's argument count, then the calls' arguments one after the other. The reply has
 /// one element per call: the script's reply (`false` for nil), or `{-1, error}` when one of its
 /// Redis commands failed. A script whose reply may itself be such an array cannot be wrapped.
-pub fn wrap(script: &Script) -> Arc<Script> {
+///
+/// `fast`: Lua defining `local function fast(k, a, nk, na)`, asked first for each call (`k`,
+/// `a` the offsets of its keys and arguments, `nk`, `na` their counts): it returns the call's
+/// reply when it can give the one the script would, cheaper (a cache hit), else nil, and the
+/// call runs the whole script. It runs outside `pcall`, so it must raise nothing: its Redis
+/// commands go through `redis.pcall`, and an error they return is its `{-1, error}` reply.
+pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
     let name = format!("{} batch", script.name);
-    let mut s = String::with_capacity(script.source.len() + 1024);
+    let mut s = String::with_capacity(script.source.len() + 2048);
     s.push_str(&format!("-- patternd {name}\n-- `{}`", script.name));
     s.push_str(
         " once per call of a batch (compile/batch.rs): ARGV[1] = n calls, ARGV[2..n+1] their key\n\
@@ -38,23 +48,38 @@ pub fn wrap(script: &Script) -> Arc<Script> {
     if !script.source.ends_with('\n') {
         s.push('\n');
     }
+    s.push_str("end\n");
+    if let Some(fast) = fast {
+        s.push_str(fast);
+        if !fast.ends_with('\n') {
+            s.push('\n');
+        }
+    }
     s.push_str(
-        "end\n\
-         local n = tonumber(ARGV[1])\n\
+        "local n = tonumber(ARGV[1])\n\
          local out = {}\n\
          local k, a = 0, 2 * n + 1\n\
          for i = 1, n do\n\
-         \x20 local nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i])\n\
-         \x20 local keys, args = {}, {}\n\
-         \x20 for j = 1, nk do keys[j] = KEYS[k + j] end\n\
-         \x20 for j = 1, na do args[j] = ARGV[a + j] end\n\
-         \x20 k, a = k + nk, a + na\n\
-         \x20 local ok, r = pcall(one, keys, args)\n",
+         \x20 local nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i])\n",
     );
-    s.push_str(&format!("  if not ok then r = {FAILED_CALL} end\n"));
+    s.push_str(if fast.is_some() {
+        "  local r = fast(k, a, nk, na)\n  if r == nil then\n"
+    } else {
+        "  local r\n  do\n"
+    });
     s.push_str(
-        "\x20 -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
-         \x20 if r == nil then r = false end\n\
+        "\x20   local keys, args = {}, {}\n\
+         \x20   for j = 1, nk do keys[j] = KEYS[k + j] end\n\
+         \x20   for j = 1, na do args[j] = ARGV[a + j] end\n\
+         \x20   local ok\n\
+         \x20   ok, r = pcall(one, keys, args)\n",
+    );
+    s.push_str(&format!("    if not ok then r = {FAILED_CALL} end\n"));
+    s.push_str(
+        "\x20   -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
+         \x20   if r == nil then r = false end\n\
+         \x20 end\n\
+         \x20 k, a = k + nk, a + na\n\
          \x20 out[i] = r\n\
          end\n\
          return out\n",
@@ -74,7 +99,7 @@ mod tests {
             "-- patternd demo read\nlocal function f(x) return x end\nreturn { f(KEYS[1]), ARGV[1] }\n"
                 .to_string(),
         );
-        let w = wrap(&inner);
+        let w = wrap(&inner, None);
         assert_eq!(w.name, "demo read batch");
         assert!(w.source.starts_with("-- patternd demo read batch\n"));
         luacheck::check(&w.name, &w.source).unwrap_or_else(|e| panic!("{e}\n{}", w.source));

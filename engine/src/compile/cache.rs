@@ -114,6 +114,11 @@ const JOURNAL: Block = lua_file!("cache/journal_common.lua");
 const STORES: &[Block] = &[CLOCK, COMMON, STORE];
 
 const READ: Recipe = Recipe::new("cache read", &[], lua_file!("cache/read.lua"));
+/// The hit path of `cache read`, which its batch script asks first for each call.
+const READ_HIT: Block = lua_file!("cache/read_hit.lua");
+/// Blocks of generated scripts (`cache read batch`), beside the recipes.
+#[cfg(test)]
+pub(super) const GENERATED_FROM: &[Block<'static>] = &[READ_HIT];
 const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
 const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
 const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));
@@ -204,7 +209,7 @@ struct SharedScripts {
 static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
     let read = assemble(&READ);
     SharedScripts {
-        read_batch: super::batch::wrap(&read),
+        read_batch: super::batch::wrap(&read, Some(READ_HIT.text)),
         read,
         fill: assemble(&FILL),
         release: assemble(&RELEASE),

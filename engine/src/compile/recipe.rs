@@ -203,6 +203,7 @@ mod tests {
         used.extend(
             ratelimit::GENERATED_FROM
                 .iter()
+                .chain(cache::GENERATED_FROM)
                 .filter_map(|b| match b.source {
                     Source::File(path) => Some(path),
                     Source::Generated(_) => None,

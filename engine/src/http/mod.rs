@@ -48,8 +48,27 @@ use problem::ApiError;
 /// Request bodies on data routes are small JSON documents.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// What the handlers read. One `Arc` inside: axum clones the state for every request (the
+/// handler's copy, then each `State` extractor's), and each clone is then one reference count
+/// rather than one per field, on counters every worker thread touches.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     pub runtime: Arc<Runtime>,
     /// Bearer token for `/admin`; without one, admin answers loopback clients only.
     pub admin_token: Option<AdminToken>,
@@ -239,12 +258,12 @@ mod tests {
             plugins: None,
             plugin_limits: Default::default(),
         };
-        AppState {
+        AppState::new(Shared {
             runtime: Arc::new(Runtime::new(snapshot, store, sources)),
             admin_token: None,
             metrics: None,
             samples: Default::default(),
-        }
+        })
     }
 
     /// Every operation of the document is served: none answers `no-route` (no such path) or

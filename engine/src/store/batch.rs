@@ -29,9 +29,12 @@
 //! Redis decides it either way.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use redis::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError, slots};
 use crate::compile::Script;
@@ -40,12 +43,14 @@ use crate::compile::Script;
 /// requests, which the listener's connection limit bounds anyway).
 const QUEUE: usize = 4096;
 
-/// One call: its keys and arguments (as many as every call of this batcher has), and where
-/// its answer goes.
+/// One call: its keys and arguments (as many as every call of this batcher has), where its
+/// answer goes, and when it must have one.
 struct Call {
     keys: Vec<String>,
     args: Vec<Vec<u8>>,
     answer: oneshot::Sender<Result<Value, StoreError>>,
+    /// Queued + the command timeout: a separate call's bound, counted from the queue.
+    deadline: Instant,
 }
 
 /// How a batch script finds each call's keys and arguments.
@@ -64,7 +69,7 @@ pub enum Layout {
 pub struct Batcher {
     queue: mpsc::Sender<Call>,
     /// The store's command timeout.
-    timeout: std::time::Duration,
+    timeout: Duration,
 }
 
 impl Batcher {
@@ -92,22 +97,35 @@ impl Batcher {
     /// timeout as a separate call is, from the moment it is queued: a call that waited for
     /// a batch to go out, behind batches of a stalled Redis, gets its timeout in time too.
     /// (Like a separate call's EVALSHA already written, it may still be decided by Redis.)
+    ///
+    /// The bound is kept by the batcher, with one timer per batch instead of one per call:
+    /// the batch that takes the call is bounded by the earliest deadline among its calls, and
+    /// a call whose deadline passed before a batch took it is answered with the timeout then.
+    /// The queue is in deadline order and a batch in flight ends by its own bound, so the
+    /// batcher reaches every call by its deadline (give or take the scheduler's delay).
     pub async fn call(&self, keys: Vec<String>, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
-        let bound = self.timeout;
-        let asked = async {
-            let (answer, answered) = oneshot::channel();
-            self.queue
-                .send(Call { keys, args, answer })
-                .await
-                .map_err(|_| StoreError::BatchLost)?;
-            answered.await.map_err(|_| StoreError::BatchLost)?
+        let deadline = Instant::now() + self.timeout;
+        let (answer, answered) = oneshot::channel();
+        let call = Call {
+            keys,
+            args,
+            answer,
+            deadline,
         };
-        match tokio::time::timeout(bound, asked).await {
-            Ok(answer) => answer,
-            // Not counted in `patternd_redis_errors_total`: the batch call that stalled it is,
-            // once, when its own timeout passes.
-            Err(_) => Err(StoreError::Timeout(bound)),
+        match self.queue.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::BatchLost),
+            // A full queue (a stalled Redis under load): waiting for room counts against the
+            // call's own bound.
+            Err(mpsc::error::TrySendError::Full(call)) => {
+                match tokio::time::timeout_at(deadline.into(), self.queue.send(call)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(StoreError::BatchLost),
+                    Err(_) => return Err(StoreError::Timeout(self.timeout)),
+                }
+            }
         }
+        answered.await.map_err(|_| StoreError::BatchLost)?
     }
 }
 
@@ -121,35 +139,71 @@ async fn run(
 ) {
     let batches = metrics::counter!("patternd_redis_batches_total");
     let batched = metrics::counter!("patternd_redis_batched_calls_total");
-    let permits = Arc::new(Semaphore::new(in_flight));
-    while let Some(first) = calls.recv().await {
-        // Waiting here, with `first` taken, is what lets the calls behind it pile up into the
-        // next batch while `in_flight` batches are out.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut group = Vec::with_capacity(max.min(64));
-        group.push(first);
-        while group.len() < max {
-            match calls.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
+    let timeout = store.command_timeout();
+    // The batches out, driven by this task itself rather than a task spawned per batch.
+    let mut out = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = out.next(), if !out.is_empty() => {}
+            // Only while a connection is free: waiting here is what lets the calls queued
+            // behind pile up into the next batch while `in_flight` batches are out.
+            first = calls.recv(), if open && out.len() < in_flight => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let group = gather(first, &mut calls, max, timeout);
+                if group.is_empty() {
+                    continue;
+                }
+                batches.increment(1);
+                batched.increment(group.len() as u64);
+                out.push(send(&store, &batch, layout, group));
             }
+            else => break,
         }
-        batches.increment(1);
-        batched.increment(group.len() as u64);
-        let store = store.clone();
-        let batch = batch.clone();
-        tokio::spawn(async move {
-            send(&store, &batch, layout, group).await;
-            drop(permit);
-        });
     }
+}
+
+/// `first` and the calls queued behind it, up to `max`. A call whose deadline has passed is
+/// answered with the timeout here instead. (Not counted in `patternd_redis_errors_total`: the
+/// batch call that held it up is, once, when its own bound passed.)
+fn gather(
+    first: Call,
+    calls: &mut mpsc::Receiver<Call>,
+    max: usize,
+    timeout: Duration,
+) -> Vec<Call> {
+    let now = Instant::now();
+    let mut group = Vec::with_capacity(max.min(64));
+    let mut next = Some(first);
+    while let Some(c) = next {
+        if c.deadline <= now {
+            let _ = c.answer.send(Err(StoreError::Timeout(timeout)));
+        } else {
+            group.push(c);
+        }
+        if group.len() >= max {
+            break;
+        }
+        next = calls.try_recv().ok();
+    }
+    group
 }
 
 /// Sends one batch and hands each caller its answer.
 async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
     let n = group.len();
+    // The earliest deadline of its calls (nearly always the first's) bounds the batch.
+    let bound = group
+        .iter()
+        .map(|c| c.deadline)
+        .min()
+        .map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
     let mut keys = Vec::with_capacity(n * group[0].keys.len());
     let mut args = Vec::with_capacity(2 * n + 1 + n * group[0].args.len());
     let mut answers = Vec::with_capacity(n);
@@ -180,7 +234,8 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
         args.splice(0..0, head);
     }
     let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-    let reply: Result<Vec<Value>, StoreError> = store.eval_batch(batch, &keys, &arg_refs).await;
+    let reply: Result<Vec<Value>, StoreError> =
+        store.eval_batch(batch, &keys, &arg_refs, bound).await;
     match reply {
         Ok(items) if items.len() == answers.len() => {
             for (item, answer) in items.into_iter().zip(answers) {
@@ -199,6 +254,12 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
             }
         }
         Err(e) => {
+            // Named by the configured bound, as a separate call's timeout is (the batch's own
+            // was what was left of it).
+            let e = match e {
+                StoreError::Timeout(_) => StoreError::Timeout(store.command_timeout()),
+                e => e,
+            };
             for answer in answers {
                 let _ = answer.send(Err(share(&e)));
             }

@@ -410,14 +410,15 @@ impl Store {
 
     /// A batch script's call (`batch`): its keys are several calls' keys, in several slots on
     /// a cluster, so only a standalone Redis takes it (`batch` checks each call's keys).
+    /// Bounded by `timeout`: what is left of its calls' own bounds.
     pub(crate) async fn eval_batch<T: FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
         args: &[&[u8]],
+        timeout: Duration,
     ) -> Result<T, StoreError> {
-        self.eval_on(None, self.inner.timeout, script, keys, args, false)
-            .await
+        self.eval_on(None, timeout, script, keys, args, false).await
     }
 
     /// `--redis-batch`: the most calls one batch takes, or None when calls are not batched
