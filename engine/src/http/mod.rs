@@ -258,7 +258,7 @@ mod tests {
             plugins: None,
             plugin_limits: Default::default(),
         };
-        AppState::new(Shared {
+        AppState::new(super::Shared {
             runtime: Arc::new(Runtime::new(snapshot, store, sources)),
             admin_token: None,
             metrics: None,
