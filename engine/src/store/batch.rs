@@ -351,6 +351,55 @@ fn server_error(message: &str) -> redis::RedisError {
 mod tests {
     use super::*;
 
+    fn queued(
+        queue: &mpsc::Sender<Call>,
+        key: &str,
+        deadline: Instant,
+    ) -> oneshot::Receiver<Result<Value, StoreError>> {
+        let (answer, answered) = oneshot::channel();
+        let call = Call {
+            keys: vec![key.to_string()],
+            args: Vec::new(),
+            answer,
+            deadline,
+        };
+        assert!(queue.try_send(call).is_ok(), "room in the queue");
+        answered
+    }
+
+    /// The bound a separate call has, kept without a timer per call: a call whose deadline
+    /// passed while it waited for a batch is answered with the timeout (the configured one),
+    /// not sent; the others go, at most `max` of them.
+    #[test]
+    fn a_batch_takes_calls_in_time_and_answers_the_late_ones_with_the_timeout() {
+        let (queue, mut calls) = mpsc::channel(16);
+        let timeout = Duration::from_millis(300);
+        let late = Instant::now();
+        let later = late + Duration::from_secs(60);
+        let mut answers = vec![
+            queued(&queue, "late-1", late),
+            queued(&queue, "a", later),
+            queued(&queue, "late-2", late),
+            queued(&queue, "b", later),
+            queued(&queue, "c", later),
+            queued(&queue, "d", later),
+        ];
+        let first = calls.try_recv().expect("a queued call");
+        let group = gather(first, &mut calls, 3, timeout);
+        let keys: Vec<&str> = group.iter().map(|c| c.keys[0].as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        for i in [0, 2] {
+            match answers[i].try_recv() {
+                Ok(Err(StoreError::Timeout(d))) => assert_eq!(d, timeout),
+                other => panic!("call {i}: {other:?}"),
+            }
+        }
+        // The one past `max` waits for the next batch, unanswered.
+        let rest = calls.try_recv().expect("d is still queued");
+        assert_eq!(rest.keys, ["d"]);
+        assert!(answers[5].try_recv().is_err());
+    }
+
     #[test]
     fn an_error_inside_a_batch_keeps_its_redis_code() {
         let e = server_error("WRONGTYPE Operation against a key holding the wrong kind of value");

@@ -12,7 +12,8 @@ local batch_now = tonumber(batch_time[1]) * 1000 + tonumber(batch_time[2]) / 100
 local function fast(k, a, nk, na)
   if nk ~= 3 or na ~= 4 or ARGV[a + 1] ~= 'body' then return nil end
   local gap = tonumber(ARGV[a + 2])
-  local meta = redis.pcall('HMGET', KEYS[k + 1], 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'b')
+  -- read.lua's members less `tv`, which only a tagged value needs.
+  local meta = redis.pcall('HMGET', KEYS[k + 1], 'st', 'ct', 'fresh', 'delta', 'tags', 'ver', 'b')
   if meta.err then return { -1, tostring(meta.err) } end
   local st, fresh = meta[1], tonumber(meta[3])
   -- Tags are checked by read.lua (a ZSCORE per tag, and the value dropped when one moved on).
@@ -22,6 +23,6 @@ local function fast(k, a, nk, na)
   local delta = tonumber(meta[4]) or 0
   -- XFetch due: read.lua grants the lease (or not) and answers 'refresh' or 'hit'.
   if st == '200' and delta > 0 and delta * gap >= left then return nil end
-  return { 'hit', '', st, meta[2] or '', math.floor(left), meta[8] or '', math.floor(delta),
-    meta[7] or '' }
+  return { 'hit', '', st, meta[2] or '', math.floor(left), meta[7] or '', math.floor(delta),
+    meta[6] or '' }
 end
