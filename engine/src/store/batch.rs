@@ -376,7 +376,7 @@ mod tests {
         let timeout = Duration::from_millis(300);
         let late = Instant::now();
         let later = late + Duration::from_secs(60);
-        let mut answers = vec![
+        let mut answers = [
             queued(&queue, "late-1", late),
             queued(&queue, "a", later),
             queued(&queue, "late-2", late),
