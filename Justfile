@@ -15,7 +15,7 @@ test:
 # Benchmarks (release build), all in one run, each against a baseline on the same Redis:
 # rate-limit decisions (redis-benchmark EVALSHA of the same script), the plugin figures (hook
 # cost per call; a plugin rule against the same rule without one), cache hits with and without
-# the near cache (redis-benchmark GET), session reads, lock acquire+release and queue
+# the near cache (redis-benchmark GET), cache writes and session reads, lock acquire+release and queue
 # push+pop+ack cycles (the same scripts called in process), pub/sub fan-out to 500 SSE
 # subscribers (500 Redis SUBSCRIBE connections), HyperLogLog adds (redis-benchmark PFADD), and
 # the floors (issue 16: engine and Redis CPU per decision and cache hit as ratios to GET

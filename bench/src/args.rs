@@ -18,7 +18,8 @@ usage: cargo run --release -p patternd-bench -- [flags]
   --keyspace N            distinct ids, the same for both sides (default 100000)
   --baseline-requests N   requests redis-benchmark sends per scenario (default 200000)
   --baseline-clients N    redis-benchmark connections (default 50)
-  --scenario S            sliding_window | gcra | plugins | cache | cache_near | session | lock | queue
+  --scenario S            sliding_window | gcra | plugins | cache | cache_near | cache_write | session
+                          | lock | queue
                           | queue_batch | leaderboard | leaderboard_top | pubsub | cluster | hll
                           | floors | all
                           (default all)
@@ -53,6 +54,10 @@ Scenarios:
                          target); under `all`, a failed build skips only this scenario.
   cache                  cache hits (GET /v1/cache/bench/item/{id}, every id filled from a local
                          origin first) against redis-benchmark GET of values of the same size
+  cache_write            cache writes (PUT /v1/cache/bench/note/{id} of a 256-byte JSON value at
+                         random ids, a rule without an origin: stored in Redis only), against
+                         the same write (its put script) called in process through patternd's
+                         library
   cache_near             the same with the rule's `near_cache` on (hits served from patternd's
                          memory, kept correct by Redis CLIENT TRACKING invalidations)
   session                GET /v1/sessions/bench/web/{sid} of live sessions, against the same
@@ -112,6 +117,8 @@ pub enum Scenario {
     Cache,
     /// The same with the rule's near cache on: hits served in process.
     CacheNear,
+    /// Cache writes (PUT) over HTTP against the same write called in process.
+    CacheWrite,
     /// Session reads over HTTP against the same script called in process.
     Session,
     /// Lock acquire + release over HTTP against the same scripts called in process.
@@ -136,12 +143,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::SlidingWindow,
         Scenario::Gcra,
         Scenario::Plugins,
         Scenario::Cache,
         Scenario::CacheNear,
+        Scenario::CacheWrite,
         Scenario::Session,
         Scenario::Lock,
         Scenario::Queue,
@@ -161,6 +169,7 @@ impl Scenario {
             Scenario::Plugins => "plugins",
             Scenario::Cache => "cache",
             Scenario::CacheNear => "cache_near",
+            Scenario::CacheWrite => "cache_write",
             Scenario::Session => "session",
             Scenario::Lock => "lock",
             Scenario::Queue => "queue",
@@ -183,6 +192,7 @@ impl Scenario {
             Scenario::Plugins
             | Scenario::Cache
             | Scenario::CacheNear
+            | Scenario::CacheWrite
             | Scenario::Session
             | Scenario::Lock
             | Scenario::Queue
@@ -305,6 +315,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "plugins" => vec![Scenario::Plugins],
                     "cache" => vec![Scenario::Cache],
                     "cache_near" => vec![Scenario::CacheNear],
+                    "cache_write" => vec![Scenario::CacheWrite],
                     "session" => vec![Scenario::Session],
                     "lock" => vec![Scenario::Lock],
                     "queue" => vec![Scenario::Queue, Scenario::QueueBatch],
@@ -316,7 +327,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Option<Args
                     "hll" => vec![Scenario::Hll],
                     "floors" => vec![Scenario::Floors],
                     _ => bail!(
-                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, session, lock, queue, queue_batch, leaderboard, leaderboard_top, pubsub, cluster, hll, floors or all",
+                        "{}: expected sliding_window, gcra, plugins, cache, cache_near, cache_write, session, lock, queue, queue_batch, leaderboard, leaderboard_top, pubsub, cluster, hll, floors or all",
                         ctx()
                     ),
                 };

@@ -40,6 +40,9 @@ pub enum Shape {
     PostId,
     /// GET `uri` followed by a random 12-digit id (cache reads).
     GetId,
+    /// PUT `uri` followed by a random 12-digit id, with this JSON value (cache writes). The
+    /// write's 204 counts as its success.
+    PutId(Bytes),
     /// GET one of these paths, picked at random (session reads).
     GetOneOf(Arc<Vec<Uri>>),
     /// POST `uri` + a random id acquires (the answer's JSON carries `"token"`), then DELETE on
@@ -164,6 +167,16 @@ async fn operation(
             Shape::GetId => {
                 let req = target.request(Method::GET, target.uri_with_id(id)?, Bytes::new());
                 one(exchange(sender, req, false).await)
+            }
+            Shape::PutId(value) => {
+                let req = target.request(Method::PUT, target.uri_with_id(id)?, value.clone());
+                let (status, answer) = exchange(sender, req, false).await?;
+                let status = if status == StatusCode::NO_CONTENT {
+                    StatusCode::OK
+                } else {
+                    status
+                };
+                Ok((status, answer, 1))
             }
             Shape::GetOneOf(paths) => {
                 let i = usize::try_from(id % paths.len().max(1) as u64).unwrap_or(0);

@@ -295,7 +295,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 Some(run_cache(args, &pids, redis.port, patternd.addr, scenario).await?)
             }
             Scenario::Hll => Some(run_hll(args, &pids, redis.port, patternd.addr).await?),
-            Scenario::Session
+            Scenario::CacheWrite
+            | Scenario::Session
             | Scenario::Lock
             | Scenario::Queue
             | Scenario::QueueBatch
@@ -304,6 +305,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 let policy = dir.path().join("policies").join("bench.yaml");
                 let in_process = Arc::new(patterns::InProcess::new(&policy, &redis.url())?);
                 Some(match scenario {
+                    Scenario::CacheWrite => {
+                        run_cache_write(args, &pids, patternd.addr, in_process).await?
+                    }
                     Scenario::Session => {
                         run_session(args, &pids, patternd.addr, in_process).await?
                     }
@@ -577,6 +581,72 @@ async fn run_session(
     let m = measure::http(target, args, args.duration, pids).await?;
     Ok(ScenarioResult {
         scenario: Scenario::Session,
+        baseline: base,
+        m,
+    })
+}
+
+/// The cache-write scenario: PUT of a 256-byte JSON value at random ids of a rule without an
+/// origin (stored in Redis only), against the same write called in process.
+async fn run_cache_write(
+    args: &Args,
+    pids: &measure::Pids,
+    addr: SocketAddr,
+    in_process: Arc<patterns::InProcess>,
+) -> anyhow::Result<ScenarioResult> {
+    eprintln!("[cache_write] baseline: the put script in process …");
+    let keyspace = args.keyspace;
+    let value = axum::body::Bytes::from(patterns::item_body());
+    let base = {
+        let (ip, value) = (in_process.clone(), value.clone());
+        patterns::raw_baseline(
+            "patternd's cache write, in process through its library (EVALSHA, no HTTP)".into(),
+            &pids.redis,
+            pids.ticks,
+            args.baseline_clients,
+            args.baseline_requests,
+            move |i| {
+                let (ip, value) = (ip.clone(), value.clone());
+                async move {
+                    let rule = ip
+                        .snapshot
+                        .cache(patterns::APP, patterns::WRITE_RULE)
+                        .context("no cache rule bench/note")?;
+                    // Spread like the HTTP side: pseudo-random ids over the keyspace.
+                    let id = format!("{:012}", i.wrapping_mul(0x9E37_79B9) % keyspace);
+                    rule.put(
+                        &ip.store,
+                        patternd::patterns::cache::write::PutRequest {
+                            id: &id,
+                            content_type: Some("application/json"),
+                            tags: Vec::new(),
+                            body: value,
+                            facts: None,
+                            conditions: Default::default(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| anyhow!("cache write: {e}"))?;
+                    Ok(())
+                }
+            },
+        )
+        .await?
+    };
+    eprintln!(
+        "[cache_write] patternd: {} connections, {:?} warm-up + {:?} measured …",
+        args.connections, args.warmup, args.duration
+    );
+    let target = Arc::new(
+        load::Target::new(
+            addr,
+            &format!("/v1/cache/{}/{}/", patterns::APP, patterns::WRITE_RULE),
+        )?
+        .with_shape(load::Shape::PutId(value)),
+    );
+    let m = measure::http(target, args, args.duration, pids).await?;
+    Ok(ScenarioResult {
+        scenario: Scenario::CacheWrite,
         baseline: base,
         m,
     })

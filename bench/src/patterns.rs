@@ -37,6 +37,9 @@ pub fn queue_payload() -> serde_json::Value {
     serde_json::json!({"order": "bench-000042", "sku": "A-1"})
 }
 
+/// The cache rule of the write scenario: no origin, so a PUT is stored in Redis only.
+pub const WRITE_RULE: &str = "note";
+
 /// The origin's answer: a small JSON document, like a product record.
 const ITEM_BYTES: usize = 256;
 
@@ -49,6 +52,7 @@ pub fn policy(origin: Option<SocketAddr>) -> String {
             "  item_near:\n    cache: {{ origin: \"http://{o}/items/{{id}}\", ttl: 1h, near_cache: {{ max_entries: 20000 }} }}\n"
         ));
     }
+    p.push_str(&format!("  {WRITE_RULE}:\n    cache: {{ ttl: 1h }}\n"));
     p.push_str("  web:\n    session: { idle_ttl: 30m, absolute_ttl: 24h }\n");
     p.push_str("  order:\n    lock: { ttl: 30s }\n");
     p.push_str("  hll:\n    counter: { kind: unique, period: day, keep: 7 }\n");
