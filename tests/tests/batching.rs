@@ -358,3 +358,105 @@ rules:
 }
 
 on_every_backend!(cache_reads_in_batches_answer_as_separate_reads);
+
+/// The batch script's hit path (`lua/cache/read_hit.lua`) answers a fresh, untagged string
+/// value itself and leaves every other read to the whole read script. Either way the answer
+/// must be the one a separate read script call gives: the same reads, through an engine that
+/// batches and one on the same Redis and policies that does not (`--redis-batch 0`), answer
+/// with the same status, body and headers. Covers a plain value (the hit path), a tagged one
+/// and a `format: hash` one (both the whole script), and an absent id.
+#[test]
+fn the_batch_hit_path_answers_as_a_separate_read() -> patternd_e2e::backend::TestResult {
+    patternd_e2e::backend::run(Backend::standalone, |b| async move {
+        let policy = "app: notes
+rules:
+  text:
+    cache: { ttl: 1h }
+  doc:
+    cache: { ttl: 1h, format: hash }
+";
+        let w = World::on(b, &[("notes.yaml", policy)], &[]).await?;
+        let batched = &w.patternd;
+        let single = patternd_e2e::Patternd::start(
+            &w.redis.url(),
+            w.policies.path(),
+            &["--redis-batch", "0"],
+        )
+        .await?;
+        let puts: [(&str, &[u8], &[(&str, &str)]); 3] = [
+            (
+                "/v1/cache/notes/text/plain",
+                b"hello",
+                &[("content-type", "text/plain")],
+            ),
+            (
+                "/v1/cache/notes/text/tagged",
+                b"tagged",
+                &[("content-type", "text/plain"), ("cache-tag", "t1")],
+            ),
+            (
+                "/v1/cache/notes/doc/d1",
+                br#"{"a": 1, "b": "two"}"#,
+                &[("content-type", "application/json")],
+            ),
+        ];
+        for (path, body, headers) in puts {
+            let mut req = batched.client().put(batched.url(path)).body(body.to_vec());
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            let r = send(req).await?;
+            ensure!(r.status == 204, "PUT {path}: {r:?}");
+        }
+        let reads = [
+            "/v1/cache/notes/text/plain",
+            "/v1/cache/notes/text/tagged",
+            "/v1/cache/notes/doc/d1",
+            "/v1/cache/notes/text/absent",
+        ];
+        for path in reads {
+            let a = send(batched.client().get(batched.url(path))).await?;
+            let s = send(single.client().get(single.url(path))).await?;
+            ensure!(a.status == s.status, "{path}: {a:?} against {s:?}");
+            ensure!(a.text == s.text, "{path}: {a:?} against {s:?}");
+            for name in ["content-type", "etag", "cache-status"] {
+                // The ttl in Cache-Status counts down in whole seconds: the two reads may
+                // straddle a second, so it is compared without its digits.
+                let value = |r: &Reply| {
+                    r.headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| v.trim_end_matches(|c: char| c.is_ascii_digit()).to_string())
+                };
+                ensure!(
+                    value(&a) == value(&s),
+                    "{path}: {name} {:?} against {:?}",
+                    a.headers.get(name),
+                    s.headers.get(name)
+                );
+            }
+            if a.status == 200 {
+                ensure!(
+                    cache_status(&a).starts_with("patternd; hit; ttl="),
+                    "{path}: {}",
+                    cache_status(&a)
+                );
+            }
+        }
+        let metrics = batched.get("/metrics").await?.text;
+        let batched_reads = metric_value(&metrics, "patternd_redis_batched_calls_total", &[])
+            .context("patternd_redis_batched_calls_total missing")?;
+        ensure!(
+            batched_reads >= reads.len() as f64,
+            "the batching engine's reads went in batch calls: {batched_reads}"
+        );
+        let metrics = single.get("/metrics").await?.text;
+        let single_reads =
+            metric_value(&metrics, "patternd_redis_batched_calls_total", &[]).unwrap_or(0.0);
+        ensure!(
+            single_reads == 0.0,
+            "--redis-batch 0 batched {single_reads} calls"
+        );
+        Ok(())
+    })
+}
