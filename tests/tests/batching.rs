@@ -359,6 +359,9 @@ rules:
 
 on_every_backend!(cache_reads_in_batches_answer_as_separate_reads);
 
+/// A value written with PUT: its path, body and request headers.
+type Put<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
+
 /// The batch script's hit path (`lua/cache/read_hit.lua`) answers a fresh, untagged string
 /// value itself and leaves every other read to the whole read script. Either way the answer
 /// must be the one a separate read script call gives: the same reads, through an engine that
@@ -383,7 +386,7 @@ rules:
             &["--redis-batch", "0"],
         )
         .await?;
-        let puts: [(&str, &[u8], &[(&str, &str)]); 3] = [
+        let puts: [Put; 3] = [
             (
                 "/v1/cache/notes/text/plain",
                 b"hello",
