@@ -927,6 +927,25 @@ pub async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> Resul
 
 /// 1-based (line, column) of the first occurrence of `needle` in `text` (where a
 /// diagnostic about it must point).
+/// A sliding window's state as its script writes it, `struct.pack('<dddd', w, c, p, l)`:
+/// window number, count, previous count, newest admission (ms).
+pub fn sliding_state(window: f64, count: f64, previous: f64, newest_ms: f64) -> Vec<u8> {
+    [window, count, previous, newest_ms]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+/// A sliding window's state read back (see `sliding_state`).
+pub fn sliding_fields(value: &[u8]) -> Result<[f64; 4]> {
+    anyhow::ensure!(value.len() == 32, "{} bytes: {value:?}", value.len());
+    let mut out = [0.0; 4];
+    for (i, chunk) in value.chunks_exact(8).enumerate() {
+        out[i] = f64::from_le_bytes(chunk.try_into()?);
+    }
+    Ok(out)
+}
+
 pub fn position(text: &str, needle: &str) -> (usize, usize) {
     position_nth(text, needle, 0)
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use patternd_e2e::{
     Backend, Patternd, Reply, TempDir, World, burst, eventually, on_every_backend, policy_dir,
-    redis_now_ms,
+    redis_now_ms, sliding_fields, sliding_state,
 };
 use serde_json::json;
 use sfv::{BareItem, List, ListEntry, Parser};
@@ -431,16 +431,10 @@ rules:
     let future_window = (ahead / window).floor();
     let fmt = |ms: f64| format!("{ms:.3}");
     // 7 of 10 used in the future: 3 (and no more) are left now, for every algorithm.
-    let _: () = redis::cmd("HSET")
+    // sliding_window's packed window, count, previous count and newest admission.
+    let _: () = redis::cmd("SET")
         .arg("clk:ratelimit:sw:{a}:0sw")
-        .arg("w")
-        .arg(format!("{future_window}"))
-        .arg("c")
-        .arg(3)
-        .arg("p")
-        .arg(4)
-        .arg("l")
-        .arg(fmt(ahead))
+        .arg(sliding_state(future_window, 3.0, 4.0, ahead))
         .query_async(&mut conn)
         .await?;
     let _: () = redis::cmd("ZADD")
@@ -481,6 +475,85 @@ rules:
 }
 
 on_every_backend!(a_clock_that_went_backwards_lets_no_burst_through);
+
+/// A sliding window stored as the HASH that earlier builds wrote is read as before (an upgrade
+/// gives no id a fresh quota) and replaced by the string of this build on its next admission,
+/// with its TTL; a key of another type still fails the call (WRONGTYPE), as before.
+async fn a_sliding_window_of_the_earlier_hash_layout_is_read_and_replaced(
+    b: Backend,
+) -> Result<()> {
+    let yaml = "app: up
+rules:
+  sw: { rate_limit: { algorithm: sliding_window, limit: 10, window: 1h } }
+";
+    let w = World::on(b, &[("up.yaml", yaml)], &[]).await?;
+    let p = &w.patternd;
+    let key = "up:ratelimit:sw:{a}:0sw";
+    let mut conn = w.redis.conn_for_key("{a}").await?;
+    let window = 3_600_000.0;
+    let now = redis_now_ms(&mut conn).await?;
+    // 6 admitted in this window, the newest a second ago, as the hash layout held it.
+    let _: () = redis::cmd("HSET")
+        .arg(key)
+        .arg("w")
+        .arg(format!("{}", (now / window).floor()))
+        .arg("c")
+        .arg(6)
+        .arg("p")
+        .arg(0)
+        .arg("l")
+        .arg(format!("{:.3}", now - 1000.0))
+        .query_async(&mut conn)
+        .await?;
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(key)
+        .arg(7_200_000)
+        .query_async(&mut conn)
+        .await?;
+    // A query (cost 0) reads the hash and writes nothing.
+    let r = p.check("up", "sw", "a", 0).await?;
+    assert_eq!((r.status, r.remaining()), (200, 4), "{r:?}");
+    let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+    assert_eq!(kind, "hash");
+    // An admission counts on from the hash's 6 and writes the string, with a TTL.
+    let r = p.check("up", "sw", "a", 1).await?;
+    assert_eq!((r.status, r.remaining()), (200, 3), "{r:?}");
+    let value: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+    let [number, count, previous, newest] = sliding_fields(&value)?;
+    assert_eq!(
+        (number, count, previous),
+        ((now / window).floor(), 7.0, 0.0),
+        "{value:?}"
+    );
+    assert!(
+        newest > now - 1000.0,
+        "the newest admission is this one: {newest} (before it: {now})"
+    );
+    let ttl = pttl(&mut conn, key).await?;
+    assert!(ttl > 3_600_000 && ttl <= 7_200_000, "{ttl}");
+    // And it goes on from the string: 3 more, then denied.
+    for left in [2, 1, 0] {
+        let r = p.check("up", "sw", "a", 1).await?;
+        assert_eq!((r.status, r.remaining()), (200, left), "{r:?}");
+    }
+    assert_eq!(p.check("up", "sw", "a", 1).await?.status, 429);
+    // A key of a type neither layout uses fails its call with the usual problem.
+    let mut conn = w.redis.conn_for_key("{b}").await?;
+    let _: () = redis::cmd("RPUSH")
+        .arg("up:ratelimit:sw:{b}:0sw")
+        .arg("x")
+        .query_async(&mut conn)
+        .await?;
+    let r = p.check("up", "sw", "b", 1).await?;
+    r.assert_problem(500);
+    assert_eq!(
+        r.json["type"], "urn:patternd:problem:redis-wrong-type",
+        "{r:?}"
+    );
+    Ok(())
+}
+
+on_every_backend!(a_sliding_window_of_the_earlier_hash_layout_is_read_and_replaced);
 
 // ---------------------------------------------------------------------------------------------
 // Item 7: a plugin naming one key suffix twice

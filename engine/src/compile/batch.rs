@@ -19,9 +19,12 @@ use super::Script;
 
 /// The reply element of a call that failed under `pcall` (`r` its error: a table with `err`
 /// from `redis.call`, or a Lua error string), as `store::batch` reads it. Every batch script
-/// writes it with this expression.
+/// writes it with this expression (a flat reply: `-1`, then [`FAILED_MESSAGE`]).
 pub(super) const FAILED_CALL: &str =
     "{ -1, type(r) == 'table' and tostring(r.err) or tostring(r) }";
+
+/// The message of [`FAILED_CALL`], for batch scripts whose reply is flat.
+pub(super) const FAILED_MESSAGE: &str = "type(r) == 'table' and tostring(r.err) or tostring(r)";
 
 /// The batch script of `script`. Contract: KEYS are the calls' keys one after the other;
 /// ARGV[1] is the number of calls n, ARGV[2 .. n+1] each call's key count, ARGV[n+2 .. 2n+1]
@@ -91,6 +94,11 @@ pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
 mod tests {
     use super::*;
     use crate::compile::luacheck;
+
+    #[test]
+    fn a_failed_call_is_minus_one_and_the_message() {
+        assert_eq!(FAILED_CALL, format!("{{ -1, {FAILED_MESSAGE} }}"));
+    }
 
     #[test]
     fn a_wrapped_script_passes_the_lua_check_and_keeps_its_name() {

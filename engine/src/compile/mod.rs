@@ -106,7 +106,9 @@ pub use lock::CompiledLock;
 pub use ops::CompiledOps;
 pub use pubsub::CompiledPubSub;
 pub use queue::CompiledQueue;
-pub use ratelimit::{CompiledRateLimit, DynamicScripts, FixedLimits};
+pub use ratelimit::{
+    CompiledRateLimit, DynamicScripts, FixedLimits, REPLY_WIDTH as RATELIMIT_REPLY_WIDTH,
+};
 pub use session::CompiledSession;
 pub use stream::CompiledStream;
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use crate::policy::{Algorithm, Limit, RateLimit, Rule};
 
-use super::batch::FAILED_CALL;
+use super::batch::FAILED_MESSAGE;
 use super::keys::KeySpace;
 use super::recipe::{Block, Recipe, assemble, lua_file};
 use super::{Script, luacheck};
@@ -148,12 +148,17 @@ pub struct FixedLimits {
     /// concurrency limit has a second key, its units held (`0cl.n`).
     pub subs: Vec<String>,
     pub limits: Vec<Limit>,
-    /// The same limits deciding a batch of calls in one script call, in order (`store::batch`):
-    /// KEYS are each call's keys of `subs` one after the other, `ARGV[i]` call i's cost; the
-    /// reply has one element per call, what the per-call script replies, or `{-1, error}`.
-    /// None for rules with a concurrency limit.
+    /// The same limits deciding a batch of calls in one script call, in order (`store::batch`,
+    /// `Layout::Fixed`): KEYS are each call's keys of `subs` one after the other, `ARGV[i]`
+    /// call i's cost; the reply is one flat array of [`REPLY_WIDTH`] elements per call: the
+    /// numbers the per-call script replies, or `-1`, the error, and padding. None for rules
+    /// with a concurrency limit.
     pub batch: Option<Arc<Script>>,
 }
+
+/// The elements of a rate-limit script's reply (see `CompiledRateLimit`), and of each call's
+/// share of a batch script's flat reply.
+pub const REPLY_WIDTH: usize = 5;
 
 /// A compiled rate-limit rule.
 ///
@@ -200,7 +205,7 @@ impl CompiledRateLimit {
                         "STRING counter, expires with its window (an expiry lost is restored by the next call)",
                     ],
                     Algorithm::SlidingWindow => &[
-                        "HASH {w, c, p, l}: window number, two counts and the newest admission's time, expires after two windows",
+                        "STRING of 32 bytes, struct.pack('<dddd', w, c, p, l): window number, two counts and the newest admission's time, expires after two windows (a HASH {w, c, p, l} of earlier builds is read and replaced)",
                     ],
                     Algorithm::SlidingLog => &[
                         "ZSET of admitted requests by time, member `<running total of costs>:<cost>` (one per request, whatever its cost), expires one window after the newest",
@@ -330,8 +335,8 @@ fn generate(limits: &[Limit], batched: bool) -> String {
             limits.len()
         );
         s.push_str(
-            "-- returns per decision {allowed, reported limit index, remaining, reset_after_ms, retry_after_ms},\n\
-             -- or {-1, error} when one of its Redis calls failed (the other decisions stand)\n",
+            "-- returns one flat array, per decision: allowed, reported limit index, remaining, reset_after_ms,\n\
+             -- retry_after_ms; or -1, error, 0, 0, 0 when one of its Redis calls failed (the other decisions stand)\n",
         );
     } else {
         s.push_str(
@@ -353,35 +358,43 @@ fn generate(limits: &[Limit], batched: bool) -> String {
     }
     if batched {
         // `one` is defined once per batch; `k` is the offset of its decision's keys in KEYS.
+        // It returns the five numbers (or raises), which go straight into the flat reply.
         s.push_str("local function one(k, cost)\n  ");
-        push_decision(&mut s, limits, "k + ");
+        push_decision(&mut s, limits, "k + ", false);
         s.push_str("end\n");
         let _ = writeln!(
             s,
             "local out = {{}}\n\
              for i = 1, #ARGV do\n\
-             \x20 local ok, r = pcall(one, (i - 1) * {}, tonumber(ARGV[i]))\n\
-             \x20 if ok then out[i] = r else out[i] = {FAILED_CALL} end\n\
+             \x20 local ok, r, index, remaining, reset, retry = pcall(one, (i - 1) * {}, tonumber(ARGV[i]))\n\
+             \x20 local o = {REPLY_WIDTH} * (i - 1)\n\
+             \x20 if ok then\n\
+             \x20   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = r, index, remaining, reset, retry\n\
+             \x20 else\n\
+             \x20   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = -1, {FAILED_MESSAGE}, 0, 0, 0\n\
+             \x20 end\n\
              end\n\
              return out",
             limits.len()
         );
     } else {
-        push_decision(&mut s, limits, "");
+        push_decision(&mut s, limits, "", true);
     }
     s
 }
 
 /// The `return` of one decision: the limits' algorithms called with their numbers as literals,
-/// their keys as `KEYS[<offset><n>]`.
-fn push_decision(s: &mut String, limits: &[Limit], offset: &str) {
+/// their keys as `KEYS[<offset><n>]`. `table`: the reply's five numbers in a table (a script's
+/// reply), else as values (a batch's `one`).
+fn push_decision(s: &mut String, limits: &[Limit], offset: &str, table: bool) {
+    let (open, close) = if table { ("{ ", " }") } else { ("", "") };
     // One limit (the common rule): no table of results to combine (see `decide_one`).
     if let [l] = limits
         && l.algorithm != Algorithm::Concurrency
     {
         let _ = writeln!(
             s,
-            "return decide_one({}(KEYS[{offset}1], {}, {}, {}, cost, now))",
+            "return {open}decide_one({}(KEYS[{offset}1], {}, {}, {}, cost, now)){close}",
             l.algorithm.name(),
             l.limit,
             l.window_ms(),
@@ -389,7 +402,7 @@ fn push_decision(s: &mut String, limits: &[Limit], offset: &str) {
         );
         return;
     }
-    s.push_str("return decide({\n");
+    let _ = writeln!(s, "return {open}decide({{");
     // KEYS follow `limit_subs`: one per limit, a concurrency limit's second key after its first.
     let mut k = 0;
     for l in limits {
@@ -410,5 +423,5 @@ fn push_decision(s: &mut String, limits: &[Limit], offset: &str) {
             l.burst
         );
     }
-    s.push_str("})\n");
+    let _ = writeln!(s, "}}){close}");
 }

@@ -10,7 +10,7 @@ use redis::FromRedisValue;
 use super::lost_grant::LostGrant;
 use super::random;
 use super::{InputError, check_id};
-use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, Script};
+use crate::compile::{CompiledRateLimit, DynamicScripts, KeySpace, RATELIMIT_REPLY_WIDTH, Script};
 use crate::plugin::{DynLimit, PluginBinding, PluginError, RateLimitDecision, RequestFacts};
 use crate::policy::{Algorithm, IdFrom, Limit, OnRedisError, RateLimit, Rule};
 use crate::store::batch::{Batcher, Layout};
@@ -567,7 +567,13 @@ impl RateLimiter {
                 if self.dynamic.is_some() {
                     return None;
                 }
-                Batcher::start(store, fixed.batch.clone()?, Layout::Fixed)
+                Batcher::start(
+                    store,
+                    fixed.batch.clone()?,
+                    Layout::Fixed {
+                        width: RATELIMIT_REPLY_WIDTH,
+                    },
+                )
             })
             .as_ref()
     }

@@ -57,10 +57,13 @@ struct Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// Every call has as many keys and arguments as the others (a rate-limit rule's batch
-    /// script knows how many): KEYS and ARGV are the calls' one after the other.
-    Fixed,
+    /// script knows how many): KEYS and ARGV are the calls' one after the other. The reply is
+    /// flat: `width` elements per call, one after the other (a call that failed: `-1`, its
+    /// error, then padding), each call answered with its `width` elements as an array. One
+    /// array instead of an array per call: Redis spends less on sending it.
+    Fixed { width: usize },
     /// Calls differ (`compile::batch::wrap`): ARGV starts with the number of calls, each
-    /// call's key count and each call's argument count.
+    /// call's key count and each call's argument count. The reply has one element per call.
     Counted,
 }
 
@@ -236,16 +239,32 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
     let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     let reply: Result<Vec<Value>, StoreError> =
         store.eval_batch(batch, &keys, &arg_refs, bound).await;
-    match reply {
-        Ok(items) if items.len() == answers.len() => {
+    match (reply, layout) {
+        (Ok(items), Layout::Counted) if items.len() == answers.len() => {
             for (item, answer) in items.into_iter().zip(answers) {
                 let _ = answer.send(item_result(store, batch, &keys, item));
             }
         }
-        Ok(items) => {
+        (Ok(items), Layout::Fixed { width })
+            if width > 0 && items.len() == answers.len() * width =>
+        {
+            let mut items = items.into_iter();
+            for answer in answers {
+                let mut item: Vec<Value> = items.by_ref().take(width).collect();
+                // A failed call's padding is not part of its `{-1, error}`.
+                if matches!(item.first(), Some(Value::Int(-1))) {
+                    item.truncate(2);
+                }
+                let _ = answer.send(item_result(store, batch, &keys, Value::Array(item)));
+            }
+        }
+        (Ok(items), _) => {
             let e = StoreError::BatchReply {
                 script: batch.name.clone(),
-                expected: answers.len(),
+                expected: match layout {
+                    Layout::Fixed { width } => answers.len() * width,
+                    Layout::Counted => answers.len(),
+                },
                 got: items.len(),
             };
             tracing::error!(error = %e, "malformed batch reply");
@@ -253,7 +272,7 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
                 let _ = answer.send(Err(share(&e)));
             }
         }
-        Err(e) => {
+        (Err(e), _) => {
             // Named by the configured bound, as a separate call's timeout is (the batch's own
             // was what was left of it).
             let e = match e {

@@ -70,8 +70,8 @@ pub enum StoreError {
     /// The batch (`batch`) this call was in ended without an answer (its task stopped).
     #[error("the batched script call this call was part of ended without an answer")]
     BatchLost,
-    /// A batch script answered another number of elements than it was given calls: a bug.
-    #[error("batch script `{script}` answered {got} elements for {expected} calls")]
+    /// A batch script answered another number of elements than its calls make: a bug.
+    #[error("batch script `{script}` answered {got} elements instead of {expected}")]
     BatchReply {
         script: String,
         expected: usize,

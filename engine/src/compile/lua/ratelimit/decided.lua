@@ -11,4 +11,4 @@ for i = 1, #KEYS do
   if f == nil then return redis.error_reply('patternd: unknown algorithm ' .. tostring(ARGV[b + 1])) end
   results[i] = { f(KEYS[i], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 2]), now) }
 end
-return decide(results)
+return { decide(results) }

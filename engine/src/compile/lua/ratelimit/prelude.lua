@@ -25,6 +25,9 @@ end
 -- all allowed -> commit all; any denied -> commit none ("a denial charges none of them").
 -- Reports the limit that matters most: the denying one with the longest wait, or else the
 -- one with the least remaining.
+-- Returns the reply's five numbers as values, not a table: a script's main wraps them in one
+-- (`return { decide(...) }`), a batch writes them into its one flat reply array, which costs
+-- Redis less to send than an array per decision (docs/performance.md).
 local function decide(results)
   local allowed = true
   for i = 1, #results do
@@ -46,11 +49,11 @@ local function decide(results)
     end
   end
   local r = results[pick]
-  return { allowed and 1 or 0, pick - 1, math.floor(r[2]), up(r[3]), up(r[4]) }
+  return allowed and 1 or 0, pick - 1, math.floor(r[2]), up(r[3]), up(r[4])
 end
 
 -- `decide` of a rule with one limit, straight from the algorithm's values: the same answer.
 local function decide_one(ok, remaining, reset, retry, commit, ...)
   if ok then commit(...) end
-  return { ok and 1 or 0, 0, math.floor(remaining), up(reset), up(retry) }
+  return ok and 1 or 0, 0, math.floor(remaining), up(reset), up(retry)
 end

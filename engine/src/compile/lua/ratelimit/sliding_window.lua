@@ -1,19 +1,38 @@
 -- sliding_window: the weighted two-bucket counter. Windows are aligned to the epoch; the
 -- estimate is previous * (share of the previous window still inside the sliding window)
--- + current. One HASH key: w = current window number, c = its count, p = previous count,
--- l = time of the newest admitted request.
+-- + current. One STRING key of 32 bytes, struct.pack('<dddd', w, c, p, l): w = current window
+-- number, c = its count, p = previous count, l = time of the newest admitted request (ms, to
+-- the µs); read with one GET, written with one SET ... PX. Packed doubles rather than a hash
+-- or text: a decision is then two Redis commands and no number formatting or parsing, which
+-- were most of its cost in Redis (docs/performance.md). Read one in redis-cli with
+-- EVAL "return table.concat({struct.unpack('<dddd', redis.call('GET', KEYS[1]))}, ' ')" 1 <key>
+-- (the fifth number is unpack's next position).
 -- Nothing admitted within the last window means nothing is inside the sliding window, so the
 -- estimate is 0 from l + window on: the full quota is back at most one window after the
 -- newest request (the two counts alone would keep part of it for up to two windows).
 local function sliding_window_commit(key, cur, c, p, now, ttl)
-  redis.call('HSET', key, 'w', cur, 'c', c, 'p', p, 'l', fmt(now))
-  redis.call('PEXPIRE', key, ttl)
+  redis.call('SET', key, struct.pack('<dddd', cur, c, p, now), 'PX', ttl)
 end
 
 local function sliding_window(key, limit, window, burst, cost, now)
   local cur = math.floor(now / window)
-  local st = redis.call('HMGET', key, 'w', 'c', 'p', 'l')
-  local w, c, p, l = tonumber(st[1]), tonumber(st[2]) or 0, tonumber(st[3]) or 0, tonumber(st[4])
+  local st = redis.pcall('GET', key)
+  local w, c, p, l
+  if type(st) == 'string' then
+    -- Anything but the 32 bytes this script writes is no state: the next admission replaces it.
+    if #st == 32 then
+      w, c, p, l = struct.unpack('<dddd', st)
+      -- 32 bytes someone else wrote may hold a NaN, which no comparison below would catch.
+      if not (w == w and c == c and p == p and l == l) then w, c, p, l = nil, nil, nil, nil end
+    end
+  elseif st then
+    -- Not a string: a key of the HASH layout {w, c, p, l} that earlier builds wrote (the next
+    -- admission replaces it with the string), or else a key of another type, whose WRONGTYPE
+    -- error this HMGET raises as the GET would have.
+    st = redis.call('HMGET', key, 'w', 'c', 'p', 'l')
+    w, c, p, l = tonumber(st[1]), tonumber(st[2]), tonumber(st[3]), tonumber(st[4])
+  end
+  c, p = c or 0, p or 0
   if w == nil then
     c, p = 0, 0
   elseif w > cur then
