@@ -359,6 +359,77 @@ rules:
 
 on_every_backend!(cache_reads_in_batches_answer_as_separate_reads);
 
+/// Reads of one rule with different numbers of arguments (a `format: hash` value read whole,
+/// and with one or two `fields`) waiting at once: a batch then carries each call's own key and
+/// argument counts instead of one shape for all (`compile::batch::wrap`), and every answer is
+/// still that call's own.
+async fn cache_reads_of_different_shapes_share_batches(b: Backend) -> Result<()> {
+    let is_cluster = matches!(b, Backend::Cluster(_));
+    let origin = Origin::start().await?;
+    const SHAPED: usize = 16;
+    for n in 0..SHAPED {
+        origin.set(
+            &format!("u{n}"),
+            "application/json",
+            format!(r#"{{"name": "user {n}", "age": {n}, "city": "c{n}"}}"#).as_bytes(),
+            &[],
+        );
+    }
+    let policy = "app: shop
+rules:
+  profile:
+    cache:
+      origin: ORIGIN
+      format: hash
+      ttl: 1h
+";
+    let w = World::with_origin_on(b, policy, &origin, &[]).await?;
+    let p = &w.patternd;
+    for n in 0..SHAPED {
+        let r = p.get(&format!("/v1/cache/shop/profile/u{n}")).await?;
+        ensure!(r.status == 200, "fill u{n}: {r:?}");
+    }
+    let results = burst(64, |t| {
+        let client = p.client().clone();
+        let base = p.url("/v1/cache/shop/profile/");
+        async move {
+            let mut replies = Vec::new();
+            for i in 0..6 {
+                let n = (t + i) % SHAPED;
+                let query = ["", "?fields=name", "?fields=age,city"][(t + i) % 3];
+                let r = send(client.get(format!("{base}u{n}{query}"))).await?;
+                replies.push((n, query, r));
+            }
+            Ok(replies)
+        }
+    })
+    .await?;
+    for (n, query, r) in results.iter().flatten() {
+        let ctx = format!("u{n}{query}");
+        ensure!(r.status == 200, "{ctx}: {r:?}");
+        ensure!(cache_status(r).starts_with("patternd; hit"), "{ctx}: {r:?}");
+        let want = match *query {
+            "" => {
+                serde_json::json!({"name": format!("user {n}"), "age": n, "city": format!("c{n}")})
+            }
+            "?fields=name" => serde_json::json!({"name": format!("user {n}")}),
+            _ => serde_json::json!({"age": n, "city": format!("c{n}")}),
+        };
+        ensure!(r.json == want, "{ctx}: {:?}", r.json);
+    }
+    let metrics = p.get("/metrics").await?.text;
+    let batched = metric_value(&metrics, "patternd_redis_batched_calls_total", &[])
+        .context("patternd_redis_batched_calls_total missing")?;
+    let batches = metric_value(&metrics, "patternd_redis_batches_total", &[])
+        .context("patternd_redis_batches_total missing")?;
+    if !is_cluster {
+        ensure!(batched > batches, "{batches} batches of {batched} reads");
+    }
+    Ok(())
+}
+
+on_every_backend!(cache_reads_of_different_shapes_share_batches);
+
 /// A value written with PUT: its path, body and request headers.
 type Put<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
 

@@ -27,24 +27,31 @@ pub(super) const FAILED_CALL: &str =
 pub(super) const FAILED_MESSAGE: &str = "type(r) == 'table' and tostring(r.err) or tostring(r)";
 
 /// The batch script of `script`. Contract: KEYS are the calls' keys one after the other;
-/// ARGV[1] is the number of calls n, ARGV[2 .. n+1] each call's key count, ARGV[n+2 .. 2n+1]
-/// each call's argument count, then the calls' arguments one after the other. The reply has
-/// one element per call: the script's reply (`false` for nil), or `{-1, error}` when one of its
-/// Redis commands failed. A script whose reply may itself be such an array cannot be wrapped.
+/// ARGV[1] is the number of calls n when every call has ARGV[2] keys and ARGV[3] arguments
+/// (the common case: one head for the batch instead of two numbers per call), or -n when they
+/// differ, then each call's key count ARGV[2 .. n+1] and argument count ARGV[n+2 .. 2n+1];
+/// then the calls' arguments one after the other. The reply is one flat array: per call, its
+/// reply's element count c and then its c elements, or -1 and its reply when that is not an
+/// array (`false` for nil); a call whose Redis command failed is `2, -1, error`. One array
+/// rather than an array per call, because Redis spends less on sending it
+/// (docs/performance.md). A script whose reply may itself be `{-1, error}` cannot be wrapped.
 ///
-/// `fast`: Lua defining `local function fast(k, a, nk, na)`, asked first for each call (`k`,
-/// `a` the offsets of its keys and arguments, `nk`, `na` their counts): it returns the call's
-/// reply when it can give the one the script would, cheaper (a cache hit), else nil, and the
-/// call runs the whole script. It runs outside `pcall`, so it must raise nothing: its Redis
-/// commands go through `redis.pcall`, and an error they return is its `{-1, error}` reply.
+/// `fast`: Lua defining `local function fast(k, a, nk, na, out, o)`, asked first for each call
+/// (`k`, `a` the offsets of its keys and arguments, `nk`, `na` their counts, `out` the flat
+/// reply, `o` its end so far): when it can give the reply the script would, cheaper (a cache
+/// hit), it writes it after `o` as above and returns the new end; else it returns nil, having
+/// written nothing, and the call runs the whole script. It runs outside `pcall`, so it must
+/// raise nothing: its Redis commands go through `redis.pcall`, and an error they return is
+/// its `2, -1, error`.
 pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
     let name = format!("{} batch", script.name);
     let mut s = String::with_capacity(script.source.len() + 2048);
     s.push_str(&format!("-- patternd {name}\n-- `{}`", script.name));
     s.push_str(
-        " once per call of a batch (compile/batch.rs): ARGV[1] = n calls, ARGV[2..n+1] their key\n\
-         -- counts, ARGV[n+2..2n+1] their argument counts, then their arguments; KEYS: their keys.\n\
-         -- Replies one element per call: its reply, or {-1, error} when its Redis command failed.\n\
+        " once per call of a batch (compile/batch.rs): ARGV[1] = n calls of ARGV[2] keys and\n\
+         -- ARGV[3] arguments each, or -n calls with key counts ARGV[2..n+1] and argument counts\n\
+         -- ARGV[n+2..2n+1]; then their arguments; KEYS: their keys. Replies one flat array: per\n\
+         -- call, its reply's element count and elements, or -1 and a reply that is no array.\n\
          local function one(KEYS, ARGV)\n",
     );
     s.push_str(&script.source);
@@ -60,30 +67,48 @@ pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
     }
     s.push_str(
         "local n = tonumber(ARGV[1])\n\
-         local out = {}\n\
-         local k, a = 0, 2 * n + 1\n\
+         local same = n > 0\n\
+         local nk, na, a\n\
+         if same then\n\
+         \x20 nk, na, a = tonumber(ARGV[2]), tonumber(ARGV[3]), 3\n\
+         else\n\
+         \x20 n = -n\n\
+         \x20 a = 2 * n + 1\n\
+         end\n\
+         local out, o, k = {}, 0, 0\n\
          for i = 1, n do\n\
-         \x20 local nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i])\n",
+         \x20 if not same then nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i]) end\n",
     );
     s.push_str(if fast.is_some() {
-        "  local r = fast(k, a, nk, na)\n  if r == nil then\n"
+        "  local e = fast(k, a, nk, na, out, o)\n  if e then\n    o = e\n  else\n"
     } else {
-        "  local r\n  do\n"
+        "  do\n"
     });
     s.push_str(
         "\x20   local keys, args = {}, {}\n\
          \x20   for j = 1, nk do keys[j] = KEYS[k + j] end\n\
          \x20   for j = 1, na do args[j] = ARGV[a + j] end\n\
-         \x20   local ok\n\
-         \x20   ok, r = pcall(one, keys, args)\n",
+         \x20   local ok, r = pcall(one, keys, args)\n",
     );
     s.push_str(&format!("    if not ok then r = {FAILED_CALL} end\n"));
     s.push_str(
-        "\x20   -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
-         \x20   if r == nil then r = false end\n\
+        "\x20   if type(r) == 'table' and not (r.err or r.ok) then\n\
+         \x20     -- An array ends at its first nil, as Redis reads a script's reply.\n\
+         \x20     local c = 0\n\
+         \x20     while r[c + 1] ~= nil do\n\
+         \x20       c = c + 1\n\
+         \x20       out[o + 1 + c] = r[c]\n\
+         \x20     end\n\
+         \x20     out[o + 1] = c\n\
+         \x20     o = o + 1 + c\n\
+         \x20   else\n\
+         \x20     -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
+         \x20     if r == nil then r = false end\n\
+         \x20     out[o + 1], out[o + 2] = -1, r\n\
+         \x20     o = o + 2\n\
+         \x20   end\n\
          \x20 end\n\
          \x20 k, a = k + nk, a + na\n\
-         \x20 out[i] = r\n\
          end\n\
          return out\n",
     );

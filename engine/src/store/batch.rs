@@ -62,8 +62,9 @@ pub enum Layout {
     /// error, then padding), each call answered with its `width` elements as an array. One
     /// array instead of an array per call: Redis spends less on sending it.
     Fixed { width: usize },
-    /// Calls differ (`compile::batch::wrap`): ARGV starts with the number of calls, each
-    /// call's key count and each call's argument count. The reply has one element per call.
+    /// Calls may differ (`compile::batch::wrap`): ARGV starts with the number of calls and
+    /// their key and argument counts; the reply is flat, each call's reply preceded by its
+    /// element count.
     Counted,
 }
 
@@ -230,49 +231,52 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
         return;
     }
     if layout == Layout::Counted {
-        let head = std::iter::once(counts.len())
-            .chain(counts.iter().map(|c| c.0))
-            .chain(counts.iter().map(|c| c.1))
-            .map(|v| v.to_string().into_bytes());
+        // `compile::batch::wrap`'s head: n and the one shape of every call, or -n and each
+        // call's counts.
+        let head: Vec<Vec<u8>> = match counts.split_first() {
+            Some((first, rest)) if rest.iter().all(|c| c == first) => vec![
+                counts.len().to_string().into_bytes(),
+                first.0.to_string().into_bytes(),
+                first.1.to_string().into_bytes(),
+            ],
+            _ => std::iter::once(format!("-{}", counts.len()).into_bytes())
+                .chain(counts.iter().map(|c| c.0.to_string().into_bytes()))
+                .chain(counts.iter().map(|c| c.1.to_string().into_bytes()))
+                .collect(),
+        };
         args.splice(0..0, head);
     }
     let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
     let reply: Result<Vec<Value>, StoreError> =
         store.eval_batch(batch, &keys, &arg_refs, bound).await;
-    match (reply, layout) {
-        (Ok(items), Layout::Counted) if items.len() == answers.len() => {
+    let calls = answers.len();
+    // Each call's own reply from the flat one, or the number of elements that made no sense.
+    let reply = reply.map(|items| {
+        let elements = items.len();
+        match layout {
+            Layout::Counted => unflatten(items, calls),
+            Layout::Fixed { width } => split(items, calls, width),
+        }
+        .ok_or(elements)
+    });
+    match reply {
+        Ok(Ok(items)) => {
             for (item, answer) in items.into_iter().zip(answers) {
                 let _ = answer.send(item_result(store, batch, &keys, item));
             }
         }
-        (Ok(items), Layout::Fixed { width })
-            if width > 0 && items.len() == answers.len() * width =>
-        {
-            let mut items = items.into_iter();
-            for answer in answers {
-                let mut item: Vec<Value> = items.by_ref().take(width).collect();
-                // A failed call's padding is not part of its `{-1, error}`.
-                if matches!(item.first(), Some(Value::Int(-1))) {
-                    item.truncate(2);
-                }
-                let _ = answer.send(item_result(store, batch, &keys, Value::Array(item)));
-            }
-        }
-        (Ok(items), _) => {
+        Ok(Err(elements)) => {
             let e = StoreError::BatchReply {
                 script: batch.name.clone(),
-                expected: match layout {
-                    Layout::Fixed { width } => answers.len() * width,
-                    Layout::Counted => answers.len(),
-                },
-                got: items.len(),
+                calls,
+                elements,
             };
             tracing::error!(error = %e, "malformed batch reply");
             for answer in answers {
                 let _ = answer.send(Err(share(&e)));
             }
         }
-        (Err(e), _) => {
+        Err(e) => {
             // Named by the configured bound, as a separate call's timeout is (the batch's own
             // was what was left of it).
             let e = match e {
@@ -284,6 +288,49 @@ async fn send(store: &Store, batch: &Script, layout: Layout, group: Vec<Call>) {
             }
         }
     }
+}
+
+/// The replies of `calls` calls from a `Layout::Fixed` batch's flat reply: `width` elements
+/// each, a failed call's `-1, error` without its padding. None when the count is not that.
+fn split(items: Vec<Value>, calls: usize, width: usize) -> Option<Vec<Value>> {
+    if width == 0 || items.len() != calls * width {
+        return None;
+    }
+    let mut items = items.into_iter();
+    let replies = (0..calls)
+        .map(|_| {
+            let mut reply: Vec<Value> = items.by_ref().take(width).collect();
+            if matches!(reply.first(), Some(Value::Int(-1))) {
+                reply.truncate(2);
+            }
+            Value::Array(reply)
+        })
+        .collect();
+    Some(replies)
+}
+
+/// The replies of `calls` calls from a `Layout::Counted` batch's flat reply (see
+/// `compile::batch::wrap`): per call, an element count c and c elements (an array reply), or
+/// -1 and the reply itself. None when the reply does not hold exactly that.
+fn unflatten(items: Vec<Value>, calls: usize) -> Option<Vec<Value>> {
+    let mut out = Vec::with_capacity(calls);
+    let mut items = items.into_iter();
+    while let Some(head) = items.next() {
+        let Value::Int(c) = head else {
+            return None;
+        };
+        if c == -1 {
+            out.push(items.next()?);
+            continue;
+        }
+        let c = usize::try_from(c).ok()?;
+        let reply: Vec<Value> = items.by_ref().take(c).collect();
+        if reply.len() != c {
+            return None;
+        }
+        out.push(Value::Array(reply));
+    }
+    (out.len() == calls).then_some(out)
 }
 
 /// The batch call's failure, as each of its calls' own: the same variant, so that
@@ -302,12 +349,12 @@ fn share(e: &StoreError) -> StoreError {
         },
         StoreError::BatchReply {
             script,
-            expected,
-            got,
+            calls,
+            elements,
         } => StoreError::BatchReply {
             script: script.clone(),
-            expected: *expected,
-            got: *got,
+            calls: *calls,
+            elements: *elements,
         },
         StoreError::BatchLost => StoreError::BatchLost,
         // Not met on the request path (configuration and loading errors); kept as text.
@@ -417,6 +464,53 @@ mod tests {
         let rest = calls.try_recv().expect("d is still queued");
         assert_eq!(rest.keys, ["d"]);
         assert!(answers[5].try_recv().is_err());
+    }
+
+    #[test]
+    fn a_flat_reply_gives_each_call_its_own() {
+        let int = Value::Int;
+        let text = |t: &str| Value::BulkString(t.as_bytes().to_vec());
+        let flat = vec![
+            int(2),
+            text("hit"),
+            int(7),
+            int(-1),
+            Value::Nil,
+            int(0),
+            int(2),
+            int(-1),
+            text("WRONGTYPE x"),
+        ];
+        let calls = unflatten(flat.clone(), 4).expect("four calls");
+        assert_eq!(
+            calls,
+            [
+                Value::Array(vec![text("hit"), int(7)]),
+                Value::Nil,
+                Value::Array(vec![]),
+                Value::Array(vec![int(-1), text("WRONGTYPE x")]),
+            ]
+        );
+        // Another number of calls, a count past the end, or a count that is no integer.
+        assert!(unflatten(flat.clone(), 3).is_none());
+        assert!(unflatten(vec![int(3), int(1)], 1).is_none());
+        assert!(unflatten(vec![text("2"), int(1), int(2)], 1).is_none());
+        assert!(unflatten(vec![int(-2), int(1)], 1).is_none());
+
+        // Fixed width: a failed call's padding is dropped.
+        let flat = vec![int(1), int(0), int(-1), text("OOM x"), int(0), int(0)];
+        let calls = split(flat.clone(), 2, 3).expect("two calls");
+        assert_eq!(
+            calls,
+            [
+                Value::Array(vec![int(1), int(0), int(-1)]),
+                Value::Array(vec![text("OOM x"), int(0), int(0)]),
+            ]
+        );
+        let calls = split(flat.clone(), 3, 2).expect("three calls");
+        assert_eq!(calls[1], Value::Array(vec![int(-1), text("OOM x")]));
+        assert!(split(flat.clone(), 4, 2).is_none());
+        assert!(split(flat, 6, 0).is_none());
     }
 
     #[test]

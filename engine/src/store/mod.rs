@@ -70,12 +70,14 @@ pub enum StoreError {
     /// The batch (`batch`) this call was in ended without an answer (its task stopped).
     #[error("the batched script call this call was part of ended without an answer")]
     BatchLost,
-    /// A batch script answered another number of elements than its calls make: a bug.
-    #[error("batch script `{script}` answered {got} elements instead of {expected}")]
+    /// A batch script's reply was not the replies of its calls: a bug.
+    #[error(
+        "batch script `{script}` answered {elements} elements, not the replies of its {calls} calls"
+    )]
     BatchReply {
         script: String,
-        expected: usize,
-        got: usize,
+        calls: usize,
+        elements: usize,
     },
     #[error(
         "WRONGTYPE: a key of this rule (under `{namespace}`) holds another type of value than \
