@@ -28,6 +28,13 @@ bench *ARGS:
     cargo build --release -p patternd
     cargo run --release -p patternd-bench -- {{ARGS}}
 
+# Instructions redis-server executes per decision of the hot batch scripts (fixed and sliding
+# window, cache hit), counted by valgrind's callgrind: the same for the same work whatever the
+# machine does, so a few percent show. `just instructions <older patternd>` for before.
+instructions *ARGS:
+    cargo build --release -p patternd
+    bench/instructions.sh {{ARGS}}
+
 # Build the example plugins (Rust guests for wasm32-wasip2, Lua files) into plugins/dist/.
 plugins:
     bash plugins/build.sh
