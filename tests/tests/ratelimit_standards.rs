@@ -408,6 +408,48 @@ rules:
 
 on_every_backend!(a_fixed_window_counter_that_lost_its_ttl_gets_it_back_when_denying);
 
+/// A sliding window keeps the expiry its window's first admission set (later admissions of
+/// the same window write with KEEPTTL): one that lost it (PERSIST, a restore without TTLs)
+/// gets it back with the id's first admission of a later window.
+async fn a_sliding_window_that_lost_its_ttl_gets_it_back_in_the_next_window(
+    b: Backend,
+) -> Result<()> {
+    let yaml = "app: swt
+rules:
+  s: { rate_limit: { algorithm: sliding_window, limit: 100000, window: 1s } }
+";
+    let w = World::on(b, &[("swt.yaml", yaml)], &[]).await?;
+    let p = &w.patternd;
+    let key = "swt:ratelimit:s:{u}:0sw";
+    let mut conn = w.redis.conn_for_key("{u}").await?;
+    assert_eq!(p.check("swt", "s", "u", 1).await?.status, 200);
+    let ttl = pttl(&mut conn, key).await?;
+    assert!((1..=2_000).contains(&ttl), "{ttl}");
+    let persisted: i64 = redis::cmd("PERSIST")
+        .arg(key)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(persisted, 1);
+    let ttl = eventually(Duration::from_secs(10), "an expiry again", || {
+        let mut conn = conn.clone();
+        async move {
+            let r = p.check("swt", "s", "u", 1).await?;
+            ensure!(r.status == 200, "{r:?}");
+            let ttl = pttl(&mut conn, key).await?;
+            if ttl < 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(None);
+            }
+            Ok(Some(ttl))
+        }
+    })
+    .await?;
+    assert!((1..=2_000).contains(&ttl), "{ttl}");
+    Ok(())
+}
+
+on_every_backend!(a_sliding_window_that_lost_its_ttl_gets_it_back_in_the_next_window);
+
 // ---------------------------------------------------------------------------------------------
 // Item 6: Redis TIME going backwards
 // ---------------------------------------------------------------------------------------------
