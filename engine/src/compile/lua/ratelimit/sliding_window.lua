@@ -2,9 +2,10 @@
 -- estimate is previous * (share of the previous window still inside the sliding window)
 -- + current. One STRING key of 32 bytes, struct.pack('<dddd', w, c, p, l): w = current window
 -- number, c = its count, p = previous count, l = time of the newest admitted request (ms, to
--- the µs); read with one GET, written with one SET ... PX. Packed doubles rather than a hash
--- or text: a decision is then two Redis commands and no number formatting or parsing, which
--- were most of its cost in Redis (docs/performance.md). Read one in redis-cli with
+-- the µs); read with one GET, written with one SET (the commit below says which). Packed
+-- doubles rather than a hash or text: a decision is then two Redis commands and no number
+-- formatting or parsing, which were most of its cost in Redis (docs/performance.md). Read one
+-- in redis-cli with
 -- EVAL "return table.concat({struct.unpack('<dddd', redis.call('GET', KEYS[1]))}, ' ')" 1 <key>
 -- (the fifth number is unpack's next position).
 -- Nothing admitted within the last window means nothing is inside the sliding window, so the
