@@ -52,3 +52,85 @@ pub fn key(app: &str, rule: &str, id: &str, sub: &str) -> String {
 pub fn journal_of(app: &str, rule: &str, id: &str) -> String {
     group_key(app, rule, group_of(id, DEFAULT_GROUPS), "journal")
 }
+
+/// A cache value's meta, the member `m` of its HASH as the scripts pack it
+/// (`engine/src/compile/lua/cache/meta.lua`, layout 1: struct `<BddI4c0I4c0I4c0I4c0I4c0dd`).
+/// A copy of the layout on purpose, like the keys above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    /// Epoch ms (Redis TIME) until which the value is fresh.
+    pub fresh: f64,
+    /// Ms the origin fill took (XFetch's recompute time).
+    pub delta: f64,
+    /// The value's own stale_while_revalidate / stale_if_error in ms; None: the rule's.
+    pub sw: Option<f64>,
+    pub se: Option<f64>,
+    pub st: String,
+    pub ct: String,
+    /// Joined by ','.
+    pub tags: String,
+    /// µs, as text.
+    pub tv: String,
+    pub ver: String,
+}
+
+impl Meta {
+    pub fn parse(m: &[u8]) -> anyhow::Result<Self> {
+        anyhow::ensure!(m.first() == Some(&1), "not layout 1: {m:?}");
+        let mut at = 1;
+        let mut num = || -> anyhow::Result<f64> {
+            let b = m
+                .get(at..at + 8)
+                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
+            at += 8;
+            Ok(f64::from_le_bytes(b.try_into()?))
+        };
+        let (fresh, delta) = (num()?, num()?);
+        let mut text = || -> anyhow::Result<String> {
+            let n = m
+                .get(at..at + 4)
+                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
+            let n = u32::from_le_bytes(n.try_into()?) as usize;
+            let s = m
+                .get(at + 4..at + 4 + n)
+                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
+            at += 4 + n;
+            Ok(String::from_utf8(s.to_vec())?)
+        };
+        let (st, ct, tags, ver, tv) = (text()?, text()?, text()?, text()?, text()?);
+        let mut num = || -> anyhow::Result<f64> {
+            let b = m
+                .get(at..at + 8)
+                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
+            at += 8;
+            Ok(f64::from_le_bytes(b.try_into()?))
+        };
+        let (sw, se) = (num()?, num()?);
+        anyhow::ensure!(at == m.len(), "{} bytes after the meta", m.len() - at);
+        let own = |v: f64| (v >= 0.0).then_some(v);
+        Ok(Self {
+            fresh,
+            delta,
+            sw: own(sw),
+            se: own(se),
+            st,
+            ct,
+            tags,
+            tv,
+            ver,
+        })
+    }
+
+    pub fn pack(&self) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend(self.fresh.to_le_bytes());
+        out.extend(self.delta.to_le_bytes());
+        for s in [&self.st, &self.ct, &self.tags, &self.ver, &self.tv] {
+            out.extend((s.len() as u32).to_le_bytes());
+            out.extend(s.as_bytes());
+        }
+        out.extend(self.sw.unwrap_or(-1.0).to_le_bytes());
+        out.extend(self.se.unwrap_or(-1.0).to_le_bytes());
+        out
+    }
+}

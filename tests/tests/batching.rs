@@ -238,6 +238,60 @@ async fn a_broken_key_fails_only_its_own_decision(b: Backend) -> Result<()> {
 
 on_every_backend!(a_broken_key_fails_only_its_own_decision);
 
+/// Likewise for cache reads: an id whose value key holds another type fails alone, in the hit
+/// batch and in the read script's batch, and the other reads of its batches are hits.
+async fn a_broken_cache_key_fails_only_its_own_read(b: Backend) -> Result<()> {
+    let policy = "app: notes
+rules:
+  text:
+    cache: { ttl: 1h }
+";
+    let w = World::on(b, &[("notes.yaml", policy)], &["--redis-timeout", "10s"]).await?;
+    let p = &w.patternd;
+    for n in 0..7 {
+        let path = format!("/v1/cache/notes/text/ok-{n}");
+        let r = p.put_with(&path, format!("body {n}"), &[]).await?;
+        ensure!(r.status == 204, "PUT {path}: {r:?}");
+    }
+    let key = patternd_e2e::cache_keys::key("notes", "text", "broken", "v");
+    let mut conn = w.redis.conn_for_key(&key).await?;
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("not a hash")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let replies = burst(64, |n| {
+        let client = p.client().clone();
+        let id = if n % 8 == 7 {
+            "broken".to_string()
+        } else {
+            format!("ok-{}", n % 8)
+        };
+        let url = p.url(&format!("/v1/cache/notes/text/{id}"));
+        async move { Ok((id, send(client.get(&url)).await?)) }
+    })
+    .await?;
+    for (id, r) in &replies {
+        if id == "broken" {
+            r.assert_problem(500);
+            ensure!(
+                r.json["type"] == "urn:patternd:problem:redis-wrong-type",
+                "{r:?}"
+            );
+        } else {
+            ensure!(r.status == 200, "{id}: {r:?}");
+            ensure!(r.text == format!("body {}", &id[3..]), "{id}: {r:?}");
+            ensure!(
+                cache_status(r).starts_with("patternd; hit; ttl="),
+                "{id}: {r:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+on_every_backend!(a_broken_cache_key_fails_only_its_own_read);
+
 /// Redis frozen (SIGSTOP) while decisions queue behind stalled batches: every one of them is
 /// answered by `on_redis_error` (none waits for Redis to come back), and once Redis resumes
 /// decisions are Redis' again.
@@ -346,10 +400,11 @@ rules:
     if is_cluster {
         ensure!(batched == 0.0, "a cluster never batches: {batched}");
     } else {
-        // Every read script call went through the batcher (fills are separate scripts).
+        // Every script call went through a batcher (fills are separate scripts): each read
+        // asked the hit batch first, and each id's first read, a miss, then the read script.
         ensure!(
-            batched == (IDS * 4) as f64,
-            "{batched} reads in batches for {} reads",
+            batched == (IDS * 5) as f64,
+            "{batched} calls in batches for {} reads",
             IDS * 4
         );
         ensure!(batched > batches, "{batches} batches of {batched} reads");
@@ -433,12 +488,12 @@ on_every_backend!(cache_reads_of_different_shapes_share_batches);
 /// A value written with PUT: its path, body and request headers.
 type Put<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
 
-/// The batch script's hit path (`lua/cache/read_hit.lua`) answers a fresh, untagged string
-/// value itself and leaves every other read to the whole read script. Either way the answer
+/// The hit batch (`lua/cache/hit_batch.lua`, asked first) answers a fresh, untagged string
+/// value itself and leaves every other read to the read script. Either way the answer
 /// must be the one a separate read script call gives: the same reads, through an engine that
 /// batches and one on the same Redis and policies that does not (`--redis-batch 0`), answer
-/// with the same status, body and headers. Covers a plain value (the hit path), a tagged one
-/// and a `format: hash` one (both the whole script), and an absent id.
+/// with the same status, body and headers. Covers a plain value (the hit batch), a tagged one
+/// and a `format: hash` one (both the read script), and an absent id.
 #[test]
 fn the_batch_hit_path_answers_as_a_separate_read() -> patternd_e2e::backend::TestResult {
     patternd_e2e::backend::run(Backend::standalone, |b| async move {

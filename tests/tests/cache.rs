@@ -1079,10 +1079,17 @@ rules:
         let redis = &w.redis;
         async move {
             let mut conn = redis.conn_for_key(&key).await?;
+            let m: Vec<u8> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("m")
+                .query_async(&mut conn)
+                .await?;
+            let mut meta = cache_keys::Meta::parse(&m)?;
+            meta.delta = delta.parse()?;
             let () = redis::cmd("HSET")
                 .arg(&key)
-                .arg("delta")
-                .arg(delta)
+                .arg("m")
+                .arg(meta.pack())
                 .query_async(&mut conn)
                 .await?;
             anyhow::Ok(())

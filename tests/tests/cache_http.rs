@@ -533,3 +533,174 @@ async fn stale_windows_from_the_origin(b: Backend) -> Result<()> {
 }
 
 on_every_backend!(stale_windows_from_the_origin);
+
+/// A value as a build before the packed meta (`m`, lua/cache/meta.lua) stored it: every meta
+/// field a member of its own, numbers as text. Fresh for an hour.
+async fn store_earlier_layout(
+    w: &World,
+    rule: &str,
+    id: &str,
+    tags: &str,
+    ver: &str,
+    content: &[(&str, &str)],
+) -> Result<()> {
+    let key = cache_keys::key("h", rule, id, "v");
+    let mut conn = w.redis.conn_for_key(&key).await?;
+    let now = patternd_e2e::redis_now_ms(&mut conn).await?;
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(&key)
+        .arg("st")
+        .arg("200")
+        .arg("fresh")
+        .arg(format!("{:.3}", now + 3_600_000.0))
+        .arg("delta")
+        .arg("0")
+        .arg("tags")
+        .arg(tags)
+        .arg("tv")
+        .arg(format!("{:.0}", now * 1000.0))
+        .arg("ver")
+        .arg(ver);
+    for (name, value) in content {
+        cmd.arg(*name).arg(*value);
+    }
+    let () = cmd.query_async(&mut conn).await?;
+    let () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(3_600_000)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// The value's members: (name, value) sorted by name.
+async fn members(w: &World, rule: &str, id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let key = cache_keys::key("h", rule, id, "v");
+    let mut conn = w.redis.conn_for_key(&key).await?;
+    let mut all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    all.sort();
+    Ok(all)
+}
+
+/// An upgrade keeps the cache: values stored before the meta was packed into one member are
+/// served as hits with their ETags (the hit batch, on a standalone Redis, leaves them to the
+/// read script), checked by a write's precondition and by a tag invalidation, and
+/// replaced by the packed layout at the id's next store, with no member of the old left.
+async fn values_of_the_earlier_layout_are_read_and_replaced(b: Backend) -> Result<()> {
+    let origin = Origin::start().await?;
+    origin.set("old", "text/plain", b"from the origin", &[]);
+    origin.set("tagged", "text/plain", b"from the origin", &[]);
+    let w = World::with_origin_on(b, WRITES, &origin, &[]).await?;
+    let p = &w.patternd;
+    store_earlier_layout(
+        &w,
+        "s",
+        "old",
+        "",
+        "12345",
+        &[("ct", "text/plain"), ("b", "legacy")],
+    )
+    .await?;
+    store_earlier_layout(
+        &w,
+        "s",
+        "tagged",
+        "tg",
+        "7",
+        &[("ct", "text/plain"), ("b", "legacy")],
+    )
+    .await?;
+    store_earlier_layout(
+        &w,
+        "j",
+        "o",
+        "",
+        "77",
+        &[("ct", "application/json"), ("f:a", "1"), ("f:b", "\"x\"")],
+    )
+    .await?;
+
+    // Hits, concurrently (on a standalone Redis, in batches), with the stored version.
+    let replies = patternd_e2e::burst(16, |_| {
+        patternd_e2e::get_cache_status(p.client().clone(), p.url("/v1/cache/h/s/old"))
+    })
+    .await?;
+    for (status, cs, body) in replies {
+        assert_eq!((status, body.as_str()), (200, "legacy"), "{cs}");
+        assert!(cs.starts_with("patternd; hit; ttl="), "{cs}");
+    }
+    let r = p.get("/v1/cache/h/s/old").await?;
+    assert_eq!(r.header("etag"), Some("\"12345\""), "{r:?}");
+    let r = p.get("/v1/cache/h/s/tagged").await?;
+    assert_eq!((r.status, r.text.as_str()), (200, "legacy"), "{r:?}");
+    let r = p.get("/v1/cache/h/j/o").await?;
+    assert_eq!(r.json, json!({"a": 1, "b": "x"}), "{r:?}");
+    assert_eq!(r.header("etag"), Some("\"77\""), "{r:?}");
+    assert_eq!(origin.gets("old") + origin.gets("tagged"), 0);
+
+    // A precondition compares with the old layout's version; the write packs the meta.
+    p.put_with("/v1/cache/h/s/old", "v2", &[("if-match", "\"1\"")])
+        .await?
+        .assert_problem(412);
+    let r = p
+        .put_with(
+            "/v1/cache/h/s/old",
+            "v2",
+            &[("if-match", "\"12345\""), ("content-type", "text/plain")],
+        )
+        .await?;
+    assert_eq!(r.status, 204, "{r:?}");
+    let names: Vec<String> = members(&w, "s", "old")
+        .await?
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(names, ["b", "m"], "only the packed layout is left");
+    let all = members(&w, "s", "old").await?;
+    let meta = cache_keys::Meta::parse(&all[1].1)?;
+    assert_eq!(
+        (meta.st.as_str(), meta.ct.as_str(), meta.tags.as_str()),
+        ("200", "text/plain", "")
+    );
+    assert!(meta.ver.parse::<u64>()? > 12345, "{meta:?}");
+    assert_eq!(
+        etag(&p.get("/v1/cache/h/s/old").await?),
+        format!("\"{}\"", meta.ver)
+    );
+
+    let r = p
+        .patch_with(
+            "/v1/cache/h/j/o",
+            r#"{"c": 2}"#,
+            &[JSON, ("if-match", "\"77\"")],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let g = p.get("/v1/cache/h/j/o").await?;
+    assert_eq!(g.json, json!({"a": 1, "b": "x", "c": 2}), "{g:?}");
+    let names: Vec<String> = members(&w, "j", "o")
+        .await?
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(names, ["f:a", "f:b", "f:c", "m"]);
+
+    // The old layout's tags count: an invalidation makes it a miss.
+    let r = p
+        .post_json("/v1/cache/h/s/_invalidate", &json!({ "tags": ["tg"] }))
+        .await?;
+    assert!(r.status < 300, "{r:?}");
+    let r = p.get("/v1/cache/h/s/tagged").await?;
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (200, "from the origin"),
+        "{r:?}"
+    );
+    assert!(cache_status(&r).contains("stored"), "{r:?}");
+    Ok(())
+}
+
+on_every_backend!(values_of_the_earlier_layout_are_read_and_replaced);

@@ -78,6 +78,14 @@ async fn hget(w: &World, key: &str, field: &str) -> Result<Option<Vec<u8>>> {
         .await?)
 }
 
+/// The value's packed meta (`cache_keys::Meta`).
+async fn meta(w: &World, key: &str) -> Result<cache_keys::Meta> {
+    let m = hget(w, key, "m")
+        .await?
+        .with_context(|| format!("no meta in {key}"))?;
+    cache_keys::Meta::parse(&m)
+}
+
 async fn xlen(w: &World, key: &str) -> Result<u64> {
     let mut c = w.redis.conn_for_key(key).await?;
     Ok(redis::cmd("XLEN").arg(key).query_async(&mut c).await?)
@@ -708,11 +716,7 @@ async fn patch_updates_fields_following_the_write_mode(b: Backend) -> Result<()>
     let key = value_key("h", "o");
     assert_eq!(hget(&w, &key, "f:b").await?, None);
     assert_eq!(hget(&w, &key, "f:c").await?.as_deref(), Some(&b"[1,2]"[..]));
-    assert_eq!(
-        hget(&w, &key, "tags").await?.as_deref(),
-        Some(&b"objs"[..]),
-        "tags kept"
-    );
+    assert_eq!(meta(&w, &key).await?.tags, "objs", "tags kept");
     let g = p.get("/v1/cache/w/h/o").await?;
     assert_eq!(g.json, json!({"a": 1, "c": [1, 2]}), "{g:?}");
 
@@ -1380,7 +1384,7 @@ async fn writes_run_the_cache_plugin_hook(b: Backend) -> Result<()> {
     assert_eq!(origin.gets("1"), 0);
     // The plugin's key, TTL and tag; nothing under the client's id.
     let key = value_key("b", "1:en");
-    assert_eq!(hget(&w, &key, "tags").await?.as_deref(), Some(&b"id:1"[..]));
+    assert_eq!(meta(&w, &key).await?.tags, "id:1");
     let mut conn = w.redis.conn_for_key(&key).await?;
     let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");

@@ -9,9 +9,9 @@
 //! and ARGV, and each call is under `pcall`, so a failing Redis command fails only its call.
 //! Helpers the body defines are made once per call, as before (not once per batch).
 //!
-//! A script may come with a fast path (`fast`): the cache read answers a fresh hit from it,
-//! which saves the common call its tables, its `pcall` and its own `TIME`; every other call
-//! runs the whole script.
+//! A cache read's fresh hit does not come here: the engine asks the leaner `cache hit batch`
+//! script first (`lua/cache/hit_batch.lua`), and only a read it could not answer as a hit runs
+//! this batch of the whole script.
 
 use std::sync::Arc;
 
@@ -35,15 +35,7 @@ pub(super) const FAILED_MESSAGE: &str = "type(r) == 'table' and tostring(r.err) 
 /// array (`false` for nil); a call whose Redis command failed is `2, -1, error`. One array
 /// rather than an array per call, because Redis spends less on sending it
 /// (docs/performance.md). A script whose reply may itself be `{-1, error}` cannot be wrapped.
-///
-/// `fast`: Lua defining `local function fast(k, a, nk, na, out, o)`, asked first for each call
-/// (`k`, `a` the offsets of its keys and arguments, `nk`, `na` their counts, `out` the flat
-/// reply, `o` its end so far): when it can give the reply the script would, cheaper (a cache
-/// hit), it writes it after `o` as above and returns the new end; else it returns nil, having
-/// written nothing, and the call runs the whole script. It runs outside `pcall`, so it must
-/// raise nothing: its Redis commands go through `redis.pcall`, and an error they return is
-/// its `2, -1, error`.
-pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
+pub fn wrap(script: &Script) -> Arc<Script> {
     let name = format!("{} batch", script.name);
     let mut s = String::with_capacity(script.source.len() + 2048);
     s.push_str(&format!("-- patternd {name}\n-- `{}`", script.name));
@@ -59,12 +51,6 @@ pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
         s.push('\n');
     }
     s.push_str("end\n");
-    if let Some(fast) = fast {
-        s.push_str(fast);
-        if !fast.ends_with('\n') {
-            s.push('\n');
-        }
-    }
     s.push_str(
         "local n = tonumber(ARGV[1])\n\
          local same = n > 0\n\
@@ -79,11 +65,7 @@ pub fn wrap(script: &Script, fast: Option<&str>) -> Arc<Script> {
          for i = 1, n do\n\
          \x20 if not same then nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i]) end\n",
     );
-    s.push_str(if fast.is_some() {
-        "  local e = fast(k, a, nk, na, out, o)\n  if e then\n    o = e\n  else\n"
-    } else {
-        "  do\n"
-    });
+    s.push_str("  do\n");
     s.push_str(
         "\x20   local keys, args = {}, {}\n\
          \x20   for j = 1, nk do keys[j] = KEYS[k + j] end\n\
@@ -132,7 +114,7 @@ mod tests {
             "-- patternd demo read\nlocal function f(x) return x end\nreturn { f(KEYS[1]), ARGV[1] }\n"
                 .to_string(),
         );
-        let w = wrap(&inner, None);
+        let w = wrap(&inner);
         assert_eq!(w.name, "demo read batch");
         assert!(w.source.starts_with("-- patternd demo read batch\n"));
         luacheck::check(&w.name, &w.source).unwrap_or_else(|e| panic!("{e}\n{}", w.source));

@@ -11,16 +11,20 @@
 //! checked with (tag versions, the write-behind journal and dead letters) is per group,
 //! `ks.group_key(g, …)`, in the same slot. So every script call touches one slot.
 //!
-//! - Value: HASH `ks.key(X, "v")`: `st` ("200", or "404" for a negative entry), `ct` (content
-//!   type; application/json for `format: hash`), `b` (body, `format: string`), `f:<n>` (JSON
-//!   text of top-level member `<n>`, `format: hash`), `fresh` (epoch ms, Redis TIME, until which
-//!   the value is fresh), `delta` (ms the origin fill took; 0 for PUT/PATCH), `tags` (joined by
-//!   ","), `tv` (the stamp: Redis TIME in µs when the value's data was read from its source:
-//!   a fill's `start`, else the store, past the newest invalidation of its tags), `ver` (the version, new on
-//!   every store: max(previous + 1, Redis TIME in µs); its ETag is `"<ver>"`, and PUT/PATCH
-//!   compare `If-Match`/`If-None-Match` with it in their script), and with `ttl_from_origin`
-//!   `sw`/`se` (ms: the value's own stale_while_revalidate / stale_if_error, from the origin's
-//!   Cache-Control; reads use the smaller of each and the rule's). Hard expiry: PEXPIRE
+//! - Value: HASH `ks.key(X, "v")`: `b` (body, `format: string`) or `f:<n>` (JSON text of
+//!   top-level member `<n>`, `format: hash`), and `m`, the value's meta packed into one string
+//!   (`lua/cache/meta.lua`: one member instead of seven, and no number as text, so a hit is
+//!   one HMGET of two members). The meta: `st` ("200", or "404" for a negative entry), `ct`
+//!   (content type; application/json for `format: hash`), `fresh` (epoch ms, Redis TIME, until
+//!   which the value is fresh), `delta` (ms the origin fill took; 0 for PUT/PATCH), `tags`
+//!   (joined by ","), `tv` (the stamp: Redis TIME in µs when the value's data was read from its
+//!   source: a fill's `start`, else the store, past the newest invalidation of its tags), `ver`
+//!   (the version, new on every store: max(previous + 1, Redis TIME in µs); its ETag is
+//!   `"<ver>"`, and PUT/PATCH compare `If-Match`/`If-None-Match` with it in their script), and
+//!   with `ttl_from_origin` the value's own stale_while_revalidate / stale_if_error (ms, from
+//!   the origin's Cache-Control; reads use the smaller of each and the rule's). A value written
+//!   by an earlier build has these as members of their own and no `m`; every script reads both
+//!   layouts, and the id's next store writes `m`. Hard expiry: PEXPIRE
 //!   ttl + max(stale_while_revalidate, stale_if_error) (the value's own when it has them); a
 //!   negative entry: negative_ttl.
 //! - Refresh lease: STRING `ks.key(X, "lease")` = a random token, PX refresh_lease. Granted by
@@ -105,20 +109,20 @@ use crate::policy::Rule;
 use crate::policy::cache::{Cache, WriteMode};
 
 const CLOCK: Block = lua_file!("shared/clock.lua");
+const META: Block = lua_file!("cache/meta.lua");
 const COMMON: Block = lua_file!("cache/common.lua");
 const STORE: Block = lua_file!("cache/store.lua");
 const JOURNAL: Block = lua_file!("cache/journal_common.lua");
 
 /// The includes of a script that stores a value: every one checks tags (or a write's
 /// precondition) first.
-const STORES: &[Block] = &[CLOCK, COMMON, STORE];
+const STORES: &[Block] = &[CLOCK, META, COMMON, STORE];
 
-const READ: Recipe = Recipe::new("cache read", &[], lua_file!("cache/read.lua"));
-/// The hit path of `cache read`, which its batch script asks first for each call.
-const READ_HIT: Block = lua_file!("cache/read_hit.lua");
-/// Blocks of generated scripts (`cache read batch`), beside the recipes.
-#[cfg(test)]
-pub(super) const GENERATED_FROM: &[Block<'static>] = &[READ_HIT];
+const READ: Recipe = Recipe::new("cache read", &[META], lua_file!("cache/read.lua"));
+/// The fresh hits of a batch of reads, asked before `cache read` (`store::batch`, Layout::Fixed).
+const HIT_BATCH: Recipe = Recipe::new("cache hit batch", &[META], lua_file!("cache/hit_batch.lua"));
+/// Elements per read of `cache hit batch`'s flat reply.
+pub const HIT_REPLY_WIDTH: usize = 6;
 const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
 const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
 const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));
@@ -131,7 +135,7 @@ const PUT: Recipe = Recipe::new("cache put", STORES, lua_file!("cache/put.lua"))
 const PATCH: Recipe = Recipe::new("cache patch", STORES, lua_file!("cache/patch.lua"));
 const THROUGH_BEGIN: Recipe = Recipe::new(
     "cache through-begin",
-    &[COMMON],
+    &[META, COMMON],
     lua_file!("cache/through_begin.lua"),
 );
 const THROUGH_ABORT: Recipe = Recipe::new(
@@ -174,6 +178,7 @@ const JOURNAL_DEAD_LIST: Recipe = Recipe::new(
 #[cfg(test)]
 pub(super) const RECIPES: &[Recipe<'static>] = &[
     READ,
+    HIT_BATCH,
     FILL,
     RELEASE,
     DELETE,
@@ -200,6 +205,7 @@ pub const TAGS_SUB: &str = "tags";
 struct SharedScripts {
     read: Arc<Script>,
     read_batch: Arc<Script>,
+    hit_batch: Arc<Script>,
     fill: Arc<Script>,
     release: Arc<Script>,
     delete: Arc<Script>,
@@ -209,7 +215,8 @@ struct SharedScripts {
 static SHARED: LazyLock<SharedScripts> = LazyLock::new(|| {
     let read = assemble(&READ);
     SharedScripts {
-        read_batch: super::batch::wrap(&read, Some(READ_HIT.text)),
+        read_batch: super::batch::wrap(&read),
+        hit_batch: assemble(&HIT_BATCH),
         read,
         fill: assemble(&FILL),
         release: assemble(&RELEASE),
@@ -295,6 +302,8 @@ pub struct CompiledCache {
     pub read: Arc<Script>,
     /// `read` deciding a batch of reads (`compile/batch.rs`, `store::batch`).
     pub read_batch: Arc<Script>,
+    /// The fresh hits of a batch of reads, asked first (`lua/cache/hit_batch.lua`).
+    pub hit_batch: Arc<Script>,
     /// Stores an origin answer if the lease still matches (`lua/cache/fill.lua`).
     pub fill: Arc<Script>,
     /// Gives a lease back (`lua/cache/release.lua`).
@@ -318,6 +327,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
     let mut all = vec![
         &s.read,
         &s.read_batch,
+        &s.hit_batch,
         &s.fill,
         &s.release,
         &s.delete,
@@ -336,6 +346,7 @@ pub fn compile(_rule: &Rule, spec: &Cache) -> Result<CompiledCache, String> {
         scripts: all.into_iter().cloned().collect(),
         read: s.read.clone(),
         read_batch: s.read_batch.clone(),
+        hit_batch: s.hit_batch.clone(),
         fill: s.fill.clone(),
         release: s.release.clone(),
         delete: s.delete.clone(),
@@ -352,7 +363,7 @@ impl CompiledCache {
         let mut layout = vec![
             (
                 keys.grouped_template(VALUE_SUB),
-                "HASH {st, ct, b | f:<member>..., fresh, delta, tags, tv, ver[, sw, se: the value's own stale windows (ttl_from_origin)][, jp: newest journal entry (write: behind)]}: the value; expires \
+                "HASH {m: the meta packed (st, ct, fresh, delta, tags, tv, ver, and the value's own stale windows; lua/cache/meta.lua), b | f:<member>...[, jp: newest journal entry (write: behind)]}: the value; expires \
                  ttl + max(stale_while_revalidate, stale_if_error) after it was written \
                  (a negative entry: negative_ttl)"
                     .to_string(),

@@ -19,14 +19,15 @@
 //! | `ratelimit <app>/<rule>` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of its limits' algorithms (`ratelimit/<algorithm>.lua`), then a main calling each with the limit's numbers as literals |
 //! | `ratelimit plugin-decided[ <algorithm>]` | `shared/clock.lua`, `ratelimit/prelude.lua` | generated: the blocks of every windowed algorithm (or of the one named), `ALGS` (code → function), then `ratelimit/decided.lua` |
 //! | `ratelimit release-lease` | `shared/clock.lua` | `ratelimit/release_lease.lua` |
-//! | `cache read` | — | `cache/read.lua` |
-//! | `cache fill` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/fill.lua` |
+//! | `cache read` | `cache/meta.lua` | `cache/read.lua` |
+//! | `cache hit batch` | `cache/meta.lua` | `cache/hit_batch.lua` |
+//! | `cache fill` | `shared/clock.lua`, `cache/meta.lua`, `cache/common.lua`, `cache/store.lua` | `cache/fill.lua` |
 //! | `cache release-lease` | — | `cache/release.lua` |
 //! | `cache delete` | — | `cache/delete.lua` |
 //! | `cache invalidate` | `shared/clock.lua` | `cache/invalidate.lua` |
-//! | `cache put` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/put.lua` |
-//! | `cache patch` | `shared/clock.lua`, `cache/common.lua`, `cache/store.lua` | `cache/patch.lua` |
-//! | `cache through-begin` | `cache/common.lua` | `cache/through_begin.lua` |
+//! | `cache put` | `shared/clock.lua`, `cache/meta.lua`, `cache/common.lua`, `cache/store.lua` | `cache/put.lua` |
+//! | `cache patch` | `shared/clock.lua`, `cache/meta.lua`, `cache/common.lua`, `cache/store.lua` | `cache/patch.lua` |
+//! | `cache through-begin` | `cache/meta.lua`, `cache/common.lua` | `cache/through_begin.lua` |
 //! | `cache through-abort` | — | `cache/through_abort.lua` |
 //! | `cache journal-fetch` | `cache/journal_common.lua` | `cache/journal_fetch.lua` |
 //! | `cache journal-begin` | `cache/journal_common.lua` | `cache/journal_begin.lua` |

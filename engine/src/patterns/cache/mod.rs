@@ -70,6 +70,8 @@ pub struct CacheRule {
     /// Reads gathered into batch calls (`store::batch`), started on first use; None when
     /// batching is off or on a cluster.
     read_batcher: std::sync::OnceLock<Option<crate::store::batch::Batcher>>,
+    /// Reads asked for a fresh hit first (`read::probe`), likewise.
+    hit_batcher: std::sync::OnceLock<Option<crate::store::batch::Batcher>>,
 }
 
 /// `patternd_cache_requests_total{app,rule,result}`.
@@ -152,6 +154,7 @@ impl CacheRule {
             without_redis: tokio::sync::Semaphore::new(origin::MAX_IN_FLIGHT),
             counters: Counters::new(&rule.app, &rule.name),
             read_batcher: std::sync::OnceLock::new(),
+            hit_batcher: std::sync::OnceLock::new(),
         })
     }
 

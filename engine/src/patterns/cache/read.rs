@@ -8,6 +8,12 @@
 //! `fill_wait` passes: each poll is one EVALSHA of a few HMGETs, so 200 waiters cost Redis a
 //! few thousand cheap calls per second for the length of one origin fetch.
 //!
+//! When reads are batched (a standalone Redis), a `format: string` read of a rule that is not
+//! `write: behind` first asks the hit batch (`probe`, `lua/cache/hit_batch.lua`): read-only,
+//! it answers a fresh untagged hit with the value, and anything else with "ask the read
+//! script", which then decides as above. A hit, the common read, so costs Redis one HMGET and
+//! the call carries one key and one argument instead of three keys and four.
+//!
 //! `Cache-Status` (RFC 9211) values, cache name `patternd`:
 //! - `hit; ttl=N`: served fresh from the cache (also for a cached negative 404).
 //! - `hit; ttl=-N` (no detail): a `write: behind` value whose write is still in the journal,
@@ -51,7 +57,7 @@ use crate::patterns::reply::ReplyError;
 use crate::patterns::{InputError, check_id, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
-use crate::policy::cache::CacheOnRedisError;
+use crate::policy::cache::{CacheOnRedisError, WriteMode};
 use crate::store::{Store, StoreError};
 
 /// At most this many `fields` per GET.
@@ -365,6 +371,16 @@ impl CacheRule {
         let deadline = Instant::now() + self.spec.fill_wait;
         let mut pause = Duration::from_millis(10);
         let mut waited = false;
+        if let Some(v) = self
+            .probe(store, budget, &keys, req.fields.as_deref())
+            .await?
+        {
+            // What the read script's `hit` below does, first time round.
+            self.near_store(&keys[0], &v, ticket.take());
+            self.counters.hit.increment(1);
+            let status = format!("patternd; hit; ttl={}", ttl_secs(v.left));
+            return self.serve(v, status, req.id);
+        }
         loop {
             let (token, rand) = random::token_and_unit().map_err(no_entropy)?;
             let reply = {
@@ -561,6 +577,53 @@ impl CacheRule {
             }
         };
         reply::read(raw, self.spec.format).map_err(|e| self.bad_reply(&e))
+    }
+
+    /// The value of a fresh hit from the hit batch (`lua/cache/hit_batch.lua`), or None when
+    /// the read script must answer: the value is not a fresh untagged hit, or the read is not
+    /// one the hit batch takes (`fields`, `format: hash`, `write: behind`, or reads that are
+    /// not batched: batching off, a cluster). The hit batch answers a hit as the read script
+    /// would at that instant and changes nothing, so asking it first changes no answer; it
+    /// takes the value's key and the XFetch gap only, instead of the read's three keys and
+    /// four arguments (docs/performance.md, fourth round).
+    async fn probe(
+        &self,
+        store: &Store,
+        budget: &mut Budget,
+        keys: &[String],
+        fields: Option<&[String]>,
+    ) -> Result<Option<Stored>, ReadError> {
+        if fields.is_some()
+            || self.spec.format != CacheFormat::String
+            || self.spec.write == WriteMode::Behind
+        {
+            return Ok(None);
+        }
+        let Some(batcher) = self.hit_batcher(store) else {
+            return Ok(None);
+        };
+        let gap = self
+            .read_argv
+            .xfetch_gap(random::unit().map_err(no_entropy)?)
+            .to_string();
+        let call = batcher.call(vec![keys[0].clone()], vec![gap.into_bytes()]);
+        let one = budget.run(call).await?;
+        reply::hit(one).map_err(|e| self.bad_reply(&e))
+    }
+
+    /// The batcher of this rule's hit batch (see `CacheRule::hit_batcher`).
+    fn hit_batcher(&self, store: &Store) -> Option<&crate::store::batch::Batcher> {
+        self.hit_batcher
+            .get_or_init(|| {
+                crate::store::batch::Batcher::start(
+                    store,
+                    self.scripts.hit_batch.clone(),
+                    crate::store::batch::Layout::Fixed {
+                        width: crate::compile::cache::HIT_REPLY_WIDTH,
+                    },
+                )
+            })
+            .as_ref()
     }
 
     /// The batcher of this rule's reads (see `CacheRule::read_batcher`).

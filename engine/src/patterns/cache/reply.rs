@@ -63,6 +63,31 @@ pub(super) struct ReadReply {
     pub(super) value: Option<Stored>,
 }
 
+/// One read's six elements of the hit batch (`lua/cache/hit_batch.lua`): a fresh hit as
+/// `st, ct, ms left, body, delta ms, ver`, or `0` and padding when the read script must answer
+/// the read. Takes the reply's buffers over (the body is not copied).
+pub(super) fn hit(reply: Value) -> Result<Option<Stored>, ReplyError> {
+    let mut it = Items::new(into_array(reply)?);
+    let st = it.next_value()?;
+    if matches!(st, Value::Int(0)) {
+        return Ok(None);
+    }
+    let st = into_text(st)?;
+    let ct = it.next_text()?;
+    let left = it.next_int()?;
+    let body = Body::Bytes(it.next_bytes()?);
+    let delta = it.next_int()?;
+    let version = it.next_text()?;
+    Ok(Some(Stored {
+        st,
+        ct,
+        left,
+        delta,
+        body,
+        version,
+    }))
+}
+
 /// The read script (`lua/cache/read.lua`): `{ action, start }`, or with a value `{ action, start,
 /// st, ct, ms left, body, delta ms, ver, name1, json1, ... }`: the body for `format: string`,
 /// the members for `format: hash`; `start` is '' for `hit`. Takes the reply's buffers over

@@ -1,6 +1,6 @@
 -- patternd cache: the value's tags and version, and a write's preconditions (RFC 9110).
 -- Included by the scripts that check a precondition or a tag: fill, put, patch,
--- through-begin. Needs nothing before it. The read script checks tags itself, the same way as
+-- through-begin. Needs meta.lua before it. The read script checks tags itself, the same way as
 -- `tags_current` (a hit must not pay for these closures, made on every call): change both.
 
 -- Splits 'a,b,c' into { 'a', 'b', 'c' }; '' gives {}.
@@ -36,11 +36,13 @@ end
 -- tags current, or its newest write still in the write-behind journal `jkey`), '' for a live
 -- value written before versions existed, nil when there is no live value.
 local function current_version(vkey, tkey, jkey)
-  local m = redis.call('HMGET', vkey, 'st', 'tags', 'tv', 'jp', 'ver')
-  if m[1] ~= '200' then return nil end
-  local pending = m[4] and jkey and #redis.call('XRANGE', jkey, m[4], m[4]) > 0
-  if not pending and not tags_current(tkey, m[2], m[3]) then return nil end
-  return m[5] or ''
+  local r = redis.call('HMGET', vkey, 'jp', 'm', unpack(META_OLD))
+  local st, _, _, _, tags, tv, ver = meta_at(r, 2)
+  if st ~= '200' then return nil end
+  local jp = r[1]
+  local pending = jp and jkey and #redis.call('XRANGE', jkey, jp, jp) > 0
+  if not pending and not tags_current(tkey, tags, tv) then return nil end
+  return ver
 end
 
 -- RFC 9110 §13.1.1 (If-Match, strong comparison) and §13.1.2 (If-None-Match, weak

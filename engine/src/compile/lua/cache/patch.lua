@@ -36,27 +36,27 @@ if mode == 't' then
 end
 
 local function live_fields()
-  local st = redis.call('HGET', src, 'st')
-  if st ~= '200' then return nil end
-  local meta = redis.call('HMGET', src, 'tags', 'tv', 'jp')
-  local tags = split_commas(meta[1])
-  -- A value whose newest write is still journaled is live whatever its tags say (as in the
-  -- read script): a tag invalidation takes effect once that write reached the origin.
-  local pending = meta[3] and jkey and #redis.call('XRANGE', jkey, meta[3], meta[3]) > 0
-  if not pending and not tags_current(tkey, meta[1], meta[2]) then return nil end
   local all = redis.call('HGETALL', src)
-  local fields, order, ver = {}, {}, ''
+  local by, fields, order = {}, {}, {}
   for i = 1, #all, 2 do
     local name = all[i]
     if string.sub(name, 1, 2) == 'f:' then
       name = string.sub(name, 3)
       fields[name] = all[i + 1]
       order[#order + 1] = name
-    elseif name == 'ver' then
-      ver = all[i + 1]
+    else
+      by[name] = all[i + 1]
     end
   end
-  return fields, order, tags, ver
+  local r = { by.m }
+  for i = 1, #META_OLD do r[1 + i] = by[META_OLD[i]] end
+  local st, _, _, _, tags_text, tv, ver = meta_at(r, 1)
+  if st ~= '200' then return nil end
+  -- A value whose newest write is still journaled is live whatever its tags say (as in the
+  -- read script): a tag invalidation takes effect once that write reached the origin.
+  local pending = by.jp and jkey and #redis.call('XRANGE', jkey, by.jp, by.jp) > 0
+  if not pending and not tags_current(tkey, tags_text, tv) then return nil end
+  return fields, order, split_commas(tags_text), ver
 end
 
 local fields, order, tags, ver = live_fields()

@@ -50,49 +50,47 @@ local mode = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 
--- meta: st, ct, fresh, delta, tags, tv, ver; jp: the newest journal entry (write: behind
--- only); body: the `b` member ('body' mode); members: name, json, ... (format: hash).
-local meta, jp, body, members
+-- The value's meta (meta.lua: the packed `m`, or the members of the earlier layout), its
+-- newest journal entry `jp` (write: behind only), the body `b` ('body' mode), and members:
+-- name, json, ... (format: hash). One hash command reads them all.
+local r, jp, body, members
 if mode == 'body' then
-  if KEYS[4] then
-    meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'b', 'jp')
-    jp = meta[9]
-  else
-    meta = redis.call('HMGET', vkey, 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'b')
-  end
-  body = meta[8]
+  r = redis.call('HMGET', vkey, 'b', 'jp', 'm', unpack(META_OLD))
+  body, jp = r[1], r[2]
 elseif mode == 'all' then
   local all = redis.call('HGETALL', vkey)
-  local pos = { st = 1, ct = 2, fresh = 3, delta = 4, tags = 5, tv = 6, ver = 7 }
-  meta, members = {}, {}
+  local by = {}
+  members = {}
   for i = 1, #all, 2 do
     local f = all[i]
     if string.sub(f, 1, 2) == 'f:' then
       members[#members + 1] = string.sub(f, 3)
       members[#members + 1] = all[i + 1]
-    elseif f == 'jp' then
-      jp = all[i + 1]
     else
-      local p = pos[f]
-      if p then meta[p] = all[i + 1] end
+      by[f] = all[i + 1]
     end
   end
+  jp = by.jp
+  r = { by.b, by.jp, by.m }
+  for i = 1, #META_OLD do r[3 + i] = by[META_OLD[i]] end
 else
-  local names = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'jp' }
+  local names = { 'b', 'jp', 'm' }
+  for i = 1, #META_OLD do names[#names + 1] = META_OLD[i] end
   local base = #names
   for i = 5, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
-  meta = redis.call('HMGET', vkey, unpack(names))
-  jp = meta[8]
+  r = redis.call('HMGET', vkey, unpack(names))
+  jp = r[2]
   members = {}
   for i = 5, #ARGV do
-    local v = meta[base + i - 4]
+    local v = r[base + i - 4]
     if v then
       members[#members + 1] = ARGV[i]
       members[#members + 1] = v
     end
   end
 end
-local st = meta[1]
+-- st nil: no value. own_sw, own_se: the value's own stale windows (nil: the rule's).
+local st, ct, fresh, delta, tags, tv, ver, own_sw, own_se = meta_at(r, 3)
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
 local pending = st == '200' and jp and KEYS[4] and #redis.call('XRANGE', KEYS[4], jp, jp) > 0
 -- A pending value survives a tag invalidation until its write is delivered (the origin's copy
@@ -100,9 +98,8 @@ local pending = st == '200' and jp and KEYS[4] and #redis.call('XRANGE', KEYS[4]
 -- A value whose tags were invalidated since it was written is a miss (and is dropped, so it
 -- is never served stale either). The check of common.lua's `tags_current`, inline: that
 -- block's helpers would be closures made on every call.
-local tags = meta[5]
 if st and not pending and tags and tags ~= '' then
-  local stamp = tonumber(meta[6])
+  local stamp = tonumber(tv)
   local valid = stamp ~= nil
   if valid then
     for tag in string.gmatch(tags, '[^,]+') do
@@ -115,8 +112,8 @@ if st and not pending and tags and tags ~= '' then
     st = nil
   end
 end
-local left = st and tonumber(meta[3]) - now or 0
-local delta = tonumber(meta[4]) or 0
+local left = st and fresh - now or 0
+delta = delta or 0
 
 -- XFetch (Vattani et al.): refresh early with a probability that grows as expiry nears and
 -- with the time a recompute takes: now - delta * beta * ln(rand) >= fresh, that is
@@ -161,9 +158,8 @@ else
   else
     -- Stale: the value's own stale windows (read only here), never longer than the rule's.
     swr, sie = tonumber(swr), tonumber(sie)
-    local own = redis.call('HMGET', vkey, 'sw', 'se')
-    if own[1] then swr = math.min(swr, tonumber(own[1]) or swr) end
-    if own[2] then sie = math.min(sie, tonumber(own[2]) or sie) end
+    if own_sw then swr = math.min(swr, own_sw) end
+    if own_se then sie = math.min(sie, own_se) end
     if -left <= swr then
       if take_lease() then action = 'stale_refresh' else action = 'stale' end
     elseif take_lease() then
@@ -177,8 +173,8 @@ else
   end
 end
 
-local out = { action, start, st, meta[2] or '', math.floor(left), body or '', math.floor(delta),
-  meta[7] or '' }
+local out = { action, start, st, ct or '', math.floor(left), body or '', math.floor(delta),
+  ver or '' }
 if members then
   for i = 1, #members do out[8 + i] = members[i] end
 end

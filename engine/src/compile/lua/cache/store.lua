@@ -1,6 +1,6 @@
 -- patternd cache: the one function that writes a value. Included by the origin fill script
 -- (cache-read) and the PUT/PATCH scripts (cache-write), so a value looks the same whoever
--- wrote it. Needs shared/clock.lua (now_us, fmt, int_text) before it.
+-- wrote it. Needs shared/clock.lua (now_us, int_text) and meta.lua before it.
 --
 -- cache_store(v) with v a table:
 --   v.key     the value HASH, ks.key(id, "v")                              (a KEYS entry)
@@ -20,7 +20,7 @@
 --   v.tags    array of tags (validated by the engine: 1-128 bytes, no ',' and no whitespace)
 --   v.swr, v.sie  (optional) this value's own stale_while_revalidate / stale_if_error in ms
 --             (`ttl_from_origin`: from the origin's Cache-Control, already bounded by the
---             rule's); stored as `sw`/`se`, and the read script takes the smaller of them and
+--             rule's); packed into `m` (meta.lua), and the read script takes the smaller of them and
 --             the rule's. Absent: the rule's apply.
 --   v.prev    (optional) the version of the value this one replaces when it is not in v.key
 --             (a write-through PATCH patches the copy set aside under another key)
@@ -38,7 +38,10 @@
 local function cache_store(v)
   local hard = v.ttl + v.stale
   if hard < 1 then hard = 1 end
-  local prev = tonumber(redis.call('HGET', v.key, 'ver') or '') or tonumber(v.prev or '') or 0
+  local old = redis.call('HMGET', v.key, 'm', 'ver')
+  local prev_ver = old[2]
+  if old[1] then prev_ver = select(7, unpack_meta(old[1])) end
+  local prev = tonumber(prev_ver or '') or tonumber(v.prev or '') or 0
   local now_u = now_us()
   local ver = int_text(math.max(prev + 1, now_u))
   local until_ms = -math.floor(v.now + hard)
@@ -57,21 +60,14 @@ local function cache_store(v)
   end
   local stamp = v.stamp or math.max(now_u, newest + 1)
   redis.call('DEL', v.key)
+  -- The meta packed into one member (meta.lua); the value's own stale windows only with
+  -- `ttl_from_origin`.
+  local sw, se
+  if v.swr then sw, se = math.floor(v.swr), math.floor(v.sie or 0) end
   local h = {
-    'st', v.st,
-    'ct', v.ct or '',
-    'fresh', fmt(v.now + v.ttl),
-    'delta', tostring(math.floor(v.delta or 0)),
-    'tags', table.concat(v.tags, ','),
-    'tv', int_text(stamp),
-    'ver', ver,
+    'm', pack_meta(v.st, v.ct or '', v.now + v.ttl, math.floor(v.delta or 0),
+      table.concat(v.tags, ','), int_text(stamp), ver, sw, se),
   }
-  if v.swr then
-    h[#h + 1] = 'sw'
-    h[#h + 1] = tostring(math.floor(v.swr))
-    h[#h + 1] = 'se'
-    h[#h + 1] = tostring(math.floor(v.sie or 0))
-  end
   if v.body then
     h[#h + 1] = 'b'
     h[#h + 1] = v.body
