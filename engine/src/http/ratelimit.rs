@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, header};
 use axum::http::{HeaderValue, StatusCode};
@@ -42,26 +43,6 @@ pub(super) struct CheckQuery {
     /// Status for a denial instead of 429. nginx's `auth_request` only understands 2xx, 401 and
     /// 403 (anything else becomes a 500), so gateways ask for 403 and map it back to 429.
     deny_status: Option<String>,
-}
-
-#[derive(Serialize)]
-struct CheckReply<'a> {
-    allowed: bool,
-    limit: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    burst: Option<u64>,
-    remaining: u64,
-    reset_after_ms: u64,
-    retry_after_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lease: Option<&'a str>,
-    degraded: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    shadow_denied: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    fallback: bool,
 }
 
 /// A decision request, as its 400s show it.
@@ -254,26 +235,13 @@ fn parse_cost(text: &str) -> Result<u64, ApiError> {
 }
 
 fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
-    let reply = CheckReply {
-        allowed: d.allowed,
-        limit: d.limit,
-        burst: d.burst,
-        remaining: d.remaining,
-        reset_after_ms: d.reset_after_ms,
-        retry_after_ms: d.retry_after_ms,
-        lease: d.lease.as_deref(),
-        degraded: d.degraded,
-        shadow_denied: d.shadow_denied,
-        reason: d.reason.as_deref(),
-        fallback: d.fallback,
-    };
-    let body = serde_json::to_vec(&reply).unwrap_or_default();
     let status = if d.allowed {
         StatusCode::OK
     } else {
         deny_status
     };
-    let mut resp = (status, body).into_response();
+    let mut resp = Response::new(Body::from(reply_json(d)));
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -290,15 +258,19 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
     // the header is left out. `r` and `t` are measured against the policy item (see
     // `Decision::policy_remaining`).
     if d.quota_known {
-        let rl_value = format!(
-            "\"{}\";r={};t={}",
-            d.item_name
-                .as_deref()
-                .unwrap_or(rl.item_name(d.limit_index)),
-            d.policy_remaining,
-            d.policy_reset_s
-        );
-        if let Ok(v) = HeaderValue::from_str(&rl_value) {
+        let name = d
+            .item_name
+            .as_deref()
+            .unwrap_or(rl.item_name(d.limit_index));
+        let mut n = itoa::Buffer::new();
+        let mut v = Vec::with_capacity(name.len() + 32);
+        v.push(b'"');
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(b"\";r=");
+        v.extend_from_slice(n.format(d.policy_remaining).as_bytes());
+        v.extend_from_slice(b";t=");
+        v.extend_from_slice(n.format(d.policy_reset_s).as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
             h.insert(RATELIMIT.clone(), v);
         }
     }
@@ -319,6 +291,55 @@ fn render(rl: &RateLimiter, d: &Decision, deny_status: StatusCode) -> Response {
         );
     }
     resp
+}
+
+/// The decision's JSON body (the `CheckResponse` schema): the fields in a fixed order, numbers
+/// through itoa, and serde_json only for the two strings that may need escaping. Written by
+/// hand because it is every decision's body: serde_json's serializer and a growing buffer
+/// were 1.5k of the 4.8k instructions `render` took per decision (bench/engine-instructions.sh,
+/// docs/performance.md). `the_reply_body_is_what_serde_json_writes` holds it to serde_json's
+/// output for every combination of the optional fields.
+fn reply_json(d: &Decision) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(if d.allowed {
+        b"{\"allowed\":true,\"limit\":"
+    } else {
+        b"{\"allowed\":false,\"limit\":"
+    });
+    out.extend_from_slice(n.format(d.limit).as_bytes());
+    if let Some(burst) = d.burst {
+        out.extend_from_slice(b",\"burst\":");
+        out.extend_from_slice(n.format(burst).as_bytes());
+    }
+    out.extend_from_slice(b",\"remaining\":");
+    out.extend_from_slice(n.format(d.remaining).as_bytes());
+    out.extend_from_slice(b",\"reset_after_ms\":");
+    out.extend_from_slice(n.format(d.reset_after_ms).as_bytes());
+    out.extend_from_slice(b",\"retry_after_ms\":");
+    out.extend_from_slice(n.format(d.retry_after_ms).as_bytes());
+    if let Some(lease) = &d.lease {
+        out.extend_from_slice(b",\"lease\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, lease);
+    }
+    out.extend_from_slice(if d.degraded {
+        b",\"degraded\":true"
+    } else {
+        b",\"degraded\":false"
+    });
+    if d.shadow_denied {
+        out.extend_from_slice(b",\"shadow_denied\":true");
+    }
+    if let Some(reason) = &d.reason {
+        out.extend_from_slice(b",\"reason\":");
+        let _ = serde_json::to_writer(&mut out, reason);
+    }
+    if d.fallback {
+        out.extend_from_slice(b",\"fallback\":true");
+    }
+    out.push(b'}');
+    out
 }
 
 // `DELETE /v1/ratelimit/{app}/{rule}/leases/{lease}`: releases a concurrency lease.
@@ -354,7 +375,7 @@ pub struct CheckRequestDoc {
 
 /// A rate-limit decision.
 #[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // the document's schema; `CheckReply` is what is sent
+#[allow(dead_code)] // the document's schema; `reply_json` writes what is sent
 pub struct CheckResponse {
     allowed: bool,
     /// The reported limit's quota per window: the denying limit, or the one with the least
@@ -384,4 +405,78 @@ pub struct CheckResponse {
 pub struct ReleaseResponse {
     /// False when the lease had already expired or been released.
     released: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::reply_json;
+    use crate::patterns::Decision;
+
+    /// The body as serde_json writes it (what `render` sent before `reply_json`).
+    #[derive(Serialize)]
+    struct CheckReply<'a> {
+        allowed: bool,
+        limit: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        burst: Option<u64>,
+        remaining: u64,
+        reset_after_ms: u64,
+        retry_after_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lease: Option<&'a str>,
+        degraded: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        shadow_denied: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        fallback: bool,
+    }
+
+    #[test]
+    fn the_reply_body_is_what_serde_json_writes() {
+        for bits in 0u32..64 {
+            let on = |i: u32| bits & (1 << i) != 0;
+            let d = Decision {
+                allowed: on(0),
+                limit: u64::MAX,
+                burst: on(1).then_some(7),
+                limit_index: 0,
+                remaining: 0,
+                reset_after_ms: 1234,
+                retry_after_ms: 999_999_999_999,
+                policy_remaining: 0,
+                policy_reset_s: 0,
+                lease: on(2).then(|| "AbC-_09xyzAbC-_09xyz12".to_string()),
+                degraded: on(3),
+                shadow_denied: on(4),
+                quota_known: true,
+                policy_header: None,
+                item_name: None,
+                reason: on(5).then(|| "a \"quoted\" reason\\ with \u{1} and é".to_string()),
+                fallback: on(4) && on(0),
+            };
+            let want = serde_json::to_vec(&CheckReply {
+                allowed: d.allowed,
+                limit: d.limit,
+                burst: d.burst,
+                remaining: d.remaining,
+                reset_after_ms: d.reset_after_ms,
+                retry_after_ms: d.retry_after_ms,
+                lease: d.lease.as_deref(),
+                degraded: d.degraded,
+                shadow_denied: d.shadow_denied,
+                reason: d.reason.as_deref(),
+                fallback: d.fallback,
+            })
+            .expect("serializes");
+            assert_eq!(
+                String::from_utf8_lossy(&reply_json(&d)),
+                String::from_utf8_lossy(&want),
+                "{bits:06b}"
+            );
+        }
+    }
 }

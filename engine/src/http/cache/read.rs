@@ -90,7 +90,9 @@ async fn get_value(
     // errors (404, 5xx) are answered as they are.
     Ok(match conditions.evaluate_get(out.version.as_deref()) {
         GetOutcome::Serve => {
-            let mut resp = (StatusCode::OK, out.body.into_bytes()).into_response();
+            // Built directly: `(StatusCode, Bytes).into_response()` would set a content type
+            // only to have it replaced below.
+            let mut resp = Response::new(axum::body::Body::from(out.body.into_bytes()));
             set_etag(&mut resp, out.version.as_deref());
             let h = resp.headers_mut();
             // From the owned Strings: the header values take their buffers over.
