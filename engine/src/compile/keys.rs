@@ -81,12 +81,18 @@ impl KeySpace {
     /// with their values (the cache: tag versions, the write-behind journal), so that state is
     /// split into `groups` slots, each beside the values of its ids.
     pub fn group_of(id: &str, groups: u32) -> u32 {
-        let mut escaped = String::with_capacity(id.len());
-        escape_into(id, &mut escaped);
+        // The hash of the escaped id, fed byte by byte without building it (this runs for
+        // every cache request).
         let mut h: u32 = 0x811c_9dc5;
-        for b in escaped.bytes() {
+        let mut feed = |b: u8| {
             h ^= u32::from(b);
             h = h.wrapping_mul(0x0100_0193);
+        };
+        for b in id.bytes() {
+            match escaped(b) {
+                Some(e) => e.bytes().for_each(&mut feed),
+                None => feed(b),
+            }
         }
         h % groups.max(1)
     }
@@ -95,7 +101,24 @@ impl KeySpace {
     /// `{app}:{pattern}:{rule}:{%<app>.<rule>.<group>}:<sub>`. `sub` holds no `:`, so it never
     /// equals a grouped id key (`…}:<escaped id>:<sub>` has two segments).
     pub fn group_key(&self, group: u32, sub: &str) -> String {
-        format!("{}{{{}.{group}}}:{sub}", self.prefix, self.rule_tag)
+        let mut k = self.group_base(group, sub.len());
+        k.push_str(sub);
+        k
+    }
+
+    /// `{app}:{pattern}:{rule}:{%<app>.<rule>.<group>}:` with room for `more` bytes after it.
+    fn group_base(&self, group: u32, more: usize) -> String {
+        let mut n = itoa::Buffer::new();
+        let g = n.format(group);
+        let mut k =
+            String::with_capacity(self.prefix.len() + self.rule_tag.len() + g.len() + 4 + more);
+        k.push_str(&self.prefix);
+        k.push('{');
+        k.push_str(&self.rule_tag);
+        k.push('.');
+        k.push_str(g);
+        k.push_str("}:");
+        k
     }
 
     /// The keys of several subs of `id`, tagged by the id's slot group rather than by the id:
@@ -109,7 +132,8 @@ impl KeySpace {
         subs: impl IntoIterator<Item = &'a str>,
     ) -> (u32, Vec<String>) {
         let group = Self::group_of(id, groups);
-        let mut base = self.group_key(group, "");
+        // Room for the id (escaping may take more) and the longest sub.
+        let mut base = self.group_base(group, id.len() + 8);
         escape_into(id, &mut base);
         base.push(':');
         let keys = subs
@@ -143,6 +167,70 @@ impl KeySpace {
 #[cfg(test)]
 mod rule_key_tests {
     use super::*;
+
+    /// The key builder's fast paths (escaping by byte runs, the group hash without building
+    /// the escaped id, group keys without `format!`) give what the plain definitions give:
+    /// keys are stored data, so they may never change.
+    #[test]
+    fn escaping_groups_and_group_keys_are_the_plain_definitions() {
+        fn plain_escape(id: &str) -> String {
+            id.chars()
+                .map(|c| match c {
+                    '%' => "%25".to_string(),
+                    '{' => "%7B".to_string(),
+                    '}' => "%7D".to_string(),
+                    c => c.to_string(),
+                })
+                .collect()
+        }
+        fn plain_group(id: &str, groups: u32) -> u32 {
+            let mut h: u32 = 0x811c_9dc5;
+            for b in plain_escape(id).bytes() {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            h % groups.max(1)
+        }
+        let ks = KeySpace::new("shop", "cache", "product");
+        for id in [
+            "",
+            "a",
+            "%",
+            "{",
+            "}",
+            "{}",
+            "a{b}c%d",
+            "é{ü}%€",
+            "%%{{}}",
+            "plain-id-42",
+            "🙂}x{",
+            "%25",
+            "ends with %",
+        ] {
+            let mut e = String::new();
+            escape_into(id, &mut e);
+            assert_eq!(e, plain_escape(id), "{id:?}");
+            for groups in [1, 7, 16, 1024] {
+                let g = KeySpace::group_of(id, groups);
+                assert_eq!(g, plain_group(id, groups), "{id:?} {groups}");
+                assert_eq!(
+                    ks.group_key(g, "tags"),
+                    format!("{}{{{}.{g}}}:tags", ks.prefix, ks.rule_tag)
+                );
+                let (g2, keys) = ks.grouped_keys(groups, id, ["v", "lease"]);
+                assert_eq!(g2, g);
+                assert_eq!(
+                    keys,
+                    ["v", "lease"].map(|sub| format!(
+                        "{}{{{}.{g}}}:{}:{sub}",
+                        ks.prefix,
+                        ks.rule_tag,
+                        plain_escape(id)
+                    ))
+                );
+            }
+        }
+    }
 
     /// Values `CLUSTER KEYSLOT` answers (the cluster harness checks its own copy of this
     /// function against a real cluster, tests/tests/cluster_harness.rs), and the spec's
@@ -203,13 +291,24 @@ mod rule_key_tests {
 }
 
 fn escape_into(id: &str, out: &mut String) {
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
+    // Byte by byte: the three escaped characters are ASCII, so every cut is at a character
+    // boundary, and the runs between them are copied whole.
+    let mut rest = id;
+    while let Some(i) = rest.bytes().position(|b| escaped(b).is_some()) {
+        out.push_str(&rest[..i]);
+        out.push_str(escaped(rest.as_bytes()[i]).unwrap_or_default());
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// What an id's byte `b` becomes in a key, when it is not itself.
+fn escaped(b: u8) -> Option<&'static str> {
+    match b {
+        b'%' => Some("%25"),
+        b'{' => Some("%7B"),
+        b'}' => Some("%7D"),
+        _ => None,
     }
 }
 

@@ -61,7 +61,11 @@ pub enum GetOutcome {
 
 /// The ETag of a version: `"<ver>"`.
 pub fn etag(version: &str) -> String {
-    format!("\"{version}\"")
+    let mut e = String::with_capacity(version.len() + 2);
+    e.push('"');
+    e.push_str(version);
+    e.push('"');
+    e
 }
 
 /// A version as this server writes them (so an opaque tag of any other form matches nothing).
