@@ -35,6 +35,13 @@ instructions *ARGS:
     cargo build --release -p patternd
     bench/instructions.sh {{ARGS}}
 
+# Instructions the engine executes per request (GET /healthz, a fixed- and a sliding-window
+# decision, a cache hit), counted by callgrind over one connection: the engine's side of the
+# floors without the machine's noise. `just engine-instructions <older patternd>` for before.
+engine-instructions *ARGS:
+    cargo build --release -p patternd
+    bench/engine-instructions.sh {{ARGS}}
+
 # Build the example plugins (Rust guests for wasm32-wasip2, Lua files) into plugins/dist/.
 plugins:
     bash plugins/build.sh

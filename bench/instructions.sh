@@ -9,8 +9,8 @@
 # Usage: bench/instructions.sh [PATTERND] [REDIS_SERVER]
 #   PATTERND      the patternd binary whose scripts are measured (its `compile` prints them);
 #                 default: target/release/patternd under $CARGO_TARGET_DIR or ./target
-#                 (the cache line needs a build whose batches send one head for one shape,
-#                 bed8c76 on; older ones answer an error, shown as n/a)
+#                 (a build with the cache hit batch, 9eed492 on, is measured by it; an older
+#                 one by its read batch, which needs bed8c76 on, else the line shows n/a)
 #   REDIS_SERVER  the redis-server to run under callgrind (default: the one on PATH). One
 #                 built with symbols also gives a per-function profile of the dumps it leaves:
 #                 `callgrind_annotate --inclusive=yes <dump>` (KEEP=1 keeps them).

@@ -36,7 +36,8 @@ end
 -- tags current, or its newest write still in the write-behind journal `jkey`), '' for a live
 -- value written before versions existed, nil when there is no live value.
 local function current_version(vkey, tkey, jkey)
-  local r = redis.call('HMGET', vkey, 'jp', 'm', unpack(META_OLD))
+  local r = redis.call('HMGET', vkey, 'jp', 'm', 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver',
+    'sw', 'se')
   local st, _, _, _, tags, tv, ver = meta_at(r, 2)
   if st ~= '200' then return nil end
   local jp = r[1]

@@ -20,9 +20,9 @@
 local META = '<BddI4c0I4c0I4c0I4c0I4c0dd'
 local META_HIT = '<BddI4c0I4c0I4c0I4c0'
 
--- The members of the earlier layout, in the order `meta_at` expects them after `m`.
--- (HMGET key 'm', unpack(META_OLD)) reads a value of either layout.
-local META_OLD = { 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'sw', 'se' }
+-- The members of the earlier layout, in the order `meta_at` expects them after `m`: 'st',
+-- 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'sw', 'se' (written out where they are read,
+-- rather than kept in a table every call of every script that includes this would make).
 
 local function pack_meta(st, ct, fresh, delta, tags, tv, ver, sw, se)
   return struct.pack(META, 1, fresh, delta, #st, st, #ct, ct, #tags, tags, #ver, ver, #tv, tv,
@@ -47,7 +47,8 @@ local function unpack_hit(m)
   return st, ct, fresh, delta, tags, ver
 end
 
--- The meta of a value from `r`, a reply with `m` at index i and META_OLD's members after it:
+-- The meta of a value from `r`, a reply with `m` at index i and the earlier layout's members
+-- (above) after it:
 -- st, ct, fresh, delta, tags, tv, ver, sw, se; st nil when there is no value.
 local function meta_at(r, i)
   if r[i] then return unpack_meta(r[i]) end

@@ -55,7 +55,8 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 -- name, json, ... (format: hash). One hash command reads them all.
 local r, jp, body, members
 if mode == 'body' then
-  r = redis.call('HMGET', vkey, 'b', 'jp', 'm', unpack(META_OLD))
+  r = redis.call('HMGET', vkey, 'b', 'jp', 'm', 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver',
+    'sw', 'se')
   body, jp = r[1], r[2]
 elseif mode == 'all' then
   local all = redis.call('HGETALL', vkey)
@@ -71,11 +72,9 @@ elseif mode == 'all' then
     end
   end
   jp = by.jp
-  r = { by.b, by.jp, by.m }
-  for i = 1, #META_OLD do r[3 + i] = by[META_OLD[i]] end
+  r = { by.b, by.jp, by.m, by.st, by.ct, by.fresh, by.delta, by.tags, by.tv, by.ver, by.sw, by.se }
 else
-  local names = { 'b', 'jp', 'm' }
-  for i = 1, #META_OLD do names[#names + 1] = META_OLD[i] end
+  local names = { 'b', 'jp', 'm', 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'sw', 'se' }
   local base = #names
   for i = 5, #ARGV do names[#names + 1] = 'f:' .. ARGV[i] end
   r = redis.call('HMGET', vkey, unpack(names))

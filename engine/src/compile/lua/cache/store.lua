@@ -38,9 +38,11 @@
 local function cache_store(v)
   local hard = v.ttl + v.stale
   if hard < 1 then hard = 1 end
+  -- The version of the value replaced: from its packed meta (what a hit reads is enough), or
+  -- the earlier layout's `ver`.
   local old = redis.call('HMGET', v.key, 'm', 'ver')
   local prev_ver = old[2]
-  if old[1] then prev_ver = select(7, unpack_meta(old[1])) end
+  if old[1] then prev_ver = select(6, unpack_hit(old[1])) end
   local prev = tonumber(prev_ver or '') or tonumber(v.prev or '') or 0
   local now_u = now_us()
   local ver = int_text(math.max(prev + 1, now_u))
