@@ -38,13 +38,7 @@ trap cleanup EXIT
 
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
 mkdir "$work/policies"
-cat >"$work/policies/i.yaml" <<'YAML'
-app: i
-rules:
-  fw: { rate_limit: { algorithm: fixed_window, limit: 1000000000, window: 1m } }
-  sw: { rate_limit: { algorithm: sliding_window, limit: 1000000000, window: 1m } }
-  c: { cache: { ttl: 1h } }
-YAML
+cp "$(dirname "$0")/instructions.yaml" "$work/policies/i.yaml"
 # One worker thread: the same work lands on one thread whatever the scheduler does.
 valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$work/cg.out" \
   "$patternd" serve --threads 1 --listen "127.0.0.1:$hport" --redis "redis://127.0.0.1:$rport" \

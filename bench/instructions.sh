@@ -48,13 +48,7 @@ done
 redis-cli -p "$port" ping >/dev/null || { cat "$work/redis.log" >&2; exit 1; }
 
 # The scripts, as the engine sends them: each rule's batch variant.
-cat >"$work/policy.yaml" <<'YAML'
-app: i
-rules:
-  fw: { rate_limit: { algorithm: fixed_window, limit: 1000000000, window: 1m } }
-  sw: { rate_limit: { algorithm: sliding_window, limit: 1000000000, window: 1m } }
-  c: { cache: { ttl: 1h } }
-YAML
+cp "$(dirname "$0")/instructions.yaml" "$work/policy.yaml"
 "$patternd" compile "$work/policy.yaml" >"$work/compiled.txt" 2>/dev/null
 # The source of script "$1" from the `compile` output, as a file.
 extract() {

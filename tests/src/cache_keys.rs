@@ -77,35 +77,11 @@ pub struct Meta {
 impl Meta {
     pub fn parse(m: &[u8]) -> anyhow::Result<Self> {
         anyhow::ensure!(m.first() == Some(&1), "not layout 1: {m:?}");
-        let mut at = 1;
-        let mut num = || -> anyhow::Result<f64> {
-            let b = m
-                .get(at..at + 8)
-                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
-            at += 8;
-            Ok(f64::from_le_bytes(b.try_into()?))
-        };
-        let (fresh, delta) = (num()?, num()?);
-        let mut text = || -> anyhow::Result<String> {
-            let n = m
-                .get(at..at + 4)
-                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
-            let n = u32::from_le_bytes(n.try_into()?) as usize;
-            let s = m
-                .get(at + 4..at + 4 + n)
-                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
-            at += 4 + n;
-            Ok(String::from_utf8(s.to_vec())?)
-        };
-        let (st, ct, tags, ver, tv) = (text()?, text()?, text()?, text()?, text()?);
-        let mut num = || -> anyhow::Result<f64> {
-            let b = m
-                .get(at..at + 8)
-                .ok_or_else(|| anyhow::anyhow!("short meta"))?;
-            at += 8;
-            Ok(f64::from_le_bytes(b.try_into()?))
-        };
-        let (sw, se) = (num()?, num()?);
+        let mut r = Reader { m, at: 1 };
+        let (fresh, delta) = (r.num()?, r.num()?);
+        let (st, ct, tags, ver, tv) = (r.text()?, r.text()?, r.text()?, r.text()?, r.text()?);
+        let (sw, se) = (r.num()?, r.num()?);
+        let at = r.at;
         anyhow::ensure!(at == m.len(), "{} bytes after the meta", m.len() - at);
         let own = |v: f64| (v >= 0.0).then_some(v);
         Ok(Self {
@@ -132,5 +108,31 @@ impl Meta {
         out.extend(self.sw.unwrap_or(-1.0).to_le_bytes());
         out.extend(self.se.unwrap_or(-1.0).to_le_bytes());
         out
+    }
+}
+
+/// Reads a packed meta front to back.
+struct Reader<'a> {
+    m: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
+        let b = self
+            .m
+            .get(self.at..self.at + n)
+            .ok_or_else(|| anyhow::anyhow!("short meta"))?;
+        self.at += n;
+        Ok(b)
+    }
+
+    fn num(&mut self) -> anyhow::Result<f64> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into()?))
+    }
+
+    fn text(&mut self) -> anyhow::Result<String> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into()?) as usize;
+        Ok(String::from_utf8(self.take(n)?.to_vec())?)
     }
 }

@@ -67,25 +67,34 @@ pub(super) struct ReadReply {
 /// `st, ct, ms left, body, delta ms, ver`, or `0` and padding when the read script must answer
 /// the read. Takes the reply's buffers over (the body is not copied).
 pub(super) fn hit(reply: Value) -> Result<Option<Stored>, ReplyError> {
-    let mut it = Items::new(into_array(reply)?);
-    let st = it.next_value()?;
-    if matches!(st, Value::Int(0)) {
+    let items = into_array(reply)?;
+    if matches!(items.first(), Some(Value::Int(0))) {
         return Ok(None);
     }
-    let st = into_text(st)?;
+    stored(Items::new(items), CacheFormat::String).map(Some)
+}
+
+/// A value as both read replies give it: `st, ct, ms left, body, delta ms, ver`, then for
+/// `format: hash` the members (in place of the body, which is then empty).
+fn stored(mut it: Items, format: CacheFormat) -> Result<Stored, ReplyError> {
+    let st = it.next_text()?;
     let ct = it.next_text()?;
     let left = it.next_int()?;
-    let body = Body::Bytes(it.next_bytes()?);
+    let body = it.next_value()?;
     let delta = it.next_int()?;
     let version = it.next_text()?;
-    Ok(Some(Stored {
+    let body = match format {
+        CacheFormat::String => Body::Bytes(into_bytes(body)?),
+        CacheFormat::Hash => Body::Fields(it.text_pairs()?),
+    };
+    Ok(Stored {
         st,
         ct,
         left,
         delta,
         body,
         version,
-    }))
+    })
 }
 
 /// The read script (`lua/cache/read.lua`): `{ action, start }`, or with a value `{ action, start,
@@ -140,27 +149,10 @@ pub(super) fn read(raw: Vec<Value>, format: CacheFormat) -> Result<ReadReply, Re
             value: None,
         });
     }
-    let st = it.next_text()?;
-    let ct = it.next_text()?;
-    let left = it.next_int()?;
-    let body = it.next_value()?;
-    let delta = it.next_int()?;
-    let version = it.next_text()?;
-    let body = match format {
-        CacheFormat::String => Body::Bytes(into_bytes(body)?),
-        CacheFormat::Hash => Body::Fields(it.text_pairs()?),
-    };
     Ok(ReadReply {
         action,
         start,
-        value: Some(Stored {
-            st,
-            ct,
-            left,
-            delta,
-            body,
-            version,
-        }),
+        value: Some(stored(it, format)?),
     })
 }
 
