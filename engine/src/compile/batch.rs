@@ -63,32 +63,28 @@ pub fn wrap(script: &Script) -> Arc<Script> {
          end\n\
          local out, o, k = {}, 0, 0\n\
          for i = 1, n do\n\
-         \x20 if not same then nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i]) end\n",
+         \x20 if not same then nk, na = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + n + i]) end\n\
+         \x20 local keys, args = {}, {}\n\
+         \x20 for j = 1, nk do keys[j] = KEYS[k + j] end\n\
+         \x20 for j = 1, na do args[j] = ARGV[a + j] end\n\
+         \x20 local ok, r = pcall(one, keys, args)\n",
     );
-    s.push_str("  do\n");
+    s.push_str(&format!("  if not ok then r = {FAILED_CALL} end\n"));
     s.push_str(
-        "\x20   local keys, args = {}, {}\n\
-         \x20   for j = 1, nk do keys[j] = KEYS[k + j] end\n\
-         \x20   for j = 1, na do args[j] = ARGV[a + j] end\n\
-         \x20   local ok, r = pcall(one, keys, args)\n",
-    );
-    s.push_str(&format!("    if not ok then r = {FAILED_CALL} end\n"));
-    s.push_str(
-        "\x20   if type(r) == 'table' and not (r.err or r.ok) then\n\
-         \x20     -- An array ends at its first nil, as Redis reads a script's reply.\n\
-         \x20     local c = 0\n\
-         \x20     while r[c + 1] ~= nil do\n\
-         \x20       c = c + 1\n\
-         \x20       out[o + 1 + c] = r[c]\n\
-         \x20     end\n\
-         \x20     out[o + 1] = c\n\
-         \x20     o = o + 1 + c\n\
-         \x20   else\n\
-         \x20     -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
-         \x20     if r == nil then r = false end\n\
-         \x20     out[o + 1], out[o + 2] = -1, r\n\
-         \x20     o = o + 2\n\
+        "\x20 if type(r) == 'table' and not (r.err or r.ok) then\n\
+         \x20   -- An array ends at its first nil, as Redis reads a script's reply.\n\
+         \x20   local c = 0\n\
+         \x20   while r[c + 1] ~= nil do\n\
+         \x20     c = c + 1\n\
+         \x20     out[o + 1 + c] = r[c]\n\
          \x20   end\n\
+         \x20   out[o + 1] = c\n\
+         \x20   o = o + 1 + c\n\
+         \x20 else\n\
+         \x20   -- A nil would end the reply array here: false is Redis' nil reply, as for one call.\n\
+         \x20   if r == nil then r = false end\n\
+         \x20   out[o + 1], out[o + 2] = -1, r\n\
+         \x20   o = o + 2\n\
          \x20 end\n\
          \x20 k, a = k + nk, a + na\n\
          end\n\

@@ -44,7 +44,7 @@
 //! it. A lease that may have been granted to a read whose answer never arrived (the client
 //! went away mid-call, or the call timed out) is given back in the background.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -53,11 +53,13 @@ use redis::{FromRedisValue, Value};
 use super::fill::{Fill, LeaseGuard};
 use super::reply::{self, Action, ReadReply, Stored};
 use super::{CacheRule, duration_ms};
+use crate::compile::Script;
 use crate::patterns::reply::ReplyError;
 use crate::patterns::{InputError, check_id, random};
 use crate::plugin::{PluginError, RequestFacts};
 use crate::policy::cache::CacheFormat;
 use crate::policy::cache::{CacheOnRedisError, WriteMode};
+use crate::store::batch::{Batcher, Layout};
 use crate::store::{Store, StoreError};
 
 /// At most this many `fields` per GET.
@@ -612,31 +614,21 @@ impl CacheRule {
     }
 
     /// The batcher of this rule's hit batch (see `CacheRule::hit_batcher`).
-    fn hit_batcher(&self, store: &Store) -> Option<&crate::store::batch::Batcher> {
-        self.hit_batcher
-            .get_or_init(|| {
-                crate::store::batch::Batcher::start(
-                    store,
-                    self.scripts.hit_batch.clone(),
-                    crate::store::batch::Layout::Fixed {
-                        width: crate::compile::cache::HIT_REPLY_WIDTH,
-                    },
-                )
-            })
-            .as_ref()
+    fn hit_batcher(&self, store: &Store) -> Option<&Batcher> {
+        let layout = Layout::Fixed {
+            width: crate::compile::cache::HIT_REPLY_WIDTH,
+        };
+        started(&self.hit_batcher, store, &self.scripts.hit_batch, layout)
     }
 
     /// The batcher of this rule's reads (see `CacheRule::read_batcher`).
-    fn read_batcher(&self, store: &Store) -> Option<&crate::store::batch::Batcher> {
-        self.read_batcher
-            .get_or_init(|| {
-                crate::store::batch::Batcher::start(
-                    store,
-                    self.scripts.read_batch.clone(),
-                    crate::store::batch::Layout::Counted,
-                )
-            })
-            .as_ref()
+    fn read_batcher(&self, store: &Store) -> Option<&Batcher> {
+        started(
+            &self.read_batcher,
+            store,
+            &self.scripts.read_batch,
+            Layout::Counted,
+        )
     }
 
     /// The value of an action that serves one (`reply::read` checked it came with one).
@@ -682,6 +674,17 @@ impl CacheRule {
             version,
         })
     }
+}
+
+/// The batcher in `cell`, started on first use; None when the store does not batch.
+fn started<'a>(
+    cell: &'a OnceLock<Option<Batcher>>,
+    store: &Store,
+    script: &Arc<Script>,
+    layout: Layout,
+) -> Option<&'a Batcher> {
+    cell.get_or_init(|| Batcher::start(store, script.clone(), layout))
+        .as_ref()
 }
 
 /// `format: hash` with `?fields=`: only those members.

@@ -1,7 +1,7 @@
 -- patternd cache: a value's meta, packed into one member `m` of its HASH.
--- Included by every script that reads or writes a value's meta (read, its batch's hit path,
--- and the scripts that store or check a value: common.lua's users and store.lua's). Needs
--- nothing before it.
+-- Included by every script that reads or writes a value's meta (read, the hit batch, and the
+-- scripts that store or check a value: common.lua's users and store.lua's). Needs nothing
+-- before it.
 --
 -- Why one packed member: a hit reads the meta and the body with one HMGET of two members
 -- instead of seven, and no number in it is text (no strtod). Each member of an HMGET reply
@@ -55,4 +55,10 @@ local function meta_at(r, i)
   if not r[i + 1] then return nil end
   return r[i + 1], r[i + 2] or '', tonumber(r[i + 3]), tonumber(r[i + 4]) or 0, r[i + 5] or '',
     r[i + 6], r[i + 7] or '', tonumber(r[i + 8]), tonumber(r[i + 9])
+end
+
+-- The same from `by`, a value's members by name other than its `f:` ones (an HGETALL's).
+local function meta_of(by)
+  return meta_at({ by.m, by.st, by.ct, by.fresh, by.delta, by.tags, by.tv, by.ver, by.sw, by.se },
+    1)
 end

@@ -48,8 +48,7 @@ local function live_fields()
       by[name] = all[i + 1]
     end
   end
-  local st, _, _, _, tags_text, tv, ver = meta_at({ by.m, by.st, by.ct, by.fresh, by.delta,
-    by.tags, by.tv, by.ver, by.sw, by.se }, 1)
+  local st, _, _, _, tags_text, tv, ver = meta_of(by)
   if st ~= '200' then return nil end
   -- A value whose newest write is still journaled is live whatever its tags say (as in the
   -- read script): a tag invalidation takes effect once that write reached the origin.

@@ -52,16 +52,16 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 
 -- The value's meta (meta.lua: the packed `m`, or the members of the earlier layout), its
 -- newest journal entry `jp` (write: behind only), the body `b` ('body' mode), and members:
--- name, json, ... (format: hash). One hash command reads them all.
-local r, jp, body, members
+-- name, json, ... (format: hash). One hash command reads them all: an HMGET (`r`), or for
+-- 'all' an HGETALL (the members other than `f:` ones by name: `by`).
+local r, by, jp, body, members
 if mode == 'body' then
   r = redis.call('HMGET', vkey, 'b', 'jp', 'm', 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver',
     'sw', 'se')
   body, jp = r[1], r[2]
 elseif mode == 'all' then
   local all = redis.call('HGETALL', vkey)
-  local by = {}
-  members = {}
+  by, members = {}, {}
   for i = 1, #all, 2 do
     local f = all[i]
     if string.sub(f, 1, 2) == 'f:' then
@@ -72,7 +72,6 @@ elseif mode == 'all' then
     end
   end
   jp = by.jp
-  r = { by.b, by.jp, by.m, by.st, by.ct, by.fresh, by.delta, by.tags, by.tv, by.ver, by.sw, by.se }
 else
   local names = { 'b', 'jp', 'm', 'st', 'ct', 'fresh', 'delta', 'tags', 'tv', 'ver', 'sw', 'se' }
   local base = #names
@@ -89,7 +88,12 @@ else
   end
 end
 -- st nil: no value. own_sw, own_se: the value's own stale windows (nil: the rule's).
-local st, ct, fresh, delta, tags, tv, ver, own_sw, own_se = meta_at(r, 3)
+local st, ct, fresh, delta, tags, tv, ver, own_sw, own_se
+if by then
+  st, ct, fresh, delta, tags, tv, ver, own_sw, own_se = meta_of(by)
+else
+  st, ct, fresh, delta, tags, tv, ver, own_sw, own_se = meta_at(r, 3)
+end
 -- The newest write of this value is not yet on the origin (XRANGE of one id: O(log n)).
 local pending = st == '200' and jp and KEYS[4] and #redis.call('XRANGE', KEYS[4], jp, jp) > 0
 -- A pending value survives a tag invalidation until its write is delivered (the origin's copy
