@@ -15,10 +15,10 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -265,8 +265,8 @@ pub struct RawBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        body_bytes(Bytes::from_request(req, state).await).map(RawBody)
+    async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        read_body(req.into_body()).await.map(RawBody)
     }
 }
 
@@ -357,23 +357,14 @@ fn header_pairs(headers: &HeaderMap, which: Headers<'_>) -> Vec<(String, String)
 }
 
 /// The body, or a problem+json for a too-large, too-slow or unreadable one.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            body_too_large()
-        }
-        other => unreadable(&other),
-    })
-}
-
 fn body_too_large() -> ApiError {
     ApiError::TooLarge(format!(
         "request body is larger than {MAX_BODY_BYTES} bytes"
     ))
 }
 
-/// Reads a body up to `MAX_BODY_BYTES`, as the `Bytes` extractor would under the router's
-/// body limit, for a handler that takes the request whole.
+/// Reads a body up to `MAX_BODY_BYTES` (every body this server reads is read here: there is
+/// no router-wide body limit layer).
 pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     read_body_within(body, MAX_BODY_BYTES, body_too_large).await
 }

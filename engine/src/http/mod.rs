@@ -35,7 +35,6 @@ mod stream;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa_axum::router::OpenApiRouter;
@@ -97,6 +96,8 @@ fn table() -> OpenApiRouter<AppState> {
         .merge(openapi::routes())
 }
 
+/// The routes and their fallbacks. What every request passes through besides (the body's
+/// deadline, plain errors rewritten as problems) is added by the listener, `server::serve`.
 pub fn router(state: AppState) -> Router {
     // Rendered now rather than on the first request, and a document that cannot be rendered
     // shows at start.
@@ -105,11 +106,6 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Outermost: whatever answered an error without a problem body is rewritten into one.
-        .layer(axum::middleware::map_response(
-            problem::plain_errors_as_problems,
-        ))
         .with_state(state)
 }
 

@@ -90,10 +90,6 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let body_timeout = limits.body_read_timeout;
-    let app = app.layer(axum::middleware::from_fn(
-        move |req: Request, next: axum::middleware::Next| bodies(req, next, body_timeout),
-    ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a receiver; `send` asks them to shut down gracefully and
     // `closed` resolves once the last one has ended.
@@ -190,9 +186,11 @@ async fn serve_connection(
     mut close: watch::Receiver<()>,
 ) {
     let _ = stream.set_nodelay(true);
+    let body_timeout = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().call(req)
+        // Boxed: hyper's `poll_without_shutdown` wants an `Unpin` future.
+        Box::pin(handle(app.clone(), req.map(Body::new), body_timeout))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -250,19 +248,40 @@ async fn serve_connection(
     .await;
 }
 
+/// Every request's way through: its body's deadline ([`bodies`]), the routes, and an error
+/// answered without a problem body rewritten into one (`plain_errors_as_problems`).
+///
+/// Written out here rather than as `Router::layer`s: axum wraps every route in each layer
+/// (a boxed service per layer), and the boxes are cloned on every request, about a dozen
+/// allocations per request for three layers.
+async fn handle(
+    mut app: Router,
+    req: Request,
+    body_timeout: Duration,
+) -> Result<Response, std::convert::Infallible> {
+    let resp = bodies(&mut app, req, body_timeout).await;
+    Ok(super::problem::plain_errors_as_problems(resp).await)
+}
+
+/// The routes' answer.
+async fn route(app: &mut Router, req: Request) -> Response {
+    match app.call(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
 /// Every request with a body: the body gets its deadline, and an error answered before the
 /// body was read to its end says `connection: close`. hyper closes such a connection anyway
 /// (the rest of the body is still on the wire), and without the header a client would put
 /// the connection back in its pool and lose its next request on it.
-async fn bodies(req: Request, next: axum::middleware::Next, timeout: Duration) -> Response {
+async fn bodies(app: &mut Router, req: Request, timeout: Duration) -> Response {
     use http_body::Body as _;
     if req.body().is_end_stream() {
-        return next.run(req).await;
+        return route(app, req).await;
     }
     let read = Arc::new(AtomicBool::new(false));
-    let mut resp = next
-        .run(with_body_deadline(req, timeout, read.clone()))
-        .await;
+    let mut resp = route(app, with_body_deadline(req, timeout, read.clone())).await;
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error()) && !read.load(Ordering::Relaxed) {
         resp.headers_mut()

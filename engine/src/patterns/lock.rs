@@ -133,8 +133,7 @@ fn check_resource(resource: &str) -> Result<(), LockError> {
 
 fn jitter(d: Duration) -> Result<Duration, LockError> {
     // Full jitter over [d/2, d]: waiters that collided once spread out.
-    let r = random::unit().map_err(|e| LockError::Random(e.to_string()))?;
-    Ok(d.mul_f64(0.5 + r / 2.0))
+    Ok(d.mul_f64(0.5 + random::draw() / 2.0))
 }
 
 fn ms(d: Duration) -> u64 {

@@ -49,12 +49,15 @@ pub fn is_token(s: &str) -> bool {
 /// The length of a [`TOKEN_BYTES`] token: 4 characters per 3 bytes, rounded up.
 const TOKEN_CHARS: usize = (TOKEN_BYTES * 4).div_ceil(3);
 
-/// A number in (0, 1]: never 0, since XFetch takes its logarithm.
-pub fn unit() -> Result<f64, NoEntropy> {
-    Ok(unit_of(bytes::<8>()?))
+/// A number in (0, 1] (never 0, since XFetch takes its logarithm) for draws nobody gains by
+/// guessing: XFetch's early refresh and the jitter of waits. From a per-thread generator
+/// (fastrand's wyrand, seeded once per thread) rather than the OS: a cache read then makes
+/// no system call. Tokens and ids never come from here.
+pub fn draw() -> f64 {
+    1.0 - fastrand::f64()
 }
 
-/// A [`TOKEN_BYTES`] token and a [`unit`] from one OS call: the cache's read script takes both
+/// A [`TOKEN_BYTES`] token and a number in (0, 1] from one OS call: the cache's read script takes both
 /// on every call.
 pub fn token_and_unit() -> Result<(String, f64), NoEntropy> {
     let buf = bytes::<{ TOKEN_BYTES + 8 }>()?;
@@ -100,7 +103,7 @@ mod tests {
         assert_eq!(unit_of([0; 8]), 1.0 / (1u64 << 53) as f64);
         assert_eq!(unit_of([0xff; 8]), 1.0);
         for _ in 0..1000 {
-            let r = unit().unwrap();
+            let r = draw();
             assert!(r > 0.0 && r <= 1.0, "{r}");
         }
     }

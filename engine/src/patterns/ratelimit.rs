@@ -497,24 +497,26 @@ impl RateLimiter {
         let Some(fixed) = &self.fixed else {
             return Ok(self.degraded());
         };
-        let asked = std::time::Instant::now();
-        if let Some(dc) = &self.deny_cache
+        // Read only for a rule with a deny cache (the clock read is per request).
+        let asked = self.deny_cache.as_ref().map(|_| std::time::Instant::now());
+        if let (Some(dc), Some(asked)) = (&self.deny_cache, asked)
             && let Some(reply) = dc.lookup(id, cost, asked)
         {
             dc.hits.increment(1);
             return self.interpret(Ok(reply), &fixed.shapes);
         }
         let keys = self.keys.keys(id, fixed.subs.iter().map(String::as_str));
-        let cost_arg = cost.to_string();
+        let mut cost_text = itoa::Buffer::new();
+        let cost_arg = cost_text.format(cost).as_bytes();
         let lease_member = self
             .is_concurrency()
             .then(random::token::<{ random::TOKEN_BYTES }>)
             .transpose()
             .map_err(|e| CheckError::Random(e.to_string()))?;
-        let mut args: Vec<&[u8]> = vec![cost_arg.as_bytes()];
-        if let Some(m) = &lease_member {
-            args.push(m.as_bytes());
-        }
+        let lease_arg = lease_member.as_ref().map(|m| m.as_bytes());
+        // The arguments on the stack: a batched call copies the cost into the batch's own.
+        let args_all = [cost_arg, lease_arg.unwrap_or_default()];
+        let args = &args_all[..1 + usize::from(lease_arg.is_some())];
         let reply: Result<Vec<i64>, _> = match (&lease_member, &self.release, fixed.lease) {
             (Some(member), Some(release), Some(lease)) if cost > 0 => {
                 // Should the answer be lost (Redis stalled past the timeout, or the request
@@ -530,7 +532,7 @@ impl RateLimiter {
                     "ratelimit",
                 );
                 let reply = store
-                    .eval_pinned(&pin, store.command_timeout(), &fixed.script, &keys, &args)
+                    .eval_pinned(&pin, store.command_timeout(), &fixed.script, &keys, args)
                     .await;
                 if reply.is_ok() {
                     lost.disarm();
@@ -538,16 +540,13 @@ impl RateLimiter {
                 reply
             }
             _ => match self.batcher(store, fixed) {
-                Some(b) => b
-                    .call(keys, vec![cost_arg.as_bytes().to_vec()])
-                    .await
-                    .and_then(|v| {
-                        Vec::<i64>::from_redis_value(v).map_err(|e| StoreError::Redis(e.into()))
-                    }),
-                None => store.eval(&fixed.script, &keys, &args).await,
+                Some(b) => b.call(keys, vec![cost_arg.to_vec()]).await.and_then(|v| {
+                    Vec::<i64>::from_redis_value(v).map_err(|e| StoreError::Redis(e.into()))
+                }),
+                None => store.eval(&fixed.script, &keys, args).await,
             },
         };
-        if let (Some(dc), Ok(v)) = (&self.deny_cache, &reply) {
+        if let (Some(dc), Some(asked), Ok(v)) = (&self.deny_cache, asked, &reply) {
             dc.remember(id, cost, asked, v);
         }
         let mut d = self.interpret(reply, &fixed.shapes)?;

@@ -482,8 +482,7 @@ impl CacheRule {
                 Action::Wait => {
                     waited = true;
                     let jitter = Duration::from_micros(
-                        (random::unit().map_err(no_entropy)? * pause.as_micros() as f64 * 0.5)
-                            as u64,
+                        (random::draw() * pause.as_micros() as f64 * 0.5) as u64,
                     );
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep((pause + jitter).min(left)).await;
@@ -604,10 +603,7 @@ impl CacheRule {
         let Some(batcher) = self.hit_batcher(store) else {
             return Ok(None);
         };
-        let gap = self
-            .read_argv
-            .xfetch_gap(random::unit().map_err(no_entropy)?)
-            .to_string();
+        let gap = self.read_argv.xfetch_gap(random::draw()).to_string();
         let call = batcher.call(vec![keys[0].clone()], vec![gap.into_bytes()]);
         let one = budget.run(call).await?;
         reply::hit(one).map_err(|e| self.bad_reply(&e))
