@@ -212,7 +212,7 @@ mod tests {
     /// `OpenApiRouter::routes(routes!(…))`, which documents it. A plain axum router, a method
     /// router (`get(…)`, `post(…)`) or a path added on its own would serve a route the
     /// document does not show, so none is built in `engine/src/http` (`router` only adds the
-    /// fallbacks and layers to what the table built).
+    /// fallbacks to what the table built).
     #[test]
     fn routes_are_added_only_with_their_documentation() {
         let needles = [

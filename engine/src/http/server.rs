@@ -251,7 +251,7 @@ async fn serve_connection(
 /// Every request's way through: its body's deadline ([`bodies`]), the routes, and an error
 /// answered without a problem body rewritten into one (`plain_errors_as_problems`).
 ///
-/// Written out here rather than as `Router::layer`s: axum wraps every route in each layer
+/// Written out here rather than as router layers: axum wraps every route in each layer
 /// (a boxed service per layer), and the boxes are cloned on every request, about a dozen
 /// allocations per request for three layers.
 async fn handle(
