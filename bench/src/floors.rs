@@ -486,9 +486,7 @@ pub async fn run(
         .context("SCRIPT LOAD of the naive fixed window")?;
     // The same key shape as patternd's fixed window, prefixed so the two never share counters.
     let key = format!("naive:{}", s.key_template.replace("<id>", "__rand_int__"));
-    eprintln!("[floors] Redis floor: redis-benchmark EVALSHA of INCR+PEXPIRE …");
-    reset_stats(con).await?;
-    let naive = baseline::run(&baseline::Run {
+    let naive_run = baseline::Run {
         port: s.redis.port,
         redis_pid: &s.pids.redis,
         ticks: s.pids.ticks,
@@ -498,8 +496,15 @@ pub async fn run(
         clients: args.baseline_clients,
         requests: args.baseline_requests,
         keyspace: args.keyspace,
-    })
-    .await?;
+    };
+    // A first run creates most keys, so the measured one finds them as patternd's phases do
+    // theirs (each is filled first, see `patterns::fill_ratelimit_of`).
+    eprintln!(
+        "[floors] Redis floor: redis-benchmark EVALSHA of INCR+PEXPIRE (fill, then measured) …"
+    );
+    baseline::run(&naive_run).await?;
+    reset_stats(con).await?;
+    let naive = baseline::run(&naive_run).await?;
     let naive_commands = read_stats(con).await?;
 
     let mut engines = if args.compare() {
@@ -571,6 +576,21 @@ pub async fn run(
         .map(|_| PHASES.iter().map(|_| None).collect())
         .collect();
     for (p, phase) in PHASES.iter().enumerate() {
+        if let What::RateLimit(rule, ids) = phase.what {
+            let ids = ids.unwrap_or(args.keyspace);
+            for e in &engines {
+                eprintln!(
+                    "[floors] {}: one {rule} decision for each of {ids} ids …",
+                    e.label
+                );
+                tokio::time::timeout(
+                    patterns::SETUP_TIMEOUT,
+                    patterns::fill_ratelimit_of(e.addr, e.app, rule, ids),
+                )
+                .await
+                .context("filling the rate-limit keys took too long")??;
+            }
+        }
         for &(round, i) in &order {
             let e = &mut engines[i];
             let a = Args {

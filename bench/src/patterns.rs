@@ -149,6 +149,47 @@ pub async fn fill_cache_of(addr: SocketAddr, app: &str, rule: &str) -> anyhow::R
     Ok(())
 }
 
+/// One decision for every id below `ids` on a rate-limit rule of `app` (ids as the load
+/// generator writes them, 12 digits), so a measured phase finds every key created, and Redis'
+/// tables grown to hold them. Keys made during a measured phase cost Redis more per call (the
+/// creation, and the incremental rehash of a table that crossed a power of two while a side
+/// measured), and they fell on whichever engine's keys were made second.
+pub async fn fill_ratelimit_of(
+    addr: SocketAddr,
+    app: &str,
+    rule: &str,
+    ids: u64,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let path = Arc::new(format!("/v1/ratelimit/{app}/{rule}"));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (next, path) = (next.clone(), path.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = procs::HttpClient::connect(addr).await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ids {
+                    return anyhow::Ok(());
+                }
+                let body = format!(r#"{{"id":"{i:012}","cost":1}}"#).into_bytes();
+                let (status, answer) = client.send("POST", &path, Some(body)).await?;
+                // A rule with a limit of 1 denies from the second request on: both are fine.
+                if status != StatusCode::OK && status != StatusCode::TOO_MANY_REQUESTS {
+                    bail!(
+                        "filling {path}: id {i:012} answered {status}: {}",
+                        String::from_utf8_lossy(&answer)
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("a fill task panicked")??;
+    }
+    Ok(())
+}
+
 /// Creates `SESSIONS` sessions and returns their read paths.
 pub async fn create_sessions(addr: SocketAddr, rule: &str) -> anyhow::Result<Vec<Uri>> {
     let client = procs::HttpClient::connect(addr).await?;
