@@ -127,7 +127,7 @@ row() {
   local name=$1 runs=$2 each=$3
   shift 3
   local probe
-  probe=$(redis-cli -p "$port" "${@//__rand_int__/000000000001}" 2>&1 | head -1)
+  probe=$(redis-cli -p "$port" "${@//__rand_int__/000000000001}" 2>&1 | head -1 | tr -d '\0')
   if [[ $probe == *ERR* ]]; then
     printf '  %-44s %8s  (%s)\n' "$name" "n/a" "$probe"
   else

@@ -149,16 +149,21 @@ pub struct FixedLimits {
     pub subs: Vec<String>,
     pub limits: Vec<Limit>,
     /// The same limits deciding a batch of calls in one script call, in order (`store::batch`,
-    /// `Layout::Fixed`): KEYS are each call's keys of `subs` one after the other, `ARGV[i]`
-    /// call i's cost; the reply is one flat array of [`REPLY_WIDTH`] elements per call: the
-    /// numbers the per-call script replies, or `-1`, the error, and padding. None for rules
-    /// with a concurrency limit.
+    /// `Layout::Packed`): KEYS are each call's keys of `subs` one after the other, `ARGV[i]`
+    /// call i's cost; the reply is `{ packed, i, error, … }`: [`REPLY_WIDTH`] numbers per call
+    /// packed as little-endian doubles (what the per-call script replies, or `-1` and zeros),
+    /// then the index and error of each call that failed. None for rules with a concurrency
+    /// limit.
     pub batch: Option<Arc<Script>>,
 }
 
-/// The elements of a rate-limit script's reply (see `CompiledRateLimit`), and of each call's
-/// share of a batch script's flat reply.
+/// The elements of a rate-limit script's reply (see `CompiledRateLimit`), and the numbers of
+/// each call in a batch script's packed reply.
 pub const REPLY_WIDTH: usize = 5;
+
+/// Numbers packed per `struct.pack` call of a batch reply: within what Lua 5.1's `unpack` may
+/// push at once (LUAI_MAXCSTACK, 8000), whatever `--redis-batch` says.
+const PACK_CHUNK: usize = 4000;
 
 /// A compiled rate-limit rule.
 ///
@@ -335,8 +340,10 @@ fn generate(limits: &[Limit], batched: bool) -> String {
             limits.len()
         );
         s.push_str(
-            "-- returns one flat array, per decision: allowed, reported limit index, remaining, reset_after_ms,\n\
-             -- retry_after_ms; or -1, error, 0, 0, 0 when one of its Redis calls failed (the other decisions stand)\n",
+            "-- returns { packed, failed decision's index, its error, ... }: `packed` holds, per decision, its five\n\
+             -- numbers (allowed, reported limit index, remaining, reset_after_ms, retry_after_ms) as little-endian\n\
+             -- doubles; a decision whose Redis call failed has -1, 0, 0, 0, 0 there and its error after (the\n\
+             -- other decisions stand)\n",
         );
     } else {
         s.push_str(
@@ -362,20 +369,40 @@ fn generate(limits: &[Limit], batched: bool) -> String {
         s.push_str("local function one(k, cost)\n  ");
         push_decision(&mut s, limits, "k + ", false);
         s.push_str("end\n");
+        // The numbers go out packed in one string: the engine's Redis client parses one bulk
+        // string per batch instead of five integers per decision (most of a batch's parsing).
+        // `unpack` takes at most PACK_CHUNK values at once (Lua's C stack). `out` is made at
+        // its full size at once (zeros from `string.byte`) instead of grown by rehashing.
         let _ = writeln!(
             s,
-            "local out = {{}}\n\
+            "local out, failed = {{ string.byte(string.rep('\\0', {REPLY_WIDTH} * #ARGV), 1, -1) }}, nil\n\
              for i = 1, #ARGV do\n\
              \x20 local ok, r, index, remaining, reset, retry = pcall(one, (i - 1) * {}, tonumber(ARGV[i]))\n\
              \x20 local o = {REPLY_WIDTH} * (i - 1)\n\
              \x20 if ok then\n\
              \x20   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = r, index, remaining, reset, retry\n\
              \x20 else\n\
-             \x20   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = -1, {FAILED_MESSAGE}, 0, 0, 0\n\
+             \x20   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = -1, 0, 0, 0, 0\n\
+             \x20   failed = failed or {{}}\n\
+             \x20   failed[#failed + 1] = i\n\
+             \x20   failed[#failed + 1] = {FAILED_MESSAGE}\n\
              \x20 end\n\
              end\n\
-             return out",
-            limits.len()
+             local n, packed = #out, nil\n\
+             if n <= {PACK_CHUNK} then\n\
+             \x20 packed = struct.pack(string.rep('<d', n), unpack(out))\n\
+             else\n\
+             \x20 local parts = {{}}\n\
+             \x20 for c = 1, n, {PACK_CHUNK} do\n\
+             \x20   local e = math.min(c + {}, n)\n\
+             \x20   parts[#parts + 1] = struct.pack(string.rep('<d', e - c + 1), unpack(out, c, e))\n\
+             \x20 end\n\
+             \x20 packed = table.concat(parts)\n\
+             end\n\
+             if failed then return {{ packed, unpack(failed) }} end\n\
+             return {{ packed }}",
+            limits.len(),
+            PACK_CHUNK - 1
         );
     } else {
         push_decision(&mut s, limits, "", true);

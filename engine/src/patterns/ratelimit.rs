@@ -569,7 +569,7 @@ impl RateLimiter {
                 Batcher::start(
                     store,
                     fixed.batch.clone()?,
-                    Layout::Fixed {
+                    Layout::Packed {
                         width: RATELIMIT_REPLY_WIDTH,
                     },
                 )
