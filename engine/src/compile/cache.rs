@@ -122,7 +122,7 @@ const READ: Recipe = Recipe::new("cache read", &[META], lua_file!("cache/read.lu
 /// The fresh hits of a batch of reads, asked before `cache read` (`store::batch`, Layout::Fixed).
 const HIT_BATCH: Recipe = Recipe::new("cache hit batch", &[META], lua_file!("cache/hit_batch.lua"));
 /// Elements per read of `cache hit batch`'s flat reply.
-pub const HIT_REPLY_WIDTH: usize = 6;
+pub const HIT_REPLY_WIDTH: usize = 3;
 const FILL: Recipe = Recipe::new("cache fill", STORES, lua_file!("cache/fill.lua"));
 const RELEASE: Recipe = Recipe::new("cache release-lease", &[], lua_file!("cache/release.lua"));
 const DELETE: Recipe = Recipe::new("cache delete", &[], lua_file!("cache/delete.lua"));

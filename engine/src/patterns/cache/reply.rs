@@ -63,15 +63,69 @@ pub(super) struct ReadReply {
     pub(super) value: Option<Stored>,
 }
 
-/// One read's six elements of the hit batch (`lua/cache/hit_batch.lua`): a fresh hit as
-/// `st, ct, ms left, body, delta ms, ver`, or `0` and padding when the read script must answer
-/// the read. Takes the reply's buffers over (the body is not copied).
+/// One read's three elements of the hit batch (`lua/cache/hit_batch.lua`): a fresh hit as its
+/// packed meta `m`, body and ms left, or `0` and padding when the read script must answer the
+/// read. Takes the reply's buffers over (the body is not copied).
 pub(super) fn hit(reply: Value) -> Result<Option<Stored>, ReplyError> {
     let items = into_array(reply)?;
     if matches!(items.first(), Some(Value::Int(0))) {
         return Ok(None);
     }
-    stored(Items::new(items), CacheFormat::String).map(Some)
+    let mut it = Items::new(items);
+    let m = it.next_value()?;
+    let body = it.next_bytes()?;
+    let left = it.next_int()?;
+    let meta = HitMeta::read(bytes(&m)?).ok_or_else(|| ReplyError::Unexpected {
+        what: "packed meta",
+        value: String::from_utf8_lossy(bytes(&m).unwrap_or_default()).into_owned(),
+    })?;
+    Ok(Some(Stored {
+        st: meta.st,
+        ct: meta.ct,
+        left,
+        // As the read script's `math.floor(delta)`.
+        delta: meta.delta.floor() as i64,
+        body: Body::Bytes(body),
+        version: meta.ver,
+    }))
+}
+
+/// What a hit needs of a value's packed meta (`lua/cache/meta.lua`, layout 1,
+/// `<BddI4c0I4c0I4c0I4c0I4c0dd`): the prefix up to `ver`, as `unpack_hit` reads it there.
+struct HitMeta {
+    delta: f64,
+    st: String,
+    ct: String,
+    ver: String,
+}
+
+impl HitMeta {
+    /// None when `m` is not layout 1 or ends early.
+    fn read(m: &[u8]) -> Option<Self> {
+        let (&layout, mut rest) = m.split_first()?;
+        if layout != 1 {
+            return None;
+        }
+        let mut number = || -> Option<f64> {
+            let (n, tail) = rest.split_first_chunk::<8>()?;
+            rest = tail;
+            Some(f64::from_le_bytes(*n))
+        };
+        let _fresh = number()?;
+        let delta = number()?;
+        let mut text = || -> Option<String> {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+            let (t, tail) = (tail.get(..len)?, tail.get(len..)?);
+            rest = tail;
+            Some(String::from_utf8_lossy(t).into_owned())
+        };
+        let st = text()?;
+        let ct = text()?;
+        let _tags = text()?;
+        let ver = text()?;
+        Some(HitMeta { delta, st, ct, ver })
+    }
 }
 
 /// A value as both read replies give it: `st, ct, ms left, body, delta ms, ver`, then for
@@ -329,6 +383,64 @@ mod tests {
 
     fn arr(v: Vec<Value>) -> Value {
         Value::Array(v)
+    }
+
+    /// A packed meta as `pack_meta` (meta.lua) writes it: `<BddI4c0I4c0I4c0I4c0I4c0dd`.
+    fn packed(fresh: f64, delta: f64, texts: [&str; 5], sw: f64, se: f64) -> Vec<u8> {
+        let mut m = vec![1u8];
+        m.extend(fresh.to_le_bytes());
+        m.extend(delta.to_le_bytes());
+        for t in texts {
+            m.extend(u32::try_from(t.len()).unwrap().to_le_bytes());
+            m.extend(t.as_bytes());
+        }
+        m.extend(sw.to_le_bytes());
+        m.extend(se.to_le_bytes());
+        m
+    }
+
+    #[test]
+    fn a_hit_batch_hit_reads_its_packed_meta() {
+        let m = packed(
+            1.7e12,
+            12.9,
+            [
+                "200",
+                "text/plain; charset=utf-8",
+                "",
+                "v7",
+                "1700000000000000",
+            ],
+            -1.0,
+            30000.0,
+        );
+        let reply = arr(vec![
+            Value::BulkString(m.clone()),
+            s("body"),
+            Value::Int(4200),
+        ]);
+        let v = hit(reply).unwrap().expect("a hit");
+        assert_eq!(
+            (
+                v.st.as_str(),
+                v.ct.as_str(),
+                v.left,
+                v.delta,
+                v.version.as_str()
+            ),
+            ("200", "text/plain; charset=utf-8", 4200, 12, "v7")
+        );
+        assert!(matches!(v.body, Body::Bytes(ref b) if b.as_ref() == b"body"));
+        // Not a hit: the read script answers.
+        let none = arr(vec![Value::Int(0), Value::Int(0), Value::Int(0)]);
+        assert!(hit(none).unwrap().is_none());
+        // Another layout, or a meta cut short, is an unexpected reply.
+        let mut other = m.clone();
+        other[0] = 2;
+        for bad in [other, m[..m.len() / 2].to_vec(), Vec::new()] {
+            let reply = arr(vec![Value::BulkString(bad), s("body"), Value::Int(1)]);
+            assert!(hit(reply).is_err());
+        }
     }
 
     /// `{ action, start, st, ct, left, body, delta, ver, members... }`

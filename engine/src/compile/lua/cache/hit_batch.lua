@@ -10,36 +10,37 @@
 -- the call that matters (docs/performance.md, fourth round).
 --
 -- Calls of one `format: string` rule that is not `write: behind` (store::batch, Layout::Fixed
--- with width 6): KEYS[i] the i-th read's value HASH; ARGV[i] its XFetch gap (read.lua's
--- ARGV[2]). Replies one flat array, six elements per read: a hit is st, ct, ms left, body,
--- delta ms, ver (read.lua's reply from its third element); anything else (absent, stale,
--- tagged, an early refresh due, a value of the earlier layout) is 0 and five 0s; a read whose
--- HMGET failed (a key of another type) is -1, the error, and four 0s.
+-- with width 3): KEYS[i] the i-th read's value HASH; ARGV[i] its XFetch gap (read.lua's
+-- ARGV[2]). Replies one flat array, three elements per read: a hit is its packed meta `m` as
+-- stored (the engine reads st, ct, delta and ver from it: patterns/cache/reply.rs `hit`), its
+-- body and its ms left; anything else (absent, stale, tagged, an early refresh due, a value of
+-- the earlier layout) is 0, 0, 0; a read whose HMGET failed (a key of another type) is -1, the
+-- error, 0. The meta goes out as it is stored rather than as four elements: each element is
+-- one more for Redis to write and for the engine's client to parse.
 -- The batch reads the clock once: its calls are taken at one instant, in order, as calls
 -- within the same microsecond would be. (Key expiry in a script uses its start time too.)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 -- The reply, all 0s, made at its full size at once rather than grown (each growth copies
--- it): string.byte returns one 0 per byte, at most 6 * 256 (`--redis-batch` is at most 256,
+-- it): string.byte returns one 0 per byte, at most 3 * 256 (`--redis-batch` is at most 256,
 -- and Lua 5.1 takes up to 8000 values on its stack).
-local out, o = { string.byte(string.rep('\0', 6 * #KEYS), 1, -1) }, 0
+local out, o = { string.byte(string.rep('\0', 3 * #KEYS), 1, -1) }, 0
 for i = 1, #KEYS do
   -- The packed meta and the body: two members (meta.lua).
   local mb = redis.pcall('HMGET', KEYS[i], 'm', 'b')
   if mb.err then
     out[o + 1], out[o + 2] = -1, tostring(mb.err)
   elseif mb[1] then
-    local st, ct, fresh, delta, tags, ver = unpack_hit(mb[1])
+    local st, _, fresh, delta, tags = unpack_hit(mb[1])
     -- Tags are checked by read.lua (a ZSCORE per tag, and the value dropped when one moved on).
     if st and tags == '' then
       local left = fresh - now
       -- XFetch due (only for a 200 that took time to fetch): read.lua grants the lease or not.
       if left > 0 and not (st == '200' and delta > 0 and delta * tonumber(ARGV[i]) >= left) then
-        out[o + 1], out[o + 2], out[o + 3] = st, ct, math.floor(left)
-        out[o + 4], out[o + 5], out[o + 6] = mb[2] or '', math.floor(delta), ver
+        out[o + 1], out[o + 2], out[o + 3] = mb[1], mb[2] or '', math.floor(left)
       end
     end
   end
-  o = o + 6
+  o = o + 3
 end
 return out
