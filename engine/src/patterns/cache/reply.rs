@@ -128,7 +128,7 @@ impl HitMeta {
     }
 }
 
-/// A value as both read replies give it: `st, ct, ms left, body, delta ms, ver`, then for
+/// A value as the read script gives it: `st, ct, ms left, body, delta ms, ver`, then for
 /// `format: hash` the members (in place of the body, which is then empty).
 fn stored(mut it: Items, format: CacheFormat) -> Result<Stored, ReplyError> {
     let st = it.next_text()?;
