@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Instructions the engine executes per request, counted by valgrind's callgrind: GET /healthz
-# (the HTTP floor), a fixed-window and a sliding-window decision, and a cache hit, over one
-# keep-alive connection, one request at a time. Like bench/instructions.sh for Redis, the count
-# hardly moves from run to run, so a change of a few percent in the request path shows where
-# `just bench`'s CPU figures (±10–20% on a shared machine) cannot. User space only: the
-# kernel's share (socket reads and writes, wake-ups: about 40% of the engine's CPU under load)
-# is not counted, and one request at a time means batches of one (docs/performance.md, fourth
+# (the HTTP floor), a fixed-window and a sliding-window decision, and a cache hit. Two tables:
+# over one keep-alive connection, one request at a time (batches of one: every batch's cost
+# falls on one decision), then the same from 32 connections at once (decisions and hits wait
+# for Redis together and go out in batches of about 10, as under load). Like
+# bench/instructions.sh for Redis, the count hardly moves from run to run, so a change of a few
+# percent in the request path shows where `just bench`'s CPU figures (±10–20% on a shared
+# machine) cannot. User space only: the kernel's share (socket reads and writes, wake-ups:
+# about half of the engine's CPU under load) is not counted (docs/performance.md, fifth
 # round).
 #
 # Usage: bench/engine-instructions.sh [PATTERND]
 #   PATTERND  the patternd binary measured (default: target/release/patternd under
 #             $CARGO_TARGET_DIR or ./target)
-# Needs valgrind, redis-server and python3. Takes about two minutes.
+# Needs valgrind, redis-server and python3. Takes about a minute.
 set -euo pipefail
 
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -113,4 +115,72 @@ for name, send, want in phases:
     floor = floor or per
     ratio = "" if per == floor else f"   {per / floor:.2f}× the HTTP floor"
     print(f"  {name:<34} {per:>8}{ratio}")
+
+# The same requests from CONNS connections at once: decisions and hits then wait for Redis
+# together and go out in batches, as under load, so a batch's cost is shared as it is there.
+import asyncio
+
+CONNS = 32
+
+def head(method, path, body=b""):
+    h = f"{method} {path} HTTP/1.1\r\nhost: x\r\n"
+    if body:
+        h += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return h.encode() + b"\r\n" + body
+
+def request_of(name, i):
+    if name.startswith("GET /healthz"):
+        return head("GET", "/healthz")
+    if name.startswith("cache hit"):
+        return head("GET", f"/v1/cache/i/c/k{i % 200}")
+    rule = "fw" if name.startswith("fixed") else "sw"
+    return head("POST", f"/v1/ratelimit/i/{rule}", json.dumps({"id": f"u{i % 1000}"}).encode())
+
+async def together(name, total):
+    """Warm-up, then `total` requests between two dumps, over connections opened before
+    both (their accept is not counted). Returns (requests, instructions, batches, calls)."""
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(CONNS)]
+    async def one(rw, n, start):
+        r, w = rw
+        for i in range(start, start + n):
+            w.write(request_of(name, i))
+            await w.drain()
+            lines = (await r.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            status = int(lines[0].split()[1])
+            length = next(int(l.split(b":")[1]) for l in lines if l.lower().startswith(b"content-length"))
+            await r.readexactly(length)
+            assert status == 200, (name, status)
+    async def run(n):
+        per = n // CONNS
+        await asyncio.gather(*[one(rw, per, k * per) for k, rw in enumerate(conns)])
+        return per * CONNS
+    await run(total // 4)
+    b0, c0 = await asyncio.to_thread(batches)
+    await asyncio.to_thread(dump)
+    n = await run(total)
+    instructions = await asyncio.to_thread(dump)
+    b1, c1 = await asyncio.to_thread(batches)
+    for _, w in conns:
+        w.close()
+    return n, instructions, b1 - b0, c1 - c0
+
+def batches():
+    _, text = call("GET", "/metrics")
+    found = {}
+    for line in text.decode().splitlines():
+        for k in ("patternd_redis_batches_total", "patternd_redis_batched_calls_total"):
+            if line.startswith(k + " "):
+                found[k] = float(line.split()[1])
+    return found.get("patternd_redis_batches_total", 0), found.get("patternd_redis_batched_calls_total", 0)
+
+floor = None
+print(f"the same from {CONNS} connections at once ({requests} requests each; decisions and hits "
+      f"batched as under load)")
+for name, _, _ in phases:
+    n, total, b, c = asyncio.run(together(name, requests))
+    per = total // n
+    floor = floor or per
+    ratio = "" if per == floor else f"   {per / floor:.2f}× the HTTP floor"
+    size = f"   batches of {c / b:.1f}" if b > 0 else ""
+    print(f"  {name:<34} {per:>8}{ratio}{size}")
 PY
