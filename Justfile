@@ -36,8 +36,8 @@ instructions *ARGS:
     bench/instructions.sh {{ARGS}}
 
 # Instructions the engine executes per request (GET /healthz, a fixed- and a sliding-window
-# decision, a cache hit), counted by callgrind over one connection: the engine's side of the
-# floors without the machine's noise. `just engine-instructions <older patternd>` for before.
+# decision, a cache hit), counted by callgrind over one connection and then from 32 at once
+# (batches as under load): the engine's side of the floors without the machine's noise. `just engine-instructions <older patternd>` for before.
 engine-instructions *ARGS:
     cargo build --release -p patternd
     bench/engine-instructions.sh {{ARGS}}
