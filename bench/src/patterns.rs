@@ -120,33 +120,16 @@ pub async fn fill_cache(addr: SocketAddr, rule: &str) -> anyhow::Result<()> {
 
 /// [`fill_cache`] of a rule of another app (the floors scenario's before and after engines).
 pub async fn fill_cache_of(addr: SocketAddr, app: &str, rule: &str) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let next = next.clone();
-        let (app, rule) = (app.to_string(), rule.to_string());
-        tasks.push(tokio::spawn(async move {
-            let client = procs::HttpClient::connect(addr).await?;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= CACHE_IDS {
-                    return anyhow::Ok(());
-                }
-                let path = format!("/v1/cache/{app}/{rule}/{i:012}");
-                let (status, body) = client.send("GET", &path, None).await?;
-                if status != StatusCode::OK {
-                    bail!(
-                        "filling the cache: GET {path} answered {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.context("a fill task panicked")??;
-    }
-    Ok(())
+    let prefix = format!("/v1/cache/{app}/{rule}/");
+    each_id(addr, CACHE_IDS, move |i| {
+        (
+            "GET",
+            format!("{prefix}{i:012}"),
+            None,
+            &[StatusCode::OK][..],
+        )
+    })
+    .await
 }
 
 /// One decision for every id below `ids` on a rate-limit rule of `app` (ids as the load
@@ -160,11 +143,30 @@ pub async fn fill_ratelimit_of(
     rule: &str,
     ids: u64,
 ) -> anyhow::Result<()> {
+    let path = format!("/v1/ratelimit/{app}/{rule}");
+    // A rule with a limit of 1 denies from the second request on: both answers are fine.
+    let ok = &[StatusCode::OK, StatusCode::TOO_MANY_REQUESTS][..];
+    each_id(addr, ids, move |i| {
+        let body = format!(r#"{{"id":"{i:012}","cost":1}}"#).into_bytes();
+        ("POST", path.clone(), Some(body), ok)
+    })
+    .await
+}
+
+/// One request per id below `ids`, from 8 connections: `request(i)` gives its method, path,
+/// body and the statuses that are fine.
+async fn each_id<F>(addr: SocketAddr, ids: u64, request: F) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> (&'static str, String, Option<Vec<u8>>, &'static [StatusCode])
+        + Send
+        + Sync
+        + 'static,
+{
     let next = Arc::new(AtomicU64::new(0));
-    let path = Arc::new(format!("/v1/ratelimit/{app}/{rule}"));
+    let request = Arc::new(request);
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (next, path) = (next.clone(), path.clone());
+        let (next, request) = (next.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let client = procs::HttpClient::connect(addr).await?;
             loop {
@@ -172,12 +174,11 @@ pub async fn fill_ratelimit_of(
                 if i >= ids {
                     return anyhow::Ok(());
                 }
-                let body = format!(r#"{{"id":"{i:012}","cost":1}}"#).into_bytes();
-                let (status, answer) = client.send("POST", &path, Some(body)).await?;
-                // A rule with a limit of 1 denies from the second request on: both are fine.
-                if status != StatusCode::OK && status != StatusCode::TOO_MANY_REQUESTS {
+                let (method, path, body, ok) = request(i);
+                let (status, answer) = client.send(method, &path, body).await?;
+                if !ok.contains(&status) {
                     bail!(
-                        "filling {path}: id {i:012} answered {status}: {}",
+                        "filling: {method} {path} answered {status}: {}",
                         String::from_utf8_lossy(&answer)
                     );
                 }
