@@ -576,8 +576,8 @@ pub async fn run(
         .map(|_| PHASES.iter().map(|_| None).collect())
         .collect();
     for (p, phase) in PHASES.iter().enumerate() {
-        if let What::RateLimit(rule, ids) = phase.what {
-            let ids = ids.unwrap_or(args.keyspace);
+        if let What::RateLimit(rule, _) = phase.what {
+            let ids = phase.keyspace(args);
             for e in &engines {
                 eprintln!(
                     "[floors] {}: one {rule} decision for each of {ids} ids …",

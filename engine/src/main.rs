@@ -181,7 +181,7 @@ struct ServeArgs {
     /// as separate calls: a script is atomic). Saves Redis a call's fixed cost per decision
     /// under load; an idle engine sends calls of one, without waiting. 0 or 1: off. A Redis
     /// Cluster never batches (a batch's keys span slots).
-    #[arg(long, env = "PATTERND_REDIS_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=256))]
+    #[arg(long, env = "PATTERND_REDIS_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=patternd::compile::batch::MAX_CALLS as u64))]
     redis_batch: u64,
     /// Bound on every Redis command; past it, the rule's on_redis_error decides.
     #[arg(long, env = "PATTERND_REDIS_TIMEOUT", default_value = "300ms", value_parser = patternd::policy::duration::parse)]

@@ -17,6 +17,14 @@ use std::sync::Arc;
 
 use super::Script;
 
+/// The most calls one batch script call takes, whatever `--redis-batch` asks (the store holds
+/// its batches to it). Batch scripts make their replies by pushing every value onto Lua's
+/// stack at once (`unpack`, `string.byte`), which Lua 5.1 holds to 8000 values
+/// (LUAI_MAXCSTACK): 256 calls of up to 6 values each fit, with room to spare.
+pub const MAX_CALLS: usize = 256;
+
+const _: () = assert!(MAX_CALLS * 6 < 8000);
+
 /// The reply element of a call that failed under `pcall` (`r` its error: a table with `err`
 /// from `redis.call`, or a Lua error string), as `store::batch` reads it. Every batch script
 /// writes it with this expression (a flat reply: `-1`, then [`FAILED_MESSAGE`]).

@@ -161,10 +161,6 @@ pub struct FixedLimits {
 /// each call in a batch script's packed reply.
 pub const REPLY_WIDTH: usize = 5;
 
-/// Numbers packed per `struct.pack` call of a batch reply: within what Lua 5.1's `unpack` may
-/// push at once (LUAI_MAXCSTACK, 8000), whatever `--redis-batch` says.
-const PACK_CHUNK: usize = 4000;
-
 /// A compiled rate-limit rule.
 ///
 /// Script contract (fixed limits): `KEYS` are the rule's key space's keys of `subs`, in order
@@ -371,8 +367,9 @@ fn generate(limits: &[Limit], batched: bool) -> String {
         s.push_str("end\n");
         // The numbers go out packed in one string: the engine's Redis client parses one bulk
         // string per batch instead of five integers per decision (most of a batch's parsing).
-        // `unpack` takes at most PACK_CHUNK values at once (Lua's C stack). `out` is made at
-        // its full size at once (zeros from `string.byte`) instead of grown by rehashing.
+        // `out` is made at its full size at once (zeros from `string.byte`) instead of grown
+        // by rehashing; both it and `unpack` push every value on Lua's stack, within what
+        // `batch::MAX_CALLS` allows for.
         let _ = writeln!(
             s,
             "local out, failed = {{ string.byte(string.rep('\\0', {REPLY_WIDTH} * #ARGV), 1, -1) }}, nil\n\
@@ -388,21 +385,10 @@ fn generate(limits: &[Limit], batched: bool) -> String {
              \x20   failed[#failed + 1] = {FAILED_MESSAGE}\n\
              \x20 end\n\
              end\n\
-             local n, packed = #out, nil\n\
-             if n <= {PACK_CHUNK} then\n\
-             \x20 packed = struct.pack(string.rep('<d', n), unpack(out))\n\
-             else\n\
-             \x20 local parts = {{}}\n\
-             \x20 for c = 1, n, {PACK_CHUNK} do\n\
-             \x20   local e = math.min(c + {}, n)\n\
-             \x20   parts[#parts + 1] = struct.pack(string.rep('<d', e - c + 1), unpack(out, c, e))\n\
-             \x20 end\n\
-             \x20 packed = table.concat(parts)\n\
-             end\n\
+             local packed = struct.pack(string.rep('<d', #out), unpack(out))\n\
              if failed then return {{ packed, unpack(failed) }} end\n\
              return {{ packed }}",
-            limits.len(),
-            PACK_CHUNK - 1
+            limits.len()
         );
     } else {
         push_decision(&mut s, limits, "", true);

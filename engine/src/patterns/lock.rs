@@ -131,9 +131,9 @@ fn check_resource(resource: &str) -> Result<(), LockError> {
     })
 }
 
-fn jitter(d: Duration) -> Result<Duration, LockError> {
+fn jitter(d: Duration) -> Duration {
     // Full jitter over [d/2, d]: waiters that collided once spread out.
-    Ok(d.mul_f64(0.5 + random::draw() / 2.0))
+    d.mul_f64(0.5 + random::draw() / 2.0)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -302,7 +302,7 @@ impl Locker {
                         });
                     }
                     self.counters.retried.increment(1);
-                    let pause = jitter(backoff)?.min(hint).min(deadline - now);
+                    let pause = jitter(backoff).min(hint).min(deadline - now);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn jitter_stays_within_half_to_full() {
         for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100)).expect("random");
+            let j = jitter(Duration::from_millis(100));
             assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
         }
     }

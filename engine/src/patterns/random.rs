@@ -57,8 +57,8 @@ pub fn draw() -> f64 {
     1.0 - fastrand::f64()
 }
 
-/// A [`TOKEN_BYTES`] token and a number in (0, 1] from one OS call: the cache's read script takes both
-/// on every call.
+/// A [`TOKEN_BYTES`] token and a number in (0, 1] from one OS call: the cache's read script
+/// takes both on every call.
 pub fn token_and_unit() -> Result<(String, f64), NoEntropy> {
     let buf = bytes::<{ TOKEN_BYTES + 8 }>()?;
     let (token, rest) = buf.split_at(TOKEN_BYTES);

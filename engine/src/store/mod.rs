@@ -423,10 +423,12 @@ impl Store {
         self.eval_on(None, timeout, script, keys, args, false).await
     }
 
-    /// `--redis-batch`: the most calls one batch takes, or None when calls are not batched
-    /// (turned off, or a cluster, where a batch's keys would span slots).
+    /// `--redis-batch`: the most calls one batch takes (never above the batch scripts' own
+    /// bound, `compile::batch::MAX_CALLS`), or None when calls are not batched (turned off, or
+    /// a cluster, where a batch's keys would span slots).
     pub fn batch_max(&self) -> Option<usize> {
-        (self.inner.batch_max > 1 && !self.is_cluster()).then_some(self.inner.batch_max)
+        let max = self.inner.batch_max.min(crate::compile::batch::MAX_CALLS);
+        (max > 1 && !self.is_cluster()).then_some(max)
     }
 
     /// Connections of the request pool.

@@ -72,12 +72,12 @@ pub(super) fn hit(reply: Value) -> Result<Option<Stored>, ReplyError> {
         return Ok(None);
     }
     let mut it = Items::new(items);
-    let m = it.next_value()?;
+    let m = it.next_bytes()?;
     let body = it.next_bytes()?;
     let left = it.next_int()?;
-    let meta = HitMeta::read(bytes(&m)?).ok_or_else(|| ReplyError::Unexpected {
+    let meta = HitMeta::read(&m).ok_or_else(|| ReplyError::Unexpected {
         what: "packed meta",
-        value: String::from_utf8_lossy(bytes(&m).unwrap_or_default()).into_owned(),
+        value: String::from_utf8_lossy(&m).into_owned(),
     })?;
     Ok(Some(Stored {
         st: meta.st,

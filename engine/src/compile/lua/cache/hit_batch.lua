@@ -22,7 +22,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 -- The reply, all 0s, made at its full size at once rather than grown (each growth copies
--- it): string.byte returns one 0 per byte, at most 3 * 256 (`--redis-batch` is at most 256,
+-- it): string.byte returns one 0 per byte, at most 3 * 256 (a batch is at most 256 calls,
 -- and Lua 5.1 takes up to 8000 values on its stack).
 local out, o = { string.byte(string.rep('\0', 3 * #KEYS), 1, -1) }, 0
 for i = 1, #KEYS do
